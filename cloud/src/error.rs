@@ -29,8 +29,10 @@ pub mod code {
     pub const INVALID_VSWITCH_ID: &str = "InvalidVSwitchId.NotFound";
     pub const INVALID_SECURITY_GROUP_ID: &str = "InvalidSecurityGroupId.NotFound";
     pub const INVALID_CIDR_BLOCK: &str = "InvalidCidrBlock.Malformed";
+    pub const CIDR_OVERLAP: &str = "InvalidCidrBlock.Overlapped";
+    pub const INVALID_ZONE_ID: &str = "InvalidZoneId.NotFound";
     pub const INVALID_ENI_ID: &str = "InvalidEniId.NotFound";
-    pub const INVALID_ENI_STATE: &str = "InvalidEniState";
+    pub const INVALID_ENI_STATE: &str = "InvalidOperation.InvalidEniState";
     pub const INVALID_ENI_TYPE: &str = "InvalidOperation.InvalidEniType";
     pub const ZONE_MISMATCH: &str = "InvalidOperation.AvailabilityZoneMismatch";
     pub const VPC_MISMATCH: &str = "InvalidOperation.VpcMismatch";

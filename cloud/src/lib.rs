@@ -6,5 +6,6 @@ pub mod catalogue;
 pub mod error;
 pub mod model;
 pub mod signing;
+pub mod wire;
 
 pub use error::{ApiError, CloudError, Result};

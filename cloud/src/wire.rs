@@ -1,0 +1,708 @@
+//! The wire shapes of the RPC API: which product (and API version) serves each action, and the JSON
+//! bodies of the responses, field for field as the service writes them (PascalCase, lists wrapped in
+//! a singular-named object). The client decodes these; the local cloud encodes them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model;
+
+/// A product of the RPC API: its own endpoint on a real cloud, its own API version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Product {
+    Ecs,
+    Vpc,
+    Nas,
+}
+
+impl Product {
+    pub fn version(self) -> &'static str {
+        match self {
+            Product::Ecs => "2014-05-26",
+            Product::Vpc => "2016-04-28",
+            Product::Nas => "2017-06-26",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Product::Ecs => "ecs",
+            Product::Vpc => "vpc",
+            Product::Nas => "nas",
+        }
+    }
+
+    /// The product that serves `action`.
+    pub fn of(action: &str) -> Product {
+        match action {
+            "CreateVpc" | "DescribeVpcs" | "DeleteVpc" | "CreateVSwitch" | "DescribeVSwitches" | "DeleteVSwitch" => {
+                Product::Vpc
+            }
+            "CreateFileSystem" | "DescribeFileSystems" | "DeleteFileSystem" | "CreateMountTarget" => Product::Nas,
+            _ => Product::Ecs,
+        }
+    }
+}
+
+/// The error body the service answers with, on any HTTP status >= 400.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ErrorBody {
+    pub request_id: String,
+    #[serde(default)]
+    pub host_id: String,
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub recommend: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RequestIdOnly {
+    pub request_id: String,
+}
+
+macro_rules! wrapped_list {
+    ($name:ident, $field:literal, $item:ty) => {
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        pub struct $name {
+            #[serde(rename = $field, default)]
+            pub items: Vec<$item>,
+        }
+
+        impl From<Vec<$item>> for $name {
+            fn from(items: Vec<$item>) -> Self {
+                Self { items }
+            }
+        }
+    };
+}
+
+wrapped_list!(SecurityGroupIdList, "SecurityGroupId", String);
+wrapped_list!(InstanceIdList, "InstanceIdSet", String);
+wrapped_list!(PrivateIpList, "PrivateIpSet", PrivateIpSet);
+wrapped_list!(Ipv6List, "Ipv6Set", Ipv6Set);
+wrapped_list!(AddressList, "PrivateIpAddress", Ipv4Addr);
+wrapped_list!(Ipv6AddressList, "Ipv6Address", Ipv6Addr);
+wrapped_list!(IpAddressList, "IpAddress", Ipv4Addr);
+wrapped_list!(NetworkInterfaceList, "NetworkInterfaceSet", NetworkInterfaceSet);
+wrapped_list!(InstanceList, "Instance", InstanceItem);
+wrapped_list!(InstanceTypeList, "InstanceType", InstanceTypeItem);
+wrapped_list!(VpcList, "Vpc", VpcItem);
+wrapped_list!(VSwitchList, "VSwitch", VSwitchItem);
+wrapped_list!(SecurityGroupList, "SecurityGroup", SecurityGroupItem);
+wrapped_list!(PermissionList, "Permission", Permission);
+wrapped_list!(DiskList, "Disk", DiskItem);
+wrapped_list!(FileSystemList, "FileSystem", FileSystemItem);
+wrapped_list!(MountTargetList, "MountTarget", MountTargetItem);
+
+// ---- ENIs -------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrivateIpSet {
+    pub private_ip_address: Ipv4Addr,
+    pub primary: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ipv6Set {
+    pub ipv6_address: Ipv6Addr,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Attachment {
+    #[serde(default)]
+    pub instance_id: String,
+    #[serde(default)]
+    pub trunk_network_interface_id: String,
+    /// For a member ENI: its VLAN ID on the trunk.
+    #[serde(default)]
+    pub device_index: Option<u16>,
+}
+
+/// One ENI as DescribeNetworkInterfaces and CreateNetworkInterface write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkInterfaceSet {
+    pub network_interface_id: String,
+    pub status: String,
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub vpc_id: String,
+    #[serde(rename = "VSwitchId")]
+    pub vswitch_id: String,
+    pub zone_id: String,
+    pub private_ip_address: Ipv4Addr,
+    pub mac_address: String,
+    #[serde(default)]
+    pub instance_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub security_group_ids: SecurityGroupIdList,
+    #[serde(default)]
+    pub private_ip_sets: PrivateIpList,
+    #[serde(default)]
+    pub ipv6_sets: Ipv6List,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+impl NetworkInterfaceSet {
+    pub fn to_model(&self) -> Option<model::NetworkInterface> {
+        let attachment = self.attachment.clone().unwrap_or_default();
+        let instance_id = Some(self.instance_id.clone())
+            .filter(|s| !s.is_empty())
+            .or_else(|| Some(attachment.instance_id.clone()).filter(|s| !s.is_empty()));
+        Some(model::NetworkInterface {
+            id: self.network_interface_id.clone(),
+            kind: model::EniKind::parse(&self.kind)?,
+            status: model::EniStatus::parse(&self.status)?,
+            mac: self.mac_address.clone(),
+            vpc_id: self.vpc_id.clone(),
+            vswitch_id: self.vswitch_id.clone(),
+            zone_id: self.zone_id.clone(),
+            security_group_ids: self.security_group_ids.items.clone(),
+            instance_id,
+            trunk_eni_id: Some(attachment.trunk_network_interface_id).filter(|s| !s.is_empty()),
+            vlan_id: attachment.device_index.filter(|_| self.kind == "Member"),
+            primary_ip: self.private_ip_address,
+            secondary_ips: self
+                .private_ip_sets
+                .items
+                .iter()
+                .filter(|s| !s.primary)
+                .map(|s| s.private_ip_address)
+                .collect(),
+            ipv6_addresses: self.ipv6_sets.items.iter().map(|s| s.ipv6_address).collect(),
+            description: self.description.clone(),
+        })
+    }
+
+    pub fn from_model(eni: &model::NetworkInterface) -> Self {
+        let mut ips = vec![PrivateIpSet { private_ip_address: eni.primary_ip, primary: true }];
+        ips.extend(eni.secondary_ips.iter().map(|ip| PrivateIpSet { private_ip_address: *ip, primary: false }));
+        let attachment = eni.instance_id.as_ref().map(|instance| Attachment {
+            instance_id: instance.clone(),
+            trunk_network_interface_id: eni.trunk_eni_id.clone().unwrap_or_default(),
+            device_index: eni.vlan_id,
+        });
+        NetworkInterfaceSet {
+            network_interface_id: eni.id.clone(),
+            status: eni.status.as_str().to_string(),
+            kind: eni.kind.as_str().to_string(),
+            vpc_id: eni.vpc_id.clone(),
+            vswitch_id: eni.vswitch_id.clone(),
+            zone_id: eni.zone_id.clone(),
+            private_ip_address: eni.primary_ip,
+            mac_address: eni.mac.clone(),
+            instance_id: eni.instance_id.clone().unwrap_or_default(),
+            description: eni.description.clone(),
+            security_group_ids: eni.security_group_ids.clone().into(),
+            private_ip_sets: ips.into(),
+            ipv6_sets: eni.ipv6_addresses.iter().map(|a| Ipv6Set { ipv6_address: *a }).collect::<Vec<_>>().into(),
+            attachment,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeNetworkInterfacesResponse {
+    pub request_id: String,
+    #[serde(default)]
+    pub total_count: u64,
+    /// Empty on the last page.
+    #[serde(default)]
+    pub next_token: String,
+    #[serde(default)]
+    pub network_interface_sets: NetworkInterfaceList,
+}
+
+/// CreateNetworkInterface answers the new ENI's fields at the top level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateNetworkInterfaceResponse {
+    pub request_id: String,
+    #[serde(flatten)]
+    pub eni: NetworkInterfaceSet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AssignedPrivateIpAddressesSet {
+    pub network_interface_id: String,
+    pub private_ip_set: AddressList,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AssignPrivateIpAddressesResponse {
+    pub request_id: String,
+    pub assigned_private_ip_addresses_set: AssignedPrivateIpAddressesSet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AssignIpv6AddressesResponse {
+    pub request_id: String,
+    pub network_interface_id: String,
+    pub ipv6_sets: Ipv6AddressList,
+}
+
+// ---- instances --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunInstancesResponse {
+    pub request_id: String,
+    pub instance_id_sets: InstanceIdList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VpcAttributes {
+    pub vpc_id: String,
+    #[serde(rename = "VSwitchId")]
+    pub vswitch_id: String,
+    pub private_ip_address: IpAddressList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceNetworkInterface {
+    pub network_interface_id: String,
+    pub mac_address: String,
+    pub primary_ip_address: Ipv4Addr,
+    #[serde(rename = "Type")]
+    pub kind: String,
+}
+
+wrapped_list!(InstanceNetworkInterfaceList, "NetworkInterface", InstanceNetworkInterface);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceItem {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub instance_type: String,
+    pub zone_id: String,
+    pub status: String,
+    pub cpu: u32,
+    /// MiB.
+    pub memory: u64,
+    pub vpc_attributes: VpcAttributes,
+    pub security_group_ids: SecurityGroupIdList,
+    pub network_interfaces: InstanceNetworkInterfaceList,
+    /// `NoSpot` for on-demand instances.
+    pub spot_strategy: String,
+}
+
+impl InstanceItem {
+    pub fn to_model(&self) -> Option<model::Instance> {
+        let primary = self.network_interfaces.items.iter().find(|n| n.kind == "Primary")?;
+        Some(model::Instance {
+            id: self.instance_id.clone(),
+            name: self.instance_name.clone(),
+            instance_type: self.instance_type.clone(),
+            zone_id: self.zone_id.clone(),
+            vpc_id: self.vpc_attributes.vpc_id.clone(),
+            vswitch_id: self.vpc_attributes.vswitch_id.clone(),
+            status: model::InstanceStatus::parse(&self.status)?,
+            primary_ip: *self.vpc_attributes.private_ip_address.items.first()?,
+            primary_eni_id: primary.network_interface_id.clone(),
+            security_group_ids: self.security_group_ids.items.clone(),
+            spot: self.spot_strategy != "NoSpot",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstancesResponse {
+    pub request_id: String,
+    #[serde(default)]
+    pub total_count: u64,
+    #[serde(default)]
+    pub next_token: String,
+    pub instances: InstanceList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceTypeItem {
+    pub instance_type_id: String,
+    pub instance_type_family: String,
+    pub cpu_core_count: u32,
+    /// GiB, as a decimal number.
+    pub memory_size: f64,
+    pub eni_quantity: u32,
+    pub eni_private_ip_address_quantity: u32,
+    pub eni_ipv6_address_quantity: u32,
+    /// ENIs of every kind, member ENIs included.
+    pub eni_total_quantity: u32,
+    pub eni_trunk_supported: bool,
+    pub disk_quantity: u32,
+    /// Not a field of the real service: the local cloud's list price, for the price expander.
+    #[serde(default)]
+    pub price_per_hour: f64,
+}
+
+impl InstanceTypeItem {
+    pub fn from_model(t: &model::InstanceType) -> Self {
+        InstanceTypeItem {
+            instance_type_id: t.id.clone(),
+            instance_type_family: t.family.clone(),
+            cpu_core_count: t.vcpu,
+            memory_size: t.memory_mib as f64 / 1024.0,
+            eni_quantity: t.eni_quota,
+            eni_private_ip_address_quantity: t.ipv4_per_eni,
+            eni_ipv6_address_quantity: t.ipv6_per_eni,
+            eni_total_quantity: t.eni_quota + t.member_eni_quota,
+            eni_trunk_supported: t.member_eni_quota > 0,
+            disk_quantity: t.disk_quota,
+            price_per_hour: t.price_per_hour,
+        }
+    }
+
+    pub fn to_model(&self) -> model::InstanceType {
+        model::InstanceType {
+            id: self.instance_type_id.clone(),
+            family: self.instance_type_family.clone(),
+            vcpu: self.cpu_core_count,
+            memory_mib: (self.memory_size * 1024.0).round() as u64,
+            eni_quota: self.eni_quantity,
+            ipv4_per_eni: self.eni_private_ip_address_quantity,
+            ipv6_per_eni: self.eni_ipv6_address_quantity,
+            member_eni_quota: if self.eni_trunk_supported {
+                self.eni_total_quantity.saturating_sub(self.eni_quantity)
+            } else {
+                0
+            },
+            disk_quota: self.disk_quantity,
+            price_per_hour: self.price_per_hour,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstanceTypesResponse {
+    pub request_id: String,
+    pub instance_types: InstanceTypeList,
+}
+
+// ---- VPC, vSwitch, security group ---------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateVpcResponse {
+    pub request_id: String,
+    pub vpc_id: String,
+    #[serde(rename = "VRouterId")]
+    pub vrouter_id: String,
+    pub route_table_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VpcItem {
+    pub vpc_id: String,
+    pub vpc_name: String,
+    pub cidr_block: String,
+    #[serde(default)]
+    pub ipv6_cidr_block: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeVpcsResponse {
+    pub request_id: String,
+    pub total_count: u64,
+    pub vpcs: VpcList,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateVSwitchResponse {
+    pub request_id: String,
+    #[serde(rename = "VSwitchId")]
+    pub vswitch_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VSwitchItem {
+    #[serde(rename = "VSwitchId")]
+    pub vswitch_id: String,
+    pub vpc_id: String,
+    pub zone_id: String,
+    #[serde(rename = "VSwitchName")]
+    pub vswitch_name: String,
+    pub cidr_block: String,
+    #[serde(default)]
+    pub ipv6_cidr_block: String,
+    pub available_ip_address_count: u64,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeVSwitchesResponse {
+    pub request_id: String,
+    pub total_count: u64,
+    #[serde(rename = "VSwitches")]
+    pub vswitches: VSwitchList,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateSecurityGroupResponse {
+    pub request_id: String,
+    pub security_group_id: String,
+}
+
+/// One rule of a security group as DescribeSecurityGroupAttribute writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Permission {
+    /// `tcp`, `udp`, `icmp`, `all` (the service answers in upper case, and accepts either).
+    pub ip_protocol: String,
+    /// `from/to`; `-1/-1` for every port.
+    pub port_range: String,
+    #[serde(default)]
+    pub source_cidr_ip: String,
+    #[serde(default)]
+    pub dest_cidr_ip: String,
+    /// `Accept` or `Drop`.
+    pub policy: String,
+    pub priority: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeSecurityGroupAttributeResponse {
+    pub request_id: String,
+    pub security_group_id: String,
+    pub security_group_name: String,
+    pub vpc_id: String,
+    pub permissions: PermissionList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecurityGroupItem {
+    pub security_group_id: String,
+    pub security_group_name: String,
+    pub vpc_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeSecurityGroupsResponse {
+    pub request_id: String,
+    pub total_count: u64,
+    pub security_groups: SecurityGroupList,
+}
+
+// ---- disks ------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateDiskResponse {
+    pub request_id: String,
+    pub disk_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskItem {
+    pub disk_id: String,
+    pub disk_name: String,
+    pub zone_id: String,
+    pub category: String,
+    #[serde(default)]
+    pub performance_level: String,
+    /// GiB.
+    pub size: u64,
+    pub status: String,
+    #[serde(default)]
+    pub instance_id: String,
+    #[serde(default)]
+    pub device: String,
+    pub serial_number: String,
+    /// `system` or `data`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+}
+
+impl DiskItem {
+    pub fn to_model(&self) -> Option<model::Disk> {
+        Some(model::Disk {
+            id: self.disk_id.clone(),
+            name: self.disk_name.clone(),
+            zone_id: self.zone_id.clone(),
+            category: self.category.clone(),
+            performance_level: self.performance_level.clone(),
+            size_gib: self.size,
+            status: model::DiskStatus::parse(&self.status)?,
+            instance_id: Some(self.instance_id.clone()).filter(|s| !s.is_empty()),
+            serial: self.serial_number.clone(),
+            device: Some(self.device.clone()).filter(|s| !s.is_empty()),
+        })
+    }
+
+    pub fn from_model(d: &model::Disk) -> Self {
+        DiskItem {
+            disk_id: d.id.clone(),
+            disk_name: d.name.clone(),
+            zone_id: d.zone_id.clone(),
+            category: d.category.clone(),
+            performance_level: d.performance_level.clone(),
+            size: d.size_gib,
+            status: d.status.as_str().to_string(),
+            instance_id: d.instance_id.clone().unwrap_or_default(),
+            device: d.device.clone().unwrap_or_default(),
+            serial_number: d.serial.clone(),
+            kind: "data".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeDisksResponse {
+    pub request_id: String,
+    #[serde(default)]
+    pub total_count: u64,
+    #[serde(default)]
+    pub next_token: String,
+    pub disks: DiskList,
+}
+
+// ---- NAS --------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateFileSystemResponse {
+    pub request_id: String,
+    pub file_system_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateMountTargetResponse {
+    pub request_id: String,
+    pub mount_target_domain: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MountTargetItem {
+    pub mount_target_domain: String,
+    pub vpc_id: String,
+    #[serde(rename = "VswId")]
+    pub vsw_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FileSystemItem {
+    pub file_system_id: String,
+    pub protocol_type: String,
+    pub zone_id: String,
+    /// GiB.
+    pub capacity: u64,
+    #[serde(default)]
+    pub mount_targets: MountTargetList,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeFileSystemsResponse {
+    pub request_id: String,
+    pub total_count: u64,
+    pub file_systems: FileSystemList,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eni_decodes_the_service_shape() {
+        let body = r#"{
+            "RequestId": "r1", "TotalCount": 1, "NextToken": "",
+            "NetworkInterfaceSets": {"NetworkInterfaceSet": [{
+                "NetworkInterfaceId": "eni-1", "Status": "InUse", "Type": "Member",
+                "VpcId": "vpc-1", "VSwitchId": "vsw-1", "ZoneId": "local-1a",
+                "PrivateIpAddress": "10.0.0.5", "MacAddress": "02:00:00:00:00:05",
+                "InstanceId": "i-1",
+                "SecurityGroupIds": {"SecurityGroupId": ["sg-1"]},
+                "PrivateIpSets": {"PrivateIpSet": [
+                    {"PrivateIpAddress": "10.0.0.5", "Primary": true},
+                    {"PrivateIpAddress": "10.0.0.6", "Primary": false}]},
+                "Ipv6Sets": {"Ipv6Set": [{"Ipv6Address": "fd00::5"}]},
+                "Attachment": {"InstanceId": "i-1", "TrunkNetworkInterfaceId": "eni-t", "DeviceIndex": 7}
+            }]}}"#;
+        let resp: DescribeNetworkInterfacesResponse = serde_json::from_str(body).unwrap();
+        let eni = resp.network_interface_sets.items[0].to_model().unwrap();
+        assert_eq!(eni.kind, model::EniKind::Member);
+        assert_eq!(eni.secondary_ips, vec!["10.0.0.6".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(eni.vlan_id, Some(7));
+        assert_eq!(eni.trunk_eni_id.as_deref(), Some("eni-t"));
+        // and back: the local cloud writes what the client reads
+        let again = NetworkInterfaceSet::from_model(&eni).to_model().unwrap();
+        assert_eq!(again, eni);
+    }
+
+    #[test]
+    fn create_eni_response_is_flat() {
+        let eni = model::NetworkInterface {
+            id: "eni-2".into(),
+            kind: model::EniKind::Secondary,
+            status: model::EniStatus::Available,
+            mac: "02:00:00:00:00:09".into(),
+            vpc_id: "vpc-1".into(),
+            vswitch_id: "vsw-1".into(),
+            zone_id: "z".into(),
+            security_group_ids: vec!["sg-1".into()],
+            instance_id: None,
+            trunk_eni_id: None,
+            vlan_id: None,
+            primary_ip: "10.0.0.9".parse().unwrap(),
+            secondary_ips: vec![],
+            ipv6_addresses: vec![],
+            description: String::new(),
+        };
+        let resp = CreateNetworkInterfaceResponse { request_id: "r".into(), eni: NetworkInterfaceSet::from_model(&eni) };
+        let json = serde_json::to_value(&resp).unwrap();
+        assert_eq!(json["NetworkInterfaceId"], "eni-2");
+        assert_eq!(json["SecurityGroupIds"]["SecurityGroupId"][0], "sg-1");
+        assert!(json.get("Attachment").is_none());
+    }
+
+    #[test]
+    fn products_route_actions() {
+        assert_eq!(Product::of("CreateVSwitch"), Product::Vpc);
+        assert_eq!(Product::of("AssignPrivateIpAddresses"), Product::Ecs);
+        assert_eq!(Product::of("CreateFileSystem"), Product::Nas);
+        assert_eq!(Product::Ecs.version(), "2014-05-26");
+    }
+
+    #[test]
+    fn instance_type_round_trips() {
+        for t in crate::catalogue::instance_types() {
+            assert_eq!(InstanceTypeItem::from_model(&t).to_model(), t);
+        }
+    }
+}

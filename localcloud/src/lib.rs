@@ -1,0 +1,6 @@
+//! `berth-localcloud`: the ECS/VPC/NAS RPC API served on loopback, checked like the real service
+//! (signatures, error codes, quotas, asynchronous attach), over a real data plane.
+
+pub mod netplane;
+pub mod state;
+pub mod storage;

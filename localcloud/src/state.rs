@@ -1,0 +1,43 @@
+//! The local cloud's whole state: every resource, as the API answers it. The control plane mutates
+//! it under one lock and persists it after each change; the planes converge the machine to it.
+
+use std::collections::BTreeMap;
+
+use berth_cloud::model::{Disk, Instance, NasFileSystem, NetworkInterface, SecurityGroup, VSwitch, Vpc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub region_id: String,
+    pub vpcs: BTreeMap<String, Vpc>,
+    /// `available_ip_address_count` is kept up to date by the control plane.
+    pub vswitches: BTreeMap<String, VSwitch>,
+    pub security_groups: BTreeMap<String, SecurityGroup>,
+    pub instances: BTreeMap<String, Instance>,
+    /// Every ENI, primary ENIs included. An ENI is on the wire once its status is `InUse`.
+    pub enis: BTreeMap<String, NetworkInterface>,
+    /// A disk is attached (and must have a block device) once its status is `InUse`.
+    pub disks: BTreeMap<String, Disk>,
+    pub file_systems: BTreeMap<String, NasFileSystem>,
+    /// Idempotency: `Action/ClientToken` to the ID of the resource that request created.
+    pub client_tokens: BTreeMap<String, String>,
+    /// Source of unique resource IDs and MAC addresses; only grows.
+    pub next_serial: u64,
+}
+
+/// A data or storage plane that makes the machine match the state: namespaces, veths, routes and
+/// filters for the network; loop devices and directories for storage. `converge` is idempotent and
+/// is called at start (after a restart) and after every change of the state.
+pub trait Plane: Send + Sync {
+    fn converge(&self, state: &State) -> Result<(), PlaneError>;
+    /// Removes everything the plane made on this machine (used by `berth-localcloud down`/tests).
+    fn teardown(&self) -> Result<(), PlaneError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{plane} plane: {what}: {reason}")]
+pub struct PlaneError {
+    pub plane: &'static str,
+    pub what: String,
+    pub reason: String,
+}
