@@ -107,6 +107,8 @@ pub enum CloudError {
     Decode { action: String, reason: String, body: String },
     #[error("{action}: gave up after {attempts} attempts, last error: {last}")]
     RetriesExhausted { action: String, attempts: u32, last: Box<CloudError> },
+    #[error("timed out after {waited:?} waiting for {what}; the cloud may be slow or the resource stuck, check it with Describe*")]
+    Timeout { what: String, waited: std::time::Duration },
     #[error("invalid credentials file {path}: {reason}")]
     Credentials { path: String, reason: String },
 }

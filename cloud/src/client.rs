@@ -1,0 +1,635 @@
+//! The HTTP client of the RPC API: signs each request, limits each action's rate, retries what the
+//! service says is retryable with backoff, and keeps one ClientToken across the retries of a call
+//! so that a retried create never creates twice.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
+    RunInstancesRequest,
+};
+use crate::error::{ApiError, CloudError, Result};
+use crate::model::{
+    Credentials, Direction, Disk, EniKind, Instance, InstanceType, IpProtocol, NasFileSystem, NetworkInterface, Policy,
+    SecurityGroup, SecurityGroupRule, VSwitch, Vpc,
+};
+use crate::params::Params;
+use crate::ratelimit::{Limit, RateLimiter};
+use crate::retry::RetryPolicy;
+use crate::signing;
+use crate::wire::{self, Product};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL of the ECS API (e.g. `https://ecs.<region>.aliyuncs.com` or the local cloud's
+    /// `http://127.0.0.1:PORT`). VPC and NAS use it too unless given their own.
+    pub endpoint: String,
+    pub vpc_endpoint: Option<String>,
+    pub nas_endpoint: Option<String>,
+    pub region_id: String,
+    pub credentials: Credentials,
+    /// Time allowed for one HTTP request.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub default_limit: Limit,
+    /// Per-action overrides of `default_limit`.
+    pub limits: HashMap<String, Limit>,
+}
+
+impl ClientConfig {
+    pub fn new(endpoint: impl Into<String>, region_id: impl Into<String>, credentials: Credentials) -> Self {
+        ClientConfig {
+            endpoint: endpoint.into(),
+            vpc_endpoint: None,
+            nas_endpoint: None,
+            region_id: region_id.into(),
+            credentials,
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            default_limit: Limit { rate_per_sec: 20.0, burst: 40 },
+            limits: HashMap::new(),
+        }
+    }
+}
+
+/// How one API call ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Ok,
+    Throttled,
+    ApiError,
+    TransportError,
+}
+
+/// Receives every attempt's action, latency and outcome (the agent turns these into metrics).
+pub trait CallObserver: Send + Sync {
+    fn observe(&self, action: &str, elapsed: Duration, outcome: CallOutcome);
+}
+
+pub struct HttpCloud {
+    config: ClientConfig,
+    http: reqwest::Client,
+    limiter: RateLimiter,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl std::fmt::Debug for HttpCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCloud").field("endpoint", &self.config.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl HttpCloud {
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        // reqwest is built without a default TLS crypto provider; ring is ours. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .pool_max_idle_per_host(16)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CloudError::Transport {
+                action: "init".into(),
+                endpoint: config.endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+        let limiter = RateLimiter::new(config.default_limit, config.limits.clone());
+        Ok(HttpCloud { config, http, limiter, observer: None })
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    fn endpoint_for(&self, product: Product) -> &str {
+        let own = match product {
+            Product::Ecs => None,
+            Product::Vpc => self.config.vpc_endpoint.as_deref(),
+            Product::Nas => self.config.nas_endpoint.as_deref(),
+        };
+        own.unwrap_or(&self.config.endpoint)
+    }
+
+    fn observe(&self, action: &str, elapsed: Duration, outcome: CallOutcome) {
+        if let Some(o) = &self.observer {
+            o.observe(action, elapsed, outcome);
+        }
+    }
+
+    /// Sends `action` with `params`, signed, rate-limited and retried, and decodes the answer.
+    pub async fn call<T: DeserializeOwned>(&self, action: &str, params: Params) -> Result<T> {
+        let product = Product::of(action);
+        let endpoint = self.endpoint_for(product).to_string();
+        // A repeated Describe is harmless, and a ClientToken makes a repeated create harmless.
+        let idempotent = action.starts_with("Describe") || params.0.contains_key("ClientToken");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let wait = self.limiter.reserve(action, Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let started = Instant::now();
+            let (result, retry_this) = self.attempt::<T>(action, product, &endpoint, &params, idempotent).await;
+            let outcome = match &result {
+                Ok(_) => CallOutcome::Ok,
+                Err(CloudError::Api(e)) if e.is_throttling() => CallOutcome::Throttled,
+                Err(CloudError::Api(_)) => CallOutcome::ApiError,
+                Err(_) => CallOutcome::TransportError,
+            };
+            self.observe(action, started.elapsed(), outcome);
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if retry_this && attempt < self.config.retry.max_attempts => {
+                    let delay = self.config.retry.delay(attempt, rand::random::<f64>());
+                    tracing::debug!(action, attempt, ?delay, error = %e, "retrying cloud call");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) if retry_this && attempt > 1 => {
+                    return Err(CloudError::RetriesExhausted { action: action.to_string(), attempts: attempt, last: Box::new(e) });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One signed request; also says whether its failure may be retried.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        action: &str,
+        product: Product,
+        endpoint: &str,
+        params: &Params,
+        idempotent: bool,
+    ) -> (Result<T>, bool) {
+        let mut signed = params.0.clone();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let timestamp = signing::format_timestamp(now);
+        let common = signing::CommonParams {
+            action,
+            version: product.version(),
+            access_key_id: &self.config.credentials.access_key_id,
+            region_id: &self.config.region_id,
+            nonce: &nonce,
+            timestamp: &timestamp,
+        };
+        signing::sign(&self.config.credentials.access_key_secret, "POST", &common, &mut signed);
+        let url = format!("{}/", endpoint.trim_end_matches('/'));
+        let response = match self.http.post(&url).form(&signed).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                // A request that never connected was never seen by the service: always safe to resend.
+                let retry = e.is_connect() || (idempotent && (e.is_timeout() || e.is_request()));
+                let err = CloudError::Transport { action: action.into(), endpoint: endpoint.into(), reason: e.to_string() };
+                return (Err(err), retry);
+            }
+        };
+        let status = response.status().as_u16();
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                let err = CloudError::Transport { action: action.into(), endpoint: endpoint.into(), reason: e.to_string() };
+                return (Err(err), idempotent);
+            }
+        };
+        if (200..300).contains(&status) {
+            return (serde_json::from_slice::<T>(&body).map_err(|e| decode_error(action, &e, &body)), false);
+        }
+        match serde_json::from_slice::<wire::ErrorBody>(&body) {
+            Ok(err) => {
+                let api = ApiError { action: action.into(), code: err.code, message: err.message, request_id: err.request_id, http_status: status };
+                let retry = api.is_retryable();
+                (Err(CloudError::Api(api)), retry)
+            }
+            Err(e) => (Err(decode_error(action, &e, &body)), status >= 500),
+        }
+    }
+}
+
+fn decode_error(action: &str, e: &serde_json::Error, body: &[u8]) -> CloudError {
+    let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    CloudError::Decode { action: action.into(), reason: e.to_string(), body }
+}
+
+fn decode_failure(action: &str, what: &str) -> CloudError {
+    CloudError::Decode { action: action.into(), reason: format!("unexpected value: {what}"), body: String::new() }
+}
+
+/// Reads credentials from a file that only its owner may read: `access_key_id` and
+/// `access_key_secret`, as TOML or JSON.
+pub fn load_credentials(path: &Path) -> Result<Credentials> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = path.display().to_string();
+    let fail = |reason: String| CloudError::Credentials { path: shown.clone(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(fail(format!("mode {mode:04o} lets others read the secret; run `chmod 600 {shown}`")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let creds: Credentials = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?
+    } else {
+        toml::from_str(&text).map_err(|e| fail(format!("not valid TOML: {e}")))?
+    };
+    if creds.access_key_id.is_empty() || creds.access_key_secret.is_empty() {
+        return Err(fail("access_key_id and access_key_secret must both be set".into()));
+    }
+    Ok(creds)
+}
+
+fn token(t: Option<&str>) -> String {
+    t.map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn parse_rule(p: &wire::Permission) -> Option<SecurityGroupRule> {
+    let direction = match p.direction.to_ascii_lowercase().as_str() {
+        "ingress" => Direction::Ingress,
+        "egress" => Direction::Egress,
+        _ => return None,
+    };
+    let protocol = match p.ip_protocol.to_ascii_lowercase().as_str() {
+        "tcp" => IpProtocol::Tcp,
+        "udp" => IpProtocol::Udp,
+        "icmp" => IpProtocol::Icmp,
+        "all" => IpProtocol::All,
+        _ => return None,
+    };
+    let ports = match p.port_range.split_once('/') {
+        Some(("-1", "-1")) | None => None,
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+    };
+    let peer = if direction == Direction::Ingress { &p.source_cidr_ip } else { &p.dest_cidr_ip };
+    Some(SecurityGroupRule {
+        direction,
+        protocol,
+        ports,
+        peer_cidr: peer.parse().ok()?,
+        policy: if p.policy.eq_ignore_ascii_case("drop") { Policy::Drop } else { Policy::Accept },
+        priority: p.priority.parse().ok()?,
+    })
+}
+
+fn rule_params(id: &str, rule: &SecurityGroupRule) -> Params {
+    let protocol = match rule.protocol {
+        IpProtocol::Tcp => "tcp",
+        IpProtocol::Udp => "udp",
+        IpProtocol::Icmp => "icmp",
+        IpProtocol::All => "all",
+    };
+    let ports = rule.ports.map(|(a, b)| format!("{a}/{b}")).unwrap_or_else(|| "-1/-1".into());
+    let peer_key = if rule.direction == Direction::Ingress { "SourceCidrIp" } else { "DestCidrIp" };
+    Params::new()
+        .set("SecurityGroupId", id)
+        .set("IpProtocol", protocol)
+        .set("PortRange", ports)
+        .set(peer_key, rule.peer_cidr)
+        .set("Policy", if rule.policy == Policy::Drop { "drop" } else { "accept" })
+        .set("Priority", rule.priority)
+}
+
+impl Cloud for HttpCloud {
+    async fn describe_instance_types(&self, ids: &[String]) -> Result<Vec<InstanceType>> {
+        let r: wire::DescribeInstanceTypesResponse =
+            self.call("DescribeInstanceTypes", Params::new().list("InstanceTypes", ids)).await?;
+        Ok(r.instance_types.items.iter().map(wire::InstanceTypeItem::to_model).collect())
+    }
+
+    async fn run_instances(&self, req: &RunInstancesRequest) -> Result<Vec<String>> {
+        let p = Params::new()
+            .set("InstanceType", &req.instance_type)
+            .set("VSwitchId", &req.vswitch_id)
+            .list("SecurityGroupIds", &req.security_group_ids)
+            .set("Amount", req.amount.max(1))
+            .set("InstanceName", &req.name)
+            .set("SpotStrategy", if req.spot { "SpotAsPriceGo" } else { "NoSpot" })
+            .set("ClientToken", token(req.client_token.as_deref()));
+        let r: wire::RunInstancesResponse = self.call("RunInstances", p).await?;
+        Ok(r.instance_id_sets.items)
+    }
+
+    async fn delete_instances(&self, ids: &[String], force: bool) -> Result<()> {
+        let p = Params::new().list("InstanceId", ids).set("Force", force);
+        self.call::<wire::RequestIdOnly>("DeleteInstances", p).await.map(drop)
+    }
+
+    async fn describe_instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
+        let mut out = Vec::new();
+        let mut next = String::new();
+        loop {
+            let p = Params::new()
+                .json_list("InstanceIds", &filter.ids)
+                .opt("VpcId", filter.vpc_id.as_deref())
+                .opt("VSwitchId", filter.vswitch_id.as_deref())
+                .opt("ZoneId", filter.zone_id.as_deref())
+                .set("MaxResults", 100)
+                .opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeInstancesResponse = self.call("DescribeInstances", p).await?;
+            for i in &r.instances.items {
+                out.push(i.to_model().ok_or_else(|| decode_failure("DescribeInstances", &i.instance_id))?);
+            }
+            if r.next_token.is_empty() {
+                return Ok(out);
+            }
+            next = r.next_token;
+        }
+    }
+
+    async fn create_vpc(&self, cidr_block: &str, name: &str, ipv6: bool, client_token: Option<&str>) -> Result<String> {
+        let p = Params::new()
+            .set("CidrBlock", cidr_block)
+            .set("VpcName", name)
+            .set("EnableIpv6", ipv6)
+            .set("ClientToken", token(client_token));
+        let r: wire::CreateVpcResponse = self.call("CreateVpc", p).await?;
+        Ok(r.vpc_id)
+    }
+
+    async fn describe_vpcs(&self, id: Option<&str>) -> Result<Vec<Vpc>> {
+        let r: wire::DescribeVpcsResponse = self.call("DescribeVpcs", Params::new().opt("VpcId", id).set("PageSize", 50)).await?;
+        r.vpcs
+            .items
+            .iter()
+            .map(|v| {
+                Ok(Vpc {
+                    id: v.vpc_id.clone(),
+                    name: v.vpc_name.clone(),
+                    cidr_block: v.cidr_block.parse().map_err(|_| decode_failure("DescribeVpcs", &v.cidr_block))?,
+                    ipv6_cidr_block: if v.ipv6_cidr_block.is_empty() {
+                        None
+                    } else {
+                        Some(v.ipv6_cidr_block.parse().map_err(|_| decode_failure("DescribeVpcs", &v.ipv6_cidr_block))?)
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn create_vswitch(&self, req: &CreateVSwitchRequest) -> Result<String> {
+        let p = Params::new()
+            .set("VpcId", &req.vpc_id)
+            .set("ZoneId", &req.zone_id)
+            .set("CidrBlock", &req.cidr_block)
+            .opt("Ipv6CidrBlock", req.ipv6_block_index)
+            .set("VSwitchName", &req.name)
+            .set("ClientToken", token(req.client_token.as_deref()));
+        let r: wire::CreateVSwitchResponse = self.call("CreateVSwitch", p).await?;
+        Ok(r.vswitch_id)
+    }
+
+    async fn describe_vswitches(&self, vpc_id: Option<&str>, id: Option<&str>) -> Result<Vec<VSwitch>> {
+        let mut out = Vec::new();
+        let mut page = 1u32;
+        loop {
+            let p = Params::new().opt("VpcId", vpc_id).opt("VSwitchId", id).set("PageNumber", page).set("PageSize", 50);
+            let r: wire::DescribeVSwitchesResponse = self.call("DescribeVSwitches", p).await?;
+            let got = r.vswitches.items.len();
+            for v in r.vswitches.items {
+                let bad = |s: &str| decode_failure("DescribeVSwitches", s);
+                out.push(VSwitch {
+                    cidr_block: v.cidr_block.parse().map_err(|_| bad(&v.cidr_block))?,
+                    ipv6_cidr_block: if v.ipv6_cidr_block.is_empty() {
+                        None
+                    } else {
+                        Some(v.ipv6_cidr_block.parse().map_err(|_| bad(&v.ipv6_cidr_block))?)
+                    },
+                    id: v.vswitch_id,
+                    vpc_id: v.vpc_id,
+                    zone_id: v.zone_id,
+                    name: v.vswitch_name,
+                    available_ip_address_count: v.available_ip_address_count,
+                });
+            }
+            if got < 50 || out.len() as u64 >= r.total_count {
+                return Ok(out);
+            }
+            page += 1;
+        }
+    }
+
+    async fn create_security_group(&self, vpc_id: &str, name: &str, client_token: Option<&str>) -> Result<String> {
+        let p = Params::new().set("VpcId", vpc_id).set("SecurityGroupName", name).set("ClientToken", token(client_token));
+        let r: wire::CreateSecurityGroupResponse = self.call("CreateSecurityGroup", p).await?;
+        Ok(r.security_group_id)
+    }
+
+    async fn authorize_security_group(&self, id: &str, rule: &SecurityGroupRule) -> Result<()> {
+        let action = if rule.direction == Direction::Ingress { "AuthorizeSecurityGroup" } else { "AuthorizeSecurityGroupEgress" };
+        self.call::<wire::RequestIdOnly>(action, rule_params(id, rule)).await.map(drop)
+    }
+
+    async fn revoke_security_group(&self, id: &str, rule: &SecurityGroupRule) -> Result<()> {
+        let action = if rule.direction == Direction::Ingress { "RevokeSecurityGroup" } else { "RevokeSecurityGroupEgress" };
+        self.call::<wire::RequestIdOnly>(action, rule_params(id, rule)).await.map(drop)
+    }
+
+    async fn describe_security_group(&self, id: &str) -> Result<SecurityGroup> {
+        let p = Params::new().set("SecurityGroupId", id).set("Direction", "all");
+        let r: wire::DescribeSecurityGroupAttributeResponse = self.call("DescribeSecurityGroupAttribute", p).await?;
+        let rules = r
+            .permissions
+            .items
+            .iter()
+            .map(|p| parse_rule(p).ok_or_else(|| decode_failure("DescribeSecurityGroupAttribute", &format!("{p:?}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SecurityGroup { id: r.security_group_id, vpc_id: r.vpc_id, name: r.security_group_name, rules })
+    }
+
+    async fn create_network_interface(&self, req: &CreateEniRequest) -> Result<NetworkInterface> {
+        let kind = if req.kind == EniKind::Trunk { "Trunk" } else { "Secondary" };
+        let p = Params::new()
+            .set("VSwitchId", &req.vswitch_id)
+            .list("SecurityGroupIds", &req.security_group_ids)
+            .set("InstanceType", kind)
+            .opt("PrimaryIpAddress", req.primary_ip)
+            .opt("SecondaryPrivateIpAddressCount", Some(req.secondary_ip_count).filter(|n| *n > 0))
+            .opt("Ipv6AddressCount", Some(req.ipv6_count).filter(|n| *n > 0))
+            .set("Description", &req.description)
+            .set("ClientToken", token(req.client_token.as_deref()));
+        let r: wire::CreateNetworkInterfaceResponse = self.call("CreateNetworkInterface", p).await?;
+        r.eni.to_model().ok_or_else(|| decode_failure("CreateNetworkInterface", &r.eni.network_interface_id))
+    }
+
+    async fn attach_network_interface(&self, eni_id: &str, instance_id: &str, trunk_eni_id: Option<&str>) -> Result<()> {
+        let p = Params::new().set("NetworkInterfaceId", eni_id).set("InstanceId", instance_id).opt("TrunkNetworkInstanceId", trunk_eni_id);
+        self.call::<wire::RequestIdOnly>("AttachNetworkInterface", p).await.map(drop)
+    }
+
+    async fn detach_network_interface(&self, eni_id: &str, instance_id: &str, trunk_eni_id: Option<&str>) -> Result<()> {
+        let p = Params::new().set("NetworkInterfaceId", eni_id).set("InstanceId", instance_id).opt("TrunkNetworkInstanceId", trunk_eni_id);
+        self.call::<wire::RequestIdOnly>("DetachNetworkInterface", p).await.map(drop)
+    }
+
+    async fn delete_network_interface(&self, eni_id: &str) -> Result<()> {
+        self.call::<wire::RequestIdOnly>("DeleteNetworkInterface", Params::new().set("NetworkInterfaceId", eni_id)).await.map(drop)
+    }
+
+    async fn describe_network_interfaces(&self, filter: &EniFilter) -> Result<Vec<NetworkInterface>> {
+        let mut out = Vec::new();
+        let mut next = String::new();
+        loop {
+            let p = Params::new()
+                .list("NetworkInterfaceId", &filter.ids)
+                .opt("InstanceId", filter.instance_id.as_deref())
+                .opt("VSwitchId", filter.vswitch_id.as_deref())
+                .opt("VpcId", filter.vpc_id.as_deref())
+                .opt("Type", filter.kind.map(EniKind::as_str))
+                .opt("Status", filter.status.map(|s| s.as_str()))
+                .set("MaxResults", 500)
+                .opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeNetworkInterfacesResponse = self.call("DescribeNetworkInterfaces", p).await?;
+            for e in &r.network_interface_sets.items {
+                out.push(e.to_model().ok_or_else(|| decode_failure("DescribeNetworkInterfaces", &e.network_interface_id))?);
+            }
+            if r.next_token.is_empty() {
+                return Ok(out);
+            }
+            next = r.next_token;
+        }
+    }
+
+    async fn assign_private_ips(&self, eni_id: &str, ips: &Addresses<Ipv4Addr>, client_token: Option<&str>) -> Result<Vec<Ipv4Addr>> {
+        let p = Params::new().set("NetworkInterfaceId", eni_id).set("ClientToken", token(client_token));
+        let p = match ips {
+            Addresses::Count(n) => p.set("SecondaryPrivateIpAddressCount", n),
+            Addresses::These(list) => p.list("PrivateIpAddress", list),
+        };
+        let r: wire::AssignPrivateIpAddressesResponse = self.call("AssignPrivateIpAddresses", p).await?;
+        Ok(r.assigned_private_ip_addresses_set.private_ip_set.items)
+    }
+
+    async fn unassign_private_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<()> {
+        let p = Params::new().set("NetworkInterfaceId", eni_id).list("PrivateIpAddress", ips);
+        self.call::<wire::RequestIdOnly>("UnassignPrivateIpAddresses", p).await.map(drop)
+    }
+
+    async fn assign_ipv6(&self, eni_id: &str, ips: &Addresses<Ipv6Addr>, client_token: Option<&str>) -> Result<Vec<Ipv6Addr>> {
+        let p = Params::new().set("NetworkInterfaceId", eni_id).set("ClientToken", token(client_token));
+        let p = match ips {
+            Addresses::Count(n) => p.set("Ipv6AddressCount", n),
+            Addresses::These(list) => p.list("Ipv6Address", list),
+        };
+        let r: wire::AssignIpv6AddressesResponse = self.call("AssignIpv6Addresses", p).await?;
+        Ok(r.ipv6_sets.items)
+    }
+
+    async fn unassign_ipv6(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<()> {
+        let p = Params::new().set("NetworkInterfaceId", eni_id).list("Ipv6Address", ips);
+        self.call::<wire::RequestIdOnly>("UnassignIpv6Addresses", p).await.map(drop)
+    }
+
+    async fn create_disk(&self, req: &CreateDiskRequest) -> Result<String> {
+        let p = Params::new()
+            .set("ZoneId", &req.zone_id)
+            .set("DiskName", &req.name)
+            .set("DiskCategory", &req.category)
+            .opt("PerformanceLevel", req.performance_level.as_deref())
+            .set("Size", req.size_gib)
+            .set("ClientToken", token(req.client_token.as_deref()));
+        let r: wire::CreateDiskResponse = self.call("CreateDisk", p).await?;
+        Ok(r.disk_id)
+    }
+
+    async fn attach_disk(&self, disk_id: &str, instance_id: &str) -> Result<()> {
+        let p = Params::new().set("DiskId", disk_id).set("InstanceId", instance_id);
+        self.call::<wire::RequestIdOnly>("AttachDisk", p).await.map(drop)
+    }
+
+    async fn detach_disk(&self, disk_id: &str, instance_id: &str) -> Result<()> {
+        let p = Params::new().set("DiskId", disk_id).set("InstanceId", instance_id);
+        self.call::<wire::RequestIdOnly>("DetachDisk", p).await.map(drop)
+    }
+
+    async fn delete_disk(&self, disk_id: &str) -> Result<()> {
+        self.call::<wire::RequestIdOnly>("DeleteDisk", Params::new().set("DiskId", disk_id)).await.map(drop)
+    }
+
+    async fn resize_disk(&self, disk_id: &str, new_size_gib: u64, online: bool) -> Result<()> {
+        let p = Params::new().set("DiskId", disk_id).set("NewSize", new_size_gib).set("Type", if online { "online" } else { "offline" });
+        self.call::<wire::RequestIdOnly>("ResizeDisk", p).await.map(drop)
+    }
+
+    async fn describe_disks(&self, filter: &DiskFilter) -> Result<Vec<Disk>> {
+        let mut out = Vec::new();
+        let mut next = String::new();
+        loop {
+            let p = Params::new()
+                .json_list("DiskIds", &filter.ids)
+                .opt("InstanceId", filter.instance_id.as_deref())
+                .opt("ZoneId", filter.zone_id.as_deref())
+                .set("MaxResults", 100)
+                .opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeDisksResponse = self.call("DescribeDisks", p).await?;
+            for d in &r.disks.items {
+                out.push(d.to_model().ok_or_else(|| decode_failure("DescribeDisks", &d.disk_id))?);
+            }
+            if r.next_token.is_empty() {
+                return Ok(out);
+            }
+            next = r.next_token;
+        }
+    }
+
+    async fn create_nas_file_system(&self, zone_id: &str, vpc_id: &str, vswitch_id: &str, client_token: Option<&str>) -> Result<NasFileSystem> {
+        let p = Params::new()
+            .set("ProtocolType", "NFS")
+            .set("StorageType", "Performance")
+            .set("ZoneId", zone_id)
+            .set("ClientToken", token(client_token));
+        let fs: wire::CreateFileSystemResponse = self.call("CreateFileSystem", p).await?;
+        let p = Params::new()
+            .set("FileSystemId", &fs.file_system_id)
+            .set("NetworkType", "Vpc")
+            .set("VpcId", vpc_id)
+            .set("VSwitchId", vswitch_id);
+        let mt: wire::CreateMountTargetResponse = self.call("CreateMountTarget", p).await?;
+        let mut all = self.describe_nas_file_systems(Some(&fs.file_system_id)).await?;
+        match all.pop() {
+            Some(found) => Ok(found),
+            None => Ok(NasFileSystem {
+                id: fs.file_system_id,
+                zone_id: zone_id.into(),
+                vpc_id: vpc_id.into(),
+                protocol: "NFS".into(),
+                mount_target: mt.mount_target_domain,
+                capacity_gib: 0,
+            }),
+        }
+    }
+
+    async fn describe_nas_file_systems(&self, id: Option<&str>) -> Result<Vec<NasFileSystem>> {
+        let r: wire::DescribeFileSystemsResponse =
+            self.call("DescribeFileSystems", Params::new().opt("FileSystemId", id).set("PageSize", 100)).await?;
+        Ok(r.file_systems
+            .items
+            .into_iter()
+            .map(|f| {
+                let target = f.mount_targets.items.first();
+                NasFileSystem {
+                    id: f.file_system_id,
+                    zone_id: f.zone_id,
+                    vpc_id: target.map(|t| t.vpc_id.clone()).unwrap_or_default(),
+                    protocol: f.protocol_type,
+                    mount_target: target.map(|t| t.mount_target_domain.clone()).unwrap_or_default(),
+                    capacity_gib: f.capacity,
+                }
+            })
+            .collect())
+    }
+
+    async fn delete_nas_file_system(&self, id: &str) -> Result<()> {
+        self.call::<wire::RequestIdOnly>("DeleteFileSystem", Params::new().set("FileSystemId", id)).await.map(drop)
+    }
+}

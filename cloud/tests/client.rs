@@ -1,0 +1,108 @@
+//! The client against a scripted HTTP server: signing, retries, ClientToken reuse, error shapes.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Form, Router, routing::post};
+use berth_cloud::api::Addresses;
+use berth_cloud::model::Credentials;
+use berth_cloud::retry::RetryPolicy;
+use berth_cloud::{Cloud, CloudError, ClientConfig, HttpCloud, signing};
+
+/// Answers each request with the next scripted (status, body) and records the parameters it got.
+#[derive(Clone, Default)]
+struct Script {
+    answers: Arc<Mutex<Vec<(u16, String)>>>,
+    seen: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+}
+
+async fn handle(State(s): State<Script>, Form(p): Form<BTreeMap<String, String>>) -> impl IntoResponse {
+    s.seen.lock().unwrap().push(p);
+    let (status, body) = s.answers.lock().unwrap().remove(0);
+    (StatusCode::from_u16(status).unwrap(), body)
+}
+
+async fn serve(answers: Vec<(u16, &str)>) -> (String, Script) {
+    let script = Script { answers: Arc::new(Mutex::new(answers.into_iter().map(|(s, b)| (s, b.to_string())).collect())), ..Default::default() };
+    let app = Router::new().route("/", post(handle)).with_state(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), script)
+}
+
+fn client(endpoint: &str) -> HttpCloud {
+    let mut cfg = ClientConfig::new(endpoint, "local-1", Credentials { access_key_id: "ak".into(), access_key_secret: "sk".into() });
+    cfg.retry = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) };
+    HttpCloud::new(cfg).unwrap()
+}
+
+const THROTTLED: &str = r#"{"RequestId":"r","HostId":"h","Code":"Throttling","Message":"Request was denied due to flow control."}"#;
+const ASSIGNED: &str = r#"{"RequestId":"r","AssignedPrivateIpAddressesSet":{"NetworkInterfaceId":"eni-1","PrivateIpSet":{"PrivateIpAddress":["10.0.0.7","10.0.0.8"]}}}"#;
+
+#[tokio::test]
+async fn throttling_is_retried_with_the_same_client_token_and_fresh_nonces() {
+    let (url, script) = serve(vec![(400, THROTTLED), (400, THROTTLED), (200, ASSIGNED)]).await;
+    let ips = client(&url).assign_private_ips("eni-1", &Addresses::Count(2), Some("intent-42")).await.unwrap();
+    assert_eq!(ips, vec!["10.0.0.7".parse::<std::net::Ipv4Addr>().unwrap(), "10.0.0.8".parse().unwrap()]);
+    let seen = script.seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    for p in seen.iter() {
+        assert_eq!(p["ClientToken"], "intent-42");
+        assert_eq!(p["Action"], "AssignPrivateIpAddresses");
+        assert_eq!(p["Version"], "2014-05-26");
+        assert_eq!(p["SecondaryPrivateIpAddressCount"], "2");
+        assert!(signing::verify("sk", "POST", p), "every attempt is signed");
+    }
+    let nonces: std::collections::HashSet<_> = seen.iter().map(|p| p["SignatureNonce"].clone()).collect();
+    assert_eq!(nonces.len(), 3, "a nonce is never reused");
+}
+
+#[tokio::test]
+async fn a_non_retryable_error_comes_back_at_once_with_its_code() {
+    let body = r#"{"RequestId":"r9","HostId":"h","Code":"InvalidVSwitchId.IpNotEnough","Message":"The specified VSwitch \"vsw-1\" has not enough IpAddress."}"#;
+    let (url, script) = serve(vec![(403, body)]).await;
+    let err = client(&url).assign_private_ips("eni-1", &Addresses::Count(1), None).await.unwrap_err();
+    assert!(err.is_code("InvalidVSwitchId.IpNotEnough"), "{err}");
+    let api = err.api().unwrap();
+    assert_eq!(api.http_status, 403);
+    assert_eq!(api.request_id, "r9");
+    assert_eq!(script.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn retries_end_with_the_last_error() {
+    let (url, script) = serve(vec![(400, THROTTLED); 4]).await;
+    let err = client(&url).delete_network_interface("eni-1").await.unwrap_err();
+    assert!(matches!(err, CloudError::RetriesExhausted { attempts: 4, .. }), "{err}");
+    assert!(err.is_code("Throttling"));
+    assert_eq!(script.seen.lock().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_named() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let err = client(&url).describe_vpcs(None).await.unwrap_err();
+    assert!(err.to_string().contains(&url), "{err}");
+}
+
+#[test]
+fn credentials_readable_by_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials");
+    std::fs::write(&path, "access_key_id = \"ak\"\naccess_key_secret = \"sk\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = berth_cloud::client::load_credentials(&path).unwrap_err().to_string();
+    assert!(err.contains("chmod 600") && err.contains("0644"), "{err}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let creds = berth_cloud::client::load_credentials(&path).unwrap();
+    assert_eq!(creds.access_key_id, "ak");
+    assert!(!format!("{creds:?}").contains("sk"), "the secret never shows in Debug");
+}
