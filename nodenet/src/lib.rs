@@ -56,7 +56,8 @@ pub trait NetOps {
     fn set_link_down(&mut self, index: u32) -> Result<()>;
     fn set_link_mac(&mut self, index: u32, mac: MacAddr) -> Result<()>;
     fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<()>;
-    /// Renames a link; the kernel wants it down (EBUSY otherwise).
+    /// Renames a link. Kernels before 6.x refuse to rename a link that is up
+    /// (EBUSY): set it down first to be portable.
     fn rename_link(&mut self, index: u32, name: &str) -> Result<()>;
     /// Moves a link into the namespace `netns` (any fd on a netns, e.g.
     /// `netns.as_fd()`), renaming it on the way when `new_name` is set, so that

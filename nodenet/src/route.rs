@@ -95,7 +95,9 @@ pub struct Route {
     pub scope: Option<Scope>,
     /// Metric (`RTA_PRIORITY`). IPv6 routes without one get 1024 from the kernel.
     pub metric: Option<u32>,
-    /// The gateway is on the link even though no address covers it.
+    /// The gateway is on the link even though no address covers it. The kernel checks
+    /// such a gateway against the local table, which a namespace without any address
+    /// (not even lo up) lacks: there it answers "Nexthop has invalid gateway".
     pub onlink: bool,
     pub protocol: Option<u8>,
     /// Preferred source address (`RTA_PREFSRC`).

@@ -1,0 +1,363 @@
+//! Tests against the real kernel. They need root and skip (with a message) without it.
+//!
+//! Every mutation happens inside namespaces the test creates (`bnt-<pid>-<n>`); the
+//! host namespace only gets read. Namespaces are `NetnsGuard`s and sockets are
+//! dropped with them, so everything goes away even when an assertion fails.
+
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+
+use berth_nodenet::{
+    Address, IpFamily, MacAddr, NetOps, Neighbour, NeighbourState, Netlink, Netns, NetnsGuard, Route, Rule, RuleAction,
+    Scope, TABLE_MAIN, Veth, proto, sysctl_in, sysctl_read_in,
+};
+use ipnetwork::IpNetwork;
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipping: needs root to create network namespaces");
+    false
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            return;
+        }
+    };
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A namespace and a socket inside it.
+struct TestNs {
+    nl: Netlink,
+    ns: NetnsGuard,
+}
+
+impl TestNs {
+    fn new() -> TestNs {
+        let ns = NetnsGuard::unique("bnt").unwrap();
+        let nl = Netlink::open_in(ns.path()).unwrap();
+        TestNs { nl, ns }
+    }
+}
+
+const HOST_MAC: MacAddr = MacAddr([0x02, 0xbe, 0, 0, 0, 1]);
+const POD_MAC: MacAddr = MacAddr([0x02, 0xbe, 0, 0, 0, 2]);
+
+/// "host" and "pod" namespaces joined by a veth: `vh0` in host, `eth0` in pod.
+fn veth_pair() -> (TestNs, TestNs) {
+    let mut host = TestNs::new();
+    let pod = TestNs::new();
+    let veth = Veth::new("vh0", "eth0").mac(HOST_MAC).peer_mac(POD_MAC).mtu(1400).peer_netns(pod.ns.as_fd());
+    host.nl.create_veth(&veth).unwrap();
+    (host, pod)
+}
+
+#[test]
+fn named_namespace_lifecycle() {
+    require_root!();
+    let here = Netns::current().unwrap().id().unwrap();
+    let guard = NetnsGuard::unique("bnt").unwrap();
+    let name = guard.name().to_owned();
+    let path = guard.path().to_owned();
+    assert!(name.starts_with(&format!("bnt-{}-", std::process::id())));
+    assert_eq!(path, std::path::Path::new("/run/netns").join(&name));
+    assert_ne!(guard.id().unwrap(), here, "a new namespace");
+
+    // run_in runs on a thread inside the namespace and returns the closure's value.
+    let inside = guard.run_in(|| Netns::current().unwrap().id().unwrap()).unwrap();
+    assert_eq!(inside, guard.id().unwrap());
+    assert_eq!(Netns::current().unwrap().id().unwrap(), here, "caller did not move");
+
+    // Reopening by name sees the same namespace; the name is taken.
+    assert_eq!(Netns::open_named(&name).unwrap().id().unwrap(), guard.id().unwrap());
+    assert!(Netns::create(&name).unwrap_err().is_exists());
+
+    // /run/netns is a shared mount point, like iproute2 makes it.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mountinfo.lines().any(|l| l.split(' ').nth(4) == Some("/run/netns") && l.contains("shared:")),
+        "/run/netns is not a shared mount:\n{mountinfo}"
+    );
+
+    drop(guard);
+    assert!(!path.exists());
+    Netns::delete(&name).unwrap(); // already gone is success
+    assert!(Netns::open(&path).unwrap_err().is_not_found());
+}
+
+#[test]
+fn socket_opened_in_a_namespace_works_there_and_leaves_the_caller() {
+    require_root!();
+    let here = Netns::current().unwrap().id().unwrap();
+    let mut t = TestNs::new();
+    assert_eq!(Netns::current().unwrap().id().unwrap(), here);
+    let links = t.nl.links().unwrap();
+    let names: Vec<_> = links.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["lo"], "a fresh namespace holds only lo");
+    assert!(t.nl.netns().contains(t.ns.name()));
+
+    let lo = t.nl.link_by_name("lo").unwrap();
+    assert!(!lo.up);
+    t.nl.set_link_up(lo.index).unwrap();
+    assert!(t.nl.link_by_index(lo.index).unwrap().up);
+    // The host's lo was not touched through this socket: the host socket sees its own.
+    let mut host = Netlink::open().unwrap();
+    assert!(host.link_by_name("lo").is_ok());
+
+    let err = t.nl.link_by_name("nosuch0").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains("nosuch0"), "{err}");
+}
+
+#[test]
+fn veth_pair_across_namespaces() {
+    require_root!();
+    let (mut host, mut pod) = veth_pair();
+
+    let vh = host.nl.link_by_name("vh0").unwrap();
+    assert_eq!(vh.kind.as_deref(), Some("veth"));
+    assert_eq!((vh.mac, vh.mtu, vh.up), (Some(HOST_MAC), 1400, false));
+    assert!(vh.link_netnsid.is_some(), "peer is in another namespace");
+
+    let eth0 = pod.nl.link_by_name("eth0").unwrap();
+    assert_eq!((eth0.mac, eth0.mtu, eth0.kind.as_deref()), (Some(POD_MAC), 1400, Some("veth")));
+    assert_eq!(eth0.parent_index, Some(vh.index), "IFLA_LINK names the peer's index");
+    assert!(host.nl.link_by_name("eth0").unwrap_err().is_not_found(), "peer went straight to the pod");
+
+    host.nl.set_link_up(vh.index).unwrap();
+    pod.nl.set_link_up(eth0.index).unwrap();
+    assert!(host.nl.link_by_index(vh.index).unwrap().up);
+    assert!(pod.nl.link_by_index(eth0.index).unwrap().lower_up, "carrier once both ends are up");
+
+    let again = Veth::new("vh0", "eth9");
+    assert!(host.nl.create_veth(&again).unwrap_err().is_exists());
+
+    // Deleting one end removes the other; a second delete is "already gone".
+    host.nl.delete_link(vh.index).unwrap();
+    assert!(pod.nl.link_by_name("eth0").unwrap_err().is_not_found());
+    assert!(host.nl.delete_link(vh.index).unwrap_err().is_not_found());
+}
+
+#[test]
+fn link_changes_mac_mtu_rename_and_move() {
+    require_root!();
+    let mut a = TestNs::new();
+    let b = TestNs::new();
+    let m0 = a.nl.create_veth(&Veth::new("m0", "m1")).unwrap();
+    let m1 = a.nl.link_by_name("m1").unwrap();
+    assert_eq!(m0.parent_index, Some(m1.index));
+
+    let mac = MacAddr([0x02, 0xbe, 0xee, 0, 0, 9]);
+    a.nl.set_link_mac(m0.index, mac).unwrap();
+    a.nl.set_link_mtu(m0.index, 1280).unwrap();
+    a.nl.rename_link(m0.index, "renamed0").unwrap();
+    let got = a.nl.link_by_index(m0.index).unwrap();
+    assert_eq!((got.name.as_str(), got.mac, got.mtu), ("renamed0", Some(mac), 1280));
+
+    a.nl.set_link_up(m0.index).unwrap();
+    assert!(a.nl.link_by_index(m0.index).unwrap().up);
+    a.nl.set_link_down(m0.index).unwrap();
+    assert!(!a.nl.link_by_index(m0.index).unwrap().up);
+    assert!(a.nl.rename_link(m0.index, "m1").unwrap_err().is_exists());
+
+    // Move m1 into b as eth1, keeping its MAC.
+    a.nl.move_link(m1.index, b.ns.as_fd(), Some("eth1")).unwrap();
+    assert!(a.nl.link_by_index(m1.index).unwrap_err().is_not_found());
+    let mut nl_b = Netlink::open_in_netns(&b.ns).unwrap();
+    let eth1 = nl_b.link_by_name("eth1").unwrap();
+    assert_eq!(eth1.mac, m1.mac);
+}
+
+#[test]
+fn shared_eni_datapath_reads_back() {
+    require_root!();
+    let (mut host, mut pod) = veth_pair();
+    let vh = host.nl.link_by_name("vh0").unwrap();
+    let eth0 = pod.nl.link_by_name("eth0").unwrap();
+    for (nl, index) in [(&mut host.nl, vh.index), (&mut pod.nl, eth0.index)] {
+        nl.set_link_up(index).unwrap();
+    }
+
+    // Pod side: /32, default via 169.254.1.1 on-link, permanent neighbour for it.
+    let pod_addr = Address::new(eth0.index, net("10.20.0.5/32"));
+    let pod_addr6 = Address::new(eth0.index, net("fd00:20::5/128")).nodad();
+    pod.nl.add_address(&pod_addr).unwrap();
+    pod.nl.add_address(&pod_addr6).unwrap();
+    let gw = ip("169.254.1.1");
+    let default = Route::default_route(IpFamily::V4).via(gw).dev(eth0.index).onlink();
+    pod.nl.add_route(&default).unwrap();
+    let neigh = Neighbour::permanent(eth0.index, gw, HOST_MAC);
+    pod.nl.add_neighbour(&neigh).unwrap();
+    let neigh6 = Neighbour::permanent(eth0.index, ip("fe80::1"), HOST_MAC);
+    pod.nl.add_neighbour(&neigh6).unwrap();
+
+    let addrs = pod.nl.addresses(Some(eth0.index)).unwrap();
+    assert!(addrs.contains(&pod_addr), "{addrs:?}");
+    let v6 = addrs.iter().find(|a| a.network == pod_addr6.network).expect("v6 address listed");
+    assert!(v6.nodad, "nodad flag reads back: {v6:?}");
+
+    let routes = pod.nl.routes(Some(TABLE_MAIN)).unwrap();
+    let got = routes.iter().find(|r| r.destination.prefix() == 0 && r.family() == IpFamily::V4).expect("default route");
+    assert_eq!(got.gateway, Some(gw));
+    assert_eq!(got.oif, Some(eth0.index));
+    assert!(got.onlink, "{got:?}");
+    assert_eq!(got.protocol, Some(proto::BOOT));
+    assert_eq!(got.scope, Some(Scope::Universe));
+
+    let neighbours = pod.nl.neighbours(Some(eth0.index)).unwrap();
+    for want in [&neigh, &neigh6] {
+        let n = neighbours.iter().find(|n| n.ip == want.ip).expect("neighbour listed");
+        assert_eq!((n.mac, n.state, n.proxy), (Some(HOST_MAC), NeighbourState::Permanent, false));
+    }
+    assert!(pod.nl.add_neighbour(&neigh).unwrap_err().is_exists());
+    pod.nl.replace_neighbour(&neigh).unwrap();
+
+    // Host side: /32 to the pod on the veth, a per-ENI table, and the two rules.
+    // An on-link gateway is checked against the local table, which a namespace
+    // only has once it holds an address: bring lo up, as every real host has.
+    let lo = host.nl.link_by_name("lo").unwrap();
+    host.nl.set_link_up(lo.index).unwrap();
+    let to_pod = Route::new(net("10.20.0.5/32")).dev(vh.index);
+    host.nl.add_route(&to_pod).unwrap();
+    let table = 1001;
+    let eni_default = Route::default_route(IpFamily::V4).via(ip("10.20.0.253")).dev(vh.index).onlink().table(table).metric(10);
+    host.nl.add_route(&eni_default).unwrap();
+    let rule_to = Rule::lookup(IpFamily::V4, TABLE_MAIN).to(net("10.20.0.5/32")).priority(512);
+    let rule_from = Rule::lookup(IpFamily::V4, table).from(net("10.20.0.5/32")).iif("vh0").priority(2048);
+    host.nl.add_rule(&rule_to).unwrap();
+    host.nl.add_rule(&rule_from).unwrap();
+
+    let main = host.nl.routes(Some(TABLE_MAIN)).unwrap();
+    let r = main.iter().find(|r| r.destination == to_pod.destination).expect("pod /32 route");
+    assert_eq!((r.oif, r.scope, r.gateway), (Some(vh.index), Some(Scope::Link), None));
+    let custom = host.nl.routes(Some(table)).unwrap();
+    assert_eq!(custom.len(), 1, "{custom:?}");
+    assert_eq!(
+        (custom[0].gateway, custom[0].metric, custom[0].table, custom[0].onlink),
+        (Some(ip("10.20.0.253")), Some(10), table, true)
+    );
+
+    let rules = host.nl.rules().unwrap();
+    assert!(rules.contains(&rule_to), "{rules:#?}");
+    assert!(rules.contains(&rule_from), "{rules:#?}");
+    assert!(rules.iter().any(|r| r.priority == Some(32766) && r.table == TABLE_MAIN), "kernel defaults listed");
+    assert!(host.nl.add_rule(&rule_from).unwrap_err().is_exists());
+
+    // Duplicates are EEXIST; replace is fine.
+    assert!(host.nl.add_route(&to_pod).unwrap_err().is_exists());
+    let not_local_src = host.nl.replace_route(&to_pod.clone().src(ip("10.20.0.5"))).unwrap_err();
+    assert_eq!(not_local_src.errno(), Some(libc::EINVAL), "a preferred source must be local: {not_local_src}");
+    host.nl.replace_route(&eni_default.clone().via(ip("10.20.0.254"))).unwrap();
+    assert_eq!(host.nl.routes(Some(table)).unwrap()[0].gateway, Some(ip("10.20.0.254")));
+
+    // Teardown, then teardown again: the second round is all "already gone".
+    host.nl.delete_rule(&rule_from).unwrap();
+    host.nl.delete_rule(&rule_to).unwrap();
+    host.nl.delete_route(&Route::default_route(IpFamily::V4).table(table)).unwrap();
+    host.nl.delete_route(&to_pod).unwrap();
+    pod.nl.delete_neighbour(&neigh).unwrap();
+    pod.nl.delete_address(&pod_addr).unwrap();
+    let second = [
+        host.nl.delete_rule(&rule_from).unwrap_err(),
+        host.nl.delete_route(&to_pod).unwrap_err(),
+        pod.nl.delete_neighbour(&neigh).unwrap_err(),
+        pod.nl.delete_address(&pod_addr).unwrap_err(),
+    ];
+    for e in second {
+        assert!(e.is_not_found(), "{e}");
+    }
+    assert!(host.nl.routes(Some(table)).unwrap().is_empty());
+    assert!(!host.nl.rules().unwrap().iter().any(|r| r.table == table));
+}
+
+#[test]
+fn v6_routes_rules_and_proxy_neighbours() {
+    require_root!();
+    let (mut host, _pod) = veth_pair();
+    let vh = host.nl.link_by_name("vh0").unwrap();
+    host.nl.set_link_up(vh.index).unwrap();
+
+    let route = Route::new(net("fd00:30::/64")).via(ip("fe80::1")).dev(vh.index).table(2002).protocol(proto::STATIC);
+    host.nl.add_route(&route).unwrap();
+    let listed = host.nl.routes(Some(2002)).unwrap();
+    let got = listed.iter().find(|r| r.destination == route.destination).expect("v6 route listed");
+    assert_eq!((got.gateway, got.oif, got.protocol), (route.gateway, Some(vh.index), Some(proto::STATIC)));
+    assert_eq!(got.metric, Some(1024), "kernel default v6 metric");
+
+    let rule = Rule::lookup(IpFamily::V6, 2002).from(net("fd00:30::/64")).priority(3000);
+    host.nl.add_rule(&rule).unwrap();
+    assert!(host.nl.rules().unwrap().contains(&rule));
+    let unreachable = Rule::lookup(IpFamily::V6, 0).action(RuleAction::Unreachable).to(net("fd00:31::/64")).priority(3001);
+    host.nl.add_rule(&unreachable).unwrap();
+    assert!(host.nl.rules().unwrap().contains(&unreachable));
+
+    let proxy = Neighbour::proxy(vh.index, ip("10.30.0.9"));
+    host.nl.add_neighbour(&proxy).unwrap();
+    let neighbours = host.nl.neighbours(Some(vh.index)).unwrap();
+    assert!(neighbours.contains(&proxy), "{neighbours:?}");
+    host.nl.delete_neighbour(&proxy).unwrap();
+    assert!(host.nl.delete_neighbour(&proxy).unwrap_err().is_not_found());
+
+    host.nl.delete_rule(&rule).unwrap();
+    host.nl.delete_route(&route).unwrap();
+    assert!(host.nl.delete_route(&route).unwrap_err().is_not_found());
+}
+
+#[test]
+fn kernel_errors_carry_errno_object_and_reason() {
+    require_root!();
+    let (mut host, _pod) = veth_pair();
+    let vh = host.nl.link_by_name("vh0").unwrap();
+    host.nl.set_link_up(vh.index).unwrap();
+    // A gateway that is not on any connected network and not marked on-link.
+    let route = Route::new(net("10.40.0.0/16")).via(ip("192.0.2.1")).dev(vh.index);
+    let err = host.nl.add_route(&route).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("add route 10.40.0.0/16 via 192.0.2.1"), "{text}");
+    assert!(text.contains(host.ns.name()), "{text}");
+    assert!(text.contains("gateway"), "extended ack reason: {text}");
+}
+
+#[test]
+fn dumps_spanning_many_datagrams() {
+    require_root!();
+    let mut t = TestNs::new();
+    let vh = t.nl.create_veth(&Veth::new("d0", "d1")).unwrap();
+    t.nl.set_link_up(vh.index).unwrap();
+    for i in 0..40 {
+        t.nl.create_veth(&Veth::new(format!("a{i}"), format!("b{i}"))).unwrap();
+    }
+    assert_eq!(t.nl.links().unwrap().len(), 1 + 2 + 80);
+    for i in 0..600u32 {
+        let dst = IpNetwork::new(IpAddr::from([10, 50, (i / 256) as u8, (i % 256) as u8]), 32).unwrap();
+        t.nl.add_route(&Route::new(dst).dev(vh.index).table(77)).unwrap();
+    }
+    assert_eq!(t.nl.routes(Some(77)).unwrap().len(), 600);
+}
+
+#[test]
+fn sysctl_is_per_namespace() {
+    require_root!();
+    let t = TestNs::new();
+    let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    assert_eq!(sysctl_read_in(&t.ns, "net.ipv4.ip_forward").unwrap(), "0", "a new namespace starts with forwarding off");
+    sysctl_in(&t.ns, "net.ipv4.ip_forward", "1").unwrap();
+    assert_eq!(sysctl_read_in(&t.ns, "net/ipv4/ip_forward").unwrap(), "1");
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_before, "host untouched");
+
+    let err = sysctl_in(&t.ns, "net.ipv4.no_such_knob", "1").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains(t.ns.name()), "{err}");
+}
