@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 
 use crate::{IpFamily, Scope};
 
@@ -25,7 +27,13 @@ pub struct Address {
 impl Address {
     /// A global-scope address on link `index`.
     pub fn new(index: u32, network: IpNetwork) -> Address {
-        Address { index, network, scope: Scope::Universe, nodad: false, noprefixroute: false }
+        Address {
+            index,
+            network,
+            scope: Scope::Universe,
+            nodad: false,
+            noprefixroute: false,
+        }
     }
 
     pub fn nodad(mut self) -> Self {
@@ -103,7 +111,9 @@ pub(crate) fn delete_request(address: &Address) -> RouteNetlinkMessage {
 
 /// The address in a `RTM_NEWADDR` reply; `None` for any other message.
 pub(crate) fn from_reply(reply: RouteNetlinkMessage) -> Option<Address> {
-    let RouteNetlinkMessage::NewAddress(msg) = reply else { return None };
+    let RouteNetlinkMessage::NewAddress(msg) = reply else {
+        return None;
+    };
     let (mut local, mut address) = (None, None);
     let mut flags = AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits()));
     for attr in msg.attributes {
@@ -134,7 +144,9 @@ mod tests {
     use super::*;
 
     fn round_trip(msg: RouteNetlinkMessage) -> AddressMessage {
-        let (RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m)) = msg else { panic!() };
+        let (RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m)) = msg else {
+            panic!()
+        };
         let mut buf = vec![0; m.buffer_len()];
         m.emit(&mut buf);
         AddressMessage::parse(&buf[..]).unwrap()
@@ -149,15 +161,23 @@ mod tests {
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         assert!(msg.attributes.contains(&AddressAttribute::Local(ip)));
         assert!(msg.attributes.contains(&AddressAttribute::Address(ip)));
-        assert!(!msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Flags(_))));
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Flags(_)))
+        );
     }
 
     #[test]
     fn v6_nodad_goes_into_flags_and_back() {
-        let a = Address::new(4, "fd00::5/64".parse().unwrap()).nodad().noprefixroute();
+        let a = Address::new(4, "fd00::5/64".parse().unwrap())
+            .nodad()
+            .noprefixroute();
         let msg = round_trip(add_request(&a));
         assert_eq!(msg.header.family, AddressFamily::Inet6);
-        assert!(msg.attributes.contains(&AddressAttribute::Flags(AddressFlags::Nodad | AddressFlags::Noprefixroute)));
+        assert!(msg.attributes.contains(&AddressAttribute::Flags(
+            AddressFlags::Nodad | AddressFlags::Noprefixroute
+        )));
         assert_eq!(from_reply(RouteNetlinkMessage::NewAddress(msg)).unwrap(), a);
     }
 
@@ -173,7 +193,10 @@ mod tests {
             AddressAttribute::Local("10.0.0.1".parse().unwrap()),
         ];
         let a = from_reply(RouteNetlinkMessage::NewAddress(msg)).unwrap();
-        assert_eq!(a, Address::new(9, "10.0.0.1/32".parse().unwrap()).scope(Scope::Link));
+        assert_eq!(
+            a,
+            Address::new(9, "10.0.0.1/32".parse().unwrap()).scope(Scope::Link)
+        );
         assert_eq!(a.to_string(), "10.0.0.1/32 dev 9 scope link");
     }
 }

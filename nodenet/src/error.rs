@@ -109,12 +109,28 @@ impl Error {
         self.errno() == Some(libc::EEXIST)
     }
 
-    pub(crate) fn invalid(what: &'static str, value: impl Into<String>, reason: &'static str) -> Self {
-        Error::Invalid { what, value: value.into(), reason }
+    pub(crate) fn invalid(
+        what: &'static str,
+        value: impl Into<String>,
+        reason: &'static str,
+    ) -> Self {
+        Error::Invalid {
+            what,
+            value: value.into(),
+            reason,
+        }
     }
 
-    pub(crate) fn netns(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
-        Error::Netns { op, path: path.into(), source: source.into() }
+    pub(crate) fn netns(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        Error::Netns {
+            op,
+            path: path.into(),
+            source: source.into(),
+        }
     }
 }
 
@@ -122,7 +138,12 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The error a kernel would give for `errno`, as [`Error::Netlink`]; the fake uses it.
-pub(crate) fn kernel_error(op: &'static str, object: impl Into<String>, netns: &str, errno: i32) -> Error {
+pub(crate) fn kernel_error(
+    op: &'static str,
+    object: impl Into<String>,
+    netns: &str,
+    errno: i32,
+) -> Error {
     Error::Netlink {
         op,
         object: object.into(),
@@ -159,7 +180,10 @@ mod tests {
             source: io::Error::from_raw_os_error(libc::ENETUNREACH),
         };
         let text = e.to_string();
-        assert!(text.contains("add route 0.0.0.0/0 via 169.254.1.1 dev 2"), "{text}");
+        assert!(
+            text.contains("add route 0.0.0.0/0 via 169.254.1.1 dev 2"),
+            "{text}"
+        );
         assert!(text.contains("/run/netns/pod"), "{text}");
         assert!(text.contains("os error 101"), "{text}");
         assert!(text.contains("Nexthop has invalid gateway"), "{text}");
@@ -167,7 +191,11 @@ mod tests {
 
     #[test]
     fn invalid_argument_reads_as_einval() {
-        let e = Error::invalid("link name", "a-name-that-is-far-too-long", "longer than 15 bytes");
+        let e = Error::invalid(
+            "link name",
+            "a-name-that-is-far-too-long",
+            "longer than 15 bytes",
+        );
         assert_eq!(e.errno(), Some(libc::EINVAL));
         assert!(e.to_string().contains("a-name-that-is-far-too-long"));
     }

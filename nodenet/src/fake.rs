@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::error::{Result, kernel_error};
-use crate::{Address, IpFamily, Link, MacAddr, NetOps, Neighbour, Route, Rule, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN};
+use crate::{
+    Address, IpFamily, Link, MacAddr, Neighbour, NetOps, Route, Rule, TABLE_DEFAULT, TABLE_LOCAL,
+    TABLE_MAIN,
+};
 use crate::{link, route, rule};
 
 const NETNS: &str = "fake";
@@ -38,7 +41,11 @@ pub enum Call {
     SetLinkMac(u32, MacAddr),
     SetLinkMtu(u32, u32),
     RenameLink(u32, String),
-    MoveLink { index: u32, netns: RawFd, new_name: Option<String> },
+    MoveLink {
+        index: u32,
+        netns: RawFd,
+        new_name: Option<String>,
+    },
     Addresses(Option<u32>),
     AddAddress(Address),
     DeleteAddress(Address),
@@ -129,11 +136,19 @@ impl FakeNet {
         lo.mtu = 65536;
         fake.links.insert(lo.index, lo);
         for (family, defaults) in [
-            (IpFamily::V4, &[(0, TABLE_LOCAL), (32766, TABLE_MAIN), (32767, TABLE_DEFAULT)][..]),
+            (
+                IpFamily::V4,
+                &[
+                    (0, TABLE_LOCAL),
+                    (32766, TABLE_MAIN),
+                    (32767, TABLE_DEFAULT),
+                ][..],
+            ),
             (IpFamily::V6, &[(0, TABLE_LOCAL), (32766, TABLE_MAIN)][..]),
         ] {
             for &(priority, table) in defaults {
-                fake.rules.push(Rule::lookup(family, table).priority(priority));
+                fake.rules
+                    .push(Rule::lookup(family, table).priority(priority));
             }
         }
         fake
@@ -198,11 +213,15 @@ impl FakeNet {
     }
 
     fn link_mut(&mut self, op: &'static str, index: u32) -> Result<&mut Link> {
-        self.links.get_mut(&index).ok_or_else(|| kernel_error(op, format!("link index {index}"), NETNS, libc::ENODEV))
+        self.links
+            .get_mut(&index)
+            .ok_or_else(|| kernel_error(op, format!("link index {index}"), NETNS, libc::ENODEV))
     }
 
     fn name_taken(&self, name: &str, except: Option<u32>) -> bool {
-        self.links.values().any(|l| l.name == name && Some(l.index) != except)
+        self.links
+            .values()
+            .any(|l| l.name == name && Some(l.index) != except)
     }
 
     /// Removes a link and what hangs off it, as the kernel does on delete or move.
@@ -246,7 +265,10 @@ impl FakeNet {
 
     fn rule_matches(want: &Rule, have: &Rule) -> bool {
         want.priority.is_none_or(|p| have.priority == Some(p))
-            && Rule { priority: have.priority, ..want.clone() } == *have
+            && Rule {
+                priority: have.priority,
+                ..want.clone()
+            } == *have
     }
 }
 
@@ -281,8 +303,15 @@ impl NetOps for FakeNet {
         })?;
         link::create_veth_request(veth)?;
         let peer_here = veth.peer_netns.is_none();
-        if self.name_taken(&veth.name, None) || (peer_here && self.name_taken(&veth.peer_name, None)) {
-            return Err(kernel_error("create veth", veth.to_string(), NETNS, libc::EEXIST));
+        if self.name_taken(&veth.name, None)
+            || (peer_here && self.name_taken(&veth.peer_name, None))
+        {
+            return Err(kernel_error(
+                "create veth",
+                veth.to_string(),
+                NETNS,
+                libc::EEXIST,
+            ));
         }
         let mut local = self.new_link(&veth.name, veth.mac, veth.mtu);
         let mut peer = self.new_link(&veth.peer_name, veth.peer_mac, veth.mtu);
@@ -303,7 +332,9 @@ impl NetOps for FakeNet {
 
     fn delete_link(&mut self, index: u32) -> Result<()> {
         self.enter(Call::DeleteLink(index))?;
-        let link = self.detach(index).ok_or_else(|| kernel_error("delete", format!("link index {index}"), NETNS, libc::ENODEV))?;
+        let link = self.detach(index).ok_or_else(|| {
+            kernel_error("delete", format!("link index {index}"), NETNS, libc::ENODEV)
+        })?;
         if link.kind.as_deref() == Some("veth")
             && let Some(peer) = link.parent_index
         {
@@ -356,13 +387,24 @@ impl NetOps for FakeNet {
         Ok(())
     }
 
-    fn move_link(&mut self, index: u32, netns: BorrowedFd<'_>, new_name: Option<&str>) -> Result<()> {
+    fn move_link(
+        &mut self,
+        index: u32,
+        netns: BorrowedFd<'_>,
+        new_name: Option<&str>,
+    ) -> Result<()> {
         let fd = netns.as_raw_fd();
-        self.enter(Call::MoveLink { index, netns: fd, new_name: new_name.map(str::to_owned) })?;
+        self.enter(Call::MoveLink {
+            index,
+            netns: fd,
+            new_name: new_name.map(str::to_owned),
+        })?;
         if let Some(name) = new_name {
             link::validate_name(name)?;
         }
-        let mut link = self.detach(index).ok_or_else(|| kernel_error("move", format!("link index {index}"), NETNS, libc::ENODEV))?;
+        let mut link = self.detach(index).ok_or_else(|| {
+            kernel_error("move", format!("link index {index}"), NETNS, libc::ENODEV)
+        })?;
         if let Some(name) = new_name {
             link.name = name.to_owned();
         }
@@ -374,7 +416,12 @@ impl NetOps for FakeNet {
 
     fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>> {
         self.enter(Call::Addresses(index))?;
-        Ok(self.addresses.iter().filter(|a| index.is_none_or(|i| a.index == i)).cloned().collect())
+        Ok(self
+            .addresses
+            .iter()
+            .filter(|a| index.is_none_or(|i| a.index == i))
+            .cloned()
+            .collect())
     }
 
     fn add_address(&mut self, address: &Address) -> Result<()> {
@@ -382,7 +429,12 @@ impl NetOps for FakeNet {
         self.link_mut("add address", address.index)?;
         let same = |a: &Address| a.index == address.index && a.network == address.network;
         if self.addresses.iter().any(same) {
-            return Err(kernel_error("add address", address.to_string(), NETNS, libc::EEXIST));
+            return Err(kernel_error(
+                "add address",
+                address.to_string(),
+                NETNS,
+                libc::EEXIST,
+            ));
         }
         self.addresses.push(address.clone());
         Ok(())
@@ -391,16 +443,27 @@ impl NetOps for FakeNet {
     fn delete_address(&mut self, address: &Address) -> Result<()> {
         self.enter(Call::DeleteAddress(address.clone()))?;
         let before = self.addresses.len();
-        self.addresses.retain(|a| !(a.index == address.index && a.network == address.network));
+        self.addresses
+            .retain(|a| !(a.index == address.index && a.network == address.network));
         if self.addresses.len() == before {
-            return Err(kernel_error("delete address", address.to_string(), NETNS, libc::EADDRNOTAVAIL));
+            return Err(kernel_error(
+                "delete address",
+                address.to_string(),
+                NETNS,
+                libc::EADDRNOTAVAIL,
+            ));
         }
         Ok(())
     }
 
     fn routes(&mut self, table: Option<u32>) -> Result<Vec<Route>> {
         self.enter(Call::Routes(table))?;
-        Ok(self.routes.iter().filter(|r| table.is_none_or(|t| r.table == t)).cloned().collect())
+        Ok(self
+            .routes
+            .iter()
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .cloned()
+            .collect())
     }
 
     fn add_route(&mut self, route: &Route) -> Result<()> {
@@ -409,8 +472,17 @@ impl NetOps for FakeNet {
         if let Some(oif) = route.oif {
             self.link_mut("add route", oif)?;
         }
-        if self.routes.iter().any(|r| Self::route_key(r) == Self::route_key(&stored)) {
-            return Err(kernel_error("add route", route.to_string(), NETNS, libc::EEXIST));
+        if self
+            .routes
+            .iter()
+            .any(|r| Self::route_key(r) == Self::route_key(&stored))
+        {
+            return Err(kernel_error(
+                "add route",
+                route.to_string(),
+                NETNS,
+                libc::EEXIST,
+            ));
         }
         self.routes.push(stored);
         Ok(())
@@ -422,7 +494,11 @@ impl NetOps for FakeNet {
         if let Some(oif) = route.oif {
             self.link_mut("replace route", oif)?;
         }
-        match self.routes.iter_mut().find(|r| Self::route_key(r) == Self::route_key(&stored)) {
+        match self
+            .routes
+            .iter_mut()
+            .find(|r| Self::route_key(r) == Self::route_key(&stored))
+        {
             Some(existing) => *existing = stored,
             None => self.routes.push(stored),
         }
@@ -432,12 +508,21 @@ impl NetOps for FakeNet {
     fn delete_route(&mut self, route: &Route) -> Result<()> {
         self.enter(Call::DeleteRoute(route.clone()))?;
         route::delete_request(route)?;
-        match self.routes.iter().position(|r| Self::route_matches(route, r)) {
+        match self
+            .routes
+            .iter()
+            .position(|r| Self::route_matches(route, r))
+        {
             Some(pos) => {
                 self.routes.remove(pos);
                 Ok(())
             }
-            None => Err(kernel_error("delete route", route.to_string(), NETNS, libc::ESRCH)),
+            None => Err(kernel_error(
+                "delete route",
+                route.to_string(),
+                NETNS,
+                libc::ESRCH,
+            )),
         }
     }
 
@@ -452,11 +537,22 @@ impl NetOps for FakeNet {
         let mut stored = rule.clone();
         if stored.priority.is_none() {
             // The kernel picks one below the first non-zero rule (usually 32765).
-            let first = self.rules.iter().filter(|r| r.family == rule.family).filter_map(|r| r.priority).filter(|p| *p > 0).min();
+            let first = self
+                .rules
+                .iter()
+                .filter(|r| r.family == rule.family)
+                .filter_map(|r| r.priority)
+                .filter(|p| *p > 0)
+                .min();
             stored.priority = Some(first.map_or(0, |p| p - 1));
         }
         if self.rules.contains(&stored) {
-            return Err(kernel_error("add rule", rule.to_string(), NETNS, libc::EEXIST));
+            return Err(kernel_error(
+                "add rule",
+                rule.to_string(),
+                NETNS,
+                libc::EEXIST,
+            ));
         }
         self.rules.push(stored);
         self.rules.sort_by_key(|r| r.priority);
@@ -471,20 +567,35 @@ impl NetOps for FakeNet {
                 self.rules.remove(pos);
                 Ok(())
             }
-            None => Err(kernel_error("delete rule", rule.to_string(), NETNS, libc::ENOENT)),
+            None => Err(kernel_error(
+                "delete rule",
+                rule.to_string(),
+                NETNS,
+                libc::ENOENT,
+            )),
         }
     }
 
     fn neighbours(&mut self, index: Option<u32>) -> Result<Vec<Neighbour>> {
         self.enter(Call::Neighbours(index))?;
-        Ok(self.neighbours.iter().filter(|n| index.is_none_or(|i| n.index == i)).cloned().collect())
+        Ok(self
+            .neighbours
+            .iter()
+            .filter(|n| index.is_none_or(|i| n.index == i))
+            .cloned()
+            .collect())
     }
 
     fn add_neighbour(&mut self, neighbour: &Neighbour) -> Result<()> {
         self.enter(Call::AddNeighbour(neighbour.clone()))?;
         self.link_mut("add neighbour", neighbour.index)?;
         if self.neighbours.iter().any(|n| same_neighbour(n, neighbour)) {
-            return Err(kernel_error("add neighbour", neighbour.to_string(), NETNS, libc::EEXIST));
+            return Err(kernel_error(
+                "add neighbour",
+                neighbour.to_string(),
+                NETNS,
+                libc::EEXIST,
+            ));
         }
         self.neighbours.push(neighbour.clone());
         Ok(())
@@ -503,7 +614,12 @@ impl NetOps for FakeNet {
         let before = self.neighbours.len();
         self.neighbours.retain(|n| !same_neighbour(n, neighbour));
         if self.neighbours.len() == before {
-            return Err(kernel_error("delete neighbour", neighbour.to_string(), NETNS, libc::ENOENT));
+            return Err(kernel_error(
+                "delete neighbour",
+                neighbour.to_string(),
+                NETNS,
+                libc::ENOENT,
+            ));
         }
         Ok(())
     }
@@ -530,8 +646,17 @@ mod tests {
         let mut fake = FakeNet::new();
         let links = fake.links().unwrap();
         assert_eq!(links.len(), 1);
-        assert_eq!((links[0].index, links[0].name.as_str(), links[0].up), (1, "lo", false));
-        let prios: Vec<_> = fake.rules().unwrap().iter().filter(|r| r.family == IpFamily::V4).map(|r| r.priority).collect();
+        assert_eq!(
+            (links[0].index, links[0].name.as_str(), links[0].up),
+            (1, "lo", false)
+        );
+        let prios: Vec<_> = fake
+            .rules()
+            .unwrap()
+            .iter()
+            .filter(|r| r.family == IpFamily::V4)
+            .map(|r| r.priority)
+            .collect();
         assert_eq!(prios, [Some(0), Some(32766), Some(32767)]);
     }
 
@@ -540,13 +665,23 @@ mod tests {
         let mut fake = FakeNet::new();
         let ns = File::open("/dev/null").unwrap();
         let mac = MacAddr([2, 0, 0, 0, 0, 7]);
-        let host = fake.create_veth(&Veth::new("veth1", "eth0").peer_mac(mac).mtu(1400).peer_netns(ns.as_fd())).unwrap();
+        let host = fake
+            .create_veth(
+                &Veth::new("veth1", "eth0")
+                    .peer_mac(mac)
+                    .mtu(1400)
+                    .peer_netns(ns.as_fd()),
+            )
+            .unwrap();
         assert_eq!(host.kind.as_deref(), Some("veth"));
         assert_eq!(host.mtu, 1400);
         assert_eq!(fake.link_by_name("veth1").unwrap(), host);
         assert!(fake.link_by_name("eth0").unwrap_err().is_not_found());
         let (fd, peer) = &fake.elsewhere()[0];
-        assert_eq!((*fd, peer.name.as_str(), peer.mac), (ns.as_raw_fd(), "eth0", Some(mac)));
+        assert_eq!(
+            (*fd, peer.name.as_str(), peer.mac),
+            (ns.as_raw_fd(), "eth0", Some(mac))
+        );
         assert_eq!(
             fake.calls()[0],
             Call::CreateVeth {
@@ -574,30 +709,48 @@ mod tests {
         fake.delete_address(&a).unwrap();
         assert!(fake.delete_address(&a).unwrap_err().is_not_found());
 
-        let r = Route::new(net("10.1.0.0/16")).via("10.0.0.1".parse().unwrap()).dev(eth.index).table(100);
+        let r = Route::new(net("10.1.0.0/16"))
+            .via("10.0.0.1".parse().unwrap())
+            .dev(eth.index)
+            .table(100);
         fake.add_route(&r).unwrap();
         assert!(fake.add_route(&r).unwrap_err().is_exists());
-        fake.replace_route(&r.clone().src("10.0.0.2".parse().unwrap())).unwrap();
+        fake.replace_route(&r.clone().src("10.0.0.2".parse().unwrap()))
+            .unwrap();
         assert_eq!(fake.routes(Some(100)).unwrap().len(), 1);
         assert!(fake.routes(Some(TABLE_MAIN)).unwrap().is_empty());
-        fake.delete_route(&Route::new(net("10.1.0.0/16")).table(100)).unwrap();
-        assert_eq!(fake.delete_route(&r).unwrap_err().errno(), Some(libc::ESRCH));
+        fake.delete_route(&Route::new(net("10.1.0.0/16")).table(100))
+            .unwrap();
+        assert_eq!(
+            fake.delete_route(&r).unwrap_err().errno(),
+            Some(libc::ESRCH)
+        );
 
-        let n = Neighbour::permanent(eth.index, "169.254.1.1".parse().unwrap(), MacAddr([0xee; 6]));
+        let n = Neighbour::permanent(
+            eth.index,
+            "169.254.1.1".parse().unwrap(),
+            MacAddr([0xee; 6]),
+        );
         fake.add_neighbour(&n).unwrap();
         assert!(fake.add_neighbour(&n).unwrap_err().is_exists());
         fake.replace_neighbour(&n).unwrap();
         fake.delete_neighbour(&n).unwrap();
         assert!(fake.delete_neighbour(&n).unwrap_err().is_not_found());
 
-        assert_eq!(fake.add_address(&Address::new(99, net("10.9.9.9/32"))).unwrap_err().errno(), Some(libc::ENODEV));
+        assert_eq!(
+            fake.add_address(&Address::new(99, net("10.9.9.9/32")))
+                .unwrap_err()
+                .errno(),
+            Some(libc::ENODEV)
+        );
     }
 
     #[test]
     fn routes_are_listed_as_the_kernel_fills_them_in() {
         let mut fake = FakeNet::new();
         let eth = fake.add_link("eth1", None);
-        fake.add_route(&Route::new(net("10.0.0.5/32")).dev(eth.index)).unwrap();
+        fake.add_route(&Route::new(net("10.0.0.5/32")).dev(eth.index))
+            .unwrap();
         let listed = fake.routes(None).unwrap();
         assert_eq!(listed[0].scope, Some(Scope::Link));
         assert_eq!(listed[0].protocol, Some(crate::proto::BOOT));
@@ -611,7 +764,12 @@ mod tests {
         let mut fake = FakeNet::new();
         let r = Rule::lookup(IpFamily::V4, 100).from(net("10.0.0.5/32"));
         fake.add_rule(&r).unwrap();
-        let added = fake.rules().unwrap().into_iter().find(|x| x.table == 100).unwrap();
+        let added = fake
+            .rules()
+            .unwrap()
+            .into_iter()
+            .find(|x| x.table == 100)
+            .unwrap();
         assert_eq!(added.priority, Some(32765));
         assert!(fake.add_rule(&added).unwrap_err().is_exists());
         fake.delete_rule(&r).unwrap();
@@ -623,8 +781,10 @@ mod tests {
     fn moving_a_link_drops_its_state_and_renames_it() {
         let mut fake = FakeNet::new();
         let eni = fake.add_link("eth2", None);
-        fake.add_address(&Address::new(eni.index, net("10.0.0.9/24"))).unwrap();
-        fake.add_route(&Route::new(net("10.0.0.0/24")).dev(eni.index)).unwrap();
+        fake.add_address(&Address::new(eni.index, net("10.0.0.9/24")))
+            .unwrap();
+        fake.add_route(&Route::new(net("10.0.0.0/24")).dev(eni.index))
+            .unwrap();
         let ns = File::open("/dev/null").unwrap();
         fake.move_link(eni.index, ns.as_fd(), Some("eth0")).unwrap();
         assert!(fake.link_by_index(eni.index).unwrap_err().is_not_found());
@@ -641,7 +801,8 @@ mod tests {
         assert!(fake.rename_link(a.index, "b").unwrap_err().is_exists());
         fake.rename_link(a.index, "c").unwrap();
         fake.set_link_mtu(a.index, 9000).unwrap();
-        fake.set_link_mac(a.index, MacAddr([2, 1, 1, 1, 1, 1])).unwrap();
+        fake.set_link_mac(a.index, MacAddr([2, 1, 1, 1, 1, 1]))
+            .unwrap();
         let c = fake.link_by_name("c").unwrap();
         assert_eq!((c.mtu, c.mac), (9000, Some(MacAddr([2, 1, 1, 1, 1, 1]))));
         assert!(fake.rename_link(a.index, "bad name").is_err());
@@ -653,7 +814,11 @@ mod tests {
         fake.fail_next("delete_link", libc::ENODEV);
         let err = fake.delete_link(1).unwrap_err();
         assert!(err.is_not_found());
-        assert_eq!(fake.links().unwrap().len(), 1, "failed call changed nothing");
+        assert_eq!(
+            fake.links().unwrap().len(),
+            1,
+            "failed call changed nothing"
+        );
         assert_eq!(fake.take_calls(), [Call::DeleteLink(1), Call::Links]);
         fake.delete_link(1).unwrap();
         assert!(fake.calls().iter().all(|c| c.method() == "delete_link"));

@@ -62,7 +62,12 @@ pub trait NetOps {
     /// Moves a link into the namespace `netns` (any fd on a netns, e.g.
     /// `netns.as_fd()`), renaming it on the way when `new_name` is set, so that
     /// `eth0` can be taken even if this namespace has one.
-    fn move_link(&mut self, index: u32, netns: BorrowedFd<'_>, new_name: Option<&str>) -> Result<()>;
+    fn move_link(
+        &mut self,
+        index: u32,
+        netns: BorrowedFd<'_>,
+        new_name: Option<&str>,
+    ) -> Result<()>;
 
     /// Addresses of one link, or of all links when `index` is `None` (v4 and v6).
     fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>>;
@@ -99,7 +104,11 @@ pub enum IpFamily {
 
 impl IpFamily {
     pub fn of(ip: &std::net::IpAddr) -> IpFamily {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
 
     /// `0.0.0.0/0` or `::/0`.
@@ -194,10 +203,26 @@ mod tests {
 
     #[test]
     fn scope_numbers_round_trip() {
-        for s in [Scope::Universe, Scope::Site, Scope::Link, Scope::Host, Scope::Nowhere, Scope::Other(7)] {
+        for s in [
+            Scope::Universe,
+            Scope::Site,
+            Scope::Link,
+            Scope::Host,
+            Scope::Nowhere,
+            Scope::Other(7),
+        ] {
             assert_eq!(Scope::from(u8::from(s)), s);
         }
         assert_eq!(u8::from(Scope::Link), 253);
+    }
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Netlink>();
+        send::<Netns>();
+        send::<FakeNet>();
+        send::<Error>();
     }
 
     #[test]

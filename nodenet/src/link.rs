@@ -6,7 +6,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::str::FromStr;
 
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 
 use crate::error::{Error, Result};
 
@@ -36,7 +38,13 @@ impl FromStr for MacAddr {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<MacAddr> {
-        let bad = || Error::invalid("MAC address", s, "expected six hex bytes like 02:00:0a:00:00:01");
+        let bad = || {
+            Error::invalid(
+                "MAC address",
+                s,
+                "expected six hex bytes like 02:00:0a:00:00:01",
+            )
+        };
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut out {
@@ -91,7 +99,14 @@ pub struct Veth<'a> {
 
 impl<'a> Veth<'a> {
     pub fn new(name: impl Into<String>, peer_name: impl Into<String>) -> Veth<'a> {
-        Veth { name: name.into(), peer_name: peer_name.into(), mac: None, peer_mac: None, mtu: None, peer_netns: None }
+        Veth {
+            name: name.into(),
+            peer_name: peer_name.into(),
+            mac: None,
+            peer_mac: None,
+            mtu: None,
+            peer_netns: None,
+        }
     }
 
     pub fn mac(mut self, mac: MacAddr) -> Self {
@@ -135,7 +150,10 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         "is longer than 15 bytes (IFNAMSIZ)"
     } else if name == "." || name == ".." {
         "is . or .."
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0') {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
         "contains '/', ':', NUL or whitespace"
     } else {
         return Ok(());
@@ -164,10 +182,15 @@ pub(crate) fn create_veth_request(veth: &Veth<'_>) -> Result<RouteNetlinkMessage
     validate_name(&veth.name)?;
     validate_name(&veth.peer_name)?;
     if veth.peer_netns.is_none() && veth.name == veth.peer_name {
-        return Err(Error::invalid("veth peer name", &veth.peer_name, "equals the first end's name in the same namespace"));
+        return Err(Error::invalid(
+            "veth peer name",
+            &veth.peer_name,
+            "equals the first end's name in the same namespace",
+        ));
     }
     let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName(veth.peer_name.clone()));
+    peer.attributes
+        .push(LinkAttribute::IfName(veth.peer_name.clone()));
     if let Some(mtu) = veth.mtu {
         peer.attributes.push(LinkAttribute::Mtu(mtu));
     }
@@ -179,7 +202,8 @@ pub(crate) fn create_veth_request(veth: &Veth<'_>) -> Result<RouteNetlinkMessage
     }
 
     let mut msg = LinkMessage::default();
-    msg.attributes.push(LinkAttribute::IfName(veth.name.clone()));
+    msg.attributes
+        .push(LinkAttribute::IfName(veth.name.clone()));
     if let Some(mtu) = veth.mtu {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
     }
@@ -208,7 +232,11 @@ fn change(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
 
 pub(crate) fn set_up_request(index: u32, up: bool) -> RouteNetlinkMessage {
     let mut msg = change(index, vec![]);
-    msg.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+    msg.header.flags = if up {
+        LinkFlags::Up
+    } else {
+        LinkFlags::empty()
+    };
     msg.header.change_mask = LinkFlags::Up;
     RouteNetlinkMessage::NewLink(msg)
 }
@@ -223,10 +251,17 @@ pub(crate) fn set_mtu_request(index: u32, mtu: u32) -> RouteNetlinkMessage {
 
 pub(crate) fn rename_request(index: u32, name: &str) -> Result<RouteNetlinkMessage> {
     validate_name(name)?;
-    Ok(RouteNetlinkMessage::NewLink(change(index, vec![LinkAttribute::IfName(name.to_owned())])))
+    Ok(RouteNetlinkMessage::NewLink(change(
+        index,
+        vec![LinkAttribute::IfName(name.to_owned())],
+    )))
 }
 
-pub(crate) fn move_request(index: u32, netns: BorrowedFd<'_>, new_name: Option<&str>) -> Result<RouteNetlinkMessage> {
+pub(crate) fn move_request(
+    index: u32,
+    netns: BorrowedFd<'_>,
+    new_name: Option<&str>,
+) -> Result<RouteNetlinkMessage> {
     let mut attributes = vec![LinkAttribute::NetNsFd(netns.as_raw_fd())];
     if let Some(name) = new_name {
         validate_name(name)?;
@@ -237,7 +272,9 @@ pub(crate) fn move_request(index: u32, netns: BorrowedFd<'_>, new_name: Option<&
 
 /// The link in a `RTM_NEWLINK` reply; `None` for any other message.
 pub(crate) fn from_reply(reply: RouteNetlinkMessage) -> Option<Link> {
-    let RouteNetlinkMessage::NewLink(msg) = reply else { return None };
+    let RouteNetlinkMessage::NewLink(msg) = reply else {
+        return None;
+    };
     let mut link = Link {
         index: msg.header.index,
         name: String::new(),
@@ -292,7 +329,13 @@ mod tests {
         assert_eq!(mac, MacAddr([0x02, 0xfc, 0, 0, 0x0a, 0x01]));
         assert_eq!(mac.to_string(), "02:fc:00:00:0a:01");
         assert!(mac.is_local_unicast());
-        for bad in ["", "02:fc:00:00:0a", "02:fc:00:00:0a:01:02", "2:fc:00:00:0a:01", "zz:fc:00:00:0a:01"] {
+        for bad in [
+            "",
+            "02:fc:00:00:0a",
+            "02:fc:00:00:0a:01:02",
+            "2:fc:00:00:0a:01",
+            "zz:fc:00:00:0a:01",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
         }
     }
@@ -315,24 +358,53 @@ mod tests {
             .mac(MacAddr([2, 0, 0, 0, 0, 1]))
             .peer_mac(MacAddr([2, 0, 0, 0, 0, 2]))
             .peer_netns(file.as_fd());
-        let RouteNetlinkMessage::NewLink(msg) = create_veth_request(&veth).unwrap() else { panic!("not NEWLINK") };
+        let RouteNetlinkMessage::NewLink(msg) = create_veth_request(&veth).unwrap() else {
+            panic!("not NEWLINK")
+        };
         let msg = round_trip(&msg);
-        assert!(msg.attributes.contains(&LinkAttribute::IfName("vethab12".into())));
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::IfName("vethab12".into()))
+        );
         assert!(msg.attributes.contains(&LinkAttribute::Mtu(1400)));
-        assert!(msg.attributes.contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1])));
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]))
+        );
         let infos = msg
             .attributes
             .iter()
-            .find_map(|a| if let LinkAttribute::LinkInfo(i) = a { Some(i) } else { None })
+            .find_map(|a| {
+                if let LinkAttribute::LinkInfo(i) = a {
+                    Some(i)
+                } else {
+                    None
+                }
+            })
             .unwrap();
         assert!(infos.contains(&LinkInfo::Kind(InfoKind::Veth)));
         let peer = infos
             .iter()
-            .find_map(|i| if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = i { Some(p) } else { None })
+            .find_map(|i| {
+                if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = i {
+                    Some(p)
+                } else {
+                    None
+                }
+            })
             .unwrap();
-        assert!(peer.attributes.contains(&LinkAttribute::IfName("eth0".into())));
-        assert!(peer.attributes.contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 2])));
-        assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(file.as_raw_fd())));
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::IfName("eth0".into()))
+        );
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 2]))
+        );
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::NetNsFd(file.as_raw_fd()))
+        );
     }
 
     #[test]
@@ -343,20 +415,40 @@ mod tests {
 
     #[test]
     fn up_and_down_touch_only_the_up_flag() {
-        let RouteNetlinkMessage::NewLink(up) = set_up_request(5, true) else { panic!() };
-        assert_eq!((up.header.index, up.header.flags, up.header.change_mask), (5, LinkFlags::Up, LinkFlags::Up));
-        let RouteNetlinkMessage::NewLink(down) = set_up_request(5, false) else { panic!() };
-        assert_eq!((down.header.flags, down.header.change_mask), (LinkFlags::empty(), LinkFlags::Up));
+        let RouteNetlinkMessage::NewLink(up) = set_up_request(5, true) else {
+            panic!()
+        };
+        assert_eq!(
+            (up.header.index, up.header.flags, up.header.change_mask),
+            (5, LinkFlags::Up, LinkFlags::Up)
+        );
+        let RouteNetlinkMessage::NewLink(down) = set_up_request(5, false) else {
+            panic!()
+        };
+        assert_eq!(
+            (down.header.flags, down.header.change_mask),
+            (LinkFlags::empty(), LinkFlags::Up)
+        );
     }
 
     #[test]
     fn move_carries_fd_and_new_name() {
         let file = std::fs::File::open("/dev/null").unwrap();
-        let RouteNetlinkMessage::NewLink(msg) = move_request(7, file.as_fd(), Some("eth0")).unwrap() else { panic!() };
+        let RouteNetlinkMessage::NewLink(msg) =
+            move_request(7, file.as_fd(), Some("eth0")).unwrap()
+        else {
+            panic!()
+        };
         let msg = round_trip(&msg);
         assert_eq!(msg.header.index, 7);
-        assert!(msg.attributes.contains(&LinkAttribute::NetNsFd(file.as_raw_fd())));
-        assert!(msg.attributes.contains(&LinkAttribute::IfName("eth0".into())));
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::NetNsFd(file.as_raw_fd()))
+        );
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::IfName("eth0".into()))
+        );
     }
 
     #[test]

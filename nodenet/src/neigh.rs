@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState as NlState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+    NeighbourState as NlState,
 };
 
 use crate::{IpFamily, MacAddr};
@@ -75,12 +76,24 @@ pub struct Neighbour {
 impl Neighbour {
     /// `ip neigh add IP lladdr MAC dev INDEX nud permanent`.
     pub fn permanent(index: u32, ip: IpAddr, mac: MacAddr) -> Neighbour {
-        Neighbour { index, ip, mac: Some(mac), state: NeighbourState::Permanent, proxy: false }
+        Neighbour {
+            index,
+            ip,
+            mac: Some(mac),
+            state: NeighbourState::Permanent,
+            proxy: false,
+        }
     }
 
     /// `ip neigh add proxy IP dev INDEX`.
     pub fn proxy(index: u32, ip: IpAddr) -> Neighbour {
-        Neighbour { index, ip, mac: None, state: NeighbourState::None, proxy: true }
+        Neighbour {
+            index,
+            ip,
+            mac: None,
+            state: NeighbourState::None,
+            proxy: true,
+        }
     }
 }
 
@@ -122,7 +135,8 @@ fn message(neighbour: &Neighbour, with_lladdr: bool) -> NeighbourMessage {
     };
     msg.attributes.push(NeighbourAttribute::Destination(dst));
     if with_lladdr && let Some(mac) = neighbour.mac {
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
     }
     msg
 }
@@ -137,7 +151,9 @@ pub(crate) fn delete_request(neighbour: &Neighbour) -> RouteNetlinkMessage {
 
 /// The entry in a `RTM_NEWNEIGH` reply; `None` for other messages and families.
 pub(crate) fn from_reply(reply: RouteNetlinkMessage) -> Option<Neighbour> {
-    let RouteNetlinkMessage::NewNeighbour(msg) = reply else { return None };
+    let RouteNetlinkMessage::NewNeighbour(msg) = reply else {
+        return None;
+    };
     IpFamily::from_netlink(msg.header.family)?;
     let mut ip = None;
     let mut mac = None;
@@ -154,7 +170,11 @@ pub(crate) fn from_reply(reply: RouteNetlinkMessage) -> Option<Neighbour> {
         index: msg.header.ifindex,
         ip: ip?,
         mac,
-        state: if proxy { NeighbourState::None } else { msg.header.state.into() },
+        state: if proxy {
+            NeighbourState::None
+        } else {
+            msg.header.state.into()
+        },
         proxy,
     })
 }
@@ -167,7 +187,10 @@ mod tests {
     use super::*;
 
     fn round_trip(msg: RouteNetlinkMessage) -> NeighbourMessage {
-        let (RouteNetlinkMessage::NewNeighbour(m) | RouteNetlinkMessage::DelNeighbour(m)) = msg else { panic!() };
+        let (RouteNetlinkMessage::NewNeighbour(m) | RouteNetlinkMessage::DelNeighbour(m)) = msg
+        else {
+            panic!()
+        };
         let mut buf = vec![0; m.buffer_len()];
         m.emit(&mut buf);
         NeighbourMessage::parse(&buf[..]).unwrap()
@@ -179,7 +202,10 @@ mod tests {
         let msg = round_trip(add_request(&n));
         assert_eq!(msg.header.family, AddressFamily::Inet);
         assert_eq!(msg.header.state, NlState::Permanent);
-        assert_eq!(from_reply(RouteNetlinkMessage::NewNeighbour(msg)).unwrap(), n);
+        assert_eq!(
+            from_reply(RouteNetlinkMessage::NewNeighbour(msg)).unwrap(),
+            n
+        );
         assert_eq!(n.to_string(), "169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev 2");
     }
 
@@ -189,13 +215,22 @@ mod tests {
         let msg = round_trip(add_request(&n));
         assert_eq!(msg.header.family, AddressFamily::Inet6);
         assert!(msg.header.flags.contains(NeighbourFlags::Proxy));
-        assert!(!msg.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(_))));
-        assert_eq!(from_reply(RouteNetlinkMessage::NewNeighbour(msg)).unwrap(), n);
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(_)))
+        );
+        assert_eq!(
+            from_reply(RouteNetlinkMessage::NewNeighbour(msg)).unwrap(),
+            n
+        );
     }
 
     #[test]
     fn proxy_dump_asks_for_the_proxy_table() {
-        let RouteNetlinkMessage::GetNeighbour(msg) = dump_request(IpFamily::V4, true) else { panic!() };
+        let RouteNetlinkMessage::GetNeighbour(msg) = dump_request(IpFamily::V4, true) else {
+            panic!()
+        };
         assert_eq!(msg.header.flags, NeighbourFlags::Proxy);
     }
 }

@@ -12,14 +12,15 @@ use std::path::Path;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
+    NLM_F_REPLACE, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NlasIterator,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::{Address, IpFamily, Link, MacAddr, NetOps, Neighbour, Route, Rule, Veth};
+use crate::{Address, IpFamily, Link, MacAddr, Neighbour, NetOps, Route, Rule, Veth};
 use crate::{addr, link, neigh, route, rule};
 
 /// How often a dump that the kernel marked inconsistent (`NLM_F_DUMP_INTR`, the
@@ -58,15 +59,26 @@ impl Netlink {
     }
 
     fn open_socket(netns: String) -> Result<Netlink> {
-        let fail = |what, source| Error::Socket { what, netns: netns.clone(), source };
+        let fail = |what, source| Error::Socket {
+            what,
+            netns: netns.clone(),
+            source,
+        };
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| fail("open", e))?;
         socket.bind_auto().map_err(|e| fail("bind", e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| fail("connect", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| fail("connect", e))?;
         // Extended acks carry the kernel's reason ("Nexthop has invalid gateway");
         // capped acks keep error replies small. Old kernels lack both: not fatal.
         let _ = socket.set_ext_ack(true);
         let _ = socket.set_cap_ack(true);
-        Ok(Netlink { socket, seq: 0, buf: vec![0; 32 * 1024], netns })
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: vec![0; 32 * 1024],
+            netns,
+        })
     }
 
     /// The namespace this socket lives in, as given when it was opened.
@@ -75,23 +87,44 @@ impl Netlink {
     }
 
     /// Sends a request that changes something and waits for the kernel's ack.
-    pub(crate) fn ack(&mut self, op: &'static str, object: &dyn Display, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
-        self.execute(op, object, msg, flags | NLM_F_ACK, false).map(drop)
+    pub(crate) fn ack(
+        &mut self,
+        op: &'static str,
+        object: &dyn Display,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<()> {
+        self.execute(op, object, msg, flags | NLM_F_ACK, false)
+            .map(drop)
     }
 
     /// Sends a request for one object and returns the kernel's answer.
-    pub(crate) fn get(&mut self, op: &'static str, object: &dyn Display, msg: RouteNetlinkMessage) -> Result<RouteNetlinkMessage> {
+    pub(crate) fn get(
+        &mut self,
+        op: &'static str,
+        object: &dyn Display,
+        msg: RouteNetlinkMessage,
+    ) -> Result<RouteNetlinkMessage> {
         let reply = self.execute(op, object, msg, NLM_F_ACK, false)?;
-        reply.messages.into_iter().next().ok_or_else(|| Error::Decode {
-            op,
-            object: object.to_string(),
-            message: "the kernel acknowledged but sent no object".into(),
-        })
+        reply
+            .messages
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Decode {
+                op,
+                object: object.to_string(),
+                message: "the kernel acknowledged but sent no object".into(),
+            })
     }
 
     /// Dumps a table (links, addresses, routes...), retrying when the kernel says
     /// the table changed during the dump.
-    pub(crate) fn dump(&mut self, op: &'static str, object: &dyn Display, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+    pub(crate) fn dump(
+        &mut self,
+        op: &'static str,
+        object: &dyn Display,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let mut attempt = 1;
         loop {
             let reply = self.execute(op, object, msg.clone(), NLM_F_DUMP, true)?;
@@ -105,11 +138,20 @@ impl Netlink {
         }
     }
 
-    fn execute(&mut self, op: &'static str, object: &dyn Display, msg: RouteNetlinkMessage, flags: u16, is_dump: bool) -> Result<Reply> {
+    fn execute(
+        &mut self,
+        op: &'static str,
+        object: &dyn Display,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        is_dump: bool,
+    ) -> Result<Reply> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let packet = encode(msg, flags, seq);
-        self.socket.send(&packet, 0).map_err(|e| self.socket_error("send", e))?;
+        self.socket
+            .send(&packet, 0)
+            .map_err(|e| self.socket_error("send", e))?;
 
         let mut reply = Reply::default();
         loop {
@@ -126,7 +168,13 @@ impl Netlink {
                         source: io::Error::from_raw_os_error(errno),
                     });
                 }
-                Err(Failure::Decode(message)) => return Err(Error::Decode { op, object: object.to_string(), message }),
+                Err(Failure::Decode(message)) => {
+                    return Err(Error::Decode {
+                        op,
+                        object: object.to_string(),
+                        message,
+                    });
+                }
             }
         }
     }
@@ -134,7 +182,9 @@ impl Netlink {
     /// Receives one datagram into `self.buf`, growing it to the datagram's size.
     fn recv(&mut self) -> io::Result<usize> {
         loop {
-            let peeked = self.socket.recv(&mut &mut self.buf[..], libc::MSG_PEEK | libc::MSG_TRUNC);
+            let peeked = self
+                .socket
+                .recv(&mut &mut self.buf[..], libc::MSG_PEEK | libc::MSG_TRUNC);
             match peeked {
                 Ok(size) if size > self.buf.len() => self.buf.resize(size, 0),
                 Ok(_) => {}
@@ -149,7 +199,11 @@ impl Netlink {
     }
 
     fn socket_error(&self, what: &'static str, source: io::Error) -> Error {
-        Error::Socket { what, netns: self.netns.clone(), source }
+        Error::Socket {
+            what,
+            netns: self.netns.clone(),
+            source,
+        }
     }
 }
 
@@ -186,9 +240,15 @@ fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
 /// Walks the netlink messages of one datagram, collecting those that answer
 /// request `seq`. Messages of other sequence numbers (late replies to an earlier
 /// request) are skipped.
-fn parse_datagram(mut data: &[u8], seq: u32, is_dump: bool, reply: &mut Reply) -> Result<Step, Failure> {
+fn parse_datagram(
+    mut data: &[u8],
+    seq: u32,
+    is_dump: bool,
+    reply: &mut Reply,
+) -> Result<Step, Failure> {
     while !data.is_empty() {
-        let buffer = NetlinkBuffer::new_checked(data).map_err(|e| Failure::Decode(e.to_string()))?;
+        let buffer =
+            NetlinkBuffer::new_checked(data).map_err(|e| Failure::Decode(e.to_string()))?;
         let len = buffer.length() as usize;
         let (this, rest) = data.split_at(len);
         data = rest.get(align(len).saturating_sub(len)..).unwrap_or(&[]);
@@ -213,13 +273,23 @@ fn parse_datagram(mut data: &[u8], seq: u32, is_dump: bool, reply: &mut Reply) -
             NetlinkPayload::Error(e) => {
                 return match e.code {
                     None => Ok(Step::Finished),
-                    Some(code) => Err(Failure::Kernel { errno: code.get().abs(), detail: ack_detail(flags, &e.header) }),
+                    Some(code) => Err(Failure::Kernel {
+                        errno: code.get().abs(),
+                        detail: ack_detail(flags, &e.header),
+                    }),
                 };
             }
             NetlinkPayload::Done(done) => {
                 if done.code < 0 {
-                    let detail = if flags & NLM_F_ACK_TLVS != 0 { tlv_message(&done.extended_ack) } else { None };
-                    return Err(Failure::Kernel { errno: done.code.abs(), detail });
+                    let detail = if flags & NLM_F_ACK_TLVS != 0 {
+                        tlv_message(&done.extended_ack)
+                    } else {
+                        None
+                    };
+                    return Err(Failure::Kernel {
+                        errno: done.code.abs(),
+                        detail,
+                    });
                 }
                 return Ok(Step::Finished);
             }
@@ -246,11 +316,14 @@ fn ack_detail(flags: u16, payload: &[u8]) -> Option<String> {
 }
 
 fn tlv_message(tlvs: &[u8]) -> Option<String> {
-    NlasIterator::new(tlvs).filter_map(|nla| nla.ok()).find(|nla| nla.kind() == NLMSGERR_ATTR_MSG).map(|nla| {
-        let value = nla.value();
-        let text = value.split(|b| *b == 0).next().unwrap_or(value);
-        String::from_utf8_lossy(text).trim().to_owned()
-    })
+    NlasIterator::new(tlvs)
+        .filter_map(|nla| nla.ok())
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .map(|nla| {
+            let value = nla.value();
+            let text = value.split(|b| *b == 0).next().unwrap_or(value);
+            String::from_utf8_lossy(text).trim().to_owned()
+        })
 }
 
 fn align(len: usize) -> usize {
@@ -279,50 +352,105 @@ impl NetOps for Netlink {
     }
 
     fn create_veth(&mut self, veth: &Veth<'_>) -> Result<Link> {
-        self.ack("create veth", veth, link::create_veth_request(veth)?, CREATE_EXCL)?;
+        self.ack(
+            "create veth",
+            veth,
+            link::create_veth_request(veth)?,
+            CREATE_EXCL,
+        )?;
         self.link_by_name(&veth.name)
     }
 
     fn delete_link(&mut self, index: u32) -> Result<()> {
-        self.ack("delete", &format!("link index {index}"), link::delete_request(index), 0)
+        self.ack(
+            "delete",
+            &format!("link index {index}"),
+            link::delete_request(index),
+            0,
+        )
     }
 
     fn set_link_up(&mut self, index: u32) -> Result<()> {
-        self.ack("set up", &format!("link index {index}"), link::set_up_request(index, true), 0)
+        self.ack(
+            "set up",
+            &format!("link index {index}"),
+            link::set_up_request(index, true),
+            0,
+        )
     }
 
     fn set_link_down(&mut self, index: u32) -> Result<()> {
-        self.ack("set down", &format!("link index {index}"), link::set_up_request(index, false), 0)
+        self.ack(
+            "set down",
+            &format!("link index {index}"),
+            link::set_up_request(index, false),
+            0,
+        )
     }
 
     fn set_link_mac(&mut self, index: u32, mac: MacAddr) -> Result<()> {
-        self.ack("set mac", &format!("link index {index} to {mac}"), link::set_mac_request(index, mac), 0)
+        self.ack(
+            "set mac",
+            &format!("link index {index} to {mac}"),
+            link::set_mac_request(index, mac),
+            0,
+        )
     }
 
     fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        self.ack("set mtu", &format!("link index {index} to {mtu}"), link::set_mtu_request(index, mtu), 0)
+        self.ack(
+            "set mtu",
+            &format!("link index {index} to {mtu}"),
+            link::set_mtu_request(index, mtu),
+            0,
+        )
     }
 
     fn rename_link(&mut self, index: u32, name: &str) -> Result<()> {
-        self.ack("rename", &format!("link index {index} to {name}"), link::rename_request(index, name)?, 0)
+        self.ack(
+            "rename",
+            &format!("link index {index} to {name}"),
+            link::rename_request(index, name)?,
+            0,
+        )
     }
 
-    fn move_link(&mut self, index: u32, netns: BorrowedFd<'_>, new_name: Option<&str>) -> Result<()> {
+    fn move_link(
+        &mut self,
+        index: u32,
+        netns: BorrowedFd<'_>,
+        new_name: Option<&str>,
+    ) -> Result<()> {
         let object = format!("link index {index} to netns fd {}", netns.as_raw_fd());
-        self.ack("move", &object, link::move_request(index, netns, new_name)?, 0)
+        self.ack(
+            "move",
+            &object,
+            link::move_request(index, netns, new_name)?,
+            0,
+        )
     }
 
     fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>> {
         let mut out = Vec::new();
         for family in [IpFamily::V4, IpFamily::V6] {
             let replies = self.dump("list", &"addresses", addr::dump_request(family))?;
-            out.extend(replies.into_iter().filter_map(addr::from_reply).filter(|a| index.is_none_or(|i| a.index == i)));
+            out.extend(
+                replies
+                    .into_iter()
+                    .filter_map(addr::from_reply)
+                    .filter(|a| index.is_none_or(|i| a.index == i)),
+            );
         }
         Ok(out)
     }
 
     fn add_address(&mut self, address: &Address) -> Result<()> {
-        self.ack("add address", address, addr::add_request(address), CREATE_EXCL)
+        self.ack(
+            "add address",
+            address,
+            addr::add_request(address),
+            CREATE_EXCL,
+        )
     }
 
     fn delete_address(&mut self, address: &Address) -> Result<()> {
@@ -333,7 +461,12 @@ impl NetOps for Netlink {
         let mut out = Vec::new();
         for family in [IpFamily::V4, IpFamily::V6] {
             let replies = self.dump("list", &"routes", route::dump_request(family))?;
-            out.extend(replies.into_iter().filter_map(route::from_reply).filter(|r| table.is_none_or(|t| r.table == t)));
+            out.extend(
+                replies
+                    .into_iter()
+                    .filter_map(route::from_reply)
+                    .filter(|r| table.is_none_or(|t| r.table == t)),
+            );
         }
         Ok(out)
     }
@@ -343,7 +476,12 @@ impl NetOps for Netlink {
     }
 
     fn replace_route(&mut self, route: &Route) -> Result<()> {
-        self.ack("replace route", route, route::add_request(route)?, CREATE_REPLACE)
+        self.ack(
+            "replace route",
+            route,
+            route::add_request(route)?,
+            CREATE_REPLACE,
+        )
     }
 
     fn delete_route(&mut self, route: &Route) -> Result<()> {
@@ -371,28 +509,53 @@ impl NetOps for Netlink {
         let mut out = Vec::new();
         for family in [IpFamily::V4, IpFamily::V6] {
             for proxy in [false, true] {
-                let replies = self.dump("list", &"neighbours", neigh::dump_request(family, proxy))?;
-                out.extend(replies.into_iter().filter_map(neigh::from_reply).filter(|n| index.is_none_or(|i| n.index == i)));
+                let replies =
+                    self.dump("list", &"neighbours", neigh::dump_request(family, proxy))?;
+                out.extend(
+                    replies
+                        .into_iter()
+                        .filter_map(neigh::from_reply)
+                        .filter(|n| index.is_none_or(|i| n.index == i)),
+                );
             }
         }
         Ok(out)
     }
 
     fn add_neighbour(&mut self, neighbour: &Neighbour) -> Result<()> {
-        self.ack("add neighbour", neighbour, neigh::add_request(neighbour), CREATE_EXCL)
+        self.ack(
+            "add neighbour",
+            neighbour,
+            neigh::add_request(neighbour),
+            CREATE_EXCL,
+        )
     }
 
     fn replace_neighbour(&mut self, neighbour: &Neighbour) -> Result<()> {
-        self.ack("replace neighbour", neighbour, neigh::add_request(neighbour), CREATE_REPLACE)
+        self.ack(
+            "replace neighbour",
+            neighbour,
+            neigh::add_request(neighbour),
+            CREATE_REPLACE,
+        )
     }
 
     fn delete_neighbour(&mut self, neighbour: &Neighbour) -> Result<()> {
-        self.ack("delete neighbour", neighbour, neigh::delete_request(neighbour), 0)
+        self.ack(
+            "delete neighbour",
+            neighbour,
+            neigh::delete_request(neighbour),
+            0,
+        )
     }
 }
 
 fn unexpected(op: &'static str, object: String) -> Error {
-    Error::Decode { op, object, message: "the kernel answered with another kind of message".into() }
+    Error::Decode {
+        op,
+        object,
+        message: "the kernel answered with another kind of message".into(),
+    }
 }
 
 #[cfg(test)]
@@ -419,7 +582,11 @@ mod tests {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::IfName(name.into()));
-        reply_bytes(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(msg)), seq, NLM_F_MULTIPART)
+        reply_bytes(
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(msg)),
+            seq,
+            NLM_F_MULTIPART,
+        )
     }
 
     fn error_payload(code: i32, header_and_tlvs: Vec<u8>) -> NetlinkPayload<RouteNetlinkMessage> {
@@ -445,14 +612,25 @@ mod tests {
         datagram.extend(link_reply("lo", 1, 42));
         datagram.extend(link_reply("eth0", 2, 42));
         let mut reply = Reply::default();
-        assert!(matches!(parse_datagram(&datagram, 42, true, &mut reply), Ok(Step::More)));
+        assert!(matches!(
+            parse_datagram(&datagram, 42, true, &mut reply),
+            Ok(Step::More)
+        ));
         assert_eq!(reply.messages.len(), 2);
 
         let mut done = DoneMessage::default();
         done.code = 0;
         let end = reply_bytes(NetlinkPayload::Done(done), 42, NLM_F_MULTIPART);
-        assert!(matches!(parse_datagram(&end, 42, true, &mut reply), Ok(Step::Finished)));
-        let names: Vec<_> = reply.messages.into_iter().filter_map(link::from_reply).map(|l| l.name).collect();
+        assert!(matches!(
+            parse_datagram(&end, 42, true, &mut reply),
+            Ok(Step::Finished)
+        ));
+        let names: Vec<_> = reply
+            .messages
+            .into_iter()
+            .filter_map(link::from_reply)
+            .map(|l| l.name)
+            .collect();
         assert_eq!(names, ["lo", "eth0"]);
     }
 
@@ -460,11 +638,20 @@ mod tests {
     fn ack_finishes_and_error_gives_errno() {
         let mut reply = Reply::default();
         let ack = reply_bytes(error_payload(0, vec![0; NLMSG_HDRLEN]), 3, 0);
-        assert!(matches!(parse_datagram(&ack, 3, false, &mut reply), Ok(Step::Finished)));
+        assert!(matches!(
+            parse_datagram(&ack, 3, false, &mut reply),
+            Ok(Step::Finished)
+        ));
 
         let nack = reply_bytes(error_payload(-libc::EEXIST, vec![0; NLMSG_HDRLEN]), 4, 0);
         let failure = parse_datagram(&nack, 4, false, &mut reply).err().unwrap();
-        assert_eq!(failure, Failure::Kernel { errno: libc::EEXIST, detail: None });
+        assert_eq!(
+            failure,
+            Failure::Kernel {
+                errno: libc::EEXIST,
+                detail: None
+            }
+        );
     }
 
     #[test]
@@ -477,11 +664,20 @@ mod tests {
         payload.extend(NLMSGERR_ATTR_MSG.to_ne_bytes());
         payload.extend(text);
         payload.resize(NLMSG_HDRLEN + align(nla_len), 0);
-        let nack = reply_bytes(error_payload(-libc::EINVAL, payload), 5, NLM_F_CAPPED | NLM_F_ACK_TLVS);
-        let failure = parse_datagram(&nack, 5, false, &mut Reply::default()).err().unwrap();
+        let nack = reply_bytes(
+            error_payload(-libc::EINVAL, payload),
+            5,
+            NLM_F_CAPPED | NLM_F_ACK_TLVS,
+        );
+        let failure = parse_datagram(&nack, 5, false, &mut Reply::default())
+            .err()
+            .unwrap();
         assert_eq!(
             failure,
-            Failure::Kernel { errno: libc::EINVAL, detail: Some("Nexthop has invalid gateway".into()) }
+            Failure::Kernel {
+                errno: libc::EINVAL,
+                detail: Some("Nexthop has invalid gateway".into())
+            }
         );
     }
 
@@ -490,8 +686,16 @@ mod tests {
         let mut done = DoneMessage::default();
         done.code = -libc::EOPNOTSUPP;
         let end = reply_bytes(NetlinkPayload::Done(done), 8, NLM_F_MULTIPART);
-        let failure = parse_datagram(&end, 8, true, &mut Reply::default()).err().unwrap();
-        assert_eq!(failure, Failure::Kernel { errno: libc::EOPNOTSUPP, detail: None });
+        let failure = parse_datagram(&end, 8, true, &mut Reply::default())
+            .err()
+            .unwrap();
+        assert_eq!(
+            failure,
+            Failure::Kernel {
+                errno: libc::EOPNOTSUPP,
+                detail: None
+            }
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ impl Netns {
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::netns("open", path, e))?;
-        Ok(Netns { file, path: path.to_owned() })
+        Ok(Netns {
+            file,
+            path: path.to_owned(),
+        })
     }
 
     /// Opens the namespace named `name` under [`NETNS_RUN_DIR`].
@@ -65,7 +68,10 @@ impl Netns {
 
     /// The nsfs inode number: two handles with the same id are the same namespace.
     pub fn id(&self) -> Result<u64> {
-        let meta = self.file.metadata().map_err(|e| Error::netns("stat", &self.path, e))?;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::netns("stat", &self.path, e))?;
         Ok(meta.ino())
     }
 
@@ -85,7 +91,9 @@ impl Netns {
                     Ok(f())
                 })
                 .map_err(|e| Error::netns("spawn thread to enter", &self.path, e))?;
-            handle.join().map_err(|_| Error::ThreadPanicked { path: self.path.clone() })?
+            handle.join().map_err(|_| Error::ThreadPanicked {
+                path: self.path.clone(),
+            })?
         })
     }
 
@@ -125,7 +133,9 @@ impl Netns {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        Netns::open(&path)
+        Netns::open(&path).inspect_err(|_| {
+            let _ = Netns::delete(name);
+        })
     }
 
     /// Deletes the named namespace like `ip netns delete`: detach the bind mount and
@@ -148,10 +158,18 @@ impl Netns {
 /// `/run/netns/NAME`, after checking that NAME is a plain file name.
 fn named_path(name: &str) -> Result<PathBuf> {
     if name.is_empty() || name == "." || name == ".." {
-        return Err(Error::invalid("netns name", name, "must be a non-empty file name"));
+        return Err(Error::invalid(
+            "netns name",
+            name,
+            "must be a non-empty file name",
+        ));
     }
     if name.contains('/') || name.contains('\0') {
-        return Err(Error::invalid("netns name", name, "must not contain '/' or NUL"));
+        return Err(Error::invalid(
+            "netns name",
+            name,
+            "must not contain '/' or NUL",
+        ));
     }
     if name.len() > 255 {
         return Err(Error::invalid("netns name", name, "longer than 255 bytes"));
@@ -185,8 +203,14 @@ fn prepare_run_dir() -> Result<()> {
         Ok(()) => Ok(()),
         // EINVAL: not a mount point yet. Bind it onto itself, then share it.
         Err(Errno::EINVAL) => {
-            nix::mount::mount(Some(dir), dir, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| Error::netns("bind-mount onto itself", dir, e))?;
+            nix::mount::mount(
+                Some(dir),
+                dir,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::netns("bind-mount onto itself", dir, e))?;
             make_shared().map_err(|e| Error::netns("make shared mount", dir, e))
         }
         Err(e) => Err(Error::netns("make shared mount", dir, e)),
@@ -198,27 +222,49 @@ fn prepare_run_dir() -> Result<()> {
 /// under /proc/sys, so interface names with dots work: `net/ipv4/conf/eth0.1/rp_filter`.
 pub fn sysctl_in(netns: &Netns, key: &str, value: &str) -> Result<()> {
     let path = sysctl_path(key)?;
-    let sysctl_err = |source| Error::Sysctl { key: key.to_owned(), netns: netns.path().to_owned(), source };
-    netns.run_in(|| fs::write(&path, value)).and_then(|r| r.map_err(sysctl_err))
+    let sysctl_err = |source| Error::Sysctl {
+        key: key.to_owned(),
+        netns: netns.path().to_owned(),
+        source,
+    };
+    netns
+        .run_in(|| fs::write(&path, value))
+        .and_then(|r| r.map_err(sysctl_err))
 }
 
 /// Reads the sysctl `key` inside `netns` (trimmed). Same key forms as [`sysctl_in`].
 pub fn sysctl_read_in(netns: &Netns, key: &str) -> Result<String> {
     let path = sysctl_path(key)?;
-    let sysctl_err = |source| Error::Sysctl { key: key.to_owned(), netns: netns.path().to_owned(), source };
-    let text = netns.run_in(|| fs::read_to_string(&path)).and_then(|r| r.map_err(sysctl_err))?;
+    let sysctl_err = |source| Error::Sysctl {
+        key: key.to_owned(),
+        netns: netns.path().to_owned(),
+        source,
+    };
+    let text = netns
+        .run_in(|| fs::read_to_string(&path))
+        .and_then(|r| r.map_err(sysctl_err))?;
     Ok(text.trim().to_owned())
 }
 
 /// The /proc/sys path of a sysctl key (`net.ipv4.ip_forward` or `net/ipv4/ip_forward`).
 pub(crate) fn sysctl_path(key: &str) -> Result<PathBuf> {
-    let rel = if key.contains('/') { key.to_owned() } else { key.replace('.', "/") };
+    let rel = if key.contains('/') {
+        key.to_owned()
+    } else {
+        key.replace('.', "/")
+    };
     let bad = rel.is_empty()
         || rel.starts_with('/')
         || rel.contains('\0')
-        || rel.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+        || rel
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
     if bad {
-        return Err(Error::invalid("sysctl key", key, "must be a relative key like net.ipv4.ip_forward"));
+        return Err(Error::invalid(
+            "sysctl key",
+            key,
+            "must be a relative key like net.ipv4.ip_forward",
+        ));
     }
     Ok(Path::new("/proc/sys").join(rel))
 }
@@ -235,7 +281,10 @@ impl NetnsGuard {
     /// Creates the namespace `name`; it is deleted when the guard drops.
     pub fn create(name: &str) -> Result<NetnsGuard> {
         let netns = Netns::create(name)?;
-        Ok(NetnsGuard { netns, name: name.to_owned() })
+        Ok(NetnsGuard {
+            netns,
+            name: name.to_owned(),
+        })
     }
 
     /// Creates a namespace named `PREFIX-PID-N`, unique within this process and
@@ -282,7 +331,10 @@ mod tests {
 
     #[test]
     fn sysctl_keys_map_to_proc_sys() {
-        assert_eq!(sysctl_path("net.ipv4.ip_forward").unwrap(), Path::new("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").unwrap(),
+            Path::new("/proc/sys/net/ipv4/ip_forward")
+        );
         assert_eq!(
             sysctl_path("net/ipv4/conf/eth0.1/rp_filter").unwrap(),
             Path::new("/proc/sys/net/ipv4/conf/eth0.1/rp_filter")

@@ -190,13 +190,21 @@ impl Route {
     fn validate(&self) -> Result<()> {
         let family = self.family();
         if self.destination.ip() != self.destination.network() {
-            return Err(Error::invalid("route destination", self.destination.to_string(), "has host bits set"));
+            return Err(Error::invalid(
+                "route destination",
+                self.destination.to_string(),
+                "has host bits set",
+            ));
         }
         for (what, ip) in [("route gateway", self.gateway), ("route source", self.src)] {
             if let Some(ip) = ip
                 && IpFamily::of(&ip) != family
             {
-                return Err(Error::invalid(what, ip.to_string(), "is of another family than the destination"));
+                return Err(Error::invalid(
+                    what,
+                    ip.to_string(),
+                    "is of another family than the destination",
+                ));
             }
         }
         Ok(())
@@ -254,7 +262,8 @@ fn message(route: &Route, scope: Scope, protocol: u8, kind: u8) -> Result<RouteM
         msg.header.flags = RouteFlags::Onlink;
     }
     if route.destination.prefix() > 0 {
-        msg.attributes.push(RouteAttribute::Destination(route.destination.ip().into()));
+        msg.attributes
+            .push(RouteAttribute::Destination(route.destination.ip().into()));
     }
     if let Some(gw) = route.gateway {
         msg.attributes.push(RouteAttribute::Gateway(gw.into()));
@@ -284,8 +293,16 @@ pub(crate) fn as_added(route: &Route) -> Result<Route> {
 
 pub(crate) fn add_request(route: &Route) -> Result<RouteNetlinkMessage> {
     let route = as_added(route)?;
-    let (scope, protocol) = (route.scope.unwrap_or_default(), route.protocol.unwrap_or_default());
-    Ok(RouteNetlinkMessage::NewRoute(message(&route, scope, protocol, route.kind.into())?))
+    let (scope, protocol) = (
+        route.scope.unwrap_or_default(),
+        route.protocol.unwrap_or_default(),
+    );
+    Ok(RouteNetlinkMessage::NewRoute(message(
+        &route,
+        scope,
+        protocol,
+        route.kind.into(),
+    )?))
 }
 
 /// A delete matches on what is set: unset scope, protocol and a unicast kind
@@ -295,8 +312,17 @@ pub(crate) fn delete_request(route: &Route) -> Result<RouteNetlinkMessage> {
         IpFamily::V4 => Scope::Nowhere,
         IpFamily::V6 => Scope::Universe,
     };
-    let kind = if route.kind == RouteKind::Unicast { 0 } else { route.kind.into() };
-    let msg = message(route, route.scope.unwrap_or(any_scope), route.protocol.unwrap_or(proto::UNSPEC), kind)?;
+    let kind = if route.kind == RouteKind::Unicast {
+        0
+    } else {
+        route.kind.into()
+    };
+    let msg = message(
+        route,
+        route.scope.unwrap_or(any_scope),
+        route.protocol.unwrap_or(proto::UNSPEC),
+        kind,
+    )?;
     Ok(RouteNetlinkMessage::DelRoute(msg))
 }
 
@@ -311,7 +337,9 @@ fn route_ip(addr: RouteAddress) -> Option<IpAddr> {
 /// The route in a `RTM_NEWROUTE` reply; `None` for other messages and families.
 /// Multipath routes come back without their next hops.
 pub(crate) fn from_reply(reply: RouteNetlinkMessage) -> Option<Route> {
-    let RouteNetlinkMessage::NewRoute(msg) = reply else { return None };
+    let RouteNetlinkMessage::NewRoute(msg) = reply else {
+        return None;
+    };
     let family = IpFamily::from_netlink(msg.header.address_family)?;
     let mut destination = None;
     let mut route = Route::new(family.any_network());
@@ -346,7 +374,9 @@ mod tests {
     use super::*;
 
     fn round_trip(msg: RouteNetlinkMessage) -> RouteMessage {
-        let (RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)) = msg else { panic!() };
+        let (RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)) = msg else {
+            panic!()
+        };
         let mut buf = vec![0; m.buffer_len()];
         m.emit(&mut buf);
         RouteMessage::parse(&buf[..]).unwrap()
@@ -358,7 +388,10 @@ mod tests {
 
     #[test]
     fn default_route_via_onlink_gateway() {
-        let r = Route::default_route(IpFamily::V4).via(ip("169.254.1.1")).dev(2).onlink();
+        let r = Route::default_route(IpFamily::V4)
+            .via(ip("169.254.1.1"))
+            .dev(2)
+            .onlink();
         let msg = round_trip(add_request(&r).unwrap());
         assert_eq!(msg.header.address_family, AddressFamily::Inet);
         assert_eq!(msg.header.destination_prefix_length, 0);
@@ -366,22 +399,39 @@ mod tests {
         assert_eq!(msg.header.protocol, RouteProtocol::Boot);
         assert_eq!(msg.header.kind, RouteType::Unicast);
         assert!(msg.header.flags.contains(RouteFlags::Onlink));
-        assert!(!msg.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(_))));
-        assert!(msg.attributes.contains(&RouteAttribute::Gateway(ip("169.254.1.1").into())));
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(_)))
+        );
+        assert!(
+            msg.attributes
+                .contains(&RouteAttribute::Gateway(ip("169.254.1.1").into()))
+        );
         assert!(msg.attributes.contains(&RouteAttribute::Oif(2)));
         assert!(msg.attributes.contains(&RouteAttribute::Table(TABLE_MAIN)));
     }
 
     #[test]
     fn device_route_gets_link_scope_and_big_table_goes_in_attribute() {
-        let r = Route::new("10.0.3.7/32".parse().unwrap()).dev(5).table(1000).metric(7).src(ip("10.0.0.1"));
+        let r = Route::new("10.0.3.7/32".parse().unwrap())
+            .dev(5)
+            .table(1000)
+            .metric(7)
+            .src(ip("10.0.0.1"));
         let msg = round_trip(add_request(&r).unwrap());
         assert_eq!(msg.header.scope, RouteScope::Link);
         assert_eq!(msg.header.table, TABLE_COMPAT);
         assert!(msg.attributes.contains(&RouteAttribute::Table(1000)));
         assert!(msg.attributes.contains(&RouteAttribute::Priority(7)));
-        assert!(msg.attributes.contains(&RouteAttribute::PrefSource(ip("10.0.0.1").into())));
-        assert!(msg.attributes.contains(&RouteAttribute::Destination(ip("10.0.3.7").into())));
+        assert!(
+            msg.attributes
+                .contains(&RouteAttribute::PrefSource(ip("10.0.0.1").into()))
+        );
+        assert!(
+            msg.attributes
+                .contains(&RouteAttribute::Destination(ip("10.0.3.7").into()))
+        );
     }
 
     #[test]
@@ -396,7 +446,12 @@ mod tests {
     #[test]
     fn bad_routes_are_refused_before_sending() {
         let host_bits = Route::new("10.0.3.1/24".parse().unwrap());
-        assert!(add_request(&host_bits).unwrap_err().to_string().contains("host bits"));
+        assert!(
+            add_request(&host_bits)
+                .unwrap_err()
+                .to_string()
+                .contains("host bits")
+        );
         let mixed = Route::new("10.0.3.0/24".parse().unwrap()).via(ip("fe80::1"));
         assert!(add_request(&mixed).is_err());
     }
@@ -410,8 +465,13 @@ mod tests {
             .metric(1024)
             .scope(Scope::Universe)
             .protocol(proto::STATIC);
-        let RouteNetlinkMessage::NewRoute(msg) = add_request(&r).unwrap() else { panic!() };
+        let RouteNetlinkMessage::NewRoute(msg) = add_request(&r).unwrap() else {
+            panic!()
+        };
         assert_eq!(from_reply(RouteNetlinkMessage::NewRoute(msg)).unwrap(), r);
-        assert_eq!(r.to_string(), "fd00:1::/64 via fd00::1 dev 3 table 100 scope global metric 1024 proto 4");
+        assert_eq!(
+            r.to_string(),
+            "fd00:1::/64 via fd00::1 dev 3 table 100 scope global metric 1024 proto 4"
+        );
     }
 }

@@ -133,11 +133,19 @@ impl Rule {
     fn validate(&self) -> Result<()> {
         for net in [self.from, self.to].into_iter().flatten() {
             if IpFamily::of(&net.ip()) != self.family {
-                return Err(Error::invalid("rule prefix", net.to_string(), "is of another family than the rule"));
+                return Err(Error::invalid(
+                    "rule prefix",
+                    net.to_string(),
+                    "is of another family than the rule",
+                ));
             }
         }
         if self.action == RuleAction::ToTable && self.table == 0 {
-            return Err(Error::invalid("rule", self.to_string(), "a lookup rule needs a table"));
+            return Err(Error::invalid(
+                "rule",
+                self.to_string(),
+                "a lookup rule needs a table",
+            ));
         }
         for name in [&self.iif, &self.oif].into_iter().flatten() {
             crate::link::validate_name(name)?;
@@ -159,7 +167,11 @@ impl fmt::Display for Rule {
             write!(f, " to {net}")?;
         }
         if let Some(mark) = self.fwmark {
-            write!(f, " fwmark {mark:#x}/{:#x}", self.fwmask.unwrap_or(u32::MAX))?;
+            write!(
+                f,
+                " fwmark {mark:#x}/{:#x}",
+                self.fwmask.unwrap_or(u32::MAX)
+            )?;
         }
         if let Some(iif) = &self.iif {
             write!(f, " iif {iif}")?;
@@ -229,7 +241,9 @@ pub(crate) fn delete_request(rule: &Rule) -> Result<RouteNetlinkMessage> {
 
 /// The rule in a `RTM_NEWRULE` reply; `None` for other messages and families.
 pub(crate) fn from_reply(reply: RouteNetlinkMessage) -> Option<Rule> {
-    let RouteNetlinkMessage::NewRule(msg) = reply else { return None };
+    let RouteNetlinkMessage::NewRule(msg) = reply else {
+        return None;
+    };
     let family = IpFamily::from_netlink(msg.header.family)?;
     let mut rule = Rule::lookup(family, u32::from(msg.header.table));
     rule.action = RuleAction::from(u8::from(msg.header.action));
@@ -258,7 +272,9 @@ mod tests {
     use super::*;
 
     fn round_trip(msg: RouteNetlinkMessage) -> RuleMessage {
-        let (RouteNetlinkMessage::NewRule(m) | RouteNetlinkMessage::DelRule(m)) = msg else { panic!() };
+        let (RouteNetlinkMessage::NewRule(m) | RouteNetlinkMessage::DelRule(m)) = msg else {
+            panic!()
+        };
         let mut buf = vec![0; m.buffer_len()];
         m.emit(&mut buf);
         RuleMessage::parse(&buf[..]).unwrap()
@@ -266,7 +282,10 @@ mod tests {
 
     #[test]
     fn lookup_rule_carries_the_to_table_action() {
-        let r = Rule::lookup(IpFamily::V4, 1001).from("10.0.0.5/32".parse().unwrap()).priority(2000).iif("eth1");
+        let r = Rule::lookup(IpFamily::V4, 1001)
+            .from("10.0.0.5/32".parse().unwrap())
+            .priority(2000)
+            .iif("eth1");
         let msg = round_trip(add_request(&r).unwrap());
         assert_eq!(msg.header.family, AddressFamily::Inet);
         assert_eq!(msg.header.action, NlRuleAction::ToTable);
@@ -274,14 +293,22 @@ mod tests {
         assert_eq!(msg.header.table, 252);
         assert!(msg.attributes.contains(&RuleAttribute::Table(1001)));
         assert!(msg.attributes.contains(&RuleAttribute::Priority(2000)));
-        assert!(msg.attributes.contains(&RuleAttribute::Iifname("eth1".into())));
+        assert!(
+            msg.attributes
+                .contains(&RuleAttribute::Iifname("eth1".into()))
+        );
         assert_eq!(from_reply(RouteNetlinkMessage::NewRule(msg)).unwrap(), r);
-        assert_eq!(r.to_string(), "pref 2000 from 10.0.0.5/32 iif eth1 lookup 1001");
+        assert_eq!(
+            r.to_string(),
+            "pref 2000 from 10.0.0.5/32 iif eth1 lookup 1001"
+        );
     }
 
     #[test]
     fn v6_rule_from_prefix_and_fwmark_round_trip() {
-        let r = Rule::lookup(IpFamily::V4, 7).to("fd00::/64".parse().unwrap()).fwmark(0x10, 0xff);
+        let r = Rule::lookup(IpFamily::V4, 7)
+            .to("fd00::/64".parse().unwrap())
+            .fwmark(0x10, 0xff);
         assert_eq!(r.family, IpFamily::V6);
         let msg = round_trip(add_request(&r).unwrap());
         assert_eq!(msg.header.family, AddressFamily::Inet6);
@@ -295,9 +322,15 @@ mod tests {
         let mut mixed = Rule::lookup(IpFamily::V4, 5).from("10.0.0.0/8".parse().unwrap());
         mixed.to = Some("fd00::/8".parse().unwrap());
         assert!(add_request(&mixed).is_err());
-        let blackhole = Rule::lookup(IpFamily::V4, 5).action(RuleAction::Blackhole).priority(10);
+        let blackhole = Rule::lookup(IpFamily::V4, 5)
+            .action(RuleAction::Blackhole)
+            .priority(10);
         let msg = round_trip(add_request(&blackhole).unwrap());
         assert_eq!(msg.header.action, NlRuleAction::Blackhole);
-        assert!(!msg.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(_))));
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Table(_)))
+        );
     }
 }

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use berth_nodenet::{
-    Address, IpFamily, MacAddr, NetOps, Neighbour, NeighbourState, Netlink, Netns, NetnsGuard, Route, Rule, RuleAction,
-    Scope, TABLE_MAIN, Veth, proto, sysctl_in, sysctl_read_in,
+    Address, IpFamily, MacAddr, Neighbour, NeighbourState, NetOps, Netlink, Netns, NetnsGuard,
+    Route, Rule, RuleAction, Scope, TABLE_MAIN, Veth, proto, sysctl_in, sysctl_read_in,
 };
 use ipnetwork::IpNetwork;
 
@@ -58,7 +58,11 @@ const POD_MAC: MacAddr = MacAddr([0x02, 0xbe, 0, 0, 0, 2]);
 fn veth_pair() -> (TestNs, TestNs) {
     let mut host = TestNs::new();
     let pod = TestNs::new();
-    let veth = Veth::new("vh0", "eth0").mac(HOST_MAC).peer_mac(POD_MAC).mtu(1400).peer_netns(pod.ns.as_fd());
+    let veth = Veth::new("vh0", "eth0")
+        .mac(HOST_MAC)
+        .peer_mac(POD_MAC)
+        .mtu(1400)
+        .peer_netns(pod.ns.as_fd());
     host.nl.create_veth(&veth).unwrap();
     (host, pod)
 }
@@ -75,18 +79,29 @@ fn named_namespace_lifecycle() {
     assert_ne!(guard.id().unwrap(), here, "a new namespace");
 
     // run_in runs on a thread inside the namespace and returns the closure's value.
-    let inside = guard.run_in(|| Netns::current().unwrap().id().unwrap()).unwrap();
+    let inside = guard
+        .run_in(|| Netns::current().unwrap().id().unwrap())
+        .unwrap();
     assert_eq!(inside, guard.id().unwrap());
-    assert_eq!(Netns::current().unwrap().id().unwrap(), here, "caller did not move");
+    assert_eq!(
+        Netns::current().unwrap().id().unwrap(),
+        here,
+        "caller did not move"
+    );
 
     // Reopening by name sees the same namespace; the name is taken.
-    assert_eq!(Netns::open_named(&name).unwrap().id().unwrap(), guard.id().unwrap());
+    assert_eq!(
+        Netns::open_named(&name).unwrap().id().unwrap(),
+        guard.id().unwrap()
+    );
     assert!(Netns::create(&name).unwrap_err().is_exists());
 
     // /run/netns is a shared mount point, like iproute2 makes it.
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        mountinfo.lines().any(|l| l.split(' ').nth(4) == Some("/run/netns") && l.contains("shared:")),
+        mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/run/netns") && l.contains("shared:")),
         "/run/netns is not a shared mount:\n{mountinfo}"
     );
 
@@ -115,6 +130,10 @@ fn socket_opened_in_a_namespace_works_there_and_leaves_the_caller() {
     let mut host = Netlink::open().unwrap();
     assert!(host.link_by_name("lo").is_ok());
 
+    // A namespace that is gone reads as "not found" (CNI DEL after the sandbox died).
+    let gone = Netlink::open_in("/run/netns/bnt-no-such-namespace").unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+
     let err = t.nl.link_by_name("nosuch0").unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert!(err.to_string().contains("nosuch0"), "{err}");
@@ -131,14 +150,27 @@ fn veth_pair_across_namespaces() {
     assert!(vh.link_netnsid.is_some(), "peer is in another namespace");
 
     let eth0 = pod.nl.link_by_name("eth0").unwrap();
-    assert_eq!((eth0.mac, eth0.mtu, eth0.kind.as_deref()), (Some(POD_MAC), 1400, Some("veth")));
-    assert_eq!(eth0.parent_index, Some(vh.index), "IFLA_LINK names the peer's index");
-    assert!(host.nl.link_by_name("eth0").unwrap_err().is_not_found(), "peer went straight to the pod");
+    assert_eq!(
+        (eth0.mac, eth0.mtu, eth0.kind.as_deref()),
+        (Some(POD_MAC), 1400, Some("veth"))
+    );
+    assert_eq!(
+        eth0.parent_index,
+        Some(vh.index),
+        "IFLA_LINK names the peer's index"
+    );
+    assert!(
+        host.nl.link_by_name("eth0").unwrap_err().is_not_found(),
+        "peer went straight to the pod"
+    );
 
     host.nl.set_link_up(vh.index).unwrap();
     pod.nl.set_link_up(eth0.index).unwrap();
     assert!(host.nl.link_by_index(vh.index).unwrap().up);
-    assert!(pod.nl.link_by_index(eth0.index).unwrap().lower_up, "carrier once both ends are up");
+    assert!(
+        pod.nl.link_by_index(eth0.index).unwrap().lower_up,
+        "carrier once both ends are up"
+    );
 
     let again = Veth::new("vh0", "eth9");
     assert!(host.nl.create_veth(&again).unwrap_err().is_exists());
@@ -163,7 +195,10 @@ fn link_changes_mac_mtu_rename_and_move() {
     a.nl.set_link_mtu(m0.index, 1280).unwrap();
     a.nl.rename_link(m0.index, "renamed0").unwrap();
     let got = a.nl.link_by_index(m0.index).unwrap();
-    assert_eq!((got.name.as_str(), got.mac, got.mtu), ("renamed0", Some(mac), 1280));
+    assert_eq!(
+        (got.name.as_str(), got.mac, got.mtu),
+        ("renamed0", Some(mac), 1280)
+    );
 
     a.nl.set_link_up(m0.index).unwrap();
     assert!(a.nl.link_by_index(m0.index).unwrap().up);
@@ -172,7 +207,8 @@ fn link_changes_mac_mtu_rename_and_move() {
     assert!(a.nl.rename_link(m0.index, "m1").unwrap_err().is_exists());
 
     // Move m1 into b as eth1, keeping its MAC.
-    a.nl.move_link(m1.index, b.ns.as_fd(), Some("eth1")).unwrap();
+    a.nl.move_link(m1.index, b.ns.as_fd(), Some("eth1"))
+        .unwrap();
     assert!(a.nl.link_by_index(m1.index).unwrap_err().is_not_found());
     let mut nl_b = Netlink::open_in_netns(&b.ns).unwrap();
     let eth1 = nl_b.link_by_name("eth1").unwrap();
@@ -195,7 +231,10 @@ fn shared_eni_datapath_reads_back() {
     pod.nl.add_address(&pod_addr).unwrap();
     pod.nl.add_address(&pod_addr6).unwrap();
     let gw = ip("169.254.1.1");
-    let default = Route::default_route(IpFamily::V4).via(gw).dev(eth0.index).onlink();
+    let default = Route::default_route(IpFamily::V4)
+        .via(gw)
+        .dev(eth0.index)
+        .onlink();
     pod.nl.add_route(&default).unwrap();
     let neigh = Neighbour::permanent(eth0.index, gw, HOST_MAC);
     pod.nl.add_neighbour(&neigh).unwrap();
@@ -204,11 +243,17 @@ fn shared_eni_datapath_reads_back() {
 
     let addrs = pod.nl.addresses(Some(eth0.index)).unwrap();
     assert!(addrs.contains(&pod_addr), "{addrs:?}");
-    let v6 = addrs.iter().find(|a| a.network == pod_addr6.network).expect("v6 address listed");
+    let v6 = addrs
+        .iter()
+        .find(|a| a.network == pod_addr6.network)
+        .expect("v6 address listed");
     assert!(v6.nodad, "nodad flag reads back: {v6:?}");
 
     let routes = pod.nl.routes(Some(TABLE_MAIN)).unwrap();
-    let got = routes.iter().find(|r| r.destination.prefix() == 0 && r.family() == IpFamily::V4).expect("default route");
+    let got = routes
+        .iter()
+        .find(|r| r.destination.prefix() == 0 && r.family() == IpFamily::V4)
+        .expect("default route");
     assert_eq!(got.gateway, Some(gw));
     assert_eq!(got.oif, Some(eth0.index));
     assert!(got.onlink, "{got:?}");
@@ -217,8 +262,14 @@ fn shared_eni_datapath_reads_back() {
 
     let neighbours = pod.nl.neighbours(Some(eth0.index)).unwrap();
     for want in [&neigh, &neigh6] {
-        let n = neighbours.iter().find(|n| n.ip == want.ip).expect("neighbour listed");
-        assert_eq!((n.mac, n.state, n.proxy), (Some(HOST_MAC), NeighbourState::Permanent, false));
+        let n = neighbours
+            .iter()
+            .find(|n| n.ip == want.ip)
+            .expect("neighbour listed");
+        assert_eq!(
+            (n.mac, n.state, n.proxy),
+            (Some(HOST_MAC), NeighbourState::Permanent, false)
+        );
     }
     assert!(pod.nl.add_neighbour(&neigh).unwrap_err().is_exists());
     pod.nl.replace_neighbour(&neigh).unwrap();
@@ -231,40 +282,80 @@ fn shared_eni_datapath_reads_back() {
     let to_pod = Route::new(net("10.20.0.5/32")).dev(vh.index);
     host.nl.add_route(&to_pod).unwrap();
     let table = 1001;
-    let eni_default = Route::default_route(IpFamily::V4).via(ip("10.20.0.253")).dev(vh.index).onlink().table(table).metric(10);
+    let eni_default = Route::default_route(IpFamily::V4)
+        .via(ip("10.20.0.253"))
+        .dev(vh.index)
+        .onlink()
+        .table(table)
+        .metric(10);
     host.nl.add_route(&eni_default).unwrap();
-    let rule_to = Rule::lookup(IpFamily::V4, TABLE_MAIN).to(net("10.20.0.5/32")).priority(512);
-    let rule_from = Rule::lookup(IpFamily::V4, table).from(net("10.20.0.5/32")).iif("vh0").priority(2048);
+    let rule_to = Rule::lookup(IpFamily::V4, TABLE_MAIN)
+        .to(net("10.20.0.5/32"))
+        .priority(512);
+    let rule_from = Rule::lookup(IpFamily::V4, table)
+        .from(net("10.20.0.5/32"))
+        .iif("vh0")
+        .priority(2048);
     host.nl.add_rule(&rule_to).unwrap();
     host.nl.add_rule(&rule_from).unwrap();
 
     let main = host.nl.routes(Some(TABLE_MAIN)).unwrap();
-    let r = main.iter().find(|r| r.destination == to_pod.destination).expect("pod /32 route");
-    assert_eq!((r.oif, r.scope, r.gateway), (Some(vh.index), Some(Scope::Link), None));
+    let r = main
+        .iter()
+        .find(|r| r.destination == to_pod.destination)
+        .expect("pod /32 route");
+    assert_eq!(
+        (r.oif, r.scope, r.gateway),
+        (Some(vh.index), Some(Scope::Link), None)
+    );
     let custom = host.nl.routes(Some(table)).unwrap();
     assert_eq!(custom.len(), 1, "{custom:?}");
     assert_eq!(
-        (custom[0].gateway, custom[0].metric, custom[0].table, custom[0].onlink),
+        (
+            custom[0].gateway,
+            custom[0].metric,
+            custom[0].table,
+            custom[0].onlink
+        ),
         (Some(ip("10.20.0.253")), Some(10), table, true)
     );
 
     let rules = host.nl.rules().unwrap();
     assert!(rules.contains(&rule_to), "{rules:#?}");
     assert!(rules.contains(&rule_from), "{rules:#?}");
-    assert!(rules.iter().any(|r| r.priority == Some(32766) && r.table == TABLE_MAIN), "kernel defaults listed");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.priority == Some(32766) && r.table == TABLE_MAIN),
+        "kernel defaults listed"
+    );
     assert!(host.nl.add_rule(&rule_from).unwrap_err().is_exists());
 
     // Duplicates are EEXIST; replace is fine.
     assert!(host.nl.add_route(&to_pod).unwrap_err().is_exists());
-    let not_local_src = host.nl.replace_route(&to_pod.clone().src(ip("10.20.0.5"))).unwrap_err();
-    assert_eq!(not_local_src.errno(), Some(libc::EINVAL), "a preferred source must be local: {not_local_src}");
-    host.nl.replace_route(&eni_default.clone().via(ip("10.20.0.254"))).unwrap();
-    assert_eq!(host.nl.routes(Some(table)).unwrap()[0].gateway, Some(ip("10.20.0.254")));
+    let not_local_src = host
+        .nl
+        .replace_route(&to_pod.clone().src(ip("10.20.0.5")))
+        .unwrap_err();
+    assert_eq!(
+        not_local_src.errno(),
+        Some(libc::EINVAL),
+        "a preferred source must be local: {not_local_src}"
+    );
+    host.nl
+        .replace_route(&eni_default.clone().via(ip("10.20.0.254")))
+        .unwrap();
+    assert_eq!(
+        host.nl.routes(Some(table)).unwrap()[0].gateway,
+        Some(ip("10.20.0.254"))
+    );
 
     // Teardown, then teardown again: the second round is all "already gone".
     host.nl.delete_rule(&rule_from).unwrap();
     host.nl.delete_rule(&rule_to).unwrap();
-    host.nl.delete_route(&Route::default_route(IpFamily::V4).table(table)).unwrap();
+    host.nl
+        .delete_route(&Route::default_route(IpFamily::V4).table(table))
+        .unwrap();
     host.nl.delete_route(&to_pod).unwrap();
     pod.nl.delete_neighbour(&neigh).unwrap();
     pod.nl.delete_address(&pod_addr).unwrap();
@@ -288,17 +379,32 @@ fn v6_routes_rules_and_proxy_neighbours() {
     let vh = host.nl.link_by_name("vh0").unwrap();
     host.nl.set_link_up(vh.index).unwrap();
 
-    let route = Route::new(net("fd00:30::/64")).via(ip("fe80::1")).dev(vh.index).table(2002).protocol(proto::STATIC);
+    let route = Route::new(net("fd00:30::/64"))
+        .via(ip("fe80::1"))
+        .dev(vh.index)
+        .table(2002)
+        .protocol(proto::STATIC);
     host.nl.add_route(&route).unwrap();
     let listed = host.nl.routes(Some(2002)).unwrap();
-    let got = listed.iter().find(|r| r.destination == route.destination).expect("v6 route listed");
-    assert_eq!((got.gateway, got.oif, got.protocol), (route.gateway, Some(vh.index), Some(proto::STATIC)));
+    let got = listed
+        .iter()
+        .find(|r| r.destination == route.destination)
+        .expect("v6 route listed");
+    assert_eq!(
+        (got.gateway, got.oif, got.protocol),
+        (route.gateway, Some(vh.index), Some(proto::STATIC))
+    );
     assert_eq!(got.metric, Some(1024), "kernel default v6 metric");
 
-    let rule = Rule::lookup(IpFamily::V6, 2002).from(net("fd00:30::/64")).priority(3000);
+    let rule = Rule::lookup(IpFamily::V6, 2002)
+        .from(net("fd00:30::/64"))
+        .priority(3000);
     host.nl.add_rule(&rule).unwrap();
     assert!(host.nl.rules().unwrap().contains(&rule));
-    let unreachable = Rule::lookup(IpFamily::V6, 0).action(RuleAction::Unreachable).to(net("fd00:31::/64")).priority(3001);
+    let unreachable = Rule::lookup(IpFamily::V6, 0)
+        .action(RuleAction::Unreachable)
+        .to(net("fd00:31::/64"))
+        .priority(3001);
     host.nl.add_rule(&unreachable).unwrap();
     assert!(host.nl.rules().unwrap().contains(&unreachable));
 
@@ -321,11 +427,16 @@ fn kernel_errors_carry_errno_object_and_reason() {
     let vh = host.nl.link_by_name("vh0").unwrap();
     host.nl.set_link_up(vh.index).unwrap();
     // A gateway that is not on any connected network and not marked on-link.
-    let route = Route::new(net("10.40.0.0/16")).via(ip("192.0.2.1")).dev(vh.index);
+    let route = Route::new(net("10.40.0.0/16"))
+        .via(ip("192.0.2.1"))
+        .dev(vh.index);
     let err = host.nl.add_route(&route).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
     let text = err.to_string();
-    assert!(text.contains("add route 10.40.0.0/16 via 192.0.2.1"), "{text}");
+    assert!(
+        text.contains("add route 10.40.0.0/16 via 192.0.2.1"),
+        "{text}"
+    );
     assert!(text.contains(host.ns.name()), "{text}");
     assert!(text.contains("gateway"), "extended ack reason: {text}");
 }
@@ -337,12 +448,15 @@ fn dumps_spanning_many_datagrams() {
     let vh = t.nl.create_veth(&Veth::new("d0", "d1")).unwrap();
     t.nl.set_link_up(vh.index).unwrap();
     for i in 0..40 {
-        t.nl.create_veth(&Veth::new(format!("a{i}"), format!("b{i}"))).unwrap();
+        t.nl.create_veth(&Veth::new(format!("a{i}"), format!("b{i}")))
+            .unwrap();
     }
     assert_eq!(t.nl.links().unwrap().len(), 1 + 2 + 80);
     for i in 0..600u32 {
-        let dst = IpNetwork::new(IpAddr::from([10, 50, (i / 256) as u8, (i % 256) as u8]), 32).unwrap();
-        t.nl.add_route(&Route::new(dst).dev(vh.index).table(77)).unwrap();
+        let dst =
+            IpNetwork::new(IpAddr::from([10, 50, (i / 256) as u8, (i % 256) as u8]), 32).unwrap();
+        t.nl.add_route(&Route::new(dst).dev(vh.index).table(77))
+            .unwrap();
     }
     assert_eq!(t.nl.routes(Some(77)).unwrap().len(), 600);
 }
@@ -352,12 +466,41 @@ fn sysctl_is_per_namespace() {
     require_root!();
     let t = TestNs::new();
     let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
-    assert_eq!(sysctl_read_in(&t.ns, "net.ipv4.ip_forward").unwrap(), "0", "a new namespace starts with forwarding off");
+    assert_eq!(
+        sysctl_read_in(&t.ns, "net.ipv4.ip_forward").unwrap(),
+        "0",
+        "a new namespace starts with forwarding off"
+    );
     sysctl_in(&t.ns, "net.ipv4.ip_forward", "1").unwrap();
     assert_eq!(sysctl_read_in(&t.ns, "net/ipv4/ip_forward").unwrap(), "1");
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_before, "host untouched");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_before,
+        "host untouched"
+    );
 
     let err = sysctl_in(&t.ns, "net.ipv4.no_such_knob", "1").unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert!(err.to_string().contains(t.ns.name()), "{err}");
+}
+
+#[test]
+fn a_failing_test_still_removes_its_namespaces() {
+    require_root!();
+    let names = std::sync::Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(|| {
+        let (host, pod) = veth_pair();
+        names
+            .lock()
+            .unwrap()
+            .extend([host.ns.name().to_owned(), pod.ns.name().to_owned()]);
+        panic!("an assertion failed halfway");
+    });
+    assert!(result.is_err());
+    for name in names.into_inner().unwrap() {
+        assert!(
+            !std::path::Path::new("/run/netns").join(&name).exists(),
+            "{name} left behind"
+        );
+    }
 }
