@@ -1,0 +1,165 @@
+//! Where the local cluster lives on this machine, and how its local cloud process is started and
+//! stopped.
+
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use berth_cloud::{ClientConfig, HttpCloud};
+use clap::Args;
+
+pub const REGION: &str = "local-1";
+
+/// Paths and names of one local cluster; flags so that tests can run one beside another.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterPaths {
+    /// Directory of the local cloud's state (resources, disk images, NAS exports).
+    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth/localcloud")]
+    pub state_dir: PathBuf,
+    /// Directory of runtime files (pid file, logs).
+    #[arg(long, env = "BERTH_RUN_DIR", default_value = "/run/berth")]
+    pub run_dir: PathBuf,
+    /// Prefix of every network namespace the local cloud makes.
+    #[arg(long, env = "BERTH_NETNS_PREFIX", default_value = "berth")]
+    pub netns_prefix: String,
+    /// Loopback address the local cloud's API listens on.
+    #[arg(long, env = "BERTH_LOCALCLOUD_LISTEN", default_value = "127.0.0.1:17380")]
+    pub listen: String,
+}
+
+impl ClusterPaths {
+    pub fn credentials(&self) -> PathBuf {
+        self.state_dir.join("credentials.json")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join("localcloud.pid")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.run_dir.join("localcloud.log")
+    }
+    pub fn endpoint_file(&self) -> PathBuf {
+        self.state_dir.join("endpoint")
+    }
+}
+
+/// A binary installed next to `berthctl`.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find berthctl's own path")?;
+    let path = me.with_file_name(name);
+    if !path.exists() {
+        bail!("{} is missing; build every binary with `cargo build --release --workspace --bins`", path.display());
+    }
+    Ok(path)
+}
+
+/// The pid of the running local cloud, if its pid file names a live process.
+pub fn running_pid(paths: &ClusterPaths) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(paths.pid_file()).ok()?.trim().parse().ok()?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
+}
+
+/// Writes fresh credentials (0600) unless they exist.
+pub fn ensure_credentials(paths: &ClusterPaths) -> anyhow::Result<()> {
+    let path = paths.credentials();
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&paths.state_dir).with_context(|| format!("creating {}", paths.state_dir.display()))?;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let body = serde_json::json!({ "access_key_id": "LTAIberthlocal", "access_key_secret": secret });
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, body.to_string().as_bytes())?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// Starts `berth-localcloud serve` in its own session, logging to the run directory, unless it runs.
+pub fn start_localcloud(paths: &ClusterPaths) -> anyhow::Result<()> {
+    if running_pid(paths).is_some() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&paths.run_dir).with_context(|| format!("creating {}", paths.run_dir.display()))?;
+    let _ = std::fs::remove_file(paths.endpoint_file());
+    let log = std::fs::File::create(paths.log_file()).with_context(|| format!("creating {}", paths.log_file().display()))?;
+    let mut cmd = Command::new(sibling_binary("berth-localcloud")?);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(&paths.listen)
+        .arg("--state-dir")
+        .arg(&paths.state_dir)
+        .arg("--credentials")
+        .arg(paths.credentials())
+        .arg("--netns-prefix")
+        .arg(&paths.netns_prefix)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd.spawn().context("starting berth-localcloud")?;
+    std::fs::write(paths.pid_file(), child.id().to_string())?;
+    Ok(())
+}
+
+/// Waits until the local cloud has written its endpoint, and returns a client for it.
+pub fn wait_for_endpoint(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(paths.endpoint_file()) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_string());
+            }
+        }
+        if running_pid(paths).is_none() {
+            let log = std::fs::read_to_string(paths.log_file()).unwrap_or_default();
+            bail!("berth-localcloud stopped during start; its log ({}):\n{log}", paths.log_file().display());
+        }
+        if started.elapsed() > timeout {
+            bail!("berth-localcloud did not answer within {timeout:?}; see {}", paths.log_file().display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn client(paths: &ClusterPaths, endpoint: &str) -> anyhow::Result<HttpCloud> {
+    let creds = berth_cloud::client::load_credentials(&paths.credentials())?;
+    Ok(HttpCloud::new(ClientConfig::new(endpoint, REGION, creds))?)
+}
+
+/// A client for the running local cloud, or a clear error saying how to start it.
+pub fn connect(paths: &ClusterPaths) -> anyhow::Result<HttpCloud> {
+    if running_pid(paths).is_none() {
+        bail!("the local cloud is not running; start it with `berthctl up`");
+    }
+    let endpoint = std::fs::read_to_string(paths.endpoint_file()).context("reading the local cloud's endpoint file")?;
+    client(paths, endpoint.trim())
+}
+
+/// Stops the local cloud: SIGTERM, then SIGKILL after a grace period.
+pub fn stop_localcloud(paths: &ClusterPaths) {
+    use nix::sys::signal::{Signal, kill};
+    let Some(pid) = running_pid(paths) else { return };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kill(pid, None).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = std::fs::remove_file(paths.pid_file());
+}
+
+pub fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(path).or_else(|e| if e.kind() == std::io::ErrorKind::NotADirectory { std::fs::remove_file(path) } else { Err(e) }) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}

@@ -1,0 +1,40 @@
+//! `berthctl down`: stop the local cloud and remove everything it made.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::cluster::{self, ClusterPaths};
+
+#[derive(Args)]
+pub struct Down {
+    #[command(flatten)]
+    paths: ClusterPaths,
+}
+
+impl Down {
+    pub async fn exec(self) -> anyhow::Result<()> {
+        let paths = &self.paths;
+        cluster::stop_localcloud(paths);
+        if paths.state_dir.exists() {
+            // The local cloud's planes remove their namespaces, veths, loop devices and links.
+            let status = Command::new(cluster::sibling_binary("berth-localcloud")?)
+                .arg("down")
+                .arg("--state-dir")
+                .arg(&paths.state_dir)
+                .arg("--netns-prefix")
+                .arg(&paths.netns_prefix)
+                .status()
+                .context("running berth-localcloud down")?;
+            if !status.success() {
+                bail!("berth-localcloud down failed ({status}); the state in {} is kept so that you can retry", paths.state_dir.display());
+            }
+        }
+        cluster::remove_if_exists(&paths.state_dir)?;
+        cluster::remove_if_exists(&paths.pid_file())?;
+        cluster::remove_if_exists(&paths.log_file())?;
+        eprintln!("the local cluster is down and its state removed");
+        Ok(())
+    }
+}

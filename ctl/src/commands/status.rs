@@ -1,0 +1,83 @@
+//! `berthctl status`: what the local cloud holds, as tables or JSON.
+
+use berth_cloud::api::{EniFilter, InstanceFilter};
+use berth_cloud::model::EniKind;
+use berth_cloud::{Cloud, HttpCloud};
+use clap::Args;
+
+use crate::Output;
+use crate::cluster::{self, ClusterPaths};
+use crate::table::Table;
+
+#[derive(Args)]
+pub struct Status {
+    #[command(flatten)]
+    paths: ClusterPaths,
+}
+
+impl Status {
+    pub async fn exec(self, output: Output) -> anyhow::Result<()> {
+        let cloud = cluster::connect(&self.paths)?;
+        print(&cloud, &self.paths, output).await
+    }
+}
+
+pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> anyhow::Result<()> {
+    let vpcs = cloud.describe_vpcs(None).await?;
+    let vswitches = cloud.describe_vswitches(None, None).await?;
+    let instances = cloud.describe_instances(&InstanceFilter::default()).await?;
+    let enis = cloud.describe_network_interfaces(&EniFilter::default()).await?;
+    let types = cloud.describe_instance_types(&[]).await?;
+
+    if output == Output::Json {
+        let doc = serde_json::json!({ "vpcs": vpcs, "vswitches": vswitches, "instances": instances, "enis": enis });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+
+    let mut t = Table::new("VPCS", &["ID", "NAME", "CIDR"]);
+    for v in &vpcs {
+        t.row(vec![v.id.clone(), v.name.clone(), v.cidr_block.to_string()]);
+    }
+    println!("{}", t.render());
+
+    let mut t = Table::new("VSWITCHES", &["ID", "VPC", "ZONE", "CIDR", "FREE IPS"]);
+    for v in &vswitches {
+        t.row(vec![v.id.clone(), v.vpc_id.clone(), v.zone_id.clone(), v.cidr_block.to_string(), v.available_ip_address_count.to_string()]);
+    }
+    println!("{}", t.render());
+
+    let mut t = Table::new("INSTANCES", &["ID", "NAME", "TYPE", "ZONE", "STATUS", "PRIMARY IP", "ENIS", "MAX PODS (SHARED)", "NETNS"]);
+    for i in &instances {
+        let attached = enis.iter().filter(|e| e.instance_id.as_deref() == Some(&i.id) && e.kind != EniKind::Member).count();
+        let quota = types.iter().find(|ty| ty.id == i.instance_type);
+        t.row(vec![
+            i.id.clone(),
+            i.name.clone(),
+            i.instance_type.clone(),
+            i.zone_id.clone(),
+            i.status.as_str().to_string(),
+            i.primary_ip.to_string(),
+            format!("{attached}/{}", quota.map(|q| q.eni_quota).unwrap_or_default()),
+            quota.map(|q| q.max_shared_eni_pods().to_string()).unwrap_or_default(),
+            format!("/run/netns/{}-{}", paths.netns_prefix, i.id),
+        ]);
+    }
+    println!("{}", t.render());
+
+    let mut t = Table::new("ENIS", &["ID", "KIND", "STATUS", "INSTANCE", "MAC", "PRIMARY IP", "SECONDARY IPS"]);
+    for e in &enis {
+        let secondaries: Vec<String> = e.secondary_ips.iter().map(ToString::to_string).collect();
+        t.row(vec![
+            e.id.clone(),
+            e.kind.as_str().to_string(),
+            e.status.as_str().to_string(),
+            e.instance_id.clone().unwrap_or_default(),
+            e.mac.clone(),
+            e.primary_ip.to_string(),
+            secondaries.join(","),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}

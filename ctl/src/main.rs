@@ -1,0 +1,47 @@
+//! `berthctl`: parses the command line and dispatches to one command.
+
+mod cluster;
+mod commands;
+mod table;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "berthctl", version, about = "Operate Berth: a local cluster on the local cloud, and what it holds")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the local cloud with a sample VPC, vSwitches, a security group and two instances.
+    Up(commands::up::Up),
+    /// Stop the local cloud and remove everything it made on this machine.
+    Down(commands::down::Down),
+    /// Show the local cloud's VPCs, vSwitches, instances and ENIs.
+    Status(commands::status::Status),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(c) => c.exec(cli.output).await,
+        Command::Down(c) => c.exec().await,
+        Command::Status(c) => c.exec(cli.output).await,
+    };
+    if let Err(e) = result {
+        eprintln!("berthctl: {e:#}");
+        std::process::exit(1);
+    }
+}

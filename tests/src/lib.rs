@@ -1,0 +1,173 @@
+//! Harness for tests that run Berth's real binaries: a local cloud process with its own state
+//! directory, credentials and namespace prefix, stopped and torn down when the test ends, even when
+//! it fails.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_cloud::model::Credentials;
+use berth_cloud::{ClientConfig, HttpCloud};
+
+pub const REGION: &str = "local-1";
+
+/// A binary of the workspace, built next to the test executable (`cargo build --workspace --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build the binaries first with `cargo build --workspace --bins`", path.display());
+    path
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A short name unique to this test process and call, for namespaces and other global names.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LocalCloudOptions {
+    /// Run without namespaces, veths and loop devices (API only).
+    pub no_dataplane: bool,
+    pub extra_args: Vec<String>,
+}
+
+/// A running `berth-localcloud serve`.
+pub struct LocalCloud {
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+    pub credentials: Credentials,
+    pub endpoint: String,
+    options: LocalCloudOptions,
+    child: Option<Child>,
+}
+
+impl LocalCloud {
+    pub fn start(options: LocalCloudOptions) -> LocalCloud {
+        let dir = tempfile::Builder::new().prefix("berth-lc-").tempdir().expect("tempdir");
+        let credentials = Credentials { access_key_id: "LTAItest".into(), access_key_secret: unique("secret") };
+        let creds_path = dir.path().join("credentials.json");
+        std::fs::write(&creds_path, serde_json::json!({
+            "access_key_id": credentials.access_key_id,
+            "access_key_secret": credentials.access_key_secret,
+        }).to_string()).unwrap();
+        std::fs::set_permissions(&creds_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut lc = LocalCloud { dir, prefix: unique("lc"), credentials, endpoint: String::new(), options, child: None };
+        lc.spawn();
+        lc
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        let endpoint_file = self.state_dir().join("endpoint");
+        let _ = std::fs::remove_file(&endpoint_file);
+        let mut cmd = Command::new(bin("berth-localcloud"));
+        cmd.arg("serve")
+            .arg("--listen").arg("127.0.0.1:0")
+            .arg("--state-dir").arg(self.state_dir())
+            .arg("--credentials").arg(self.dir.path().join("credentials.json"))
+            .arg("--netns-prefix").arg(&self.prefix)
+            .args(&self.options.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("localcloud.log")).unwrap());
+        if self.options.no_dataplane {
+            cmd.arg("--no-dataplane");
+        }
+        self.child = Some(cmd.spawn().expect("start berth-localcloud"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&endpoint_file) {
+                if !s.trim().is_empty() {
+                    self.endpoint = s.trim().to_string();
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("berth-localcloud exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "berth-localcloud did not write its endpoint in 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("localcloud.log")).unwrap_or_default()
+    }
+
+    /// Kills the process (SIGKILL: no chance to tidy up) and starts it again on the same state.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn client(&self) -> HttpCloud {
+        self.client_with(|_| {})
+    }
+
+    pub fn client_with(&self, tweak: impl FnOnce(&mut ClientConfig)) -> HttpCloud {
+        let mut cfg = ClientConfig::new(&self.endpoint, REGION, self.credentials.clone());
+        tweak(&mut cfg);
+        HttpCloud::new(cfg).expect("client")
+    }
+
+    /// Sets the fault-injection knobs (a JSON object of the admin API).
+    pub async fn set_faults(&self, faults: serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/_localcloud/faults", self.endpoint))
+            .header("X-Localcloud-Admin", &self.credentials.access_key_secret)
+            .json(&faults)
+            .send()
+            .await
+            .expect("faults request");
+        assert!(resp.status().is_success(), "setting faults failed: {}", resp.text().await.unwrap_or_default());
+    }
+
+    /// The path of an instance's network namespace.
+    pub fn instance_netns(&self, instance_id: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}-{instance_id}", self.prefix))
+    }
+}
+
+impl Drop for LocalCloud {
+    fn drop(&mut self) {
+        self.kill();
+        // Remove every namespace, veth, loop device and link the planes made.
+        let _ = Command::new(bin("berth-localcloud"))
+            .arg("down")
+            .arg("--state-dir").arg(self.state_dir())
+            .arg("--netns-prefix").arg(&self.prefix)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs a command inside a network namespace and returns whether it succeeded, with its output.
+pub fn in_netns(netns: &Path, argv: &[&str]) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(argv)
+        .output()
+        .expect("nsenter");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

@@ -1,0 +1,219 @@
+//! The real client against the real local cloud over HTTP: resources, quotas with the real error
+//! codes, throttling absorbed by retries, signatures checked, state kept across a `kill -9`.
+
+use std::time::Duration;
+
+use berth_cloud::api::{Addresses, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter, RunInstancesRequest};
+use berth_cloud::error::code;
+use berth_cloud::model::{EniKind, EniStatus, InstanceStatus};
+use berth_cloud::{Cloud, HttpCloud, wait};
+use berth_tests::{LocalCloud, LocalCloudOptions};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn api_only() -> LocalCloud {
+    LocalCloud::start(LocalCloudOptions { no_dataplane: true, ..Default::default() })
+}
+
+struct Net {
+    vpc: String,
+    vsw: String,
+    sg: String,
+}
+
+async fn network(cloud: &HttpCloud, cidr: &str) -> Net {
+    let vpc = cloud.create_vpc("10.0.0.0/8", "test", false, None).await.unwrap();
+    let vsw = cloud
+        .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: cidr.into(), name: "a".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let sg = cloud.create_security_group(&vpc, "pods", None).await.unwrap();
+    Net { vpc, vsw, sg }
+}
+
+async fn run(cloud: &HttpCloud, net: &Net, instance_type: &str) -> String {
+    let ids = cloud
+        .run_instances(&RunInstancesRequest {
+            instance_type: instance_type.into(),
+            vswitch_id: net.vsw.clone(),
+            security_group_ids: vec![net.sg.clone()],
+            amount: 1,
+            name: instance_type.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    wait::instance_status(cloud, &ids[0], InstanceStatus::Running, WAIT).await.unwrap();
+    ids[0].clone()
+}
+
+fn eni_request(net: &Net) -> CreateEniRequest {
+    CreateEniRequest {
+        vswitch_id: net.vsw.clone(),
+        security_group_ids: vec![net.sg.clone()],
+        kind: EniKind::Secondary,
+        primary_ip: None,
+        secondary_ip_count: 0,
+        ipv6_count: 0,
+        description: "test".into(),
+        client_token: None,
+    }
+}
+
+async fn attached_eni(cloud: &HttpCloud, net: &Net, instance: &str) -> String {
+    let eni = cloud.create_network_interface(&eni_request(net)).await.unwrap();
+    cloud.attach_network_interface(&eni.id, instance, None).await.unwrap();
+    wait::eni_status(cloud, &eni.id, EniStatus::InUse, WAIT).await.unwrap();
+    eni.id
+}
+
+#[tokio::test]
+async fn resources_lifecycle_over_http() {
+    let lc = api_only();
+    let cloud = lc.client();
+    let net = network(&cloud, "10.1.0.0/24").await;
+    let a = run(&cloud, &net, "ecs.g7.large").await;
+    let b = run(&cloud, &net, "ecs.c7.xlarge").await;
+
+    let instances = cloud.describe_instances(&InstanceFilter { vpc_id: Some(net.vpc.clone()), ..Default::default() }).await.unwrap();
+    let types: Vec<_> = instances.iter().map(|i| (i.id.clone(), i.instance_type.clone())).collect();
+    assert!(types.contains(&(a.clone(), "ecs.g7.large".into())) && types.contains(&(b.clone(), "ecs.c7.xlarge".into())), "{types:?}");
+
+    let eni = attached_eni(&cloud, &net, &a).await;
+    let ips = cloud.assign_private_ips(&eni, &Addresses::Count(3), None).await.unwrap();
+    assert_eq!(ips.len(), 3);
+    let found = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(a.clone()), ..Default::default() }).await.unwrap();
+    let on_wire = found.iter().find(|e| e.id == eni).expect("the ENI is listed under its instance");
+    assert_eq!(on_wire.secondary_ips, ips);
+    assert_eq!(on_wire.instance_id.as_deref(), Some(a.as_str()));
+    assert!(found.iter().any(|e| e.kind == EniKind::Primary), "the primary ENI is listed too");
+
+    cloud.unassign_private_ips(&eni, &ips[..2]).await.unwrap();
+    let after = cloud.describe_network_interfaces(&EniFilter { ids: vec![eni.clone()], ..Default::default() }).await.unwrap();
+    assert_eq!(after[0].secondary_ips, ips[2..].to_vec());
+    // unassigning again is refused with the service's code
+    let err = cloud.unassign_private_ips(&eni, &ips[..1]).await.unwrap_err();
+    assert!(err.is_code(code::IP_UNASSIGNED), "{err}");
+
+    cloud.detach_network_interface(&eni, &a, None).await.unwrap();
+    wait::eni_status(&cloud, &eni, EniStatus::Available, WAIT).await.unwrap();
+    cloud.delete_network_interface(&eni).await.unwrap();
+    assert!(cloud.describe_network_interfaces(&EniFilter { ids: vec![eni.clone()], ..Default::default() }).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn quotas_refuse_with_the_real_codes() {
+    let lc = api_only();
+    let cloud = lc.client();
+    let net = network(&cloud, "10.2.0.0/24").await;
+    // ecs.t6-c1m2.large: 2 ENIs (the primary included), 6 IPv4 per ENI, no trunk.
+    let small = run(&cloud, &net, "ecs.t6-c1m2.large").await;
+    let eni = attached_eni(&cloud, &net, &small).await;
+
+    let extra = cloud.create_network_interface(&eni_request(&net)).await.unwrap();
+    let err = cloud.attach_network_interface(&extra.id, &small, None).await.unwrap_err();
+    assert!(err.is_code(code::ENI_PER_INSTANCE_LIMIT), "{err}");
+    assert_eq!(err.api().unwrap().http_status, 403);
+
+    cloud.assign_private_ips(&eni, &Addresses::Count(5), None).await.unwrap();
+    let err = cloud.assign_private_ips(&eni, &Addresses::Count(1), None).await.unwrap_err();
+    assert!(err.is_code(code::PRIVATE_IP_QUOTA), "{err}");
+
+    let err = cloud
+        .run_instances(&RunInstancesRequest { instance_type: "ecs.nope.large".into(), vswitch_id: net.vsw.clone(), amount: 1, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(err.is_code(code::INVALID_INSTANCE_TYPE), "{err}");
+}
+
+#[tokio::test]
+async fn a_small_vswitch_runs_out_of_addresses() {
+    let lc = api_only();
+    let cloud = lc.client();
+    // A /28 has 16 addresses: the network address and the last three are reserved.
+    let net = network(&cloud, "10.3.0.0/28").await;
+    let big = run(&cloud, &net, "ecs.g7.4xlarge").await; // its primary takes one: 11 left
+    let vsw = &cloud.describe_vswitches(None, Some(&net.vsw)).await.unwrap()[0];
+    assert_eq!(vsw.available_ip_address_count, 11);
+    let eni = attached_eni(&cloud, &net, &big).await; // 10 left
+    let ips = cloud.assign_private_ips(&eni, &Addresses::Count(10), None).await.unwrap();
+    assert_eq!(ips.len(), 10);
+    let err = cloud.assign_private_ips(&eni, &Addresses::Count(1), None).await.unwrap_err();
+    assert!(err.is_code(code::VSWITCH_IP_NOT_ENOUGH), "{err}");
+    assert_eq!(cloud.describe_vswitches(None, Some(&net.vsw)).await.unwrap()[0].available_ip_address_count, 0);
+}
+
+#[tokio::test]
+async fn injected_throttling_is_absorbed_by_retries() {
+    let lc = api_only();
+    let cloud = lc.client();
+    let net = network(&cloud, "10.4.0.0/24").await;
+    let a = run(&cloud, &net, "ecs.g7.xlarge").await;
+    let eni = attached_eni(&cloud, &net, &a).await;
+    lc.set_faults(serde_json::json!({ "throttle_rate": 0.3 })).await;
+    for _ in 0..10 {
+        let ips = cloud.assign_private_ips(&eni, &Addresses::Count(1), None).await.expect("throttling absorbed");
+        cloud.unassign_private_ips(&eni, &ips).await.expect("throttling absorbed");
+    }
+    for _ in 0..20 {
+        cloud.describe_network_interfaces(&EniFilter { instance_id: Some(a.clone()), ..Default::default() }).await.expect("throttling absorbed");
+    }
+    // Without retries the same rate is visible.
+    let fragile = lc.client_with(|c| c.retry.max_attempts = 1);
+    let mut throttled = 0;
+    for _ in 0..40 {
+        if let Err(e) = fragile.describe_vpcs(None).await {
+            assert!(e.is_code(code::THROTTLING), "{e}");
+            throttled += 1;
+        }
+    }
+    assert!((3..=25).contains(&throttled), "about 30% of 40 calls should be throttled, got {throttled}");
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused() {
+    let lc = api_only();
+    let wrong_secret = lc.client_with(|c| c.credentials.access_key_secret = "not-the-secret".into());
+    let err = wrong_secret.describe_vpcs(None).await.unwrap_err();
+    assert!(err.is_code(code::SIGNATURE_DOES_NOT_MATCH), "{err}");
+    assert_eq!(err.api().unwrap().http_status, 400);
+    let wrong_key = lc.client_with(|c| c.credentials.access_key_id = "LTAIunknown".into());
+    let err = wrong_key.describe_vpcs(None).await.unwrap_err();
+    assert!(err.is_code(code::INVALID_ACCESS_KEY_ID), "{err}");
+}
+
+#[tokio::test]
+async fn every_resource_survives_a_kill_and_restart() {
+    let mut lc = api_only();
+    let cloud = lc.client();
+    let net = network(&cloud, "10.5.0.0/24").await;
+    let a = run(&cloud, &net, "ecs.r7.large").await;
+    let eni = attached_eni(&cloud, &net, &a).await;
+    cloud.assign_private_ips(&eni, &Addresses::Count(2), None).await.unwrap();
+    let disk = cloud
+        .create_disk(&berth_cloud::api::CreateDiskRequest { zone_id: "local-1a".into(), name: "data".into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 20, client_token: None })
+        .await
+        .unwrap();
+
+    let before = (
+        cloud.describe_vpcs(None).await.unwrap(),
+        cloud.describe_vswitches(None, None).await.unwrap(),
+        cloud.describe_security_group(&net.sg).await.unwrap(),
+        cloud.describe_instances(&InstanceFilter::default()).await.unwrap(),
+        cloud.describe_network_interfaces(&EniFilter::default()).await.unwrap(),
+        cloud.describe_disks(&DiskFilter::default()).await.unwrap(),
+    );
+    lc.restart();
+    let cloud = lc.client();
+    let after = (
+        cloud.describe_vpcs(None).await.unwrap(),
+        cloud.describe_vswitches(None, None).await.unwrap(),
+        cloud.describe_security_group(&net.sg).await.unwrap(),
+        cloud.describe_instances(&InstanceFilter::default()).await.unwrap(),
+        cloud.describe_network_interfaces(&EniFilter::default()).await.unwrap(),
+        cloud.describe_disks(&DiskFilter::default()).await.unwrap(),
+    );
+    assert_eq!(before, after);
+    assert!(after.5.iter().any(|d| d.id == disk));
+}
