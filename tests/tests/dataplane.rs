@@ -1,0 +1,141 @@
+//! The local cloud's data plane through the real API: instances reach each other through the
+//! vRouter, a secondary IP is routed to its ENI, spoofed packets are dropped and counted, and an
+//! unassigned IP is unreachable.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use berth_cloud::api::{Addresses, CreateEniRequest, CreateVSwitchRequest, EniFilter, RunInstancesRequest};
+use berth_cloud::model::{EniKind, EniStatus, InstanceStatus};
+use berth_cloud::{Cloud, HttpCloud, wait};
+use berth_tests::{LocalCloud, LocalCloudOptions, in_netns, is_root};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn instance(cloud: &HttpCloud, vsw: &str, sg: &str, instance_type: &str) -> String {
+    let id = cloud
+        .run_instances(&RunInstancesRequest {
+            instance_type: instance_type.into(),
+            vswitch_id: vsw.into(),
+            security_group_ids: vec![sg.into()],
+            amount: 1,
+            name: instance_type.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    wait::instance_status(cloud, &id, InstanceStatus::Running, WAIT).await.unwrap();
+    id
+}
+
+fn ping(netns: &Path, from: Option<Ipv4Addr>, to: Ipv4Addr) -> bool {
+    let to = to.to_string();
+    let from = from.map(|f| f.to_string());
+    let mut argv = vec!["ping", "-c", "1", "-W", "1"];
+    if let Some(f) = &from {
+        argv.extend(["-I", f.as_str()]);
+    }
+    argv.push(&to);
+    in_netns(netns, &argv).0
+}
+
+/// Packets counted by a named nftables counter in a namespace.
+fn counter(netns: &Path, name: &str) -> u64 {
+    let (ok, out) = in_netns(netns, &["nft", "-j", "list", "counters"]);
+    assert!(ok, "nft list counters: {out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("counter"))
+        .filter(|c| c["name"] == name)
+        .map(|c| c["packets"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn sh(netns: &Path, script: &str) {
+    let (ok, out) = in_netns(netns, &["sh", "-ec", script]);
+    assert!(ok, "`{script}` failed: {out}");
+}
+
+#[tokio::test]
+async fn instances_talk_through_the_vrouter_and_spoofing_is_dropped() {
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces and veths)");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let vpc = cloud.create_vpc("10.60.0.0/16", "dp", false, None).await.unwrap();
+    let vsw = cloud
+        .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: "10.60.1.0/24".into(), name: "a".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let sg = cloud.create_security_group(&vpc, "nodes", None).await.unwrap();
+    let a = instance(&cloud, &vsw, &sg, "ecs.g7.large").await;
+    let b = instance(&cloud, &vsw, &sg, "ecs.c7.large").await;
+    let (ns_a, ns_b) = (lc.instance_netns(&a), lc.instance_netns(&b));
+    let vpc_ns = std::path::PathBuf::from(format!("/run/netns/{}-{vpc}", lc.prefix));
+    let primary = |id: &str| {
+        let id = id.to_string();
+        let cloud = &cloud;
+        async move {
+            cloud.describe_network_interfaces(&EniFilter { instance_id: Some(id), kind: Some(EniKind::Primary), ..Default::default() }).await.unwrap().remove(0)
+        }
+    };
+    let (eni_a, eni_b) = (primary(&a).await, primary(&b).await);
+
+    assert!(ping(&ns_a, None, eni_b.primary_ip), "A reaches B's primary IP through the vRouter\n{}", lc.log());
+    assert!(ping(&ns_a, None, "10.60.1.253".parse().unwrap()), "A reaches the vSwitch gateway");
+
+    // A secondary ENI on B with one secondary IP, configured inside B as a node agent would.
+    let eni = cloud
+        .create_network_interface(&CreateEniRequest {
+            vswitch_id: vsw.clone(),
+            security_group_ids: vec![sg.clone()],
+            kind: EniKind::Secondary,
+            primary_ip: None,
+            secondary_ip_count: 0,
+            ipv6_count: 0,
+            description: "pods".into(),
+            client_token: None,
+        })
+        .await
+        .unwrap();
+    cloud.attach_network_interface(&eni.id, &b, None).await.unwrap();
+    wait::eni_status(&cloud, &eni.id, EniStatus::InUse, WAIT).await.unwrap();
+    let secondary = cloud.assign_private_ips(&eni.id, &Addresses::Count(1), None).await.unwrap()[0];
+    let (_, links) = in_netns(&ns_b, &["ip", "-o", "link"]);
+    let nic = links
+        .lines()
+        .find(|l| l.contains(&eni.mac))
+        .and_then(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("the ENI's NIC (MAC {}) is in B's namespace: {links}", eni.mac));
+    sh(&ns_b, &format!(
+        "ip link set {nic} up; ip addr add {secondary}/32 dev {nic}; ip route add 10.60.1.253 dev {nic} table 100; ip route add default via 10.60.1.253 dev {nic} table 100; ip rule add from {secondary} lookup 100 priority 100"
+    ));
+    assert!(ping(&ns_a, None, secondary), "A reaches B's secondary IP on the secondary ENI");
+
+    // A spoofed source IP: an address the cloud never assigned to A's ENI.
+    let spoofed_ip_before = counter(&vpc_ns, "spoofed_ip");
+    sh(&ns_a, "ip addr add 10.60.1.200/32 dev eth0");
+    assert!(!ping(&ns_a, Some("10.60.1.200".parse().unwrap()), eni_b.primary_ip), "a spoofed source IP is dropped");
+    assert!(counter(&vpc_ns, "spoofed_ip") > spoofed_ip_before, "the vRouter counted the spoofed source IP");
+    sh(&ns_a, "ip addr del 10.60.1.200/32 dev eth0");
+
+    // A spoofed source MAC.
+    let spoofed_mac_before = counter(&vpc_ns, "spoofed_mac");
+    sh(&ns_a, "ip link set eth0 address 02:11:22:33:44:55");
+    assert!(!ping(&ns_a, None, eni_b.primary_ip), "a spoofed source MAC is dropped");
+    assert!(counter(&vpc_ns, "spoofed_mac") > spoofed_mac_before, "the vRouter counted the spoofed MAC");
+    sh(&ns_a, &format!("ip link set eth0 address {}", eni_a.mac));
+    assert!(ping(&ns_a, None, eni_b.primary_ip), "with its own MAC back, A reaches B again");
+
+    // Once unassigned, the secondary IP is not routed any more.
+    cloud.unassign_private_ips(&eni.id, &[secondary]).await.unwrap();
+    assert!(!ping(&ns_a, None, secondary), "an unassigned IP is unreachable");
+}
