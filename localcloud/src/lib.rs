@@ -1,6 +1,8 @@
 //! `berth-localcloud`: the ECS/VPC/NAS RPC API served on loopback, checked like the real service
 //! (signatures, error codes, quotas, asynchronous attach), over a real data plane.
 
+pub mod addressing;
+pub mod api;
 pub mod netplane;
 pub mod state;
 pub mod storage;

@@ -1,0 +1,187 @@
+//! Instance types and instances.
+
+use berth_cloud::catalogue;
+use berth_cloud::error::code;
+use berth_cloud::model::{DiskStatus, EniKind, EniStatus, Instance, InstanceStatus, InstanceType, NetworkInterface};
+use berth_cloud::wire;
+
+use super::params::invalid;
+use super::{ApiFailure, ApiResult, Ctx, Outcome, Params, Pending, by_token, changed, eni, page, remember_token, reply, vpc};
+use crate::state::State;
+
+pub fn instance<'s>(state: &'s State, id: &str) -> ApiResult<&'s Instance> {
+    state
+        .instances
+        .get(id)
+        .ok_or_else(|| ApiFailure::not_found(code::INVALID_INSTANCE_ID, format!("The specified instance \"{id}\" does not exist.")))
+}
+
+pub fn instance_type(id: &str) -> ApiResult<InstanceType> {
+    catalogue::instance_type(id).ok_or_else(|| {
+        let known: Vec<String> = catalogue::instance_types().into_iter().map(|t| t.id).collect();
+        ApiFailure::forbidden(code::INVALID_INSTANCE_TYPE, format!("The instance type \"{id}\" is not supported; use one of {}.", known.join(", ")))
+    })
+}
+
+pub fn describe_instance_types(ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let wanted = p.list("InstanceTypes");
+    let items: Vec<wire::InstanceTypeItem> = catalogue::instance_types()
+        .iter()
+        .filter(|t| wanted.is_empty() || wanted.contains(&t.id))
+        .map(wire::InstanceTypeItem::from_model)
+        .collect();
+    reply(wire::DescribeInstanceTypesResponse { request_id: ctx.request_id.clone(), instance_types: items.into() })
+}
+
+pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    if let Some(ids) = by_token(state, "RunInstances", p) {
+        let ids: Vec<String> = ids.split(',').map(str::to_string).collect();
+        return changed(wire::RunInstancesResponse { request_id: ctx.request_id.clone(), instance_id_sets: ids.into() }, vec![]);
+    }
+    let type_id = p.req("InstanceType")?;
+    instance_type(type_id)?;
+    let vsw = vpc::vswitch(state, p.req("VSwitchId")?)?.clone();
+    let groups = p.security_groups();
+    if groups.is_empty() {
+        return Err(ApiFailure::bad(code::MISSING_PARAMETER, "The input parameter \"SecurityGroupId\" that is mandatory for processing this request is not supplied."));
+    }
+    for g in &groups {
+        if vpc::security_group(state, g)?.vpc_id != vsw.vpc_id {
+            return Err(ApiFailure::forbidden(code::VPC_MISMATCH, format!("Security group {g} is not in the vSwitch's VPC {}.", vsw.vpc_id)));
+        }
+    }
+    let amount = p.parse::<u32>("Amount")?.unwrap_or(1);
+    if !(1..=100).contains(&amount) {
+        return Err(invalid("Amount", &amount.to_string()));
+    }
+    let spot = match p.opt("SpotStrategy").unwrap_or("NoSpot") {
+        "NoSpot" => false,
+        "SpotAsPriceGo" | "SpotWithPriceLimit" => true,
+        other => return Err(invalid("SpotStrategy", other)),
+    };
+    let ips = vpc::take_ips(state, ctx, &vsw.id, amount as usize)?;
+    let name = p.opt("InstanceName").unwrap_or_default();
+    let mut ids = Vec::new();
+    let mut pending = Vec::new();
+    for ip in ips {
+        let id = super::new_id(state, ctx, "i");
+        let eni_id = super::new_id(state, ctx, "eni");
+        let mac = eni::new_mac(state, ctx);
+        state.enis.insert(
+            eni_id.clone(),
+            NetworkInterface {
+                id: eni_id.clone(),
+                kind: EniKind::Primary,
+                status: EniStatus::InUse,
+                mac,
+                vpc_id: vsw.vpc_id.clone(),
+                vswitch_id: vsw.id.clone(),
+                zone_id: vsw.zone_id.clone(),
+                security_group_ids: groups.clone(),
+                instance_id: Some(id.clone()),
+                trunk_eni_id: None,
+                vlan_id: None,
+                primary_ip: ip,
+                secondary_ips: Vec::new(),
+                ipv6_addresses: Vec::new(),
+                description: String::new(),
+            },
+        );
+        state.instances.insert(
+            id.clone(),
+            Instance {
+                id: id.clone(),
+                name: if name.is_empty() { id.clone() } else { name.to_string() },
+                instance_type: type_id.to_string(),
+                zone_id: vsw.zone_id.clone(),
+                vpc_id: vsw.vpc_id.clone(),
+                vswitch_id: vsw.id.clone(),
+                status: InstanceStatus::Pending,
+                primary_ip: ip,
+                primary_eni_id: eni_id,
+                security_group_ids: groups.clone(),
+                spot,
+            },
+        );
+        pending.push(Pending::Instance(id.clone()));
+        ids.push(id);
+    }
+    remember_token(state, "RunInstances", p, &ids.join(","));
+    vpc::refresh_available(state, ctx);
+    changed(wire::RunInstancesResponse { request_id: ctx.request_id.clone(), instance_id_sets: ids.into() }, pending)
+}
+
+pub fn delete_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>, first_key: &str) -> ApiResult<Outcome> {
+    let ids = if first_key == "InstanceId" { vec![p.req("InstanceId")?.to_string()] } else { p.list("InstanceId") };
+    if ids.is_empty() {
+        return Err(ApiFailure::bad(code::MISSING_PARAMETER, "The input parameter \"InstanceId.1\" that is mandatory for processing this request is not supplied."));
+    }
+    let force = p.bool("Force")?;
+    for id in &ids {
+        let i = instance(state, id)?;
+        if i.status == InstanceStatus::Running && !force {
+            return Err(ApiFailure::forbidden(code::INCORRECT_INSTANCE_STATUS, format!("The instance {id} is Running; stop it first or pass Force=true.")));
+        }
+    }
+    for id in &ids {
+        state.instances.remove(id);
+        state.enis.retain(|_, e| !(e.kind == EniKind::Primary && e.instance_id.as_deref() == Some(id.as_str())));
+        for e in state.enis.values_mut().filter(|e| e.instance_id.as_deref() == Some(id.as_str())) {
+            eni::finish_detach(e);
+        }
+        for d in state.disks.values_mut().filter(|d| d.instance_id.as_deref() == Some(id.as_str())) {
+            d.status = DiskStatus::Available;
+            d.instance_id = None;
+            d.device = None;
+        }
+    }
+    vpc::refresh_available(state, ctx);
+    changed(super::request_id(ctx), vec![])
+}
+
+pub fn describe_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let ids = p.json_list("InstanceIds")?;
+    let (vpc_id, vsw, zone, status) = (p.opt("VpcId"), p.opt("VSwitchId"), p.opt("ZoneId"), p.opt("Status"));
+    let all: Vec<wire::InstanceItem> = state
+        .instances
+        .values()
+        .filter(|i| {
+            (ids.is_empty() || ids.contains(&i.id))
+                && vpc_id.is_none_or(|v| v == i.vpc_id)
+                && vsw.is_none_or(|v| v == i.vswitch_id)
+                && zone.is_none_or(|v| v == i.zone_id)
+                && status.is_none_or(|v| v == i.status.as_str())
+        })
+        .map(|i| item(state, i))
+        .collect();
+    let (items, next) = page(&all, p, 10, 100)?;
+    reply(wire::DescribeInstancesResponse { request_id: ctx.request_id.clone(), total_count: all.len() as u64, next_token: next, instances: items.into() })
+}
+
+fn item(state: &State, i: &Instance) -> wire::InstanceItem {
+    let t = catalogue::instance_type(&i.instance_type);
+    let nics: Vec<wire::InstanceNetworkInterface> = state
+        .enis
+        .values()
+        .filter(|e| e.instance_id.as_deref() == Some(i.id.as_str()) && e.kind != EniKind::Member && e.status == EniStatus::InUse)
+        .map(|e| wire::InstanceNetworkInterface {
+            network_interface_id: e.id.clone(),
+            mac_address: e.mac.clone(),
+            primary_ip_address: e.primary_ip,
+            kind: e.kind.as_str().to_string(),
+        })
+        .collect();
+    wire::InstanceItem {
+        instance_id: i.id.clone(),
+        instance_name: i.name.clone(),
+        instance_type: i.instance_type.clone(),
+        zone_id: i.zone_id.clone(),
+        status: i.status.as_str().to_string(),
+        cpu: t.as_ref().map(|t| t.vcpu).unwrap_or_default(),
+        memory: t.as_ref().map(|t| t.memory_mib).unwrap_or_default(),
+        vpc_attributes: wire::VpcAttributes { vpc_id: i.vpc_id.clone(), vswitch_id: i.vswitch_id.clone(), private_ip_address: vec![i.primary_ip].into() },
+        security_group_ids: i.security_group_ids.clone().into(),
+        network_interfaces: nics.into(),
+        spot_strategy: if i.spot { "SpotAsPriceGo" } else { "NoSpot" }.into(),
+    }
+}

@@ -1,0 +1,217 @@
+//! The API's actions as pure state transitions: parameters in, a response body (the real shape)
+//! or an error (the real code and HTTP status) out. No HTTP, no clock, no randomness here: the
+//! server passes what it needs in [`Ctx`].
+
+mod disk;
+mod eni;
+mod instance;
+mod nas;
+mod params;
+mod vpc;
+
+use std::collections::HashMap;
+
+pub use params::Params;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::state::State;
+
+/// An error answered to the client: the service's code, a message naming the bad value and what
+/// to do, and the HTTP status the service uses for that code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiFailure {
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
+        ApiFailure { status, code: code.to_string(), message: message.into() }
+    }
+    pub fn bad(code: &str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+    pub fn forbidden(code: &str, message: impl Into<String>) -> Self {
+        Self::new(403, code, message)
+    }
+    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
+        Self::new(404, code, message)
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiFailure>;
+
+/// What a transition needs from outside: region, zones, knobs, and fresh randomness.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub region_id: String,
+    pub zones: Vec<String>,
+    pub request_id: String,
+    /// Random hex used in new IDs and MACs, so two local clouds never hand out the same ones.
+    pub entropy: String,
+    /// Optional cap of usable IPs per vSwitch, to simulate exhaustion.
+    pub vswitch_ip_limit: HashMap<String, u64>,
+}
+
+/// A transition the control plane completes later (attach and detach take time on a real cloud).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    Instance(String),
+    Eni(String),
+    Disk(String),
+}
+
+/// The answer of one action.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub body: Value,
+    pub pending: Vec<Pending>,
+    /// Whether the state changed (and must be persisted and converged).
+    pub mutated: bool,
+}
+
+fn reply(body: impl Serialize) -> ApiResult<Outcome> {
+    let body = serde_json::to_value(body).map_err(|e| ApiFailure::new(500, berth_cloud::error::code::INTERNAL_ERROR, e.to_string()))?;
+    Ok(Outcome { body, pending: Vec::new(), mutated: false })
+}
+
+fn changed(body: impl Serialize, pending: Vec<Pending>) -> ApiResult<Outcome> {
+    let mut out = reply(body)?;
+    out.pending = pending;
+    out.mutated = true;
+    Ok(out)
+}
+
+fn request_id(ctx: &Ctx) -> berth_cloud::wire::RequestIdOnly {
+    berth_cloud::wire::RequestIdOnly { request_id: ctx.request_id.clone() }
+}
+
+/// Runs one action against the state.
+pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> ApiResult<Outcome> {
+    match action {
+        "CreateVpc" => vpc::create_vpc(state, ctx, p),
+        "DescribeVpcs" => vpc::describe_vpcs(state, ctx, p),
+        "CreateVSwitch" => vpc::create_vswitch(state, ctx, p),
+        "DescribeVSwitches" => vpc::describe_vswitches(state, ctx, p),
+        "CreateSecurityGroup" => vpc::create_security_group(state, ctx, p),
+        "AuthorizeSecurityGroup" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Ingress, true),
+        "AuthorizeSecurityGroupEgress" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Egress, true),
+        "RevokeSecurityGroup" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Ingress, false),
+        "RevokeSecurityGroupEgress" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Egress, false),
+        "DescribeSecurityGroupAttribute" => vpc::describe_security_group_attribute(state, ctx, p),
+        "DescribeSecurityGroups" => vpc::describe_security_groups(state, ctx, p),
+        "DescribeInstanceTypes" => instance::describe_instance_types(ctx, p),
+        "RunInstances" => instance::run_instances(state, ctx, p),
+        "DeleteInstances" => instance::delete_instances(state, ctx, p, "InstanceId.1"),
+        "DeleteInstance" => instance::delete_instances(state, ctx, p, "InstanceId"),
+        "DescribeInstances" => instance::describe_instances(state, ctx, p),
+        "CreateNetworkInterface" => eni::create(state, ctx, p),
+        "AttachNetworkInterface" => eni::attach(state, ctx, p),
+        "DetachNetworkInterface" => eni::detach(state, ctx, p),
+        "DeleteNetworkInterface" => eni::delete(state, ctx, p),
+        "DescribeNetworkInterfaces" => eni::describe(state, ctx, p),
+        "AssignPrivateIpAddresses" => eni::assign_private_ips(state, ctx, p),
+        "UnassignPrivateIpAddresses" => eni::unassign_private_ips(state, ctx, p),
+        "AssignIpv6Addresses" => eni::assign_ipv6(state, ctx, p),
+        "UnassignIpv6Addresses" => eni::unassign_ipv6(state, ctx, p),
+        "CreateDisk" => disk::create(state, ctx, p),
+        "AttachDisk" => disk::attach(state, ctx, p),
+        "DetachDisk" => disk::detach(state, ctx, p),
+        "DeleteDisk" => disk::delete(state, ctx, p),
+        "ResizeDisk" => disk::resize(state, ctx, p),
+        "DescribeDisks" => disk::describe(state, ctx, p),
+        "CreateFileSystem" => nas::create_file_system(state, ctx, p),
+        "CreateMountTarget" => nas::create_mount_target(state, ctx, p),
+        "DescribeFileSystems" => nas::describe_file_systems(state, ctx, p),
+        "DeleteFileSystem" => nas::delete_file_system(state, ctx, p),
+        _ => Err(ApiFailure::not_found(
+            berth_cloud::error::code::INVALID_ACTION,
+            format!("The specified action \"{action}\" is not supported; check the Action parameter."),
+        )),
+    }
+}
+
+/// Completes a pending transition: Attaching → InUse, Detaching → Available, Pending → Running.
+/// Returns whether anything changed.
+pub fn complete(state: &mut State, pending: &Pending) -> bool {
+    use berth_cloud::model::{DiskStatus, EniStatus, InstanceStatus};
+    match pending {
+        Pending::Instance(id) => match state.instances.get_mut(id) {
+            Some(i) if i.status == InstanceStatus::Pending || i.status == InstanceStatus::Starting => {
+                i.status = InstanceStatus::Running;
+                true
+            }
+            _ => false,
+        },
+        Pending::Eni(id) => match state.enis.get_mut(id) {
+            Some(e) if e.status == EniStatus::Attaching => {
+                e.status = EniStatus::InUse;
+                true
+            }
+            Some(e) if e.status == EniStatus::Detaching => {
+                eni::finish_detach(e);
+                true
+            }
+            _ => false,
+        },
+        Pending::Disk(id) => match state.disks.get_mut(id) {
+            Some(d) if d.status == DiskStatus::Attaching => {
+                d.status = DiskStatus::InUse;
+                true
+            }
+            Some(d) if d.status == DiskStatus::Detaching => {
+                d.status = DiskStatus::Available;
+                d.instance_id = None;
+                d.device = None;
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
+/// Every transition left unfinished (after a restart).
+pub fn unfinished(state: &State) -> Vec<Pending> {
+    use berth_cloud::model::{DiskStatus, EniStatus, InstanceStatus};
+    let mut out = Vec::new();
+    out.extend(state.instances.values().filter(|i| matches!(i.status, InstanceStatus::Pending | InstanceStatus::Starting)).map(|i| Pending::Instance(i.id.clone())));
+    out.extend(state.enis.values().filter(|e| matches!(e.status, EniStatus::Attaching | EniStatus::Detaching)).map(|e| Pending::Eni(e.id.clone())));
+    out.extend(state.disks.values().filter(|d| matches!(d.status, DiskStatus::Attaching | DiskStatus::Detaching)).map(|d| Pending::Disk(d.id.clone())));
+    out
+}
+
+/// A new resource ID like the service's: a prefix and a unique lower-case tail.
+fn new_id(state: &mut State, ctx: &Ctx, prefix: &str) -> String {
+    state.next_serial += 1;
+    format!("{prefix}-{}{:06x}", &ctx.entropy[..ctx.entropy.len().min(8)], state.next_serial)
+}
+
+/// Idempotency by ClientToken: the resource a request with the same Action and token created.
+fn by_token(state: &State, action: &str, p: &Params<'_>) -> Option<String> {
+    let token = p.opt("ClientToken")?;
+    state.client_tokens.get(&format!("{action}/{token}")).cloned()
+}
+
+fn remember_token(state: &mut State, action: &str, p: &Params<'_>, id: &str) {
+    if let Some(token) = p.opt("ClientToken") {
+        state.client_tokens.insert(format!("{action}/{token}"), id.to_string());
+    }
+}
+
+/// Paging by NextToken (an offset) and MaxResults.
+fn page<T: Clone>(items: &[T], p: &Params<'_>, default: usize, max: usize) -> ApiResult<(Vec<T>, String)> {
+    let size = p.parse::<usize>("MaxResults")?.unwrap_or(default);
+    if size == 0 || size > max {
+        return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("MaxResults {size} is out of range; use 1 to {max}.")));
+    }
+    let start = match p.opt("NextToken") {
+        None | Some("") => 0,
+        Some(t) => t.parse::<usize>().map_err(|_| ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("NextToken \"{t}\" is not a token this service issued.")))?,
+    };
+    let end = (start + size).min(items.len());
+    let chunk = items.get(start..end).map(<[T]>::to_vec).unwrap_or_default();
+    let next = if end < items.len() { end.to_string() } else { String::new() };
+    Ok((chunk, next))
+}

@@ -1,0 +1,309 @@
+//! VPCs, vSwitches and security groups.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use berth_cloud::error::code;
+use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroup, SecurityGroupRule, VSwitch, Vpc};
+use berth_cloud::wire;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use super::params::invalid;
+use super::{ApiFailure, ApiResult, Ctx, Outcome, Params, by_token, changed, new_id, page, remember_token, reply};
+use crate::addressing;
+use crate::state::State;
+
+pub fn vpc<'s>(state: &'s State, id: &str) -> ApiResult<&'s Vpc> {
+    state.vpcs.get(id).ok_or_else(|| ApiFailure::not_found(code::INVALID_VPC_ID, format!("The specified VPC \"{id}\" does not exist.")))
+}
+
+pub fn vswitch<'s>(state: &'s State, id: &str) -> ApiResult<&'s VSwitch> {
+    state
+        .vswitches
+        .get(id)
+        .ok_or_else(|| ApiFailure::not_found(code::INVALID_VSWITCH_ID, format!("The specified vSwitch \"{id}\" does not exist.")))
+}
+
+/// Addresses of a vSwitch held by ENIs (primaries and secondaries).
+pub fn used_ips(state: &State, vswitch_id: &str) -> HashSet<Ipv4Addr> {
+    state
+        .enis
+        .values()
+        .filter(|e| e.vswitch_id == vswitch_id)
+        .flat_map(|e| std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied()))
+        .collect()
+}
+
+/// Takes `count` free addresses of a vSwitch, or fails with the service's exhaustion error.
+pub fn take_ips(state: &State, ctx: &Ctx, vswitch_id: &str, count: usize) -> ApiResult<Vec<Ipv4Addr>> {
+    let vsw = vswitch(state, vswitch_id)?;
+    let used = used_ips(state, vswitch_id);
+    addressing::pick_free(vsw.cidr_block, &used, count, ctx.vswitch_ip_limit.get(vswitch_id).copied()).ok_or_else(|| {
+        ApiFailure::forbidden(
+            code::VSWITCH_IP_NOT_ENOUGH,
+            format!("The specified VSwitch \"{vswitch_id}\" has not enough IpAddress: {count} requested; use another vSwitch or release addresses."),
+        )
+    })
+}
+
+/// Keeps `available_ip_address_count` of every vSwitch true.
+pub fn refresh_available(state: &mut State, ctx: &Ctx) {
+    let ids: Vec<String> = state.vswitches.keys().cloned().collect();
+    for id in ids {
+        let used = used_ips(state, &id).len() as u64;
+        if let Some(vsw) = state.vswitches.get_mut(&id) {
+            let usable = addressing::usable_count(vsw.cidr_block).min(ctx.vswitch_ip_limit.get(&id).copied().unwrap_or(u64::MAX));
+            vsw.available_ip_address_count = usable.saturating_sub(used);
+        }
+    }
+}
+
+fn check_zone(ctx: &Ctx, zone: &str) -> ApiResult<()> {
+    if ctx.zones.iter().any(|z| z == zone) {
+        Ok(())
+    } else {
+        Err(ApiFailure::not_found(code::INVALID_ZONE_ID, format!("The specified zone \"{zone}\" does not exist; zones of {} are {}.", ctx.region_id, ctx.zones.join(", "))))
+    }
+}
+
+pub fn zone(ctx: &Ctx, zone: &str) -> ApiResult<()> {
+    check_zone(ctx, zone)
+}
+
+pub fn create_vpc(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let id = match by_token(state, "CreateVpc", p) {
+        Some(id) => id,
+        None => {
+            let cidr_text = p.opt("CidrBlock").unwrap_or("172.16.0.0/12");
+            let cidr: Ipv4Network = cidr_text.parse().map_err(|_| ApiFailure::bad(code::INVALID_CIDR_BLOCK, format!("The CidrBlock \"{cidr_text}\" is malformed; use a private IPv4 CIDR like 10.0.0.0/8.")))?;
+            let id = new_id(state, ctx, "vpc");
+            let ipv6 = if p.bool("EnableIpv6")? {
+                // A ULA /56 unique to this VPC.
+                let n = state.next_serial;
+                Some(Ipv6Network::new(format!("fd00:{:x}:{:x}::", (n >> 16) & 0xffff, (n & 0xffff) << 8).parse().map_err(|_| invalid("EnableIpv6", "true"))?, 56).map_err(|_| invalid("EnableIpv6", "true"))?)
+            } else {
+                None
+            };
+            let name = p.opt("VpcName").unwrap_or_default().to_string();
+            state.vpcs.insert(id.clone(), Vpc { id: id.clone(), name, cidr_block: cidr, ipv6_cidr_block: ipv6 });
+            remember_token(state, "CreateVpc", p, &id);
+            id
+        }
+    };
+    changed(
+        wire::CreateVpcResponse { request_id: ctx.request_id.clone(), vpc_id: id.clone(), vrouter_id: id.replace("vpc-", "vrt-"), route_table_id: id.replace("vpc-", "vtb-") },
+        vec![],
+    )
+}
+
+pub fn describe_vpcs(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let wanted = p.opt("VpcId");
+    let items: Vec<wire::VpcItem> = state
+        .vpcs
+        .values()
+        .filter(|v| wanted.is_none_or(|w| w == v.id))
+        .map(|v| wire::VpcItem {
+            vpc_id: v.id.clone(),
+            vpc_name: v.name.clone(),
+            cidr_block: v.cidr_block.to_string(),
+            ipv6_cidr_block: v.ipv6_cidr_block.map(|c| c.to_string()).unwrap_or_default(),
+            status: "Available".into(),
+        })
+        .collect();
+    reply(wire::DescribeVpcsResponse { request_id: ctx.request_id.clone(), total_count: items.len() as u64, vpcs: items.into() })
+}
+
+pub fn create_vswitch(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let id = match by_token(state, "CreateVSwitch", p) {
+        Some(id) => id,
+        None => {
+            let vpc_id = p.req("VpcId")?;
+            let the_vpc = vpc(state, vpc_id)?.clone();
+            let zone_id = p.req("ZoneId")?;
+            check_zone(ctx, zone_id)?;
+            let cidr_text = p.req("CidrBlock")?;
+            let cidr: Ipv4Network = cidr_text.parse().map_err(|_| ApiFailure::bad(code::INVALID_CIDR_BLOCK, format!("The CidrBlock \"{cidr_text}\" is malformed.")))?;
+            if cidr.network() != cidr.ip() || cidr.prefix() > 29 || !the_vpc.cidr_block.contains(cidr.network()) || !the_vpc.cidr_block.contains(cidr.broadcast()) {
+                return Err(ApiFailure::bad(code::INVALID_CIDR_BLOCK, format!("The CidrBlock \"{cidr}\" must be a network of /29 or larger inside the VPC's {}.", the_vpc.cidr_block)));
+            }
+            if let Some(other) = state.vswitches.values().find(|v| v.vpc_id == vpc_id && (v.cidr_block.contains(cidr.network()) || cidr.contains(v.cidr_block.network()))) {
+                return Err(ApiFailure::bad(code::CIDR_OVERLAP, format!("The CidrBlock \"{cidr}\" overlaps vSwitch {} ({}); choose a free range.", other.id, other.cidr_block)));
+            }
+            let ipv6 = match p.parse::<u8>("Ipv6CidrBlock")? {
+                None => None,
+                Some(index) => {
+                    let Some(block) = the_vpc.ipv6_cidr_block else {
+                        return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("VPC {vpc_id} has no IPv6 block; create it with EnableIpv6=true to give vSwitches IPv6.")));
+                    };
+                    let base = u128::from(block.network()) | (u128::from(index) << 64);
+                    Some(Ipv6Network::new(base.into(), 64).map_err(|_| invalid("Ipv6CidrBlock", &index.to_string()))?)
+                }
+            };
+            let id = new_id(state, ctx, "vsw");
+            let name = p.opt("VSwitchName").unwrap_or_default().to_string();
+            state.vswitches.insert(
+                id.clone(),
+                VSwitch { id: id.clone(), vpc_id: vpc_id.to_string(), zone_id: zone_id.to_string(), name, cidr_block: cidr, ipv6_cidr_block: ipv6, available_ip_address_count: 0 },
+            );
+            remember_token(state, "CreateVSwitch", p, &id);
+            refresh_available(state, ctx);
+            id
+        }
+    };
+    changed(wire::CreateVSwitchResponse { request_id: ctx.request_id.clone(), vswitch_id: id }, vec![])
+}
+
+pub fn describe_vswitches(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let (vpc_id, id, zone) = (p.opt("VpcId"), p.opt("VSwitchId"), p.opt("ZoneId"));
+    let all: Vec<wire::VSwitchItem> = state
+        .vswitches
+        .values()
+        .filter(|v| vpc_id.is_none_or(|w| w == v.vpc_id) && id.is_none_or(|w| w == v.id) && zone.is_none_or(|w| w == v.zone_id))
+        .map(|v| wire::VSwitchItem {
+            vswitch_id: v.id.clone(),
+            vpc_id: v.vpc_id.clone(),
+            zone_id: v.zone_id.clone(),
+            vswitch_name: v.name.clone(),
+            cidr_block: v.cidr_block.to_string(),
+            ipv6_cidr_block: v.ipv6_cidr_block.map(|c| c.to_string()).unwrap_or_default(),
+            available_ip_address_count: v.available_ip_address_count,
+            status: "Available".into(),
+        })
+        .collect();
+    let size = p.parse::<usize>("PageSize")?.unwrap_or(10).clamp(1, 50);
+    let number = p.parse::<usize>("PageNumber")?.unwrap_or(1).max(1);
+    let items: Vec<_> = all.iter().skip((number - 1) * size).take(size).cloned().collect();
+    reply(wire::DescribeVSwitchesResponse { request_id: ctx.request_id.clone(), total_count: all.len() as u64, vswitches: items.into() })
+}
+
+pub fn security_group<'s>(state: &'s State, id: &str) -> ApiResult<&'s SecurityGroup> {
+    state
+        .security_groups
+        .get(id)
+        .ok_or_else(|| ApiFailure::not_found(code::INVALID_SECURITY_GROUP_ID, format!("The specified security group \"{id}\" does not exist.")))
+}
+
+pub fn create_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let id = match by_token(state, "CreateSecurityGroup", p) {
+        Some(id) => id,
+        None => {
+            let vpc_id = p.req("VpcId")?;
+            vpc(state, vpc_id)?;
+            let id = new_id(state, ctx, "sg");
+            let name = p.opt("SecurityGroupName").unwrap_or_default().to_string();
+            // Default rules (not listed): egress accepted, ingress accepted only from the group's members.
+            state.security_groups.insert(id.clone(), SecurityGroup { id: id.clone(), vpc_id: vpc_id.to_string(), name, rules: Vec::new() });
+            remember_token(state, "CreateSecurityGroup", p, &id);
+            id
+        }
+    };
+    changed(wire::CreateSecurityGroupResponse { request_id: ctx.request_id.clone(), security_group_id: id }, vec![])
+}
+
+fn parse_rule(p: &Params<'_>, direction: Direction) -> ApiResult<SecurityGroupRule> {
+    let proto_text = p.req("IpProtocol")?;
+    let protocol = match proto_text.to_ascii_lowercase().as_str() {
+        "tcp" => IpProtocol::Tcp,
+        "udp" => IpProtocol::Udp,
+        "icmp" => IpProtocol::Icmp,
+        "all" => IpProtocol::All,
+        _ => return Err(invalid("IpProtocol", proto_text)),
+    };
+    let range = p.req("PortRange")?;
+    let ports = match range.split_once('/') {
+        Some(("-1", "-1")) => None,
+        Some((a, b)) => {
+            let (a, b): (u16, u16) = (a.parse().map_err(|_| invalid("PortRange", range))?, b.parse().map_err(|_| invalid("PortRange", range))?);
+            if a == 0 || a > b {
+                return Err(invalid("PortRange", range));
+            }
+            Some((a, b))
+        }
+        None => return Err(invalid("PortRange", range)),
+    };
+    if ports.is_none() != matches!(protocol, IpProtocol::Icmp | IpProtocol::All) {
+        return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("PortRange \"{range}\" does not fit IpProtocol \"{proto_text}\": use -1/-1 for icmp and all, from/to for tcp and udp.")));
+    }
+    let peer_key = if direction == Direction::Ingress { "SourceCidrIp" } else { "DestCidrIp" };
+    let peer_text = p.opt(peer_key).unwrap_or("0.0.0.0/0");
+    let peer: IpNetwork = peer_text.parse().map_err(|_| invalid(peer_key, peer_text))?;
+    let policy = match p.opt("Policy").unwrap_or("accept").to_ascii_lowercase().as_str() {
+        "accept" => Policy::Accept,
+        "drop" => Policy::Drop,
+        other => return Err(invalid("Policy", other)),
+    };
+    let priority = p.parse::<u8>("Priority")?.unwrap_or(1);
+    if !(1..=100).contains(&priority) {
+        return Err(invalid("Priority", &priority.to_string()));
+    }
+    Ok(SecurityGroupRule { direction, protocol, ports, peer_cidr: peer, policy, priority })
+}
+
+pub fn change_rule(state: &mut State, ctx: &Ctx, p: &Params<'_>, direction: Direction, add: bool) -> ApiResult<Outcome> {
+    let id = p.req("SecurityGroupId")?.to_string();
+    security_group(state, &id)?;
+    let rule = parse_rule(p, direction)?;
+    let sg = state.security_groups.get_mut(&id).expect("checked above");
+    if add {
+        if !sg.rules.contains(&rule) {
+            sg.rules.push(rule);
+        }
+    } else {
+        sg.rules.retain(|r| r != &rule);
+    }
+    changed(super::request_id(ctx), vec![])
+}
+
+fn permission(rule: &SecurityGroupRule) -> wire::Permission {
+    let cidr = rule.peer_cidr.to_string();
+    wire::Permission {
+        ip_protocol: match rule.protocol {
+            IpProtocol::Tcp => "TCP",
+            IpProtocol::Udp => "UDP",
+            IpProtocol::Icmp => "ICMP",
+            IpProtocol::All => "ALL",
+        }
+        .into(),
+        port_range: rule.ports.map(|(a, b)| format!("{a}/{b}")).unwrap_or_else(|| "-1/-1".into()),
+        source_cidr_ip: if rule.direction == Direction::Ingress { cidr.clone() } else { String::new() },
+        dest_cidr_ip: if rule.direction == Direction::Egress { cidr } else { String::new() },
+        policy: if rule.policy == Policy::Accept { "Accept" } else { "Drop" }.into(),
+        priority: rule.priority.to_string(),
+        direction: if rule.direction == Direction::Ingress { "ingress" } else { "egress" }.into(),
+    }
+}
+
+pub fn describe_security_group_attribute(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let sg = security_group(state, p.req("SecurityGroupId")?)?;
+    let direction = p.opt("Direction").unwrap_or("all").to_ascii_lowercase();
+    let rules = sg
+        .rules
+        .iter()
+        .filter(|r| match direction.as_str() {
+            "ingress" => r.direction == Direction::Ingress,
+            "egress" => r.direction == Direction::Egress,
+            _ => true,
+        })
+        .map(permission)
+        .collect::<Vec<_>>();
+    reply(wire::DescribeSecurityGroupAttributeResponse {
+        request_id: ctx.request_id.clone(),
+        security_group_id: sg.id.clone(),
+        security_group_name: sg.name.clone(),
+        vpc_id: sg.vpc_id.clone(),
+        permissions: rules.into(),
+    })
+}
+
+pub fn describe_security_groups(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let vpc_id = p.opt("VpcId");
+    let ids = p.json_list("SecurityGroupIds")?;
+    let items: Vec<wire::SecurityGroupItem> = state
+        .security_groups
+        .values()
+        .filter(|s| vpc_id.is_none_or(|v| v == s.vpc_id) && (ids.is_empty() || ids.contains(&s.id)))
+        .map(|s| wire::SecurityGroupItem { security_group_id: s.id.clone(), security_group_name: s.name.clone(), vpc_id: s.vpc_id.clone() })
+        .collect();
+    let (items, _) = page(&items, &Params(&Default::default()), 100, 100)?;
+    reply(wire::DescribeSecurityGroupsResponse { request_id: ctx.request_id.clone(), total_count: items.len() as u64, security_groups: items.into() })
+}
