@@ -3,6 +3,12 @@
 
 pub mod addressing;
 pub mod api;
+pub mod auth;
+pub mod engine;
+pub mod faults;
+pub mod metadata;
 pub mod netplane;
+pub mod planes;
+pub mod server;
 pub mod state;
 pub mod storage;

@@ -1,4 +1,122 @@
-fn main() {
-    eprintln!("berth-localcloud: not built yet");
-    std::process::exit(1);
+//! `berth-localcloud`: parses the command line and runs one command.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use berth_localcloud::engine::{Engine, EngineConfig};
+use berth_localcloud::faults::Faults;
+use berth_localcloud::{planes, server};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth-localcloud", version, about = "A local cloud: the ECS/VPC/NAS RPC API on loopback with a real data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (and converge the data plane) until stopped.
+    Serve(Serve),
+    /// Remove everything the planes made on this machine (namespaces, veths, loop devices, links).
+    Down(Down),
+    /// Write a new credentials file (mode 0600) for clients and the server.
+    InitCredentials {
+        /// Where to write it; refused if it exists.
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Where {
+    /// Directory of the persistent state (state.json, disk images, NAS exports).
+    #[arg(long, default_value = "/var/lib/berth-localcloud")]
+    state_dir: PathBuf,
+    /// Prefix of every network namespace this local cloud makes.
+    #[arg(long, default_value = "lc")]
+    netns_prefix: String,
+}
+
+#[derive(Args)]
+struct Serve {
+    #[command(flatten)]
+    place: Where,
+    /// Loopback address to listen on; port 0 picks a free one (written to <state-dir>/endpoint).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Credentials file (TOML or JSON: access_key_id, access_key_secret), mode 0600.
+    #[arg(long)]
+    credentials: PathBuf,
+    #[arg(long, default_value = "local-1")]
+    region: String,
+    #[arg(long, value_delimiter = ',', default_value = "local-1a,local-1b")]
+    zones: Vec<String>,
+    /// Serve the API only: no namespaces, veths or loop devices.
+    #[arg(long)]
+    no_dataplane: bool,
+    /// Latency added to every API call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share (0.0–1.0) of API calls answered with Throttling.
+    #[arg(long, default_value_t = 0.0)]
+    throttle_rate: f64,
+    /// How long an attach, detach or instance start takes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    attach_delay_ms: u64,
+}
+
+#[derive(Args)]
+struct Down {
+    #[command(flatten)]
+    place: Where,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    match Cli::parse().command {
+        Command::Serve(s) => serve(s),
+        Command::Down(d) => {
+            let planes = planes::build(&d.place.state_dir, &d.place.netns_prefix, false);
+            Engine::teardown(&planes).map_err(anyhow::Error::msg)
+        }
+        Command::InitCredentials { path } => {
+            let secret = uuid::Uuid::new_v4().simple().to_string();
+            let body = serde_json::json!({ "access_key_id": format!("LTAI{}", &secret[..12]), "access_key_secret": secret });
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("creating {}", path.display()))?;
+            std::io::Write::write_all(&mut f, body.to_string().as_bytes())?;
+            println!("{}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn serve(s: Serve) -> anyhow::Result<()> {
+    if !s.listen.ip().is_loopback() {
+        anyhow::bail!("--listen {} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)", s.listen);
+    }
+    let credentials = berth_cloud::client::load_credentials(&s.credentials)?;
+    let faults = Faults { latency_ms: s.latency_ms, throttle_rate: s.throttle_rate, attach_delay_ms: s.attach_delay_ms, ..Faults::default() };
+    faults.validate().map_err(anyhow::Error::msg)?;
+    let planes = planes::build(&s.place.state_dir, &s.place.netns_prefix, s.no_dataplane);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let engine = Engine::open(EngineConfig { state_dir: s.place.state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults })
+            .with_context(|| format!("opening the state in {}", s.place.state_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("listening on {}", s.listen))?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let tmp = s.place.state_dir.join("endpoint.tmp");
+        std::fs::write(&tmp, &endpoint)?;
+        std::fs::rename(&tmp, s.place.state_dir.join("endpoint"))?;
+        println!("{endpoint}");
+        tracing::info!(%endpoint, "serving");
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        };
+        axum::serve(listener, server::router(engine)).with_graceful_shutdown(shutdown).await?;
+        anyhow::Ok(())
+    })
 }

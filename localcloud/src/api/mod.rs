@@ -12,6 +12,7 @@ mod vpc;
 use std::collections::HashMap;
 
 pub use params::Params;
+pub use vpc::refresh_available;
 use serde::Serialize;
 use serde_json::Value;
 

@@ -1,0 +1,179 @@
+//! The control plane: one lock around the state, every change persisted before it is answered,
+//! the planes converged after every change, and asynchronous transitions completed later.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_cloud::model::Credentials;
+use serde_json::Value;
+
+use crate::api::{self, ApiFailure, Ctx, Params, Pending};
+use crate::auth::NonceCache;
+use crate::faults::Faults;
+use crate::state::{Plane, State};
+
+pub struct EngineConfig {
+    pub state_dir: PathBuf,
+    pub region_id: String,
+    pub zones: Vec<String>,
+    pub credentials: Credentials,
+    pub planes: Vec<Arc<dyn Plane>>,
+    pub faults: Faults,
+}
+
+pub struct Engine {
+    state: Mutex<State>,
+    state_file: PathBuf,
+    pub region_id: String,
+    pub zones: Vec<String>,
+    pub credentials: Credentials,
+    planes: Vec<Arc<dyn Plane>>,
+    pub faults: RwLock<Faults>,
+    pub nonces: Mutex<NonceCache>,
+    last_converge_error: Mutex<Option<String>>,
+    entropy: String,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes `state` to `path` atomically: a crash leaves the old or the new file, never a torn one.
+pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub fn load(path: &Path) -> std::io::Result<Option<State>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Engine {
+    /// Loads the state (or starts empty), finishes transitions a crash interrupted, converges.
+    pub fn open(config: EngineConfig) -> std::io::Result<Arc<Engine>> {
+        std::fs::create_dir_all(&config.state_dir)?;
+        let state_file = config.state_dir.join("state.json");
+        let mut state = load(&state_file)?.unwrap_or_default();
+        if state.region_id.is_empty() {
+            state.region_id = config.region_id.clone();
+        }
+        for p in api::unfinished(&state) {
+            api::complete(&mut state, &p);
+        }
+        save(&state_file, &state)?;
+        let engine = Arc::new(Engine {
+            state: Mutex::new(state),
+            state_file,
+            region_id: config.region_id,
+            zones: config.zones,
+            credentials: config.credentials,
+            planes: config.planes,
+            faults: RwLock::new(config.faults),
+            nonces: Mutex::new(NonceCache::default()),
+            last_converge_error: Mutex::new(None),
+            entropy: uuid::Uuid::new_v4().simple().to_string(),
+        });
+        let state = lock(&engine.state);
+        engine.converge(&state);
+        drop(state);
+        Ok(engine)
+    }
+
+    fn converge(&self, state: &State) {
+        let mut errors = Vec::new();
+        for plane in &self.planes {
+            if let Err(e) = plane.converge(state) {
+                tracing::error!(error = %e, "converging a plane failed");
+                errors.push(e.to_string());
+            }
+        }
+        *lock(&self.last_converge_error) = if errors.is_empty() { None } else { Some(errors.join("; ")) };
+    }
+
+    pub fn last_converge_error(&self) -> Option<String> {
+        lock(&self.last_converge_error).clone()
+    }
+
+    pub fn snapshot(&self) -> State {
+        lock(&self.state).clone()
+    }
+
+    fn ctx(&self) -> Ctx {
+        let faults = self.faults.read().unwrap_or_else(|e| e.into_inner());
+        Ctx {
+            region_id: self.region_id.clone(),
+            zones: self.zones.clone(),
+            request_id: uuid::Uuid::new_v4().to_string().to_uppercase(),
+            entropy: self.entropy.clone(),
+            vswitch_ip_limit: faults.vswitch_ip_limit.clone().into_iter().collect(),
+        }
+    }
+
+    /// Carries out one authenticated action. Blocking: call from a blocking thread.
+    pub fn call(self: &Arc<Self>, action: &str, params: &BTreeMap<String, String>) -> Result<(Value, String), ApiFailure> {
+        let ctx = self.ctx();
+        let mut state = lock(&self.state);
+        let outcome = api::dispatch(&mut state, &ctx, action, &Params(params))?;
+        if outcome.mutated {
+            if let Err(e) = save(&self.state_file, &state) {
+                return Err(ApiFailure::new(500, berth_cloud::error::code::INTERNAL_ERROR, format!("persisting the state failed: {e}")));
+            }
+            self.converge(&state);
+        }
+        drop(state);
+        for p in outcome.pending {
+            self.schedule(p);
+        }
+        Ok((outcome.body, ctx.request_id))
+    }
+
+    /// Completes a transition after the attach delay; the planes converge before it is visible.
+    fn schedule(self: &Arc<Self>, pending: Pending) {
+        let delay = Duration::from_millis(self.faults.read().unwrap_or_else(|e| e.into_inner()).attach_delay_ms);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut state = lock(&engine.state);
+                if api::complete(&mut state, &pending) {
+                    vpc_refresh(&mut state, &engine);
+                    if let Err(e) = save(&engine.state_file, &state) {
+                        tracing::error!(error = %e, "persisting the state failed");
+                    }
+                    engine.converge(&state);
+                }
+            })
+            .await;
+        });
+    }
+
+    /// Removes everything the planes made on the machine.
+    pub fn teardown(planes: &[Arc<dyn Plane>]) -> Result<(), String> {
+        let errors: Vec<String> = planes.iter().filter_map(|p| p.teardown().err()).map(|e| e.to_string()).collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+}
+
+fn vpc_refresh(state: &mut State, engine: &Engine) {
+    let ctx = engine.ctx();
+    api::refresh_available(state, &ctx);
+}

@@ -1,0 +1,111 @@
+//! Fault injection: latency, throttling and chosen failures, set at start or at run time through the
+//! admin API, so that clients can be tested against a misbehaving cloud.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiFailure;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added to every API call.
+    pub latency_ms: u64,
+    /// The share (0.0–1.0) of API calls answered `Throttling`.
+    pub throttle_rate: f64,
+    /// Actions answered with an error code instead of being carried out.
+    pub fail_actions: HashMap<String, FailAction>,
+    /// How long an attach, a detach or an instance start takes.
+    pub attach_delay_ms: u64,
+    /// Caps the usable addresses of a vSwitch, to make it run out early.
+    pub vswitch_ip_limit: HashMap<String, u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults { latency_ms: 0, throttle_rate: 0.0, fail_actions: HashMap::new(), attach_delay_ms: 200, vswitch_ip_limit: HashMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailAction {
+    pub code: String,
+    /// Fail this many calls, then behave (absent: every call, or at `rate`).
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Fail this share of calls (absent: every call).
+    #[serde(default)]
+    pub rate: Option<f64>,
+}
+
+impl Faults {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.throttle_rate) {
+            return Err(format!("throttle_rate {} must be between 0.0 and 1.0", self.throttle_rate));
+        }
+        for (action, f) in &self.fail_actions {
+            if f.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                return Err(format!("fail_actions.{action}.rate must be between 0.0 and 1.0"));
+            }
+            if f.code.is_empty() {
+                return Err(format!("fail_actions.{action}.code is empty; give the error code to answer"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The injected failure for this call, if any; `roll` is uniform in [0, 1). Counts down `count`.
+    pub fn decide(&mut self, action: &str, roll: f64) -> Option<ApiFailure> {
+        if roll < self.throttle_rate {
+            return Some(ApiFailure::bad(berth_cloud::error::code::THROTTLING, "Request was denied due to request throttling."));
+        }
+        let f = self.fail_actions.get_mut(action)?;
+        if f.rate.is_some_and(|r| roll >= r) {
+            return None;
+        }
+        match &mut f.count {
+            Some(0) => return None,
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        let status = status_of(&f.code);
+        Some(ApiFailure::new(status, &f.code, format!("{action} failed by fault injection with {}.", f.code)))
+    }
+}
+
+/// The HTTP status the service uses for a code.
+pub fn status_of(code: &str) -> u16 {
+    if code.ends_with(".NotFound") {
+        404
+    } else if code == "InternalError" {
+        500
+    } else if code == "ServiceUnavailable" {
+        503
+    } else if code.starts_with("Throttling") || code.starts_with("Invalid") && !code.starts_with("InvalidOperation") || code.starts_with("Missing") {
+        400
+    } else {
+        403
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_rates() {
+        let mut f = Faults::default();
+        f.fail_actions.insert("AttachDisk".into(), FailAction { code: "InternalError".into(), count: Some(2), rate: None });
+        assert_eq!(f.decide("AttachDisk", 0.5).unwrap().status, 500);
+        assert!(f.decide("AttachDisk", 0.5).is_some());
+        assert!(f.decide("AttachDisk", 0.5).is_none());
+        assert!(f.decide("DetachDisk", 0.0).is_none());
+        f.throttle_rate = 0.3;
+        assert_eq!(f.decide("X", 0.29).unwrap().code, "Throttling");
+        assert!(f.decide("X", 0.31).is_none());
+        f.throttle_rate = 1.5;
+        assert!(f.validate().is_err());
+    }
+}

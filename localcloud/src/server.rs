@@ -1,0 +1,196 @@
+//! HTTP: the RPC API on `/`, the admin API under `/_localcloud/`, instance metadata for tools under
+//! `/_localcloud/metadata/<instance-id>/latest/meta-data/`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use berth_cloud::wire::{ErrorBody, Product};
+
+use crate::api::ApiFailure;
+use crate::engine::{Engine, now_secs};
+use crate::faults::Faults;
+use crate::{auth, metadata};
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/", get(rpc).post(rpc))
+        .route("/_localcloud/status", get(status))
+        .route("/_localcloud/faults", get(get_faults).put(put_faults))
+        .route("/_localcloud/metadata/{instance}/latest/meta-data/", get(meta_root))
+        .route("/_localcloud/metadata/{instance}/latest/meta-data/{*path}", get(meta))
+        .with_state(engine)
+}
+
+fn json(status: u16, body: &impl serde::Serialize) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json;charset=utf-8")], serde_json::to_vec(body).unwrap_or_default()).into_response()
+}
+
+fn failure(f: ApiFailure, request_id: String) -> Response {
+    json(f.status, &ErrorBody { request_id, host_id: "localcloud".into(), code: f.code, message: f.message, recommend: String::new() })
+}
+
+fn parse_pairs(text: &str, into: &mut BTreeMap<String, String>) {
+    for (k, v) in form_urlencoded(text) {
+        into.insert(k, v);
+    }
+}
+
+/// `application/x-www-form-urlencoded` and query strings: `+` is a space, `%XX` a byte.
+fn form_urlencoded(text: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    text.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (decode(k), decode(v))
+    }).collect()
+}
+
+async fn rpc(State(engine): State<Arc<Engine>>, method: Method, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
+    let mut params = BTreeMap::new();
+    parse_pairs(query.as_deref().unwrap_or_default(), &mut params);
+    if method == Method::POST {
+        parse_pairs(&String::from_utf8_lossy(&body), &mut params);
+    }
+    let now = now_secs();
+    let checked = auth::check(&params, method.as_str(), &engine.credentials, now, &mut engine.nonces.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Err(f) = checked {
+        return failure(f, request_id);
+    }
+    let action = params.get("Action").cloned().unwrap_or_default();
+    if action.is_empty() {
+        return failure(ApiFailure::bad(berth_cloud::error::code::MISSING_PARAMETER, "The input parameter \"Action\" that is mandatory for processing this request is not supplied."), request_id);
+    }
+    let version = params.get("Version").map(String::as_str).unwrap_or_default();
+    let want = Product::of(&action).version();
+    if version != want {
+        return failure(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("Version \"{version}\" is not the API version of {action}; use {want}.")), request_id);
+    }
+    if params.get("Format").is_some_and(|f| !f.eq_ignore_ascii_case("JSON")) {
+        return failure(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, "Format must be JSON; this service does not write XML."), request_id);
+    }
+    let region = params.get("RegionId").cloned().unwrap_or_default();
+    if region != engine.region_id {
+        return failure(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("RegionId \"{region}\" is not served here; use {}.", engine.region_id)), request_id);
+    }
+    let (latency, injected) = {
+        let mut faults = engine.faults.write().unwrap_or_else(|e| e.into_inner());
+        (faults.latency_ms, faults.decide(&action, rand::random::<f64>()))
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if let Some(f) = injected {
+        return failure(f, request_id);
+    }
+    let e = engine.clone();
+    match tokio::task::spawn_blocking(move || e.call(&action, &params)).await {
+        Ok(Ok((mut body, request_id))) => {
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("RequestId".into(), request_id.into());
+            }
+            json(200, &body)
+        }
+        Ok(Err(f)) => failure(f, request_id),
+        Err(e) => failure(ApiFailure::new(500, berth_cloud::error::code::INTERNAL_ERROR, e.to_string()), request_id),
+    }
+}
+
+fn admin(engine: &Engine, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers.get("x-localcloud-admin").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if given == engine.credentials.access_key_secret {
+        Ok(())
+    } else {
+        Err((StatusCode::FORBIDDEN, "the admin API needs the header X-Localcloud-Admin: <access_key_secret>\n").into_response())
+    }
+}
+
+async fn status(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&engine, &headers) {
+        return r;
+    }
+    let s = engine.snapshot();
+    json(200, &serde_json::json!({
+        "region_id": engine.region_id,
+        "vpcs": s.vpcs.len(), "vswitches": s.vswitches.len(), "security_groups": s.security_groups.len(),
+        "instances": s.instances.len(), "enis": s.enis.len(), "disks": s.disks.len(), "file_systems": s.file_systems.len(),
+        "last_converge_error": engine.last_converge_error(),
+    }))
+}
+
+async fn get_faults(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&engine, &headers) {
+        return r;
+    }
+    let faults = engine.faults.read().unwrap_or_else(|e| e.into_inner()).clone();
+    json(200, &faults)
+}
+
+async fn put_faults(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = admin(&engine, &headers) {
+        return r;
+    }
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("faults JSON rejected: {e}\n")).into_response(),
+    };
+    if let Err(e) = faults.validate() {
+        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+    }
+    *engine.faults.write().unwrap_or_else(|e| e.into_inner()) = faults.clone();
+    json(200, &faults)
+}
+
+async fn meta_root(State(engine): State<Arc<Engine>>, Path(instance): Path<String>) -> Response {
+    serve_meta(&engine, &instance, "")
+}
+
+async fn meta(State(engine): State<Arc<Engine>>, Path((instance, path)): Path<(String, String)>) -> Response {
+    serve_meta(&engine, &instance, &path)
+}
+
+fn serve_meta(engine: &Engine, instance: &str, path: &str) -> Response {
+    match metadata::lookup(&engine.snapshot(), instance, path) {
+        Some(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response(),
+        None => (StatusCode::NOT_FOUND, "404 - Not Found\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let v = form_urlencoded("a=1+2&b=%2F%3D&c=&d");
+        assert_eq!(v, vec![("a".into(), "1 2".into()), ("b".into(), "/=".into()), ("c".into(), "".into()), ("d".into(), "".into())]);
+    }
+}
