@@ -12,3 +12,4 @@ pub mod planes;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod volumes;

@@ -5,11 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::state::Plane;
+use crate::volumes::VolumePlane;
 
 pub fn build(state_dir: &Path, netns_prefix: &str, no_dataplane: bool) -> Vec<Arc<dyn Plane>> {
     if no_dataplane {
         return Vec::new();
     }
-    let _ = (state_dir, netns_prefix);
-    Vec::new()
+    let _ = netns_prefix;
+    vec![Arc::new(VolumePlane::new(state_dir))]
 }

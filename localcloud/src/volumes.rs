@@ -1,0 +1,293 @@
+//! The volume plane: a disk is a sparse file `<state>/disks/<disk-id>.img`, attached as a loop
+//! device with the link a VM shows for a virtio disk, `/dev/disk/by-id/virtio-<serial>`; a NAS file
+//! system is an exported directory `<state>/nas/<fs-id>/`.
+//!
+//! A node verifies a device is the disk it expects by the link's serial and by the loop device's
+//! backing file (`/sys/block/loopN/loop/backing_file` names `<disk-id>.img`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_cloud::model::DiskStatus;
+
+use crate::state::{Plane, PlaneError, State};
+
+pub const BY_ID_DIR: &str = "/dev/disk/by-id";
+const GIB: u64 = 1 << 30;
+
+pub struct VolumePlane {
+    disks_dir: PathBuf,
+    nas_dir: PathBuf,
+}
+
+/// What the plane must do to make the machine match the state. Pure: computed from the state and
+/// what was observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeOp {
+    CreateFile { disk_id: String, size: u64 },
+    GrowFile { disk_id: String, size: u64 },
+    Attach { disk_id: String, serial: String },
+    RefreshCapacity { device: String },
+    Detach { device: String, serial: Option<String> },
+    DeleteFile { disk_id: String },
+    CreateExport { fs_id: String },
+    DeleteExport { fs_id: String },
+}
+
+/// The machine as observed: disk files (ID → size), attached loop devices (disk ID → device),
+/// NAS export directories.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    pub files: BTreeMap<String, u64>,
+    pub loops: BTreeMap<String, String>,
+    pub exports: BTreeSet<String>,
+}
+
+pub fn plan(state: &State, seen: &Observed) -> Vec<VolumeOp> {
+    let mut ops = Vec::new();
+    for d in state.disks.values() {
+        let size = d.size_gib * GIB;
+        match seen.files.get(&d.id) {
+            None => ops.push(VolumeOp::CreateFile { disk_id: d.id.clone(), size }),
+            Some(have) if *have < size => {
+                ops.push(VolumeOp::GrowFile { disk_id: d.id.clone(), size });
+                if let Some(dev) = seen.loops.get(&d.id) {
+                    ops.push(VolumeOp::RefreshCapacity { device: dev.clone() });
+                }
+            }
+            Some(_) => {}
+        }
+        let wants_device = matches!(d.status, DiskStatus::Attaching | DiskStatus::InUse) && d.instance_id.is_some();
+        match (wants_device, seen.loops.get(&d.id)) {
+            (true, None) => ops.push(VolumeOp::Attach { disk_id: d.id.clone(), serial: d.serial.clone() }),
+            (false, Some(dev)) => ops.push(VolumeOp::Detach { device: dev.clone(), serial: Some(d.serial.clone()) }),
+            _ => {}
+        }
+    }
+    for (id, dev) in &seen.loops {
+        if !state.disks.contains_key(id) {
+            ops.push(VolumeOp::Detach { device: dev.clone(), serial: Some(id.trim_start_matches("d-").to_string()) });
+        }
+    }
+    for id in seen.files.keys().filter(|id| !state.disks.contains_key(*id)) {
+        ops.push(VolumeOp::DeleteFile { disk_id: id.clone() });
+    }
+    for id in state.file_systems.keys().filter(|id| !seen.exports.contains(*id)) {
+        ops.push(VolumeOp::CreateExport { fs_id: id.clone() });
+    }
+    for id in seen.exports.iter().filter(|id| !state.file_systems.contains_key(*id)) {
+        ops.push(VolumeOp::DeleteExport { fs_id: id.clone() });
+    }
+    ops
+}
+
+fn fail(what: impl Into<String>, reason: impl ToString) -> PlaneError {
+    PlaneError { plane: "volume", what: what.into(), reason: reason.to_string() }
+}
+
+fn run(cmd: &mut Command) -> Result<String, PlaneError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| fail(&shown, e))?;
+    if !out.status.success() {
+        return Err(fail(shown, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl VolumePlane {
+    pub fn new(state_dir: &Path) -> VolumePlane {
+        VolumePlane { disks_dir: state_dir.join("disks"), nas_dir: state_dir.join("nas") }
+    }
+
+    pub fn disk_file(&self, disk_id: &str) -> PathBuf {
+        self.disks_dir.join(format!("{disk_id}.img"))
+    }
+
+    pub fn nas_export_dir(&self, fs_id: &str) -> PathBuf {
+        self.nas_dir.join(fs_id)
+    }
+
+    /// Loop devices backed by a file of this plane: disk ID → `/dev/loopN`.
+    fn observed_loops(&self) -> Result<BTreeMap<String, String>, PlaneError> {
+        let out = run(Command::new("losetup").args(["--list", "--json", "--output", "NAME,BACK-FILE"]))?;
+        let mut loops = BTreeMap::new();
+        if out.trim().is_empty() {
+            return Ok(loops);
+        }
+        let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| fail("losetup --json", e))?;
+        let prefix = self.disks_dir.to_string_lossy().into_owned();
+        for dev in doc["loopdevices"].as_array().into_iter().flatten() {
+            let (Some(name), Some(back)) = (dev["name"].as_str(), dev["back-file"].as_str()) else { continue };
+            // A deleted backing file shows as "<path> (deleted)".
+            let back = back.trim_end_matches(" (deleted)");
+            if let Some(file) = back.strip_prefix(&prefix) {
+                if let Some(id) = file.trim_start_matches('/').strip_suffix(".img") {
+                    loops.insert(id.to_string(), name.to_string());
+                }
+            }
+        }
+        Ok(loops)
+    }
+
+    fn observe(&self) -> Result<Observed, PlaneError> {
+        let mut seen = Observed { loops: self.observed_loops()?, ..Default::default() };
+        for entry in std::fs::read_dir(&self.disks_dir).map_err(|e| fail(self.disks_dir.display().to_string(), e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".img") {
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                seen.files.insert(id.to_string(), len);
+            }
+        }
+        for entry in std::fs::read_dir(&self.nas_dir).map_err(|e| fail(self.nas_dir.display().to_string(), e))?.flatten() {
+            if entry.path().is_dir() {
+                seen.exports.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(seen)
+    }
+
+    fn link(serial: &str) -> PathBuf {
+        Path::new(BY_ID_DIR).join(format!("virtio-{serial}"))
+    }
+
+    fn apply(&self, op: &VolumeOp) -> Result<(), PlaneError> {
+        match op {
+            VolumeOp::CreateFile { disk_id, size } | VolumeOp::GrowFile { disk_id, size } => {
+                let path = self.disk_file(disk_id);
+                let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| fail(path.display().to_string(), e))?;
+                // set_len leaves a hole: the file takes no space until written.
+                f.set_len(*size).map_err(|e| fail(path.display().to_string(), e))
+            }
+            VolumeOp::Attach { disk_id, serial } => {
+                let file = self.disk_file(disk_id);
+                let device = run(Command::new("losetup").arg("--find").arg("--show").arg(&file))?.trim().to_string();
+                std::fs::create_dir_all(BY_ID_DIR).map_err(|e| fail(BY_ID_DIR, e))?;
+                let link = Self::link(serial);
+                let tmp = link.with_extension("tmp");
+                let _ = std::fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(&device, &tmp).map_err(|e| fail(tmp.display().to_string(), e))?;
+                std::fs::rename(&tmp, &link).map_err(|e| fail(link.display().to_string(), e))
+            }
+            VolumeOp::RefreshCapacity { device } => run(Command::new("losetup").arg("--set-capacity").arg(device)).map(drop),
+            VolumeOp::Detach { device, serial } => {
+                if let Some(serial) = serial {
+                    let link = Self::link(serial);
+                    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(device)) {
+                        let _ = std::fs::remove_file(&link);
+                    }
+                }
+                run(Command::new("losetup").arg("--detach").arg(device)).map(drop)
+            }
+            VolumeOp::DeleteFile { disk_id } => {
+                let path = self.disk_file(disk_id);
+                std::fs::remove_file(&path).or_else(ignore_missing).map_err(|e| fail(path.display().to_string(), e))
+            }
+            VolumeOp::CreateExport { fs_id } => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let dir = self.nas_export_dir(fs_id);
+                std::fs::create_dir_all(&dir).map_err(|e| fail(dir.display().to_string(), e))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(|e| fail(dir.display().to_string(), e))
+            }
+            VolumeOp::DeleteExport { fs_id } => {
+                let dir = self.nas_export_dir(fs_id);
+                std::fs::remove_dir_all(&dir).or_else(ignore_missing).map_err(|e| fail(dir.display().to_string(), e))
+            }
+        }
+    }
+}
+
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+}
+
+impl Plane for VolumePlane {
+    fn converge(&self, state: &State) -> Result<(), PlaneError> {
+        for dir in [&self.disks_dir, &self.nas_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| fail(dir.display().to_string(), e))?;
+        }
+        let seen = self.observe()?;
+        let mut errors = Vec::new();
+        for op in plan(state, &seen) {
+            if let Err(e) = self.apply(&op) {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(fail("converge", errors.join("; "))) }
+    }
+
+    fn teardown(&self) -> Result<(), PlaneError> {
+        if !self.disks_dir.exists() {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        for (id, device) in self.observed_loops()? {
+            let op = VolumeOp::Detach { device, serial: Some(id.trim_start_matches("d-").to_string()) };
+            if let Err(e) = self.apply(&op) {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(fail("teardown", errors.join("; "))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_cloud::model::Disk;
+
+    use super::*;
+
+    fn disk(id: &str, status: DiskStatus, size_gib: u64) -> Disk {
+        Disk {
+            id: id.into(),
+            name: String::new(),
+            zone_id: "z".into(),
+            category: "cloud_essd".into(),
+            performance_level: "PL0".into(),
+            size_gib,
+            status,
+            instance_id: (status != DiskStatus::Available).then(|| "i-1".into()),
+            serial: id.trim_start_matches("d-").into(),
+            device: None,
+        }
+    }
+
+    #[test]
+    fn plans_files_devices_and_exports() {
+        let mut state = State::default();
+        state.disks.insert("d-a".into(), disk("d-a", DiskStatus::InUse, 1));
+        state.disks.insert("d-b".into(), disk("d-b", DiskStatus::Available, 2));
+        state.disks.insert("d-c".into(), disk("d-c", DiskStatus::InUse, 3));
+        let mut seen = Observed::default();
+        seen.files.insert("d-b".into(), 2 * GIB);
+        seen.files.insert("d-c".into(), GIB);
+        seen.files.insert("d-gone".into(), GIB);
+        seen.loops.insert("d-b".into(), "/dev/loop7".into());
+        seen.loops.insert("d-c".into(), "/dev/loop8".into());
+        seen.exports.insert("old".into());
+        state.file_systems.insert("fs1".into(), berth_cloud::model::NasFileSystem {
+            id: "fs1".into(), zone_id: "z".into(), vpc_id: "v".into(), protocol: "NFS".into(), mount_target: String::new(), capacity_gib: 1,
+        });
+        let ops = plan(&state, &seen);
+        assert_eq!(ops, vec![
+            VolumeOp::CreateFile { disk_id: "d-a".into(), size: GIB },
+            VolumeOp::Attach { disk_id: "d-a".into(), serial: "a".into() },
+            VolumeOp::Detach { device: "/dev/loop7".into(), serial: Some("b".into()) },
+            VolumeOp::GrowFile { disk_id: "d-c".into(), size: 3 * GIB },
+            VolumeOp::RefreshCapacity { device: "/dev/loop8".into() },
+            VolumeOp::DeleteFile { disk_id: "d-gone".into() },
+            VolumeOp::CreateExport { fs_id: "fs1".into() },
+            VolumeOp::DeleteExport { fs_id: "old".into() },
+        ]);
+    }
+
+    #[test]
+    fn converged_state_needs_nothing() {
+        let mut state = State::default();
+        state.disks.insert("d-a".into(), disk("d-a", DiskStatus::InUse, 1));
+        let mut seen = Observed::default();
+        seen.files.insert("d-a".into(), GIB);
+        seen.loops.insert("d-a".into(), "/dev/loop3".into());
+        assert!(plan(&state, &seen).is_empty());
+    }
+}
