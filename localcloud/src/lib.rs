@@ -13,3 +13,4 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod volumes;
+pub mod vpcnet;

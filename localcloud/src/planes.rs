@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use crate::state::Plane;
 use crate::volumes::VolumePlane;
+use crate::vpcnet::VpcNet;
 
 pub fn build(state_dir: &Path, netns_prefix: &str, no_dataplane: bool) -> Vec<Arc<dyn Plane>> {
     if no_dataplane {
         return Vec::new();
     }
-    let _ = netns_prefix;
-    vec![Arc::new(VolumePlane::new(state_dir))]
+    vec![Arc::new(VpcNet::new(netns_prefix)), Arc::new(VolumePlane::new(state_dir))]
 }

@@ -1,0 +1,252 @@
+//! The network data plane of the local cloud, built like a VPC:
+//! - every instance is a network namespace `<prefix>-<instance-id>`;
+//! - every VPC is a namespace `<prefix>-<vpc-id>` holding the vRouter;
+//! - an ENI on the wire (`InUse`) is a veth pair: its NIC in the instance namespace (`ethN`, the
+//!   ENI's MAC; the primary is `eth0`, configured as DHCP would), its port in the VPC namespace;
+//! - the vRouter routes each address to the port of the ENI that owns it, answers ARP for every
+//!   neighbour with the VPC's MAC `ee:ff:ff:ff:ff:ff` (gateways on its `lo`, proxy ARP on ports),
+//!   and drops what the real VPC drops (see [`nft`]).
+
+pub mod nft;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::os::fd::AsFd as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
+use berth_nodenet::{Address, IpFamily, MacAddr, NETNS_RUN_DIR, NetOps, Netlink, Netns, Route, Scope, Veth, sysctl_in};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::addressing;
+use crate::state::{Plane, PlaneError, State};
+
+/// The MAC every neighbour has on the real VPC.
+pub const VROUTER_MAC: MacAddr = MacAddr([0xee, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+pub struct VpcNet {
+    prefix: String,
+}
+
+fn fail(what: impl Into<String>, reason: impl ToString) -> PlaneError {
+    PlaneError { plane: "network", what: what.into(), reason: reason.to_string() }
+}
+
+/// The vRouter port of an ENI: a short, stable name derived from its ID (interface names are ≤ 15 bytes).
+pub fn port_name(eni_id: &str) -> String {
+    // FNV-1a: stable across runs and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in eni_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("p{:012x}", h & 0xffff_ffff_ffff)
+}
+
+fn on_wire(e: &NetworkInterface) -> bool {
+    e.status == EniStatus::InUse && e.instance_id.is_some() && e.kind != EniKind::Member
+}
+
+impl VpcNet {
+    pub fn new(prefix: &str) -> VpcNet {
+        VpcNet { prefix: prefix.to_string() }
+    }
+
+    pub fn netns_name(&self, id: &str) -> String {
+        format!("{}-{id}", self.prefix)
+    }
+
+    /// Where an instance's namespace is: its agent and its metadata reader run against it.
+    pub fn instance_netns_path(&self, instance_id: &str) -> PathBuf {
+        PathBuf::from(NETNS_RUN_DIR).join(self.netns_name(instance_id))
+    }
+
+    fn ensure_netns(&self, id: &str) -> Result<Netns, PlaneError> {
+        let name = self.netns_name(id);
+        if let Ok(ns) = Netns::open_named(&name) {
+            return Ok(ns);
+        }
+        let ns = Netns::create(&name).map_err(|e| fail(format!("namespace {name}"), e))?;
+        let mut nl = Netlink::open_in_netns(&ns).map_err(|e| fail(format!("netlink in {name}"), e))?;
+        let lo = nl.link_by_name("lo").map_err(|e| fail(format!("lo in {name}"), e))?;
+        nl.set_link_up(lo.index).map_err(|e| fail(format!("lo up in {name}"), e))?;
+        Ok(ns)
+    }
+
+    /// Namespaces of this plane now on the machine (names without the prefix).
+    fn existing_namespaces(&self) -> BTreeSet<String> {
+        let start = format!("{}-", self.prefix);
+        std::fs::read_dir(NETNS_RUN_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&start)).map(str::to_string))
+            .filter(|id| id.starts_with("i-") || id.starts_with("vpc-"))
+            .collect()
+    }
+
+    fn converge_vpc(&self, state: &State, vpc_id: &str) -> Result<(), PlaneError> {
+        let name = self.netns_name(vpc_id);
+        let ns = self.ensure_netns(vpc_id)?;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv4.conf.default.proxy_arp", "1"),
+        ] {
+            sysctl_in(&ns, key, value).map_err(|e| fail(format!("{key} in {name}"), e))?;
+        }
+        let mut nl = Netlink::open_in_netns(&ns).map_err(|e| fail(format!("netlink in {name}"), e))?;
+        let lo = nl.link_by_name("lo").map_err(|e| fail(format!("lo in {name}"), e))?;
+
+        // Gateways of the VPC's vSwitches live on the vRouter's lo.
+        let have: BTreeSet<IpNetwork> = nl.addresses(Some(lo.index)).map_err(|e| fail(format!("addresses in {name}"), e))?.into_iter().map(|a| a.network).collect();
+        for vsw in state.vswitches.values().filter(|v| v.vpc_id == vpc_id) {
+            let gw = IpNetwork::V4(Ipv4Network::new(addressing::gateway(vsw.cidr_block), 32).expect("/32 is valid"));
+            if !have.contains(&gw) {
+                nl.add_address(&Address::new(lo.index, gw)).or_else(exists_ok).map_err(|e| fail(format!("gateway {gw} in {name}"), e))?;
+            }
+        }
+
+        // Ports: one per ENI on the wire in this VPC.
+        let wanted: BTreeMap<String, &NetworkInterface> = state.enis.values().filter(|e| e.vpc_id == vpc_id && on_wire(e)).map(|e| (port_name(&e.id), e)).collect();
+        let links = nl.links().map_err(|e| fail(format!("links in {name}"), e))?;
+        let mut ports: BTreeMap<String, u32> = links.iter().filter(|l| l.name.starts_with('p') && l.kind.as_deref() == Some("veth")).map(|l| (l.name.clone(), l.index)).collect();
+        for (port, index) in ports.clone() {
+            if !wanted.contains_key(&port) {
+                nl.delete_link(index).or_else(gone_ok).map_err(|e| fail(format!("port {port} in {name}"), e))?;
+                ports.remove(&port);
+            }
+        }
+        for (port, eni) in &wanted {
+            if !ports.contains_key(port) {
+                let index = self.wire(&mut nl, state, eni, port)?;
+                sysctl_in(&ns, &format!("net/ipv4/conf/{port}/proxy_arp"), "1").map_err(|e| fail(format!("proxy_arp on {port}"), e))?;
+                ports.insert(port.clone(), index);
+            }
+        }
+
+        // Host routes by IP ownership; anything else on a port is stale.
+        let mut want_routes: BTreeSet<(IpNetwork, u32)> = BTreeSet::new();
+        for (port, eni) in &wanted {
+            let index = ports[port];
+            for ip in std::iter::once(IpAddr::V4(eni.primary_ip)).chain(eni.secondary_ips.iter().map(|i| IpAddr::V4(*i))).chain(eni.ipv6_addresses.iter().map(|i| IpAddr::V6(*i))) {
+                want_routes.insert((IpNetwork::from(ip), index));
+            }
+        }
+        let port_indexes: BTreeSet<u32> = ports.values().copied().collect();
+        let mut have_routes = BTreeSet::new();
+        for r in nl.routes(Some(berth_nodenet::TABLE_MAIN)).map_err(|e| fail(format!("routes in {name}"), e))? {
+            let Some(oif) = r.oif else { continue };
+            let host = r.destination.prefix() == if r.destination.is_ipv4() { 32 } else { 128 };
+            if !host || !port_indexes.contains(&oif) {
+                continue;
+            }
+            if want_routes.contains(&(r.destination, oif)) {
+                have_routes.insert((r.destination, oif));
+            } else {
+                nl.delete_route(&r).or_else(gone_ok).map_err(|e| fail(format!("route {} in {name}", r.destination), e))?;
+            }
+        }
+        for (dst, oif) in want_routes.difference(&have_routes) {
+            let route = Route::new(*dst).dev(*oif).scope(Scope::Link);
+            nl.replace_route(&route).map_err(|e| fail(format!("route {dst} in {name}"), e))?;
+        }
+
+        // Filters.
+        let mut wired: Vec<nft::WiredEni<'_>> = wanted.iter().map(|(port, eni)| nft::WiredEni { port: port.clone(), eni }).collect();
+        wired.sort_by(|a, b| a.port.cmp(&b.port));
+        let script = nft::antispoof(&wired) + &nft::security_groups(state, &wired);
+        run_nft(&ns, &script).map_err(|e| fail(format!("nftables in {name}"), e))
+    }
+
+    /// Creates the veth of an ENI: the port here, the NIC in its instance; returns the port's index.
+    fn wire(&self, nl: &mut Netlink, state: &State, eni: &NetworkInterface, port: &str) -> Result<u32, PlaneError> {
+        let instance = eni.instance_id.as_deref().unwrap_or_default();
+        let inst_name = self.netns_name(instance);
+        let inst_ns = self.ensure_netns(instance)?;
+        let mut inl = Netlink::open_in_netns(&inst_ns).map_err(|e| fail(format!("netlink in {inst_name}"), e))?;
+        let taken: BTreeSet<String> = inl.links().map_err(|e| fail(format!("links in {inst_name}"), e))?.into_iter().map(|l| l.name).collect();
+        let nic = if eni.kind == EniKind::Primary { "eth0".to_string() } else { (1..).map(|n| format!("eth{n}")).find(|n| !taken.contains(n)).expect("a free name") };
+        let mac: MacAddr = eni.mac.parse().map_err(|e| fail(format!("MAC of {}", eni.id), e))?;
+        let veth = Veth::new(port, &nic).mac(VROUTER_MAC).peer_mac(mac).peer_netns(inst_ns.as_fd());
+        let link = nl.create_veth(&veth).map_err(|e| fail(format!("veth {port}/{nic} for {}", eni.id), e))?;
+        nl.set_link_up(link.index).map_err(|e| fail(format!("port {port} up"), e))?;
+        if eni.kind == EniKind::Primary {
+            // What DHCP does on a VM: the primary address and the default route via the gateway.
+            let vsw = state.vswitches.get(&eni.vswitch_id).ok_or_else(|| fail(format!("vSwitch of {}", eni.id), "not in the state"))?;
+            let nic_link = inl.link_by_name(&nic).map_err(|e| fail(format!("{nic} in {inst_name}"), e))?;
+            let addr = Ipv4Network::new(eni.primary_ip, vsw.cidr_block.prefix()).map_err(|e| fail("primary address", e))?;
+            inl.add_address(&Address::new(nic_link.index, IpNetwork::V4(addr))).or_else(exists_ok).map_err(|e| fail(format!("address on {nic} in {inst_name}"), e))?;
+            inl.set_link_up(nic_link.index).map_err(|e| fail(format!("{nic} up in {inst_name}"), e))?;
+            let default = Route::default_route(IpFamily::V4).via(IpAddr::V4(addressing::gateway(vsw.cidr_block))).dev(nic_link.index);
+            inl.replace_route(&default).map_err(|e| fail(format!("default route in {inst_name}"), e))?;
+        }
+        Ok(link.index)
+    }
+}
+
+fn exists_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
+    if e.is_exists() { Ok(()) } else { Err(e) }
+}
+
+fn gone_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
+    if e.is_not_found() { Ok(()) } else { Err(e) }
+}
+
+/// Applies an nftables script atomically inside a namespace.
+fn run_nft(ns: &Netns, script: &str) -> Result<(), String> {
+    let script = script.to_string();
+    ns.run_in(move || -> Result<(), String> {
+        let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run nft (install the nftables package): {e}"))?;
+        child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() { Ok(()) } else { Err(format!("nft refused the ruleset: {}", String::from_utf8_lossy(&out.stderr).trim())) }
+    })
+    .map_err(|e| e.to_string())?
+}
+
+impl Plane for VpcNet {
+    fn converge(&self, state: &State) -> Result<(), PlaneError> {
+        let mut errors = Vec::new();
+        for id in state.instances.keys() {
+            if let Err(e) = self.ensure_netns(id) {
+                errors.push(e.to_string());
+            }
+        }
+        for vpc_id in state.vpcs.keys() {
+            if let Err(e) = self.converge_vpc(state, vpc_id) {
+                errors.push(e.to_string());
+            }
+        }
+        for id in self.existing_namespaces() {
+            if !state.instances.contains_key(&id) && !state.vpcs.contains_key(&id) {
+                if let Err(e) = Netns::delete(&self.netns_name(&id)) {
+                    errors.push(fail(format!("namespace {}", self.netns_name(&id)), e).to_string());
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(fail("converge", errors.join("; "))) }
+    }
+
+    fn teardown(&self) -> Result<(), PlaneError> {
+        let errors: Vec<String> = self.existing_namespaces().into_iter().filter_map(|id| Netns::delete(&self.netns_name(&id)).err().map(|e| e.to_string())).collect();
+        if errors.is_empty() { Ok(()) } else { Err(fail("teardown", errors.join("; "))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_are_short_and_stable() {
+        let a = port_name("eni-0123456789abcdef0000");
+        assert_eq!(a.len(), 13);
+        assert_eq!(a, port_name("eni-0123456789abcdef0000"));
+        assert_ne!(a, port_name("eni-0123456789abcdef0001"));
+    }
+}

@@ -1,0 +1,241 @@
+//! The vRouter's filters as nftables scripts, rendered from the state. Pure: no I/O.
+//!
+//! Two tables per VPC namespace:
+//! - `inet berth_antispoof` is never deleted, so its named counters `spoofed_mac` and `spoofed_ip`
+//!   keep counting across converges; only its set elements are replaced.
+//! - `inet berth_sg` (security groups) is rebuilt whole on each converge.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use berth_cloud::model::{Direction, IpProtocol, NetworkInterface, Policy, SecurityGroupRule};
+use ipnetwork::IpNetwork;
+
+use crate::state::State;
+
+/// An ENI on the wire in a VPC: its vRouter port and what it may send.
+#[derive(Debug, Clone)]
+pub struct WiredEni<'a> {
+    pub port: String,
+    pub eni: &'a NetworkInterface,
+}
+
+fn addresses(e: &NetworkInterface) -> (Vec<String>, Vec<String>) {
+    let v4 = std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied()).map(|ip| ip.to_string()).collect();
+    let v6 = e.ipv6_addresses.iter().map(ToString::to_string).collect();
+    (v4, v6)
+}
+
+fn elements(items: &[String]) -> String {
+    items.join(", ")
+}
+
+/// Anti-spoofing: only the ENI's MAC and addresses may enter the vRouter from its port.
+pub fn antispoof(enis: &[WiredEni<'_>]) -> String {
+    let mut ports = Vec::new();
+    let mut macs = Vec::new();
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for w in enis {
+        ports.push(format!("\"{}\"", w.port));
+        macs.push(format!("\"{}\" . {}", w.port, w.eni.mac));
+        let (a4, a6) = addresses(w.eni);
+        v4.extend(a4.into_iter().map(|a| format!("\"{}\" . {a}", w.port)));
+        v6.extend(a6.into_iter().map(|a| format!("\"{}\" . {a}", w.port)));
+    }
+    let t = "inet berth_antispoof";
+    let mut s = String::new();
+    let _ = writeln!(s, "add table {t}");
+    let _ = writeln!(s, "add counter {t} spoofed_mac");
+    let _ = writeln!(s, "add counter {t} spoofed_ip");
+    let _ = writeln!(s, "add set {t} ports {{ type ifname; }}");
+    let _ = writeln!(s, "add set {t} port_mac {{ type ifname . ether_addr; }}");
+    let _ = writeln!(s, "add set {t} port_ipv4 {{ type ifname . ipv4_addr; }}");
+    let _ = writeln!(s, "add set {t} port_ipv6 {{ type ifname . ipv6_addr; }}");
+    let _ = writeln!(s, "add chain {t} ingress {{ type filter hook prerouting priority -300; policy accept; }}");
+    let _ = writeln!(s, "flush chain {t} ingress");
+    for set in ["ports", "port_mac", "port_ipv4", "port_ipv6"] {
+        let _ = writeln!(s, "flush set {t} {set}");
+    }
+    for (set, items) in [("ports", &ports), ("port_mac", &macs), ("port_ipv4", &v4), ("port_ipv6", &v6)] {
+        if !items.is_empty() {
+            let _ = writeln!(s, "add element {t} {set} {{ {} }}", elements(items));
+        }
+    }
+    let _ = writeln!(s, "add rule {t} ingress iifname != @ports accept");
+    let _ = writeln!(s, "add rule {t} ingress iifname . ether saddr != @port_mac counter name spoofed_mac drop");
+    let _ = writeln!(s, "add rule {t} ingress meta nfproto ipv4 iifname . ip saddr != @port_ipv4 counter name spoofed_ip drop");
+    // IPv6 neighbour discovery uses link-local and unspecified sources.
+    let _ = writeln!(s, "add rule {t} ingress meta nfproto ipv6 ip6 saddr != {{ ::, fe80::/10 }} iifname . ip6 saddr != @port_ipv6 counter name spoofed_ip drop");
+    s
+}
+
+fn set_name(group: &str) -> String {
+    format!("members_{}", group.replace('-', "_"))
+}
+
+fn match_rule(rule: &SecurityGroupRule) -> String {
+    let mut m = String::new();
+    let peer_dir = if rule.direction == Direction::Ingress { "saddr" } else { "daddr" };
+    match rule.peer_cidr {
+        IpNetwork::V4(n) if n.prefix() == 0 => m.push_str("meta nfproto ipv4 "),
+        IpNetwork::V4(n) => {
+            let _ = write!(m, "ip {peer_dir} {n} ");
+        }
+        IpNetwork::V6(n) if n.prefix() == 0 => m.push_str("meta nfproto ipv6 "),
+        IpNetwork::V6(n) => {
+            let _ = write!(m, "ip6 {peer_dir} {n} ");
+        }
+    }
+    match (rule.protocol, rule.ports) {
+        (IpProtocol::Tcp, Some((a, b))) => {
+            let _ = write!(m, "tcp dport {a}-{b} ");
+        }
+        (IpProtocol::Udp, Some((a, b))) => {
+            let _ = write!(m, "udp dport {a}-{b} ");
+        }
+        (IpProtocol::Tcp, None) => m.push_str("meta l4proto tcp "),
+        (IpProtocol::Udp, None) => m.push_str("meta l4proto udp "),
+        (IpProtocol::Icmp, _) => m.push_str("meta l4proto { icmp, ipv6-icmp } "),
+        (IpProtocol::All, _) => {}
+    }
+    m
+}
+
+/// The rules of an ENI's groups for one direction, in the order the cloud applies them:
+/// by priority (1 first), a drop before an accept of the same priority.
+fn ordered<'a>(state: &'a State, eni: &NetworkInterface, direction: Direction) -> Vec<&'a SecurityGroupRule> {
+    let mut rules: Vec<&SecurityGroupRule> = eni
+        .security_group_ids
+        .iter()
+        .filter_map(|g| state.security_groups.get(g))
+        .flat_map(|g| g.rules.iter())
+        .filter(|r| r.direction == direction)
+        .collect();
+    rules.sort_by_key(|r| (r.priority, r.policy == Policy::Accept));
+    rules
+}
+
+/// Security groups, enforced statefully between the vRouter's ports.
+pub fn security_groups(state: &State, enis: &[WiredEni<'_>]) -> String {
+    let t = "inet berth_sg";
+    let mut s = String::new();
+    // Adding first makes the delete valid when the table does not exist yet.
+    let _ = writeln!(s, "add table {t}");
+    let _ = writeln!(s, "delete table {t}");
+    let _ = writeln!(s, "add table {t}");
+    let mut members: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for e in state.enis.values() {
+        for g in &e.security_group_ids {
+            let (v4, v6) = addresses(e);
+            let entry = members.entry(g.as_str()).or_default();
+            entry.0.extend(v4);
+            entry.1.extend(v6);
+        }
+    }
+    for (g, (v4, v6)) in &members {
+        let name = set_name(g);
+        let _ = writeln!(s, "add set {t} {name}_v4 {{ type ipv4_addr; }}");
+        let _ = writeln!(s, "add set {t} {name}_v6 {{ type ipv6_addr; }}");
+        if !v4.is_empty() {
+            let _ = writeln!(s, "add element {t} {name}_v4 {{ {} }}", elements(v4));
+        }
+        if !v6.is_empty() {
+            let _ = writeln!(s, "add element {t} {name}_v6 {{ {} }}", elements(v6));
+        }
+    }
+    let _ = writeln!(s, "add chain {t} forward {{ type filter hook forward priority 0; policy accept; }}");
+    let _ = writeln!(s, "add rule {t} forward ct state established,related accept");
+    for w in enis {
+        let (out, inn) = (format!("out_{}", w.port), format!("in_{}", w.port));
+        let _ = writeln!(s, "add chain {t} {out}");
+        for r in ordered(state, w.eni, Direction::Egress) {
+            let verdict = if r.policy == Policy::Accept { "return" } else { "drop" };
+            let _ = writeln!(s, "add rule {t} {out} {}{verdict}", match_rule(r));
+        }
+        let _ = writeln!(s, "add chain {t} {inn}");
+        for r in ordered(state, w.eni, Direction::Ingress) {
+            let verdict = if r.policy == Policy::Accept { "accept" } else { "drop" };
+            let _ = writeln!(s, "add rule {t} {inn} {}{verdict}", match_rule(r));
+        }
+        for g in &w.eni.security_group_ids {
+            if members.contains_key(g.as_str()) {
+                let name = set_name(g);
+                let _ = writeln!(s, "add rule {t} {inn} ip saddr @{name}_v4 accept");
+                let _ = writeln!(s, "add rule {t} {inn} ip6 saddr @{name}_v6 accept");
+            }
+        }
+        let _ = writeln!(s, "add rule {t} {inn} drop");
+        // Egress of the sender first (it returns when allowed), then ingress of the receiver.
+        let _ = writeln!(s, "add rule {t} forward iifname \"{}\" jump {out}", w.port);
+    }
+    for w in enis {
+        let _ = writeln!(s, "add rule {t} forward oifname \"{}\" jump in_{}", w.port, w.port);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_cloud::model::{EniKind, EniStatus, SecurityGroup};
+
+    use super::*;
+
+    fn eni(id: &str, ip: &str, groups: &[&str]) -> NetworkInterface {
+        NetworkInterface {
+            id: id.into(),
+            kind: EniKind::Secondary,
+            status: EniStatus::InUse,
+            mac: "02:00:00:00:00:01".into(),
+            vpc_id: "vpc-1".into(),
+            vswitch_id: "vsw-1".into(),
+            zone_id: "z".into(),
+            security_group_ids: groups.iter().map(|g| g.to_string()).collect(),
+            instance_id: Some("i-1".into()),
+            trunk_eni_id: None,
+            vlan_id: None,
+            primary_ip: ip.parse().unwrap(),
+            secondary_ips: vec!["10.0.0.9".parse().unwrap()],
+            ipv6_addresses: vec![],
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn antispoof_keeps_counters_and_lists_every_address() {
+        let e = eni("eni-1", "10.0.0.5", &["sg-1"]);
+        let s = antispoof(&[WiredEni { port: "pabc".into(), eni: &e }]);
+        assert!(s.contains("add counter inet berth_antispoof spoofed_mac"));
+        assert!(!s.contains("delete table inet berth_antispoof"), "the counters' table is never deleted");
+        assert!(s.contains("add element inet berth_antispoof port_ipv4 { \"pabc\" . 10.0.0.5, \"pabc\" . 10.0.0.9 }"));
+        assert!(s.contains("add element inet berth_antispoof port_mac { \"pabc\" . 02:00:00:00:00:01 }"));
+        assert!(s.contains("counter name spoofed_ip drop"));
+    }
+
+    #[test]
+    fn rules_are_ordered_by_priority_with_drops_first() {
+        let mut state = State::default();
+        let rule = |ports, policy, priority| SecurityGroupRule {
+            direction: Direction::Ingress,
+            protocol: IpProtocol::Tcp,
+            ports: Some(ports),
+            peer_cidr: "0.0.0.0/0".parse().unwrap(),
+            policy,
+            priority,
+        };
+        state.security_groups.insert(
+            "sg-1".into(),
+            SecurityGroup { id: "sg-1".into(), vpc_id: "vpc-1".into(), name: String::new(), rules: vec![rule((80, 80), Policy::Accept, 5), rule((80, 80), Policy::Drop, 5), rule((22, 22), Policy::Accept, 1)] },
+        );
+        let e = eni("eni-1", "10.0.0.5", &["sg-1"]);
+        state.enis.insert(e.id.clone(), e.clone());
+        let s = security_groups(&state, &[WiredEni { port: "pabc".into(), eni: &e }]);
+        let lines: Vec<&str> = s.lines().filter(|l| l.contains("chain") || l.contains(" in_pabc ")).collect();
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{s}\n{lines:?}"));
+        assert!(at("tcp dport 22-22 accept") < at("tcp dport 80-80 drop"));
+        assert!(at("tcp dport 80-80 drop") < at("tcp dport 80-80 accept"));
+        assert!(at("tcp dport 80-80 accept") < at("ip saddr @members_sg_1_v4 accept"));
+        assert!(s.contains("add element inet berth_sg members_sg_1_v4 { 10.0.0.5, 10.0.0.9 }"));
+        assert!(at("iifname \"pabc\" jump out_pabc") < at("oifname \"pabc\" jump in_pabc"));
+    }
+}
