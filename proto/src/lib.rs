@@ -1,0 +1,25 @@
+//! `berth-proto`: Berth's wire contracts, generated from `proto/*.proto` at build time.
+
+/// The CSI v1 services (Identity, Controller, Node), package `csi.v1`.
+pub mod csi {
+    #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    pub mod v1 {
+        tonic::include_proto!("csi.v1");
+    }
+}
+
+/// The node agent's API, package `berth.agent.v1`.
+pub mod agent {
+    #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    pub mod v1 {
+        tonic::include_proto!("berth.agent.v1");
+    }
+}
+
+/// The scheduler's API, package `berth.cluster.v1`.
+pub mod cluster {
+    #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    pub mod v1 {
+        tonic::include_proto!("berth.cluster.v1");
+    }
+}
