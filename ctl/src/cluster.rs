@@ -112,10 +112,10 @@ pub fn start_localcloud(paths: &ClusterPaths) -> anyhow::Result<()> {
 pub fn wait_for_endpoint(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<String> {
     let started = Instant::now();
     loop {
-        if let Ok(s) = std::fs::read_to_string(paths.endpoint_file()) {
-            if !s.trim().is_empty() {
-                return Ok(s.trim().to_string());
-            }
+        if let Ok(s) = std::fs::read_to_string(paths.endpoint_file())
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_string());
         }
         if running_pid(paths).is_none() {
             let log = std::fs::read_to_string(paths.log_file()).unwrap_or_default();

@@ -30,10 +30,10 @@ pub fn is_usable(cidr: Ipv4Network, ip: Ipv4Addr) -> bool {
 
 /// The lowest `count` free usable addresses, or `None` when the vSwitch has fewer free.
 pub fn pick_free(cidr: Ipv4Network, used: &HashSet<Ipv4Addr>, count: usize, limit: Option<u64>) -> Option<Vec<Ipv4Addr>> {
-    if let Some(limit) = limit {
-        if used.len() as u64 + count as u64 > limit {
-            return None;
-        }
+    if let Some(limit) = limit
+        && used.len() as u64 + count as u64 > limit
+    {
+        return None;
     }
     let picked: Vec<Ipv4Addr> = usable(cidr).filter(|ip| !used.contains(ip)).take(count).collect();
     (picked.len() == count).then_some(picked)

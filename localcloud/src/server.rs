@@ -124,18 +124,18 @@ async fn rpc(State(engine): State<Arc<Engine>>, method: Method, RawQuery(query):
     }
 }
 
-fn admin(engine: &Engine, headers: &HeaderMap) -> Result<(), Response> {
+fn admin(engine: &Engine, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers.get("x-localcloud-admin").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if given == engine.credentials.access_key_secret {
         Ok(())
     } else {
-        Err((StatusCode::FORBIDDEN, "the admin API needs the header X-Localcloud-Admin: <access_key_secret>\n").into_response())
+        Err(Box::new((StatusCode::FORBIDDEN, "the admin API needs the header X-Localcloud-Admin: <access_key_secret>\n").into_response()))
     }
 }
 
 async fn status(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin(&engine, &headers) {
-        return r;
+        return *r;
     }
     let s = engine.snapshot();
     json(200, &serde_json::json!({
@@ -148,7 +148,7 @@ async fn status(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Respon
 
 async fn get_faults(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin(&engine, &headers) {
-        return r;
+        return *r;
     }
     let faults = engine.faults.read().unwrap_or_else(|e| e.into_inner()).clone();
     json(200, &faults)
@@ -156,7 +156,7 @@ async fn get_faults(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Re
 
 async fn put_faults(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = admin(&engine, &headers) {
-        return r;
+        return *r;
     }
     let faults: Faults = match serde_json::from_slice(&body) {
         Ok(f) => f,

@@ -121,10 +121,10 @@ impl VolumePlane {
             let (Some(name), Some(back)) = (dev["name"].as_str(), dev["back-file"].as_str()) else { continue };
             // A deleted backing file shows as "<path> (deleted)".
             let back = back.trim_end_matches(" (deleted)");
-            if let Some(file) = back.strip_prefix(&prefix) {
-                if let Some(id) = file.trim_start_matches('/').strip_suffix(".img") {
-                    loops.insert(id.to_string(), name.to_string());
-                }
+            if let Some(file) = back.strip_prefix(&prefix)
+                && let Some(id) = file.trim_start_matches('/').strip_suffix(".img")
+            {
+                loops.insert(id.to_string(), name.to_string());
             }
         }
         Ok(loops)

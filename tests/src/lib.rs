@@ -88,11 +88,11 @@ impl LocalCloud {
         self.child = Some(cmd.spawn().expect("start berth-localcloud"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(s) = std::fs::read_to_string(&endpoint_file) {
-                if !s.trim().is_empty() {
-                    self.endpoint = s.trim().to_string();
-                    return;
-                }
+            if let Ok(s) = std::fs::read_to_string(&endpoint_file)
+                && !s.trim().is_empty()
+            {
+                self.endpoint = s.trim().to_string();
+                return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("berth-localcloud exited with {status}:\n{}", self.log());

@@ -57,10 +57,10 @@ impl Params<'_> {
     /// Security groups given as `SecurityGroupId` or `SecurityGroupIds.N`.
     pub fn security_groups(&self) -> Vec<String> {
         let mut ids = self.list("SecurityGroupIds");
-        if let Some(one) = self.opt("SecurityGroupId") {
-            if !ids.iter().any(|i| i == one) {
-                ids.insert(0, one.to_string());
-            }
+        if let Some(one) = self.opt("SecurityGroupId")
+            && !ids.iter().any(|i| i == one)
+        {
+            ids.insert(0, one.to_string());
         }
         ids
     }

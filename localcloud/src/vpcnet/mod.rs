@@ -223,10 +223,11 @@ impl Plane for VpcNet {
             }
         }
         for id in self.existing_namespaces() {
-            if !state.instances.contains_key(&id) && !state.vpcs.contains_key(&id) {
-                if let Err(e) = Netns::delete(&self.netns_name(&id)) {
-                    errors.push(fail(format!("namespace {}", self.netns_name(&id)), e).to_string());
-                }
+            if !state.instances.contains_key(&id)
+                && !state.vpcs.contains_key(&id)
+                && let Err(e) = Netns::delete(&self.netns_name(&id))
+            {
+                errors.push(fail(format!("namespace {}", self.netns_name(&id)), e).to_string());
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(fail("converge", errors.join("; "))) }
