@@ -88,7 +88,7 @@ async fn main() {
     }
     latencies.sort();
 
-    println!("cloud API through berth-cloud's HttpCloud against berth-localcloud --no-dataplane (debug/release as built)");
+    println!("cloud API through berth-cloud's HttpCloud against berth-localcloud --no-dataplane");
     println!("CreateNetworkInterface ({CONCURRENCY} concurrent): {create_rate:.0} ENIs/s");
     println!("DescribeNetworkInterfaces, all {} ENIs of the VPC ({list_pages} pages per listing, {CONCURRENCY} concurrent): {list_rate:.0} requests/s", all.len());
     println!("DescribeNetworkInterfaces, one ENI by ID among {} ({CONCURRENCY} concurrent): {one_rate:.0} requests/s", all.len());
