@@ -7,6 +7,7 @@ pub mod auth;
 pub mod engine;
 pub mod faults;
 pub mod metadata;
+pub mod oss;
 pub mod planes;
 pub mod server;
 pub mod state;

@@ -54,6 +54,9 @@ struct Serve {
     region: String,
     #[arg(long, value_delimiter = ',', default_value = "local-1a,local-1b")]
     zones: Vec<String>,
+    /// Loopback address of the OSS (S3-compatible) endpoint; its URL is written to <state-dir>/oss-endpoint.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    oss_listen: SocketAddr,
     /// Serve the API only: no namespaces, veths or loop devices.
     #[arg(long)]
     no_dataplane: bool,
@@ -94,22 +97,27 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(s: Serve) -> anyhow::Result<()> {
-    if !s.listen.ip().is_loopback() {
-        anyhow::bail!("--listen {} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)", s.listen);
+    for (flag, addr) in [("--listen", s.listen), ("--oss-listen", s.oss_listen)] {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!("{flag} {addr} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)");
+        }
     }
     let credentials = berth_cloud::client::load_credentials(&s.credentials)?;
     let faults = Faults { latency_ms: s.latency_ms, throttle_rate: s.throttle_rate, attach_delay_ms: s.attach_delay_ms, ..Faults::default() };
     faults.validate().map_err(anyhow::Error::msg)?;
     let planes = planes::build(&s.place.state_dir, &s.place.netns_prefix, s.no_dataplane);
+    let engine_credentials = credentials.clone();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let engine = Engine::open(EngineConfig { state_dir: s.place.state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults })
             .with_context(|| format!("opening the state in {}", s.place.state_dir.display()))?;
+        let oss = tokio::net::TcpListener::bind(s.oss_listen).await.with_context(|| format!("listening on {}", s.oss_listen))?;
+        let oss_endpoint = format!("http://{}", oss.local_addr()?);
+        write_atomically(&s.place.state_dir.join("oss-endpoint"), &oss_endpoint)?;
+        tokio::spawn(berth_localcloud::oss::serve(oss, s.place.state_dir.join("oss"), engine_credentials.clone()));
         let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("listening on {}", s.listen))?;
         let endpoint = format!("http://{}", listener.local_addr()?);
-        let tmp = s.place.state_dir.join("endpoint.tmp");
-        std::fs::write(&tmp, &endpoint)?;
-        std::fs::rename(&tmp, s.place.state_dir.join("endpoint"))?;
+        write_atomically(&s.place.state_dir.join("endpoint"), &endpoint)?;
         println!("{endpoint}");
         tracing::info!(%endpoint, "serving");
         let shutdown = async {
@@ -119,4 +127,10 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         axum::serve(listener, server::router(engine)).with_graceful_shutdown(shutdown).await?;
         anyhow::Ok(())
     })
+}
+
+fn write_atomically(path: &std::path::Path, body: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
 }
