@@ -217,3 +217,36 @@ async fn every_resource_survives_a_kill_and_restart() {
     assert_eq!(before, after);
     assert!(after.5.iter().any(|d| d.id == disk));
 }
+
+#[tokio::test]
+async fn a_client_token_never_creates_twice() {
+    let lc = api_only();
+    let cloud = lc.client();
+    let net = network(&cloud, "10.6.0.0/24").await;
+    let mut req = eni_request(&net);
+    req.client_token = Some("intent-7".into());
+    let first = cloud.create_network_interface(&req).await.unwrap();
+    let again = cloud.create_network_interface(&req).await.unwrap();
+    assert_eq!(first.id, again.id);
+    let all = cloud.describe_network_interfaces(&EniFilter { vswitch_id: Some(net.vsw.clone()), ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+#[tokio::test]
+async fn instance_metadata_is_served_on_loopback() {
+    let lc = api_only();
+    let cloud = lc.client();
+    let net = network(&cloud, "10.7.0.0/24").await;
+    let id = run(&cloud, &net, "ecs.g7.large").await;
+    let get = |path: String| {
+        let url = format!("{}/_localcloud/metadata/{id}/latest/meta-data/{path}", lc.endpoint);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(get("instance-id".into()).await, id);
+    assert_eq!(get("instance/instance-type".into()).await, "ecs.g7.large");
+    assert_eq!(get("region-id".into()).await, "local-1");
+    let mac = get("mac".into()).await;
+    assert_eq!(get("network/interfaces/macs/".into()).await.trim(), format!("{mac}/"));
+    assert_eq!(get(format!("network/interfaces/macs/{mac}/gateway")).await, "10.7.0.253");
+    assert_eq!(get(format!("network/interfaces/macs/{mac}/netmask")).await, "255.255.255.0");
+}

@@ -139,3 +139,71 @@ async fn instances_talk_through_the_vrouter_and_spoofing_is_dropped() {
     cloud.unassign_private_ips(&eni.id, &[secondary]).await.unwrap();
     assert!(!ping(&ns_a, None, secondary), "an unassigned IP is unreachable");
 }
+
+/// A TCP listener inside a namespace, accepting in the background.
+fn listen(netns: &Path, port: u16) {
+    let ns = berth_nodenet::Netns::open(netns).unwrap();
+    let listener = ns.run_in(move || std::net::TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+}
+
+fn connects(netns: &Path, to: Ipv4Addr, port: u16) -> bool {
+    let ns = berth_nodenet::Netns::open(netns).unwrap();
+    ns.run_in(move || std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(1)).is_ok()).unwrap()
+}
+
+#[tokio::test]
+async fn security_groups_decide_who_reaches_a_port() {
+    use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroupRule};
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces and veths)");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let vpc = cloud.create_vpc("10.61.0.0/16", "sg", false, None).await.unwrap();
+    let vsw = cloud
+        .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: "10.61.1.0/24".into(), name: "a".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let clients = cloud.create_security_group(&vpc, "clients", None).await.unwrap();
+    let open = cloud.create_security_group(&vpc, "open", None).await.unwrap();
+    let closed = cloud.create_security_group(&vpc, "closed", None).await.unwrap();
+    let rule = |policy, priority| SecurityGroupRule {
+        direction: Direction::Ingress,
+        protocol: IpProtocol::Tcp,
+        ports: Some((9000, 9000)),
+        peer_cidr: "10.61.0.0/16".parse().unwrap(),
+        policy,
+        priority,
+    };
+    cloud.authorize_security_group(&open, &rule(Policy::Accept, 10)).await.unwrap();
+    // "closed" accepts the port at priority 10 but drops it at priority 1, which wins.
+    cloud.authorize_security_group(&closed, &rule(Policy::Accept, 10)).await.unwrap();
+    cloud.authorize_security_group(&closed, &rule(Policy::Drop, 1)).await.unwrap();
+
+    let client = instance(&cloud, &vsw, &clients, "ecs.g7.large").await;
+    let open_server = instance(&cloud, &vsw, &open, "ecs.g7.large").await;
+    let closed_server = instance(&cloud, &vsw, &closed, "ecs.g7.large").await;
+    let ip = |id: String| {
+        let cloud = &cloud;
+        async move { cloud.describe_instances(&berth_cloud::api::InstanceFilter { ids: vec![id], ..Default::default() }).await.unwrap()[0].primary_ip }
+    };
+    let (open_ip, closed_ip) = (ip(open_server.clone()).await, ip(closed_server.clone()).await);
+    listen(&lc.instance_netns(&open_server), 9000);
+    listen(&lc.instance_netns(&closed_server), 9000);
+    listen(&lc.instance_netns(&open_server), 9001);
+
+    assert!(connects(&lc.instance_netns(&client), open_ip, 9000), "the open group accepts port 9000\n{}", lc.log());
+    assert!(!connects(&lc.instance_netns(&client), closed_ip, 9000), "the closed group drops port 9000");
+    assert!(!connects(&lc.instance_netns(&client), open_ip, 9001), "a port no rule accepts is denied from another group");
+    assert!(!ping(&lc.instance_netns(&client), None, open_ip), "ingress is denied by default: no rule accepts ICMP from another group");
+
+    // Revoking the drop opens the closed group's port.
+    cloud.revoke_security_group(&closed, &rule(Policy::Drop, 1)).await.unwrap();
+    assert!(connects(&lc.instance_netns(&client), closed_ip, 9000), "after revoking the drop the port is reachable");
+}
