@@ -34,6 +34,11 @@ impl Down {
         cluster::remove_if_exists(&paths.state_dir)?;
         cluster::remove_if_exists(&paths.pid_file())?;
         cluster::remove_if_exists(&paths.log_file())?;
+        // The parent directories go too when nothing else is in them.
+        let _ = std::fs::remove_dir(&paths.run_dir);
+        if let Some(parent) = paths.state_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         eprintln!("the local cluster is down and its state removed");
         Ok(())
     }
