@@ -171,3 +171,45 @@ pub fn in_netns(netns: &Path, argv: &[&str]) -> (bool, String) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
+
+/// A VPC with one vSwitch in zone `local-1a` and one security group, made through the API.
+#[derive(Debug, Clone)]
+pub struct SampleNet {
+    pub vpc: String,
+    pub vsw: String,
+    pub sg: String,
+}
+
+impl SampleNet {
+    pub async fn create(cloud: &HttpCloud, vpc_cidr: &str, vswitch_cidr: &str) -> SampleNet {
+        use berth_cloud::Cloud as _;
+        use berth_cloud::api::CreateVSwitchRequest;
+        let vpc = cloud.create_vpc(vpc_cidr, "test", false, None).await.expect("CreateVpc");
+        let vsw = cloud
+            .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: vswitch_cidr.into(), name: "a".into(), ..Default::default() })
+            .await
+            .expect("CreateVSwitch");
+        let sg = cloud.create_security_group(&vpc, "test", None).await.expect("CreateSecurityGroup");
+        SampleNet { vpc, vsw, sg }
+    }
+
+    /// Runs one instance of `instance_type` in the vSwitch with `security_group` and waits until it runs.
+    pub async fn run(&self, cloud: &HttpCloud, instance_type: &str, security_group: &str) -> String {
+        use berth_cloud::Cloud as _;
+        use berth_cloud::api::RunInstancesRequest;
+        let ids = cloud
+            .run_instances(&RunInstancesRequest {
+                instance_type: instance_type.into(),
+                vswitch_id: self.vsw.clone(),
+                security_group_ids: vec![security_group.into()],
+                amount: 1,
+                name: instance_type.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("RunInstances");
+        assert_eq!(ids.len(), 1);
+        berth_cloud::wait::instance_status(cloud, &ids[0], berth_cloud::model::InstanceStatus::Running, Duration::from_secs(30)).await.expect("instance runs");
+        ids[0].clone()
+    }
+}

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use berth_cloud::api::{Addresses, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter, RunInstancesRequest};
+use berth_cloud::api::{Addresses, CreateEniRequest, DiskFilter, EniFilter, InstanceFilter, RunInstancesRequest};
 use berth_cloud::error::code;
-use berth_cloud::model::{EniKind, EniStatus, InstanceStatus};
+use berth_cloud::model::{EniKind, EniStatus};
 use berth_cloud::{Cloud, HttpCloud, wait};
-use berth_tests::{LocalCloud, LocalCloudOptions};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -15,40 +15,15 @@ fn api_only() -> LocalCloud {
     LocalCloud::start(LocalCloudOptions { no_dataplane: true, ..Default::default() })
 }
 
-struct Net {
-    vpc: String,
-    vsw: String,
-    sg: String,
+async fn network(cloud: &HttpCloud, cidr: &str) -> SampleNet {
+    SampleNet::create(cloud, "10.0.0.0/8", cidr).await
 }
 
-async fn network(cloud: &HttpCloud, cidr: &str) -> Net {
-    let vpc = cloud.create_vpc("10.0.0.0/8", "test", false, None).await.unwrap();
-    let vsw = cloud
-        .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: cidr.into(), name: "a".into(), ..Default::default() })
-        .await
-        .unwrap();
-    let sg = cloud.create_security_group(&vpc, "pods", None).await.unwrap();
-    Net { vpc, vsw, sg }
+async fn run(cloud: &HttpCloud, net: &SampleNet, instance_type: &str) -> String {
+    net.run(cloud, instance_type, &net.sg).await
 }
 
-async fn run(cloud: &HttpCloud, net: &Net, instance_type: &str) -> String {
-    let ids = cloud
-        .run_instances(&RunInstancesRequest {
-            instance_type: instance_type.into(),
-            vswitch_id: net.vsw.clone(),
-            security_group_ids: vec![net.sg.clone()],
-            amount: 1,
-            name: instance_type.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(ids.len(), 1);
-    wait::instance_status(cloud, &ids[0], InstanceStatus::Running, WAIT).await.unwrap();
-    ids[0].clone()
-}
-
-fn eni_request(net: &Net) -> CreateEniRequest {
+fn eni_request(net: &SampleNet) -> CreateEniRequest {
     CreateEniRequest {
         vswitch_id: net.vsw.clone(),
         security_group_ids: vec![net.sg.clone()],
@@ -61,7 +36,7 @@ fn eni_request(net: &Net) -> CreateEniRequest {
     }
 }
 
-async fn attached_eni(cloud: &HttpCloud, net: &Net, instance: &str) -> String {
+async fn attached_eni(cloud: &HttpCloud, net: &SampleNet, instance: &str) -> String {
     let eni = cloud.create_network_interface(&eni_request(net)).await.unwrap();
     cloud.attach_network_interface(&eni.id, instance, None).await.unwrap();
     wait::eni_status(cloud, &eni.id, EniStatus::InUse, WAIT).await.unwrap();

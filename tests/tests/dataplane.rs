@@ -6,34 +6,18 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use berth_cloud::api::{Addresses, CreateEniRequest, CreateVSwitchRequest, EniFilter, RunInstancesRequest};
-use berth_cloud::model::{EniKind, EniStatus, InstanceStatus};
-use berth_cloud::{Cloud, HttpCloud, wait};
-use berth_tests::{LocalCloud, LocalCloudOptions, in_netns, is_root};
+use berth_cloud::api::{Addresses, CreateEniRequest, EniFilter};
+use berth_cloud::model::{EniKind, EniStatus};
+use berth_cloud::{Cloud, wait};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn instance(cloud: &HttpCloud, vsw: &str, sg: &str, instance_type: &str) -> String {
-    let id = cloud
-        .run_instances(&RunInstancesRequest {
-            instance_type: instance_type.into(),
-            vswitch_id: vsw.into(),
-            security_group_ids: vec![sg.into()],
-            amount: 1,
-            name: instance_type.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .remove(0);
-    wait::instance_status(cloud, &id, InstanceStatus::Running, WAIT).await.unwrap();
-    id
-}
 
 fn ping(netns: &Path, from: Option<Ipv4Addr>, to: Ipv4Addr) -> bool {
     let to = to.to_string();
     let from = from.map(|f| f.to_string());
-    let mut argv = vec!["ping", "-c", "1", "-W", "1"];
+    // Three probes: the first may wait for ARP on a busy machine; a drop loses all three.
+    let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
     if let Some(f) = &from {
         argv.extend(["-I", f.as_str()]);
     }
@@ -69,14 +53,10 @@ async fn instances_talk_through_the_vrouter_and_spoofing_is_dropped() {
     }
     let lc = LocalCloud::start(LocalCloudOptions::default());
     let cloud = lc.client();
-    let vpc = cloud.create_vpc("10.60.0.0/16", "dp", false, None).await.unwrap();
-    let vsw = cloud
-        .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: "10.60.1.0/24".into(), name: "a".into(), ..Default::default() })
-        .await
-        .unwrap();
-    let sg = cloud.create_security_group(&vpc, "nodes", None).await.unwrap();
-    let a = instance(&cloud, &vsw, &sg, "ecs.g7.large").await;
-    let b = instance(&cloud, &vsw, &sg, "ecs.c7.large").await;
+    let net = SampleNet::create(&cloud, "10.60.0.0/16", "10.60.1.0/24").await;
+    let (vpc, vsw, sg) = (net.vpc.clone(), net.vsw.clone(), net.sg.clone());
+    let a = net.run(&cloud, "ecs.g7.large", &sg).await;
+    let b = net.run(&cloud, "ecs.c7.large", &sg).await;
     let (ns_a, ns_b) = (lc.instance_netns(&a), lc.instance_netns(&b));
     let vpc_ns = std::path::PathBuf::from(format!("/run/netns/{}-{vpc}", lc.prefix));
     let primary = |id: &str| {
@@ -151,9 +131,10 @@ fn listen(netns: &Path, port: u16) {
     });
 }
 
+/// Whether a TCP connection from a namespace succeeds within two tries of two seconds.
 fn connects(netns: &Path, to: Ipv4Addr, port: u16) -> bool {
     let ns = berth_nodenet::Netns::open(netns).unwrap();
-    ns.run_in(move || std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(1)).is_ok()).unwrap()
+    ns.run_in(move || (0..2).any(|_| std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(2)).is_ok())).unwrap()
 }
 
 #[tokio::test]
@@ -165,11 +146,8 @@ async fn security_groups_decide_who_reaches_a_port() {
     }
     let lc = LocalCloud::start(LocalCloudOptions::default());
     let cloud = lc.client();
-    let vpc = cloud.create_vpc("10.61.0.0/16", "sg", false, None).await.unwrap();
-    let vsw = cloud
-        .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: "10.61.1.0/24".into(), name: "a".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let net = SampleNet::create(&cloud, "10.61.0.0/16", "10.61.1.0/24").await;
+    let vpc = net.vpc.clone();
     let clients = cloud.create_security_group(&vpc, "clients", None).await.unwrap();
     let open = cloud.create_security_group(&vpc, "open", None).await.unwrap();
     let closed = cloud.create_security_group(&vpc, "closed", None).await.unwrap();
@@ -186,9 +164,9 @@ async fn security_groups_decide_who_reaches_a_port() {
     cloud.authorize_security_group(&closed, &rule(Policy::Accept, 10)).await.unwrap();
     cloud.authorize_security_group(&closed, &rule(Policy::Drop, 1)).await.unwrap();
 
-    let client = instance(&cloud, &vsw, &clients, "ecs.g7.large").await;
-    let open_server = instance(&cloud, &vsw, &open, "ecs.g7.large").await;
-    let closed_server = instance(&cloud, &vsw, &closed, "ecs.g7.large").await;
+    let client = net.run(&cloud, "ecs.g7.large", &clients).await;
+    let open_server = net.run(&cloud, "ecs.g7.large", &open).await;
+    let closed_server = net.run(&cloud, "ecs.g7.large", &closed).await;
     let ip = |id: String| {
         let cloud = &cloud;
         async move { cloud.describe_instances(&berth_cloud::api::InstanceFilter { ids: vec![id], ..Default::default() }).await.unwrap()[0].primary_ip }

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_cloud::api::{CreateDiskRequest, CreateVSwitchRequest, RunInstancesRequest};
+use berth_cloud::api::CreateDiskRequest;
 use berth_cloud::error::code;
-use berth_cloud::model::{DiskStatus, InstanceStatus};
+use berth_cloud::model::DiskStatus;
 use berth_cloud::{Cloud, HttpCloud, wait};
-use berth_tests::{LocalCloud, LocalCloudOptions, is_root};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -27,18 +27,8 @@ async fn attach_detach_and_quota() {
     }
     let lc = LocalCloud::start(LocalCloudOptions::default());
     let cloud = lc.client();
-    let vpc = cloud.create_vpc("10.70.0.0/16", "disks", false, None).await.unwrap();
-    let vsw = cloud
-        .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: "10.70.1.0/24".into(), name: "a".into(), ..Default::default() })
-        .await
-        .unwrap();
-    let sg = cloud.create_security_group(&vpc, "nodes", None).await.unwrap();
-    let node = cloud
-        .run_instances(&RunInstancesRequest { instance_type: "ecs.g7.large".into(), vswitch_id: vsw, security_group_ids: vec![sg], amount: 1, name: "n".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .remove(0);
-    wait::instance_status(&cloud, &node, InstanceStatus::Running, WAIT).await.unwrap();
+    let net = SampleNet::create(&cloud, "10.70.0.0/16", "10.70.1.0/24").await;
+    let node = net.run(&cloud, "ecs.g7.large", &net.sg).await;
     let quota = cloud.describe_instance_types(&["ecs.g7.large".into()]).await.unwrap()[0].disk_quota;
 
     let first = disk(&cloud, "first").await;

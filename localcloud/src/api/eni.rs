@@ -47,15 +47,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
         Some(id) => id,
         None => {
             let vsw = vpc::vswitch(state, p.req("VSwitchId")?)?.clone();
-            let groups = p.security_groups();
-            if groups.is_empty() {
-                return Err(ApiFailure::bad(code::MISSING_PARAMETER, "The input parameter \"SecurityGroupId\" that is mandatory for processing this request is not supplied."));
-            }
-            for g in &groups {
-                if vpc::security_group(state, g)?.vpc_id != vsw.vpc_id {
-                    return Err(ApiFailure::forbidden(code::VPC_MISMATCH, format!("Security group {g} is not in the VPC {} of vSwitch {}.", vsw.vpc_id, vsw.id)));
-                }
-            }
+            let groups = vpc::security_groups_of(state, p, &vsw)?;
             let kind = match p.opt("InstanceType").unwrap_or("Secondary") {
                 "Secondary" => EniKind::Secondary,
                 "Trunk" => EniKind::Trunk,

@@ -41,15 +41,7 @@ pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
     let type_id = p.req("InstanceType")?;
     instance_type(type_id)?;
     let vsw = vpc::vswitch(state, p.req("VSwitchId")?)?.clone();
-    let groups = p.security_groups();
-    if groups.is_empty() {
-        return Err(ApiFailure::bad(code::MISSING_PARAMETER, "The input parameter \"SecurityGroupId\" that is mandatory for processing this request is not supplied."));
-    }
-    for g in &groups {
-        if vpc::security_group(state, g)?.vpc_id != vsw.vpc_id {
-            return Err(ApiFailure::forbidden(code::VPC_MISMATCH, format!("Security group {g} is not in the vSwitch's VPC {}.", vsw.vpc_id)));
-        }
-    }
+    let groups = vpc::security_groups_of(state, p, &vsw)?;
     let amount = p.parse::<u32>("Amount")?.unwrap_or(1);
     if !(1..=100).contains(&amount) {
         return Err(invalid("Amount", &amount.to_string()));

@@ -183,6 +183,20 @@ pub fn security_group<'s>(state: &'s State, id: &str) -> ApiResult<&'s SecurityG
         .ok_or_else(|| ApiFailure::not_found(code::INVALID_SECURITY_GROUP_ID, format!("The specified security group \"{id}\" does not exist.")))
 }
 
+/// The security groups a request names (at least one), each of the vSwitch's VPC.
+pub fn security_groups_of(state: &State, p: &Params<'_>, vsw: &VSwitch) -> ApiResult<Vec<String>> {
+    let groups = p.security_groups();
+    if groups.is_empty() {
+        return Err(ApiFailure::bad(code::MISSING_PARAMETER, "The input parameter \"SecurityGroupId\" that is mandatory for processing this request is not supplied."));
+    }
+    for g in &groups {
+        if security_group(state, g)?.vpc_id != vsw.vpc_id {
+            return Err(ApiFailure::forbidden(code::VPC_MISMATCH, format!("Security group {g} is not in the VPC {} of vSwitch {}.", vsw.vpc_id, vsw.id)));
+        }
+    }
+    Ok(groups)
+}
+
 pub fn create_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
     let id = match by_token(state, "CreateSecurityGroup", p) {
         Some(id) => id,
