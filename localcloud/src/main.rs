@@ -115,6 +115,10 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         let oss_endpoint = format!("http://{}", oss.local_addr()?);
         write_atomically(&s.place.state_dir.join("oss-endpoint"), &oss_endpoint)?;
         tokio::spawn(berth_localcloud::oss::serve(oss, s.place.state_dir.join("oss"), engine_credentials.clone()));
+        if !s.no_dataplane {
+            let netns = berth_localcloud::vpcnet::VpcNet::new(&s.place.netns_prefix);
+            tokio::spawn(berth_localcloud::metadata::serve_in_instances(engine.clone(), move |id| netns.instance_netns_path(id)));
+        }
         let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("listening on {}", s.listen))?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         write_atomically(&s.place.state_dir.join("endpoint"), &endpoint)?;

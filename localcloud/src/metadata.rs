@@ -70,3 +70,71 @@ pub fn lookup(state: &State, instance_id: &str, path: &str) -> Option<String> {
     };
     Some(value)
 }
+
+/// Where a VM reads its metadata inside its own namespace (the real service's address is not used
+/// on this machine: nothing may leave it).
+pub const IN_INSTANCE_ADDR: &str = "127.0.0.1:8100";
+
+/// Serves each instance's metadata on `127.0.0.1:8100` inside the instance's own namespace, as a
+/// VM reads it: listeners follow the instances (checked every 200 ms), each answers for its
+/// instance only.
+pub async fn serve_in_instances(engine: std::sync::Arc<crate::engine::Engine>, netns_of: impl Fn(&str) -> std::path::PathBuf) {
+    use std::collections::HashMap;
+    let mut listeners: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let instances: Vec<String> = engine.snapshot().instances.keys().cloned().collect();
+        listeners.retain(|id, task| {
+            let keep = instances.contains(id) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let new: Vec<&String> = instances.iter().filter(|id| !listeners.contains_key(*id)).collect();
+        for id in new {
+            let path = netns_of(id);
+            if !path.exists() {
+                continue;
+            }
+            match bind_in(&path) {
+                Ok(listener) => {
+                    let router = instance_router(engine.clone(), id.clone());
+                    listeners.insert(id.clone(), tokio::spawn(async move {
+                        let _ = axum::serve(listener, router).await;
+                    }));
+                }
+                Err(e) => tracing::warn!(instance = %id, error = %e, "cannot serve metadata in the instance's namespace"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn bind_in(netns: &std::path::Path) -> std::io::Result<tokio::net::TcpListener> {
+    let ns = berth_nodenet::Netns::open(netns).map_err(std::io::Error::other)?;
+    let std_listener = ns
+        .run_in(|| {
+            let l = std::net::TcpListener::bind(IN_INSTANCE_ADDR)?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })
+        .map_err(std::io::Error::other)??;
+    tokio::net::TcpListener::from_std(std_listener)
+}
+
+fn instance_router(engine: std::sync::Arc<crate::engine::Engine>, instance_id: String) -> axum::Router {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let answer = move |path: String| {
+        let body = lookup(&engine.snapshot(), &instance_id, &path);
+        match body {
+            Some(b) => (StatusCode::OK, b).into_response(),
+            None => (StatusCode::NOT_FOUND, "404 - Not Found\n").into_response(),
+        }
+    };
+    let root = answer.clone();
+    axum::Router::new()
+        .route("/latest/meta-data/", axum::routing::get(move || async move { root(String::new()) }))
+        .route("/latest/meta-data/{*path}", axum::routing::get(move |Path(path): Path<String>| async move { answer(path) }))
+}

@@ -25,6 +25,35 @@ fn ping(netns: &Path, from: Option<Ipv4Addr>, to: Ipv4Addr) -> bool {
     in_netns(netns, &argv).0
 }
 
+/// A metadata value read the way a VM does: HTTP on the loopback of its own namespace.
+fn metadata(netns: &Path, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let ns = berth_nodenet::Netns::open(netns).unwrap();
+    let request = format!("GET /latest/meta-data/{path} HTTP/1.0\r\nHost: metadata\r\n\r\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let request = request.clone();
+        let answer = ns
+            .run_in(move || -> std::io::Result<String> {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:8100")?;
+                s.write_all(request.as_bytes())?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            })
+            .unwrap();
+        match answer {
+            Ok(text) => return text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+            // The listener appears within moments of the namespace.
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("metadata in {}: {e}", netns.display()),
+        }
+    }
+}
+
 /// Packets counted by a named nftables counter in a namespace.
 fn counter(netns: &Path, name: &str) -> u64 {
     let (ok, out) = in_netns(netns, &["nft", "-j", "list", "counters"]);
@@ -70,6 +99,8 @@ async fn instances_talk_through_the_vrouter_and_spoofing_is_dropped() {
 
     assert!(ping(&ns_a, None, eni_b.primary_ip), "A reaches B's primary IP through the vRouter\n{}", lc.log());
     assert!(ping(&ns_a, None, "10.60.1.253".parse().unwrap()), "A reaches the vSwitch gateway");
+    assert_eq!(metadata(&ns_a, "instance-id"), a, "A reads its own metadata on its loopback");
+    assert_eq!(metadata(&ns_b, "private-ipv4"), eni_b.primary_ip.to_string());
 
     // A secondary ENI on B with one secondary IP, configured inside B as a node agent would.
     let eni = cloud
