@@ -1,7 +1,6 @@
 //! Where the local cluster lives on this machine, and how its local cloud process is started and
 //! stopped.
 
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,23 +60,22 @@ pub fn running_pid(paths: &ClusterPaths) -> Option<i32> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
 }
 
-/// Writes fresh credentials (0600) unless they exist.
+/// Has the local cloud write fresh credentials (0600) unless they exist.
 pub fn ensure_credentials(paths: &ClusterPaths) -> anyhow::Result<()> {
     let path = paths.credentials();
     if path.exists() {
         return Ok(());
     }
     std::fs::create_dir_all(&paths.state_dir).with_context(|| format!("creating {}", paths.state_dir.display()))?;
-    let secret = uuid::Uuid::new_v4().simple().to_string();
-    let body = serde_json::json!({ "access_key_id": "LTAIberthlocal", "access_key_secret": secret });
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut f, body.to_string().as_bytes())?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let status = Command::new(sibling_binary("berth-localcloud")?)
+        .arg("init-credentials")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .status()
+        .context("running berth-localcloud init-credentials")?;
+    if !status.success() {
+        bail!("berth-localcloud init-credentials {} failed ({status})", path.display());
+    }
     Ok(())
 }
 
