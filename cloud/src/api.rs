@@ -61,6 +61,22 @@ pub struct CreateEniRequest {
     pub client_token: Option<String>,
 }
 
+impl CreateEniRequest {
+    /// A secondary ENI with only its primary address, in `vswitch_id` with `security_group_ids`.
+    pub fn secondary(vswitch_id: impl Into<String>, security_group_ids: Vec<String>) -> Self {
+        CreateEniRequest {
+            vswitch_id: vswitch_id.into(),
+            security_group_ids,
+            kind: EniKind::Secondary,
+            primary_ip: None,
+            secondary_ip_count: 0,
+            ipv6_count: 0,
+            description: String::new(),
+            client_token: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EniFilter {
     pub ids: Vec<String>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_cloud::api::{Addresses, CreateEniRequest, CreateVSwitchRequest, EniFilter, RunInstancesRequest};
-use berth_cloud::model::{EniKind, EniStatus, InstanceStatus};
+use berth_cloud::model::{EniStatus, InstanceStatus};
 use berth_cloud::ratelimit::Limit;
 use berth_cloud::{Cloud, HttpCloud, wait};
 use berth_tests::{LocalCloud, LocalCloudOptions};
@@ -42,16 +42,7 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             for _ in (worker..ENIS).step_by(CONCURRENCY) {
                 cloud
-                    .create_network_interface(&CreateEniRequest {
-                        vswitch_id: vsw.clone(),
-                        security_group_ids: vec![sg.clone()],
-                        kind: EniKind::Secondary,
-                        primary_ip: None,
-                        secondary_ip_count: 0,
-                        ipv6_count: 0,
-                        description: String::new(),
-                        client_token: None,
-                    })
+                    .create_network_interface(&CreateEniRequest::secondary(vsw.clone(), vec![sg.clone()]))
                     .await
                     .unwrap();
             }

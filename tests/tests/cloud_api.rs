@@ -24,16 +24,7 @@ async fn run(cloud: &HttpCloud, net: &SampleNet, instance_type: &str) -> String 
 }
 
 fn eni_request(net: &SampleNet) -> CreateEniRequest {
-    CreateEniRequest {
-        vswitch_id: net.vsw.clone(),
-        security_group_ids: vec![net.sg.clone()],
-        kind: EniKind::Secondary,
-        primary_ip: None,
-        secondary_ip_count: 0,
-        ipv6_count: 0,
-        description: "test".into(),
-        client_token: None,
-    }
+    CreateEniRequest::secondary(net.vsw.clone(), vec![net.sg.clone()])
 }
 
 async fn attached_eni(cloud: &HttpCloud, net: &SampleNet, instance: &str) -> String {

@@ -104,16 +104,7 @@ async fn instances_talk_through_the_vrouter_and_spoofing_is_dropped() {
 
     // A secondary ENI on B with one secondary IP, configured inside B as a node agent would.
     let eni = cloud
-        .create_network_interface(&CreateEniRequest {
-            vswitch_id: vsw.clone(),
-            security_group_ids: vec![sg.clone()],
-            kind: EniKind::Secondary,
-            primary_ip: None,
-            secondary_ip_count: 0,
-            ipv6_count: 0,
-            description: "pods".into(),
-            client_token: None,
-        })
+        .create_network_interface(&CreateEniRequest::secondary(vsw.clone(), vec![sg.clone()]))
         .await
         .unwrap();
     cloud.attach_network_interface(&eni.id, &b, None).await.unwrap();
