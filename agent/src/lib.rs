@@ -1,4 +1,15 @@
-//! `berth-agent`: the per-node daemon. So far its pool planning (pure), which decides the cloud
-//! calls that keep a shared-ENI pool between its warm targets.
+//! `berth-agent`: the per-node daemon. It keeps the shared-ENI IP pool ([`eni_pool`]) between its
+//! warm targets ([`pool::plan`]), records every allocation durably ([`store`]) and serves the CNI
+//! plugin over gRPC ([`server`]); metrics and introspection on loopback ([`http`]).
 
+pub mod cniconf;
+pub mod config;
+pub mod eni_pool;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod node;
 pub mod pool;
+pub mod server;
+pub mod store;
+pub mod systemd;

@@ -2,6 +2,8 @@
 //! directory, credentials and namespace prefix, stopped and torn down when the test ends, even when
 //! it fails.
 
+pub mod agent;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

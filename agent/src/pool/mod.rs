@@ -2,6 +2,7 @@
 //! and the plan of cloud calls that gets it there ([`plan`]). Pure: the caller passes the clock and
 //! carries the plan out.
 
+pub mod ledger;
 mod plan;
 
 pub use plan::{PoolAction, plan};

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
-use berth_nodenet::{Address, IpFamily, MacAddr, NETNS_RUN_DIR, NetOps, Netlink, Netns, Route, Scope, Veth, sysctl_in};
+use berth_nodenet::{Address, IpFamily, MacAddr, NETNS_RUN_DIR, NetOps, Neighbour, Netlink, Netns, Route, Scope, Veth, sysctl_in};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::addressing;
@@ -149,11 +149,21 @@ impl VpcNet {
                 have_routes.insert((r.destination, oif));
             } else {
                 nl.delete_route(&r).or_else(gone_ok).map_err(|e| fail(format!("route {} in {name}", r.destination), e))?;
+                let _ = nl.delete_neighbour(&Neighbour::permanent(oif, r.destination.ip(), VROUTER_MAC));
             }
+        }
+        // The real VPC knows every ENI's MAC and never ARPs for an address; neither does the vRouter.
+        let mut macs: BTreeMap<u32, MacAddr> = BTreeMap::new();
+        for (port, eni) in &wanted {
+            let mac: MacAddr = eni.mac.parse().map_err(|e| fail(format!("MAC of {}", eni.id), e))?;
+            macs.insert(ports[port], mac);
         }
         for (dst, oif) in want_routes.difference(&have_routes) {
             let route = Route::new(*dst).dev(*oif).scope(Scope::Link);
             nl.replace_route(&route).map_err(|e| fail(format!("route {dst} in {name}"), e))?;
+            if let Some(mac) = macs.get(oif) {
+                nl.replace_neighbour(&Neighbour::permanent(*oif, dst.ip(), *mac)).map_err(|e| fail(format!("neighbour {dst} in {name}"), e))?;
+            }
         }
 
         // Filters.

@@ -1,0 +1,55 @@
+//! The CNI network configuration the agent writes once it can serve: until that file exists a
+//! runtime does not send pods to this node's network.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+pub const FILE_NAME: &str = "10-berth.conflist";
+
+/// The conflist: `berth` first, then the chained plugins the operator listed (e.g. `portmap`
+/// with the portMappings capability, `bandwidth` with the bandwidth capability).
+pub fn render(name: &str, agent_socket: &Path, release_queue_dir: &Path, mtu: u32, chain: &[String]) -> String {
+    let mut plugins = vec![serde_json::json!({
+        "type": "berth",
+        "agentSocket": agent_socket,
+        "releaseQueueDir": release_queue_dir,
+        "mtu": mtu,
+    })];
+    for plugin in chain {
+        let mut p = serde_json::json!({ "type": plugin });
+        match plugin.as_str() {
+            "portmap" => p["capabilities"] = serde_json::json!({ "portMappings": true }),
+            "bandwidth" => p["capabilities"] = serde_json::json!({ "bandwidth": true }),
+            _ => {}
+        }
+        plugins.push(p);
+    }
+    serde_json::to_string_pretty(&serde_json::json!({ "cniVersion": "1.1.0", "name": name, "plugins": plugins })).expect("JSON")
+}
+
+/// Writes the file atomically (temp file, fsync, rename): a runtime never reads half of it.
+pub fn write(dir: &Path, text: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(FILE_NAME);
+    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_with_capabilities() {
+        let text = render("pods", Path::new("/run/berth/agent.sock"), Path::new("/q"), 1500, &["portmap".into(), "bandwidth".into()]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["plugins"][0]["type"], "berth");
+        assert_eq!(v["plugins"][0]["agentSocket"], "/run/berth/agent.sock");
+        assert_eq!(v["plugins"][1]["capabilities"]["portMappings"], true);
+        assert_eq!(v["plugins"][2]["capabilities"]["bandwidth"], true);
+    }
+}

@@ -1,0 +1,238 @@
+//! `/etc/berth/agent.toml`: strict (an unknown key is an error naming it), every key with a
+//! default except the cloud endpoint; flags and environment variables override the file
+//! (see `main.rs`). README.md documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pool::PoolTargets;
+
+pub const DEFAULT_PATH: &str = "/etc/berth/agent.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub node: NodeConfig,
+    pub cloud: CloudConfig,
+    pub pool: PoolConfig,
+    pub api: ApiConfig,
+    pub paths: PathsConfig,
+    pub cni: CniConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// The network's name in the conflist.
+    pub network_name: String,
+    /// MTU of pod interfaces.
+    pub mtu: u32,
+    /// Plugins chained after `berth` (e.g. "portmap", "bandwidth"); they must be in CNI_PATH.
+    pub chain: Vec<String>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig { network_name: "berth".into(), mtu: 1500, chain: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The node's network namespace (a path, or a name under /run/netns); empty on a real VM.
+    pub netns: String,
+    /// Instance metadata, reached from inside the node's namespace.
+    pub metadata_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// The ECS/VPC API endpoint, e.g. http://127.0.0.1:17380 for the local cloud.
+    pub endpoint: String,
+    /// Empty: the region the instance metadata names.
+    pub region: String,
+    /// `access_key_id` and `access_key_secret` as TOML; refused unless mode 0600.
+    pub credentials_file: PathBuf,
+    /// Calls per second allowed for each API action (token bucket), and its burst.
+    pub rate_per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle IPs kept ready beyond current demand (the warm IP target).
+    pub min_idle_ips: u32,
+    /// Idle IPs above this are given back to the cloud after the cool-down.
+    pub max_idle_ips: u32,
+    /// How long the pool keeps surplus after it last grew or served.
+    pub cooldown_secs: u64,
+    /// No growing for this long after a quota or vSwitch-exhaustion error.
+    pub inhibit_secs: u64,
+    /// vSwitches for new ENIs; empty: the node's own vSwitch.
+    pub vswitch_ids: Vec<String>,
+    /// Security groups for new ENIs; empty: those of the node's primary ENI.
+    pub security_group_ids: Vec<String>,
+    /// How long an ADD waits for the pool to grow before answering "try again".
+    pub allocate_timeout_secs: u64,
+    /// How long an ENI may take to attach.
+    pub attach_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The gRPC socket the CNI plugin calls (mode 0600).
+    pub socket: PathBuf,
+    /// Peers (by uid) allowed on the socket.
+    pub allowed_uids: Vec<u32>,
+    /// Prometheus metrics (/metrics) and introspection (/debug/pool); empty to disable.
+    pub metrics_listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Durable state (journal and checkpoint).
+    pub state_dir: PathBuf,
+    /// Where the CNI config is written once the agent is ready.
+    pub cni_conf_dir: PathBuf,
+    /// Releases the plugin queued while the agent was down.
+    pub release_queue_dir: PathBuf,
+    /// Reconcile with the cloud and the node this often.
+    pub reconcile_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { netns: String::new(), metadata_url: "http://100.100.100.200/latest/meta-data".into() }
+    }
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig { endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), rate_per_second: 10.0, burst: 20 }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_idle_ips: 4,
+            max_idle_ips: 16,
+            cooldown_secs: 300,
+            inhibit_secs: 60,
+            vswitch_ids: Vec::new(),
+            security_group_ids: Vec::new(),
+            allocate_timeout_secs: 20,
+            attach_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { socket: "/run/berth/agent.sock".into(), allowed_uids: vec![0], metrics_listen: "127.0.0.1:9480".into() }
+    }
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            state_dir: "/var/lib/berth/agent".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            release_queue_dir: "/var/lib/berth/release-queue".into(),
+            reconcile_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {key} = {value:?}: {hint}")]
+    Invalid { key: &'static str, value: String, hint: &'static str },
+}
+
+impl AgentConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Reads the file; a missing file at the default path means all defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<AgentConfig, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(AgentConfig::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        }
+    }
+
+    /// Checks what serde cannot: values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: String, hint| Err(ConfigError::Invalid { key, value, hint });
+        if self.cloud.endpoint.is_empty() {
+            return invalid("cloud.endpoint", String::new(), "set the cloud API endpoint (flag --cloud-endpoint or BERTH_CLOUD_ENDPOINT)");
+        }
+        if !(self.cloud.endpoint.starts_with("http://") || self.cloud.endpoint.starts_with("https://")) {
+            return invalid("cloud.endpoint", self.cloud.endpoint.clone(), "an http:// or https:// URL");
+        }
+        if !self.node.metadata_url.starts_with("http://") {
+            return invalid("node.metadata_url", self.node.metadata_url.clone(), "an http:// URL ending in /latest/meta-data");
+        }
+        if self.pool.max_idle_ips < self.pool.min_idle_ips {
+            return invalid("pool.max_idle_ips", self.pool.max_idle_ips.to_string(), "must be at least pool.min_idle_ips");
+        }
+        if self.cloud.rate_per_second.is_nan() || self.cloud.rate_per_second <= 0.0 || self.cloud.burst == 0 {
+            return invalid("cloud.rate_per_second", self.cloud.rate_per_second.to_string(), "a positive rate and a burst of at least 1");
+        }
+        if !self.api.metrics_listen.is_empty() && self.api.metrics_listen.parse::<SocketAddr>().is_err() {
+            return invalid("api.metrics_listen", self.api.metrics_listen.clone(), "an address:port such as 127.0.0.1:9480, or empty");
+        }
+        if !(576..=65535).contains(&self.cni.mtu) {
+            return invalid("cni.mtu", self.cni.mtu.to_string(), "between 576 and 65535");
+        }
+        if self.paths.reconcile_secs == 0 {
+            return invalid("paths.reconcile_secs", "0".into(), "at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn targets(&self) -> PoolTargets {
+        PoolTargets { min_idle: self.pool.min_idle_ips, max_idle: self.pool.max_idle_ips }
+    }
+
+    pub fn cooldown(&self) -> Duration {
+        Duration::from_secs(self.pool.cooldown_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = AgentConfig::parse("[pool]\nmin_idle = 3\n", Path::new("/etc/berth/agent.toml")).unwrap_err().to_string();
+        assert!(e.contains("min_idle"), "{e}");
+        assert!(e.contains("/etc/berth/agent.toml"), "{e}");
+    }
+
+    #[test]
+    fn defaults_fill_the_rest_and_validation_names_the_value() {
+        let c = AgentConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[pool]\nmin_idle_ips = 8\nmax_idle_ips = 2\n", Path::new("a.toml")).unwrap();
+        assert_eq!(c.api.socket, PathBuf::from("/run/berth/agent.sock"));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.max_idle_ips") && e.contains("\"2\""), "{e}");
+        let e = AgentConfig::default().validate().unwrap_err().to_string();
+        assert!(e.contains("cloud.endpoint"), "{e}");
+    }
+}

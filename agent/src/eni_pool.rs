@@ -1,0 +1,676 @@
+//! The shared-ENI pool at run time: answers allocations from the ledger (recording each durably
+//! before answering), and runs one upkeep task that carries out [`pool::plan`]'s cloud calls,
+//! reconciles with the cloud and the node, and finishes what a crash interrupted.
+//!
+//! Only the upkeep task changes which IPs and ENIs the pool owns, so a reconciliation never races
+//! a cloud call of the pool; allocations only change who holds an IP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use berth_cloud::api::{Addresses, CreateEniRequest, EniFilter};
+use berth_cloud::error::code;
+use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
+use berth_cloud::{Cloud, CloudError, wait};
+use tokio::sync::Notify;
+
+use crate::identity::{self, NodeIdentity};
+use crate::metrics::Metrics;
+use crate::node::{Node, host_veth_name};
+use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Ledger, PodRef, PoolEni};
+use crate::pool::{self, PoolAction, PoolLimits, PoolTargets};
+use crate::store::{Event, Intent, Store, StoreError};
+
+/// What the pool needs to know beyond its ledger.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub targets: PoolTargets,
+    pub limits: PoolLimits,
+    pub cooldown: Duration,
+    pub inhibit: Duration,
+    pub vswitch_id: String,
+    pub security_group_ids: Vec<String>,
+    pub allocate_timeout: Duration,
+    pub attach_timeout: Duration,
+    pub reconcile_every: Duration,
+    pub metadata_url: String,
+    pub release_queue_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    #[error("no IP available on this node: {0}")]
+    Exhausted(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An allocation with the ENI it lives on.
+#[derive(Debug, Clone)]
+pub struct Allocated {
+    pub record: AllocationRecord,
+    pub eni: PoolEni,
+}
+
+struct Books {
+    ledger: Ledger,
+    store: Store,
+    waiting: u32,
+    inhibit_until: Option<Instant>,
+    /// Why the pool last failed to grow, for STATUS and the operator.
+    grow_error: Option<String>,
+    last_busy: Instant,
+}
+
+pub struct EniPool<C> {
+    cloud: C,
+    settings: PoolSettings,
+    identity: NodeIdentity,
+    books: Mutex<Books>,
+    node: Mutex<Node>,
+    /// Woken when IPs become ready to serve.
+    grown: Notify,
+    /// Wakes the upkeep task.
+    wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+}
+
+fn is_growth_limit(e: &CloudError) -> bool {
+    [code::ENI_PER_INSTANCE_LIMIT, code::PRIVATE_IP_QUOTA, code::VSWITCH_IP_NOT_ENOUGH].iter().any(|c| e.is_code(c))
+}
+
+impl<C: Cloud> EniPool<C> {
+    /// Loads the durable state; [`EniPool::recover`] must run before serving.
+    pub fn new(cloud: C, settings: PoolSettings, identity: NodeIdentity, node: Node, store: Store, metrics: Arc<Metrics>) -> EniPool<C> {
+        EniPool {
+            cloud,
+            settings,
+            identity,
+            books: Mutex::new(Books { ledger: Ledger::default(), store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now() }),
+            node: Mutex::new(node),
+            grown: Notify::new(),
+            wake: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn books(&self) -> MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    fn update_gauges(&self, b: &Books) {
+        self.metrics.idle_ips.set(b.ledger.ready_idle() as i64);
+        self.metrics.allocated_ips.set(b.ledger.allocations().count() as i64);
+        self.metrics.enis.set(b.ledger.enis().count() as i64);
+        self.metrics.waiting.set(b.waiting as i64);
+    }
+
+    // ---- serving ----
+
+    /// An IP for the pod interface `key`, the same one again if it already has one.
+    pub async fn allocate(&self, key: AllocationKey, netns: String, pod: PodRef) -> Result<Allocated, AllocError> {
+        let started = Instant::now();
+        let deadline = started + self.settings.allocate_timeout;
+        let mut counted = false;
+        let result = loop {
+            let grown = self.grown.notified();
+            {
+                let mut b = self.books();
+                if let Some(r) = b.ledger.allocation(&key).cloned() {
+                    let eni = b.ledger.eni(&r.eni_id).cloned();
+                    if let Some(eni) = eni {
+                        break Ok(Allocated { record: r, eni });
+                    }
+                }
+                if let Some((eni, ip)) = b.ledger.choose().map(|(e, ip)| (e.clone(), ip)) {
+                    let record = AllocationRecord { key: key.clone(), ip, eni_id: eni.id.clone(), netns: netns.clone(), pod: pod.clone(), created_at: now_unix() };
+                    // Durable before anyone hears of it.
+                    if let Err(e) = b.store.append(Event::Allocated(record.clone())) {
+                        break Err(e.into());
+                    }
+                    b.ledger.record(record.clone()).expect("choose() returns an IP nobody holds");
+                    b.last_busy = Instant::now();
+                    if counted {
+                        b.waiting -= 1;
+                        counted = false;
+                    }
+                    self.update_gauges(&b);
+                    break Ok(Allocated { record, eni });
+                }
+                if !counted {
+                    b.waiting += 1;
+                    counted = true;
+                    self.update_gauges(&b);
+                }
+                if Instant::now() >= deadline {
+                    let why = b.grow_error.clone().unwrap_or_else(|| format!("the pool did not grow within {:?}", self.settings.allocate_timeout));
+                    break Err(AllocError::Exhausted(why));
+                }
+            }
+            self.wake.notify_one();
+            let _ = tokio::time::timeout_at(deadline.into(), grown).await;
+        };
+        if counted {
+            let mut b = self.books();
+            b.waiting -= 1;
+            self.update_gauges(&b);
+        }
+        match &result {
+            Ok(_) => self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                self.metrics.allocations_failed.inc();
+            }
+        }
+        self.wake.notify_one();
+        result
+    }
+
+    /// Gives the IP of `key` back to the pool; `None` when it held none.
+    pub fn release(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
+        let mut b = self.books();
+        if b.ledger.allocation(key).is_none() {
+            return Ok(None);
+        }
+        b.store.append(Event::Released { key: key.clone() })?;
+        let r = b.ledger.release(key);
+        b.last_busy = Instant::now();
+        self.update_gauges(&b);
+        drop(b);
+        self.wake.notify_one();
+        Ok(r)
+    }
+
+    pub fn get(&self, key: &AllocationKey) -> Option<Allocated> {
+        let b = self.books();
+        let record = b.ledger.allocation(key)?.clone();
+        let eni = b.ledger.eni(&record.eni_id)?.clone();
+        Some(Allocated { record, eni })
+    }
+
+    pub fn list(&self) -> Vec<Allocated> {
+        let b = self.books();
+        b.ledger.allocations().filter_map(|r| Some(Allocated { record: r.clone(), eni: b.ledger.eni(&r.eni_id)?.clone() })).collect()
+    }
+
+    /// Whether an ADD could succeed now, and if not why.
+    pub fn status(&self) -> PoolStatus {
+        let b = self.books();
+        let idle = b.ledger.ready_idle() as u32;
+        let allocated = b.ledger.allocations().count() as u32;
+        let max = self.settings.limits.max_secondary_enis() * self.settings.limits.pod_ips_per_eni();
+        let inhibited = b.inhibit_until.is_some_and(|t| Instant::now() < t);
+        let reason = if idle > 0 {
+            None
+        } else if allocated >= max {
+            Some(format!("all {max} pod IPs of this instance type are in use"))
+        } else if inhibited {
+            Some(b.grow_error.clone().unwrap_or_else(|| "the pool cannot grow right now".into()))
+        } else {
+            None
+        };
+        PoolStatus { ready: reason.is_none(), reason: reason.unwrap_or_default(), idle, allocated, max }
+    }
+
+    /// The ledger as JSON, for the introspection endpoint.
+    pub fn describe(&self) -> serde_json::Value {
+        let b = self.books();
+        let enis: Vec<_> = b
+            .ledger
+            .enis()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.id, "mac": e.mac, "phase": e.phase, "nic": e.nic, "gateway": e.gateway,
+                    "ips": e.ips, "idle": b.ledger.idle_ips_of(e),
+                })
+            })
+            .collect();
+        let allocations: Vec<_> = b.ledger.allocations().cloned().collect();
+        serde_json::json!({
+            "node": self.identity,
+            "enis": enis,
+            "allocations": allocations,
+            "waiting": b.waiting,
+            "pending_intents": b.store.snapshot().intents.len(),
+            "status": self.status_locked(&b),
+        })
+    }
+
+    fn status_locked(&self, b: &Books) -> serde_json::Value {
+        serde_json::json!({ "idle": b.ledger.ready_idle(), "grow_error": b.grow_error })
+    }
+
+    // ---- upkeep ----
+
+    /// Brings the ledger in line with the store, the cloud and the node, finishing interrupted
+    /// intents. Runs before serving and then periodically from the upkeep task.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        {
+            let mut b = self.books();
+            let records: Vec<AllocationRecord> = b.store.snapshot().allocations.values().cloned().collect();
+            for r in records {
+                if let Err(e) = b.ledger.record(r.clone()) {
+                    tracing::error!(key = %r.key, error = %e, "two allocations hold one IP in the store; keeping the first");
+                }
+            }
+        }
+        self.node().prepare()?;
+        self.finish_intents().await?;
+        self.reconcile().await
+    }
+
+    async fn finish_intents(&self) -> anyhow::Result<()> {
+        let intents: Vec<(u64, Intent)> = self.books().store.snapshot().intents.iter().map(|(id, i)| (*id, i.clone())).collect();
+        for (id, intent) in intents {
+            tracing::info!(?intent, "finishing an interrupted cloud call");
+            match intent {
+                Intent::CreateEni { client_token, secondary_ips } => {
+                    // The same token returns the same ENI if the first call went through.
+                    let eni = self.create_eni_call(secondary_ips, &client_token).await?;
+                    if eni.instance_id.is_none() {
+                        self.attach(&eni).await?;
+                    }
+                }
+                Intent::DeleteEni { eni_id } => self.delete_eni_calls(&eni_id).await?,
+                Intent::UnassignIps { eni_id, ips } => self.unassign_call(&eni_id, &ips).await?,
+            }
+            self.books().store.done(id)?;
+        }
+        Ok(())
+    }
+
+    /// Compares the ledger with the cloud's view of this instance's ENIs and the node's links.
+    pub async fn reconcile(&self) -> anyhow::Result<()> {
+        let filter = EniFilter { instance_id: Some(self.identity.instance_id.clone()), ..Default::default() };
+        let cloud: Vec<NetworkInterface> = self.cloud.describe_network_interfaces(&filter).await?.into_iter().filter(|e| e.kind == EniKind::Secondary).collect();
+        let mut to_configure = Vec::new();
+        let mut to_reassign = Vec::new();
+        {
+            let mut b = self.books();
+            let mut seen = BTreeSet::new();
+            for ce in &cloud {
+                seen.insert(ce.id.clone());
+                let cloud_ips: BTreeSet<Ipv4Addr> = ce.secondary_ips.iter().copied().collect();
+                match b.ledger.eni_mut(&ce.id) {
+                    Some(pe) => {
+                        if pe.phase == EniPhase::Draining {
+                            continue;
+                        }
+                        let added: Vec<_> = cloud_ips.difference(&pe.ips).copied().collect();
+                        let gone: Vec<_> = pe.ips.difference(&cloud_ips).copied().collect();
+                        if !added.is_empty() {
+                            tracing::warn!(eni = %ce.id, ips = ?added, "the cloud has IPs the pool did not know; adopting them as idle");
+                            self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "ip_adopted".to_string())]).inc_by(added.len() as u64);
+                        }
+                        pe.ips.extend(added);
+                        for ip in gone {
+                            pe.ips.remove(&ip);
+                            to_reassign.push((ce.id.clone(), ip));
+                        }
+                        if ce.status == EniStatus::InUse && (pe.phase != EniPhase::Ready || pe.nic.is_none()) {
+                            to_configure.push(ce.id.clone());
+                        }
+                    }
+                    None => {
+                        let phase = match ce.status {
+                            EniStatus::InUse | EniStatus::Attaching => EniPhase::Attaching,
+                            _ => EniPhase::Draining,
+                        };
+                        b.ledger.insert_eni(PoolEni {
+                            id: ce.id.clone(),
+                            mac: ce.mac.clone(),
+                            vswitch_id: ce.vswitch_id.clone(),
+                            gateway: Ipv4Addr::UNSPECIFIED,
+                            prefix_len: 32,
+                            phase,
+                            nic: None,
+                            ips: cloud_ips,
+                        });
+                        if phase == EniPhase::Attaching {
+                            to_configure.push(ce.id.clone());
+                        }
+                    }
+                }
+            }
+            let vanished: Vec<String> = b.ledger.enis().filter(|e| !seen.contains(&e.id)).map(|e| e.id.clone()).collect();
+            for id in vanished {
+                tracing::warn!(eni = %id, "the ENI is no longer on this instance in the cloud; dropping it from the pool");
+                if let Some(e) = b.ledger.remove_eni(&id) {
+                    for ip in e.ips {
+                        to_reassign.push((id.clone(), ip));
+                    }
+                }
+            }
+            // An IP the cloud lost while a pod holds it must come back to that pod's ENI.
+            to_reassign.retain(|(_, ip)| b.ledger.holder(*ip).is_some());
+        }
+        for (eni, ip) in to_reassign {
+            tracing::error!(%eni, %ip, "a pod's IP is missing from the cloud; assigning it again");
+            self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "ip_reassigned".to_string())]).inc();
+            match self.cloud.assign_private_ips(&eni, &Addresses::These(vec![ip]), None).await {
+                Ok(_) => {
+                    if let Some(e) = self.books().ledger.eni_mut(&eni) {
+                        e.ips.insert(ip);
+                    }
+                }
+                Err(e) => tracing::error!(%eni, %ip, error = %e, "cannot give the pod its IP back; `berthctl inspect` reports it"),
+            }
+        }
+        for id in to_configure {
+            let eni = wait::eni_status(&self.cloud, &id, EniStatus::InUse, self.settings.attach_timeout).await?;
+            self.make_ready(&eni).await?;
+        }
+        self.drain_release_queue();
+        self.release_gone_pods();
+        self.remove_node_leftovers();
+        let b = self.books();
+        self.update_gauges(&b);
+        Ok(())
+    }
+
+    /// Releases what the plugin queued while the agent was down (`<containerID>.<ifname>` files).
+    fn drain_release_queue(&self) {
+        let dir = &self.settings.release_queue_dir;
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Container IDs and interface names may both hold dots: try every split.
+            let key = name.match_indices('.').map(|(i, _)| AllocationKey { container_id: name[..i].to_string(), ifname: name[i + 1..].to_string() }).find(|k| self.books().ledger.allocation(k).is_some());
+            if let Some(key) = key {
+                match self.release(&key) {
+                    Ok(_) => tracing::info!(%key, "released an allocation the plugin queued while the agent was down"),
+                    Err(e) => {
+                        tracing::error!(%key, error = %e, "cannot release a queued allocation; will retry");
+                        continue;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+
+    /// Releases allocations whose network namespace is gone (the runtime never called DEL).
+    fn release_gone_pods(&self) {
+        let grace = 60;
+        let gone: Vec<AllocationKey> = self
+            .books()
+            .ledger
+            .allocations()
+            .filter(|r| !r.netns.is_empty() && now_unix() - r.created_at > grace && !Path::new(&r.netns).exists())
+            .map(|r| r.key.clone())
+            .collect();
+        for key in gone {
+            tracing::info!(%key, "the pod's network namespace is gone; releasing its IP");
+            self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "pod_gone".to_string())]).inc();
+            if let Err(e) = self.release(&key) {
+                tracing::error!(%key, error = %e, "cannot release");
+            }
+        }
+    }
+
+    fn remove_node_leftovers(&self) {
+        let held = || {
+            let b = self.books();
+            let ips = b.ledger.allocations().map(|r| r.ip).collect();
+            let veths = b.ledger.allocations().map(|r| host_veth_name(&r.key.container_id, &r.key.ifname)).collect();
+            (ips, veths)
+        };
+        match self.node().remove_leftovers(held) {
+            Ok(removed) if !removed.is_empty() => {
+                self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "node_leftover".to_string())]).inc_by(removed.len() as u64);
+                tracing::info!(?removed, "removed datapath leftovers of pods that are gone");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot scan the node for leftovers"),
+        }
+    }
+
+    /// Runs forever: plans and carries out cloud calls, reconciles periodically.
+    pub async fn upkeep(self: Arc<Self>) {
+        let mut next_reconcile = Instant::now() + self.settings.reconcile_every;
+        loop {
+            if Instant::now() >= next_reconcile {
+                if let Err(e) = self.reconcile().await {
+                    tracing::warn!(error = %e, "reconciliation failed; will retry");
+                }
+                next_reconcile = Instant::now() + self.settings.reconcile_every;
+            }
+            let actions = {
+                let b = self.books();
+                let view = b.ledger.view(b.waiting, b.inhibit_until, b.last_busy);
+                pool::plan(&view, self.settings.targets, self.settings.limits, self.settings.cooldown, Instant::now())
+            };
+            if actions.is_empty() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                continue;
+            }
+            let mut failed = false;
+            for action in actions {
+                if let Err(e) = self.execute(&action).await {
+                    failed = true;
+                    let mut b = self.books();
+                    let growth_limit = e.downcast_ref::<CloudError>().is_some_and(is_growth_limit);
+                    if growth_limit {
+                        b.inhibit_until = Some(Instant::now() + self.settings.inhibit);
+                    }
+                    b.grow_error = Some(format!("{e:#}"));
+                    tracing::warn!(?action, error = %format!("{e:#}"), inhibited = growth_limit, "pool action failed");
+                    break;
+                }
+            }
+            if !failed {
+                self.books().grow_error = None;
+            } else {
+                // Let waiters see the error, and do not spin on a failing call.
+                self.grown.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    async fn execute(&self, action: &PoolAction) -> anyhow::Result<()> {
+        match action {
+            PoolAction::AssignIps { eni, count } => {
+                let ips = self.cloud.assign_private_ips(eni, &Addresses::Count(*count), None).await?;
+                let mut b = self.books();
+                if let Some(e) = b.ledger.eni_mut(eni) {
+                    e.ips.extend(ips);
+                }
+                b.last_busy = Instant::now();
+                self.update_gauges(&b);
+                drop(b);
+                self.grown.notify_waiters();
+            }
+            PoolAction::CreateEni { secondary_ips } => {
+                let token = format!("berth-{}-{:016x}", self.identity.instance_id, rand::random::<u64>());
+                let id = self.books().store.intend(Intent::CreateEni { client_token: token.clone(), secondary_ips: *secondary_ips })?;
+                let eni = self.create_eni_call(*secondary_ips, &token).await?;
+                let attached = self.attach(&eni).await;
+                if attached.is_err() {
+                    // Not ours to keep if it never attached: give it back rather than leak it.
+                    if let Err(e) = self.delete_eni_calls(&eni.id).await {
+                        tracing::error!(eni = %eni.id, error = %e, "cannot delete an ENI that failed to attach; the next start retries");
+                        return attached;
+                    }
+                }
+                self.books().store.done(id)?;
+                attached?;
+            }
+            PoolAction::UnassignIps { eni, count } => {
+                let (id, ips) = {
+                    let mut b = self.books();
+                    let Some(e) = b.ledger.eni(eni) else { return Ok(()) };
+                    let ips: Vec<Ipv4Addr> = b.ledger.idle_ips_of(e).into_iter().rev().take(*count as usize).collect();
+                    if ips.is_empty() {
+                        return Ok(());
+                    }
+                    // Out of the ledger first: from here on no pod can be given these IPs.
+                    let e = b.ledger.eni_mut(eni).expect("looked up above");
+                    for ip in &ips {
+                        e.ips.remove(ip);
+                    }
+                    let id = b.store.intend(Intent::UnassignIps { eni_id: eni.clone(), ips: ips.clone() })?;
+                    self.update_gauges(&b);
+                    (id, ips)
+                };
+                self.unassign_call(eni, &ips).await?;
+                self.books().store.done(id)?;
+            }
+            PoolAction::DeleteEni { eni } => {
+                let id = {
+                    let mut b = self.books();
+                    let Some(e) = b.ledger.eni(eni) else { return Ok(()) };
+                    if !b.ledger.idle_ips_of(e).len().eq(&e.ips.len()) {
+                        return Ok(()); // a pod took one of its IPs since the plan
+                    }
+                    b.ledger.eni_mut(eni).expect("looked up above").phase = EniPhase::Draining;
+                    b.store.intend(Intent::DeleteEni { eni_id: eni.clone() })?
+                };
+                self.delete_eni_calls(eni).await?;
+                self.books().store.done(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_eni_call(&self, secondary_ips: u32, token: &str) -> Result<NetworkInterface, CloudError> {
+        let mut req = CreateEniRequest::secondary(self.settings.vswitch_id.clone(), self.settings.security_group_ids.clone());
+        req.secondary_ip_count = secondary_ips;
+        req.description = format!("berth pool of {}", self.identity.instance_id);
+        req.client_token = Some(token.to_string());
+        self.cloud.create_network_interface(&req).await
+    }
+
+    /// Attaches a new ENI, waits as the cloud requires, and makes it serve.
+    async fn attach(&self, eni: &NetworkInterface) -> anyhow::Result<()> {
+        self.books().ledger.insert_eni(PoolEni {
+            id: eni.id.clone(),
+            mac: eni.mac.clone(),
+            vswitch_id: eni.vswitch_id.clone(),
+            gateway: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 32,
+            phase: EniPhase::Attaching,
+            nic: None,
+            ips: eni.secondary_ips.iter().copied().collect(),
+        });
+        let result = async {
+            self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await?;
+            let attached = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await?;
+            self.make_ready(&attached).await
+        }
+        .await;
+        if result.is_err() {
+            self.books().ledger.remove_eni(&eni.id);
+        }
+        result
+    }
+
+    /// Configures the NIC of an attached ENI on the node and opens its IPs to pods.
+    async fn make_ready(&self, eni: &NetworkInterface) -> anyhow::Result<()> {
+        let base = self.settings.metadata_url.clone();
+        let mac = eni.mac.clone();
+        let (gateway, prefix_len) = {
+            let node = self.node();
+            let netns = node.netns();
+            let gw = identity::get(netns, &base, &format!("network/interfaces/macs/{mac}/gateway"))?;
+            let cidr = identity::get(netns, &base, &format!("network/interfaces/macs/{mac}/vswitch-cidr-block"))?;
+            let gateway: Ipv4Addr = gw.parse().map_err(|_| anyhow::anyhow!("metadata gives gateway {gw:?} for {mac}, not an IPv4 address"))?;
+            let prefix_len = cidr.rsplit_once('/').and_then(|(_, p)| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("metadata gives vSwitch CIDR {cidr:?} for {mac}"))?;
+            (gateway, prefix_len)
+        };
+        // The NIC shows up once the attach completed; give the kernel a moment if needed.
+        let mut nic = None;
+        for _ in 0..50 {
+            nic = self.node().configure_eni(&mac, gateway)?;
+            if nic.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let nic = nic.ok_or_else(|| anyhow::anyhow!("ENI {} is attached but no link with MAC {mac} appeared on the node", eni.id))?;
+        let mut b = self.books();
+        if let Some(e) = b.ledger.eni_mut(&eni.id) {
+            e.gateway = gateway;
+            e.prefix_len = prefix_len;
+            e.nic = Some(nic);
+            e.phase = EniPhase::Ready;
+        }
+        b.last_busy = Instant::now();
+        self.update_gauges(&b);
+        drop(b);
+        self.grown.notify_waiters();
+        Ok(())
+    }
+
+    async fn unassign_call(&self, eni: &str, ips: &[Ipv4Addr]) -> anyhow::Result<()> {
+        match self.cloud.unassign_private_ips(eni, ips).await {
+            Ok(()) => Ok(()),
+            // Already gone (a repeat after a crash, or the ENI went away): the goal is met.
+            Err(e) if e.is_code(code::INVALID_ENI_ID) || e.is_code(code::IP_UNASSIGNED) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_eni_calls(&self, eni_id: &str) -> anyhow::Result<()> {
+        let nic = self.books().ledger.eni(eni_id).and_then(|e| e.nic.clone());
+        if let Some(nic) = nic {
+            self.node().release_eni(&nic)?;
+        }
+        let found = self.cloud.describe_network_interfaces(&EniFilter { ids: vec![eni_id.to_string()], ..Default::default() }).await?;
+        if let Some(e) = found.into_iter().find(|e| e.id == eni_id) {
+            if e.status == EniStatus::InUse {
+                self.cloud.detach_network_interface(eni_id, &self.identity.instance_id, None).await?;
+            }
+            if e.status != EniStatus::Available {
+                wait::eni_status(&self.cloud, eni_id, EniStatus::Available, self.settings.attach_timeout).await?;
+            }
+            match self.cloud.delete_network_interface(eni_id).await {
+                Ok(()) => {}
+                Err(e) if e.is_code(code::INVALID_ENI_ID) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut b = self.books();
+        b.ledger.remove_eni(eni_id);
+        self.update_gauges(&b);
+        Ok(())
+    }
+
+    /// Counts of the ledger for tests and reports.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let b = self.books();
+        BTreeMap::from([
+            ("idle", b.ledger.ready_idle()),
+            ("allocated", b.ledger.allocations().count()),
+            ("enis", b.ledger.enis().count()),
+            ("assigned", b.ledger.enis().map(|e| e.ips.len()).sum()),
+        ])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub ready: bool,
+    pub reason: String,
+    pub idle: u32,
+    pub allocated: u32,
+    pub max: u32,
+}

@@ -1,0 +1,226 @@
+//! `berth-agent`: reads its config (file, then environment and flags), learns who its node is,
+//! recovers its pool, serves the CNI plugin, and tells systemd when it is ready.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_agent::config::{self, AgentConfig};
+use berth_agent::eni_pool::{EniPool, PoolSettings};
+use berth_agent::identity::NodeIdentity;
+use berth_agent::metrics::{CloudCalls, Metrics};
+use berth_agent::node::Node;
+use berth_agent::pool::PoolLimits;
+use berth_agent::store::Store;
+use berth_agent::{cniconf, http, server, systemd};
+use berth_cloud::api::EniFilter;
+use berth_cloud::client::load_credentials;
+use berth_cloud::model::EniKind;
+use berth_cloud::ratelimit::Limit;
+use berth_cloud::{Cloud, ClientConfig, HttpCloud};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "berth-agent", version, about = "Berth's node agent: VPC IPs for pods from the node's ENIs")]
+struct Args {
+    /// The config file; a missing file at the default path means defaults.
+    #[arg(long, env = "BERTH_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The node's network namespace (path or /run/netns name), for a simulated node.
+    #[arg(long, env = "BERTH_NODE_NETNS")]
+    node_netns: Option<String>,
+    #[arg(long, env = "BERTH_METADATA_URL")]
+    metadata_url: Option<String>,
+    #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
+    cloud_endpoint: Option<String>,
+    #[arg(long, env = "BERTH_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    #[arg(long, env = "BERTH_AGENT_SOCKET")]
+    socket: Option<PathBuf>,
+    #[arg(long, env = "BERTH_AGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[arg(long, env = "BERTH_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    #[arg(long, env = "BERTH_RELEASE_QUEUE_DIR")]
+    release_queue_dir: Option<PathBuf>,
+    /// Metrics and introspection address; "" disables.
+    #[arg(long, env = "BERTH_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    #[arg(long, env = "BERTH_MIN_IDLE_IPS")]
+    min_idle_ips: Option<u32>,
+    #[arg(long, env = "BERTH_MAX_IDLE_IPS")]
+    max_idle_ips: Option<u32>,
+    #[arg(long, env = "BERTH_COOLDOWN_SECS")]
+    cooldown_secs: Option<u64>,
+    #[arg(long, env = "BERTH_RECONCILE_SECS")]
+    reconcile_secs: Option<u64>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "BERTH_LOG_JSON")]
+    log_json: bool,
+}
+
+impl Args {
+    fn apply(self, c: &mut AgentConfig) {
+        macro_rules! set {
+            ($field:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $field = v;
+                }
+            };
+        }
+        set!(c.node.netns, self.node_netns);
+        set!(c.node.metadata_url, self.metadata_url);
+        set!(c.cloud.endpoint, self.cloud_endpoint);
+        set!(c.cloud.credentials_file, self.credentials);
+        set!(c.api.socket, self.socket);
+        set!(c.paths.state_dir, self.state_dir);
+        set!(c.paths.cni_conf_dir, self.cni_conf_dir);
+        set!(c.paths.release_queue_dir, self.release_queue_dir);
+        set!(c.api.metrics_listen, self.metrics_listen);
+        set!(c.pool.min_idle_ips, self.min_idle_ips);
+        set!(c.pool.max_idle_ips, self.max_idle_ips);
+        set!(c.pool.cooldown_secs, self.cooldown_secs);
+        set!(c.paths.reconcile_secs, self.reconcile_secs);
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { builder.json().init() } else { builder.init() }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_json);
+    // Two workers: the agent's work is small and mostly waiting on the cloud.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("berth-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_PATH), false),
+    };
+    let mut cfg = AgentConfig::load(&path, explicit)?;
+    args.apply(&mut cfg);
+    cfg.validate()?;
+    let started = std::time::Instant::now();
+
+    let credentials = load_credentials(&cfg.cloud.credentials_file)?;
+    let netns = Some(cfg.node.netns.as_str()).filter(|s| !s.is_empty());
+    let node = Node::open(netns)?;
+    // The metadata service may come up a moment after the node does.
+    let identity = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match NodeIdentity::discover(node.netns(), &cfg.node.metadata_url) {
+                Ok(identity) => break identity,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "metadata not answering yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    tracing::info!(instance = %identity.instance_id, r#type = %identity.instance_type, zone = %identity.zone_id, "node identified");
+
+    let metrics = Metrics::new();
+    let region = if cfg.cloud.region.is_empty() { identity.region_id.clone() } else { cfg.cloud.region.clone() };
+    let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials);
+    client.default_limit = Limit { rate_per_sec: cfg.cloud.rate_per_second, burst: cfg.cloud.burst };
+    let cloud = HttpCloud::new(client)?.with_observer(Arc::new(CloudCalls(metrics.clone())));
+
+    let itype = cloud
+        .describe_instance_types(std::slice::from_ref(&identity.instance_type))
+        .await?
+        .into_iter()
+        .next()
+        .with_context(|| format!("the cloud does not know instance type {}", identity.instance_type))?;
+    let security_group_ids = if cfg.pool.security_group_ids.is_empty() {
+        let filter = EniFilter { instance_id: Some(identity.instance_id.clone()), kind: Some(EniKind::Primary), ..Default::default() };
+        cloud.describe_network_interfaces(&filter).await?.into_iter().next().map(|e| e.security_group_ids).unwrap_or_default()
+    } else {
+        cfg.pool.security_group_ids.clone()
+    };
+    let settings = PoolSettings {
+        targets: cfg.targets(),
+        limits: PoolLimits { eni_quota: itype.eni_quota, ipv4_per_eni: itype.ipv4_per_eni },
+        cooldown: cfg.cooldown(),
+        inhibit: Duration::from_secs(cfg.pool.inhibit_secs),
+        vswitch_id: cfg.pool.vswitch_ids.first().cloned().unwrap_or_else(|| identity.vswitch_id.clone()),
+        security_group_ids,
+        allocate_timeout: Duration::from_secs(cfg.pool.allocate_timeout_secs),
+        attach_timeout: Duration::from_secs(cfg.pool.attach_timeout_secs),
+        reconcile_every: Duration::from_secs(cfg.paths.reconcile_secs),
+        metadata_url: cfg.node.metadata_url.clone(),
+        release_queue_dir: cfg.paths.release_queue_dir.clone(),
+    };
+    let store = Store::open(&cfg.paths.state_dir)?;
+    let pool = Arc::new(EniPool::new(cloud, settings, identity, node, store, metrics.clone()));
+    systemd::status("recovering the pool");
+    pool.recover().await.context("recovering the pool from the store, the cloud and the node")?;
+
+    let listener = server::bind(&cfg.api.socket).with_context(|| format!("binding {}", cfg.api.socket.display()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc = tokio::spawn(server::serve(listener, pool.clone(), cfg.api.allowed_uids.clone(), stopped(stop_rx.clone())));
+    tokio::spawn(pool.clone().upkeep());
+    if !cfg.api.metrics_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.api.metrics_listen).await.with_context(|| format!("binding api.metrics_listen {}", cfg.api.metrics_listen))?;
+        let app = http::router(pool.clone(), metrics.clone());
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+    }
+
+    // Ready once an ADD can be served from the pool (or no warm IPs are wanted).
+    loop {
+        let s = pool.status();
+        if (s.ready && s.idle > 0) || cfg.pool.min_idle_ips == 0 {
+            break;
+        }
+        systemd::status(&format!("waiting for the pool: {}", if s.reason.is_empty() { "growing" } else { &s.reason }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let conflist = cniconf::render(&cfg.cni.network_name, &cfg.api.socket, &cfg.paths.release_queue_dir, cfg.cni.mtu, &cfg.cni.chain);
+    let written = cniconf::write(&cfg.paths.cni_conf_dir, &conflist).with_context(|| format!("writing the CNI config into {}", cfg.paths.cni_conf_dir.display()))?;
+    let s = pool.status();
+    let text = format!("ready: {} idle IPs, {} allocated", s.idle, s.allocated);
+    systemd::ready(&text);
+    tracing::info!(socket = %cfg.api.socket.display(), conflist = %written.display(), ready_after_ms = started.elapsed().as_millis() as u64, "{text}");
+
+    if let Some(interval) = systemd::watchdog_interval() {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval / 2).await;
+                // Only a live agent whose books are reachable pings.
+                let _ = pool.status();
+                systemd::watchdog_ping();
+            }
+        });
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    systemd::stopping();
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Prometheus metrics of the agent, in the text exposition format.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_cloud::client::{CallObserver, CallOutcome};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub idle_ips: Gauge,
+    pub allocated_ips: Gauge,
+    pub enis: Gauge,
+    pub waiting: Gauge,
+    pub allocation_seconds: Histogram,
+    pub allocations_failed: Counter,
+    pub cloud_call_seconds: Family<Labels, Histogram>,
+    pub cloud_errors: Family<Labels, Counter>,
+    pub cloud_throttled: Family<Labels, Counter>,
+    pub reconcile_fixes: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("berth_agent");
+        let m = Metrics {
+            idle_ips: Gauge::default(),
+            allocated_ips: Gauge::default(),
+            enis: Gauge::default(),
+            waiting: Gauge::default(),
+            allocation_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            allocations_failed: Counter::default(),
+            cloud_call_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
+            cloud_errors: Family::default(),
+            cloud_throttled: Family::default(),
+            reconcile_fixes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("pool_idle_ips", "Idle IPs ready to serve pods", m.idle_ips.clone());
+        registry.register("pool_allocated_ips", "IPs held by pods", m.allocated_ips.clone());
+        registry.register("pool_enis", "Secondary ENIs owned by the pool", m.enis.clone());
+        registry.register("pool_waiting_allocations", "Allocations waiting for the pool to grow", m.waiting.clone());
+        registry.register("allocation_seconds", "Time to answer AllocateIp", m.allocation_seconds.clone());
+        registry.register("allocations_failed", "AllocateIp calls that could not be served", m.allocations_failed.clone());
+        registry.register("cloud_call_seconds", "Cloud API call latency per action and outcome", m.cloud_call_seconds.clone());
+        registry.register("cloud_errors", "Cloud API calls that failed, per action", m.cloud_errors.clone());
+        registry.register("cloud_throttled", "Cloud API calls answered with Throttling, per action", m.cloud_throttled.clone());
+        registry.register("reconcile_fixes", "Differences reconciliation found and repaired, per kind", m.reconcile_fixes.clone());
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Feeds every cloud call attempt into the metrics.
+pub struct CloudCalls(pub Arc<Metrics>);
+
+impl CallObserver for CloudCalls {
+    fn observe(&self, action: &str, elapsed: Duration, outcome: CallOutcome) {
+        let name = match outcome {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Throttled => "throttled",
+            CallOutcome::ApiError => "api_error",
+            CallOutcome::TransportError => "transport_error",
+        };
+        self.0.cloud_call_seconds.get_or_create(&vec![("action", action.to_string()), ("outcome", name.to_string())]).observe(elapsed.as_secs_f64());
+        match outcome {
+            CallOutcome::Ok => {}
+            CallOutcome::Throttled => {
+                self.0.cloud_throttled.get_or_create(&vec![("action", action.to_string())]).inc();
+            }
+            CallOutcome::ApiError | CallOutcome::TransportError => {
+                self.0.cloud_errors.get_or_create(&vec![("action", action.to_string())]).inc();
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The agent's work on the node itself: each pool ENI's NIC brought up with its own policy-routing
+//! table (default route via the vSwitch gateway out of that NIC), and leftovers of pods that are
+//! gone (host veths, policy rules) removed. The per-pod datapath is the plugin's.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use berth_nodenet::{IpFamily, MacAddr, NetOps, Netlink, Netns, Route, Scope, sysctl_in};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::pool::ledger::Nic;
+
+/// Tables of ENIs are 1000 + the NIC's interface index, as Terway numbers them.
+pub const ENI_TABLE_BASE: u32 = 1000;
+/// `to <pod> lookup main`: traffic to a pod goes to its veth, whatever ENI it came in by.
+pub const RULE_PRIORITY_TO_POD: u32 = 512;
+/// `from <pod> lookup <ENI table>`: a pod's traffic leaves by the ENI that owns its IP.
+pub const RULE_PRIORITY_FROM_POD: u32 = 2048;
+/// Host ends of pod veths start with this.
+pub const HOST_VETH_PREFIX: &str = "bth";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {what}: {source}")]
+    Netlink { what: String, source: berth_nodenet::Error },
+    #[error("the cloud reports MAC {0:?}, which is not a MAC address")]
+    BadMac(String),
+}
+
+fn fail(what: impl Into<String>) -> impl FnOnce(berth_nodenet::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Netlink { what, source }
+}
+
+fn gone_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
+    if e.is_not_found() { Ok(()) } else { Err(e) }
+}
+
+/// The node's namespace and a netlink socket opened in it.
+pub struct Node {
+    netns: Option<Netns>,
+    nl: Netlink,
+}
+
+impl Node {
+    /// `netns`: a path or a name under /run/netns; `None` is the agent's own namespace.
+    pub fn open(netns: Option<&str>) -> Result<Node, NodeError> {
+        let netns = match netns {
+            Some(n) if n.contains('/') => Some(Netns::open(n).map_err(fail(format!("namespace {n}")))?),
+            Some(n) => Some(Netns::open_named(n).map_err(fail(format!("namespace {n}")))?),
+            None => None,
+        };
+        let nl = match &netns {
+            Some(ns) => Netlink::open_in_netns(ns),
+            None => Netlink::open(),
+        }
+        .map_err(fail("netlink socket"))?;
+        Ok(Node { netns, nl })
+    }
+
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
+    fn sysctl(&self, key: &str, value: &str) -> Result<(), NodeError> {
+        let ns = match &self.netns {
+            Some(ns) => ns,
+            None => &Netns::current().map_err(fail("own namespace"))?,
+        };
+        sysctl_in(ns, key, value).map_err(fail(format!("sysctl {key}")))
+    }
+
+    /// Forwarding on: the node routes between pod veths and ENI NICs.
+    pub fn prepare(&mut self) -> Result<(), NodeError> {
+        self.sysctl("net/ipv4/ip_forward", "1")
+    }
+
+    /// Finds the ENI's NIC by MAC and gives it its table: the gateway on-link and the default
+    /// route through it. Idempotent.
+    pub fn configure_eni(&mut self, mac: &str, gateway: Ipv4Addr) -> Result<Option<Nic>, NodeError> {
+        let want: MacAddr = mac.parse().map_err(|_| NodeError::BadMac(mac.to_string()))?;
+        let links = self.nl.links().map_err(fail("links"))?;
+        let Some(link) = links.into_iter().find(|l| l.mac == Some(want) && l.kind.as_deref() != Some("bridge")) else {
+            return Ok(None);
+        };
+        let table = ENI_TABLE_BASE + link.index;
+        self.sysctl(&format!("net/ipv4/conf/{}/rp_filter", link.name), "0")?;
+        self.nl.set_link_up(link.index).map_err(fail(format!("{} up", link.name)))?;
+        let gw = IpNetwork::V4(Ipv4Network::new(gateway, 32).expect("/32"));
+        self.nl.replace_route(&Route::new(gw).dev(link.index).scope(Scope::Link).table(table)).map_err(fail(format!("gateway route in table {table}")))?;
+        let default = Route::default_route(IpFamily::V4).via(IpAddr::V4(gateway)).dev(link.index).onlink().table(table);
+        self.nl.replace_route(&default).map_err(fail(format!("default route in table {table}")))?;
+        Ok(Some(Nic { name: link.name, index: link.index, route_table: table }))
+    }
+
+    /// Empties an ENI's table before it goes.
+    pub fn release_eni(&mut self, nic: &Nic) -> Result<(), NodeError> {
+        let routes = self.nl.routes(Some(nic.route_table)).map_err(fail("routes"))?;
+        for r in routes {
+            self.nl.delete_route(&r).or_else(gone_ok).map_err(fail(format!("route in table {}", nic.route_table)))?;
+        }
+        Ok(())
+    }
+
+    /// Removes what pods that are gone left behind: policy rules of the pod priorities for IPs no
+    /// allocation holds, and host veths whose name belongs to no allocation. `held` is asked only
+    /// after the node was listed: an ADD allocates before it builds, so whatever it built by then
+    /// is in the answer. Returns what was removed.
+    pub fn remove_leftovers(&mut self, held: impl FnOnce() -> (BTreeSet<Ipv4Addr>, BTreeSet<String>)) -> Result<Vec<String>, NodeError> {
+        let rules = self.nl.rules().map_err(fail("rules"))?;
+        let links = self.nl.links().map_err(fail("links"))?;
+        let (held_ips, host_veths) = held();
+        let mut removed = Vec::new();
+        for rule in rules {
+            let ip = match rule.priority {
+                Some(RULE_PRIORITY_TO_POD) => rule.to,
+                Some(RULE_PRIORITY_FROM_POD) => rule.from,
+                _ => None,
+            };
+            let Some(IpNetwork::V4(net)) = ip else { continue };
+            if net.prefix() == 32 && !held_ips.contains(&net.ip()) {
+                self.nl.delete_rule(&rule).or_else(gone_ok).map_err(fail(format!("rule for {}", net.ip())))?;
+                removed.push(format!("rule {} {}", rule.priority.unwrap_or_default(), net.ip()));
+            }
+        }
+        for link in links {
+            if link.name.starts_with(HOST_VETH_PREFIX) && link.kind.as_deref() == Some("veth") && !host_veths.contains(&link.name) {
+                self.nl.delete_link(link.index).or_else(gone_ok).map_err(fail(format!("veth {}", link.name)))?;
+                removed.push(format!("veth {}", link.name));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The ENI tables and rules the node has, for introspection: (rule priority, IP, table).
+    pub fn pod_rules(&mut self) -> Result<Vec<(u32, Ipv4Addr, u32)>, NodeError> {
+        let mut out = Vec::new();
+        for rule in self.nl.rules().map_err(fail("rules"))? {
+            let ip = match rule.priority {
+                Some(RULE_PRIORITY_TO_POD) => rule.to,
+                Some(RULE_PRIORITY_FROM_POD) => rule.from,
+                _ => None,
+            };
+            if let Some(IpNetwork::V4(net)) = ip {
+                out.push((rule.priority.unwrap_or_default(), net.ip(), rule.table));
+            }
+        }
+        Ok(out)
+    }
+}
+
+
+/// The host end of a pod's veth: `bth` and 11 hex digits of the FNV-1a hash of
+/// `<containerID>/<ifname>`, so that DEL and GC find it without state.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain(std::iter::once(b'/')).chain(ifname.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{HOST_VETH_PREFIX}{}", &format!("{hash:016x}")[..11])
+}

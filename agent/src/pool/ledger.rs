@@ -1,0 +1,232 @@
+//! The pool's ledger: the secondary ENIs the pool owns, the IPs on them, and which pod holds which
+//! IP. Pure: the cloud and the node are told about elsewhere; this only keeps the books straight
+//! (one holder per IP, IPs only from ENIs ready on the node).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{EniView, PoolView};
+
+/// A pod interface: the runtime's container ID and the interface name in the container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AllocationKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl std::fmt::Display for AllocationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+/// Who the pod is, as the runtime said in CNI_ARGS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub infra_container_id: String,
+}
+
+/// One pod interface's IP, as recorded durably before the plugin hears of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationRecord {
+    pub key: AllocationKey,
+    pub ip: Ipv4Addr,
+    pub eni_id: String,
+    pub netns: String,
+    pub pod: PodRef,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Where an ENI is in its life on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EniPhase {
+    /// Created or attaching; its IPs count as coming but serve nobody yet.
+    Attaching,
+    /// Attached and its NIC configured on the node: its IPs serve pods.
+    Ready,
+    /// Being detached and deleted: nothing new is placed on it.
+    Draining,
+}
+
+/// The ENI's NIC on the node, once configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Nic {
+    pub name: String,
+    pub index: u32,
+    pub route_table: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolEni {
+    pub id: String,
+    pub mac: String,
+    pub vswitch_id: String,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    pub phase: EniPhase,
+    pub nic: Option<Nic>,
+    /// Secondary IPs the cloud has assigned to the ENI (its primary address never serves pods).
+    pub ips: BTreeSet<Ipv4Addr>,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    enis: BTreeMap<String, PoolEni>,
+    allocations: BTreeMap<AllocationKey, AllocationRecord>,
+    holders: BTreeMap<Ipv4Addr, AllocationKey>,
+}
+
+/// Why the ledger refused a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{ip} is already held by {holder}")]
+    IpHeld { ip: Ipv4Addr, holder: AllocationKey },
+}
+
+impl Ledger {
+    pub fn enis(&self) -> impl Iterator<Item = &PoolEni> {
+        self.enis.values()
+    }
+
+    pub fn eni(&self, id: &str) -> Option<&PoolEni> {
+        self.enis.get(id)
+    }
+
+    pub fn eni_mut(&mut self, id: &str) -> Option<&mut PoolEni> {
+        self.enis.get_mut(id)
+    }
+
+    pub fn insert_eni(&mut self, eni: PoolEni) {
+        self.enis.insert(eni.id.clone(), eni);
+    }
+
+    pub fn remove_eni(&mut self, id: &str) -> Option<PoolEni> {
+        self.enis.remove(id)
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = &AllocationRecord> {
+        self.allocations.values()
+    }
+
+    pub fn allocation(&self, key: &AllocationKey) -> Option<&AllocationRecord> {
+        self.allocations.get(key)
+    }
+
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<&AllocationKey> {
+        self.holders.get(&ip)
+    }
+
+    /// IPs of this ENI no pod holds.
+    pub fn idle_ips_of(&self, eni: &PoolEni) -> Vec<Ipv4Addr> {
+        eni.ips.iter().copied().filter(|ip| !self.holders.contains_key(ip)).collect()
+    }
+
+    /// Idle IPs that can serve a pod now (on ready ENIs).
+    pub fn ready_idle(&self) -> usize {
+        self.enis.values().filter(|e| e.phase == EniPhase::Ready).map(|e| e.ips.iter().filter(|ip| !self.holders.contains_key(ip)).count()).sum()
+    }
+
+    /// Records an allocation that was made before (loaded from the store, or just chosen).
+    pub fn record(&mut self, record: AllocationRecord) -> Result<(), LedgerError> {
+        if let Some(holder) = self.holders.get(&record.ip)
+            && *holder != record.key
+        {
+            return Err(LedgerError::IpHeld { ip: record.ip, holder: holder.clone() });
+        }
+        if let Some(old) = self.allocations.get(&record.key) {
+            self.holders.remove(&old.ip);
+        }
+        self.holders.insert(record.ip, record.key.clone());
+        self.allocations.insert(record.key.clone(), record);
+        Ok(())
+    }
+
+    /// Chooses an idle IP for a new allocation without recording it: the ready ENI with the most
+    /// pods first (so that surplus drains whole ENIs), its lowest idle IP.
+    pub fn choose(&self) -> Option<(&PoolEni, Ipv4Addr)> {
+        let mut best: Option<(&PoolEni, Ipv4Addr, usize)> = None;
+        for e in self.enis.values().filter(|e| e.phase == EniPhase::Ready && e.nic.is_some()) {
+            let Some(ip) = e.ips.iter().copied().find(|ip| !self.holders.contains_key(ip)) else { continue };
+            let used = e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count();
+            if best.as_ref().is_none_or(|(_, _, u)| used > *u) {
+                best = Some((e, ip, used));
+            }
+        }
+        best.map(|(e, ip, _)| (e, ip))
+    }
+
+    pub fn release(&mut self, key: &AllocationKey) -> Option<AllocationRecord> {
+        let record = self.allocations.remove(key)?;
+        self.holders.remove(&record.ip);
+        Some(record)
+    }
+
+    /// The pool as the planner sees it.
+    pub fn view(&self, waiting: u32, inhibit_until: Option<Instant>, last_busy: Instant) -> PoolView {
+        let enis = self
+            .enis
+            .values()
+            .filter(|e| e.phase != EniPhase::Draining)
+            .map(|e| EniView { id: e.id.clone(), assigned: e.ips.len() as u32, in_use: e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count() as u32 })
+            .collect();
+        PoolView { enis, waiting, inhibit_until, last_busy }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eni(id: &str, ips: &[[u8; 4]], phase: EniPhase) -> PoolEni {
+        PoolEni {
+            id: id.into(),
+            mac: "02:00:00:00:00:01".into(),
+            vswitch_id: "vsw-1".into(),
+            gateway: Ipv4Addr::new(10, 0, 0, 253),
+            prefix_len: 24,
+            phase,
+            nic: Some(Nic { name: "eth1".into(), index: 3, route_table: 1003 }),
+            ips: ips.iter().map(|o| Ipv4Addr::from(*o)).collect(),
+        }
+    }
+
+    fn rec(c: &str, ip: [u8; 4], eni: &str) -> AllocationRecord {
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: ip.into(), eni_id: eni.into(), netns: String::new(), pod: PodRef::default(), created_at: 0 }
+    }
+
+    #[test]
+    fn an_ip_has_one_holder() {
+        let mut l = Ledger::default();
+        l.insert_eni(eni("eni-a", &[[10, 0, 0, 5]], EniPhase::Ready));
+        l.record(rec("c1", [10, 0, 0, 5], "eni-a")).unwrap();
+        assert!(matches!(l.record(rec("c2", [10, 0, 0, 5], "eni-a")), Err(LedgerError::IpHeld { .. })));
+        // Recording the same key again is idempotent.
+        l.record(rec("c1", [10, 0, 0, 5], "eni-a")).unwrap();
+        assert_eq!(l.ready_idle(), 0);
+        assert!(l.choose().is_none());
+        l.release(&rec("c1", [10, 0, 0, 5], "eni-a").key).unwrap();
+        assert_eq!(l.ready_idle(), 1);
+    }
+
+    #[test]
+    fn chooses_only_ready_enis_and_packs_the_busiest() {
+        let mut l = Ledger::default();
+        l.insert_eni(eni("eni-a", &[[10, 0, 0, 5], [10, 0, 0, 6]], EniPhase::Ready));
+        l.insert_eni(eni("eni-b", &[[10, 0, 0, 7], [10, 0, 0, 8]], EniPhase::Ready));
+        l.insert_eni(eni("eni-c", &[[10, 0, 0, 9]], EniPhase::Attaching));
+        l.record(rec("c1", [10, 0, 0, 8], "eni-b")).unwrap();
+        let (e, ip) = l.choose().unwrap();
+        assert_eq!((e.id.as_str(), ip), ("eni-b", Ipv4Addr::new(10, 0, 0, 7)));
+        let view = l.view(0, None, Instant::now());
+        assert_eq!(view.enis.len(), 3);
+        assert_eq!(view.idle(), 4, "attaching IPs count as coming");
+        assert_eq!(l.ready_idle(), 3);
+    }
+}

@@ -1,0 +1,150 @@
+//! The agent's gRPC API on its unix socket (mode 0600, peers checked by uid), for the CNI plugin.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_cloud::Cloud;
+use berth_proto::agent::v1 as pb;
+use tokio_stream::StreamExt as _;
+use tonic::{Request, Response, Status};
+
+use crate::eni_pool::{AllocError, Allocated, EniPool};
+use crate::node::host_veth_name;
+use crate::pool::ledger::{AllocationKey, PodRef};
+
+/// The plugin↔agent protocol this agent speaks; a plugin outside [MIN, MAX] is refused by Hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+pub struct AgentService<C> {
+    pool: Arc<EniPool<C>>,
+}
+
+impl<C> AgentService<C> {
+    pub fn new(pool: Arc<EniPool<C>>) -> Self {
+        AgentService { pool }
+    }
+}
+
+fn key_of(key: Option<pb::AllocationKey>) -> Result<AllocationKey, Status> {
+    let key = key.ok_or_else(|| Status::invalid_argument("the request has no key; send container_id and ifname"))?;
+    if key.container_id.is_empty() || key.ifname.is_empty() {
+        return Err(Status::invalid_argument(format!("key {:?}/{:?} needs both a container ID and an interface name", key.container_id, key.ifname)));
+    }
+    Ok(AllocationKey { container_id: key.container_id, ifname: key.ifname })
+}
+
+pub fn to_proto(a: &Allocated) -> pb::Allocation {
+    let r = &a.record;
+    pb::Allocation {
+        key: Some(pb::AllocationKey { container_id: r.key.container_id.clone(), ifname: r.key.ifname.clone() }),
+        pod: Some(pb::PodIdentity { namespace: r.pod.namespace.clone(), name: r.pod.name.clone(), uid: r.pod.uid.clone(), infra_container_id: r.pod.infra_container_id.clone() }),
+        mode: pb::NetworkMode::Shared as i32,
+        ipv4: Some(pb::IpConfig { address: r.ip.to_string(), prefix_length: u32::from(a.eni.prefix_len), gateway: a.eni.gateway.to_string() }),
+        ipv6: None,
+        eni: Some(pb::EniRef {
+            eni_id: a.eni.id.clone(),
+            mac: a.eni.mac.clone(),
+            node_ifname: a.eni.nic.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+            route_table: a.eni.nic.as_ref().map(|n| n.route_table).unwrap_or_default(),
+            vlan_id: 0,
+            trunk_eni_id: String::new(),
+        }),
+        bandwidth: None,
+        netns: r.netns.clone(),
+        created_at: r.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
+    async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
+        let r = request.into_inner();
+        tracing::debug!(plugin = %r.plugin_version, protocol = r.protocol_version, "hello");
+        Ok(Response::new(pb::HelloResponse {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION.min(r.protocol_version.max(MIN_PROTOCOL_VERSION)),
+            min_protocol_version: MIN_PROTOCOL_VERSION,
+            max_protocol_version: PROTOCOL_VERSION,
+        }))
+    }
+
+    async fn allocate_ip(&self, request: Request<pb::AllocateIpRequest>) -> Result<Response<pb::Allocation>, Status> {
+        let r = request.into_inner();
+        let key = key_of(r.key)?;
+        match pb::NetworkMode::try_from(r.mode).unwrap_or(pb::NetworkMode::Unspecified) {
+            pb::NetworkMode::Shared | pb::NetworkMode::Unspecified => {}
+            other => return Err(Status::unimplemented(format!("network mode {} is not served by this agent yet; use shared", other.as_str_name()))),
+        }
+        if r.want_ipv6 {
+            return Err(Status::unimplemented("IPv6 pod addresses are not served by this agent yet; ask for IPv4 only"));
+        }
+        let pod = r.pod.map(|p| PodRef { namespace: p.namespace, name: p.name, uid: p.uid, infra_container_id: p.infra_container_id }).unwrap_or_default();
+        match self.pool.allocate(key, r.netns, pod).await {
+            Ok(a) => Ok(Response::new(to_proto(&a))),
+            Err(AllocError::Exhausted(why)) => Err(Status::resource_exhausted(why)),
+            Err(e @ AllocError::Store(_)) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn release_ip(&self, request: Request<pb::ReleaseIpRequest>) -> Result<Response<pb::ReleaseIpResponse>, Status> {
+        let key = key_of(request.into_inner().key)?;
+        let released = self.pool.release(&key).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ReleaseIpResponse { released: released.is_some() }))
+    }
+
+    async fn get_allocation(&self, request: Request<pb::GetAllocationRequest>) -> Result<Response<pb::Allocation>, Status> {
+        let key = key_of(request.into_inner().key)?;
+        match self.pool.get(&key) {
+            Some(a) => Ok(Response::new(to_proto(&a))),
+            None => Err(Status::not_found(format!("no allocation for {key} (host veth {})", host_veth_name(&key.container_id, &key.ifname)))),
+        }
+    }
+
+    async fn list_allocations(&self, _request: Request<pb::ListAllocationsRequest>) -> Result<Response<pb::ListAllocationsResponse>, Status> {
+        Ok(Response::new(pb::ListAllocationsResponse { allocations: self.pool.list().iter().map(to_proto).collect() }))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.pool.status();
+        Ok(Response::new(pb::StatusResponse { ready: s.ready, reason: s.reason, idle_ips: s.idle, allocated_ips: s.allocated, max_ips: s.max }))
+    }
+}
+
+/// Binds the socket (replacing a stale one), mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` resolves. Connections from uids not in `allowed_uids` are closed.
+pub async fn serve<C: Cloud + 'static>(listener: tokio::net::UnixListener, pool: Arc<EniPool<C>>, allowed_uids: Vec<u32>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(move |conn| match conn {
+        Ok(stream) => match stream.peer_cred() {
+            Ok(cred) if allowed_uids.contains(&cred.uid()) => true,
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from a uid not in api.allowed_uids");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a connection whose peer credentials cannot be read");
+                false
+            }
+        },
+        Err(_) => true,
+    });
+    tonic::transport::Server::builder()
+        .add_service(pb::agent_server::AgentServer::new(AgentService::new(pool)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

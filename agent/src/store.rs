@@ -1,0 +1,219 @@
+//! Durable state: a checkpoint (`state.json`, replaced atomically) plus a journal of the events
+//! since (`journal.jsonl`, one line per event, fdatasync'd before the caller goes on). An
+//! allocation is journaled before the plugin hears of it; an intent before the cloud call it
+//! stands for. Replaying is idempotent, so a crash at any instant — even between writing a new
+//! checkpoint and emptying the journal — loads the same state.
+//!
+//! Why not a JSON checkpoint per change: with 250 allocations each ADD would rewrite ~60 KB; an
+//! appended line costs one small write and one fdatasync (~0.2 ms here).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::ledger::{AllocationKey, AllocationRecord};
+
+/// Compact the journal into a checkpoint after this many events.
+const COMPACT_AFTER: usize = 1024;
+
+/// A cloud call the agent is about to make, kept until it is known to be done, so that a restart
+/// finishes (or safely repeats) it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Intent {
+    /// CreateNetworkInterface with this ClientToken (a repeat returns the same ENI), then attach.
+    CreateEni { client_token: String, secondary_ips: u32 },
+    /// Detach and delete the ENI.
+    DeleteEni { eni_id: String },
+    /// Give these idle IPs back to the cloud.
+    UnassignIps { eni_id: String, ips: Vec<Ipv4Addr> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Allocated(AllocationRecord),
+    Released { key: AllocationKey },
+    IntentRecorded { id: u64, intent: Intent },
+    IntentDone { id: u64 },
+}
+
+/// What the store holds; the checkpoint's format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub allocations: BTreeMap<String, AllocationRecord>,
+    pub intents: BTreeMap<u64, Intent>,
+    pub next_intent: u64,
+}
+
+fn key_string(key: &AllocationKey) -> String {
+    format!("{}/{}", key.container_id, key.ifname)
+}
+
+impl Snapshot {
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Allocated(r) => {
+                self.allocations.insert(key_string(&r.key), r.clone());
+            }
+            Event::Released { key } => {
+                self.allocations.remove(&key_string(key));
+            }
+            Event::IntentRecorded { id, intent } => {
+                self.intents.insert(*id, intent.clone());
+                self.next_intent = self.next_intent.max(id + 1);
+            }
+            Event::IntentDone { id } => {
+                self.intents.remove(id);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint {path} is not valid: {source} (move it away to start from the cloud's view; allocations in it would be forgotten)")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+pub struct Store {
+    dir: PathBuf,
+    journal: File,
+    journaled: usize,
+    state: Snapshot,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and loads what it holds.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let checkpoint = dir.join("state.json");
+        let mut state = match std::fs::read(&checkpoint) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: checkpoint.clone(), source })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
+            Err(e) => return Err(io(&checkpoint)(e)),
+        };
+        let journal_path = dir.join("journal.jsonl");
+        let mut journaled = 0;
+        let mut good_len = 0u64;
+        if let Ok(file) = File::open(&journal_path) {
+            let mut reader = BufReader::new(file);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).map_err(io(&journal_path))?;
+                if n == 0 || !line.ends_with('\n') {
+                    break; // a torn last line: the write it stood for never returned
+                }
+                let Ok(event) = serde_json::from_str::<Event>(&line) else { break };
+                state.apply(&event);
+                journaled += 1;
+                good_len += n as u64;
+            }
+        }
+        let journal = OpenOptions::new().create(true).append(true).open(&journal_path).map_err(io(&journal_path))?;
+        journal.set_len(good_len).map_err(io(&journal_path))?;
+        let mut store = Store { dir: dir.to_path_buf(), journal, journaled, state };
+        if store.journaled >= COMPACT_AFTER {
+            store.compact()?;
+        }
+        Ok(store)
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.state
+    }
+
+    /// Makes the event durable, then applies it.
+    pub fn append(&mut self, event: Event) -> Result<(), StoreError> {
+        let path = self.dir.join("journal.jsonl");
+        let mut line = serde_json::to_vec(&event).expect("events serialize");
+        line.push(b'\n');
+        self.journal.write_all(&line).map_err(io(&path))?;
+        self.journal.sync_data().map_err(io(&path))?;
+        self.state.apply(&event);
+        self.journaled += 1;
+        if self.journaled >= COMPACT_AFTER {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Records an intent and returns its ID.
+    pub fn intend(&mut self, intent: Intent) -> Result<u64, StoreError> {
+        let id = self.state.next_intent;
+        self.append(Event::IntentRecorded { id, intent })?;
+        Ok(id)
+    }
+
+    pub fn done(&mut self, id: u64) -> Result<(), StoreError> {
+        self.append(Event::IntentDone { id })
+    }
+
+    /// Writes the checkpoint (temp file, fsync, rename, fsync of the directory), then empties the journal.
+    pub fn compact(&mut self) -> Result<(), StoreError> {
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join("state.json.tmp");
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&serde_json::to_vec_pretty(&self.state).expect("state serializes")).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        self.journal.set_len(0).map_err(io(&self.dir))?;
+        self.journal.sync_all().map_err(io(&self.dir))?;
+        self.journaled = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::ledger::PodRef;
+
+    fn rec(c: &str, last: u8) -> AllocationRecord {
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: Ipv4Addr::new(10, 0, 0, last), eni_id: "eni-1".into(), netns: "/run/netns/x".into(), pod: PodRef::default(), created_at: 1 }
+    }
+
+    #[test]
+    fn survives_reopen_compaction_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            s.append(Event::Allocated(rec("a", 5))).unwrap();
+            s.append(Event::Allocated(rec("b", 6))).unwrap();
+            let id = s.intend(Intent::DeleteEni { eni_id: "eni-9".into() }).unwrap();
+            s.append(Event::Released { key: rec("a", 5).key }).unwrap();
+            s.intend(Intent::UnassignIps { eni_id: "eni-1".into(), ips: vec![Ipv4Addr::new(10, 0, 0, 7)] }).unwrap();
+            s.done(id).unwrap();
+        }
+        // A crash in the middle of a write leaves half a line.
+        let mut j = OpenOptions::new().append(true).open(dir.path().join("journal.jsonl")).unwrap();
+        j.write_all(br#"{"event":"allocated","key""#).unwrap();
+        drop(j);
+        let mut s = Store::open(dir.path()).unwrap();
+        let snap = s.snapshot().clone();
+        assert_eq!(snap.allocations.keys().collect::<Vec<_>>(), vec!["b/eth0"]);
+        assert_eq!(snap.intents.len(), 1);
+        assert_eq!(snap.next_intent, 2);
+        // Appending after the torn line works, and a checkpoint plus a replayed journal agree.
+        s.append(Event::Allocated(rec("c", 8))).unwrap();
+        s.compact().unwrap();
+        s.append(Event::Released { key: rec("b", 6).key }).unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.snapshot().allocations.keys().collect::<Vec<_>>(), vec!["c/eth0"]);
+        assert_eq!(s.snapshot().intents.len(), 1);
+    }
+}

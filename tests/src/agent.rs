@@ -1,0 +1,144 @@
+//! A `berth-agent` process serving one local-cloud instance as its node, with its own socket,
+//! state, CNI config and queue directories; killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_proto::agent::v1::agent_client::AgentClient;
+use tonic::transport::Channel;
+
+use crate::{LocalCloud, bin};
+
+pub struct AgentProcess {
+    pub dir: tempfile::TempDir,
+    pub instance_id: String,
+    pub netns: PathBuf,
+    pub metrics_addr: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// How long the last start took until the CNI config appeared.
+    pub last_ready: Duration,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl AgentProcess {
+    /// Starts an agent for `instance_id` and waits until it is ready (its conflist written).
+    pub fn start(lc: &LocalCloud, instance_id: &str, extra: &[&str]) -> AgentProcess {
+        let dir = tempfile::Builder::new().prefix("berth-agent-").tempdir().expect("tempdir");
+        let netns = lc.instance_netns(instance_id);
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            dir.path().join("agent.toml").display().to_string(),
+            "--node-netns".into(),
+            netns.display().to_string(),
+            "--metadata-url".into(),
+            "http://127.0.0.1:8100/latest/meta-data".into(),
+            "--cloud-endpoint".into(),
+            lc.endpoint.clone(),
+            "--credentials".into(),
+            lc.dir.path().join("credentials.json").display().to_string(),
+            "--socket".into(),
+            dir.path().join("agent.sock").display().to_string(),
+            "--state-dir".into(),
+            dir.path().join("state").display().to_string(),
+            "--cni-conf-dir".into(),
+            dir.path().join("net.d").display().to_string(),
+            "--release-queue-dir".into(),
+            dir.path().join("release-queue").display().to_string(),
+            "--metrics-listen".into(),
+            metrics_addr.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        std::fs::write(dir.path().join("agent.toml"), "").unwrap();
+        let mut a = AgentProcess { dir, instance_id: instance_id.into(), netns, metrics_addr, args, child: None, last_ready: Duration::ZERO };
+        a.spawn();
+        a
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn conflist_path(&self) -> PathBuf {
+        self.dir.path().join("net.d").join("10-berth.conflist")
+    }
+
+    pub fn queue_dir(&self) -> PathBuf {
+        self.dir.path().join("release-queue")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.conflist_path());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
+        let started = Instant::now();
+        let child = Command::new(bin("berth-agent")).args(&self.args).env("BERTH_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start berth-agent");
+        self.child = Some(child);
+        let deadline = started + Duration::from_secs(60);
+        while !self.conflist_path().exists() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("berth-agent exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "berth-agent not ready in 60 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.last_ready = started.elapsed();
+    }
+
+    /// SIGKILL: no chance to tidy up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The agent's introspection document (`/debug/pool`).
+    pub async fn pool(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/debug/pool", self.metrics_addr)).await.expect("GET /debug/pool").json().await.expect("JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.expect("GET /metrics").text().await.expect("text")
+    }
+
+    pub async fn client(&self) -> AgentClient<Channel> {
+        AgentClient::new(unix_channel(&self.socket()).await)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A gRPC channel over a unix socket.
+pub async fn unix_channel(path: &Path) -> Channel {
+    let socket = path.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .expect("connect to the agent socket")
+}

@@ -1,0 +1,126 @@
+//! `berth-agent` against the local cloud, through its gRPC socket: the warm pool, allocations that
+//! are secondary IPs of the ENI they name in the cloud, surplus given back after the cool-down,
+//! and allocations that survive `kill -9`.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use berth_cloud::Cloud;
+use berth_cloud::api::EniFilter;
+use berth_cloud::model::{EniKind, IpProtocol, Policy, SecurityGroupRule};
+use berth_proto::agent::v1 as pb;
+use berth_tests::agent::AgentProcess;
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
+
+fn key(c: &str) -> Option<pb::AllocationKey> {
+    Some(pb::AllocationKey { container_id: c.into(), ifname: "eth0".into() })
+}
+
+fn allocate_request(c: &str) -> pb::AllocateIpRequest {
+    pb::AllocateIpRequest { key: key(c), netns: String::new(), mode: pb::NetworkMode::Shared as i32, want_ipv4: true, ..Default::default() }
+}
+
+/// The instance's secondary ENIs in the cloud: ENI → its secondary IPs.
+async fn cloud_ips(cloud: &impl Cloud, instance: &str) -> Vec<(String, BTreeSet<String>)> {
+    let filter = EniFilter { instance_id: Some(instance.into()), kind: Some(EniKind::Secondary), ..Default::default() };
+    cloud.describe_network_interfaces(&filter).await.unwrap().into_iter().map(|e| (e.id, e.secondary_ips.iter().map(ToString::to_string).collect())).collect()
+}
+
+pub async fn open_security_group(cloud: &impl Cloud, sg: &str) {
+    let rule = SecurityGroupRule {
+        direction: berth_cloud::model::Direction::Ingress,
+        protocol: IpProtocol::All,
+        ports: None,
+        peer_cidr: "10.0.0.0/8".parse().unwrap(),
+        policy: Policy::Accept,
+        priority: 1,
+    };
+    cloud.authorize_security_group(sg, &rule).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_serves_from_the_cloud_and_gives_surplus_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.91.0.0/16", "10.91.1.0/24").await;
+    open_security_group(&cloud, &net.sg).await;
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "4", "--cooldown-secs", "2"]);
+
+    // Ready means a warm pool: one secondary ENI holding the warm IPs, and a conflist.
+    let mode = std::fs::metadata(agent.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the agent socket must be 0600");
+    let conflist: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(agent.conflist_path()).unwrap()).unwrap();
+    assert_eq!(conflist["plugins"][0]["type"], "berth");
+    let enis = cloud_ips(&cloud, &node).await;
+    assert_eq!(enis.len(), 1, "one secondary ENI: {enis:?}");
+    assert!(enis[0].1.len() >= 2, "the warm IPs are assigned in the cloud: {enis:?}");
+
+    let mut client = agent.client().await;
+    let hello = client.hello(pb::HelloRequest { plugin_version: "test".into(), protocol_version: 1 }).await.unwrap().into_inner();
+    assert!(hello.min_protocol_version <= 1 && hello.max_protocol_version >= 1);
+
+    // 20 pods at once: 20 distinct IPs, each a secondary IP of the ENI it names, in the cloud.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut c = client.clone();
+        tasks.push(tokio::spawn(async move { c.allocate_ip(allocate_request(&format!("pod{i}"))).await.map(|r| r.into_inner()) }));
+    }
+    let mut allocations = Vec::new();
+    for t in tasks {
+        allocations.push(t.await.unwrap().expect("AllocateIp"));
+    }
+    let enis = cloud_ips(&cloud, &node).await;
+    let mut seen = BTreeSet::new();
+    for a in &allocations {
+        let ip = a.ipv4.as_ref().unwrap().address.clone();
+        assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+        let eni = a.eni.as_ref().unwrap();
+        assert!(eni.route_table >= 1000 && !eni.node_ifname.is_empty(), "the ENI's NIC is configured: {eni:?}");
+        let on = enis.iter().find(|(id, _)| *id == eni.eni_id).unwrap_or_else(|| panic!("{} is not on the instance", eni.eni_id));
+        assert!(on.1.contains(&ip), "{ip} is not a secondary IP of {} in the cloud", eni.eni_id);
+    }
+    // Asking again for the same pod interface gives the same IP.
+    let again = client.allocate_ip(allocate_request("pod3")).await.unwrap().into_inner();
+    assert_eq!(again.ipv4, allocations[3].ipv4);
+    let metrics = agent.metrics().await;
+    assert!(metrics.contains("berth_agent_pool_allocated_ips 20"), "{metrics}");
+    assert!(metrics.contains("berth_agent_cloud_call_seconds_bucket"), "{metrics}");
+
+    // Survives kill -9: the same allocations, nothing assigned twice.
+    let mut agent = agent;
+    agent.restart();
+    let mut client = agent.client().await;
+    let listed = client.list_allocations(pb::ListAllocationsRequest::default()).await.unwrap().into_inner().allocations;
+    assert_eq!(listed.len(), 20);
+    for a in &allocations {
+        let got = client.get_allocation(pb::GetAllocationRequest { key: a.key.clone() }).await.unwrap().into_inner();
+        assert_eq!(got.ipv4, a.ipv4);
+    }
+
+    // Everything back: first to the pool, then after the cool-down the surplus to the cloud.
+    for i in 0..20 {
+        let r = client.release_ip(pb::ReleaseIpRequest { key: key(&format!("pod{i}")) }).await.unwrap().into_inner();
+        assert!(r.released);
+    }
+    let r = client.release_ip(pb::ReleaseIpRequest { key: key("pod0") }).await.unwrap().into_inner();
+    assert!(!r.released, "a second release finds nothing");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let total: usize = cloud_ips(&cloud, &node).await.iter().map(|(_, ips)| ips.len()).sum();
+        if total <= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the surplus was not given back: {total} IPs still assigned\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pool = agent.pool().await;
+    assert_eq!(pool["allocations"].as_array().unwrap().len(), 0);
+    let st = client.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(st.ready, "{st:?}");
+}
