@@ -195,6 +195,8 @@ impl<C: Cloud> EniPool<C> {
         b.last_busy = Instant::now();
         self.update_gauges(&b);
         drop(b);
+        // A waiting allocation may take this IP now.
+        self.grown.notify_waiters();
         self.wake.notify_one();
         Ok(r)
     }
@@ -459,6 +461,8 @@ impl<C: Cloud> EniPool<C> {
                 pool::plan(&view, self.settings.targets, self.settings.limits, self.settings.cooldown, Instant::now())
             };
             if actions.is_empty() {
+                // Nothing to grow, yet someone may wait: an IP freed while it checked.
+                self.grown.notify_waiters();
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
                 continue;
             }

@@ -124,3 +124,139 @@ async fn the_pool_serves_from_the_cloud_and_gives_surplus_back() {
     let st = client.status(pb::StatusRequest {}).await.unwrap().into_inner();
     assert!(st.ready, "{st:?}");
 }
+
+/// Every IP the cloud assigned to the instance is idle in the pool or held by exactly one pod,
+/// the pool holds nothing the cloud does not, and no ENI of the pool is left unattached.
+async fn books_balance(cloud: &impl Cloud, agent: &AgentProcess, node: &str, live: &BTreeSet<String>) -> Result<(), String> {
+    let pool = agent.pool().await;
+    let mut pool_ips = BTreeSet::new();
+    for e in pool["enis"].as_array().unwrap() {
+        for ip in e["ips"].as_array().unwrap() {
+            if !pool_ips.insert(ip.as_str().unwrap().to_string()) {
+                return Err(format!("{ip} on two ENIs of the pool"));
+            }
+        }
+    }
+    let mut cloud_all = BTreeSet::new();
+    for (_, ips) in cloud_ips(cloud, node).await {
+        cloud_all.extend(ips);
+    }
+    if pool_ips != cloud_all {
+        return Err(format!("the pool and the cloud disagree on the instance's IPs: pool {pool_ips:?}, cloud {cloud_all:?}\n{pool:#}"));
+    }
+    let mut held = BTreeSet::new();
+    let mut holders = BTreeSet::new();
+    for a in pool["allocations"].as_array().unwrap() {
+        let ip = a["ip"].as_str().unwrap().to_string();
+        if !cloud_all.contains(&ip) {
+            return Err(format!("{ip} is held but not assigned in the cloud"));
+        }
+        if !held.insert(ip.clone()) {
+            return Err(format!("{ip} held twice"));
+        }
+        holders.insert(a["key"]["container_id"].as_str().unwrap().to_string());
+    }
+    if &holders != live {
+        return Err(format!("the pods holding IPs {holders:?} are not the live ones {live:?}"));
+    }
+    let orphans: Vec<_> = cloud
+        .describe_network_interfaces(&EniFilter { kind: Some(EniKind::Secondary), ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.instance_id.is_none())
+        .map(|e| e.id)
+        .collect();
+    if !orphans.is_empty() {
+        return Err(format!("ENIs left unattached: {orphans:?}"));
+    }
+    Ok(())
+}
+
+/// The books balance once the pool is quiet (a cloud call in flight is a moment of difference).
+async fn assert_books_balance(cloud: &impl Cloud, agent: &AgentProcess, node: &str, live: &BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match books_balance(cloud, agent, node, live).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{e}\n{}", agent.log()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_instants_loses_and_doubles_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.92.0.0/16", "10.92.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    // A pool that grows and shrinks all the time, so that kills land in the middle of cloud calls.
+    let mut agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--cooldown-secs", "0", "--reconcile-secs", "1"]);
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    let mut maybe: BTreeSet<String> = BTreeSet::new();
+    let mut next = 0u32;
+    let mut ops = 0;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    while ops < 300 {
+        let round = Instant::now();
+        let client = agent.client().await;
+        // A burst of parallel ADDs and DELs, with the agent killed at a random instant inside it.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let mut c = client.clone();
+            if !live.is_empty() && rand(2) == 0 {
+                let pod = live.iter().nth(rand(live.len() as u64) as usize).unwrap().clone();
+                live.remove(&pod);
+                tasks.push(tokio::spawn(async move { (pod.clone(), false, c.release_ip(pb::ReleaseIpRequest { key: key(&pod) }).await.is_ok()) }));
+            } else {
+                let pod = format!("p{next}");
+                next += 1;
+                tasks.push(tokio::spawn(async move { (pod.clone(), true, c.allocate_ip(allocate_request(&pod)).await.is_ok()) }));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rand(60))).await;
+        if rand(3) == 0 {
+            agent.kill9();
+        }
+        for t in tasks {
+            let (pod, add, ok) = t.await.unwrap();
+            ops += 1;
+            match (add, ok) {
+                (true, true) => {
+                    live.insert(pod);
+                }
+                // A failed ADD is followed by a DEL (the runtime's contract); a failed DEL is retried.
+                (true, false) | (false, false) => {
+                    maybe.insert(pod);
+                }
+                (false, true) => {}
+            }
+        }
+        if agent.pid().is_none() {
+            agent.restart();
+        }
+        let mut c = agent.client().await;
+        for pod in std::mem::take(&mut maybe) {
+            c.release_ip(pb::ReleaseIpRequest { key: key(&pod) }).await.expect("DEL after restart");
+        }
+        if round.elapsed() > Duration::from_secs(5) {
+            eprintln!("slow round: {:?}\n{}", round.elapsed(), agent.log().lines().filter(|l| !l.contains(" INFO ")).collect::<Vec<_>>().join("\n"));
+        }
+    }
+    // Let in-flight pool work settle, then compare the books.
+    agent.restart();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_books_balance(&cloud, &agent, &node, &live).await;
+    eprintln!("{ops} operations, {} pods alive at the end", live.len());
+}
