@@ -3,6 +3,7 @@
 //! it fails.
 
 pub mod agent;
+pub mod cni;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,153 @@
+//! Pod networking end to end in shared-ENI mode: two local-cloud instances as nodes, an agent on
+//! each, 20 pods per node through the `berth` plugin. Pods reach each other on one node and across
+//! nodes through the vRouter, which drops any packet whose source IP is not on the ENI it leaves
+//! by; each pod IP is a secondary IP of that ENI in the cloud; after DEL everything is back.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_cloud::Cloud;
+use berth_cloud::api::EniFilter;
+use berth_cloud::model::{EniKind, IpProtocol, Policy, SecurityGroupRule};
+use berth_nodenet::NetnsGuard;
+use berth_tests::agent::AgentProcess;
+use berth_tests::cni::{self, Invocation};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root};
+
+const PODS_PER_NODE: usize = 20;
+
+struct Pod {
+    netns: NetnsGuard,
+    container_id: String,
+    ip: Ipv4Addr,
+    result: serde_json::Value,
+}
+
+fn ping(from: &Path, to: Ipv4Addr) -> bool {
+    in_netns(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &to.to_string()]).0
+}
+
+async fn open_security_group(cloud: &impl Cloud, sg: &str) {
+    let rule = SecurityGroupRule {
+        direction: berth_cloud::model::Direction::Ingress,
+        protocol: IpProtocol::All,
+        ports: None,
+        peer_cidr: "10.0.0.0/8".parse().unwrap(),
+        policy: Policy::Accept,
+        priority: 1,
+    };
+    cloud.authorize_security_group(sg, &rule).await.unwrap();
+}
+
+fn conflist(agent: &AgentProcess) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(agent.conflist_path()).unwrap()).unwrap()
+}
+
+fn add_pods(agent: &AgentProcess, tag: &str, n: usize) -> Vec<Pod> {
+    let list = conflist(agent);
+    let path = cni::cni_path();
+    (0..n)
+        .map(|i| {
+            let netns = NetnsGuard::unique("bp").expect("pod namespace");
+            let container_id = format!("{tag}-{i}");
+            let ns_path = format!("/run/netns/{}", netns.name());
+            let inv = Invocation { command: "ADD", container_id: &container_id, netns: &ns_path, ifname: "eth0", args: &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id}") };
+            let result = cni::add_list(Some(&agent.netns), &path, &list, &inv).unwrap_or_else(|e| panic!("ADD {container_id}: {e:?}\n{}", agent.log()));
+            let ip: Ipv4Addr = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+            Pod { netns, container_id, ip, result }
+        })
+        .collect()
+}
+
+fn del_pod(agent: &AgentProcess, pod: &Pod) {
+    let list = conflist(agent);
+    let ns_path = format!("/run/netns/{}", pod.netns.name());
+    let inv = Invocation { command: "DEL", container_id: &pod.container_id, netns: &ns_path, ifname: "eth0", args: "" };
+    cni::del_list(Some(&agent.netns), &cni::cni_path(), &list, &inv, Some(&pod.result)).unwrap_or_else(|e| panic!("DEL {}: {e:?}", pod.container_id));
+}
+
+/// The ENI (by MAC of the NIC) a packet from `pod_ip` to `dst` leaves the node by.
+fn egress_mac(node: &Path, pod_ip: Ipv4Addr, dst: Ipv4Addr, iif: &str) -> String {
+    let (ok, out) = in_netns(node, &["ip", "-o", "route", "get", &dst.to_string(), "from", &pod_ip.to_string(), "iif", iif]);
+    assert!(ok, "route get: {out}");
+    let dev = out.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap_or_else(|| panic!("no dev in {out}")).to_string();
+    let (ok, link) = in_netns(node, &["cat", &format!("/sys/class/net/{dev}/address")]);
+    assert!(ok, "{link}");
+    link.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.93.0.0/16", "10.93.1.0/24").await;
+    open_security_group(&cloud, &net.sg).await;
+    let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let flags = ["--min-idle-ips", "4", "--max-idle-ips", "6", "--cooldown-secs", "2"];
+    let agent_a = AgentProcess::start(&lc, &node_a, &flags);
+    let agent_b = AgentProcess::start(&lc, &node_b, &flags);
+
+    let pods_a = tokio::task::block_in_place(|| add_pods(&agent_a, "a", PODS_PER_NODE));
+    let pods_b = tokio::task::block_in_place(|| add_pods(&agent_b, "b", PODS_PER_NODE));
+    let all: BTreeSet<Ipv4Addr> = pods_a.iter().chain(&pods_b).map(|p| p.ip).collect();
+    assert_eq!(all.len(), 2 * PODS_PER_NODE, "every pod has its own IP");
+
+    // In the cloud, each pod IP is a secondary IP of the ENI its traffic leaves by.
+    for (node, agent, pods, peer) in [(&node_a, &agent_a, &pods_a, pods_b[0].ip), (&node_b, &agent_b, &pods_b, pods_a[0].ip)] {
+        let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(node.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await.unwrap();
+        for pod in pods.iter() {
+            let host_veth = pod.result["interfaces"][0]["name"].as_str().unwrap().to_string();
+            let mac = egress_mac(&agent.netns, pod.ip, peer, &host_veth);
+            let eni = enis.iter().find(|e| e.mac == mac).unwrap_or_else(|| panic!("{} leaves by {mac}, which is no secondary ENI of {node}", pod.ip));
+            assert!(eni.secondary_ips.contains(&pod.ip), "{} leaves by {} which does not own it in the cloud", pod.ip, eni.id);
+        }
+    }
+
+    // Same node, across nodes (through the vRouter, which drops a source IP not on the ENI).
+    let ns = |p: &Pod| std::path::PathBuf::from(format!("/run/netns/{}", p.netns.name()));
+    let pairs = [(&pods_a[0], &pods_a[1]), (&pods_a[2], &pods_a[PODS_PER_NODE - 1]), (&pods_a[3], &pods_b[4]), (&pods_b[PODS_PER_NODE - 1], &pods_a[PODS_PER_NODE - 2]), (&pods_b[5], &pods_b[6])];
+    for (from, to) in pairs {
+        assert!(ping(&ns(from), to.ip), "{} ({}) cannot reach {} ({})", from.container_id, from.ip, to.container_id, to.ip);
+    }
+
+    // CHECK passes on an intact pod.
+    let check_conf = cni::plugin_conf(&conflist(&agent_a), 0, Some(&pods_a[0].result));
+    let ns0 = format!("/run/netns/{}", pods_a[0].netns.name());
+    let out = cni::exec(Some(&agent_a.netns), &cni::cni_path(), "berth", &check_conf, &Invocation { command: "CHECK", container_id: &pods_a[0].container_id, netns: &ns0, ifname: "eth0", args: "" });
+    assert!(out.ok, "CHECK: {out:?}");
+
+    // DEL everything: every IP back in the pool, then the surplus back in the cloud.
+    tokio::task::block_in_place(|| {
+        for p in pods_a.iter() {
+            del_pod(&agent_a, p);
+        }
+        for p in pods_b.iter() {
+            del_pod(&agent_b, p);
+        }
+    });
+    for (agent, node) in [(&agent_a, &node_a), (&agent_b, &node_b)] {
+        let pool = agent.pool().await;
+        assert_eq!(pool["allocations"].as_array().unwrap().len(), 0, "{pool:#}");
+        let (_, links) = in_netns(&agent.netns, &["ip", "-o", "link", "show"]);
+        assert!(!links.contains("bth"), "host veths left on {node}: {links}");
+        let (_, rules) = in_netns(&agent.netns, &["ip", "rule", "show"]);
+        assert!(!rules.contains("10.93."), "pod rules left on {node}: {rules}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(node.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await.unwrap();
+            let assigned: usize = enis.iter().map(|e| e.secondary_ips.len()).sum();
+            if assigned <= 6 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{assigned} IPs still assigned to {node} after the cool-down\n{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
