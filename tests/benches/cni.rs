@@ -1,0 +1,165 @@
+//! CNI ADD and DEL latency and throughput of `berth` (with its agent, warm pool, on a local-cloud
+//! node) beside Debian's reference `ptp` + `host-local`, in the same run, each pod in its own
+//! namespace, the plugins executed as libcni does inside the node's namespace.
+//!
+//! `cargo build --release --workspace --bins && cargo bench -p berth-tests --bench cni`
+//! (`BERTH_BENCH_PODS=100,200` to choose the pod counts; berth's largest node type holds 203 pods).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_nodenet::NetnsGuard;
+use berth_tests::agent::AgentProcess;
+use berth_tests::cni::{self, Invocation};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet};
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Stats { p50: at(0.50), p99: at(0.99) }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// One network under test: its node namespace, conflist and plugin path.
+struct Net {
+    name: &'static str,
+    node: PathBuf,
+    conflist: serde_json::Value,
+    cni_path: String,
+}
+
+fn run_one(net: &Net, command: &str, id: &str, netns: &str, prev: Option<&serde_json::Value>) -> (Duration, Option<serde_json::Value>) {
+    let inv = Invocation { command, container_id: id, netns, ifname: "eth0", args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p" };
+    let t = Instant::now();
+    if command == "ADD" {
+        let r = cni::add_list(Some(&net.node), &net.cni_path, &net.conflist, &inv).unwrap_or_else(|e| panic!("{} ADD {id}: {e:?}", net.name));
+        (t.elapsed(), Some(r))
+    } else {
+        cni::del_list(Some(&net.node), &net.cni_path, &net.conflist, &inv, prev).unwrap_or_else(|e| panic!("{} DEL {id}: {e:?}", net.name));
+        (t.elapsed(), None)
+    }
+}
+
+/// Sequential ADD then DEL of `pods`, then the same in 8 threads; prints one line per phase.
+fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
+    let namespaces: Vec<NetnsGuard> = (0..pods).map(|_| NetnsGuard::unique("bb").expect("pod netns")).collect();
+    let paths: Vec<String> = namespaces.iter().map(|n| format!("/run/netns/{}", n.name())).collect();
+    let ids: Vec<String> = (0..pods).map(|i| format!("{tag}{i}")).collect();
+
+    let mut add = Vec::new();
+    let mut results = Vec::new();
+    for i in 0..pods {
+        let (d, r) = run_one(net, "ADD", &ids[i], &paths[i], None);
+        add.push(d);
+        results.push(r.unwrap());
+    }
+    let mut del = Vec::new();
+    for i in 0..pods {
+        del.push(run_one(net, "DEL", &ids[i], &paths[i], Some(&results[i])).0);
+    }
+    let (a, d) = (stats(add), stats(del));
+
+    // 8 in parallel.
+    let started = Instant::now();
+    let chunks: Vec<Vec<usize>> = (0..8).map(|t| (t..pods).step_by(8).collect()).collect();
+    let par_results: Vec<Vec<(usize, serde_json::Value)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks.iter().map(|c| s.spawn(|| c.iter().map(|&i| (i, run_one(net, "ADD", &format!("{}p", ids[i]), &paths[i], None).1.unwrap())).collect::<Vec<_>>())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let add_rate = pods as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (ids, paths) = (&ids, &paths);
+    std::thread::scope(|s| {
+        for chunk in &par_results {
+            s.spawn(move || {
+                for (i, r) in chunk {
+                    run_one(net, "DEL", &format!("{}p", ids[*i]), &paths[*i], Some(r));
+                }
+            });
+        }
+    });
+    let del_rate = pods as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "{:<22} pods {:>4}  ADD p50 {:>8} p99 {:>8}  DEL p50 {:>8} p99 {:>8}  8-parallel ADD {:>6.0} pods/s  DEL {:>6.0} pods/s",
+        net.name,
+        pods,
+        ms(a.p50),
+        ms(a.p99),
+        ms(d.p50),
+        ms(d.p99),
+        add_rate,
+        del_rate
+    );
+    [a.p50, d.p50, Duration::from_secs_f64(1.0 / add_rate)]
+}
+
+fn reference_net(node: &NetnsGuard, dir: &Path) -> Net {
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "ref",
+        "plugins": [{ "type": "ptp", "ipMasq": false, "ipam": { "type": "host-local", "subnet": "10.201.0.0/16", "dataDir": dir.join("ipam") } }],
+    });
+    Net { name: "reference ptp+host-local", node: PathBuf::from(format!("/run/netns/{}", node.name())), conflist, cni_path: cni::REFERENCE_PLUGINS.into() }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !Path::new(cni::REFERENCE_PLUGINS).join("ptp").exists() {
+        println!("skipped: Debian's containernetworking-plugins are not installed ({} has no ptp)", cni::REFERENCE_PLUGINS);
+        return;
+    }
+    let counts: Vec<usize> = std::env::var("BERTH_BENCH_PODS").unwrap_or_else(|_| "100,200".into()).split(',').map(|s| s.trim().parse().expect("pod counts")).collect();
+    let max = *counts.iter().max().unwrap();
+
+    let lc = LocalCloud::start(LocalCloudOptions { extra_args: vec!["--attach-delay-ms".into(), "50".into()], ..Default::default() });
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.94.0.0/16", "10.94.0.0/20").await;
+    let node = net.run(&cloud, "ecs.c7.4xlarge", &net.sg).await;
+    // A warm pool as large as the largest run: no cloud call while measuring.
+    let warm = max.to_string();
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", &warm, "--max-idle-ips", &warm]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while agent.pool().await["status"]["idle"].as_u64().unwrap_or(0) < max as u64 {
+        assert!(Instant::now() < deadline, "the pool did not warm up to {max}:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls_before = cloud_calls(&agent).await;
+    let berth = Net {
+        name: "berth (shared ENI)",
+        node: agent.netns.clone(),
+        conflist: serde_json::from_str(&std::fs::read_to_string(agent.conflist_path()).unwrap()).unwrap(),
+        cni_path: cni::cni_path(),
+    };
+    let ref_node = NetnsGuard::unique("bn").expect("reference node netns");
+    let dir = tempfile::tempdir().unwrap();
+    let reference = reference_net(&ref_node, dir.path());
+
+    tokio::task::block_in_place(|| {
+        for &n in &counts {
+            let b = measure(&berth, n, &format!("b{n}x"));
+            let r = measure(&reference, n, &format!("r{n}x"));
+            println!(
+                "  ratio berth/reference at {n} pods: ADD p50 {:.2}, DEL p50 {:.2}, 8-parallel ADD throughput {:.2}x",
+                b[0].as_secs_f64() / r[0].as_secs_f64(),
+                b[1].as_secs_f64() / r[1].as_secs_f64(),
+                r[2].as_secs_f64() / b[2].as_secs_f64()
+            );
+        }
+    });
+    let calls = cloud_calls(&agent).await - calls_before;
+    let pods: usize = counts.iter().map(|n| 2 * n).sum();
+    println!("cloud API calls during {pods} pod ADD/DEL cycles with a warm pool: {calls} ({:.3} per pod)", calls as f64 / pods as f64);
+}
+
+/// Cloud API calls the agent made so far (its histogram's counts, all actions and outcomes).
+async fn cloud_calls(agent: &AgentProcess) -> u64 {
+    agent.metrics().await.lines().filter(|l| l.starts_with("berth_agent_cloud_call_seconds_count")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
