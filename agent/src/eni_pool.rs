@@ -70,7 +70,7 @@ pub struct EniPool<C> {
     settings: PoolSettings,
     identity: NodeIdentity,
     books: Mutex<Books>,
-    node: Mutex<Node>,
+    node: Arc<Mutex<Node>>,
     /// Woken when IPs become ready to serve.
     grown: Notify,
     /// Wakes the upkeep task.
@@ -94,7 +94,7 @@ impl<C: Cloud> EniPool<C> {
             settings,
             identity,
             books: Mutex::new(Books { ledger: Ledger::default(), store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now() }),
-            node: Mutex::new(node),
+            node: Arc::new(Mutex::new(node)),
             grown: Notify::new(),
             wake: Notify::new(),
             metrics,
@@ -199,6 +199,23 @@ impl<C: Cloud> EniPool<C> {
         self.grown.notify_waiters();
         self.wake.notify_one();
         Ok(r)
+    }
+
+    /// Releases `key` and then deletes the host end of its veth, by the index it had before the
+    /// release (a new ADD of the same interface makes a new link, which this never touches). The
+    /// plugin's DEL returns without waiting for the kernel's slow veth deletion.
+    pub async fn release_and_unwire(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
+        let veth = self.node().link_index(&host_veth_name(&key.container_id, &key.ifname));
+        let released = self.release(key)?;
+        if let Some(index) = veth {
+            let node = self.node.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = node.lock().unwrap_or_else(|p| p.into_inner()).delete_link(index) {
+                    tracing::warn!(error = %e, "cannot delete a released pod's veth; reconciliation retries");
+                }
+            });
+        }
+        Ok(released)
     }
 
     pub fn get(&self, key: &AllocationKey) -> Option<Allocated> {

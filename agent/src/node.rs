@@ -12,12 +12,8 @@ use crate::pool::ledger::Nic;
 
 /// Tables of ENIs are 1000 + the NIC's interface index, as Terway numbers them.
 pub const ENI_TABLE_BASE: u32 = 1000;
-/// `to <pod> lookup main`: traffic to a pod goes to its veth, whatever ENI it came in by.
-pub const RULE_PRIORITY_TO_POD: u32 = 512;
-/// `from <pod> lookup <ENI table>`: a pod's traffic leaves by the ENI that owns its IP.
-pub const RULE_PRIORITY_FROM_POD: u32 = 2048;
-/// Host ends of pod veths start with this.
-pub const HOST_VETH_PREFIX: &str = "bth";
+// The pod datapath's names and priorities are the plugin's; the agent removes leftovers by them.
+pub use berth_cni::datapath::{HOST_VETH_PREFIX, RULE_PRIORITY_FROM_POD, RULE_PRIORITY_TO_POD, host_veth_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -132,6 +128,16 @@ impl Node {
         Ok(removed)
     }
 
+    /// The interface index of a link, if it exists.
+    pub fn link_index(&mut self, name: &str) -> Option<u32> {
+        self.nl.link_by_name(name).ok().map(|l| l.index)
+    }
+
+    /// Deletes a link by index; gone already is fine.
+    pub fn delete_link(&mut self, index: u32) -> Result<(), NodeError> {
+        self.nl.delete_link(index).or_else(gone_ok).map_err(fail(format!("link index {index}")))
+    }
+
     /// The ENI tables and rules the node has, for introspection: (rule priority, IP, table).
     pub fn pod_rules(&mut self) -> Result<Vec<(u32, Ipv4Addr, u32)>, NodeError> {
         let mut out = Vec::new();
@@ -150,13 +156,3 @@ impl Node {
 }
 
 
-/// The host end of a pod's veth: `bth` and 11 hex digits of the FNV-1a hash of
-/// `<containerID>/<ifname>`, so that DEL and GC find it without state.
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain(std::iter::once(b'/')).chain(ifname.bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{HOST_VETH_PREFIX}{}", &format!("{hash:016x}")[..11])
-}

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::eni_pool::{AllocError, Allocated, EniPool};
 use crate::node::host_veth_name;
+
 use crate::pool::ledger::{AllocationKey, PodRef};
 
 /// The plugin↔agent protocol this agent speaks; a plugin outside [MIN, MAX] is refused by Hello.
@@ -90,7 +91,7 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
 
     async fn release_ip(&self, request: Request<pb::ReleaseIpRequest>) -> Result<Response<pb::ReleaseIpResponse>, Status> {
         let key = key_of(request.into_inner().key)?;
-        let released = self.pool.release(&key).map_err(|e| Status::internal(e.to_string()))?;
+        let released = self.pool.release_and_unwire(&key).await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ReleaseIpResponse { released: released.is_some() }))
     }
 

@@ -1,13 +1,21 @@
-//! The CNI commands. VERSION answers alone; the others check their input fully and then need the
-//! node's agent, which they reach over its unix socket.
+//! The CNI commands. VERSION answers alone; the others check their input fully, then ask the
+//! node's agent (over its socket) and build or tear down the datapath.
 
-use std::io::ErrorKind;
-use std::os::unix::net::UnixStream;
+use std::net::{IpAddr, Ipv4Addr};
 
+use ipnetwork::{IpNetwork, Ipv4Network};
+use std::os::unix::fs::DirBuilderExt as _;
+
+use berth_nodenet::Netlink;
+use berth_proto::agent::v1 as pb;
+
+use crate::agent_client::Agent;
+use crate::datapath::{self, DatapathError, PodNet};
 use crate::protocol::config::NetConf;
 use crate::protocol::env::{Command, Env};
 use crate::protocol::error::{CniError, code};
 use crate::protocol::version;
+use crate::protocol::result::{self, CniResult, Interface, IpEntry, RouteEntry};
 
 /// What a command prints on success (nothing for DEL, CHECK, GC, STATUS).
 pub type Output = Option<String>;
@@ -45,32 +53,187 @@ pub fn check_version(command: Command, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Why the agent cannot be reached, if it cannot.
-fn agent_unreachable(socket: &str) -> Option<String> {
-    match UnixStream::connect(socket) {
-        Ok(_) => None,
-        Err(e) if e.kind() == ErrorKind::NotFound => Some(format!("the Berth agent socket {socket} does not exist")),
-        Err(e) => Some(format!("the Berth agent at {socket} does not answer: {e}")),
+pub fn run(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
+    check_version(env.command, conf)?;
+    match env.command {
+        Command::Version => Ok(None),
+        Command::Add => add(env, conf),
+        Command::Del => del(env, conf).map(|()| None),
+        Command::Check => check(env, conf).map(|()| None),
+        Command::Gc => gc(conf).map(|()| None),
+        Command::Status => status(conf).map(|()| None),
     }
 }
 
-pub fn run(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
-    check_version(env.command, conf)?;
-    let unreachable = agent_unreachable(&conf.agent_socket);
-    match env.command {
-        Command::Version => Ok(None),
-        // DEL must succeed with the agent down; the release is left to GC when it returns.
-        Command::Del => Ok(None),
-        Command::Gc => Ok(None),
-        Command::Status => Err(CniError::new(
-            code::PLUGIN_NOT_AVAILABLE,
-            unreachable.unwrap_or_else(|| "the Berth agent answers but cannot serve allocations yet".into()),
-            "start berth-agent (systemctl status berth-agent) and wait until it reports ready",
-        )),
-        Command::Add | Command::Check => Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            unreachable.unwrap_or_else(|| "the Berth agent answers but cannot serve allocations yet".into()),
-            "try again once berth-agent is ready (systemctl status berth-agent)",
-        )),
+fn key(env: &Env) -> pb::AllocationKey {
+    pb::AllocationKey { container_id: env.container_id.clone(), ifname: env.ifname.clone() }
+}
+
+fn node_netlink() -> Result<Netlink, CniError> {
+    Netlink::open().map_err(|e| CniError::new(code::IO_FAILURE, format!("cannot open netlink: {e}"), "run the plugin as root in the node's namespace"))
+}
+
+fn datapath_error(e: DatapathError) -> CniError {
+    match e {
+        DatapathError::Exists(m) => CniError::new(code::INTERFACE_EXISTS, m, "use another CNI_IFNAME, or DEL the attachment first"),
+        DatapathError::Netns(m) => CniError::new(code::IO_FAILURE, m, "CNI_NETNS must name the container's existing network namespace"),
+        DatapathError::Netlink(m) => CniError::new(code::IO_FAILURE, m, "see the kernel's answer above"),
+        DatapathError::Mismatch(m) => CniError::new(code::DATAPATH_MISMATCH, m, "the pod's network was changed after ADD; recreate the pod"),
+    }
+}
+
+fn ipv4_of(a: &pb::Allocation) -> Result<Ipv4Addr, CniError> {
+    let text = a.ipv4.as_ref().map(|c| c.address.as_str()).unwrap_or_default();
+    text.parse().map_err(|_| CniError::new(code::IO_FAILURE, format!("the agent answered an allocation without a valid IPv4 address ({text:?})"), "see berth-agent's log"))
+}
+
+fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
+    let mtu = conf.mtu()?;
+    let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER)?;
+    let pod = pb::PodIdentity {
+        namespace: env.pod.namespace.clone().unwrap_or_default(),
+        name: env.pod.name.clone().unwrap_or_default(),
+        uid: env.pod.uid.clone().unwrap_or_default(),
+        infra_container_id: env.pod.infra_container_id.clone().unwrap_or_default(),
+    };
+    let request = pb::AllocateIpRequest { key: Some(key(env)), netns: env.netns.clone(), pod: Some(pod), mode: pb::NetworkMode::Shared as i32, want_ipv4: true, ..Default::default() };
+    let allocation = agent.allocate(request)?;
+    let built = (|| {
+        let ip = ipv4_of(&allocation)?;
+        let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
+        if table == 0 {
+            return Err(CniError::new(code::IO_FAILURE, format!("the agent gave {ip} without the routing table of its ENI"), "see berth-agent's log"));
+        }
+        let mut node = node_netlink()?;
+        let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu };
+        match datapath::setup(&mut node, &p) {
+            Ok(built) => Ok((ip, built)),
+            Err(e) => {
+                // Leave nothing behind: not an interface that was already there, not our veth, not the rules.
+                if !matches!(e, DatapathError::Exists(_)) {
+                    let _ = datapath::teardown(&mut node, &env.container_id, &env.ifname, Some(ip));
+                } else {
+                    let _ = datapath::remove_rules(&mut node, ip);
+                }
+                Err(datapath_error(e))
+            }
+        }
+    })();
+    let (ip, built) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            // The IP goes back to the pool: a failed ADD keeps nothing.
+            let _ = agent.release(key(env));
+            return Err(e);
+        }
+    };
+    let ours = CniResult {
+        interfaces: vec![
+            Interface { name: built.host.name.clone(), mac: datapath::mac_string(built.host.mac), sandbox: None, mtu: Some(mtu) },
+            Interface { name: env.ifname.clone(), mac: datapath::mac_string(built.pod.mac), sandbox: Some(env.netns.clone()), mtu: Some(mtu) },
+        ],
+        ips: vec![IpEntry { address: IpNetwork::V4(Ipv4Network::new(ip, 32).expect("/32")), gateway: Some(IpAddr::V4(datapath::POD_GATEWAY)), interface: Some(1) }],
+        routes: vec![RouteEntry { dst: "0.0.0.0/0".parse().expect("a CIDR"), gw: Some(IpAddr::V4(datapath::POD_GATEWAY)) }],
+        dns: conf.dns().cloned(),
+    };
+    let result = ours.render(&conf.cni_version, conf.prev_result.as_ref());
+    Ok(Some(result.to_string()))
+}
+
+/// Queues a release for the agent to carry out when it is back.
+fn queue_release(conf: &NetConf, env: &Env) -> Result<(), CniError> {
+    let dir = conf.release_queue_dir()?;
+    let fail = |e: std::io::Error| CniError::new(code::IO_FAILURE, format!("the agent is down and the release cannot be queued in {}: {e}", dir.display()), "check releaseQueueDir in the network config");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(fail)?;
+    std::fs::write(dir.join(format!("{}.{}", env.container_id, env.ifname)), b"").map_err(fail)
+}
+
+fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER).ok();
+    let ip = conf.prev_result.as_ref().and_then(|p| result::pod_ipv4(p, &env.ifname)).or_else(|| {
+        let a = agent.as_mut()?.get(key(env)).ok()??;
+        ipv4_of(&a).ok()
+    });
+    let mut node = node_netlink()?;
+    if let Some(ip) = ip {
+        datapath::remove_rules(&mut node, ip).map_err(datapath_error)?;
+    }
+    // With the agent up, it deletes the veth after the release, off the runtime's clock.
+    match agent.as_mut().map(|a| a.release(key(env))) {
+        Some(Ok(_)) => Ok(()),
+        _ => {
+            datapath::delete_veth(&mut node, &env.container_id, &env.ifname).map_err(datapath_error)?;
+            queue_release(conf, env)
+        }
+    }
+}
+
+fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let Some(prev) = conf.prev_result.as_ref() else {
+        return Err(CniError::new(code::INVALID_NETWORK_CONFIG, "CHECK needs prevResult", "pass the result of ADD as prevResult"));
+    };
+    let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER)?;
+    let Some(allocation) = agent.get(key(env))? else {
+        return Err(CniError::new(code::UNKNOWN_CONTAINER, format!("the agent has no allocation for {}/{}", env.container_id, env.ifname), "the pod's IP was released; recreate the pod"));
+    };
+    let ip = ipv4_of(&allocation)?;
+    if result::pod_ipv4(prev, &env.ifname) != Some(ip) {
+        return Err(CniError::new(code::DATAPATH_MISMATCH, format!("prevResult does not list the pod's address {ip}"), "the pod's IP changed after ADD; recreate the pod"));
+    }
+    let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
+    let mut node = node_netlink()?;
+    let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()? };
+    datapath::check(&mut node, &p).map_err(datapath_error)
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid: std::collections::BTreeSet<(String, String)> = conf.attachments_in_use().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+    let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER)?;
+    let mut node = node_netlink()?;
+    let mut errors = Vec::new();
+    // Links before allocations: an ADD allocates before it builds, so a veth listed here whose
+    // allocation is not in the list after is a leftover, not an ADD in flight.
+    let veths = datapath::host_veths(&mut node);
+    let allocations = agent.list()?;
+    let mut kept_veths = std::collections::BTreeSet::new();
+    for a in &allocations {
+        let Some(k) = a.key.clone() else { continue };
+        if valid.contains(&(k.container_id.clone(), k.ifname.clone())) {
+            kept_veths.insert(datapath::host_veth_name(&k.container_id, &k.ifname));
+            continue;
+        }
+        if let Err(e) = datapath::teardown(&mut node, &k.container_id, &k.ifname, ipv4_of(a).ok()) {
+            errors.push(format!("{}/{}: {e}", k.container_id, k.ifname));
+        }
+        if let Err(e) = agent.release(k.clone()) {
+            errors.push(format!("{}/{}: {}", k.container_id, k.ifname, e.msg));
+        }
+    }
+    match veths {
+        Ok(links) => {
+            for l in links.into_iter().filter(|l| !kept_veths.contains(&l.name)) {
+                if let Err(e) = berth_nodenet::NetOps::delete_link(&mut node, l.index)
+                    && !e.is_not_found()
+                {
+                    errors.push(format!("{}: {e}", l.name));
+                }
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(code::IO_FAILURE, format!("GC could not remove everything: {}", errors.join("; ")), "the agent's reconciliation retries; see its log"))
+    }
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let mut agent = Agent::connect(&conf.agent_socket, code::PLUGIN_NOT_AVAILABLE)?;
+    let s = agent.status()?;
+    if s.ready {
+        Ok(())
+    } else {
+        Err(CniError::new(code::PLUGIN_NOT_AVAILABLE, format!("the Berth agent cannot serve an ADD now: {}", s.reason), "see berth-agent's status and log"))
     }
 }

@@ -140,13 +140,6 @@ impl Rule {
                 ));
             }
         }
-        if self.action == RuleAction::ToTable && self.table == 0 {
-            return Err(Error::invalid(
-                "rule",
-                self.to_string(),
-                "a lookup rule needs a table",
-            ));
-        }
         for name in [&self.iif, &self.oif].into_iter().flatten() {
             crate::link::validate_name(name)?;
         }
@@ -196,8 +189,11 @@ pub(crate) fn dump_request(family: IpFamily) -> RouteNetlinkMessage {
     RouteNetlinkMessage::GetRule(msg)
 }
 
-fn message(rule: &Rule) -> Result<RuleMessage> {
+fn message(rule: &Rule, adding: bool) -> Result<RuleMessage> {
     rule.validate()?;
+    if adding && rule.action == RuleAction::ToTable && rule.table == 0 {
+        return Err(Error::invalid("rule", rule.to_string(), "a lookup rule needs a table"));
+    }
     let mut msg = RuleMessage::default();
     msg.header.family = rule.family.to_netlink();
     msg.header.action = u8::from(rule.action).into();
@@ -232,11 +228,13 @@ fn message(rule: &Rule) -> Result<RuleMessage> {
 }
 
 pub(crate) fn add_request(rule: &Rule) -> Result<RouteNetlinkMessage> {
-    Ok(RouteNetlinkMessage::NewRule(message(rule)?))
+    Ok(RouteNetlinkMessage::NewRule(message(rule, true)?))
 }
 
 pub(crate) fn delete_request(rule: &Rule) -> Result<RouteNetlinkMessage> {
-    Ok(RouteNetlinkMessage::DelRule(message(rule)?))
+    // Deleting with table 0 matches the rule whatever table it looks up (the kernel treats an
+    // unset table as a wildcard), so a caller that knows only the selector can remove it.
+    Ok(RouteNetlinkMessage::DelRule(message(rule, false)?))
 }
 
 /// The rule in a `RTM_NEWRULE` reply; `None` for other messages and families.

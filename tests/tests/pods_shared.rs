@@ -73,9 +73,9 @@ fn egress_mac(node: &Path, pod_ip: Ipv4Addr, dst: Ipv4Addr, iif: &str) -> String
     let (ok, out) = in_netns(node, &["ip", "-o", "route", "get", &dst.to_string(), "from", &pod_ip.to_string(), "iif", iif]);
     assert!(ok, "route get: {out}");
     let dev = out.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap_or_else(|| panic!("no dev in {out}")).to_string();
-    let (ok, link) = in_netns(node, &["cat", &format!("/sys/class/net/{dev}/address")]);
+    let (ok, link) = in_netns(node, &["ip", "-o", "link", "show", "dev", &dev]);
     assert!(ok, "{link}");
-    link.trim().to_string()
+    link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or_else(|| panic!("no MAC in {link}")).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

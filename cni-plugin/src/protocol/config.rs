@@ -7,6 +7,11 @@ use serde_json::{Map, Value};
 use super::error::{CniError, code};
 
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/berth/agent.sock";
+/// Where DEL leaves a file per release the agent could not take, for the agent to drain.
+pub const DEFAULT_RELEASE_QUEUE_DIR: &str = "/var/lib/berth/release-queue";
+pub const DEFAULT_MTU: u32 = 1500;
+/// IPv4 needs 68; a veth takes at most 65535.
+const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
 
 /// One attachment a runtime still uses, in GC's `cni.dev/valid-attachments`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -56,6 +61,32 @@ impl NetConf {
         serde_json::from_value(value).map_err(|e| CniError::new(code::INVALID_NETWORK_CONFIG, format!("invalid network config: {e}"), "check the value types of the berth keys"))
     }
 
+    /// The pod interface's MTU: `mtu`, default 1500.
+    pub fn mtu(&self) -> Result<u32, CniError> {
+        match self.other.get("mtu") {
+            None | Some(Value::Null) => Ok(DEFAULT_MTU),
+            Some(v) => v
+                .as_u64()
+                .filter(|m| MTU_RANGE.contains(m))
+                .and_then(|m| u32::try_from(m).ok())
+                .ok_or_else(|| CniError::new(code::INVALID_NETWORK_CONFIG, format!("invalid \"mtu\" {v} in the network config"), "set \"mtu\" to a whole number from 68 to 65535, e.g. 1500")),
+        }
+    }
+
+    /// `releaseQueueDir`, default /var/lib/berth/release-queue.
+    pub fn release_queue_dir(&self) -> Result<std::path::PathBuf, CniError> {
+        match self.other.get("releaseQueueDir") {
+            None | Some(Value::Null) => Ok(DEFAULT_RELEASE_QUEUE_DIR.into()),
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.into()),
+            Some(v) => Err(CniError::new(code::INVALID_NETWORK_CONFIG, format!("invalid \"releaseQueueDir\" {v} in the network config"), "set \"releaseQueueDir\" to a directory path")),
+        }
+    }
+
+    /// The `dns` object to put in the result, when the config has one.
+    pub fn dns(&self) -> Option<&Value> {
+        self.other.get("dns").filter(|d| d.is_object())
+    }
+
     /// GC's list of attachments still in use (either spelling).
     pub fn attachments_in_use(&self) -> Vec<Attachment> {
         self.valid_attachments.clone().or_else(|| self.attachments.clone()).unwrap_or_default()
@@ -72,6 +103,23 @@ mod tests {
         assert_eq!(c.agent_socket, DEFAULT_AGENT_SOCKET);
         assert_eq!(c.other.get("mtu"), Some(&Value::from(1400)));
         assert_eq!(c.attachments_in_use(), vec![Attachment { container_id: "c1".into(), ifname: "eth0".into() }]);
+    }
+
+    #[test]
+    fn mtu_release_queue_and_dns() {
+        let conf = |extra: &str| NetConf::parse(format!(r#"{{"cniVersion":"1.1.0","name":"pods","type":"berth"{extra}}}"#).as_bytes()).unwrap();
+        assert_eq!(conf("").mtu().unwrap(), DEFAULT_MTU);
+        assert_eq!(conf(r#","mtu":9000"#).mtu().unwrap(), 9000);
+        for bad in [r#""big""#, "0", "-1", "1500.5", "70000"] {
+            let e = conf(&format!(r#","mtu":{bad}"#)).mtu().unwrap_err();
+            assert_eq!(e.code, code::INVALID_NETWORK_CONFIG);
+            assert!(e.msg.contains(bad), "{e}");
+        }
+        assert_eq!(conf("").release_queue_dir().unwrap(), std::path::Path::new(DEFAULT_RELEASE_QUEUE_DIR));
+        assert_eq!(conf(r#","releaseQueueDir":"/q""#).release_queue_dir().unwrap(), std::path::Path::new("/q"));
+        assert_eq!(conf(r#","releaseQueueDir":3"#).release_queue_dir().unwrap_err().code, code::INVALID_NETWORK_CONFIG);
+        assert!(conf("").dns().is_none());
+        assert_eq!(conf(r#","dns":{"nameservers":["10.0.0.10"]}"#).dns().unwrap()["nameservers"][0], "10.0.0.10");
     }
 
     #[test]

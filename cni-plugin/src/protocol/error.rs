@@ -14,6 +14,12 @@ pub mod code {
     pub const TRY_AGAIN_LATER: u32 = 11;
     pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
     pub const PLUGIN_NOT_AVAILABLE_LIMITED: u32 = 51;
+    /// Ours: the plugin and the agent speak different protocol versions.
+    pub const AGENT_PROTOCOL_MISMATCH: u32 = 100;
+    /// Ours: CNI_IFNAME already exists in the container.
+    pub const INTERFACE_EXISTS: u32 = 101;
+    /// Ours: CHECK found the datapath different from what ADD built.
+    pub const DATAPATH_MISMATCH: u32 = 102;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

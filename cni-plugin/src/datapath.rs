@@ -1,0 +1,227 @@
+//! The shared-ENI datapath of one pod interface, built in the node's namespace (where the plugin
+//! runs) and the pod's:
+//! - a veth pair: `bth…` on the node, CNI_IFNAME in the pod;
+//! - pod side: `<ip>/32`, a default route via 169.254.1.1 on-link, and 169.254.1.1 a permanent
+//!   neighbour at the host end's MAC (no ARP, no gateway address anywhere);
+//! - node side: `<ip>/32` routed to the host end with a permanent neighbour, and the policy rules
+//!   `to <ip> lookup main` (512) and `from <ip> lookup <ENI table>` (2048), so the pod's traffic
+//!   leaves by the ENI that owns its IP.
+//!
+//! Names and priorities are the contract with the agent, which removes leftovers by them.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd as _;
+
+use berth_nodenet::{Address, IpFamily, Link, MacAddr, Neighbour, NetOps, Netlink, Netns, Route, Rule, Scope, Veth};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+/// The pod's gateway: an address nobody has, answered by the permanent neighbour entry.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// `to <pod> lookup main`: traffic to a pod goes to its veth, whatever ENI it came in by.
+pub const RULE_PRIORITY_TO_POD: u32 = 512;
+/// `from <pod> lookup <ENI table>`: a pod's traffic leaves by the ENI that owns its IP.
+pub const RULE_PRIORITY_FROM_POD: u32 = 2048;
+/// Host ends of pod veths start with this.
+pub const HOST_VETH_PREFIX: &str = "bth";
+
+/// The host end of a pod's veth: `bth` and 11 hex digits of the FNV-1a hash of
+/// `<containerID>/<ifname>`, so that DEL and GC find it without state.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain(std::iter::once(b'/')).chain(ifname.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{HOST_VETH_PREFIX}{}", &format!("{hash:016x}")[..11])
+}
+
+/// What one pod interface needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNet {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub route_table: u32,
+    pub mtu: u32,
+}
+
+/// What was built, for the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    pub host: Link,
+    pub pod: Link,
+}
+
+#[derive(Debug)]
+pub enum DatapathError {
+    /// The interface the runtime named already exists in the container.
+    Exists(String),
+    /// The container's namespace cannot be opened.
+    Netns(String),
+    Netlink(String),
+    /// CHECK: something ADD built is missing or different.
+    Mismatch(String),
+}
+
+impl std::fmt::Display for DatapathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatapathError::Exists(s) | DatapathError::Netns(s) | DatapathError::Netlink(s) | DatapathError::Mismatch(s) => f.write_str(s),
+        }
+    }
+}
+
+fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(berth_nodenet::Error) -> DatapathError {
+    move |e| DatapathError::Netlink(format!("{what}: {e}"))
+}
+
+fn exists_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
+    if e.is_exists() { Ok(()) } else { Err(e) }
+}
+
+fn gone_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
+    if e.is_not_found() { Ok(()) } else { Err(e) }
+}
+
+fn host_net(ip: Ipv4Addr) -> IpNetwork {
+    IpNetwork::V4(Ipv4Network::new(ip, 32).expect("/32 is valid"))
+}
+
+fn rule_to(ip: Ipv4Addr) -> Rule {
+    Rule::lookup(IpFamily::V4, berth_nodenet::TABLE_MAIN).to(host_net(ip)).priority(RULE_PRIORITY_TO_POD)
+}
+
+fn rule_from(ip: Ipv4Addr, table: u32) -> Rule {
+    Rule::lookup(IpFamily::V4, table).from(host_net(ip)).priority(RULE_PRIORITY_FROM_POD)
+}
+
+fn open_pod_netns(path: &str) -> Result<(Netns, Netlink), DatapathError> {
+    let ns = Netns::open(path).map_err(|e| DatapathError::Netns(format!("cannot open the container's network namespace {path}: {e}")))?;
+    let nl = Netlink::open_in_netns(&ns).map_err(|e| DatapathError::Netns(format!("cannot open netlink in {path}: {e}")))?;
+    Ok((ns, nl))
+}
+
+/// Builds the datapath. On error, what was built is left for [`teardown`], which the caller runs.
+pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
+    let (pod_ns, mut pod) = open_pod_netns(&p.netns)?;
+    if pod.link_by_name(&p.ifname).is_ok() {
+        return Err(DatapathError::Exists(format!("interface {} already exists in {}", p.ifname, p.netns)));
+    }
+    let host_name = host_veth_name(&p.container_id, &p.ifname);
+    // A host end with our name is a leftover of an earlier attempt for this very interface.
+    if let Ok(old) = node.link_by_name(&host_name) {
+        node.delete_link(old.index).or_else(gone_ok).map_err(nl_err(format_args!("stale {host_name}")))?;
+    }
+    let host = node.create_veth(&Veth::new(&host_name, &p.ifname).mtu(p.mtu).peer_netns(pod_ns.as_fd())).map_err(nl_err(format_args!("veth {host_name}/{}", p.ifname)))?;
+    let host_mac = host.mac.ok_or_else(|| DatapathError::Netlink(format!("{host_name} has no MAC")))?;
+    let pod_link = pod.link_by_name(&p.ifname).map_err(nl_err(format_args!("{} in {}", p.ifname, p.netns)))?;
+    let pod_mac = pod_link.mac.ok_or_else(|| DatapathError::Netlink(format!("{} has no MAC", p.ifname)))?;
+
+    // Pod side.
+    if let Ok(lo) = pod.link_by_name("lo") {
+        pod.set_link_up(lo.index).map_err(nl_err("lo up in the pod"))?;
+    }
+    pod.add_address(&Address::new(pod_link.index, host_net(p.ip))).or_else(exists_ok).map_err(nl_err(format_args!("address {} on {}", p.ip, p.ifname)))?;
+    pod.set_link_up(pod_link.index).map_err(nl_err(format_args!("{} up", p.ifname)))?;
+    pod.replace_neighbour(&Neighbour::permanent(pod_link.index, IpAddr::V4(POD_GATEWAY), host_mac)).map_err(nl_err("gateway neighbour in the pod"))?;
+    let default = Route::default_route(IpFamily::V4).via(IpAddr::V4(POD_GATEWAY)).dev(pod_link.index).onlink();
+    pod.replace_route(&default).map_err(nl_err("default route in the pod"))?;
+
+    // Node side.
+    node.set_link_up(host.index).map_err(nl_err(format_args!("{host_name} up")))?;
+    node.replace_route(&Route::new(host_net(p.ip)).dev(host.index).scope(Scope::Link)).map_err(nl_err(format_args!("route to {}", p.ip)))?;
+    node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V4(p.ip), pod_mac)).map_err(nl_err(format_args!("neighbour {}", p.ip)))?;
+    node.add_rule(&rule_to(p.ip)).or_else(exists_ok).map_err(nl_err(format_args!("rule to {}", p.ip)))?;
+    node.add_rule(&rule_from(p.ip, p.route_table)).or_else(exists_ok).map_err(nl_err(format_args!("rule from {}", p.ip)))?;
+    let host = node.link_by_index(host.index).map_err(nl_err(&host_name))?;
+    Ok(Built { host, pod: pod_link })
+}
+
+/// Removes the node-side policy rules of a pod IP ("already gone" is success).
+pub fn remove_rules(node: &mut Netlink, ip: Ipv4Addr) -> Result<(), DatapathError> {
+    node.delete_rule(&rule_to(ip)).or_else(gone_ok).map_err(nl_err(format_args!("rule to {ip}")))?;
+    // Table 0 matches the rule whatever ENI table it names.
+    node.delete_rule(&rule_from(ip, 0)).or_else(gone_ok).map_err(nl_err(format_args!("rule from {ip}")))?;
+    Ok(())
+}
+
+/// Deletes the host end of the pod's veth (and so the pair, its routes and neighbours).
+pub fn delete_veth(node: &mut Netlink, container_id: &str, ifname: &str) -> Result<(), DatapathError> {
+    let name = host_veth_name(container_id, ifname);
+    match node.link_by_name(&name) {
+        Ok(link) => node.delete_link(link.index).or_else(gone_ok).map_err(nl_err(&name)),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(nl_err(&name)(e)),
+    }
+}
+
+/// Everything of one pod interface: rules (when the IP is known) and the veth.
+pub fn teardown(node: &mut Netlink, container_id: &str, ifname: &str, ip: Option<Ipv4Addr>) -> Result<(), DatapathError> {
+    let rules = ip.map(|ip| remove_rules(node, ip)).unwrap_or(Ok(()));
+    delete_veth(node, container_id, ifname)?;
+    rules
+}
+
+/// CHECK: the datapath ADD built is still there.
+pub fn check(node: &mut Netlink, p: &PodNet) -> Result<(), DatapathError> {
+    let miss = |what: String| Err(DatapathError::Mismatch(what));
+    let host_name = host_veth_name(&p.container_id, &p.ifname);
+    let host = match node.link_by_name(&host_name) {
+        Ok(l) => l,
+        Err(_) => return miss(format!("the host end {host_name} of the pod's veth is missing")),
+    };
+    if !host.up {
+        return miss(format!("{host_name} is down"));
+    }
+    let main = node.routes(Some(berth_nodenet::TABLE_MAIN)).map_err(nl_err("routes"))?;
+    if !main.iter().any(|r| r.destination == host_net(p.ip) && r.oif == Some(host.index)) {
+        return miss(format!("the route {}/32 dev {host_name} is missing", p.ip));
+    }
+    let rules = node.rules().map_err(nl_err("rules"))?;
+    if !rules.iter().any(|r| r.priority == Some(RULE_PRIORITY_TO_POD) && r.to == Some(host_net(p.ip))) {
+        return miss(format!("the rule \"to {} lookup main\" is missing", p.ip));
+    }
+    if !rules.iter().any(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(p.ip)) && r.table == p.route_table) {
+        return miss(format!("the rule \"from {} lookup {}\" is missing", p.ip, p.route_table));
+    }
+    let (_ns, mut pod) = open_pod_netns(&p.netns)?;
+    let link = match pod.link_by_name(&p.ifname) {
+        Ok(l) => l,
+        Err(_) => return miss(format!("{} is missing in {}", p.ifname, p.netns)),
+    };
+    let addrs = pod.addresses(Some(link.index)).map_err(nl_err("pod addresses"))?;
+    if !addrs.iter().any(|a| a.network == host_net(p.ip)) {
+        return miss(format!("{} has no address {}/32", p.ifname, p.ip));
+    }
+    let routes = pod.routes(Some(berth_nodenet::TABLE_MAIN)).map_err(nl_err("pod routes"))?;
+    if !routes.iter().any(|r| r.destination.prefix() == 0 && r.destination.is_ipv4() && r.gateway == Some(IpAddr::V4(POD_GATEWAY))) {
+        return miss(format!("the pod's default route via {POD_GATEWAY} is missing"));
+    }
+    Ok(())
+}
+
+/// Host ends of pod veths on the node, for GC.
+pub fn host_veths(node: &mut Netlink) -> Result<Vec<Link>, DatapathError> {
+    Ok(node.links().map_err(nl_err("links"))?.into_iter().filter(|l| l.name.starts_with(HOST_VETH_PREFIX) && l.kind.as_deref() == Some("veth")).collect())
+}
+
+/// MAC as CNI prints it.
+pub fn mac_string(mac: Option<MacAddr>) -> String {
+    mac.map(|m| m.to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_fit_and_differ() {
+        let a = host_veth_name("c1", "eth0");
+        assert_eq!(a.len(), 14);
+        assert!(a.len() <= 15 && a.starts_with("bth"));
+        assert_eq!(a, host_veth_name("c1", "eth0"));
+        assert_ne!(a, host_veth_name("c1", "eth1"));
+        assert_ne!(a, host_veth_name("c2", "eth0"));
+    }
+}
