@@ -125,6 +125,8 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
     pod.add_address(&Address::new(pod_link.index, host_net(p.ip))).or_else(exists_ok).map_err(nl_err(format_args!("address {} on {}", p.ip, p.ifname)))?;
     pod.set_link_up(pod_link.index).map_err(nl_err(format_args!("{} up", p.ifname)))?;
     pod.replace_neighbour(&Neighbour::permanent(pod_link.index, IpAddr::V4(POD_GATEWAY), host_mac)).map_err(nl_err("gateway neighbour in the pod"))?;
+    // The gateway's own link route, so that tools (and CHECK) see how 169.254.1.1 is reached.
+    pod.replace_route(&Route::new(host_net(POD_GATEWAY)).dev(pod_link.index).scope(Scope::Link)).map_err(nl_err("route to the gateway in the pod"))?;
     let default = Route::default_route(IpFamily::V4).via(IpAddr::V4(POD_GATEWAY)).dev(pod_link.index).onlink();
     pod.replace_route(&default).map_err(nl_err("default route in the pod"))?;
 
