@@ -83,7 +83,12 @@ fn without_the_agent_add_waits_status_fails_and_del_succeeds() {
     let r = berth(&[("CNI_COMMAND", "STATUS")], &conf("1.1.0"));
     assert_eq!(json(&r.stdout)["code"], 50);
 
-    let r = berth(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")], &conf("1.1.0"));
-    assert!(r.ok, "DEL succeeds with the agent down and no netns");
+    // DEL queues the release for the agent (in a directory of the test's, not the node's).
+    let queue = tempfile::tempdir().unwrap();
+    let mut del_conf: serde_json::Value = json(&conf("1.1.0"));
+    del_conf["releaseQueueDir"] = serde_json::json!(queue.path().join("q"));
+    let r = berth(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")], &del_conf.to_string());
+    assert!(r.ok, "DEL succeeds with the agent down and no netns: {}", r.stdout);
     assert!(r.stdout.is_empty());
+    assert!(queue.path().join("q/c1.eth0").exists(), "the release is queued");
 }
