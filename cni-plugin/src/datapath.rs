@@ -105,13 +105,16 @@ fn open_pod_netns(path: &str) -> Result<(Netns, Netlink), DatapathError> {
 /// Builds the datapath. On error, what was built is left for [`teardown`], which the caller runs.
 pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
     let (pod_ns, mut pod) = open_pod_netns(&p.netns)?;
+    let host_name = host_veth_name(&p.container_id, &p.ifname);
+    // A host end with our name is a leftover of an ADD of this very interface that died half-way.
+    // Deleting it takes its peer, which may hold CNI_IFNAME in the pod, so the retry can proceed.
+    if let Ok(old) = node.link_by_name(&host_name)
+        && old.kind.as_deref() == Some("veth")
+    {
+        node.delete_link(old.index).or_else(gone_ok).map_err(nl_err(format_args!("stale {host_name}")))?;
+    }
     if pod.link_by_name(&p.ifname).is_ok() {
         return Err(DatapathError::Exists(format!("interface {} already exists in {}", p.ifname, p.netns)));
-    }
-    let host_name = host_veth_name(&p.container_id, &p.ifname);
-    // A host end with our name is a leftover of an earlier attempt for this very interface.
-    if let Ok(old) = node.link_by_name(&host_name) {
-        node.delete_link(old.index).or_else(gone_ok).map_err(nl_err(format_args!("stale {host_name}")))?;
     }
     let host = node.create_veth(&Veth::new(&host_name, &p.ifname).mtu(p.mtu).peer_netns(pod_ns.as_fd())).map_err(nl_err(format_args!("veth {host_name}/{}", p.ifname)))?;
     let host_mac = host.mac.ok_or_else(|| DatapathError::Netlink(format!("{host_name} has no MAC")))?;
@@ -134,6 +137,11 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
     node.set_link_up(host.index).map_err(nl_err(format_args!("{host_name} up")))?;
     node.replace_route(&Route::new(host_net(p.ip)).dev(host.index).scope(Scope::Link)).map_err(nl_err(format_args!("route to {}", p.ip)))?;
     node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V4(p.ip), pod_mac)).map_err(nl_err(format_args!("neighbour {}", p.ip)))?;
+    // A rule of an earlier holder of this IP pointing to another ENI's table would win over ours.
+    let stale: Vec<Rule> = node.rules().map_err(nl_err("rules"))?.into_iter().filter(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(p.ip)) && r.table != p.route_table).collect();
+    for rule in &stale {
+        node.delete_rule(rule).or_else(gone_ok).map_err(nl_err(format_args!("stale rule {rule}")))?;
+    }
     node.add_rule(&rule_to(p.ip)).or_else(exists_ok).map_err(nl_err(format_args!("rule to {}", p.ip)))?;
     node.add_rule(&rule_from(p.ip, p.route_table)).or_else(exists_ok).map_err(nl_err(format_args!("rule from {}", p.ip)))?;
     let host = node.link_by_index(host.index).map_err(nl_err(&host_name))?;
