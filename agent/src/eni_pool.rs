@@ -70,7 +70,10 @@ pub struct EniPool<C> {
     settings: PoolSettings,
     identity: NodeIdentity,
     books: Mutex<Books>,
-    node: Arc<Mutex<Node>>,
+    node: Mutex<Node>,
+    /// Deletes released pods' veths on its own thread and netlink socket: the kernel takes ~20 ms
+    /// per veth, which must hold up neither DEL nor anything else the node socket does.
+    unwire: std::sync::mpsc::Sender<u32>,
     /// Woken when IPs become ready to serve.
     grown: Notify,
     /// Wakes the upkeep task.
@@ -94,7 +97,8 @@ impl<C: Cloud> EniPool<C> {
             settings,
             identity,
             books: Mutex::new(Books { ledger: Ledger::default(), store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now() }),
-            node: Arc::new(Mutex::new(node)),
+            unwire: node.spawn_link_deleter(),
+            node: Mutex::new(node),
             grown: Notify::new(),
             wake: Notify::new(),
             metrics,
@@ -208,12 +212,7 @@ impl<C: Cloud> EniPool<C> {
         let veth = self.node().link_index(&host_veth_name(&key.container_id, &key.ifname));
         let released = self.release(key)?;
         if let Some(index) = veth {
-            let node = self.node.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = node.lock().unwrap_or_else(|p| p.into_inner()).delete_link(index) {
-                    tracing::warn!(error = %e, "cannot delete a released pod's veth; reconciliation retries");
-                }
-            });
+            let _ = self.unwire.send(index);
         }
         Ok(released)
     }

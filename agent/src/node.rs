@@ -138,6 +138,34 @@ impl Node {
         self.nl.delete_link(index).or_else(gone_ok).map_err(fail(format!("link index {index}")))
     }
 
+    /// A thread with its own netlink socket in the node's namespace that deletes the links whose
+    /// indexes it is sent; it ends when the sender is dropped.
+    pub fn spawn_link_deleter(&self) -> std::sync::mpsc::Sender<u32> {
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        let nl = match &self.netns {
+            Some(ns) => Netlink::open_in_netns(ns),
+            None => Netlink::open(),
+        };
+        std::thread::Builder::new()
+            .name("berth-unwire".into())
+            .spawn(move || {
+                let mut nl = match nl {
+                    Ok(nl) => nl,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open netlink for deleting veths; reconciliation removes them instead");
+                        return;
+                    }
+                };
+                for index in rx {
+                    if let Err(e) = nl.delete_link(index).or_else(gone_ok) {
+                        tracing::warn!(index, error = %e, "cannot delete a released pod's veth; reconciliation retries");
+                    }
+                }
+            })
+            .expect("spawn a thread");
+        tx
+    }
+
     /// The ENI tables and rules the node has, for introspection: (rule priority, IP, table).
     pub fn pod_rules(&mut self) -> Result<Vec<(u32, Ipv4Addr, u32)>, NodeError> {
         let mut out = Vec::new();

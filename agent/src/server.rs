@@ -113,6 +113,19 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
     }
 }
 
+/// Refuses a caller that announces a protocol outside what this agent speaks.
+fn check_protocol(request: Request<()>) -> Result<Request<()>, Status> {
+    let Some(value) = request.metadata().get(berth_proto::agent::PROTOCOL_HEADER) else { return Ok(request) };
+    let version: Option<u32> = value.to_str().ok().and_then(|v| v.parse().ok());
+    match version {
+        Some(v) if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) => Ok(request),
+        _ => Err(Status::failed_precondition(format!(
+            "the caller speaks agent protocol {value:?}; berth-agent {} speaks {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}",
+            env!("CARGO_PKG_VERSION")
+        ))),
+    }
+}
+
 /// Binds the socket (replacing a stale one), mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
@@ -145,7 +158,7 @@ pub async fn serve<C: Cloud + 'static>(listener: tokio::net::UnixListener, pool:
         Err(_) => true,
     });
     tonic::transport::Server::builder()
-        .add_service(pb::agent_server::AgentServer::new(AgentService::new(pool)))
+        .add_service(pb::agent_server::AgentServer::with_interceptor(AgentService::new(pool), check_protocol))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

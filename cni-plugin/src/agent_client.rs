@@ -25,7 +25,7 @@ fn unreachable(code: u32, socket: &str, why: impl std::fmt::Display) -> CniError
 }
 
 impl Agent {
-    /// Connects and shakes hands. `down_code` is the CNI code to answer when the agent is down
+    /// Connects (each call then announces the protocol version). `down_code` is the CNI code to answer when the agent is down
     /// (11 for ADD and CHECK, 50 for STATUS).
     pub fn connect(socket: &str, down_code: u32) -> Result<Agent, CniError> {
         if !Path::new(socket).exists() {
@@ -45,16 +45,7 @@ impl Agent {
                     .await
             })
             .map_err(|e| unreachable(down_code, socket, source_chain(&e)))?;
-        let mut agent = Agent { runtime, client: AgentClient::new(channel), socket: socket.to_string() };
-        let hello = pb::HelloRequest { plugin_version: env!("CARGO_PKG_VERSION").into(), protocol_version: PROTOCOL_VERSION };
-        let answer = agent.call(Duration::from_secs(5), down_code, |mut c| async move { c.hello(hello).await })?;
-        if !(answer.min_protocol_version..=answer.max_protocol_version).contains(&PROTOCOL_VERSION) {
-            return Err(CniError::new(
-                code::AGENT_PROTOCOL_MISMATCH,
-                format!("berth speaks agent protocol {PROTOCOL_VERSION}, berth-agent {} speaks {}..{}", answer.agent_version, answer.min_protocol_version, answer.max_protocol_version),
-                "install matching versions of berth and berth-agent",
-            ));
-        }
+        let agent = Agent { runtime, client: AgentClient::new(channel), socket: socket.to_string() };
         Ok(agent)
     }
 
@@ -75,16 +66,16 @@ impl Agent {
     }
 
     pub fn allocate(&mut self, request: pb::AllocateIpRequest) -> Result<pb::Allocation, CniError> {
-        self.call(Duration::from_secs(30), code::TRY_AGAIN_LATER, |mut c| async move { c.allocate_ip(request).await })
+        self.call(Duration::from_secs(30), code::TRY_AGAIN_LATER, |mut c| async move { c.allocate_ip(versioned(request)).await })
     }
 
     pub fn release(&mut self, key: pb::AllocationKey) -> Result<bool, CniError> {
-        self.call(Duration::from_secs(5), code::TRY_AGAIN_LATER, |mut c| async move { c.release_ip(pb::ReleaseIpRequest { key: Some(key) }).await }).map(|r| r.released)
+        self.call(Duration::from_secs(5), code::TRY_AGAIN_LATER, |mut c| async move { c.release_ip(versioned(pb::ReleaseIpRequest { key: Some(key) })).await }).map(|r| r.released)
     }
 
     /// The allocation of one pod interface; `None` when the agent has none.
     pub fn get(&mut self, key: pb::AllocationKey) -> Result<Option<pb::Allocation>, CniError> {
-        match self.call(Duration::from_secs(5), code::TRY_AGAIN_LATER, |mut c| async move { c.get_allocation(pb::GetAllocationRequest { key: Some(key) }).await }) {
+        match self.call(Duration::from_secs(5), code::TRY_AGAIN_LATER, |mut c| async move { c.get_allocation(versioned(pb::GetAllocationRequest { key: Some(key) })).await }) {
             Ok(a) => Ok(Some(a)),
             Err(e) if e.code == code::UNKNOWN_CONTAINER => Ok(None),
             Err(e) => Err(e),
@@ -92,12 +83,19 @@ impl Agent {
     }
 
     pub fn list(&mut self) -> Result<Vec<pb::Allocation>, CniError> {
-        self.call(Duration::from_secs(5), code::TRY_AGAIN_LATER, |mut c| async move { c.list_allocations(pb::ListAllocationsRequest::default()).await }).map(|r| r.allocations)
+        self.call(Duration::from_secs(5), code::TRY_AGAIN_LATER, |mut c| async move { c.list_allocations(versioned(pb::ListAllocationsRequest::default())).await }).map(|r| r.allocations)
     }
 
     pub fn status(&mut self) -> Result<pb::StatusResponse, CniError> {
-        self.call(Duration::from_secs(5), code::PLUGIN_NOT_AVAILABLE, |mut c| async move { c.status(pb::StatusRequest {}).await })
+        self.call(Duration::from_secs(5), code::PLUGIN_NOT_AVAILABLE, |mut c| async move { c.status(versioned(pb::StatusRequest {})).await })
     }
+}
+
+/// Every call announces the protocol version: the agent refuses one it does not speak.
+fn versioned<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(berth_proto::agent::PROTOCOL_HEADER, tonic::metadata::MetadataValue::from(PROTOCOL_VERSION));
+    request
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -117,6 +115,7 @@ fn status_error(socket: &str, down_code: u32, status: tonic::Status) -> CniError
     let msg = status.message().to_string();
     match status.code() {
         Code::Unavailable | Code::Cancelled => unreachable(down_code, socket, msg),
+        Code::FailedPrecondition => CniError::new(code::AGENT_PROTOCOL_MISMATCH, msg, "install matching versions of berth and berth-agent"),
         Code::ResourceExhausted => CniError::new(code::TRY_AGAIN_LATER, msg, "the node's pool is growing or cannot grow; the runtime will retry, or schedule the pod elsewhere"),
         Code::InvalidArgument => CniError::new(code::INVALID_NETWORK_CONFIG, msg, "check the network config and CNI_ARGS"),
         Code::Unimplemented => CniError::new(code::UNSUPPORTED_FIELD, msg, "ask for what this agent serves"),

@@ -158,7 +158,11 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if let Some(ip) = ip {
         datapath::remove_rules(&mut node, ip).map_err(datapath_error)?;
     }
-    // With the agent up, it deletes the veth after the release, off the runtime's clock.
+    // With the agent up, it deletes the veth after the release, off the runtime's clock; the pod's
+    // interface name is freed now.
+    if agent.is_some() {
+        datapath::retire_pod_side(&mut node, &env.netns, &env.container_id, &env.ifname).map_err(datapath_error)?;
+    }
     match agent.as_mut().map(|a| a.release(key(env))) {
         Some(Ok(_)) => Ok(()),
         _ => {

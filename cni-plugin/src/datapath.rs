@@ -166,6 +166,26 @@ pub fn delete_veth(node: &mut Netlink, container_id: &str, ifname: &str) -> Resu
     }
 }
 
+/// Takes the pod's interface out of its way without waiting for the kernel's slow veth deletion:
+/// down and renamed `bthdel…` in the pod's namespace, so the name is free at once (a runtime may ADD
+/// again into the same namespace) while the pair is deleted later. Only our veth is touched: the
+/// pod end whose peer is this interface's host end. Returns whether it retired something.
+pub fn retire_pod_side(node: &mut Netlink, netns: &str, container_id: &str, ifname: &str) -> Result<bool, DatapathError> {
+    if netns.is_empty() {
+        return Ok(false);
+    }
+    let Ok(host) = node.link_by_name(&host_veth_name(container_id, ifname)) else { return Ok(false) };
+    let Ok((_ns, mut pod)) = open_pod_netns(netns) else { return Ok(false) };
+    let Ok(link) = pod.link_by_name(ifname) else { return Ok(false) };
+    if link.kind.as_deref() != Some("veth") || link.parent_index != Some(host.index) {
+        return Ok(false);
+    }
+    pod.set_link_down(link.index).map_err(nl_err(format_args!("{ifname} down")))?;
+    let retired = format!("bthdel{:09x}", host.index);
+    pod.rename_link(link.index, &retired).map_err(nl_err(format_args!("renaming {ifname} to {retired}")))?;
+    Ok(true)
+}
+
 /// Everything of one pod interface: rules (when the IP is known) and the veth.
 pub fn teardown(node: &mut Netlink, container_id: &str, ifname: &str, ip: Option<Ipv4Addr>) -> Result<(), DatapathError> {
     let rules = ip.map(|ip| remove_rules(node, ip)).unwrap_or(Ok(()));

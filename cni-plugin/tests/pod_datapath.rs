@@ -410,3 +410,30 @@ fn parallel_adds_and_dels_of_different_pods() {
     }
     assert_eq!(agent.allocation_count(), 0);
 }
+
+#[test]
+fn an_exhausted_pool_asks_to_try_again_with_the_agents_reason() {
+    let agent = FakeAgent::start();
+    agent.exhaust();
+    let mut node = Node::new();
+    let pod = node.pod();
+    let run = node.berth(&Invocation::new("ADD", "ctr-full", &pod), &conf("1.1.0", &agent));
+    assert_eq!(run.code(), 11);
+    assert!(run.msg().contains("the fake pool is empty"), "{}", run.msg());
+    assert!(pod_netlink(&pod).link_by_name("eth0").is_err());
+}
+
+#[test]
+fn add_again_into_the_same_namespace_after_del() {
+    let agent = FakeAgent::start();
+    let mut node = Node::new();
+    let pod = node.pod();
+    let inv = Invocation::new("ADD", "ctr-again", &pod);
+    let first = node.berth(&inv, &conf("1.1.0", &agent)).result();
+    node.berth(&inv.command("DEL"), &with_prev(conf("1.1.0", &agent), &first)).assert_ok_silent();
+    let second = node.berth(&inv, &conf("1.1.0", &agent)).result();
+    let ip = ip_in(&second);
+    assert_eq!(agent.ip_of("ctr-again", "eth0"), Some(ip));
+    assert_datapath(&node, &pod, &second, ip);
+    node.berth(&inv.command("CHECK"), &with_prev(conf("1.1.0", &agent), &second)).assert_ok_silent();
+}

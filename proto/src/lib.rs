@@ -14,6 +14,11 @@ pub mod agent {
     pub mod v1 {
         tonic::include_proto!("berth.agent.v1");
     }
+
+    /// Request metadata carrying the plugin↔agent protocol version of the caller on every call,
+    /// so a version mismatch is refused (FAILED_PRECONDITION, naming the agent's range) without a
+    /// separate Hello round trip on the plugin's hot path.
+    pub const PROTOCOL_HEADER: &str = "berth-agent-protocol";
 }
 
 /// The scheduler's API, package `berth.cluster.v1`.

@@ -66,6 +66,7 @@ fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
         del.push(run_one(net, "DEL", &ids[i], &paths[i], Some(&results[i])).0);
     }
     let (a, d) = (stats(add), stats(del));
+    let drained_seq = drain(net);
 
     // 8 in parallel.
     let started = Instant::now();
@@ -87,8 +88,9 @@ fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
         }
     });
     let del_rate = pods as f64 / started.elapsed().as_secs_f64();
+    let drained_par = drain(net);
     println!(
-        "{:<22} pods {:>4}  ADD p50 {:>8} p99 {:>8}  DEL p50 {:>8} p99 {:>8}  8-parallel ADD {:>6.0} pods/s  DEL {:>6.0} pods/s",
+        "{:<24} pods {:>4}  ADD p50 {:>8} p99 {:>8}  DEL p50 {:>8} p99 {:>8}  8-parallel ADD {:>5.0} pods/s  DEL {:>5.0} pods/s  (veths gone {} / {} after the last DEL)",
         net.name,
         pods,
         ms(a.p50),
@@ -96,9 +98,25 @@ fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
         ms(d.p50),
         ms(d.p99),
         add_rate,
-        del_rate
+        del_rate,
+        ms(drained_seq),
+        ms(drained_par)
     );
     [a.p50, d.p50, Duration::from_secs_f64(1.0 / add_rate)]
+}
+
+/// Waits until no pod veth is left on the node (berth deletes them after DEL returns), so that
+/// one phase's deletions do not slow the next; returns how long that took.
+fn drain(net: &Net) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (_, links) = berth_tests::in_netns(&net.node, &["ip", "-o", "link", "show", "type", "veth"]);
+        let pods = links.lines().filter(|l| l.contains(": bth") || l.contains(": veth")).count();
+        if pods == 0 || started.elapsed() > Duration::from_secs(60) {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn reference_net(node: &NetnsGuard, dir: &Path) -> Net {

@@ -148,8 +148,21 @@ impl FakeAgent {
                 let _ = std::fs::remove_file(&socket);
                 let listener = tokio::net::UnixListener::bind(&socket).unwrap();
                 ready_tx.send(()).unwrap();
+                let table = service.0.clone();
+                // Like the agent: every call announces the caller's protocol in metadata, and a
+                // version outside the agent's range is refused with FAILED_PRECONDITION.
+                let check_protocol = move |request: tonic::Request<()>| {
+                    let Some(value) = request.metadata().get(berth_proto::agent::PROTOCOL_HEADER) else {
+                        return Ok(request);
+                    };
+                    let (min, max) = table.lock().unwrap().protocol;
+                    match value.to_str().ok().and_then(|v| v.parse::<u32>().ok()) {
+                        Some(v) if (min..=max).contains(&v) => Ok(request),
+                        _ => Err(tonic::Status::failed_precondition(format!("the caller speaks agent protocol {value:?}; the fake agent speaks {min}..{max}"))),
+                    }
+                };
                 tonic::transport::Server::builder()
-                    .add_service(pb::agent_server::AgentServer::new(service))
+                    .add_service(pb::agent_server::AgentServer::with_interceptor(service, check_protocol))
                     .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
                         let _ = stop_rx.await;
                     })
@@ -219,6 +232,11 @@ impl FakeAgent {
         let mut t = self.table.lock().unwrap();
         t.ready = ready;
         t.reason = reason.into();
+    }
+
+    /// From now on AllocateIp answers RESOURCE_EXHAUSTED, as an agent whose pool cannot grow.
+    pub fn exhaust(&self) {
+        self.table.lock().unwrap().next_host = 251;
     }
 
     pub fn set_protocol(&self, min: u32, max: u32) {
