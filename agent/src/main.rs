@@ -186,12 +186,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Ready once an ADD can be served from the pool (or no warm IPs are wanted).
+    let mut said = String::new();
     loop {
         let s = pool.status();
         if (s.ready && s.idle > 0) || cfg.pool.min_idle_ips == 0 {
             break;
         }
-        systemd::status(&format!("waiting for the pool: {}", if s.reason.is_empty() { "growing" } else { &s.reason }));
+        // Tell systemd what we wait for, once per change: not a datagram every few milliseconds.
+        let text = format!("waiting for the pool: {}", if s.reason.is_empty() { "growing" } else { &s.reason });
+        if text != said {
+            systemd::status(&text);
+            said = text;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let conflist = cniconf::render(&cfg.cni.network_name, &cfg.api.socket, &cfg.paths.release_queue_dir, cfg.cni.mtu, &cfg.cni.chain);

@@ -16,6 +16,7 @@ pub struct AgentProcess {
     pub netns: PathBuf,
     pub metrics_addr: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// How long the last start took until the CNI config appeared.
     pub last_ready: Duration,
@@ -28,6 +29,11 @@ fn free_port() -> u16 {
 impl AgentProcess {
     /// Starts an agent for `instance_id` and waits until it is ready (its conflist written).
     pub fn start(lc: &LocalCloud, instance_id: &str, extra: &[&str]) -> AgentProcess {
+        Self::start_with_env(lc, instance_id, extra, &[])
+    }
+
+    /// Like [`AgentProcess::start`], with extra environment variables.
+    pub fn start_with_env(lc: &LocalCloud, instance_id: &str, extra: &[&str], env: &[(&str, &str)]) -> AgentProcess {
         let dir = tempfile::Builder::new().prefix("berth-agent-").tempdir().expect("tempdir");
         let netns = lc.instance_netns(instance_id);
         let metrics_addr = format!("127.0.0.1:{}", free_port());
@@ -55,7 +61,8 @@ impl AgentProcess {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         std::fs::write(dir.path().join("agent.toml"), "").unwrap();
-        let mut a = AgentProcess { dir, instance_id: instance_id.into(), netns, metrics_addr, args, child: None, last_ready: Duration::ZERO };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut a = AgentProcess { dir, instance_id: instance_id.into(), netns, metrics_addr, args, env, child: None, last_ready: Duration::ZERO };
         a.spawn();
         a
     }
@@ -80,7 +87,7 @@ impl AgentProcess {
         let _ = std::fs::remove_file(self.conflist_path());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
         let started = Instant::now();
-        let child = Command::new(bin("berth-agent")).args(&self.args).env("BERTH_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start berth-agent");
+        let child = Command::new(bin("berth-agent")).args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).env("BERTH_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start berth-agent");
         self.child = Some(child);
         let deadline = started + Duration::from_secs(60);
         while !self.conflist_path().exists() {

@@ -260,3 +260,40 @@ async fn kill_9_at_random_instants_loses_and_doubles_nothing() {
     assert_books_balance(&cloud, &agent, &node, &live).await;
     eprintln!("{ops} operations, {} pods alive at the end", live.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_only_with_a_serving_pool_then_watchdog_pings() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.95.0.0/16", "10.95.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.large", &net.sg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Read as systemd does, from the start, until the first watchdog ping.
+    let reader = std::thread::spawn(move || {
+        let mut messages: Vec<String> = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !messages.iter().any(|m| m.contains("WATCHDOG=1")) {
+            match notify.recv(&mut buf) {
+                Ok(n) => messages.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e) => panic!("no watchdog ping after READY ({e}): {messages:?}"),
+            }
+        }
+        messages
+    });
+    let agent = AgentProcess::start_with_env(&lc, &node, &["--min-idle-ips", "3"], &[("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")]);
+    let messages = tokio::task::spawn_blocking(move || reader.join().expect("notifications")).await.unwrap();
+    let ready = messages.iter().position(|m| m.lines().any(|l| l == "READY=1")).unwrap_or_else(|| panic!("no READY=1: {messages:?}"));
+    assert!(messages[ready].contains("STATUS=ready: "), "READY comes with a status text: {messages:?}");
+    // READY only once the pool can serve: its warm IPs were in the cloud before systemd heard it.
+    let idle: u64 = messages[ready].split("STATUS=ready: ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(idle >= 1, "READY with an empty pool: {messages:?}");
+    let pool = agent.pool().await;
+    assert!(pool["status"]["idle"].as_u64().unwrap() >= 3, "{pool:#}");
+}
