@@ -261,8 +261,25 @@ impl<C: Cloud> EniPool<C> {
                 })
             })
             .collect();
-        let allocations: Vec<_> = b.ledger.allocations().cloned().collect();
+        let allocations: Vec<_> = b
+            .ledger
+            .allocations()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).expect("records serialize");
+                v["host_veth"] = serde_json::json!(host_veth_name(&r.key.container_id, &r.key.ifname));
+                v
+            })
+            .collect();
+        drop(b);
+        // What the node really has, read after the books: an ADD records before it builds.
+        let (rules, veths) = {
+            let mut node = self.node();
+            (node.pod_rules().unwrap_or_default(), node.host_veth_names().unwrap_or_default())
+        };
+        let rules: Vec<_> = rules.iter().map(|(priority, ip, table)| serde_json::json!({ "priority": priority, "ip": ip, "table": table })).collect();
+        let b = self.books();
         serde_json::json!({
+            "datapath": { "rules": rules, "host_veths": veths },
             "node": self.identity,
             "enis": enis,
             "allocations": allocations,

@@ -166,6 +166,11 @@ impl Node {
         tx
     }
 
+    /// Names of the host ends of pod veths on the node.
+    pub fn host_veth_names(&mut self) -> Result<Vec<String>, NodeError> {
+        Ok(self.nl.links().map_err(fail("links"))?.into_iter().filter(|l| l.name.starts_with(HOST_VETH_PREFIX) && l.kind.as_deref() == Some("veth")).map(|l| l.name).collect())
+    }
+
     /// The ENI tables and rules the node has, for introspection: (rule priority, IP, table).
     pub fn pod_rules(&mut self) -> Result<Vec<(u32, Ipv4Addr, u32)>, NodeError> {
         let mut out = Vec::new();

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod commands;
+mod inspect;
 mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -30,6 +31,8 @@ enum Command {
     Down(commands::down::Down),
     /// Show the local cloud's VPCs, vSwitches, instances and ENIs.
     Status(commands::status::Status),
+    /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
+    Inspect(commands::inspect::Inspect),
 }
 
 #[tokio::main]
@@ -39,6 +42,7 @@ async fn main() {
         Command::Up(c) => c.exec(cli.output).await,
         Command::Down(c) => c.exec().await,
         Command::Status(c) => c.exec(cli.output).await,
+        Command::Inspect(c) => c.exec(cli.output).await,
     };
     if let Err(e) = result {
         eprintln!("berthctl: {e:#}");

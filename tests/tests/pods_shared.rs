@@ -117,6 +117,23 @@ async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
         assert!(ping(&ns(from), to.ip), "{} ({}) cannot reach {} ({})", from.container_id, from.ip, to.container_id, to.ip);
     }
 
+    // `berthctl inspect` sees pods, pool and cloud agree, and names a rule removed behind its back.
+    let inspect = |agent: &AgentProcess| {
+        let out = std::process::Command::new(berth_tests::bin("berthctl"))
+            .args(["inspect", "--agent", &agent.metrics_addr, "--cloud-endpoint", &lc.endpoint, "--credentials"])
+            .arg(lc.dir.path().join("credentials.json"))
+            .args(["--region", berth_tests::REGION, "--grace-secs", "0", "--output", "json"])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = inspect(&agent_a);
+    assert!(ok, "inspect on a healthy node: {text}");
+    let victim = pods_a[7].ip.to_string();
+    assert!(in_netns(&agent_a.netns, &["ip", "rule", "del", "pref", "2048", "from", &victim]).0);
+    let (ok, text) = inspect(&agent_a);
+    assert!(!ok && text.contains(&victim) && text.contains("lacks its policy rules"), "inspect must report the missing rule: {text}");
+
     // CHECK passes on an intact pod.
     let check_conf = cni::plugin_conf(&conflist(&agent_a), 0, Some(&pods_a[0].result));
     let ns0 = format!("/run/netns/{}", pods_a[0].netns.name());
@@ -135,10 +152,18 @@ async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
     for (agent, node) in [(&agent_a, &node_a), (&agent_b, &node_b)] {
         let pool = agent.pool().await;
         assert_eq!(pool["allocations"].as_array().unwrap().len(), 0, "{pool:#}");
-        let (_, links) = in_netns(&agent.netns, &["ip", "-o", "link", "show"]);
-        assert!(!links.contains("bth"), "host veths left on {node}: {links}");
         let (_, rules) = in_netns(&agent.netns, &["ip", "rule", "show"]);
         assert!(!rules.contains("10.93."), "pod rules left on {node}: {rules}");
+        // The agent deletes the veths after DEL has returned (the kernel takes ~20 ms each).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, links) = in_netns(&agent.netns, &["ip", "-o", "link", "show"]);
+            if !links.contains("bth") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "host veths left on {node}: {links}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(node.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await.unwrap();

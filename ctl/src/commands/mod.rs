@@ -1,3 +1,4 @@
 pub mod down;
+pub mod inspect;
 pub mod status;
 pub mod up;

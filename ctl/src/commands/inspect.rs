@@ -1,0 +1,78 @@
+//! `berthctl inspect`: one node's pods ↔ pool ↔ cloud, from its agent's introspection endpoint and
+//! the cloud API; exits non-zero on any mismatch.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use berth_cloud::api::EniFilter;
+use berth_cloud::model::EniKind;
+use berth_cloud::{ClientConfig, Cloud, HttpCloud};
+use clap::Args;
+
+use crate::Output;
+use crate::cluster::{self, ClusterPaths};
+use crate::inspect;
+use crate::table::Table;
+
+#[derive(Args)]
+pub struct Inspect {
+    /// The agent's metrics and introspection address (its `api.metrics_listen`).
+    #[arg(long, env = "BERTH_AGENT_HTTP", default_value = "127.0.0.1:9480")]
+    agent: String,
+    /// The cloud API endpoint; default: the local cluster's.
+    #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
+    cloud_endpoint: Option<String>,
+    /// Credentials file for the cloud API; default: the local cluster's.
+    #[arg(long, env = "BERTH_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    #[arg(long, default_value = cluster::REGION)]
+    region: String,
+    /// Allocations younger than this may still be building their datapath (an ADD in flight).
+    #[arg(long, default_value_t = 10)]
+    grace_secs: i64,
+    #[command(flatten)]
+    paths: ClusterPaths,
+}
+
+impl Inspect {
+    pub async fn exec(self, output: Output) -> anyhow::Result<()> {
+        // The cloud client first: it sets up TLS for every HTTP client of the process.
+        let cloud = match self.cloud_endpoint {
+            Some(endpoint) => {
+                let path = self.credentials.clone().unwrap_or_else(|| self.paths.credentials());
+                let creds = berth_cloud::client::load_credentials(&path)?;
+                HttpCloud::new(ClientConfig::new(endpoint, self.region.clone(), creds))?
+            }
+            None => cluster::connect(&self.paths)?,
+        };
+        let url = format!("http://{}/debug/pool", self.agent);
+        let pool: serde_json::Value = reqwest::get(&url).await.with_context(|| format!("cannot reach the agent at {url}; is berth-agent running, and is --agent its api.metrics_listen?"))?.json().await.context("the agent's answer is not JSON")?;
+        let instance = pool["node"]["instance_id"].as_str().context("the agent's answer names no instance")?.to_string();
+        let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(instance.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+        let report = inspect::compare(&pool, &enis, now, self.grace_secs);
+        if output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "instance": instance, "report": report }))?);
+        } else {
+            let mut t = Table::new(&format!("PODS ON {instance}"), &["CONTAINER", "IFNAME", "IP", "ENI", "IN CLOUD", "VETH", "RULES"]);
+            let yes = |b: bool| if b { "yes" } else { "NO" }.to_string();
+            for p in &report.pods {
+                t.row(vec![p.container_id.clone(), p.ifname.clone(), p.ip.clone(), p.eni.clone(), yes(p.in_cloud), yes(p.veth), yes(p.rules)]);
+            }
+            println!("{}", t.render());
+            println!("pool: {} ENIs, {} idle IPs, {} pods", report.enis, report.idle, report.pods.len());
+            if report.mismatches.is_empty() {
+                println!("no mismatch: pods, pool and cloud agree");
+            } else {
+                println!("MISMATCHES:");
+                for m in &report.mismatches {
+                    println!("  {m}");
+                }
+            }
+        }
+        if !report.mismatches.is_empty() {
+            anyhow::bail!("{} mismatch(es) between pods, pool and cloud on {instance}", report.mismatches.len());
+        }
+        Ok(())
+    }
+}
