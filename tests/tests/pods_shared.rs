@@ -176,3 +176,140 @@ async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
         }
     }
 }
+
+/// `berthctl inspect` of one node: whether pods, pool and cloud agree, and its report.
+fn inspect(lc: &LocalCloud, agent: &AgentProcess) -> (bool, String) {
+    let out = std::process::Command::new(berth_tests::bin("berthctl"))
+        .args(["inspect", "--agent", &agent.metrics_addr, "--cloud-endpoint", &lc.endpoint, "--credentials"])
+        .arg(lc.dir.path().join("credentials.json"))
+        .args(["--region", berth_tests::REGION, "--grace-secs", "0", "--output", "json"])
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_churn_of_adds_and_dels_leaks_nothing() {
+    use std::sync::{Arc, Mutex};
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.96.0.0/16", "10.96.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    // A pool that grows and shrinks all the time, so that kills also land inside cloud calls.
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "3", "--cooldown-secs", "0", "--reconcile-secs", "1"]);
+    let list = conflist(&agent);
+    let node_ns = agent.netns.clone();
+    let agent = Arc::new(Mutex::new(agent));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let (live, ops, kills, added) = tokio::task::block_in_place(|| {
+        // The killer: kill -9 at random instants, restart after a moment.
+        let killer = {
+            let (agent, done) = (agent.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut kills = 0;
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    std::thread::sleep(Duration::from_millis(30 + seed % 150));
+                    let mut a = agent.lock().unwrap();
+                    a.kill9();
+                    kills += 1;
+                    drop(a);
+                    std::thread::sleep(Duration::from_millis(seed % 100));
+                    agent.lock().unwrap().restart();
+                }
+                kills
+            })
+        };
+        // 8 runtimes, each with its own pods: ADD, and DEL after a failed ADD or at random.
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (list, node_ns) = (list.clone(), node_ns.clone());
+                std::thread::spawn(move || {
+                    let path = cni::cni_path();
+                    let mut mine: Vec<(NetnsGuard, String, serde_json::Value)> = Vec::new();
+                    let mut ops = 0;
+                    let mut added = 0;
+                    for i in 0..50 {
+                        if mine.len() >= 4 || (!mine.is_empty() && i % 3 == 2) {
+                            let (ns, id, result) = mine.remove(0);
+                            let ns_path = format!("/run/netns/{}", ns.name());
+                            let inv = Invocation { command: "DEL", container_id: &id, netns: &ns_path, ifname: "eth0", args: "" };
+                            // DEL must succeed even with the agent down: the release is queued.
+                            cni::del_list(Some(&node_ns), &path, &list, &inv, Some(&result)).unwrap_or_else(|e| panic!("DEL {id}: {e:?}"));
+                        } else {
+                            let ns = NetnsGuard::unique("bk").unwrap();
+                            let id = format!("w{w}-{i}");
+                            let ns_path = format!("/run/netns/{}", ns.name());
+                            let inv = Invocation { command: "ADD", container_id: &id, netns: &ns_path, ifname: "eth0", args: "" };
+                            // Like kubelet: a failed ADD is followed by DEL, then retried a little later.
+                            for _attempt in 0..20 {
+                                match cni::add_list(Some(&node_ns), &path, &list, &inv) {
+                                    Ok(result) => {
+                                        added += 1;
+                                        mine.push((ns, id.clone(), result));
+                                        break;
+                                    }
+                                    Err(out) => {
+                                        let code = serde_json::from_str::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["code"].as_u64());
+                                        assert!(matches!(code, Some(5) | Some(11)), "ADD {id} failed with an unexpected answer: {out:?}");
+                                        let inv = Invocation { command: "DEL", ..inv.clone() };
+                                        cni::del_list(Some(&node_ns), &path, &list, &inv, None).unwrap_or_else(|e| panic!("DEL after failed ADD {id}: {e:?}"));
+                                        ops += 2;
+                                        std::thread::sleep(Duration::from_millis(50));
+                                    }
+                                }
+                            }
+                        }
+                        ops += 1;
+                    }
+                    (mine.into_iter().map(|(ns, id, _)| (id, ns)).collect::<Vec<_>>(), ops, added)
+                })
+            })
+            .collect();
+        let mut live = Vec::new();
+        let mut ops = 0;
+        let mut added = 0;
+        for w in workers {
+            let (pods, n, a) = w.join().expect("a worker panicked");
+            live.extend(pods);
+            ops += n;
+            added += a;
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let kills = killer.join().unwrap();
+        (live, ops, kills, added)
+    });
+    assert!(ops >= 300, "{ops} operations");
+    assert!(added >= 100, "only {added} ADDs succeeded: the churn did not exercise the agent");
+    assert!(kills >= 3, "only {kills} kills");
+    let mut agent = Arc::try_unwrap(agent).ok().unwrap().into_inner().unwrap();
+    agent.restart();
+
+    // In the end: every IP the cloud assigned is idle in the pool or held by exactly one live pod,
+    // live pods have their datapath, nothing is left of the others (inspect says so).
+    let live_ids: BTreeSet<String> = live.iter().map(|(id, _)| id.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, text) = inspect(&lc, &agent);
+        let pool = agent.pool().await;
+        let holders: BTreeSet<String> = pool["allocations"].as_array().unwrap().iter().map(|a| a["key"]["container_id"].as_str().unwrap().to_string()).collect();
+        if ok && holders == live_ids {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after {ops} operations and {kills} kills the books do not balance: holders {holders:?}, live {live_ids:?}\n{text}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (_, ns) in &live {
+        let ns_path = std::path::PathBuf::from(format!("/run/netns/{}", ns.name()));
+        assert!(in_netns(&ns_path, &["ip", "-o", "addr", "show", "dev", "eth0"]).1.contains("10.96."), "a live pod lost its address");
+    }
+    eprintln!("{ops} ADD/DEL ({added} successful ADDs), {kills} kills, {} pods alive at the end", live.len());
+}
