@@ -8,7 +8,7 @@ pub const FILE_NAME: &str = "10-berth.conflist";
 
 /// The conflist: `berth` first, then the chained plugins the operator listed (e.g. `portmap`
 /// with the portMappings capability, `bandwidth` with the bandwidth capability).
-pub fn render(name: &str, agent_socket: &Path, release_queue_dir: &Path, mtu: u32, chain: &[String]) -> String {
+pub fn render(name: &str, cni_version: &str, agent_socket: &Path, release_queue_dir: &Path, mtu: u32, chain: &[String]) -> String {
     let mut plugins = vec![serde_json::json!({
         "type": "berth",
         "agentSocket": agent_socket,
@@ -24,7 +24,7 @@ pub fn render(name: &str, agent_socket: &Path, release_queue_dir: &Path, mtu: u3
         }
         plugins.push(p);
     }
-    serde_json::to_string_pretty(&serde_json::json!({ "cniVersion": "1.1.0", "name": name, "plugins": plugins })).expect("JSON")
+    serde_json::to_string_pretty(&serde_json::json!({ "cniVersion": cni_version, "name": name, "plugins": plugins })).expect("JSON")
 }
 
 /// Writes the file atomically (temp file, fsync, rename): a runtime never reads half of it.
@@ -45,7 +45,7 @@ mod tests {
 
     #[test]
     fn chains_with_capabilities() {
-        let text = render("pods", Path::new("/run/berth/agent.sock"), Path::new("/q"), 1500, &["portmap".into(), "bandwidth".into()]);
+        let text = render("pods", "1.0.0", Path::new("/run/berth/agent.sock"), Path::new("/q"), 1500, &["portmap".into(), "bandwidth".into()]);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["plugins"][0]["type"], "berth");
         assert_eq!(v["plugins"][0]["agentSocket"], "/run/berth/agent.sock");

@@ -28,6 +28,9 @@ pub struct AgentConfig {
 pub struct CniConfig {
     /// The network's name in the conflist.
     pub network_name: String,
+    /// The conflist's cniVersion: 1.0.0 is what today's runtimes (podman 4, containerd 1.6) read;
+    /// 1.1.0 lets a runtime that knows it call GC and STATUS.
+    pub cni_version: String,
     /// MTU of pod interfaces.
     pub mtu: u32,
     /// Plugins chained after `berth` (e.g. "portmap", "bandwidth"); they must be in CNI_PATH.
@@ -36,7 +39,7 @@ pub struct CniConfig {
 
 impl Default for CniConfig {
     fn default() -> Self {
-        CniConfig { network_name: "berth".into(), mtu: 1500, chain: Vec::new() }
+        CniConfig { network_name: "berth".into(), cni_version: "1.0.0".into(), mtu: 1500, chain: Vec::new() }
     }
 }
 
@@ -196,6 +199,9 @@ impl AgentConfig {
         }
         if !self.api.metrics_listen.is_empty() && self.api.metrics_listen.parse::<SocketAddr>().is_err() {
             return invalid("api.metrics_listen", self.api.metrics_listen.clone(), "an address:port such as 127.0.0.1:9480, or empty");
+        }
+        if !["0.3.1", "0.4.0", "1.0.0", "1.1.0"].contains(&self.cni.cni_version.as_str()) {
+            return invalid("cni.cni_version", self.cni.cni_version.clone(), "one of 0.3.1, 0.4.0, 1.0.0, 1.1.0");
         }
         if !(576..=65535).contains(&self.cni.mtu) {
             return invalid("cni.mtu", self.cni.mtu.to_string(), "between 576 and 65535");

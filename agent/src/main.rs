@@ -200,7 +200,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let conflist = cniconf::render(&cfg.cni.network_name, &cfg.api.socket, &cfg.paths.release_queue_dir, cfg.cni.mtu, &cfg.cni.chain);
+    let conflist = cniconf::render(&cfg.cni.network_name, &cfg.cni.cni_version, &cfg.api.socket, &cfg.paths.release_queue_dir, cfg.cni.mtu, &cfg.cni.chain);
     let written = cniconf::write(&cfg.paths.cni_conf_dir, &conflist).with_context(|| format!("writing the CNI config into {}", cfg.paths.cni_conf_dir.display()))?;
     let s = pool.status();
     let text = format!("ready: {} idle IPs, {} allocated", s.idle, s.allocated);
