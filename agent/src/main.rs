@@ -55,6 +55,10 @@ struct Args {
     cooldown_secs: Option<u64>,
     #[arg(long, env = "BERTH_RECONCILE_SECS")]
     reconcile_secs: Option<u64>,
+    #[arg(long, env = "BERTH_INHIBIT_SECS")]
+    inhibit_secs: Option<u64>,
+    #[arg(long, env = "BERTH_ALLOCATE_TIMEOUT_SECS")]
+    allocate_timeout_secs: Option<u64>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -82,6 +86,8 @@ impl Args {
         set!(c.pool.max_idle_ips, self.max_idle_ips);
         set!(c.pool.cooldown_secs, self.cooldown_secs);
         set!(c.paths.reconcile_secs, self.reconcile_secs);
+        set!(c.pool.inhibit_secs, self.inhibit_secs);
+        set!(c.pool.allocate_timeout_secs, self.allocate_timeout_secs);
     }
 }
 

@@ -115,6 +115,12 @@ fn status_error(socket: &str, down_code: u32, status: tonic::Status) -> CniError
     let msg = status.message().to_string();
     match status.code() {
         Code::Unavailable | Code::Cancelled => unreachable(down_code, socket, msg),
+        // The agent closes connections of peers whose uid it does not allow.
+        Code::Unknown if msg.contains("transport error") => CniError::new(
+            down_code,
+            format!("the Berth agent at {socket} closed the connection ({msg})"),
+            "run the plugin as a uid listed in the agent's api.allowed_uids, and check berth-agent's log",
+        ),
         Code::FailedPrecondition => CniError::new(code::AGENT_PROTOCOL_MISMATCH, msg, "install matching versions of berth and berth-agent"),
         Code::ResourceExhausted => CniError::new(code::TRY_AGAIN_LATER, msg, "the node's pool is growing or cannot grow; the runtime will retry, or schedule the pod elsewhere"),
         Code::InvalidArgument => CniError::new(code::INVALID_NETWORK_CONFIG, msg, "check the network config and CNI_ARGS"),

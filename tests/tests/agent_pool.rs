@@ -297,3 +297,80 @@ async fn systemd_hears_ready_only_with_a_serving_pool_then_watchdog_pings() {
     let pool = agent.pool().await;
     assert!(pool["status"]["idle"].as_u64().unwrap() >= 3, "{pool:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_vswitch_inhibits_growth_and_says_why() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    // A /28: 16 addresses, 4 reserved, one for the node's primary ENI, one per secondary ENI.
+    let net = SampleNet::create(&cloud, "10.89.0.0/16", "10.89.1.0/28").await;
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--inhibit-secs", "30", "--allocate-timeout-secs", "2"]);
+    let mut client = agent.client().await;
+    let mut got = 0;
+    let refusal = loop {
+        match client.allocate_ip(allocate_request(&format!("p{got}"))).await {
+            Ok(_) => got += 1,
+            Err(status) => break status,
+        }
+        assert!(got < 20, "a /28 cannot hold {got} pods");
+    };
+    assert_eq!(refusal.code(), tonic::Code::ResourceExhausted, "{refusal:?}");
+    assert!(refusal.message().contains("IpNotEnough"), "the refusal names the cloud's reason: {}", refusal.message());
+    let total: usize = cloud_ips(&cloud, &node).await.iter().map(|(_, ips)| ips.len()).sum();
+    assert_eq!(total, got, "every IP the vSwitch had is held by a pod: {total} assigned, {got} pods");
+    // STATUS says the pool cannot serve, and why; the plugin turns that into CNI code 50.
+    let st = client.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(!st.ready && st.reason.contains("IpNotEnough"), "{st:?}");
+    let conf = serde_json::json!({ "cniVersion": "1.1.0", "name": "berth", "type": "berth", "agentSocket": agent.socket() });
+    let out = berth_tests::cni::exec(Some(&agent.netns), &berth_tests::cni::cni_path(), "berth", &conf, &berth_tests::cni::Invocation { command: "STATUS", container_id: "", netns: "", ifname: "", args: "" });
+    assert!(!out.ok && out.json()["code"] == 50 && out.stdout.contains("IpNotEnough"), "{out:?}");
+    // Inhibited: the pool does not hammer the cloud while the vSwitch is full.
+    let calls = |m: String| m.lines().filter(|l| l.starts_with("berth_agent_cloud_call_seconds_count")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum::<u64>();
+    let before = calls(agent.metrics().await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = agent.metrics().await;
+    assert_eq!(calls(metrics.clone()), before, "cloud calls inside the inhibit window:\n{metrics}");
+    assert!(metrics.contains("berth_agent_allocations_failed_total 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_uid_is_not_allowed_is_disconnected() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.88.0.0/16", "10.88.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.large", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1"]);
+    // Open the socket's mode so that only the agent's own uid check stands in the way.
+    std::fs::set_permissions(agent.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = serde_json::json!({ "cniVersion": "1.1.0", "name": "berth", "type": "berth", "agentSocket": agent.socket() }).to_string();
+    let status_as = |uid: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", uid, "--clear-groups"])
+            .arg(berth_tests::bin("berth"))
+            .env_clear()
+            .env("CNI_COMMAND", "STATUS")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, out) = status_as("0");
+    assert!(ok, "root is allowed: {out}");
+    let (ok, out) = status_as("65534");
+    assert!(!ok && out.contains("\"code\":50"), "uid 65534 must be refused: {out}");
+    assert!(agent.log().contains("refused a connection from a uid not in api.allowed_uids"), "{}", agent.log());
+}
