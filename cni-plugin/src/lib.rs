@@ -5,4 +5,5 @@
 pub mod agent_client;
 pub mod commands;
 pub mod datapath;
+pub mod libcni;
 pub mod protocol;
