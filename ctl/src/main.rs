@@ -31,6 +31,8 @@ enum Command {
     Down(commands::down::Down),
     /// Show the local cloud's VPCs, vSwitches, instances and ENIs.
     Status(commands::status::Status),
+    /// Pods of the local cluster: add, del, list.
+    Pod(commands::pod::Pod),
     /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
     Inspect(commands::inspect::Inspect),
 }
@@ -43,6 +45,7 @@ async fn main() {
         Command::Down(c) => c.exec().await,
         Command::Status(c) => c.exec(cli.output).await,
         Command::Inspect(c) => c.exec(cli.output).await,
+        Command::Pod(c) => c.exec(cli.output).await,
     };
     if let Err(e) = result {
         eprintln!("berthctl: {e:#}");

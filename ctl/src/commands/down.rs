@@ -6,6 +6,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::cluster::{self, ClusterPaths};
+use crate::commands::pod;
 
 #[derive(Args)]
 pub struct Down {
@@ -16,6 +17,14 @@ pub struct Down {
 impl Down {
     pub async fn exec(self) -> anyhow::Result<()> {
         let paths = &self.paths;
+        // Pods first (their IPs go back while the agents run), then the agents, then the cloud.
+        for p in pod::list(paths) {
+            if let Err(e) = pod::del(paths, &p.name) {
+                eprintln!("warning: {e:#}; its namespace is removed anyway");
+                let _ = berth_nodenet::Netns::delete(p.netns.trim_start_matches("/run/netns/"));
+            }
+        }
+        cluster::stop_agents(paths);
         cluster::stop_localcloud(paths);
         if paths.state_dir.exists() {
             // The local cloud's planes remove their namespaces, veths, loop devices and links.
@@ -34,6 +43,8 @@ impl Down {
         cluster::remove_if_exists(&paths.state_dir)?;
         cluster::remove_if_exists(&paths.pid_file())?;
         cluster::remove_if_exists(&paths.log_file())?;
+        cluster::remove_if_exists(&paths.run_dir.join("agents"))?;
+        cluster::remove_if_exists(&paths.pods_dir())?;
         // The parent directories go too when nothing else is in them.
         let _ = std::fs::remove_dir(&paths.run_dir);
         if let Some(parent) = paths.state_dir.parent() {

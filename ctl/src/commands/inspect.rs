@@ -19,6 +19,9 @@ pub struct Inspect {
     /// The agent's metrics and introspection address (its `api.metrics_listen`).
     #[arg(long, env = "BERTH_AGENT_HTTP", default_value = "127.0.0.1:9480")]
     agent: String,
+    /// A node of the local cluster: its agent's address instead of --agent.
+    #[arg(long)]
+    node: Option<String>,
     /// The cloud API endpoint; default: the local cluster's.
     #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
     cloud_endpoint: Option<String>,
@@ -45,7 +48,11 @@ impl Inspect {
             }
             None => cluster::connect(&self.paths)?,
         };
-        let url = format!("http://{}/debug/pool", self.agent);
+        let agent = match &self.node {
+            Some(id) => std::fs::read_to_string(self.paths.agent_run_dir(id).join("metrics")).with_context(|| format!("node {id} has no agent in the local cluster"))?.trim().to_string(),
+            None => self.agent.clone(),
+        };
+        let url = format!("http://{agent}/debug/pool");
         let pool: serde_json::Value = reqwest::get(&url).await.with_context(|| format!("cannot reach the agent at {url}; is berth-agent running, and is --agent its api.metrics_listen?"))?.json().await.context("the agent's answer is not JSON")?;
         let instance = pool["node"]["instance_id"].as_str().context("the agent's answer names no instance")?.to_string();
         let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(instance.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await?;

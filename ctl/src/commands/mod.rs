@@ -1,4 +1,5 @@
 pub mod down;
 pub mod inspect;
+pub mod pod;
 pub mod status;
 pub mod up;

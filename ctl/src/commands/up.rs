@@ -1,4 +1,5 @@
-//! `berthctl up`: the local cloud with a sample VPC and two instances (the nodes of the cluster).
+//! `berthctl up`: the local cloud with a sample VPC and two instances (the nodes of the cluster), a
+//! `berth-agent` on each, and demo pods networked by the `berth` CNI plugin.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use clap::Args;
 
 use crate::Output;
 use crate::cluster::{self, ClusterPaths};
-use crate::commands::status;
+use crate::commands::{pod, status};
 
 #[derive(Args)]
 pub struct Up {
@@ -77,7 +78,40 @@ impl Up {
         for id in &instances {
             wait::instance_status(&cloud, id, InstanceStatus::Running, Duration::from_secs(60)).await?;
         }
-        status::print(&cloud, paths, output).await
+
+        progress(output, "starting a berth-agent for each instance");
+        for (i, id) in instances.iter().enumerate() {
+            cluster::start_agent(paths, &endpoint, id, i)?;
+        }
+        for id in &instances {
+            cluster::wait_for_agent(paths, id, Duration::from_secs(60))?;
+        }
+        if pod::list(paths).is_empty() {
+            progress(output, "adding two demo pods on each node through the berth CNI plugin");
+            for n in 0..2 * instances.len() {
+                pod::add(paths, &format!("demo-{}", n + 1), &instances[n % instances.len()])?;
+            }
+        }
+        status::print(&cloud, paths, output).await?;
+        let pods = pod::list(paths);
+        pod::print(&pods, output)?;
+        if output == Output::Table {
+            // Pods reach each other through the VPC: same node, and across nodes via the vRouter.
+            if let Some(first) = pods.first() {
+                for other in &pods[1..] {
+                    let reached = std::process::Command::new("nsenter")
+                        .arg(format!("--net={}", first.netns))
+                        .args(["ping", "-c", "1", "-W", "2", &other.ip])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    println!("{} ({}) -> {} ({}) on {}: {}", first.name, first.ip, other.name, other.ip, other.node, if reached { "reachable" } else { "UNREACHABLE" });
+                }
+            }
+            println!("\nadd a pod: berthctl pod add NAME; inspect a node: berthctl inspect --node <instance-id>; stop: berthctl down");
+        }
+        Ok(())
     }
 }
 
