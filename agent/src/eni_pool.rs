@@ -82,7 +82,11 @@ pub struct EniPool<C> {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+    (now_unix_ns() / 1_000_000_000) as i64
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default()
 }
 
 fn is_growth_limit(e: &CloudError) -> bool {
@@ -139,14 +143,22 @@ impl<C: Cloud> EniPool<C> {
             let grown = self.grown.notified();
             {
                 let mut b = self.books();
-                if let Some(r) = b.ledger.allocation(&key).cloned() {
+                if let Some(mut r) = b.ledger.allocation(&key).cloned() {
                     let eni = b.ledger.eni(&r.eni_id).cloned();
                     if let Some(eni) = eni {
+                        // The same IP for a repeated ADD, stamped anew: a release the plugin queued
+                        // before this ADD must not take it away afterwards.
+                        r.created_ns = now_unix_ns();
+                        if let Err(e) = b.store.append(Event::Allocated(r.clone())) {
+                            break Err(e.into());
+                        }
+                        b.ledger.record(r.clone()).expect("the key's own IP");
                         break Ok(Allocated { record: r, eni });
                     }
                 }
                 if let Some((eni, ip)) = b.ledger.choose().map(|(e, ip)| (e.clone(), ip)) {
-                    let record = AllocationRecord { key: key.clone(), ip, eni_id: eni.id.clone(), netns: netns.clone(), pod: pod.clone(), created_at: now_unix() };
+                    let created_ns = now_unix_ns();
+                    let record = AllocationRecord { key: key.clone(), ip, eni_id: eni.id.clone(), netns: netns.clone(), pod: pod.clone(), created_at: (created_ns / 1_000_000_000) as i64, created_ns };
                     // Durable before anyone hears of it.
                     if let Err(e) = b.store.append(Event::Allocated(record.clone())) {
                         break Err(e.into());
@@ -421,22 +433,31 @@ impl<C: Cloud> EniPool<C> {
         Ok(())
     }
 
-    /// Releases what the plugin queued while the agent was down (`<containerID>.<ifname>` files).
+    /// Releases what the plugin queued while the agent was down (`<containerID>.<ifname>` files
+    /// holding the DEL's time): only an allocation made before that DEL, never a later ADD's.
     fn drain_release_queue(&self) {
         let dir = &self.settings.release_queue_dir;
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // A file without a time (an older plugin) releases whatever the key holds.
+            let deleted_at: u64 = std::fs::read_to_string(entry.path()).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(u64::MAX);
             // Container IDs and interface names may both hold dots: try every split.
-            let key = name.match_indices('.').map(|(i, _)| AllocationKey { container_id: name[..i].to_string(), ifname: name[i + 1..].to_string() }).find(|k| self.books().ledger.allocation(k).is_some());
-            if let Some(key) = key {
-                match self.release(&key) {
+            let found = name.match_indices('.').find_map(|(i, _)| {
+                let key = AllocationKey { container_id: name[..i].to_string(), ifname: name[i + 1..].to_string() };
+                let created = self.books().ledger.allocation(&key).map(|r| r.created_ns)?;
+                Some((key, created))
+            });
+            match found {
+                Some((key, created)) if created <= deleted_at => match self.release(&key) {
                     Ok(_) => tracing::info!(%key, "released an allocation the plugin queued while the agent was down"),
                     Err(e) => {
                         tracing::error!(%key, error = %e, "cannot release a queued allocation; will retry");
                         continue;
                     }
-                }
+                },
+                Some((key, _)) => tracing::info!(%key, "a queued release predates the current allocation of its key; dropped"),
+                None => {}
             }
             let _ = std::fs::remove_file(entry.path());
         }

@@ -79,7 +79,7 @@ impl Snapshot {
 pub enum StoreError {
     #[error("state directory {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("checkpoint {path} is not valid: {source} (move it away to start from the cloud's view; allocations in it would be forgotten)")]
+    #[error("{path} is not valid: {source} (move it away to start from the cloud's view; the allocations in it would be forgotten)")]
     Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
@@ -116,7 +116,9 @@ impl Store {
                 if n == 0 || !line.ends_with('\n') {
                     break; // a torn last line: the write it stood for never returned
                 }
-                let Ok(event) = serde_json::from_str::<Event>(&line) else { break };
+                // A whole line that does not parse is damage, not a torn write: refuse rather
+                // than forget every allocation after it.
+                let event = serde_json::from_str::<Event>(&line).map_err(|source| StoreError::Corrupt { path: journal_path.clone(), source })?;
                 state.apply(&event);
                 journaled += 1;
                 good_len += n as u64;
@@ -183,7 +185,7 @@ mod tests {
     use crate::pool::ledger::PodRef;
 
     fn rec(c: &str, last: u8) -> AllocationRecord {
-        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: Ipv4Addr::new(10, 0, 0, last), eni_id: "eni-1".into(), netns: "/run/netns/x".into(), pod: PodRef::default(), created_at: 1 }
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: Ipv4Addr::new(10, 0, 0, last), eni_id: "eni-1".into(), netns: "/run/netns/x".into(), pod: PodRef::default(), created_at: 1, created_ns: 1 }
     }
 
     #[test]
@@ -208,6 +210,7 @@ mod tests {
         assert_eq!(snap.intents.len(), 1);
         assert_eq!(snap.next_intent, 2);
         // Appending after the torn line works, and a checkpoint plus a replayed journal agree.
+        assert!(s.snapshot().allocations.contains_key("b/eth0"));
         s.append(Event::Allocated(rec("c", 8))).unwrap();
         s.compact().unwrap();
         s.append(Event::Released { key: rec("b", 6).key }).unwrap();
@@ -215,5 +218,19 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.snapshot().allocations.keys().collect::<Vec<_>>(), vec!["c/eth0"]);
         assert_eq!(s.snapshot().intents.len(), 1);
+        assert_eq!(s.snapshot().allocations["c/eth0"].created_ns, 1, "every field survives the round trip");
+    }
+
+    #[test]
+    fn a_damaged_whole_line_is_refused_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            s.append(Event::Allocated(rec("a", 5))).unwrap();
+        }
+        let mut j = OpenOptions::new().append(true).open(dir.path().join("journal.jsonl")).unwrap();
+        j.write_all(b"{\"event\":\"nonsense\"}\n").unwrap();
+        drop(j);
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Corrupt { .. })));
     }
 }

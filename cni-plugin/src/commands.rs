@@ -140,12 +140,15 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     Ok(Some(result.to_string()))
 }
 
-/// Queues a release for the agent to carry out when it is back.
+/// Queues a release for the agent to carry out when it is back. The file holds the DEL's time
+/// (Unix nanoseconds): the agent releases only an allocation made before it, never one a later ADD
+/// of the same container and interface made.
 fn queue_release(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let dir = conf.release_queue_dir()?;
     let fail = |e: std::io::Error| CniError::new(code::IO_FAILURE, format!("the agent is down and the release cannot be queued in {}: {e}", dir.display()), "check releaseQueueDir in the network config");
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(fail)?;
-    std::fs::write(dir.join(format!("{}.{}", env.container_id, env.ifname)), b"").map_err(fail)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default();
+    std::fs::write(dir.join(format!("{}.{}", env.container_id, env.ifname)), now.to_string()).map_err(fail)
 }
 
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {

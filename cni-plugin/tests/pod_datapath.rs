@@ -309,7 +309,10 @@ fn del_with_the_agent_down_cleans_up_and_queues_the_release() {
     assert_gone(&node, &host_name, ip);
     let queued = agent.queue_dir().join("ctr-queued.eth0");
     assert!(queued.exists(), "{} was written", queued.display());
-    assert_eq!(std::fs::metadata(&queued).unwrap().len(), 0);
+    // It holds the DEL's time, so the agent never releases a later ADD's allocation with it.
+    let at: u128 = std::fs::read_to_string(&queued).unwrap().parse().expect("the DEL's time in nanoseconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    assert!(at <= now && now - at < 60_000_000_000, "{at} is not the DEL's time");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(std::fs::metadata(agent.queue_dir()).unwrap().permissions().mode() & 0o777, 0o700);
     assert!(agent.releases().is_empty());

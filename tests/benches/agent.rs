@@ -23,9 +23,6 @@ fn request(c: &str) -> pb::AllocateIpRequest {
     pb::AllocateIpRequest { key: Some(pb::AllocationKey { container_id: c.into(), ifname: "eth0".into() }), mode: pb::NetworkMode::Shared as i32, want_ipv4: true, ..Default::default() }
 }
 
-async fn cloud_calls(agent: &AgentProcess) -> u64 {
-    agent.metrics().await.lines().filter(|l| l.starts_with("berth_agent_cloud_call_seconds_count")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -58,7 +55,7 @@ async fn main() {
         client.release_ip(pb::ReleaseIpRequest { key: request(&format!("p{i}")).key }).await.expect("ReleaseIp");
     }
     // A churn of 1,000 pods, 8 at a time, against the default warm targets.
-    let before = cloud_calls(&agent).await;
+    let before = agent.cloud_calls().await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -74,6 +71,6 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    let calls = cloud_calls(&agent).await - before;
+    let calls = agent.cloud_calls().await - before;
     println!("cloud API calls over a churn of 1,000 pods (8 in parallel, default warm pool): {calls} ({:.3} per pod), {:.0} allocate+release pairs/s", calls as f64 / 1000.0, 1000.0 / started.elapsed().as_secs_f64());
 }

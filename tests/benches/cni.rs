@@ -149,7 +149,7 @@ async fn main() {
         assert!(Instant::now() < deadline, "the pool did not warm up to {max}:\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let calls_before = cloud_calls(&agent).await;
+    let calls_before = agent.cloud_calls().await;
     let berth = Net {
         name: "berth (shared ENI)",
         node: agent.netns.clone(),
@@ -172,12 +172,8 @@ async fn main() {
             );
         }
     });
-    let calls = cloud_calls(&agent).await - calls_before;
+    let calls = agent.cloud_calls().await - calls_before;
     let pods: usize = counts.iter().map(|n| 2 * n).sum();
     println!("cloud API calls during {pods} pod ADD/DEL cycles with a warm pool: {calls} ({:.3} per pod)", calls as f64 / pods as f64);
 }
 
-/// Cloud API calls the agent made so far (its histogram's counts, all actions and outcomes).
-async fn cloud_calls(agent: &AgentProcess) -> u64 {
-    agent.metrics().await.lines().filter(|l| l.starts_with("berth_agent_cloud_call_seconds_count")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
-}

@@ -126,6 +126,11 @@ impl AgentProcess {
         reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.expect("GET /metrics").text().await.expect("text")
     }
 
+    /// Cloud API calls the agent made so far (its latency histogram's counts, all actions and outcomes).
+    pub async fn cloud_calls(&self) -> u64 {
+        self.metrics().await.lines().filter(|l| l.starts_with("berth_agent_cloud_call_seconds_count")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    }
+
     pub async fn client(&self) -> AgentClient<Channel> {
         AgentClient::new(unix_channel(&self.socket()).await)
     }

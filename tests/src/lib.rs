@@ -196,6 +196,14 @@ impl SampleNet {
         SampleNet { vpc, vsw, sg }
     }
 
+    /// Lets every protocol in from `cidr` through the security group (pods talk across nodes).
+    pub async fn open_to(&self, cloud: &HttpCloud, cidr: &str) {
+        use berth_cloud::Cloud as _;
+        use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroupRule};
+        let rule = SecurityGroupRule { direction: Direction::Ingress, protocol: IpProtocol::All, ports: None, peer_cidr: cidr.parse().expect("a CIDR"), policy: Policy::Accept, priority: 1 };
+        cloud.authorize_security_group(&self.sg, &rule).await.expect("AuthorizeSecurityGroup");
+    }
+
     /// Runs one instance of `instance_type` in the vSwitch with `security_group` and waits until it runs.
     pub async fn run(&self, cloud: &HttpCloud, instance_type: &str, security_group: &str) -> String {
         use berth_cloud::Cloud as _;

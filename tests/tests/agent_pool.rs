@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use berth_cloud::Cloud;
 use berth_cloud::api::EniFilter;
-use berth_cloud::model::{EniKind, IpProtocol, Policy, SecurityGroupRule};
+use berth_cloud::model::EniKind;
 use berth_proto::agent::v1 as pb;
 use berth_tests::agent::AgentProcess;
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
@@ -27,18 +27,6 @@ async fn cloud_ips(cloud: &impl Cloud, instance: &str) -> Vec<(String, BTreeSet<
     cloud.describe_network_interfaces(&filter).await.unwrap().into_iter().map(|e| (e.id, e.secondary_ips.iter().map(ToString::to_string).collect())).collect()
 }
 
-pub async fn open_security_group(cloud: &impl Cloud, sg: &str) {
-    let rule = SecurityGroupRule {
-        direction: berth_cloud::model::Direction::Ingress,
-        protocol: IpProtocol::All,
-        ports: None,
-        peer_cidr: "10.0.0.0/8".parse().unwrap(),
-        policy: Policy::Accept,
-        priority: 1,
-    };
-    cloud.authorize_security_group(sg, &rule).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_serves_from_the_cloud_and_gives_surplus_back() {
     if !is_root() {
@@ -48,7 +36,7 @@ async fn the_pool_serves_from_the_cloud_and_gives_surplus_back() {
     let lc = LocalCloud::start(LocalCloudOptions::default());
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, "10.91.0.0/16", "10.91.1.0/24").await;
-    open_security_group(&cloud, &net.sg).await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
     let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "4", "--cooldown-secs", "2"]);
 
@@ -330,11 +318,10 @@ async fn an_exhausted_vswitch_inhibits_growth_and_says_why() {
     let out = berth_tests::cni::exec(Some(&agent.netns), &berth_tests::cni::cni_path(), "berth", &conf, &berth_tests::cni::Invocation { command: "STATUS", container_id: "", netns: "", ifname: "", args: "" });
     assert!(!out.ok && out.json()["code"] == 50 && out.stdout.contains("IpNotEnough"), "{out:?}");
     // Inhibited: the pool does not hammer the cloud while the vSwitch is full.
-    let calls = |m: String| m.lines().filter(|l| l.starts_with("berth_agent_cloud_call_seconds_count")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum::<u64>();
-    let before = calls(agent.metrics().await);
+    let before = agent.cloud_calls().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = agent.metrics().await;
-    assert_eq!(calls(metrics.clone()), before, "cloud calls inside the inhibit window:\n{metrics}");
+    assert_eq!(agent.cloud_calls().await, before, "cloud calls inside the inhibit window:\n{metrics}");
     assert!(metrics.contains("berth_agent_allocations_failed_total 1"), "{metrics}");
 }
 

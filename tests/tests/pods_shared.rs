@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_cloud::Cloud;
 use berth_cloud::api::EniFilter;
-use berth_cloud::model::{EniKind, IpProtocol, Policy, SecurityGroupRule};
+use berth_cloud::model::EniKind;
 use berth_nodenet::NetnsGuard;
 use berth_tests::agent::AgentProcess;
 use berth_tests::cni::{self, Invocation};
@@ -27,18 +27,6 @@ struct Pod {
 
 fn ping(from: &Path, to: Ipv4Addr) -> bool {
     in_netns(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &to.to_string()]).0
-}
-
-async fn open_security_group(cloud: &impl Cloud, sg: &str) {
-    let rule = SecurityGroupRule {
-        direction: berth_cloud::model::Direction::Ingress,
-        protocol: IpProtocol::All,
-        ports: None,
-        peer_cidr: "10.0.0.0/8".parse().unwrap(),
-        policy: Policy::Accept,
-        priority: 1,
-    };
-    cloud.authorize_security_group(sg, &rule).await.unwrap();
 }
 
 fn conflist(agent: &AgentProcess) -> serde_json::Value {
@@ -87,7 +75,7 @@ async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
     let lc = LocalCloud::start(LocalCloudOptions::default());
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, "10.93.0.0/16", "10.93.1.0/24").await;
-    open_security_group(&cloud, &net.sg).await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
     let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     let flags = ["--min-idle-ips", "4", "--max-idle-ips", "6", "--cooldown-secs", "2"];
@@ -118,20 +106,11 @@ async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
     }
 
     // `berthctl inspect` sees pods, pool and cloud agree, and names a rule removed behind its back.
-    let inspect = |agent: &AgentProcess| {
-        let out = std::process::Command::new(berth_tests::bin("berthctl"))
-            .args(["inspect", "--agent", &agent.metrics_addr, "--cloud-endpoint", &lc.endpoint, "--credentials"])
-            .arg(lc.dir.path().join("credentials.json"))
-            .args(["--region", berth_tests::REGION, "--grace-secs", "0", "--output", "json"])
-            .output()
-            .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-    };
-    let (ok, text) = inspect(&agent_a);
+    let (ok, text) = inspect(&lc, &agent_a);
     assert!(ok, "inspect on a healthy node: {text}");
     let victim = pods_a[7].ip.to_string();
     assert!(in_netns(&agent_a.netns, &["ip", "rule", "del", "pref", "2048", "from", &victim]).0);
-    let (ok, text) = inspect(&agent_a);
+    let (ok, text) = inspect(&lc, &agent_a);
     assert!(!ok && text.contains(&victim) && text.contains("lacks its policy rules"), "inspect must report the missing rule: {text}");
 
     // CHECK passes on an intact pod.

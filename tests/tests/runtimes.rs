@@ -120,15 +120,7 @@ async fn wait_for_allocations(agent: &AgentProcess, n: usize) {
 async fn node_with_agent(lc: &LocalCloud, cidr: &str, vsw: &str) -> AgentProcess {
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, cidr, vsw).await;
-    let rule = berth_cloud::model::SecurityGroupRule {
-        direction: berth_cloud::model::Direction::Ingress,
-        protocol: berth_cloud::model::IpProtocol::All,
-        ports: None,
-        peer_cidr: "10.0.0.0/8".parse().unwrap(),
-        policy: berth_cloud::model::Policy::Accept,
-        priority: 1,
-    };
-    berth_cloud::Cloud::authorize_security_group(&cloud, &net.sg, &rule).await.unwrap();
+    net.open_to(&cloud, "10.0.0.0/8").await;
     let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     AgentProcess::start(lc, &node, &["--min-idle-ips", "2"])
 }

@@ -42,6 +42,9 @@ pub struct AllocationRecord {
     pub pod: PodRef,
     /// Unix seconds.
     pub created_at: i64,
+    /// Unix nanoseconds, to order the allocation against a release the plugin queued.
+    #[serde(default)]
+    pub created_ns: u64,
 }
 
 /// Where an ENI is in its life on this node.
@@ -198,7 +201,7 @@ mod tests {
     }
 
     fn rec(c: &str, ip: [u8; 4], eni: &str) -> AllocationRecord {
-        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: ip.into(), eni_id: eni.into(), netns: String::new(), pod: PodRef::default(), created_at: 0 }
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: ip.into(), eni_id: eni.into(), netns: String::new(), pod: PodRef::default(), created_at: 0, created_ns: 0 }
     }
 
     #[test]
