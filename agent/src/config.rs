@@ -242,3 +242,16 @@ mod tests {
         assert!(e.contains("cloud.endpoint"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The example file shipped beside the binary is a valid config whose values are the defaults.
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../agent.toml.example");
+        let parsed = AgentConfig::parse(text, Path::new("agent.toml.example")).unwrap();
+        assert_eq!(parsed, AgentConfig::default());
+    }
+}

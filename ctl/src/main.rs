@@ -31,6 +31,10 @@ enum Command {
     Down(commands::down::Down),
     /// Show the local cloud's VPCs, vSwitches, instances and ENIs.
     Status(commands::status::Status),
+    /// Put the binaries, the CNI plugin, the systemd units and an example config in place (idempotent).
+    Install(commands::install::Install),
+    /// Remove what install put in place (configuration and state only with --purge).
+    Uninstall(commands::install::Uninstall),
     /// Pods of the local cluster: add, del, list.
     Pod(commands::pod::Pod),
     /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
@@ -46,6 +50,8 @@ async fn main() {
         Command::Status(c) => c.exec(cli.output).await,
         Command::Inspect(c) => c.exec(cli.output).await,
         Command::Pod(c) => c.exec(cli.output).await,
+        Command::Install(c) => c.exec().await,
+        Command::Uninstall(c) => c.exec().await,
     };
     if let Err(e) = result {
         eprintln!("berthctl: {e:#}");

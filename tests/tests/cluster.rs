@@ -76,3 +76,31 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     assert!(left.is_empty(), "namespaces left: {left:?}");
     assert!(!c.dir.path().join("state").exists() && !c.dir.path().join("run").exists(), "state left behind");
 }
+
+#[test]
+fn install_is_idempotent_and_uninstall_reverses_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("berthctl")).args(args).arg("--root").arg(root.path()).output().unwrap();
+        assert!(out.status.success(), "berthctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run(&["install"]);
+    for path in ["usr/local/bin/berth-agent", "usr/local/bin/berthctl", "opt/cni/bin/berth", "etc/systemd/system/berth-agent.service", "etc/berth/agent.toml"] {
+        assert!(root.path().join(path).exists(), "{path} missing after install:\n{first}");
+    }
+    assert_eq!(std::fs::metadata(root.path().join("opt/cni/bin/berth")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(std::fs::metadata(root.path().join("etc/berth/agent.toml")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(root.path().join("opt/cni/bin/berth")).unwrap(), std::fs::read(bin("berth")).unwrap());
+    // The operator's config is never overwritten; a second install changes nothing.
+    std::fs::write(root.path().join("etc/berth/agent.toml"), "[cloud]\nendpoint = \"http://127.0.0.1:1\"\n").unwrap();
+    let second = run(&["install"]);
+    assert!(second.contains("nothing changed"), "{second}");
+    assert!(std::fs::read_to_string(root.path().join("etc/berth/agent.toml")).unwrap().contains("127.0.0.1:1"));
+    run(&["uninstall"]);
+    assert!(!root.path().join("usr/local/bin/berth-agent").exists() && !root.path().join("opt/cni/bin/berth").exists() && !root.path().join("etc/systemd/system/berth-agent.service").exists());
+    assert!(root.path().join("etc/berth/agent.toml").exists(), "uninstall keeps the config");
+    run(&["uninstall", "--purge"]);
+    assert!(!root.path().join("etc/berth").exists());
+}

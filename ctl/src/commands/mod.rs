@@ -1,5 +1,6 @@
 pub mod down;
 pub mod inspect;
+pub mod install;
 pub mod pod;
 pub mod status;
 pub mod up;
