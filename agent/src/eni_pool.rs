@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -470,7 +470,8 @@ impl<C: Cloud> EniPool<C> {
             .books()
             .ledger
             .allocations()
-            .filter(|r| !r.netns.is_empty() && now_unix() - r.created_at > grace && !Path::new(&r.netns).exists())
+            // Gone only when the path is reported missing: an unreadable path is not a dead pod.
+            .filter(|r| !r.netns.is_empty() && now_unix() - r.created_at > grace && std::fs::symlink_metadata(&r.netns).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound))
             .map(|r| r.key.clone())
             .collect();
         for key in gone {

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod pool;
+pub mod privileges;
 pub mod server;
 pub mod store;
 pub mod systemd;

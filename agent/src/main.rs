@@ -14,6 +14,7 @@ use berth_agent::node::Node;
 use berth_agent::pool::PoolLimits;
 use berth_agent::store::Store;
 use berth_agent::{cniconf, http, server, systemd};
+
 use berth_cloud::api::EniFilter;
 use berth_cloud::client::load_credentials;
 use berth_cloud::model::EniKind;
@@ -100,6 +101,11 @@ fn init_logging(json: bool) {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.log_json);
+    // Before any thread exists: every thread the agent makes inherits the reduced sets.
+    if let Err(e) = berth_agent::privileges::drop_unneeded() {
+        eprintln!("berth-agent: cannot drop the capabilities it does not need: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     // Two workers: the agent's work is small and mostly waiting on the cloud.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(args)) {

@@ -53,11 +53,27 @@ impl Inspect {
             None => self.agent.clone(),
         };
         let url = format!("http://{agent}/debug/pool");
-        let pool: serde_json::Value = reqwest::get(&url).await.with_context(|| format!("cannot reach the agent at {url}; is berth-agent running, and is --agent its api.metrics_listen?"))?.json().await.context("the agent's answer is not JSON")?;
-        let instance = pool["node"]["instance_id"].as_str().context("the agent's answer names no instance")?.to_string();
-        let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(instance.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-        let report = inspect::compare(&pool, &enis, now, self.grace_secs);
+        // The pool and the cloud are read one after the other while the pool may be growing or
+        // shrinking: a difference counts only if it is there in three looks, ~300 ms apart.
+        let mut looks = Vec::new();
+        let mut instance = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            let pool: serde_json::Value = reqwest::get(&url).await.with_context(|| format!("cannot reach the agent at {url}; is berth-agent running, and is --agent its api.metrics_listen?"))?.json().await.context("the agent's answer is not JSON")?;
+            instance = pool["node"]["instance_id"].as_str().context("the agent's answer names no instance")?.to_string();
+            let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(instance.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+            let report = inspect::compare(&pool, &enis, now, self.grace_secs);
+            let consistent = report.mismatches.is_empty();
+            looks.push(report);
+            if consistent {
+                break;
+            }
+        }
+        let mut report = looks.pop().expect("at least one look");
+        report.mismatches.retain(|m| looks.iter().all(|earlier| earlier.mismatches.contains(m)));
         if output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "instance": instance, "report": report }))?);
         } else {
