@@ -89,6 +89,12 @@ impl Node {
         Ok(Some(Nic { name: link.name, index: link.index, route_table: table }))
     }
 
+    /// The NIC with this MAC on the node, if it is there: (name, index).
+    pub fn find_nic(&mut self, mac: &str) -> Result<Option<(String, u32)>, NodeError> {
+        let want: MacAddr = mac.parse().map_err(|_| NodeError::BadMac(mac.to_string()))?;
+        Ok(self.nl.links().map_err(fail("links"))?.into_iter().find(|l| l.mac == Some(want)).map(|l| (l.name, l.index)))
+    }
+
     /// Empties an ENI's table before it goes.
     pub fn release_eni(&mut self, nic: &Nic) -> Result<(), NodeError> {
         let routes = self.nl.routes(Some(nic.route_table)).map_err(fail("routes"))?;

@@ -9,10 +9,10 @@ use berth_proto::agent::v1 as pb;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
-use crate::eni_pool::{AllocError, Allocated, EniPool};
+use crate::eni_pool::{AllocError, Allocated, EniPool, ExclusiveRequest};
 use crate::node::host_veth_name;
 
-use crate::pool::ledger::{AllocationKey, PodRef};
+use crate::pool::ledger::{AllocationKey, PodMode, PodRef};
 
 /// The plugin↔agent protocol this agent speaks; a plugin outside [MIN, MAX] is refused by Hello.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -41,7 +41,10 @@ pub fn to_proto(a: &Allocated) -> pb::Allocation {
     pb::Allocation {
         key: Some(pb::AllocationKey { container_id: r.key.container_id.clone(), ifname: r.key.ifname.clone() }),
         pod: Some(pb::PodIdentity { namespace: r.pod.namespace.clone(), name: r.pod.name.clone(), uid: r.pod.uid.clone(), infra_container_id: r.pod.infra_container_id.clone() }),
-        mode: pb::NetworkMode::Shared as i32,
+        mode: match r.mode {
+            PodMode::Shared => pb::NetworkMode::Shared,
+            PodMode::Exclusive => pb::NetworkMode::Exclusive,
+        } as i32,
         ipv4: Some(pb::IpConfig { address: r.ip.to_string(), prefix_length: u32::from(a.eni.prefix_len), gateway: a.eni.gateway.to_string() }),
         ipv6: None,
         eni: Some(pb::EniRef {
@@ -74,17 +77,31 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
     async fn allocate_ip(&self, request: Request<pb::AllocateIpRequest>) -> Result<Response<pb::Allocation>, Status> {
         let r = request.into_inner();
         let key = key_of(r.key)?;
-        match pb::NetworkMode::try_from(r.mode).unwrap_or(pb::NetworkMode::Unspecified) {
-            pb::NetworkMode::Shared | pb::NetworkMode::Unspecified => {}
-            other => return Err(Status::unimplemented(format!("network mode {} is not served by this agent yet; use shared", other.as_str_name()))),
-        }
         if r.want_ipv6 {
             return Err(Status::unimplemented("IPv6 pod addresses are not served by this agent yet; ask for IPv4 only"));
         }
         let pod = r.pod.map(|p| PodRef { namespace: p.namespace, name: p.name, uid: p.uid, infra_container_id: p.infra_container_id }).unwrap_or_default();
-        match self.pool.allocate(key, r.netns, pod).await {
+        let mode = pb::NetworkMode::try_from(r.mode).unwrap_or(pb::NetworkMode::Unspecified);
+        let result = match mode {
+            pb::NetworkMode::Shared | pb::NetworkMode::Unspecified => {
+                if !r.vswitch_id.is_empty() || !r.security_group_ids.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "vSwitch {:?} and security groups {:?} choose a pod's own ENI: ask for exclusive mode, or drop them for the shared pool",
+                        r.vswitch_id, r.security_group_ids
+                    )));
+                }
+                self.pool.allocate(key, r.netns, pod).await
+            }
+            pb::NetworkMode::Exclusive => {
+                let request = ExclusiveRequest { vswitch_id: Some(r.vswitch_id).filter(|v| !v.is_empty()), security_group_ids: r.security_group_ids };
+                self.pool.allocate_exclusive(key, r.netns, pod, request).await
+            }
+            other => return Err(Status::unimplemented(format!("network mode {} is not served by this agent yet; use shared or exclusive", other.as_str_name()))),
+        };
+        match result {
             Ok(a) => Ok(Response::new(to_proto(&a))),
             Err(AllocError::Exhausted(why)) => Err(Status::resource_exhausted(why)),
+            Err(AllocError::Refused(why)) => Err(Status::aborted(why)),
             Err(e @ AllocError::Store(_)) => Err(Status::internal(e.to_string())),
         }
     }

@@ -31,6 +31,9 @@ pub enum Intent {
     DeleteEni { eni_id: String },
     /// Give these idle IPs back to the cloud.
     UnassignIps { eni_id: String, ips: Vec<Ipv4Addr> },
+    /// CreateNetworkInterface of an ENI for one pod (exclusive mode). Interrupted, the pod's ADD
+    /// failed: the ENI is deleted unless an allocation holds it.
+    CreateExclusiveEni { client_token: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +188,7 @@ mod tests {
     use crate::pool::ledger::PodRef;
 
     fn rec(c: &str, last: u8) -> AllocationRecord {
-        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: Ipv4Addr::new(10, 0, 0, last), eni_id: "eni-1".into(), netns: "/run/netns/x".into(), pod: PodRef::default(), created_at: 1, created_ns: 1 }
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: Ipv4Addr::new(10, 0, 0, last), eni_id: "eni-1".into(), netns: "/run/netns/x".into(), pod: PodRef::default(), created_at: 1, created_ns: 1, mode: Default::default() }
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn status_error(socket: &str, down_code: u32, status: tonic::Status) -> CniError
             "run the plugin as a uid listed in the agent's api.allowed_uids, and check berth-agent's log",
         ),
         Code::FailedPrecondition => CniError::new(code::AGENT_PROTOCOL_MISMATCH, msg, "install matching versions of berth and berth-agent"),
+        Code::Aborted => CniError::new(code::TRY_AGAIN_LATER, msg, "the agent could not give the pod its ENI now; the runtime will retry"),
         Code::ResourceExhausted => CniError::new(code::TRY_AGAIN_LATER, msg, "the node's pool is growing or cannot grow; the runtime will retry, or schedule the pod elsewhere"),
         Code::InvalidArgument => CniError::new(code::INVALID_NETWORK_CONFIG, msg, "check the network config and CNI_ARGS"),
         Code::Unimplemented => CniError::new(code::UNSUPPORTED_FIELD, msg, "ask for what this agent serves"),

@@ -10,6 +10,7 @@ use berth_nodenet::Netlink;
 use berth_proto::agent::v1 as pb;
 
 use crate::agent_client::Agent;
+use crate::datapath::exclusive::{self, ExclusiveNet};
 use crate::datapath::{self, DatapathError, PodNet};
 use crate::protocol::config::NetConf;
 use crate::protocol::env::{Command, Env};
@@ -96,8 +97,22 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
         uid: env.pod.uid.clone().unwrap_or_default(),
         infra_container_id: env.pod.infra_container_id.clone().unwrap_or_default(),
     };
-    let request = pb::AllocateIpRequest { key: Some(key(env)), netns: env.netns.clone(), pod: Some(pod), mode: pb::NetworkMode::Shared as i32, want_ipv4: true, ..Default::default() };
+    let exclusive = env.pod.network_mode.as_deref() == Some("exclusive");
+    let mode = if exclusive { pb::NetworkMode::Exclusive } else { pb::NetworkMode::Shared };
+    let request = pb::AllocateIpRequest {
+        key: Some(key(env)),
+        netns: env.netns.clone(),
+        pod: Some(pod),
+        mode: mode as i32,
+        vswitch_id: env.pod.vswitch_id.clone().unwrap_or_default(),
+        security_group_ids: env.pod.security_group_ids.clone(),
+        want_ipv4: true,
+        ..Default::default()
+    };
     let allocation = agent.allocate(request)?;
+    if allocation.mode == pb::NetworkMode::Exclusive as i32 {
+        return add_exclusive(env, conf, &mut agent, &allocation);
+    }
     let built = (|| {
         let ip = ipv4_of(&allocation)?;
         let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
@@ -140,6 +155,52 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     Ok(Some(result.to_string()))
 }
 
+/// The exclusive-ENI facts of an allocation.
+fn exclusive_net(env: &Env, a: &pb::Allocation) -> Result<ExclusiveNet, CniError> {
+    let ip = ipv4_of(a)?;
+    let bad = |what: &str| CniError::new(code::IO_FAILURE, format!("the agent's exclusive allocation of {ip} lacks {what}"), "see berth-agent's log");
+    let eni = a.eni.as_ref().ok_or_else(|| bad("its ENI"))?;
+    let v4 = a.ipv4.as_ref().ok_or_else(|| bad("its address"))?;
+    Ok(ExclusiveNet {
+        ifname: env.ifname.clone(),
+        netns: env.netns.clone(),
+        node_nic: eni.node_ifname.clone(),
+        mac: eni.mac.parse().map_err(|_| bad("a valid MAC"))?,
+        ip,
+        prefix_len: u8::try_from(v4.prefix_length).map_err(|_| bad("a valid prefix length"))?,
+        gateway: v4.gateway.parse().map_err(|_| bad("a valid gateway"))?,
+    })
+}
+
+/// ADD of a pod with its own ENI: moved into the pod and configured; undone and released on failure.
+fn add_exclusive(env: &Env, conf: &NetConf, agent: &mut Agent, allocation: &pb::Allocation) -> Result<Output, CniError> {
+    let built = exclusive_net(env, allocation).and_then(|p| {
+        let mut node = node_netlink()?;
+        match exclusive::setup(&mut node, &p) {
+            Ok(link) => Ok((p, link)),
+            Err(e) => {
+                // Give the ENI back to the node if it had moved, so that the release finds it.
+                let _ = exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, p.mac);
+                Err(datapath_error(e))
+            }
+        }
+    });
+    let (p, link) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = agent.release(key(env));
+            return Err(e);
+        }
+    };
+    let ours = CniResult {
+        interfaces: vec![Interface { name: env.ifname.clone(), mac: datapath::mac_string(link.mac), sandbox: Some(env.netns.clone()), mtu: Some(link.mtu) }],
+        ips: vec![IpEntry { address: IpNetwork::V4(Ipv4Network::new(p.ip, p.prefix_len).map_err(|e| CniError::new(code::IO_FAILURE, e.to_string(), ""))?), gateway: Some(IpAddr::V4(p.gateway)), interface: Some(0) }],
+        routes: vec![RouteEntry { dst: "0.0.0.0/0".parse().expect("a CIDR"), gw: Some(IpAddr::V4(p.gateway)) }],
+        dns: conf.dns().cloned(),
+    };
+    Ok(Some(ours.render(&conf.cni_version, conf.prev_result.as_ref()).to_string()))
+}
+
 /// Queues a release for the agent to carry out when it is back. The file holds the DEL's time
 /// (Unix nanoseconds): the agent releases only an allocation made before it, never one a later ADD
 /// of the same container and interface made.
@@ -151,6 +212,16 @@ fn queue_release(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     std::fs::write(dir.join(format!("{}.{}", env.container_id, env.ifname)), now.to_string()).map_err(fail)
 }
 
+/// The MAC of the pod interface in a previous result that shows no host veth of ours (an
+/// exclusive pod's result lists only its ENI).
+fn exclusive_mac_in(prev: &serde_json::Value, ifname: &str) -> Option<berth_nodenet::MacAddr> {
+    let interfaces = prev["interfaces"].as_array()?;
+    if interfaces.iter().any(|i| i["name"].as_str().is_some_and(|n| n.starts_with(datapath::HOST_VETH_PREFIX))) {
+        return None;
+    }
+    interfaces.iter().find(|i| i["name"] == ifname && i.get("sandbox").is_some())?["mac"].as_str()?.parse().ok()
+}
+
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER).ok();
     let ip = conf.prev_result.as_ref().and_then(|p| result::pod_ipv4(p, &env.ifname)).or_else(|| {
@@ -158,6 +229,17 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         ipv4_of(&a).ok()
     });
     let mut node = node_netlink()?;
+    // A pod's own ENI goes back to the node before the release, so the agent can detach it and the
+    // pod's namespace can go without taking it along.
+    let exclusive_mac = match agent.as_mut().map(|a| a.get(key(env))) {
+        Some(Ok(Some(a))) if a.mode == pb::NetworkMode::Exclusive as i32 => a.eni.and_then(|e| e.mac.parse().ok()),
+        Some(Ok(_)) => None,
+        // The agent cannot say: the previous result can, when it has no host veth of ours.
+        _ => conf.prev_result.as_ref().and_then(|p| exclusive_mac_in(p, &env.ifname)),
+    };
+    if let Some(mac) = exclusive_mac {
+        exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, mac).map_err(datapath_error)?;
+    }
     if let Some(ip) = ip {
         datapath::remove_rules(&mut node, ip).map_err(datapath_error)?;
     }
@@ -186,6 +268,9 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let ip = ipv4_of(&allocation)?;
     if result::pod_ipv4(prev, &env.ifname) != Some(ip) {
         return Err(CniError::new(code::DATAPATH_MISMATCH, format!("prevResult does not list the pod's address {ip}"), "the pod's IP changed after ADD; recreate the pod"));
+    }
+    if allocation.mode == pb::NetworkMode::Exclusive as i32 {
+        return exclusive::check(&exclusive_net(env, &allocation)?).map_err(datapath_error);
     }
     let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
     let mut node = node_netlink()?;

@@ -292,3 +292,61 @@ async fn kill_9_during_a_churn_of_adds_and_dels_leaks_nothing() {
     }
     eprintln!("{ops} ADD/DEL ({added} successful ADDs), {kills} kills, {} pods alive at the end", live.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_pod_gets_its_own_eni_beside_shared_pods() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.86.0.0/16", "10.86.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let flags = ["--min-idle-ips", "2", "--max-idle-ips", "4", "--cooldown-secs", "1"];
+    let agent_a = AgentProcess::start(&lc, &node_a, &flags);
+    let agent_b = AgentProcess::start(&lc, &node_b, &flags);
+    let path = cni::cni_path();
+
+    let (shared_a, shared_b) = tokio::task::block_in_place(|| (add_pods(&agent_a, "sa", 1).remove(0), add_pods(&agent_b, "sb", 1).remove(0)));
+    let excl_ns = NetnsGuard::unique("bx").unwrap();
+    let excl_path = format!("/run/netns/{}", excl_ns.name());
+    let inv = Invocation { command: "ADD", container_id: "x-1", netns: &excl_path, ifname: "eth0", args: "BERTH_NETWORK_MODE=exclusive" };
+    let result = tokio::task::block_in_place(|| cni::add_list(Some(&agent_a.netns), &path, &conflist(&agent_a), &inv)).unwrap_or_else(|e| panic!("exclusive ADD: {e:?}\n{}", agent_a.log()));
+    let ip: Ipv4Addr = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+    assert_eq!(result["interfaces"].as_array().unwrap().len(), 1, "an exclusive pod has only its ENI: {result}");
+
+    // In the cloud: an ENI of its own, attached to node A, whose primary address is the pod's.
+    let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(node_a.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await.unwrap();
+    let own = enis.iter().find(|e| e.primary_ip == ip).unwrap_or_else(|| panic!("no ENI of node A has {ip} as its primary address: {enis:#?}"));
+    assert!(own.secondary_ips.is_empty() && own.mac == result["interfaces"][0]["mac"].as_str().unwrap(), "{own:#?}");
+    let (_, links) = in_netns(Path::new(&excl_path), &["ip", "-o", "link", "show", "dev", "eth0"]);
+    assert!(links.contains(&own.mac), "the pod's eth0 is the ENI's NIC: {links}");
+
+    // It reaches shared pods on its node and on another, and they reach it.
+    let ns = |p: &Pod| std::path::PathBuf::from(format!("/run/netns/{}", p.netns.name()));
+    assert!(ping(Path::new(&excl_path), shared_a.ip), "exclusive → shared pod on its node");
+    assert!(ping(Path::new(&excl_path), shared_b.ip), "exclusive → shared pod on another node");
+    assert!(ping(&ns(&shared_b), ip), "shared pod on another node → exclusive");
+    let (ok, text) = inspect(&lc, &agent_a);
+    assert!(ok, "inspect with an exclusive pod: {text}");
+    let check = cni::plugin_conf(&conflist(&agent_a), 0, Some(&result));
+    let out = cni::exec(Some(&agent_a.netns), &path, "berth", &check, &Invocation { command: "CHECK", ..inv.clone() });
+    assert!(out.ok, "CHECK: {out:?}");
+
+    // DEL gives the ENI back: the node gets its NIC back until the cloud detaches and deletes it.
+    tokio::task::block_in_place(|| cni::del_list(Some(&agent_a.netns), &path, &conflist(&agent_a), &Invocation { command: "DEL", ..inv.clone() }, Some(&result))).unwrap_or_else(|e| panic!("DEL: {e:?}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cloud.describe_network_interfaces(&EniFilter { ids: vec![own.id.clone()], ..Default::default() }).await.unwrap().iter().any(|e| e.id == own.id) {
+        assert!(Instant::now() < deadline, "the pod's ENI {} was not deleted\n{}", own.id, agent_a.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pool = agent_a.pool().await;
+    assert_eq!(pool["allocations"].as_array().unwrap().len(), 1, "only the shared pod is left: {pool:#}");
+    tokio::task::block_in_place(|| {
+        del_pod(&agent_a, &shared_a);
+        del_pod(&agent_b, &shared_b);
+    });
+}

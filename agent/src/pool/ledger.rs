@@ -45,6 +45,8 @@ pub struct AllocationRecord {
     /// Unix nanoseconds, to order the allocation against a release the plugin queued.
     #[serde(default)]
     pub created_ns: u64,
+    #[serde(default)]
+    pub mode: PodMode,
 }
 
 /// Where an ENI is in its life on this node.
@@ -56,6 +58,19 @@ pub enum EniPhase {
     Ready,
     /// Being detached and deleted: nothing new is placed on it.
     Draining,
+    /// A whole ENI given to one pod (exclusive mode); never part of the shared pool.
+    Exclusive,
+}
+
+/// How a pod interface is networked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodMode {
+    /// A secondary IP of a pool ENI, behind a veth.
+    #[default]
+    Shared,
+    /// A whole ENI moved into the pod.
+    Exclusive,
 }
 
 /// The ENI's NIC on the node, once configured.
@@ -73,6 +88,8 @@ pub struct PoolEni {
     pub vswitch_id: String,
     pub gateway: Ipv4Addr,
     pub prefix_len: u8,
+    /// The ENI's own address (an exclusive pod's IP; never a shared pod's).
+    pub primary_ip: Ipv4Addr,
     pub phase: EniPhase,
     pub nic: Option<Nic>,
     /// Secondary IPs the cloud has assigned to the ENI (its primary address never serves pods).
@@ -131,6 +148,11 @@ impl Ledger {
         eni.ips.iter().copied().filter(|ip| !self.holders.contains_key(ip)).collect()
     }
 
+    /// ENIs given whole to pods.
+    pub fn exclusive_enis(&self) -> usize {
+        self.enis.values().filter(|e| e.phase == EniPhase::Exclusive).count()
+    }
+
     /// Idle IPs that can serve a pod now (on ready ENIs).
     pub fn ready_idle(&self) -> usize {
         self.enis.values().filter(|e| e.phase == EniPhase::Ready).map(|e| e.ips.iter().filter(|ip| !self.holders.contains_key(ip)).count()).sum()
@@ -176,7 +198,7 @@ impl Ledger {
         let enis = self
             .enis
             .values()
-            .filter(|e| e.phase != EniPhase::Draining)
+            .filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Exclusive))
             .map(|e| EniView { id: e.id.clone(), assigned: e.ips.len() as u32, in_use: e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count() as u32 })
             .collect();
         PoolView { enis, waiting, inhibit_until, last_busy }
@@ -194,6 +216,7 @@ mod tests {
             vswitch_id: "vsw-1".into(),
             gateway: Ipv4Addr::new(10, 0, 0, 253),
             prefix_len: 24,
+            primary_ip: Ipv4Addr::new(10, 0, 0, 2),
             phase,
             nic: Some(Nic { name: "eth1".into(), index: 3, route_table: 1003 }),
             ips: ips.iter().map(|o| Ipv4Addr::from(*o)).collect(),
@@ -201,7 +224,7 @@ mod tests {
     }
 
     fn rec(c: &str, ip: [u8; 4], eni: &str) -> AllocationRecord {
-        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: ip.into(), eni_id: eni.into(), netns: String::new(), pod: PodRef::default(), created_at: 0, created_ns: 0 }
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: ip.into(), eni_id: eni.into(), netns: String::new(), pod: PodRef::default(), created_at: 0, created_ns: 0, mode: PodMode::Shared }
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct PodArgs {
     pub name: Option<String>,
     pub uid: Option<String>,
     pub infra_container_id: Option<String>,
+    /// Berth's own keys: how the pod is networked (`shared`, `exclusive`), and for its own ENI the
+    /// vSwitch and security groups (comma-separated).
+    pub network_mode: Option<String>,
+    pub vswitch_id: Option<String>,
+    pub security_group_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,13 +92,21 @@ pub fn parse_args(args: &str) -> Result<PodArgs, CniError> {
             "K8S_POD_NAME" => pod.name = Some(v),
             "K8S_POD_UID" => pod.uid = Some(v),
             "K8S_POD_INFRA_CONTAINER_ID" => pod.infra_container_id = Some(v),
+            "BERTH_NETWORK_MODE" => {
+                if !["shared", "exclusive"].contains(&v.as_str()) {
+                    return Err(CniError::new(code::UNSUPPORTED_FIELD, format!("unsupported BERTH_NETWORK_MODE \"{v}\""), "use shared or exclusive"));
+                }
+                pod.network_mode = Some(v);
+            }
+            "BERTH_VSWITCH_ID" => pod.vswitch_id = Some(v),
+            "BERTH_SECURITY_GROUP_IDS" => pod.security_group_ids = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
             "IgnoreUnknown" => {}
             _ if ignore_unknown => {}
             other => {
                 return Err(CniError::new(
                     code::UNSUPPORTED_FIELD,
                     format!("unknown CNI_ARGS key \"{other}\" (value \"{v}\")"),
-                    "berth understands K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, K8S_POD_INFRA_CONTAINER_ID; add IgnoreUnknown=1 to pass others",
+                    "berth understands K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, K8S_POD_INFRA_CONTAINER_ID, BERTH_NETWORK_MODE, BERTH_VSWITCH_ID, BERTH_SECURITY_GROUP_IDS; add IgnoreUnknown=1 to pass others",
                 ));
             }
         }
@@ -181,6 +194,10 @@ mod tests {
         assert_eq!(e.code, code::UNSUPPORTED_FIELD);
         assert!(e.msg.contains("FOO") && e.msg.contains("bar"));
         assert_eq!(parse_args("garbage").unwrap_err().code, code::INVALID_ENVIRONMENT);
+        let own = parse_args("BERTH_NETWORK_MODE=exclusive;BERTH_VSWITCH_ID=vsw-1;BERTH_SECURITY_GROUP_IDS=sg-1,sg-2").unwrap();
+        assert_eq!((own.network_mode.as_deref(), own.vswitch_id.as_deref(), own.security_group_ids.len()), (Some("exclusive"), Some("vsw-1"), 2));
+        let e = parse_args("BERTH_NETWORK_MODE=turbo").unwrap_err();
+        assert!(e.code == code::UNSUPPORTED_FIELD && e.msg.contains("turbo"), "{e}");
     }
 
     #[test]

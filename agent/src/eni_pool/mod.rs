@@ -3,7 +3,12 @@
 //! reconciles with the cloud and the node, and finishes what a crash interrupted.
 //!
 //! Only the upkeep task changes which IPs and ENIs the pool owns, so a reconciliation never races
-//! a cloud call of the pool; allocations only change who holds an IP.
+//! a cloud call of the pool; allocations only change who holds an IP. Exclusive ENIs (one per pod,
+//! [`exclusive`]) are made and removed by the allocation path itself and never enter the pool.
+
+mod exclusive;
+
+pub use exclusive::ExclusiveRequest;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -20,7 +25,7 @@ use tokio::sync::Notify;
 use crate::identity::{self, NodeIdentity};
 use crate::metrics::Metrics;
 use crate::node::{Node, host_veth_name};
-use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Ledger, PodRef, PoolEni};
+use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Ledger, PodMode, PodRef, PoolEni};
 use crate::pool::{self, PoolAction, PoolLimits, PoolTargets};
 use crate::store::{Event, Intent, Store, StoreError};
 
@@ -44,6 +49,9 @@ pub struct PoolSettings {
 pub enum AllocError {
     #[error("no IP available on this node: {0}")]
     Exhausted(String),
+    /// The request cannot be served as asked (the message says why and what to do).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -158,7 +166,7 @@ impl<C: Cloud> EniPool<C> {
                 }
                 if let Some((eni, ip)) = b.ledger.choose().map(|(e, ip)| (e.clone(), ip)) {
                     let created_ns = now_unix_ns();
-                    let record = AllocationRecord { key: key.clone(), ip, eni_id: eni.id.clone(), netns: netns.clone(), pod: pod.clone(), created_at: (created_ns / 1_000_000_000) as i64, created_ns };
+                    let record = AllocationRecord { key: key.clone(), ip, eni_id: eni.id.clone(), netns: netns.clone(), pod: pod.clone(), created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Shared };
                     // Durable before anyone hears of it.
                     if let Err(e) = b.store.append(Event::Allocated(record.clone())) {
                         break Err(e.into());
@@ -221,6 +229,9 @@ impl<C: Cloud> EniPool<C> {
     /// release (a new ADD of the same interface makes a new link, which this never touches). The
     /// plugin's DEL returns without waiting for the kernel's slow veth deletion.
     pub async fn release_and_unwire(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
+        if self.books().ledger.allocation(key).is_some_and(|r| r.mode == PodMode::Exclusive) {
+            return self.release_exclusive(key).await;
+        }
         let veth = self.node().link_index(&host_veth_name(&key.container_id, &key.ifname));
         let released = self.release(key)?;
         if let Some(index) = veth {
@@ -338,6 +349,7 @@ impl<C: Cloud> EniPool<C> {
                 }
                 Intent::DeleteEni { eni_id } => self.delete_eni_calls(&eni_id).await?,
                 Intent::UnassignIps { eni_id, ips } => self.unassign_call(&eni_id, &ips).await?,
+                Intent::CreateExclusiveEni { client_token } => self.finish_exclusive_create(&client_token).await?,
             }
             self.books().store.done(id)?;
         }
@@ -355,6 +367,9 @@ impl<C: Cloud> EniPool<C> {
             let mut seen = BTreeSet::new();
             for ce in &cloud {
                 seen.insert(ce.id.clone());
+                if exclusive::is_exclusive(ce) {
+                    continue; // a pod's own ENI, kept by its allocation
+                }
                 let cloud_ips: BTreeSet<Ipv4Addr> = ce.secondary_ips.iter().copied().collect();
                 match b.ledger.eni_mut(&ce.id) {
                     Some(pe) => {
@@ -387,6 +402,7 @@ impl<C: Cloud> EniPool<C> {
                             vswitch_id: ce.vswitch_id.clone(),
                             gateway: Ipv4Addr::UNSPECIFIED,
                             prefix_len: 32,
+                            primary_ip: ce.primary_ip,
                             phase,
                             nic: None,
                             ips: cloud_ips,
@@ -513,7 +529,10 @@ impl<C: Cloud> EniPool<C> {
             let actions = {
                 let b = self.books();
                 let view = b.ledger.view(b.waiting, b.inhibit_until, b.last_busy);
-                pool::plan(&view, self.settings.targets, self.settings.limits, self.settings.cooldown, Instant::now())
+                // ENIs given whole to pods take slots the pool cannot use.
+                let mut limits = self.settings.limits;
+                limits.eni_quota = limits.eni_quota.saturating_sub(b.ledger.exclusive_enis() as u32);
+                pool::plan(&view, self.settings.targets, limits, self.settings.cooldown, Instant::now())
             };
             if actions.is_empty() {
                 // Nothing to grow, yet someone may wait: an IP freed while it checked.
@@ -626,6 +645,7 @@ impl<C: Cloud> EniPool<C> {
             vswitch_id: eni.vswitch_id.clone(),
             gateway: Ipv4Addr::UNSPECIFIED,
             prefix_len: 32,
+            primary_ip: eni.primary_ip,
             phase: EniPhase::Attaching,
             nic: None,
             ips: eni.secondary_ips.iter().copied().collect(),
@@ -642,19 +662,22 @@ impl<C: Cloud> EniPool<C> {
         result
     }
 
+    /// The gateway and prefix length of an ENI's vSwitch, as the instance metadata tells them.
+    fn eni_addressing(&self, mac: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+        let base = &self.settings.metadata_url;
+        let node = self.node();
+        let netns = node.netns();
+        let gw = identity::get(netns, base, &format!("network/interfaces/macs/{mac}/gateway"))?;
+        let cidr = identity::get(netns, base, &format!("network/interfaces/macs/{mac}/vswitch-cidr-block"))?;
+        let gateway: Ipv4Addr = gw.parse().map_err(|_| anyhow::anyhow!("metadata gives gateway {gw:?} for {mac}, not an IPv4 address"))?;
+        let prefix_len = cidr.rsplit_once('/').and_then(|(_, p)| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("metadata gives vSwitch CIDR {cidr:?} for {mac}"))?;
+        Ok((gateway, prefix_len))
+    }
+
     /// Configures the NIC of an attached ENI on the node and opens its IPs to pods.
     async fn make_ready(&self, eni: &NetworkInterface) -> anyhow::Result<()> {
-        let base = self.settings.metadata_url.clone();
         let mac = eni.mac.clone();
-        let (gateway, prefix_len) = {
-            let node = self.node();
-            let netns = node.netns();
-            let gw = identity::get(netns, &base, &format!("network/interfaces/macs/{mac}/gateway"))?;
-            let cidr = identity::get(netns, &base, &format!("network/interfaces/macs/{mac}/vswitch-cidr-block"))?;
-            let gateway: Ipv4Addr = gw.parse().map_err(|_| anyhow::anyhow!("metadata gives gateway {gw:?} for {mac}, not an IPv4 address"))?;
-            let prefix_len = cidr.rsplit_once('/').and_then(|(_, p)| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("metadata gives vSwitch CIDR {cidr:?} for {mac}"))?;
-            (gateway, prefix_len)
-        };
+        let (gateway, prefix_len) = self.eni_addressing(&mac)?;
         // The NIC shows up once the attach completed; give the kernel a moment if needed.
         let mut nic = None;
         for _ in 0..50 {

@@ -9,6 +9,8 @@
 //!
 //! Names and priorities are the contract with the agent, which removes leftovers by them.
 
+pub mod exclusive;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd as _;
 
@@ -72,7 +74,7 @@ impl std::fmt::Display for DatapathError {
     }
 }
 
-fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(berth_nodenet::Error) -> DatapathError {
+pub(crate) fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(berth_nodenet::Error) -> DatapathError {
     move |e| DatapathError::Netlink(format!("{what}: {e}"))
 }
 
@@ -96,7 +98,7 @@ fn rule_from(ip: Ipv4Addr, table: u32) -> Rule {
     Rule::lookup(IpFamily::V4, table).from(host_net(ip)).priority(RULE_PRIORITY_FROM_POD)
 }
 
-fn open_pod_netns(path: &str) -> Result<(Netns, Netlink), DatapathError> {
+pub(crate) fn open_pod_netns(path: &str) -> Result<(Netns, Netlink), DatapathError> {
     let ns = Netns::open(path).map_err(|e| DatapathError::Netns(format!("cannot open the container's network namespace {path}: {e}")))?;
     let nl = Netlink::open_in_netns(&ns).map_err(|e| DatapathError::Netns(format!("cannot open netlink in {path}: {e}")))?;
     Ok((ns, nl))

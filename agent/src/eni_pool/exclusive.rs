@@ -1,0 +1,146 @@
+//! Exclusive mode: a whole ENI for one pod, created with the pod's vSwitch and security groups (or
+//! the node's), attached, and handed to the plugin by its NIC on the node, which moves it into the
+//! pod. It takes one of the instance's ENI slots away from the shared pool while it lives; on
+//! release it is detached and deleted. Every step is journaled so that no ENI is lost to a crash.
+
+use std::time::{Duration, Instant};
+
+use berth_cloud::api::CreateEniRequest;
+use berth_cloud::model::{EniStatus, NetworkInterface};
+use berth_cloud::{Cloud, wait};
+
+use super::{AllocError, Allocated, EniPool, now_unix_ns};
+use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Nic, PodMode, PodRef, PoolEni};
+use crate::store::{Event, Intent, StoreError};
+
+const DESCRIPTION_PREFIX: &str = "berth exclusive ";
+
+/// Whether the cloud's ENI is a pod's own (made by this mode).
+pub(super) fn is_exclusive(eni: &NetworkInterface) -> bool {
+    eni.description.starts_with(DESCRIPTION_PREFIX)
+}
+
+/// What a pod asks for its ENI.
+#[derive(Debug, Clone, Default)]
+pub struct ExclusiveRequest {
+    pub vswitch_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+}
+
+impl<C: Cloud> EniPool<C> {
+    /// A whole ENI for the pod interface `key`; the same one again for a repeated ADD.
+    pub async fn allocate_exclusive(&self, key: AllocationKey, netns: String, pod: PodRef, request: ExclusiveRequest) -> Result<Allocated, AllocError> {
+        let started = Instant::now();
+        {
+            let mut b = self.books();
+            if let Some(mut r) = b.ledger.allocation(&key).cloned() {
+                if r.mode != PodMode::Exclusive {
+                    return Err(AllocError::Refused(format!("{key} already holds a shared IP ({}); DEL it before asking for an exclusive ENI", r.ip)));
+                }
+                if let Some(eni) = b.ledger.eni(&r.eni_id).cloned() {
+                    r.created_ns = now_unix_ns();
+                    b.store.append(Event::Allocated(r.clone()))?;
+                    b.ledger.record(r.clone()).expect("the key's own IP");
+                    return Ok(Allocated { record: r, eni });
+                }
+            }
+            let used = b.ledger.enis().filter(|e| e.phase != EniPhase::Draining).count() as u32;
+            let slots = self.settings.limits.max_secondary_enis();
+            if used >= slots {
+                return Err(AllocError::Exhausted(format!("all {slots} secondary ENI slots of this {} are taken ({} by pods' own ENIs)", self.identity.instance_type, b.ledger.exclusive_enis())));
+            }
+        }
+        let token = format!("berth-x-{}-{:016x}", self.identity.instance_id, rand::random::<u64>());
+        let intent = self.books().store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
+        let mut req = CreateEniRequest::secondary(request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone()), if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids });
+        req.description = format!("{DESCRIPTION_PREFIX}{key}");
+        req.client_token = Some(token);
+        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| AllocError::Refused(format!("cannot create the pod's ENI: {e}")))?;
+        let placed = self.place_exclusive(&key, netns, pod, &eni).await;
+        if placed.is_err() {
+            // Never keep an ENI nobody holds.
+            if let Err(e) = self.delete_eni_calls(&eni.id).await {
+                tracing::error!(eni = %eni.id, error = %e, "cannot delete the ENI of a failed exclusive ADD; the next start retries");
+                return placed;
+            }
+        }
+        self.books().store.done(intent)?;
+        if placed.is_ok() {
+            self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        placed
+    }
+
+    /// Attaches the pod's new ENI, finds its NIC, and records the allocation.
+    async fn place_exclusive(&self, key: &AllocationKey, netns: String, pod: PodRef, eni: &NetworkInterface) -> Result<Allocated, AllocError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| AllocError::Refused(format!("{what} for {}: {e}", eni.id));
+        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await.map_err(|e| fail("cannot attach the pod's ENI", &e))?;
+        wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the pod's ENI did not attach", &e))?;
+        let (gateway, prefix_len) = self.eni_addressing(&eni.mac).map_err(|e| fail("no addressing", &e))?;
+        let mut nic = None;
+        for _ in 0..50 {
+            nic = self.node().find_nic(&eni.mac).map_err(|e| fail("cannot look for the NIC", &e))?;
+            if nic.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (name, index) = nic.ok_or_else(|| AllocError::Refused(format!("ENI {} is attached but no link with MAC {} appeared on the node", eni.id, eni.mac)))?;
+        let pool_eni = PoolEni {
+            id: eni.id.clone(),
+            mac: eni.mac.clone(),
+            vswitch_id: eni.vswitch_id.clone(),
+            gateway,
+            prefix_len,
+            primary_ip: eni.primary_ip,
+            phase: EniPhase::Exclusive,
+            nic: Some(Nic { name, index, route_table: 0 }),
+            ips: Default::default(),
+        };
+        let created_ns = now_unix_ns();
+        let record = AllocationRecord { key: key.clone(), ip: eni.primary_ip, eni_id: eni.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Exclusive };
+        let mut b = self.books();
+        b.store.append(Event::Allocated(record.clone()))?;
+        b.ledger.insert_eni(pool_eni.clone());
+        b.ledger.record(record.clone()).map_err(|e| AllocError::Refused(e.to_string()))?;
+        self.update_gauges(&b);
+        Ok(Allocated { record, eni: pool_eni })
+    }
+
+    /// Releases an exclusive allocation: journaled, then the ENI detached and deleted (the plugin
+    /// moved its NIC back to the node before asking).
+    pub(super) async fn release_exclusive(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
+        let (record, intent) = {
+            let mut b = self.books();
+            let Some(record) = b.ledger.allocation(key).cloned() else { return Ok(None) };
+            b.store.append(Event::Released { key: key.clone() })?;
+            b.ledger.release(key);
+            let intent = b.store.intend(Intent::DeleteEni { eni_id: record.eni_id.clone() })?;
+            if let Some(e) = b.ledger.eni_mut(&record.eni_id) {
+                e.phase = EniPhase::Draining;
+            }
+            self.update_gauges(&b);
+            (record, intent)
+        };
+        match self.delete_eni_calls(&record.eni_id).await {
+            Ok(()) => self.books().store.done(intent)?,
+            // The intent stays: the next start finishes the deletion.
+            Err(e) => tracing::error!(eni = %record.eni_id, error = %format!("{e:#}"), "cannot delete a released pod's ENI yet"),
+        }
+        Ok(Some(record))
+    }
+
+    /// A CreateExclusiveEni interrupted by a crash: the same token finds the ENI if it was made;
+    /// unless an allocation holds it, it goes.
+    pub(super) async fn finish_exclusive_create(&self, client_token: &str) -> anyhow::Result<()> {
+        let mut req = CreateEniRequest::secondary(self.settings.vswitch_id.clone(), self.settings.security_group_ids.clone());
+        req.description = format!("{DESCRIPTION_PREFIX}(interrupted)");
+        req.client_token = Some(client_token.to_string());
+        let eni = self.cloud.create_network_interface(&req).await?;
+        let held = self.books().ledger.allocations().any(|r| r.eni_id == eni.id);
+        if !held {
+            self.delete_eni_calls(&eni.id).await?;
+        }
+        Ok(())
+    }
+}

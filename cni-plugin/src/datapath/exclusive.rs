@@ -1,0 +1,93 @@
+//! The exclusive-ENI datapath: the pod's own ENI NIC moves from the node's namespace into the
+//! pod's, renamed to CNI_IFNAME, with the ENI's primary address and a default route via its
+//! vSwitch gateway. DEL moves it back to the node (named `bxe…`), so that the agent can detach it
+//! and nothing is lost when the pod's namespace goes.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd as _;
+
+use berth_nodenet::{Address, IpFamily, Link, MacAddr, NetOps, Netlink, Netns, Route};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use super::{DatapathError, nl_err, open_pod_netns};
+
+/// Names of ENI NICs handed back to the node by DEL start with this.
+pub const RETURNED_NIC_PREFIX: &str = "bxe";
+
+/// What one exclusive pod interface needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExclusiveNet {
+    pub ifname: String,
+    pub netns: String,
+    /// The ENI's NIC in the node's namespace, and its MAC (checked before moving it).
+    pub node_nic: String,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+}
+
+/// Moves the ENI into the pod and configures it; returns the pod's interface.
+pub fn setup(node: &mut Netlink, p: &ExclusiveNet) -> Result<Link, DatapathError> {
+    let (pod_ns, mut pod) = open_pod_netns(&p.netns)?;
+    if pod.link_by_name(&p.ifname).is_ok() {
+        return Err(DatapathError::Exists(format!("interface {} already exists in {}", p.ifname, p.netns)));
+    }
+    let nic = node.link_by_name(&p.node_nic).map_err(nl_err(format_args!("the pod's ENI NIC {} on the node", p.node_nic)))?;
+    if nic.mac != Some(p.mac) {
+        return Err(DatapathError::Netlink(format!("{} has MAC {:?}, the pod's ENI has {}", p.node_nic, nic.mac.map(|m| m.to_string()), p.mac)));
+    }
+    node.set_link_down(nic.index).map_err(nl_err(format_args!("{} down", p.node_nic)))?;
+    node.move_link(nic.index, pod_ns.as_fd(), Some(&p.ifname)).map_err(nl_err(format_args!("moving {} into {}", p.node_nic, p.netns)))?;
+    if let Ok(lo) = pod.link_by_name("lo") {
+        pod.set_link_up(lo.index).map_err(nl_err("lo up in the pod"))?;
+    }
+    let link = pod.link_by_name(&p.ifname).map_err(nl_err(format_args!("{} in {}", p.ifname, p.netns)))?;
+    let net = Ipv4Network::new(p.ip, p.prefix_len).map_err(|e| DatapathError::Netlink(format!("address {}/{}: {e}", p.ip, p.prefix_len)))?;
+    pod.add_address(&Address::new(link.index, IpNetwork::V4(net))).or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) }).map_err(nl_err(format_args!("address {net} on {}", p.ifname)))?;
+    pod.set_link_up(link.index).map_err(nl_err(format_args!("{} up", p.ifname)))?;
+    pod.replace_route(&Route::default_route(IpFamily::V4).via(IpAddr::V4(p.gateway)).dev(link.index)).map_err(nl_err("default route in the pod"))?;
+    pod.link_by_index(link.index).map_err(nl_err(&p.ifname))
+}
+
+/// The name an ENI NIC gets when DEL hands it back to the node.
+pub fn returned_name(container_id: &str, ifname: &str) -> String {
+    format!("{RETURNED_NIC_PREFIX}{}", &super::host_veth_name(container_id, ifname)[super::HOST_VETH_PREFIX.len()..])
+}
+
+/// Moves the pod's ENI NIC (CNI_IFNAME with `mac` in the pod) back into the node's namespace.
+/// Nothing to do when the namespace or the interface is gone. Returns whether it moved one.
+pub fn return_to_node(netns: &str, container_id: &str, ifname: &str, mac: MacAddr) -> Result<bool, DatapathError> {
+    if netns.is_empty() {
+        return Ok(false);
+    }
+    let Ok((_ns, mut pod)) = open_pod_netns(netns) else { return Ok(false) };
+    let Ok(link) = pod.link_by_name(ifname) else { return Ok(false) };
+    if link.mac != Some(mac) {
+        return Ok(false);
+    }
+    let node_ns = Netns::current().map_err(|e| DatapathError::Netns(format!("the node's own namespace: {e}")))?;
+    pod.set_link_down(link.index).map_err(nl_err(format_args!("{ifname} down")))?;
+    let name = returned_name(container_id, ifname);
+    pod.move_link(link.index, node_ns.as_fd(), Some(&name)).map_err(nl_err(format_args!("moving {ifname} back to the node as {name}")))?;
+    Ok(true)
+}
+
+/// CHECK: the ENI is the pod's interface with its address and default route.
+pub fn check(p: &ExclusiveNet) -> Result<(), DatapathError> {
+    let miss = |what: String| Err(DatapathError::Mismatch(what));
+    let (_ns, mut pod) = open_pod_netns(&p.netns)?;
+    let Ok(link) = pod.link_by_name(&p.ifname) else { return miss(format!("{} is missing in {}", p.ifname, p.netns)) };
+    if link.mac != Some(p.mac) {
+        return miss(format!("{} is not the pod's ENI (MAC {:?}, the ENI's {})", p.ifname, link.mac.map(|m| m.to_string()), p.mac));
+    }
+    let addrs = pod.addresses(Some(link.index)).map_err(nl_err("pod addresses"))?;
+    if !addrs.iter().any(|a| a.network.ip() == IpAddr::V4(p.ip)) {
+        return miss(format!("{} has no address {}", p.ifname, p.ip));
+    }
+    let routes = pod.routes(Some(berth_nodenet::TABLE_MAIN)).map_err(nl_err("pod routes"))?;
+    if !routes.iter().any(|r| r.destination.prefix() == 0 && r.destination.is_ipv4() && r.gateway == Some(IpAddr::V4(p.gateway))) {
+        return miss(format!("the pod's default route via {} is missing", p.gateway));
+    }
+    Ok(())
+}
