@@ -97,6 +97,10 @@ impl Node {
 
     /// Empties an ENI's table before it goes.
     pub fn release_eni(&mut self, nic: &Nic) -> Result<(), NodeError> {
+        // A pod's own ENI has no table (0); never touch the kernel's or the main ones.
+        if nic.route_table < ENI_TABLE_BASE {
+            return Ok(());
+        }
         let routes = self.nl.routes(Some(nic.route_table)).map_err(fail("routes"))?;
         for r in routes {
             self.nl.delete_route(&r).or_else(gone_ok).map_err(fail(format!("route in table {}", nic.route_table)))?;

@@ -306,7 +306,7 @@ async fn an_exclusive_pod_gets_its_own_eni_beside_shared_pods() {
     let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     let flags = ["--min-idle-ips", "2", "--max-idle-ips", "4", "--cooldown-secs", "1"];
-    let agent_a = AgentProcess::start(&lc, &node_a, &flags);
+    let mut agent_a = AgentProcess::start(&lc, &node_a, &flags);
     let agent_b = AgentProcess::start(&lc, &node_b, &flags);
     let path = cni::cni_path();
 
@@ -335,6 +335,12 @@ async fn an_exclusive_pod_gets_its_own_eni_beside_shared_pods() {
     let check = cni::plugin_conf(&conflist(&agent_a), 0, Some(&result));
     let out = cni::exec(Some(&agent_a.netns), &path, "berth", &check, &Invocation { command: "CHECK", ..inv.clone() });
     assert!(out.ok, "CHECK: {out:?}");
+    // A restarted agent knows the pod's ENI again (and neither deletes it nor lets the pool take its slot).
+    agent_a.restart();
+    let out = cni::exec(Some(&agent_a.netns), &path, "berth", &check, &Invocation { command: "CHECK", ..inv.clone() });
+    assert!(out.ok, "CHECK after an agent restart: {out:?}\n{}", agent_a.log());
+    let (ok, text) = inspect(&lc, &agent_a);
+    assert!(ok, "inspect after an agent restart: {text}");
 
     // DEL gives the ENI back: the node gets its NIC back until the cloud detaches and deletes it.
     tokio::task::block_in_place(|| cni::del_list(Some(&agent_a.netns), &path, &conflist(&agent_a), &Invocation { command: "DEL", ..inv.clone() }, Some(&result))).unwrap_or_else(|e| panic!("DEL: {e:?}"));

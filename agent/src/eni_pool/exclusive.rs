@@ -107,6 +107,27 @@ impl<C: Cloud> EniPool<C> {
         Ok(Allocated { record, eni: pool_eni })
     }
 
+    /// Knows again, after a restart, a pod's own ENI that an allocation holds. Its NIC is in the
+    /// pod's namespace then, not on the node.
+    pub(super) fn adopt_exclusive(&self, eni: &NetworkInterface) -> anyhow::Result<()> {
+        let (gateway, prefix_len) = self.eni_addressing(&eni.mac)?;
+        let nic = self.node().find_nic(&eni.mac)?.map(|(name, index)| Nic { name, index, route_table: 0 });
+        let mut b = self.books();
+        b.ledger.insert_eni(PoolEni {
+            id: eni.id.clone(),
+            mac: eni.mac.clone(),
+            vswitch_id: eni.vswitch_id.clone(),
+            gateway,
+            prefix_len,
+            primary_ip: eni.primary_ip,
+            phase: EniPhase::Exclusive,
+            nic,
+            ips: Default::default(),
+        });
+        self.update_gauges(&b);
+        Ok(())
+    }
+
     /// Releases an exclusive allocation: journaled, then the ENI detached and deleted (the plugin
     /// moved its NIC back to the node before asking).
     pub(super) async fn release_exclusive(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {

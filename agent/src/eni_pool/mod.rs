@@ -332,7 +332,7 @@ impl<C: Cloud> EniPool<C> {
         }
         self.node().prepare()?;
         self.finish_intents().await?;
-        self.reconcile().await
+        self.reconcile(true).await
     }
 
     async fn finish_intents(&self) -> anyhow::Result<()> {
@@ -357,18 +357,29 @@ impl<C: Cloud> EniPool<C> {
     }
 
     /// Compares the ledger with the cloud's view of this instance's ENIs and the node's links.
-    pub async fn reconcile(&self) -> anyhow::Result<()> {
+    /// `at_start`: nothing is in flight, so a pod's own ENI that no allocation holds is an orphan.
+    pub async fn reconcile(&self, at_start: bool) -> anyhow::Result<()> {
         let filter = EniFilter { instance_id: Some(self.identity.instance_id.clone()), ..Default::default() };
         let cloud: Vec<NetworkInterface> = self.cloud.describe_network_interfaces(&filter).await?.into_iter().filter(|e| e.kind == EniKind::Secondary).collect();
         let mut to_configure = Vec::new();
         let mut to_reassign = Vec::new();
+        let mut exclusive_to_adopt = Vec::new();
+        let mut exclusive_orphans = Vec::new();
         {
             let mut b = self.books();
             let mut seen = BTreeSet::new();
             for ce in &cloud {
                 seen.insert(ce.id.clone());
                 if exclusive::is_exclusive(ce) {
-                    continue; // a pod's own ENI, kept by its allocation
+                    // A pod's own ENI, kept by its allocation: known again after a restart, or
+                    // deleted when nothing holds it.
+                    let held = b.ledger.allocations().any(|r| r.eni_id == ce.id);
+                    if held && b.ledger.eni(&ce.id).is_none() {
+                        exclusive_to_adopt.push(ce.clone());
+                    } else if !held && at_start {
+                        exclusive_orphans.push(ce.id.clone());
+                    }
+                    continue;
                 }
                 let cloud_ips: BTreeSet<Ipv4Addr> = ce.secondary_ips.iter().copied().collect();
                 match b.ledger.eni_mut(&ce.id) {
@@ -436,6 +447,14 @@ impl<C: Cloud> EniPool<C> {
                 }
                 Err(e) => tracing::error!(%eni, %ip, error = %e, "cannot give the pod its IP back; `berthctl inspect` reports it"),
             }
+        }
+        for eni in exclusive_to_adopt {
+            self.adopt_exclusive(&eni)?;
+        }
+        for id in exclusive_orphans {
+            tracing::warn!(eni = %id, "a pod ENI no allocation holds; deleting it");
+            self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "exclusive_orphan".to_string())]).inc();
+            self.delete_eni_calls(&id).await?;
         }
         for id in to_configure {
             let eni = wait::eni_status(&self.cloud, &id, EniStatus::InUse, self.settings.attach_timeout).await?;
@@ -521,7 +540,7 @@ impl<C: Cloud> EniPool<C> {
         let mut next_reconcile = Instant::now() + self.settings.reconcile_every;
         loop {
             if Instant::now() >= next_reconcile {
-                if let Err(e) = self.reconcile().await {
+                if let Err(e) = self.reconcile(false).await {
                     tracing::warn!(error = %e, "reconciliation failed; will retry");
                 }
                 next_reconcile = Instant::now() + self.settings.reconcile_every;
