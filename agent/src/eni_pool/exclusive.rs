@@ -20,6 +20,21 @@ pub(super) fn is_exclusive(eni: &NetworkInterface) -> bool {
     eni.description.starts_with(DESCRIPTION_PREFIX)
 }
 
+/// A pod's own ENI as the ledger keeps it: no secondary IPs, no routing table of its own.
+fn pod_eni(eni: &NetworkInterface, gateway: std::net::Ipv4Addr, prefix_len: u8, nic: Option<Nic>) -> PoolEni {
+    PoolEni {
+        id: eni.id.clone(),
+        mac: eni.mac.clone(),
+        vswitch_id: eni.vswitch_id.clone(),
+        gateway,
+        prefix_len,
+        primary_ip: eni.primary_ip,
+        phase: EniPhase::Exclusive,
+        nic,
+        ips: Default::default(),
+    }
+}
+
 /// What a pod asks for its ENI.
 #[derive(Debug, Clone, Default)]
 pub struct ExclusiveRequest {
@@ -86,17 +101,7 @@ impl<C: Cloud> EniPool<C> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (name, index) = nic.ok_or_else(|| AllocError::Refused(format!("ENI {} is attached but no link with MAC {} appeared on the node", eni.id, eni.mac)))?;
-        let pool_eni = PoolEni {
-            id: eni.id.clone(),
-            mac: eni.mac.clone(),
-            vswitch_id: eni.vswitch_id.clone(),
-            gateway,
-            prefix_len,
-            primary_ip: eni.primary_ip,
-            phase: EniPhase::Exclusive,
-            nic: Some(Nic { name, index, route_table: 0 }),
-            ips: Default::default(),
-        };
+        let pool_eni = pod_eni(eni, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }));
         let created_ns = now_unix_ns();
         let record = AllocationRecord { key: key.clone(), ip: eni.primary_ip, eni_id: eni.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Exclusive };
         let mut b = self.books();
@@ -113,17 +118,7 @@ impl<C: Cloud> EniPool<C> {
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac)?;
         let nic = self.node().find_nic(&eni.mac)?.map(|(name, index)| Nic { name, index, route_table: 0 });
         let mut b = self.books();
-        b.ledger.insert_eni(PoolEni {
-            id: eni.id.clone(),
-            mac: eni.mac.clone(),
-            vswitch_id: eni.vswitch_id.clone(),
-            gateway,
-            prefix_len,
-            primary_ip: eni.primary_ip,
-            phase: EniPhase::Exclusive,
-            nic,
-            ips: Default::default(),
-        });
+        b.ledger.insert_eni(pod_eni(eni, gateway, prefix_len, nic));
         self.update_gauges(&b);
         Ok(())
     }
