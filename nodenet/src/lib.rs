@@ -8,6 +8,9 @@
 //! - [`Netns`], [`NetnsGuard`], [`sysctl_in`]: named namespaces like `ip netns`,
 //!   code run inside a namespace on a short-lived thread, sysctls per namespace.
 //!
+//! - [`bpf`], [`TcHook`]: eBPF programs assembled in Rust and run by tc (`clsact`), e.g.
+//!   the VLAN tagging of trunk mode on kernels without 8021q.
+//!
 //! Errors are one [`Error`] enum; [`Error::is_not_found`] tells "already gone",
 //! which teardown treats as success, and [`Error::is_exists`] tells EEXIST.
 
@@ -15,6 +18,7 @@ use std::fmt;
 use std::os::fd::BorrowedFd;
 
 mod addr;
+pub mod bpf;
 mod error;
 mod fake;
 mod link;
@@ -23,6 +27,7 @@ mod netlink;
 mod netns;
 mod route;
 mod rule;
+mod tc;
 
 pub use addr::Address;
 pub use error::{Error, Result};
@@ -33,6 +38,7 @@ pub use netlink::Netlink;
 pub use netns::{NETNS_RUN_DIR, Netns, NetnsGuard, sysctl_in, sysctl_read_in};
 pub use route::{Route, RouteKind, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, proto};
 pub use rule::{Rule, RuleAction};
+pub use tc::{BpfFilter, TcHook};
 
 /// The operations on one network namespace that the CNI plugin, the agent and the
 /// local cloud need. Links are named by interface index; look the index up with

@@ -504,3 +504,92 @@ fn a_failing_test_still_removes_its_namespaces() {
         );
     }
 }
+
+/// Runs a command inside a test namespace; its success.
+fn run_in(ns: &NetnsGuard, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Trunk mode's VLAN programs, end to end: a pod behind a node's trunk NIC talks to an address
+/// of the "vRouter" across a veth that carries 802.1Q tags; the vRouter side sees the member's
+/// VLAN ID as the mark; without the vRouter's untagging the tagged frames go nowhere.
+#[test]
+fn vlan_programs_carry_a_members_traffic_tagged_across_a_trunk() {
+    use berth_nodenet::TcHook;
+    use berth_nodenet::bpf::{load_tc_program, vlan};
+    use std::os::fd::AsFd as _;
+    require_root!();
+    const GW_MAC: MacAddr = MacAddr([0xee, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    const MEMBER_MAC: MacAddr = MacAddr([0x02, 0x4d, 0, 0, 0, 0x2a]);
+    const TRUNK_MAC: MacAddr = MacAddr([0x02, 0x54, 0, 0, 0, 1]);
+    const VID: u16 = 42;
+    let mut vpc = TestNs::new();
+    let mut node = TestNs::new();
+    let mut pod = TestNs::new();
+
+    // vRouter port `pt` <-> trunk NIC `tr0`; host veth `hv` <-> pod `eth0`.
+    vpc.nl.create_veth(&Veth::new("pt", "tr0").mac(GW_MAC).peer_mac(TRUNK_MAC).peer_netns(node.ns.as_fd())).unwrap();
+    node.nl.create_veth(&Veth::new("hv", "eth0").mac(HOST_MAC).peer_netns(pod.ns.as_fd())).unwrap();
+    let pt = vpc.nl.link_by_name("pt").unwrap().index;
+    let tr0 = node.nl.link_by_name("tr0").unwrap().index;
+    let hv = node.nl.link_by_name("hv").unwrap().index;
+    let eth0 = pod.nl.link_by_name("eth0").unwrap();
+    vpc.nl.set_link_up(pt).unwrap();
+    node.nl.set_link_up(tr0).unwrap();
+    node.nl.set_link_up(hv).unwrap();
+    pod.nl.set_link_up(eth0.index).unwrap();
+    for t in [&mut vpc, &mut node, &mut pod] {
+        let lo = t.nl.link_by_name("lo").unwrap().index;
+        t.nl.set_link_up(lo).unwrap();
+    }
+    for key in ["net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.tr0.rp_filter"] {
+        sysctl_in(node.ns.netns(), key, if key.ends_with("forward") { "1" } else { "0" }).unwrap();
+    }
+    // The vRouter: a far address on lo, the pod's address by the member's MAC on the port.
+    let lo = vpc.nl.link_by_name("lo").unwrap().index;
+    vpc.nl.add_address(&Address::new(lo, net("10.7.0.200/32"))).unwrap();
+    vpc.nl.add_route(&Route::new(net("10.7.0.5/32")).dev(pt).scope(Scope::Link)).unwrap();
+    vpc.nl.add_neighbour(&Neighbour::permanent(pt, ip("10.7.0.5"), MEMBER_MAC)).unwrap();
+    // The node: the pod by its veth.
+    node.nl.add_route(&Route::new(net("10.7.0.5/32")).dev(hv).scope(Scope::Link)).unwrap();
+    node.nl.add_neighbour(&Neighbour::permanent(hv, ip("10.7.0.5"), eth0.mac.unwrap())).unwrap();
+    // The pod: /32 and a default route via the link-local gateway.
+    pod.nl.add_address(&Address::new(eth0.index, net("10.7.0.5/32"))).unwrap();
+    pod.nl.add_route(&Route::new(net("169.254.1.1/32")).dev(eth0.index).scope(Scope::Link)).unwrap();
+    pod.nl.add_route(&Route::default_route(IpFamily::V4).via(ip("169.254.1.1")).dev(eth0.index)).unwrap();
+    pod.nl.add_neighbour(&Neighbour::permanent(eth0.index, ip("169.254.1.1"), HOST_MAC)).unwrap();
+
+    for (index, name, insns) in [(hv, "member_egress", vlan::member_egress(VID, tr0, MEMBER_MAC, GW_MAC).unwrap()), (tr0, "trunk_ingress", vlan::trunk_ingress().unwrap())] {
+        let fd = load_tc_program(name, &insns).unwrap_or_else(|e| panic!("{e}"));
+        node.nl.attach_bpf(index, TcHook::Ingress, fd.as_fd(), name).unwrap();
+    }
+    for (hook, name, insns) in [(TcHook::Ingress, "port_ingress", vlan::port_ingress().unwrap()), (TcHook::Egress, "port_egress", vlan::port_egress(&[(MEMBER_MAC, VID)]).unwrap())] {
+        let fd = load_tc_program(name, &insns).unwrap_or_else(|e| panic!("{e}"));
+        vpc.nl.attach_bpf(pt, hook, fd.as_fd(), name).unwrap();
+    }
+    let filters = vpc.nl.bpf_filters(pt, TcHook::Ingress).unwrap();
+    assert_eq!(filters.len(), 1, "{filters:?}");
+    assert!(filters[0].name.starts_with("port_ingress") && filters[0].direct_action, "{filters:?}");
+
+    // Count what the vRouter sees from the member: its VLAN as the mark, its MAC as the source.
+    let nft = "add table inet t\nadd counter inet t member\nadd chain inet t pre { type filter hook prerouting priority -300; }\nadd rule inet t pre iifname \"pt\" meta mark 42 ether saddr 02:4d:00:00:00:2a ip saddr 10.7.0.5 counter name member\n";
+    let mut child = std::process::Command::new("ip").args(["netns", "exec", vpc.ns.name(), "nft", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), nft.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let ping = run_in(&pod.ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.7.0.200"]);
+    assert!(ping.status.success(), "pod → vRouter through the trunk: {}", String::from_utf8_lossy(&ping.stdout));
+    let counters = run_in(&vpc.ns, &["nft", "list", "counter", "inet", "t", "member"]);
+    let text = String::from_utf8_lossy(&counters.stdout).to_string();
+    assert!(text.contains("packets 3"), "three echo requests arrived tagged 42 from the member's MAC: {text}");
+
+    // Without the vRouter's untagging, the tagged frames reach no one.
+    vpc.nl.detach_bpf(pt, TcHook::Ingress).unwrap();
+    assert!(vpc.nl.bpf_filters(pt, TcHook::Ingress).unwrap().is_empty());
+    let ping = run_in(&pod.ns, &["ping", "-c", "1", "-W", "1", "10.7.0.200"]);
+    assert!(!ping.status.success(), "tagged frames must not be taken as untagged");
+}
