@@ -5,7 +5,10 @@
 //!   ENI's MAC; the primary is `eth0`, configured as DHCP would), its port in the VPC namespace;
 //! - the vRouter routes each address to the port of the ENI that owns it, answers ARP for every
 //!   neighbour with the VPC's MAC `ee:ff:ff:ff:ff:ff` (gateways on its `lo`, proxy ARP on ports),
-//!   and drops what the real VPC drops (see [`nft`]).
+//!   and drops what the real VPC drops (see [`nft`]);
+//! - a trunk ENI's port also carries its member ENIs' frames, told apart by 802.1Q VLAN ID: tc
+//!   programs on the port take the tag off (leaving the VLAN ID as the packet mark the filters
+//!   key on) and put the member's tag on frames to the member's MAC.
 
 pub mod nft;
 
@@ -17,7 +20,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
-use berth_nodenet::{Address, IpFamily, MacAddr, NETNS_RUN_DIR, NetOps, Neighbour, Netlink, Netns, Route, Scope, Veth, sysctl_in};
+use berth_nodenet::bpf::{load_tc_program, vlan};
+use berth_nodenet::{Address, TcHook, IpFamily, MacAddr, NETNS_RUN_DIR, NetOps, Neighbour, Netlink, Netns, Route, Scope, Veth, sysctl_in};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::addressing;
@@ -47,6 +51,20 @@ pub fn port_name(eni_id: &str) -> String {
 
 fn on_wire(e: &NetworkInterface) -> bool {
     e.status == EniStatus::InUse && e.instance_id.is_some() && e.kind != EniKind::Member
+}
+
+/// The members bound to a trunk ENI, with their VLAN IDs: they share the trunk's port.
+fn members_of<'a>(state: &'a State, trunk: &NetworkInterface) -> Vec<(&'a NetworkInterface, u16)> {
+    state
+        .enis
+        .values()
+        .filter(|m| m.kind == EniKind::Member && m.status == EniStatus::InUse && m.trunk_eni_id.as_deref() == Some(trunk.id.as_str()))
+        .filter_map(|m| m.vlan_id.map(|v| (m, v)))
+        .collect()
+}
+
+fn addresses_of(e: &NetworkInterface) -> impl Iterator<Item = IpAddr> + '_ {
+    std::iter::once(IpAddr::V4(e.primary_ip)).chain(e.secondary_ips.iter().map(|i| IpAddr::V4(*i))).chain(e.ipv6_addresses.iter().map(|i| IpAddr::V6(*i)))
 }
 
 impl VpcNet {
@@ -129,12 +147,22 @@ impl VpcNet {
             }
         }
 
-        // Host routes by IP ownership; anything else on a port is stale.
-        let mut want_routes: BTreeSet<(IpNetwork, u32)> = BTreeSet::new();
-        for (port, eni) in &wanted {
-            let index = ports[port];
-            for ip in std::iter::once(IpAddr::V4(eni.primary_ip)).chain(eni.secondary_ips.iter().map(|i| IpAddr::V4(*i))).chain(eni.ipv6_addresses.iter().map(|i| IpAddr::V6(*i))) {
-                want_routes.insert((IpNetwork::from(ip), index));
+        // Members of trunks: (port, VLAN ID, ENI).
+        let mut members: Vec<(String, u16, &NetworkInterface)> = Vec::new();
+        for (port, eni) in wanted.iter().filter(|(_, e)| e.kind == EniKind::Trunk) {
+            for (m, vlan) in members_of(state, eni) {
+                members.push((port.clone(), vlan, m));
+            }
+        }
+
+        // Host routes by IP ownership, each with the MAC it is delivered to; anything else on a
+        // port is stale. A member's addresses are on its trunk's port, under its own MAC.
+        let mut want_routes: BTreeMap<(IpNetwork, u32), MacAddr> = BTreeMap::new();
+        let owners = wanted.iter().map(|(port, eni)| (port, *eni)).chain(members.iter().map(|(port, _, m)| (port, *m)));
+        for (port, eni) in owners {
+            let mac: MacAddr = eni.mac.parse().map_err(|e| fail(format!("MAC of {}", eni.id), e))?;
+            for ip in addresses_of(eni) {
+                want_routes.insert((IpNetwork::from(ip), ports[port]), mac);
             }
         }
         let port_indexes: BTreeSet<u32> = ports.values().copied().collect();
@@ -145,7 +173,7 @@ impl VpcNet {
             if !host || !port_indexes.contains(&oif) {
                 continue;
             }
-            if want_routes.contains(&(r.destination, oif)) {
+            if want_routes.contains_key(&(r.destination, oif)) {
                 have_routes.insert((r.destination, oif));
             } else {
                 nl.delete_route(&r).or_else(gone_ok).map_err(|e| fail(format!("route {} in {name}", r.destination), e))?;
@@ -153,24 +181,39 @@ impl VpcNet {
             }
         }
         // The real VPC knows every ENI's MAC and never ARPs for an address; neither does the vRouter.
-        let mut macs: BTreeMap<u32, MacAddr> = BTreeMap::new();
-        for (port, eni) in &wanted {
-            let mac: MacAddr = eni.mac.parse().map_err(|e| fail(format!("MAC of {}", eni.id), e))?;
-            macs.insert(ports[port], mac);
-        }
-        for (dst, oif) in want_routes.difference(&have_routes) {
-            let route = Route::new(*dst).dev(*oif).scope(Scope::Link);
-            nl.replace_route(&route).map_err(|e| fail(format!("route {dst} in {name}"), e))?;
-            if let Some(mac) = macs.get(oif) {
-                nl.replace_neighbour(&Neighbour::permanent(*oif, dst.ip(), *mac)).map_err(|e| fail(format!("neighbour {dst} in {name}"), e))?;
+        for ((dst, oif), mac) in &want_routes {
+            if !have_routes.contains(&(*dst, *oif)) {
+                let route = Route::new(*dst).dev(*oif).scope(Scope::Link);
+                nl.replace_route(&route).map_err(|e| fail(format!("route {dst} in {name}"), e))?;
             }
+            // Replaced every time: a member that moved to another VLAN keeps its address.
+            nl.replace_neighbour(&Neighbour::permanent(*oif, dst.ip(), *mac)).map_err(|e| fail(format!("neighbour {dst} in {name}"), e))?;
+        }
+
+        // Trunk ports take members' tags off on the way in and put them on on the way out.
+        for (port, _) in wanted.iter().filter(|(_, e)| e.kind == EniKind::Trunk) {
+            let tagged: Vec<(MacAddr, u16)> = members.iter().filter(|(p, _, _)| p == port).filter_map(|(_, vlan, m)| m.mac.parse().ok().map(|mac| (mac, *vlan))).collect();
+            self.program_trunk_port(&mut nl, ports[port], &tagged).map_err(|e| fail(format!("VLAN programs on trunk port {port} in {name}"), e))?;
         }
 
         // Filters.
-        let mut wired: Vec<nft::WiredEni<'_>> = wanted.iter().map(|(port, eni)| nft::WiredEni { port: port.clone(), eni }).collect();
-        wired.sort_by(|a, b| a.port.cmp(&b.port));
+        let mut wired: Vec<nft::WiredEni<'_>> = wanted.iter().map(|(port, eni)| nft::WiredEni { port: port.clone(), vlan: 0, eni }).collect();
+        wired.extend(members.iter().map(|(port, vlan, m)| nft::WiredEni { port: port.clone(), vlan: *vlan, eni: m }));
+        wired.sort_by(|a, b| (&a.port, a.vlan).cmp(&(&b.port, b.vlan)));
         let script = nft::antispoof(&wired) + &nft::security_groups(state, &wired);
         run_nft(&ns, &script).map_err(|e| fail(format!("nftables in {name}"), e))
+    }
+
+    /// Loads and attaches the trunk port's two programs: untag to mark on ingress, tag by the
+    /// member's MAC on egress (rebuilt from the members each time).
+    fn program_trunk_port(&self, nl: &mut Netlink, index: u32, members: &[(MacAddr, u16)]) -> Result<(), String> {
+        let ingress = vlan::port_ingress().map_err(|e| e.to_string())?;
+        let egress = vlan::port_egress(members).map_err(|e| e.to_string())?;
+        for (hook, name, insns) in [(TcHook::Ingress, "berth_port_in", ingress), (TcHook::Egress, "berth_port_out", egress)] {
+            let fd = load_tc_program(name, &insns).map_err(|e| e.to_string())?;
+            nl.attach_bpf(index, hook, fd.as_fd(), name).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Creates the veth of an ENI: the port here, the NIC in its instance; returns the port's index.

@@ -4,6 +4,11 @@
 //! - `inet berth_antispoof` is never deleted, so its named counters `spoofed_mac` and `spoofed_ip`
 //!   keep counting across converges; only its set elements are replaced.
 //! - `inet berth_sg` (security groups) is rebuilt whole on each converge.
+//!
+//! A trunk ENI's port carries its members' frames too: the port's tc program has taken each
+//! frame's VLAN tag off and left the VLAN ID as the packet mark (0 for untagged frames), so every
+//! check is keyed by (port, mark). An untagged frame of a member, or a member's frame under another
+//! member's tag, matches no (port, mark, MAC) and is counted as `wrong_vlan` and dropped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,7 +22,16 @@ use crate::state::State;
 #[derive(Debug, Clone)]
 pub struct WiredEni<'a> {
     pub port: String,
+    /// The VLAN ID of a member ENI on its trunk's port; 0 for an ENI with a port of its own.
+    pub vlan: u16,
     pub eni: &'a NetworkInterface,
+}
+
+impl WiredEni<'_> {
+    /// The suffix of this ENI's security-group chains.
+    fn chains(&self) -> String {
+        if self.vlan == 0 { self.port.clone() } else { format!("{}_v{}", self.port, self.vlan) }
+    }
 }
 
 fn addresses(e: &NetworkInterface) -> (Vec<String>, Vec<String>) {
@@ -30,43 +44,56 @@ fn elements(items: &[String]) -> String {
     items.join(", ")
 }
 
-/// Anti-spoofing: only the ENI's MAC and addresses may enter the vRouter from its port.
+/// Anti-spoofing: only the ENI's MAC and addresses may enter the vRouter from its port (for a
+/// member ENI: from its trunk's port under its VLAN ID).
 pub fn antispoof(enis: &[WiredEni<'_>]) -> String {
     let mut ports = Vec::new();
+    let mut trunks = Vec::new();
     let mut macs = Vec::new();
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for w in enis {
-        ports.push(format!("\"{}\"", w.port));
-        macs.push(format!("\"{}\" . {}", w.port, w.eni.mac));
+        let port = format!("\"{}\"", w.port);
+        if w.vlan != 0 && !trunks.contains(&port) {
+            trunks.push(port.clone());
+        }
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+        let key = format!("\"{}\" . {}", w.port, w.vlan);
+        macs.push(format!("{key} . {}", w.eni.mac));
         let (a4, a6) = addresses(w.eni);
-        v4.extend(a4.into_iter().map(|a| format!("\"{}\" . {a}", w.port)));
-        v6.extend(a6.into_iter().map(|a| format!("\"{}\" . {a}", w.port)));
+        v4.extend(a4.into_iter().map(|a| format!("{key} . {a}")));
+        v6.extend(a6.into_iter().map(|a| format!("{key} . {a}")));
     }
     let t = "inet berth_antispoof";
     let mut s = String::new();
     let _ = writeln!(s, "add table {t}");
     let _ = writeln!(s, "add counter {t} spoofed_mac");
     let _ = writeln!(s, "add counter {t} spoofed_ip");
+    let _ = writeln!(s, "add counter {t} wrong_vlan");
     let _ = writeln!(s, "add set {t} ports {{ type ifname; }}");
-    let _ = writeln!(s, "add set {t} port_mac {{ type ifname . ether_addr; }}");
-    let _ = writeln!(s, "add set {t} port_ipv4 {{ type ifname . ipv4_addr; }}");
-    let _ = writeln!(s, "add set {t} port_ipv6 {{ type ifname . ipv6_addr; }}");
+    let _ = writeln!(s, "add set {t} trunk_ports {{ type ifname; }}");
+    let _ = writeln!(s, "add set {t} port_vlan_mac {{ type ifname . mark . ether_addr; }}");
+    let _ = writeln!(s, "add set {t} port_vlan_ipv4 {{ type ifname . mark . ipv4_addr; }}");
+    let _ = writeln!(s, "add set {t} port_vlan_ipv6 {{ type ifname . mark . ipv6_addr; }}");
     let _ = writeln!(s, "add chain {t} ingress {{ type filter hook prerouting priority -300; policy accept; }}");
     let _ = writeln!(s, "flush chain {t} ingress");
-    for set in ["ports", "port_mac", "port_ipv4", "port_ipv6"] {
+    let sets = [("ports", &ports), ("trunk_ports", &trunks), ("port_vlan_mac", &macs), ("port_vlan_ipv4", &v4), ("port_vlan_ipv6", &v6)];
+    for (set, _) in sets {
         let _ = writeln!(s, "flush set {t} {set}");
     }
-    for (set, items) in [("ports", &ports), ("port_mac", &macs), ("port_ipv4", &v4), ("port_ipv6", &v6)] {
+    for (set, items) in sets {
         if !items.is_empty() {
             let _ = writeln!(s, "add element {t} {set} {{ {} }}", elements(items));
         }
     }
     let _ = writeln!(s, "add rule {t} ingress iifname != @ports accept");
-    let _ = writeln!(s, "add rule {t} ingress iifname . ether saddr != @port_mac counter name spoofed_mac drop");
-    let _ = writeln!(s, "add rule {t} ingress meta nfproto ipv4 iifname . ip saddr != @port_ipv4 counter name spoofed_ip drop");
+    let _ = writeln!(s, "add rule {t} ingress iifname @trunk_ports iifname . meta mark . ether saddr != @port_vlan_mac counter name wrong_vlan drop");
+    let _ = writeln!(s, "add rule {t} ingress iifname . meta mark . ether saddr != @port_vlan_mac counter name spoofed_mac drop");
+    let _ = writeln!(s, "add rule {t} ingress meta nfproto ipv4 iifname . meta mark . ip saddr != @port_vlan_ipv4 counter name spoofed_ip drop");
     // IPv6 neighbour discovery uses link-local and unspecified sources.
-    let _ = writeln!(s, "add rule {t} ingress meta nfproto ipv6 ip6 saddr != {{ ::, fe80::/10 }} iifname . ip6 saddr != @port_ipv6 counter name spoofed_ip drop");
+    let _ = writeln!(s, "add rule {t} ingress meta nfproto ipv6 ip6 saddr != {{ ::, fe80::/10 }} iifname . meta mark . ip6 saddr != @port_vlan_ipv6 counter name spoofed_ip drop");
     s
 }
 
@@ -147,7 +174,7 @@ pub fn security_groups(state: &State, enis: &[WiredEni<'_>]) -> String {
     let _ = writeln!(s, "add chain {t} forward {{ type filter hook forward priority 0; policy accept; }}");
     let _ = writeln!(s, "add rule {t} forward ct state established,related accept");
     for w in enis {
-        let (out, inn) = (format!("out_{}", w.port), format!("in_{}", w.port));
+        let (out, inn) = (format!("out_{}", w.chains()), format!("in_{}", w.chains()));
         let _ = writeln!(s, "add chain {t} {out}");
         for r in ordered(state, w.eni, Direction::Egress) {
             let verdict = if r.policy == Policy::Accept { "return" } else { "drop" };
@@ -167,9 +194,17 @@ pub fn security_groups(state: &State, enis: &[WiredEni<'_>]) -> String {
         }
         let _ = writeln!(s, "add rule {t} {inn} drop");
         // Egress of the sender first (it returns when allowed), then ingress of the receiver.
-        let _ = writeln!(s, "add rule {t} forward iifname \"{}\" jump {out}", w.port);
+        let _ = writeln!(s, "add rule {t} forward iifname \"{}\" meta mark {} jump {out}", w.port, w.vlan);
     }
-    for w in enis {
+    // Into a trunk's port: a member by its addresses first, the trunk ENI itself for the rest.
+    for w in enis.iter().filter(|w| w.vlan != 0) {
+        let (v4, v6) = addresses(w.eni);
+        let _ = writeln!(s, "add rule {t} forward oifname \"{}\" ip daddr {{ {} }} jump in_{}", w.port, elements(&v4), w.chains());
+        if !v6.is_empty() {
+            let _ = writeln!(s, "add rule {t} forward oifname \"{}\" ip6 daddr {{ {} }} jump in_{}", w.port, elements(&v6), w.chains());
+        }
+    }
+    for w in enis.iter().filter(|w| w.vlan == 0) {
         let _ = writeln!(s, "add rule {t} forward oifname \"{}\" jump in_{}", w.port, w.port);
     }
     s
@@ -204,12 +239,36 @@ mod tests {
     #[test]
     fn antispoof_keeps_counters_and_lists_every_address() {
         let e = eni("eni-1", "10.0.0.5", &["sg-1"]);
-        let s = antispoof(&[WiredEni { port: "pabc".into(), eni: &e }]);
+        let s = antispoof(&[WiredEni { port: "pabc".into(), vlan: 0, eni: &e }]);
         assert!(s.contains("add counter inet berth_antispoof spoofed_mac"));
         assert!(!s.contains("delete table inet berth_antispoof"), "the counters' table is never deleted");
-        assert!(s.contains("add element inet berth_antispoof port_ipv4 { \"pabc\" . 10.0.0.5, \"pabc\" . 10.0.0.9 }"));
-        assert!(s.contains("add element inet berth_antispoof port_mac { \"pabc\" . 02:00:00:00:00:01 }"));
+        assert!(s.contains("add element inet berth_antispoof port_vlan_ipv4 { \"pabc\" . 0 . 10.0.0.5, \"pabc\" . 0 . 10.0.0.9 }"));
+        assert!(s.contains("add element inet berth_antispoof port_vlan_mac { \"pabc\" . 0 . 02:00:00:00:00:01 }"));
         assert!(s.contains("counter name spoofed_ip drop"));
+    }
+
+    #[test]
+    fn members_are_told_apart_on_their_trunks_port_by_vlan() {
+        let mut state = State::default();
+        let trunk = eni("eni-t", "10.0.0.5", &["sg-1"]);
+        let mut member = eni("eni-m", "10.0.0.7", &["sg-2"]);
+        member.mac = "02:00:00:00:00:07".into();
+        member.secondary_ips.clear();
+        member.kind = EniKind::Member;
+        member.vlan_id = Some(12);
+        state.enis.insert(trunk.id.clone(), trunk.clone());
+        state.enis.insert(member.id.clone(), member.clone());
+        let wired = [WiredEni { port: "pt".into(), vlan: 0, eni: &trunk }, WiredEni { port: "pt".into(), vlan: 12, eni: &member }];
+        let a = antispoof(&wired);
+        assert!(a.contains("add element inet berth_antispoof port_vlan_mac { \"pt\" . 0 . 02:00:00:00:00:01, \"pt\" . 12 . 02:00:00:00:00:07 }"), "{a}");
+        assert!(a.contains("add element inet berth_antispoof trunk_ports { \"pt\" }"), "{a}");
+        assert!(a.contains("add element inet berth_antispoof ports { \"pt\" }"), "one port: {a}");
+        let at = |needle: &str| a.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{a}"));
+        assert!(at("counter name wrong_vlan drop") < at("counter name spoofed_mac drop"));
+        let s = security_groups(&state, &wired);
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{s}"));
+        assert!(s.contains("add rule inet berth_sg forward iifname \"pt\" meta mark 12 jump out_pt_v12"));
+        assert!(at("oifname \"pt\" ip daddr { 10.0.0.7 } jump in_pt_v12") < at("oifname \"pt\" jump in_pt"));
     }
 
     #[test]
@@ -229,13 +288,13 @@ mod tests {
         );
         let e = eni("eni-1", "10.0.0.5", &["sg-1"]);
         state.enis.insert(e.id.clone(), e.clone());
-        let s = security_groups(&state, &[WiredEni { port: "pabc".into(), eni: &e }]);
+        let s = security_groups(&state, &[WiredEni { port: "pabc".into(), vlan: 0, eni: &e }]);
         let lines: Vec<&str> = s.lines().filter(|l| l.contains("chain") || l.contains(" in_pabc ")).collect();
         let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{s}\n{lines:?}"));
         assert!(at("tcp dport 22-22 accept") < at("tcp dport 80-80 drop"));
         assert!(at("tcp dport 80-80 drop") < at("tcp dport 80-80 accept"));
         assert!(at("tcp dport 80-80 accept") < at("ip saddr @members_sg_1_v4 accept"));
         assert!(s.contains("add element inet berth_sg members_sg_1_v4 { 10.0.0.5, 10.0.0.9 }"));
-        assert!(at("iifname \"pabc\" jump out_pabc") < at("oifname \"pabc\" jump in_pabc"));
+        assert!(at("iifname \"pabc\" meta mark 0 jump out_pabc") < at("oifname \"pabc\" jump in_pabc"));
     }
 }
