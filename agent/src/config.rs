@@ -85,6 +85,8 @@ pub struct PoolConfig {
     pub allocate_timeout_secs: u64,
     /// How long an ENI may take to attach.
     pub attach_timeout_secs: u64,
+    /// Serve trunk mode: a trunk ENI on the node (taking one ENI slot) with member ENIs per pod.
+    pub trunk: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -134,6 +136,7 @@ impl Default for PoolConfig {
             security_group_ids: Vec::new(),
             allocate_timeout_secs: 20,
             attach_timeout_secs: 60,
+            trunk: false,
         }
     }
 }

@@ -60,6 +60,9 @@ struct Args {
     inhibit_secs: Option<u64>,
     #[arg(long, env = "BERTH_ALLOCATE_TIMEOUT_SECS")]
     allocate_timeout_secs: Option<u64>,
+    /// Serve trunk mode (true/false).
+    #[arg(long, env = "BERTH_TRUNK")]
+    trunk: Option<bool>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -89,6 +92,7 @@ impl Args {
         set!(c.paths.reconcile_secs, self.reconcile_secs);
         set!(c.pool.inhibit_secs, self.inhibit_secs);
         set!(c.pool.allocate_timeout_secs, self.allocate_timeout_secs);
+        set!(c.pool.trunk, self.trunk);
     }
 }
 
@@ -177,6 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         reconcile_every: Duration::from_secs(cfg.paths.reconcile_secs),
         metadata_url: cfg.node.metadata_url.clone(),
         release_queue_dir: cfg.paths.release_queue_dir.clone(),
+        member_eni_quota: if cfg.pool.trunk { itype.member_eni_quota } else { 0 },
     };
     let store = Store::open(&cfg.paths.state_dir)?;
     let pool = Arc::new(EniPool::new(cloud, settings, identity, node, store, metrics.clone()));

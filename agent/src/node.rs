@@ -5,10 +5,16 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use berth_nodenet::{IpFamily, MacAddr, NetOps, Netlink, Netns, Route, Scope, sysctl_in};
+use std::os::fd::AsFd as _;
+
+use berth_nodenet::bpf::{load_tc_program, vlan};
+use berth_nodenet::{IpFamily, TcHook, MacAddr, NetOps, Netlink, Netns, Route, Scope, sysctl_in};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::pool::ledger::Nic;
+
+/// The name of the trunk NIC's ingress program.
+pub const TRUNK_PROGRAM: &str = "berth_trunk_in";
 
 /// Tables of ENIs are 1000 + the NIC's interface index, as Terway numbers them.
 pub const ENI_TABLE_BASE: u32 = 1000;
@@ -21,6 +27,8 @@ pub enum NodeError {
     Netlink { what: String, source: berth_nodenet::Error },
     #[error("the cloud reports MAC {0:?}, which is not a MAC address")]
     BadMac(String),
+    #[error("node trunk NIC {nic}: {reason}")]
+    Bpf { nic: String, reason: String },
 }
 
 fn fail(what: impl Into<String>) -> impl FnOnce(berth_nodenet::Error) -> NodeError {
@@ -87,6 +95,19 @@ impl Node {
         let default = Route::default_route(IpFamily::V4).via(IpAddr::V4(gateway)).dev(link.index).onlink().table(table);
         self.nl.replace_route(&default).map_err(fail(format!("default route in table {table}")))?;
         Ok(Some(Nic { name: link.name, index: link.index, route_table: table }))
+    }
+
+    /// Brings up the trunk ENI's NIC and runs the program that takes members' VLAN tags off the
+    /// frames it receives (so the node routes them to the members' pods). Idempotent.
+    pub fn configure_trunk(&mut self, mac: &str) -> Result<Option<Nic>, NodeError> {
+        let Some((name, index)) = self.find_nic(mac)? else { return Ok(None) };
+        self.sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "0")?;
+        self.nl.set_link_up(index).map_err(fail(format!("{name} up")))?;
+        let bpf = |reason: String| NodeError::Bpf { nic: name.clone(), reason };
+        let insns = vlan::trunk_ingress().map_err(|e| bpf(e.to_string()))?;
+        let prog = load_tc_program(TRUNK_PROGRAM, &insns).map_err(|e| bpf(e.to_string()))?;
+        self.nl.attach_bpf(index, TcHook::Ingress, prog.as_fd(), TRUNK_PROGRAM).map_err(fail(format!("trunk program on {name}")))?;
+        Ok(Some(Nic { name, index, route_table: 0 }))
     }
 
     /// The NIC with this MAC on the node, if it is there: (name, index).

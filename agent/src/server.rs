@@ -9,7 +9,7 @@ use berth_proto::agent::v1 as pb;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
-use crate::eni_pool::{AllocError, Allocated, EniPool, ExclusiveRequest};
+use crate::eni_pool::{AllocError, Allocated, EniPool, PodEniRequest};
 use crate::node::host_veth_name;
 
 use crate::pool::ledger::{AllocationKey, PodMode, PodRef};
@@ -44,16 +44,21 @@ pub fn to_proto(a: &Allocated) -> pb::Allocation {
         mode: match r.mode {
             PodMode::Shared => pb::NetworkMode::Shared,
             PodMode::Exclusive => pb::NetworkMode::Exclusive,
+            PodMode::Trunk => pb::NetworkMode::Trunk,
         } as i32,
         ipv4: Some(pb::IpConfig { address: r.ip.to_string(), prefix_length: u32::from(a.eni.prefix_len), gateway: a.eni.gateway.to_string() }),
         ipv6: None,
         eni: Some(pb::EniRef {
             eni_id: a.eni.id.clone(),
             mac: a.eni.mac.clone(),
-            node_ifname: a.eni.nic.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+            // A member's frames leave by the trunk's NIC.
+            node_ifname: match &a.eni.vlan {
+                Some(v) => v.trunk_nic.clone(),
+                None => a.eni.nic.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+            },
             route_table: a.eni.nic.as_ref().map(|n| n.route_table).unwrap_or_default(),
-            vlan_id: 0,
-            trunk_eni_id: String::new(),
+            vlan_id: a.eni.vlan.as_ref().map(|v| u32::from(v.id)).unwrap_or_default(),
+            trunk_eni_id: a.eni.vlan.as_ref().map(|v| v.trunk_eni_id.clone()).unwrap_or_default(),
         }),
         bandwidth: None,
         netns: r.netns.clone(),
@@ -93,10 +98,13 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
                 self.pool.allocate(key, r.netns, pod).await
             }
             pb::NetworkMode::Exclusive => {
-                let request = ExclusiveRequest { vswitch_id: Some(r.vswitch_id).filter(|v| !v.is_empty()), security_group_ids: r.security_group_ids };
+                let request = PodEniRequest { vswitch_id: Some(r.vswitch_id).filter(|v| !v.is_empty()), security_group_ids: r.security_group_ids };
                 self.pool.allocate_exclusive(key, r.netns, pod, request).await
             }
-            other => return Err(Status::unimplemented(format!("network mode {} is not served by this agent yet; use shared or exclusive", other.as_str_name()))),
+            pb::NetworkMode::Trunk => {
+                let request = PodEniRequest { vswitch_id: Some(r.vswitch_id).filter(|v| !v.is_empty()), security_group_ids: r.security_group_ids };
+                self.pool.allocate_trunk(key, r.netns, pod, request).await
+            }
         };
         match result {
             Ok(a) => Ok(Response::new(to_proto(&a))),

@@ -31,9 +31,11 @@ pub enum Intent {
     DeleteEni { eni_id: String },
     /// Give these idle IPs back to the cloud.
     UnassignIps { eni_id: String, ips: Vec<Ipv4Addr> },
-    /// CreateNetworkInterface of an ENI for one pod (exclusive mode). Interrupted, the pod's ADD
-    /// failed: the ENI is deleted unless an allocation holds it.
+    /// CreateNetworkInterface of an ENI for one pod (exclusive mode, or a trunk member).
+    /// Interrupted, the pod's ADD failed: the ENI is deleted unless an allocation holds it.
     CreateExclusiveEni { client_token: String },
+    /// CreateNetworkInterface of the node's trunk ENI with this ClientToken, then attach.
+    CreateTrunkEni { client_token: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use berth_proto::agent::v1 as pb;
 
 use crate::agent_client::Agent;
 use crate::datapath::exclusive::{self, ExclusiveNet};
+use crate::datapath::trunk::TrunkLeg;
 use crate::datapath::{self, DatapathError, PodNet};
 use crate::protocol::config::NetConf;
 use crate::protocol::env::{Command, Env};
@@ -97,8 +98,11 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
         uid: env.pod.uid.clone().unwrap_or_default(),
         infra_container_id: env.pod.infra_container_id.clone().unwrap_or_default(),
     };
-    let exclusive = env.pod.network_mode.as_deref() == Some("exclusive");
-    let mode = if exclusive { pb::NetworkMode::Exclusive } else { pb::NetworkMode::Shared };
+    let mode = match env.pod.network_mode.as_deref() {
+        Some("exclusive") => pb::NetworkMode::Exclusive,
+        Some("trunk") => pb::NetworkMode::Trunk,
+        _ => pb::NetworkMode::Shared,
+    };
     let request = pb::AllocateIpRequest {
         key: Some(key(env)),
         netns: env.netns.clone(),
@@ -115,12 +119,13 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     }
     let built = (|| {
         let ip = ipv4_of(&allocation)?;
+        let trunk = trunk_leg(&allocation)?;
         let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
-        if table == 0 {
+        if table == 0 && trunk.is_none() {
             return Err(CniError::new(code::IO_FAILURE, format!("the agent gave {ip} without the routing table of its ENI"), "see berth-agent's log"));
         }
         let mut node = node_netlink()?;
-        let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu };
+        let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu, trunk };
         match datapath::setup(&mut node, &p) {
             Ok(built) => Ok((ip, built)),
             Err(e) => {
@@ -153,6 +158,21 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     };
     let result = ours.render(&conf.cni_version, conf.prev_result.as_ref());
     Ok(Some(result.to_string()))
+}
+
+/// A trunk allocation's member ENI; `None` for other modes.
+fn trunk_leg(a: &pb::Allocation) -> Result<Option<TrunkLeg>, CniError> {
+    if a.mode != pb::NetworkMode::Trunk as i32 {
+        return Ok(None);
+    }
+    let bad = |what: &str| CniError::new(code::IO_FAILURE, format!("the agent's trunk allocation lacks {what}"), "see berth-agent's log");
+    let eni = a.eni.as_ref().ok_or_else(|| bad("its member ENI"))?;
+    let vlan_id = u16::try_from(eni.vlan_id).ok().filter(|v| (1..4095).contains(v)).ok_or_else(|| bad("a VLAN ID in 1..4094"))?;
+    let member_mac = eni.mac.parse().map_err(|_| bad("the member's MAC"))?;
+    if eni.node_ifname.is_empty() {
+        return Err(bad("the trunk NIC"));
+    }
+    Ok(Some(TrunkLeg { vlan_id, member_mac, trunk_nic: eni.node_ifname.clone() }))
 }
 
 /// The exclusive-ENI facts of an allocation.
@@ -274,7 +294,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
     let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
     let mut node = node_netlink()?;
-    let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()? };
+    let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()?, trunk: trunk_leg(&allocation)? };
     datapath::check(&mut node, &p).map_err(datapath_error)
 }
 

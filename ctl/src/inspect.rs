@@ -1,5 +1,6 @@
 //! `berthctl inspect`'s judgement, pure: the agent's ledger (`/debug/pool`), the cloud's view of the
-//! node's secondary ENIs, and the node's datapath (in the ledger document) must tell one story.
+//! node's ENIs but the primary (pool ENIs, pods' own exclusive and member ENIs, the trunk), and the
+//! node's datapath (in the ledger document) must tell one story.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,7 +63,7 @@ pub fn compare(pool: &Value, cloud: &[NetworkInterface], now: i64, grace_secs: i
     }
     for id in cloud_ips.keys() {
         if !enis.iter().any(|e| e["id"] == id.as_str()) {
-            r.mismatches.push(format!("the cloud shows secondary ENI {id} on this instance, the pool does not own it"));
+            r.mismatches.push(format!("the cloud shows ENI {id} on this instance, the agent does not own it"));
         }
     }
     let rules: Vec<(u64, String)> = pool["datapath"]["rules"].as_array().map(|a| a.iter().map(|x| (x["priority"].as_u64().unwrap_or_default(), x["ip"].as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default();
@@ -74,14 +75,16 @@ pub fn compare(pool: &Value, cloud: &[NetworkInterface], now: i64, grace_secs: i
         let eni = a["eni_id"].as_str().unwrap_or_default().to_string();
         let veth_name = a["host_veth"].as_str().unwrap_or_default().to_string();
         let young = now - a["created_at"].as_i64().unwrap_or_default() < grace_secs;
-        // A pod with its own ENI holds the ENI's primary address and has no veth or rules.
+        // A pod with its own ENI holds the ENI's primary address; an exclusive pod has no veth or
+        // rules, a trunk pod a veth and only the `to` rule (its frames leave by its VLAN program).
         let exclusive = a["mode"] == "exclusive";
+        let trunk = a["mode"] == "trunk";
         let row = PodRow {
             container_id: a["key"]["container_id"].as_str().unwrap_or_default().to_string(),
             ifname: a["key"]["ifname"].as_str().unwrap_or_default().to_string(),
-            in_cloud: if exclusive { cloud.iter().any(|e| e.id == eni && e.primary_ip.to_string() == ip) } else { cloud_ips.get(&eni).is_some_and(|c| c.contains(&ip)) },
+            in_cloud: if exclusive || trunk { cloud.iter().any(|e| e.id == eni && e.primary_ip.to_string() == ip) } else { cloud_ips.get(&eni).is_some_and(|c| c.contains(&ip)) },
             veth: exclusive || veths.contains(&veth_name),
-            rules: exclusive || rules.iter().filter(|(_, rip)| *rip == ip).count() >= 2,
+            rules: exclusive || rules.iter().filter(|(_, rip)| *rip == ip).count() >= if trunk { 1 } else { 2 },
             ip: ip.clone(),
             eni,
         };

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod pods;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,14 @@ pub fn in_netns(netns: &Path, argv: &[&str]) -> (bool, String) {
 }
 
 /// A VPC with one vSwitch in zone `local-1a` and one security group, made through the API.
+/// The packets a named nftables counter in a namespace has counted (summed over tables).
+pub fn nft_counter(netns: &Path, name: &str) -> u64 {
+    let (ok, out) = in_netns(netns, &["nft", "-j", "list", "counters"]);
+    assert!(ok, "nft list counters: {out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("counter")).filter(|c| c["name"] == name).map(|c| c["packets"].as_u64().unwrap_or(0)).sum()
+}
+
 #[derive(Debug, Clone)]
 pub struct SampleNet {
     pub vpc: String,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_cloud::api::{Addresses, CreateEniRequest, EniFilter};
 use berth_cloud::model::{EniKind, EniStatus};
 use berth_cloud::{Cloud, wait};
-use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root, nft_counter};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -52,21 +52,6 @@ fn metadata(netns: &Path, path: &str) -> String {
             Err(e) => panic!("metadata in {}: {e}", netns.display()),
         }
     }
-}
-
-/// Packets counted by a named nftables counter in a namespace.
-fn counter(netns: &Path, name: &str) -> u64 {
-    let (ok, out) = in_netns(netns, &["nft", "-j", "list", "counters"]);
-    assert!(ok, "nft list counters: {out}");
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    doc["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get("counter"))
-        .filter(|c| c["name"] == name)
-        .map(|c| c["packets"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 fn sh(netns: &Path, script: &str) {
@@ -123,17 +108,17 @@ async fn instances_talk_through_the_vrouter_and_spoofing_is_dropped() {
     assert!(ping(&ns_a, None, secondary), "A reaches B's secondary IP on the secondary ENI");
 
     // A spoofed source IP: an address the cloud never assigned to A's ENI.
-    let spoofed_ip_before = counter(&vpc_ns, "spoofed_ip");
+    let spoofed_ip_before = nft_counter(&vpc_ns, "spoofed_ip");
     sh(&ns_a, "ip addr add 10.60.1.200/32 dev eth0");
     assert!(!ping(&ns_a, Some("10.60.1.200".parse().unwrap()), eni_b.primary_ip), "a spoofed source IP is dropped");
-    assert!(counter(&vpc_ns, "spoofed_ip") > spoofed_ip_before, "the vRouter counted the spoofed source IP");
+    assert!(nft_counter(&vpc_ns, "spoofed_ip") > spoofed_ip_before, "the vRouter counted the spoofed source IP");
     sh(&ns_a, "ip addr del 10.60.1.200/32 dev eth0");
 
     // A spoofed source MAC.
-    let spoofed_mac_before = counter(&vpc_ns, "spoofed_mac");
+    let spoofed_mac_before = nft_counter(&vpc_ns, "spoofed_mac");
     sh(&ns_a, "ip link set eth0 address 02:11:22:33:44:55");
     assert!(!ping(&ns_a, None, eni_b.primary_ip), "a spoofed source MAC is dropped");
-    assert!(counter(&vpc_ns, "spoofed_mac") > spoofed_mac_before, "the vRouter counted the spoofed MAC");
+    assert!(nft_counter(&vpc_ns, "spoofed_mac") > spoofed_mac_before, "the vRouter counted the spoofed MAC");
     sh(&ns_a, &format!("ip link set eth0 address {}", eni_a.mac));
     assert!(ping(&ns_a, None, eni_b.primary_ip), "with its own MAC back, A reaches B again");
 

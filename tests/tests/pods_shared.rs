@@ -14,47 +14,10 @@ use berth_cloud::model::EniKind;
 use berth_nodenet::NetnsGuard;
 use berth_tests::agent::AgentProcess;
 use berth_tests::cni::{self, Invocation};
+use berth_tests::pods::{Pod, add_pods, conflist, del_pod, inspect, ping};
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root};
 
 const PODS_PER_NODE: usize = 20;
-
-struct Pod {
-    netns: NetnsGuard,
-    container_id: String,
-    ip: Ipv4Addr,
-    result: serde_json::Value,
-}
-
-fn ping(from: &Path, to: Ipv4Addr) -> bool {
-    in_netns(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &to.to_string()]).0
-}
-
-fn conflist(agent: &AgentProcess) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(agent.conflist_path()).unwrap()).unwrap()
-}
-
-fn add_pods(agent: &AgentProcess, tag: &str, n: usize) -> Vec<Pod> {
-    let list = conflist(agent);
-    let path = cni::cni_path();
-    (0..n)
-        .map(|i| {
-            let netns = NetnsGuard::unique("bp").expect("pod namespace");
-            let container_id = format!("{tag}-{i}");
-            let ns_path = format!("/run/netns/{}", netns.name());
-            let inv = Invocation { command: "ADD", container_id: &container_id, netns: &ns_path, ifname: "eth0", args: &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id}") };
-            let result = cni::add_list(Some(&agent.netns), &path, &list, &inv).unwrap_or_else(|e| panic!("ADD {container_id}: {e:?}\n{}", agent.log()));
-            let ip: Ipv4Addr = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
-            Pod { netns, container_id, ip, result }
-        })
-        .collect()
-}
-
-fn del_pod(agent: &AgentProcess, pod: &Pod) {
-    let list = conflist(agent);
-    let ns_path = format!("/run/netns/{}", pod.netns.name());
-    let inv = Invocation { command: "DEL", container_id: &pod.container_id, netns: &ns_path, ifname: "eth0", args: "" };
-    cni::del_list(Some(&agent.netns), &cni::cni_path(), &list, &inv, Some(&pod.result)).unwrap_or_else(|e| panic!("DEL {}: {e:?}", pod.container_id));
-}
 
 /// The ENI (by MAC of the NIC) a packet from `pod_ip` to `dst` leaves the node by.
 fn egress_mac(node: &Path, pod_ip: Ipv4Addr, dst: Ipv4Addr, iif: &str) -> String {
@@ -157,16 +120,6 @@ async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
 }
 
 /// `berthctl inspect` of one node: whether pods, pool and cloud agree, and its report.
-fn inspect(lc: &LocalCloud, agent: &AgentProcess) -> (bool, String) {
-    let out = std::process::Command::new(berth_tests::bin("berthctl"))
-        .args(["inspect", "--agent", &agent.metrics_addr, "--cloud-endpoint", &lc.endpoint, "--credentials"])
-        .arg(lc.dir.path().join("credentials.json"))
-        .args(["--region", berth_tests::REGION, "--grace-secs", "0", "--output", "json"])
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_churn_of_adds_and_dels_leaks_nothing() {
     use std::sync::{Arc, Mutex};

@@ -20,8 +20,9 @@ pub(super) fn is_exclusive(eni: &NetworkInterface) -> bool {
     eni.description.starts_with(DESCRIPTION_PREFIX)
 }
 
-/// A pod's own ENI as the ledger keeps it: no secondary IPs, no routing table of its own.
-fn pod_eni(eni: &NetworkInterface, gateway: std::net::Ipv4Addr, prefix_len: u8, nic: Option<Nic>) -> PoolEni {
+/// A pod's own ENI (exclusive or member) as the ledger keeps it: no secondary IPs, no routing
+/// table of its own.
+pub(super) fn pod_eni(eni: &NetworkInterface, gateway: std::net::Ipv4Addr, prefix_len: u8, nic: Option<Nic>, phase: EniPhase) -> PoolEni {
     PoolEni {
         id: eni.id.clone(),
         mac: eni.mac.clone(),
@@ -29,22 +30,23 @@ fn pod_eni(eni: &NetworkInterface, gateway: std::net::Ipv4Addr, prefix_len: u8, 
         gateway,
         prefix_len,
         primary_ip: eni.primary_ip,
-        phase: EniPhase::Exclusive,
+        phase,
         nic,
         ips: Default::default(),
+        vlan: None,
     }
 }
 
-/// What a pod asks for its ENI.
+/// What a pod asks for its own ENI (exclusive or member).
 #[derive(Debug, Clone, Default)]
-pub struct ExclusiveRequest {
+pub struct PodEniRequest {
     pub vswitch_id: Option<String>,
     pub security_group_ids: Vec<String>,
 }
 
 impl<C: Cloud> EniPool<C> {
     /// A whole ENI for the pod interface `key`; the same one again for a repeated ADD.
-    pub async fn allocate_exclusive(&self, key: AllocationKey, netns: String, pod: PodRef, request: ExclusiveRequest) -> Result<Allocated, AllocError> {
+    pub async fn allocate_exclusive(&self, key: AllocationKey, netns: String, pod: PodRef, request: PodEniRequest) -> Result<Allocated, AllocError> {
         let started = Instant::now();
         {
             let mut b = self.books();
@@ -101,7 +103,7 @@ impl<C: Cloud> EniPool<C> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (name, index) = nic.ok_or_else(|| AllocError::Refused(format!("ENI {} is attached but no link with MAC {} appeared on the node", eni.id, eni.mac)))?;
-        let pool_eni = pod_eni(eni, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }));
+        let pool_eni = pod_eni(eni, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }), EniPhase::Exclusive);
         let created_ns = now_unix_ns();
         let record = AllocationRecord { key: key.clone(), ip: eni.primary_ip, eni_id: eni.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Exclusive };
         let mut b = self.books();
@@ -118,14 +120,14 @@ impl<C: Cloud> EniPool<C> {
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac)?;
         let nic = self.node().find_nic(&eni.mac)?.map(|(name, index)| Nic { name, index, route_table: 0 });
         let mut b = self.books();
-        b.ledger.insert_eni(pod_eni(eni, gateway, prefix_len, nic));
+        b.ledger.insert_eni(pod_eni(eni, gateway, prefix_len, nic, EniPhase::Exclusive));
         self.update_gauges(&b);
         Ok(())
     }
 
-    /// Releases an exclusive allocation: journaled, then the ENI detached and deleted (the plugin
-    /// moved its NIC back to the node before asking).
-    pub(super) async fn release_exclusive(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
+    /// Releases an allocation with its own ENI (exclusive or member): journaled, then the ENI
+    /// detached and deleted (an exclusive pod's NIC was moved back to the node by the plugin).
+    pub(super) async fn release_pod_eni(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
         let (record, intent) = {
             let mut b = self.books();
             let Some(record) = b.ledger.allocation(key).cloned() else { return Ok(None) };
@@ -146,9 +148,9 @@ impl<C: Cloud> EniPool<C> {
         Ok(Some(record))
     }
 
-    /// A CreateExclusiveEni interrupted by a crash: the same token finds the ENI if it was made;
-    /// unless an allocation holds it, it goes.
-    pub(super) async fn finish_exclusive_create(&self, client_token: &str) -> anyhow::Result<()> {
+    /// A CreateExclusiveEni (a pod's own ENI, exclusive or member) interrupted by a crash: the
+    /// same token finds the ENI if it was made; unless an allocation holds it, it goes.
+    pub(super) async fn finish_pod_eni_create(&self, client_token: &str) -> anyhow::Result<()> {
         let mut req = CreateEniRequest::secondary(self.settings.vswitch_id.clone(), self.settings.security_group_ids.clone());
         req.description = format!("{DESCRIPTION_PREFIX}(interrupted)");
         req.client_token = Some(client_token.to_string());

@@ -3,12 +3,14 @@
 //! reconciles with the cloud and the node, and finishes what a crash interrupted.
 //!
 //! Only the upkeep task changes which IPs and ENIs the pool owns, so a reconciliation never races
-//! a cloud call of the pool; allocations only change who holds an IP. Exclusive ENIs (one per pod,
-//! [`exclusive`]) are made and removed by the allocation path itself and never enter the pool.
+//! a cloud call of the pool; allocations only change who holds an IP. Pods' own ENIs
+//! (exclusive, [`exclusive`], and trunk members, [`trunk`]) are made and removed by the allocation
+//! path itself and never enter the pool; neither does the node's trunk ENI.
 
 mod exclusive;
+mod trunk;
 
-pub use exclusive::ExclusiveRequest;
+pub use exclusive::PodEniRequest;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -43,6 +45,8 @@ pub struct PoolSettings {
     pub reconcile_every: Duration,
     pub metadata_url: String,
     pub release_queue_dir: PathBuf,
+    /// Member ENIs the trunk may carry; 0 when the node serves no trunk mode.
+    pub member_eni_quota: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,11 +233,12 @@ impl<C: Cloud> EniPool<C> {
     /// release (a new ADD of the same interface makes a new link, which this never touches). The
     /// plugin's DEL returns without waiting for the kernel's slow veth deletion.
     pub async fn release_and_unwire(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
-        if self.books().ledger.allocation(key).is_some_and(|r| r.mode == PodMode::Exclusive) {
-            return self.release_exclusive(key).await;
+        let mode = self.books().ledger.allocation(key).map(|r| r.mode);
+        if mode == Some(PodMode::Exclusive) {
+            return self.release_pod_eni(key).await;
         }
         let veth = self.node().link_index(&host_veth_name(&key.container_id, &key.ifname));
-        let released = self.release(key)?;
+        let released = if mode == Some(PodMode::Trunk) { self.release_pod_eni(key).await? } else { self.release(key)? };
         if let Some(index) = veth {
             let _ = self.unwire.send(index);
         }
@@ -332,6 +337,10 @@ impl<C: Cloud> EniPool<C> {
         }
         self.node().prepare()?;
         self.finish_intents().await?;
+        if let Err(e) = self.ensure_trunk().await {
+            // Shared and exclusive pods are served anyway; trunk ADDs say the trunk is not ready.
+            tracing::error!(error = %format!("{e:#}"), "cannot set up the node's trunk ENI; trunk mode is unavailable until a restart");
+        }
         self.reconcile(true).await
     }
 
@@ -349,7 +358,13 @@ impl<C: Cloud> EniPool<C> {
                 }
                 Intent::DeleteEni { eni_id } => self.delete_eni_calls(&eni_id).await?,
                 Intent::UnassignIps { eni_id, ips } => self.unassign_call(&eni_id, &ips).await?,
-                Intent::CreateExclusiveEni { client_token } => self.finish_exclusive_create(&client_token).await?,
+                Intent::CreateExclusiveEni { client_token } => self.finish_pod_eni_create(&client_token).await?,
+                Intent::CreateTrunkEni { client_token } => {
+                    let eni = self.create_trunk_call(&client_token).await?;
+                    if eni.instance_id.is_none() {
+                        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await?;
+                    }
+                }
             }
             self.books().store.done(id)?;
         }
@@ -360,7 +375,7 @@ impl<C: Cloud> EniPool<C> {
     /// `at_start`: nothing is in flight, so a pod's own ENI that no allocation holds is an orphan.
     pub async fn reconcile(&self, at_start: bool) -> anyhow::Result<()> {
         let filter = EniFilter { instance_id: Some(self.identity.instance_id.clone()), ..Default::default() };
-        let cloud: Vec<NetworkInterface> = self.cloud.describe_network_interfaces(&filter).await?.into_iter().filter(|e| e.kind == EniKind::Secondary).collect();
+        let cloud: Vec<NetworkInterface> = self.cloud.describe_network_interfaces(&filter).await?.into_iter().filter(|e| e.kind != EniKind::Primary).collect();
         let mut to_configure = Vec::new();
         let mut to_reassign = Vec::new();
         let mut exclusive_to_adopt = Vec::new();
@@ -370,7 +385,11 @@ impl<C: Cloud> EniPool<C> {
             let mut seen = BTreeSet::new();
             for ce in &cloud {
                 seen.insert(ce.id.clone());
-                if exclusive::is_exclusive(ce) {
+                if ce.kind == EniKind::Trunk {
+                    // The node's trunk: set up by ensure_trunk, never part of the pool.
+                    continue;
+                }
+                if exclusive::is_exclusive(ce) || trunk::is_member(ce) {
                     // A pod's own ENI, kept by its allocation: known again after a restart, or
                     // deleted when nothing holds it.
                     let held = b.ledger.allocations().any(|r| r.eni_id == ce.id);
@@ -417,6 +436,7 @@ impl<C: Cloud> EniPool<C> {
                             phase,
                             nic: None,
                             ips: cloud_ips,
+                            vlan: None,
                         });
                         if phase == EniPhase::Attaching {
                             to_configure.push(ce.id.clone());
@@ -449,7 +469,11 @@ impl<C: Cloud> EniPool<C> {
             }
         }
         for eni in exclusive_to_adopt {
-            self.adopt_exclusive(&eni)?;
+            if trunk::is_member(&eni) {
+                self.adopt_member(&eni)?;
+            } else {
+                self.adopt_exclusive(&eni)?;
+            }
         }
         for id in exclusive_orphans {
             tracing::warn!(eni = %id, "a pod ENI no allocation holds; deleting it");
@@ -460,8 +484,8 @@ impl<C: Cloud> EniPool<C> {
             let eni = wait::eni_status(&self.cloud, &id, EniStatus::InUse, self.settings.attach_timeout).await?;
             self.make_ready(&eni).await?;
         }
-        self.drain_release_queue();
-        self.release_gone_pods();
+        self.drain_release_queue().await;
+        self.release_gone_pods().await;
         self.remove_node_leftovers();
         let b = self.books();
         self.update_gauges(&b);
@@ -470,7 +494,7 @@ impl<C: Cloud> EniPool<C> {
 
     /// Releases what the plugin queued while the agent was down (`<containerID>.<ifname>` files
     /// holding the DEL's time): only an allocation made before that DEL, never a later ADD's.
-    fn drain_release_queue(&self) {
+    async fn drain_release_queue(&self) {
         let dir = &self.settings.release_queue_dir;
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
@@ -484,7 +508,7 @@ impl<C: Cloud> EniPool<C> {
                 Some((key, created))
             });
             match found {
-                Some((key, created)) if created <= deleted_at => match self.release(&key) {
+                Some((key, created)) if created <= deleted_at => match self.release_and_unwire(&key).await {
                     Ok(_) => tracing::info!(%key, "released an allocation the plugin queued while the agent was down"),
                     Err(e) => {
                         tracing::error!(%key, error = %e, "cannot release a queued allocation; will retry");
@@ -499,7 +523,7 @@ impl<C: Cloud> EniPool<C> {
     }
 
     /// Releases allocations whose network namespace is gone (the runtime never called DEL).
-    fn release_gone_pods(&self) {
+    async fn release_gone_pods(&self) {
         let grace = 60;
         let gone: Vec<AllocationKey> = self
             .books()
@@ -512,7 +536,8 @@ impl<C: Cloud> EniPool<C> {
         for key in gone {
             tracing::info!(%key, "the pod's network namespace is gone; releasing its IP");
             self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "pod_gone".to_string())]).inc();
-            if let Err(e) = self.release(&key) {
+            // Its own ENI (exclusive or member) goes with it.
+            if let Err(e) = self.release_and_unwire(&key).await {
                 tracing::error!(%key, error = %e, "cannot release");
             }
         }
@@ -548,9 +573,9 @@ impl<C: Cloud> EniPool<C> {
             let actions = {
                 let b = self.books();
                 let view = b.ledger.view(b.waiting, b.inhibit_until, b.last_busy);
-                // ENIs given whole to pods take slots the pool cannot use.
+                // ENIs given whole to pods, and the trunk, take slots the pool cannot use.
                 let mut limits = self.settings.limits;
-                limits.eni_quota = limits.eni_quota.saturating_sub(b.ledger.exclusive_enis() as u32);
+                limits.eni_quota = limits.eni_quota.saturating_sub(b.ledger.enis_outside_pool() as u32);
                 pool::plan(&view, self.settings.targets, limits, self.settings.cooldown, Instant::now())
             };
             if actions.is_empty() {
@@ -668,6 +693,7 @@ impl<C: Cloud> EniPool<C> {
             phase: EniPhase::Attaching,
             nic: None,
             ips: eni.secondary_ips.iter().copied().collect(),
+            vlan: None,
         });
         let result = async {
             self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await?;
@@ -738,7 +764,7 @@ impl<C: Cloud> EniPool<C> {
         let found = self.cloud.describe_network_interfaces(&EniFilter { ids: vec![eni_id.to_string()], ..Default::default() }).await?;
         if let Some(e) = found.into_iter().find(|e| e.id == eni_id) {
             if e.status == EniStatus::InUse {
-                self.cloud.detach_network_interface(eni_id, &self.identity.instance_id, None).await?;
+                self.cloud.detach_network_interface(eni_id, &self.identity.instance_id, e.trunk_eni_id.as_deref()).await?;
             }
             if e.status != EniStatus::Available {
                 wait::eni_status(&self.cloud, eni_id, EniStatus::Available, self.settings.attach_timeout).await?;

@@ -60,6 +60,22 @@ pub enum EniPhase {
     Draining,
     /// A whole ENI given to one pod (exclusive mode); never part of the shared pool.
     Exclusive,
+    /// The node's trunk ENI, which carries its members' VLAN-tagged frames; never part of the pool.
+    Trunk,
+    /// A pod's member ENI bound to the trunk; takes a member slot, not an ENI slot.
+    Member,
+}
+
+impl EniPhase {
+    /// Whether the ENI is one of the instance's ENI slots that the shared pool cannot use.
+    pub fn outside_pool(self) -> bool {
+        matches!(self, EniPhase::Exclusive | EniPhase::Trunk)
+    }
+
+    /// Whether the ENI is a pod's own (exclusive or member).
+    pub fn pod_owned(self) -> bool {
+        matches!(self, EniPhase::Exclusive | EniPhase::Member)
+    }
 }
 
 /// How a pod interface is networked.
@@ -71,6 +87,8 @@ pub enum PodMode {
     Shared,
     /// A whole ENI moved into the pod.
     Exclusive,
+    /// A member ENI of the node's trunk, its VLAN-tagged frames to and from the pod's veth.
+    Trunk,
 }
 
 /// The ENI's NIC on the node, once configured.
@@ -94,6 +112,16 @@ pub struct PoolEni {
     pub nic: Option<Nic>,
     /// Secondary IPs the cloud has assigned to the ENI (its primary address never serves pods).
     pub ips: BTreeSet<Ipv4Addr>,
+    /// For a member ENI: its trunk and VLAN ID.
+    pub vlan: Option<VlanRef>,
+}
+
+/// Where a member ENI's frames travel: the trunk ENI, its NIC on the node, and the VLAN ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VlanRef {
+    pub id: u16,
+    pub trunk_eni_id: String,
+    pub trunk_nic: String,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +181,26 @@ impl Ledger {
         self.enis.values().filter(|e| e.phase == EniPhase::Exclusive).count()
     }
 
+    /// ENI slots the shared pool cannot use: pods' exclusive ENIs and the trunk.
+    pub fn enis_outside_pool(&self) -> usize {
+        self.enis.values().filter(|e| e.phase.outside_pool()).count()
+    }
+
+    /// Secondary ENI slots taken (members do not take one; draining ENIs are on their way out).
+    pub fn eni_slots_used(&self) -> usize {
+        self.enis.values().filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Member)).count()
+    }
+
+    /// Member ENIs bound to the trunk (draining ones included: the cloud counts them until deleted).
+    pub fn member_enis(&self) -> usize {
+        self.enis.values().filter(|e| e.vlan.is_some()).count()
+    }
+
+    /// The node's trunk ENI, when it has one.
+    pub fn trunk(&self) -> Option<&PoolEni> {
+        self.enis.values().find(|e| e.phase == EniPhase::Trunk)
+    }
+
     /// Idle IPs that can serve a pod now (on ready ENIs).
     pub fn ready_idle(&self) -> usize {
         self.enis.values().filter(|e| e.phase == EniPhase::Ready).map(|e| e.ips.iter().filter(|ip| !self.holders.contains_key(ip)).count()).sum()
@@ -198,7 +246,7 @@ impl Ledger {
         let enis = self
             .enis
             .values()
-            .filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Exclusive))
+            .filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Exclusive | EniPhase::Trunk | EniPhase::Member))
             .map(|e| EniView { id: e.id.clone(), assigned: e.ips.len() as u32, in_use: e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count() as u32 })
             .collect();
         PoolView { enis, waiting, inhibit_until, last_busy }
@@ -220,6 +268,7 @@ mod tests {
             phase,
             nic: Some(Nic { name: "eth1".into(), index: 3, route_table: 1003 }),
             ips: ips.iter().map(|o| Ipv4Addr::from(*o)).collect(),
+            vlan: None,
         }
     }
 
@@ -254,5 +303,20 @@ mod tests {
         assert_eq!(view.enis.len(), 3);
         assert_eq!(view.idle(), 4, "attaching IPs count as coming");
         assert_eq!(l.ready_idle(), 3);
+    }
+
+    #[test]
+    fn trunk_and_members_stay_out_of_the_pool_and_count_their_own_slots() {
+        let mut l = Ledger::default();
+        l.insert_eni(eni("eni-a", &[[10, 0, 0, 5]], EniPhase::Ready));
+        l.insert_eni(eni("eni-t", &[], EniPhase::Trunk));
+        let mut m = eni("eni-m", &[], EniPhase::Member);
+        m.vlan = Some(VlanRef { id: 3, trunk_eni_id: "eni-t".into(), trunk_nic: "eth2".into() });
+        l.insert_eni(m);
+        let view = l.view(0, None, Instant::now());
+        assert_eq!(view.enis.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["eni-a"]);
+        assert_eq!((l.eni_slots_used(), l.enis_outside_pool(), l.member_enis()), (2, 1, 1));
+        assert_eq!(l.trunk().map(|e| e.id.as_str()), Some("eni-t"));
+        assert_eq!(l.choose().map(|(e, _)| e.id.as_str()), Some("eni-a"));
     }
 }

@@ -7,9 +7,12 @@
 //!   `to <ip> lookup main` (512) and `from <ip> lookup <ENI table>` (2048), so the pod's traffic
 //!   leaves by the ENI that owns its IP.
 //!
+//! A trunk pod ([`trunk`]) has the same veth and routes, no `from` rule, and a VLAN program.
+//!
 //! Names and priorities are the contract with the agent, which removes leftovers by them.
 
 pub mod exclusive;
+pub mod trunk;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd as _;
@@ -44,8 +47,11 @@ pub struct PodNet {
     pub ifname: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// The ENI table of a shared pod; 0 for a trunk pod (no `from` rule).
     pub route_table: u32,
     pub mtu: u32,
+    /// A trunk pod's member ENI.
+    pub trunk: Option<trunk::TrunkLeg>,
 }
 
 /// What was built, for the result.
@@ -118,7 +124,12 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
     if pod.link_by_name(&p.ifname).is_ok() {
         return Err(DatapathError::Exists(format!("interface {} already exists in {}", p.ifname, p.netns)));
     }
-    let host = node.create_veth(&Veth::new(&host_name, &p.ifname).mtu(p.mtu).peer_netns(pod_ns.as_fd())).map_err(nl_err(format_args!("veth {host_name}/{}", p.ifname)))?;
+    let mut veth = Veth::new(&host_name, &p.ifname).mtu(p.mtu).peer_netns(pod_ns.as_fd());
+    if let Some(leg) = &p.trunk {
+        // The pod sees its member ENI's MAC.
+        veth = veth.peer_mac(leg.member_mac);
+    }
+    let host = node.create_veth(&veth).map_err(nl_err(format_args!("veth {host_name}/{}", p.ifname)))?;
     let host_mac = host.mac.ok_or_else(|| DatapathError::Netlink(format!("{host_name} has no MAC")))?;
     let pod_link = pod.link_by_name(&p.ifname).map_err(nl_err(format_args!("{} in {}", p.ifname, p.netns)))?;
     let pod_mac = pod_link.mac.ok_or_else(|| DatapathError::Netlink(format!("{} has no MAC", p.ifname)))?;
@@ -145,7 +156,12 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
         node.delete_rule(rule).or_else(gone_ok).map_err(nl_err(format_args!("stale rule {rule}")))?;
     }
     node.add_rule(&rule_to(p.ip)).or_else(exists_ok).map_err(nl_err(format_args!("rule to {}", p.ip)))?;
-    node.add_rule(&rule_from(p.ip, p.route_table)).or_else(exists_ok).map_err(nl_err(format_args!("rule from {}", p.ip)))?;
+    if p.route_table != 0 {
+        node.add_rule(&rule_from(p.ip, p.route_table)).or_else(exists_ok).map_err(nl_err(format_args!("rule from {}", p.ip)))?;
+    }
+    if let Some(leg) = &p.trunk {
+        trunk::tag_pod_frames(node, host.index, leg)?;
+    }
     let host = node.link_by_index(host.index).map_err(nl_err(&host_name))?;
     Ok(Built { host, pod: pod_link })
 }
@@ -214,8 +230,11 @@ pub fn check(node: &mut Netlink, p: &PodNet) -> Result<(), DatapathError> {
     if !rules.iter().any(|r| r.priority == Some(RULE_PRIORITY_TO_POD) && r.to == Some(host_net(p.ip))) {
         return miss(format!("the rule \"to {} lookup main\" is missing", p.ip));
     }
-    if !rules.iter().any(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(p.ip)) && r.table == p.route_table) {
+    if p.route_table != 0 && !rules.iter().any(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(p.ip)) && r.table == p.route_table) {
         return miss(format!("the rule \"from {} lookup {}\" is missing", p.ip, p.route_table));
+    }
+    if p.trunk.is_some() {
+        trunk::check(node, host.index, &host_name)?;
     }
     let (_ns, mut pod) = open_pod_netns(&p.netns)?;
     let link = match pod.link_by_name(&p.ifname) {

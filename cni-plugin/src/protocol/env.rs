@@ -38,7 +38,7 @@ pub struct PodArgs {
     pub name: Option<String>,
     pub uid: Option<String>,
     pub infra_container_id: Option<String>,
-    /// Berth's own keys: how the pod is networked (`shared`, `exclusive`), and for its own ENI the
+    /// Berth's own keys: how the pod is networked (`shared`, `exclusive`, `trunk`), and for its own ENI the
     /// vSwitch and security groups (comma-separated).
     pub network_mode: Option<String>,
     pub vswitch_id: Option<String>,
@@ -93,8 +93,8 @@ pub fn parse_args(args: &str) -> Result<PodArgs, CniError> {
             "K8S_POD_UID" => pod.uid = Some(v),
             "K8S_POD_INFRA_CONTAINER_ID" => pod.infra_container_id = Some(v),
             "BERTH_NETWORK_MODE" => {
-                if !["shared", "exclusive"].contains(&v.as_str()) {
-                    return Err(CniError::new(code::UNSUPPORTED_FIELD, format!("unsupported BERTH_NETWORK_MODE \"{v}\""), "use shared or exclusive"));
+                if !["shared", "exclusive", "trunk"].contains(&v.as_str()) {
+                    return Err(CniError::new(code::UNSUPPORTED_FIELD, format!("unsupported BERTH_NETWORK_MODE \"{v}\""), "use shared, exclusive or trunk"));
                 }
                 pod.network_mode = Some(v);
             }

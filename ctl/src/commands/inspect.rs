@@ -63,7 +63,8 @@ impl Inspect {
             }
             let pool: serde_json::Value = reqwest::get(&url).await.with_context(|| format!("cannot reach the agent at {url}; is berth-agent running, and is --agent its api.metrics_listen?"))?.json().await.context("the agent's answer is not JSON")?;
             instance = pool["node"]["instance_id"].as_str().context("the agent's answer names no instance")?.to_string();
-            let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(instance.clone()), kind: Some(EniKind::Secondary), ..Default::default() }).await?;
+            // Every ENI but the primary: the pool's, pods' own (exclusive and member) and the trunk.
+            let enis: Vec<_> = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(instance.clone()), ..Default::default() }).await?.into_iter().filter(|e| e.kind != EniKind::Primary).collect();
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
             let report = inspect::compare(&pool, &enis, now, self.grace_secs);
             let consistent = report.mismatches.is_empty();

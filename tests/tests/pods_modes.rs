@@ -1,0 +1,141 @@
+//! The three network modes on one node at once: a shared pod, an exclusive pod and a trunk pod on
+//! node A (whose agent serves trunk mode), a shared pod on node B. Every pod reaches every other;
+//! the cloud's books match (the member ENI bound to A's trunk with its VLAN ID, the exclusive ENI
+//! attached to A); the vRouter drops a trunk pod's frames under a wrong tag or none.
+
+use std::os::fd::AsFd as _;
+use std::time::{Duration, Instant};
+
+use berth_cloud::Cloud;
+use berth_cloud::api::EniFilter;
+use berth_cloud::model::EniKind;
+use berth_nodenet::bpf::{self, Asm, R1, R2, R3, R4, R5, R6, R10, load_tc_program, vlan};
+use berth_nodenet::{MacAddr, NetOps as _, Netlink, TcHook};
+use berth_tests::agent::AgentProcess;
+use berth_tests::cni::{self, Invocation};
+use berth_tests::pods::{Pod, add_pod, conflist, del_pod, inspect, ping};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root, nft_counter};
+
+const GATEWAY_MAC: MacAddr = MacAddr([0xee, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+/// A program that sends the pod's frames out of the trunk as the member's, but without a tag.
+fn untagged_program(trunk_ifindex: u32, member_mac: MacAddr) -> Vec<bpf::Insn> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&GATEWAY_MAC.0);
+    macs[6..].copy_from_slice(&member_mac.0);
+    let mut a = Asm::new();
+    a.mov(R6, R1)
+        .store_bytes_on_stack(-16, &macs)
+        .mov(R1, R6)
+        .mov_imm(R2, 0)
+        .mov(R3, R10)
+        .add_imm(R3, -16)
+        .mov_imm(R4, 12)
+        .mov_imm(R5, 0)
+        .call(bpf::helper::SKB_STORE_BYTES)
+        .mov_imm(R1, trunk_ifindex as i32)
+        .mov_imm(R2, 0)
+        .call(bpf::helper::REDIRECT)
+        .exit();
+    a.finish().unwrap()
+}
+
+/// Replaces the program on the trunk pod's host veth.
+fn replace_member_program(agent: &AgentProcess, pod: &Pod, name: &str, insns: &[bpf::Insn]) {
+    let mut nl = Netlink::open_in(&agent.netns).unwrap();
+    let veth = nl.link_by_name(&berth_cni::datapath::host_veth_name(&pod.container_id, "eth0")).unwrap();
+    let prog = load_tc_program(name, insns).unwrap_or_else(|e| panic!("{e}"));
+    nl.attach_bpf(veth.index, TcHook::Ingress, prog.as_fd(), name).unwrap();
+}
+
+fn check(agent: &AgentProcess, pod: &Pod) -> cni::CniOutput {
+    let conf = cni::plugin_conf(&conflist(agent), 0, Some(&pod.result));
+    let ns = pod.path();
+    let inv = Invocation { command: "CHECK", container_id: &pod.container_id, netns: ns.to_str().unwrap(), ifname: "eth0", args: "" };
+    cni::exec(Some(&agent.netns), &cni::cni_path(), "berth", &conf, &inv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_all_three_modes_on_one_node_reach_each_other_and_members_are_told_apart_by_vlan() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.87.0.0/16", "10.87.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let flags = ["--min-idle-ips", "2", "--max-idle-ips", "4", "--cooldown-secs", "1"];
+    let mut agent_a = AgentProcess::start(&lc, &node_a, &[&flags[..], &["--trunk", "true"]].concat());
+    let agent_b = AgentProcess::start(&lc, &node_b, &flags);
+
+    let (shared_a, exclusive_a, trunk_a, shared_b) = tokio::task::block_in_place(|| {
+        (add_pod(&agent_a, "sa", ""), add_pod(&agent_a, "xa", "BERTH_NETWORK_MODE=exclusive"), add_pod(&agent_a, "ta", "BERTH_NETWORK_MODE=trunk"), add_pod(&agent_b, "sb", ""))
+    });
+
+    // The cloud's books: A has a trunk, the trunk pod's address is its member's, bound with a VLAN ID.
+    let enis = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(node_a.clone()), ..Default::default() }).await.unwrap();
+    let trunk = enis.iter().find(|e| e.kind == EniKind::Trunk).unwrap_or_else(|| panic!("node A has no trunk ENI: {enis:#?}\n{}", agent_a.log()));
+    let member = enis.iter().find(|e| e.primary_ip == trunk_a.ip).unwrap_or_else(|| panic!("no ENI of A has {} as its address: {enis:#?}", trunk_a.ip));
+    assert_eq!((member.kind, member.trunk_eni_id.as_deref()), (EniKind::Member, Some(trunk.id.as_str())), "{member:#?}");
+    let vlan_id = member.vlan_id.expect("a member has a VLAN ID");
+    let own = enis.iter().find(|e| e.primary_ip == exclusive_a.ip).expect("the exclusive pod's ENI");
+    assert_eq!(own.kind, EniKind::Secondary);
+    let member_mac: MacAddr = member.mac.parse().unwrap();
+    let pod_mac = trunk_a.result["interfaces"].as_array().unwrap().iter().find(|i| i["sandbox"].is_string()).map(|i| i["mac"].as_str().unwrap().to_string());
+    assert_eq!(pod_mac.as_deref(), Some(member.mac.as_str()), "the trunk pod's interface has its member's MAC: {}", trunk_a.result);
+
+    // Everyone reaches everyone, across the node and across the VPC.
+    let pods = [&shared_a, &exclusive_a, &trunk_a, &shared_b];
+    for from in pods {
+        for to in pods {
+            if from.container_id != to.container_id {
+                assert!(ping(&from.path(), to.ip), "{} ({}) → {} ({})\n{}", from.container_id, from.ip, to.container_id, to.ip, agent_a.log());
+            }
+        }
+    }
+    let (ok, text) = inspect(&lc, &agent_a);
+    assert!(ok, "inspect with pods of three modes: {text}");
+    assert!(check(&agent_a, &trunk_a).ok, "CHECK of the trunk pod");
+
+    // The vRouter drops the member's frames under another member's VLAN, and untagged ones.
+    let vpc_ns = std::path::PathBuf::from(format!("/run/netns/{}-{}", lc.prefix, net.vpc));
+    let trunk_index = Netlink::open_in(&agent_a.netns).unwrap().links().unwrap().into_iter().find(|l| l.mac == trunk.mac.parse().ok()).expect("the trunk NIC").index;
+    let wrong = nft_counter(&vpc_ns, "wrong_vlan");
+    let other_vlan = if vlan_id == 4094 { 4093 } else { vlan_id + 1 };
+    replace_member_program(&agent_a, &trunk_a, "mistag", &vlan::member_egress(other_vlan, trunk_index, member_mac, GATEWAY_MAC).unwrap());
+    assert!(!ping(&trunk_a.path(), shared_b.ip), "a frame under another VLAN must not pass");
+    let after_mistag = nft_counter(&vpc_ns, "wrong_vlan");
+    assert!(after_mistag > wrong, "the vRouter counted the mistagged frames ({wrong} → {after_mistag})");
+    let out = check(&agent_a, &trunk_a);
+    assert!(!out.ok && out.stdout.contains("berth_member"), "CHECK notices the member's program is gone: {out:?}");
+    replace_member_program(&agent_a, &trunk_a, "untagged", &untagged_program(trunk_index, member_mac));
+    assert!(!ping(&trunk_a.path(), shared_b.ip), "an untagged member frame must not pass");
+    assert!(nft_counter(&vpc_ns, "wrong_vlan") > after_mistag, "the vRouter counted the untagged frames");
+    replace_member_program(&agent_a, &trunk_a, "berth_member", &vlan::member_egress(vlan_id, trunk_index, member_mac, GATEWAY_MAC).unwrap());
+    assert!(ping(&trunk_a.path(), shared_b.ip), "the right tag passes again");
+
+    // A restarted agent knows the trunk and the member again.
+    agent_a.restart();
+    assert!(check(&agent_a, &trunk_a).ok, "CHECK after an agent restart\n{}", agent_a.log());
+    let (ok, text) = inspect(&lc, &agent_a);
+    assert!(ok, "inspect after an agent restart: {text}");
+    assert!(ping(&trunk_a.path(), shared_b.ip), "trunk pod → node B after the restart");
+
+    // DEL gives the member back; the trunk stays.
+    tokio::task::block_in_place(|| del_pod(&agent_a, &trunk_a));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cloud.describe_network_interfaces(&EniFilter { ids: vec![member.id.clone()], ..Default::default() }).await.unwrap().iter().any(|e| e.id == member.id) {
+        assert!(Instant::now() < deadline, "the member ENI {} was not deleted\n{}", member.id, agent_a.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let enis = cloud.describe_network_interfaces(&EniFilter { ids: vec![trunk.id.clone()], ..Default::default() }).await.unwrap();
+    assert_eq!(enis.first().and_then(|e| e.instance_id.clone()).as_deref(), Some(node_a.as_str()), "the trunk stays attached");
+    tokio::task::block_in_place(|| {
+        del_pod(&agent_a, &shared_a);
+        del_pod(&agent_a, &exclusive_a);
+        del_pod(&agent_b, &shared_b);
+    });
+}
