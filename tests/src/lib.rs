@@ -177,6 +177,23 @@ pub fn in_netns(netns: &Path, argv: &[&str]) -> (bool, String) {
 }
 
 /// A VPC with one vSwitch in zone `local-1a` and one security group, made through the API.
+/// Accepts (and drops) TCP connections on `port` inside a namespace, on a thread of its own.
+pub fn tcp_listen(netns: &Path, port: u16) {
+    let ns = berth_nodenet::Netns::open(netns).unwrap();
+    let listener = ns.run_in(move || std::net::TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+}
+
+/// Whether a TCP connection from a namespace succeeds within two tries of two seconds.
+pub fn tcp_connects(netns: &Path, to: std::net::Ipv4Addr, port: u16) -> bool {
+    let ns = berth_nodenet::Netns::open(netns).unwrap();
+    ns.run_in(move || (0..2).any(|_| std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(2)).is_ok())).unwrap()
+}
+
 /// The packets a named nftables counter in a namespace has counted (summed over tables).
 pub fn nft_counter(netns: &Path, name: &str) -> u64 {
     let (ok, out) = in_netns(netns, &["nft", "-j", "list", "counters"]);

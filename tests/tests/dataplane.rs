@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_cloud::api::{Addresses, CreateEniRequest, EniFilter};
 use berth_cloud::model::{EniKind, EniStatus};
 use berth_cloud::{Cloud, wait};
-use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root, nft_counter};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root, nft_counter, tcp_connects, tcp_listen};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -128,22 +128,6 @@ async fn instances_talk_through_the_vrouter_and_spoofing_is_dropped() {
 }
 
 /// A TCP listener inside a namespace, accepting in the background.
-fn listen(netns: &Path, port: u16) {
-    let ns = berth_nodenet::Netns::open(netns).unwrap();
-    let listener = ns.run_in(move || std::net::TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            drop(conn);
-        }
-    });
-}
-
-/// Whether a TCP connection from a namespace succeeds within two tries of two seconds.
-fn connects(netns: &Path, to: Ipv4Addr, port: u16) -> bool {
-    let ns = berth_nodenet::Netns::open(netns).unwrap();
-    ns.run_in(move || (0..2).any(|_| std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(2)).is_ok())).unwrap()
-}
-
 #[tokio::test]
 async fn security_groups_decide_who_reaches_a_port() {
     use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroupRule};
@@ -179,16 +163,16 @@ async fn security_groups_decide_who_reaches_a_port() {
         async move { cloud.describe_instances(&berth_cloud::api::InstanceFilter { ids: vec![id], ..Default::default() }).await.unwrap()[0].primary_ip }
     };
     let (open_ip, closed_ip) = (ip(open_server.clone()).await, ip(closed_server.clone()).await);
-    listen(&lc.instance_netns(&open_server), 9000);
-    listen(&lc.instance_netns(&closed_server), 9000);
-    listen(&lc.instance_netns(&open_server), 9001);
+    tcp_listen(&lc.instance_netns(&open_server), 9000);
+    tcp_listen(&lc.instance_netns(&closed_server), 9000);
+    tcp_listen(&lc.instance_netns(&open_server), 9001);
 
-    assert!(connects(&lc.instance_netns(&client), open_ip, 9000), "the open group accepts port 9000\n{}", lc.log());
-    assert!(!connects(&lc.instance_netns(&client), closed_ip, 9000), "the closed group drops port 9000");
-    assert!(!connects(&lc.instance_netns(&client), open_ip, 9001), "a port no rule accepts is denied from another group");
+    assert!(tcp_connects(&lc.instance_netns(&client), open_ip, 9000), "the open group accepts port 9000\n{}", lc.log());
+    assert!(!tcp_connects(&lc.instance_netns(&client), closed_ip, 9000), "the closed group drops port 9000");
+    assert!(!tcp_connects(&lc.instance_netns(&client), open_ip, 9001), "a port no rule accepts is denied from another group");
     assert!(!ping(&lc.instance_netns(&client), None, open_ip), "ingress is denied by default: no rule accepts ICMP from another group");
 
     // Revoking the drop opens the closed group's port.
     cloud.revoke_security_group(&closed, &rule(Policy::Drop, 1)).await.unwrap();
-    assert!(connects(&lc.instance_netns(&client), closed_ip, 9000), "after revoking the drop the port is reachable");
+    assert!(tcp_connects(&lc.instance_netns(&client), closed_ip, 9000), "after revoking the drop the port is reachable");
 }

@@ -139,3 +139,56 @@ async fn pods_of_all_three_modes_on_one_node_reach_each_other_and_members_are_to
         del_pod(&agent_b, &shared_b);
     });
 }
+
+/// Security groups follow a pod's own ENI: a member or exclusive ENI in a group that drops a port
+/// cannot be reached on it, while a pod of another group can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_own_security_groups_decide_who_reaches_it() {
+    use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroupRule};
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.88.0.0/16", "10.88.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    let rule = |policy, priority| SecurityGroupRule { direction: Direction::Ingress, protocol: IpProtocol::Tcp, ports: Some((9000, 9000)), peer_cidr: "10.88.0.0/16".parse().unwrap(), policy, priority };
+    let open = cloud.create_security_group(&net.vpc, "open", None).await.unwrap();
+    let closed = cloud.create_security_group(&net.vpc, "closed", None).await.unwrap();
+    cloud.authorize_security_group(&open, &rule(Policy::Accept, 10)).await.unwrap();
+    // "closed" accepts the port at priority 10 but drops it at priority 1, which wins.
+    cloud.authorize_security_group(&closed, &rule(Policy::Accept, 10)).await.unwrap();
+    cloud.authorize_security_group(&closed, &rule(Policy::Drop, 1)).await.unwrap();
+    let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    // No shared pool on A: its three secondary ENI slots go to the trunk and two exclusive pods.
+    let agent_a = AgentProcess::start(&lc, &node_a, &["--min-idle-ips", "0", "--max-idle-ips", "0", "--trunk", "true"]);
+    let agent_b = AgentProcess::start(&lc, &node_b, &["--min-idle-ips", "1", "--max-idle-ips", "2"]);
+
+    let pods = tokio::task::block_in_place(|| {
+        [
+            add_pod(&agent_a, "t-open", &format!("BERTH_NETWORK_MODE=trunk;BERTH_SECURITY_GROUP_IDS={open}")),
+            add_pod(&agent_a, "t-closed", &format!("BERTH_NETWORK_MODE=trunk;BERTH_SECURITY_GROUP_IDS={closed}")),
+            add_pod(&agent_a, "x-open", &format!("BERTH_NETWORK_MODE=exclusive;BERTH_SECURITY_GROUP_IDS={open}")),
+            add_pod(&agent_a, "x-closed", &format!("BERTH_NETWORK_MODE=exclusive;BERTH_SECURITY_GROUP_IDS={closed}")),
+        ]
+    });
+    let client = tokio::task::block_in_place(|| add_pod(&agent_b, "client", ""));
+    for p in &pods {
+        berth_tests::tcp_listen(&p.path(), 9000);
+        let eni = cloud.describe_network_interfaces(&EniFilter { instance_id: Some(node_a.clone()), ..Default::default() }).await.unwrap().into_iter().find(|e| e.primary_ip == p.ip).expect("the pod's own ENI");
+        let want = if p.container_id.ends_with("-open") { &open } else { &closed };
+        assert_eq!(&eni.security_group_ids, &vec![want.clone()], "{}'s ENI is in the group it asked for", p.container_id);
+    }
+    for p in &pods {
+        let reached = tokio::task::block_in_place(|| berth_tests::tcp_connects(&client.path(), p.ip, 9000));
+        assert_eq!(reached, p.container_id.ends_with("-open"), "{} ({}) on port 9000", p.container_id, p.ip);
+    }
+    tokio::task::block_in_place(|| {
+        for p in &pods {
+            del_pod(&agent_a, p);
+        }
+        del_pod(&agent_b, &client);
+    });
+}

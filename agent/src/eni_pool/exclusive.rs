@@ -61,10 +61,11 @@ impl<C: Cloud> EniPool<C> {
                     return Ok(Allocated { record: r, eni });
                 }
             }
-            let used = b.ledger.enis().filter(|e| e.phase != EniPhase::Draining).count() as u32;
+            let used = b.ledger.eni_slots_used() as u32;
             let slots = self.settings.limits.max_secondary_enis();
             if used >= slots {
-                return Err(AllocError::Exhausted(format!("all {slots} secondary ENI slots of this {} are taken ({} by pods' own ENIs)", self.identity.instance_type, b.ledger.exclusive_enis())));
+                let trunk = if b.ledger.trunk().is_some() { ", 1 by the trunk" } else { "" };
+                return Err(AllocError::Exhausted(format!("all {slots} secondary ENI slots of this {} are taken ({} by pods' own ENIs{trunk})", self.identity.instance_type, b.ledger.exclusive_enis())));
             }
         }
         let token = format!("berth-x-{}-{:016x}", self.identity.instance_id, rand::random::<u64>());
