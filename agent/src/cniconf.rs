@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 pub const FILE_NAME: &str = "10-berth.conflist";
 
 /// The conflist: `berth` first, then the chained plugins the operator listed (e.g. `portmap`
-/// with the portMappings capability, `bandwidth` with the bandwidth capability).
+/// with the portMappings capability, `bandwidth` with the bandwidth capability). `berth` shapes
+/// pods itself and takes the bandwidth capability, unless the chain has the `bandwidth` plugin.
 pub fn render(name: &str, cni_version: &str, agent_socket: &Path, release_queue_dir: &Path, mtu: u32, chain: &[String]) -> String {
     let mut plugins = vec![serde_json::json!({
         "type": "berth",
@@ -15,6 +16,9 @@ pub fn render(name: &str, cni_version: &str, agent_socket: &Path, release_queue_
         "releaseQueueDir": release_queue_dir,
         "mtu": mtu,
     })];
+    if !chain.iter().any(|p| p == "bandwidth") {
+        plugins[0]["capabilities"] = serde_json::json!({ "bandwidth": true });
+    }
     for plugin in chain {
         let mut p = serde_json::json!({ "type": plugin });
         match plugin.as_str() {
@@ -51,5 +55,8 @@ mod tests {
         assert_eq!(v["plugins"][0]["agentSocket"], "/run/berth/agent.sock");
         assert_eq!(v["plugins"][1]["capabilities"]["portMappings"], true);
         assert_eq!(v["plugins"][2]["capabilities"]["bandwidth"], true);
+        assert!(v["plugins"][0].get("capabilities").is_none(), "the chained plugin shapes, not berth");
+        let alone: serde_json::Value = serde_json::from_str(&render("pods", "1.0.0", Path::new("/s"), Path::new("/q"), 1500, &[])).unwrap();
+        assert_eq!(alone["plugins"][0]["capabilities"]["bandwidth"], true);
     }
 }

@@ -6,12 +6,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::os::unix::fs::DirBuilderExt as _;
 
-use berth_nodenet::Netlink;
+use berth_nodenet::{NetOps as _, Netlink};
 use berth_proto::agent::v1 as pb;
 
 use crate::agent_client::Agent;
 use crate::datapath::exclusive::{self, ExclusiveNet};
+use crate::datapath::bandwidth;
 use crate::datapath::trunk::TrunkLeg;
+use crate::protocol::bandwidth::Limits;
 use crate::datapath::{self, DatapathError, PodNet};
 use crate::protocol::config::NetConf;
 use crate::protocol::env::{Command, Env};
@@ -91,6 +93,8 @@ fn ipv4_of(a: &pb::Allocation) -> Result<Ipv4Addr, CniError> {
 
 fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     let mtu = conf.mtu()?;
+    // Bad limits fail before an IP is taken.
+    let limits = pod_limits(env, conf)?;
     let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER)?;
     let pod = pb::PodIdentity {
         namespace: env.pod.namespace.clone().unwrap_or_default(),
@@ -115,7 +119,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     };
     let allocation = agent.allocate(request)?;
     if allocation.mode == pb::NetworkMode::Exclusive as i32 {
-        return add_exclusive(env, conf, &mut agent, &allocation);
+        return add_exclusive(env, conf, &mut agent, &allocation, &limits);
     }
     let built = (|| {
         let ip = ipv4_of(&allocation)?;
@@ -126,7 +130,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
         }
         let mut node = node_netlink()?;
         let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu, trunk };
-        match datapath::setup(&mut node, &p) {
+        match datapath::setup(&mut node, &p).and_then(|built| bandwidth::apply(&mut node, Some(built.host.index), &env.netns, &env.ifname, &limits).map(|()| built)) {
             Ok(built) => Ok((ip, built)),
             Err(e) => {
                 // Leave nothing behind: not an interface that was already there, not our veth, not the rules.
@@ -158,6 +162,12 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     };
     let result = ours.render(&conf.cni_version, conf.prev_result.as_ref());
     Ok(Some(result.to_string()))
+}
+
+/// The pod's bandwidth limits: its CNI_ARGS (annotations) over the runtime's capability.
+fn pod_limits(env: &Env, conf: &NetConf) -> Result<Limits, CniError> {
+    let runtime = crate::protocol::bandwidth::from_runtime_config(conf.runtime_config.as_ref())?;
+    Ok(crate::protocol::bandwidth::merge((env.pod.ingress_bandwidth, env.pod.egress_bandwidth), runtime))
 }
 
 /// A trunk allocation's member ENI; `None` for other modes.
@@ -193,10 +203,10 @@ fn exclusive_net(env: &Env, a: &pb::Allocation) -> Result<ExclusiveNet, CniError
 }
 
 /// ADD of a pod with its own ENI: moved into the pod and configured; undone and released on failure.
-fn add_exclusive(env: &Env, conf: &NetConf, agent: &mut Agent, allocation: &pb::Allocation) -> Result<Output, CniError> {
+fn add_exclusive(env: &Env, conf: &NetConf, agent: &mut Agent, allocation: &pb::Allocation, limits: &Limits) -> Result<Output, CniError> {
     let built = exclusive_net(env, allocation).and_then(|p| {
         let mut node = node_netlink()?;
-        match exclusive::setup(&mut node, &p) {
+        match exclusive::setup(&mut node, &p).and_then(|link| bandwidth::apply(&mut node, None, &env.netns, &env.ifname, limits).map(|()| link)) {
             Ok(link) => Ok((p, link)),
             Err(e) => {
                 // Give the ENI back to the node if it had moved, so that the release finds it.
@@ -289,13 +299,17 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if result::pod_ipv4(prev, &env.ifname) != Some(ip) {
         return Err(CniError::new(code::DATAPATH_MISMATCH, format!("prevResult does not list the pod's address {ip}"), "the pod's IP changed after ADD; recreate the pod"));
     }
+    let limits = pod_limits(env, conf)?;
+    let mut node = node_netlink()?;
     if allocation.mode == pb::NetworkMode::Exclusive as i32 {
-        return exclusive::check(&exclusive_net(env, &allocation)?).map_err(datapath_error);
+        exclusive::check(&exclusive_net(env, &allocation)?).map_err(datapath_error)?;
+        return bandwidth::check(&mut node, None, &env.netns, &env.ifname, &limits).map_err(datapath_error);
     }
     let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
-    let mut node = node_netlink()?;
     let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()?, trunk: trunk_leg(&allocation)? };
-    datapath::check(&mut node, &p).map_err(datapath_error)
+    datapath::check(&mut node, &p).map_err(datapath_error)?;
+    let host = node.link_by_name(&datapath::host_veth_name(&env.container_id, &env.ifname)).ok().map(|l| l.index);
+    bandwidth::check(&mut node, host, &env.netns, &env.ifname, &limits).map_err(datapath_error)
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {

@@ -320,6 +320,14 @@ pub fn load_tc_program(name: &str, insns: &[Insn]) -> Result<OwnedFd, LoadError>
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A program that sends every packet to the egress of another link (e.g. an `ifb` that shapes
+/// what this link receives).
+pub fn redirect_program(ifindex: u32) -> Result<Vec<Insn>, AsmError> {
+    let mut a = Asm::new();
+    a.mov_imm(R1, ifindex as i32).mov_imm(R2, 0).call(helper::REDIRECT).exit();
+    a.finish()
+}
+
 /// The VLAN programs of trunk mode. Tags are 802.1Q (`0x8100`); the tag travels as the skb's
 /// VLAN metadata, as with a NIC's VLAN offload, and is put on the wire by the device that needs it.
 pub mod vlan {

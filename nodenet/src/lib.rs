@@ -38,7 +38,7 @@ pub use netlink::Netlink;
 pub use netns::{NETNS_RUN_DIR, Netns, NetnsGuard, sysctl_in, sysctl_read_in};
 pub use route::{Route, RouteKind, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, proto};
 pub use rule::{Rule, RuleAction};
-pub use tc::{BpfFilter, TcHook};
+pub use tc::{BpfFilter, RateLimit, TcHook};
 
 /// The operations on one network namespace that the CNI plugin, the agent and the
 /// local cloud need. Links are named by interface index; look the index up with

@@ -217,6 +217,16 @@ pub(crate) fn create_veth_request(veth: &Veth<'_>) -> Result<RouteNetlinkMessage
     Ok(RouteNetlinkMessage::NewLink(msg))
 }
 
+/// `ip link add NAME type ifb`: an intermediate functional block, which shapes what another link
+/// receives when that traffic is redirected to it.
+pub(crate) fn create_ifb_request(name: &str) -> Result<RouteNetlinkMessage> {
+    validate_name(name)?;
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
+    Ok(RouteNetlinkMessage::NewLink(msg))
+}
+
 pub(crate) fn delete_request(index: u32) -> RouteNetlinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;

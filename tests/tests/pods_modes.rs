@@ -192,3 +192,89 @@ async fn a_pods_own_security_groups_decide_who_reaches_it() {
         del_pod(&agent_b, &client);
     });
 }
+
+/// Bits per second a bulk TCP stream from one namespace to another reaches, measured at the
+/// receiver over 2.5 s after a 1 s warm-up.
+fn stream_rate(from: &std::path::Path, to_ns: &std::path::Path, to: std::net::Ipv4Addr, port: u16) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let listener = berth_nodenet::Netns::open(to_ns).unwrap().run_in(move || std::net::TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
+    let stream = berth_nodenet::Netns::open(from).unwrap().run_in(move || std::net::TcpStream::connect_timeout(&(to, port).into(), Duration::from_secs(3))).unwrap().expect("connect");
+    let sender = std::thread::spawn(move || {
+        let mut stream = stream;
+        let chunk = vec![0u8; 64 * 1024];
+        let end = Instant::now() + Duration::from_millis(3800);
+        while Instant::now() < end {
+            if stream.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    let (warm, end) = (start + Duration::from_secs(1), start + Duration::from_millis(3500));
+    let mut counted = 0u64;
+    while Instant::now() < end {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) if Instant::now() >= warm => counted += n as u64,
+            Ok(_) => {}
+        }
+    }
+    drop(conn);
+    sender.join().unwrap();
+    counted as f64 * 8.0 / 2.5
+}
+
+/// Bandwidth limits hold in every mode: a limited pod's bulk stream stays within 10% of its limit,
+/// in the direction it was limited, and CHECK sees the limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_limits_hold_within_ten_percent_in_every_mode() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    const LIMIT: f64 = 20_000_000.0;
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.89.0.0/16", "10.89.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let agent_a = AgentProcess::start(&lc, &node_a, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "true"]);
+    let agent_b = AgentProcess::start(&lc, &node_b, &["--min-idle-ips", "1", "--max-idle-ips", "2"]);
+    let both = "BERTH_INGRESS_BANDWIDTH=20M;BERTH_EGRESS_BANDWIDTH=20M";
+    let (free, shared, trunk, exclusive, peer) = tokio::task::block_in_place(|| {
+        (
+            add_pod(&agent_a, "bw-free", ""),
+            add_pod(&agent_a, "bw-s", both),
+            add_pod(&agent_a, "bw-t", &format!("BERTH_NETWORK_MODE=trunk;{both}")),
+            add_pod(&agent_a, "bw-x", &format!("BERTH_NETWORK_MODE=exclusive;{both}")),
+            add_pod(&agent_b, "peer", ""),
+        )
+    });
+    // An unlimited pod on the same path is far faster: the limit is the pod's, not the path's.
+    let unlimited = tokio::task::block_in_place(|| stream_rate(&peer.path(), &free.path(), free.ip, 7000));
+    eprintln!("unlimited: {:.2} Mbit/s", unlimited / 1e6);
+    assert!(unlimited > 2.0 * LIMIT, "an unlimited stream ran at {:.2} Mbit/s", unlimited / 1e6);
+    for (pod, port) in [(&shared, 7001), (&trunk, 7002), (&exclusive, 7003)] {
+        for (direction, rate) in [
+            ("egress", tokio::task::block_in_place(|| stream_rate(&pod.path(), &peer.path(), peer.ip, port))),
+            ("ingress", tokio::task::block_in_place(|| stream_rate(&peer.path(), &pod.path(), pod.ip, port + 100))),
+        ] {
+            let off = (rate - LIMIT).abs() / LIMIT;
+            eprintln!("{} {direction}: {:.2} Mbit/s ({:.1}% off the limit)", pod.container_id, rate / 1e6, off * 100.0);
+            assert!(off <= 0.10, "{} {direction} ran at {:.2} Mbit/s, limit 20", pod.container_id, rate / 1e6);
+        }
+    }
+    let bad = tokio::task::block_in_place(|| berth_tests::pods::try_add_pod(&agent_a, "bw-bad", "BERTH_EGRESS_BANDWIDTH=fast")).err().expect("a bad bandwidth is refused");
+    assert!(bad.contains("BERTH_EGRESS_BANDWIDTH") && bad.contains("CNI error 4"), "{bad}");
+    assert_eq!(agent_a.pool().await["allocations"].as_array().unwrap().len(), 4, "the refused ADD took no IP");
+    tokio::task::block_in_place(|| {
+        for p in [&free, &shared, &trunk, &exclusive] {
+            del_pod(&agent_a, p);
+        }
+        del_pod(&agent_b, &peer);
+    });
+}

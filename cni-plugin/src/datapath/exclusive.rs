@@ -68,6 +68,11 @@ pub fn return_to_node(netns: &str, container_id: &str, ifname: &str, mac: MacAdd
     }
     let node_ns = Netns::current().map_err(|e| DatapathError::Netns(format!("the node's own namespace: {e}")))?;
     pod.set_link_down(link.index).map_err(nl_err(format_args!("{ifname} down")))?;
+    // The pod's bandwidth shaping stays behind: its redirect to the pod's ifb means nothing on the node.
+    pod.detach_bpf(link.index, berth_nodenet::TcHook::Ingress).map_err(nl_err(format_args!("{ifname}'s ingress program")))?;
+    if let Ok(ifb) = pod.link_by_name(super::bandwidth::IFB_NAME) {
+        pod.delete_link(ifb.index).or_else(super::gone_ok).map_err(nl_err(super::bandwidth::IFB_NAME))?;
+    }
     let name = returned_name(container_id, ifname);
     pod.move_link(link.index, node_ns.as_fd(), Some(&name)).map_err(nl_err(format_args!("moving {ifname} back to the node as {name}")))?;
     Ok(true)

@@ -11,6 +11,7 @@
 //!
 //! Names and priorities are the contract with the agent, which removes leftovers by them.
 
+pub mod bandwidth;
 pub mod exclusive;
 pub mod trunk;
 
@@ -88,7 +89,7 @@ fn exists_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
     if e.is_exists() { Ok(()) } else { Err(e) }
 }
 
-fn gone_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
+pub(crate) fn gone_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
     if e.is_not_found() { Ok(()) } else { Err(e) }
 }
 

@@ -43,6 +43,10 @@ pub struct PodArgs {
     pub network_mode: Option<String>,
     pub vswitch_id: Option<String>,
     pub security_group_ids: Vec<String>,
+    /// Bits per second the pod may receive and send (`kubernetes.io/ingress-bandwidth` and
+    /// `egress-bandwidth` as `BERTH_INGRESS_BANDWIDTH`/`BERTH_EGRESS_BANDWIDTH`).
+    pub ingress_bandwidth: Option<u64>,
+    pub egress_bandwidth: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,13 +104,15 @@ pub fn parse_args(args: &str) -> Result<PodArgs, CniError> {
             }
             "BERTH_VSWITCH_ID" => pod.vswitch_id = Some(v),
             "BERTH_SECURITY_GROUP_IDS" => pod.security_group_ids = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            "BERTH_INGRESS_BANDWIDTH" => pod.ingress_bandwidth = Some(super::bandwidth::parse_quantity(&k, &v)?),
+            "BERTH_EGRESS_BANDWIDTH" => pod.egress_bandwidth = Some(super::bandwidth::parse_quantity(&k, &v)?),
             "IgnoreUnknown" => {}
             _ if ignore_unknown => {}
             other => {
                 return Err(CniError::new(
                     code::UNSUPPORTED_FIELD,
                     format!("unknown CNI_ARGS key \"{other}\" (value \"{v}\")"),
-                    "berth understands K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, K8S_POD_INFRA_CONTAINER_ID, BERTH_NETWORK_MODE, BERTH_VSWITCH_ID, BERTH_SECURITY_GROUP_IDS; add IgnoreUnknown=1 to pass others",
+                    "berth understands K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, K8S_POD_INFRA_CONTAINER_ID, BERTH_NETWORK_MODE, BERTH_VSWITCH_ID, BERTH_SECURITY_GROUP_IDS, BERTH_INGRESS_BANDWIDTH, BERTH_EGRESS_BANDWIDTH; add IgnoreUnknown=1 to pass others",
                 ));
             }
         }
