@@ -110,6 +110,7 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
             Ok(a) => Ok(Response::new(to_proto(&a))),
             Err(AllocError::Exhausted(why)) => Err(Status::resource_exhausted(why)),
             Err(AllocError::Refused(why)) => Err(Status::aborted(why)),
+            Err(AllocError::Invalid(why)) => Err(Status::invalid_argument(why)),
             Err(e @ AllocError::Store(_)) => Err(Status::internal(e.to_string())),
         }
     }

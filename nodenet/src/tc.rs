@@ -136,7 +136,8 @@ impl Netlink {
     pub fn detach_bpf(&mut self, ifindex: u32, hook: TcHook) -> Result<()> {
         let m = message(ifindex, HANDLE, hook.parent(), (PRIORITY << 16) | ETH_P_ALL_BE);
         match self.ack("detach bpf", &format!("{hook} of link index {ifindex}"), RouteNetlinkMessage::DelTrafficFilter(m), 0) {
-            Err(e) if e.is_not_found() => Ok(()),
+            // No clsact qdisc (EINVAL) or no such filter: nothing to remove.
+            Err(e) if e.is_not_found() || e.errno() == Some(libc::EINVAL) => Ok(()),
             other => other,
         }
     }

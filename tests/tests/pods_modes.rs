@@ -185,6 +185,20 @@ async fn a_pods_own_security_groups_decide_who_reaches_it() {
         let reached = tokio::task::block_in_place(|| berth_tests::tcp_connects(&client.path(), p.ip, 9000));
         assert_eq!(reached, p.container_id.ends_with("-open"), "{} ({}) on port 9000", p.container_id, p.ip);
     }
+
+    // Impossible requests get a clear, final error (CNI 7) naming what is wrong, and leave nothing.
+    let other_vpc = SampleNet::create(&cloud, "10.99.0.0/16", "10.99.1.0/24").await;
+    let enis_before = cloud.describe_network_interfaces(&EniFilter::default()).await.unwrap().len();
+    for (args, names) in [
+        ("BERTH_NETWORK_MODE=trunk".to_string(), "trunk".to_string()),
+        ("BERTH_NETWORK_MODE=exclusive;BERTH_VSWITCH_ID=vsw-nowhere".to_string(), "vsw-nowhere".to_string()),
+        (format!("BERTH_NETWORK_MODE=exclusive;BERTH_SECURITY_GROUP_IDS={}", other_vpc.sg), other_vpc.sg.clone()),
+    ] {
+        let e = tokio::task::block_in_place(|| berth_tests::pods::try_add_pod(&agent_b, "impossible", &args)).err().unwrap_or_else(|| panic!("{args} must fail"));
+        assert!(e.contains("CNI error 7") && e.contains(&names), "{args}: {e}");
+    }
+    assert_eq!(cloud.describe_network_interfaces(&EniFilter::default()).await.unwrap().len(), enis_before, "no ENI left behind by refused ADDs");
+    assert_eq!(agent_b.pool().await["allocations"].as_array().unwrap().len(), 1, "only the client holds an IP on B");
     tokio::task::block_in_place(|| {
         for p in &pods {
             del_pod(&agent_a, p);

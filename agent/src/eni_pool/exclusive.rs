@@ -73,7 +73,7 @@ impl<C: Cloud> EniPool<C> {
         let mut req = CreateEniRequest::secondary(request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone()), if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids });
         req.description = format!("{DESCRIPTION_PREFIX}{key}");
         req.client_token = Some(token);
-        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| AllocError::Refused(format!("cannot create the pod's ENI: {e}")))?;
+        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal("cannot create the pod's ENI (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)", &e))?;
         let placed = self.place_exclusive(&key, netns, pod, &eni).await;
         if placed.is_err() {
             // Never keep an ENI nobody holds.
@@ -92,7 +92,7 @@ impl<C: Cloud> EniPool<C> {
     /// Attaches the pod's new ENI, finds its NIC, and records the allocation.
     async fn place_exclusive(&self, key: &AllocationKey, netns: String, pod: PodRef, eni: &NetworkInterface) -> Result<Allocated, AllocError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| AllocError::Refused(format!("{what} for {}: {e}", eni.id));
-        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await.map_err(|e| fail("cannot attach the pod's ENI", &e))?;
+        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await.map_err(|e| super::pod_eni_refusal(&format!("cannot attach the pod's ENI {} (is its vSwitch in the node's zone and VPC?)", eni.id), &e))?;
         wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the pod's ENI did not attach", &e))?;
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac).map_err(|e| fail("no addressing", &e))?;
         let mut nic = None;

@@ -56,6 +56,10 @@ pub enum AllocError {
     /// The request cannot be served as asked (the message says why and what to do).
     #[error("{0}")]
     Refused(String),
+    /// The pod asked for something that cannot exist (an unknown vSwitch, a security group of
+    /// another VPC): retrying will not help.
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -99,6 +103,17 @@ fn now_unix() -> i64 {
 
 fn now_unix_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default()
+}
+
+/// How a failed cloud call for a pod's own ENI answers the pod: its request was impossible (the
+/// cloud refused the parameters), the vSwitch is out of addresses, or something to retry.
+fn pod_eni_refusal(what: &str, e: &CloudError) -> AllocError {
+    let message = format!("{what}: {e}");
+    match e.api() {
+        Some(a) if a.code == code::VSWITCH_IP_NOT_ENOUGH => AllocError::Exhausted(message),
+        Some(a) if (400..500).contains(&a.http_status) && !a.is_throttling() && !a.is_retryable() => AllocError::Invalid(message),
+        _ => AllocError::Refused(message),
+    }
 }
 
 fn is_growth_limit(e: &CloudError) -> bool {

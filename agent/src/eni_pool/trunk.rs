@@ -111,7 +111,7 @@ impl<C: Cloud> EniPool<C> {
             }
             let quota = self.settings.member_eni_quota;
             if quota == 0 {
-                return Err(AllocError::Refused(format!(
+                return Err(AllocError::Invalid(format!(
                     "this node serves no trunk mode: set pool.trunk = true in the agent's config on an instance type with member ENIs ({} is the node's type); or ask for shared or exclusive mode",
                     self.identity.instance_type
                 )));
@@ -130,7 +130,7 @@ impl<C: Cloud> EniPool<C> {
         let mut req = CreateEniRequest::secondary(request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone()), if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids });
         req.description = format!("{MEMBER_PREFIX}{key}");
         req.client_token = Some(token);
-        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| AllocError::Refused(format!("cannot create the pod's member ENI: {e}")))?;
+        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal("cannot create the pod's member ENI (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)", &e))?;
         let placed = self.place_member(&key, netns, pod, &eni, &trunk).await;
         if placed.is_err() {
             // Never keep a member nobody holds.
@@ -149,7 +149,7 @@ impl<C: Cloud> EniPool<C> {
     /// Binds the pod's new member ENI to the trunk and records the allocation.
     async fn place_member(&self, key: &AllocationKey, netns: String, pod: PodRef, eni: &NetworkInterface, trunk: &PoolEni) -> Result<Allocated, AllocError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| AllocError::Refused(format!("{what} for {}: {e}", eni.id));
-        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, Some(&trunk.id)).await.map_err(|e| fail("cannot bind the member ENI to the trunk", &e))?;
+        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, Some(&trunk.id)).await.map_err(|e| super::pod_eni_refusal(&format!("cannot bind member ENI {} to the trunk (is its vSwitch in the node's zone and VPC?)", eni.id), &e))?;
         let bound = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the member ENI did not bind", &e))?;
         let member = self.member_eni(&bound, trunk).map_err(|e| fail("no addressing", &e))?;
         let created_ns = now_unix_ns();
