@@ -74,3 +74,101 @@ pub fn inspect(lc: &LocalCloud, agent: &AgentProcess) -> (bool, String) {
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
+
+/// What a churn left: the live pods (container ID and namespace), the CNI executions, the kills and
+/// the ADDs that succeeded.
+pub struct ChurnOutcome {
+    pub live: Vec<(String, NetnsGuard)>,
+    pub ops: usize,
+    pub kills: usize,
+    pub added: usize,
+}
+
+/// Churn under `kill -9`: one runtime thread per entry of `worker_args` (the CNI_ARGS of its pods,
+/// e.g. a network mode) ADDs and DELs pods like kubelet (a failed ADD is followed by DEL and
+/// retried; DEL must succeed even with the agent down) while another thread kills the agent at
+/// random instants and restarts it. Each runtime does `rounds` ADDs or DELs. Returns the agent (running) and what is left.
+pub fn churn(agent: AgentProcess, worker_args: &[&str], rounds: usize) -> (AgentProcess, ChurnOutcome) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let list = conflist(&agent);
+    let node_ns = agent.netns.clone();
+    let agent = Arc::new(Mutex::new(agent));
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (agent, done) = (agent.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut kills = 0;
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            while !done.load(Ordering::Relaxed) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                std::thread::sleep(Duration::from_millis(30 + seed % 150));
+                let mut a = agent.lock().unwrap();
+                a.kill9();
+                kills += 1;
+                drop(a);
+                std::thread::sleep(Duration::from_millis(seed % 100));
+                agent.lock().unwrap().restart();
+            }
+            kills
+        })
+    };
+    let workers: Vec<_> = worker_args
+        .iter()
+        .enumerate()
+        .map(|(w, args)| {
+            let (list, node_ns, args) = (list.clone(), node_ns.clone(), args.to_string());
+            std::thread::spawn(move || {
+                let path = cni::cni_path();
+                let mut mine: Vec<(NetnsGuard, String, serde_json::Value)> = Vec::new();
+                let (mut ops, mut added) = (0, 0);
+                for i in 0..rounds {
+                    if mine.len() >= 4 || (!mine.is_empty() && i % 3 == 2) {
+                        let (ns, id, result) = mine.remove(0);
+                        let ns_path = format!("/run/netns/{}", ns.name());
+                        let inv = Invocation { command: "DEL", container_id: &id, netns: &ns_path, ifname: "eth0", args: &args };
+                        cni::del_list(Some(&node_ns), &path, &list, &inv, Some(&result)).unwrap_or_else(|e| panic!("DEL {id}: {e:?}"));
+                    } else {
+                        let ns = NetnsGuard::unique("bk").unwrap();
+                        let id = format!("w{w}-{i}");
+                        let ns_path = format!("/run/netns/{}", ns.name());
+                        let inv = Invocation { command: "ADD", container_id: &id, netns: &ns_path, ifname: "eth0", args: &args };
+                        for _attempt in 0..20 {
+                            match cni::add_list(Some(&node_ns), &path, &list, &inv) {
+                                Ok(result) => {
+                                    added += 1;
+                                    mine.push((ns, id.clone(), result));
+                                    break;
+                                }
+                                Err(out) => {
+                                    let code = serde_json::from_str::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["code"].as_u64());
+                                    assert!(matches!(code, Some(5) | Some(11)), "ADD {id} failed with an unexpected answer: {out:?}");
+                                    let inv = Invocation { command: "DEL", ..inv.clone() };
+                                    cni::del_list(Some(&node_ns), &path, &list, &inv, None).unwrap_or_else(|e| panic!("DEL after failed ADD {id}: {e:?}"));
+                                    ops += 2;
+                                    std::thread::sleep(Duration::from_millis(50));
+                                }
+                            }
+                        }
+                    }
+                    ops += 1;
+                }
+                (mine.into_iter().map(|(ns, id, _)| (id, ns)).collect::<Vec<_>>(), ops, added)
+            })
+        })
+        .collect();
+    let mut outcome = ChurnOutcome { live: Vec::new(), ops: 0, kills: 0, added: 0 };
+    for w in workers {
+        let (pods, n, a) = w.join().expect("a worker panicked");
+        outcome.live.extend(pods);
+        outcome.ops += n;
+        outcome.added += a;
+    }
+    done.store(true, Ordering::Relaxed);
+    outcome.kills = killer.join().unwrap();
+    let agent = Arc::try_unwrap(agent).ok().expect("the killer is done").into_inner().unwrap();
+    (agent, outcome)
+}

@@ -292,3 +292,46 @@ async fn bandwidth_limits_hold_within_ten_percent_in_every_mode() {
         del_pod(&agent_b, &peer);
     });
 }
+
+/// Crash safety of the new modes: `kill -9` at random instants while runtimes churn shared, trunk
+/// and exclusive pods; in the end no ENI or member ENI leaks (none left unattached in the cloud,
+/// every attached one owned by the agent), and the books match the live pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_churn_of_all_modes_leaks_no_eni() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.95.0.0/16", "10.95.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.2xlarge", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "3", "--cooldown-secs", "0", "--reconcile-secs", "1", "--trunk", "true"]);
+    let (trunk, exclusive) = ("BERTH_NETWORK_MODE=trunk", "BERTH_NETWORK_MODE=exclusive");
+    let (mut agent, outcome) = tokio::task::block_in_place(|| berth_tests::pods::churn(agent, &["", "", trunk, trunk, trunk, exclusive, exclusive], 25));
+    assert!(outcome.added >= 10 && outcome.kills >= 3, "{} ADDs, {} kills: the churn did not exercise the agent", outcome.added, outcome.kills);
+    agent.restart();
+    let live: std::collections::BTreeSet<String> = outcome.live.iter().map(|(id, _)| id.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, text) = inspect(&lc, &agent);
+        let pool = agent.pool().await;
+        let holders: std::collections::BTreeSet<String> = pool["allocations"].as_array().unwrap().iter().map(|a| a["key"]["container_id"].as_str().unwrap().to_string()).collect();
+        let enis = cloud.describe_network_interfaces(&EniFilter { vpc_id: Some(net.vpc.clone()), ..Default::default() }).await.unwrap();
+        let loose: Vec<&str> = enis.iter().filter(|e| e.instance_id.is_none()).map(|e| e.id.as_str()).collect();
+        let members = enis.iter().filter(|e| e.kind == EniKind::Member).count();
+        let trunk_pods = outcome.live.iter().filter(|(id, _)| id.starts_with("w2-") || id.starts_with("w3-") || id.starts_with("w4-")).count();
+        if ok && holders == live && loose.is_empty() && members == trunk_pods {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {} operations and {} kills: holders {holders:?}, live {live:?}, unattached ENIs {loose:?}, {members} members for {trunk_pods} trunk pods\n{text}\n{}",
+            outcome.ops,
+            outcome.kills,
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("{} ADD/DEL ({} successful ADDs), {} kills, {} pods alive at the end", outcome.ops, outcome.added, outcome.kills, live.len());
+}

@@ -14,7 +14,7 @@ use berth_cloud::model::EniKind;
 use berth_nodenet::NetnsGuard;
 use berth_tests::agent::AgentProcess;
 use berth_tests::cni::{self, Invocation};
-use berth_tests::pods::{Pod, add_pods, conflist, del_pod, inspect, ping};
+use berth_tests::pods::{ChurnOutcome, Pod, add_pods, churn, conflist, del_pod, inspect, ping};
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root};
 
 const PODS_PER_NODE: usize = 20;
@@ -122,7 +122,6 @@ async fn pods_reach_each_other_through_the_vpc_and_give_everything_back() {
 /// `berthctl inspect` of one node: whether pods, pool and cloud agree, and its report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_churn_of_adds_and_dels_leaks_nothing() {
-    use std::sync::{Arc, Mutex};
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
@@ -133,96 +132,12 @@ async fn kill_9_during_a_churn_of_adds_and_dels_leaks_nothing() {
     let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     // A pool that grows and shrinks all the time, so that kills also land inside cloud calls.
     let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "3", "--cooldown-secs", "0", "--reconcile-secs", "1"]);
-    let list = conflist(&agent);
-    let node_ns = agent.netns.clone();
-    let agent = Arc::new(Mutex::new(agent));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-
-    let (live, ops, kills, added) = tokio::task::block_in_place(|| {
-        // The killer: kill -9 at random instants, restart after a moment.
-        let killer = {
-            let (agent, done) = (agent.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut kills = 0;
-                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    std::thread::sleep(Duration::from_millis(30 + seed % 150));
-                    let mut a = agent.lock().unwrap();
-                    a.kill9();
-                    kills += 1;
-                    drop(a);
-                    std::thread::sleep(Duration::from_millis(seed % 100));
-                    agent.lock().unwrap().restart();
-                }
-                kills
-            })
-        };
-        // 8 runtimes, each with its own pods: ADD, and DEL after a failed ADD or at random.
-        let workers: Vec<_> = (0..8)
-            .map(|w| {
-                let (list, node_ns) = (list.clone(), node_ns.clone());
-                std::thread::spawn(move || {
-                    let path = cni::cni_path();
-                    let mut mine: Vec<(NetnsGuard, String, serde_json::Value)> = Vec::new();
-                    let mut ops = 0;
-                    let mut added = 0;
-                    for i in 0..50 {
-                        if mine.len() >= 4 || (!mine.is_empty() && i % 3 == 2) {
-                            let (ns, id, result) = mine.remove(0);
-                            let ns_path = format!("/run/netns/{}", ns.name());
-                            let inv = Invocation { command: "DEL", container_id: &id, netns: &ns_path, ifname: "eth0", args: "" };
-                            // DEL must succeed even with the agent down: the release is queued.
-                            cni::del_list(Some(&node_ns), &path, &list, &inv, Some(&result)).unwrap_or_else(|e| panic!("DEL {id}: {e:?}"));
-                        } else {
-                            let ns = NetnsGuard::unique("bk").unwrap();
-                            let id = format!("w{w}-{i}");
-                            let ns_path = format!("/run/netns/{}", ns.name());
-                            let inv = Invocation { command: "ADD", container_id: &id, netns: &ns_path, ifname: "eth0", args: "" };
-                            // Like kubelet: a failed ADD is followed by DEL, then retried a little later.
-                            for _attempt in 0..20 {
-                                match cni::add_list(Some(&node_ns), &path, &list, &inv) {
-                                    Ok(result) => {
-                                        added += 1;
-                                        mine.push((ns, id.clone(), result));
-                                        break;
-                                    }
-                                    Err(out) => {
-                                        let code = serde_json::from_str::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["code"].as_u64());
-                                        assert!(matches!(code, Some(5) | Some(11)), "ADD {id} failed with an unexpected answer: {out:?}");
-                                        let inv = Invocation { command: "DEL", ..inv.clone() };
-                                        cni::del_list(Some(&node_ns), &path, &list, &inv, None).unwrap_or_else(|e| panic!("DEL after failed ADD {id}: {e:?}"));
-                                        ops += 2;
-                                        std::thread::sleep(Duration::from_millis(50));
-                                    }
-                                }
-                            }
-                        }
-                        ops += 1;
-                    }
-                    (mine.into_iter().map(|(ns, id, _)| (id, ns)).collect::<Vec<_>>(), ops, added)
-                })
-            })
-            .collect();
-        let mut live = Vec::new();
-        let mut ops = 0;
-        let mut added = 0;
-        for w in workers {
-            let (pods, n, a) = w.join().expect("a worker panicked");
-            live.extend(pods);
-            ops += n;
-            added += a;
-        }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let kills = killer.join().unwrap();
-        (live, ops, kills, added)
-    });
+    let (agent, outcome) = tokio::task::block_in_place(|| churn(agent, &[""; 8], 50));
+    let ChurnOutcome { live, ops, kills, added } = outcome;
+    let mut agent = agent;
     assert!(ops >= 300, "{ops} operations");
     assert!(added >= 100, "only {added} ADDs succeeded: the churn did not exercise the agent");
     assert!(kills >= 3, "only {kills} kills");
-    let mut agent = Arc::try_unwrap(agent).ok().unwrap().into_inner().unwrap();
     agent.restart();
 
     // In the end: every IP the cloud assigned is idle in the pool or held by exactly one live pod,

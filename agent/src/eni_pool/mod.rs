@@ -777,7 +777,11 @@ impl<C: Cloud> EniPool<C> {
             self.node().release_eni(&nic)?;
         }
         let found = self.cloud.describe_network_interfaces(&EniFilter { ids: vec![eni_id.to_string()], ..Default::default() }).await?;
-        if let Some(e) = found.into_iter().find(|e| e.id == eni_id) {
+        if let Some(mut e) = found.into_iter().find(|e| e.id == eni_id) {
+            // An attach in flight (a crash interrupted it) must finish before the ENI can be detached.
+            if e.status == EniStatus::Attaching {
+                e = wait::eni_status(&self.cloud, eni_id, EniStatus::InUse, self.settings.attach_timeout).await?;
+            }
             if e.status == EniStatus::InUse {
                 self.cloud.detach_network_interface(eni_id, &self.identity.instance_id, e.trunk_eni_id.as_deref()).await?;
             }
