@@ -87,6 +87,11 @@ pub struct PoolConfig {
     pub attach_timeout_secs: u64,
     /// Serve trunk mode: a trunk ENI on the node (taking one ENI slot) with member ENIs per pod.
     pub trunk: bool,
+    /// Exclusive ENIs kept attached for pods without a vSwitch or groups of their own (each takes
+    /// an ENI slot).
+    pub warm_exclusive_enis: u32,
+    /// Member ENIs kept bound to the trunk for such pods.
+    pub warm_member_enis: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -137,6 +142,8 @@ impl Default for PoolConfig {
             allocate_timeout_secs: 20,
             attach_timeout_secs: 60,
             trunk: false,
+            warm_exclusive_enis: 0,
+            warm_member_enis: 0,
         }
     }
 }

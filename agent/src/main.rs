@@ -63,6 +63,10 @@ struct Args {
     /// Serve trunk mode (true/false).
     #[arg(long, env = "BERTH_TRUNK")]
     trunk: Option<bool>,
+    #[arg(long, env = "BERTH_WARM_EXCLUSIVE_ENIS")]
+    warm_exclusive_enis: Option<u32>,
+    #[arg(long, env = "BERTH_WARM_MEMBER_ENIS")]
+    warm_member_enis: Option<u32>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -93,6 +97,8 @@ impl Args {
         set!(c.pool.inhibit_secs, self.inhibit_secs);
         set!(c.pool.allocate_timeout_secs, self.allocate_timeout_secs);
         set!(c.pool.trunk, self.trunk);
+        set!(c.pool.warm_exclusive_enis, self.warm_exclusive_enis);
+        set!(c.pool.warm_member_enis, self.warm_member_enis);
     }
 }
 
@@ -182,6 +188,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metadata_url: cfg.node.metadata_url.clone(),
         release_queue_dir: cfg.paths.release_queue_dir.clone(),
         member_eni_quota: if cfg.pool.trunk { itype.member_eni_quota } else { 0 },
+        warm_exclusive_enis: cfg.pool.warm_exclusive_enis,
+        warm_member_enis: if cfg.pool.trunk { cfg.pool.warm_member_enis } else { 0 },
     };
     let store = Store::open(&cfg.paths.state_dir)?;
     let pool = Arc::new(EniPool::new(cloud, settings, identity, node, store, metrics.clone()));

@@ -335,3 +335,51 @@ async fn kill_9_during_a_churn_of_all_modes_leaks_no_eni() {
     }
     eprintln!("{} ADD/DEL ({} successful ADDs), {} kills, {} pods alive at the end", outcome.ops, outcome.added, outcome.kills, live.len());
 }
+
+/// Warm pools of pods' own ENIs: an exclusive ENI kept attached and member ENIs kept bound serve
+/// pods that ask for nothing special, and are topped up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_exclusive_and_member_enis_serve_adds_and_are_topped_up() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.94.0.0/16", "10.94.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    let node = net.run(&cloud, "ecs.c7.2xlarge", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "true", "--warm-exclusive-enis", "1", "--warm-member-enis", "2"]);
+    let warm = |pool: &serde_json::Value, phase: &str| -> Vec<String> { pool["enis"].as_array().unwrap().iter().filter(|e| e["phase"] == phase).map(|e| e["id"].as_str().unwrap().to_string()).collect() };
+    let wait_warm = |want: (usize, usize)| {
+        let agent = &agent;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let pool = agent.pool().await;
+                let (x, m) = (warm(&pool, "WarmExclusive"), warm(&pool, "WarmMember"));
+                if (x.len(), m.len()) == want {
+                    return (x, m);
+                }
+                assert!(Instant::now() < deadline, "warm ENIs {x:?} {m:?}, want {want:?}\n{}", agent.log());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let (warm_x, warm_m) = wait_warm((1, 2)).await;
+    let (excl, trunk) = tokio::task::block_in_place(|| (add_pod(&agent, "wx", "BERTH_NETWORK_MODE=exclusive"), add_pod(&agent, "wt", "BERTH_NETWORK_MODE=trunk")));
+    let pool = agent.pool().await;
+    let eni_of = |id: &str| pool["allocations"].as_array().unwrap().iter().find(|a| a["key"]["container_id"] == id).map(|a| a["eni_id"].as_str().unwrap().to_string()).unwrap();
+    assert!(warm_x.contains(&eni_of("wx")), "the exclusive pod took the warm ENI");
+    assert!(warm_m.contains(&eni_of("wt")), "the trunk pod took a warm member");
+    assert!(ping(&excl.path(), trunk.ip), "exclusive ↔ trunk on warm ENIs");
+    // Topped up again, with new ENIs.
+    let (again_x, again_m) = wait_warm((1, 2)).await;
+    assert!(!again_x.contains(&eni_of("wx")) && !again_m.contains(&eni_of("wt")));
+    let (ok, text) = inspect(&lc, &agent);
+    assert!(ok, "inspect with warm ENIs: {text}");
+    tokio::task::block_in_place(|| {
+        del_pod(&agent, &excl);
+        del_pod(&agent, &trunk);
+    });
+}

@@ -15,9 +15,10 @@ use crate::store::{Event, Intent, StoreError};
 
 const DESCRIPTION_PREFIX: &str = "berth exclusive ";
 
-/// Whether the cloud's ENI is a pod's own (made by this mode).
+/// Whether the cloud's ENI is a pod's own (made by this mode, or kept warm for pods).
 pub(super) fn is_exclusive(eni: &NetworkInterface) -> bool {
-    eni.description.starts_with(DESCRIPTION_PREFIX)
+    // Warm ones too: made for pods, never part of the shared pool.
+    eni.description.starts_with(DESCRIPTION_PREFIX) || eni.description.starts_with(super::warm::WARM_DESCRIPTION)
 }
 
 /// A pod's own ENI (exclusive or member) as the ledger keeps it: no secondary IPs, no routing
@@ -61,6 +62,13 @@ impl<C: Cloud> EniPool<C> {
                     return Ok(Allocated { record: r, eni });
                 }
             }
+        }
+        if let Some(warm) = self.take_warm(&key, &netns, &pod, &request, EniPhase::WarmExclusive)? {
+            self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
+            return Ok(warm);
+        }
+        {
+            let b = self.books();
             let used = b.ledger.eni_slots_used() as u32;
             let slots = self.settings.limits.max_secondary_enis();
             if used >= slots {

@@ -9,6 +9,7 @@
 
 mod exclusive;
 mod trunk;
+mod warm;
 
 pub use exclusive::PodEniRequest;
 
@@ -47,6 +48,10 @@ pub struct PoolSettings {
     pub release_queue_dir: PathBuf,
     /// Member ENIs the trunk may carry; 0 when the node serves no trunk mode.
     pub member_eni_quota: u32,
+    /// Exclusive ENIs and member ENIs kept attached (bound) for pods that ask for the node's
+    /// vSwitch and security groups, so that their ADD needs no cloud call.
+    pub warm_exclusive_enis: u32,
+    pub warm_member_enis: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -594,6 +599,14 @@ impl<C: Cloud> EniPool<C> {
                 pool::plan(&view, self.settings.targets, limits, self.settings.cooldown, Instant::now())
             };
             if actions.is_empty() {
+                match self.top_up_warm().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot top up the warm ENIs; will retry");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
                 // Nothing to grow, yet someone may wait: an IP freed while it checked.
                 self.grown.notify_waiters();
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;

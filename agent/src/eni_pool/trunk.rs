@@ -96,7 +96,7 @@ impl<C: Cloud> EniPool<C> {
     /// A member ENI for the pod interface `key`; the same one again for a repeated ADD.
     pub async fn allocate_trunk(&self, key: AllocationKey, netns: String, pod: PodRef, request: PodEniRequest) -> Result<Allocated, AllocError> {
         let started = Instant::now();
-        let trunk = {
+        {
             let mut b = self.books();
             if let Some(mut r) = b.ledger.allocation(&key).cloned() {
                 if r.mode != PodMode::Trunk {
@@ -109,13 +109,20 @@ impl<C: Cloud> EniPool<C> {
                     return Ok(Allocated { record: r, eni });
                 }
             }
-            let quota = self.settings.member_eni_quota;
-            if quota == 0 {
+            if self.settings.member_eni_quota == 0 {
                 return Err(AllocError::Invalid(format!(
                     "this node serves no trunk mode: set pool.trunk = true in the agent's config on an instance type with member ENIs ({} is the node's type); or ask for shared or exclusive mode",
                     self.identity.instance_type
                 )));
             }
+        }
+        if let Some(warm) = self.take_warm(&key, &netns, &pod, &request, EniPhase::WarmMember)? {
+            self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
+            return Ok(warm);
+        }
+        let trunk = {
+            let b = self.books();
+            let quota = self.settings.member_eni_quota;
             let Some(trunk) = b.ledger.trunk().cloned() else {
                 return Err(AllocError::Refused("the node's trunk ENI is not ready yet (see the agent's log); try again".into()));
             };
@@ -163,7 +170,7 @@ impl<C: Cloud> EniPool<C> {
     }
 
     /// A bound member as the ledger keeps it: the trunk's NIC and the member's VLAN ID.
-    fn member_eni(&self, eni: &NetworkInterface, trunk: &PoolEni) -> anyhow::Result<PoolEni> {
+    pub(super) fn member_eni(&self, eni: &NetworkInterface, trunk: &PoolEni) -> anyhow::Result<PoolEni> {
         let vlan = eni.vlan_id.ok_or_else(|| anyhow::anyhow!("the cloud gives member ENI {} no VLAN ID", eni.id))?;
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac)?;
         let mut member = pod_eni(eni, gateway, prefix_len, None, EniPhase::Member);

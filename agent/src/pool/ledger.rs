@@ -64,12 +64,16 @@ pub enum EniPhase {
     Trunk,
     /// A pod's member ENI bound to the trunk; takes a member slot, not an ENI slot.
     Member,
+    /// Attached and waiting for an exclusive pod that asks for the node's vSwitch and groups.
+    WarmExclusive,
+    /// Bound to the trunk and waiting for a trunk pod that asks for the node's vSwitch and groups.
+    WarmMember,
 }
 
 impl EniPhase {
     /// Whether the ENI is one of the instance's ENI slots that the shared pool cannot use.
     pub fn outside_pool(self) -> bool {
-        matches!(self, EniPhase::Exclusive | EniPhase::Trunk)
+        matches!(self, EniPhase::Exclusive | EniPhase::Trunk | EniPhase::WarmExclusive)
     }
 
     /// Whether the ENI is a pod's own (exclusive or member).
@@ -188,12 +192,24 @@ impl Ledger {
 
     /// Secondary ENI slots taken (members do not take one; draining ENIs are on their way out).
     pub fn eni_slots_used(&self) -> usize {
-        self.enis.values().filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Member)).count()
+        self.enis.values().filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Member | EniPhase::WarmMember)).count()
     }
 
     /// Member ENIs bound to the trunk (draining ones included: the cloud counts them until deleted).
     pub fn member_enis(&self) -> usize {
         self.enis.values().filter(|e| e.vlan.is_some()).count()
+    }
+
+    /// How many ENIs wait in a warm phase.
+    pub fn warm(&self, phase: EniPhase) -> usize {
+        self.enis.values().filter(|e| e.phase == phase).count()
+    }
+
+    /// Takes a warm ENI for a pod: it leaves the warm phase for `to`.
+    pub fn take_warm(&mut self, warm: EniPhase, to: EniPhase) -> Option<PoolEni> {
+        let e = self.enis.values_mut().find(|e| e.phase == warm)?;
+        e.phase = to;
+        Some(e.clone())
     }
 
     /// The node's trunk ENI, when it has one.
@@ -246,7 +262,7 @@ impl Ledger {
         let enis = self
             .enis
             .values()
-            .filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Exclusive | EniPhase::Trunk | EniPhase::Member))
+            .filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Exclusive | EniPhase::Trunk | EniPhase::Member | EniPhase::WarmExclusive | EniPhase::WarmMember))
             .map(|e| EniView { id: e.id.clone(), assigned: e.ips.len() as u32, in_use: e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count() as u32 })
             .collect();
         PoolView { enis, waiting, inhibit_until, last_busy }
