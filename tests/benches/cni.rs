@@ -4,6 +4,11 @@
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p berth-tests --bench cni`
 //! (`BERTH_BENCH_PODS=100,200` to choose the pod counts; berth's largest node type holds 203 pods).
+//!
+//! Then ADD latency per network mode with warm pools (shared IPs, exclusive ENIs kept attached,
+//! member ENIs kept bound to the trunk) on a second node, rounds of pods of every mode beside the
+//! reference in the same rounds; and, for scale, the ADD of an exclusive and a trunk pod whose own
+//! vSwitch no warm ENI matches (the cloud calls included, with the local cloud's 50 ms attach).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,7 +42,13 @@ struct Net {
 }
 
 fn run_one(net: &Net, command: &str, id: &str, netns: &str, prev: Option<&serde_json::Value>) -> (Duration, Option<serde_json::Value>) {
-    let inv = Invocation { command, container_id: id, netns, ifname: "eth0", args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p" };
+    run_with(net, command, id, netns, prev, "")
+}
+
+/// Like [`run_one`], with extra CNI_ARGS (a network mode).
+fn run_with(net: &Net, command: &str, id: &str, netns: &str, prev: Option<&serde_json::Value>, extra: &str) -> (Duration, Option<serde_json::Value>) {
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{}{extra}", if extra.is_empty() { "" } else { ";" });
+    let inv = Invocation { command, container_id: id, netns, ifname: "eth0", args: &args };
     let t = Instant::now();
     if command == "ADD" {
         let r = cni::add_list(Some(&net.node), &net.cni_path, &net.conflist, &inv).unwrap_or_else(|e| panic!("{} ADD {id}: {e:?}", net.name));
@@ -175,5 +186,72 @@ async fn main() {
     let calls = agent.cloud_calls().await - calls_before;
     let pods: usize = counts.iter().map(|n| 2 * n).sum();
     println!("cloud API calls during {pods} pod ADD/DEL cycles with a warm pool: {calls} ({:.3} per pod)", calls as f64 / pods as f64);
+    per_mode(&lc, &cloud, &net, &reference).await;
+}
+
+/// ADD latency of each mode with warm pools, in rounds: the warm pools are full, then a pod of
+/// every mode and of the reference is added in turn, then all are deleted.
+async fn per_mode(lc: &LocalCloud, cloud: &berth_cloud::HttpCloud, net: &SampleNet, reference: &Net) {
+    const ROUNDS: usize = 6;
+    const PER_ROUND: usize = 4;
+    let node = net.run(cloud, "ecs.c7.4xlarge", &net.sg).await;
+    let per = PER_ROUND.to_string();
+    let agent = AgentProcess::start(lc, &node, &["--min-idle-ips", &per, "--max-idle-ips", "8", "--trunk", "true", "--warm-exclusive-enis", &per, "--warm-member-enis", &per]);
+    let berth = Net { name: "berth", node: agent.netns.clone(), conflist: serde_json::from_str(&std::fs::read_to_string(agent.conflist_path()).unwrap()).unwrap(), cni_path: cni::cni_path() };
+    let modes = [("shared", ""), ("exclusive", "BERTH_NETWORK_MODE=exclusive"), ("trunk", "BERTH_NETWORK_MODE=trunk")];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); modes.len() + 1];
+    for round in 0..ROUNDS {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pool = agent.pool().await;
+            let count = |phase: &str| pool["enis"].as_array().map_or(0, |a| a.iter().filter(|e| e["phase"] == phase).count());
+            if count("WarmExclusive") >= PER_ROUND && count("WarmMember") >= PER_ROUND && pool["status"]["idle"].as_u64().unwrap_or(0) >= PER_ROUND as u64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "warm pools not full:\n{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::task::block_in_place(|| {
+            let namespaces: Vec<NetnsGuard> = (0..PER_ROUND * (modes.len() + 1)).map(|_| NetnsGuard::unique("bm").expect("pod netns")).collect();
+            let mut added = Vec::new();
+            for i in 0..PER_ROUND {
+                for (m, (_, args)) in modes.iter().enumerate() {
+                    let ns = &namespaces[i * (modes.len() + 1) + m];
+                    let (id, path) = (format!("m{round}-{m}-{i}"), format!("/run/netns/{}", ns.name()));
+                    let (d, r) = run_with(&berth, "ADD", &id, &path, None, args);
+                    samples[m].push(d);
+                    added.push((&berth, id, path, r.unwrap()));
+                }
+                let ns = &namespaces[i * (modes.len() + 1) + modes.len()];
+                let (id, path) = (format!("mr{round}-{i}"), format!("/run/netns/{}", ns.name()));
+                let (d, r) = run_one(reference, "ADD", &id, &path, None);
+                samples[modes.len()].push(d);
+                added.push((reference, id, path, r.unwrap()));
+            }
+            for (net, id, path, r) in &added {
+                run_one(net, "DEL", id, path, Some(r));
+            }
+        });
+        drain(&berth);
+    }
+    let reference_p50 = stats(samples[modes.len()].clone()).p50;
+    println!("ADD latency per mode with warm pools ({} pods of each, rounds of {PER_ROUND}):", ROUNDS * PER_ROUND);
+    for (m, (name, _)) in modes.iter().enumerate() {
+        let s = stats(samples[m].clone());
+        println!("  berth {name:<10} ADD p50 {:>8} p99 {:>8}  (p50 ratio to the reference {:.2})", ms(s.p50), ms(s.p99), s.p50.as_secs_f64() / reference_p50.as_secs_f64());
+    }
+    let r = stats(samples[modes.len()].clone());
+    println!("  reference ptp    ADD p50 {:>8} p99 {:>8}", ms(r.p50), ms(r.p99));
+    // No warm ENI matches a pod's own vSwitch: the ADD waits for the cloud.
+    let vsw = net.vsw.clone();
+    tokio::task::block_in_place(|| {
+        for (name, mode) in [("exclusive", "exclusive"), ("trunk", "trunk")] {
+            let ns = NetnsGuard::unique("bm").expect("pod netns");
+            let path = format!("/run/netns/{}", ns.name());
+            let (d, r) = run_with(&berth, "ADD", &format!("cold-{name}"), &path, None, &format!("BERTH_NETWORK_MODE={mode};BERTH_VSWITCH_ID={vsw}"));
+            println!("  berth {name:<10} ADD without a warm ENI (create + attach + wait): {}", ms(d));
+            run_one(&berth, "DEL", &format!("cold-{name}"), &path, r.as_ref());
+        }
+    });
 }
 
