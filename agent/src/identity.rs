@@ -18,6 +18,8 @@ pub struct NodeIdentity {
     pub vswitch_id: String,
     /// The primary ENI's MAC.
     pub mac: String,
+    /// The node's own address (the primary ENI's).
+    pub private_ipv4: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,7 @@ impl NodeIdentity {
             vpc_id: get(netns, base, "vpc-id")?,
             vswitch_id: get(netns, base, "vswitch-id")?,
             mac: get(netns, base, "mac")?,
+            private_ipv4: get(netns, base, "private-ipv4")?,
         })
     }
 }

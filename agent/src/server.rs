@@ -36,7 +36,9 @@ fn key_of(key: Option<pb::AllocationKey>) -> Result<AllocationKey, Status> {
     Ok(AllocationKey { container_id: key.container_id, ifname: key.ifname })
 }
 
-pub fn to_proto(a: &Allocated) -> pb::Allocation {
+/// The allocation as the plugin reads it; `node_ip` is the node's own address, which an exclusive
+/// pod reaches through its veth.
+pub fn to_proto(a: &Allocated, node_ip: &str) -> pb::Allocation {
     let r = &a.record;
     pb::Allocation {
         key: Some(pb::AllocationKey { container_id: r.key.container_id.clone(), ifname: r.key.ifname.clone() }),
@@ -63,6 +65,7 @@ pub fn to_proto(a: &Allocated) -> pb::Allocation {
         bandwidth: None,
         netns: r.netns.clone(),
         created_at: r.created_at,
+        node_addresses: if r.mode == PodMode::Exclusive && !node_ip.is_empty() { vec![node_ip.to_string()] } else { Vec::new() },
     }
 }
 
@@ -107,7 +110,7 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
             }
         };
         match result {
-            Ok(a) => Ok(Response::new(to_proto(&a))),
+            Ok(a) => Ok(Response::new(to_proto(&a, &self.pool.identity().private_ipv4))),
             Err(AllocError::Exhausted(why)) => Err(Status::resource_exhausted(why)),
             Err(AllocError::Refused(why)) => Err(Status::aborted(why)),
             Err(AllocError::Invalid(why)) => Err(Status::invalid_argument(why)),
@@ -124,13 +127,13 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
     async fn get_allocation(&self, request: Request<pb::GetAllocationRequest>) -> Result<Response<pb::Allocation>, Status> {
         let key = key_of(request.into_inner().key)?;
         match self.pool.get(&key) {
-            Some(a) => Ok(Response::new(to_proto(&a))),
+            Some(a) => Ok(Response::new(to_proto(&a, &self.pool.identity().private_ipv4))),
             None => Err(Status::not_found(format!("no allocation for {key} (host veth {})", host_veth_name(&key.container_id, &key.ifname)))),
         }
     }
 
     async fn list_allocations(&self, _request: Request<pb::ListAllocationsRequest>) -> Result<Response<pb::ListAllocationsResponse>, Status> {
-        Ok(Response::new(pb::ListAllocationsResponse { allocations: self.pool.list().iter().map(to_proto).collect() }))
+        Ok(Response::new(pb::ListAllocationsResponse { allocations: self.pool.list().iter().map(|a| to_proto(a, &self.pool.identity().private_ipv4)).collect() }))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {

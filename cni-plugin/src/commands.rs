@@ -186,7 +186,7 @@ fn trunk_leg(a: &pb::Allocation) -> Result<Option<TrunkLeg>, CniError> {
 }
 
 /// The exclusive-ENI facts of an allocation.
-fn exclusive_net(env: &Env, a: &pb::Allocation) -> Result<ExclusiveNet, CniError> {
+fn exclusive_net(env: &Env, a: &pb::Allocation, mtu: u32) -> Result<ExclusiveNet, CniError> {
     let ip = ipv4_of(a)?;
     let bad = |what: &str| CniError::new(code::IO_FAILURE, format!("the agent's exclusive allocation of {ip} lacks {what}"), "see berth-agent's log");
     let eni = a.eni.as_ref().ok_or_else(|| bad("its ENI"))?;
@@ -198,19 +198,23 @@ fn exclusive_net(env: &Env, a: &pb::Allocation) -> Result<ExclusiveNet, CniError
         mac: eni.mac.parse().map_err(|_| bad("a valid MAC"))?,
         ip,
         prefix_len: u8::try_from(v4.prefix_length).map_err(|_| bad("a valid prefix length"))?,
+        container_id: env.container_id.clone(),
+        node_addresses: a.node_addresses.iter().filter_map(|s| s.parse().ok()).collect(),
+        mtu,
         gateway: v4.gateway.parse().map_err(|_| bad("a valid gateway"))?,
     })
 }
 
 /// ADD of a pod with its own ENI: moved into the pod and configured; undone and released on failure.
 fn add_exclusive(env: &Env, conf: &NetConf, agent: &mut Agent, allocation: &pb::Allocation, limits: &Limits) -> Result<Output, CniError> {
-    let built = exclusive_net(env, allocation).and_then(|p| {
+    let built = exclusive_net(env, allocation, conf.mtu()?).and_then(|p| {
         let mut node = node_netlink()?;
         match exclusive::setup(&mut node, &p).and_then(|link| bandwidth::apply(&mut node, None, &env.netns, &env.ifname, limits).map(|()| link)) {
             Ok(link) => Ok((p, link)),
             Err(e) => {
                 // Give the ENI back to the node if it had moved, so that the release finds it.
                 let _ = exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, p.mac);
+                let _ = datapath::delete_veth(&mut node, &env.container_id, &env.ifname);
                 Err(datapath_error(e))
             }
         }
@@ -302,7 +306,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let limits = pod_limits(env, conf)?;
     let mut node = node_netlink()?;
     if allocation.mode == pb::NetworkMode::Exclusive as i32 {
-        exclusive::check(&exclusive_net(env, &allocation)?).map_err(datapath_error)?;
+        exclusive::check(&exclusive_net(env, &allocation, conf.mtu()?)?).map_err(datapath_error)?;
         return bandwidth::check(&mut node, None, &env.netns, &env.ifname, &limits).map_err(datapath_error);
     }
     let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();

@@ -75,15 +75,16 @@ pub fn compare(pool: &Value, cloud: &[NetworkInterface], now: i64, grace_secs: i
         let eni = a["eni_id"].as_str().unwrap_or_default().to_string();
         let veth_name = a["host_veth"].as_str().unwrap_or_default().to_string();
         let young = now - a["created_at"].as_i64().unwrap_or_default() < grace_secs;
-        // A pod with its own ENI holds the ENI's primary address; an exclusive pod has no veth or
-        // rules, a trunk pod a veth and only the `to` rule (its frames leave by its VLAN program).
+        // A pod with its own ENI holds the ENI's primary address; an exclusive pod has a veth to
+        // the node and no rules, a trunk pod a veth and only the `to` rule (its frames leave by its
+        // VLAN program).
         let exclusive = a["mode"] == "exclusive";
         let trunk = a["mode"] == "trunk";
         let row = PodRow {
             container_id: a["key"]["container_id"].as_str().unwrap_or_default().to_string(),
             ifname: a["key"]["ifname"].as_str().unwrap_or_default().to_string(),
             in_cloud: if exclusive || trunk { cloud.iter().any(|e| e.id == eni && e.primary_ip.to_string() == ip) } else { cloud_ips.get(&eni).is_some_and(|c| c.contains(&ip)) },
-            veth: exclusive || veths.contains(&veth_name),
+            veth: veths.contains(&veth_name),
             rules: exclusive || rules.iter().filter(|(_, rip)| *rip == ip).count() >= if trunk { 1 } else { 2 },
             ip: ip.clone(),
             eni,
@@ -98,9 +99,7 @@ pub fn compare(pool: &Value, cloud: &[NetworkInterface], now: i64, grace_secs: i
         if !young && !built {
             r.mismatches.push(format!("{}/{} holds {ip} but the node lacks its {}", row.container_id, row.ifname, if row.veth { "policy rules" } else { "veth" }));
         }
-        if !exclusive {
-            wanted_veths.insert(veth_name);
-        }
+        wanted_veths.insert(veth_name);
         r.pods.push(row);
     }
     for (priority, ip) in &rules {

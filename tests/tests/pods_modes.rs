@@ -96,6 +96,11 @@ async fn pods_of_all_three_modes_on_one_node_reach_each_other_and_members_are_to
             }
         }
     }
+    // The exclusive pod reaches its node through its veth, not through the VPC.
+    let node_ip = cloud.describe_instances(&berth_cloud::api::InstanceFilter { ids: vec![node_a.clone()], ..Default::default() }).await.unwrap()[0].primary_ip;
+    assert!(ping(&exclusive_a.path(), node_ip), "exclusive pod → its node {node_ip}");
+    let (_, route) = berth_tests::in_netns(&exclusive_a.path(), &["ip", "-o", "route", "get", &node_ip.to_string()]);
+    assert!(route.contains("dev h-eth0"), "the node is reached by the veth: {route}");
     let (ok, text) = inspect(&lc, &agent_a);
     assert!(ok, "inspect with pods of three modes: {text}");
     assert!(check(&agent_a, &trunk_a).ok, "CHECK of the trunk pod");

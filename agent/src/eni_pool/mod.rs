@@ -254,11 +254,12 @@ impl<C: Cloud> EniPool<C> {
     /// plugin's DEL returns without waiting for the kernel's slow veth deletion.
     pub async fn release_and_unwire(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
         let mode = self.books().ledger.allocation(key).map(|r| r.mode);
-        if mode == Some(PodMode::Exclusive) {
-            return self.release_pod_eni(key).await;
-        }
+        // Every mode has a veth: shared and trunk pods' only link, an exclusive pod's way to the node.
         let veth = self.node().link_index(&host_veth_name(&key.container_id, &key.ifname));
-        let released = if mode == Some(PodMode::Trunk) { self.release_pod_eni(key).await? } else { self.release(key)? };
+        let released = match mode {
+            Some(PodMode::Exclusive | PodMode::Trunk) => self.release_pod_eni(key).await?,
+            _ => self.release(key)?,
+        };
         if let Some(index) = veth {
             let _ = self.unwire.send(index);
         }

@@ -2,11 +2,17 @@
 //! pod's, renamed to CNI_IFNAME, with the ENI's primary address and a default route via its
 //! vSwitch gateway. DEL moves it back to the node (named `bxe…`), so that the agent can detach it
 //! and nothing is lost when the pod's namespace goes.
+//!
+//! Beside it, a veth to the node (`h-<ifname>` in the pod, `bth…` on the node, as a shared pod's)
+//! carries what the pod and the node say to each other: the pod routes the node's addresses via
+//! 169.254.1.1 on it, the node routes the pod's address to it in its main table. Only the node's
+//! own traffic takes it (shared pods' traffic follows their ENI tables out to the VPC), so the
+//! security groups of the pod's ENI still judge everyone else.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd as _;
 
-use berth_nodenet::{Address, IpFamily, Link, MacAddr, NetOps, Netlink, Netns, Route};
+use berth_nodenet::{Address, IpFamily, Link, MacAddr, Neighbour, NetOps, Netlink, Netns, Route, Veth};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use super::{DatapathError, nl_err, open_pod_netns};
@@ -25,6 +31,15 @@ pub struct ExclusiveNet {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
+    /// For the veth to the node.
+    pub container_id: String,
+    pub node_addresses: Vec<Ipv4Addr>,
+    pub mtu: u32,
+}
+
+/// The pod's end of its veth to the node.
+pub fn host_leg_name(ifname: &str) -> String {
+    format!("h-{ifname}")
 }
 
 /// Moves the ENI into the pod and configures it; returns the pod's interface.
@@ -47,7 +62,31 @@ pub fn setup(node: &mut Netlink, p: &ExclusiveNet) -> Result<Link, DatapathError
     pod.add_address(&Address::new(link.index, IpNetwork::V4(net))).or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) }).map_err(nl_err(format_args!("address {net} on {}", p.ifname)))?;
     pod.set_link_up(link.index).map_err(nl_err(format_args!("{} up", p.ifname)))?;
     pod.replace_route(&Route::default_route(IpFamily::V4).via(IpAddr::V4(p.gateway)).dev(link.index)).map_err(nl_err("default route in the pod"))?;
+    host_leg(node, &pod_ns, &mut pod, p)?;
     pod.link_by_index(link.index).map_err(nl_err(&p.ifname))
+}
+
+/// The veth to the node and its routes.
+fn host_leg(node: &mut Netlink, pod_ns: &Netns, pod: &mut Netlink, p: &ExclusiveNet) -> Result<(), DatapathError> {
+    let host_name = super::host_veth_name(&p.container_id, &p.ifname);
+    let pod_name = host_leg_name(&p.ifname);
+    if let Ok(old) = node.link_by_name(&host_name) {
+        node.delete_link(old.index).or_else(super::gone_ok).map_err(nl_err(format_args!("stale {host_name}")))?;
+    }
+    let host = node.create_veth(&Veth::new(&host_name, &pod_name).mtu(p.mtu).peer_netns(pod_ns.as_fd())).map_err(nl_err(format_args!("veth {host_name}/{pod_name}")))?;
+    let host_mac = host.mac.ok_or_else(|| DatapathError::Netlink(format!("{host_name} has no MAC")))?;
+    let leg = pod.link_by_name(&pod_name).map_err(nl_err(format_args!("{pod_name} in {}", p.netns)))?;
+    let leg_mac = leg.mac.ok_or_else(|| DatapathError::Netlink(format!("{pod_name} has no MAC")))?;
+    pod.set_link_up(leg.index).map_err(nl_err(format_args!("{pod_name} up")))?;
+    pod.replace_neighbour(&Neighbour::permanent(leg.index, IpAddr::V4(super::POD_GATEWAY), host_mac)).map_err(nl_err("gateway neighbour on the node's veth"))?;
+    for addr in &p.node_addresses {
+        let dst = IpNetwork::V4(Ipv4Network::new(*addr, 32).expect("/32"));
+        pod.replace_route(&Route::new(dst).via(IpAddr::V4(super::POD_GATEWAY)).dev(leg.index).onlink()).map_err(nl_err(format_args!("route to the node's {addr}")))?;
+    }
+    node.set_link_up(host.index).map_err(nl_err(format_args!("{host_name} up")))?;
+    let pod_ip = IpNetwork::V4(Ipv4Network::new(p.ip, 32).expect("/32"));
+    node.replace_route(&Route::new(pod_ip).dev(host.index).scope(berth_nodenet::Scope::Link)).map_err(nl_err(format_args!("route to {} on the node", p.ip)))?;
+    node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V4(p.ip), leg_mac)).map_err(nl_err(format_args!("neighbour {} on the node", p.ip)))
 }
 
 /// The name an ENI NIC gets when DEL hands it back to the node.
@@ -93,6 +132,9 @@ pub fn check(p: &ExclusiveNet) -> Result<(), DatapathError> {
     let routes = pod.routes(Some(berth_nodenet::TABLE_MAIN)).map_err(nl_err("pod routes"))?;
     if !routes.iter().any(|r| r.destination.prefix() == 0 && r.destination.is_ipv4() && r.gateway == Some(IpAddr::V4(p.gateway))) {
         return miss(format!("the pod's default route via {} is missing", p.gateway));
+    }
+    if !p.node_addresses.is_empty() && pod.link_by_name(&host_leg_name(&p.ifname)).is_err() {
+        return miss(format!("the pod's veth to the node {} is missing", host_leg_name(&p.ifname)));
     }
     Ok(())
 }
