@@ -92,6 +92,8 @@ pub struct PoolConfig {
     pub warm_exclusive_enis: u32,
     /// Member ENIs kept bound to the trunk for such pods.
     pub warm_member_enis: u32,
+    /// `ipv4`, or `dual`: every pod also gets an IPv6 address from its ENI.
+    pub ip_stack: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -144,6 +146,7 @@ impl Default for PoolConfig {
             trunk: false,
             warm_exclusive_enis: 0,
             warm_member_enis: 0,
+            ip_stack: "ipv4".into(),
         }
     }
 }
@@ -215,6 +218,9 @@ impl AgentConfig {
         }
         if !(576..=65535).contains(&self.cni.mtu) {
             return invalid("cni.mtu", self.cni.mtu.to_string(), "between 576 and 65535");
+        }
+        if !["ipv4", "dual"].contains(&self.pool.ip_stack.as_str()) {
+            return invalid("pool.ip_stack", self.pool.ip_stack.clone(), "ipv4, or dual for IPv4 and IPv6 (the vSwitches need IPv6 blocks)");
         }
         if self.paths.reconcile_secs == 0 {
             return invalid("paths.reconcile_secs", "0".into(), "at least 1");

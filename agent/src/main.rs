@@ -67,6 +67,9 @@ struct Args {
     warm_exclusive_enis: Option<u32>,
     #[arg(long, env = "BERTH_WARM_MEMBER_ENIS")]
     warm_member_enis: Option<u32>,
+    /// ipv4 or dual.
+    #[arg(long, env = "BERTH_IP_STACK")]
+    ip_stack: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -99,6 +102,7 @@ impl Args {
         set!(c.pool.trunk, self.trunk);
         set!(c.pool.warm_exclusive_enis, self.warm_exclusive_enis);
         set!(c.pool.warm_member_enis, self.warm_member_enis);
+        set!(c.pool.ip_stack, self.ip_stack);
     }
 }
 
@@ -190,6 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         member_eni_quota: if cfg.pool.trunk { itype.member_eni_quota } else { 0 },
         warm_exclusive_enis: cfg.pool.warm_exclusive_enis,
         warm_member_enis: if cfg.pool.trunk { cfg.pool.warm_member_enis } else { 0 },
+        dual_stack: cfg.pool.ip_stack == "dual",
     };
     let store = Store::open(&cfg.paths.state_dir)?;
     let pool = Arc::new(EniPool::new(cloud, settings, identity, node, store, metrics.clone()));

@@ -76,12 +76,15 @@ impl Node {
 
     /// Forwarding on: the node routes between pod veths and ENI NICs.
     pub fn prepare(&mut self) -> Result<(), NodeError> {
-        self.sysctl("net/ipv4/ip_forward", "1")
+        self.sysctl("net/ipv4/ip_forward", "1")?;
+        // Pods' IPv6 (dual-stack) is forwarded too; a kernel without IPv6 has no such knob.
+        let _ = self.sysctl("net/ipv6/conf/all/forwarding", "1");
+        Ok(())
     }
 
     /// Finds the ENI's NIC by MAC and gives it its table: the gateway on-link and the default
     /// route through it. Idempotent.
-    pub fn configure_eni(&mut self, mac: &str, gateway: Ipv4Addr) -> Result<Option<Nic>, NodeError> {
+    pub fn configure_eni(&mut self, mac: &str, gateway: Ipv4Addr, gateway6: Option<std::net::Ipv6Addr>) -> Result<Option<Nic>, NodeError> {
         let want: MacAddr = mac.parse().map_err(|_| NodeError::BadMac(mac.to_string()))?;
         let links = self.nl.links().map_err(fail("links"))?;
         let Some(link) = links.into_iter().find(|l| l.mac == Some(want) && l.kind.as_deref() != Some("bridge")) else {
@@ -94,6 +97,11 @@ impl Node {
         self.nl.replace_route(&Route::new(gw).dev(link.index).scope(Scope::Link).table(table)).map_err(fail(format!("gateway route in table {table}")))?;
         let default = Route::default_route(IpFamily::V4).via(IpAddr::V4(gateway)).dev(link.index).onlink().table(table);
         self.nl.replace_route(&default).map_err(fail(format!("default route in table {table}")))?;
+        if let Some(gw6) = gateway6 {
+            // The vSwitch's IPv6 gateway is link-local: reached on this NIC.
+            let default6 = Route::default_route(IpFamily::V6).via(IpAddr::V6(gw6)).dev(link.index).table(table);
+            self.nl.replace_route(&default6).map_err(fail(format!("IPv6 default route in table {table}")))?;
+        }
         Ok(Some(Nic { name: link.name, index: link.index, route_table: table }))
     }
 

@@ -49,7 +49,14 @@ pub fn to_proto(a: &Allocated, node_ip: &str) -> pb::Allocation {
             PodMode::Trunk => pb::NetworkMode::Trunk,
         } as i32,
         ipv4: Some(pb::IpConfig { address: r.ip.to_string(), prefix_length: u32::from(a.eni.prefix_len), gateway: a.eni.gateway.to_string() }),
-        ipv6: None,
+        // The pod's IPv6 address as a /128 in every mode: everything else, its vSwitch's other
+        // addresses too, is reached through the gateway (the VPC answers no neighbour solicitation
+        // for other ENIs' addresses, unlike ARP).
+        ipv6: r.ip6.map(|ip6| pb::IpConfig {
+            address: ip6.to_string(),
+            prefix_length: 128,
+            gateway: a.eni.gateway6.map(|(g, _)| g.to_string()).unwrap_or_default(),
+        }),
         eni: Some(pb::EniRef {
             eni_id: a.eni.id.clone(),
             mac: a.eni.mac.clone(),
@@ -85,8 +92,8 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
     async fn allocate_ip(&self, request: Request<pb::AllocateIpRequest>) -> Result<Response<pb::Allocation>, Status> {
         let r = request.into_inner();
         let key = key_of(r.key)?;
-        if r.want_ipv6 {
-            return Err(Status::unimplemented("IPv6 pod addresses are not served by this agent yet; ask for IPv4 only"));
+        if r.want_ipv6 && !self.pool.settings().dual_stack {
+            return Err(Status::invalid_argument("this node serves IPv4 only: set pool.ip_stack = \"dual\" in the agent's config (its vSwitches need IPv6 blocks)"));
         }
         let pod = r.pod.map(|p| PodRef { namespace: p.namespace, name: p.name, uid: p.uid, infra_container_id: p.infra_container_id }).unwrap_or_default();
         let mode = pb::NetworkMode::try_from(r.mode).unwrap_or(pb::NetworkMode::Unspecified);

@@ -30,7 +30,12 @@ pub enum Intent {
     /// Detach and delete the ENI.
     DeleteEni { eni_id: String },
     /// Give these idle IPs back to the cloud.
-    UnassignIps { eni_id: String, ips: Vec<Ipv4Addr> },
+    UnassignIps {
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+        #[serde(default)]
+        ips6: Vec<std::net::Ipv6Addr>,
+    },
     /// CreateNetworkInterface of an ENI for one pod (exclusive mode, or a trunk member).
     /// Interrupted, the pod's ADD failed: the ENI is deleted unless an allocation holds it.
     CreateExclusiveEni { client_token: String },
@@ -190,7 +195,7 @@ mod tests {
     use crate::pool::ledger::PodRef;
 
     fn rec(c: &str, last: u8) -> AllocationRecord {
-        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: Ipv4Addr::new(10, 0, 0, last), eni_id: "eni-1".into(), netns: "/run/netns/x".into(), pod: PodRef::default(), created_at: 1, created_ns: 1, mode: Default::default() }
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: Ipv4Addr::new(10, 0, 0, last), eni_id: "eni-1".into(), netns: "/run/netns/x".into(), pod: PodRef::default(), created_at: 1, created_ns: 1, mode: Default::default(), ip6: None }
     }
 
     #[test]
@@ -202,7 +207,7 @@ mod tests {
             s.append(Event::Allocated(rec("b", 6))).unwrap();
             let id = s.intend(Intent::DeleteEni { eni_id: "eni-9".into() }).unwrap();
             s.append(Event::Released { key: rec("a", 5).key }).unwrap();
-            s.intend(Intent::UnassignIps { eni_id: "eni-1".into(), ips: vec![Ipv4Addr::new(10, 0, 0, 7)] }).unwrap();
+            s.intend(Intent::UnassignIps { eni_id: "eni-1".into(), ips: vec![Ipv4Addr::new(10, 0, 0, 7)], ips6: vec![] }).unwrap();
             s.done(id).unwrap();
         }
         // A crash in the middle of a write leaves half a line.

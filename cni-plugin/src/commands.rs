@@ -86,6 +86,14 @@ fn datapath_error(e: DatapathError) -> CniError {
     }
 }
 
+/// The allocation's IPv6 address on a dual-stack node.
+fn ipv6_of(a: &pb::Allocation) -> Result<Option<std::net::Ipv6Addr>, CniError> {
+    match a.ipv6.as_ref().map(|c| c.address.as_str()).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| CniError::new(code::IO_FAILURE, format!("the agent answered an invalid IPv6 address ({text:?})"), "see berth-agent's log")),
+    }
+}
+
 fn ipv4_of(a: &pb::Allocation) -> Result<Ipv4Addr, CniError> {
     let text = a.ipv4.as_ref().map(|c| c.address.as_str()).unwrap_or_default();
     text.parse().map_err(|_| CniError::new(code::IO_FAILURE, format!("the agent answered an allocation without a valid IPv4 address ({text:?})"), "see berth-agent's log"))
@@ -129,21 +137,25 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
             return Err(CniError::new(code::IO_FAILURE, format!("the agent gave {ip} without the routing table of its ENI"), "see berth-agent's log"));
         }
         let mut node = node_netlink()?;
-        let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu, trunk };
+        let ip6 = ipv6_of(&allocation)?;
+        let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu, trunk, ip6 };
         match datapath::setup(&mut node, &p).and_then(|built| bandwidth::apply(&mut node, Some(built.host.index), &env.netns, &env.ifname, &limits).map(|()| built)) {
-            Ok(built) => Ok((ip, built)),
+            Ok(built) => Ok((ip, ip6, built)),
             Err(e) => {
                 // Leave nothing behind: not an interface that was already there, not our veth, not the rules.
+                let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(ip)).chain(ip6.map(IpAddr::V6)).collect();
                 if !matches!(e, DatapathError::Exists(_)) {
-                    let _ = datapath::teardown(&mut node, &env.container_id, &env.ifname, Some(ip));
+                    let _ = datapath::teardown(&mut node, &env.container_id, &env.ifname, &ips);
                 } else {
-                    let _ = datapath::remove_rules(&mut node, ip);
+                    for ip in ips {
+                        let _ = datapath::remove_rules(&mut node, ip);
+                    }
                 }
                 Err(datapath_error(e))
             }
         }
     })();
-    let (ip, built) = match built {
+    let (ip, ip6, built) = match built {
         Ok(b) => b,
         Err(e) => {
             // The IP goes back to the pool: a failed ADD keeps nothing.
@@ -156,8 +168,12 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
             Interface { name: built.host.name.clone(), mac: datapath::mac_string(built.host.mac), sandbox: None, mtu: Some(mtu) },
             Interface { name: env.ifname.clone(), mac: datapath::mac_string(built.pod.mac), sandbox: Some(env.netns.clone()), mtu: Some(mtu) },
         ],
-        ips: vec![IpEntry { address: IpNetwork::V4(Ipv4Network::new(ip, 32).expect("/32")), gateway: Some(IpAddr::V4(datapath::POD_GATEWAY)), interface: Some(1) }],
-        routes: vec![RouteEntry { dst: "0.0.0.0/0".parse().expect("a CIDR"), gw: Some(IpAddr::V4(datapath::POD_GATEWAY)) }],
+        ips: std::iter::once(IpEntry { address: IpNetwork::V4(Ipv4Network::new(ip, 32).expect("/32")), gateway: Some(IpAddr::V4(datapath::POD_GATEWAY)), interface: Some(1) })
+            .chain(ip6.map(|ip6| IpEntry { address: IpNetwork::V6(ipnetwork::Ipv6Network::new(ip6, 128).expect("/128")), gateway: Some(IpAddr::V6(datapath::POD_GATEWAY6)), interface: Some(1) }))
+            .collect(),
+        routes: std::iter::once(RouteEntry { dst: "0.0.0.0/0".parse().expect("a CIDR"), gw: Some(IpAddr::V4(datapath::POD_GATEWAY)) })
+            .chain(ip6.map(|_| RouteEntry { dst: "::/0".parse().expect("a CIDR"), gw: Some(IpAddr::V6(datapath::POD_GATEWAY6)) }))
+            .collect(),
         dns: conf.dns().cloned(),
     };
     let result = ours.render(&conf.cni_version, conf.prev_result.as_ref());
@@ -201,6 +217,10 @@ fn exclusive_net(env: &Env, a: &pb::Allocation, mtu: u32) -> Result<ExclusiveNet
         container_id: env.container_id.clone(),
         node_addresses: a.node_addresses.iter().filter_map(|s| s.parse().ok()).collect(),
         mtu,
+        ip6: match (ipv6_of(a)?, a.ipv6.as_ref()) {
+            (Some(ip6), Some(c)) => Some((ip6, u8::try_from(c.prefix_length).map_err(|_| bad("a valid IPv6 prefix length"))?, c.gateway.parse().map_err(|_| bad("a valid IPv6 gateway"))?)),
+            _ => None,
+        },
         gateway: v4.gateway.parse().map_err(|_| bad("a valid gateway"))?,
     })
 }
@@ -228,8 +248,12 @@ fn add_exclusive(env: &Env, conf: &NetConf, agent: &mut Agent, allocation: &pb::
     };
     let ours = CniResult {
         interfaces: vec![Interface { name: env.ifname.clone(), mac: datapath::mac_string(link.mac), sandbox: Some(env.netns.clone()), mtu: Some(link.mtu) }],
-        ips: vec![IpEntry { address: IpNetwork::V4(Ipv4Network::new(p.ip, p.prefix_len).map_err(|e| CniError::new(code::IO_FAILURE, e.to_string(), ""))?), gateway: Some(IpAddr::V4(p.gateway)), interface: Some(0) }],
-        routes: vec![RouteEntry { dst: "0.0.0.0/0".parse().expect("a CIDR"), gw: Some(IpAddr::V4(p.gateway)) }],
+        ips: std::iter::once(IpEntry { address: IpNetwork::V4(Ipv4Network::new(p.ip, p.prefix_len).map_err(|e| CniError::new(code::IO_FAILURE, e.to_string(), ""))?), gateway: Some(IpAddr::V4(p.gateway)), interface: Some(0) })
+            .chain(p.ip6.and_then(|(ip6, prefix, gw)| Some(IpEntry { address: IpNetwork::V6(ipnetwork::Ipv6Network::new(ip6, prefix).ok()?), gateway: Some(IpAddr::V6(gw)), interface: Some(0) })))
+            .collect(),
+        routes: std::iter::once(RouteEntry { dst: "0.0.0.0/0".parse().expect("a CIDR"), gw: Some(IpAddr::V4(p.gateway)) })
+            .chain(p.ip6.map(|(_, _, gw)| RouteEntry { dst: "::/0".parse().expect("a CIDR"), gw: Some(IpAddr::V6(gw)) }))
+            .collect(),
         dns: conf.dns().cloned(),
     };
     Ok(Some(ours.render(&conf.cni_version, conf.prev_result.as_ref()).to_string()))
@@ -262,6 +286,10 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         let a = agent.as_mut()?.get(key(env)).ok()??;
         ipv4_of(&a).ok()
     });
+    let ip6 = conf.prev_result.as_ref().and_then(|p| result::pod_ipv6(p, &env.ifname)).or_else(|| {
+        let a = agent.as_mut()?.get(key(env)).ok()??;
+        ipv6_of(&a).ok().flatten()
+    });
     let mut node = node_netlink()?;
     // A pod's own ENI goes back to the node before the release, so the agent can detach it and the
     // pod's namespace can go without taking it along.
@@ -274,7 +302,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if let Some(mac) = exclusive_mac {
         exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, mac).map_err(datapath_error)?;
     }
-    if let Some(ip) = ip {
+    for ip in ip.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)) {
         datapath::remove_rules(&mut node, ip).map_err(datapath_error)?;
     }
     // With the agent up, it deletes the veth after the release, off the runtime's clock; the pod's
@@ -310,7 +338,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         return bandwidth::check(&mut node, None, &env.netns, &env.ifname, &limits).map_err(datapath_error);
     }
     let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
-    let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()?, trunk: trunk_leg(&allocation)? };
+    let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()?, trunk: trunk_leg(&allocation)?, ip6: ipv6_of(&allocation)? };
     datapath::check(&mut node, &p).map_err(datapath_error)?;
     let host = node.link_by_name(&datapath::host_veth_name(&env.container_id, &env.ifname)).ok().map(|l| l.index);
     bandwidth::check(&mut node, host, &env.netns, &env.ifname, &limits).map_err(datapath_error)
@@ -332,7 +360,8 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
             kept_veths.insert(datapath::host_veth_name(&k.container_id, &k.ifname));
             continue;
         }
-        if let Err(e) = datapath::teardown(&mut node, &k.container_id, &k.ifname, ipv4_of(a).ok()) {
+        let ips: Vec<IpAddr> = ipv4_of(a).ok().map(IpAddr::V4).into_iter().chain(ipv6_of(a).ok().flatten().map(IpAddr::V6)).collect();
+        if let Err(e) = datapath::teardown(&mut node, &k.container_id, &k.ifname, &ips) {
             errors.push(format!("{}/{}: {e}", k.container_id, k.ifname));
         }
         if let Err(e) = agent.release(k.clone()) {

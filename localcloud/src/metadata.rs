@@ -62,7 +62,9 @@ pub fn lookup(state: &State, instance_id: &str, path: &str) -> Option<String> {
                     serde_json::to_string(&all).ok()?
                 }
                 "ipv6s" => serde_json::to_string(&eni.ipv6_addresses.iter().map(ToString::to_string).collect::<Vec<_>>()).ok()?,
-                "ipv6-gateway" => eni_vsw.ipv6_cidr_block.map(|_| "fe80::eeff:ffff:feff:ffff".to_string())?,
+                // The vRouter port's own link-local address (EUI-64 of the VPC's MAC), which answers
+                // neighbour solicitations like the real VPC's gateway.
+                "ipv6-gateway" => eni_vsw.ipv6_cidr_block.map(|_| crate::vpcnet::VROUTER_LINK_LOCAL.to_string())?,
                 "vswitch-ipv6-cidr-block" => eni_vsw.ipv6_cidr_block?.to_string(),
                 _ => return None,
             }

@@ -222,6 +222,19 @@ impl SampleNet {
         SampleNet { vpc, vsw, sg }
     }
 
+    /// A dual-stack VPC and vSwitch (the VPC's IPv6 block, the vSwitch its /64 number 1).
+    pub async fn create_dual(cloud: &HttpCloud, vpc_cidr: &str, vswitch_cidr: &str) -> SampleNet {
+        use berth_cloud::Cloud as _;
+        use berth_cloud::api::CreateVSwitchRequest;
+        let vpc = cloud.create_vpc(vpc_cidr, "test", true, None).await.expect("CreateVpc");
+        let vsw = cloud
+            .create_vswitch(&CreateVSwitchRequest { vpc_id: vpc.clone(), zone_id: "local-1a".into(), cidr_block: vswitch_cidr.into(), ipv6_block_index: Some(1), name: "a".into(), ..Default::default() })
+            .await
+            .expect("CreateVSwitch");
+        let sg = cloud.create_security_group(&vpc, "test", None).await.expect("CreateSecurityGroup");
+        SampleNet { vpc, vsw, sg }
+    }
+
     /// Lets every protocol in from `cidr` through the security group (pods talk across nodes).
     pub async fn open_to(&self, cloud: &HttpCloud, cidr: &str) {
         use berth_cloud::Cloud as _;

@@ -388,3 +388,53 @@ async fn warm_exclusive_and_member_enis_serve_adds_and_are_topped_up() {
         del_pod(&agent, &trunk);
     });
 }
+
+fn ipv6_of(pod: &Pod) -> std::net::Ipv6Addr {
+    pod.result["ips"].as_array().unwrap().iter().filter_map(|e| e["address"].as_str()?.split('/').next()?.parse().ok()).next().unwrap_or_else(|| panic!("{} has no IPv6 address: {}", pod.container_id, pod.result))
+}
+
+/// Dual-stack: on agents with `pool.ip_stack = "dual"`, pods of all three modes get an IPv6 address
+/// of their ENI beside the IPv4 one and reach each other over IPv6, on one node and across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods_of_every_mode_reach_each_other_over_ipv6() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create_dual(&cloud, "10.93.0.0/16", "10.93.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    net.open_to(&cloud, "::/0").await;
+    let node_a = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let flags = ["--min-idle-ips", "2", "--max-idle-ips", "4", "--ip-stack", "dual"];
+    let agent_a = AgentProcess::start(&lc, &node_a, &[&flags[..], &["--trunk", "true"]].concat());
+    let agent_b = AgentProcess::start(&lc, &node_b, &flags);
+    let pods = tokio::task::block_in_place(|| {
+        [add_pod(&agent_a, "s6", ""), add_pod(&agent_a, "x6", "BERTH_NETWORK_MODE=exclusive"), add_pod(&agent_a, "t6", "BERTH_NETWORK_MODE=trunk"), add_pod(&agent_b, "b6", "")]
+    });
+    // Each pod's IPv6 address is its ENI's in the cloud.
+    let enis = cloud.describe_network_interfaces(&EniFilter { vpc_id: Some(net.vpc.clone()), ..Default::default() }).await.unwrap();
+    for p in &pods {
+        let ip6 = ipv6_of(p);
+        assert!(enis.iter().any(|e| e.ipv6_addresses.contains(&ip6)), "{}'s {ip6} is no ENI's in the cloud", p.container_id);
+    }
+    for from in &pods {
+        for to in &pods {
+            if from.container_id != to.container_id {
+                let (ok, out) = tokio::task::block_in_place(|| berth_tests::in_netns(&from.path(), &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", &ipv6_of(to).to_string()]));
+                assert!(ok, "{} → {} over IPv6: {out}\n{}", from.container_id, to.container_id, agent_a.log());
+                assert!(ping(&from.path(), to.ip), "{} → {} over IPv4", from.container_id, to.container_id);
+            }
+        }
+    }
+    let (ok, text) = inspect(&lc, &agent_a);
+    assert!(ok, "inspect of a dual-stack node: {text}");
+    tokio::task::block_in_place(|| {
+        for p in &pods[..3] {
+            del_pod(&agent_a, p);
+        }
+        del_pod(&agent_b, &pods[3]);
+    });
+}

@@ -35,6 +35,8 @@ pub(super) fn pod_eni(eni: &NetworkInterface, gateway: std::net::Ipv4Addr, prefi
         nic,
         ips: Default::default(),
         vlan: None,
+        ips6: eni.ipv6_addresses.iter().copied().collect(),
+        gateway6: None,
     }
 }
 
@@ -80,6 +82,7 @@ impl<C: Cloud> EniPool<C> {
         let intent = self.books().store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
         let mut req = CreateEniRequest::secondary(request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone()), if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids });
         req.description = format!("{DESCRIPTION_PREFIX}{key}");
+        req.ipv6_count = u32::from(self.settings.dual_stack);
         req.client_token = Some(token);
         let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal("cannot create the pod's ENI (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)", &e))?;
         let placed = self.place_exclusive(&key, netns, pod, &eni).await;
@@ -112,9 +115,10 @@ impl<C: Cloud> EniPool<C> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (name, index) = nic.ok_or_else(|| AllocError::Refused(format!("ENI {} is attached but no link with MAC {} appeared on the node", eni.id, eni.mac)))?;
-        let pool_eni = pod_eni(eni, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }), EniPhase::Exclusive);
+        let mut pool_eni = pod_eni(eni, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }), EniPhase::Exclusive);
+        pool_eni.gateway6 = self.eni_addressing6(&eni.mac).map_err(|e| fail("no IPv6 addressing", &e))?;
         let created_ns = now_unix_ns();
-        let record = AllocationRecord { key: key.clone(), ip: eni.primary_ip, eni_id: eni.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Exclusive };
+        let record = AllocationRecord { key: key.clone(), ip: eni.primary_ip, eni_id: eni.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Exclusive, ip6: eni.ipv6_addresses.first().copied() };
         let mut b = self.books();
         b.store.append(Event::Allocated(record.clone()))?;
         b.ledger.insert_eni(pool_eni.clone());
@@ -129,7 +133,9 @@ impl<C: Cloud> EniPool<C> {
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac)?;
         let nic = self.node().find_nic(&eni.mac)?.map(|(name, index)| Nic { name, index, route_table: 0 });
         let mut b = self.books();
-        b.ledger.insert_eni(pod_eni(eni, gateway, prefix_len, nic, EniPhase::Exclusive));
+        let mut adopted = pod_eni(eni, gateway, prefix_len, nic, EniPhase::Exclusive);
+        adopted.gateway6 = self.eni_addressing6(&eni.mac)?;
+        b.ledger.insert_eni(adopted);
         self.update_gauges(&b);
         Ok(())
     }

@@ -52,6 +52,8 @@ pub struct PoolSettings {
     /// vSwitch and security groups, so that their ADD needs no cloud call.
     pub warm_exclusive_enis: u32,
     pub warm_member_enis: u32,
+    /// Every pod gets an IPv6 address from its ENI too (the vSwitches must have IPv6 blocks).
+    pub dual_stack: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,11 +130,12 @@ fn is_growth_limit(e: &CloudError) -> bool {
 impl<C: Cloud> EniPool<C> {
     /// Loads the durable state; [`EniPool::recover`] must run before serving.
     pub fn new(cloud: C, settings: PoolSettings, identity: NodeIdentity, node: Node, store: Store, metrics: Arc<Metrics>) -> EniPool<C> {
+        let ledger = if settings.dual_stack { Ledger::dual_stack() } else { Ledger::default() };
         EniPool {
             cloud,
             settings,
             identity,
-            books: Mutex::new(Books { ledger: Ledger::default(), store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now() }),
+            books: Mutex::new(Books { ledger, store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now() }),
             unwire: node.spawn_link_deleter(),
             node: Mutex::new(node),
             grown: Notify::new(),
@@ -188,9 +191,9 @@ impl<C: Cloud> EniPool<C> {
                         break Ok(Allocated { record: r, eni });
                     }
                 }
-                if let Some((eni, ip)) = b.ledger.choose().map(|(e, ip)| (e.clone(), ip)) {
+                if let Some((eni, ip, ip6)) = b.ledger.choose().map(|(e, ip, ip6)| (e.clone(), ip, ip6)) {
                     let created_ns = now_unix_ns();
-                    let record = AllocationRecord { key: key.clone(), ip, eni_id: eni.id.clone(), netns: netns.clone(), pod: pod.clone(), created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Shared };
+                    let record = AllocationRecord { key: key.clone(), ip, eni_id: eni.id.clone(), netns: netns.clone(), pod: pod.clone(), created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Shared, ip6 };
                     // Durable before anyone hears of it.
                     if let Err(e) = b.store.append(Event::Allocated(record.clone())) {
                         break Err(e.into());
@@ -378,7 +381,10 @@ impl<C: Cloud> EniPool<C> {
                     }
                 }
                 Intent::DeleteEni { eni_id } => self.delete_eni_calls(&eni_id).await?,
-                Intent::UnassignIps { eni_id, ips } => self.unassign_call(&eni_id, &ips).await?,
+                Intent::UnassignIps { eni_id, ips, ips6 } => {
+                    self.unassign_call(&eni_id, &ips).await?;
+                    self.unassign6_call(&eni_id, &ips6).await?;
+                }
                 Intent::CreateExclusiveEni { client_token } => self.finish_pod_eni_create(&client_token).await?,
                 Intent::CreateTrunkEni { client_token } => {
                     let eni = self.create_trunk_call(&client_token).await?;
@@ -399,6 +405,7 @@ impl<C: Cloud> EniPool<C> {
         let cloud: Vec<NetworkInterface> = self.cloud.describe_network_interfaces(&filter).await?.into_iter().filter(|e| e.kind != EniKind::Primary).collect();
         let mut to_configure = Vec::new();
         let mut to_reassign = Vec::new();
+        let mut to_assign6: Vec<(String, u32)> = Vec::new();
         let mut exclusive_to_adopt = Vec::new();
         let mut exclusive_orphans = Vec::new();
         {
@@ -438,6 +445,13 @@ impl<C: Cloud> EniPool<C> {
                             pe.ips.remove(&ip);
                             to_reassign.push((ce.id.clone(), ip));
                         }
+                        // IPv6: the cloud's addresses are the ENI's; a dual-stack ENI short of
+                        // IPv6 addresses (a crash between the two assign calls) gets the rest.
+                        let cloud6: BTreeSet<std::net::Ipv6Addr> = ce.ipv6_addresses.iter().copied().collect();
+                        pe.ips6 = cloud6;
+                        if self.settings.dual_stack && pe.phase == EniPhase::Ready && pe.ips6.len() < pe.ips.len() {
+                            to_assign6.push((ce.id.clone(), (pe.ips.len() - pe.ips6.len()) as u32));
+                        }
                         if ce.status == EniStatus::InUse && (pe.phase != EniPhase::Ready || pe.nic.is_none()) {
                             to_configure.push(ce.id.clone());
                         }
@@ -458,6 +472,8 @@ impl<C: Cloud> EniPool<C> {
                             nic: None,
                             ips: cloud_ips,
                             vlan: None,
+                            ips6: ce.ipv6_addresses.iter().copied().collect(),
+                            gateway6: None,
                         });
                         if phase == EniPhase::Attaching {
                             to_configure.push(ce.id.clone());
@@ -487,6 +503,16 @@ impl<C: Cloud> EniPool<C> {
                     }
                 }
                 Err(e) => tracing::error!(%eni, %ip, error = %e, "cannot give the pod its IP back; `berthctl inspect` reports it"),
+            }
+        }
+        for (eni, count) in to_assign6 {
+            match self.cloud.assign_ipv6(&eni, &Addresses::Count(count), None).await {
+                Ok(ips6) => {
+                    if let Some(e) = self.books().ledger.eni_mut(&eni) {
+                        e.ips6.extend(ips6);
+                    }
+                }
+                Err(e) => tracing::warn!(%eni, error = %e, "cannot give the ENI its IPv6 addresses yet"),
             }
         }
         for eni in exclusive_to_adopt {
@@ -641,9 +667,11 @@ impl<C: Cloud> EniPool<C> {
         match action {
             PoolAction::AssignIps { eni, count } => {
                 let ips = self.cloud.assign_private_ips(eni, &Addresses::Count(*count), None).await?;
+                let ips6 = if self.settings.dual_stack { self.cloud.assign_ipv6(eni, &Addresses::Count(*count), None).await? } else { Vec::new() };
                 let mut b = self.books();
                 if let Some(e) = b.ledger.eni_mut(eni) {
                     e.ips.extend(ips);
+                    e.ips6.extend(ips6);
                 }
                 b.last_busy = Instant::now();
                 self.update_gauges(&b);
@@ -678,11 +706,19 @@ impl<C: Cloud> EniPool<C> {
                     for ip in &ips {
                         e.ips.remove(ip);
                     }
-                    let id = b.store.intend(Intent::UnassignIps { eni_id: eni.clone(), ips: ips.clone() })?;
+                    // As many idle IPv6 addresses go with them.
+                    let ips6: Vec<std::net::Ipv6Addr> = b.ledger.eni(eni).map(|e| b.ledger.idle_ips6_of(e)).unwrap_or_default().into_iter().rev().take(ips.len()).collect();
+                    let e = b.ledger.eni_mut(eni).expect("looked up above");
+                    for ip in &ips6 {
+                        e.ips6.remove(ip);
+                    }
+                    let id = b.store.intend(Intent::UnassignIps { eni_id: eni.clone(), ips: ips.clone(), ips6: ips6.clone() })?;
                     self.update_gauges(&b);
-                    (id, ips)
+                    (id, (ips, ips6))
                 };
+                let (ips, ips6) = ips;
                 self.unassign_call(eni, &ips).await?;
+                self.unassign6_call(eni, &ips6).await?;
                 self.books().store.done(id)?;
             }
             PoolAction::DeleteEni { eni } => {
@@ -705,6 +741,7 @@ impl<C: Cloud> EniPool<C> {
     async fn create_eni_call(&self, secondary_ips: u32, token: &str) -> Result<NetworkInterface, CloudError> {
         let mut req = CreateEniRequest::secondary(self.settings.vswitch_id.clone(), self.settings.security_group_ids.clone());
         req.secondary_ip_count = secondary_ips;
+        req.ipv6_count = if self.settings.dual_stack { secondary_ips } else { 0 };
         req.description = format!("berth pool of {}", self.identity.instance_id);
         req.client_token = Some(token.to_string());
         self.cloud.create_network_interface(&req).await
@@ -723,6 +760,8 @@ impl<C: Cloud> EniPool<C> {
             nic: None,
             ips: eni.secondary_ips.iter().copied().collect(),
             vlan: None,
+            ips6: eni.ipv6_addresses.iter().copied().collect(),
+            gateway6: None,
         });
         let result = async {
             self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await?;
@@ -752,10 +791,11 @@ impl<C: Cloud> EniPool<C> {
     async fn make_ready(&self, eni: &NetworkInterface) -> anyhow::Result<()> {
         let mac = eni.mac.clone();
         let (gateway, prefix_len) = self.eni_addressing(&mac)?;
+        let v6 = self.eni_addressing6(&mac)?;
         // The NIC shows up once the attach completed; give the kernel a moment if needed.
         let mut nic = None;
         for _ in 0..50 {
-            nic = self.node().configure_eni(&mac, gateway)?;
+            nic = self.node().configure_eni(&mac, gateway, v6.map(|(gw, _)| gw))?;
             if nic.is_some() {
                 break;
             }
@@ -767,6 +807,7 @@ impl<C: Cloud> EniPool<C> {
             e.gateway = gateway;
             e.prefix_len = prefix_len;
             e.nic = Some(nic);
+            e.gateway6 = v6;
             e.phase = EniPhase::Ready;
         }
         b.last_busy = Instant::now();
@@ -783,6 +824,33 @@ impl<C: Cloud> EniPool<C> {
             Err(e) if e.is_code(code::INVALID_ENI_ID) || e.is_code(code::IP_UNASSIGNED) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn unassign6_call(&self, eni: &str, ips: &[std::net::Ipv6Addr]) -> anyhow::Result<()> {
+        if ips.is_empty() {
+            return Ok(());
+        }
+        match self.cloud.unassign_ipv6(eni, ips).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_code(code::INVALID_ENI_ID) || e.is_code(code::IP_UNASSIGNED) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The IPv6 gateway (link-local) and prefix length of an ENI's vSwitch on a dual-stack node.
+    fn eni_addressing6(&self, mac: &str) -> anyhow::Result<Option<(std::net::Ipv6Addr, u8)>> {
+        if !self.settings.dual_stack {
+            return Ok(None);
+        }
+        let base = &self.settings.metadata_url;
+        let node = self.node();
+        let netns = node.netns();
+        let gw = identity::get(netns, base, &format!("network/interfaces/macs/{mac}/ipv6-gateway"))
+            .map_err(|e| anyhow::anyhow!("{e}; pool.ip_stack = \"dual\" needs vSwitches with IPv6 blocks"))?;
+        let cidr = identity::get(netns, base, &format!("network/interfaces/macs/{mac}/vswitch-ipv6-cidr-block"))?;
+        let gateway: std::net::Ipv6Addr = gw.parse().map_err(|_| anyhow::anyhow!("metadata gives IPv6 gateway {gw:?} for {mac}"))?;
+        let prefix_len = cidr.rsplit_once('/').and_then(|(_, p)| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("metadata gives IPv6 block {cidr:?} for {mac}"))?;
+        Ok(Some((gateway, prefix_len)))
     }
 
     async fn delete_eni_calls(&self, eni_id: &str) -> anyhow::Result<()> {

@@ -67,6 +67,8 @@ impl<C: Cloud> EniPool<C> {
             nic: Some(nic),
             ips: Default::default(),
             vlan: None,
+            ips6: Default::default(),
+            gateway6: None,
         });
         self.update_gauges(&b);
         Ok(())
@@ -136,6 +138,7 @@ impl<C: Cloud> EniPool<C> {
         let intent = self.books().store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
         let mut req = CreateEniRequest::secondary(request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone()), if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids });
         req.description = format!("{MEMBER_PREFIX}{key}");
+        req.ipv6_count = u32::from(self.settings.dual_stack);
         req.client_token = Some(token);
         let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal("cannot create the pod's member ENI (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)", &e))?;
         let placed = self.place_member(&key, netns, pod, &eni, &trunk).await;
@@ -160,7 +163,7 @@ impl<C: Cloud> EniPool<C> {
         let bound = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the member ENI did not bind", &e))?;
         let member = self.member_eni(&bound, trunk).map_err(|e| fail("no addressing", &e))?;
         let created_ns = now_unix_ns();
-        let record = AllocationRecord { key: key.clone(), ip: bound.primary_ip, eni_id: bound.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Trunk };
+        let record = AllocationRecord { key: key.clone(), ip: bound.primary_ip, eni_id: bound.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Trunk, ip6: bound.ipv6_addresses.first().copied() };
         let mut b = self.books();
         b.store.append(Event::Allocated(record.clone()))?;
         b.ledger.insert_eni(member.clone());
@@ -174,6 +177,7 @@ impl<C: Cloud> EniPool<C> {
         let vlan = eni.vlan_id.ok_or_else(|| anyhow::anyhow!("the cloud gives member ENI {} no VLAN ID", eni.id))?;
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac)?;
         let mut member = pod_eni(eni, gateway, prefix_len, None, EniPhase::Member);
+        member.gateway6 = self.eni_addressing6(&eni.mac)?;
         let trunk_nic = trunk.nic.as_ref().map(|n| n.name.clone()).unwrap_or_default();
         member.vlan = Some(VlanRef { id: vlan, trunk_eni_id: trunk.id.clone(), trunk_nic });
         Ok(member)
@@ -192,6 +196,8 @@ impl<C: Cloud> EniPool<C> {
             nic: None::<Nic>,
             ips: Default::default(),
             vlan: None,
+            ips6: Default::default(),
+            gateway6: None,
         });
         let member = self.member_eni(eni, &trunk)?;
         let mut b = self.books();

@@ -31,7 +31,7 @@ impl<C: Cloud> EniPool<C> {
         let mut b = self.books();
         let Some(eni) = b.ledger.enis().find(|e| e.phase == warm).cloned() else { return Ok(None) };
         let created_ns = now_unix_ns();
-        let record = AllocationRecord { key: key.clone(), ip: eni.primary_ip, eni_id: eni.id.clone(), netns: netns.to_string(), pod: pod.clone(), created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode };
+        let record = AllocationRecord { key: key.clone(), ip: eni.primary_ip, eni_id: eni.id.clone(), netns: netns.to_string(), pod: pod.clone(), created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode, ip6: eni.ips6.iter().next().copied() };
         b.store.append(Event::Allocated(record.clone()))?;
         let eni = b.ledger.take_warm(warm, to).filter(|e| e.id == record.eni_id).expect("the warm ENI looked up above");
         b.ledger.record(record.clone()).map_err(|e| AllocError::Refused(e.to_string()))?;
@@ -64,6 +64,7 @@ impl<C: Cloud> EniPool<C> {
         let intent = self.books().store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
         let mut req = CreateEniRequest::secondary(self.settings.vswitch_id.clone(), self.settings.security_group_ids.clone());
         req.description = format!("{WARM_DESCRIPTION}{}", if phase == EniPhase::WarmMember { "member" } else { "exclusive" });
+        req.ipv6_count = u32::from(self.settings.dual_stack);
         req.client_token = Some(token);
         let eni = self.cloud.create_network_interface(&req).await?;
         let placed = self.place_warm(&eni, phase).await;
@@ -96,7 +97,9 @@ impl<C: Cloud> EniPool<C> {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 let (name, index) = nic.ok_or_else(|| anyhow::anyhow!("warm ENI {} is attached but no link with MAC {} appeared", bound.id, bound.mac))?;
-                pod_eni(&bound, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }), EniPhase::WarmExclusive)
+                let mut warm = pod_eni(&bound, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }), EniPhase::WarmExclusive);
+                warm.gateway6 = self.eni_addressing6(&bound.mac)?;
+                warm
             }
         };
         let mut b = self.books();

@@ -3,7 +3,7 @@
 //! (one holder per IP, IPs only from ENIs ready on the node).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,9 @@ pub struct AllocationRecord {
     pub created_ns: u64,
     #[serde(default)]
     pub mode: PodMode,
+    /// The pod's IPv6 address on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// Where an ENI is in its life on this node.
@@ -118,6 +121,10 @@ pub struct PoolEni {
     pub ips: BTreeSet<Ipv4Addr>,
     /// For a member ENI: its trunk and VLAN ID.
     pub vlan: Option<VlanRef>,
+    /// IPv6 addresses the cloud has assigned to the ENI (dual-stack), and the vSwitch's IPv6
+    /// gateway (link-local) with its prefix length.
+    pub ips6: BTreeSet<Ipv6Addr>,
+    pub gateway6: Option<(Ipv6Addr, u8)>,
 }
 
 /// Where a member ENI's frames travel: the trunk ENI, its NIC on the node, and the VLAN ID.
@@ -133,16 +140,28 @@ pub struct Ledger {
     enis: BTreeMap<String, PoolEni>,
     allocations: BTreeMap<AllocationKey, AllocationRecord>,
     holders: BTreeMap<Ipv4Addr, AllocationKey>,
+    holders6: BTreeMap<Ipv6Addr, AllocationKey>,
+    /// Every shared allocation gets an IPv6 address too.
+    dual_stack: bool,
 }
 
 /// Why the ledger refused a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     #[error("{ip} is already held by {holder}")]
-    IpHeld { ip: Ipv4Addr, holder: AllocationKey },
+    IpHeld { ip: std::net::IpAddr, holder: AllocationKey },
 }
 
 impl Ledger {
+    /// A ledger whose shared allocations take an IPv6 address beside the IPv4 one.
+    pub fn dual_stack() -> Ledger {
+        Ledger { dual_stack: true, ..Ledger::default() }
+    }
+
+    pub fn is_dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
     pub fn enis(&self) -> impl Iterator<Item = &PoolEni> {
         self.enis.values()
     }
@@ -178,6 +197,22 @@ impl Ledger {
     /// IPs of this ENI no pod holds.
     pub fn idle_ips_of(&self, eni: &PoolEni) -> Vec<Ipv4Addr> {
         eni.ips.iter().copied().filter(|ip| !self.holders.contains_key(ip)).collect()
+    }
+
+    /// IPv6 addresses of this ENI no pod holds.
+    pub fn idle_ips6_of(&self, eni: &PoolEni) -> Vec<Ipv6Addr> {
+        eni.ips6.iter().copied().filter(|ip| !self.holders6.contains_key(ip)).collect()
+    }
+
+    pub fn holder6(&self, ip: Ipv6Addr) -> Option<&AllocationKey> {
+        self.holders6.get(&ip)
+    }
+
+    /// Idle pod slots of an ENI: its idle IPv4 addresses, and on a dual-stack node no more than its
+    /// idle IPv6 addresses.
+    fn idle_slots(&self, e: &PoolEni) -> usize {
+        let v4 = e.ips.iter().filter(|ip| !self.holders.contains_key(ip)).count();
+        if self.dual_stack { v4.min(e.ips6.iter().filter(|ip| !self.holders6.contains_key(ip)).count()) } else { v4 }
     }
 
     /// ENIs given whole to pods.
@@ -219,7 +254,7 @@ impl Ledger {
 
     /// Idle IPs that can serve a pod now (on ready ENIs).
     pub fn ready_idle(&self) -> usize {
-        self.enis.values().filter(|e| e.phase == EniPhase::Ready).map(|e| e.ips.iter().filter(|ip| !self.holders.contains_key(ip)).count()).sum()
+        self.enis.values().filter(|e| e.phase == EniPhase::Ready).map(|e| self.idle_slots(e)).sum()
     }
 
     /// Records an allocation that was made before (loaded from the store, or just chosen).
@@ -227,33 +262,53 @@ impl Ledger {
         if let Some(holder) = self.holders.get(&record.ip)
             && *holder != record.key
         {
-            return Err(LedgerError::IpHeld { ip: record.ip, holder: holder.clone() });
+            return Err(LedgerError::IpHeld { ip: record.ip.into(), holder: holder.clone() });
+        }
+        if let Some(ip6) = record.ip6
+            && let Some(holder) = self.holders6.get(&ip6)
+            && *holder != record.key
+        {
+            return Err(LedgerError::IpHeld { ip: ip6.into(), holder: holder.clone() });
         }
         if let Some(old) = self.allocations.get(&record.key) {
             self.holders.remove(&old.ip);
+            if let Some(ip6) = old.ip6 {
+                self.holders6.remove(&ip6);
+            }
         }
         self.holders.insert(record.ip, record.key.clone());
+        if let Some(ip6) = record.ip6 {
+            self.holders6.insert(ip6, record.key.clone());
+        }
         self.allocations.insert(record.key.clone(), record);
         Ok(())
     }
 
     /// Chooses an idle IP for a new allocation without recording it: the ready ENI with the most
-    /// pods first (so that surplus drains whole ENIs), its lowest idle IP.
-    pub fn choose(&self) -> Option<(&PoolEni, Ipv4Addr)> {
-        let mut best: Option<(&PoolEni, Ipv4Addr, usize)> = None;
+    /// pods first (so that surplus drains whole ENIs), its lowest idle IP (and on a dual-stack node
+    /// its lowest idle IPv6 address: an ENI without one is passed over).
+    pub fn choose(&self) -> Option<(&PoolEni, Ipv4Addr, Option<Ipv6Addr>)> {
+        let mut best: Option<(&PoolEni, Ipv4Addr, Option<Ipv6Addr>, usize)> = None;
         for e in self.enis.values().filter(|e| e.phase == EniPhase::Ready && e.nic.is_some()) {
             let Some(ip) = e.ips.iter().copied().find(|ip| !self.holders.contains_key(ip)) else { continue };
+            let ip6 = e.ips6.iter().copied().find(|ip| !self.holders6.contains_key(ip));
+            if self.dual_stack && ip6.is_none() {
+                continue;
+            }
             let used = e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count();
-            if best.as_ref().is_none_or(|(_, _, u)| used > *u) {
-                best = Some((e, ip, used));
+            if best.as_ref().is_none_or(|(_, _, _, u)| used > *u) {
+                best = Some((e, ip, ip6, used));
             }
         }
-        best.map(|(e, ip, _)| (e, ip))
+        best.map(|(e, ip, ip6, _)| (e, ip, ip6))
     }
 
     pub fn release(&mut self, key: &AllocationKey) -> Option<AllocationRecord> {
         let record = self.allocations.remove(key)?;
         self.holders.remove(&record.ip);
+        if let Some(ip6) = record.ip6 {
+            self.holders6.remove(&ip6);
+        }
         Some(record)
     }
 
@@ -285,11 +340,13 @@ mod tests {
             nic: Some(Nic { name: "eth1".into(), index: 3, route_table: 1003 }),
             ips: ips.iter().map(|o| Ipv4Addr::from(*o)).collect(),
             vlan: None,
+            ips6: Default::default(),
+            gateway6: None,
         }
     }
 
     fn rec(c: &str, ip: [u8; 4], eni: &str) -> AllocationRecord {
-        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: ip.into(), eni_id: eni.into(), netns: String::new(), pod: PodRef::default(), created_at: 0, created_ns: 0, mode: PodMode::Shared }
+        AllocationRecord { key: AllocationKey { container_id: c.into(), ifname: "eth0".into() }, ip: ip.into(), eni_id: eni.into(), netns: String::new(), pod: PodRef::default(), created_at: 0, created_ns: 0, mode: PodMode::Shared, ip6: None }
     }
 
     #[test]
@@ -313,12 +370,32 @@ mod tests {
         l.insert_eni(eni("eni-b", &[[10, 0, 0, 7], [10, 0, 0, 8]], EniPhase::Ready));
         l.insert_eni(eni("eni-c", &[[10, 0, 0, 9]], EniPhase::Attaching));
         l.record(rec("c1", [10, 0, 0, 8], "eni-b")).unwrap();
-        let (e, ip) = l.choose().unwrap();
+        let (e, ip, _) = l.choose().unwrap();
         assert_eq!((e.id.as_str(), ip), ("eni-b", Ipv4Addr::new(10, 0, 0, 7)));
         let view = l.view(0, None, Instant::now());
         assert_eq!(view.enis.len(), 3);
         assert_eq!(view.idle(), 4, "attaching IPs count as coming");
         assert_eq!(l.ready_idle(), 3);
+    }
+
+    #[test]
+    fn a_dual_stack_allocation_takes_an_ipv6_address_of_the_same_eni() {
+        let mut l = Ledger::dual_stack();
+        let mut a = eni("eni-a", &[[10, 0, 0, 5], [10, 0, 0, 6]], EniPhase::Ready);
+        a.ips6.insert("fd00::5".parse().unwrap());
+        l.insert_eni(a);
+        assert_eq!(l.ready_idle(), 1, "two IPv4 but one IPv6: one pod");
+        let (e, ip, ip6) = l.choose().map(|(e, ip, ip6)| (e.id.clone(), ip, ip6)).unwrap();
+        assert_eq!((e.as_str(), ip6), ("eni-a", Some("fd00::5".parse().unwrap())));
+        let mut r = rec("c1", ip.octets(), "eni-a");
+        r.ip6 = ip6;
+        l.record(r).unwrap();
+        assert!(l.choose().is_none(), "no IPv6 left: no dual-stack pod fits");
+        let mut other = rec("c2", [10, 0, 0, 6], "eni-a");
+        other.ip6 = ip6;
+        assert!(matches!(l.record(other), Err(LedgerError::IpHeld { .. })), "an IPv6 address has one holder too");
+        l.release(&rec("c1", [10, 0, 0, 5], "eni-a").key);
+        assert_eq!(l.idle_ips6_of(l.eni("eni-a").unwrap()).len(), 1);
     }
 
     #[test]
@@ -333,6 +410,6 @@ mod tests {
         assert_eq!(view.enis.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["eni-a"]);
         assert_eq!((l.eni_slots_used(), l.enis_outside_pool(), l.member_enis()), (2, 1, 1));
         assert_eq!(l.trunk().map(|e| e.id.as_str()), Some("eni-t"));
-        assert_eq!(l.choose().map(|(e, _)| e.id.as_str()), Some("eni-a"));
+        assert_eq!(l.choose().map(|(e, _, _)| e.id.as_str()), Some("eni-a"));
     }
 }

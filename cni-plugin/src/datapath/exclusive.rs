@@ -35,6 +35,8 @@ pub struct ExclusiveNet {
     pub container_id: String,
     pub node_addresses: Vec<Ipv4Addr>,
     pub mtu: u32,
+    /// Dual-stack: the ENI's IPv6 address, its vSwitch's prefix length and IPv6 gateway.
+    pub ip6: Option<(std::net::Ipv6Addr, u8, std::net::Ipv6Addr)>,
 }
 
 /// The pod's end of its veth to the node.
@@ -62,6 +64,13 @@ pub fn setup(node: &mut Netlink, p: &ExclusiveNet) -> Result<Link, DatapathError
     pod.add_address(&Address::new(link.index, IpNetwork::V4(net))).or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) }).map_err(nl_err(format_args!("address {net} on {}", p.ifname)))?;
     pod.set_link_up(link.index).map_err(nl_err(format_args!("{} up", p.ifname)))?;
     pod.replace_route(&Route::default_route(IpFamily::V4).via(IpAddr::V4(p.gateway)).dev(link.index)).map_err(nl_err("default route in the pod"))?;
+    if let Some((ip6, prefix, gateway6)) = p.ip6 {
+        // The VPC gave this address to this ENI alone: no duplicate detection to wait for.
+        berth_nodenet::sysctl_in(&pod_ns, &format!("net/ipv6/conf/{}/accept_dad", p.ifname), "0").map_err(|e| DatapathError::Netlink(format!("IPv6 on {}: {e}", p.ifname)))?;
+        let net = ipnetwork::Ipv6Network::new(ip6, prefix).map_err(|e| DatapathError::Netlink(format!("address {ip6}/{prefix}: {e}")))?;
+        pod.add_address(&Address::new(link.index, IpNetwork::V6(net))).or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) }).map_err(nl_err(format_args!("address {net} on {}", p.ifname)))?;
+        pod.replace_route(&Route::default_route(IpFamily::V6).via(IpAddr::V6(gateway6)).dev(link.index)).map_err(nl_err("IPv6 default route in the pod"))?;
+    }
     host_leg(node, &pod_ns, &mut pod, p)?;
     pod.link_by_index(link.index).map_err(nl_err(&p.ifname))
 }

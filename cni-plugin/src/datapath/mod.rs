@@ -15,14 +15,16 @@ pub mod bandwidth;
 pub mod exclusive;
 pub mod trunk;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd as _;
 
 use berth_nodenet::{Address, IpFamily, Link, MacAddr, Neighbour, NetOps, Netlink, Netns, Route, Rule, Scope, Veth};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 /// The pod's gateway: an address nobody has, answered by the permanent neighbour entry.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pod's IPv6 gateway (dual-stack): link-local, a permanent neighbour like the IPv4 one.
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// `to <pod> lookup main`: traffic to a pod goes to its veth, whatever ENI it came in by.
 pub const RULE_PRIORITY_TO_POD: u32 = 512;
 /// `from <pod> lookup <ENI table>`: a pod's traffic leaves by the ENI that owns its IP.
@@ -53,6 +55,8 @@ pub struct PodNet {
     pub mtu: u32,
     /// A trunk pod's member ENI.
     pub trunk: Option<trunk::TrunkLeg>,
+    /// The pod's IPv6 address on a dual-stack node.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// What was built, for the result.
@@ -93,16 +97,17 @@ pub(crate) fn gone_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
     if e.is_not_found() { Ok(()) } else { Err(e) }
 }
 
-fn host_net(ip: Ipv4Addr) -> IpNetwork {
-    IpNetwork::V4(Ipv4Network::new(ip, 32).expect("/32 is valid"))
+fn host_net(ip: impl Into<IpAddr>) -> IpNetwork {
+    let ip = ip.into();
+    IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("a host prefix is valid")
 }
 
-fn rule_to(ip: Ipv4Addr) -> Rule {
-    Rule::lookup(IpFamily::V4, berth_nodenet::TABLE_MAIN).to(host_net(ip)).priority(RULE_PRIORITY_TO_POD)
+fn rule_to(ip: IpAddr) -> Rule {
+    Rule::lookup(IpFamily::of(&ip), berth_nodenet::TABLE_MAIN).to(host_net(ip)).priority(RULE_PRIORITY_TO_POD)
 }
 
-fn rule_from(ip: Ipv4Addr, table: u32) -> Rule {
-    Rule::lookup(IpFamily::V4, table).from(host_net(ip)).priority(RULE_PRIORITY_FROM_POD)
+fn rule_from(ip: IpAddr, table: u32) -> Rule {
+    Rule::lookup(IpFamily::of(&ip), table).from(host_net(ip)).priority(RULE_PRIORITY_FROM_POD)
 }
 
 pub(crate) fn open_pod_netns(path: &str) -> Result<(Netns, Netlink), DatapathError> {
@@ -152,13 +157,22 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
     node.replace_route(&Route::new(host_net(p.ip)).dev(host.index).scope(Scope::Link)).map_err(nl_err(format_args!("route to {}", p.ip)))?;
     node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V4(p.ip), pod_mac)).map_err(nl_err(format_args!("neighbour {}", p.ip)))?;
     // A rule of an earlier holder of this IP pointing to another ENI's table would win over ours.
-    let stale: Vec<Rule> = node.rules().map_err(nl_err("rules"))?.into_iter().filter(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(p.ip)) && r.table != p.route_table).collect();
-    for rule in &stale {
-        node.delete_rule(rule).or_else(gone_ok).map_err(nl_err(format_args!("stale rule {rule}")))?;
+    if let Some(ip6) = p.ip6 {
+        pod_v6(&pod_ns, &mut pod, p, pod_link.index, host_mac, ip6)?;
+        node.replace_route(&Route::new(host_net(ip6)).dev(host.index)).map_err(nl_err(format_args!("route to {ip6}")))?;
+        node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V6(ip6), pod_mac)).map_err(nl_err(format_args!("neighbour {ip6}")))?;
     }
-    node.add_rule(&rule_to(p.ip)).or_else(exists_ok).map_err(nl_err(format_args!("rule to {}", p.ip)))?;
-    if p.route_table != 0 {
-        node.add_rule(&rule_from(p.ip, p.route_table)).or_else(exists_ok).map_err(nl_err(format_args!("rule from {}", p.ip)))?;
+    let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(p.ip)).chain(p.ip6.map(IpAddr::V6)).collect();
+    for ip in ips {
+        // A rule of an earlier holder of this IP pointing to another ENI's table would win over ours.
+        let stale: Vec<Rule> = node.rules().map_err(nl_err("rules"))?.into_iter().filter(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(ip)) && r.table != p.route_table).collect();
+        for rule in &stale {
+            node.delete_rule(rule).or_else(gone_ok).map_err(nl_err(format_args!("stale rule {rule}")))?;
+        }
+        node.add_rule(&rule_to(ip)).or_else(exists_ok).map_err(nl_err(format_args!("rule to {ip}")))?;
+        if p.route_table != 0 {
+            node.add_rule(&rule_from(ip, p.route_table)).or_else(exists_ok).map_err(nl_err(format_args!("rule from {ip}")))?;
+        }
     }
     if let Some(leg) = &p.trunk {
         trunk::tag_pod_frames(node, host.index, leg)?;
@@ -167,8 +181,18 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
     Ok(Built { host, pod: pod_link })
 }
 
-/// Removes the node-side policy rules of a pod IP ("already gone" is success).
-pub fn remove_rules(node: &mut Netlink, ip: Ipv4Addr) -> Result<(), DatapathError> {
+/// The pod side of a dual-stack pod: its IPv6 address (no duplicate detection: the VPC gave it to
+/// this pod alone), and a default route via the link-local gateway at the host end's MAC.
+fn pod_v6(pod_ns: &Netns, pod: &mut Netlink, p: &PodNet, index: u32, host_mac: MacAddr, ip6: Ipv6Addr) -> Result<(), DatapathError> {
+    berth_nodenet::sysctl_in(pod_ns, &format!("net/ipv6/conf/{}/accept_dad", p.ifname), "0").map_err(|e| DatapathError::Netlink(format!("IPv6 on {}: {e}", p.ifname)))?;
+    pod.add_address(&Address::new(index, host_net(ip6))).or_else(exists_ok).map_err(nl_err(format_args!("address {ip6} on {}", p.ifname)))?;
+    pod.replace_neighbour(&Neighbour::permanent(index, IpAddr::V6(POD_GATEWAY6), host_mac)).map_err(nl_err("IPv6 gateway neighbour in the pod"))?;
+    pod.replace_route(&Route::default_route(IpFamily::V6).via(IpAddr::V6(POD_GATEWAY6)).dev(index)).map_err(nl_err("IPv6 default route in the pod"))
+}
+
+/// Removes the node-side policy rules of a pod IP, v4 or v6 ("already gone" is success).
+pub fn remove_rules(node: &mut Netlink, ip: impl Into<IpAddr>) -> Result<(), DatapathError> {
+    let ip = ip.into();
     node.delete_rule(&rule_to(ip)).or_else(gone_ok).map_err(nl_err(format_args!("rule to {ip}")))?;
     // Table 0 matches the rule whatever ENI table it names.
     node.delete_rule(&rule_from(ip, 0)).or_else(gone_ok).map_err(nl_err(format_args!("rule from {ip}")))?;
@@ -205,9 +229,9 @@ pub fn retire_pod_side(node: &mut Netlink, netns: &str, container_id: &str, ifna
     Ok(true)
 }
 
-/// Everything of one pod interface: rules (when the IP is known) and the veth.
-pub fn teardown(node: &mut Netlink, container_id: &str, ifname: &str, ip: Option<Ipv4Addr>) -> Result<(), DatapathError> {
-    let rules = ip.map(|ip| remove_rules(node, ip)).unwrap_or(Ok(()));
+/// Everything of one pod interface: rules (of the IPs that are known) and the veth.
+pub fn teardown(node: &mut Netlink, container_id: &str, ifname: &str, ips: &[IpAddr]) -> Result<(), DatapathError> {
+    let rules = ips.iter().try_for_each(|ip| remove_rules(node, *ip));
     delete_veth(node, container_id, ifname)?;
     rules
 }

@@ -124,6 +124,16 @@ pub fn pod_ipv4(result: &Value, ifname: &str) -> Option<Ipv4Addr> {
     result.get("ips")?.as_array()?.iter().filter(|e| e.get("interface").is_some_and(is_pod_iface)).find_map(entry_ipv4)
 }
 
+/// The pod interface's IPv6 address in a result (dual-stack), like [`pod_ipv4`].
+pub fn pod_ipv6(result: &Value, ifname: &str) -> Option<std::net::Ipv6Addr> {
+    let interfaces = result.get("interfaces").and_then(Value::as_array);
+    let is_pod_iface = |index: &Value| {
+        let iface = index.as_u64().and_then(|i| interfaces?.get(usize::try_from(i).ok()?));
+        iface.is_some_and(|f| f.get("name").and_then(Value::as_str) == Some(ifname) && f.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+    };
+    result.get("ips")?.as_array()?.iter().filter(|e| e.get("interface").is_some_and(is_pod_iface)).find_map(|e| e.get("address")?.as_str()?.split('/').next()?.parse().ok())
+}
+
 /// Every IPv4 address a result lists, whatever interface it is on.
 pub fn ipv4_addresses(result: &Value) -> Vec<Ipv4Addr> {
     result.get("ips").and_then(Value::as_array).map(|ips| ips.iter().filter_map(entry_ipv4).collect()).unwrap_or_default()

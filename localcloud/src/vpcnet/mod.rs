@@ -29,6 +29,9 @@ use crate::state::{Plane, PlaneError, State};
 
 /// The MAC every neighbour has on the real VPC.
 pub const VROUTER_MAC: MacAddr = MacAddr([0xee, 0xff, 0xff, 0xff, 0xff, 0xff]);
+/// The IPv6 gateway of every vSwitch: the link-local address each vRouter port derives from
+/// [`VROUTER_MAC`] (EUI-64: the universal/local bit flipped, `ff:fe` in the middle).
+pub const VROUTER_LINK_LOCAL: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecff, 0xffff, 0xfeff, 0xffff);
 
 pub struct VpcNet {
     prefix: String,
