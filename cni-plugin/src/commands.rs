@@ -94,6 +94,11 @@ fn ipv6_of(a: &pb::Allocation) -> Result<Option<std::net::Ipv6Addr>, CniError> {
     }
 }
 
+/// The gateway of the allocation's vSwitch (unspecified when the agent gave none).
+fn gateway_of(a: &pb::Allocation) -> Ipv4Addr {
+    a.ipv4.as_ref().and_then(|c| c.gateway.parse().ok()).unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
 fn ipv4_of(a: &pb::Allocation) -> Result<Ipv4Addr, CniError> {
     let text = a.ipv4.as_ref().map(|c| c.address.as_str()).unwrap_or_default();
     text.parse().map_err(|_| CniError::new(code::IO_FAILURE, format!("the agent answered an allocation without a valid IPv4 address ({text:?})"), "see berth-agent's log"))
@@ -138,7 +143,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
         }
         let mut node = node_netlink()?;
         let ip6 = ipv6_of(&allocation)?;
-        let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu, trunk, ip6 };
+        let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu, trunk, ip6, gateway: gateway_of(&allocation) };
         match datapath::setup(&mut node, &p).and_then(|built| bandwidth::apply(&mut node, Some(built.host.index), &env.netns, &env.ifname, &limits).map(|()| built)) {
             Ok(built) => Ok((ip, ip6, built)),
             Err(e) => {
@@ -305,6 +310,12 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     for ip in ip.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)) {
         datapath::remove_rules(&mut node, ip).map_err(datapath_error)?;
     }
+    // A trunk pod's VLAN sub-interface (kernels with 8021q) goes with it.
+    if let Some(Ok(Some(a))) = agent.as_mut().map(|a| a.get(key(env)))
+        && let Ok(Some(leg)) = trunk_leg(&a)
+    {
+        datapath::trunk::remove_sub_interface(&mut node, &leg).map_err(datapath_error)?;
+    }
     // With the agent up, it deletes the veth after the release, off the runtime's clock; the pod's
     // interface name is freed now.
     if agent.is_some() {
@@ -338,7 +349,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         return bandwidth::check(&mut node, None, &env.netns, &env.ifname, &limits).map_err(datapath_error);
     }
     let table = allocation.eni.as_ref().map(|e| e.route_table).unwrap_or_default();
-    let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()?, trunk: trunk_leg(&allocation)?, ip6: ipv6_of(&allocation)? };
+    let p = PodNet { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: env.netns.clone(), ip, route_table: table, mtu: conf.mtu()?, trunk: trunk_leg(&allocation)?, ip6: ipv6_of(&allocation)?, gateway: gateway_of(&allocation) };
     datapath::check(&mut node, &p).map_err(datapath_error)?;
     let host = node.link_by_name(&datapath::host_veth_name(&env.container_id, &env.ifname)).ok().map(|l| l.index);
     bandwidth::check(&mut node, host, &env.netns, &env.ifname, &limits).map_err(datapath_error)

@@ -109,6 +109,11 @@ impl Error {
         self.errno() == Some(libc::EEXIST)
     }
 
+    /// The kernel lacks what was asked (EOPNOTSUPP), e.g. a link kind whose module it has not.
+    pub fn is_unsupported(&self) -> bool {
+        self.errno() == Some(libc::EOPNOTSUPP)
+    }
+
     pub(crate) fn invalid(
         what: &'static str,
         value: impl Into<String>,

@@ -227,6 +227,20 @@ pub(crate) fn create_ifb_request(name: &str) -> Result<RouteNetlinkMessage> {
     Ok(RouteNetlinkMessage::NewLink(msg))
 }
 
+/// `ip link add NAME link PARENT address MAC type vlan id ID`.
+pub(crate) fn create_vlan_request(name: &str, parent: u32, id: u16, mac: MacAddr) -> Result<RouteNetlinkMessage> {
+    validate_name(name)?;
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::Link(parent));
+    msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vlan),
+        LinkInfo::Data(InfoData::Vlan(vec![netlink_packet_route::link::InfoVlan::Id(id)])),
+    ]));
+    Ok(RouteNetlinkMessage::NewLink(msg))
+}
+
 pub(crate) fn delete_request(index: u32) -> RouteNetlinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;

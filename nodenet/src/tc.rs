@@ -149,6 +149,14 @@ impl Netlink {
         crate::NetOps::link_by_name(self, name)
     }
 
+    /// Creates an 802.1Q sub-interface of `parent` with VLAN `id` and `mac` (down). Kernels without
+    /// 8021q refuse with EOPNOTSUPP ([`crate::Error::errno`]).
+    pub fn create_vlan(&mut self, name: &str, parent: u32, id: u16, mac: crate::MacAddr) -> Result<crate::Link> {
+        let msg = crate::link::create_vlan_request(name, parent, id, mac)?;
+        self.ack("create vlan", &name, msg, netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL)?;
+        crate::NetOps::link_by_name(self, name)
+    }
+
     /// Limits what a link sends with a token bucket as its root qdisc (replacing the one it had).
     pub fn set_rate_limit(&mut self, ifindex: u32, limit: RateLimit) -> Result<()> {
         let mut m = message(ifindex, TcHandle { major: 1, minor: 0 }, TcHandle::ROOT, 0);

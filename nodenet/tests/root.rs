@@ -593,3 +593,20 @@ fn vlan_programs_carry_a_members_traffic_tagged_across_a_trunk() {
     let ping = run_in(&pod.ns, &["ping", "-c", "1", "-W", "1", "10.7.0.200"]);
     assert!(!ping.status.success(), "tagged frames must not be taken as untagged");
 }
+
+/// This machine's kernel has no 8021q: creating a VLAN sub-interface fails as "unsupported", which
+/// is what makes trunk mode take its tc program path.
+#[test]
+fn a_kernel_without_8021q_refuses_vlan_links_as_unsupported() {
+    require_root!();
+    let (mut host, _pod) = veth_pair();
+    let vh = host.nl.link_by_name("vh0").unwrap();
+    match host.nl.create_vlan("vh0.42", vh.index, 42, HOST_MAC) {
+        Ok(link) => {
+            // A kernel with 8021q: the sub-interface is there, with its VLAN ID's parent.
+            assert_eq!(link.kind.as_deref(), Some("vlan"));
+            assert_eq!(link.parent_index, Some(vh.index));
+        }
+        Err(e) => assert!(e.is_unsupported(), "{e}"),
+    }
+}

@@ -57,6 +57,8 @@ pub struct PodNet {
     pub trunk: Option<trunk::TrunkLeg>,
     /// The pod's IPv6 address on a dual-stack node.
     pub ip6: Option<Ipv6Addr>,
+    /// The gateway of the pod's vSwitch (a trunk pod's VLAN sub-interface routes via it).
+    pub gateway: Ipv4Addr,
 }
 
 /// What was built, for the result.
@@ -89,7 +91,7 @@ pub(crate) fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(berth_nodenet:
     move |e| DatapathError::Netlink(format!("{what}: {e}"))
 }
 
-fn exists_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
+pub(crate) fn exists_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
     if e.is_exists() { Ok(()) } else { Err(e) }
 }
 
@@ -106,7 +108,7 @@ fn rule_to(ip: IpAddr) -> Rule {
     Rule::lookup(IpFamily::of(&ip), berth_nodenet::TABLE_MAIN).to(host_net(ip)).priority(RULE_PRIORITY_TO_POD)
 }
 
-fn rule_from(ip: IpAddr, table: u32) -> Rule {
+pub(crate) fn rule_from(ip: IpAddr, table: u32) -> Rule {
     Rule::lookup(IpFamily::of(&ip), table).from(host_net(ip)).priority(RULE_PRIORITY_FROM_POD)
 }
 
@@ -175,7 +177,7 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
         }
     }
     if let Some(leg) = &p.trunk {
-        trunk::tag_pod_frames(node, host.index, leg)?;
+        trunk::tag(node, host.index, leg, p.ip, p.gateway)?;
     }
     let host = node.link_by_index(host.index).map_err(nl_err(&host_name))?;
     Ok(Built { host, pod: pod_link })
@@ -258,8 +260,8 @@ pub fn check(node: &mut Netlink, p: &PodNet) -> Result<(), DatapathError> {
     if p.route_table != 0 && !rules.iter().any(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(p.ip)) && r.table == p.route_table) {
         return miss(format!("the rule \"from {} lookup {}\" is missing", p.ip, p.route_table));
     }
-    if p.trunk.is_some() {
-        trunk::check(node, host.index, &host_name)?;
+    if let Some(leg) = &p.trunk {
+        trunk::check(node, host.index, &host_name, leg)?;
     }
     let (_ns, mut pod) = open_pod_netns(&p.netns)?;
     let link = match pod.link_by_name(&p.ifname) {
