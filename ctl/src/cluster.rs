@@ -191,7 +191,7 @@ pub fn start_agent(paths: &ClusterPaths, endpoint: &str, instance_id: &str, inde
         .arg(state.join("release-queue"))
         .arg("--cni-conf-dir")
         .arg(run.join("net.d"))
-        .args(["--metrics-listen", &metrics, "--min-idle-ips", "2", "--max-idle-ips", "8", "--cooldown-secs", "60"])
+        .args(["--metrics-listen", &metrics, "--min-idle-ips", "2", "--max-idle-ips", "8", "--cooldown-secs", "60", "--trunk", "true"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

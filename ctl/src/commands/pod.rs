@@ -28,6 +28,10 @@ enum PodCommand {
         /// The instance to run it on; default: the node with the fewest pods.
         #[arg(long)]
         node: Option<String>,
+        /// How the pod is networked: shared (a secondary IP of a pool ENI), exclusive (an ENI of
+        /// its own) or trunk (a member ENI on the node's trunk).
+        #[arg(long, default_value = "shared", value_parser = ["shared", "exclusive", "trunk"])]
+        mode: String,
     },
     /// Delete a pod: CNI DEL, then its namespace.
     Del { name: String },
@@ -44,18 +48,24 @@ pub struct PodRecord {
     pub container_id: String,
     pub ip: String,
     pub result: serde_json::Value,
+    #[serde(default = "shared")]
+    pub mode: String,
+}
+
+fn shared() -> String {
+    "shared".into()
 }
 
 impl Pod {
     pub async fn exec(self, output: Output) -> anyhow::Result<()> {
         let paths = &self.paths;
         match self.command {
-            PodCommand::Add { name, node } => {
+            PodCommand::Add { name, node, mode } => {
                 let node = match node {
                     Some(n) => n,
                     None => least_busy_node(paths)?,
                 };
-                let pod = add(paths, &name, &node)?;
+                let pod = add(paths, &name, &node, &mode)?;
                 print(&[pod], output)
             }
             PodCommand::Del { name } => del(paths, &name),
@@ -90,7 +100,7 @@ fn least_busy_node(paths: &ClusterPaths) -> anyhow::Result<String> {
     nodes.into_iter().min_by_key(|n| (pods.iter().filter(|p| &p.node == n).count(), n.clone())).context("no node has a ready agent; run `berthctl up` first")
 }
 
-pub fn add(paths: &ClusterPaths, name: &str, node: &str) -> anyhow::Result<PodRecord> {
+pub fn add(paths: &ClusterPaths, name: &str, node: &str, mode: &str) -> anyhow::Result<PodRecord> {
     if !valid_name(name) {
         bail!("invalid pod name {name:?}: use up to 40 letters, digits and dashes");
     }
@@ -102,7 +112,7 @@ pub fn add(paths: &ClusterPaths, name: &str, node: &str) -> anyhow::Result<PodRe
     berth_nodenet::Netns::create(&netns_name).with_context(|| format!("creating the pod's namespace {netns_name}"))?;
     let netns = format!("/run/netns/{netns_name}");
     let container_id = format!("pod-{name}");
-    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};BERTH_NETWORK_MODE={mode}");
     let inv = Invocation { command: "ADD", container_id: &container_id, netns: &netns, ifname: "eth0", args: &args };
     let result = match libcni::add_list(Some(&paths.node_netns(node)), &cni_path()?, &conflist, &inv) {
         Ok(r) => r,
@@ -114,7 +124,7 @@ pub fn add(paths: &ClusterPaths, name: &str, node: &str) -> anyhow::Result<PodRe
         }
     };
     let ip = result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
-    let pod = PodRecord { name: name.to_string(), node: node.to_string(), netns, container_id, ip, result };
+    let pod = PodRecord { name: name.to_string(), node: node.to_string(), netns, container_id, ip, result, mode: mode.to_string() };
     std::fs::create_dir_all(paths.pods_dir())?;
     std::fs::write(record_path(paths, name), serde_json::to_vec_pretty(&pod)?)?;
     Ok(pod)
@@ -138,9 +148,9 @@ pub fn print(pods: &[PodRecord], output: Output) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(pods)?);
         return Ok(());
     }
-    let mut t = Table::new("PODS", &["NAME", "NODE", "IP", "NETNS"]);
+    let mut t = Table::new("PODS", &["NAME", "NODE", "MODE", "IP", "NETNS"]);
     for p in pods {
-        t.row(vec![p.name.clone(), p.node.clone(), p.ip.clone(), p.netns.clone()]);
+        t.row(vec![p.name.clone(), p.node.clone(), p.mode.clone(), p.ip.clone(), p.netns.clone()]);
     }
     println!("{}", t.render());
     Ok(())

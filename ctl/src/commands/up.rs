@@ -87,9 +87,10 @@ impl Up {
             cluster::wait_for_agent(paths, id, Duration::from_secs(60))?;
         }
         if pod::list(paths).is_empty() {
-            progress(output, "adding two demo pods on each node through the berth CNI plugin");
-            for n in 0..2 * instances.len() {
-                pod::add(paths, &format!("demo-{}", n + 1), &instances[n % instances.len()])?;
+            progress(output, "adding demo pods through the berth CNI plugin: a shared pod on each node, an exclusive and a trunk pod on the second");
+            let demos = [(0, "shared"), (1, "shared"), (1, "exclusive"), (1, "trunk")];
+            for (n, (node, mode)) in demos.iter().enumerate() {
+                pod::add(paths, &format!("demo-{}", n + 1), &instances[node % instances.len()], mode)?;
             }
         }
         status::print(&cloud, paths, output).await?;
