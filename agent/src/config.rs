@@ -21,6 +21,20 @@ pub struct AgentConfig {
     pub api: ApiConfig,
     pub paths: PathsConfig,
     pub cni: CniConfig,
+    pub disks: DisksConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisksConfig {
+    /// How long a cloud disk may take to attach before it is detached again and the attach fails.
+    pub attach_timeout_secs: u64,
+}
+
+impl Default for DisksConfig {
+    fn default() -> Self {
+        DisksConfig { attach_timeout_secs: 60 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -221,6 +235,9 @@ impl AgentConfig {
         }
         if !["ipv4", "dual"].contains(&self.pool.ip_stack.as_str()) {
             return invalid("pool.ip_stack", self.pool.ip_stack.clone(), "ipv4, or dual for IPv4 and IPv6 (the vSwitches need IPv6 blocks)");
+        }
+        if self.disks.attach_timeout_secs == 0 {
+            return invalid("disks.attach_timeout_secs", "0".into(), "at least 1");
         }
         if self.paths.reconcile_secs == 0 {
             return invalid("paths.reconcile_secs", "0".into(), "at least 1");

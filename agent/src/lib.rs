@@ -2,6 +2,7 @@
 //! warm targets ([`pool::plan`]), records every allocation durably ([`store`]) and serves the CNI
 //! plugin over gRPC ([`server`]); metrics and introspection on loopback ([`http`]).
 
+pub mod attach;
 pub mod cniconf;
 pub mod config;
 pub mod eni_pool;

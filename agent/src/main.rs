@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use berth_agent::attach::{AttachSettings, DiskAttacher};
 use berth_agent::config::{self, AgentConfig};
 use berth_agent::eni_pool::{EniPool, PoolSettings};
 use berth_agent::identity::NodeIdentity;
@@ -70,6 +71,8 @@ struct Args {
     /// ipv4 or dual.
     #[arg(long, env = "BERTH_IP_STACK")]
     ip_stack: Option<String>,
+    #[arg(long, env = "BERTH_DISK_ATTACH_TIMEOUT_SECS")]
+    disk_attach_timeout_secs: Option<u64>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -103,6 +106,7 @@ impl Args {
         set!(c.pool.warm_exclusive_enis, self.warm_exclusive_enis);
         set!(c.pool.warm_member_enis, self.warm_member_enis);
         set!(c.pool.ip_stack, self.ip_stack);
+        set!(c.disks.attach_timeout_secs, self.disk_attach_timeout_secs);
     }
 }
 
@@ -165,6 +169,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let region = if cfg.cloud.region.is_empty() { identity.region_id.clone() } else { cfg.cloud.region.clone() };
     let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials);
     client.default_limit = Limit { rate_per_sec: cfg.cloud.rate_per_second, burst: cfg.cloud.burst };
+    let disk_cloud = HttpCloud::new(client.clone())?.with_observer(Arc::new(CloudCalls(metrics.clone())));
     let cloud = HttpCloud::new(client)?.with_observer(Arc::new(CloudCalls(metrics.clone())));
 
     let itype = cloud
@@ -197,16 +202,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dual_stack: cfg.pool.ip_stack == "dual",
     };
     let store = Store::open(&cfg.paths.state_dir)?;
+    // The disk ledger journals in its own directory of the state: the pool owns the other store.
+    let disk_store = Store::open(&cfg.paths.state_dir.join("disks"))?;
+    let attach_settings = AttachSettings {
+        instance_id: identity.instance_id.clone(),
+        instance_type: identity.instance_type.clone(),
+        zone_id: identity.zone_id.clone(),
+        disk_quota: itype.disk_quota,
+        attach_timeout: Duration::from_secs(cfg.disks.attach_timeout_secs),
+        by_id_dir: berth_cloud::guest::BY_ID_DIR.into(),
+    };
+    let disks = Arc::new(DiskAttacher::new(disk_cloud, attach_settings, disk_store, metrics.clone()));
     let pool = Arc::new(EniPool::new(cloud, settings, identity, node, store, metrics.clone()));
     systemd::status("recovering the pool");
     pool.recover().await.context("recovering the pool from the store, the cloud and the node")?;
+    disks.recover().await.context("recovering the disk ledger from the store, the cloud and the node")?;
 
     let listener = server::bind(&cfg.api.socket).with_context(|| format!("binding {}", cfg.api.socket.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let grpc = tokio::spawn(server::serve(listener, pool.clone(), cfg.api.allowed_uids.clone(), stopped(stop_rx.clone())));
+    let grpc = tokio::spawn(server::serve(listener, pool.clone(), disks.clone(), cfg.api.allowed_uids.clone(), stopped(stop_rx.clone())));
     tokio::spawn(pool.clone().upkeep());
     if !cfg.api.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.api.metrics_listen).await.with_context(|| format!("binding api.metrics_listen {}", cfg.api.metrics_listen))?;

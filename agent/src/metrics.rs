@@ -25,6 +25,9 @@ pub struct Metrics {
     pub cloud_errors: Family<Labels, Counter>,
     pub cloud_throttled: Family<Labels, Counter>,
     pub reconcile_fixes: Family<Labels, Counter>,
+    pub disk_slots_free: Gauge,
+    pub disk_attachments: Gauge,
+    pub disk_attach_timeouts: Counter,
 }
 
 impl Metrics {
@@ -41,6 +44,9 @@ impl Metrics {
             cloud_errors: Family::default(),
             cloud_throttled: Family::default(),
             reconcile_fixes: Family::default(),
+            disk_slots_free: Gauge::default(),
+            disk_attachments: Gauge::default(),
+            disk_attach_timeouts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("pool_idle_ips", "Idle IPs ready to serve pods", m.idle_ips.clone());
@@ -53,6 +59,9 @@ impl Metrics {
         registry.register("cloud_errors", "Cloud API calls that failed, per action", m.cloud_errors.clone());
         registry.register("cloud_throttled", "Cloud API calls answered with Throttling, per action", m.cloud_throttled.clone());
         registry.register("reconcile_fixes", "Differences reconciliation found and repaired, per kind", m.reconcile_fixes.clone());
+        registry.register("disk_slots_free", "Disks the node may still attach (the instance type's quota minus the disks held)", m.disk_slots_free.clone());
+        registry.register("disk_attachments", "Disks Berth holds on the node, in any state", m.disk_attachments.clone());
+        registry.register("disk_attach_timeouts", "Disk attaches that timed out and were detached again", m.disk_attach_timeouts.clone());
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -9,6 +9,8 @@ use berth_proto::agent::v1 as pb;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
+use crate::attach::ledger::{AttachState, AttachmentRecord};
+use crate::attach::{AttachError, DiskAttacher};
 use crate::eni_pool::{AllocError, Allocated, EniPool, PodEniRequest};
 use crate::node::host_veth_name;
 
@@ -20,11 +22,49 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 pub struct AgentService<C> {
     pool: Arc<EniPool<C>>,
+    disks: Arc<DiskAttacher<C>>,
 }
 
 impl<C> AgentService<C> {
-    pub fn new(pool: Arc<EniPool<C>>) -> Self {
-        AgentService { pool }
+    pub fn new(pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>) -> Self {
+        AgentService { pool, disks }
+    }
+}
+
+fn disk_id_of(disk_id: String) -> Result<String, Status> {
+    if disk_id.is_empty() {
+        return Err(Status::invalid_argument("the request has no disk_id; send the cloud disk's ID (d-...)"));
+    }
+    Ok(disk_id)
+}
+
+pub fn attachment_to_proto(r: &AttachmentRecord) -> pb::DiskAttachment {
+    pb::DiskAttachment {
+        disk_id: r.disk_id.clone(),
+        serial: r.serial.clone(),
+        device_path: r.device.clone(),
+        state: match r.state {
+            AttachState::Attaching => pb::AttachState::Attaching,
+            AttachState::Attached => pb::AttachState::Attached,
+            AttachState::Detaching => pb::AttachState::Detaching,
+        } as i32,
+        since: r.since,
+    }
+}
+
+fn attach_status(e: AttachError) -> Status {
+    use crate::attach::ledger::LedgerError;
+    let text = e.to_string();
+    match e {
+        AttachError::Ledger(LedgerError::Busy(_)) => Status::aborted(text),
+        AttachError::Ledger(LedgerError::Exhausted { .. }) => Status::resource_exhausted(text),
+        AttachError::NotFound(_) => Status::not_found(text),
+        AttachError::AttachedElsewhere { .. } | AttachError::InUse { .. } => Status::failed_precondition(text),
+        AttachError::TimedOut { .. } => Status::deadline_exceeded(text),
+        AttachError::Device(_) => Status::internal(text),
+        AttachError::Cloud(ref c) if c.code().is_some_and(|c| c.starts_with("IncorrectDiskStatus") || c.starts_with("InvalidOperation")) => Status::failed_precondition(text),
+        AttachError::Cloud(_) => Status::unavailable(text),
+        AttachError::Store(_) => Status::internal(text),
     }
 }
 
@@ -147,6 +187,37 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
         let s = self.pool.status();
         Ok(Response::new(pb::StatusResponse { ready: s.ready, reason: s.reason, idle_ips: s.idle, allocated_ips: s.allocated, max_ips: s.max }))
     }
+
+    async fn attach_disk(&self, request: Request<pb::AttachDiskRequest>) -> Result<Response<pb::DiskAttachment>, Status> {
+        let disk_id = disk_id_of(request.into_inner().disk_id)?;
+        let r = self.disks.attach(&disk_id).await.map_err(attach_status)?;
+        Ok(Response::new(attachment_to_proto(&r)))
+    }
+
+    async fn detach_disk(&self, request: Request<pb::DetachDiskRequest>) -> Result<Response<pb::DetachDiskResponse>, Status> {
+        let disk_id = disk_id_of(request.into_inner().disk_id)?;
+        let detached = self.disks.detach(&disk_id).await.map_err(attach_status)?;
+        Ok(Response::new(pb::DetachDiskResponse { detached }))
+    }
+
+    async fn list_attachments(&self, _request: Request<pb::ListAttachmentsRequest>) -> Result<Response<pb::ListAttachmentsResponse>, Status> {
+        Ok(Response::new(pb::ListAttachmentsResponse { attachments: self.disks.list().iter().map(attachment_to_proto).collect() }))
+    }
+
+    async fn disk_slots(&self, _request: Request<pb::DiskSlotsRequest>) -> Result<Response<pb::DiskSlotsResponse>, Status> {
+        let s = self.disks.slots();
+        let n = self.disks.settings();
+        Ok(Response::new(pb::DiskSlotsResponse {
+            instance_id: n.instance_id.clone(),
+            instance_type: n.instance_type.clone(),
+            zone_id: n.zone_id.clone(),
+            disk_quota: s.quota,
+            unmanaged: s.unmanaged,
+            limit: s.limit,
+            used: s.used,
+            free: s.free,
+        }))
+    }
 }
 
 /// Refuses a caller that announces a protocol outside what this agent speaks.
@@ -178,7 +249,7 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 }
 
 /// Serves until `shutdown` resolves. Connections from uids not in `allowed_uids` are closed.
-pub async fn serve<C: Cloud + 'static>(listener: tokio::net::UnixListener, pool: Arc<EniPool<C>>, allowed_uids: Vec<u32>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+pub async fn serve<C: Cloud + 'static>(listener: tokio::net::UnixListener, pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, allowed_uids: Vec<u32>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(move |conn| match conn {
         Ok(stream) => match stream.peer_cred() {
             Ok(cred) if allowed_uids.contains(&cred.uid()) => true,
@@ -194,7 +265,7 @@ pub async fn serve<C: Cloud + 'static>(listener: tokio::net::UnixListener, pool:
         Err(_) => true,
     });
     tonic::transport::Server::builder()
-        .add_service(pb::agent_server::AgentServer::with_interceptor(AgentService::new(pool), check_protocol))
+        .add_service(pb::agent_server::AgentServer::with_interceptor(AgentService::new(pool, disks), check_protocol))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::attach::ledger::AttachmentRecord;
 use crate::pool::ledger::{AllocationKey, AllocationRecord};
 
 /// Compact the journal into a checkpoint after this many events.
@@ -50,6 +51,10 @@ pub enum Event {
     Released { key: AllocationKey },
     IntentRecorded { id: u64, intent: Intent },
     IntentDone { id: u64 },
+    /// A disk attachment of the node entered a state (recorded before the cloud call it leads to).
+    Attachment(AttachmentRecord),
+    /// The disk is no longer attached to the node by Berth.
+    Unattached { disk_id: String },
 }
 
 /// What the store holds; the checkpoint's format.
@@ -59,6 +64,9 @@ pub struct Snapshot {
     pub allocations: BTreeMap<String, AllocationRecord>,
     pub intents: BTreeMap<u64, Intent>,
     pub next_intent: u64,
+    /// Disks attached to the node through the attach ledger, by disk ID.
+    #[serde(default)]
+    pub attachments: BTreeMap<String, AttachmentRecord>,
 }
 
 fn key_string(key: &AllocationKey) -> String {
@@ -80,6 +88,12 @@ impl Snapshot {
             }
             Event::IntentDone { id } => {
                 self.intents.remove(id);
+            }
+            Event::Attachment(r) => {
+                self.attachments.insert(r.disk_id.clone(), r.clone());
+            }
+            Event::Unattached { disk_id } => {
+                self.attachments.remove(disk_id);
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod catalogue;
 pub mod client;
 pub mod error;
+pub mod guest;
 pub mod model;
 pub mod params;
 pub mod ratelimit;

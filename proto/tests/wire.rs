@@ -145,6 +145,18 @@ impl agent::agent_server::Agent for Agent {
     async fn status(&self, _: tonic::Request<agent::StatusRequest>) -> Result<tonic::Response<agent::StatusResponse>, tonic::Status> {
         Ok(tonic::Response::new(agent::StatusResponse::default()))
     }
+    async fn attach_disk(&self, _: tonic::Request<agent::AttachDiskRequest>) -> Result<tonic::Response<agent::DiskAttachment>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test"))
+    }
+    async fn detach_disk(&self, _: tonic::Request<agent::DetachDiskRequest>) -> Result<tonic::Response<agent::DetachDiskResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test"))
+    }
+    async fn list_attachments(&self, _: tonic::Request<agent::ListAttachmentsRequest>) -> Result<tonic::Response<agent::ListAttachmentsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(agent::ListAttachmentsResponse::default()))
+    }
+    async fn disk_slots(&self, _: tonic::Request<agent::DiskSlotsRequest>) -> Result<tonic::Response<agent::DiskSlotsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(agent::DiskSlotsResponse::default()))
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,42 @@
+//! How a guest finds a cloud disk: by the serial the cloud gives it, through the
+//! `/dev/disk/by-id/virtio-<serial>` link udev makes, checked against the device's own serial in
+//! sysfs (a VM) or its backing file (the local cloud's loop devices). Never by diffing `/dev`.
+
+use std::os::unix::fs::FileTypeExt as _;
+use std::path::{Path, PathBuf};
+
+pub const BY_ID_DIR: &str = "/dev/disk/by-id";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("no device for disk {disk_id} yet: {link} is missing")]
+    Missing { disk_id: String, link: String },
+    #[error("{device} is not disk {disk_id}: {why}; refusing to use it")]
+    Mismatch { disk_id: String, device: String, why: String },
+}
+
+/// The virtio serial of a disk as the guest sees it (the real service truncates it to 20 bytes).
+fn guest_serial(serial: &str) -> &str {
+    &serial[..serial.len().min(20)]
+}
+
+/// The block device of `disk_id` with `serial`, verified; `by_id_dir` is normally [`BY_ID_DIR`].
+pub fn find_disk_device(by_id_dir: &Path, disk_id: &str, serial: &str) -> Result<PathBuf, DeviceError> {
+    let link = by_id_dir.join(format!("virtio-{}", guest_serial(serial)));
+    let device = std::fs::canonicalize(&link).map_err(|_| DeviceError::Missing { disk_id: disk_id.into(), link: link.display().to_string() })?;
+    let mismatch = |why: String| DeviceError::Mismatch { disk_id: disk_id.into(), device: device.display().to_string(), why };
+    let meta = std::fs::metadata(&device).map_err(|e| mismatch(e.to_string()))?;
+    if !meta.file_type().is_block_device() {
+        return Err(mismatch("not a block device".into()));
+    }
+    let name = device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let sys = Path::new("/sys/block").join(&name);
+    if let Ok(found) = std::fs::read_to_string(sys.join("serial")) {
+        return if found.trim() == guest_serial(serial) { Ok(device) } else { Err(mismatch(format!("its serial is {:?}", found.trim()))) };
+    }
+    if let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) {
+        let backing = backing.trim().trim_end_matches(" (deleted)");
+        return if backing.ends_with(&format!("/{disk_id}.img")) { Ok(device) } else { Err(mismatch(format!("it is backed by {backing}"))) };
+    }
+    Err(mismatch("sysfs shows neither a serial nor a backing file for it".into()))
+}
