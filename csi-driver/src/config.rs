@@ -1,0 +1,176 @@
+//! `/etc/berth/csi.toml`: strict (an unknown key is an error naming it); flags and environment
+//! variables override the file (see `main.rs`). README.md documents every key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/berth/csi.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiConfig {
+    pub driver: DriverConfig,
+    pub cloud: CloudConfig,
+    pub agent: AgentConfig,
+    pub nas: NasConfig,
+    pub oss: OssConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriverConfig {
+    /// The CSI driver name the CO knows it by.
+    pub name: String,
+    /// The gRPC socket (mode 0600).
+    pub socket: PathBuf,
+    /// `all`, `controller` or `node`: which services this process serves.
+    pub mode: String,
+    /// Per-node state: the OSS credentials file and the OSS FUSE mounts.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// The ECS/NAS API endpoint (the controller's; the node needs it only for OSS credentials).
+    pub endpoint: String,
+    /// Empty: the node's zone without its last letter (local-1a → local-1).
+    pub region: String,
+    /// `access_key_id` and `access_key_secret`; refused unless mode 0600.
+    pub credentials_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The agent of this node.
+    pub socket: PathBuf,
+    /// Where the controller reaches the agent of node N: `<sockets_dir>/<N>.sock`. Empty: the
+    /// controller publishes only to its own node.
+    pub sockets_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NasConfig {
+    /// Mount options of NFS (v3) on a real host.
+    pub nfs_options: String,
+    /// The local cloud only: its NAS export directory (`<state>/nas`); a NAS volume is then a
+    /// bind mount of `<local_export_root>/<fs-id>/<path>` (this kernel has no NFS client).
+    pub local_export_root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OssConfig {
+    /// The OSS (S3-compatible) endpoint URL s3fs talks to.
+    pub endpoint: String,
+    /// How often FUSE mounts are checked with statfs and remounted when dead.
+    pub health_secs: u64,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig { name: "csi.berth.io".into(), socket: "/run/berth/csi.sock".into(), mode: "all".into(), state_dir: "/var/lib/berth/csi".into() }
+    }
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig { endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into() }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig { socket: "/run/berth/agent.sock".into(), sockets_dir: PathBuf::new() }
+    }
+}
+
+impl Default for NasConfig {
+    fn default() -> Self {
+        NasConfig { nfs_options: "vers=3,nolock,proto=tcp,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport".into(), local_export_root: PathBuf::new() }
+    }
+}
+
+impl Default for OssConfig {
+    fn default() -> Self {
+        OssConfig { endpoint: String::new(), health_secs: 10 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {key} = {value:?}: {hint}")]
+    Invalid { key: &'static str, value: String, hint: &'static str },
+}
+
+impl CsiConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<CsiConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Reads the file; a missing file at the default path means all defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<CsiConfig, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(CsiConfig::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        }
+    }
+
+    pub fn serves_controller(&self) -> bool {
+        matches!(self.driver.mode.as_str(), "all" | "controller")
+    }
+
+    pub fn serves_node(&self) -> bool {
+        matches!(self.driver.mode.as_str(), "all" | "node")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: String, hint| Err(ConfigError::Invalid { key, value, hint });
+        if !matches!(self.driver.mode.as_str(), "all" | "controller" | "node") {
+            return invalid("driver.mode", self.driver.mode.clone(), "one of all, controller, node");
+        }
+        if self.driver.name.is_empty() || self.driver.name.len() > 63 {
+            return invalid("driver.name", self.driver.name.clone(), "a DNS-style name of at most 63 characters");
+        }
+        if self.cloud.endpoint.is_empty() {
+            return invalid("cloud.endpoint", String::new(), "set the cloud API endpoint (flag --cloud-endpoint or BERTH_CLOUD_ENDPOINT)");
+        }
+        if !(self.cloud.endpoint.starts_with("http://") || self.cloud.endpoint.starts_with("https://")) {
+            return invalid("cloud.endpoint", self.cloud.endpoint.clone(), "an http:// or https:// URL");
+        }
+        if self.oss.health_secs == 0 {
+            return invalid("oss.health_secs", "0".into(), "at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_and_validation_names_the_value() {
+        let e = CsiConfig::parse("[driver]\nsock = \"/x\"\n", Path::new("/etc/berth/csi.toml")).unwrap_err().to_string();
+        assert!(e.contains("sock") && e.contains("/etc/berth/csi.toml"), "{e}");
+        let c = CsiConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[driver]\nmode = \"both\"\n", Path::new("c.toml")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("driver.mode") && e.contains("both"), "{e}");
+    }
+
+    /// The example file shipped beside the binary is a valid config whose values are the defaults.
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../csi.toml.example");
+        let parsed = CsiConfig::parse(text, Path::new("csi.toml.example")).unwrap();
+        assert_eq!(parsed, CsiConfig::default());
+    }
+}
