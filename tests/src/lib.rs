@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod csi;
 pub mod pods;
 
 use std::os::unix::fs::PermissionsExt as _;

@@ -1,0 +1,185 @@
+//! A `berth-csi` process serving one node (its agent beside it), with its own socket and state;
+//! killed when dropped, its mounts (OSS FUSE mounts included) removed. [`MountGuard`] removes the
+//! mounts a test made under a directory, even when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_proto::csi::v1 as csi;
+use tonic::transport::Channel;
+
+use crate::agent::{AgentProcess, unix_channel};
+use crate::{LocalCloud, bin};
+
+/// Unmounts (lazily, deepest first) every mount under `dir` when dropped.
+pub struct MountGuard(pub PathBuf);
+
+/// Mount points under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// How many mounts are stacked at exactly `path`.
+pub fn mount_count(path: &Path) -> usize {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| Path::new(p) == path).count()
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            let left = mounts_under(&self.0);
+            if left.is_empty() {
+                return;
+            }
+            for m in left {
+                let _ = Command::new("umount").arg("-l").arg(&m).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}
+
+pub struct CsiProcess {
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl CsiProcess {
+    /// Starts a driver for the node of `agent`; `agents_dir` holds `<instance>.sock` links to every agent.
+    pub fn start(lc: &LocalCloud, agent: &AgentProcess, agents_dir: &Path) -> CsiProcess {
+        let dir = tempfile::Builder::new().prefix("berth-csi-").tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("csi.toml"), "").unwrap();
+        let oss = std::fs::read_to_string(lc.state_dir().join("oss-endpoint")).unwrap_or_default();
+        let args: Vec<String> = vec![
+            "--config".into(),
+            dir.path().join("csi.toml").display().to_string(),
+            "--endpoint".into(),
+            format!("unix://{}", dir.path().join("csi.sock").display()),
+            "--state-dir".into(),
+            dir.path().join("state").display().to_string(),
+            "--cloud-endpoint".into(),
+            lc.endpoint.clone(),
+            "--credentials".into(),
+            lc.dir.path().join("credentials.json").display().to_string(),
+            "--agent-socket".into(),
+            agent.socket().display().to_string(),
+            "--agent-sockets-dir".into(),
+            agents_dir.display().to_string(),
+            "--nas-local-export-root".into(),
+            lc.state_dir().join("nas").display().to_string(),
+            "--oss-endpoint".into(),
+            oss.trim().to_string(),
+            "--oss-health-secs".into(),
+            "1".into(),
+        ];
+        let mut p = CsiProcess { dir, args, child: None };
+        p.spawn();
+        p
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("csi.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("csi.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("csi.log")).unwrap();
+        let child = Command::new(bin("berth-csi")).args(&self.args).env("BERTH_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start berth-csi");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket().exists() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("berth-csi exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "berth-csi did not bind its socket in 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL: no chance to tidy up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub async fn channel(&self) -> Channel {
+        unix_channel(&self.socket()).await
+    }
+
+    pub async fn identity(&self) -> csi::identity_client::IdentityClient<Channel> {
+        csi::identity_client::IdentityClient::new(self.channel().await)
+    }
+
+    pub async fn controller(&self) -> csi::controller_client::ControllerClient<Channel> {
+        csi::controller_client::ControllerClient::new(self.channel().await)
+    }
+
+    pub async fn node(&self) -> csi::node_client::NodeClient<Channel> {
+        csi::node_client::NodeClient::new(self.channel().await)
+    }
+}
+
+impl Drop for CsiProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        // OSS FUSE mounts live in the driver's state directory and outlive it by design.
+        drop(MountGuard(self.dir.path().to_path_buf()));
+    }
+}
+
+/// A mount-mode capability with `fs_type`.
+pub fn mount_cap(fs_type: &str, mode: csi::volume_capability::access_mode::Mode) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_type: Some(csi::volume_capability::AccessType::Mount(csi::volume_capability::MountVolume { fs_type: fs_type.into(), ..Default::default() })),
+        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+/// A block-mode capability.
+pub fn block_cap(mode: csi::volume_capability::access_mode::Mode) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_type: Some(csi::volume_capability::AccessType::Block(Default::default())),
+        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+/// A local cloud node for CSI tests: a running instance with its agent (no warm IPs: the pool is
+/// not what these tests are about).
+pub fn agent_for(lc: &LocalCloud, instance_id: &str, extra: &[&str]) -> AgentProcess {
+    let mut args = vec!["--min-idle-ips", "0", "--max-idle-ips", "0"];
+    args.extend_from_slice(extra);
+    AgentProcess::start(lc, instance_id, &args)
+}
+
+/// Links `<dir>/<instance>.sock` to the agent's socket, as the controller expects to find it.
+pub fn link_agent(dir: &Path, agent: &AgentProcess) {
+    std::fs::create_dir_all(dir).unwrap();
+    let link = dir.join(format!("{}.sock", agent.instance_id));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(agent.socket(), link).unwrap();
+}
