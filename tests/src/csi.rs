@@ -183,3 +183,59 @@ pub fn link_agent(dir: &Path, agent: &AgentProcess) {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(agent.socket(), link).unwrap();
 }
+
+/// One node of a CSI test cluster: an instance, its agent, and its driver.
+pub struct CsiNode {
+    pub driver: CsiProcess,
+    pub agent: AgentProcess,
+    pub instance_id: String,
+}
+
+/// A local cloud with `n` instances, each with an agent and a driver; the controller of every
+/// driver reaches every agent. Dropped in order: drivers (and their mounts), agents, the cloud.
+pub struct CsiCluster {
+    pub nodes: Vec<CsiNode>,
+    pub agents_dir: tempfile::TempDir,
+    pub cloud: berth_cloud::HttpCloud,
+    pub lc: LocalCloud,
+}
+
+impl CsiCluster {
+    pub async fn start(n: usize, vpc_cidr: &str, vswitch_cidr: &str) -> CsiCluster {
+        let lc = LocalCloud::start(crate::LocalCloudOptions::default());
+        let cloud = lc.client();
+        let net = crate::SampleNet::create(&cloud, vpc_cidr, vswitch_cidr).await;
+        let agents_dir = tempfile::Builder::new().prefix("berth-agents-").tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let instance_id = net.run(&cloud, "ecs.g7.large", &net.sg).await;
+            let agent = agent_for(&lc, &instance_id, &[]);
+            link_agent(agents_dir.path(), &agent);
+            let driver = CsiProcess::start(&lc, &agent, agents_dir.path());
+            nodes.push(CsiNode { driver, agent, instance_id });
+        }
+        CsiCluster { nodes, agents_dir, cloud, lc }
+    }
+
+    /// Makes an NFS file system in zone local-1a (its export directory appears on the local cloud).
+    pub async fn nas(&self) -> String {
+        use berth_cloud::Cloud as _;
+        let vpc = self.cloud.describe_vpcs(None).await.unwrap()[0].clone();
+        let vsw = self.cloud.describe_vswitches(Some(&vpc.id), None).await.unwrap()[0].clone();
+        let fs = self.cloud.create_nas_file_system("local-1a", &vpc.id, &vsw.id, None).await.expect("CreateFileSystem");
+        let export = self.lc.state_dir().join("nas").join(&fs.id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !export.is_dir() {
+            assert!(Instant::now() < deadline, "the NAS export {} did not appear", export.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs.id
+    }
+
+    /// Makes an OSS bucket (a directory of the local cloud's S3 endpoint).
+    pub fn bucket(&self, name: &str) -> PathBuf {
+        let dir = self.lc.state_dir().join("oss").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,266 @@
+//! Conformance of `berth-csi`'s gRPC services, wired to the local cloud and a node agent: the
+//! behaviours a CO (and the kubernetes-csi sanity suite) relies on — idempotent calls, the right
+//! codes for wrong or missing arguments, absent things unpublished and unstaged without error,
+//! mount and block mode, expansion, stats, capability validation, one call per volume at a time.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use berth_proto::csi::v1 as csi;
+use berth_tests::csi::{CsiCluster, MountGuard, block_cap, mount_cap, mount_count};
+use berth_tests::is_root;
+use csi::volume_capability::access_mode::Mode;
+use tonic::Code;
+
+const GIB: i64 = 1 << 30;
+
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(e) => e.code(),
+    }
+}
+
+fn create(name: &str, gib: i64, params: &[(&str, &str)], cap: csi::VolumeCapability) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange { required_bytes: gib * GIB, limit_bytes: 0 }),
+        volume_capabilities: vec![cap],
+        parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn identity_controller_and_node_services_behave_as_a_co_expects() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loop devices, mounts, namespaces)");
+        return;
+    }
+    let cluster = CsiCluster::start(1, "10.72.0.0/16", "10.72.1.0/24").await;
+    let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().unwrap();
+    let _mounts = MountGuard(pods.path().to_path_buf());
+    let node = &cluster.nodes[0];
+    let mut identity = node.driver.identity().await;
+    let mut ctl = node.driver.controller().await;
+    let mut ns = node.driver.node().await;
+    // XFS: it grows online with CAP_SYS_ADMIN alone; ext4 needs CAP_SYS_RESOURCE, which this
+    // machine's root lacks (the cross-node test covers ext4).
+    let rw = mount_cap("xfs", Mode::SingleNodeWriter);
+
+    // Identity.
+    let info = identity.get_plugin_info(csi::GetPluginInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.name, "csi.berth.io");
+    assert!(!info.vendor_version.is_empty());
+    let caps = identity.get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
+    assert_eq!(caps.len(), 3, "controller service, accessibility constraints, online expansion: {caps:?}");
+    assert_eq!(identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
+    let ctl_caps = ctl.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
+    assert_eq!(ctl_caps.len(), 3, "create/delete, publish/unpublish, expand: {ctl_caps:?}");
+    let node_caps = ns.node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
+    assert_eq!(node_caps.len(), 4, "stage, stats, expand, condition: {node_caps:?}");
+    let ni = ns.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(ni.node_id, node.instance_id, "the node ID is the instance ID");
+    assert_eq!(ni.max_volumes_per_node, 16, "ecs.g7.large holds 16 data disks");
+    assert_eq!(ni.accessible_topology.unwrap().segments.get("topology.berth.io/zone").map(String::as_str), Some("local-1a"));
+
+    // CreateVolume: wrong or missing arguments.
+    assert_eq!(code(ctl.create_volume(create("", 1, &[], rw.clone())).await), Code::InvalidArgument, "no name");
+    let mut no_caps = create("v-nocaps", 1, &[], rw.clone());
+    no_caps.volume_capabilities.clear();
+    assert_eq!(code(ctl.create_volume(no_caps).await), Code::InvalidArgument, "no capabilities");
+    assert_eq!(code(ctl.create_volume(create("v-typo", 1, &[("categroy", "cloud_ssd")], rw.clone())).await), Code::InvalidArgument, "unknown parameter");
+    assert_eq!(code(ctl.create_volume(create("v-pl9", 1, &[("performanceLevel", "PL9")], rw.clone())).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.create_volume(create("v-mw", 1, &[], mount_cap("ext4", Mode::MultiNodeMultiWriter))).await), Code::InvalidArgument, "a disk is single-attach");
+    assert_eq!(code(ctl.create_volume(create("v-btrfs", 1, &[], mount_cap("btrfs", Mode::SingleNodeWriter))).await), Code::InvalidArgument);
+    let mut bad_range = create("v-range", 2, &[], rw.clone());
+    bad_range.capacity_range.as_mut().unwrap().limit_bytes = GIB;
+    assert_eq!(code(ctl.create_volume(bad_range).await), Code::OutOfRange, "limit below required");
+    assert_eq!(code(ctl.create_volume(create("v-pl1small", 1, &[("performanceLevel", "PL3"), ("zoneId", "local-1a")], rw.clone())).await.map(|_| ())), Code::Ok, "the size rounds up to the category's minimum");
+
+    // CreateVolume is idempotent by name; the same name with another size is ALREADY_EXISTS.
+    let v1 = ctl.create_volume(create("pvc-one", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    assert!(v1.volume_id.starts_with("d-"), "{}", v1.volume_id);
+    assert_eq!(v1.capacity_bytes, GIB);
+    assert_eq!(v1.accessible_topology[0].segments["topology.berth.io/zone"], "local-1a");
+    let again = ctl.create_volume(create("pvc-one", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(again.volume_id, v1.volume_id);
+    assert_eq!(code(ctl.create_volume(create("pvc-one", 2, &[], rw.clone())).await), Code::AlreadyExists);
+
+    // ValidateVolumeCapabilities.
+    let validate = |id: &str, caps: Vec<csi::VolumeCapability>| csi::ValidateVolumeCapabilitiesRequest { volume_id: id.into(), volume_capabilities: caps, ..Default::default() };
+    assert_eq!(code(ctl.validate_volume_capabilities(validate("", vec![rw.clone()])).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.validate_volume_capabilities(validate(&v1.volume_id, vec![])).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.validate_volume_capabilities(validate("d-nosuchdisk", vec![rw.clone()])).await), Code::NotFound);
+    let ok = ctl.validate_volume_capabilities(validate(&v1.volume_id, vec![rw.clone(), block_cap(Mode::SingleNodeWriter)])).await.unwrap().into_inner();
+    assert!(ok.confirmed.is_some(), "{}", ok.message);
+    let no = ctl.validate_volume_capabilities(validate(&v1.volume_id, vec![mount_cap("", Mode::MultiNodeMultiWriter)])).await.unwrap().into_inner();
+    assert!(no.confirmed.is_none() && !no.message.is_empty());
+
+    // ControllerPublish: arguments, absent things, idempotency.
+    let publish = |vol: &str, node: &str, cap: Option<csi::VolumeCapability>| csi::ControllerPublishVolumeRequest { volume_id: vol.into(), node_id: node.into(), volume_capability: cap, ..Default::default() };
+    let me = node.instance_id.as_str();
+    assert_eq!(code(ctl.controller_publish_volume(publish("", me, Some(rw.clone()))).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_publish_volume(publish(&v1.volume_id, "", Some(rw.clone()))).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_publish_volume(publish(&v1.volume_id, me, None)).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_publish_volume(publish("d-nosuchdisk", me, Some(rw.clone()))).await), Code::NotFound);
+    assert_eq!(code(ctl.controller_publish_volume(publish(&v1.volume_id, "i-nosuchnode", Some(rw.clone()))).await), Code::NotFound);
+    let ctx = ctl.controller_publish_volume(publish(&v1.volume_id, me, Some(rw.clone()))).await.unwrap().into_inner().publish_context;
+    assert!(ctx["device"].starts_with("/dev/loop"), "{ctx:?}");
+    let ctx2 = ctl.controller_publish_volume(publish(&v1.volume_id, me, Some(rw.clone()))).await.unwrap().into_inner().publish_context;
+    assert_eq!(ctx, ctx2, "publishing again answers the same");
+
+    // NodeStage / NodePublish in mount mode.
+    let staging = pods.path().join("staging/pvc-one");
+    let target = pods.path().join("pod-a/volumes/pvc-one");
+    let stage = |vol: &str, path: &Path, cap: Option<csi::VolumeCapability>, ctx: &HashMap<String, String>| csi::NodeStageVolumeRequest {
+        volume_id: vol.into(),
+        staging_target_path: path.display().to_string(),
+        volume_capability: cap,
+        publish_context: ctx.clone(),
+        ..Default::default()
+    };
+    assert_eq!(code(ns.node_stage_volume(stage("", &staging, Some(rw.clone()), &ctx)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_stage_volume(stage(&v1.volume_id, Path::new(""), Some(rw.clone()), &ctx)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_stage_volume(stage(&v1.volume_id, &staging, None, &ctx)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_stage_volume(stage("d-nosuchdisk", &staging, Some(rw.clone()), &HashMap::new())).await), Code::NotFound, "a disk not attached here");
+    ns.node_stage_volume(stage(&v1.volume_id, &staging, Some(rw.clone()), &ctx)).await.unwrap();
+    ns.node_stage_volume(stage(&v1.volume_id, &staging, Some(rw.clone()), &ctx)).await.unwrap();
+    assert_eq!(mount_count(&staging), 1, "staging twice mounts once");
+    let publish_req = |vol: &str, target: &Path, cap: Option<csi::VolumeCapability>, readonly: bool| csi::NodePublishVolumeRequest {
+        volume_id: vol.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: cap,
+        readonly,
+        publish_context: ctx.clone(),
+        ..Default::default()
+    };
+    assert_eq!(code(ns.node_publish_volume(publish_req("", &target, Some(rw.clone()), false)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_publish_volume(publish_req(&v1.volume_id, Path::new(""), Some(rw.clone()), false)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_publish_volume(publish_req(&v1.volume_id, &target, None, false)).await), Code::InvalidArgument);
+    ns.node_publish_volume(publish_req(&v1.volume_id, &target, Some(rw.clone()), false)).await.unwrap();
+    ns.node_publish_volume(publish_req(&v1.volume_id, &target, Some(rw.clone()), false)).await.unwrap();
+    assert_eq!(mount_count(&target), 1, "publishing twice mounts once");
+    std::fs::write(target.join("data.txt"), b"hello from pod a\n").expect("the published mount is writable");
+    let ro_target = pods.path().join("pod-b/volumes/pvc-one");
+    ns.node_publish_volume(publish_req(&v1.volume_id, &ro_target, Some(rw.clone()), true)).await.unwrap();
+    assert_eq!(std::fs::read(ro_target.join("data.txt")).unwrap(), b"hello from pod a\n");
+    assert!(std::fs::write(ro_target.join("nope.txt"), b"x").is_err(), "a read-only publish refuses writes");
+
+    // Stats.
+    let stats = |vol: &str, path: &Path| csi::NodeGetVolumeStatsRequest { volume_id: vol.into(), volume_path: path.display().to_string(), ..Default::default() };
+    assert_eq!(code(ns.node_get_volume_stats(stats("", &target)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_get_volume_stats(stats(&v1.volume_id, Path::new(""))).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_get_volume_stats(stats(&v1.volume_id, &pods.path().join("nowhere"))).await), Code::NotFound);
+    let usage = ns.node_get_volume_stats(stats(&v1.volume_id, &target)).await.unwrap().into_inner();
+    let bytes = usage.usage.iter().find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32).unwrap();
+    assert!(bytes.total > GIB / 2 && bytes.total <= GIB && bytes.used > 0, "{bytes:?}");
+    assert!(usage.usage.iter().any(|u| u.unit == csi::volume_usage::Unit::Inodes as i32 && u.total > 0));
+    assert!(!usage.volume_condition.unwrap().abnormal);
+
+    // Online expansion: the cloud grows the disk, the node grows the file system, the data stays.
+    let expand = |gib: i64| csi::ControllerExpandVolumeRequest { volume_id: v1.volume_id.clone(), capacity_range: Some(csi::CapacityRange { required_bytes: gib * GIB, limit_bytes: 0 }), volume_capability: Some(rw.clone()), ..Default::default() };
+    assert_eq!(code(ctl.controller_expand_volume(csi::ControllerExpandVolumeRequest { volume_id: v1.volume_id.clone(), ..Default::default() }).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_expand_volume(csi::ControllerExpandVolumeRequest { volume_id: "d-nosuchdisk".into(), ..expand(2) }).await), Code::NotFound);
+    let grown = ctl.controller_expand_volume(expand(2)).await.unwrap().into_inner();
+    assert_eq!(grown.capacity_bytes, 2 * GIB);
+    assert!(grown.node_expansion_required);
+    let device = ctx["device"].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/sys/block/{}/size", device.trim_start_matches("/dev/"))).unwrap().trim().parse::<i64>().unwrap() * 512 < 2 * GIB {
+        assert!(std::time::Instant::now() < deadline, "the device did not grow");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let node_expand = csi::NodeExpandVolumeRequest { volume_id: v1.volume_id.clone(), volume_path: target.display().to_string(), capacity_range: Some(csi::CapacityRange { required_bytes: 2 * GIB, limit_bytes: 0 }), ..Default::default() };
+    assert_eq!(code(ns.node_expand_volume(csi::NodeExpandVolumeRequest { volume_path: String::new(), ..node_expand.clone() }).await), Code::InvalidArgument);
+    assert_eq!(ns.node_expand_volume(node_expand).await.unwrap().into_inner().capacity_bytes, 2 * GIB);
+    let usage = ns.node_get_volume_stats(stats(&v1.volume_id, &target)).await.unwrap().into_inner();
+    assert!(usage.usage[0].total > GIB + GIB / 2, "the file system grew online: {:?}", usage.usage[0]);
+    assert_eq!(std::fs::read(target.join("data.txt")).unwrap(), b"hello from pod a\n");
+    assert_eq!(ctl.controller_expand_volume(expand(1)).await.unwrap().into_inner().capacity_bytes, 2 * GIB, "shrinking asks nothing");
+
+    // Unpublish, unstage: twice each, and of things that never were.
+    let unpublish = |vol: &str, path: &Path| csi::NodeUnpublishVolumeRequest { volume_id: vol.into(), target_path: path.display().to_string() };
+    assert_eq!(code(ns.node_unpublish_volume(unpublish("", &target)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_unpublish_volume(unpublish(&v1.volume_id, Path::new(""))).await), Code::InvalidArgument);
+    for t in [&target, &target, &ro_target] {
+        ns.node_unpublish_volume(unpublish(&v1.volume_id, t)).await.unwrap();
+    }
+    assert!(!target.exists(), "the target leaf is removed");
+    ns.node_unpublish_volume(unpublish("d-nosuchdisk", &pods.path().join("never"))).await.unwrap();
+    let unstage = |vol: &str, path: &Path| csi::NodeUnstageVolumeRequest { volume_id: vol.into(), staging_target_path: path.display().to_string() };
+    assert_eq!(code(ns.node_unstage_volume(unstage("", &staging)).await), Code::InvalidArgument);
+    assert_eq!(code(ns.node_unstage_volume(unstage(&v1.volume_id, Path::new(""))).await), Code::InvalidArgument);
+    ns.node_unstage_volume(unstage(&v1.volume_id, &staging)).await.unwrap();
+    ns.node_unstage_volume(unstage(&v1.volume_id, &staging)).await.unwrap();
+    ns.node_unstage_volume(unstage("d-nosuchdisk", &pods.path().join("never"))).await.unwrap();
+    assert_eq!(mount_count(&staging), 0);
+
+    // Block mode: the device bound onto a file.
+    let block = block_cap(Mode::SingleNodeWriter);
+    let v2 = ctl.create_volume(create("pvc-block", 1, &[], block.clone())).await.unwrap().into_inner().volume.unwrap();
+    let ctx_b = ctl.controller_publish_volume(publish(&v2.volume_id, me, Some(block.clone()))).await.unwrap().into_inner().publish_context;
+    let staging_b = pods.path().join("staging/pvc-block");
+    ns.node_stage_volume(stage(&v2.volume_id, &staging_b, Some(block.clone()), &ctx_b)).await.unwrap();
+    let target_b = pods.path().join("pod-c/devices/pvc-block");
+    let req_b = csi::NodePublishVolumeRequest {
+        volume_id: v2.volume_id.clone(),
+        staging_target_path: staging_b.display().to_string(),
+        target_path: target_b.display().to_string(),
+        volume_capability: Some(block.clone()),
+        publish_context: ctx_b.clone(),
+        ..Default::default()
+    };
+    ns.node_publish_volume(req_b.clone()).await.unwrap();
+    ns.node_publish_volume(req_b).await.unwrap();
+    assert_eq!(mount_count(&target_b), 1);
+    {
+        use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&target_b).expect("the block target opens");
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(b"raw block bytes").unwrap();
+        f.sync_all().unwrap();
+        let mut dev = std::fs::File::open(&ctx_b["device"]).unwrap();
+        dev.seek(SeekFrom::Start(4096)).unwrap();
+        let mut back = [0u8; 15];
+        dev.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"raw block bytes", "writes through the target reach the disk's device");
+    }
+    let bstats = ns.node_get_volume_stats(stats(&v2.volume_id, &target_b)).await.unwrap().into_inner();
+    assert_eq!(bstats.usage[0].total, GIB, "a block volume's stats give its size");
+    ns.node_unpublish_volume(unpublish(&v2.volume_id, &target_b)).await.unwrap();
+    assert!(!target_b.exists());
+    ns.node_unstage_volume(unstage(&v2.volume_id, &staging_b)).await.unwrap();
+
+    // One call per volume at a time: with a slow attach, a second publish of the same disk is ABORTED.
+    cluster.lc.set_faults(serde_json::json!({ "attach_delay_ms": 1500 })).await;
+    let v3 = ctl.create_volume(create("pvc-slow", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    let (mut c1, mut c2) = (ctl.clone(), ctl.clone());
+    let (p1, p2) = tokio::join!(c1.controller_publish_volume(publish(&v3.volume_id, me, Some(rw.clone()))), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        c2.controller_publish_volume(publish(&v3.volume_id, me, Some(rw.clone()))).await
+    });
+    assert_eq!((code(p1), code(p2)), (Code::Ok, Code::Aborted));
+    cluster.lc.set_faults(serde_json::json!({ "attach_delay_ms": 50 })).await;
+
+    // ControllerUnpublish: arguments, twice, absent; then DeleteVolume: in use, twice, absent.
+    let unpub = |vol: &str| csi::ControllerUnpublishVolumeRequest { volume_id: vol.into(), node_id: me.into(), ..Default::default() };
+    assert_eq!(code(ctl.controller_unpublish_volume(unpub("")).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: v1.volume_id.clone(), ..Default::default() }).await), Code::FailedPrecondition, "an attached disk is not deleted");
+    for v in [&v1, &v1, &v2, &v3] {
+        ctl.controller_unpublish_volume(unpub(&v.volume_id)).await.unwrap();
+    }
+    ctl.controller_unpublish_volume(unpub("d-nosuchdisk")).await.unwrap();
+    assert_eq!(code(ctl.delete_volume(csi::DeleteVolumeRequest::default()).await), Code::InvalidArgument);
+    for v in [&v1, &v1, &v2, &v3] {
+        ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.unwrap();
+    }
+    ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: "d-nosuchdisk".into(), ..Default::default() }).await.unwrap();
+    ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: "not-ours".into(), ..Default::default() }).await.unwrap();
+
+    // A name used again after its disk was deleted gets a new disk.
+    let v4 = ctl.create_volume(create("pvc-one", 2, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    assert_ne!(v4.volume_id, v1.volume_id);
+    assert_eq!(v4.capacity_bytes, 2 * GIB);
+}
