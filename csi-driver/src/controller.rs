@@ -53,6 +53,29 @@ fn check_caps(kind: Kind, caps: &[csi::VolumeCapability]) -> Result<(), Status> 
     Ok(())
 }
 
+/// Removes a volume's directory tree; what is already gone is fine. A mount point (an OSS prefix
+/// mounted as the root) is emptied and stays.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) { gone(std::fs::remove_dir_all(&path))? } else { gone(std::fs::remove_file(&path))? }
+    }
+    // The mount point itself stays; a NAS sub-directory goes.
+    if crate::mounts::mounted_at(dir).is_none() {
+        gone(std::fs::remove_dir(dir))?;
+    }
+    Ok(())
+}
+
 fn topology(zone: &str) -> csi::Topology {
     csi::Topology { segments: HashMap::from([(ZONE_KEY.to_string(), zone.to_string())]) }
 }
@@ -132,7 +155,7 @@ impl ControllerService {
         Err(Status::internal(format!("could not create a disk for {:?}: every client token names a deleted disk", req.name)))
     }
 
-    /// Runs `work` on the root of a NAS file system or an OSS bucket, mounted for the while.
+    /// Runs `work` on the root of a NAS file system or on an OSS volume's prefix, mounted for the while.
     fn with_root<T>(&self, id: &VolumeId, work: impl FnOnce(&Path) -> std::io::Result<T>) -> Result<T, Status> {
         let internal = |e: &dyn std::fmt::Display| Status::internal(format!("{id}: {e}"));
         match id {
@@ -153,9 +176,11 @@ impl ControllerService {
                 let _ = mounts::unmount_all(&scratch);
                 result
             }
-            VolumeId::Oss { bucket, .. } => {
-                let scratch = self.0.oss.scratch_point(bucket);
-                self.0.oss.mount(bucket, "/", &scratch).map_err(|e| Status::unavailable(e.to_string()))?;
+            VolumeId::Oss { bucket, path } => {
+                // An OSS volume's root is its prefix, mounted on its own: a prefix exists only
+                // through the objects under it, so it is not listed as a directory of the bucket.
+                let scratch = self.0.oss.scratch_point(&format!("{bucket}{path}"));
+                self.0.oss.mount(bucket, path, &scratch).map_err(|e| Status::unavailable(e.to_string()))?;
                 let result = work(&scratch).map_err(|e| internal(&e));
                 let _ = mounts::unmount_all(&scratch);
                 let _ = std::fs::remove_dir(&scratch);
@@ -183,7 +208,12 @@ impl ControllerService {
         };
         let task_id = id.clone();
         let this = ControllerService(self.0.clone());
+        // An OSS prefix needs nothing made: it comes to exist with its first object.
+        let needs_dir = matches!(id, VolumeId::Nas { .. });
         tokio::task::spawn_blocking(move || {
+            if !needs_dir {
+                return Ok(());
+            }
             this.with_root(&task_id, |root| {
                 use std::os::unix::fs::PermissionsExt as _;
                 let dir = root.join(&path);
@@ -236,16 +266,14 @@ impl csi::controller_server::Controller for ControllerService {
                 }
                 tracing::info!(disk = %disk_id, "disk deleted");
             }
-            VolumeId::Nas { path, .. } | VolumeId::Oss { path, .. } => {
-                let rel = PathBuf::from(path.trim_start_matches('/'));
+            VolumeId::Nas { .. } | VolumeId::Oss { .. } => {
+                let rel = match &id {
+                    VolumeId::Nas { path, .. } => PathBuf::from(path.trim_start_matches('/')),
+                    _ => PathBuf::new(),
+                };
                 let this = ControllerService(self.0.clone());
                 let task_id = id.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    this.with_root(&task_id, |root| match std::fs::remove_dir_all(root.join(&rel)) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                        _ => Ok(()),
-                    })
-                })
+                let result = tokio::task::spawn_blocking(move || this.with_root(&task_id, |root| remove_tree(&root.join(&rel))))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
                 match result {
