@@ -189,11 +189,11 @@ impl<C: Cloud + 'static> DiskAttacher<C> {
         }
         let attaching = AttachmentRecord { disk_id: disk_id.into(), serial: disk.serial.clone(), device: String::new(), state: AttachState::Attaching, since: now_unix() };
         self.record(attaching)?;
-        if disk.status != DiskStatus::Attaching {
-            if let Err(e) = self.cloud.attach_disk(disk_id, &node).await {
-                self.forget(disk_id)?;
-                return Err(if e.is_code(code::INVALID_DISK_ID) { AttachError::NotFound(disk_id.into()) } else { e.into() });
-            }
+        if disk.status != DiskStatus::Attaching
+            && let Err(e) = self.cloud.attach_disk(disk_id, &node).await
+        {
+            self.forget(disk_id)?;
+            return Err(if e.is_code(code::INVALID_DISK_ID) { AttachError::NotFound(disk_id.into()) } else { e.into() });
         }
         match wait::disk_status(&self.cloud, disk_id, DiskStatus::InUse, self.settings.attach_timeout).await {
             Ok(disk) => self.found_attached(&disk).await,
