@@ -33,7 +33,9 @@ fn units_verify_and_are_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let units = units();
     let names: Vec<String> = units.iter().map(|u| u.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert!(names.contains(&"berth-agent.service".to_string()) && names.contains(&"berth-localcloud.service".to_string()), "{names:?}");
+    for needed in ["berth-agent.service", "berth-localcloud.service", "berth-csi.service"] {
+        assert!(names.contains(&needed.to_string()), "{needed} missing from {names:?}");
+    }
     for unit in &units {
         let copy = for_this_build(unit, dir.path());
         let out = Command::new("systemd-analyze").arg("verify").arg(&copy).current_dir(dir.path()).output().expect("systemd-analyze (package systemd)");
@@ -49,5 +51,13 @@ fn units_verify_and_are_hardened() {
     let agent = std::fs::read_to_string(units.iter().find(|u| u.ends_with("berth-agent.service")).unwrap()).unwrap();
     for needed in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "RestrictAddressFamilies="] {
         assert!(agent.contains(needed), "berth-agent.service lacks {needed}");
+    }
+    // The CSI driver: its s3fs processes outlive its restarts; it mounts for the host.
+    let csi = std::fs::read_to_string(units.iter().find(|u| u.ends_with("berth-csi.service")).unwrap()).unwrap();
+    for needed in ["KillMode=process", "ExecStart=/usr/local/bin/berth-csi --config /etc/berth/csi.toml", "Restart=on-failure", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYS_RESOURCE CAP_DAC_OVERRIDE CAP_FOWNER"] {
+        assert!(csi.contains(needed), "berth-csi.service lacks {needed}");
+    }
+    for refused in ["PrivateMounts=yes", "PrivateDevices=yes", "PrivateTmp=yes", "ProtectSystem="] {
+        assert!(!csi.contains(refused), "berth-csi.service must not have {refused}: its mounts are the host's");
     }
 }
