@@ -1,4 +1,4 @@
-//! Metrics (`/metrics`, Prometheus text) and introspection (`/debug/pool`, JSON) on a loopback port.
+//! Metrics (`/metrics`, Prometheus text) and introspection (`/debug/pool`, `/debug/disks`, JSON) on a loopback port.
 
 use std::sync::Arc;
 
@@ -7,12 +7,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use berth_cloud::Cloud;
 
+use crate::attach::DiskAttacher;
 use crate::eni_pool::EniPool;
 use crate::metrics::Metrics;
 
-pub fn router<C: Cloud + 'static>(pool: Arc<EniPool<C>>, metrics: Arc<Metrics>) -> axum::Router {
+pub fn router<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, metrics: Arc<Metrics>) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render()).into_response() }))
         .route("/debug/pool", get(move || async move { axum::Json(pool.describe()) }))
+        .route("/debug/disks", get(move || async move { axum::Json(disks.describe_json()) }))
         .route("/healthz", get(|| async { "ok\n" }))
 }

@@ -227,7 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(pool.clone().upkeep());
     if !cfg.api.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.api.metrics_listen).await.with_context(|| format!("binding api.metrics_listen {}", cfg.api.metrics_listen))?;
-        let app = http::router(pool.clone(), metrics.clone());
+        let app = http::router(pool.clone(), disks.clone(), metrics.clone());
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
     }

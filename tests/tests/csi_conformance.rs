@@ -37,7 +37,7 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
         eprintln!("skipped: needs root (loop devices, mounts, namespaces)");
         return;
     }
-    let cluster = CsiCluster::start(1, "10.72.0.0/16", "10.72.1.0/24").await;
+    let mut cluster = CsiCluster::start(1, "10.72.0.0/16", "10.72.1.0/24").await;
     let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().unwrap();
     let _mounts = MountGuard(pods.path().to_path_buf());
     let node = &cluster.nodes[0];
@@ -263,4 +263,11 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     let v4 = ctl.create_volume(create("pvc-one", 2, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
     assert_ne!(v4.volume_id, v1.volume_id);
     assert_eq!(v4.capacity_bytes, 2 * GIB);
+
+    // Probe is ready only while the node's agent answers.
+    cluster.nodes[0].agent.kill9();
+    let mut identity = cluster.nodes[0].driver.identity().await;
+    assert_eq!(code(identity.probe(csi::ProbeRequest {}).await), Code::FailedPrecondition, "not ready without the agent");
+    cluster.nodes[0].agent.restart();
+    assert_eq!(identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
 }

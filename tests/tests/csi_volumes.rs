@@ -126,6 +126,15 @@ async fn a_disk_follows_its_pod_to_another_node_and_survives_restarts() {
     assert_eq!(std::fs::read(target_b.join("journal.txt")).unwrap(), b"written on node A\n", "the data followed the pod");
     let uuid_b = std::process::Command::new("blkid").args(["-s", "UUID", "-o", "value", &ctx_b["device"]]).output().unwrap().stdout;
     assert_eq!(uuid, uuid_b, "the file system was not made again");
+    // Attached to B, it cannot be published to A.
+    let elsewhere = a
+        .driver
+        .controller()
+        .await
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest { volume_id: vol.volume_id.clone(), node_id: a.instance_id.clone(), volume_capability: Some(cap.clone()), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), tonic::Code::FailedPrecondition, "{elsewhere:?}");
     let held_b = b.agent.client().await.list_attachments(pb::ListAttachmentsRequest {}).await.unwrap().into_inner().attachments;
     assert_eq!(held_b.iter().map(|h| h.disk_id.as_str()).collect::<Vec<_>>(), vec![vol.volume_id.as_str()]);
     assert!(a.agent.client().await.list_attachments(pb::ListAttachmentsRequest {}).await.unwrap().into_inner().attachments.is_empty());
@@ -138,6 +147,8 @@ async fn a_disk_follows_its_pod_to_another_node_and_survives_restarts() {
     let held = b.agent.client().await.list_attachments(pb::ListAttachmentsRequest {}).await.unwrap().into_inner().attachments;
     assert_eq!(held.len(), 1, "no attachment lost");
     assert_eq!((held[0].device_path.as_str(), held[0].state), (ctx_b["device"].as_str(), pb::AttachState::Attached as i32));
+    let debug: serde_json::Value = reqwest::get(format!("http://{}/debug/disks", b.agent.metrics_addr)).await.unwrap().json().await.unwrap();
+    assert_eq!(debug["slots"]["used"], 1, "{debug}");
     // The CO repeats its calls after a restart: each answers success and mounts nothing twice.
     let ctx_again = attach_and_mount(&cluster.nodes[0], b, &vol.volume_id, &cap, &staging_b, &target_b).await;
     assert_eq!(ctx_again, ctx_b);
