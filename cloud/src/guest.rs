@@ -21,16 +21,24 @@ fn guest_serial(serial: &str) -> &str {
 }
 
 /// The block device of `disk_id` with `serial`, verified; `by_id_dir` is normally [`BY_ID_DIR`].
+/// Verified through sysfs, so a process with a private `/dev` that sees only `/dev/disk` (the
+/// agent under systemd) can check a device it never opens.
 pub fn find_disk_device(by_id_dir: &Path, disk_id: &str, serial: &str) -> Result<PathBuf, DeviceError> {
     let link = by_id_dir.join(format!("virtio-{}", guest_serial(serial)));
-    let device = std::fs::canonicalize(&link).map_err(|_| DeviceError::Missing { disk_id: disk_id.into(), link: link.display().to_string() })?;
+    let missing = || DeviceError::Missing { disk_id: disk_id.into(), link: link.display().to_string() };
+    let target = std::fs::read_link(&link).map_err(|_| missing())?;
+    // udev links are relative (../../vdb), the local cloud's absolute (/dev/loop3).
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(missing)?;
+    let device = Path::new("/dev").join(&name);
     let mismatch = |why: String| DeviceError::Mismatch { disk_id: disk_id.into(), device: device.display().to_string(), why };
-    let meta = std::fs::metadata(&device).map_err(|e| mismatch(e.to_string()))?;
-    if !meta.file_type().is_block_device() {
-        return Err(mismatch("not a block device".into()));
+    match std::fs::metadata(&device) {
+        Ok(meta) if !meta.file_type().is_block_device() => return Err(mismatch("not a block device".into())),
+        _ => {}
     }
-    let name = device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let sys = Path::new("/sys/block").join(&name);
+    if !sys.exists() {
+        return Err(missing());
+    }
     if let Ok(found) = std::fs::read_to_string(sys.join("serial")) {
         return if found.trim() == guest_serial(serial) { Ok(device) } else { Err(mismatch(format!("its serial is {:?}", found.trim()))) };
     }

@@ -190,7 +190,8 @@ impl csi::node_server::Node for NodeService {
         blocking(move || {
             let _lock = lock;
             match &id {
-                VolumeId::Disk { .. } if is_block(&cap) => Ok(()),
+                // A block volume is bound at publish; staging only checks the device is here.
+                VolumeId::Disk { disk_id } if is_block(&cap) => disk_device(disk_id, &req.publish_context).map(drop),
                 VolumeId::Disk { disk_id } => stage_disk(&disk_device(disk_id, &req.publish_context)?, Path::new(&req.staging_target_path), &cap),
                 VolumeId::Nas { .. } => Ok(()),
                 VolumeId::Oss { bucket, path } => d.oss.ensure(&req.volume_id, bucket, path).map(drop).map_err(|e| Status::unavailable(e.to_string())),

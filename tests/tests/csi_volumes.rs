@@ -135,6 +135,16 @@ async fn a_disk_follows_its_pod_to_another_node_and_survives_restarts() {
         .await
         .unwrap_err();
     assert_eq!(elsewhere.code(), tonic::Code::FailedPrecondition, "{elsewhere:?}");
+    // Mounted on B, its agent does not detach it.
+    let busy = a
+        .driver
+        .controller()
+        .await
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: vol.volume_id.clone(), node_id: b.instance_id.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), tonic::Code::FailedPrecondition, "{busy:?}");
+    assert!(busy.message().contains("mounted"), "{}", busy.message());
     let held_b = b.agent.client().await.list_attachments(pb::ListAttachmentsRequest {}).await.unwrap().into_inner().attachments;
     assert_eq!(held_b.iter().map(|h| h.disk_id.as_str()).collect::<Vec<_>>(), vec![vol.volume_id.as_str()]);
     assert!(a.agent.client().await.list_attachments(pb::ListAttachmentsRequest {}).await.unwrap().into_inner().attachments.is_empty());

@@ -334,12 +334,11 @@ impl<C: Cloud + 'static> DiskAttacher<C> {
     }
 }
 
-/// Whether a filesystem on the block device is mounted anywhere this process can see.
+/// Whether a file system on the block device is mounted anywhere this process can see. The
+/// device's numbers come from sysfs: under systemd the agent's private /dev lacks the node.
 fn device_is_mounted(device: &str) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::metadata(device) else { return false };
-    let rdev = meta.rdev();
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let wanted = format!("{major}:{minor}");
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(2) == Some(wanted.as_str()))
+    let name = device.rsplit('/').next().unwrap_or_default();
+    let Ok(numbers) = std::fs::read_to_string(format!("/sys/block/{name}/dev")) else { return false };
+    let wanted = numbers.trim();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(2) == Some(wanted))
 }
