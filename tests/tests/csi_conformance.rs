@@ -78,6 +78,15 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_eq!(code(ctl.create_volume(bad_range).await), Code::OutOfRange, "limit below required");
     assert_eq!(code(ctl.create_volume(create("v-pl1small", 1, &[("performanceLevel", "PL3"), ("zoneId", "local-1a")], rw.clone())).await.map(|_| ())), Code::Ok, "the size rounds up to the category's minimum");
 
+    // NAS and OSS: file systems only, and what they are carved from must be named and exist.
+    let shared = mount_cap("", Mode::MultiNodeMultiWriter);
+    assert_eq!(code(ctl.create_volume(create("v-nas-nofs", 1, &[("type", "nas")], shared.clone())).await), Code::InvalidArgument, "no fileSystemId");
+    assert_eq!(code(ctl.create_volume(create("v-nas-missing", 1, &[("type", "nas"), ("fileSystemId", "nosuchfs")], shared.clone())).await), Code::NotFound);
+    assert_eq!(code(ctl.create_volume(create("v-nas-block", 1, &[("type", "nas"), ("fileSystemId", "x")], block_cap(Mode::MultiNodeMultiWriter))).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.create_volume(create("v-oss-nobucket", 1, &[("type", "oss")], shared.clone())).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.create_volume(create("v-kind", 1, &[("type", "tape")], shared.clone())).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest { volume_id: "nas:nosuchfs::/x".into(), volume_capabilities: vec![shared.clone()], ..Default::default() }).await), Code::NotFound);
+
     // CreateVolume is idempotent by name; the same name with another size is ALREADY_EXISTS.
     let v1 = ctl.create_volume(create("pvc-one", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
     assert!(v1.volume_id.starts_with("d-"), "{}", v1.volume_id);
