@@ -48,3 +48,17 @@ pub fn find_disk_device(by_id_dir: &Path, disk_id: &str, serial: &str) -> Result
     }
     Err(mismatch("sysfs shows neither a serial nor a backing file for it".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_dangling_link_is_missing_not_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(find_disk_device(dir.path(), "d-abc", "abc"), Err(DeviceError::Missing { .. })));
+        std::os::unix::fs::symlink("/dev/berth-no-such-device", dir.path().join("virtio-abc")).unwrap();
+        assert!(matches!(find_disk_device(dir.path(), "d-abc", "abc"), Err(DeviceError::Missing { .. })));
+        assert_eq!(guest_serial("0123456789abcdefghijXYZ"), "0123456789abcdefghij");
+    }
+}

@@ -14,12 +14,11 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::CsiConfig;
 use crate::oss::OssMounter;
 
-/// Who the node is, from its agent.
+/// Who the node is, from its agent (fixed for the process's life; slots are asked afresh).
 #[derive(Debug, Clone)]
 pub struct NodeFacts {
     pub instance_id: String,
     pub zone_id: String,
-    pub disk_limit: u32,
 }
 
 pub struct Driver {
@@ -95,7 +94,7 @@ impl Driver {
         self.node
             .get_or_try_init(|| async {
                 let s = self.local_agent().disk_slots(agent::DiskSlotsRequest {}).await.map_err(|e| Status::unavailable(format!("the node's agent at {} does not answer: {}", self.cfg.agent.socket.display(), e.message())))?.into_inner();
-                Ok::<_, Status>(NodeFacts { instance_id: s.instance_id, zone_id: s.zone_id, disk_limit: s.limit })
+                Ok::<_, Status>(NodeFacts { instance_id: s.instance_id, zone_id: s.zone_id })
             })
             .await
             .cloned()
