@@ -225,6 +225,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let grpc = tokio::spawn(server::serve(listener, pool.clone(), disks.clone(), cfg.api.allowed_uids.clone(), stopped(stop_rx.clone())));
     tokio::spawn(pool.clone().upkeep());
+    {
+        let disks = disks.clone();
+        let every = Duration::from_secs(cfg.paths.reconcile_secs);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = disks.reconcile().await {
+                    tracing::warn!(error = %e, "reconciling the disk ledger failed; retrying at the next period");
+                }
+            }
+        });
+    }
     if !cfg.api.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.api.metrics_listen).await.with_context(|| format!("binding api.metrics_listen {}", cfg.api.metrics_listen))?;
         let app = http::router(pool.clone(), disks.clone(), metrics.clone());

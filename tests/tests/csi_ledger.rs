@@ -1,7 +1,8 @@
 //! The agent's attach ledger against the local cloud: a 16-disk instance type takes 16 disks and
 //! the 17th is refused before any cloud call; a stuck attach is timed out, detached and failed
-//! cleanly; concurrent operations on one disk are ABORTED; a restarted agent adopts its
-//! attachments and counts a disk attached behind its back as unmanaged.
+//! cleanly; concurrent operations on one disk are ABORTED; a disk attached behind the agent's back
+//! (while it runs, or while it is down) is counted as unmanaged; a restarted agent adopts its
+//! attachments.
 
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,42 @@ async fn the_ledger_holds_sixteen_disks_refuses_the_seventeenth_and_survives_a_r
     }
     let err = client.attach_disk(pb::AttachDiskRequest { disk_id: disks[0].clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "the unmanaged disk's slot is not Berth's to use");
+}
+
+#[tokio::test]
+async fn the_periodic_check_counts_disks_attached_behind_the_agents_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loop devices, namespaces)");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.75.0.0/16", "10.75.1.0/24").await;
+    let node = net.run(&cloud, "ecs.g7.large", &net.sg).await;
+    let agent = agent_for(&lc, &node, &["--reconcile-secs", "1"]);
+    let foreign = disk(&cloud, "foreign").await;
+    cloud.attach_disk(&foreign, &node).await.unwrap();
+    wait::disk_status(&cloud, &foreign, DiskStatus::InUse, Duration::from_secs(10)).await.unwrap();
+    let until = |want: u32| {
+        let agent = &agent;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let s = slots(agent).await;
+                if s.unmanaged == want {
+                    return s;
+                }
+                assert!(Instant::now() < deadline, "the agent did not count {want} unmanaged disks: {s:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let s = until(1).await;
+    assert_eq!((s.limit, s.free), (15, 15));
+    cloud.detach_disk(&foreign, &node).await.unwrap();
+    wait::disk_status(&cloud, &foreign, DiskStatus::Available, Duration::from_secs(10)).await.unwrap();
+    let s = until(0).await;
+    assert_eq!((s.limit, s.free), (16, 16), "the slot comes back");
 }
 
 /// Runs futures concurrently and collects their outputs in order.

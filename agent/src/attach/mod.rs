@@ -328,6 +328,31 @@ impl<C: Cloud + 'static> DiskAttacher<C> {
         Ok(())
     }
 
+    /// The periodic check: disks attached here behind Berth's back take slots (or give them back
+    /// when detached), and an attachment the cloud no longer shows here is forgotten. Disks with
+    /// an operation in flight, or recorded after the cloud was asked, are left alone.
+    pub async fn reconcile(&self) -> Result<(), AttachError> {
+        let asked_at = now_unix();
+        let here = self.cloud.describe_disks(&DiskFilter { instance_id: Some(self.settings.instance_id.clone()), ..Default::default() }).await?;
+        let gone: Vec<String> = {
+            let mut b = self.books();
+            let unmanaged: Vec<String> = here.iter().filter(|d| b.ledger.get(&d.id).is_none()).map(|d| d.id.clone()).collect();
+            b.ledger.set_unmanaged(unmanaged);
+            b.ledger
+                .records()
+                .filter(|r| r.state == AttachState::Attached && r.since < asked_at && !b.ledger.is_busy(&r.disk_id) && !here.iter().any(|d| d.id == r.disk_id))
+                .map(|r| r.disk_id.clone())
+                .collect()
+        };
+        for disk_id in gone {
+            self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "disk_not_attached".to_string())]).inc();
+            tracing::warn!(disk = %disk_id, "the cloud no longer shows this attached disk on the node; forgetting it");
+            self.forget(&disk_id)?;
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
     pub fn describe_json(&self) -> serde_json::Value {
         let b = self.books();
         serde_json::json!({ "slots": b.ledger.slots(), "attachments": b.ledger.records().collect::<Vec<_>>() })
