@@ -101,6 +101,23 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Remounts the dead OSS mounts of this node, each under its volume's lock (a volume with a
+    /// call in flight is left to the next round); returns how many were remounted.
+    pub fn remount_dead_oss(self: &Arc<Self>) -> usize {
+        let mut remounted = 0;
+        for id in self.oss.dead_volumes() {
+            let Ok(crate::volume::VolumeId::Oss { bucket, path }) = crate::volume::VolumeId::parse(&id) else { continue };
+            let Ok(_lock) = self.lock("volume", &id) else { continue };
+            match self.oss.ensure(&id, &bucket, &path) {
+                Ok(_) => remounted += 1,
+                Err(e) => tracing::warn!(volume = %id, error = %e, "remounting a dead OSS mount failed; retrying at the next check"),
+            }
+        }
+        remounted
+    }
+}
+
 /// The region of a zone (`cn-hangzhou-h` → `cn-hangzhou`, `local-1a` → `local-1`).
 pub fn region_of_zone(zone: &str) -> String {
     let z = zone.trim_end_matches(|c: char| c.is_ascii_lowercase());

@@ -146,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 let check = d.clone();
-                let remounted = tokio::task::spawn_blocking(move || check.oss.health_check()).await.unwrap_or(0);
+                let remounted = tokio::task::spawn_blocking(move || check.remount_dead_oss()).await.unwrap_or(0);
                 if remounted > 0 {
                     tracing::info!(remounted, "dead OSS mounts remounted");
                 }

@@ -112,8 +112,10 @@ pub fn mount(source: &str, target: &Path, fs_type: Option<&str>, options: &[Stri
 /// A bind mount, made read-only in a second step when asked (the kernel ignores `ro` on the bind itself).
 pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), CommandError> {
     run("mount", &["--bind", p(source), p(target)])?;
-    if read_only {
-        run("mount", &["-o", "remount,bind,ro", p(target)])?;
+    if read_only && let Err(e) = run("mount", &["-o", "remount,bind,ro", p(target)]) {
+        // Never leave a writable mount where a read-only one was asked for.
+        let _ = run("umount", &[p(target)]);
+        return Err(e);
     }
     Ok(())
 }

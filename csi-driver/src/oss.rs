@@ -172,27 +172,15 @@ impl OssMounter {
         Ok(())
     }
 
-    /// Finds dead mounts of this node and remounts them; returns how many were remounted.
-    pub fn health_check(&self) -> usize {
+    /// The volumes whose FUSE mount on this node is dead, by volume ID.
+    pub fn dead_volumes(&self) -> Vec<String> {
         let root = self.state_dir.join("mounts");
-        let Ok(entries) = std::fs::read_dir(&root) else { return 0 };
-        let mut remounted = 0;
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.extension().is_none_or(|x| x != "volume") {
-                continue;
-            }
-            let Ok(id) = std::fs::read_to_string(&path) else { continue };
-            if health(&path.with_extension("")) != Health::Dead {
-                continue;
-            }
-            if let Ok(crate::volume::VolumeId::Oss { bucket, path: sub }) = crate::volume::VolumeId::parse(id.trim()) {
-                match self.ensure(id.trim(), &bucket, &sub) {
-                    Ok(_) => remounted += 1,
-                    Err(e) => tracing::warn!(volume = id.trim(), error = %e, "remounting a dead OSS mount failed; retrying at the next check"),
-                }
-            }
-        }
-        remounted
+        let Ok(entries) = std::fs::read_dir(&root) else { return Vec::new() };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "volume") && health(&p.with_extension("")) == Health::Dead)
+            .filter_map(|p| std::fs::read_to_string(p).ok().map(|id| id.trim().to_string()))
+            .collect()
     }
 }
