@@ -416,3 +416,37 @@ impl csi::controller_server::Controller for ControllerService {
         Err(Status::unimplemented("MODIFY_VOLUME is not advertised"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_cloud::ApiError;
+
+    use super::*;
+
+    fn api(code: &str, http_status: u16) -> CloudError {
+        CloudError::Api(ApiError { action: "X".into(), code: code.into(), message: "m".into(), request_id: "r".into(), http_status })
+    }
+
+    #[test]
+    fn cloud_errors_become_the_codes_a_co_acts_on() {
+        assert_eq!(cloud_status(api(code::INVALID_DISK_ID, 404)).code(), tonic::Code::NotFound);
+        assert_eq!(cloud_status(api(code::INVALID_DISK_SIZE, 400)).code(), tonic::Code::OutOfRange);
+        assert_eq!(cloud_status(api(code::INCORRECT_DISK_STATUS, 403)).code(), tonic::Code::FailedPrecondition);
+        assert_eq!(cloud_status(api(code::DISK_LIMIT, 403)).code(), tonic::Code::ResourceExhausted);
+        assert_eq!(cloud_status(api(code::INVALID_PARAMETER, 400)).code(), tonic::Code::InvalidArgument);
+        assert_eq!(cloud_status(api(code::THROTTLING, 400)).code(), tonic::Code::Unavailable, "retryable: the CO retries");
+        assert_eq!(cloud_status(api(code::INTERNAL_ERROR, 500)).code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn removing_a_tree_tolerates_what_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("k8s/pvc-1");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        std::fs::write(vol.join("sub/f"), b"x").unwrap();
+        std::fs::write(vol.join("g"), b"y").unwrap();
+        remove_tree(&vol).unwrap();
+        assert!(!vol.exists() && dir.path().join("k8s").exists());
+        remove_tree(&vol).unwrap();
+    }
+}
