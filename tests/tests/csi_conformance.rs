@@ -273,10 +273,13 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_ne!(v4.volume_id, v1.volume_id);
     assert_eq!(v4.capacity_bytes, 2 * GIB);
 
-    // Probe is ready only while the node's agent answers.
+    // Probe is ready only while the node's agent answers ...
     cluster.nodes[0].agent.kill9();
     let mut identity = cluster.nodes[0].driver.identity().await;
     assert_eq!(code(identity.probe(csi::ProbeRequest {}).await), Code::FailedPrecondition, "not ready without the agent");
     cluster.nodes[0].agent.restart();
     assert_eq!(identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
+    // ... and the cloud.
+    cluster.lc.kill();
+    assert_eq!(code(identity.probe(csi::ProbeRequest {}).await), Code::FailedPrecondition, "not ready without the cloud");
 }
