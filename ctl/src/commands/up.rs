@@ -102,7 +102,8 @@ impl Up {
                 for other in &pods[1..] {
                     let reached = std::process::Command::new("nsenter")
                         .arg(format!("--net={}", first.netns))
-                        .args(["ping", "-c", "1", "-W", "2", &other.ip])
+                        // Three tries: one lost echo on a busy machine is not unreachable.
+                        .args(["ping", "-c", "3", "-i", "0.2", "-W", "2", &other.ip])
                         .stdout(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
                         .status()
