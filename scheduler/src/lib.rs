@@ -1,0 +1,9 @@
+//! `berth-scheduler`: the central scheduler and autoscaler. Agents stream their nodes' live
+//! capacity (IPs, ENI and member-ENI slots, disk slots besides CPU and memory); the scheduler
+//! places pods with those counts, reserves what it binds until the agent counts it, and grows and
+//! shrinks node pools from the instance-type catalogue.
+//!
+//! Pure logic ([`placement`], [`autoscaler`], [`cluster`]) is apart from I/O ([`store`],
+//! [`server`], [`driver`]).
+
+pub mod placement;
