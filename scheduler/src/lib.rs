@@ -7,3 +7,5 @@
 //! [`server`], [`driver`]).
 
 pub mod placement;
+pub mod cluster;
+pub mod store;

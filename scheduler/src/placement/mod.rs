@@ -34,7 +34,7 @@ pub fn pod_key(namespace: &str, name: &str) -> String {
 }
 
 /// What a pod asks of a node, computed once per pod from its spec.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PodRequest {
     pub demand: Resources,
     /// `pool_selector["pool"]`.
@@ -409,4 +409,4 @@ impl Placement {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

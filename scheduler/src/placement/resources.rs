@@ -4,7 +4,7 @@ use berth_proto::cluster::v1 as pb;
 
 /// Every resource a placement filters on. One type for capacity, free counts and demands, so
 /// "does it fit" and "take it" are single comparisons without allocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     pub cpu_millicores: u64,
     pub memory_bytes: u64,

@@ -1,0 +1,153 @@
+//! The scheduler's durable state: pods (their specs and bindings) and nodes asked of the cloud
+//! that have not reported yet. Node capacity is not stored: agents report it again within a lease.
+//!
+//! [`Store`] is a trait so that a replicated store can take the embedded one's place for a highly
+//! available pair of schedulers: an etcd implementation would append each batch as one
+//! transaction of keys under `/berth/scheduler/` and load by a range read, with a lease-held
+//! leader key deciding which scheduler writes. Only the embedded [`JournalStore`] (and the
+//! in-memory [`MemoryStore`] for tests and benchmarks) exist today.
+
+mod journal;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use berth_proto::cluster::v1 as pb;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+pub use journal::JournalStore;
+
+/// A pod spec as stored: its protobuf encoding in base64. The wire format already evolves safely
+/// (field numbers), so the store needs no second schema of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredSpec(pub String);
+
+impl StoredSpec {
+    pub fn of(spec: &pb::PodSpec) -> StoredSpec {
+        StoredSpec(base64::engine::general_purpose::STANDARD.encode(spec.encode_to_vec()))
+    }
+
+    pub fn decode(&self) -> Result<pb::PodSpec, String> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&self.0).map_err(|e| e.to_string())?;
+        pb::PodSpec::decode(bytes.as_slice()).map_err(|e| e.to_string())
+    }
+}
+
+/// A node asked of the cloud that has not reported yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedNode {
+    pub instance_id: String,
+    pub pool: String,
+    pub instance_type: String,
+    pub zone_id: String,
+    pub vswitch_id: String,
+    /// Unix time (ms) of the request, so a restarted scheduler still knows how long it waited.
+    pub requested_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Submitted { pod: String, spec: StoredSpec },
+    Bound { pod: String, node: String },
+    Unbound { pod: String },
+    Deleted { pod: String },
+    NodeRequested(RequestedNode),
+    /// The node reported, or its request timed out, or it was deleted.
+    NodeRequestCleared { instance_id: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredPod {
+    pub spec: StoredSpec,
+    /// Submission order, so pending pods keep their place in the queue across a restart.
+    pub order: u64,
+    pub node: Option<String>,
+}
+
+impl Default for StoredSpec {
+    fn default() -> Self {
+        StoredSpec(String::new())
+    }
+}
+
+/// What a store holds; the checkpoint's format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub pods: BTreeMap<String, StoredPod>,
+    pub requested: BTreeMap<String, RequestedNode>,
+    pub next_order: u64,
+}
+
+impl Snapshot {
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Submitted { pod, spec } => {
+                let order = self.next_order;
+                self.next_order += 1;
+                self.pods.insert(pod.clone(), StoredPod { spec: spec.clone(), order, node: None });
+            }
+            Event::Bound { pod, node } => {
+                if let Some(p) = self.pods.get_mut(pod) {
+                    p.node = Some(node.clone());
+                }
+            }
+            Event::Unbound { pod } => {
+                if let Some(p) = self.pods.get_mut(pod) {
+                    p.node = None;
+                }
+            }
+            Event::Deleted { pod } => {
+                self.pods.remove(pod);
+            }
+            Event::NodeRequested(r) => {
+                self.requested.insert(r.instance_id.clone(), r.clone());
+            }
+            Event::NodeRequestCleared { instance_id } => {
+                self.requested.remove(instance_id);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("scheduler state directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid: {source} (move it away to start empty; the pods in it would be forgotten)")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+}
+
+/// Where the scheduler keeps its state. `append` returns once the events are durable (for a
+/// replicated store: committed by a quorum); the scheduler answers a client only after that.
+pub trait Store: Send {
+    /// The state as loaded at open, with every appended event applied.
+    fn snapshot(&self) -> &Snapshot;
+    /// Makes the events durable as one batch (one sync), then applies them.
+    fn append(&mut self, events: &[Event]) -> Result<(), StoreError>;
+}
+
+/// Keeps state in memory only: for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Snapshot,
+}
+
+impl Store for MemoryStore {
+    fn snapshot(&self) -> &Snapshot {
+        &self.state
+    }
+
+    fn append(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        for e in events {
+            self.state.apply(e);
+        }
+        Ok(())
+    }
+}
