@@ -9,3 +9,4 @@
 pub mod placement;
 pub mod cluster;
 pub mod store;
+pub mod autoscaler;

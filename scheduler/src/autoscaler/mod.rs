@@ -1,0 +1,336 @@
+//! The autoscaler's pure planners. Scale up: pods pending beyond a threshold are first placed, in
+//! simulation, on nodes already requested but not yet reporting; the rest on template nodes of
+//! each pool option (pool × instance type × vSwitch), whose capacity comes from the instance-type
+//! catalogue — shared IPs, ENI and member-ENI slots and disk slots included; an expander chooses
+//! one option. Scale down: a node whose utilisation (its scarcest resource, IPs and disk slots
+//! included) stayed under a threshold for a period, whose pods all fit elsewhere, within the
+//! pool's minimum and disruption budget. The planners return plans; [`driver`] executes them.
+
+pub mod driver;
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_cloud::model::InstanceType;
+use berth_proto::cluster::v1 as pb;
+use serde::Deserialize;
+
+use crate::cluster::Cluster;
+use crate::placement::{Health, PodRequest, Resources};
+use crate::store::RequestedNode;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapacityType {
+    #[default]
+    OnDemand,
+    Spot,
+}
+
+/// How to choose among pool options that would help pending pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expander {
+    /// The option leaving the least CPU, memory and IPs unused on its new nodes.
+    #[default]
+    LeastWaste,
+    /// The pool of highest `priority`, then least waste.
+    Priority,
+    /// The lowest price per pod helped.
+    Price,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolVSwitch {
+    pub id: String,
+    pub zone: String,
+}
+
+/// A node pool of the scheduler's config (`[[pool]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePool {
+    pub name: String,
+    /// Instance types the pool may create, e.g. `ecs.g7.large`.
+    pub instance_types: Vec<String>,
+    /// Where its nodes go; each vSwitch's zone is the node's zone.
+    pub vswitches: Vec<PoolVSwitch>,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    #[serde(default)]
+    pub capacity: CapacityType,
+    #[serde(default)]
+    pub priority: i32,
+    /// Labels its nodes report, which pod pool selectors may name.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Nodes of the pool removed at the same time at most.
+    #[serde(default = "one")]
+    pub disruption_budget: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a node of this type offers, as the agent would report it when empty: shared IPs are the
+/// secondary IPs of every secondary ENI, ENI slots the secondary ENIs (the primary ENI serves the
+/// node itself), member-ENI slots the type's member-ENI quota, disk slots its data-disk quota.
+pub fn template_capacity(t: &InstanceType) -> Resources {
+    let shared = t.max_shared_eni_pods();
+    let eni = t.max_exclusive_eni_pods();
+    Resources {
+        cpu_millicores: u64::from(t.vcpu) * 1000,
+        memory_bytes: t.memory_mib * 1024 * 1024,
+        pods: shared + eni + t.member_eni_quota,
+        shared_ips: shared,
+        eni_slots: eni,
+        member_eni_slots: t.member_eni_quota,
+        disk_slots: t.disk_quota,
+    }
+}
+
+pub fn template_identity(pool: &NodePool, t: &InstanceType, vsw: &PoolVSwitch) -> pb::NodeIdentity {
+    pb::NodeIdentity {
+        instance_id: String::new(),
+        instance_type: t.id.clone(),
+        zone_id: vsw.zone.clone(),
+        pool: pool.name.clone(),
+        vswitch_ids: vec![vsw.id.clone()],
+        labels: pool.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleUpPlan {
+    pub pool: String,
+    pub instance_type: String,
+    pub vswitch_id: String,
+    pub zone_id: String,
+    pub count: u32,
+    /// Pending pods the new nodes would host.
+    pub pods: usize,
+    /// Pods that nodes already requested will host.
+    pub pods_on_requested: usize,
+    pub waste: f64,
+    pub price_per_hour: f64,
+}
+
+/// Bins of a simulation: only the last few opened nodes are tried before opening another, so a
+/// plan for 30,000 pods stays linear (first-fit over a window, not over every node).
+const OPEN_WINDOW: usize = 8;
+
+struct Sim {
+    identity: pb::NodeIdentity,
+    capacity: Resources,
+    bins: Vec<Resources>,
+    limit: usize,
+    pods: usize,
+}
+
+impl Sim {
+    /// Places the pod on a simulated node; false when it cannot go on this template at all or
+    /// the pool has no room for another node.
+    fn place(&mut self, req: &PodRequest) -> bool {
+        if !req.matches_identity(&self.identity) || !self.capacity.fits(&req.demand) {
+            return false;
+        }
+        let from = self.bins.len().saturating_sub(OPEN_WINDOW);
+        if let Some(b) = self.bins[from..].iter_mut().find(|b| b.fits(&req.demand)) {
+            *b = b.saturating_sub(&req.demand);
+            self.pods += 1;
+            return true;
+        }
+        if self.bins.len() >= self.limit {
+            return false;
+        }
+        self.bins.push(self.capacity.saturating_sub(&req.demand));
+        self.pods += 1;
+        true
+    }
+
+    fn waste(&self) -> f64 {
+        if self.bins.is_empty() {
+            return 1.0;
+        }
+        let c = &self.capacity;
+        let per: f64 = self
+            .bins
+            .iter()
+            .map(|free| {
+                let f = |all: u64, free: u64| if all == 0 { 0.0 } else { free as f64 / all as f64 };
+                (f(c.cpu_millicores, free.cpu_millicores) + f(c.memory_bytes, free.memory_bytes) + f(c.shared_ips.into(), free.shared_ips.into())) / 3.0
+            })
+            .sum();
+        per / self.bins.len() as f64
+    }
+}
+
+/// Plans one scale-up for the pods pending beyond the threshold (`pending`), or None when
+/// requested nodes will host them all or no pool can.
+pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes_per_pool: &HashMap<String, u32>, requested: &[RequestedNode], expander: Expander) -> Option<ScaleUpPlan> {
+    // Nodes on their way take what they can first.
+    let mut on_the_way: Vec<(pb::NodeIdentity, Resources)> = requested
+        .iter()
+        .filter_map(|r| {
+            let pool = pools.iter().find(|p| p.name == r.pool)?;
+            let t = catalogue(&r.instance_type)?;
+            let vsw = PoolVSwitch { id: r.vswitch_id.clone(), zone: r.zone_id.clone() };
+            Some((template_identity(pool, &t, &vsw), template_capacity(&t)))
+        })
+        .collect();
+    let mut left: Vec<&PodRequest> = Vec::with_capacity(pending.len());
+    let mut on_requested = 0;
+    for req in pending {
+        match on_the_way.iter_mut().find(|(id, free)| req.matches_identity(id) && free.fits(&req.demand)) {
+            Some((_, free)) => {
+                *free = free.saturating_sub(&req.demand);
+                on_requested += 1;
+            }
+            None => left.push(req),
+        }
+    }
+    if left.is_empty() {
+        return None;
+    }
+    let mut best: Option<(ScaleUpPlan, i32)> = None;
+    for pool in pools {
+        let in_flight = requested.iter().filter(|r| r.pool == pool.name).count() as u32;
+        let have = nodes_per_pool.get(&pool.name).copied().unwrap_or(0) + in_flight;
+        let room = pool.max_nodes.saturating_sub(have);
+        if room == 0 {
+            continue;
+        }
+        for t in pool.instance_types.iter().filter_map(|id| catalogue(id)) {
+            for vsw in &pool.vswitches {
+                let mut sim = Sim { identity: template_identity(pool, &t, vsw), capacity: template_capacity(&t), bins: Vec::new(), limit: room as usize, pods: 0 };
+                for req in &left {
+                    sim.place(req);
+                }
+                if sim.pods == 0 {
+                    continue;
+                }
+                let plan = ScaleUpPlan {
+                    pool: pool.name.clone(),
+                    instance_type: t.id.clone(),
+                    vswitch_id: vsw.id.clone(),
+                    zone_id: vsw.zone.clone(),
+                    count: sim.bins.len() as u32,
+                    pods: sim.pods,
+                    pods_on_requested: on_requested,
+                    waste: sim.waste(),
+                    price_per_hour: t.price_per_hour * f64::from(sim.bins.len() as u32),
+                };
+                let better = match &best {
+                    None => true,
+                    Some((b, bprio)) => better_than(&plan, pool.priority, b, *bprio, expander),
+                };
+                if better {
+                    best = Some((plan, pool.priority));
+                }
+            }
+        }
+    }
+    best.map(|(p, _)| p)
+}
+
+fn better_than(a: &ScaleUpPlan, aprio: i32, b: &ScaleUpPlan, bprio: i32, expander: Expander) -> bool {
+    use std::cmp::Ordering::*;
+    let waste = a.waste.total_cmp(&b.waste);
+    let pods = b.pods.cmp(&a.pods);
+    let ord = match expander {
+        Expander::LeastWaste => waste.then(pods),
+        Expander::Priority => bprio.cmp(&aprio).then(waste).then(pods),
+        Expander::Price => (a.price_per_hour / a.pods as f64).total_cmp(&(b.price_per_hour / b.pods as f64)).then(pods),
+    };
+    ord == Less
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScaleDownSettings {
+    pub utilisation_threshold: f64,
+    pub underused_for_ms: u64,
+}
+
+/// Remembers since when each node has been under the threshold (a node above it starts over).
+pub fn observe_utilisation(cluster: &mut Cluster, threshold: f64, now_ms: u64) {
+    let ids: Vec<u32> = cluster.placement.nodes().map(|(i, _)| i).collect();
+    for i in ids {
+        if let Some(n) = cluster.placement.node_mut(i) {
+            let under = n.health == Health::Ready && n.utilisation() < threshold;
+            n.underused_since_ms = match (under, n.underused_since_ms) {
+                (true, Some(t)) => Some(t),
+                (true, None) => Some(now_ms),
+                (false, _) => None,
+            };
+        }
+    }
+}
+
+/// Nodes to remove now: managed by a pool, underused for the period, above the pool's minimum,
+/// within its disruption budget (nodes being removed count), and whose every pod fits on
+/// another Ready node that stays.
+pub fn plan_scale_down(cluster: &Cluster, pools: &[NodePool], s: &ScaleDownSettings, now_ms: u64) -> Vec<String> {
+    let p = &cluster.placement;
+    let mut per_pool: HashMap<&str, (u32, u32)> = HashMap::new(); // (nodes, being removed)
+    for (_, n) in p.nodes() {
+        let e = per_pool.entry(n.identity.pool.as_str()).or_default();
+        e.0 += 1;
+        if cluster.deleting.contains(&n.id) {
+            e.1 += 1;
+        }
+    }
+    // Free counts other nodes would have after taking moved pods.
+    let mut sim_free: HashMap<u32, Resources> = HashMap::new();
+    let mut chosen: Vec<String> = Vec::new();
+    let mut chosen_idx: Vec<u32> = Vec::new();
+    for (idx, n) in p.nodes() {
+        let Some(pool) = pools.iter().find(|x| x.name == n.identity.pool) else { continue };
+        if n.health != Health::Ready || cluster.deleting.contains(&n.id) {
+            continue;
+        }
+        let Some(since) = n.underused_since_ms else { continue };
+        if now_ms.saturating_sub(since) < s.underused_for_ms {
+            continue;
+        }
+        let (count, removing) = per_pool.get(pool.name.as_str()).copied().unwrap_or_default();
+        if count.saturating_sub(removing) <= pool.min_nodes || removing >= pool.disruption_budget {
+            continue;
+        }
+        // Every pod must fit on a node that stays.
+        let mut trial = sim_free.clone();
+        let mut movable = true;
+        for key in &n.pods {
+            let Some(rec) = cluster.pod(key) else { continue };
+            let target = p.nodes().find(|(j, m)| {
+                *j != idx && !chosen_idx.contains(j) && m.health == Health::Ready && !cluster.deleting.contains(&m.id) && !m.blocked.forbids(&rec.req.demand) && rec.req.matches_identity(&m.identity) && trial.get(j).unwrap_or(&m.free).fits(&rec.req.demand)
+            });
+            match target {
+                Some((j, m)) => {
+                    let f = trial.get(&j).copied().unwrap_or(m.free);
+                    trial.insert(j, f.saturating_sub(&rec.req.demand));
+                }
+                None => {
+                    movable = false;
+                    break;
+                }
+            }
+        }
+        if !movable {
+            continue;
+        }
+        sim_free = trial;
+        chosen.push(n.id.clone());
+        chosen_idx.push(idx);
+        if let Some(e) = per_pool.get_mut(pool.name.as_str()) {
+            e.1 += 1;
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests;

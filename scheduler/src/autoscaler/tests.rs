@@ -1,0 +1,111 @@
+use berth_cloud::catalogue;
+
+use super::*;
+use crate::placement::Strategy;
+use crate::placement::tests::{caps, report};
+
+fn pool(name: &str, types: &[&str], max: u32, priority: i32) -> NodePool {
+    NodePool {
+        name: name.into(),
+        instance_types: types.iter().map(|s| s.to_string()).collect(),
+        vswitches: vec![PoolVSwitch { id: "vsw-z1".into(), zone: "z1".into() }],
+        security_group_ids: vec![],
+        min_nodes: 0,
+        max_nodes: max,
+        capacity: CapacityType::OnDemand,
+        priority,
+        labels: BTreeMap::new(),
+        disruption_budget: 1,
+    }
+}
+
+fn shared_pod() -> PodRequest {
+    PodRequest::of(&pb::PodSpec { cpu_millicores: 100, memory_bytes: 64 << 20, ..Default::default() })
+}
+
+#[test]
+fn template_capacity_counts_ips_and_slots_from_the_catalogue() {
+    let t = catalogue::instance_type("ecs.g7.large").unwrap();
+    let c = template_capacity(&t);
+    assert_eq!((c.shared_ips, c.eni_slots, c.member_eni_slots, c.disk_slots), (10, 2, 6, 16));
+    assert_eq!(c.cpu_millicores, 2000);
+}
+
+#[test]
+fn ip_bound_pods_get_enough_nodes_and_requested_nodes_count() {
+    let pods: Vec<PodRequest> = (0..25).map(|_| shared_pod()).collect();
+    let refs: Vec<&PodRequest> = pods.iter().collect();
+    let pools = [pool("small", &["ecs.g7.large"], 10, 0)];
+    // g7.large: 10 shared IPs, CPU would allow 20 such pods: IPs decide, 3 nodes.
+    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).unwrap();
+    assert_eq!((plan.count, plan.pods, plan.pool.as_str()), (3, 25, "small"));
+    // Two nodes already on their way host 20: one more is enough.
+    let req = |id: &str| RequestedNode { instance_id: id.into(), pool: "small".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
+    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[req("i-1"), req("i-2")], Expander::LeastWaste).unwrap();
+    assert_eq!((plan.count, plan.pods_on_requested), (1, 20));
+    // At its maximum the pool plans nothing.
+    let full = HashMap::from([("small".to_string(), 10)]);
+    assert!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &full, &[], Expander::LeastWaste).is_none());
+}
+
+#[test]
+fn disk_slots_decide_when_disks_are_the_scarce_resource() {
+    let disk = pb::VolumeSpec { kind: pb::VolumeKind::Disk as i32, ..Default::default() };
+    let pods: Vec<PodRequest> = (0..4).map(|_| PodRequest::of(&pb::PodSpec { volumes: vec![disk.clone(); 8], ..Default::default() })).collect();
+    let refs: Vec<&PodRequest> = pods.iter().collect();
+    let plan = plan_scale_up(&refs, &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).unwrap();
+    assert_eq!(plan.count, 2, "16 disk slots per node, 8 disks per pod");
+}
+
+#[test]
+fn expanders_choose_by_waste_priority_and_price() {
+    let pods: Vec<PodRequest> = (0..10).map(|_| shared_pod()).collect();
+    let refs: Vec<&PodRequest> = pods.iter().collect();
+    let pools = [pool("big", &["ecs.g7.4xlarge"], 10, 0), pool("small", &["ecs.g7.large"], 10, 5)];
+    let lw = plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).unwrap();
+    assert_eq!(lw.pool, "small", "10 pods fill a g7.large's 10 IPs exactly");
+    let pools = [pool("big", &["ecs.g7.4xlarge"], 10, 9), pool("small", &["ecs.g7.large"], 10, 5)];
+    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::Priority).unwrap().pool, "big");
+    let pools = [pool("t6", &["ecs.t6-c1m2.large"], 10, 0), pool("c7", &["ecs.c7.large"], 10, 0)];
+    // t6: 5 IPs for 0.08/h → 0.016 per pod; c7: 10 IPs for 0.21/h → 0.021 per pod.
+    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::Price).unwrap().pool, "t6");
+}
+
+#[test]
+fn pods_no_pool_can_host_plan_nothing() {
+    let mut spec = pb::PodSpec::default();
+    spec.pool_selector.insert("pool".into(), "gpu".into());
+    let req = PodRequest::of(&spec);
+    assert!(plan_scale_up(&[&req], &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).is_none());
+}
+
+#[test]
+fn an_idle_node_is_removed_after_the_period_when_its_pods_fit_elsewhere() {
+    let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+    let s = ScaleDownSettings { utilisation_threshold: 0.5, underused_for_ms: 600_000 };
+    let pools = [pool("a", &["ecs.g7.large"], 10, 0)];
+    c.report(&report("i-1", "a", "z1", caps(4, 16), 1, &[]), 0); // 60% of IPs used
+    c.report(&report("i-2", "a", "z1", caps(9, 16), 1, &[]), 0); // 10% used
+    c.report(&report("i-3", "a", "z1", caps(10, 16), 1, &[]), 0); // idle
+    observe_utilisation(&mut c, s.utilisation_threshold, 0);
+    assert!(plan_scale_down(&c, &pools, &s, 599_000).is_empty(), "not yet underused for the period");
+    observe_utilisation(&mut c, s.utilisation_threshold, 600_000);
+    let plan = plan_scale_down(&c, &pools, &s, 600_000);
+    assert_eq!(plan.len(), 1, "disruption budget of 1: {plan:?}");
+    assert_ne!(plan[0], "i-1");
+    c.drain(&plan[0], 600_000);
+    assert!(plan_scale_down(&c, &pools, &s, 600_000).is_empty(), "one node is already being removed");
+}
+
+#[test]
+fn a_node_whose_pods_fit_nowhere_else_stays() {
+    let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+    let s = ScaleDownSettings { utilisation_threshold: 0.5, underused_for_ms: 0 };
+    let pools = [pool("a", &["ecs.g7.large"], 10, 0)];
+    c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+    c.report(&report("i-2", "a", "z1", caps(0, 16), 1, &[]), 0); // no IP left anywhere else
+    c.submit(pb::PodSpec { namespace: "d".into(), name: "p".into(), ..Default::default() }, 0).unwrap();
+    c.schedule(0);
+    observe_utilisation(&mut c, 0.5, 0);
+    assert!(plan_scale_down(&c, &pools, &s, 1).is_empty());
+}
