@@ -10,3 +10,6 @@ pub mod placement;
 pub mod cluster;
 pub mod store;
 pub mod autoscaler;
+pub mod config;
+pub mod server;
+pub mod client;

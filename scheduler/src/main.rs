@@ -1,1 +1,111 @@
-fn main(){}
+//! `berth-scheduler`: reads its config (file, then environment and flags), opens its state,
+//! serves the Scheduler API and runs the autoscaler against the cloud API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use berth_cloud::client::load_credentials;
+use berth_cloud::{ClientConfig, HttpCloud};
+use berth_scheduler::autoscaler::driver::CloudProvisioner;
+use berth_scheduler::config::{self, SchedulerConfig};
+use berth_scheduler::server::{self, Shared};
+use berth_scheduler::store::JournalStore;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "berth-scheduler", version, about = "Berth's scheduler and autoscaler: places pods by nodes' live capacity, grows and shrinks node pools")]
+struct Args {
+    /// The config file; a missing file at the default path means defaults.
+    #[arg(long, env = "BERTH_SCHEDULER_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "BERTH_SCHEDULER_LISTEN")]
+    listen: Option<String>,
+    #[arg(long, env = "BERTH_SCHEDULER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
+    cloud_endpoint: Option<String>,
+    #[arg(long, env = "BERTH_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    #[arg(long, env = "BERTH_SCHEDULER_LEASE_SECS")]
+    lease_secs: Option<u64>,
+    #[arg(long, env = "BERTH_SCHEDULER_PENDING_THRESHOLD_SECS")]
+    pending_threshold_secs: Option<u64>,
+    #[arg(long, env = "BERTH_SCHEDULER_SCALE_DOWN_AFTER_SECS")]
+    scale_down_after_secs: Option<u64>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "BERTH_LOG_JSON")]
+    log_json: bool,
+}
+
+impl Args {
+    fn apply(&self, c: &mut SchedulerConfig) {
+        macro_rules! set {
+            ($field:expr, $value:expr) => {
+                if let Some(v) = $value.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(c.server.listen, self.listen);
+        set!(c.server.state_dir, self.state_dir);
+        set!(c.cloud.endpoint, self.cloud_endpoint);
+        set!(c.cloud.credentials_file, self.credentials);
+        set!(c.placement.lease_secs, self.lease_secs);
+        set!(c.autoscaler.pending_threshold_secs, self.pending_threshold_secs);
+        set!(c.autoscaler.scale_down_after_secs, self.scale_down_after_secs);
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { b.json().init() } else { b.init() }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-scheduler: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-scheduler: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let explicit = args.config.is_some();
+    let path = args.config.clone().unwrap_or_else(|| config::DEFAULT_PATH.into());
+    let mut cfg = SchedulerConfig::load(&path, explicit)?;
+    args.apply(&mut cfg);
+    cfg.validate()?;
+    let store = JournalStore::open(&cfg.server.state_dir)?;
+    let listener = tokio::net::TcpListener::bind(&cfg.server.listen).await.with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let provisioner = if cfg.autoscaler.enabled && !cfg.pool.is_empty() {
+        let credentials = load_credentials(&cfg.cloud.credentials_file)?;
+        let client = ClientConfig::new(cfg.cloud.endpoint.clone(), cfg.cloud.region.clone(), credentials);
+        Some(CloudProvisioner { cloud: HttpCloud::new(client)? })
+    } else {
+        None
+    };
+    tracing::info!(listen = %cfg.server.listen, pools = cfg.pool.len(), "berth-scheduler serving");
+    let shared = Shared::new(cfg, Box::new(store)).map_err(anyhow::Error::msg)?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    server::serve(shared, provisioner, listener, shutdown).await?;
+    Ok(())
+}

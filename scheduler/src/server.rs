@@ -1,0 +1,349 @@
+//! The `Scheduler` gRPC service of cluster.proto, and the loops around the pure state: a tick that
+//! expires leases and retries pending pods, and the autoscaler loop that executes plans through a
+//! [`NodeProvisioner`].
+//!
+//! Every change is appended to the store (one sync per batch) before any answer or instruction
+//! leaves, so what a client or agent was told survives a restart. The clock is Unix time in ms,
+//! the same one the store's request times use.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_proto::cluster::v1 as pb;
+use berth_proto::cluster::v1::scheduler_server::{Scheduler, SchedulerServer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::autoscaler::driver::NodeProvisioner;
+use crate::autoscaler::{self, ScaleDownSettings};
+use crate::cluster::{Cluster, SubmitError};
+use crate::config::SchedulerConfig;
+use crate::placement::pod_key;
+use crate::store::{Event, RequestedNode, Store};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Core {
+    cluster: Cluster,
+    store: Box<dyn Store>,
+}
+
+impl Core {
+    fn commit(&mut self, events: &[Event]) -> Result<(), Status> {
+        self.store.append(events).map_err(|e| {
+            tracing::error!(error = %e, "cannot persist scheduler state");
+            Status::unavailable(format!("the scheduler cannot persist its state: {e}"))
+        })
+    }
+}
+
+type InstructionSender = mpsc::Sender<Result<pb::NodeInstruction, Status>>;
+/// The answer stream of ReportNode (the generated trait's boxed stream type).
+type InstructionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::NodeInstruction, Status>> + Send + 'static>>;
+
+/// State shared by the gRPC handlers and the loops.
+pub struct Shared {
+    core: Mutex<Core>,
+    /// Connected agents: node → (stream generation, sender).
+    streams: Mutex<HashMap<String, (u64, InstructionSender)>>,
+    next_stream: std::sync::atomic::AtomicU64,
+    cfg: SchedulerConfig,
+}
+
+impl Shared {
+    /// Loads the store's state into a fresh cluster.
+    pub fn new(cfg: SchedulerConfig, store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
+        let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
+        cluster.restore(store.snapshot(), now_ms())?;
+        Ok(Arc::new(Shared { core: Mutex::new(Core { cluster, store }), streams: Mutex::new(HashMap::new()), next_stream: 0.into(), cfg }))
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends waiting instructions to connected agents.
+    fn flush(&self) {
+        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if streams.is_empty() {
+            return;
+        }
+        let mut core = self.core();
+        for node in core.cluster.nodes_with_instructions() {
+            let Some((_, tx)) = streams.get(&node) else { continue };
+            if let Some(ins) = core.cluster.take_instruction(&node)
+                && tx.try_send(Ok(ins)).is_err()
+            {
+                tracing::warn!(node = %node, "instruction stream full or closed; the node gets everything again when it reconnects");
+            }
+        }
+    }
+
+    /// One tick: leases, then pending pods.
+    pub fn tick(&self) {
+        {
+            let mut core = self.core();
+            let now = now_ms();
+            let mut events = core.cluster.expire_leases(now);
+            events.extend(core.cluster.schedule(now));
+            if let Err(e) = core.commit(&events) {
+                tracing::error!(error = %e.message(), "tick not persisted");
+            }
+        }
+        self.flush();
+    }
+
+    /// How many pods wait, and the status of one pod (for tests and berthctl).
+    pub fn pod_status(&self, key: &str) -> Option<pb::PodStatus> {
+        self.core().cluster.pod(key).map(|r| r.status())
+    }
+}
+
+/// The gRPC service.
+pub struct SchedulerService {
+    shared: Arc<Shared>,
+}
+
+impl SchedulerService {
+    pub fn new(shared: Arc<Shared>) -> SchedulerService {
+        SchedulerService { shared }
+    }
+}
+
+fn submit_error(e: SubmitError) -> Status {
+    match e {
+        SubmitError::Unnamed(_) => Status::invalid_argument(e.to_string()),
+        SubmitError::Exists(_) => Status::already_exists(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    async fn report_node(&self, request: Request<Streaming<pb::NodeReport>>) -> Result<Response<InstructionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let generation = shared.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut node: Option<String> = None;
+            while let Some(msg) = inbound.next().await {
+                let report = match msg {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "report stream ended with an error");
+                        break;
+                    }
+                };
+                let Some(id) = report.identity.as_ref().map(|i| i.instance_id.clone()).filter(|i| !i.is_empty()) else {
+                    let _ = tx.send(Err(Status::invalid_argument("a node report needs identity.instance_id"))).await;
+                    break;
+                };
+                let first = node.is_none();
+                if first {
+                    shared.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), (generation, tx.clone()));
+                    node = Some(id.clone());
+                }
+                let full = {
+                    let mut core = shared.core();
+                    let now = now_ms();
+                    let mut events = core.cluster.report(&report, now);
+                    events.extend(core.cluster.schedule(now));
+                    core.commit(&events).map(|()| first.then(|| core.cluster.full_instruction(&id)))
+                };
+                let full = match full {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                };
+                if let Some(ins) = full
+                    && tx.send(Ok(ins)).await.is_err()
+                {
+                    break;
+                }
+                shared.flush();
+            }
+            if let Some(id) = node {
+                let mut streams = shared.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if streams.get(&id).is_some_and(|(g, _)| *g == generation) {
+                    streams.remove(&id);
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn submit_pod(&self, request: Request<pb::SubmitPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
+        let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("SubmitPod needs a spec"))?;
+        let key = pod_key(&spec.namespace, &spec.name);
+        let status = {
+            let mut core = self.shared.core();
+            let now = now_ms();
+            let mut events = core.cluster.submit(spec, now).map_err(submit_error)?;
+            events.extend(core.cluster.schedule(now));
+            core.commit(&events)?;
+            core.cluster.pod(&key).map(|r| r.status()).unwrap_or_default()
+        };
+        self.shared.flush();
+        Ok(Response::new(status))
+    }
+
+    async fn delete_pod(&self, request: Request<pb::DeletePodRequest>) -> Result<Response<pb::DeletePodResponse>, Status> {
+        let r = request.into_inner();
+        let key = pod_key(&r.namespace, &r.name);
+        {
+            let mut core = self.shared.core();
+            let events = core.cluster.delete(&key).ok_or_else(|| Status::not_found(format!("no pod {key}")))?;
+            core.commit(&events)?;
+        }
+        self.shared.flush();
+        Ok(Response::new(pb::DeletePodResponse {}))
+    }
+
+    async fn get_pod(&self, request: Request<pb::GetPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
+        let r = request.into_inner();
+        let key = pod_key(&r.namespace, &r.name);
+        self.shared.pod_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no pod {key}")))
+    }
+
+    async fn list_pods(&self, request: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
+        let ns = request.into_inner().namespace;
+        let core = self.shared.core();
+        let mut pods: Vec<pb::PodStatus> = core.cluster.pods().filter(|p| ns.is_empty() || p.spec.namespace == ns).map(|p| p.status()).collect();
+        pods.sort_by(|a, b| {
+            let k = |s: &pb::PodStatus| s.spec.as_ref().map(|s| (s.namespace.clone(), s.name.clone()));
+            k(a).cmp(&k(b))
+        });
+        Ok(Response::new(pb::ListPodsResponse { pods }))
+    }
+
+    async fn list_nodes(&self, _request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let mut nodes = self.shared.core().cluster.node_states();
+        nodes.sort_by(|a, b| {
+            let k = |n: &pb::NodeState| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).map(|i| i.instance_id.clone());
+            k(a).cmp(&k(b))
+        });
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+}
+
+/// One round of the autoscaler: plan under the lock, call the cloud without it, record after.
+pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P) {
+    let cfg = &shared.cfg;
+    let now = now_ms();
+    let settings = ScaleDownSettings { utilisation_threshold: cfg.autoscaler.scale_down_utilisation, underused_for_ms: cfg.autoscaler.scale_down_after_secs * 1000 };
+    let (plan, to_delete, timed_out) = {
+        let mut core = shared.core();
+        let c = &mut core.cluster;
+        autoscaler::observe_utilisation(c, settings.utilisation_threshold, now);
+        let threshold = cfg.autoscaler.pending_threshold_secs * 1000;
+        let waiting: Vec<_> = c.pending().filter(|p| now.saturating_sub(p.pending_since_ms) >= threshold).map(|p| p.req.clone()).collect();
+        let refs: Vec<_> = waiting.iter().collect();
+        let mut per_pool: HashMap<String, u32> = HashMap::new();
+        for (_, n) in c.placement.nodes() {
+            *per_pool.entry(n.identity.pool.clone()).or_default() += 1;
+        }
+        let requested: Vec<RequestedNode> = c.requested.values().cloned().collect();
+        let plan = if refs.is_empty() { None } else { autoscaler::plan_scale_up(&refs, &cfg.pool, &berth_cloud::catalogue::instance_type, &per_pool, &requested, cfg.autoscaler.expander) };
+        let mut events = Vec::new();
+        // No scale-down while pods wait: they may need the capacity.
+        if c.pending_len() == 0 {
+            for node in autoscaler::plan_scale_down(c, &cfg.pool, &settings, now) {
+                tracing::info!(node = %node, "node underused; moving its pods and removing it");
+                events.extend(c.drain(&node, now));
+            }
+        }
+        let to_delete: Vec<String> = c.deleting.iter().filter(|id| c.placement.index_of(id).and_then(|i| c.placement.node(i)).is_none_or(|n| n.pods.is_empty() && n.last_report.pods.is_empty() && n.reservations.is_empty())).cloned().collect();
+        let timed_out: Vec<String> = requested.iter().filter(|r| now.saturating_sub(r.requested_at_ms) > cfg.autoscaler.node_boot_timeout_secs * 1000).map(|r| r.instance_id.clone()).collect();
+        events.extend(core.cluster.schedule(now));
+        if let Err(e) = core.commit(&events) {
+            tracing::error!(error = %e.message(), "autoscaler round not persisted");
+            return;
+        }
+        (plan, to_delete, timed_out)
+    };
+    shared.flush();
+    if let Some(plan) = plan
+        && let Some(pool) = cfg.pool.iter().find(|p| p.name == plan.pool)
+    {
+        let token = uuid::Uuid::new_v4().to_string();
+        tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, count = plan.count, pods = plan.pods, "scaling up");
+        match provisioner.create(pool, &plan, &token).await {
+            Ok(ids) => {
+                let mut core = shared.core();
+                let mut events = Vec::new();
+                for id in ids {
+                    events.extend(core.cluster.request_node(RequestedNode { instance_id: id, pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), requested_at_ms: now }));
+                }
+                let _ = core.commit(&events);
+            }
+            Err(e) => tracing::warn!(pool = %plan.pool, error = %e, "scale-up failed; retrying next round"),
+        }
+    }
+    let gone: Vec<String> = to_delete.iter().chain(&timed_out).cloned().collect();
+    if !gone.is_empty() {
+        match provisioner.delete(&gone).await {
+            Ok(()) => {
+                let mut core = shared.core();
+                let mut events = Vec::new();
+                for id in &gone {
+                    tracing::info!(node = %id, "node deleted");
+                    core.cluster.forget_node(id);
+                    events.extend(core.cluster.clear_request(id));
+                }
+                let _ = core.commit(&events);
+            }
+            Err(e) => tracing::warn!(error = %e, "deleting nodes failed; retrying next round"),
+        }
+    }
+}
+
+/// Serves the API on `listener` and runs the loops until `shutdown` resolves.
+pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<P>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    let tick = Duration::from_millis(shared.cfg.placement.tick_ms);
+    let ticker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(tick);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                shared.tick();
+            }
+        })
+    };
+    let scaler = match provisioner {
+        Some(p) if shared.cfg.autoscaler.enabled => {
+            let shared = shared.clone();
+            let every = Duration::from_millis(shared.cfg.autoscaler.interval_ms);
+            Some(tokio::spawn(async move {
+                let mut iv = tokio::time::interval(every);
+                iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    iv.tick().await;
+                    autoscale_once(&shared, &p).await;
+                }
+            }))
+        }
+        _ => None,
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(SchedulerServer::new(SchedulerService::new(shared.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    ticker.abort();
+    if let Some(s) = scaler {
+        s.abort();
+    }
+    // Report streams end with the server; drop their senders so nothing keeps them alive.
+    shared.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    result
+}
