@@ -1,0 +1,282 @@
+//! The scheduler over its real gRPC server on loopback, with fake nodes that report like agents
+//! (free counts = allocatable minus the pods they were told to run) and a recording provisioner.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_proto::cluster::v1 as pb;
+use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
+use berth_scheduler::autoscaler::driver::NodeProvisioner;
+use berth_scheduler::autoscaler::{NodePool, PoolVSwitch, ScaleUpPlan};
+use berth_scheduler::client::NodeReporter;
+use berth_scheduler::config::SchedulerConfig;
+use berth_scheduler::placement::demand_of;
+use berth_scheduler::server::{self, Shared};
+use berth_scheduler::store::{JournalStore, MemoryStore, Store};
+use tonic::transport::Channel;
+
+#[derive(Clone, Default)]
+struct RecordingProvisioner {
+    created: Arc<Mutex<Vec<ScaleUpPlan>>>,
+    deleted: Arc<Mutex<Vec<String>>>,
+}
+
+impl NodeProvisioner for RecordingProvisioner {
+    async fn create(&self, _pool: &NodePool, plan: &ScaleUpPlan, _token: &str) -> Result<Vec<String>, String> {
+        let mut c = self.created.lock().unwrap();
+        let ids = (0..plan.count).map(|k| format!("i-new-{}-{k}", c.len())).collect();
+        c.push(plan.clone());
+        Ok(ids)
+    }
+
+    async fn delete(&self, ids: &[String]) -> Result<(), String> {
+        self.deleted.lock().unwrap().extend(ids.iter().cloned());
+        Ok(())
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(cfg: SchedulerConfig, store: Box<dyn Store>, provisioner: Option<RecordingProvisioner>) -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared::new(cfg, store).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::serve(shared, provisioner, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Running { addr, stop: Some(tx), task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn client(&self) -> SchedulerClient<Channel> {
+        SchedulerClient::connect(self.url()).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn config() -> SchedulerConfig {
+    let mut cfg = SchedulerConfig::default();
+    cfg.placement.lease_secs = 1;
+    cfg.placement.tick_ms = 50;
+    cfg.autoscaler.interval_ms = 100;
+    cfg.autoscaler.pending_threshold_secs = 1;
+    cfg.pool = vec![NodePool {
+        name: "small".into(),
+        instance_types: vec!["ecs.g7.large".into()],
+        vswitches: vec![PoolVSwitch { id: "vsw-a".into(), zone: "zone-a".into() }],
+        security_group_ids: vec![],
+        min_nodes: 0,
+        max_nodes: 5,
+        capacity: Default::default(),
+        priority: 0,
+        labels: BTreeMap::new(),
+        disruption_budget: 1,
+    }];
+    cfg
+}
+
+/// A node that reports every 100 ms like an agent: it runs what it is told to, and its free
+/// counts are what its pods leave.
+struct FakeNode {
+    task: tokio::task::JoinHandle<()>,
+    runs: Arc<Mutex<BTreeMap<String, pb::PodSpec>>>,
+}
+
+impl FakeNode {
+    async fn start(url: &str, id: &str, ips: u32) -> FakeNode {
+        let alloc = pb::Resources { cpu_millicores: 2000, memory_bytes: 8 << 30, pods: 64, shared_ips: ips, eni_slots: 2, member_eni_slots: 6, disk_slots: 16 };
+        let identity = pb::NodeIdentity { instance_id: id.into(), instance_type: "ecs.g7.large".into(), zone_id: "zone-a".into(), pool: "small".into(), vswitch_ids: vec!["vsw-a".into()], ..Default::default() };
+        let runs: Arc<Mutex<BTreeMap<String, pb::PodSpec>>> = Arc::default();
+        let report = {
+            let runs = runs.clone();
+            move || {
+                let runs = runs.lock().unwrap();
+                let mut free = alloc;
+                for spec in runs.values() {
+                    let d = demand_of(spec);
+                    free.cpu_millicores -= d.cpu_millicores;
+                    free.memory_bytes -= d.memory_bytes;
+                    free.pods -= d.pods;
+                    free.shared_ips -= d.shared_ips;
+                    free.disk_slots -= d.disk_slots;
+                }
+                let pods = runs.values().map(|s| pb::PodStatus { spec: Some(s.clone()), phase: pb::PodPhase::Running as i32, ..Default::default() }).collect();
+                pb::NodeReport { identity: Some(identity.clone()), allocatable: Some(alloc), free: Some(free), pods, ..Default::default() }
+            }
+        };
+        let mut reporter = NodeReporter::connect(url, report()).await.unwrap();
+        let task = {
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                let mut iv = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        _ = iv.tick() => {
+                            if reporter.report(report()).await.is_err() {
+                                return;
+                            }
+                        }
+                        ins = reporter.instruction() => {
+                            let Ok(Some(ins)) = ins else { return };
+                            let mut r = runs.lock().unwrap();
+                            for key in ins.remove {
+                                r.remove(&key);
+                            }
+                            for spec in ins.run {
+                                r.insert(format!("{}/{}", spec.namespace, spec.name), spec);
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        FakeNode { task, runs }
+    }
+
+    fn running(&self) -> usize {
+        self.runs.lock().unwrap().len()
+    }
+
+    fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+fn pod(name: &str) -> pb::SubmitPodRequest {
+    pb::SubmitPodRequest { spec: Some(pb::PodSpec { namespace: "default".into(), name: name.into(), cpu_millicores: 50, memory_bytes: 32 << 20, ..Default::default() }) }
+}
+
+async fn pods(c: &mut SchedulerClient<Channel>) -> Vec<pb::PodStatus> {
+    c.list_pods(pb::ListPodsRequest::default()).await.unwrap().into_inner().pods
+}
+
+async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_beyond_ip_capacity_scale_the_pool_up_and_land_on_the_new_node() {
+    let prov = RecordingProvisioner::default();
+    let s = Running::start(config(), Box::new(MemoryStore::default()), Some(prov.clone())).await;
+    let a = FakeNode::start(&s.url(), "i-a", 10).await;
+    let b = FakeNode::start(&s.url(), "i-b", 10).await;
+    let mut c = s.client().await;
+    // Wait until both nodes are known.
+    let t = Instant::now();
+    while c.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes.len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    for k in 0..25 {
+        c.submit_pod(pod(&format!("p{k}"))).await.unwrap();
+    }
+    let all = pods(&mut c).await;
+    let pending: Vec<_> = all.iter().filter(|p| p.phase == pb::PodPhase::Pending as i32).collect();
+    assert_eq!(pending.len(), 5, "20 IPs on two nodes, CPU to spare");
+    assert!(pending[0].message.contains("no shared IP left"), "{}", pending[0].message);
+    wait_for("the two nodes to run 20 pods", Duration::from_secs(5), || a.running() + b.running() == 20).await;
+    assert!(prov.created.lock().unwrap().is_empty(), "nothing is created before the pending threshold");
+    wait_for("a scale-up", Duration::from_secs(5), || !prov.created.lock().unwrap().is_empty()).await;
+    let decided = started.elapsed();
+    let plan = prov.created.lock().unwrap()[0].clone();
+    assert_eq!((plan.pool.as_str(), plan.instance_type.as_str(), plan.count, plan.pods), ("small", "ecs.g7.large", 1, 5));
+    assert!(decided < Duration::from_secs(3), "decided after {decided:?}");
+    // The requested node is counted while it boots: no second request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(prov.created.lock().unwrap().len(), 1);
+    let new = FakeNode::start(&s.url(), "i-new-0-0", 10).await;
+    wait_for("the new node to run the 5 pods", Duration::from_secs(5), || new.running() == 5).await;
+    assert!(pods(&mut c).await.iter().all(|p| p.phase != pb::PodPhase::Pending as i32));
+    for n in [&a, &b, &new] {
+        n.kill();
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_reporting_has_its_pods_rescheduled() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let a = FakeNode::start(&s.url(), "i-a", 10).await;
+    let mut c = s.client().await;
+    let st = c.submit_pod(pod("web")).await.unwrap().into_inner();
+    assert_eq!(st.node, "i-a");
+    let b = FakeNode::start(&s.url(), "i-b", 10).await;
+    wait_for("i-a to run the pod", Duration::from_secs(5), || a.running() == 1).await;
+    a.kill();
+    let t = Instant::now();
+    loop {
+        let st = c.get_pod(pb::GetPodRequest { namespace: "default".into(), name: "web".into() }).await.unwrap().into_inner();
+        if st.node == "i-b" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "pod still on {:?}: {}", st.node, st.message);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for("i-b to run the pod", Duration::from_secs(5), || b.running() == 1).await;
+    let nodes = c.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    let state = |id: &str| nodes.iter().find(|n| n.last_report.as_ref().unwrap().identity.as_ref().unwrap().instance_id == id).unwrap().state.clone();
+    assert_eq!((state("i-a").as_str(), state("i-b").as_str()), ("Unknown", "Ready"));
+    b.kill();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_keeps_pods_bindings_and_requested_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.placement.lease_secs = 30;
+    let prov = RecordingProvisioner::default();
+    let s = Running::start(cfg.clone(), Box::new(JournalStore::open(dir.path()).unwrap()), Some(prov.clone())).await;
+    let a = FakeNode::start(&s.url(), "i-a", 2).await;
+    let mut c = s.client().await;
+    for k in 0..4 {
+        c.submit_pod(pod(&format!("p{k}"))).await.unwrap();
+    }
+    wait_for("a scale-up", Duration::from_secs(5), || !prov.created.lock().unwrap().is_empty()).await;
+    let before = pods(&mut c).await;
+    a.kill();
+    s.stop().await;
+
+    let s = Running::start(cfg, Box::new(JournalStore::open(dir.path()).unwrap()), Some(prov.clone())).await;
+    let mut c = s.client().await;
+    let after = pods(&mut c).await;
+    let view = |v: &[pb::PodStatus]| v.iter().map(|p| (p.spec.as_ref().unwrap().name.clone(), p.node.clone())).collect::<Vec<_>>();
+    assert_eq!(view(&after), view(&before));
+    assert_eq!(after.iter().filter(|p| p.node == "i-a").count(), 2);
+    // The node requested before the restart is still counted: no new request for the 2 pending.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(prov.created.lock().unwrap().len(), 1);
+    // The node comes back (a fresh agent) and is sent its two pods again; the new node takes the rest.
+    let a = FakeNode::start(&s.url(), "i-a", 2).await;
+    let new = FakeNode::start(&s.url(), "i-new-0-0", 10).await;
+    wait_for("every pod running", Duration::from_secs(5), || a.running() == 2 && new.running() == 2).await;
+    a.kill();
+    new.kill();
+    s.stop().await;
+}
