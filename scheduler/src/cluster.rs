@@ -21,6 +21,8 @@ pub struct PodRecord {
     /// Scheduler clock (ms) since when the pod waits for a node.
     pub pending_since_ms: u64,
     order: u64,
+    /// The placement's capacity epoch when the pod last found no node.
+    tried_at_epoch: Option<u64>,
 }
 
 impl PodRecord {
@@ -86,7 +88,7 @@ impl Cluster {
             let spec = stored.spec.decode().map_err(|e| format!("pod {key} in the store does not decode: {e}"))?;
             let req = PodRequest::of(&spec);
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
-            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), message: String::new(), pending_since_ms: now_ms, order: stored.order });
+            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), message: String::new(), pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
             match &stored.node {
                 Some(n) => self.awaiting_node.entry(n.clone()).or_default().push(key.clone()),
                 None => {
@@ -126,7 +128,7 @@ impl Cluster {
         self.next_order += 1;
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
-        self.pods.insert(key.clone(), PodRecord { spec, req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order });
+        self.pods.insert(key.clone(), PodRecord { spec, req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None });
         self.pending.insert(order, key);
         Ok(vec![event])
     }
@@ -144,40 +146,56 @@ impl Cluster {
         Some(vec![Event::Deleted { pod: key.to_string() }])
     }
 
-    /// Places pending pods in submission order. A request that found no node is not tried again
-    /// in the same round (nothing frees capacity within a round).
+    /// Places pending pods in submission order. A pod that found no node is tried again only
+    /// once capacity may have appeared, and a request that found none is not tried again in the
+    /// same round.
     pub fn schedule(&mut self, now_ms: u64) -> Vec<Event> {
-        let _ = now_ms;
         let mut events = Vec::new();
         let mut failed: HashMap<PodRequest, String> = HashMap::new();
-        let keys: Vec<(u64, String)> = self.pending.iter().map(|(o, k)| (*o, k.clone())).collect();
-        for (order, key) in keys {
-            let Some(rec) = self.pods.get_mut(&key) else {
-                self.pending.remove(&order);
-                continue;
-            };
-            if let Some(m) = failed.get(&rec.req) {
-                rec.message.clone_from(m);
-                continue;
-            }
-            match self.placement.choose(&rec.req) {
-                Decision::Node(idx) => {
-                    self.placement.bind(idx, &key, &rec.req);
-                    let node = self.placement.node(idx).expect("chosen node exists").id.clone();
-                    rec.node = Some(node.clone());
-                    rec.phase = pb::PodPhase::Bound;
-                    rec.message.clear();
-                    self.pending.remove(&order);
-                    self.outbox.entry(node.clone()).or_default().run.push(rec.spec.clone());
-                    events.push(Event::Bound { pod: key, node });
-                }
-                Decision::Unschedulable(m) => {
-                    rec.message.clone_from(&m);
-                    failed.insert(rec.req.clone(), m);
-                }
-            }
+        let epoch = self.placement.capacity_epoch;
+        let keys: Vec<String> = self.pending.values().filter(|k| self.pods.get(*k).is_none_or(|r| r.tried_at_epoch != Some(epoch))).cloned().collect();
+        for key in keys {
+            self.try_place(&key, &mut failed, now_ms, &mut events);
         }
         events
+    }
+
+    /// Places one pending pod (just submitted), leaving the queue to [`Cluster::schedule`].
+    pub fn schedule_pod(&mut self, key: &str, now_ms: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.try_place(key, &mut HashMap::new(), now_ms, &mut events);
+        events
+    }
+
+    fn try_place(&mut self, key: &str, failed: &mut HashMap<PodRequest, String>, _now_ms: u64, events: &mut Vec<Event>) {
+        let epoch = self.placement.capacity_epoch;
+        let Some(rec) = self.pods.get_mut(key) else { return };
+        if rec.node.is_some() {
+            return;
+        }
+        if let Some(m) = failed.get(&rec.req) {
+            rec.message.clone_from(m);
+            rec.tried_at_epoch = Some(epoch);
+            return;
+        }
+        match self.placement.choose(&rec.req) {
+            Decision::Node(idx) => {
+                self.placement.bind(idx, key, &rec.req);
+                let node = self.placement.node(idx).expect("chosen node exists").id.clone();
+                rec.node = Some(node.clone());
+                rec.phase = pb::PodPhase::Bound;
+                rec.message.clear();
+                rec.tried_at_epoch = None;
+                self.pending.remove(&rec.order);
+                self.outbox.entry(node.clone()).or_default().run.push(rec.spec.clone());
+                events.push(Event::Bound { pod: key.to_string(), node });
+            }
+            Decision::Unschedulable(m) => {
+                rec.message.clone_from(&m);
+                rec.tried_at_epoch = Some(epoch);
+                failed.insert(rec.req.clone(), m);
+            }
+        }
     }
 
     /// Takes a node's report in. Pods it runs that are no longer bound to it are told to go.

@@ -100,7 +100,39 @@ impl Shared {
         self.flush();
     }
 
-    /// How many pods wait, and the status of one pod (for tests and berthctl).
+    /// Takes a pod in and tries to place it at once; answers once that is durable.
+    pub fn submit(&self, spec: pb::PodSpec) -> Result<pb::PodStatus, Status> {
+        let key = pod_key(&spec.namespace, &spec.name);
+        let status = {
+            let mut core = self.core();
+            let now = now_ms();
+            let mut events = core.cluster.submit(spec, now).map_err(submit_error)?;
+            events.extend(core.cluster.schedule_pod(&key, now));
+            core.commit(&events)?;
+            core.cluster.pod(&key).map(|r| r.status()).unwrap_or_default()
+        };
+        self.flush();
+        Ok(status)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), Status> {
+        {
+            let mut core = self.core();
+            let events = core.cluster.delete(key).ok_or_else(|| Status::not_found(format!("no pod {key}")))?;
+            core.commit(&events)?;
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// Takes a report in outside a stream (benchmarks; agents use ReportNode).
+    pub fn report(&self, report: &pb::NodeReport) -> Result<(), Status> {
+        let mut core = self.core();
+        let events = core.cluster.report(report, now_ms());
+        core.commit(&events)
+    }
+
+    /// The status of one pod.
     pub fn pod_status(&self, key: &str) -> Option<pb::PodStatus> {
         self.core().cluster.pod(key).map(|r| r.status())
     }
@@ -153,8 +185,9 @@ impl Scheduler for SchedulerService {
                 let full = {
                     let mut core = shared.core();
                     let now = now_ms();
-                    let mut events = core.cluster.report(&report, now);
-                    events.extend(core.cluster.schedule(now));
+                    // Pending pods are retried by the tick, not per report: thousands of
+                    // agents report, and one pass over the queue serves them all.
+                    let events = core.cluster.report(&report, now);
                     core.commit(&events).map(|()| first.then(|| core.cluster.full_instruction(&id)))
                 };
                 let full = match full {
@@ -183,28 +216,12 @@ impl Scheduler for SchedulerService {
 
     async fn submit_pod(&self, request: Request<pb::SubmitPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
         let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("SubmitPod needs a spec"))?;
-        let key = pod_key(&spec.namespace, &spec.name);
-        let status = {
-            let mut core = self.shared.core();
-            let now = now_ms();
-            let mut events = core.cluster.submit(spec, now).map_err(submit_error)?;
-            events.extend(core.cluster.schedule(now));
-            core.commit(&events)?;
-            core.cluster.pod(&key).map(|r| r.status()).unwrap_or_default()
-        };
-        self.shared.flush();
-        Ok(Response::new(status))
+        self.shared.submit(spec).map(Response::new)
     }
 
     async fn delete_pod(&self, request: Request<pb::DeletePodRequest>) -> Result<Response<pb::DeletePodResponse>, Status> {
         let r = request.into_inner();
-        let key = pod_key(&r.namespace, &r.name);
-        {
-            let mut core = self.shared.core();
-            let events = core.cluster.delete(&key).ok_or_else(|| Status::not_found(format!("no pod {key}")))?;
-            core.commit(&events)?;
-        }
-        self.shared.flush();
+        self.shared.delete(&pod_key(&r.namespace, &r.name))?;
         Ok(Response::new(pb::DeletePodResponse {}))
     }
 

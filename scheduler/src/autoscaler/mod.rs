@@ -172,27 +172,26 @@ impl Sim {
 /// Plans one scale-up for the pods pending beyond the threshold (`pending`), or None when
 /// requested nodes will host them all or no pool can.
 pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes_per_pool: &HashMap<String, u32>, requested: &[RequestedNode], expander: Expander) -> Option<ScaleUpPlan> {
-    // Nodes on their way take what they can first.
-    let mut on_the_way: Vec<(pb::NodeIdentity, Resources)> = requested
-        .iter()
-        .filter_map(|r| {
-            let pool = pools.iter().find(|p| p.name == r.pool)?;
-            let t = catalogue(&r.instance_type)?;
-            let vsw = PoolVSwitch { id: r.vswitch_id.clone(), zone: r.zone_id.clone() };
-            Some((template_identity(pool, &t, &vsw), template_capacity(&t)))
-        })
-        .collect();
-    let mut left: Vec<&PodRequest> = Vec::with_capacity(pending.len());
-    let mut on_requested = 0;
-    for req in pending {
-        match on_the_way.iter_mut().find(|(id, free)| req.matches_identity(id) && free.fits(&req.demand)) {
-            Some((_, free)) => {
-                *free = free.saturating_sub(&req.demand);
-                on_requested += 1;
-            }
-            None => left.push(req),
+    // Nodes on their way take what they can first, grouped by template; each group is filled
+    // like a simulation (a window of open nodes), so re-planning stays linear in the pods.
+    let mut on_the_way: Vec<Sim> = Vec::new();
+    for r in requested {
+        let Some(pool) = pools.iter().find(|p| p.name == r.pool) else { continue };
+        let Some(t) = catalogue(&r.instance_type) else { continue };
+        let vsw = PoolVSwitch { id: r.vswitch_id.clone(), zone: r.zone_id.clone() };
+        let identity = template_identity(pool, &t, &vsw);
+        match on_the_way.iter_mut().find(|g| g.identity == identity) {
+            Some(g) => g.limit += 1,
+            None => on_the_way.push(Sim { identity, capacity: template_capacity(&t), bins: Vec::new(), limit: 1, pods: 0 }),
         }
     }
+    let mut left: Vec<&PodRequest> = Vec::with_capacity(pending.len());
+    for req in pending {
+        if !on_the_way.iter_mut().any(|g| g.place(req)) {
+            left.push(req);
+        }
+    }
+    let on_requested = on_the_way.iter().map(|g| g.pods).sum();
     if left.is_empty() {
         return None;
     }

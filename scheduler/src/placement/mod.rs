@@ -143,6 +143,9 @@ pub struct Placement {
     pub percent_of_nodes_to_score: u32,
     cursor: usize,
     scratch: Vec<(u32, f64)>,
+    /// Grows whenever capacity may have appeared (a node added or back, a free count grown, a
+    /// reservation returned): a pod that found no node need not be tried again before it moves.
+    pub capacity_epoch: u64,
 }
 
 impl Placement {
@@ -238,9 +241,15 @@ impl Placement {
             }
         };
         let n = self.node_mut(idx).expect("node exists");
+        let before = n.free;
         n.apply_report(report, now_ms);
+        let mut grew = !before.fits(&n.free);
         if n.health == Health::Unknown {
             n.health = Health::Ready;
+            grew = true;
+        }
+        if grew {
+            self.capacity_epoch += 1;
         }
         idx
     }
@@ -264,6 +273,9 @@ impl Placement {
     pub fn set_health(&mut self, idx: u32, health: Health) {
         if let Some(n) = self.node_mut(idx) {
             n.health = health;
+            if health == Health::Ready {
+                self.capacity_epoch += 1;
+            }
         }
     }
 
@@ -399,6 +411,7 @@ impl Placement {
         let Some(n) = self.node_mut(idx) else { return };
         n.release(pod);
         let zone = n.zone as usize;
+        self.capacity_epoch += 1;
         if let Some(g) = &req.spread_group
             && let Some(c) = self.spread.get_mut(g)
             && let Some(x) = c.get_mut(zone)

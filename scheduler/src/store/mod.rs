@@ -21,7 +21,7 @@ pub use journal::JournalStore;
 
 /// A pod spec as stored: its protobuf encoding in base64. The wire format already evolves safely
 /// (field numbers), so the store needs no second schema of its own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct StoredSpec(pub String);
 
@@ -68,12 +68,6 @@ pub struct StoredPod {
     /// Submission order, so pending pods keep their place in the queue across a restart.
     pub order: u64,
     pub node: Option<String>,
-}
-
-impl Default for StoredSpec {
-    fn default() -> Self {
-        StoredSpec(String::new())
-    }
 }
 
 /// What a store holds; the checkpoint's format.
