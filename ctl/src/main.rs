@@ -39,6 +39,8 @@ enum Command {
     Pod(commands::pod::Pod),
     /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
     Inspect(commands::inspect::Inspect),
+    /// Pods and nodes of the central scheduler: submit, delete, get, pods, nodes.
+    Sched(commands::sched::Sched),
 }
 
 #[tokio::main]
@@ -52,6 +54,7 @@ async fn main() {
         Command::Pod(c) => c.exec(cli.output).await,
         Command::Install(c) => c.exec().await,
         Command::Uninstall(c) => c.exec().await,
+        Command::Sched(c) => c.exec(cli.output).await,
     };
     if let Err(e) = result {
         eprintln!("berthctl: {e:#}");

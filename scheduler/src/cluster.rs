@@ -58,6 +58,8 @@ pub struct Cluster {
     pub requested: BTreeMap<String, RequestedNode>,
     /// Nodes being removed by the autoscaler: emptied, then deleted once they run nothing.
     pub deleting: HashSet<String>,
+    /// Nodes deleted by the autoscaler: a late report of theirs must not bring them back.
+    deleted: HashSet<String>,
     pub lease_ms: u64,
     /// When the state was loaded: pods awaiting a node are rescheduled a lease after this.
     started_ms: u64,
@@ -74,6 +76,7 @@ impl Cluster {
             awaiting_node: HashMap::new(),
             requested: BTreeMap::new(),
             deleting: HashSet::new(),
+            deleted: HashSet::new(),
             lease_ms,
             started_ms: 0,
         }
@@ -203,6 +206,9 @@ impl Cluster {
         let Some(id) = report.identity.as_ref().map(|i| i.instance_id.clone()).filter(|i| !i.is_empty()) else {
             return Vec::new();
         };
+        if self.deleted.contains(&id) {
+            return Vec::new();
+        }
         let mut events = Vec::new();
         let idx = self.placement.apply_report(report, now_ms);
         if self.requested.remove(&id).is_some() {
@@ -307,8 +313,9 @@ impl Cluster {
         events
     }
 
-    /// Forgets a node that was deleted.
+    /// Forgets a node that was deleted; its reports are ignored from now on.
     pub fn forget_node(&mut self, node: &str) {
+        self.deleted.insert(node.to_string());
         self.deleting.remove(node);
         self.outbox.remove(node);
         if let Some(idx) = self.placement.index_of(node) {

@@ -203,7 +203,10 @@ async fn pods_beyond_ip_capacity_scale_the_pool_up_and_land_on_the_new_node() {
     wait_for("a scale-up", Duration::from_secs(5), || !prov.created.lock().unwrap().is_empty()).await;
     let decided = started.elapsed();
     let plan = prov.created.lock().unwrap()[0].clone();
-    assert_eq!((plan.pool.as_str(), plan.instance_type.as_str(), plan.count, plan.pods), ("small", "ecs.g7.large", 1, 5));
+    assert_eq!((plan.pool.as_str(), plan.instance_type.as_str(), plan.count), ("small", "ecs.g7.large", 1));
+    // The five were submitted a few ms apart: a round may catch only some beyond the threshold;
+    // the next round counts the requested node for the rest.
+    assert!((1..=5).contains(&plan.pods), "{plan:?}");
     assert!(decided < Duration::from_secs(3), "decided after {decided:?}");
     // The requested node is counted while it boots: no second request.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -278,5 +281,32 @@ async fn a_restarted_scheduler_keeps_pods_bindings_and_requested_nodes() {
     wait_for("every pod running", Duration::from_secs(5), || a.running() == 2 && new.running() == 2).await;
     a.kill();
     new.kill();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_underused_node_is_emptied_and_deleted_after_the_idle_period() {
+    let mut cfg = config();
+    cfg.autoscaler.scale_down_after_secs = 1;
+    let prov = RecordingProvisioner::default();
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), Some(prov.clone())).await;
+    let a = FakeNode::start(&s.url(), "i-a", 10).await;
+    let b = FakeNode::start(&s.url(), "i-b", 10).await;
+    let mut c = s.client().await;
+    c.submit_pod(pod("web")).await.unwrap();
+    wait_for("a node to be deleted", Duration::from_secs(6), || !prov.deleted.lock().unwrap().is_empty()).await;
+    let deleted = prov.deleted.lock().unwrap().clone();
+    assert_eq!(deleted.len(), 1, "one node at a time (disruption budget 1), and the last one hosts the pod");
+    let (kept, gone) = if deleted[0] == "i-a" { (&b, &a) } else { (&a, &b) };
+    // The cloud would stop the deleted node's agent; its late reports are ignored anyway.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.kill();
+    let st = c.get_pod(pb::GetPodRequest { namespace: "default".into(), name: "web".into() }).await.unwrap().into_inner();
+    assert_ne!(st.node, deleted[0]);
+    wait_for("the kept node to run the pod", Duration::from_secs(3), || kept.running() == 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(prov.deleted.lock().unwrap().len(), 1, "the node with the pod stays: nothing else could host it");
+    a.kill();
+    b.kill();
     s.stop().await;
 }

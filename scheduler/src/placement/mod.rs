@@ -222,6 +222,7 @@ impl Placement {
                     sequence: 0,
                     last_seen_ms: now_ms,
                     underused_since_ms: None,
+                    reported_pods: 0,
                     last_report: Default::default(),
                 };
                 let i = match self.free_slots.pop() {

@@ -108,6 +108,8 @@ pub struct Node {
     pub last_seen_ms: u64,
     /// Since when its utilisation has stayed under the scale-down threshold.
     pub underused_since_ms: Option<u64>,
+    /// How many pods the last report listed (the agent still runs them).
+    pub reported_pods: usize,
     /// The last report without its pod list (kept for ListNodes).
     pub last_report: pb::NodeReport,
 }
@@ -149,6 +151,7 @@ impl Node {
         self.sequence = sequence;
         self.last_seen_ms = now_ms;
         self.refresh_free();
+        self.reported_pods = report.pods.len();
         let mut kept = report.clone();
         kept.pods.clear();
         self.last_report = kept;
