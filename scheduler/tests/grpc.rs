@@ -103,7 +103,11 @@ struct FakeNode {
 
 impl FakeNode {
     async fn start(url: &str, id: &str, ips: u32) -> FakeNode {
-        let alloc = pb::Resources { cpu_millicores: 2000, memory_bytes: 8 << 30, pods: 64, shared_ips: ips, eni_slots: 2, member_eni_slots: 6, disk_slots: 16 };
+        Self::with_disks(url, id, ips, 16).await
+    }
+
+    async fn with_disks(url: &str, id: &str, ips: u32, disks: u32) -> FakeNode {
+        let alloc = pb::Resources { cpu_millicores: 2000, memory_bytes: 8 << 30, pods: 64, shared_ips: ips, eni_slots: 2, member_eni_slots: 6, disk_slots: disks };
         let identity = pb::NodeIdentity { instance_id: id.into(), instance_type: "ecs.g7.large".into(), zone_id: "zone-a".into(), pool: "small".into(), vswitch_ids: vec!["vsw-a".into()], ..Default::default() };
         let runs: Arc<Mutex<BTreeMap<String, pb::PodSpec>>> = Arc::default();
         let report = {
@@ -308,5 +312,34 @@ async fn an_underused_node_is_emptied_and_deleted_after_the_idle_period() {
     assert_eq!(prov.deleted.lock().unwrap().len(), 1, "the node with the pod stays: nothing else could host it");
     a.kill();
     b.kill();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_wanting_a_disk_where_no_disk_slot_is_left_scales_up_instead_of_failing() {
+    let prov = RecordingProvisioner::default();
+    let s = Running::start(config(), Box::new(MemoryStore::default()), Some(prov.clone())).await;
+    let a = FakeNode::with_disks(&s.url(), "i-a", 10, 1).await;
+    let b = FakeNode::with_disks(&s.url(), "i-b", 10, 1).await;
+    let mut c = s.client().await;
+    let disk = pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/data".into(), ..Default::default() };
+    let mut last = pb::PodStatus::default();
+    for k in 0..3 {
+        let mut req = pod(&format!("db{k}"));
+        req.spec.as_mut().unwrap().volumes.push(disk.clone());
+        last = c.submit_pod(req).await.unwrap().into_inner();
+    }
+    assert_eq!(last.phase, pb::PodPhase::Pending as i32, "two disk slots for three disks");
+    assert!(last.message.contains("no disk slot left"), "{}", last.message);
+    // A pod without a disk still fits on the nodes.
+    assert_eq!(c.submit_pod(pod("web")).await.unwrap().into_inner().phase, pb::PodPhase::Bound as i32);
+    wait_for("a scale-up for the disk", Duration::from_secs(5), || !prov.created.lock().unwrap().is_empty()).await;
+    let plan = prov.created.lock().unwrap()[0].clone();
+    assert_eq!((plan.count, plan.pods), (1, 1));
+    let new = FakeNode::start(&s.url(), "i-new-0-0", 10).await;
+    wait_for("the new node to run the pod with the disk", Duration::from_secs(5), || new.running() == 1).await;
+    for n in [&a, &b, &new] {
+        n.kill();
+    }
     s.stop().await;
 }
