@@ -2,7 +2,10 @@
 //! 1. the autoscaler round that turns pods pending beyond the threshold into a cloud request
 //!    (the scheduler's own `autoscale_once`, store and locking included, provisioner recording),
 //!    p50/p99 over 200 rounds of 1–50 new pods each; the requested nodes then report full;
-//! 2. 30,000 pending pods planned until every one has a node requested (repeated plans, nodes
+//! 2. the same end to end through the running scheduler's loops (`serve`, default
+//!    `interval_ms` 1000, `pending_threshold_secs` 0 so that only the scheduler's own delay is
+//!    measured): from SubmitPod of a pod no node can host to the cloud request, 30 times;
+//! 3. 30,000 pending pods planned until every one has a node requested (repeated plans, nodes
 //!    requested by earlier plans counted).
 //!
 //! `cargo bench -p berth-scheduler --bench autoscaler`
@@ -20,7 +23,7 @@ use berth_scheduler::autoscaler::{Expander, NodePool, ScaleUpPlan, plan_scale_up
 use berth_scheduler::cluster::Cluster;
 use berth_scheduler::config::SchedulerConfig;
 use berth_scheduler::placement::{PodRequest, Strategy};
-use berth_scheduler::server::{Shared, autoscale_once};
+use berth_scheduler::server::{self, Shared, autoscale_once};
 use berth_scheduler::store::{MemoryStore, RequestedNode};
 use common::{Rng, node_report, percentile, pod_spec, pools};
 
@@ -30,6 +33,7 @@ type Created = Arc<Mutex<Vec<(ScaleUpPlan, Vec<String>)>>>;
 #[derive(Clone, Default)]
 struct Recording {
     created: Created,
+    at: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl NodeProvisioner for Recording {
@@ -37,6 +41,7 @@ impl NodeProvisioner for Recording {
         let mut c = self.created.lock().unwrap();
         let ids: Vec<String> = (0..plan.count).map(|k| format!("i-new-{}-{k}", c.len())).collect();
         c.push((plan.clone(), ids.clone()));
+        self.at.lock().unwrap().push(Instant::now());
         Ok(ids)
     }
 
@@ -110,6 +115,69 @@ fn decision_latency(nodes: usize) {
     );
 }
 
+fn end_to_end(nodes: usize) {
+    let mut cfg = SchedulerConfig::default();
+    cfg.autoscaler.pending_threshold_secs = 0;
+    cfg.pool = pools(100_000);
+    let shared = Shared::new(cfg, Box::new(MemoryStore::default())).unwrap();
+    let mut rng = Rng(5);
+    for i in 0..nodes {
+        shared.report(&full(node_report(i, &mut rng))).unwrap();
+    }
+    let prov = Recording::default();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut lat = Vec::new();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(shared.clone(), Some(prov.clone()), listener, async {
+            let _ = stopped.await;
+        }));
+        for k in 0..40 {
+            let mut spec = pod_spec(1_000_000 + k, &mut rng);
+            spec.network_mode = pb::NetworkMode::Shared as i32;
+            spec.pool_selector.clear();
+            spec.vswitch_id.clear();
+            let key = format!("{}/{}", spec.namespace, spec.name);
+            // Pods arrive at any point of the autoscaler's interval.
+            tokio::time::sleep(std::time::Duration::from_millis(rng.below(1000))).await;
+            let before = prov.at.lock().unwrap().len();
+            let t = Instant::now();
+            shared.submit(spec).unwrap();
+            loop {
+                if let Some(at) = prov.at.lock().unwrap().get(before) {
+                    lat.push(at.duration_since(t).as_secs_f64() * 1e3);
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            shared.delete(&key).unwrap();
+            // The requested node boots full, so the next pod needs another.
+            let (plan, ids) = prov.created.lock().unwrap().last().cloned().unwrap();
+            for id in ids {
+                let r = pb::NodeReport {
+                    identity: Some(pb::NodeIdentity { instance_id: id, instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), pool: plan.pool.clone(), vswitch_ids: vec![plan.vswitch_id.clone()], ..Default::default() }),
+                    allocatable: Some(pb::Resources { cpu_millicores: 1000, memory_bytes: 1 << 30, pods: 10, shared_ips: 5, ..Default::default() }),
+                    free: Some(pb::Resources { cpu_millicores: 1000, memory_bytes: 1 << 30, pods: 10, ..Default::default() }),
+                    sequence: 1,
+                    ..Default::default()
+                };
+                shared.report(&r).unwrap();
+            }
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+    });
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "pending to scale-up decision through the running loops ({nodes} full nodes, interval_ms 1000, threshold 0): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} pods",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0),
+        lat.len()
+    );
+}
+
 fn full_plan(pods: usize) {
     let mut rng = Rng(11);
     let mut cluster = Cluster::new(Strategy::BinPack, 0, 15_000);
@@ -145,5 +213,6 @@ fn full_plan(pods: usize) {
 
 fn main() {
     decision_latency(5_000);
+    end_to_end(5_000);
     full_plan(30_000);
 }
