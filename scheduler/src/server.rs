@@ -55,14 +55,20 @@ pub struct Shared {
     streams: Mutex<HashMap<String, (u64, InstructionSender)>>,
     next_stream: std::sync::atomic::AtomicU64,
     cfg: SchedulerConfig,
+    /// Pools whose last RunInstances failed, and until when (ms) they are left out of plans.
+    backoff: Mutex<HashMap<String, u64>>,
 }
+
+/// How long a pool whose scale-up failed (quota, no stock, vSwitch full) is left out of plans,
+/// so that another pool can serve the pods and the cloud API is not asked every round.
+const SCALE_UP_BACKOFF_MS: u64 = 30_000;
 
 impl Shared {
     /// Loads the store's state into a fresh cluster.
     pub fn new(cfg: SchedulerConfig, store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
         cluster.restore(store.snapshot(), now_ms())?;
-        Ok(Arc::new(Shared { core: Mutex::new(Core { cluster, store }), streams: Mutex::new(HashMap::new()), next_stream: 0.into(), cfg }))
+        Ok(Arc::new(Shared { core: Mutex::new(Core { cluster, store }), streams: Mutex::new(HashMap::new()), next_stream: 0.into(), cfg, backoff: Mutex::new(HashMap::new()) }))
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -257,7 +263,12 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
     let cfg = &shared.cfg;
     let now = now_ms();
     let settings = ScaleDownSettings { utilisation_threshold: cfg.autoscaler.scale_down_utilisation, underused_for_ms: cfg.autoscaler.scale_down_after_secs * 1000 };
-    let (plan, to_delete, timed_out) = {
+    let pools: Vec<autoscaler::NodePool> = {
+        let mut backoff = shared.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        backoff.retain(|_, until| *until > now);
+        cfg.pool.iter().filter(|p| !backoff.contains_key(&p.name)).cloned().collect()
+    };
+    let (plans, to_delete, timed_out) = {
         let mut core = shared.core();
         let c = &mut core.cluster;
         autoscaler::observe_utilisation(c, settings.utilisation_threshold, now);
@@ -269,7 +280,13 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
             *per_pool.entry(n.identity.pool.clone()).or_default() += 1;
         }
         let requested: Vec<RequestedNode> = c.requested.values().cloned().collect();
-        let plan = if refs.is_empty() { None } else { autoscaler::plan_scale_up(&refs, &cfg.pool, &berth_cloud::catalogue::instance_type, &per_pool, &requested, cfg.autoscaler.expander) };
+        let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &per_pool, &requested);
+        if plans.is_empty()
+            && !refs.is_empty()
+            && let Some(plan) = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &per_pool, &requested, cfg.autoscaler.expander)
+        {
+            plans.push(plan);
+        }
         let mut events = Vec::new();
         // No scale-down while pods wait: they may need the capacity.
         if c.pending_len() == 0 {
@@ -286,12 +303,11 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
             tracing::error!(error = %e.message(), "autoscaler round not persisted");
             return;
         }
-        (plan, to_delete, timed_out)
+        (plans, to_delete, timed_out)
     };
     shared.flush();
-    if let Some(plan) = plan
-        && let Some(pool) = cfg.pool.iter().find(|p| p.name == plan.pool)
-    {
+    for plan in plans {
+        let Some(pool) = cfg.pool.iter().find(|p| p.name == plan.pool) else { continue };
         let token = uuid::Uuid::new_v4().to_string();
         tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, count = plan.count, pods = plan.pods, "scaling up");
         match provisioner.create(pool, &plan, &token).await {
@@ -303,7 +319,10 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
                 }
                 let _ = core.commit(&events);
             }
-            Err(e) => tracing::warn!(pool = %plan.pool, error = %e, "scale-up failed; retrying next round"),
+            Err(e) => {
+                tracing::warn!(pool = %plan.pool, error = %e, backoff_ms = SCALE_UP_BACKOFF_MS, "scale-up failed; the pool is left out of plans for a while");
+                shared.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(plan.pool.clone(), now_ms() + SCALE_UP_BACKOFF_MS);
+            }
         }
     }
     let gone: Vec<String> = to_delete.iter().chain(&timed_out).cloned().collect();

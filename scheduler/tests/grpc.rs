@@ -21,10 +21,17 @@ use tonic::transport::Channel;
 struct RecordingProvisioner {
     created: Arc<Mutex<Vec<ScaleUpPlan>>>,
     deleted: Arc<Mutex<Vec<String>>>,
+    /// RunInstances fails for this pool (as with an exhausted quota).
+    failing_pool: Option<String>,
+    failed: Arc<Mutex<u32>>,
 }
 
 impl NodeProvisioner for RecordingProvisioner {
     async fn create(&self, _pool: &NodePool, plan: &ScaleUpPlan, _token: &str) -> Result<Vec<String>, String> {
+        if self.failing_pool.as_deref() == Some(plan.pool.as_str()) {
+            *self.failed.lock().unwrap() += 1;
+            return Err(format!("QuotaExceeded: no more instances in pool {}", plan.pool));
+        }
         let mut c = self.created.lock().unwrap();
         let ids = (0..plan.count).map(|k| format!("i-new-{}-{k}", c.len())).collect();
         c.push(plan.clone());
@@ -341,5 +348,24 @@ async fn a_pod_wanting_a_disk_where_no_disk_slot_is_left_scales_up_instead_of_fa
     for n in [&a, &b, &new] {
         n.kill();
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_scale_up_fails_is_left_out_and_another_serves_the_pods() {
+    let mut cfg = config();
+    cfg.autoscaler.expander = berth_scheduler::autoscaler::Expander::Priority;
+    cfg.pool[0].priority = 10;
+    let mut backup = cfg.pool[0].clone();
+    backup.name = "backup".into();
+    backup.priority = 1;
+    cfg.pool.push(backup);
+    let prov = RecordingProvisioner { failing_pool: Some("small".into()), ..Default::default() };
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), Some(prov.clone())).await;
+    let mut c = s.client().await;
+    c.submit_pod(pod("web")).await.unwrap();
+    wait_for("a scale-up in the backup pool", Duration::from_secs(5), || !prov.created.lock().unwrap().is_empty()).await;
+    assert_eq!(prov.created.lock().unwrap()[0].pool, "backup");
+    assert_eq!(*prov.failed.lock().unwrap(), 1, "the failing pool was asked once, then left out");
     s.stop().await;
 }

@@ -236,6 +236,32 @@ pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dy
     best.map(|(p, _)| p)
 }
 
+/// Nodes to create so that every pool has its `min_nodes` (reporting or requested), on the
+/// pool's first instance type and vSwitch.
+pub fn plan_minimums(pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes_per_pool: &HashMap<String, u32>, requested: &[RequestedNode]) -> Vec<ScaleUpPlan> {
+    pools
+        .iter()
+        .filter_map(|pool| {
+            let in_flight = requested.iter().filter(|r| r.pool == pool.name).count() as u32;
+            let have = nodes_per_pool.get(&pool.name).copied().unwrap_or(0) + in_flight;
+            let missing = pool.min_nodes.saturating_sub(have);
+            let t = pool.instance_types.iter().find_map(|id| catalogue(id))?;
+            let vsw = pool.vswitches.first()?;
+            (missing > 0).then(|| ScaleUpPlan {
+                pool: pool.name.clone(),
+                instance_type: t.id.clone(),
+                vswitch_id: vsw.id.clone(),
+                zone_id: vsw.zone.clone(),
+                count: missing,
+                pods: 0,
+                pods_on_requested: 0,
+                waste: 1.0,
+                price_per_hour: t.price_per_hour * f64::from(missing),
+            })
+        })
+        .collect()
+}
+
 fn better_than(a: &ScaleUpPlan, aprio: i32, b: &ScaleUpPlan, bprio: i32, expander: Expander) -> bool {
     use std::cmp::Ordering::*;
     let waste = a.waste.total_cmp(&b.waste);

@@ -109,3 +109,16 @@ fn a_node_whose_pods_fit_nowhere_else_stays() {
     observe_utilisation(&mut c, 0.5, 0);
     assert!(plan_scale_down(&c, &pools, &s, 1).is_empty());
 }
+
+#[test]
+fn pools_below_their_minimum_get_nodes_counting_requested_ones() {
+    let mut p = pool("base", &["ecs.g7.large"], 10, 0);
+    p.min_nodes = 3;
+    let pools = [p, pool("other", &["ecs.g7.large"], 10, 0)];
+    let plans = plan_minimums(&pools, &catalogue::instance_type, &HashMap::from([("base".to_string(), 1)]), &[]);
+    assert_eq!(plans.len(), 1);
+    assert_eq!((plans[0].pool.as_str(), plans[0].count), ("base", 2));
+    let req = RequestedNode { instance_id: "i-9".into(), pool: "base".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
+    let plans = plan_minimums(&pools, &catalogue::instance_type, &HashMap::from([("base".to_string(), 2)]), &[req]);
+    assert!(plans.is_empty());
+}
