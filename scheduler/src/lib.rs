@@ -3,13 +3,13 @@
 //! places pods with those counts, reserves what it binds until the agent counts it, and grows and
 //! shrinks node pools from the instance-type catalogue.
 //!
-//! Pure logic ([`placement`], [`autoscaler`], [`cluster`]) is apart from I/O ([`store`],
-//! [`server`], [`driver`]).
+//! Pure logic ([`placement`], [`cluster`], [`autoscaler`]'s planners) is apart from I/O
+//! ([`store`], [`server`], [`autoscaler::driver`], [`client`]).
 
-pub mod placement;
-pub mod cluster;
-pub mod store;
 pub mod autoscaler;
-pub mod config;
-pub mod server;
 pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod placement;
+pub mod server;
+pub mod store;
