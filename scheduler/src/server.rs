@@ -63,6 +63,9 @@ pub struct Shared {
 /// so that another pool can serve the pods and the cloud API is not asked every round.
 const SCALE_UP_BACKOFF_MS: u64 = 30_000;
 
+/// How long in-flight calls may finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 impl Shared {
     /// Loads the store's state into a fresh cluster.
     pub fn new(cfg: SchedulerConfig, store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
@@ -372,10 +375,27 @@ pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<
         }
         _ => None,
     };
-    let result = tonic::transport::Server::builder()
+    // Agents' report streams never end on their own: after the signal, in-flight calls get a
+    // short grace, then the connections are dropped (agents reconnect to the next scheduler).
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(SchedulerServer::new(SchedulerService::new(shared.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let grace = async {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = server => r,
+        () = grace => Ok(()),
+    };
     ticker.abort();
     if let Some(s) = scaler {
         s.abort();
