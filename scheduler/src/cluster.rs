@@ -211,6 +211,10 @@ impl Cluster {
         }
         let mut events = Vec::new();
         let idx = self.placement.apply_report(report, now_ms);
+        if self.deleting.contains(&id) {
+            // Back after its lease ran out while being removed: it still takes no pods.
+            self.placement.set_health(idx, Health::Draining);
+        }
         if self.requested.remove(&id).is_some() {
             events.push(Event::NodeRequestCleared { instance_id: id.clone() });
         }

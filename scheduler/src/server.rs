@@ -298,8 +298,14 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
                 events.extend(c.drain(&node, now));
             }
         }
-        // A drained node is deleted once its agent reports that it runs nothing any more.
-        let to_delete: Vec<String> = c.deleting.iter().filter(|id| c.placement.index_of(id).and_then(|i| c.placement.node(i)).is_none_or(|n| n.pods.is_empty() && n.reported_pods == 0 && n.reservations.is_empty())).cloned().collect();
+        // A drained node is deleted once its agent reports that it runs nothing any more, or once
+        // it stopped reporting (its pods were moved when its lease ran out).
+        let to_delete: Vec<String> = c
+            .deleting
+            .iter()
+            .filter(|id| c.placement.index_of(id).and_then(|i| c.placement.node(i)).is_none_or(|n| n.health == crate::placement::Health::Unknown || (n.pods.is_empty() && n.reported_pods == 0 && n.reservations.is_empty())))
+            .cloned()
+            .collect();
         let timed_out: Vec<String> = requested.iter().filter(|r| now.saturating_sub(r.requested_at_ms) > cfg.autoscaler.node_boot_timeout_secs * 1000).map(|r| r.instance_id.clone()).collect();
         events.extend(core.cluster.schedule(now));
         if let Err(e) = core.commit(&events) {

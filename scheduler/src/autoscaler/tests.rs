@@ -95,6 +95,11 @@ fn an_idle_node_is_removed_after_the_period_when_its_pods_fit_elsewhere() {
     assert_ne!(plan[0], "i-1");
     c.drain(&plan[0], 600_000);
     assert!(plan_scale_down(&c, &pools, &s, 600_000).is_empty(), "one node is already being removed");
+    // Silent past its lease, then back: still being removed, it takes no pods.
+    c.expire_leases(700_000);
+    c.report(&report(&plan[0], "a", "z1", caps(10, 16), 2, &[]), 700_001);
+    let idx = c.placement.index_of(&plan[0]).unwrap();
+    assert_eq!(c.placement.node(idx).unwrap().health, Health::Draining);
 }
 
 #[test]
