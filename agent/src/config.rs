@@ -22,6 +22,24 @@ pub struct AgentConfig {
     pub paths: PathsConfig,
     pub cni: CniConfig,
     pub disks: DisksConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// The scheduler's gRPC URL (e.g. http://127.0.0.1:19470); empty: no capacity reports.
+    pub endpoint: String,
+    /// Seconds between reports (the scheduler's lease must be longer).
+    pub report_secs: u64,
+    /// The node pool this node belongs to, as the scheduler's config names it.
+    pub pool: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { endpoint: String::new(), report_secs: 5, pool: String::new() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -238,6 +256,13 @@ impl AgentConfig {
         }
         if self.disks.attach_timeout_secs == 0 {
             return invalid("disks.attach_timeout_secs", "0".into(), "at least 1");
+        }
+        let endpoint = &self.scheduler.endpoint;
+        if !(endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return invalid("scheduler.endpoint", self.scheduler.endpoint.clone(), "an http:// URL such as http://127.0.0.1:19470, or empty for no reports");
+        }
+        if self.scheduler.report_secs == 0 {
+            return invalid("scheduler.report_secs", "0".into(), "at least 1");
         }
         if self.paths.reconcile_secs == 0 {
             return invalid("paths.reconcile_secs", "0".into(), "at least 1");

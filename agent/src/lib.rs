@@ -1,6 +1,8 @@
 //! `berth-agent`: the per-node daemon. It keeps the shared-ENI IP pool ([`eni_pool`]) between its
 //! warm targets ([`pool::plan`]), records every allocation durably ([`store`]) and serves the CNI
-//! plugin over gRPC ([`server`]); metrics and introspection on loopback ([`http`]).
+//! plugin over gRPC ([`server`]); metrics and introspection on loopback ([`http`]); keeps the
+//! ledger of the node's disks ([`attach`]) and reports the node's capacity to the scheduler
+//! ([`report`]).
 
 pub mod attach;
 pub mod cniconf;
@@ -12,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod privileges;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod systemd;

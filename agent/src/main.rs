@@ -71,6 +71,13 @@ struct Args {
     /// ipv4 or dual.
     #[arg(long, env = "BERTH_IP_STACK")]
     ip_stack: Option<String>,
+    /// The scheduler's gRPC URL; capacity reports go there.
+    #[arg(long, env = "BERTH_SCHEDULER_ENDPOINT")]
+    scheduler_endpoint: Option<String>,
+    #[arg(long, env = "BERTH_REPORT_SECS")]
+    report_secs: Option<u64>,
+    #[arg(long, env = "BERTH_NODE_POOL")]
+    node_pool: Option<String>,
     #[arg(long, env = "BERTH_DISK_ATTACH_TIMEOUT_SECS")]
     disk_attach_timeout_secs: Option<u64>,
     /// Log as JSON lines instead of text.
@@ -106,6 +113,9 @@ impl Args {
         set!(c.pool.warm_exclusive_enis, self.warm_exclusive_enis);
         set!(c.pool.warm_member_enis, self.warm_member_enis);
         set!(c.pool.ip_stack, self.ip_stack);
+        set!(c.scheduler.endpoint, self.scheduler_endpoint);
+        set!(c.scheduler.report_secs, self.report_secs);
+        set!(c.scheduler.pool, self.node_pool);
         set!(c.disks.attach_timeout_secs, self.disk_attach_timeout_secs);
     }
 }
@@ -225,6 +235,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let grpc = tokio::spawn(server::serve(listener, pool.clone(), disks.clone(), cfg.api.allowed_uids.clone(), stopped(stop_rx.clone())));
     tokio::spawn(pool.clone().upkeep());
+    if !cfg.scheduler.endpoint.is_empty() {
+        let settings = berth_agent::report::ReportSettings {
+            endpoint: cfg.scheduler.endpoint.clone(),
+            every: Duration::from_secs(cfg.scheduler.report_secs),
+            pool: cfg.scheduler.pool.clone(),
+            labels: Default::default(),
+        };
+        tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings));
+    }
     {
         let disks = disks.clone();
         let every = Duration::from_secs(cfg.paths.reconcile_secs);

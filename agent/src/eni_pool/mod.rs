@@ -882,6 +882,24 @@ impl<C: Cloud> EniPool<C> {
         Ok(())
     }
 
+    /// The node's network capacity, for the scheduler.
+    pub fn slot_counts(&self) -> SlotCounts {
+        let b = self.books();
+        let limits = self.settings.limits;
+        let shared_enis = limits.max_secondary_enis().saturating_sub(b.ledger.enis_outside_pool() as u32);
+        SlotCounts {
+            max_ips: shared_enis * limits.pod_ips_per_eni(),
+            allocated_ips: b.ledger.allocations().filter(|r| r.mode == PodMode::Shared).count() as u32,
+            idle_ips: b.ledger.ready_idle() as u32,
+            eni_slots: limits.max_secondary_enis(),
+            eni_slots_used: b.ledger.eni_slots_used() as u32,
+            member_slots: self.settings.member_eni_quota,
+            members_used: b.ledger.allocations().filter(|r| r.mode == PodMode::Trunk).count() as u32,
+            cannot_grow: b.inhibit_until.is_some_and(|t| Instant::now() < t),
+            grow_error: b.grow_error.clone(),
+        }
+    }
+
     /// Counts of the ledger for tests and reports.
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
         let b = self.books();
@@ -892,6 +910,24 @@ impl<C: Cloud> EniPool<C> {
             ("assigned", b.ledger.enis().map(|e| e.ips.len()).sum()),
         ])
     }
+}
+
+/// The node's network capacity for the scheduler's report, at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotCounts {
+    /// Shared-mode pod IPs the node can hold (ENI slots of pods' own ENIs and the trunk excluded).
+    pub max_ips: u32,
+    pub allocated_ips: u32,
+    pub idle_ips: u32,
+    /// Secondary ENI slots, and those taken (pool ENIs, pods' own, the trunk).
+    pub eni_slots: u32,
+    pub eni_slots_used: u32,
+    /// Member ENIs the trunk may carry (0 without trunk mode), and those pods hold.
+    pub member_slots: u32,
+    pub members_used: u32,
+    /// The pool may not grow now (inhibited after a quota or vSwitch-exhaustion error).
+    pub cannot_grow: bool,
+    pub grow_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,158 @@
+//! The node's capacity report to the scheduler (ARCHITECTURE.md flow 4): what the node offers
+//! (allocatable) and still has (free) — CPU, memory, pods, shared IPs, ENI slots, member-ENI slots,
+//! disk slots — and conditions (a resource gone for good, e.g. no IP left and the pool cannot
+//! grow), sent on one gRPC stream every few seconds. [`capacity`] is pure; [`run`] keeps the
+//! stream open, reconnecting with back-off when the scheduler is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_cloud::Cloud;
+use berth_cloud::model::InstanceType;
+use berth_proto::cluster::v1 as pb;
+
+use crate::attach::DiskAttacher;
+use crate::eni_pool::{EniPool, SlotCounts};
+
+/// What the report needs of the node, read at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCounts {
+    pub slots: SlotCounts,
+    pub disk_limit: u32,
+    pub disk_free: u32,
+}
+
+/// Allocatable and free resources and the conditions of a node. Pods the scheduler binds are
+/// not known to the agent yet (no pod runner), so CPU and memory are free in full.
+pub fn capacity(itype: &InstanceType, c: &NodeCounts) -> (pb::Resources, pb::Resources, Vec<pb::Condition>) {
+    let s = &c.slots;
+    let allocatable = pb::Resources {
+        cpu_millicores: u64::from(itype.vcpu) * 1000,
+        memory_bytes: itype.memory_mib * 1024 * 1024,
+        pods: s.max_ips + s.eni_slots + s.member_slots,
+        shared_ips: s.max_ips,
+        eni_slots: s.eni_slots,
+        member_eni_slots: s.member_slots,
+        disk_slots: c.disk_limit,
+    };
+    let free_ips = s.max_ips.saturating_sub(s.allocated_ips);
+    let free_enis = s.eni_slots.saturating_sub(s.eni_slots_used);
+    let free_members = s.member_slots.saturating_sub(s.members_used);
+    let free = pb::Resources {
+        cpu_millicores: allocatable.cpu_millicores,
+        memory_bytes: allocatable.memory_bytes,
+        pods: free_ips + free_enis + free_members,
+        shared_ips: free_ips,
+        eni_slots: free_enis,
+        member_eni_slots: free_members,
+        disk_slots: c.disk_free,
+    };
+    let condition = |kind: &str, reason: String| pb::Condition { r#type: kind.into(), status: true, reason, since: 0 };
+    let mut conditions = Vec::new();
+    // No idle IP and none coming: the pool is at the type's limit or may not grow now.
+    if s.idle_ips == 0 && (free_ips == 0 || s.cannot_grow) {
+        conditions.push(condition("IpExhausted", s.grow_error.clone().unwrap_or_else(|| format!("all {} pod IPs are in use", s.max_ips))));
+    }
+    if free_enis == 0 {
+        conditions.push(condition("EniExhausted", format!("all {} secondary ENI slots are taken", s.eni_slots)));
+    }
+    if s.member_slots > 0 && free_members == 0 {
+        conditions.push(condition("MemberEniExhausted", format!("all {} member ENI slots are taken", s.member_slots)));
+    }
+    if c.disk_free == 0 {
+        conditions.push(condition("DiskExhausted", format!("all {} disk slots are taken", c.disk_limit)));
+    }
+    (allocatable, free, conditions)
+}
+
+/// Where the reports go and how often.
+#[derive(Debug, Clone)]
+pub struct ReportSettings {
+    pub endpoint: String,
+    pub every: Duration,
+    pub pool: String,
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype: &InstanceType, settings: &ReportSettings) -> pb::NodeReport {
+    let disk = disks.slots();
+    let counts = NodeCounts { slots: pool.slot_counts(), disk_limit: disk.limit, disk_free: disk.free };
+    let (allocatable, free, conditions) = capacity(itype, &counts);
+    let id = pool.identity();
+    pb::NodeReport {
+        identity: Some(pb::NodeIdentity {
+            instance_id: id.instance_id.clone(),
+            instance_type: id.instance_type.clone(),
+            zone_id: id.zone_id.clone(),
+            pool: settings.pool.clone(),
+            vswitch_ids: vec![pool.settings().vswitch_id.clone()],
+            labels: settings.labels.clone(),
+        }),
+        allocatable: Some(allocatable),
+        free: Some(free),
+        conditions,
+        sequence: 0,
+        sent_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default(),
+        pods: Vec::new(),
+    }
+}
+
+/// Streams reports until the process stops; a lost scheduler is retried with back-off (1 s up to
+/// 30 s). Instructions are logged: the pod runner that carries them out is not part of this agent yet.
+pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, itype: InstanceType, settings: ReportSettings) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let first = report(&pool, &disks, &itype, &settings);
+        match berth_scheduler::client::NodeReporter::connect(&settings.endpoint, first).await {
+            Ok(mut reporter) => {
+                tracing::info!(endpoint = %settings.endpoint, "reporting the node's capacity to the scheduler");
+                backoff = Duration::from_secs(1);
+                let mut tick = tokio::time::interval(settings.every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings)).await {
+                                tracing::warn!(error = %e, "the report stream broke; reconnecting");
+                                break;
+                            }
+                        }
+                        instruction = reporter.instruction() => match instruction {
+                            Ok(Some(i)) if !i.run.is_empty() || !i.remove.is_empty() => tracing::info!(run = i.run.len(), remove = i.remove.len(), "the scheduler bound pods to this node; no pod runner serves them yet"),
+                            Ok(Some(_)) => {}
+                            Ok(None) => { tracing::warn!("the scheduler closed the report stream; reconnecting"); break; }
+                            Err(e) => { tracing::warn!(error = %e, "the report stream failed; reconnecting"); break; }
+                        },
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "cannot report to the scheduler"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn itype() -> InstanceType {
+        berth_cloud::catalogue::instance_type("ecs.c7.xlarge").unwrap()
+    }
+
+    #[test]
+    fn free_counts_and_conditions_follow_the_node() {
+        let slots = SlotCounts { max_ips: 42, allocated_ips: 10, idle_ips: 4, eni_slots: 3, eni_slots_used: 2, member_slots: 12, members_used: 3, cannot_grow: false, grow_error: None };
+        let (all, free, conditions) = capacity(&itype(), &NodeCounts { slots: slots.clone(), disk_limit: 16, disk_free: 15 });
+        assert_eq!((all.cpu_millicores, all.shared_ips, all.disk_slots), (4000, 42, 16));
+        assert_eq!((free.shared_ips, free.eni_slots, free.member_eni_slots, free.disk_slots), (32, 1, 9, 15));
+        assert!(conditions.is_empty(), "{conditions:?}");
+        // The pool may not grow and has nothing idle: the scheduler must not send shared pods.
+        let stuck = SlotCounts { idle_ips: 0, cannot_grow: true, grow_error: Some("InvalidVSwitchId.IpNotEnough".into()), eni_slots_used: 3, ..slots };
+        let (_, _, conditions) = capacity(&itype(), &NodeCounts { slots: stuck, disk_limit: 16, disk_free: 0 });
+        let kinds: Vec<&str> = conditions.iter().map(|c| c.r#type.as_str()).collect();
+        assert_eq!(kinds, ["IpExhausted", "EniExhausted", "DiskExhausted"]);
+        assert!(conditions[0].reason.contains("IpNotEnough"));
+    }
+}

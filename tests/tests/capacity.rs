@@ -1,0 +1,98 @@
+//! Capacity reports: an agent configured with the scheduler's endpoint streams its node's
+//! allocatable and free counts (shared IPs, ENI slots, member-ENI slots, disk slots, CPU, memory),
+//! and the scheduler's node table follows what pods take.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_proto::cluster::v1 as pb;
+use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
+use berth_tests::agent::AgentProcess;
+use berth_tests::pods::{add_pod, del_pod};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, bin, is_root};
+
+struct Scheduler(std::process::Child);
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn node_state(client: &mut SchedulerClient<tonic::transport::Channel>, instance: &str) -> Option<pb::NodeState> {
+    let nodes = client.list_nodes(pb::ListNodesRequest {}).await.ok()?.into_inner().nodes;
+    nodes.into_iter().find(|n| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.instance_id == instance))
+}
+
+/// Waits until the node's last report satisfies `ok`; returns it.
+async fn wait_report(client: &mut SchedulerClient<tonic::transport::Channel>, instance: &str, what: &str, ok: impl Fn(&pb::NodeReport) -> bool) -> pb::NodeReport {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = node_state(client, instance).await.and_then(|n| n.last_report)
+            && ok(&r)
+        {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "the scheduler never saw {what} for {instance}: {:?}", node_state(client, instance).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reports_its_nodes_capacity_and_the_counts_follow_its_pods() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.92.0.0/16", "10.92.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _scheduler = Scheduler(
+        Command::new(bin("berth-scheduler"))
+            .arg("--config")
+            .arg(dir.path().join("scheduler.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "4", "--trunk", "true", "--scheduler-endpoint", &url, "--report-secs", "1", "--node-pool", "small"]);
+    let t = Instant::now();
+    let mut client = loop {
+        if let Ok(c) = SchedulerClient::connect(url.clone()).await {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // ecs.c7.xlarge: 4 vCPU, 8 GiB, 4 ENIs of 15 IPv4 (one secondary ENI slot goes to the trunk,
+    // so two shared ENIs of 14 pod IPs), 12 member ENIs, 16 disks.
+    let r = wait_report(&mut client, &node, "a report", |r| r.allocatable.is_some()).await;
+    let id = r.identity.clone().unwrap();
+    assert_eq!((id.instance_type.as_str(), id.pool.as_str(), id.zone_id.as_str()), ("ecs.c7.xlarge", "small", "local-1a"));
+    let all = r.allocatable.clone().unwrap();
+    assert_eq!((all.cpu_millicores, all.memory_bytes), (4000, 8 * 1024 * 1024 * 1024));
+    assert_eq!((all.shared_ips, all.eni_slots, all.member_eni_slots, all.disk_slots), (28, 3, 12, 16));
+    let free = r.free.clone().unwrap();
+    assert_eq!((free.shared_ips, free.member_eni_slots, free.disk_slots), (28, 12, 16));
+    assert!(r.conditions.is_empty(), "{:?}", r.conditions);
+
+    // A trunk pod and a shared pod: one member slot and one IP fewer in the next reports.
+    let (trunk, shared) = tokio::task::block_in_place(|| (add_pod(&agent, "cap-t", "BERTH_NETWORK_MODE=trunk"), add_pod(&agent, "cap-s", "")));
+    let r = wait_report(&mut client, &node, "the pods' counts", |r| r.free.as_ref().is_some_and(|f| f.member_eni_slots == 11 && f.shared_ips == 27)).await;
+    assert_eq!(r.free.unwrap().disk_slots, 16);
+    tokio::task::block_in_place(|| {
+        del_pod(&agent, &trunk);
+        del_pod(&agent, &shared);
+    });
+    wait_report(&mut client, &node, "the freed counts", |r| r.free.as_ref().is_some_and(|f| f.member_eni_slots == 12 && f.shared_ips == 28)).await;
+}
