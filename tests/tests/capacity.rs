@@ -79,10 +79,10 @@ async fn an_agent_reports_its_nodes_capacity_and_the_counts_follow_its_pods() {
     let r = wait_report(&mut client, &node, "a report", |r| r.allocatable.is_some()).await;
     let id = r.identity.clone().unwrap();
     assert_eq!((id.instance_type.as_str(), id.pool.as_str(), id.zone_id.as_str()), ("ecs.c7.xlarge", "small", "local-1a"));
-    let all = r.allocatable.clone().unwrap();
+    let all = r.allocatable.unwrap();
     assert_eq!((all.cpu_millicores, all.memory_bytes), (4000, 8 * 1024 * 1024 * 1024));
     assert_eq!((all.shared_ips, all.eni_slots, all.member_eni_slots, all.disk_slots), (28, 3, 12, 16));
-    let free = r.free.clone().unwrap();
+    let free = r.free.unwrap();
     assert_eq!((free.shared_ips, free.member_eni_slots, free.disk_slots), (28, 12, 16));
     assert!(r.conditions.is_empty(), "{:?}", r.conditions);
 
