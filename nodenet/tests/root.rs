@@ -571,6 +571,10 @@ fn vlan_programs_carry_a_members_traffic_tagged_across_a_trunk() {
         let fd = load_tc_program(name, &insns).unwrap_or_else(|e| panic!("{e}"));
         vpc.nl.attach_bpf(pt, hook, fd.as_fd(), name).unwrap();
     }
+    // Every program the trunk mode builds passes the verifier, a trunk port without members too.
+    for (name, insns) in [("no_members", vlan::port_egress(&[]).unwrap()), ("many_members", vlan::port_egress(&[(MEMBER_MAC, VID), (TRUNK_MAC, 7), (GW_MAC, 4094)]).unwrap())] {
+        load_tc_program(name, &insns).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
     let filters = vpc.nl.bpf_filters(pt, TcHook::Ingress).unwrap();
     assert_eq!(filters.len(), 1, "{filters:?}");
     assert!(filters[0].name.starts_with("port_ingress") && filters[0].direct_action, "{filters:?}");

@@ -193,10 +193,14 @@ impl VpcNet {
             nl.replace_neighbour(&Neighbour::permanent(*oif, dst.ip(), *mac)).map_err(|e| fail(format!("neighbour {dst} in {name}"), e))?;
         }
 
-        // Trunk ports take members' tags off on the way in and put them on on the way out.
+        // Trunk ports take members' tags off on the way in and put them on on the way out. One
+        // port's failure is reported after the others and the filters are done.
+        let mut trunk_errors = Vec::new();
         for (port, _) in wanted.iter().filter(|(_, e)| e.kind == EniKind::Trunk) {
             let tagged: Vec<(MacAddr, u16)> = members.iter().filter(|(p, _, _)| p == port).filter_map(|(_, vlan, m)| m.mac.parse().ok().map(|mac| (mac, *vlan))).collect();
-            self.program_trunk_port(&mut nl, ports[port], &tagged).map_err(|e| fail(format!("VLAN programs on trunk port {port} in {name}"), e))?;
+            if let Err(e) = self.program_trunk_port(&mut nl, ports[port], &tagged) {
+                trunk_errors.push(fail(format!("VLAN programs on trunk port {port} in {name}"), e).to_string());
+            }
         }
 
         // Filters.
@@ -204,7 +208,8 @@ impl VpcNet {
         wired.extend(members.iter().map(|(port, vlan, m)| nft::WiredEni { port: port.clone(), vlan: *vlan, eni: m }));
         wired.sort_by(|a, b| (&a.port, a.vlan).cmp(&(&b.port, b.vlan)));
         let script = nft::antispoof(&wired) + &nft::security_groups(state, &wired);
-        run_nft(&ns, &script).map_err(|e| fail(format!("nftables in {name}"), e))
+        run_nft(&ns, &script).map_err(|e| fail(format!("nftables in {name}"), e))?;
+        if trunk_errors.is_empty() { Ok(()) } else { Err(fail("trunk ports", trunk_errors.join("; "))) }
     }
 
     /// Loads and attaches the trunk port's two programs: untag to mark on ingress, tag by the
