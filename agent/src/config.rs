@@ -23,6 +23,24 @@ pub struct AgentConfig {
     pub cni: CniConfig,
     pub disks: DisksConfig,
     pub scheduler: SchedulerConfig,
+    pub runner: RunnerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerConfig {
+    /// Run the pods the scheduler binds to this node (where no kubelet does).
+    pub enabled: bool,
+    /// Where the CNI plugins are (CNI_PATH).
+    pub cni_path: String,
+    /// Prefix of the pods' network namespace names.
+    pub netns_prefix: String,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig { enabled: false, cni_path: "/opt/cni/bin:/usr/lib/cni".into(), netns_prefix: "berth-pod".into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

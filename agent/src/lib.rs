@@ -15,6 +15,7 @@ pub mod node;
 pub mod pool;
 pub mod privileges;
 pub mod report;
+pub mod runner;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -78,6 +78,13 @@ struct Args {
     report_secs: Option<u64>,
     #[arg(long, env = "BERTH_NODE_POOL")]
     node_pool: Option<String>,
+    /// Run the pods the scheduler binds here (true/false).
+    #[arg(long, env = "BERTH_POD_RUNNER")]
+    pod_runner: Option<bool>,
+    #[arg(long, env = "BERTH_RUNNER_CNI_PATH")]
+    runner_cni_path: Option<String>,
+    #[arg(long, env = "BERTH_RUNNER_NETNS_PREFIX")]
+    runner_netns_prefix: Option<String>,
     #[arg(long, env = "BERTH_DISK_ATTACH_TIMEOUT_SECS")]
     disk_attach_timeout_secs: Option<u64>,
     /// Log as JSON lines instead of text.
@@ -116,6 +123,9 @@ impl Args {
         set!(c.scheduler.endpoint, self.scheduler_endpoint);
         set!(c.scheduler.report_secs, self.report_secs);
         set!(c.scheduler.pool, self.node_pool);
+        set!(c.runner.enabled, self.pod_runner);
+        set!(c.runner.cni_path, self.runner_cni_path);
+        set!(c.runner.netns_prefix, self.runner_netns_prefix);
         set!(c.disks.attach_timeout_secs, self.disk_attach_timeout_secs);
     }
 }
@@ -242,7 +252,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             pool: cfg.scheduler.pool.clone(),
             labels: Default::default(),
         };
-        tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings));
+        let runner = cfg.runner.enabled.then(|| {
+            Arc::new(berth_agent::runner::PodRunner::new(berth_agent::runner::RunnerSettings {
+                node_netns: (!cfg.node.netns.is_empty()).then(|| PathBuf::from(&cfg.node.netns)),
+                cni_conf_dir: cfg.paths.cni_conf_dir.clone(),
+                cni_path: cfg.runner.cni_path.clone(),
+                netns_prefix: cfg.runner.netns_prefix.clone(),
+                node_name: pool.identity().instance_id.clone(),
+            }))
+        });
+        tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings, runner));
     }
     {
         let disks = disks.clone();

@@ -13,6 +13,7 @@ use berth_proto::cluster::v1 as pb;
 
 use crate::attach::DiskAttacher;
 use crate::eni_pool::{EniPool, SlotCounts};
+use crate::runner::PodRunner;
 
 /// What the report needs of the node, read at one instant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,10 +75,17 @@ pub struct ReportSettings {
     pub labels: std::collections::HashMap<String, String>,
 }
 
-fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype: &InstanceType, settings: &ReportSettings) -> pb::NodeReport {
+fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype: &InstanceType, settings: &ReportSettings, runner: Option<&PodRunner>) -> pb::NodeReport {
     let disk = disks.slots();
     let counts = NodeCounts { slots: pool.slot_counts(), disk_limit: disk.limit, disk_free: disk.free };
-    let (allocatable, free, conditions) = capacity(itype, &counts);
+    let (allocatable, mut free, conditions) = capacity(itype, &counts);
+    let pods = runner.map(PodRunner::statuses).unwrap_or_default();
+    // The pods this node runs hold their CPU and memory (their IPs and slots are counted above).
+    for p in pods.iter().filter(|p| matches!(pb::PodPhase::try_from(p.phase), Ok(pb::PodPhase::Running | pb::PodPhase::Pending))) {
+        let spec = p.spec.as_ref();
+        free.cpu_millicores = free.cpu_millicores.saturating_sub(spec.map_or(0, |s| s.cpu_millicores));
+        free.memory_bytes = free.memory_bytes.saturating_sub(spec.map_or(0, |s| s.memory_bytes));
+    }
     let id = pool.identity();
     pb::NodeReport {
         identity: Some(pb::NodeIdentity {
@@ -93,16 +101,17 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
         conditions,
         sequence: 0,
         sent_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default(),
-        pods: Vec::new(),
+        pods,
     }
 }
 
 /// Streams reports until the process stops; a lost scheduler is retried with back-off (1 s up to
-/// 30 s). Instructions are logged: the pod runner that carries them out is not part of this agent yet.
-pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, itype: InstanceType, settings: ReportSettings) {
+/// 30 s). The scheduler's instructions go to the pod runner when it is on (removals first), and a
+/// report follows each; without a runner they are logged.
+pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, itype: InstanceType, settings: ReportSettings, runner: Option<Arc<PodRunner>>) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let first = report(&pool, &disks, &itype, &settings);
+        let first = report(&pool, &disks, &itype, &settings, runner.as_deref());
         match berth_scheduler::client::NodeReporter::connect(&settings.endpoint, first).await {
             Ok(mut reporter) => {
                 tracing::info!(endpoint = %settings.endpoint, "reporting the node's capacity to the scheduler");
@@ -112,13 +121,29 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {
-                            if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings)).await {
+                            if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await {
                                 tracing::warn!(error = %e, "the report stream broke; reconnecting");
                                 break;
                             }
                         }
                         instruction = reporter.instruction() => match instruction {
-                            Ok(Some(i)) if !i.run.is_empty() || !i.remove.is_empty() => tracing::info!(run = i.run.len(), remove = i.remove.len(), "the scheduler bound pods to this node; no pod runner serves them yet"),
+                            Ok(Some(i)) if (!i.run.is_empty() || !i.remove.is_empty()) && runner.is_some() => {
+                                let r = runner.clone().expect("checked");
+                                let _ = tokio::task::spawn_blocking(move || {
+                                    for key in &i.remove {
+                                        r.remove(key);
+                                    }
+                                    for spec in i.run {
+                                        r.run(spec);
+                                    }
+                                })
+                                .await;
+                                if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await {
+                                    tracing::warn!(error = %e, "the report stream broke; reconnecting");
+                                    break;
+                                }
+                            }
+                            Ok(Some(i)) if !i.run.is_empty() || !i.remove.is_empty() => tracing::info!(run = i.run.len(), remove = i.remove.len(), "the scheduler bound pods to this node; the pod runner is off (runner.enabled)"),
                             Ok(Some(_)) => {}
                             Ok(None) => { tracing::warn!("the scheduler closed the report stream; reconnecting"); break; }
                             Err(e) => { tracing::warn!(error = %e, "the report stream failed; reconnecting"); break; }

@@ -96,3 +96,79 @@ async fn an_agent_reports_its_nodes_capacity_and_the_counts_follow_its_pods() {
     });
     wait_report(&mut client, &node, "the freed counts", |r| r.free.as_ref().is_some_and(|f| f.member_eni_slots == 12 && f.shared_ips == 28)).await;
 }
+
+/// The pod runner: a pod submitted to the scheduler is bound to the reporting node, whose agent
+/// makes its namespace, runs the conflist and its command, and reports it Running with its IP;
+/// deleting it takes everything away again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_pod_runs_on_the_node_that_reports_and_goes_when_deleted() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.91.0.0/16", "10.91.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _scheduler = Scheduler(
+        Command::new(bin("berth-scheduler"))
+            .arg("--config")
+            .arg(dir.path().join("scheduler.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let prefix = berth_tests::unique("brp");
+    let cni_path = berth_tests::cni::cni_path();
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "4", "--scheduler-endpoint", &url, "--report-secs", "1", "--pod-runner", "true", "--runner-cni-path", &cni_path, "--runner-netns-prefix", &prefix]);
+    let t = Instant::now();
+    let mut client = loop {
+        if let Ok(c) = SchedulerClient::connect(url.clone()).await {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_report(&mut client, &node, "a report", |r| r.allocatable.is_some()).await;
+    let spec = pb::PodSpec { namespace: "default".into(), name: "web".into(), cpu_millicores: 500, memory_bytes: 256 << 20, command: vec!["sleep".into(), "300".into()], ..Default::default() };
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let st = client.get_pod(pb::GetPodRequest { namespace: "default".into(), name: "web".into() }).await.unwrap().into_inner();
+        if st.phase == pb::PodPhase::Running as i32 && !st.pod_ip.is_empty() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the pod never ran: {st:?}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.node, node);
+    // The pod is on the VPC: a pod made beside it reaches it, and the node's report counts it.
+    let peer = tokio::task::block_in_place(|| add_pod(&agent, "peer", ""));
+    assert!(berth_tests::pods::ping(&peer.path(), status.pod_ip.parse().unwrap()), "peer → the runner's pod {}", status.pod_ip);
+    // The node's reports list it (the scheduler keeps the counts, not the list): it holds its CPU.
+    wait_report(&mut client, &node, "the pod's CPU held", |r| r.free.is_some_and(|f| f.cpu_millicores == 4000 - 500)).await;
+    let pool = agent.pool().await;
+    assert!(pool["allocations"].as_array().unwrap().iter().any(|a| a["ip"] == status.pod_ip.as_str()), "the agent allocated the pod's IP");
+
+    client.delete_pod(pb::DeletePodRequest { namespace: "default".into(), name: "web".into() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pool = agent.pool().await;
+        let held = pool["allocations"].as_array().unwrap().iter().any(|a| a["ip"] == status.pod_ip.as_str());
+        let netns_left = std::fs::read_dir("/run/netns").unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+        if !held && !netns_left {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted pod left its IP ({held}) or namespace ({netns_left})\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::task::block_in_place(|| del_pod(&agent, &peer));
+}
