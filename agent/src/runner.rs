@@ -2,8 +2,9 @@
 //! scheduler binds to its node as a kubelet and a runtime would — a sandbox network namespace, the
 //! conflist of the CNI config directory executed per the spec (so any plugin and chain works), the
 //! pod's command started inside the namespace — and reports their status; removal in reverse order.
-//! Volumes are not mounted yet. Off by default (`runner.enabled`): on a Kubernetes node kubelet does
-//! this.
+//! Volumes are not mounted yet, and a restarted agent makes its pods again (their old namespace's
+//! network undone first) rather than adopting them. Off by default (`runner.enabled`): on a
+//! Kubernetes node kubelet does this.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,6 +127,12 @@ impl PodRunner {
     }
 
     fn start(&self, pod: &mut RunningPod) -> anyhow::Result<()> {
+        // A namespace of this pod from before the agent's restart: its network is undone (CNI DEL
+        // without a previous result) and it is made again; the runner keeps no pod across restarts.
+        if berth_nodenet::Netns::open_named(&pod.netns_name).is_ok() {
+            tracing::info!(pod = %pod_key(&pod.spec), "a namespace of this pod is left from before a restart; making it again");
+            self.stop(pod);
+        }
         berth_nodenet::Netns::create(&pod.netns_name).map_err(|e| anyhow::anyhow!("sandbox namespace {}: {e}", pod.netns_name))?;
         let conflist = first_conflist(&self.settings.cni_conf_dir)?;
         let netns = format!("/run/netns/{}", pod.netns_name);
