@@ -13,6 +13,25 @@ use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, bin, is_root};
 
 struct Scheduler(std::process::Child);
 
+/// Removes, even when a test fails, the pod runner's namespaces with this prefix and the commands
+/// that live in them (a runner's pods outlive an agent that is killed).
+struct RunnerLeftovers(Vec<String>);
+
+impl Drop for RunnerLeftovers {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if self.0.iter().any(|p| name.starts_with(p.as_str())) {
+                let pids = Command::new("ip").args(["netns", "pids", &name]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                for pid in pids.split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+                let _ = berth_nodenet::Netns::delete(&name);
+            }
+        }
+    }
+}
+
 impl Drop for Scheduler {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -127,6 +146,7 @@ async fn a_submitted_pod_runs_on_the_node_that_reports_and_goes_when_deleted() {
     );
     let url = format!("http://127.0.0.1:{port}");
     let prefix = berth_tests::unique("brp");
+    let _leftovers = RunnerLeftovers(vec![prefix.clone()]);
     let cni_path = berth_tests::cni::cni_path();
     let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "4", "--scheduler-endpoint", &url, "--report-secs", "1", "--pod-runner", "true", "--runner-cni-path", &cni_path, "--runner-netns-prefix", &prefix]);
     let t = Instant::now();
@@ -171,4 +191,81 @@ async fn a_submitted_pod_runs_on_the_node_that_reports_and_goes_when_deleted() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::task::block_in_place(|| del_pod(&agent, &peer));
+}
+
+/// A node whose agent dies is found out by its lease, and its pods run again on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_pods_are_rescheduled_on_another_node() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.90.0.0/16", "10.90.1.0/24").await;
+    let nodes = [net.run(&cloud, "ecs.c7.xlarge", &net.sg).await, net.run(&cloud, "ecs.c7.xlarge", &net.sg).await];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _scheduler = Scheduler(
+        Command::new(bin("berth-scheduler"))
+            .arg("--config")
+            .arg(dir.path().join("scheduler.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-secs", "3"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let cni_path = berth_tests::cni::cni_path();
+    let prefixes = [berth_tests::unique("brd"), berth_tests::unique("brd")];
+    let _leftovers = RunnerLeftovers(prefixes.to_vec());
+    let mut agents: Vec<AgentProcess> = nodes
+        .iter()
+        .zip(&prefixes)
+        .map(|(n, prefix)| AgentProcess::start(&lc, n, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--scheduler-endpoint", &url, "--report-secs", "1", "--pod-runner", "true", "--runner-cni-path", &cni_path, "--runner-netns-prefix", prefix]))
+        .collect();
+    let mut client = loop {
+        if let Ok(c) = SchedulerClient::connect(url.clone()).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for n in &nodes {
+        wait_report(&mut client, n, "a report", |r| r.allocatable.is_some()).await;
+    }
+    let spec = pb::PodSpec { namespace: "default".into(), name: "moves".into(), cpu_millicores: 100, command: vec!["sleep".into(), "300".into()], ..Default::default() };
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    let running_on = |exclude: Option<String>| {
+        let mut client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let st = client.get_pod(pb::GetPodRequest { namespace: "default".into(), name: "moves".into() }).await.unwrap().into_inner();
+                if st.phase == pb::PodPhase::Running as i32 && !st.pod_ip.is_empty() && Some(&st.node) != exclude.as_ref() {
+                    return st;
+                }
+                assert!(Instant::now() < deadline, "the pod does not run (elsewhere than {exclude:?}): {st:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let first = running_on(None).await;
+    let dead = nodes.iter().position(|n| *n == first.node).expect("on one of the nodes");
+    agents[dead].kill9();
+    let second = running_on(Some(first.node.clone())).await;
+    assert_eq!(second.node, nodes[1 - dead], "rescheduled on the live node");
+    let states = client.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    let dead_state = states.iter().find(|s| s.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.instance_id == first.node)).map(|s| s.state.clone());
+    assert_eq!(dead_state.as_deref(), Some("Unknown"), "the silent node is Unknown");
+    // The live node removes it on delete; the dead node's namespace and command are left to the
+    // guard (its agent is gone, and a restarted runner only undoes pods the scheduler gives it).
+    client.delete_pod(pb::DeletePodRequest { namespace: "default".into(), name: "moves".into() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir("/run/netns").unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefixes[1 - dead])) {
+        assert!(Instant::now() < deadline, "the live node kept the deleted pod's namespace");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
