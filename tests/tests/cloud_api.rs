@@ -113,7 +113,13 @@ async fn a_small_vswitch_runs_out_of_addresses() {
 #[tokio::test]
 async fn injected_throttling_is_absorbed_by_retries() {
     let lc = api_only();
-    let cloud = lc.client();
+    // 40 calls against 30% throttling: with the default 8 attempts one call in ~15,000 still sees
+    // eight throttles in a row (0.3^8), which made this test fail about once in 400 runs; 14
+    // attempts with a short back-off make that one run in ~500,000 without changing what is shown.
+    let cloud = lc.client_with(|c| {
+        c.retry.max_attempts = 14;
+        c.retry.max_delay = std::time::Duration::from_millis(200);
+    });
     let net = network(&cloud, "10.4.0.0/24").await;
     let a = run(&cloud, &net, "ecs.g7.xlarge").await;
     let eni = attached_eni(&cloud, &net, &a).await;
