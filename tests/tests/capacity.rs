@@ -11,7 +11,43 @@ use berth_tests::agent::AgentProcess;
 use berth_tests::pods::{add_pod, del_pod};
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, bin, is_root};
 
-struct Scheduler(std::process::Child);
+/// A `berth-scheduler` process on a free loopback port with its own state (autoscaler off),
+/// stopped when dropped.
+struct Scheduler {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Scheduler {
+    fn start(extra: &[&str]) -> Scheduler {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin("berth-scheduler"))
+            .arg("--config")
+            .arg(dir.path().join("scheduler.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Scheduler { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
+        let t = Instant::now();
+        loop {
+            if let Ok(c) = SchedulerClient::connect(self.url.clone()).await {
+                return c;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {}", self.url);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
 
 /// Removes, even when a test fails, the pod runner's namespaces with this prefix and the commands
 /// that live in them (a runner's pods outlive an agent that is killed).
@@ -34,8 +70,8 @@ impl Drop for RunnerLeftovers {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -68,30 +104,10 @@ async fn an_agent_reports_its_nodes_capacity_and_the_counts_follow_its_pods() {
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, "10.92.0.0/16", "10.92.1.0/24").await;
     let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _scheduler = Scheduler(
-        Command::new(bin("berth-scheduler"))
-            .arg("--config")
-            .arg(dir.path().join("scheduler.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
+    let scheduler = Scheduler::start(&[]);
+    let url = scheduler.url.clone();
     let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "4", "--trunk", "true", "--scheduler-endpoint", &url, "--report-secs", "1", "--node-pool", "small"]);
-    let t = Instant::now();
-    let mut client = loop {
-        if let Ok(c) = SchedulerClient::connect(url.clone()).await {
-            break c;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {url}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = scheduler.client().await;
 
     // ecs.c7.xlarge: 4 vCPU, 8 GiB, 4 ENIs of 15 IPv4 (one secondary ENI slot goes to the trunk,
     // so two shared ENIs of 14 pod IPs), 12 member ENIs, 16 disks.
@@ -130,33 +146,13 @@ async fn a_submitted_pod_runs_on_the_node_that_reports_and_goes_when_deleted() {
     let net = SampleNet::create(&cloud, "10.91.0.0/16", "10.91.1.0/24").await;
     net.open_to(&cloud, "10.0.0.0/8").await;
     let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _scheduler = Scheduler(
-        Command::new(bin("berth-scheduler"))
-            .arg("--config")
-            .arg(dir.path().join("scheduler.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
+    let scheduler = Scheduler::start(&[]);
+    let url = scheduler.url.clone();
     let prefix = berth_tests::unique("brp");
     let _leftovers = RunnerLeftovers(vec![prefix.clone()]);
     let cni_path = berth_tests::cni::cni_path();
     let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "2", "--max-idle-ips", "4", "--scheduler-endpoint", &url, "--report-secs", "1", "--pod-runner", "true", "--runner-cni-path", &cni_path, "--runner-netns-prefix", &prefix]);
-    let t = Instant::now();
-    let mut client = loop {
-        if let Ok(c) = SchedulerClient::connect(url.clone()).await {
-            break c;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {url}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = scheduler.client().await;
     wait_report(&mut client, &node, "a report", |r| r.allocatable.is_some()).await;
     let spec = pb::PodSpec { namespace: "default".into(), name: "web".into(), cpu_millicores: 500, memory_bytes: 256 << 20, command: vec!["sleep".into(), "300".into()], ..Default::default() };
     client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
@@ -204,21 +200,8 @@ async fn a_dead_nodes_pods_are_rescheduled_on_another_node() {
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, "10.90.0.0/16", "10.90.1.0/24").await;
     let nodes = [net.run(&cloud, "ecs.c7.xlarge", &net.sg).await, net.run(&cloud, "ecs.c7.xlarge", &net.sg).await];
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _scheduler = Scheduler(
-        Command::new(bin("berth-scheduler"))
-            .arg("--config")
-            .arg(dir.path().join("scheduler.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-secs", "3"])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
+    let scheduler = Scheduler::start(&["--lease-secs", "3"]);
+    let url = scheduler.url.clone();
     let cni_path = berth_tests::cni::cni_path();
     let prefixes = [berth_tests::unique("brd"), berth_tests::unique("brd")];
     let _leftovers = RunnerLeftovers(prefixes.to_vec());
@@ -227,12 +210,7 @@ async fn a_dead_nodes_pods_are_rescheduled_on_another_node() {
         .zip(&prefixes)
         .map(|(n, prefix)| AgentProcess::start(&lc, n, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--scheduler-endpoint", &url, "--report-secs", "1", "--pod-runner", "true", "--runner-cni-path", &cni_path, "--runner-netns-prefix", prefix]))
         .collect();
-    let mut client = loop {
-        if let Ok(c) = SchedulerClient::connect(url.clone()).await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = scheduler.client().await;
     for n in &nodes {
         wait_report(&mut client, n, "a report", |r| r.allocatable.is_some()).await;
     }
