@@ -78,20 +78,34 @@ impl<C: Cloud> EniPool<C> {
                 return Err(AllocError::Exhausted(format!("all {slots} secondary ENI slots of this {} are taken ({} by pods' own ENIs{trunk})", self.identity.instance_type, b.ledger.exclusive_enis())));
             }
         }
-        let token = format!("berth-x-{}-{:016x}", self.identity.instance_id, rand::random::<u64>());
+        let (eni, intent) = self.create_pod_eni("berth-x", request, format!("{DESCRIPTION_PREFIX}{key}"), "the pod's ENI").await?;
+        let placed = self.place_exclusive(&key, netns, pod, &eni).await;
+        self.settle_pod_eni(&eni.id, intent, placed, started).await
+    }
+
+    /// CreateNetworkInterface of a pod's own ENI (exclusive or member) with the pod's vSwitch and
+    /// groups, or the node's, under a journaled intent; `what` names it in errors.
+    pub(super) async fn create_pod_eni(&self, token_prefix: &str, request: PodEniRequest, description: String, what: &str) -> Result<(NetworkInterface, u64), AllocError> {
+        let token = format!("{token_prefix}-{}-{:016x}", self.identity.instance_id, rand::random::<u64>());
         let intent = self.books().store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
-        let mut req = CreateEniRequest::secondary(request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone()), if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids });
-        req.description = format!("{DESCRIPTION_PREFIX}{key}");
+        let vswitch = request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone());
+        let groups = if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids };
+        let mut req = CreateEniRequest::secondary(vswitch, groups);
+        req.description = description;
         req.ipv6_count = u32::from(self.settings.dual_stack);
         req.client_token = Some(token);
-        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal("cannot create the pod's ENI (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)", &e))?;
-        let placed = self.place_exclusive(&key, netns, pod, &eni).await;
-        if placed.is_err() {
-            // Never keep an ENI nobody holds.
-            if let Err(e) = self.delete_eni_calls(&eni.id).await {
-                tracing::error!(eni = %eni.id, error = %e, "cannot delete the ENI of a failed exclusive ADD; the next start retries");
-                return placed;
-            }
+        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal(&format!("cannot create {what} (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)"), &e))?;
+        Ok((eni, intent))
+    }
+
+    /// After placing a pod's new ENI: a failed placement deletes it (never keep an ENI nobody
+    /// holds); the intent is done unless that deletion failed too (the next start retries it).
+    pub(super) async fn settle_pod_eni(&self, eni_id: &str, intent: u64, placed: Result<Allocated, AllocError>, started: Instant) -> Result<Allocated, AllocError> {
+        if placed.is_err()
+            && let Err(e) = self.delete_eni_calls(eni_id).await
+        {
+            tracing::error!(eni = %eni_id, error = %e, "cannot delete the ENI of a failed ADD; the next start retries");
+            return placed;
         }
         self.books().store.done(intent)?;
         if placed.is_ok() {

@@ -134,26 +134,9 @@ impl<C: Cloud> EniPool<C> {
             }
             trunk
         };
-        let token = format!("berth-m-{}-{:016x}", self.identity.instance_id, rand::random::<u64>());
-        let intent = self.books().store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
-        let mut req = CreateEniRequest::secondary(request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone()), if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids });
-        req.description = format!("{MEMBER_PREFIX}{key}");
-        req.ipv6_count = u32::from(self.settings.dual_stack);
-        req.client_token = Some(token);
-        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal("cannot create the pod's member ENI (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)", &e))?;
+        let (eni, intent) = self.create_pod_eni("berth-m", request, format!("{MEMBER_PREFIX}{key}"), "the pod's member ENI").await?;
         let placed = self.place_member(&key, netns, pod, &eni, &trunk).await;
-        if placed.is_err() {
-            // Never keep a member nobody holds.
-            if let Err(e) = self.delete_eni_calls(&eni.id).await {
-                tracing::error!(eni = %eni.id, error = %e, "cannot delete the member ENI of a failed trunk ADD; the next start retries");
-                return placed;
-            }
-        }
-        self.books().store.done(intent)?;
-        if placed.is_ok() {
-            self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
-        }
-        placed
+        self.settle_pod_eni(&eni.id, intent, placed, started).await
     }
 
     /// Binds the pod's new member ENI to the trunk and records the allocation.
