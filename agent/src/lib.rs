@@ -13,7 +13,6 @@ pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod pool;
-pub mod privileges;
 pub mod report;
 pub mod runner;
 pub mod server;

@@ -21,6 +21,8 @@ use berth_cloud::client::load_credentials;
 use berth_cloud::model::EniKind;
 use berth_cloud::ratelimit::Limit;
 use berth_cloud::{Cloud, ClientConfig, HttpCloud};
+use berth_daemon::logging;
+use berth_daemon::privileges::{self, Capability, Reach};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -130,18 +132,17 @@ impl Args {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json { builder.json().init() } else { builder.init() }
-}
+/// Netlink changes on the node (CAP_NET_ADMIN), entering a node's and pods' network namespaces
+/// (CAP_SYS_ADMIN), and looking at pods' namespaces under /proc/<pid>/ns of other processes
+/// (CAP_SYS_PTRACE), which tells a gone pod from a live one.
+const KEPT_CAPABILITIES: [Capability; 3] = [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE];
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logging(args.log_json);
+    logging::init(args.log_json);
     // Before any thread exists: every thread the agent makes inherits the reduced sets.
-    if let Err(e) = berth_agent::privileges::drop_unneeded() {
-        eprintln!("berth-agent: cannot drop the capabilities it does not need: {e}");
+    if let Err(e) = privileges::keep_only_or_explain("berth-agent", &KEPT_CAPABILITIES, Reach::ProcessAndChildren) {
+        eprintln!("{e}");
         return std::process::ExitCode::FAILURE;
     }
     // Two workers: the agent's work is small and mostly waiting on the cloud.

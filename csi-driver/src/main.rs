@@ -15,6 +15,8 @@ use berth_csi::identity::IdentityService;
 use berth_csi::node::NodeService;
 use berth_csi::oss::OssMounter;
 use berth_proto::csi::v1 as csi;
+use berth_daemon::logging;
+use berth_daemon::privileges::{self, Capability, Reach};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -75,15 +77,19 @@ impl Args {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json { builder.json().init() } else { builder.init() }
-}
+/// Mounting (CAP_SYS_ADMIN), growing a file system past its reserved blocks (CAP_SYS_RESOURCE),
+/// and publishing into target paths and files a CO made with other owners and modes
+/// (CAP_DAC_OVERRIDE, CAP_FOWNER). mkfs, mount and s3fs run with the same sets.
+const KEPT_CAPABILITIES: [Capability; 4] = [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_RESOURCE, Capability::CAP_DAC_OVERRIDE, Capability::CAP_FOWNER];
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logging(args.log_json);
+    logging::init(args.log_json);
+    // Before any thread exists: every thread and program the driver starts inherits the reduced sets.
+    if let Err(e) = privileges::keep_only_or_explain("berth-csi", &KEPT_CAPABILITIES, Reach::ProcessAndChildren) {
+        eprintln!("{e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

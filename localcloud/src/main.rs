@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use berth_localcloud::engine::{Engine, EngineConfig};
 use berth_localcloud::faults::Faults;
 use berth_localcloud::{planes, server};
+use berth_daemon::logging;
+use berth_daemon::privileges::{self, Capability, Reach};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -78,7 +80,7 @@ struct Down {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    logging::init(false);
     match Cli::parse().command {
         Command::Serve(s) => serve(s),
         Command::Down(d) => {
@@ -96,7 +98,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Namespaces, links, nftables, tc and BPF programs, loop devices (CAP_NET_ADMIN, CAP_SYS_ADMIN,
+/// CAP_NET_RAW), the state directory whatever its owner (CAP_DAC_OVERRIDE), and telling which
+/// processes live in an instance's namespaces (CAP_SYS_PTRACE). Only this process's sets shrink:
+/// the programs it runs (nft, an instance's software) start with what they need, as a VM's would.
+const KEPT_CAPABILITIES: [Capability; 5] = [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN, Capability::CAP_NET_RAW, Capability::CAP_DAC_OVERRIDE, Capability::CAP_SYS_PTRACE];
+
 fn serve(s: Serve) -> anyhow::Result<()> {
+    // Before the runtime's threads exist, so that they inherit the reduced sets.
+    privileges::keep_only_or_explain("berth-localcloud", &KEPT_CAPABILITIES, Reach::ProcessOnly).map_err(anyhow::Error::msg)?;
     for (flag, addr) in [("--listen", s.listen), ("--oss-listen", s.oss_listen)] {
         if !addr.ip().is_loopback() {
             anyhow::bail!("{flag} {addr} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)");

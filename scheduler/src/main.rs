@@ -11,6 +11,8 @@ use berth_scheduler::autoscaler::driver::CloudProvisioner;
 use berth_scheduler::config::{self, SchedulerConfig};
 use berth_scheduler::server::{self, Shared};
 use berth_scheduler::store::JournalStore;
+use berth_daemon::logging;
+use berth_daemon::privileges::{self, Reach};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -57,15 +59,15 @@ impl Args {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json { b.json().init() } else { b.init() }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_json);
+    logging::init(args.log_json);
+    // The scheduler needs no privilege: it listens on an unprivileged port and writes its own
+    // state directory. Before any thread exists, so every thread inherits the empty sets.
+    if let Err(e) = privileges::keep_only_or_explain("berth-scheduler", &[], Reach::ProcessAndChildren) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -114,6 +114,10 @@ impl CsiProcess {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to tidy up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

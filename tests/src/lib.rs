@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cni;
 pub mod csi;
 pub mod pods;
+pub mod privileges;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

@@ -289,12 +289,8 @@ async fn systemd_hears_ready_only_with_a_serving_pool_then_watchdog_pings() {
     // CAP_SYS_PTRACE (bits 12, 21, 19) and nothing else, in its effective and bounding sets.
     let expected = (1u64 << 12) | (1u64 << 19) | (1u64 << 21);
     let pid = agent.pid().unwrap();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
-        for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
-            let value = status.lines().find(|l| l.starts_with(set)).and_then(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()).unwrap();
-            assert_eq!(value, expected, "{set} of thread {:?} is {value:#x}", task.file_name());
-        }
+    for (tid, sets) in berth_tests::privileges::threads(pid) {
+        assert_eq!((sets.effective, sets.permitted, sets.bounding), (expected, expected, expected), "the sets of thread {tid}: {sets:x?}");
     }
 }
 
