@@ -151,7 +151,7 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "cannot report to the scheduler"),
+            Err(e) => berth_daemon::limited!(warn, "report-connect", error = %e, retry_in = ?backoff, "cannot report to the scheduler"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -8,6 +8,7 @@ use berth_cloud::Cloud;
 use berth_proto::agent::v1 as pb;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::attach::ledger::{AttachState, AttachmentRecord};
 use crate::attach::{AttachError, DiskAttacher};
@@ -116,27 +117,18 @@ pub fn to_proto(a: &Allocated, node_ip: &str) -> pb::Allocation {
     }
 }
 
-#[tonic::async_trait]
-impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
-    async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
-        let r = request.into_inner();
-        tracing::debug!(plugin = %r.plugin_version, protocol = r.protocol_version, "hello");
-        Ok(Response::new(pb::HelloResponse {
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            protocol_version: PROTOCOL_VERSION.min(r.protocol_version.max(MIN_PROTOCOL_VERSION)),
-            min_protocol_version: MIN_PROTOCOL_VERSION,
-            max_protocol_version: PROTOCOL_VERSION,
-        }))
-    }
+/// The trace ID a caller sent in `traceparent` metadata, or a new one.
+fn trace_id_of<T>(request: &Request<T>) -> String {
+    request.metadata().get(berth_proto::agent::TRACE_HEADER).and_then(|v| v.to_str().ok()).and_then(berth_cloud::trace::trace_id_of).unwrap_or_else(berth_cloud::trace::new_trace_id)
+}
 
-    async fn allocate_ip(&self, request: Request<pb::AllocateIpRequest>) -> Result<Response<pb::Allocation>, Status> {
-        let r = request.into_inner();
-        let key = key_of(r.key)?;
+impl<C: Cloud + 'static> AgentService<C> {
+    /// An ADD's allocation in the pod's mode.
+    async fn allocate(&self, key: AllocationKey, r: pb::AllocateIpRequest, mode: pb::NetworkMode) -> Result<pb::Allocation, Status> {
         if r.want_ipv6 && !self.pool.settings().dual_stack {
             return Err(Status::invalid_argument("this node serves IPv4 only: set pool.ip_stack = \"dual\" in the agent's config (its vSwitches need IPv6 blocks)"));
         }
         let pod = r.pod.map(|p| PodRef { namespace: p.namespace, name: p.name, uid: p.uid, infra_container_id: p.infra_container_id }).unwrap_or_default();
-        let mode = pb::NetworkMode::try_from(r.mode).unwrap_or(pb::NetworkMode::Unspecified);
         let result = match mode {
             pb::NetworkMode::Shared | pb::NetworkMode::Unspecified => {
                 if !r.vswitch_id.is_empty() || !r.security_group_ids.is_empty() {
@@ -157,19 +149,63 @@ impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
             }
         };
         match result {
-            Ok(a) => Ok(Response::new(to_proto(&a, &self.pool.identity().private_ipv4))),
+            Ok(a) => Ok(to_proto(&a, &self.pool.identity().private_ipv4)),
             Err(AllocError::Exhausted(why)) => Err(Status::resource_exhausted(why)),
             Err(AllocError::Refused(why)) => Err(Status::aborted(why)),
             Err(AllocError::Invalid(why)) => Err(Status::invalid_argument(why)),
             Err(e @ AllocError::Store(_)) => Err(Status::internal(e.to_string())),
         }
     }
+}
+
+#[tonic::async_trait]
+impl<C: Cloud + 'static> pb::agent_server::Agent for AgentService<C> {
+    async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
+        let r = request.into_inner();
+        tracing::debug!(plugin = %r.plugin_version, protocol = r.protocol_version, "hello");
+        Ok(Response::new(pb::HelloResponse {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION.min(r.protocol_version.max(MIN_PROTOCOL_VERSION)),
+            min_protocol_version: MIN_PROTOCOL_VERSION,
+            max_protocol_version: PROTOCOL_VERSION,
+        }))
+    }
+
+    async fn allocate_ip(&self, request: Request<pb::AllocateIpRequest>) -> Result<Response<pb::Allocation>, Status> {
+        let trace_id = trace_id_of(&request);
+        let r = request.into_inner();
+        let key = key_of(r.key.clone())?;
+        let mode = pb::NetworkMode::try_from(r.mode).unwrap_or(pb::NetworkMode::Unspecified);
+        let span = tracing::info_span!("add", %trace_id, container = %key.container_id, ifname = %key.ifname, mode = mode.as_str_name());
+        let started = std::time::Instant::now();
+        let result = berth_cloud::trace::scope(trace_id, self.allocate(key, r, mode)).instrument(span.clone()).await;
+        let _entered = span.enter();
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        match &result {
+            Ok(a) => tracing::info!(ip = a.ipv4.as_ref().map(|i| i.address.as_str()).unwrap_or_default(), eni = a.eni.as_ref().map(|e| e.eni_id.as_str()).unwrap_or_default(), elapsed_ms, "pod network allocated"),
+            Err(status) => berth_daemon::limited!(warn, "allocate", code = ?status.code(), error = status.message(), elapsed_ms, "pod network not allocated"),
+        }
+        result.map(Response::new)
+    }
 
     async fn release_ip(&self, request: Request<pb::ReleaseIpRequest>) -> Result<Response<pb::ReleaseIpResponse>, Status> {
+        let trace_id = trace_id_of(&request);
         let key = key_of(request.into_inner().key)?;
-        let released = self.pool.release_and_unwire(&key).await.map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::ReleaseIpResponse { released: released.is_some() }))
+        let span = tracing::info_span!("del", %trace_id, container = %key.container_id, ifname = %key.ifname);
+        let released = berth_cloud::trace::scope(trace_id, self.pool.release_and_unwire(&key)).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match released {
+            Ok(released) => {
+                tracing::info!(released = released.is_some(), "pod network released");
+                Ok(Response::new(pb::ReleaseIpResponse { released: released.is_some() }))
+            }
+            Err(e) => {
+                berth_daemon::limited!(warn, "release", error = %e, "pod network not released");
+                Err(Status::internal(e.to_string()))
+            }
+        }
     }
+
 
     async fn get_allocation(&self, request: Request<pb::GetAllocationRequest>) -> Result<Response<pb::Allocation>, Status> {
         let key = key_of(request.into_inner().key)?;
@@ -254,11 +290,11 @@ pub async fn serve<C: Cloud + 'static>(listener: tokio::net::UnixListener, pool:
         Ok(stream) => match stream.peer_cred() {
             Ok(cred) if allowed_uids.contains(&cred.uid()) => true,
             Ok(cred) => {
-                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from a uid not in api.allowed_uids");
+                berth_daemon::limited!(warn, "peer-uid", uid = cred.uid(), pid = ?cred.pid(), "refused a connection from a uid not in api.allowed_uids");
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, "refused a connection whose peer credentials cannot be read");
+                berth_daemon::limited!(warn, "peer-cred", error = %e, "refused a connection whose peer credentials cannot be read");
                 false
             }
         },

@@ -148,7 +148,13 @@ impl HttpCloud {
                 Err(CloudError::Api(_)) => CallOutcome::ApiError,
                 Err(_) => CallOutcome::TransportError,
             };
-            self.observe(action, started.elapsed(), outcome);
+            let elapsed = started.elapsed();
+            self.observe(action, elapsed, outcome);
+            // One line per call, inside the caller's spans (a pod's ADD carries its trace_id).
+            match &result {
+                Ok(_) => tracing::info!(action, attempt, elapsed_ms = elapsed.as_millis() as u64, trace_id = crate::trace::current().unwrap_or_default(), "cloud call"),
+                Err(e) => tracing::info!(action, attempt, elapsed_ms = elapsed.as_millis() as u64, trace_id = crate::trace::current().unwrap_or_default(), error = %e, "cloud call failed"),
+            }
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if retry_this && attempt < self.config.retry.max_attempts => {
@@ -187,7 +193,11 @@ impl HttpCloud {
         };
         signing::sign(&self.config.credentials.access_key_secret, "POST", &common, &mut signed);
         let url = format!("{}/", endpoint.trim_end_matches('/'));
-        let response = match self.http.post(&url).form(&signed).send().await {
+        let mut request = self.http.post(&url).form(&signed);
+        if let Some(trace_id) = crate::trace::current() {
+            request = request.header(crate::trace::CLOUD_HEADER, trace_id);
+        }
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 // A request that never connected was never seen by the service: always safe to resend.

@@ -12,6 +12,7 @@ pub mod params;
 pub mod ratelimit;
 pub mod retry;
 pub mod signing;
+pub mod trace;
 pub mod wait;
 pub mod wire;
 

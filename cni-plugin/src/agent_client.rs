@@ -91,11 +91,35 @@ impl Agent {
     }
 }
 
-/// Every call announces the protocol version: the agent refuses one it does not speak.
+/// Every call announces the protocol version (the agent refuses one it does not speak) and this
+/// command's trace, which the agent's log lines and cloud calls for it carry.
 fn versioned<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(berth_proto::agent::PROTOCOL_HEADER, tonic::metadata::MetadataValue::from(PROTOCOL_VERSION));
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(traceparent()) {
+        request.metadata_mut().insert(berth_proto::agent::TRACE_HEADER, value);
+    }
     request
+}
+
+/// This command's trace ID: 32 hex digits, made once per execution.
+pub fn trace_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+        if random.is_err() || bytes.iter().all(|b| *b == 0) {
+            // No randomness to be had: the clock and pid still tell commands apart.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+            bytes = (now ^ (u128::from(std::process::id()) << 64) | 1).to_be_bytes();
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+/// The trace context sent to the agent: version 00, this command's trace, a parent ID, sampled.
+fn traceparent() -> String {
+    format!("00-{}-{}-01", trace_id(), &trace_id()[..16])
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -73,7 +73,13 @@ fn form_urlencoded(text: &str) -> Vec<(String, String)> {
     }).collect()
 }
 
-async fn rpc(State(engine): State<Arc<Engine>>, method: Method, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn rpc(State(engine): State<Arc<Engine>>, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    // A caller's trace (a pod's ADD) on the line of every call it made.
+    let trace_id = headers.get(berth_cloud::trace::CLOUD_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    serve_rpc(&engine, method, query, body, &trace_id).await
+}
+
+async fn serve_rpc(engine: &Arc<Engine>, method: Method, query: Option<String>, body: Bytes, trace_id: &str) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
     let mut params = BTreeMap::new();
     parse_pairs(query.as_deref().unwrap_or_default(), &mut params);
@@ -112,14 +118,19 @@ async fn rpc(State(engine): State<Arc<Engine>>, method: Method, RawQuery(query):
         return failure(f, request_id);
     }
     let e = engine.clone();
+    let logged_action = action.clone();
     match tokio::task::spawn_blocking(move || e.call(&action, &params)).await {
         Ok(Ok((mut body, request_id))) => {
+            tracing::info!(action = %logged_action, %request_id, trace_id, "api call");
             if let Some(obj) = body.as_object_mut() {
                 obj.insert("RequestId".into(), request_id.into());
             }
             json(200, &body)
         }
-        Ok(Err(f)) => failure(f, request_id),
+        Ok(Err(f)) => {
+            tracing::info!(action = %logged_action, %request_id, trace_id, code = %f.code, "api call refused");
+            failure(f, request_id)
+        }
         Err(e) => failure(ApiFailure::new(500, berth_cloud::error::code::INTERNAL_ERROR, e.to_string()), request_id),
     }
 }

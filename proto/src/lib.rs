@@ -19,6 +19,11 @@ pub mod agent {
     /// so a version mismatch is refused (FAILED_PRECONDITION, naming the agent's range) without a
     /// separate Hello round trip on the plugin's hot path.
     pub const PROTOCOL_HEADER: &str = "berth-agent-protocol";
+
+    /// Request metadata carrying the caller's trace context in W3C Trace Context form
+    /// (`00-<32 hex trace ID>-<16 hex parent ID>-<2 hex flags>`): the agent logs the call and
+    /// the cloud calls it makes with that trace ID.
+    pub const TRACE_HEADER: &str = "traceparent";
 }
 
 /// The scheduler's API, package `berth.cluster.v1`.

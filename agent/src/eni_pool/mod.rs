@@ -558,7 +558,7 @@ impl<C: Cloud> EniPool<C> {
                 Some((key, created)) if created <= deleted_at => match self.release_and_unwire(&key).await {
                     Ok(_) => tracing::info!(%key, "released an allocation the plugin queued while the agent was down"),
                     Err(e) => {
-                        tracing::error!(%key, error = %e, "cannot release a queued allocation; will retry");
+                        berth_daemon::limited!(error, "release-queue", %key, error = %e, "cannot release a queued allocation; will retry");
                         continue;
                     }
                 },
@@ -613,7 +613,7 @@ impl<C: Cloud> EniPool<C> {
         loop {
             if Instant::now() >= next_reconcile {
                 if let Err(e) = self.reconcile(false).await {
-                    tracing::warn!(error = %e, "reconciliation failed; will retry");
+                    berth_daemon::limited!(warn, "reconcile", error = %e, "reconciliation failed; will retry");
                 }
                 next_reconcile = Instant::now() + self.settings.reconcile_every;
             }
@@ -630,7 +630,7 @@ impl<C: Cloud> EniPool<C> {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "cannot top up the warm ENIs; will retry");
+                        berth_daemon::limited!(warn, "warm-enis", error = %format!("{e:#}"), "cannot top up the warm ENIs; will retry");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -649,7 +649,7 @@ impl<C: Cloud> EniPool<C> {
                         b.inhibit_until = Some(Instant::now() + self.settings.inhibit);
                     }
                     b.grow_error = Some(format!("{e:#}"));
-                    tracing::warn!(?action, error = %format!("{e:#}"), inhibited = growth_limit, "pool action failed");
+                    berth_daemon::limited!(warn, "pool-action", ?action, error = %format!("{e:#}"), inhibited = growth_limit, "pool action failed");
                     break;
                 }
             }
