@@ -35,11 +35,13 @@ pub struct RunnerConfig {
     pub cni_path: String,
     /// Prefix of the pods' network namespace names.
     pub netns_prefix: String,
+    /// The node's CSI driver socket the runner asks for pods' volumes; empty: pods with volumes fail.
+    pub csi_socket: PathBuf,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        RunnerConfig { enabled: false, cni_path: "/opt/cni/bin:/usr/lib/cni".into(), netns_prefix: "berth-pod".into() }
+        RunnerConfig { enabled: false, cni_path: "/opt/cni/bin:/usr/lib/cni".into(), netns_prefix: "berth-pod".into(), csi_socket: "/run/berth/csi.sock".into() }
     }
 }
 
@@ -282,6 +284,14 @@ impl AgentConfig {
         if self.scheduler.report_secs == 0 {
             return invalid("scheduler.report_secs", "0".into(), "at least 1");
         }
+        let csi = &self.runner.csi_socket;
+        if !(csi.as_os_str().is_empty() || csi.is_absolute()) {
+            return invalid("runner.csi_socket", csi.display().to_string(), "an absolute path such as /run/berth/csi.sock (the CSI driver's socket), or empty for no volumes");
+        }
+        let prefix = &self.runner.netns_prefix;
+        if prefix.is_empty() || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return invalid("runner.netns_prefix", prefix.clone(), "1 to 32 letters, digits, '-' or '_'");
+        }
         if self.paths.reconcile_secs == 0 {
             return invalid("paths.reconcile_secs", "0".into(), "at least 1");
         }
@@ -316,6 +326,11 @@ mod tests {
         assert!(e.contains("pool.max_idle_ips") && e.contains("\"2\""), "{e}");
         let e = AgentConfig::default().validate().unwrap_err().to_string();
         assert!(e.contains("cloud.endpoint"), "{e}");
+        let c = AgentConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[runner]\ncsi_socket = \"run/csi.sock\"\n", Path::new("a.toml")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("runner.csi_socket") && e.contains("run/csi.sock"), "{e}");
+        let c = AgentConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[runner]\ncsi_socket = \"\"\n", Path::new("a.toml")).unwrap();
+        c.validate().unwrap();
     }
 }
 

@@ -87,6 +87,9 @@ struct Args {
     runner_cni_path: Option<String>,
     #[arg(long, env = "BERTH_RUNNER_NETNS_PREFIX")]
     runner_netns_prefix: Option<String>,
+    /// The CSI driver's socket for pods' volumes; "" for none.
+    #[arg(long, env = "BERTH_RUNNER_CSI_SOCKET")]
+    runner_csi_socket: Option<PathBuf>,
     #[arg(long, env = "BERTH_DISK_ATTACH_TIMEOUT_SECS")]
     disk_attach_timeout_secs: Option<u64>,
     /// Log as JSON lines instead of text.
@@ -128,6 +131,7 @@ impl Args {
         set!(c.runner.enabled, self.pod_runner);
         set!(c.runner.cni_path, self.runner_cni_path);
         set!(c.runner.netns_prefix, self.runner_netns_prefix);
+        set!(c.runner.csi_socket, self.runner_csi_socket);
         set!(c.disks.attach_timeout_secs, self.disk_attach_timeout_secs);
     }
 }
@@ -253,15 +257,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             pool: cfg.scheduler.pool.clone(),
             labels: Default::default(),
         };
-        let runner = cfg.runner.enabled.then(|| {
-            Arc::new(berth_agent::runner::PodRunner::new(berth_agent::runner::RunnerSettings {
+        let runner = match cfg.runner.enabled {
+            false => None,
+            true => Some(Arc::new(berth_agent::runner::PodRunner::new(berth_agent::runner::RunnerSettings {
                 node_netns: (!cfg.node.netns.is_empty()).then(|| PathBuf::from(&cfg.node.netns)),
                 cni_conf_dir: cfg.paths.cni_conf_dir.clone(),
                 cni_path: cfg.runner.cni_path.clone(),
                 netns_prefix: cfg.runner.netns_prefix.clone(),
                 node_name: pool.identity().instance_id.clone(),
-            }))
-        });
+                state_dir: cfg.paths.state_dir.join("runner"),
+                csi_socket: Some(cfg.runner.csi_socket.clone()).filter(|p| !p.as_os_str().is_empty()),
+            })?)),
+        };
         tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings, runner));
     }
     {

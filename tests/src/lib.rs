@@ -7,6 +7,7 @@ pub mod cni;
 pub mod csi;
 pub mod pods;
 pub mod privileges;
+pub mod scheduler;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

@@ -2,97 +2,13 @@
 //! allocatable and free counts (shared IPs, ENI slots, member-ENI slots, disk slots, CPU, memory),
 //! and the scheduler's node table follows what pods take.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_proto::cluster::v1 as pb;
-use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
 use berth_tests::agent::AgentProcess;
 use berth_tests::pods::{add_pod, del_pod};
-use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, bin, is_root};
-
-/// A `berth-scheduler` process on a free loopback port with its own state (autoscaler off),
-/// stopped when dropped.
-struct Scheduler {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Scheduler {
-    fn start(extra: &[&str]) -> Scheduler {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(bin("berth-scheduler"))
-            .arg("--config")
-            .arg(dir.path().join("scheduler.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Scheduler { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
-    }
-
-    async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
-        let t = Instant::now();
-        loop {
-            if let Ok(c) = SchedulerClient::connect(self.url.clone()).await {
-                return c;
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {}", self.url);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Removes, even when a test fails, the pod runner's namespaces with this prefix and the commands
-/// that live in them (a runner's pods outlive an agent that is killed).
-struct RunnerLeftovers(Vec<String>);
-
-impl Drop for RunnerLeftovers {
-    fn drop(&mut self) {
-        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if self.0.iter().any(|p| name.starts_with(p.as_str())) {
-                let pids = Command::new("ip").args(["netns", "pids", &name]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-                for pid in pids.split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-                let _ = berth_nodenet::Netns::delete(&name);
-            }
-        }
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn node_state(client: &mut SchedulerClient<tonic::transport::Channel>, instance: &str) -> Option<pb::NodeState> {
-    let nodes = client.list_nodes(pb::ListNodesRequest {}).await.ok()?.into_inner().nodes;
-    nodes.into_iter().find(|n| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.instance_id == instance))
-}
-
-/// Waits until the node's last report satisfies `ok`; returns it.
-async fn wait_report(client: &mut SchedulerClient<tonic::transport::Channel>, instance: &str, what: &str, ok: impl Fn(&pb::NodeReport) -> bool) -> pb::NodeReport {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(r) = node_state(client, instance).await.and_then(|n| n.last_report)
-            && ok(&r)
-        {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "the scheduler never saw {what} for {instance}: {:?}", node_state(client, instance).await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use berth_tests::scheduler::{RunnerLeftovers, Scheduler, wait_report};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_reports_its_nodes_capacity_and_the_counts_follow_its_pods() {

@@ -55,7 +55,7 @@ fn units_verify_and_are_hardened() {
         eprintln!("{}: exposure {score}", unit.display());
     }
     let agent = std::fs::read_to_string(units.iter().find(|u| u.ends_with("berth-agent.service")).unwrap()).unwrap();
-    for needed in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "RestrictAddressFamilies="] {
+    for needed in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "KillMode=process", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "RestrictAddressFamilies="] {
         assert!(agent.contains(needed), "berth-agent.service lacks {needed}");
     }
     // The CSI driver: its s3fs processes outlive its restarts; it mounts for the host.

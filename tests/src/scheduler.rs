@@ -1,0 +1,117 @@
+//! A `berth-scheduler` process for tests whose agents report to it, the pod runner's leftovers
+//! guard, and waits on what the scheduler sees.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_proto::cluster::v1 as pb;
+use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
+use tonic::transport::Channel;
+
+use crate::bin;
+
+/// A `berth-scheduler` process on a free loopback port with its own state (autoscaler off),
+/// stopped when dropped.
+pub struct Scheduler {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Scheduler {
+    pub fn start(extra: &[&str]) -> Scheduler {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin("berth-scheduler"))
+            .arg("--config")
+            .arg(dir.path().join("scheduler.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Scheduler { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    pub async fn client(&self) -> SchedulerClient<Channel> {
+        let t = Instant::now();
+        loop {
+            if let Ok(c) = SchedulerClient::connect(self.url.clone()).await {
+                return c;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {}", self.url);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes, even when a test fails, the pod runner's namespaces with these prefixes and the
+/// commands that live in them (a runner's pods outlive an agent that is killed).
+pub struct RunnerLeftovers(pub Vec<String>);
+
+impl Drop for RunnerLeftovers {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if self.0.iter().any(|p| name.starts_with(p.as_str())) {
+                for pid in netns_pids(&name) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+                let _ = berth_nodenet::Netns::delete(&name);
+            }
+        }
+    }
+}
+
+/// The processes inside a named network namespace.
+pub fn netns_pids(name: &str) -> Vec<i32> {
+    let out = Command::new("ip").args(["netns", "pids", name]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    out.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// The runner's namespaces with this prefix.
+pub fn runner_netns(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(prefix)).collect()
+}
+
+pub async fn node_state(client: &mut SchedulerClient<Channel>, instance: &str) -> Option<pb::NodeState> {
+    let nodes = client.list_nodes(pb::ListNodesRequest {}).await.ok()?.into_inner().nodes;
+    nodes.into_iter().find(|n| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.instance_id == instance))
+}
+
+/// Waits until the node's last report satisfies `ok`; returns it.
+pub async fn wait_report(client: &mut SchedulerClient<Channel>, instance: &str, what: &str, ok: impl Fn(&pb::NodeReport) -> bool) -> pb::NodeReport {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = node_state(client, instance).await.and_then(|n| n.last_report)
+            && ok(&r)
+        {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "the scheduler never saw {what} for {instance}: {:?}", node_state(client, instance).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the pod `default/<name>` satisfies `ok` (within `timeout`); returns its status.
+pub async fn wait_pod(client: &mut SchedulerClient<Channel>, name: &str, timeout: Duration, what: &str, ok: impl Fn(&pb::PodStatus) -> bool) -> pb::PodStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = client.get_pod(pb::GetPodRequest { namespace: "default".into(), name: name.into() }).await.unwrap().into_inner();
+        if ok(&st) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "pod {name} never became {what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

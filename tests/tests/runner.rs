@@ -1,0 +1,298 @@
+//! The pod runner with volumes: a pod submitted to the scheduler runs on the reporting node with a
+//! disk, a NAS and an OSS volume made through the node's CSI driver, its command writes into each
+//! (in its working directory), and deleting it leaves no mount, attachment or namespace and deletes
+//! its ephemeral volumes; a killed agent adopts its running pod on restart (same pid, no second
+//! CNI ADD, no second mount); a pod whose volume cannot be made fails naming it and leaves nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_cloud::Cloud as _;
+use berth_proto::agent::v1 as agent_pb;
+use berth_proto::cluster::v1 as pb;
+use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
+use berth_proto::csi::v1 as csi;
+use berth_tests::agent::AgentProcess;
+use berth_tests::csi::{CsiProcess, MountGuard, link_agent, mount_cap, mount_count, mounts_under};
+use berth_tests::scheduler::{RunnerLeftovers, Scheduler, netns_pids, runner_netns, wait_pod, wait_report};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
+use tonic::transport::Channel;
+
+/// A node with an agent running pods and its CSI driver, reporting to a scheduler. Dropped in
+/// order: the pods' commands and namespaces, the mounts under the agent's state, the driver (and
+/// its FUSE mounts), the agent, the scheduler, the local cloud (its disks' loop devices).
+struct RunnerNode {
+    _leftovers: RunnerLeftovers,
+    _mounts: MountGuard,
+    csi: CsiProcess,
+    agent: AgentProcess,
+    _agents_dir: tempfile::TempDir,
+    _csi_link: tempfile::TempDir,
+    scheduler: Scheduler,
+    net: SampleNet,
+    node: String,
+    prefix: String,
+    cloud: berth_cloud::HttpCloud,
+    lc: LocalCloud,
+}
+
+impl RunnerNode {
+    async fn start(vpc_cidr: &str, vswitch_cidr: &str) -> RunnerNode {
+        let lc = LocalCloud::start(LocalCloudOptions::default());
+        let cloud = lc.client();
+        let net = SampleNet::create(&cloud, vpc_cidr, vswitch_cidr).await;
+        let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+        let scheduler = Scheduler::start(&[]);
+        let prefix = berth_tests::unique("brv");
+        let leftovers = RunnerLeftovers(vec![prefix.clone()]);
+        // The agent is told the driver's socket before the driver (which asks the agent who the
+        // node is) starts: a link made once it listens.
+        let csi_link = tempfile::Builder::new().prefix("berth-csi-link-").tempdir().unwrap();
+        let csi_socket = csi_link.path().join("csi.sock");
+        let cni_path = berth_tests::cni::cni_path();
+        let args = [
+            "--min-idle-ips", "1", "--max-idle-ips", "2", "--scheduler-endpoint", &scheduler.url, "--report-secs", "1", "--pod-runner", "true", "--runner-cni-path", &cni_path, "--runner-netns-prefix", &prefix,
+            "--runner-csi-socket", csi_socket.to_str().unwrap(),
+        ];
+        let agent = AgentProcess::start(&lc, &node, &args);
+        let mounts = MountGuard(agent.dir.path().to_path_buf());
+        let agents_dir = tempfile::Builder::new().prefix("berth-agents-").tempdir().unwrap();
+        link_agent(agents_dir.path(), &agent);
+        let csi = CsiProcess::start(&lc, &agent, agents_dir.path());
+        std::os::unix::fs::symlink(csi.socket(), &csi_socket).unwrap();
+        RunnerNode { _leftovers: leftovers, _mounts: mounts, csi, agent, _agents_dir: agents_dir, _csi_link: csi_link, scheduler, net, node, prefix, cloud, lc }
+    }
+
+    async fn client(&self) -> SchedulerClient<Channel> {
+        let mut c = self.scheduler.client().await;
+        wait_report(&mut c, &self.node, "a report", |r| r.allocatable.is_some()).await;
+        c
+    }
+
+    /// The runner's own directory in the agent's state.
+    fn runner_dir(&self) -> PathBuf {
+        self.agent.dir.path().join("state/runner")
+    }
+
+    /// Makes a NAS file system; its export appears in the local cloud's state.
+    async fn nas(&self) -> (String, PathBuf) {
+        let fs = self.cloud.create_nas_file_system("local-1a", &self.net.vpc, &self.net.vsw, None).await.expect("CreateFileSystem");
+        let export = self.lc.state_dir().join("nas").join(&fs.id);
+        eventually("the NAS export", Duration::from_secs(10), || export.is_dir());
+        (fs.id, export)
+    }
+
+    fn bucket(&self, name: &str) -> PathBuf {
+        let dir = self.lc.state_dir().join("oss").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn attachments(&self) -> Vec<agent_pb::DiskAttachment> {
+        self.agent.client().await.list_attachments(agent_pb::ListAttachmentsRequest {}).await.unwrap().into_inner().attachments
+    }
+
+    async fn allocations(&self) -> usize {
+        self.agent.pool().await["allocations"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Waits until the runner left nothing on the node: no namespace, no mount under its
+    /// directory, no attached disk, no record.
+    async fn wait_nothing_left(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let netns = runner_netns(&self.prefix);
+            let mounts = mounts_under(&self.runner_dir());
+            let attached = self.attachments().await;
+            let records: Vec<_> = std::fs::read_dir(self.runner_dir().join("records")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            if netns.is_empty() && mounts.is_empty() && attached.is_empty() && records.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: namespaces {netns:?}, mounts {mounts:?}, attachments {attached:?}, records {records:?}\n{}", self.agent.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Files named `name` anywhere under `dir`.
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(find_files(&p, name));
+        } else if e.file_name() == name {
+            found.push(p);
+        }
+    }
+    found
+}
+
+fn volume(name: &str, kind: pb::VolumeKind, mount_path: &str, params: &[(&str, &str)]) -> pb::VolumeSpec {
+    pb::VolumeSpec { name: name.into(), kind: kind as i32, mount_path: mount_path.into(), read_only: false, parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+}
+
+fn pod(name: &str, volumes: Vec<pb::VolumeSpec>, script: &str) -> pb::PodSpec {
+    pb::PodSpec { namespace: "default".into(), name: name.into(), cpu_millicores: 100, volumes, command: vec!["sh".into(), "-c".into(), script.into()], ..Default::default() }
+}
+
+async fn delete(client: &mut SchedulerClient<Channel>, name: &str) {
+    client.delete_pod(pb::DeletePodRequest { namespace: "default".into(), name: name.into() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_disk_nas_and_oss_volumes_writes_into_each_and_leaves_nothing_when_deleted() {
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces, loop devices, mounts)");
+        return;
+    }
+    let n = RunnerNode::start("10.88.0.0/16", "10.88.1.0/24").await;
+    let mut client = n.client().await;
+    let (fs_id, export) = n.nas().await;
+    let bucket = n.bucket("runner-objects");
+    let allocations_before = n.allocations().await;
+    // The disk is kept (not ephemeral) so it can be read back after the pod is gone.
+    let spec = pod(
+        "vols",
+        vec![
+            volume("data", pb::VolumeKind::Disk, "/data", &[("category", "cloud_essd"), ("size", "1Gi")]),
+            volume("shared", pb::VolumeKind::Nas, "/shared", &[("fileSystemId", &fs_id), ("ephemeral", "true")]),
+            volume("objects", pb::VolumeKind::Oss, "/objects", &[("bucket", "runner-objects"), ("ephemeral", "true")]),
+        ],
+        "echo on-disk > data/f.txt && echo on-nas > shared/f.txt && echo on-oss > objects/f.txt && touch written && exec sleep 300",
+    );
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    let st = wait_pod(&mut client, "vols", Duration::from_secs(60), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    assert_eq!(st.node, n.node);
+    let netns = runner_netns(&n.prefix);
+    assert_eq!(netns.len(), 1, "{netns:?}");
+    let dir = n.runner_dir().join("pods").join(&netns[0]);
+    eventually("the command's writes", Duration::from_secs(20), || dir.join("written").exists());
+
+    // The disk went through the agent's ledger and is attached to this node.
+    let attached = n.attachments().await;
+    assert_eq!(attached.len(), 1, "{attached:?}");
+    let disk_id = attached[0].disk_id.clone();
+    let disk = n.cloud.describe_disks(&berth_cloud::api::DiskFilter { ids: vec![disk_id.clone()], ..Default::default() }).await.unwrap();
+    assert_eq!(disk[0].instance_id.as_deref(), Some(n.node.as_str()), "attached to this node");
+    for v in ["data", "shared", "objects"] {
+        assert_eq!(mount_count(&dir.join(v)), 1, "{v} is published once in the pod's directory");
+    }
+    // The files are on the volumes: in the NAS export and the bucket of the local cloud.
+    let on_nas = find_files(&export, "f.txt");
+    assert_eq!(on_nas.len(), 1, "{on_nas:?}");
+    assert_eq!(std::fs::read_to_string(&on_nas[0]).unwrap(), "on-nas\n");
+    eventually("the object in the bucket", Duration::from_secs(10), || find_files(&bucket, "f.txt").len() == 1);
+    assert_eq!(std::fs::read_to_string(&find_files(&bucket, "f.txt")[0]).unwrap(), "on-oss\n");
+
+    delete(&mut client, "vols").await;
+    n.wait_nothing_left("the deleted pod left something").await;
+    assert_eq!(n.allocations().await, allocations_before, "the pod's IP went back");
+    assert!(!dir.exists(), "the pod's directory is gone");
+    // Ephemeral volumes are deleted; the kept disk is detached, not deleted.
+    assert!(find_files(&export, "f.txt").is_empty() && std::fs::read_dir(&export).unwrap().count() == 0, "the NAS volume is deleted");
+    eventually("the OSS volume's deletion", Duration::from_secs(10), || find_files(&bucket, "f.txt").is_empty());
+    let disk = n.cloud.describe_disks(&berth_cloud::api::DiskFilter { ids: vec![disk_id.clone()], ..Default::default() }).await.unwrap();
+    assert_eq!(disk.len(), 1, "the disk without `ephemeral` is kept");
+    assert!(disk[0].instance_id.is_none(), "and detached: {:?}", disk[0]);
+
+    // Mounted again by hand, the disk holds what the pod wrote.
+    let scratch = tempfile::tempdir().unwrap();
+    let _scratch_mounts = MountGuard(scratch.path().to_path_buf());
+    let cap = mount_cap("", csi::volume_capability::access_mode::Mode::SingleNodeWriter);
+    let (staging, target) = (scratch.path().join("staging"), scratch.path().join("target"));
+    let ctx = n.csi.controller().await.controller_publish_volume(csi::ControllerPublishVolumeRequest { volume_id: disk_id.clone(), node_id: n.node.clone(), volume_capability: Some(cap.clone()), ..Default::default() }).await.unwrap().into_inner().publish_context;
+    let mut node = n.csi.node().await;
+    node.node_stage_volume(csi::NodeStageVolumeRequest { volume_id: disk_id.clone(), publish_context: ctx.clone(), staging_target_path: staging.display().to_string(), volume_capability: Some(cap.clone()), ..Default::default() }).await.unwrap();
+    node.node_publish_volume(csi::NodePublishVolumeRequest { volume_id: disk_id.clone(), publish_context: ctx, staging_target_path: staging.display().to_string(), target_path: target.display().to_string(), volume_capability: Some(cap), ..Default::default() }).await.unwrap();
+    assert_eq!(std::fs::read_to_string(target.join("f.txt")).unwrap(), "on-disk\n", "the file is on the disk");
+    node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: disk_id.clone(), target_path: target.display().to_string() }).await.unwrap();
+    node.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: disk_id.clone(), staging_target_path: staging.display().to_string() }).await.unwrap();
+    n.csi.controller().await.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: disk_id.clone(), node_id: n.node.clone(), ..Default::default() }).await.unwrap();
+    n.csi.controller().await.delete_volume(csi::DeleteVolumeRequest { volume_id: disk_id, ..Default::default() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_adopts_its_running_pod_on_restart() {
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces, loop devices, mounts)");
+        return;
+    }
+    let mut n = RunnerNode::start("10.87.0.0/16", "10.87.1.0/24").await;
+    let mut client = n.client().await;
+    let spec = pod("stays", vec![volume("data", pb::VolumeKind::Disk, "/data", &[("ephemeral", "true")])], "echo $$ > data/pid && exec sleep 300");
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    let before = wait_pod(&mut client, "stays", Duration::from_secs(60), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    let netns = runner_netns(&n.prefix);
+    assert_eq!(netns.len(), 1, "{netns:?}");
+    let dir = n.runner_dir().join("pods").join(&netns[0]);
+    eventually("the pid file", Duration::from_secs(20), || std::fs::read_to_string(dir.join("data/pid")).is_ok_and(|s| s.ends_with('\n')));
+    let pid: i32 = std::fs::read_to_string(dir.join("data/pid")).unwrap().trim().parse().unwrap();
+    assert_eq!(netns_pids(&netns[0]), vec![pid], "the command runs in the pod's namespace");
+    let allocations = n.allocations().await;
+    let disk_id = n.attachments().await.first().expect("the disk is attached").disk_id.clone();
+
+    n.agent.kill9();
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the command outlives its agent");
+    n.agent.restart();
+    // A few reports later: the same pod, the same process, the same IP, nothing made twice.
+    let mut client = n.scheduler.client().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = wait_pod(&mut client, "stays", Duration::from_secs(20), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    assert_eq!(after.pod_ip, before.pod_ip);
+    assert_eq!(netns_pids(&netns[0]), vec![pid], "the command keeps its pid");
+    assert_eq!(n.allocations().await, allocations, "no second CNI ADD");
+    assert_eq!(mount_count(&dir.join("data")), 1, "no second mount");
+    assert_eq!(n.attachments().await.len(), 1);
+    assert!(n.agent.log().contains("adopted a pod"), "{}", n.agent.log());
+
+    // The adopted pod (its command no child of this agent) is still removed cleanly.
+    delete(&mut client, "stays").await;
+    n.wait_nothing_left("the adopted pod's removal left something").await;
+    eventually("the command's end", Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}/stat")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")));
+    let disks = n.cloud.describe_disks(&berth_cloud::api::DiskFilter { ids: vec![disk_id.clone()], ..Default::default() }).await.unwrap();
+    assert!(disks.is_empty(), "the ephemeral disk {disk_id} is deleted: {disks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_volume_cannot_be_made_fails_naming_it_and_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces, loop devices, mounts)");
+        return;
+    }
+    let n = RunnerNode::start("10.86.0.0/16", "10.86.1.0/24").await;
+    let mut client = n.client().await;
+    let (fs_id, export) = n.nas().await;
+    let allocations = n.allocations().await;
+    // The NAS volume is made first, then the disk is refused: the NAS volume is undone too.
+    let spec = pod(
+        "broken",
+        vec![volume("scratch", pb::VolumeKind::Nas, "/scratch", &[("fileSystemId", &fs_id), ("ephemeral", "true")]), volume("data", pb::VolumeKind::Disk, "/data", &[("category", "cloud_floppy")])],
+        "exec sleep 300",
+    );
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    let st = wait_pod(&mut client, "broken", Duration::from_secs(60), "Failed", |s| s.phase == pb::PodPhase::Failed as i32).await;
+    for word in ["\"data\"", "CreateVolume", "INVALID_ARGUMENT", "cloud_floppy"] {
+        assert!(st.message.contains(word), "the message names {word}: {}", st.message);
+    }
+    assert!(runner_netns(&n.prefix).is_empty(), "no namespace");
+    assert!(mounts_under(&n.runner_dir()).is_empty(), "no mount");
+    assert!(n.attachments().await.is_empty());
+    assert_eq!(n.allocations().await, allocations, "no IP taken");
+    assert_eq!(std::fs::read_dir(&export).unwrap().count(), 0, "the NAS volume made for it is deleted");
+    // Failed is final: later reports keep it so, nothing is retried.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = wait_pod(&mut client, "broken", Duration::from_secs(5), "Failed", |s| s.phase == pb::PodPhase::Failed as i32).await;
+    assert_eq!(again.message, st.message);
+    assert_eq!(n.agent.log().matches("pod failed to start").count(), 1, "not retried");
+    delete(&mut client, "broken").await;
+    n.wait_nothing_left("the failed pod's removal left something").await;
+}
