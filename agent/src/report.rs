@@ -106,9 +106,32 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
 }
 
 /// Streams reports until the process stops; a lost scheduler is retried with back-off (1 s up to
-/// 30 s). The scheduler's instructions go to the pod runner when it is on (removals first), and a
-/// report follows each; without a runner they are logged.
+/// 30 s). The scheduler's instructions go to the pod runner when it is on (removals first), one
+/// after the other on a worker of their own, so reports keep their period while a pod is set up
+/// (an attach may take a minute, longer than the scheduler's lease); a report follows each
+/// instruction done. Without a runner they are logged.
 pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, itype: InstanceType, settings: ReportSettings, runner: Option<Arc<PodRunner>>) {
+    let done = Arc::new(tokio::sync::Notify::new());
+    let work = runner.clone().map(|r| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<pb::NodeInstruction>();
+        let done = done.clone();
+        tokio::spawn(async move {
+            while let Some(i) = rx.recv().await {
+                let r = r.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for key in &i.remove {
+                        r.remove(key);
+                    }
+                    for spec in i.run {
+                        r.run(spec);
+                    }
+                })
+                .await;
+                done.notify_one();
+            }
+        });
+        tx
+    });
     let mut backoff = Duration::from_secs(1);
     loop {
         let first = report(&pool, &disks, &itype, &settings, runner.as_deref());
@@ -126,22 +149,15 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
                                 break;
                             }
                         }
+                        _ = done.notified() => {
+                            if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await {
+                                tracing::warn!(error = %e, "the report stream broke; reconnecting");
+                                break;
+                            }
+                        }
                         instruction = reporter.instruction() => match instruction {
-                            Ok(Some(i)) if (!i.run.is_empty() || !i.remove.is_empty()) && runner.is_some() => {
-                                let r = runner.clone().expect("checked");
-                                let _ = tokio::task::spawn_blocking(move || {
-                                    for key in &i.remove {
-                                        r.remove(key);
-                                    }
-                                    for spec in i.run {
-                                        r.run(spec);
-                                    }
-                                })
-                                .await;
-                                if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await {
-                                    tracing::warn!(error = %e, "the report stream broke; reconnecting");
-                                    break;
-                                }
+                            Ok(Some(i)) if (!i.run.is_empty() || !i.remove.is_empty()) && work.is_some() => {
+                                let _ = work.as_ref().expect("checked").send(i);
                             }
                             Ok(Some(i)) if !i.run.is_empty() || !i.remove.is_empty() => tracing::info!(run = i.run.len(), remove = i.remove.len(), "the scheduler bound pods to this node; the pod runner is off (runner.enabled)"),
                             Ok(Some(_)) => {}

@@ -353,7 +353,7 @@ impl PodRunner {
         let i = pod.rec.volumes.len() - 1;
         self.save(&pod.rec);
         let (volume_id, context) = match &plan.source {
-            Source::Create(req) => match csi.create(name, req.clone(), facts.topology.as_ref()) {
+            Source::Create(req) => match csi.create(name, (**req).clone(), facts.topology.as_ref()) {
                 Ok(v) => (v.volume_id, v.volume_context),
                 Err(e) => {
                     if refused(e.code) {
@@ -413,7 +413,7 @@ impl PodRunner {
             // Whatever of its group is left (the leader is still unreaped or its group lives on).
             signal_group(pgid, libc::SIGKILL);
             let _ = child.wait();
-        } else if let Some(p) = pod.rec.command.filter(|p| record::is_alive(p)) {
+        } else if let Some(p) = pod.rec.command.filter(record::is_alive) {
             // Adopted: not a child; watched through /proc.
             let group = record::leads_group(&p);
             let send = |s| if group { signal_group(p.pid, s) } else {
@@ -485,7 +485,7 @@ impl PodRunner {
                 // CreateVolume may have made it without the agent learning its ID: it is idempotent
                 // by name, so asking again names it (a refusal means there is none).
                 None => match volumes::plan(spec).ok().and_then(|ps| ps.into_iter().find(|p| p.name == name)).map(|p| p.source) {
-                    Some(Source::Create(req)) => match csi.create(&name, req, None) {
+                    Some(Source::Create(req)) => match csi.create(&name, *req, None) {
                         Ok(vol) => Some(vol.volume_id),
                         Err(e) if refused(e.code) => None,
                         Err(e) => return Err(e),

@@ -36,7 +36,7 @@ pub const RUNNER_KEYS: [&str; 4] = ["volumeId", "ephemeral", "size", "fsType"];
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// Made for the pod by CreateVolume (the request without its topology, which is the node's).
-    Create(csi::CreateVolumeRequest),
+    Create(Box<csi::CreateVolumeRequest>),
     /// An existing volume, by its ID.
     Existing(String),
 }
@@ -171,7 +171,7 @@ pub fn plan_volume(namespace: &str, pod: &str, v: &pb::VolumeSpec) -> Result<Vol
     let mut parameters: HashMap<String, String> = p.iter().filter(|(k, _)| !RUNNER_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
     parameters.insert("type".into(), kind_name.into());
     let request = csi::CreateVolumeRequest { name: csi_name(namespace, pod, &v.name), capacity_range, volume_capabilities: vec![capability.clone()], parameters, ..Default::default() };
-    Ok(VolumePlan { name: v.name.clone(), source: Source::Create(request), ephemeral, capability, read_only: v.read_only, mount_path })
+    Ok(VolumePlan { name: v.name.clone(), source: Source::Create(Box::new(request)), ephemeral, capability, read_only: v.read_only, mount_path })
 }
 
 /// The plans of a pod's volumes, parents before what is mounted inside them; names and mount
