@@ -590,7 +590,7 @@ impl PodRunner {
                         p.rec.command = None;
                         p.rec.state = RecordState::Ended { succeeded, message };
                         if let Err(e) = self.store.save(&p.rec) {
-                            tracing::warn!(pod = %p.rec.key, error = %e, "cannot write the pod's record");
+                            berth_daemon::limited!(warn, "runner-record", pod = %p.rec.key, error = %e, "cannot write the pod's record");
                         }
                     }
                 }
