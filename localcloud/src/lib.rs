@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod engine;
 pub mod faults;
+pub mod guest;
 pub mod metadata;
 pub mod oss;
 pub mod planes;

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use berth_localcloud::engine::{Engine, EngineConfig};
 use berth_localcloud::faults::Faults;
+use berth_localcloud::guest::image::GuestImage;
+use berth_localcloud::guest::supervisor::GuestContext;
+use berth_localcloud::guest::{self, GuestPlane};
 use berth_localcloud::{planes, server};
 use berth_daemon::logging;
 use berth_daemon::privileges::{self, Capability, Reach};
@@ -71,6 +74,10 @@ struct Serve {
     /// How long an attach, detach or instance start takes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     attach_delay_ms: u64,
+    /// Guest image (TOML): the services every Running instance runs, as a VM runs its image's
+    /// software (e.g. a Berth node: agent and CSI driver). Without it instances run nothing.
+    #[arg(long)]
+    image: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -84,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(s) => serve(s),
         Command::Down(d) => {
-            let planes = planes::build(&d.place.state_dir, &d.place.netns_prefix, false);
+            let planes = planes::build(&d.place.state_dir, &d.place.netns_prefix, false, None);
             Engine::teardown(&planes).map_err(anyhow::Error::msg)
         }
         Command::InitCredentials { path } => {
@@ -115,23 +122,50 @@ fn serve(s: Serve) -> anyhow::Result<()> {
     let credentials = berth_cloud::client::load_credentials(&s.credentials)?;
     let faults = Faults { latency_ms: s.latency_ms, throttle_rate: s.throttle_rate, attach_delay_ms: s.attach_delay_ms, ..Faults::default() };
     faults.validate().map_err(anyhow::Error::msg)?;
-    let planes = planes::build(&s.place.state_dir, &s.place.netns_prefix, s.no_dataplane);
+    // A bad image stops the start here, naming what is wrong.
+    let image = match &s.image {
+        Some(_) if s.no_dataplane => anyhow::bail!("--image needs the data plane: guests run against their instances' namespaces; drop --no-dataplane"),
+        Some(path) => Some(GuestImage::load(path)?),
+        None => None,
+    };
+    std::fs::create_dir_all(&s.place.state_dir).with_context(|| format!("creating {}", s.place.state_dir.display()))?;
+    // Guests run with another working directory: every path they are given is absolute.
+    let state_dir = std::fs::canonicalize(&s.place.state_dir).with_context(|| format!("resolving {}", s.place.state_dir.display()))?;
+    let credentials_path = std::fs::canonicalize(&s.credentials).with_context(|| format!("resolving {}", s.credentials.display()))?;
     let engine_credentials = credentials.clone();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let engine = Engine::open(EngineConfig { state_dir: s.place.state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults })
-            .with_context(|| format!("opening the state in {}", s.place.state_dir.display()))?;
+        // Bound before the engine opens: its first converge may start guests, which need both URLs.
         let oss = tokio::net::TcpListener::bind(s.oss_listen).await.with_context(|| format!("listening on {}", s.oss_listen))?;
         let oss_endpoint = format!("http://{}", oss.local_addr()?);
-        write_atomically(&s.place.state_dir.join("oss-endpoint"), &oss_endpoint)?;
-        tokio::spawn(berth_localcloud::oss::serve(oss, s.place.state_dir.join("oss"), engine_credentials.clone()));
+        let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("listening on {}", s.listen))?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let guests = match image {
+            Some(image) => {
+                let ctx = GuestContext {
+                    guests_dir: guest::guests_dir(&state_dir),
+                    netns_prefix: s.place.netns_prefix.clone(),
+                    region_id: s.region.clone(),
+                    cloud_endpoint: endpoint.clone(),
+                    oss_endpoint: oss_endpoint.clone(),
+                    credentials: credentials_path,
+                    nas_export_root: state_dir.join("nas"),
+                    metadata_url: format!("http://{}/latest/meta-data", berth_localcloud::metadata::IN_INSTANCE_ADDR),
+                };
+                Some(GuestPlane::start(image, ctx).context("starting the guest supervisor")?)
+            }
+            None => None,
+        };
+        let planes = planes::build(&state_dir, &s.place.netns_prefix, s.no_dataplane, guests);
+        let engine = Engine::open(EngineConfig { state_dir: state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults })
+            .with_context(|| format!("opening the state in {}", state_dir.display()))?;
+        write_atomically(&state_dir.join("oss-endpoint"), &oss_endpoint)?;
+        tokio::spawn(berth_localcloud::oss::serve(oss, state_dir.join("oss"), engine_credentials.clone()));
         if !s.no_dataplane {
             let netns = berth_localcloud::vpcnet::VpcNet::new(&s.place.netns_prefix);
             tokio::spawn(berth_localcloud::metadata::serve_in_instances(engine.clone(), move |id| netns.instance_netns_path(id)));
         }
-        let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("listening on {}", s.listen))?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        write_atomically(&s.place.state_dir.join("endpoint"), &endpoint)?;
+        write_atomically(&state_dir.join("endpoint"), &endpoint)?;
         println!("{endpoint}");
         tracing::info!(%endpoint, "serving");
         let shutdown = async {
