@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cni;
 pub mod csi;
+pub mod guest;
 pub mod pods;
 pub mod privileges;
 pub mod scheduler;
@@ -44,6 +45,9 @@ pub fn unique(tag: &str) -> String {
 pub struct LocalCloudOptions {
     /// Run without namespaces, veths and loop devices (API only).
     pub no_dataplane: bool,
+    /// A guest image (`--image`): what every Running instance runs, e.g. a
+    /// [`guest::NodeImage`]. `None`: instances run nothing.
+    pub image: Option<PathBuf>,
     pub extra_args: Vec<String>,
 }
 
@@ -91,6 +95,9 @@ impl LocalCloud {
             .stderr(std::fs::File::create(self.dir.path().join("localcloud.log")).unwrap());
         if self.options.no_dataplane {
             cmd.arg("--no-dataplane");
+        }
+        if let Some(image) = &self.options.image {
+            cmd.arg("--image").arg(image);
         }
         self.child = Some(cmd.spawn().expect("start berth-localcloud"));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -157,7 +164,7 @@ impl LocalCloud {
 impl Drop for LocalCloud {
     fn drop(&mut self) {
         self.kill();
-        // Remove every namespace, veth, loop device and link the planes made.
+        // Stop the instances' guests and remove every namespace, veth, loop device and link the planes made.
         let _ = Command::new(bin("berth-localcloud"))
             .arg("down")
             .arg("--state-dir").arg(self.state_dir())

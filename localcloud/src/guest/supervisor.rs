@@ -392,6 +392,9 @@ fn launch(id: &str, dir: &Path, spec: &GuestService, run: &mut ServiceRun, now: 
         Ok(proc) => {
             tracing::info!(instance = %id, service = %spec.name, pid = proc.pid, "started a guest service");
             let ready_by = spec.ready_file.as_ref().map(|_| now + Duration::from_secs(spec.ready_timeout_secs));
+            // Without a ready file, started is ready: the next service must not depend on
+            // whether a quick exit is seen before a tick sees it running.
+            run.ready |= spec.ready_file.is_none();
             run.state = RunState::Running { proc, since: now, ready_by };
         }
         Err(e) => {
