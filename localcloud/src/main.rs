@@ -107,9 +107,11 @@ fn main() -> anyhow::Result<()> {
 
 /// Namespaces, links, nftables, tc and BPF programs, loop devices (CAP_NET_ADMIN, CAP_SYS_ADMIN,
 /// CAP_NET_RAW), the state directory whatever its owner (CAP_DAC_OVERRIDE), and telling which
-/// processes live in an instance's namespaces (CAP_SYS_PTRACE). Only this process's sets shrink:
-/// the programs it runs (nft, an instance's software) start with what they need, as a VM's would.
-const KEPT_CAPABILITIES: [Capability; 5] = [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN, Capability::CAP_NET_RAW, Capability::CAP_DAC_OVERRIDE, Capability::CAP_SYS_PTRACE];
+/// processes live in an instance's namespaces (CAP_SYS_PTRACE), stopping a guest's processes
+/// whatever user they run as (CAP_KILL). Only this process's sets shrink: the programs it runs
+/// (nft, an instance's software) start with what they need, as a VM's would.
+const KEPT_CAPABILITIES: [Capability; 6] =
+    [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN, Capability::CAP_NET_RAW, Capability::CAP_DAC_OVERRIDE, Capability::CAP_SYS_PTRACE, Capability::CAP_KILL];
 
 fn serve(s: Serve) -> anyhow::Result<()> {
     // Before the runtime's threads exist, so that they inherit the reduced sets.
