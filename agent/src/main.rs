@@ -250,27 +250,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let grpc = tokio::spawn(server::serve(listener, pool.clone(), disks.clone(), cfg.api.allowed_uids.clone(), stopped(stop_rx.clone())));
     tokio::spawn(pool.clone().upkeep());
-    if !cfg.scheduler.endpoint.is_empty() {
-        let settings = berth_agent::report::ReportSettings {
-            endpoint: cfg.scheduler.endpoint.clone(),
-            every: Duration::from_secs(cfg.scheduler.report_secs),
-            pool: cfg.scheduler.pool.clone(),
-            labels: Default::default(),
-        };
-        let runner = match cfg.runner.enabled {
-            false => None,
-            true => Some(Arc::new(berth_agent::runner::PodRunner::new(berth_agent::runner::RunnerSettings {
-                node_netns: (!cfg.node.netns.is_empty()).then(|| PathBuf::from(&cfg.node.netns)),
-                cni_conf_dir: cfg.paths.cni_conf_dir.clone(),
-                cni_path: cfg.runner.cni_path.clone(),
-                netns_prefix: cfg.runner.netns_prefix.clone(),
-                node_name: pool.identity().instance_id.clone(),
-                state_dir: cfg.paths.state_dir.join("runner"),
-                csi_socket: Some(cfg.runner.csi_socket.clone()).filter(|p| !p.as_os_str().is_empty()),
-            })?)),
-        };
-        tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings, runner));
-    }
     {
         let disks = disks.clone();
         let every = Duration::from_secs(cfg.paths.reconcile_secs);
@@ -311,6 +290,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let text = format!("ready: {} idle IPs, {} allocated", s.idle, s.allocated);
     systemd::ready(&text);
     tracing::info!(socket = %cfg.api.socket.display(), conflist = %written.display(), ready_after_ms = started.elapsed().as_millis() as u64, "{text}");
+
+    // Capacity reports (and the pods the scheduler binds in return) only once an ADD can be
+    // served: a pod bound before the conflist exists would fail for nothing.
+    if !cfg.scheduler.endpoint.is_empty() {
+        let settings = berth_agent::report::ReportSettings {
+            endpoint: cfg.scheduler.endpoint.clone(),
+            every: Duration::from_secs(cfg.scheduler.report_secs),
+            pool: cfg.scheduler.pool.clone(),
+            labels: Default::default(),
+        };
+        let runner = match cfg.runner.enabled {
+            false => None,
+            true => Some(Arc::new(berth_agent::runner::PodRunner::new(berth_agent::runner::RunnerSettings {
+                node_netns: (!cfg.node.netns.is_empty()).then(|| PathBuf::from(&cfg.node.netns)),
+                cni_conf_dir: cfg.paths.cni_conf_dir.clone(),
+                cni_path: cfg.runner.cni_path.clone(),
+                netns_prefix: cfg.runner.netns_prefix.clone(),
+                node_name: pool.identity().instance_id.clone(),
+                state_dir: cfg.paths.state_dir.join("runner"),
+                csi_socket: Some(cfg.runner.csi_socket.clone()).filter(|p| !p.as_os_str().is_empty()),
+            })?)),
+        };
+        tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings, runner));
+    }
 
     if let Some(interval) = systemd::watchdog_interval() {
         let pool = pool.clone();
