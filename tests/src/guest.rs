@@ -43,13 +43,17 @@ fn agent_defaults(image_dir: &Path) -> Vec<(&'static str, String)> {
         ("--metrics-listen", String::new()),
         ("--runner-cni-path", crate::cni::cni_path()),
         ("--runner-netns-prefix", "{instance_id}-p".into()),
+        // The pod runner's volumes go through the node's own CSI driver.
+        ("--runner-csi-socket", "{dir}/csi.sock".into()),
     ]
 }
 
 fn csi_defaults(image_dir: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("--config", image_dir.join("csi.toml").display().to_string()),
-        ("--mode", "node".into()),
+        // Controller and node: the pod runner creates and publishes volumes through it (the
+        // controller publishes to this node's agent).
+        ("--mode", "all".into()),
         ("--endpoint", "unix://{dir}/csi.sock".into()),
         ("--state-dir", "{dir}/csi-state".into()),
         ("--cloud-endpoint", "{cloud_endpoint}".into()),
@@ -80,7 +84,7 @@ impl NodeImage {
     /// A Berth node: `berth-agent` for the instance (its namespace, the metadata service in it, the
     /// local cloud's API and credentials; socket, state, CNI config and release queue under the
     /// guest's directory `{dir}`; pod runner namespaces `{instance_id}-p…`), ready once it wrote
-    /// `{dir}/net.d/10-berth.conflist`; then `berth-csi --mode node` on `{dir}/csi.sock` against
+    /// `{dir}/net.d/10-berth.conflist`; then `berth-csi --mode all` on `{dir}/csi.sock` against
     /// that agent. `extra_agent_args` are added to the agent's flags (and replace a default flag
     /// they name), e.g. `--scheduler-endpoint URL --pod-runner true --node-pool NAME`.
     pub fn write(extra_agent_args: &[&str]) -> NodeImage {

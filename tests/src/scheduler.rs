@@ -15,14 +15,31 @@ use crate::bin;
 pub struct Scheduler {
     child: Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The scheduler's URL on a loopback port.
+pub fn url_of(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
 }
 
 impl Scheduler {
+    /// The autoscaler off: placement only.
     pub fn start(extra: &[&str]) -> Scheduler {
+        Self::start_on(free_port(), "[autoscaler]\nenabled = false\n", extra)
+    }
+
+    /// On `port` (agents may be told the URL before it listens: they reconnect), with `config` as
+    /// its scheduler.toml (e.g. node pools and a shortened autoscaler).
+    pub fn start_on(port: u16, config: &str, extra: &[&str]) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(dir.path().join("scheduler.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("scheduler.log")).unwrap();
         let child = Command::new(bin("berth-scheduler"))
             .arg("--config")
             .arg(dir.path().join("scheduler.toml"))
@@ -30,10 +47,15 @@ impl Scheduler {
             .args(extra)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
-        Scheduler { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+        Scheduler { child, url: url_of(port), dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
     }
 
     pub async fn client(&self) -> SchedulerClient<Channel> {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use berth_cloud::Cloud as _;
 use berth_proto::cluster::v1 as pb;
-use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
 use berth_tests::agent::unix_channel;
 use berth_tests::csi::mounts_under;
 use berth_tests::guest::{GuestLeftovers, NodeImage, guest_processes, process_runs};
+use berth_tests::scheduler::{Scheduler, netns_pids, runner_netns};
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, bin, is_root, unique};
 
 /// An image file in a directory of its own.
@@ -331,61 +331,6 @@ async fn down_stops_the_guests_of_a_killed_local_cloud() {
     assert!(!dir.exists(), "down left {}", dir.display());
 }
 
-/// A `berth-scheduler` on a free loopback port with its own state (autoscaler off), stopped when dropped.
-struct Scheduler {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Scheduler {
-    fn start() -> Scheduler {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("scheduler.toml"), "[autoscaler]\nenabled = false\n").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(bin("berth-scheduler"))
-            .arg("--config")
-            .arg(dir.path().join("scheduler.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Scheduler { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
-    }
-
-    async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
-        let t = Instant::now();
-        loop {
-            if let Ok(c) = SchedulerClient::connect(self.url.clone()).await {
-                return c;
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "berth-scheduler does not listen on {}", self.url);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Pids of the processes in the namespaces whose names start with `prefix`.
-fn pids_in_netns_with_prefix(prefix: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) {
-            let out = Command::new("ip").args(["netns", "pids", &name]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-            pids.extend(out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-        }
-    }
-    pids
-}
 
 /// What an autoscaler relies on: a new instance of a node image reports to the scheduler and runs
 /// the pods bound to it; deleting the instance takes its agent, driver and pods away.
@@ -395,7 +340,7 @@ async fn a_node_image_reports_to_the_scheduler_and_its_pods_go_with_the_instance
         eprintln!("skipped: needs root");
         return;
     }
-    let scheduler = Scheduler::start();
+    let scheduler = Scheduler::start(&[]);
     let image = NodeImage::write(&["--min-idle-ips", "1", "--max-idle-ips", "2", "--scheduler-endpoint", &scheduler.url, "--report-secs", "1", "--pod-runner", "true", "--node-pool", "guests"]);
     let lc = LocalCloud::start(LocalCloudOptions { image: Some(image.path.clone()), ..Default::default() });
     let cloud = lc.client();
@@ -416,8 +361,7 @@ async fn a_node_image_reports_to_the_scheduler_and_its_pods_go_with_the_instance
         assert!(Instant::now() < deadline, "the scheduler never heard of {id}\n{}", lc.guest_logs(&id));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The agent reports before it wrote its conflist, and its runner fails a pod bound meanwhile
-    // (no CNI config yet): submit once the node is ready.
+    // The agent reports only once it is ready, its conflist written.
     wait_until(&lc, &id, "the agent's conflist", Duration::from_secs(60), || lc.guest_dir(&id).join("net.d/10-berth.conflist").exists()).await;
     let spec = pb::PodSpec { namespace: "default".into(), name: "web".into(), cpu_millicores: 100, memory_bytes: 64 << 20, command: vec!["sleep".into(), "300".into()], ..Default::default() };
     client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
@@ -431,7 +375,7 @@ async fn a_node_image_reports_to_the_scheduler_and_its_pods_go_with_the_instance
         assert!(Instant::now() < deadline, "the pod never ran: {st:?}\n{}", lc.guest_logs(&id));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pod_pids = pids_in_netns_with_prefix(&pod_prefix);
+    let pod_pids = runner_netns(&pod_prefix).iter().flat_map(|n| netns_pids(n)).collect::<Vec<i32>>();
     assert!(!pod_pids.is_empty(), "no process in the runner's namespaces {pod_prefix}*");
     let mut pids: Vec<i32> = recorded_pids(&lc.guest_dir(&id)).into_iter().map(|(_, p)| p).collect();
     pids.extend(&pod_pids);

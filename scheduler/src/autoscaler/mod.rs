@@ -281,11 +281,21 @@ pub struct ScaleDownSettings {
 }
 
 /// Remembers since when each node has been under the threshold (a node above it starts over).
+///
+/// A node's utilisation is its scarcest resource's used share (IPs and disk slots included), from
+/// its report — except ENI slots, which count only as far as its pods ask for them: the node's
+/// shared pool keeps its own secondary ENIs, and an empty node still holds those.
 pub fn observe_utilisation(cluster: &mut Cluster, threshold: f64, now_ms: u64) {
     let ids: Vec<u32> = cluster.placement.nodes().map(|(i, _)| i).collect();
     for i in ids {
+        let requested_enis = match cluster.placement.node(i) {
+            Some(n) => n.pods.iter().filter_map(|k| cluster.pod(k)).map(|p| p.req.demand.eni_slots).sum::<u32>(),
+            None => continue,
+        };
         if let Some(n) = cluster.placement.node_mut(i) {
-            let under = n.health == Health::Ready && n.utilisation() < threshold;
+            let free = Resources { eni_slots: n.allocatable.eni_slots.saturating_sub(requested_enis), ..n.free };
+            let utilisation = n.allocatable.utilisation(&free);
+            let under = n.health == Health::Ready && utilisation < threshold;
             n.underused_since_ms = match (under, n.underused_since_ms) {
                 (true, Some(t)) => Some(t),
                 (true, None) => Some(now_ms),

@@ -103,6 +103,19 @@ fn an_idle_node_is_removed_after_the_period_when_its_pods_fit_elsewhere() {
 }
 
 #[test]
+fn the_eni_a_nodes_shared_pool_keeps_does_not_make_an_empty_node_busy() {
+    let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+    let s = ScaleDownSettings { utilisation_threshold: 0.5, underused_for_ms: 0 };
+    let pools = [pool("a", &["ecs.g7.large"], 10, 0)];
+    // Both secondary ENI slots hold the shared pool's ENIs; no pod runs on either node.
+    let pool_enis = pb::Resources { eni_slots: 0, ..caps(10, 16) };
+    c.report(&report("i-1", "a", "z1", pool_enis, 1, &[]), 0);
+    c.report(&report("i-2", "a", "z1", pool_enis, 1, &[]), 0);
+    observe_utilisation(&mut c, s.utilisation_threshold, 0);
+    assert_eq!(plan_scale_down(&c, &pools, &s, 1).len(), 1, "an empty node is idle whatever ENIs its pool keeps");
+}
+
+#[test]
 fn a_node_whose_pods_fit_nowhere_else_stays() {
     let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
     let s = ScaleDownSettings { utilisation_threshold: 0.5, underused_for_ms: 0 };
