@@ -214,17 +214,23 @@ impl HttpCloud {
                 return (Err(err), idempotent);
             }
         };
-        if (200..300).contains(&status) {
-            return (serde_json::from_slice::<T>(&body).map_err(|e| decode_error(action, &e, &body)), false);
+        decode_response(action, status, &body)
+    }
+}
+
+/// One answer of `action` decoded: a 2xx body as `T`, any other as the service's error body; with
+/// whether a failure may be retried. Pure, so that any body a service or a proxy sends is tested alone.
+pub fn decode_response<T: DeserializeOwned>(action: &str, status: u16, body: &[u8]) -> (Result<T>, bool) {
+    if (200..300).contains(&status) {
+        return (serde_json::from_slice::<T>(body).map_err(|e| decode_error(action, &e, body)), false);
+    }
+    match serde_json::from_slice::<wire::ErrorBody>(body) {
+        Ok(err) => {
+            let api = ApiError { action: action.into(), code: err.code, message: err.message, request_id: err.request_id, http_status: status };
+            let retry = api.is_retryable();
+            (Err(CloudError::Api(api)), retry)
         }
-        match serde_json::from_slice::<wire::ErrorBody>(&body) {
-            Ok(err) => {
-                let api = ApiError { action: action.into(), code: err.code, message: err.message, request_id: err.request_id, http_status: status };
-                let retry = api.is_retryable();
-                (Err(CloudError::Api(api)), retry)
-            }
-            Err(e) => (Err(decode_error(action, &e, &body)), status >= 500),
-        }
+        Err(e) => (Err(decode_error(action, &e, body)), status >= 500),
     }
 }
 
@@ -262,34 +268,6 @@ pub fn load_credentials(path: &Path) -> Result<Credentials> {
 
 fn token(t: Option<&str>) -> String {
     t.map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-fn parse_rule(p: &wire::Permission) -> Option<SecurityGroupRule> {
-    let direction = match p.direction.to_ascii_lowercase().as_str() {
-        "ingress" => Direction::Ingress,
-        "egress" => Direction::Egress,
-        _ => return None,
-    };
-    let protocol = match p.ip_protocol.to_ascii_lowercase().as_str() {
-        "tcp" => IpProtocol::Tcp,
-        "udp" => IpProtocol::Udp,
-        "icmp" => IpProtocol::Icmp,
-        "all" => IpProtocol::All,
-        _ => return None,
-    };
-    let ports = match p.port_range.split_once('/') {
-        Some(("-1", "-1")) | None => None,
-        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-    };
-    let peer = if direction == Direction::Ingress { &p.source_cidr_ip } else { &p.dest_cidr_ip };
-    Some(SecurityGroupRule {
-        direction,
-        protocol,
-        ports,
-        peer_cidr: peer.parse().ok()?,
-        policy: if p.policy.eq_ignore_ascii_case("drop") { Policy::Drop } else { Policy::Accept },
-        priority: p.priority.parse().ok()?,
-    })
 }
 
 fn rule_params(id: &str, rule: &SecurityGroupRule) -> Params {
@@ -369,22 +347,7 @@ impl Cloud for HttpCloud {
 
     async fn describe_vpcs(&self, id: Option<&str>) -> Result<Vec<Vpc>> {
         let r: wire::DescribeVpcsResponse = self.call("DescribeVpcs", Params::new().opt("VpcId", id).set("PageSize", 50)).await?;
-        r.vpcs
-            .items
-            .iter()
-            .map(|v| {
-                Ok(Vpc {
-                    id: v.vpc_id.clone(),
-                    name: v.vpc_name.clone(),
-                    cidr_block: v.cidr_block.parse().map_err(|_| decode_failure("DescribeVpcs", &v.cidr_block))?,
-                    ipv6_cidr_block: if v.ipv6_cidr_block.is_empty() {
-                        None
-                    } else {
-                        Some(v.ipv6_cidr_block.parse().map_err(|_| decode_failure("DescribeVpcs", &v.ipv6_cidr_block))?)
-                    },
-                })
-            })
-            .collect()
+        r.vpcs.items.iter().map(|v| v.to_model().ok_or_else(|| decode_failure("DescribeVpcs", &format!("{v:?}")))).collect()
     }
 
     async fn create_vswitch(&self, req: &CreateVSwitchRequest) -> Result<String> {
@@ -406,21 +369,8 @@ impl Cloud for HttpCloud {
             let p = Params::new().opt("VpcId", vpc_id).opt("VSwitchId", id).set("PageNumber", page).set("PageSize", 50);
             let r: wire::DescribeVSwitchesResponse = self.call("DescribeVSwitches", p).await?;
             let got = r.vswitches.items.len();
-            for v in r.vswitches.items {
-                let bad = |s: &str| decode_failure("DescribeVSwitches", s);
-                out.push(VSwitch {
-                    cidr_block: v.cidr_block.parse().map_err(|_| bad(&v.cidr_block))?,
-                    ipv6_cidr_block: if v.ipv6_cidr_block.is_empty() {
-                        None
-                    } else {
-                        Some(v.ipv6_cidr_block.parse().map_err(|_| bad(&v.ipv6_cidr_block))?)
-                    },
-                    id: v.vswitch_id,
-                    vpc_id: v.vpc_id,
-                    zone_id: v.zone_id,
-                    name: v.vswitch_name,
-                    available_ip_address_count: v.available_ip_address_count,
-                });
+            for v in &r.vswitches.items {
+                out.push(v.to_model().ok_or_else(|| decode_failure("DescribeVSwitches", &format!("{v:?}")))?);
             }
             if got < 50 || out.len() as u64 >= r.total_count {
                 return Ok(out);
@@ -452,7 +402,7 @@ impl Cloud for HttpCloud {
             .permissions
             .items
             .iter()
-            .map(|p| parse_rule(p).ok_or_else(|| decode_failure("DescribeSecurityGroupAttribute", &format!("{p:?}"))))
+            .map(|p| p.to_rule().ok_or_else(|| decode_failure("DescribeSecurityGroupAttribute", &format!("{p:?}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(SecurityGroup { id: r.security_group_id, vpc_id: r.vpc_id, name: r.security_group_name, rules })
     }
@@ -622,21 +572,7 @@ impl Cloud for HttpCloud {
     async fn describe_nas_file_systems(&self, id: Option<&str>) -> Result<Vec<NasFileSystem>> {
         let r: wire::DescribeFileSystemsResponse =
             self.call("DescribeFileSystems", Params::new().opt("FileSystemId", id).set("PageSize", 100)).await?;
-        Ok(r.file_systems
-            .items
-            .into_iter()
-            .map(|f| {
-                let target = f.mount_targets.items.first();
-                NasFileSystem {
-                    id: f.file_system_id,
-                    zone_id: f.zone_id,
-                    vpc_id: target.map(|t| t.vpc_id.clone()).unwrap_or_default(),
-                    protocol: f.protocol_type,
-                    mount_target: target.map(|t| t.mount_target_domain.clone()).unwrap_or_default(),
-                    capacity_gib: f.capacity,
-                }
-            })
-            .collect())
+        Ok(r.file_systems.items.iter().map(wire::FileSystemItem::to_model).collect())
     }
 
     async fn delete_nas_file_system(&self, id: &str) -> Result<()> {

@@ -420,6 +420,23 @@ pub struct VpcItem {
     pub status: String,
 }
 
+impl VpcItem {
+    /// `None` when a CIDR block is not one.
+    pub fn to_model(&self) -> Option<model::Vpc> {
+        Some(model::Vpc {
+            id: self.vpc_id.clone(),
+            name: self.vpc_name.clone(),
+            cidr_block: self.cidr_block.parse().ok()?,
+            ipv6_cidr_block: optional_block(&self.ipv6_cidr_block)?,
+        })
+    }
+}
+
+/// An IPv6 block that may be empty: `Some(None)` when empty, `None` when malformed.
+fn optional_block(text: &str) -> Option<Option<ipnetwork::Ipv6Network>> {
+    if text.is_empty() { Some(None) } else { text.parse().ok().map(Some) }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeVpcsResponse {
@@ -450,6 +467,21 @@ pub struct VSwitchItem {
     pub ipv6_cidr_block: String,
     pub available_ip_address_count: u64,
     pub status: String,
+}
+
+impl VSwitchItem {
+    /// `None` when a CIDR block is not one.
+    pub fn to_model(&self) -> Option<model::VSwitch> {
+        Some(model::VSwitch {
+            id: self.vswitch_id.clone(),
+            vpc_id: self.vpc_id.clone(),
+            zone_id: self.zone_id.clone(),
+            name: self.vswitch_name.clone(),
+            cidr_block: self.cidr_block.parse().ok()?,
+            ipv6_cidr_block: optional_block(&self.ipv6_cidr_block)?,
+            available_ip_address_count: self.available_ip_address_count,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -485,6 +517,38 @@ pub struct Permission {
     pub priority: String,
     /// `ingress` or `egress`.
     pub direction: String,
+}
+
+impl Permission {
+    /// The rule, or `None` when a field is not one Berth knows.
+    pub fn to_rule(&self) -> Option<model::SecurityGroupRule> {
+        use model::{Direction, IpProtocol, Policy};
+        let direction = match self.direction.to_ascii_lowercase().as_str() {
+            "ingress" => Direction::Ingress,
+            "egress" => Direction::Egress,
+            _ => return None,
+        };
+        let protocol = match self.ip_protocol.to_ascii_lowercase().as_str() {
+            "tcp" => IpProtocol::Tcp,
+            "udp" => IpProtocol::Udp,
+            "icmp" => IpProtocol::Icmp,
+            "all" => IpProtocol::All,
+            _ => return None,
+        };
+        let ports = match self.port_range.split_once('/') {
+            Some(("-1", "-1")) | None => None,
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+        };
+        let peer = if direction == Direction::Ingress { &self.source_cidr_ip } else { &self.dest_cidr_ip };
+        Some(model::SecurityGroupRule {
+            direction,
+            protocol,
+            ports,
+            peer_cidr: peer.parse().ok()?,
+            policy: if self.policy.eq_ignore_ascii_case("drop") { Policy::Drop } else { Policy::Accept },
+            priority: self.priority.parse().ok()?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -626,6 +690,21 @@ pub struct FileSystemItem {
     pub mount_targets: MountTargetList,
 }
 
+impl FileSystemItem {
+    /// The file system with its first mount target (a NAS file system Berth makes has one).
+    pub fn to_model(&self) -> model::NasFileSystem {
+        let target = self.mount_targets.items.first();
+        model::NasFileSystem {
+            id: self.file_system_id.clone(),
+            zone_id: self.zone_id.clone(),
+            vpc_id: target.map(|t| t.vpc_id.clone()).unwrap_or_default(),
+            protocol: self.protocol_type.clone(),
+            mount_target: target.map(|t| t.mount_target_domain.clone()).unwrap_or_default(),
+            capacity_gib: self.capacity,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeFileSystemsResponse {
@@ -697,6 +776,29 @@ mod tests {
         assert_eq!(Product::of("AssignPrivateIpAddresses"), Product::Ecs);
         assert_eq!(Product::of("CreateFileSystem"), Product::Nas);
         assert_eq!(Product::Ecs.version(), "2014-05-26");
+    }
+
+    #[test]
+    fn vpcs_vswitches_and_rules_refuse_what_is_not_theirs() {
+        let vpc = |cidr: &str, v6: &str| VpcItem { vpc_id: "vpc-1".into(), vpc_name: "n".into(), cidr_block: cidr.into(), ipv6_cidr_block: v6.into(), status: "Available".into() };
+        assert_eq!(vpc("10.0.0.0/16", "").to_model().unwrap().ipv6_cidr_block, None);
+        assert!(vpc("10.0.0.0/16", "fd00::/56").to_model().unwrap().ipv6_cidr_block.is_some());
+        assert!(vpc("10.0.0.0/33", "").to_model().is_none());
+        assert!(vpc("10.0.0.0/16", "10.0.0.0/8").to_model().is_none());
+        let rule = |ports: &str, priority: &str| Permission {
+            ip_protocol: "TCP".into(),
+            port_range: ports.into(),
+            source_cidr_ip: "0.0.0.0/0".into(),
+            dest_cidr_ip: String::new(),
+            policy: "Drop".into(),
+            priority: priority.into(),
+            direction: "ingress".into(),
+        };
+        let r = rule("80/443", "1").to_rule().unwrap();
+        assert_eq!((r.ports, r.policy, r.priority), (Some((80, 443)), model::Policy::Drop, 1));
+        assert_eq!(rule("-1/-1", "100").to_rule().unwrap().ports, None);
+        assert!(rule("70000/1", "1").to_rule().is_none());
+        assert!(rule("80/443", "300").to_rule().is_none());
     }
 
     #[test]

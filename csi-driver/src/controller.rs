@@ -76,6 +76,49 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// CreateVolume's checks before any cloud call: the name, the parameters and the capabilities.
+pub fn check_create_volume(req: &csi::CreateVolumeRequest) -> Result<VolumeSpec, Status> {
+    required(&req.name, "name")?;
+    let spec = VolumeSpec::parse(&req.parameters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    check_caps(spec.kind(), &req.volume_capabilities)?;
+    if req.volume_content_source.is_some() {
+        return Err(Status::invalid_argument("volume_content_source: creating from a snapshot or a volume is not supported (CLONE_VOLUME and snapshots are not advertised)"));
+    }
+    Ok(spec)
+}
+
+/// ControllerPublishVolume's checks: the volume and node IDs, and a capability the volume's kind serves.
+pub fn check_publish_volume(req: &csi::ControllerPublishVolumeRequest) -> Result<VolumeId, Status> {
+    required(&req.volume_id, "volume_id")?;
+    required(&req.node_id, "node_id")?;
+    let cap = req.volume_capability.as_ref().ok_or_else(|| Status::invalid_argument("volume_capability is missing"))?;
+    let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+    if let Some(why) = unsupported(id.kind(), cap) {
+        return Err(Status::invalid_argument(why));
+    }
+    Ok(id)
+}
+
+/// ValidateVolumeCapabilities' checks: the volume ID and at least one capability; with the reasons
+/// the capabilities that are not served are refused (empty: all are).
+pub fn check_validate_volume_capabilities(req: &csi::ValidateVolumeCapabilitiesRequest) -> Result<(VolumeId, Vec<String>), Status> {
+    required(&req.volume_id, "volume_id")?;
+    if req.volume_capabilities.is_empty() {
+        return Err(Status::invalid_argument("volume_capabilities is empty; give at least one"));
+    }
+    let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+    let refused = req.volume_capabilities.iter().filter_map(|c| unsupported(id.kind(), c)).collect();
+    Ok((id, refused))
+}
+
+/// ControllerExpandVolume's checks: the volume ID and the capacity range.
+pub fn check_expand_volume(req: &csi::ControllerExpandVolumeRequest) -> Result<(VolumeId, &csi::CapacityRange), Status> {
+    required(&req.volume_id, "volume_id")?;
+    let range = req.capacity_range.as_ref().ok_or_else(|| Status::invalid_argument("capacity_range is missing"))?;
+    let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+    Ok((id, range))
+}
+
 fn topology(zone: &str) -> csi::Topology {
     csi::Topology { segments: HashMap::from([(ZONE_KEY.to_string(), zone.to_string())]) }
 }
@@ -233,12 +276,7 @@ impl ControllerService {
 impl csi::controller_server::Controller for ControllerService {
     async fn create_volume(&self, request: Request<csi::CreateVolumeRequest>) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
-        required(&req.name, "name")?;
-        let spec = VolumeSpec::parse(&req.parameters).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        check_caps(spec.kind(), &req.volume_capabilities)?;
-        if req.volume_content_source.is_some() {
-            return Err(Status::invalid_argument("volume_content_source: creating from a snapshot or a volume is not supported (CLONE_VOLUME and snapshots are not advertised)"));
-        }
+        let spec = check_create_volume(&req)?;
         let _lock = self.0.lock("name", &req.name)?;
         let volume = match &spec {
             VolumeSpec::Disk { category, performance_level, zone } => self.create_disk(&req, category, performance_level.as_deref(), zone.as_ref()).await?,
@@ -287,13 +325,7 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn controller_publish_volume(&self, request: Request<csi::ControllerPublishVolumeRequest>) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        required(&req.volume_id, "volume_id")?;
-        required(&req.node_id, "node_id")?;
-        let cap = req.volume_capability.as_ref().ok_or_else(|| Status::invalid_argument("volume_capability is missing"))?;
-        let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
-        if let Some(why) = unsupported(id.kind(), cap) {
-            return Err(Status::invalid_argument(why));
-        }
+        let id = check_publish_volume(&req)?;
         let VolumeId::Disk { disk_id } = &id else {
             // NAS and OSS need no attach: the node mounts them.
             return Ok(Response::new(csi::ControllerPublishVolumeResponse::default()));
@@ -331,11 +363,7 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn validate_volume_capabilities(&self, request: Request<csi::ValidateVolumeCapabilitiesRequest>) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = request.into_inner();
-        required(&req.volume_id, "volume_id")?;
-        if req.volume_capabilities.is_empty() {
-            return Err(Status::invalid_argument("volume_capabilities is empty; give at least one"));
-        }
-        let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+        let (id, refused) = check_validate_volume_capabilities(&req)?;
         if let VolumeId::Disk { disk_id } = &id
             && self.find_disk(disk_id).await?.is_none()
         {
@@ -347,7 +375,6 @@ impl csi::controller_server::Controller for ControllerService {
         {
             return Err(Status::not_found(format!("NAS volume {id} does not exist")));
         }
-        let refused: Vec<String> = req.volume_capabilities.iter().filter_map(|c| unsupported(id.kind(), c)).collect();
         if !refused.is_empty() {
             return Ok(Response::new(csi::ValidateVolumeCapabilitiesResponse { confirmed: None, message: refused.join("; ") }));
         }
@@ -362,9 +389,7 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn controller_expand_volume(&self, request: Request<csi::ControllerExpandVolumeRequest>) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
-        required(&req.volume_id, "volume_id")?;
-        let range = req.capacity_range.as_ref().ok_or_else(|| Status::invalid_argument("capacity_range is missing"))?;
-        let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+        let (id, range) = check_expand_volume(&req)?;
         let VolumeId::Disk { disk_id } = &id else {
             return Ok(Response::new(csi::ControllerExpandVolumeResponse { capacity_bytes: range.required_bytes, node_expansion_required: false }));
         };

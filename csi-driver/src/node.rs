@@ -42,6 +42,23 @@ fn parse_id(id: &str) -> Result<VolumeId, Status> {
     VolumeId::parse(id).map_err(|e| Status::not_found(e.to_string()))
 }
 
+/// NodeStageVolume's checks: the volume ID, the staging path and the capability.
+pub fn check_stage_volume(req: &csi::NodeStageVolumeRequest) -> Result<(VolumeId, csi::VolumeCapability), Status> {
+    required(&req.volume_id, "volume_id")?;
+    required(&req.staging_target_path, "staging_target_path")?;
+    let cap = req.volume_capability.clone().ok_or_else(|| Status::invalid_argument("volume_capability is missing"))?;
+    Ok((parse_id(&req.volume_id)?, cap))
+}
+
+/// NodePublishVolume's checks: the volume ID, the target and staging paths and the capability.
+pub fn check_publish_volume(req: &csi::NodePublishVolumeRequest) -> Result<(VolumeId, csi::VolumeCapability), Status> {
+    required(&req.volume_id, "volume_id")?;
+    required(&req.target_path, "target_path")?;
+    let cap = req.volume_capability.clone().ok_or_else(|| Status::invalid_argument("volume_capability is missing"))?;
+    required(&req.staging_target_path, "staging_target_path (this driver stages volumes)")?;
+    Ok((parse_id(&req.volume_id)?, cap))
+}
+
 /// Runs blocking work (commands, mounts) off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?
@@ -181,10 +198,7 @@ impl NodeService {
 impl csi::node_server::Node for NodeService {
     async fn node_stage_volume(&self, request: Request<csi::NodeStageVolumeRequest>) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
-        required(&req.volume_id, "volume_id")?;
-        required(&req.staging_target_path, "staging_target_path")?;
-        let cap = req.volume_capability.clone().ok_or_else(|| Status::invalid_argument("volume_capability is missing"))?;
-        let id = parse_id(&req.volume_id)?;
+        let (id, cap) = check_stage_volume(&req)?;
         let lock = self.0.lock("volume", &req.volume_id)?;
         let d = self.0.clone();
         blocking(move || {
@@ -221,11 +235,7 @@ impl csi::node_server::Node for NodeService {
 
     async fn node_publish_volume(&self, request: Request<csi::NodePublishVolumeRequest>) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        required(&req.volume_id, "volume_id")?;
-        required(&req.target_path, "target_path")?;
-        let cap = req.volume_capability.clone().ok_or_else(|| Status::invalid_argument("volume_capability is missing"))?;
-        required(&req.staging_target_path, "staging_target_path (this driver stages volumes)")?;
-        let id = parse_id(&req.volume_id)?;
+        let (id, cap) = check_publish_volume(&req)?;
         let lock = self.0.lock("volume", &req.volume_id)?;
         let d = self.0.clone();
         blocking(move || {
