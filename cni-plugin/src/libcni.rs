@@ -75,9 +75,13 @@ pub fn exec(node_netns: Option<&Path>, cni_path: &str, plugin_type: &str, conf: 
     CniOutput { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
-/// The config one plugin of a conflist receives.
+/// The config one plugin of a conflist receives. An entry that is not an object is handed on as it
+/// is (add_list and del_list refuse such a list before running any plugin).
 pub fn plugin_conf(conflist: &serde_json::Value, index: usize, prev: Option<&serde_json::Value>) -> serde_json::Value {
     let mut conf = conflist["plugins"][index].clone();
+    if !conf.is_object() {
+        return conf;
+    }
     conf["name"] = conflist["name"].clone();
     conf["cniVersion"] = conflist["cniVersion"].clone();
     if let Some(p) = prev {
@@ -86,10 +90,21 @@ pub fn plugin_conf(conflist: &serde_json::Value, index: usize, prev: Option<&ser
     conf
 }
 
+/// The number of plugins of a conflist whose every entry is an object naming its plugin `type`.
+pub fn plugin_count(conflist: &serde_json::Value) -> Result<usize, CniOutput> {
+    let Some(plugins) = conflist["plugins"].as_array() else {
+        return Err(CniOutput::failed("the conflist has no \"plugins\" list; see the CNI spec's network configuration lists".into()));
+    };
+    if let Some((i, entry)) = plugins.iter().enumerate().find(|(_, p)| p["type"].as_str().is_none_or(str::is_empty)) {
+        return Err(CniOutput::failed(format!("plugin {i} of the conflist is {entry}, not an object with a \"type\"; fix the conflist")));
+    }
+    Ok(plugins.len())
+}
+
 /// ADD through every plugin of the list in order, as libcni does; the last result.
 pub fn add_list(node_netns: Option<&Path>, cni_path: &str, conflist: &serde_json::Value, inv: &Invocation<'_>) -> Result<serde_json::Value, CniOutput> {
     let mut prev: Option<serde_json::Value> = None;
-    for i in 0..conflist["plugins"].as_array().map_or(0, Vec::len) {
+    for i in 0..plugin_count(conflist)? {
         let conf = plugin_conf(conflist, i, prev.as_ref());
         let out = exec(node_netns, cni_path, conf["type"].as_str().unwrap_or_default(), &conf, &Invocation { command: "ADD", ..inv.clone() });
         if !out.ok {
@@ -102,8 +117,7 @@ pub fn add_list(node_netns: Option<&Path>, cni_path: &str, conflist: &serde_json
 
 /// DEL through every plugin in reverse order with the ADD result as prevResult.
 pub fn del_list(node_netns: Option<&Path>, cni_path: &str, conflist: &serde_json::Value, inv: &Invocation<'_>, prev: Option<&serde_json::Value>) -> Result<(), CniOutput> {
-    let n = conflist["plugins"].as_array().map_or(0, Vec::len);
-    for i in (0..n).rev() {
+    for i in (0..plugin_count(conflist)?).rev() {
         let conf = plugin_conf(conflist, i, prev);
         let out = exec(node_netns, cni_path, conf["type"].as_str().unwrap_or_default(), &conf, &Invocation { command: "DEL", ..inv.clone() });
         if !out.ok {
@@ -111,4 +125,25 @@ pub fn del_list(node_netns: Option<&Path>, cni_path: &str, conflist: &serde_json
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Found by the cni_config fuzz target: a plugin entry that is not an object panicked.
+    #[test]
+    fn a_plugin_entry_that_is_not_an_object_is_refused_without_panic() {
+        let list = json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [{"type": "berth"}, 1]});
+        assert_eq!(plugin_conf(&list, 1, None), json!(1));
+        assert_eq!(plugin_conf(&list, 0, None), json!({"type": "berth", "name": "pods", "cniVersion": "1.0.0"}));
+        let e = plugin_count(&list).unwrap_err();
+        assert!(e.stderr.contains("plugin 1") && !e.ok, "{}", e.stderr);
+        let inv = Invocation { command: "ADD", container_id: "c", netns: "/run/netns/x", ifname: "eth0", args: "" };
+        assert!(add_list(None, "/nonexistent", &list, &inv).unwrap_err().stderr.contains("plugin 1"), "refused before any plugin runs");
+        assert!(plugin_count(&json!({"name": "pods"})).unwrap_err().stderr.contains("\"plugins\""));
+        assert_eq!(plugin_count(&json!({"plugins": [{"type": "berth"}, {"type": "portmap"}]})).unwrap(), 2);
+    }
 }
