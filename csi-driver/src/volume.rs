@@ -222,8 +222,9 @@ pub fn disk_size_gib(range: Option<&csi::CapacityRange>, min: i64, max: i64) -> 
     if limit > 0 && limit < required {
         return Err(SizeError::LimitBelowRequired { required, limit });
     }
-    let gib = ((required + GIB - 1) / GIB).max(min);
-    if gib > max || (limit > 0 && gib * GIB > limit) {
+    // Rounded up without `required + GIB - 1`, which overflows near i64::MAX.
+    let gib = (required / GIB + i64::from(required % GIB != 0)).max(min);
+    if gib > max || (limit > 0 && gib.checked_mul(GIB).is_none_or(|bytes| bytes > limit)) {
         return Err(SizeError::OutOfRange { required, gib, min, max: if limit > 0 { (limit / GIB).min(max) } else { max } });
     }
     Ok(gib)
@@ -298,6 +299,18 @@ mod tests {
         assert!(matches!(disk_size_gib(Some(&r(11 * GIB, 0)), 1, 10), Err(SizeError::OutOfRange { .. })));
         assert!(matches!(disk_size_gib(Some(&r(0, GIB / 2)), 1, 10), Err(SizeError::OutOfRange { .. })), "the minimum does not fit the limit");
         assert!(disk_size_gib(Some(&r(-1, 0)), 1, 10).is_err());
+    }
+
+    /// Found reading the code for the csi_request fuzz target (its seed create-disk-huge-range):
+    /// a required size near i64::MAX overflowed while rounding up to GiB.
+    #[test]
+    fn the_largest_sizes_are_refused_without_overflow() {
+        let r = |req, lim| csi::CapacityRange { required_bytes: req, limit_bytes: lim };
+        assert!(matches!(disk_size_gib(Some(&r(i64::MAX, 0)), 1, 65_536), Err(SizeError::OutOfRange { gib, .. }) if gib == i64::MAX / GIB + 1));
+        assert!(matches!(disk_size_gib(Some(&r(i64::MAX, i64::MAX)), 1, 65_536), Err(SizeError::OutOfRange { .. })));
+        assert!(matches!(disk_size_gib(Some(&r(0, i64::MAX)), 1, i64::MAX), Ok(1)));
+        assert!(matches!(disk_size_gib(Some(&r(i64::MAX, i64::MAX)), 1, i64::MAX), Err(SizeError::OutOfRange { .. })), "a size whose bytes overflow is out of range");
+        assert_eq!(disk_size_gib(Some(&r(65_536 * GIB, 0)), 1, 65_536), Ok(65_536));
     }
 
     #[test]
