@@ -15,9 +15,8 @@ secs=${1:-300}
 [ $# -gt 0 ] && shift
 targets=${*:-"cni_config cni_env cloud_response csi_request"}
 work=${BERTH_FUZZ_WORK:-/tmp/berth-fuzz}
-# The sanitizer flags of cargo fuzz are nightly-only; with none, the -Z flags it still passes are
-# accepted by the stable compiler under RUSTC_BOOTSTRAP.
-export RUSTC_BOOTSTRAP=1
+# `--sanitizer none`: the sanitizers need nightly's -Z flags; without one cargo fuzz passes only
+# stable -C flags (sancov instrumentation, debug assertions), so the stable toolchain builds it.
 for t in $targets; do
     mkdir -p "$work/$t"
     seeds="corpus/$t"
