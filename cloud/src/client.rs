@@ -239,6 +239,18 @@ fn decode_error(action: &str, e: &serde_json::Error, body: &[u8]) -> CloudError 
     CloudError::Decode { action: action.into(), reason: e.to_string(), body }
 }
 
+/// The token of the next page of a listing, None after the last one. A service that answers the
+/// token it was sent would have the client list forever: that is a decoding failure.
+fn next_page(action: &str, sent: &str, answered: String) -> Result<Option<String>> {
+    if answered.is_empty() {
+        return Ok(None);
+    }
+    if answered == sent {
+        return Err(decode_failure(action, &format!("NextToken {answered:?} repeats the token of the page it answers")));
+    }
+    Ok(Some(answered))
+}
+
 fn decode_failure(action: &str, what: &str) -> CloudError {
     CloudError::Decode { action: action.into(), reason: format!("unexpected value: {what}"), body: String::new() }
 }
@@ -328,10 +340,10 @@ impl Cloud for HttpCloud {
             for i in &r.instances.items {
                 out.push(i.to_model().ok_or_else(|| decode_failure("DescribeInstances", &i.instance_id))?);
             }
-            if r.next_token.is_empty() {
-                return Ok(out);
+            match next_page("DescribeInstances", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(out),
             }
-            next = r.next_token;
         }
     }
 
@@ -453,10 +465,10 @@ impl Cloud for HttpCloud {
             for e in &r.network_interface_sets.items {
                 out.push(e.to_model().ok_or_else(|| decode_failure("DescribeNetworkInterfaces", &e.network_interface_id))?);
             }
-            if r.next_token.is_empty() {
-                return Ok(out);
+            match next_page("DescribeNetworkInterfaces", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(out),
             }
-            next = r.next_token;
         }
     }
 
@@ -535,10 +547,10 @@ impl Cloud for HttpCloud {
             for d in &r.disks.items {
                 out.push(d.to_model().ok_or_else(|| decode_failure("DescribeDisks", &d.disk_id))?);
             }
-            if r.next_token.is_empty() {
-                return Ok(out);
+            match next_page("DescribeDisks", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(out),
             }
-            next = r.next_token;
         }
     }
 
@@ -577,5 +589,19 @@ impl Cloud for HttpCloud {
 
     async fn delete_nas_file_system(&self, id: &str) -> Result<()> {
         self.call::<wire::RequestIdOnly>("DeleteFileSystem", Params::new().set("FileSystemId", id)).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_ends_on_an_empty_token_and_refuses_a_repeated_one() {
+        assert_eq!(next_page("DescribeDisks", "", String::new()).unwrap(), None);
+        assert_eq!(next_page("DescribeDisks", "", "t1".into()).unwrap().as_deref(), Some("t1"));
+        assert_eq!(next_page("DescribeDisks", "t1", "t2".into()).unwrap().as_deref(), Some("t2"));
+        let e = next_page("DescribeDisks", "t2", "t2".into()).unwrap_err();
+        assert!(e.to_string().contains("repeats"), "{e}");
     }
 }
