@@ -4,18 +4,25 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::config::CniConfig;
+
 pub const FILE_NAME: &str = "10-berth.conflist";
 
 /// The conflist: `berth` first, then the chained plugins the operator listed (e.g. `portmap`
 /// with the portMappings capability, `bandwidth` with the bandwidth capability). `berth` shapes
 /// pods itself and takes the bandwidth capability, unless the chain has the `bandwidth` plugin.
-pub fn render(name: &str, cni_version: &str, agent_socket: &Path, release_queue_dir: &Path, mtu: u32, chain: &[String]) -> String {
+/// With `cni.log_file` set, `berth` appends a line per command to it (`logFile`).
+pub fn render(cni: &CniConfig, agent_socket: &Path, release_queue_dir: &Path) -> String {
+    let (name, cni_version, chain) = (&cni.network_name, &cni.cni_version, &cni.chain);
     let mut plugins = vec![serde_json::json!({
         "type": "berth",
         "agentSocket": agent_socket,
         "releaseQueueDir": release_queue_dir,
-        "mtu": mtu,
+        "mtu": cni.mtu,
     })];
+    if !cni.log_file.as_os_str().is_empty() {
+        plugins[0]["logFile"] = serde_json::json!(cni.log_file);
+    }
     if !chain.iter().any(|p| p == "bandwidth") {
         plugins[0]["capabilities"] = serde_json::json!({ "bandwidth": true });
     }
@@ -49,14 +56,18 @@ mod tests {
 
     #[test]
     fn chains_with_capabilities() {
-        let text = render("pods", "1.0.0", Path::new("/run/berth/agent.sock"), Path::new("/q"), 1500, &["portmap".into(), "bandwidth".into()]);
+        let cni = CniConfig { network_name: "pods".into(), chain: vec!["portmap".into(), "bandwidth".into()], ..CniConfig::default() };
+        let text = render(&cni, Path::new("/run/berth/agent.sock"), Path::new("/q"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["plugins"][0]["type"], "berth");
         assert_eq!(v["plugins"][0]["agentSocket"], "/run/berth/agent.sock");
         assert_eq!(v["plugins"][1]["capabilities"]["portMappings"], true);
         assert_eq!(v["plugins"][2]["capabilities"]["bandwidth"], true);
         assert!(v["plugins"][0].get("capabilities").is_none(), "the chained plugin shapes, not berth");
-        let alone: serde_json::Value = serde_json::from_str(&render("pods", "1.0.0", Path::new("/s"), Path::new("/q"), 1500, &[])).unwrap();
+        assert!(v["plugins"][0].get("logFile").is_none(), "no plugin log unless asked");
+        let logged = CniConfig { log_file: "/var/log/berth/cni.log".into(), ..CniConfig::default() };
+        let alone: serde_json::Value = serde_json::from_str(&render(&logged, Path::new("/s"), Path::new("/q"))).unwrap();
         assert_eq!(alone["plugins"][0]["capabilities"]["bandwidth"], true);
+        assert_eq!(alone["plugins"][0]["logFile"], "/var/log/berth/cni.log");
     }
 }

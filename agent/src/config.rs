@@ -87,11 +87,13 @@ pub struct CniConfig {
     pub mtu: u32,
     /// Plugins chained after `berth` (e.g. "portmap", "bandwidth"); they must be in CNI_PATH.
     pub chain: Vec<String>,
+    /// Where `berth` appends one JSON line per command (its trace ID, outcome, time); empty: none.
+    pub log_file: PathBuf,
 }
 
 impl Default for CniConfig {
     fn default() -> Self {
-        CniConfig { network_name: "berth".into(), cni_version: "1.0.0".into(), mtu: 1500, chain: Vec::new() }
+        CniConfig { network_name: "berth".into(), cni_version: "1.0.0".into(), mtu: 1500, chain: Vec::new(), log_file: PathBuf::new() }
     }
 }
 

@@ -92,6 +92,9 @@ struct Args {
     runner_csi_socket: Option<PathBuf>,
     #[arg(long, env = "BERTH_DISK_ATTACH_TIMEOUT_SECS")]
     disk_attach_timeout_secs: Option<u64>,
+    /// Where the `berth` plugin appends a JSON line per command ("" for none).
+    #[arg(long, env = "BERTH_CNI_LOG_FILE")]
+    cni_log_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -128,6 +131,7 @@ impl Args {
         set!(c.scheduler.endpoint, self.scheduler_endpoint);
         set!(c.scheduler.report_secs, self.report_secs);
         set!(c.scheduler.pool, self.node_pool);
+        set!(c.cni.log_file, self.cni_log_file);
         set!(c.runner.enabled, self.pod_runner);
         set!(c.runner.cni_path, self.runner_cni_path);
         set!(c.runner.netns_prefix, self.runner_netns_prefix);
@@ -284,7 +288,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let conflist = cniconf::render(&cfg.cni.network_name, &cfg.cni.cni_version, &cfg.api.socket, &cfg.paths.release_queue_dir, cfg.cni.mtu, &cfg.cni.chain);
+    let conflist = cniconf::render(&cfg.cni, &cfg.api.socket, &cfg.paths.release_queue_dir);
     let written = cniconf::write(&cfg.paths.cni_conf_dir, &conflist).with_context(|| format!("writing the CNI config into {}", cfg.paths.cni_conf_dir.display()))?;
     let s = pool.status();
     let text = format!("ready: {} idle IPs, {} allocated", s.idle, s.allocated);

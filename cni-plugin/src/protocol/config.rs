@@ -82,6 +82,14 @@ impl NetConf {
         }
     }
 
+    /// Where to append one JSON line per command (`logFile`), when the config names one.
+    pub fn log_file(&self) -> Option<std::path::PathBuf> {
+        match self.other.get("logFile") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.into()),
+            _ => None,
+        }
+    }
+
     /// The `dns` object to put in the result, when the config has one.
     pub fn dns(&self) -> Option<&Value> {
         self.other.get("dns").filter(|d| d.is_object())
