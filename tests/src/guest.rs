@@ -204,3 +204,10 @@ impl Drop for GuestLeftovers {
         drop(crate::csi::MountGuard(self.guests_dir.clone()));
     }
 }
+
+/// The services of a guest that run, by name, with their pids (from its `guest.json`).
+pub fn recorded_pids(dir: &Path) -> Vec<(String, i32)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("guest.json")) else { return Vec::new() };
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    doc["services"].as_array().into_iter().flatten().filter(|s| s["finished"].is_null()).map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s["pid"].as_i64().unwrap_or(0) as i32)).collect()
+}

@@ -82,17 +82,22 @@ impl LocalCloud {
 
     fn spawn(&mut self) {
         let endpoint_file = self.state_dir().join("endpoint");
+        // A restart listens where the first start did: its clients (and its guests) keep their URLs.
+        let listen = self.endpoint.strip_prefix("http://").unwrap_or("127.0.0.1:0").to_string();
+        let oss_listen = std::fs::read_to_string(self.state_dir().join("oss-endpoint")).ok().and_then(|u| u.trim().strip_prefix("http://").map(str::to_string)).unwrap_or_else(|| "127.0.0.1:0".into());
         let _ = std::fs::remove_file(&endpoint_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("localcloud.log")).unwrap();
         let mut cmd = Command::new(bin("berth-localcloud"));
         cmd.arg("serve")
-            .arg("--listen").arg("127.0.0.1:0")
+            .arg("--listen").arg(&listen)
+            .arg("--oss-listen").arg(&oss_listen)
             .arg("--state-dir").arg(self.state_dir())
             .arg("--credentials").arg(self.dir.path().join("credentials.json"))
             .arg("--netns-prefix").arg(&self.prefix)
             .args(&self.options.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("localcloud.log")).unwrap());
+            .stderr(log);
         if self.options.no_dataplane {
             cmd.arg("--no-dataplane");
         }

@@ -16,6 +16,8 @@ pub struct Scheduler {
     child: Child,
     pub url: String,
     dir: tempfile::TempDir,
+    port: u16,
+    extra: Vec<String>,
 }
 
 /// A free loopback port.
@@ -39,19 +41,31 @@ impl Scheduler {
     pub fn start_on(port: u16, config: &str, extra: &[&str]) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("scheduler.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("scheduler.log")).unwrap();
-        let child = Command::new(bin("berth-scheduler"))
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(dir.path(), port, &extra);
+        Scheduler { child, url: url_of(port), dir, port, extra }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16, extra: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("scheduler.log")).unwrap();
+        Command::new(bin("berth-scheduler"))
             .arg("--config")
-            .arg(dir.path().join("scheduler.toml"))
+            .arg(dir.join("scheduler.toml"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        Scheduler { child, url: url_of(port), dir }
+            .unwrap()
+    }
+
+    /// SIGKILL, then the same scheduler again: same port, config and state.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), self.port, &self.extra);
     }
 
     pub fn log(&self) -> String {

@@ -12,7 +12,7 @@ use berth_cloud::Cloud as _;
 use berth_proto::cluster::v1 as pb;
 use berth_tests::agent::unix_channel;
 use berth_tests::csi::mounts_under;
-use berth_tests::guest::{GuestLeftovers, NodeImage, guest_processes, process_runs};
+use berth_tests::guest::{GuestLeftovers, NodeImage, guest_processes, process_runs, recorded_pids};
 use berth_tests::scheduler::{Scheduler, netns_pids, runner_netns};
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, bin, is_root, unique};
 
@@ -34,11 +34,6 @@ async fn wait_until(lc: &LocalCloud, instance: &str, what: &str, timeout: Durati
 }
 
 /// The services' pids in the guest's record, by name.
-fn recorded_pids(dir: &Path) -> Vec<(String, i32)> {
-    let Ok(text) = std::fs::read_to_string(dir.join("guest.json")) else { return Vec::new() };
-    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    doc["services"].as_array().into_iter().flatten().filter(|s| s["finished"].is_null()).map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s["pid"].as_i64().unwrap_or(0) as i32)).collect()
-}
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
