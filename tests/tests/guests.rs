@@ -33,8 +33,6 @@ async fn wait_until(lc: &LocalCloud, instance: &str, what: &str, timeout: Durati
     }
 }
 
-/// The services' pids in the guest's record, by name.
-
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
 }
