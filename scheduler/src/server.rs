@@ -352,6 +352,29 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
     }
 }
 
+/// Counts the pools' instances the cloud has and the scheduler does not know (after a restart it
+/// knows nodes only by their reports) as requested nodes, so the first plans neither add a pool's
+/// minimum again nor exceed its maximum; those that never report are deleted after
+/// `node_boot_timeout_secs`, as any requested node.
+pub async fn adopt_pool_instances<P: NodeProvisioner>(shared: &Shared, provisioner: &P) -> Result<usize, String> {
+    let mut found = Vec::new();
+    for pool in &shared.cfg.pool {
+        found.extend(provisioner.list(pool).await?.into_iter().map(|i| (pool.name.clone(), i)));
+    }
+    let now = now_ms();
+    let mut core = shared.core();
+    let mut events = Vec::new();
+    for (pool, i) in found {
+        let known = core.cluster.placement.index_of(&i.instance_id).is_some() || core.cluster.requested.contains_key(&i.instance_id);
+        if !known {
+            events.extend(core.cluster.request_node(RequestedNode { instance_id: i.instance_id, pool, instance_type: i.instance_type, zone_id: i.zone_id, vswitch_id: i.vswitch_id, requested_at_ms: now }));
+        }
+    }
+    let adopted = events.len();
+    core.commit(&events).map_err(|e| e.message().to_string())?;
+    Ok(adopted)
+}
+
 /// Serves the API on `listener` and runs the loops until `shutdown` resolves.
 pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<P>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
     let tick = Duration::from_millis(shared.cfg.placement.tick_ms);
@@ -373,8 +396,22 @@ pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<
             Some(tokio::spawn(async move {
                 let mut iv = tokio::time::interval(every);
                 iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut adopted = false;
                 loop {
                     iv.tick().await;
+                    // No plan before the pools' existing instances are counted.
+                    if !adopted {
+                        match adopt_pool_instances(&shared, &p).await {
+                            Ok(n) => {
+                                tracing::info!(instances = n, "the pools' existing instances counted");
+                                adopted = true;
+                            }
+                            Err(e) => {
+                                berth_daemon::limited!(warn, "adopt-instances", error = %e, "cannot list the pools' instances; not scaling until it can");
+                                continue;
+                            }
+                        }
+                    }
                     autoscale_once(&shared, &p).await;
                 }
             }))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
-use berth_scheduler::autoscaler::driver::NodeProvisioner;
+use berth_scheduler::autoscaler::driver::{NodeProvisioner, PoolInstance};
 use berth_scheduler::autoscaler::{NodePool, PoolVSwitch, ScaleUpPlan};
 use berth_scheduler::client::NodeReporter;
 use berth_scheduler::config::SchedulerConfig;
@@ -24,6 +24,8 @@ struct RecordingProvisioner {
     /// RunInstances fails for this pool (as with an exhausted quota).
     failing_pool: Option<String>,
     failed: Arc<Mutex<u32>>,
+    /// Instances the cloud lists for every pool (made before a restart).
+    existing: Vec<String>,
 }
 
 impl NodeProvisioner for RecordingProvisioner {
@@ -41,6 +43,11 @@ impl NodeProvisioner for RecordingProvisioner {
     async fn delete(&self, ids: &[String]) -> Result<(), String> {
         self.deleted.lock().unwrap().extend(ids.iter().cloned());
         Ok(())
+    }
+
+    async fn list(&self, pool: &NodePool) -> Result<Vec<PoolInstance>, String> {
+        let vsw = &pool.vswitches[0];
+        Ok(self.existing.iter().map(|id| PoolInstance { instance_id: id.clone(), instance_type: pool.instance_types[0].clone(), zone_id: vsw.zone.clone(), vswitch_id: vsw.id.clone() }).collect())
     }
 }
 
@@ -292,6 +299,34 @@ async fn a_restarted_scheduler_keeps_pods_bindings_and_requested_nodes() {
     wait_for("every pod running", Duration::from_secs(5), || a.running() == 2 && new.running() == 2).await;
     a.kill();
     new.kill();
+    s.stop().await;
+}
+
+/// A scheduler that starts (or restarts: it keeps no nodes, only their reports) while its pool's
+/// instances exist counts them before it plans: no second minimum, nothing beyond the maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_scheduler_counts_the_pools_instances_before_it_plans() {
+    let mut cfg = config();
+    cfg.pool[0].min_nodes = 2;
+    cfg.pool[0].max_nodes = 2;
+    let provisioner = RecordingProvisioner { existing: vec!["i-old-1".into(), "i-old-2".into()], ..Default::default() };
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), Some(provisioner.clone())).await;
+    let mut c = s.client().await;
+    // Pods that fit nowhere yet: the instances are booting, not missing.
+    for i in 0..3 {
+        c.submit_pod(pb::SubmitPodRequest { spec: Some(pb::PodSpec { namespace: "d".into(), name: format!("p{i}"), cpu_millicores: 100, ..Default::default() }) }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(provisioner.created.lock().unwrap().is_empty(), "created {:?} while the pool's instances exist", provisioner.created.lock().unwrap());
+    // They report: the pods land on them.
+    let _a = FakeNode::start(&s.url(), "i-old-1", 10).await;
+    let _b = FakeNode::start(&s.url(), "i-old-2", 10).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pods(&mut c).await.iter().any(|p| p.node.is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "pods not bound: {:?}", pods(&mut c).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(provisioner.created.lock().unwrap().is_empty());
     s.stop().await;
 }
 

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod e2e;
 pub mod csi;
 pub mod guest;
 pub mod pods;

@@ -8,120 +8,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use berth_cloud::Cloud as _;
-use berth_cloud::api::{CreateDiskRequest, InstanceFilter};
+use berth_cloud::api::CreateDiskRequest;
 use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
-use berth_tests::guest::{GuestLeftovers, NodeImage};
-use berth_tests::scheduler::{Scheduler, free_port, url_of};
-use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
+use berth_tests::e2e::{Cluster, cluster, is, name, netns_of, pods, ready_nodes, sleeper};
+use berth_tests::guest::GuestLeftovers;
+use berth_tests::{is_root, wait_for};
 use tonic::transport::Channel;
-
-/// A cluster: the local cloud booting the node image, a sample VPC, the scheduler with one pool.
-struct Cluster {
-    /// In the names of the pods' namespaces (`<tag><instance>-p…`), unique to this test.
-    tag: String,
-    scheduler: Scheduler,
-    lc: LocalCloud,
-    net: SampleNet,
-    _image: NodeImage,
-}
-
-/// `pool` of `instance_type`, `min`..`max` nodes; pods pending 2 s ask for a node; a node idle
-/// `idle_secs` goes.
-async fn cluster(pool: &str, instance_type: &str, min: u32, max: u32, idle_secs: u64, cidr: (&str, &str)) -> Cluster {
-    let port = free_port();
-    let tag = berth_tests::unique("as");
-    let runner_prefix = format!("{tag}{{instance_id}}-p");
-    let image = NodeImage::write(&["--min-idle-ips", "1", "--max-idle-ips", "6", "--scheduler-endpoint", &url_of(port), "--report-secs", "1", "--pod-runner", "true", "--node-pool", pool, "--runner-netns-prefix", &runner_prefix, "--reconcile-secs", "2"]);
-    let lc = LocalCloud::start(LocalCloudOptions { image: Some(image.path.clone()), ..Default::default() });
-    let cloud = lc.client();
-    let net = SampleNet::create(&cloud, cidr.0, cidr.1).await;
-    net.open_to(&cloud, cidr.0).await;
-    let config = format!(
-        "[placement]\nlease_secs = 15\ntick_ms = 100\n\n\
-         [autoscaler]\nenabled = true\npending_threshold_secs = 2\nscale_down_utilisation = 0.5\nscale_down_after_secs = {idle_secs}\nnode_boot_timeout_secs = 120\ninterval_ms = 250\n\n\
-         [cloud]\nendpoint = \"{}\"\nregion = \"local-1\"\ncredentials_file = \"{}\"\n\n\
-         [[pool]]\nname = \"{pool}\"\ninstance_types = [\"{instance_type}\"]\nvswitches = [{{ id = \"{}\", zone = \"local-1a\" }}]\nsecurity_group_ids = [\"{}\"]\nmin_nodes = {min}\nmax_nodes = {max}\n",
-        lc.endpoint,
-        lc.dir.path().join("credentials.json").display(),
-        net.vsw,
-        net.sg,
-    );
-    let scheduler = Scheduler::start_on(port, &config, &[]);
-    Cluster { tag, scheduler, lc, net, _image: image }
-}
-
-impl Cluster {
-    /// The pool's instances in the cloud.
-    async fn instances(&self) -> Vec<String> {
-        let filter = InstanceFilter { vpc_id: Some(self.net.vpc.clone()), ..Default::default() };
-        let mut ids: Vec<String> = self.lc.client().describe_instances(&filter).await.expect("DescribeInstances").into_iter().map(|i| i.id).collect();
-        ids.sort();
-        ids
-    }
-
-    fn logs(&self, ids: &[String]) -> String {
-        let guests: Vec<String> = ids.iter().map(|id| format!("--- guest {id}\n{}", self.lc.guest_logs(id))).collect();
-        format!("--- scheduler\n{}\n{}", self.scheduler.log(), guests.join("\n"))
-    }
-}
-
-/// Nodes the scheduler has heard from (Ready), by instance ID.
-async fn ready_nodes(client: &mut SchedulerClient<Channel>) -> BTreeMap<String, pb::NodeReport> {
-    let nodes = client.list_nodes(pb::ListNodesRequest {}).await.expect("ListNodes").into_inner().nodes;
-    nodes
-        .into_iter()
-        .filter(|n| n.state == "Ready")
-        .filter_map(|n| {
-            let r = n.last_report?;
-            Some((r.identity.clone()?.instance_id, r))
-        })
-        .collect()
-}
-
-async fn pods(client: &mut SchedulerClient<Channel>) -> Vec<pb::PodStatus> {
-    client.list_pods(pb::ListPodsRequest { namespace: String::new() }).await.expect("ListPods").into_inner().pods
-}
-
-fn name(p: &pb::PodStatus) -> String {
-    p.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default()
-}
-
-fn is(p: &pb::PodStatus, phase: pb::PodPhase) -> bool {
-    p.phase == phase as i32
-}
-
-/// Waits for `what` (checked every 250 ms) up to `timeout`; the cluster's logs on failure.
-macro_rules! wait_for {
-    ($c:expr, $timeout:expr, $what:expr, $check:expr) => {{
-        let deadline = Instant::now() + $timeout;
-        loop {
-            if let Some(v) = $check {
-                break v;
-            }
-            if Instant::now() > deadline {
-                let ids = $c.instances().await;
-                panic!("not within {:?}: {}\n{}", $timeout, $what, $c.logs(&ids));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }};
-}
-
-/// The namespace of the runner's pod with `ip` on `node`.
-fn netns_of(c: &Cluster, node: &str, ip: &str) -> String {
-    for ns in berth_tests::scheduler::runner_netns(&format!("{}{node}-p", c.tag)) {
-        let out = std::process::Command::new("ip").args(["-n", &ns, "-4", "-o", "addr"]).output().expect("ip addr");
-        if String::from_utf8_lossy(&out.stdout).contains(&format!(" {ip}/")) {
-            return ns;
-        }
-    }
-    panic!("no namespace of {node} holds {ip}");
-}
-
-fn sleeper(name: &str) -> pb::PodSpec {
-    pb::PodSpec { namespace: "default".into(), name: name.into(), cpu_millicores: 100, memory_bytes: 32 << 20, command: vec!["sleep".into(), "600".into()], ..Default::default() }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_beyond_the_nodes_ips_bring_a_new_instance_which_goes_once_they_are_deleted() {
@@ -131,7 +24,7 @@ async fn pods_beyond_the_nodes_ips_bring_a_new_instance_which_goes_once_they_are
     }
     // ecs.t6-c1m2.large: 2 vCPU, 4 GiB, one secondary ENI of 6 IPs, its primary IP the ENI's own:
     // 5 pods by IPs, 20 by CPU.
-    let c = cluster("small", "ecs.t6-c1m2.large", 2, 3, 6, ("10.86.0.0/16", "10.86.1.0/24")).await;
+    let c = cluster("small", "ecs.t6-c1m2.large", 2, 3, 6, ("10.86.0.0/16", "10.86.1.0/24"), &[]).await;
     let _leftovers = GuestLeftovers::new(&c.lc, &c.tag);
     let mut client = c.scheduler.client().await;
 
@@ -198,7 +91,7 @@ async fn a_pod_wanting_a_disk_where_no_disk_slot_is_left_brings_a_new_instance()
         eprintln!("skipped: needs root");
         return;
     }
-    let c = cluster("disks", "ecs.c7.large", 1, 2, 600, ("10.85.0.0/16", "10.85.1.0/24")).await;
+    let c = cluster("disks", "ecs.c7.large", 1, 2, 600, ("10.85.0.0/16", "10.85.1.0/24"), &[]).await;
     let _leftovers = GuestLeftovers::new(&c.lc, &c.tag);
     let mut client = c.scheduler.client().await;
     let (first, _) = wait_for!(c, Duration::from_secs(90), "the pool's node reporting", ready_nodes(&mut client).await.into_iter().next());

@@ -165,6 +165,29 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
     }
 }
 
+/// How often a pod whose set-up failed for a passing reason is tried, and the back-off (times the
+/// attempt) between tries: 1 + 2 + 3 + 4 + 5 s at most.
+const TRANSIENT_ATTEMPTS: u32 = 6;
+const TRANSIENT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A set-up failure that another try may not meet.
+#[derive(Debug)]
+struct Transient(String);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Transient {}
+
+/// Whether a plugin's error document says to try again: CNI code 11 (try again later) or 50 (the
+/// plugin cannot serve an ADD now).
+fn cni_error_is_transient(stdout: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(stdout.trim()).ok().and_then(|v| v["code"].as_u64()).is_some_and(|c| c == 11 || c == 50)
+}
+
 /// A CSI status that says the call was refused, so it made nothing.
 fn refused(code: tonic::Code) -> bool {
     use tonic::Code::*;
@@ -250,22 +273,35 @@ impl PodRunner {
             ip: String::new(),
             command: None,
         };
+        let fresh = rec.clone();
         let mut pod = RunningPod { spec, rec, child: None, stale: None, leftovers: String::new() };
-        match self.start(&mut pod) {
-            Ok(()) => {
-                pod.rec.state = RecordState::Running;
-                tracing::info!(pod = %key, ip = %pod.rec.ip, "pod running");
-            }
-            Err(e) => {
-                let mut message = format!("{e:#}");
-                tracing::warn!(pod = %key, error = %message, "pod failed to start; undoing its set-up");
-                let left = self.teardown(&mut pod, true);
-                if !left.is_empty() {
-                    message.push_str(&format!("; not undone yet: {}", left.join("; ")));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.start(&mut pod) {
+                Ok(()) => {
+                    pod.rec.state = RecordState::Running;
+                    tracing::info!(pod = %key, ip = %pod.rec.ip, "pod running");
                 }
-                message.push_str(" (not retried on this node: delete the pod and submit it again)");
-                pod.rec.state = RecordState::Failed { message };
+                Err(e) => {
+                    let mut message = format!("{e:#}");
+                    tracing::warn!(pod = %key, error = %message, attempt, "pod failed to start; undoing its set-up");
+                    let left = self.teardown(&mut pod, true);
+                    // What says "try again later" (the agent's pool growing, the metadata service
+                    // restarting) is tried again, as a kubelet retries a sandbox.
+                    if left.is_empty() && e.is::<Transient>() && attempt < TRANSIENT_ATTEMPTS {
+                        std::thread::sleep(TRANSIENT_BACKOFF * attempt);
+                        pod.rec = fresh.clone();
+                        continue;
+                    }
+                    if !left.is_empty() {
+                        message.push_str(&format!("; not undone yet: {}", left.join("; ")));
+                    }
+                    message.push_str(" (not retried on this node: delete the pod and submit it again)");
+                    pod.rec.state = RecordState::Failed { message };
+                }
             }
+            break;
         }
         self.save(&pod.rec);
         self.pods().insert(key, pod);
@@ -303,7 +339,10 @@ impl PodRunner {
         let netns = format!("/run/netns/{}", pod.rec.netns);
         let args = cni_args(&pod.spec);
         let inv = Invocation { command: "ADD", container_id: &pod.rec.container_id, netns: &netns, ifname: "eth0", args: &args };
-        let result = libcni::add_list(self.settings.node_netns.as_deref(), &self.settings.cni_path, &conflist, &inv).map_err(|out| anyhow::anyhow!("CNI ADD failed: {}{}", out.stdout.trim(), out.stderr.trim()))?;
+        let result = libcni::add_list(self.settings.node_netns.as_deref(), &self.settings.cni_path, &conflist, &inv).map_err(|out| {
+            let text = format!("CNI ADD failed: {}{}", out.stdout.trim(), out.stderr.trim());
+            if cni_error_is_transient(&out.stdout) { anyhow::Error::new(Transient(text)) } else { anyhow::anyhow!(text) }
+        })?;
         pod.rec.ip = result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
         pod.rec.cni_result = Some(result);
         self.save(&pod.rec);
@@ -618,6 +657,15 @@ impl PodRunner {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_plugin_that_says_try_again_is_tried_again_and_nothing_else_is() {
+        assert!(super::cni_error_is_transient(r#"{"cniVersion":"1.0.0","code":11,"msg":"metadata refused"}"#));
+        assert!(super::cni_error_is_transient(" {\"code\":50,\"msg\":\"not ready\"}\n"));
+        for other in [r#"{"code":7,"msg":"bad config"}"#, r#"{"code":4}"#, "not json", ""] {
+            assert!(!super::cni_error_is_transient(other), "{other}");
+        }
+    }
+
     use super::*;
 
     #[test]
