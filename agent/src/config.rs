@@ -157,7 +157,8 @@ pub struct ApiConfig {
     pub socket: PathBuf,
     /// Peers (by uid) allowed on the socket.
     pub allowed_uids: Vec<u32>,
-    /// Prometheus metrics (/metrics) and introspection (/debug/pool); empty to disable.
+    /// Prometheus metrics (/metrics) and introspection (/debug/pool); empty to disable. The
+    /// address bound (port 0: any free one) is written to the socket's path with `.metrics`.
     pub metrics_listen: String,
 }
 

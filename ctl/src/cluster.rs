@@ -1,5 +1,6 @@
-//! Where the local cluster lives on this machine, and how its local cloud process is started and
-//! stopped.
+//! Where the local cluster lives on this machine, and how its processes (the local cloud, the
+//! scheduler) are started and stopped. The nodes' software (agent, CSI driver) is not started here:
+//! it is the node image every instance of the local cloud boots.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -8,28 +9,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use berth_cloud::{ClientConfig, HttpCloud};
+use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
 use clap::Args;
+use tonic::transport::Channel;
 
 pub const REGION: &str = "local-1";
 
 /// Paths and names of one local cluster; flags so that tests can run one beside another.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterPaths {
-    /// Directory of the local cloud's state (resources, disk images, NAS exports).
-    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth/localcloud")]
+    /// Directory of the cluster's state (the local cloud's resources, disk images, NAS exports,
+    /// OSS buckets, the nodes' guest directories; the scheduler's store under `scheduler/`).
+    #[arg(long, global = true, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth/localcloud")]
     pub state_dir: PathBuf,
-    /// Directory of runtime files (pid file, logs).
-    #[arg(long, env = "BERTH_RUN_DIR", default_value = "/run/berth")]
+    /// Directory of runtime files (pid files, logs, the node image, the scheduler's config).
+    #[arg(long, global = true, env = "BERTH_RUN_DIR", default_value = "/run/berth")]
     pub run_dir: PathBuf,
-    /// Prefix of every network namespace the local cloud makes.
-    #[arg(long, env = "BERTH_NETNS_PREFIX", default_value = "berth")]
+    /// Prefix of every network namespace of the cluster (nodes `<prefix>-<instance>`, their pods
+    /// `<prefix>-pod-<instance>-…`); at most 11 characters.
+    #[arg(long, global = true, env = "BERTH_NETNS_PREFIX", default_value = "berth")]
     pub netns_prefix: String,
     /// Loopback address the local cloud's API listens on.
-    #[arg(long, env = "BERTH_LOCALCLOUD_LISTEN", default_value = "127.0.0.1:17380")]
+    #[arg(long, global = true, env = "BERTH_LOCALCLOUD_LISTEN", default_value = "127.0.0.1:17380")]
     pub listen: String,
-    /// The agents listen for metrics and introspection on loopback from this port up, one per node.
-    #[arg(long, env = "BERTH_AGENT_PORT_BASE", default_value_t = 19480)]
-    pub agent_port_base: u16,
+    /// Loopback address the scheduler listens on (agents and berthctl reach it there).
+    #[arg(long, global = true, env = "BERTH_SCHEDULER_LISTEN", default_value = "127.0.0.1:19470")]
+    pub scheduler_listen: String,
 }
 
 impl ClusterPaths {
@@ -45,27 +50,48 @@ impl ClusterPaths {
     pub fn endpoint_file(&self) -> PathBuf {
         self.state_dir.join("endpoint")
     }
-    /// Runtime files of the agent serving one instance: socket, CNI config, pid file, log.
-    pub fn agent_run_dir(&self, instance_id: &str) -> PathBuf {
-        self.run_dir.join("agents").join(instance_id)
+    /// The node image every instance boots: agent and CSI driver (`berth-localcloud serve --image`).
+    pub fn image_dir(&self) -> PathBuf {
+        self.run_dir.join("node-image")
     }
-    /// Durable state of the agent serving one instance.
-    pub fn agent_state_dir(&self, instance_id: &str) -> PathBuf {
-        self.state_dir.join("agents").join(instance_id)
+    pub fn image_file(&self) -> PathBuf {
+        self.image_dir().join("node-image.toml")
     }
-    pub fn agent_conflist(&self, instance_id: &str) -> PathBuf {
-        self.agent_run_dir(instance_id).join("net.d").join("10-berth.conflist")
+    pub fn scheduler_config(&self) -> PathBuf {
+        self.run_dir.join("scheduler.toml")
+    }
+    pub fn scheduler_pid_file(&self) -> PathBuf {
+        self.run_dir.join("scheduler.pid")
+    }
+    pub fn scheduler_log_file(&self) -> PathBuf {
+        self.run_dir.join("scheduler.log")
+    }
+    pub fn scheduler_state_dir(&self) -> PathBuf {
+        self.state_dir.join("scheduler")
+    }
+    /// The scheduler's gRPC URL.
+    pub fn scheduler_url(&self) -> String {
+        format!("http://{}", self.scheduler_listen)
+    }
+    /// The guest directory of an instance (its agent's socket and state, its CSI driver's), as the
+    /// local cloud resolves `{dir}`.
+    pub fn guest_dir(&self, instance_id: &str) -> PathBuf {
+        std::fs::canonicalize(&self.state_dir).unwrap_or_else(|_| self.state_dir.clone()).join("guests").join(instance_id)
     }
     /// The network namespace of an instance (a node of the cluster).
     pub fn node_netns(&self, instance_id: &str) -> PathBuf {
         PathBuf::from(format!("/run/netns/{}-{instance_id}", self.netns_prefix))
     }
-    /// Records of the pods `berthctl pod add` made.
-    pub fn pods_dir(&self) -> PathBuf {
-        self.run_dir.join("pods")
+    /// Prefix of the namespaces of the pods an instance runs (its runner's). Not
+    /// `<prefix>-i-…`: the local cloud deletes such namespaces when no instance has the name.
+    pub fn pod_netns_prefix(&self, instance_id: &str) -> String {
+        format!("{}-pod-{instance_id}", self.netns_prefix)
+    }
+    /// The local cloud's OSS directory of a bucket.
+    pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.state_dir.join("oss").join(bucket)
     }
 }
-
 
 /// A binary installed next to `berthctl`.
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -119,6 +145,8 @@ pub fn start_localcloud(paths: &ClusterPaths) -> anyhow::Result<()> {
         .arg(paths.credentials())
         .arg("--netns-prefix")
         .arg(&paths.netns_prefix)
+        .arg("--image")
+        .arg(paths.image_file())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -162,70 +190,6 @@ pub fn connect(paths: &ClusterPaths) -> anyhow::Result<HttpCloud> {
     client(paths, endpoint.trim())
 }
 
-/// Starts `berth-agent` for one instance (a simulated node) in its own session, unless it runs.
-pub fn start_agent(paths: &ClusterPaths, endpoint: &str, instance_id: &str, index: usize) -> anyhow::Result<()> {
-    let run = paths.agent_run_dir(instance_id);
-    if pid_in(&run.join("agent.pid")).is_some() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
-    let _ = std::fs::remove_file(paths.agent_conflist(instance_id));
-    let metrics = format!("127.0.0.1:{}", paths.agent_port_base + index as u16);
-    std::fs::write(run.join("metrics"), &metrics)?;
-    let log = std::fs::File::create(run.join("agent.log"))?;
-    std::fs::write(run.join("agent.toml"), "# the local cluster passes everything as flags; see README.md for the keys\n")?;
-    let state = paths.agent_state_dir(instance_id);
-    let child = Command::new(sibling_binary("berth-agent")?)
-        .arg("--config")
-        .arg(run.join("agent.toml"))
-        .arg("--node-netns")
-        .arg(paths.node_netns(instance_id))
-        .args(["--metadata-url", "http://127.0.0.1:8100/latest/meta-data", "--cloud-endpoint", endpoint])
-        .arg("--credentials")
-        .arg(paths.credentials())
-        .arg("--socket")
-        .arg(run.join("agent.sock"))
-        .arg("--state-dir")
-        .arg(state.join("state"))
-        .arg("--release-queue-dir")
-        .arg(state.join("release-queue"))
-        .arg("--cni-conf-dir")
-        .arg(run.join("net.d"))
-        .args(["--metrics-listen", &metrics, "--min-idle-ips", "2", "--max-idle-ips", "8", "--cooldown-secs", "60", "--trunk", "true"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting berth-agent")?;
-    std::fs::write(run.join("agent.pid"), child.id().to_string())?;
-    Ok(())
-}
-
-/// Waits until the agent of an instance is ready (its CNI config written).
-pub fn wait_for_agent(paths: &ClusterPaths, instance_id: &str, timeout: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let run = paths.agent_run_dir(instance_id);
-    while !paths.agent_conflist(instance_id).exists() {
-        if pid_in(&run.join("agent.pid")).is_none() {
-            let log = std::fs::read_to_string(run.join("agent.log")).unwrap_or_default();
-            bail!("berth-agent for {instance_id} stopped during start; its log:\n{log}");
-        }
-        if started.elapsed() > timeout {
-            bail!("berth-agent for {instance_id} was not ready within {timeout:?}; see {}", run.join("agent.log").display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// Stops every agent of the local cluster.
-pub fn stop_agents(paths: &ClusterPaths) {
-    for entry in std::fs::read_dir(paths.run_dir.join("agents")).into_iter().flatten().flatten() {
-        stop_pid_file(&entry.path().join("agent.pid"));
-    }
-}
-
 fn pid_in(file: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
@@ -234,6 +198,60 @@ fn pid_in(file: &Path) -> Option<i32> {
 /// Stops the local cloud: SIGTERM, then SIGKILL after a grace period.
 pub fn stop_localcloud(paths: &ClusterPaths) {
     stop_pid_file(&paths.pid_file());
+}
+
+/// The pid of the running scheduler, if its pid file names a live process.
+pub fn scheduler_pid(paths: &ClusterPaths) -> Option<i32> {
+    pid_in(&paths.scheduler_pid_file())
+}
+
+/// Starts `berth-scheduler` with the cluster's config in its own session, logging to the run
+/// directory, unless it runs.
+pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
+    if scheduler_pid(paths).is_some() {
+        return Ok(());
+    }
+    let log = std::fs::File::create(paths.scheduler_log_file()).with_context(|| format!("creating {}", paths.scheduler_log_file().display()))?;
+    let child = Command::new(sibling_binary("berth-scheduler")?)
+        .arg("--config")
+        .arg(paths.scheduler_config())
+        .arg("--listen")
+        .arg(&paths.scheduler_listen)
+        .arg("--state-dir")
+        .arg(paths.scheduler_state_dir())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting berth-scheduler")?;
+    std::fs::write(paths.scheduler_pid_file(), child.id().to_string())?;
+    Ok(())
+}
+
+/// A client of the running scheduler, waiting up to `timeout` for it to listen.
+pub async fn scheduler(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<SchedulerClient<Channel>> {
+    let started = Instant::now();
+    loop {
+        match SchedulerClient::connect(paths.scheduler_url()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if started.elapsed() >= timeout => {
+                let hint = if scheduler_pid(paths).is_some() { format!("see {}", paths.scheduler_log_file().display()) } else { "is the local cluster up? (berthctl up; --scheduler-listen or BERTH_SCHEDULER_LISTEN name another)".to_string() };
+                bail!("cannot reach the scheduler at {}: {e}; {hint}", paths.scheduler_url());
+            }
+            Err(_) => {}
+        }
+        if started.elapsed() > Duration::from_millis(200) && scheduler_pid(paths).is_none() && paths.scheduler_pid_file().exists() {
+            let log = std::fs::read_to_string(paths.scheduler_log_file()).unwrap_or_default();
+            bail!("berth-scheduler stopped during start; its log ({}):\n{log}", paths.scheduler_log_file().display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops the scheduler: SIGTERM, then SIGKILL after a grace period.
+pub fn stop_scheduler(paths: &ClusterPaths) {
+    stop_pid_file(&paths.scheduler_pid_file());
 }
 
 /// SIGTERM to the process a pid file names, SIGKILL after a grace period; removes the file.

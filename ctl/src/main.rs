@@ -4,6 +4,7 @@ mod cluster;
 mod commands;
 mod inspect;
 mod table;
+mod views;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -25,22 +26,26 @@ pub enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the local cloud with a sample VPC, vSwitches, a security group and two instances.
+    /// Bring up the local cluster: the local cloud (instances boot the Berth node image: agent and
+    /// CSI driver), a sample VPC, the scheduler with a node pool of two nodes, a sample workload;
+    /// print its pods and nodes.
     Up(commands::up::Up),
-    /// Stop the local cloud and remove everything it made on this machine.
+    /// Delete the pods, stop the scheduler, the nodes and the local cloud, remove everything made.
     Down(commands::down::Down),
+    /// Pods, through the scheduler: add, del, get, list.
+    Pod(commands::pod::Pod),
+    /// The nodes as the scheduler sees them: state, pool, zone, free/allocatable IPs and slots.
+    Nodes(commands::nodes::Nodes),
+    /// The scheduler's node pools with their node counts.
+    Pools(commands::nodes::Pools),
+    /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
+    Inspect(commands::inspect::Inspect),
     /// Show the local cloud's VPCs, vSwitches, instances and ENIs.
     Status(commands::status::Status),
-    /// Put the binaries, the CNI plugin, the systemd units and an example config in place (idempotent).
+    /// Put the binaries, the CNI plugin, the systemd units and example configs in place (idempotent).
     Install(commands::install::Install),
     /// Remove what install put in place (configuration and state only with --purge).
     Uninstall(commands::install::Uninstall),
-    /// Pods of the local cluster: add, del, list.
-    Pod(commands::pod::Pod),
-    /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
-    Inspect(commands::inspect::Inspect),
-    /// Pods and nodes of the central scheduler: submit, delete, get, pods, nodes.
-    Sched(commands::sched::Sched),
 }
 
 #[tokio::main]
@@ -48,13 +53,14 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(c) => c.exec(cli.output).await,
-        Command::Down(c) => c.exec().await,
+        Command::Down(c) => c.exec(cli.output).await,
         Command::Status(c) => c.exec(cli.output).await,
         Command::Inspect(c) => c.exec(cli.output).await,
         Command::Pod(c) => c.exec(cli.output).await,
         Command::Install(c) => c.exec().await,
         Command::Uninstall(c) => c.exec().await,
-        Command::Sched(c) => c.exec(cli.output).await,
+        Command::Nodes(c) => c.exec(cli.output).await,
+        Command::Pools(c) => c.exec(cli.output).await,
     };
     if let Err(e) = result {
         eprintln!("berthctl: {e:#}");

@@ -1,29 +1,36 @@
-//! The main command's cluster: `berthctl up` brings up the local cloud, an agent per node and demo
-//! pods that reach each other; `pod add/del`, `inspect --node` work on it; `down` leaves nothing.
+//! The main command's cluster: `berthctl up` brings up the local cloud (its instances boot the
+//! Berth node image), the scheduler with a pool of two nodes and the sample workload through it;
+//! `pod add/del`, `nodes`, `pools`, `inspect --node` work on it; `up` twice makes nothing twice;
+//! `down` leaves nothing: no namespace, mount, loop device or process of the cluster.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
+use berth_tests::guest::GuestLeftovers;
+use berth_tests::scheduler::{RunnerLeftovers, free_port};
 use berth_tests::{bin, is_root, unique};
+use serde_json::Value;
 
 struct Cluster {
     env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
+    /// The cluster's directories, canonical (as the processes name them).
+    root: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn new() -> Cluster {
         let dir = tempfile::Builder::new().prefix("berth-cluster-").tempdir().unwrap();
-        let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
-        let api = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-        let agents = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let root = std::fs::canonicalize(dir.path()).unwrap();
         let env = vec![
-            ("BERTH_STATE_DIR".to_string(), dir.path().join("state").display().to_string()),
-            ("BERTH_RUN_DIR".to_string(), dir.path().join("run").display().to_string()),
+            ("BERTH_STATE_DIR".to_string(), root.join("state").display().to_string()),
+            ("BERTH_RUN_DIR".to_string(), root.join("run").display().to_string()),
             ("BERTH_NETNS_PREFIX".to_string(), unique("bc")),
-            ("BERTH_LOCALCLOUD_LISTEN".to_string(), format!("127.0.0.1:{api}")),
-            ("BERTH_AGENT_PORT_BASE".to_string(), agents.to_string()),
+            ("BERTH_LOCALCLOUD_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())),
+            ("BERTH_SCHEDULER_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())),
         ];
-        Cluster { env, dir }
+        Cluster { env, root, _dir: dir }
     }
 
     fn berthctl(&self, args: &[&str]) -> (bool, String) {
@@ -31,16 +38,72 @@ impl Cluster {
         (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 
+    /// `berthctl ARGS --output json`, parsed; panics with the output and the logs if it fails.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = Command::new(bin("berthctl")).args(args).args(["--output", "json"]).envs(self.env.iter().map(|(k, v)| (k, v))).output().unwrap();
+        assert!(out.status.success(), "berthctl {args:?}: {}{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), self.logs());
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("berthctl {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
     fn prefix(&self) -> &str {
         &self.env[2].1
+    }
+
+    /// The scheduler's log and the nodes' logs, for failure messages.
+    fn logs(&self) -> String {
+        let mut text = format!("--- scheduler.log\n{}", std::fs::read_to_string(self.root.join("run/scheduler.log")).unwrap_or_default());
+        for guest in std::fs::read_dir(self.root.join("state/guests")).into_iter().flatten().flatten() {
+            for log in ["agent.log", "csi.log"] {
+                let tail: String = std::fs::read_to_string(guest.path().join(log)).unwrap_or_default().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                text += &format!("\n--- {}\n{tail}", guest.path().join(log).display());
+            }
+        }
+        text
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.berthctl(&["down"]);
-        let _ = &self.dir;
+        // What down did not remove (it failed, or the test did before it): processes, pods'
+        // namespaces, guests' mounts; then the scheduler and the local cloud by their pid files.
+        drop(GuestLeftovers { guests_dir: self.root.join("state/guests"), netns_tag: self.prefix().to_string() });
+        drop(RunnerLeftovers(vec![self.prefix().to_string()]));
+        for pid in processes_of(&self.root) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
+}
+
+/// Processes whose command line or environment names a path under `root`.
+fn processes_of(root: &Path) -> Vec<i32> {
+    let needle = root.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != std::process::id() as i32)
+        .filter(|pid| ["cmdline", "environ"].iter().any(|f| std::fs::read(format!("/proc/{pid}/{f}")).is_ok_and(|b| String::from_utf8_lossy(&b).contains(&needle))))
+        .filter(|pid| berth_tests::guest::process_runs(*pid))
+        .collect()
+}
+
+fn mounts_under(root: &Path) -> Vec<String> {
+    let needle = root.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&needle)).map(str::to_string).collect()
+}
+
+/// Loop devices whose backing file is under `root`.
+fn loops_of(root: &Path) -> Vec<String> {
+    let needle = root.display().to_string();
+    std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).is_ok_and(|b| b.starts_with(&needle)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
@@ -50,31 +113,77 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
         return;
     }
     let c = Cluster::new();
+    let started = Instant::now();
     let (ok, out) = c.berthctl(&["up"]);
-    assert!(ok, "berthctl up: {out}");
-    assert_eq!(out.matches(": reachable").count(), 3, "demo-1 reaches the three other demo pods:\n{out}");
-    let (ok, out) = c.berthctl(&["pod", "list", "--output", "json"]);
-    assert!(ok, "{out}");
-    let pods: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let nodes: std::collections::BTreeSet<&str> = pods.as_array().unwrap().iter().map(|p| p["node"].as_str().unwrap()).collect();
-    assert_eq!((pods.as_array().unwrap().len(), nodes.len()), (4, 2), "{out}");
+    assert!(ok, "berthctl up: {out}\n{}", c.logs());
+    eprintln!("up took {:?}", started.elapsed());
+    assert!(out.contains("PODS") && out.contains("NODES (free/allocatable)"), "up prints the two tables:\n{out}");
+    assert_eq!(out.matches(": reachable").count(), 7, "the first pod reaches the seven others:\n{out}");
 
-    let (ok, out) = c.berthctl(&["pod", "add", "web", "--output", "json"]);
-    assert!(ok, "pod add: {out}");
-    let web: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Every sample pod runs with an IP: each network mode, the disk, the shared NAS, the OSS.
+    let pods = c.json(&["pod", "list"]);
+    let pods = pods.as_array().unwrap();
+    assert_eq!(pods.len(), 8, "{pods:#?}");
+    for p in pods {
+        assert!(p["phase"] == "Running" && !p["pod_ip"].as_str().unwrap().is_empty() && p["eni"].as_str().unwrap().starts_with("eni-"), "{p:#}");
+    }
+    let by_name = |n: &str| pods.iter().find(|p| p["name"] == n).unwrap_or_else(|| panic!("no pod {n}"));
+    for (name, mode) in [("shared-1", "shared"), ("shared-2", "shared"), ("exclusive-1", "exclusive"), ("trunk-1", "trunk")] {
+        assert_eq!(by_name(name)["mode"], mode);
+    }
+    for (name, volume) in [("disk-1", "data=disk:/data"), ("nas-1", "shared=nas:/shared"), ("nas-2", "shared=nas:/shared"), ("oss-1", "objects=oss:/objects")] {
+        assert_eq!(by_name(name)["volumes"][0], volume);
+    }
+    let nodes_used: std::collections::BTreeSet<&str> = pods.iter().map(|p| p["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes_used.len(), 2, "the pods run on both nodes: {pods:#?}");
+    // The two NAS pods wrote into the same file system.
+    let nas = c.root.join("state/nas");
+    let written: Vec<String> = std::fs::read_dir(&nas).unwrap().flatten().flat_map(|fs| std::fs::read_dir(fs.path()).unwrap().flatten().map(|f| f.file_name().to_string_lossy().into_owned())).collect();
+    assert!(written.contains(&"nas-1.txt".to_string()) && written.contains(&"nas-2.txt".to_string()), "{written:?}");
+
+    let nodes = c.json(&["nodes"]);
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{nodes:#?}");
+    for n in nodes {
+        assert_eq!((n["state"].as_str(), n["pool"].as_str()), (Some("Ready"), Some("sample")), "{n:#}");
+        for count in ["shared_ips", "eni_slots", "member_eni_slots", "disk_slots"] {
+            let [free, all] = [n[count][0].as_u64().unwrap(), n[count][1].as_u64().unwrap()];
+            assert!(free <= all && all > 0, "{count} of {}: {free}/{all}", n["instance_id"]);
+        }
+        assert!(n["shared_ips"][0].as_u64().unwrap() > 0 && n["disk_slots"][0].as_u64().unwrap() > 0, "{n:#}");
+    }
+    let pools = c.json(&["pools"]);
+    assert_eq!((pools[0]["name"].as_str(), pools[0]["ready"].as_u64()), (Some("sample"), Some(2)), "{pools:#}");
+
+    // A pod of one's own, through the scheduler; inspect shows it on its node.
+    let web = c.json(&["pod", "add", "web", "--mode", "trunk", "--wait"]);
     let node = web[0]["node"].as_str().unwrap().to_string();
+    assert_eq!(web[0]["phase"], "Running", "{web:#}");
     let (ok, out) = c.berthctl(&["inspect", "--node", &node]);
-    assert!(ok && out.contains("pod-web"), "inspect: {out}");
+    assert!(ok && out.contains(web[0]["pod_ip"].as_str().unwrap()), "inspect: {out}");
     let (ok, out) = c.berthctl(&["pod", "add", "web"]);
     assert!(!ok && out.contains("exists"), "a second pod of one name is refused: {out}");
     let (ok, out) = c.berthctl(&["pod", "del", "web"]);
     assert!(ok, "pod del: {out}");
 
+    // up twice makes nothing twice.
+    let (ok, out) = c.berthctl(&["up"]);
+    assert!(ok, "second up: {out}");
+    let status = c.json(&["status"]);
+    assert_eq!(status["instances"].as_array().unwrap().len(), 2, "{status:#}");
+    assert_eq!(status["vpcs"].as_array().unwrap().len(), 1);
+    assert_eq!(c.json(&["pod", "list"]).as_array().unwrap().len(), 8);
+
+    let started = Instant::now();
     let (ok, out) = c.berthctl(&["down"]);
     assert!(ok, "down: {out}");
+    eprintln!("down took {:?}", started.elapsed());
     let left: Vec<String> = std::fs::read_dir("/run/netns").unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(c.prefix())).collect();
     assert!(left.is_empty(), "namespaces left: {left:?}");
-    assert!(!c.dir.path().join("state").exists() && !c.dir.path().join("run").exists(), "state left behind");
+    assert_eq!(mounts_under(&c.root), Vec::<String>::new(), "mounts left");
+    assert_eq!(loops_of(&c.root), Vec::<String>::new(), "loop devices left");
+    assert_eq!(processes_of(&c.root), Vec::<i32>::new(), "processes left");
+    assert!(!c.root.join("state").exists() && !c.root.join("run").exists(), "state left behind");
 }
 
 #[test]
@@ -87,7 +196,7 @@ fn install_is_idempotent_and_uninstall_reverses_it() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = run(&["install"]);
-    for path in ["usr/local/bin/berth-agent", "usr/local/bin/berthctl", "opt/cni/bin/berth", "etc/systemd/system/berth-agent.service", "etc/berth/agent.toml", "usr/local/bin/berth-csi", "etc/systemd/system/berth-csi.service", "etc/berth/csi.toml"] {
+    for path in ["usr/local/bin/berth-agent", "usr/local/bin/berthctl", "opt/cni/bin/berth", "etc/systemd/system/berth-agent.service", "etc/berth/agent.toml", "usr/local/bin/berth-csi", "etc/systemd/system/berth-csi.service", "etc/berth/csi.toml", "usr/local/bin/berth-scheduler", "etc/systemd/system/berth-scheduler.service", "etc/berth/scheduler.toml"] {
         assert!(root.path().join(path).exists(), "{path} missing after install:\n{first}");
     }
     assert_eq!(std::fs::metadata(root.path().join("opt/cni/bin/berth")).unwrap().permissions().mode() & 0o777, 0o755);

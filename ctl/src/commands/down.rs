@@ -1,10 +1,15 @@
-//! `berthctl down`: stop the local cloud and remove everything it made.
+//! `berthctl down`: delete the pods through the scheduler (their nodes unpublish their volumes and
+//! release their IPs), stop the scheduler, stop the local cloud and its instances' guests, and
+//! remove everything `up` made on this machine.
 
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use berth_proto::cluster::v1 as pb;
 use clap::Args;
 
+use crate::Output;
 use crate::cluster::{self, ClusterPaths};
 use crate::commands::pod;
 
@@ -14,20 +19,42 @@ pub struct Down {
     paths: ClusterPaths,
 }
 
+fn progress(step: &str) {
+    eprintln!("==> {step}");
+}
+
 impl Down {
-    pub async fn exec(self) -> anyhow::Result<()> {
+    pub async fn exec(self, output: Output) -> anyhow::Result<()> {
         let paths = &self.paths;
-        // Pods first (their IPs go back while the agents run), then the agents, then the cloud.
-        for p in pod::list(paths) {
-            if let Err(e) = pod::del(paths, &p.name) {
-                eprintln!("warning: {e:#}; its namespace is removed anyway");
-                let _ = berth_nodenet::Netns::delete(p.netns.trim_start_matches("/run/netns/"));
+        // Pods first, while their nodes run: the runner removes each in order (command, network,
+        // volumes through the CSI driver).
+        if cluster::scheduler_pid(paths).is_some() {
+            match cluster::scheduler(paths, Duration::from_secs(5)).await {
+                Ok(mut sched) => {
+                    let pods = sched.list_pods(pb::ListPodsRequest { namespace: String::new() }).await.map(|r| r.into_inner().pods).unwrap_or_default();
+                    if !pods.is_empty() {
+                        progress(&format!("deleting {} pods through the scheduler", pods.len()));
+                    }
+                    for p in &pods {
+                        let Some(s) = &p.spec else { continue };
+                        if let Err(e) = sched.delete_pod(pb::DeletePodRequest { namespace: s.namespace.clone(), name: s.name.clone() }).await {
+                            eprintln!("warning: deleting pod {}/{}: {}; its node's removal cleans it up", s.namespace, s.name, e.message());
+                        }
+                    }
+                    if let Err(e) = pod::wait_gone(&mut sched, Duration::from_secs(90)).await {
+                        eprintln!("warning: {e:#}; their nodes' removal cleans them up");
+                    }
+                }
+                Err(e) => eprintln!("warning: {e:#}; the pods go with their nodes"),
             }
         }
-        cluster::stop_agents(paths);
+        // Then the scheduler, before the instances go: its autoscaler would make them again.
+        progress("stopping the scheduler, the nodes and the local cloud");
+        cluster::stop_scheduler(paths);
         cluster::stop_localcloud(paths);
         if paths.state_dir.exists() {
-            // The local cloud's planes remove their namespaces, veths, loop devices and links.
+            // Stops every instance's guest (agent, CSI driver, what is left of their pods, their
+            // mounts) and removes the planes' namespaces, veths, loop devices and links.
             let status = Command::new(cluster::sibling_binary("berth-localcloud")?)
                 .arg("down")
                 .arg("--state-dir")
@@ -41,16 +68,19 @@ impl Down {
             }
         }
         cluster::remove_if_exists(&paths.state_dir)?;
-        cluster::remove_if_exists(&paths.pid_file())?;
-        cluster::remove_if_exists(&paths.log_file())?;
-        cluster::remove_if_exists(&paths.run_dir.join("agents"))?;
-        cluster::remove_if_exists(&paths.pods_dir())?;
+        for file in [paths.pid_file(), paths.log_file(), paths.scheduler_pid_file(), paths.scheduler_log_file(), paths.scheduler_config(), paths.image_dir()] {
+            cluster::remove_if_exists(&file)?;
+        }
         // The parent directories go too when nothing else is in them.
         let _ = std::fs::remove_dir(&paths.run_dir);
         if let Some(parent) = paths.state_dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }
-        eprintln!("the local cluster is down and its state removed");
+        if output == Output::Json {
+            println!("{}", serde_json::json!({ "down": true }));
+        } else {
+            eprintln!("the local cluster is down and its state removed");
+        }
         Ok(())
     }
 }

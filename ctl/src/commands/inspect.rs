@@ -19,7 +19,7 @@ pub struct Inspect {
     /// The agent's metrics and introspection address (its `api.metrics_listen`).
     #[arg(long, env = "BERTH_AGENT_HTTP", default_value = "127.0.0.1:9480")]
     agent: String,
-    /// A node of the local cluster: its agent's address instead of --agent.
+    /// A node (instance ID) of the local cluster: its agent's address instead of --agent.
     #[arg(long)]
     node: Option<String>,
     /// The cloud API endpoint; default: the local cluster's.
@@ -49,7 +49,11 @@ impl Inspect {
             None => cluster::connect(&self.paths)?,
         };
         let agent = match &self.node {
-            Some(id) => std::fs::read_to_string(self.paths.agent_run_dir(id).join("metrics")).with_context(|| format!("node {id} has no agent in the local cluster"))?.trim().to_string(),
+            // The node's agent writes the address it bound beside its socket, in the guest's directory.
+            Some(id) => {
+                let file = self.paths.guest_dir(id).join("agent.metrics");
+                std::fs::read_to_string(&file).with_context(|| format!("node {id} has no agent in the local cluster (no {}); `berthctl nodes` lists the nodes", file.display()))?.trim().to_string()
+            }
             None => self.agent.clone(),
         };
         let url = format!("http://{agent}/debug/pool");

@@ -14,6 +14,8 @@ use crate::cluster;
 const AGENT_UNIT: &str = include_str!("../../../systemd/berth-agent.service");
 const LOCALCLOUD_UNIT: &str = include_str!("../../../systemd/berth-localcloud.service");
 const CSI_UNIT: &str = include_str!("../../../systemd/berth-csi.service");
+const SCHEDULER_UNIT: &str = include_str!("../../../systemd/berth-scheduler.service");
+const SCHEDULER_TOML: &str = include_str!("../../../scheduler/scheduler.toml.example");
 const CSI_TOML: &str = include_str!("../../../csi-driver/csi.toml.example");
 const AGENT_TOML: &str = include_str!("../../../agent/agent.toml.example");
 const README: &str = include_str!("../../../README.md");
@@ -52,14 +54,17 @@ fn placements() -> anyhow::Result<Vec<Placement>> {
         Placement { path: "usr/local/bin/berth-agent", content: binary("berth-agent")?, mode: 0o755, operator_owned: false },
         Placement { path: "usr/local/bin/berth-localcloud", content: binary("berth-localcloud")?, mode: 0o755, operator_owned: false },
         Placement { path: "usr/local/bin/berth-csi", content: binary("berth-csi")?, mode: 0o755, operator_owned: false },
+        Placement { path: "usr/local/bin/berth-scheduler", content: binary("berth-scheduler")?, mode: 0o755, operator_owned: false },
         Placement { path: "usr/local/bin/berthctl", content: binary("berthctl")?, mode: 0o755, operator_owned: false },
         Placement { path: "opt/cni/bin/berth", content: binary("berth")?, mode: 0o755, operator_owned: false },
         Placement { path: "etc/systemd/system/berth-agent.service", content: AGENT_UNIT.into(), mode: 0o644, operator_owned: false },
         Placement { path: "etc/systemd/system/berth-localcloud.service", content: LOCALCLOUD_UNIT.into(), mode: 0o644, operator_owned: false },
         Placement { path: "etc/systemd/system/berth-csi.service", content: CSI_UNIT.into(), mode: 0o644, operator_owned: false },
+        Placement { path: "etc/systemd/system/berth-scheduler.service", content: SCHEDULER_UNIT.into(), mode: 0o644, operator_owned: false },
         Placement { path: "usr/local/share/doc/berth/README.md", content: README.into(), mode: 0o644, operator_owned: false },
         Placement { path: "etc/berth/agent.toml", content: AGENT_TOML.into(), mode: 0o600, operator_owned: true },
         Placement { path: "etc/berth/csi.toml", content: CSI_TOML.into(), mode: 0o600, operator_owned: true },
+        Placement { path: "etc/berth/scheduler.toml", content: SCHEDULER_TOML.into(), mode: 0o644, operator_owned: true },
     ])
 }
 
@@ -98,7 +103,7 @@ impl Install {
             println!("already installed under {}: nothing changed", self.root.display());
         } else {
             reload_systemd(&self.root);
-            println!("next: set cloud.endpoint in {}, put the credentials (mode 0600) where cloud.credentials_file says, then `systemctl enable --now berth-agent` (and for volumes: set cloud.endpoint in {} too, then `systemctl enable --now berth-csi`)", self.root.join("etc/berth/agent.toml").display(), self.root.join("etc/berth/csi.toml").display());
+            println!("next: set cloud.endpoint in {}, put the credentials (mode 0600) where cloud.credentials_file says, then `systemctl enable --now berth-agent` (and for volumes: set cloud.endpoint in {} too, then `systemctl enable --now berth-csi`; on the scheduler's machine: the pools in {}, then `systemctl enable --now berth-scheduler`)", self.root.join("etc/berth/agent.toml").display(), self.root.join("etc/berth/csi.toml").display(), self.root.join("etc/berth/scheduler.toml").display());
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 pub mod down;
 pub mod inspect;
 pub mod install;
+pub mod nodes;
 pub mod pod;
-pub mod sched;
 pub mod status;
 pub mod up;

@@ -60,7 +60,7 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
             i.primary_ip.to_string(),
             format!("{attached}/{}", quota.map(|q| q.eni_quota).unwrap_or_default()),
             quota.map(|q| q.max_shared_eni_pods().to_string()).unwrap_or_default(),
-            format!("/run/netns/{}-{}", paths.netns_prefix, i.id),
+            paths.node_netns(&i.id).display().to_string(),
         ]);
     }
     println!("{}", t.render());
