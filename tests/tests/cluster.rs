@@ -136,6 +136,7 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     }
     let nodes_used: std::collections::BTreeSet<&str> = pods.iter().map(|p| p["node"].as_str().unwrap()).collect();
     assert_eq!(nodes_used.len(), 2, "the pods run on both nodes: {pods:#?}");
+    assert_ne!(by_name("shared-1")["node"], by_name("shared-2")["node"], "the scheduler spreads the two shared pods");
     // The two NAS pods wrote into the same file system.
     let nas = c.root.join("state/nas");
     let written: Vec<String> = std::fs::read_dir(&nas).unwrap().flatten().flat_map(|fs| std::fs::read_dir(fs.path()).unwrap().flatten().map(|f| f.file_name().to_string_lossy().into_owned())).collect();
