@@ -85,10 +85,15 @@ impl std::fmt::Debug for HttpCloud {
     }
 }
 
+/// reqwest is built without a default TLS crypto provider; ring is ours. Every HTTP client of a
+/// process needs it installed first (installing twice is harmless).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl HttpCloud {
     pub fn new(config: ClientConfig) -> Result<Self> {
-        // reqwest is built without a default TLS crypto provider; ring is ours. Installing twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .pool_max_idle_per_host(16)

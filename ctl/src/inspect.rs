@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_cloud::model::NetworkInterface;
+use berth_proto::cluster::v1 as pb;
 use serde_json::Value;
 
 
@@ -113,8 +114,80 @@ pub fn compare(pool: &Value, cloud: &[NetworkInterface], now: i64, grace_secs: i
     r
 }
 
+/// Why a pod is where it is, for `berthctl inspect --pod`: its phase and node (the scheduler's),
+/// the conditions of the nodes that keep it pending, what its node's agent holds for it (`pool`,
+/// the agent's `/debug/pool`), and which of its volumes failed.
+pub fn explain_pod(status: &pb::PodStatus, nodes: &[pb::NodeState], pool: Option<&Value>) -> Vec<String> {
+    let spec = status.spec.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let node_state = nodes.iter().find(|n| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.instance_id == status.node));
+    match pb::PodPhase::try_from(status.phase).unwrap_or(pb::PodPhase::Unspecified) {
+        pb::PodPhase::Pending => {
+            out.push(format!("Pending: no node can take it now ({})", status.message));
+            for n in nodes {
+                let Some(r) = &n.last_report else { continue };
+                let id = r.identity.as_ref().map(|i| i.instance_id.as_str()).unwrap_or_default();
+                for c in r.conditions.iter().filter(|c| c.status) {
+                    out.push(format!("node {id}: {} ({})", c.r#type, c.reason));
+                }
+            }
+            out.push("the autoscaler adds a node when a pool's template can take it; otherwise free capacity or change the pod".into());
+        }
+        pb::PodPhase::Bound => out.push(format!("Bound to {}: its agent is setting it up (volumes, then network, then command){}", status.node, if status.message.is_empty() { String::new() } else { format!(": {}", status.message) })),
+        pb::PodPhase::Running => out.push(format!("Running on {} with IP {}", status.node, status.pod_ip)),
+        pb::PodPhase::Failed => out.push(format!("Failed on {}: {} — delete the pod and submit it again once the cause is fixed", status.node, status.message)),
+        other => out.push(format!("{} on {}: {}", other.as_str_name(), status.node, status.message)),
+    }
+    if node_state.is_some_and(|n| n.state == "Unknown") {
+        out.push(format!("its node {} has not reported within its lease: its pods are being placed elsewhere", status.node));
+    }
+    if let Some(pool) = pool {
+        let held = pool["allocations"].as_array().into_iter().flatten().find(|a| a["pod"]["name"] == spec.name.as_str() && a["pod"]["namespace"] == spec.namespace.as_str());
+        match held {
+            Some(a) => {
+                let ip = a["ip"].as_str().unwrap_or_default();
+                out.push(format!("its agent holds {ip} for it on {} ({})", a["eni_id"].as_str().unwrap_or_default(), a["mode"].as_str().unwrap_or_default()));
+                if !status.pod_ip.is_empty() && ip != status.pod_ip {
+                    out.push(format!("MISMATCH: the scheduler says {} but the agent holds {ip}", status.pod_ip));
+                }
+            }
+            None if !status.pod_ip.is_empty() => out.push(format!("NO IP held for it by the agent of {}: its network is gone; delete the pod and submit it again", status.node)),
+            None => out.push(format!("no IP held for it by the agent of {} (yet)", status.node)),
+        }
+    }
+    for v in &spec.volumes {
+        let failed = status.message.contains(&format!("volume {:?}", v.name));
+        out.push(format!("volume {}{}", crate::views::volume(v), if failed { ": this volume's set-up failed (see above)" } else { "" }));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pods_explanation_names_what_keeps_it_from_running() {
+        use berth_proto::cluster::v1 as pb;
+        let spec = pb::PodSpec { namespace: "default".into(), name: "web".into(), volumes: vec![pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/data".into(), ..Default::default() }], ..Default::default() };
+        let full = pb::NodeState {
+            state: "Ready".into(),
+            last_report: Some(pb::NodeReport { identity: Some(pb::NodeIdentity { instance_id: "i-1".into(), ..Default::default() }), conditions: vec![pb::Condition { r#type: "IpExhausted".into(), status: true, reason: "no idle IP and the pool may not grow".into(), ..Default::default() }], ..Default::default() }),
+        };
+        let pending = pb::PodStatus { spec: Some(spec.clone()), phase: pb::PodPhase::Pending as i32, message: "0/1 nodes available: 1 no shared IP left".into(), ..Default::default() };
+        let lines = super::explain_pod(&pending, std::slice::from_ref(&full), None);
+        assert!(lines[0].contains("no shared IP left"), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("node i-1: IpExhausted")), "{lines:?}");
+
+        let failed = pb::PodStatus { spec: Some(spec.clone()), phase: pb::PodPhase::Failed as i32, node: "i-1".into(), message: "volume \"data\": ControllerPublishVolume failed: RESOURCE_EXHAUSTED".into(), ..Default::default() };
+        let lines = super::explain_pod(&failed, &[], None);
+        assert!(lines.iter().any(|l| l.starts_with("volume data=disk:/data: this volume's set-up failed")), "{lines:?}");
+
+        let running = pb::PodStatus { spec: Some(spec), phase: pb::PodPhase::Running as i32, node: "i-1".into(), pod_ip: "10.0.0.5".into(), ..Default::default() };
+        let pool = serde_json::json!({ "allocations": [] });
+        assert!(super::explain_pod(&running, &[], Some(&pool)).iter().any(|l| l.starts_with("NO IP held")));
+        let pool = serde_json::json!({ "allocations": [{ "ip": "10.0.0.5", "eni_id": "eni-1", "mode": "shared", "pod": { "namespace": "default", "name": "web" } }] });
+        assert!(super::explain_pod(&running, &[], Some(&pool)).iter().any(|l| l == "its agent holds 10.0.0.5 for it on eni-1 (shared)"));
+    }
+
     use super::*;
 
     fn eni(id: &str, ips: &[&str]) -> NetworkInterface {

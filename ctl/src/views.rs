@@ -63,7 +63,7 @@ pub fn mode(m: i32) -> &'static str {
 }
 
 /// `data=disk:/data`, `shared=nas:/shared(ro)`.
-fn volume(v: &pb::VolumeSpec) -> String {
+pub fn volume(v: &pb::VolumeSpec) -> String {
     let kind = match pb::VolumeKind::try_from(v.kind).unwrap_or(pb::VolumeKind::Unspecified) {
         pb::VolumeKind::Disk => "disk",
         pb::VolumeKind::Nas => "nas",

@@ -20,8 +20,15 @@ pub struct Inspect {
     #[arg(long, env = "BERTH_AGENT_HTTP", default_value = "127.0.0.1:9480")]
     agent: String,
     /// A node (instance ID) of the local cluster: its agent's address instead of --agent.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pod")]
     node: Option<String>,
+    /// A pod of the local cluster: why it is where it is (pending, bound, failed, running), what
+    /// its node's agent holds for it, which volume failed.
+    #[arg(long)]
+    pod: Option<String>,
+    /// The pod's namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
     /// The cloud API endpoint; default: the local cluster's.
     #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
     cloud_endpoint: Option<String>,
@@ -39,6 +46,9 @@ pub struct Inspect {
 
 impl Inspect {
     pub async fn exec(self, output: Output) -> anyhow::Result<()> {
+        if let Some(pod) = &self.pod {
+            return self.pod(pod, output).await;
+        }
         // The cloud client first: it sets up TLS for every HTTP client of the process.
         let cloud = match self.cloud_endpoint {
             Some(endpoint) => {
@@ -100,6 +110,38 @@ impl Inspect {
         }
         if !report.mismatches.is_empty() {
             anyhow::bail!("{} mismatch(es) between pods, pool and cloud on {instance}", report.mismatches.len());
+        }
+        Ok(())
+    }
+
+    async fn pod(&self, name: &str, output: Output) -> anyhow::Result<()> {
+        use berth_proto::cluster::v1 as pb;
+        let mut scheduler = cluster::scheduler(&self.paths, std::time::Duration::from_secs(5)).await?;
+        let status = match scheduler.get_pod(pb::GetPodRequest { namespace: self.namespace.clone(), name: name.to_string() }).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => anyhow::bail!("the scheduler has no pod {}/{name}; `berthctl pod list` shows the pods", self.namespace),
+            Err(s) => anyhow::bail!("asking the scheduler for {}/{name}: {}", self.namespace, s.message()),
+        };
+        let nodes = scheduler.list_nodes(pb::ListNodesRequest {}).await.map_err(|s| anyhow::anyhow!("listing the nodes: {}", s.message()))?.into_inner().nodes;
+        // What the pod's node's agent holds, when the node is one of the local cluster's.
+        let mut pool = None;
+        berth_cloud::client::install_tls_provider();
+        if !status.node.is_empty()
+            && let Ok(addr) = std::fs::read_to_string(self.paths.guest_dir(&status.node).join("agent.metrics"))
+        {
+            pool = match reqwest::get(format!("http://{}/debug/pool", addr.trim())).await {
+                Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                Err(_) => None,
+            };
+        }
+        let lines = inspect::explain_pod(&status, &nodes, pool.as_ref());
+        if output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "namespace": self.namespace, "name": name, "phase": crate::views::phase(status.phase), "node": status.node, "ip": status.pod_ip, "explanation": lines }))?);
+        } else {
+            println!("{}/{name}:", self.namespace);
+            for l in &lines {
+                println!("  {l}");
+            }
         }
         Ok(())
     }
