@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use berth_cloud::Cloud;
 use berth_proto::agent::v1 as pb;
-use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -286,20 +285,7 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 
 /// Serves until `shutdown` resolves. Connections from uids not in `allowed_uids` are closed.
 pub async fn serve<C: Cloud + 'static>(listener: tokio::net::UnixListener, pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, allowed_uids: Vec<u32>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(move |conn| match conn {
-        Ok(stream) => match stream.peer_cred() {
-            Ok(cred) if allowed_uids.contains(&cred.uid()) => true,
-            Ok(cred) => {
-                berth_daemon::limited!(warn, "peer-uid", uid = cred.uid(), pid = ?cred.pid(), "refused a connection from a uid not in api.allowed_uids");
-                false
-            }
-            Err(e) => {
-                berth_daemon::limited!(warn, "peer-cred", error = %e, "refused a connection whose peer credentials cannot be read");
-                false
-            }
-        },
-        Err(_) => true,
-    });
+    let incoming = berth_daemon::socket::allowed_peers(listener, allowed_uids, "api.allowed_uids");
     tonic::transport::Server::builder()
         .add_service(pb::agent_server::AgentServer::with_interceptor(AgentService::new(pool, disks), check_protocol))
         .serve_with_incoming_shutdown(incoming, shutdown)

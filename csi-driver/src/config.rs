@@ -28,6 +28,8 @@ pub struct DriverConfig {
     pub mode: String,
     /// Per-node state: the OSS credentials file and the OSS FUSE mounts.
     pub state_dir: PathBuf,
+    /// uids allowed on the socket (`SO_PEERCRED`); other peers are disconnected.
+    pub allowed_uids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -72,7 +74,7 @@ pub struct OssConfig {
 
 impl Default for DriverConfig {
     fn default() -> Self {
-        DriverConfig { name: "csi.berth.io".into(), socket: "/run/berth/csi.sock".into(), mode: "all".into(), state_dir: "/var/lib/berth/csi".into() }
+        DriverConfig { name: "csi.berth.io".into(), socket: "/run/berth/csi.sock".into(), mode: "all".into(), state_dir: "/var/lib/berth/csi".into(), allowed_uids: vec![0] }
     }
 }
 

@@ -178,7 +178,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tracing::info!("stopping");
     };
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = berth_daemon::socket::allowed_peers(listener, cfg.driver.allowed_uids.clone(), "driver.allowed_uids");
     router.serve_with_incoming_shutdown(incoming, shutdown).await?;
     Ok(())
 }

@@ -4,3 +4,4 @@
 
 pub mod logging;
 pub mod privileges;
+pub mod socket;
