@@ -31,11 +31,13 @@ pub struct ServerConfig {
     pub listen: String,
     /// Where the embedded store keeps its checkpoint and journal.
     pub state_dir: PathBuf,
+    /// `/metrics` (Prometheus text) on this address; empty: not served.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:19470".into(), state_dir: "/var/lib/berth/scheduler".into() }
+        ServerConfig { listen: "127.0.0.1:19470".into(), state_dir: "/var/lib/berth/scheduler".into(), metrics_listen: String::new() }
     }
 }
 

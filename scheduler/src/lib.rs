@@ -10,6 +10,7 @@ pub mod autoscaler;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod placement;
 pub mod server;
 pub mod store;

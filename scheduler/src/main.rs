@@ -25,6 +25,9 @@ struct Args {
     listen: Option<String>,
     #[arg(long, env = "BERTH_SCHEDULER_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Where /metrics is served ("" for nowhere).
+    #[arg(long, env = "BERTH_SCHEDULER_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
     cloud_endpoint: Option<String>,
     #[arg(long, env = "BERTH_CREDENTIALS")]
@@ -51,6 +54,7 @@ impl Args {
         }
         set!(c.server.listen, self.listen);
         set!(c.server.state_dir, self.state_dir);
+        set!(c.server.metrics_listen, self.metrics_listen);
         set!(c.cloud.endpoint, self.cloud_endpoint);
         set!(c.cloud.credentials_file, self.credentials);
         set!(c.placement.lease_secs, self.lease_secs);
@@ -100,7 +104,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     tracing::info!(listen = %cfg.server.listen, pools = cfg.pool.len(), "berth-scheduler serving");
+    let metrics_listen = cfg.server.metrics_listen.clone();
     let shared = Shared::new(cfg, Box::new(store)).map_err(anyhow::Error::msg)?;
+    if !metrics_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&metrics_listen).await.with_context(|| format!("cannot listen on server.metrics_listen {metrics_listen}"))?;
+        let shared = shared.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let shared = shared.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], shared.metrics_text()) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {

@@ -57,6 +57,8 @@ pub struct Shared {
     cfg: SchedulerConfig,
     /// Pools whose last RunInstances failed, and until when (ms) they are left out of plans.
     backoff: Mutex<HashMap<String, u64>>,
+    /// What `/metrics` counts.
+    pub counters: crate::metrics::Counters,
 }
 
 /// How long a pool whose scale-up failed (quota, no stock, vSwitch full) is left out of plans,
@@ -71,7 +73,37 @@ impl Shared {
     pub fn new(cfg: SchedulerConfig, store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
         cluster.restore(store.snapshot(), now_ms())?;
-        Ok(Arc::new(Shared { core: Mutex::new(Core { cluster, store }), streams: Mutex::new(HashMap::new()), next_stream: 0.into(), cfg, backoff: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Shared { core: Mutex::new(Core { cluster, store }), streams: Mutex::new(HashMap::new()), next_stream: 0.into(), cfg, backoff: Mutex::new(HashMap::new()), counters: Default::default() }))
+    }
+
+    /// `/metrics`: the cluster as it is now and what the scheduler counted.
+    pub fn metrics_text(&self) -> String {
+        let snapshot = {
+            let core = self.core();
+            let c = &core.cluster;
+            let mut s = crate::metrics::Snapshot { requested_nodes: c.requested.len() as u64, ..Default::default() };
+            for p in c.pods() {
+                let phase = match p.phase {
+                    pb::PodPhase::Pending | pb::PodPhase::Unspecified => "Pending",
+                    pb::PodPhase::Bound => "Bound",
+                    pb::PodPhase::Running => "Running",
+                    pb::PodPhase::Succeeded => "Succeeded",
+                    pb::PodPhase::Failed => "Failed",
+                    pb::PodPhase::Terminating => "Terminating",
+                };
+                *s.pods_by_phase.entry(phase).or_default() += 1;
+            }
+            for (_, n) in c.placement.nodes() {
+                let state = match n.health {
+                    crate::placement::Health::Ready => "Ready",
+                    crate::placement::Health::Unknown => "Unknown",
+                    crate::placement::Health::Draining => "Draining",
+                };
+                *s.nodes_by_state.entry(state).or_default() += 1;
+            }
+            s
+        };
+        crate::metrics::render(&snapshot, &self.counters)
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -98,10 +130,12 @@ impl Shared {
     /// One tick: leases, then pending pods.
     pub fn tick(&self) {
         {
+            let started = std::time::Instant::now();
             let mut core = self.core();
             let now = now_ms();
             let mut events = core.cluster.expire_leases(now);
             events.extend(core.cluster.schedule(now));
+            self.counters.round(started.elapsed().as_secs_f64());
             if let Err(e) = core.commit(&events) {
                 tracing::error!(error = %e.message(), "tick not persisted");
             }
@@ -321,6 +355,7 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
         tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, count = plan.count, pods = plan.pods, "scaling up");
         match provisioner.create(pool, &plan, &token).await {
             Ok(ids) => {
+                shared.counters.scaled_up(&plan.pool, ids.len() as u32);
                 let mut core = shared.core();
                 let mut events = Vec::new();
                 for id in ids {
@@ -338,6 +373,7 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
     if !gone.is_empty() {
         match provisioner.delete(&gone).await {
             Ok(()) => {
+                shared.counters.deleted(gone.len());
                 let mut core = shared.core();
                 let mut events = Vec::new();
                 for id in &gone {

@@ -18,6 +18,8 @@ pub struct Scheduler {
     dir: tempfile::TempDir,
     port: u16,
     extra: Vec<String>,
+    /// Where its `/metrics` is served.
+    pub metrics_addr: String,
 }
 
 /// A free loopback port.
@@ -41,9 +43,11 @@ impl Scheduler {
     pub fn start_on(port: u16, config: &str, extra: &[&str]) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("scheduler.toml"), config).unwrap();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--metrics-listen".to_string(), metrics_addr.clone()]);
         let child = Self::spawn(dir.path(), port, &extra);
-        Scheduler { child, url: url_of(port), dir, port, extra }
+        Scheduler { child, url: url_of(port), dir, port, extra, metrics_addr }
     }
 
     fn spawn(dir: &std::path::Path, port: u16, extra: &[String]) -> Child {
@@ -66,6 +70,11 @@ impl Scheduler {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = Self::spawn(self.dir.path(), self.port, &self.extra);
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.expect("GET /metrics").text().await.expect("text")
     }
 
     pub fn log(&self) -> String {

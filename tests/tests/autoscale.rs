@@ -62,6 +62,12 @@ async fn pods_beyond_the_nodes_ips_bring_a_new_instance_which_goes_once_they_are
     let on_new: Vec<&pb::PodStatus> = running.iter().filter(|p| p.node == new_node).collect();
     assert_eq!(on_new.len(), 2, "the two pods that did not fit run on the new node");
     eprintln!("12 pods running on 3 nodes {scaled_in:?} after submission");
+    // The scheduler's metrics tell the same: two scale-ups (the minimum, then the pending pods),
+    // three instances made, 12 pods running on 3 ready nodes.
+    let metrics = c.scheduler.metrics().await;
+    for line in ["berth_scheduler_scale_ups_total{pool=\"small\"} 2", "berth_scheduler_nodes_requested_total{pool=\"small\"} 3", "berth_scheduler_pods{phase=\"Running\"} 12", "berth_scheduler_nodes{state=\"Ready\"} 3"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in the scheduler's metrics:\n{metrics}");
+    }
 
     // The new node's pods reach pods of the first nodes, through the VPC.
     let from = netns_of(&c, &new_node, &on_new[0].pod_ip);
