@@ -87,15 +87,26 @@ impl<C: Cloud> EniPool<C> {
     /// groups, or the node's, under a journaled intent; `what` names it in errors.
     pub(super) async fn create_pod_eni(&self, token_prefix: &str, request: PodEniRequest, description: String, what: &str) -> Result<(NetworkInterface, u64), AllocError> {
         let token = format!("{token_prefix}-{}-{:016x}", self.identity.instance_id, rand::random::<u64>());
-        let intent = self.books().store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
+        let intent = {
+            let mut b = self.books();
+            let id = b.store.intend(Intent::CreateExclusiveEni { client_token: token.clone() })?;
+            b.in_flight.insert(id);
+            id
+        };
         let vswitch = request.vswitch_id.unwrap_or_else(|| self.settings.vswitch_id.clone());
         let groups = if request.security_group_ids.is_empty() { self.settings.security_group_ids.clone() } else { request.security_group_ids };
         let mut req = CreateEniRequest::secondary(vswitch, groups);
         req.description = description;
         req.ipv6_count = u32::from(self.settings.dual_stack);
         req.client_token = Some(token);
-        let eni = self.cloud.create_network_interface(&req).await.map_err(|e| super::pod_eni_refusal(&format!("cannot create {what} (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)"), &e))?;
-        Ok((eni, intent))
+        match self.cloud.create_network_interface(&req).await {
+            Ok(eni) => Ok((eni, intent)),
+            Err(e) => {
+                // The intent stays for the upkeep: the cloud may have made the ENI all the same.
+                self.books().in_flight.remove(&intent);
+                Err(super::pod_eni_refusal(&format!("cannot create {what} (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)"), &e))
+            }
+        }
     }
 
     /// After placing a pod's new ENI: a failed placement deletes it (never keep an ENI nobody
@@ -104,10 +115,15 @@ impl<C: Cloud> EniPool<C> {
         if placed.is_err()
             && let Err(e) = self.delete_eni_calls(eni_id).await
         {
-            tracing::error!(eni = %eni_id, error = %e, "cannot delete the ENI of a failed ADD; the next start retries");
+            tracing::error!(eni = %eni_id, error = %e, "cannot delete the ENI of a failed ADD; the upkeep retries");
+            self.books().in_flight.remove(&intent);
             return placed;
         }
-        self.books().store.done(intent)?;
+        {
+            let mut b = self.books();
+            b.in_flight.remove(&intent);
+            b.store.done(intent)?;
+        }
         if placed.is_ok() {
             self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
         }
@@ -163,16 +179,20 @@ impl<C: Cloud> EniPool<C> {
             b.store.append(Event::Released { key: key.clone() })?;
             b.ledger.release(key);
             let intent = b.store.intend(Intent::DeleteEni { eni_id: record.eni_id.clone() })?;
+            b.in_flight.insert(intent);
             if let Some(e) = b.ledger.eni_mut(&record.eni_id) {
                 e.phase = EniPhase::Draining;
             }
             self.update_gauges(&b);
             (record, intent)
         };
-        match self.delete_eni_calls(&record.eni_id).await {
-            Ok(()) => self.books().store.done(intent)?,
-            // The intent stays: the next start finishes the deletion.
-            Err(e) => tracing::error!(eni = %record.eni_id, error = %format!("{e:#}"), "cannot delete a released pod's ENI yet"),
+        let deleted = self.delete_eni_calls(&record.eni_id).await;
+        let mut b = self.books();
+        b.in_flight.remove(&intent);
+        match deleted {
+            Ok(()) => b.store.done(intent)?,
+            // The intent stays: the upkeep finishes the deletion.
+            Err(e) => tracing::error!(eni = %record.eni_id, error = %format!("{e:#}"), "cannot delete a released pod's ENI yet; the upkeep retries"),
         }
         Ok(Some(record))
     }

@@ -86,6 +86,9 @@ struct Books {
     /// Why the pool last failed to grow, for STATUS and the operator.
     grow_error: Option<String>,
     last_busy: Instant,
+    /// Intents whose ADD or DEL is still running (the upkeep task's own run within it). Any other
+    /// intent in the store was left by a call that failed, and the upkeep finishes it.
+    in_flight: BTreeSet<u64>,
 }
 
 pub struct EniPool<C> {
@@ -135,7 +138,7 @@ impl<C: Cloud> EniPool<C> {
             cloud,
             settings,
             identity,
-            books: Mutex::new(Books { ledger, store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now() }),
+            books: Mutex::new(Books { ledger, store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now(), in_flight: BTreeSet::new() }),
             unwire: node.spawn_link_deleter(),
             node: Mutex::new(node),
             grown: Notify::new(),
@@ -369,7 +372,10 @@ impl<C: Cloud> EniPool<C> {
     }
 
     async fn finish_intents(&self) -> anyhow::Result<()> {
-        let intents: Vec<(u64, Intent)> = self.books().store.snapshot().intents.iter().map(|(id, i)| (*id, i.clone())).collect();
+        let intents: Vec<(u64, Intent)> = {
+            let b = self.books();
+            b.store.snapshot().intents.iter().filter(|(id, _)| !b.in_flight.contains(id)).map(|(id, i)| (*id, i.clone())).collect()
+        };
         for (id, intent) in intents {
             tracing::info!(?intent, "finishing an interrupted cloud call");
             match intent {
@@ -612,6 +618,11 @@ impl<C: Cloud> EniPool<C> {
         let mut next_reconcile = Instant::now() + self.settings.reconcile_every;
         loop {
             if Instant::now() >= next_reconcile {
+                // Intents a failed ADD, DEL or pool action left (a cloud call that failed, e.g.
+                // while the cloud was unreachable) are finished now, not only at the next start.
+                if let Err(e) = self.finish_intents().await {
+                    berth_daemon::limited!(warn, "intents", error = %format!("{e:#}"), "cannot finish a cloud call left undone; will retry");
+                }
                 if let Err(e) = self.reconcile(false).await {
                     berth_daemon::limited!(warn, "reconcile", error = %e, "reconciliation failed; will retry");
                 }
