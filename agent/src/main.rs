@@ -21,8 +21,7 @@ use berth_cloud::client::load_credentials;
 use berth_cloud::model::EniKind;
 use berth_cloud::ratelimit::Limit;
 use berth_cloud::{Cloud, ClientConfig, HttpCloud};
-use berth_daemon::logging;
-use berth_daemon::privileges::{self, Capability, Reach};
+use berth_daemon::privileges::Capability;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -147,22 +146,8 @@ const KEPT_CAPABILITIES: [Capability; 3] = [Capability::CAP_NET_ADMIN, Capabilit
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    logging::init(args.log_json);
-    // Before any thread exists: every thread the agent makes inherits the reduced sets.
-    if let Err(e) = privileges::keep_only_or_explain("berth-agent", &KEPT_CAPABILITIES, Reach::ProcessAndChildren) {
-        eprintln!("{e}");
-        return std::process::ExitCode::FAILURE;
-    }
     // Two workers: the agent's work is small and mostly waiting on the cloud.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("berth-agent: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    berth_daemon::start("berth-agent", args.log_json, &KEPT_CAPABILITIES, 2, || run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

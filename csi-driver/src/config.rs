@@ -104,8 +104,8 @@ impl Default for OssConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {reason}; pass --config with a readable file, or none for the defaults")]
+    Read { path: PathBuf, reason: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid {key} = {value:?}: {hint}")]
@@ -122,7 +122,7 @@ impl CsiConfig {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(CsiConfig::default()),
-            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+            Err(reason) => Err(ConfigError::Read { path: path.to_path_buf(), reason }),
         }
     }
 

@@ -15,8 +15,7 @@ use berth_csi::identity::IdentityService;
 use berth_csi::node::NodeService;
 use berth_csi::oss::OssMounter;
 use berth_proto::csi::v1 as csi;
-use berth_daemon::logging;
-use berth_daemon::privileges::{self, Capability, Reach};
+use berth_daemon::privileges::Capability;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -84,21 +83,7 @@ const KEPT_CAPABILITIES: [Capability; 4] = [Capability::CAP_SYS_ADMIN, Capabilit
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    logging::init(args.log_json);
-    // Before any thread exists: every thread and program the driver starts inherits the reduced sets.
-    if let Err(e) = privileges::keep_only_or_explain("berth-csi", &KEPT_CAPABILITIES, Reach::ProcessAndChildren) {
-        eprintln!("{e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("berth-csi: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    berth_daemon::start("berth-csi", args.log_json, &KEPT_CAPABILITIES, 2, || run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -11,8 +11,6 @@ use berth_scheduler::autoscaler::driver::CloudProvisioner;
 use berth_scheduler::config::{self, SchedulerConfig};
 use berth_scheduler::server::{self, Shared};
 use berth_scheduler::store::JournalStore;
-use berth_daemon::logging;
-use berth_daemon::privileges::{self, Reach};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -65,27 +63,9 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init(args.log_json);
-    // The scheduler needs no privilege: it listens on an unprivileged port and writes its own
-    // state directory. Before any thread exists, so every thread inherits the empty sets.
-    if let Err(e) = privileges::keep_only_or_explain("berth-scheduler", &[], Reach::ProcessAndChildren) {
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
-    }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth-scheduler: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("berth-scheduler: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // The scheduler needs no privilege: it listens on unprivileged ports and writes its own state.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    berth_daemon::start("berth-scheduler", args.log_json, &[], workers, || run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
