@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use berth_cloud::Cloud;
 
@@ -12,8 +10,7 @@ use crate::eni_pool::EniPool;
 use crate::metrics::Metrics;
 
 pub fn router<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttacher<C>>, metrics: Arc<Metrics>) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render()).into_response() }))
+    berth_daemon::metrics::router(move || metrics.render())
         .route("/debug/pool", get(move || async move { axum::Json(pool.describe()) }))
         .route("/debug/disks", get(move || async move { axum::Json(disks.describe_json()) }))
         .route("/healthz", get(|| async { "ok\n" }))

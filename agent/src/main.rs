@@ -252,15 +252,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     if !cfg.api.metrics_listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&cfg.api.metrics_listen).await.with_context(|| format!("binding api.metrics_listen {}", cfg.api.metrics_listen))?;
-        // With port 0 (many simulated nodes on one machine) only this file tells tools the port.
-        let bound = listener.local_addr()?;
-        let address_file = cfg.api.socket.with_extension("metrics");
-        std::fs::write(&address_file, bound.to_string()).with_context(|| format!("writing the metrics address to {}", address_file.display()))?;
-        tracing::info!(address = %bound, "metrics and introspection listening");
+        // With port 0 (many simulated nodes on one machine) only the address file tells tools the port.
         let app = http::router(pool.clone(), disks.clone(), metrics.clone());
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+        berth_daemon::metrics::serve("api.metrics_listen", &cfg.api.metrics_listen, Some(&cfg.api.socket.with_extension("metrics")), app, stopped(stop_rx.clone())).await?;
     }
 
     // Ready once an ADD can be served from the pool (or no warm IPs are wanted).

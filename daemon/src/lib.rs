@@ -1,8 +1,9 @@
 //! What every Berth daemon (agent, CSI driver, scheduler, local cloud) does the same way, in one
 //! place: logging set-up (text or JSON, level from `BERTH_LOG`), rate-limited log lines for hot
-//! paths, and dropping the capabilities a daemon does not need.
+//! paths, dropping the capabilities a daemon does not need, and serving `/metrics`.
 
 pub mod logging;
+pub mod metrics;
 pub mod privileges;
 pub mod socket;
 

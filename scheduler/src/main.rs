@@ -87,16 +87,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_listen = cfg.server.metrics_listen.clone();
     let shared = Shared::new(cfg, Box::new(store)).map_err(anyhow::Error::msg)?;
     if !metrics_listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&metrics_listen).await.with_context(|| format!("cannot listen on server.metrics_listen {metrics_listen}"))?;
         let shared = shared.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let shared = shared.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], shared.metrics_text()) }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        berth_daemon::metrics::serve("server.metrics_listen", &metrics_listen, None, berth_daemon::metrics::router(move || shared.metrics_text()), std::future::pending()).await?;
     }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
