@@ -30,6 +30,9 @@ pub struct DriverConfig {
     pub state_dir: PathBuf,
     /// uids allowed on the socket (`SO_PEERCRED`); other peers are disconnected.
     pub allowed_uids: Vec<u32>,
+    /// Where `/metrics` is served ("" for nowhere; port 0 takes a free port, written to the socket's
+    /// path with the extension `.metrics`).
+    pub metrics_listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -74,7 +77,7 @@ pub struct OssConfig {
 
 impl Default for DriverConfig {
     fn default() -> Self {
-        DriverConfig { name: "csi.berth.io".into(), socket: "/run/berth/csi.sock".into(), mode: "all".into(), state_dir: "/var/lib/berth/csi".into(), allowed_uids: vec![0] }
+        DriverConfig { name: "csi.berth.io".into(), socket: "/run/berth/csi.sock".into(), mode: "all".into(), state_dir: "/var/lib/berth/csi".into(), allowed_uids: vec![0], metrics_listen: String::new() }
     }
 }
 
@@ -148,6 +151,9 @@ impl CsiConfig {
         if !(self.cloud.endpoint.starts_with("http://") || self.cloud.endpoint.starts_with("https://")) {
             return invalid("cloud.endpoint", self.cloud.endpoint.clone(), "an http:// or https:// URL");
         }
+        if !self.driver.metrics_listen.is_empty() && self.driver.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("driver.metrics_listen", self.driver.metrics_listen.clone(), "an address:port such as 127.0.0.1:9481, or empty");
+        }
         if self.oss.health_secs == 0 {
             return invalid("oss.health_secs", "0".into(), "at least 1");
         }
@@ -166,6 +172,9 @@ mod tests {
         let c = CsiConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[driver]\nmode = \"both\"\n", Path::new("c.toml")).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("driver.mode") && e.contains("both"), "{e}");
+        let c = CsiConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[driver]\nmetrics_listen = \"localhost\"\n", Path::new("c.toml")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("driver.metrics_listen") && e.contains("localhost"), "{e}");
     }
 
     /// The example file shipped beside the binary is a valid config whose values are the defaults.

@@ -12,6 +12,7 @@ use berth_csi::config::{self, CsiConfig};
 use berth_csi::controller::ControllerService;
 use berth_csi::driver::{Driver, region_of_zone};
 use berth_csi::identity::IdentityService;
+use berth_csi::metrics::{CountCalls, Metrics};
 use berth_csi::node::NodeService;
 use berth_csi::oss::OssMounter;
 use berth_proto::csi::v1 as csi;
@@ -48,6 +49,9 @@ struct Args {
     oss_endpoint: Option<String>,
     #[arg(long, env = "BERTH_OSS_HEALTH_SECS")]
     oss_health_secs: Option<u64>,
+    /// Where /metrics is served ("" for nowhere).
+    #[arg(long, env = "BERTH_CSI_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -65,6 +69,7 @@ impl Args {
         set!(c.driver.socket, self.endpoint.map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(&e))));
         set!(c.driver.mode, self.mode);
         set!(c.driver.state_dir, self.state_dir);
+        set!(c.driver.metrics_listen, self.metrics_listen);
         set!(c.cloud.endpoint, self.cloud_endpoint);
         set!(c.cloud.region, self.region);
         set!(c.cloud.credentials_file, self.credentials);
@@ -119,6 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         oss.write_credentials(&credentials).context("writing the OSS credentials file")?;
     }
     let driver = Driver::new(cfg.clone(), Some(cloud), oss);
+    let metrics = Metrics::new();
 
     let socket = cfg.driver.socket.clone();
     if let Some(dir) = socket.parent() {
@@ -128,17 +134,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing the stale socket {}", socket.display())),
         _ => {}
     }
+    // Before the socket: once it exists, so does the metrics address beside it.
+    if !cfg.driver.metrics_listen.is_empty() {
+        let (d, m) = (driver.clone(), metrics.clone());
+        let app = berth_daemon::metrics::router(move || m.render(&d.oss.volumes()));
+        berth_daemon::metrics::serve("driver.metrics_listen", &cfg.driver.metrics_listen, Some(&socket.with_extension("metrics")), app, std::future::pending()).await?;
+    }
     let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
 
     if cfg.serves_node() && !cfg.oss.endpoint.is_empty() {
-        let d = driver.clone();
+        let (d, metrics) = (driver.clone(), metrics.clone());
         let every = Duration::from_secs(cfg.oss.health_secs);
         tokio::spawn(async move {
             loop {
                 let check = d.clone();
                 let remounted = tokio::task::spawn_blocking(move || check.remount_dead_oss()).await.unwrap_or(0);
                 if remounted > 0 {
+                    metrics.oss_remounts.inc_by(remounted as u64);
                     tracing::info!(remounted, "dead OSS mounts remounted");
                 }
                 tokio::time::sleep(every).await;
@@ -146,7 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder().layer(CountCalls(metrics));
     let mut router = server.add_service(csi::identity_server::IdentityServer::new(IdentityService(driver.clone())));
     if cfg.serves_controller() {
         router = router.add_service(csi::controller_server::ControllerServer::new(ControllerService(driver.clone())));

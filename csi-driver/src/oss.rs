@@ -172,15 +172,20 @@ impl OssMounter {
         Ok(())
     }
 
-    /// The volumes whose FUSE mount on this node is dead, by volume ID.
-    pub fn dead_volumes(&self) -> Vec<String> {
+    /// The OSS volumes this node has a FUSE mount for, by volume ID, with the mount's health.
+    pub fn volumes(&self) -> Vec<(String, Health)> {
         let root = self.state_dir.join("mounts");
         let Ok(entries) = std::fs::read_dir(&root) else { return Vec::new() };
         entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "volume") && health(&p.with_extension("")) == Health::Dead)
-            .filter_map(|p| std::fs::read_to_string(p).ok().map(|id| id.trim().to_string()))
+            .filter(|p| p.extension().is_some_and(|x| x == "volume"))
+            .filter_map(|p| std::fs::read_to_string(&p).ok().map(|id| (id.trim().to_string(), health(&p.with_extension("")))))
             .collect()
+    }
+
+    /// The volumes whose FUSE mount on this node is dead, by volume ID.
+    pub fn dead_volumes(&self) -> Vec<String> {
+        self.volumes().into_iter().filter(|(_, h)| *h == Health::Dead).map(|(id, _)| id).collect()
     }
 }

@@ -81,6 +81,8 @@ impl CsiProcess {
             oss.trim().to_string(),
             "--oss-health-secs".into(),
             "1".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         let mut p = CsiProcess { dir, args, child: None };
         p.spawn();
@@ -97,6 +99,12 @@ impl CsiProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("csi.log")).unwrap_or_default()
+    }
+
+    /// `/metrics` of the driver (its port is written beside the socket, as `csi.metrics`).
+    pub async fn metrics(&self) -> String {
+        let address = std::fs::read_to_string(self.dir.path().join("csi.metrics")).expect("the driver wrote its metrics address");
+        reqwest::get(format!("http://{address}/metrics")).await.expect("GET /metrics").text().await.expect("text")
     }
 
     fn spawn(&mut self) {

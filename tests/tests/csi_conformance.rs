@@ -76,6 +76,17 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     let mut bad_range = create("v-range", 2, &[], rw.clone());
     bad_range.capacity_range.as_mut().unwrap().limit_bytes = GIB;
     assert_eq!(code(ctl.create_volume(bad_range).await), Code::OutOfRange, "limit below required");
+    // Every answer so far is counted by method and code in the driver's /metrics.
+    let metrics = node.driver.metrics().await;
+    for line in [
+        "berth_csi_operations_total{method=\"CreateVolume\",code=\"InvalidArgument\"} 6",
+        "berth_csi_operations_total{method=\"CreateVolume\",code=\"OutOfRange\"} 1",
+        "berth_csi_operations_total{method=\"Probe\",code=\"Ok\"} 1",
+        "berth_csi_operations_total{method=\"NodeGetInfo\",code=\"Ok\"} 1",
+        "berth_csi_operation_seconds_count{method=\"CreateVolume\"} 7",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in the driver's metrics:\n{metrics}");
+    }
     assert_eq!(code(ctl.create_volume(create("v-pl1small", 1, &[("performanceLevel", "PL3"), ("zoneId", "local-1a")], rw.clone())).await.map(|_| ())), Code::Ok, "the size rounds up to the category's minimum");
 
     // NAS and OSS: file systems only, and what they are carved from must be named and exist.

@@ -256,6 +256,10 @@ async fn nas_is_shared_between_nodes_and_oss_lands_in_its_bucket() {
         now.len() == 1 && now != fuse_a && mount_count(&oa2) == 1 && std::fs::write(oa2.join("after.txt"), b"after the remount\n").is_ok()
     });
     assert!(a.driver.log().contains("remount"), "the driver says it remounted:\n{}", a.driver.log());
+    let metrics = a.driver.metrics().await;
+    for line in ["berth_csi_oss_remounts_total 1", "berth_csi_oss_mounts{health=\"alive\"} 1", "berth_csi_oss_mounts{health=\"dead\"} 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in the driver's metrics:\n{metrics}");
+    }
     eventually("the write after the remount in the bucket", Duration::from_secs(10), || bucket.join(&prefix).join("after.txt").exists());
     assert_eq!(std::fs::read(oa.join("report.txt")).unwrap(), b"written through s3fs on A\n", "the first pod's mount is bound again too");
 
