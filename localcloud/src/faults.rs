@@ -56,10 +56,11 @@ impl Faults {
         Ok(())
     }
 
-    /// The injected failure for this call, if any; `roll` is uniform in [0, 1). Counts down `count`.
-    pub fn decide(&mut self, action: &str, roll: f64) -> Option<ApiFailure> {
+    /// The injected failure for this call, if any, and which knob injected it; `roll` is uniform
+    /// in [0, 1). Counts down `count`.
+    pub fn decide(&mut self, action: &str, roll: f64) -> Option<(FaultKind, ApiFailure)> {
         if roll < self.throttle_rate {
-            return Some(ApiFailure::bad(berth_cloud::error::code::THROTTLING, "Request was denied due to request throttling."));
+            return Some((FaultKind::Throttling, ApiFailure::bad(berth_cloud::error::code::THROTTLING, "Request was denied due to request throttling.")));
         }
         let f = self.fail_actions.get_mut(action)?;
         if f.rate.is_some_and(|r| roll >= r) {
@@ -71,7 +72,30 @@ impl Faults {
             None => {}
         }
         let status = status_of(&f.code);
-        Some(ApiFailure::new(status, &f.code, format!("{action} failed by fault injection with {}.", f.code)))
+        Some((FaultKind::FailAction, ApiFailure::new(status, &f.code, format!("{action} failed by fault injection with {}.", f.code))))
+    }
+}
+
+/// Which knob a fault came from (the `kind` label of `berth_localcloud_faults_injected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// `latency_ms` delayed the call.
+    Latency,
+    /// `throttle_rate` answered `Throttling`.
+    Throttling,
+    /// `fail_actions` answered its code.
+    FailAction,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 3] = [FaultKind::Latency, FaultKind::Throttling, FaultKind::FailAction];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Latency => "latency",
+            FaultKind::Throttling => "throttling",
+            FaultKind::FailAction => "fail_action",
+        }
     }
 }
 
@@ -98,12 +122,12 @@ mod tests {
     fn counts_and_rates() {
         let mut f = Faults::default();
         f.fail_actions.insert("AttachDisk".into(), FailAction { code: "InternalError".into(), count: Some(2), rate: None });
-        assert_eq!(f.decide("AttachDisk", 0.5).unwrap().status, 500);
+        assert_eq!(f.decide("AttachDisk", 0.5).map(|(k, e)| (k, e.status)), Some((FaultKind::FailAction, 500)));
         assert!(f.decide("AttachDisk", 0.5).is_some());
         assert!(f.decide("AttachDisk", 0.5).is_none());
         assert!(f.decide("DetachDisk", 0.0).is_none());
         f.throttle_rate = 0.3;
-        assert_eq!(f.decide("X", 0.29).unwrap().code, "Throttling");
+        assert_eq!(f.decide("X", 0.29).map(|(k, e)| (k, e.code)), Some((FaultKind::Throttling, "Throttling".into())));
         assert!(f.decide("X", 0.31).is_none());
         f.throttle_rate = 1.5;
         assert!(f.validate().is_err());

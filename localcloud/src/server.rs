@@ -114,7 +114,7 @@ async fn serve_rpc(engine: &Arc<Engine>, method: Method, query: Option<String>, 
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    if let Some(f) = injected {
+    if let Some((_, f)) = injected {
         return failure(f, request_id);
     }
     let e = engine.clone();
