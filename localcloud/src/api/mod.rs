@@ -134,6 +134,22 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
     }
 }
 
+/// Every action [`dispatch`] serves. The metrics label calls with these names only, so a caller
+/// cannot grow the label set with made-up actions.
+pub const ACTIONS: [&str; 35] = [
+    "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
+    "RevokeSecurityGroup", "RevokeSecurityGroupEgress", "DescribeSecurityGroupAttribute", "DescribeSecurityGroups", "DescribeInstanceTypes", "RunInstances",
+    "DeleteInstances", "DeleteInstance", "DescribeInstances", "CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface",
+    "DeleteNetworkInterface", "DescribeNetworkInterfaces", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses",
+    "UnassignIpv6Addresses", "CreateDisk", "AttachDisk", "DetachDisk", "DeleteDisk", "ResizeDisk", "DescribeDisks", "CreateFileSystem",
+    "CreateMountTarget", "DescribeFileSystems", "DeleteFileSystem",
+];
+
+/// The name an action is counted under: itself if this service serves it, else `unknown`.
+pub fn action_label(action: &str) -> &'static str {
+    ACTIONS.iter().find(|a| **a == action).copied().unwrap_or("unknown")
+}
+
 /// Completes a pending transition: Attaching → InUse, Detaching → Available, Pending → Running.
 /// Returns whether anything changed.
 pub fn complete(state: &mut State, pending: &Pending) -> bool {
@@ -215,4 +231,24 @@ fn page<T: Clone>(items: &[T], p: &Params<'_>, default: usize, max: usize) -> Ap
     let chunk = items.get(start..end).map(<[T]>::to_vec).unwrap_or_default();
     let next = if end < items.len() { end.to_string() } else { String::new() };
     Ok((chunk, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn every_counted_action_is_served_and_others_are_unknown() {
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new() };
+        let params = BTreeMap::new();
+        for action in ACTIONS {
+            let answer = dispatch(&mut State::default(), &ctx, action, &Params(&params));
+            assert!(answer.err().is_none_or(|f| f.code != berth_cloud::error::code::INVALID_ACTION), "{action} is counted but not served");
+            assert_eq!(action_label(action), action);
+        }
+        assert_eq!(action_label("DescribeEverything"), "unknown");
+        assert_eq!(action_label(""), "unknown");
+    }
 }
