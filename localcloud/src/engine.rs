@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::api::{self, ApiFailure, Ctx, Params, Pending};
 use crate::auth::NonceCache;
 use crate::faults::Faults;
+use crate::metrics::{ApiCounters, PlaneReport};
 use crate::state::{Plane, State};
 
 pub struct EngineConfig {
@@ -35,6 +36,8 @@ pub struct Engine {
     pub nonces: Mutex<NonceCache>,
     last_converge_error: Mutex<Option<String>>,
     entropy: String,
+    /// What the API served, for `/metrics`.
+    pub calls: ApiCounters,
 }
 
 pub fn now_secs() -> u64 {
@@ -91,6 +94,7 @@ impl Engine {
             nonces: Mutex::new(NonceCache::default()),
             last_converge_error: Mutex::new(None),
             entropy: uuid::Uuid::new_v4().simple().to_string(),
+            calls: ApiCounters::default(),
         });
         let state = lock(&engine.state);
         engine.converge(&state);
@@ -111,6 +115,16 @@ impl Engine {
 
     pub fn last_converge_error(&self) -> Option<String> {
         lock(&self.last_converge_error).clone()
+    }
+
+    /// What every plane reports to `/metrics`. Blocking (a plane may run a program): call from a
+    /// blocking thread.
+    pub fn plane_report(&self) -> PlaneReport {
+        let mut report = PlaneReport::default();
+        for plane in &self.planes {
+            plane.report(&mut report);
+        }
+        report
     }
 
     pub fn snapshot(&self) -> State {

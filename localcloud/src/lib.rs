@@ -8,6 +8,7 @@ pub mod engine;
 pub mod faults;
 pub mod guest;
 pub mod metadata;
+pub mod metrics;
 pub mod oss;
 pub mod planes;
 pub mod server;

@@ -1,9 +1,9 @@
 //! HTTP: the RPC API on `/`, the admin API under `/_localcloud/`, instance metadata for tools under
-//! `/_localcloud/metadata/<instance-id>/latest/meta-data/`.
+//! `/_localcloud/metadata/<instance-id>/latest/meta-data/`, Prometheus metrics on `/metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,12 +15,14 @@ use berth_cloud::wire::{ErrorBody, Product};
 
 use crate::api::ApiFailure;
 use crate::engine::{Engine, now_secs};
-use crate::faults::Faults;
+use crate::faults::{FaultKind, Faults};
+use crate::metrics::Resources;
 use crate::{auth, metadata};
 
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/", get(rpc).post(rpc))
+        .route("/metrics", get(metrics))
         .route("/_localcloud/status", get(status))
         .route("/_localcloud/faults", get(get_faults).put(put_faults))
         .route("/_localcloud/metadata/{instance}/latest/meta-data/", get(meta_root))
@@ -74,65 +76,87 @@ fn form_urlencoded(text: &str) -> Vec<(String, String)> {
 }
 
 async fn rpc(State(engine): State<Arc<Engine>>, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let started = Instant::now();
     // A caller's trace (a pod's ADD) on the line of every call it made.
     let trace_id = headers.get(berth_cloud::trace::CLOUD_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    serve_rpc(&engine, method, query, body, &trace_id).await
+    let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
+    let (action, answer) = serve_rpc(&engine, method, query, body, &trace_id, &request_id).await;
+    let outcome = answer.as_ref().map_or_else(|f| f.code.as_str(), |_| "ok");
+    engine.calls.call(crate::api::action_label(&action), outcome, started.elapsed());
+    match answer {
+        Ok(body) => json(200, &body),
+        Err(f) => failure(f, request_id),
+    }
 }
 
-async fn serve_rpc(engine: &Arc<Engine>, method: Method, query: Option<String>, body: Bytes, trace_id: &str) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
+/// One RPC call: the action it named (empty if none) and the body to answer, or the failure.
+async fn serve_rpc(engine: &Arc<Engine>, method: Method, query: Option<String>, body: Bytes, trace_id: &str, request_id: &str) -> (String, Result<serde_json::Value, ApiFailure>) {
     let mut params = BTreeMap::new();
     parse_pairs(query.as_deref().unwrap_or_default(), &mut params);
     if method == Method::POST {
         parse_pairs(&String::from_utf8_lossy(&body), &mut params);
     }
-    let now = now_secs();
-    let checked = auth::check(&params, method.as_str(), &engine.credentials, now, &mut engine.nonces.lock().unwrap_or_else(|e| e.into_inner()));
-    if let Err(f) = checked {
-        return failure(f, request_id);
-    }
     let action = params.get("Action").cloned().unwrap_or_default();
+    let answer = answer_rpc(engine, method, params, &action, trace_id, request_id).await;
+    (action, answer)
+}
+
+async fn answer_rpc(engine: &Arc<Engine>, method: Method, params: BTreeMap<String, String>, action: &str, trace_id: &str, request_id: &str) -> Result<serde_json::Value, ApiFailure> {
+    let now = now_secs();
+    auth::check(&params, method.as_str(), &engine.credentials, now, &mut engine.nonces.lock().unwrap_or_else(|e| e.into_inner()))?;
     if action.is_empty() {
-        return failure(ApiFailure::bad(berth_cloud::error::code::MISSING_PARAMETER, "The input parameter \"Action\" that is mandatory for processing this request is not supplied."), request_id);
+        return Err(ApiFailure::bad(berth_cloud::error::code::MISSING_PARAMETER, "The input parameter \"Action\" that is mandatory for processing this request is not supplied."));
     }
     let version = params.get("Version").map(String::as_str).unwrap_or_default();
-    let want = Product::of(&action).version();
+    let want = Product::of(action).version();
     if version != want {
-        return failure(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("Version \"{version}\" is not the API version of {action}; use {want}.")), request_id);
+        return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("Version \"{version}\" is not the API version of {action}; use {want}.")));
     }
     if params.get("Format").is_some_and(|f| !f.eq_ignore_ascii_case("JSON")) {
-        return failure(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, "Format must be JSON; this service does not write XML."), request_id);
+        return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, "Format must be JSON; this service does not write XML."));
     }
     let region = params.get("RegionId").cloned().unwrap_or_default();
     if region != engine.region_id {
-        return failure(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("RegionId \"{region}\" is not served here; use {}.", engine.region_id)), request_id);
+        return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("RegionId \"{region}\" is not served here; use {}.", engine.region_id)));
     }
     let (latency, injected) = {
         let mut faults = engine.faults.write().unwrap_or_else(|e| e.into_inner());
-        (faults.latency_ms, faults.decide(&action, rand::random::<f64>()))
+        (faults.latency_ms, faults.decide(action, rand::random::<f64>()))
     };
     if latency > 0 {
+        engine.calls.fault(FaultKind::Latency);
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    if let Some((_, f)) = injected {
-        return failure(f, request_id);
+    if let Some((kind, f)) = injected {
+        engine.calls.fault(kind);
+        return Err(f);
     }
     let e = engine.clone();
-    let logged_action = action.clone();
-    match tokio::task::spawn_blocking(move || e.call(&action, &params)).await {
+    let owned = action.to_string();
+    match tokio::task::spawn_blocking(move || e.call(&owned, &params)).await {
         Ok(Ok((mut body, request_id))) => {
-            tracing::info!(action = %logged_action, %request_id, trace_id, "api call");
+            tracing::info!(%action, %request_id, trace_id, "api call");
             if let Some(obj) = body.as_object_mut() {
                 obj.insert("RequestId".into(), request_id.into());
             }
-            json(200, &body)
+            Ok(body)
         }
         Ok(Err(f)) => {
-            tracing::info!(action = %logged_action, %request_id, trace_id, code = %f.code, "api call refused");
-            failure(f, request_id)
+            tracing::info!(%action, %request_id, trace_id, code = %f.code, "api call refused");
+            Err(f)
         }
-        Err(e) => failure(ApiFailure::new(500, berth_cloud::error::code::INTERNAL_ERROR, e.to_string()), request_id),
+        Err(e) => Err(ApiFailure::new(500, berth_cloud::error::code::INTERNAL_ERROR, e.to_string())),
     }
+}
+
+/// `/metrics`: no admin header, as a scraper has none; it tells counts, never secrets.
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let calls = engine.calls.snapshot();
+    let resources = Resources::of(&engine.snapshot());
+    // The planes' reports may run programs (nft in each VPC's namespace).
+    let e = engine.clone();
+    let planes = tokio::task::spawn_blocking(move || e.plane_report()).await.unwrap_or_default();
+    (StatusCode::OK, [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&calls, &resources, &planes)).into_response()
 }
 
 fn admin(engine: &Engine, headers: &HeaderMap) -> Result<(), Box<Response>> {

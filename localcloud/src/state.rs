@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use berth_cloud::model::{Disk, Instance, NasFileSystem, NetworkInterface, SecurityGroup, VSwitch, Vpc};
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::PlaneReport;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub region_id: String,
@@ -32,6 +34,8 @@ pub trait Plane: Send + Sync {
     fn converge(&self, state: &State) -> Result<(), PlaneError>;
     /// Removes everything the plane made on this machine (used by `berth-localcloud down`/tests).
     fn teardown(&self) -> Result<(), PlaneError>;
+    /// Adds what the plane tells `/metrics`, read at each scrape (blocking; kept cheap and bounded).
+    fn report(&self, _into: &mut PlaneReport) {}
 }
 
 #[derive(Debug, thiserror::Error)]
