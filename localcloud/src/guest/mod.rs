@@ -16,9 +16,11 @@ pub mod supervisor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
 
 use berth_cloud::model::InstanceStatus;
 
+use crate::metrics::{GuestReport, PlaneReport};
 use crate::state::{Plane, PlaneError, State};
 use image::GuestImage;
 use supervisor::{GuestContext, InstanceFacts, Msg, Supervisor};
@@ -33,6 +35,8 @@ pub fn guests_dir(state_dir: &Path) -> PathBuf {
 pub struct GuestPlane {
     supervisor: Option<Sender<Msg>>,
     guests_dir: PathBuf,
+    /// What the supervisor runs, as it last published it.
+    report: Option<Arc<Mutex<GuestReport>>>,
 }
 
 fn fail(what: impl Into<String>, reason: impl ToString) -> PlaneError {
@@ -46,14 +50,15 @@ impl GuestPlane {
         let guests_dir = ctx.guests_dir.clone();
         let (tx, rx) = channel();
         let supervisor = Supervisor::new(image, ctx, tx.clone());
+        let report = supervisor.report_handle();
         std::thread::Builder::new().name("berth-guests".into()).spawn(move || supervisor.run(rx))?;
-        Ok(GuestPlane { supervisor: Some(tx), guests_dir })
+        Ok(GuestPlane { supervisor: Some(tx), guests_dir, report: Some(report) })
     }
 
     /// A plane that starts nothing and only tears down the guests recorded under `state_dir`
     /// (`berth-localcloud down`, or `serve` without an image).
     pub fn recorded_only(state_dir: &Path) -> GuestPlane {
-        GuestPlane { supervisor: None, guests_dir: guests_dir(state_dir) }
+        GuestPlane { supervisor: None, guests_dir: guests_dir(state_dir), report: None }
     }
 }
 
@@ -80,5 +85,9 @@ impl Plane for GuestPlane {
 
     fn teardown(&self) -> Result<(), PlaneError> {
         supervisor::stop_recorded(&self.guests_dir).map_err(|e| fail("teardown", e))
+    }
+
+    fn report(&self, into: &mut PlaneReport) {
+        into.guests = self.report.as_ref().map(|r| r.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_nodenet::Netns;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::image::{GuestImage, GuestService, GuestVars, RenderedGuest};
 use super::plan::{AfterExit, GuestChange, GuestPhase, after_exit, plan};
 use super::process::{self, ServiceProcess};
+use crate::metrics::GuestReport;
 
 /// How often services are checked (exits, ready files, back-offs).
 const TICK: Duration = Duration::from_millis(200);
@@ -108,6 +110,10 @@ pub struct Supervisor {
     stopping: BTreeSet<String>,
     running: Option<BTreeMap<String, InstanceFacts>>,
     tx: Sender<Msg>,
+    /// Restarts of failed services since the start, by service name; only grows.
+    restarts: BTreeMap<String, u64>,
+    /// Published after every round, for `/metrics`.
+    report: Arc<Mutex<GuestReport>>,
 }
 
 fn write_record(dir: &Path, record: &GuestRecord) -> std::io::Result<()> {
@@ -136,7 +142,42 @@ pub fn load_records(guests_dir: &Path) -> BTreeMap<String, GuestRecord> {
 
 impl Supervisor {
     pub fn new(image: GuestImage, ctx: GuestContext, tx: Sender<Msg>) -> Supervisor {
-        Supervisor { image, ctx, guests: BTreeMap::new(), found: BTreeMap::new(), stopping: BTreeSet::new(), running: None, tx }
+        Supervisor {
+            image,
+            ctx,
+            guests: BTreeMap::new(),
+            found: BTreeMap::new(),
+            stopping: BTreeSet::new(),
+            running: None,
+            tx,
+            restarts: BTreeMap::new(),
+            report: Arc::new(Mutex::new(GuestReport::default())),
+        }
+    }
+
+    /// Where the supervisor publishes what it runs, read by `/metrics`.
+    pub fn report_handle(&self) -> Arc<Mutex<GuestReport>> {
+        self.report.clone()
+    }
+
+    fn publish(&self) {
+        let mut services: BTreeMap<&'static str, u64> = ["waiting", "running", "backing_off", "exited", "failed"].into_iter().map(|s| (s, 0)).collect();
+        for run in self.guests.values().flat_map(|g| &g.services) {
+            let state = match run.state {
+                RunState::Waiting => "waiting",
+                RunState::Running { .. } => "running",
+                RunState::BackingOff(_) => "backing_off",
+                RunState::Finished(true) => "exited",
+                RunState::Finished(false) => "failed",
+            };
+            *services.entry(state).or_default() += 1;
+        }
+        let report = GuestReport {
+            guests: [("running", self.guests.len() as u64), ("stopping", self.stopping.len() as u64)].into(),
+            services,
+            restarts: self.restarts.clone(),
+        };
+        *self.report.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = report;
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {
@@ -153,8 +194,9 @@ impl Supervisor {
             self.reconcile();
             let now = Instant::now();
             for g in self.guests.values_mut() {
-                g.tick(now);
+                g.tick(now, &mut self.restarts);
             }
+            self.publish();
         }
     }
 
@@ -184,7 +226,7 @@ impl Supervisor {
                 GuestChange::Adopt(id) => {
                     let record = self.found.remove(&id).unwrap_or_default();
                     let mut g = self.new_guest(&id, &running[&id]);
-                    g.adopt(&record);
+                    g.adopt(&record, &mut self.restarts);
                     self.guests.insert(id, g);
                 }
                 GuestChange::Stop(id) => self.stop(&id),
@@ -288,7 +330,7 @@ impl Guest {
 
     /// Takes over the services a record names: live ones are kept as they are, dead ones are
     /// handled as exits with an unknown status.
-    fn adopt(&mut self, record: &GuestRecord) {
+    fn adopt(&mut self, record: &GuestRecord, restarts: &mut BTreeMap<String, u64>) {
         let now = Instant::now();
         for (spec, run) in self.spec.services.iter().zip(self.services.iter_mut()) {
             let Some(r) = record.services.iter().find(|r| r.name == spec.name) else { continue };
@@ -305,7 +347,10 @@ impl Guest {
                 let (next, failures) = after_exit(spec.restart, None, Duration::ZERO, 0);
                 run.failures = failures;
                 run.state = match next {
-                    AfterExit::Restart(_) => RunState::BackingOff(now),
+                    AfterExit::Restart(_) => {
+                        *restarts.entry(spec.name.clone()).or_default() += 1;
+                        RunState::BackingOff(now)
+                    }
                     AfterExit::Finished { ok } => RunState::Finished(ok),
                 };
             }
@@ -313,7 +358,7 @@ impl Guest {
         self.save();
     }
 
-    fn tick(&mut self, now: Instant) {
+    fn tick(&mut self, now: Instant, restarts: &mut BTreeMap<String, u64>) {
         let mut changed = false;
         for i in 0..self.services.len() {
             let gate = i == 0 || self.services[i - 1].ready;
@@ -321,11 +366,11 @@ impl Guest {
             let run = &mut self.services[i];
             match &mut run.state {
                 RunState::Waiting if gate => {
-                    launch(&self.id, &self.dir, spec, run, now);
+                    launch(&self.id, &self.dir, spec, run, now, restarts);
                     changed = true;
                 }
                 RunState::BackingOff(until) if now >= *until => {
-                    launch(&self.id, &self.dir, spec, run, now);
+                    launch(&self.id, &self.dir, spec, run, now, restarts);
                     changed = true;
                 }
                 RunState::Running { proc, since, ready_by } => {
@@ -335,6 +380,7 @@ impl Guest {
                         run.state = match next {
                             AfterExit::Restart(after) => {
                                 tracing::warn!(instance = %self.id, service = %spec.name, ?success, restart_in_ms = after.as_millis() as u64, "a guest service exited; restarting it");
+                                *restarts.entry(spec.name.clone()).or_default() += 1;
                                 RunState::BackingOff(now + after)
                             }
                             AfterExit::Finished { ok } => {
@@ -381,7 +427,7 @@ fn is_ready(spec: &GuestService) -> bool {
     spec.ready_file.as_deref().is_none_or(|f| Path::new(f).exists())
 }
 
-fn launch(id: &str, dir: &Path, spec: &GuestService, run: &mut ServiceRun, now: Instant) {
+fn launch(id: &str, dir: &Path, spec: &GuestService, run: &mut ServiceRun, now: Instant, restarts: &mut BTreeMap<String, u64>) {
     if !run.ready
         && let Some(f) = &spec.ready_file
     {
@@ -402,7 +448,10 @@ fn launch(id: &str, dir: &Path, spec: &GuestService, run: &mut ServiceRun, now: 
             run.failures = failures;
             tracing::error!(instance = %id, service = %spec.name, error = %e, "cannot start a guest service");
             run.state = match next {
-                AfterExit::Restart(after) => RunState::BackingOff(now + after),
+                AfterExit::Restart(after) => {
+                    *restarts.entry(spec.name.clone()).or_default() += 1;
+                    RunState::BackingOff(now + after)
+                }
                 AfterExit::Finished { ok } => RunState::Finished(ok),
             };
         }
