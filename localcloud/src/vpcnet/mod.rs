@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
 use berth_nodenet::bpf::{load_tc_program, vlan};
@@ -25,6 +26,7 @@ use berth_nodenet::{Address, TcHook, IpFamily, MacAddr, NETNS_RUN_DIR, NetOps, N
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::addressing;
+use crate::metrics::PlaneReport;
 use crate::state::{Plane, PlaneError, State};
 
 /// The MAC every neighbour has on the real VPC.
@@ -250,6 +252,37 @@ impl VpcNet {
     }
 }
 
+/// How long reading the drop counters of every VPC may take at one scrape.
+const COUNTERS_READ_BUDGET: Duration = Duration::from_secs(3);
+
+/// The drop counters of the vRouter in `ns`: `nft -j list counters` run there, killed if it is
+/// still running at `deadline`.
+fn read_drop_counters(ns: &Netns, deadline: Instant) -> Result<BTreeMap<String, u64>, String> {
+    let listing = ns
+        .run_in(move || -> Result<String, String> {
+            let child = Command::new("nft").args(["-j", "list", "counters"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run nft: {e}"))?;
+            let pid = child.id();
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Waited for on a thread of its own, so that neither a large output nor a hung nft blocks the scrape.
+            std::thread::Builder::new().name("berth-nft-read".into()).spawn(move || tx.send(child.wait_with_output())).map_err(|e| e.to_string())?;
+            let out = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(out) => out.map_err(|e| e.to_string())?,
+                Err(_) => {
+                    if let Ok(pid) = i32::try_from(pid) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                    return Err(format!("nft -j list counters took longer than {COUNTERS_READ_BUDGET:?}; killed"));
+                }
+            };
+            if !out.status.success() {
+                return Err(format!("nft -j list counters failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+        .map_err(|e| e.to_string())??;
+    nft::drop_counts(&listing)
+}
+
 fn exists_ok(e: berth_nodenet::Error) -> berth_nodenet::Result<()> {
     if e.is_exists() { Ok(()) } else { Err(e) }
 }
@@ -292,6 +325,28 @@ impl Plane for VpcNet {
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(fail("converge", errors.join("; "))) }
+    }
+
+    /// The drop counters summed over the VPCs' vRouters; left out (and logged) if one cannot be read.
+    fn report(&self, into: &mut PlaneReport) {
+        let deadline = Instant::now() + COUNTERS_READ_BUDGET;
+        let mut total: BTreeMap<String, u64> = nft::DROP_COUNTERS.iter().map(|c| (c.to_string(), 0)).collect();
+        for id in self.existing_namespaces().into_iter().filter(|id| id.starts_with("vpc-")) {
+            // Deleted since it was listed: its counters are gone with it.
+            let Ok(ns) = Netns::open_named(&self.netns_name(&id)) else { continue };
+            match read_drop_counters(&ns, deadline) {
+                Ok(counts) => {
+                    for (reason, n) in counts {
+                        *total.entry(reason).or_default() += n;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(vpc = %id, error = %e, "cannot read the vRouter's drop counters; /metrics leaves them out");
+                    return;
+                }
+            }
+        }
+        into.vrouter_dropped_packets = Some(total);
     }
 
     fn teardown(&self) -> Result<(), PlaneError> {

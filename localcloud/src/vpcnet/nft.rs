@@ -1,4 +1,5 @@
-//! The vRouter's filters as nftables scripts, rendered from the state. Pure: no I/O.
+//! The vRouter's filters as nftables scripts, rendered from the state, and its drop counters read
+//! back from `nft -j list counters`. Pure: no I/O.
 //!
 //! Two tables per VPC namespace:
 //! - `inet berth_antispoof` is never deleted, so its named counters `spoofed_mac` and `spoofed_ip`
@@ -34,6 +35,28 @@ impl WiredEni<'_> {
     }
 }
 
+/// The table of the anti-spoofing filter and its named counters, each counting the packets dropped
+/// for one reason.
+pub const ANTISPOOF_TABLE: &str = "berth_antispoof";
+pub const DROP_COUNTERS: [&str; 3] = ["spoofed_mac", "spoofed_ip", "wrong_vlan"];
+
+/// The packets each drop counter of [`ANTISPOOF_TABLE`] counted, from the JSON of
+/// `nft -j list counters` (counters of other tables are not ours and are left out).
+pub fn drop_counts(listing: &str) -> Result<BTreeMap<String, u64>, String> {
+    let doc: serde_json::Value = serde_json::from_str(listing).map_err(|e| format!("the output of nft -j is not JSON: {e}"))?;
+    let items = doc.get("nftables").and_then(serde_json::Value::as_array).ok_or("the output of nft -j has no \"nftables\" list")?;
+    let mut counts = BTreeMap::new();
+    for c in items.iter().filter_map(|o| o.get("counter")) {
+        if c["family"] == "inet"
+            && c["table"] == ANTISPOOF_TABLE
+            && let Some(name) = c["name"].as_str().filter(|n| DROP_COUNTERS.contains(n))
+        {
+            *counts.entry(name.to_string()).or_default() += c["packets"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(counts)
+}
+
 fn addresses(e: &NetworkInterface) -> (Vec<String>, Vec<String>) {
     let v4 = std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied()).map(|ip| ip.to_string()).collect();
     let v6 = e.ipv6_addresses.iter().map(ToString::to_string).collect();
@@ -66,12 +89,12 @@ pub fn antispoof(enis: &[WiredEni<'_>]) -> String {
         v4.extend(a4.into_iter().map(|a| format!("{key} . {a}")));
         v6.extend(a6.into_iter().map(|a| format!("{key} . {a}")));
     }
-    let t = "inet berth_antispoof";
+    let t = format!("inet {ANTISPOOF_TABLE}");
     let mut s = String::new();
     let _ = writeln!(s, "add table {t}");
-    let _ = writeln!(s, "add counter {t} spoofed_mac");
-    let _ = writeln!(s, "add counter {t} spoofed_ip");
-    let _ = writeln!(s, "add counter {t} wrong_vlan");
+    for counter in DROP_COUNTERS {
+        let _ = writeln!(s, "add counter {t} {counter}");
+    }
     let _ = writeln!(s, "add set {t} ports {{ type ifname; }}");
     let _ = writeln!(s, "add set {t} trunk_ports {{ type ifname; }}");
     let _ = writeln!(s, "add set {t} port_vlan_mac {{ type ifname . mark . ether_addr; }}");
@@ -245,6 +268,23 @@ mod tests {
         assert!(s.contains("add element inet berth_antispoof port_vlan_ipv4 { \"pabc\" . 0 . 10.0.0.5, \"pabc\" . 0 . 10.0.0.9 }"));
         assert!(s.contains("add element inet berth_antispoof port_vlan_mac { \"pabc\" . 0 . 02:00:00:00:00:01 }"));
         assert!(s.contains("counter name spoofed_ip drop"));
+    }
+
+    #[test]
+    fn drop_counts_are_read_from_the_antispoof_table_only() {
+        let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"counter": {"family": "inet", "name": "spoofed_mac", "table": "berth_antispoof", "handle": 1, "packets": 4, "bytes": 336}},
+            {"counter": {"family": "inet", "name": "spoofed_ip", "table": "berth_antispoof", "handle": 2, "packets": 0, "bytes": 0}},
+            {"counter": {"family": "inet", "name": "spoofed_mac", "table": "other", "handle": 1, "packets": 99, "bytes": 0}},
+            {"counter": {"family": "inet", "name": "mine", "table": "berth_antispoof", "handle": 3, "packets": 5, "bytes": 0}}]}"#;
+        let counts = drop_counts(listing).unwrap();
+        assert_eq!(counts, [("spoofed_ip".to_string(), 0), ("spoofed_mac".to_string(), 4)].into());
+        assert_eq!(drop_counts(r#"{"nftables": [{"metainfo": {}}]}"#).unwrap(), BTreeMap::new());
+        assert!(drop_counts("Error: no such table").is_err());
+        let script = antispoof(&[]);
+        for c in DROP_COUNTERS {
+            assert!(script.contains(&format!("add counter inet berth_antispoof {c}\n")), "{c} is not declared:\n{script}");
+        }
     }
 
     #[test]
