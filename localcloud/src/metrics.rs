@@ -12,8 +12,6 @@ use berth_cloud::model::{DiskStatus, EniStatus, InstanceStatus};
 use crate::faults::FaultKind;
 use crate::state::State;
 
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// Upper bounds (seconds) of the call histogram: a call takes about a millisecond; injected
 /// latency and a slow converge of the data plane take longer.
 const CALL_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];

@@ -156,7 +156,7 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     // The planes' reports may run programs (nft in each VPC's namespace).
     let e = engine.clone();
     let planes = tokio::task::spawn_blocking(move || e.plane_report()).await.unwrap_or_default();
-    (StatusCode::OK, [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&calls, &resources, &planes)).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, berth_daemon::metrics::CONTENT_TYPE)], crate::metrics::render(&calls, &resources, &planes)).into_response()
 }
 
 fn admin(engine: &Engine, headers: &HeaderMap) -> Result<(), Box<Response>> {
