@@ -1,6 +1,6 @@
 //! The main command's cluster: `berthctl up` brings up the local cloud (its instances boot the
 //! Berth node image), the scheduler with a pool of two nodes and the sample workload through it;
-//! `pod add/del`, `nodes`, `pools`, `inspect --node`, `inspect --pod` work on it; `up` twice makes nothing twice;
+//! `pod add/del`, `nodes`, `pools`, `inspect` (a node, a pod, every node) work on it; `up` twice makes nothing twice;
 //! `down` leaves nothing: no namespace, mount, loop device or process of the cluster.
 
 use std::path::{Path, PathBuf};
@@ -160,15 +160,21 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     let web = c.json(&["pod", "add", "web", "--mode", "trunk", "--wait"]);
     let node = web[0]["node"].as_str().unwrap().to_string();
     assert_eq!(web[0]["phase"], "Running", "{web:#}");
+    let (ok, out) = c.berthctl(&["inspect", &node]);
+    assert!(ok && out.contains(web[0]["pod_ip"].as_str().unwrap()), "inspect NODE: {out}");
     let (ok, out) = c.berthctl(&["inspect", "--node", &node]);
-    assert!(ok && out.contains(web[0]["pod_ip"].as_str().unwrap()), "inspect: {out}");
-    // inspect --pod explains the pod: where it runs and what its agent holds for it.
-    let why = c.json(&["inspect", "--pod", "web"]);
+    assert!(ok && out.contains(&format!("PODS ON {node}")), "inspect --node: {out}");
+    // Nothing named: every node of the cluster, each with its table.
+    let (ok, out) = c.berthctl(&["inspect"]);
+    let nodes = c.json(&["nodes"]);
+    assert!(ok && nodes.as_array().unwrap().iter().all(|n| out.contains(&format!("PODS ON {}", n["instance_id"].as_str().unwrap()))), "inspect: {out}\nnodes: {nodes:#}");
+    // inspect POD explains the pod: where it runs and what its agent holds for it.
+    let why = c.json(&["inspect", "web"]);
     let ip = web[0]["pod_ip"].as_str().unwrap();
     let lines: Vec<&str> = why["explanation"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
     assert!(lines.iter().any(|l| l.starts_with("Running on") && l.contains(ip)), "{why:#}");
     assert!(lines.iter().any(|l| l.starts_with(&format!("its agent holds {ip} for it")) && l.ends_with("(trunk)")), "{why:#}");
-    let (ok, out) = c.berthctl(&["inspect", "--pod", "nobody"]);
+    let (ok, out) = c.berthctl(&["inspect", "nobody"]);
     assert!(!ok && out.contains("no pod default/nobody"), "{out}");
     let (ok, out) = c.berthctl(&["pod", "add", "web"]);
     assert!(!ok && out.contains("exists"), "a second pod of one name is refused: {out}");

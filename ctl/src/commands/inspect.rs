@@ -1,5 +1,6 @@
-//! `berthctl inspect`: one node's pods ↔ pool ↔ cloud, from its agent's introspection endpoint and
-//! the cloud API; exits non-zero on any mismatch.
+//! `berthctl inspect [NODE|POD]`: a node's pods ↔ pool ↔ cloud, from its agent's introspection
+//! endpoint and the cloud API, exiting non-zero on any mismatch; or why a pod is where it is.
+//! Nothing named: every node of the local cluster (or the agent at `--agent` on a real node).
 
 use std::path::PathBuf;
 
@@ -14,11 +15,18 @@ use crate::cluster::{self, ClusterPaths};
 use crate::inspect;
 use crate::table::Table;
 
+/// Where a node's agent serves its introspection unless configured otherwise (`api.metrics_listen`).
+const DEFAULT_AGENT: &str = "127.0.0.1:9480";
+
 #[derive(Args)]
 pub struct Inspect {
-    /// The agent's metrics and introspection address (its `api.metrics_listen`).
-    #[arg(long, env = "BERTH_AGENT_HTTP", default_value = "127.0.0.1:9480")]
-    agent: String,
+    /// A node (instance ID) or a pod of the local cluster; a name that is no node's is a pod's.
+    #[arg(conflicts_with_all = ["node", "pod"])]
+    target: Option<String>,
+    /// The agent's metrics and introspection address (its `api.metrics_listen`); default
+    /// 127.0.0.1:9480 when no local cluster runs.
+    #[arg(long, env = "BERTH_AGENT_HTTP", conflicts_with_all = ["node", "pod"])]
+    agent: Option<String>,
     /// A node (instance ID) of the local cluster: its agent's address instead of --agent.
     #[arg(long, conflicts_with = "pod")]
     node: Option<String>,
@@ -46,26 +54,70 @@ pub struct Inspect {
 
 impl Inspect {
     pub async fn exec(self, output: Output) -> anyhow::Result<()> {
-        if let Some(pod) = &self.pod {
-            return self.pod(pod, output).await;
+        let node_named = |name: &str| self.paths.guest_dir(name).join("agent.metrics").exists();
+        let (node, pod) = match &self.target {
+            Some(t) if node_named(t) => (Some(t.clone()), None),
+            Some(t) => (None, Some(t.clone())),
+            None => (self.node.clone(), self.pod.clone()),
+        };
+        if let Some(pod) = pod {
+            return self.pod(&pod, output).await;
         }
         // The cloud client first: it sets up TLS for every HTTP client of the process.
-        let cloud = match self.cloud_endpoint {
+        let cloud = match &self.cloud_endpoint {
             Some(endpoint) => {
                 let path = self.credentials.clone().unwrap_or_else(|| self.paths.credentials());
                 let creds = berth_cloud::client::load_credentials(&path)?;
-                HttpCloud::new(ClientConfig::new(endpoint, self.region.clone(), creds))?
+                HttpCloud::new(ClientConfig::new(endpoint.clone(), self.region.clone(), creds))?
             }
             None => cluster::connect(&self.paths)?,
         };
-        let agent = match &self.node {
-            // The node's agent writes the address it bound beside its socket, in the guest's directory.
-            Some(id) => {
+        // The agents to look at: the named node's, the one --agent names, or every node's of the
+        // local cluster (each writes the address it bound beside its socket, in its guest directory).
+        let agents: Vec<(String, String)> = match (&node, &self.agent) {
+            (Some(id), _) => {
                 let file = self.paths.guest_dir(id).join("agent.metrics");
-                std::fs::read_to_string(&file).with_context(|| format!("node {id} has no agent in the local cluster (no {}); `berthctl nodes` lists the nodes", file.display()))?.trim().to_string()
+                let addr = std::fs::read_to_string(&file).with_context(|| format!("node {id} has no agent in the local cluster (no {}); `berthctl nodes` lists the nodes", file.display()))?;
+                vec![(id.clone(), addr.trim().to_string())]
             }
-            None => self.agent.clone(),
+            (None, Some(addr)) => vec![(addr.clone(), addr.clone())],
+            (None, None) => {
+                let local = self.local_agents();
+                if local.is_empty() { vec![(DEFAULT_AGENT.to_string(), DEFAULT_AGENT.to_string())] } else { local }
+            }
         };
+        let mut failed = Vec::new();
+        for (name, addr) in &agents {
+            match self.node(&cloud, addr, output).await {
+                Ok(0) => {}
+                Ok(n) => failed.push(format!("{n} mismatch(es) between pods, pool and cloud on {name}")),
+                Err(e) => failed.push(format!("{name}: {e:#}")),
+            }
+        }
+        if !failed.is_empty() {
+            anyhow::bail!("{}", failed.join("; "));
+        }
+        Ok(())
+    }
+
+    /// The local cluster's nodes that run an agent, by instance ID, with their agents' addresses.
+    fn local_agents(&self) -> Vec<(String, String)> {
+        let Some(guests) = self.paths.guest_dir("x").parent().map(std::path::Path::to_path_buf) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(guests) else { return Vec::new() };
+        let mut agents: Vec<(String, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let addr = std::fs::read_to_string(e.path().join("agent.metrics")).ok()?;
+                Some((e.file_name().to_string_lossy().into_owned(), addr.trim().to_string()))
+            })
+            .collect();
+        agents.sort();
+        agents
+    }
+
+    /// One node: its agent's pool against the cloud's ENIs and the node's datapath; the number of
+    /// mismatches that stayed through three looks.
+    async fn node(&self, cloud: &HttpCloud, agent: &str, output: Output) -> anyhow::Result<usize> {
         let url = format!("http://{agent}/debug/pool");
         // The pool and the cloud are read one after the other while the pool may be growing or
         // shrinking: a difference counts only if it is there in three looks, ~300 ms apart.
@@ -108,10 +160,7 @@ impl Inspect {
                 }
             }
         }
-        if !report.mismatches.is_empty() {
-            anyhow::bail!("{} mismatch(es) between pods, pool and cloud on {instance}", report.mismatches.len());
-        }
-        Ok(())
+        Ok(report.mismatches.len())
     }
 
     async fn pod(&self, name: &str, output: Output) -> anyhow::Result<()> {
