@@ -219,6 +219,9 @@ pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
         .arg(&paths.scheduler_listen)
         .arg("--state-dir")
         .arg(paths.scheduler_state_dir())
+        // A free port, written to its state directory as metrics.address.
+        .arg("--metrics-listen")
+        .arg("127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -85,10 +85,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(listen = %cfg.server.listen, pools = cfg.pool.len(), "berth-scheduler serving");
     let metrics_listen = cfg.server.metrics_listen.clone();
+    // With port 0 only this file tells tools the port.
+    let metrics_address_file = cfg.server.state_dir.join("metrics.address");
     let shared = Shared::new(cfg, Box::new(store)).map_err(anyhow::Error::msg)?;
     if !metrics_listen.is_empty() {
         let shared = shared.clone();
-        berth_daemon::metrics::serve("server.metrics_listen", &metrics_listen, None, berth_daemon::metrics::router(move || shared.metrics_text()), std::future::pending()).await?;
+        berth_daemon::metrics::serve("server.metrics_listen", &metrics_listen, Some(&metrics_address_file), berth_daemon::metrics::router(move || shared.metrics_text()), std::future::pending()).await?;
     }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -106,6 +106,17 @@ fn loops_of(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// GET /metrics of a loopback address.
+fn scrape(address: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: berth\r\nconnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "GET http://{address}/metrics: {reply}");
+    reply
+}
+
 #[test]
 fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     if !is_root() {
@@ -155,6 +166,24 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     }
     let pools = c.json(&["pools"]);
     assert_eq!((pools[0]["name"].as_str(), pools[0]["ready"].as_u64()), (Some("sample"), Some(2)), "{pools:#}");
+
+    // Every daemon of the cluster serves /metrics where README says.
+    let state = c.root.join("state");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string();
+    let scheduler = scrape(&read(state.join("scheduler/metrics.address")));
+    assert!(scheduler.lines().any(|l| l == "berth_scheduler_pods{phase=\"Running\"} 8"), "{scheduler}");
+    let cloud = scrape(read(state.join("endpoint")).trim_start_matches("http://").trim_end_matches('/'));
+    assert!(cloud.lines().any(|l| l.starts_with("berth_localcloud_api_calls_total{action=\"RunInstances\",outcome=\"ok\"}")), "{cloud}");
+    let mut published = 0;
+    for n in nodes {
+        let guest = state.join("guests").join(n["instance_id"].as_str().unwrap());
+        let agent = scrape(&read(guest.join("agent.metrics")));
+        assert!(agent.contains("berth_agent_pool_allocated_ips "), "{agent}");
+        let csi = scrape(&read(guest.join("csi.metrics")));
+        assert!(csi.contains("berth_csi_oss_mounts{health=\"alive\"} "), "{csi}");
+        published += csi.lines().filter(|l| l.starts_with("berth_csi_operations_total{method=\"NodePublishVolume\",code=\"Ok\"}")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum::<u64>();
+    }
+    assert!(published >= 4, "the drivers count the sample pods' four volume publications: {published}");
 
     // A pod of one's own, through the scheduler; inspect shows it on its node.
     let web = c.json(&["pod", "add", "web", "--mode", "trunk", "--wait"]);

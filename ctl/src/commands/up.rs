@@ -114,6 +114,9 @@ pub fn node_image(paths: &ClusterPaths, bin: &Path) -> String {
         "{nas_export_root}",
         "--oss-endpoint",
         "{oss_endpoint}",
+        // Like the agent's: a free port, written to {dir}/csi.metrics.
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -265,7 +268,7 @@ impl Up {
         for (cmd, what) in [
             ("pod add web --mode trunk --wait".to_string(), "a pod through the scheduler (--disk, --volume, -- COMMAND…)"),
             ("pod list | nodes | pools".to_string(), "the pods, the nodes' free counts, the node pools"),
-            (format!("inspect --node {node}"), "one node's pods, pool and cloud; non-zero on a mismatch"),
+            (format!("inspect [{node}|POD]"), "every node's (or one's) pods, pool and cloud; why a pod has no IP or volume"),
             ("pod del web".to_string(), "delete a pod (its node unpublishes its volumes)"),
             ("down".to_string(), "delete the pods, stop everything, remove what up made"),
         ] {
