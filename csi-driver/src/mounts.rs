@@ -1,72 +1,11 @@
-//! Mounts as the kernel shows them (`/proc/self/mountinfo`, parsed purely) and the commands that
+//! Mounts as the kernel shows them (`berth_daemon::mountinfo`) and the commands that
 //! change them: mount, umount, mkfs, fsck, resize. The driver keeps no list of its own: what is
 //! mounted is read back from the kernel, so a restarted driver adopts what it finds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// One line of mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    /// `major:minor` of the mounted file system.
-    pub dev: String,
-    /// The path inside the file system that is mounted (not `/` for a bind of a sub-directory).
-    pub root: String,
-    pub mount_point: PathBuf,
-    pub options: String,
-    pub fs_type: String,
-    pub source: String,
-}
-
-impl MountEntry {
-    pub fn read_only(&self) -> bool {
-        self.options.split(',').any(|o| o == "ro")
-    }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` is a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let f: Vec<&str> = head.split(' ').collect();
-            let t: Vec<&str> = tail.split(' ').collect();
-            Some(MountEntry {
-                dev: f.get(2)?.to_string(),
-                root: unescape(f.get(3)?),
-                mount_point: PathBuf::from(unescape(f.get(4)?)),
-                options: f.get(5)?.to_string(),
-                fs_type: t.first()?.to_string(),
-                source: unescape(t.get(1).unwrap_or(&"")),
-            })
-        })
-        .collect()
-}
-
-pub fn mounts() -> Vec<MountEntry> {
-    parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
-}
-
-/// The topmost mount at `path`, if `path` is a mount point.
-pub fn mounted_at(path: &Path) -> Option<MountEntry> {
-    mounts().into_iter().rev().find(|m| m.mount_point == path)
-}
+pub use berth_daemon::mountinfo::{MountEntry, mounted_at, mounts};
 
 /// How many mounts are stacked at `path`.
 pub fn mount_count(path: &Path) -> usize {
@@ -178,25 +117,4 @@ pub fn resize(device: &Path, mount_point: &Path, fs_type: &str) -> Result<(), Co
 pub fn device_bytes(device: &Path) -> Result<i64, CommandError> {
     let out = run("blockdev", &["--getsize64", p(device)])?;
     out.trim().parse().map_err(|_| CommandError { command: format!("blockdev --getsize64 {}", device.display()), reason: format!("unexpected output {out:?}"), code: None })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_mountinfo_with_escapes_and_optional_fields() {
-        let text = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
-                    40 36 7:3 / /var/lib/x/staging rw,relatime shared:7 - ext4 /dev/loop3 rw\n\
-                    41 36 0:55 / /run/oss/v1 rw,nosuid,nodev - fuse.s3fs s3fs rw,user_id=0\n\
-                    42 36 7:3 / /pods/t ro,relatime shared:7 - ext4 /dev/loop3 rw\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 4);
-        assert_eq!(m[0].mount_point, PathBuf::from("/mnt/a b"));
-        assert_eq!(m[0].root, "/mnt1");
-        assert_eq!(m[1].dev, "7:3");
-        assert_eq!(m[1].source, "/dev/loop3");
-        assert_eq!(m[2].fs_type, "fuse.s3fs");
-        assert!(m[3].read_only() && !m[1].read_only());
-    }
 }

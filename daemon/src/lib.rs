@@ -1,9 +1,10 @@
 //! What every Berth daemon (agent, CSI driver, scheduler, local cloud) does the same way, in one
 //! place: logging set-up (text or JSON, level from `BERTH_LOG`), rate-limited log lines for hot
-//! paths, dropping the capabilities a daemon does not need, and serving `/metrics`.
+//! paths, dropping the capabilities a daemon does not need, serving `/metrics`, and reading the mount table.
 
 pub mod logging;
 pub mod metrics;
+pub mod mountinfo;
 pub mod privileges;
 pub mod socket;
 

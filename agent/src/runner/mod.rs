@@ -134,10 +134,9 @@ fn first_conflist(dir: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&std::fs::read(path)?)?)
 }
 
-/// Mount points at or under `dir`, as this process's mount namespace shows them.
+/// Mount points at or under `dir`, as this process's mount namespace shows them, deepest first.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(p.replace("\\040", " "))).filter(|p| p.starts_with(dir)).collect()
+    berth_daemon::mountinfo::mount_points_under(&berth_daemon::mountinfo::mounts(), dir)
 }
 
 /// Fails when a directory on the way from `dir` to `target` (the target excluded) is a symbolic

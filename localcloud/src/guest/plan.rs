@@ -89,36 +89,6 @@ pub fn parse_stat(stat: &str) -> Option<(u64, bool)> {
     Some((fields.get(19)?.parse().ok()?, zombie))
 }
 
-/// Mount points under `dir` from a mountinfo text, deepest first (the order to unmount them in).
-pub fn mounts_under(mountinfo: &str, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found: Vec<std::path::PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by(|a, b| b.components().count().cmp(&a.components().count()).then_with(|| a.cmp(b)));
-    found.dedup();
-    found
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 #[cfg(test)]
 mod tests {
@@ -184,18 +154,4 @@ mod tests {
         assert_eq!(parse_stat("1 (x) S 1"), None);
     }
 
-    #[test]
-    fn mounts_under_a_directory_come_deepest_first() {
-        let info = "\
-22 1 0:21 / /proc rw - proc proc rw
-90 30 0:50 / /s/guests/i-1/m rw - tmpfs tmpfs rw
-91 90 0:51 / /s/guests/i-1/m/inner rw - tmpfs tmpfs rw
-92 30 0:52 / /s/guests/i-1/with\\040space rw - tmpfs tmpfs rw
-93 30 0:53 / /s/guests/i-10/m rw - tmpfs tmpfs rw
-";
-        let found = mounts_under(info, std::path::Path::new("/s/guests/i-1"));
-        assert_eq!(found[0], std::path::PathBuf::from("/s/guests/i-1/m/inner"));
-        assert_eq!(found.len(), 3);
-        assert!(found.contains(&std::path::PathBuf::from("/s/guests/i-1/with space")));
-    }
 }

@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::image::GuestService;
-use super::plan::{mounts_under, parse_stat};
+use super::plan::parse_stat;
 
 /// Set in every service's environment (and so inherited by what it starts): processes carrying
 /// it belong to the guest whose directory it names, wherever they moved.
@@ -189,7 +189,7 @@ pub fn netns_with_prefixes(prefixes: &[String]) -> Vec<String> {
 
 /// Lazily unmounts every mount under `dir`, deepest first; returns those that remain.
 pub fn unmount_under(dir: &Path) -> Vec<PathBuf> {
-    let read = || std::fs::read_to_string("/proc/self/mountinfo").map(|t| mounts_under(&t, dir)).unwrap_or_default();
+    let read = || berth_daemon::mountinfo::mount_points_under(&berth_daemon::mountinfo::mounts(), dir);
     for _ in 0..3 {
         let found = read();
         if found.is_empty() {
