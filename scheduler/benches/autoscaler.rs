@@ -12,14 +12,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use berth_cloud::catalogue;
 use berth_proto::cluster::v1 as pb;
 use berth_scheduler::autoscaler::driver::NodeProvisioner;
-use berth_scheduler::autoscaler::{Expander, NodePool, ScaleUpPlan, plan_scale_up};
+use berth_scheduler::autoscaler::{Expander, NodePool, PoolNodes, ScaleUpPlan, plan_scale_up};
 use berth_scheduler::cluster::Cluster;
 use berth_scheduler::config::SchedulerConfig;
 use berth_scheduler::placement::{PodRequest, Strategy};
@@ -186,10 +185,7 @@ fn full_plan(pods: usize) {
     }
     let reqs: Vec<PodRequest> = (0..pods).map(|k| PodRequest::of(&pod_spec(k, &mut rng))).collect();
     let pools = pools(100_000);
-    let mut per_pool: HashMap<String, u32> = HashMap::new();
-    for (_, n) in cluster.placement.nodes() {
-        *per_pool.entry(n.identity.pool.clone()).or_default() += 1;
-    }
+    let per_pool = PoolNodes::of_cluster(&cluster);
     let t = Instant::now();
     let mut requested: Vec<RequestedNode> = Vec::new();
     let mut plans = 0;

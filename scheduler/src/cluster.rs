@@ -184,7 +184,14 @@ impl Cluster {
         match self.placement.choose(&rec.req) {
             Decision::Node(idx) => {
                 self.placement.bind(idx, key, &rec.req);
-                let node = self.placement.node(idx).expect("chosen node exists").id.clone();
+                let chosen = self.placement.node(idx).expect("chosen node exists");
+                let node = chosen.id.clone();
+                if rec.req.pins_zone(&rec.spec) && !chosen.identity.zone_id.is_empty() {
+                    // Moved later (its node lost), the pod must find its disk: same zone.
+                    rec.spec.pool_selector.insert("zone".into(), chosen.identity.zone_id.clone());
+                    rec.req = PodRequest::of(&rec.spec);
+                    events.push(Event::ZonePinned { pod: key.to_string(), spec: StoredSpec::of(&rec.spec) });
+                }
                 rec.node = Some(node.clone());
                 rec.phase = pb::PodPhase::Bound;
                 rec.message.clear();
@@ -433,5 +440,50 @@ mod tests {
         d.report(&report("i-1", "a", "z1", caps(1, 16), 5, &[]), 200);
         assert_eq!(d.take_instruction("i-1").unwrap().run.len(), 1);
         assert!(d.schedule(200).is_empty(), "the last IP is held for p0");
+    }
+
+    fn disk_pod(name: &str, params: &[(&str, &str)]) -> pb::PodSpec {
+        let disk = pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/data".into(), parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() };
+        pb::PodSpec { volumes: vec![disk], ..pod(name) }
+    }
+
+    #[test]
+    fn a_pod_with_a_disk_stays_in_its_first_zone_when_moved_and_after_a_restart() {
+        let mut store = MemoryStore::default();
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        store.append(&c.submit(disk_pod("db", &[]), 0).unwrap()).unwrap();
+        store.append(&c.submit(pod("web"), 0).unwrap()).unwrap();
+        let ev = c.schedule(0);
+        assert!(ev.iter().any(|e| matches!(e, Event::ZonePinned { pod, .. } if pod == "d/db")), "{ev:?}");
+        assert_eq!(ev.iter().filter(|e| matches!(e, Event::ZonePinned { .. })).count(), 1, "a pod without a disk is not pinned");
+        store.append(&ev).unwrap();
+        // Its node lost, only a node of z1 may take it; the pod without a disk goes anywhere.
+        c.report(&report("i-2", "a", "z2", caps(10, 16), 1, &[]), 10_000);
+        c.expire_leases(16_000);
+        c.schedule(16_000);
+        assert_eq!(c.pod("d/web").unwrap().node.as_deref(), Some("i-2"));
+        assert_eq!(c.pod("d/db").unwrap().node, None);
+        assert!(c.pending().next().unwrap().message.contains("selector"), "{}", c.pending().next().unwrap().message);
+        c.report(&report("i-3", "a", "z1", caps(10, 16), 1, &[]), 16_500);
+        c.schedule(16_500);
+        assert_eq!(c.pod("d/db").unwrap().node.as_deref(), Some("i-3"));
+        // The pin is in the store: a restarted scheduler keeps it.
+        let mut d = Cluster::new(Strategy::BinPack, 0, 15_000);
+        d.restore(store.snapshot(), 20_000).unwrap();
+        assert_eq!(d.pod("d/db").unwrap().req.zone.as_deref(), Some("z1"));
+        assert_eq!(d.pod("d/web").unwrap().req.zone, None);
+    }
+
+    #[test]
+    fn a_disk_naming_its_zone_goes_only_there() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        c.submit(disk_pod("db", &[("zoneId", "z2")]), 0).unwrap();
+        let ev = c.schedule(0);
+        assert!(ev.is_empty(), "{ev:?}");
+        c.report(&report("i-2", "a", "z2", caps(10, 16), 1, &[]), 100);
+        let ev = c.schedule(100);
+        assert_eq!(ev, vec![Event::Bound { pod: "d/db".into(), node: "i-2".into() }], "bound, and not pinned again: the disk names its zone");
     }
 }

@@ -312,10 +312,7 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
         let threshold = cfg.autoscaler.pending_threshold_secs * 1000;
         let waiting: Vec<_> = c.pending().filter(|p| now.saturating_sub(p.pending_since_ms) >= threshold).map(|p| p.req.clone()).collect();
         let refs: Vec<_> = waiting.iter().collect();
-        let mut per_pool: HashMap<String, u32> = HashMap::new();
-        for (_, n) in c.placement.nodes() {
-            *per_pool.entry(n.identity.pool.clone()).or_default() += 1;
-        }
+        let per_pool = autoscaler::PoolNodes::of_cluster(c);
         let requested: Vec<RequestedNode> = c.requested.values().cloned().collect();
         let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &per_pool, &requested);
         if plans.is_empty()

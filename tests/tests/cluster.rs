@@ -164,6 +164,8 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
         }
         assert!(n["shared_ips"][0].as_u64().unwrap() > 0 && n["disk_slots"][0].as_u64().unwrap() > 0, "{n:#}");
     }
+    let zones: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n["zone"].as_str().unwrap()).collect();
+    assert_eq!(zones.len(), 2, "the pool's two nodes are spread over its two zones: {nodes:#?}");
     let pools = c.json(&["pools"]);
     assert_eq!((pools[0]["name"].as_str(), pools[0]["ready"].as_u64()), (Some("sample"), Some(2)), "{pools:#}");
 

@@ -104,6 +104,51 @@ pub fn template_identity(pool: &NodePool, t: &InstanceType, vsw: &PoolVSwitch) -
     }
 }
 
+/// Reporting nodes of each pool, by zone: a pool's room below its maximum, and where its next
+/// node goes so that its nodes spread evenly over its vSwitches' zones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolNodes {
+    by_zone: HashMap<(String, String), u32>,
+}
+
+impl PoolNodes {
+    pub fn add(&mut self, pool: &str, zone: &str) {
+        *self.by_zone.entry((pool.to_string(), zone.to_string())).or_default() += 1;
+    }
+
+    /// The nodes of the cluster's placement state that report a pool.
+    pub fn of_cluster(cluster: &Cluster) -> Self {
+        let mut nodes = Self::default();
+        for (_, n) in cluster.placement.nodes() {
+            nodes.add(&n.identity.pool, &n.identity.zone_id);
+        }
+        nodes
+    }
+
+    /// Reporting nodes of the pool plus those requested and not reporting yet.
+    fn in_pool(&self, pool: &str, requested: &[RequestedNode]) -> u32 {
+        let reporting: u32 = self.by_zone.iter().filter(|((p, _), _)| p == pool).map(|(_, n)| n).sum();
+        reporting + requested.iter().filter(|r| r.pool == pool).count() as u32
+    }
+
+    /// Reporting and requested nodes of the pool in one zone.
+    fn in_zone(&self, pool: &str, zone: &str, requested: &[RequestedNode]) -> u32 {
+        let reporting = self.by_zone.get(&(pool.to_string(), zone.to_string())).copied().unwrap_or(0);
+        reporting + requested.iter().filter(|r| r.pool == pool && r.zone_id == zone).count() as u32
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for PoolNodes {
+    /// From (pool, zone) pairs, one per node.
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Self {
+        let mut nodes = Self::default();
+        for (pool, zone) in iter {
+            nodes.add(pool, zone);
+        }
+        nodes
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaleUpPlan {
     pub pool: String,
@@ -170,8 +215,9 @@ impl Sim {
 }
 
 /// Plans one scale-up for the pods pending beyond the threshold (`pending`), or None when
-/// requested nodes will host them all or no pool can.
-pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes_per_pool: &HashMap<String, u32>, requested: &[RequestedNode], expander: Expander) -> Option<ScaleUpPlan> {
+/// requested nodes will host them all or no pool can. Among options the expander finds equal
+/// (the same pool and type in different zones), the zone with fewest nodes of the pool wins.
+pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes: &PoolNodes, requested: &[RequestedNode], expander: Expander) -> Option<ScaleUpPlan> {
     // Nodes on their way take what they can first, grouped by template; each group is filled
     // like a simulation (a window of open nodes), so re-planning stays linear in the pods.
     let mut on_the_way: Vec<Sim> = Vec::new();
@@ -195,11 +241,9 @@ pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dy
     if left.is_empty() {
         return None;
     }
-    let mut best: Option<(ScaleUpPlan, i32)> = None;
+    let mut best: Option<Candidate> = None;
     for pool in pools {
-        let in_flight = requested.iter().filter(|r| r.pool == pool.name).count() as u32;
-        let have = nodes_per_pool.get(&pool.name).copied().unwrap_or(0) + in_flight;
-        let room = pool.max_nodes.saturating_sub(have);
+        let room = pool.max_nodes.saturating_sub(nodes.in_pool(&pool.name, requested));
         if room == 0 {
             continue;
         }
@@ -223,55 +267,79 @@ pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dy
                     waste: sim.waste(),
                     price_per_hour: t.price_per_hour * f64::from(sim.bins.len() as u32),
                 };
-                let better = match &best {
-                    None => true,
-                    Some((b, bprio)) => better_than(&plan, pool.priority, b, *bprio, expander),
-                };
-                if better {
-                    best = Some((plan, pool.priority));
+                let candidate = Candidate { zone_nodes: nodes.in_zone(&pool.name, &vsw.zone, requested), priority: pool.priority, plan };
+                if best.as_ref().is_none_or(|b| candidate.better_than(b, expander)) {
+                    best = Some(candidate);
                 }
             }
         }
     }
-    best.map(|(p, _)| p)
+    best.map(|c| c.plan)
 }
 
 /// Nodes to create so that every pool has its `min_nodes` (reporting or requested), on the
-/// pool's first instance type and vSwitch.
-pub fn plan_minimums(pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes_per_pool: &HashMap<String, u32>, requested: &[RequestedNode]) -> Vec<ScaleUpPlan> {
-    pools
-        .iter()
-        .filter_map(|pool| {
-            let in_flight = requested.iter().filter(|r| r.pool == pool.name).count() as u32;
-            let have = nodes_per_pool.get(&pool.name).copied().unwrap_or(0) + in_flight;
-            let missing = pool.min_nodes.saturating_sub(have);
-            let t = pool.instance_types.iter().find_map(|id| catalogue(id))?;
-            let vsw = pool.vswitches.first()?;
-            (missing > 0).then(|| ScaleUpPlan {
+/// pool's first instance type, each in the zone of the pool's vSwitches that has fewest of its
+/// nodes (the first vSwitch on a tie): one plan per vSwitch that gets nodes.
+pub fn plan_minimums(pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes: &PoolNodes, requested: &[RequestedNode]) -> Vec<ScaleUpPlan> {
+    let mut plans = Vec::new();
+    for pool in pools {
+        let missing = pool.min_nodes.saturating_sub(nodes.in_pool(&pool.name, requested));
+        let Some(t) = pool.instance_types.iter().find_map(|id| catalogue(id)) else { continue };
+        if missing == 0 || pool.vswitches.is_empty() {
+            continue;
+        }
+        let mut zone_nodes: Vec<u32> = pool.vswitches.iter().map(|v| nodes.in_zone(&pool.name, &v.zone, requested)).collect();
+        let mut counts = vec![0u32; pool.vswitches.len()];
+        for _ in 0..missing {
+            let (k, _) = zone_nodes.iter().enumerate().min_by_key(|&(k, n)| (*n, k)).expect("vSwitches are not empty");
+            counts[k] += 1;
+            // Every vSwitch of the zone sees the new node, so two vSwitches of one zone do not
+            // both look empty.
+            let zone = &pool.vswitches[k].zone;
+            for (j, v) in pool.vswitches.iter().enumerate() {
+                if &v.zone == zone {
+                    zone_nodes[j] += 1;
+                }
+            }
+        }
+        for (vsw, count) in pool.vswitches.iter().zip(counts).filter(|(_, c)| *c > 0) {
+            plans.push(ScaleUpPlan {
                 pool: pool.name.clone(),
                 instance_type: t.id.clone(),
                 vswitch_id: vsw.id.clone(),
                 zone_id: vsw.zone.clone(),
-                count: missing,
+                count,
                 pods: 0,
                 pods_on_requested: 0,
                 waste: 1.0,
-                price_per_hour: t.price_per_hour * f64::from(missing),
-            })
-        })
-        .collect()
+                price_per_hour: t.price_per_hour * f64::from(count),
+            });
+        }
+    }
+    plans
 }
 
-fn better_than(a: &ScaleUpPlan, aprio: i32, b: &ScaleUpPlan, bprio: i32, expander: Expander) -> bool {
-    use std::cmp::Ordering::*;
-    let waste = a.waste.total_cmp(&b.waste);
-    let pods = b.pods.cmp(&a.pods);
-    let ord = match expander {
-        Expander::LeastWaste => waste.then(pods),
-        Expander::Priority => bprio.cmp(&aprio).then(waste).then(pods),
-        Expander::Price => (a.price_per_hour / a.pods as f64).total_cmp(&(b.price_per_hour / b.pods as f64)).then(pods),
-    };
-    ord == Less
+/// A scale-up option under comparison: its plan, its pool's priority and how many nodes of the
+/// pool its zone already has.
+struct Candidate {
+    plan: ScaleUpPlan,
+    priority: i32,
+    zone_nodes: u32,
+}
+
+impl Candidate {
+    fn better_than(&self, other: &Candidate, expander: Expander) -> bool {
+        use std::cmp::Ordering::*;
+        let (a, b) = (&self.plan, &other.plan);
+        let waste = a.waste.total_cmp(&b.waste);
+        let pods = b.pods.cmp(&a.pods);
+        let ord = match expander {
+            Expander::LeastWaste => waste.then(pods),
+            Expander::Priority => other.priority.cmp(&self.priority).then(waste).then(pods),
+            Expander::Price => (a.price_per_hour / a.pods as f64).total_cmp(&(b.price_per_hour / b.pods as f64)).then(pods),
+        };
+        ord.then(self.zone_nodes.cmp(&other.zone_nodes)) == Less
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

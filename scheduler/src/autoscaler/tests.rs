@@ -37,14 +37,14 @@ fn ip_bound_pods_get_enough_nodes_and_requested_nodes_count() {
     let refs: Vec<&PodRequest> = pods.iter().collect();
     let pools = [pool("small", &["ecs.g7.large"], 10, 0)];
     // g7.large: 10 shared IPs, CPU would allow 20 such pods: IPs decide, 3 nodes.
-    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).unwrap();
+    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).unwrap();
     assert_eq!((plan.count, plan.pods, plan.pool.as_str()), (3, 25, "small"));
     // Two nodes already on their way host 20: one more is enough.
     let req = |id: &str| RequestedNode { instance_id: id.into(), pool: "small".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
-    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[req("i-1"), req("i-2")], Expander::LeastWaste).unwrap();
+    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[req("i-1"), req("i-2")], Expander::LeastWaste).unwrap();
     assert_eq!((plan.count, plan.pods_on_requested), (1, 20));
     // At its maximum the pool plans nothing.
-    let full = HashMap::from([("small".to_string(), 10)]);
+    let full: PoolNodes = std::iter::repeat_n(("small", "z1"), 10).collect();
     assert!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &full, &[], Expander::LeastWaste).is_none());
 }
 
@@ -53,7 +53,7 @@ fn disk_slots_decide_when_disks_are_the_scarce_resource() {
     let disk = pb::VolumeSpec { kind: pb::VolumeKind::Disk as i32, ..Default::default() };
     let pods: Vec<PodRequest> = (0..4).map(|_| PodRequest::of(&pb::PodSpec { volumes: vec![disk.clone(); 8], ..Default::default() })).collect();
     let refs: Vec<&PodRequest> = pods.iter().collect();
-    let plan = plan_scale_up(&refs, &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).unwrap();
+    let plan = plan_scale_up(&refs, &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).unwrap();
     assert_eq!(plan.count, 2, "16 disk slots per node, 8 disks per pod");
 }
 
@@ -62,13 +62,13 @@ fn expanders_choose_by_waste_priority_and_price() {
     let pods: Vec<PodRequest> = (0..10).map(|_| shared_pod()).collect();
     let refs: Vec<&PodRequest> = pods.iter().collect();
     let pools = [pool("big", &["ecs.g7.4xlarge"], 10, 0), pool("small", &["ecs.g7.large"], 10, 5)];
-    let lw = plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).unwrap();
+    let lw = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).unwrap();
     assert_eq!(lw.pool, "small", "10 pods fill a g7.large's 10 IPs exactly");
     let pools = [pool("big", &["ecs.g7.4xlarge"], 10, 9), pool("small", &["ecs.g7.large"], 10, 5)];
-    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::Priority).unwrap().pool, "big");
+    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::Priority).unwrap().pool, "big");
     let pools = [pool("t6", &["ecs.t6-c1m2.large"], 10, 0), pool("c7", &["ecs.c7.large"], 10, 0)];
     // t6: 5 IPs for 0.08/h → 0.016 per pod; c7: 10 IPs for 0.21/h → 0.021 per pod.
-    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &HashMap::new(), &[], Expander::Price).unwrap().pool, "t6");
+    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::Price).unwrap().pool, "t6");
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn pods_no_pool_can_host_plan_nothing() {
     let mut spec = pb::PodSpec::default();
     spec.pool_selector.insert("pool".into(), "gpu".into());
     let req = PodRequest::of(&spec);
-    assert!(plan_scale_up(&[&req], &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &HashMap::new(), &[], Expander::LeastWaste).is_none());
+    assert!(plan_scale_up(&[&req], &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).is_none());
 }
 
 #[test]
@@ -133,10 +133,60 @@ fn pools_below_their_minimum_get_nodes_counting_requested_ones() {
     let mut p = pool("base", &["ecs.g7.large"], 10, 0);
     p.min_nodes = 3;
     let pools = [p, pool("other", &["ecs.g7.large"], 10, 0)];
-    let plans = plan_minimums(&pools, &catalogue::instance_type, &HashMap::from([("base".to_string(), 1)]), &[]);
+    let plans = plan_minimums(&pools, &catalogue::instance_type, &PoolNodes::from_iter([("base", "z1")]), &[]);
     assert_eq!(plans.len(), 1);
     assert_eq!((plans[0].pool.as_str(), plans[0].count), ("base", 2));
     let req = RequestedNode { instance_id: "i-9".into(), pool: "base".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
-    let plans = plan_minimums(&pools, &catalogue::instance_type, &HashMap::from([("base".to_string(), 2)]), &[req]);
+    let plans = plan_minimums(&pools, &catalogue::instance_type, &PoolNodes::from_iter([("base", "z1"), ("base", "z1")]), &[req]);
     assert!(plans.is_empty());
+}
+
+fn two_zone_pool(name: &str, min: u32) -> NodePool {
+    let mut p = pool(name, &["ecs.g7.large"], 10, 0);
+    p.min_nodes = min;
+    p.vswitches = vec![PoolVSwitch { id: "vsw-z1".into(), zone: "z1".into() }, PoolVSwitch { id: "vsw-z2".into(), zone: "z2".into() }];
+    p
+}
+
+fn counts_by_zone(plans: &[ScaleUpPlan]) -> Vec<(&str, u32)> {
+    plans.iter().map(|p| (p.zone_id.as_str(), p.count)).collect()
+}
+
+#[test]
+fn minimum_nodes_spread_over_the_pools_zones() {
+    let pools = [two_zone_pool("base", 3)];
+    let plans = plan_minimums(&pools, &catalogue::instance_type, &PoolNodes::default(), &[]);
+    assert_eq!(counts_by_zone(&plans), [("z1", 2), ("z2", 1)]);
+    assert_eq!(plans[1].vswitch_id, "vsw-z2");
+    // Two reporting nodes in z1 and one requested in z1: the two missing go to z2.
+    let pools = [two_zone_pool("base", 5)];
+    let req = RequestedNode { instance_id: "i-9".into(), pool: "base".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
+    let nodes = PoolNodes::from_iter([("base", "z1"), ("base", "z1"), ("other", "z2")]);
+    assert_eq!(counts_by_zone(&plan_minimums(&pools, &catalogue::instance_type, &nodes, &[req])), [("z2", 2)]);
+}
+
+#[test]
+fn two_vswitches_of_one_zone_count_as_one_zone() {
+    let mut p = two_zone_pool("base", 4);
+    p.vswitches.insert(1, PoolVSwitch { id: "vsw-z1b".into(), zone: "z1".into() });
+    let plans = plan_minimums(&[p], &catalogue::instance_type, &PoolNodes::default(), &[]);
+    let by_zone = |z: &str| plans.iter().filter(|p| p.zone_id == z).map(|p| p.count).sum::<u32>();
+    assert_eq!((by_zone("z1"), by_zone("z2")), (2, 2));
+}
+
+#[test]
+fn scale_up_goes_to_the_zone_with_fewest_nodes_of_the_pool_on_a_tie() {
+    let pods: Vec<PodRequest> = (0..5).map(|_| shared_pod()).collect();
+    let refs: Vec<&PodRequest> = pods.iter().collect();
+    let pools = [two_zone_pool("base", 0)];
+    let plan = |nodes: &PoolNodes, requested: &[RequestedNode]| plan_scale_up(&refs, &pools, &catalogue::instance_type, nodes, requested, Expander::LeastWaste).unwrap();
+    assert_eq!(plan(&PoolNodes::default(), &[]).zone_id, "z1");
+    assert_eq!(plan(&PoolNodes::from_iter([("base", "z1")]), &[]).zone_id, "z2");
+    // A node of another pool in z2 does not count; one requested for this pool in z2 does.
+    assert_eq!(plan(&PoolNodes::from_iter([("base", "z1"), ("other", "z2"), ("other", "z2")]), &[]).zone_id, "z2");
+    let req = RequestedNode { instance_id: "i-9".into(), pool: "base".into(), instance_type: "ecs.g7.large".into(), zone_id: "z2".into(), vswitch_id: "vsw-z2".into(), requested_at_ms: 0 };
+    let big: Vec<PodRequest> = (0..15).map(|_| shared_pod()).collect();
+    let big_refs: Vec<&PodRequest> = big.iter().collect();
+    let p = plan_scale_up(&big_refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[req], Expander::LeastWaste).unwrap();
+    assert_eq!((p.zone_id.as_str(), p.pods_on_requested), ("z1", 10));
 }

@@ -39,7 +39,8 @@ pub struct PodRequest {
     pub demand: Resources,
     /// `pool_selector["pool"]`.
     pub pool: Option<String>,
-    /// `pool_selector["zone"]`.
+    /// `pool_selector["zone"]`, else the `zoneId` of its first disk volume that names one: a
+    /// disk attaches only to instances of its zone.
     pub zone: Option<String>,
     /// Other selector entries, matched against the node's labels.
     pub labels: Vec<(String, String)>,
@@ -59,6 +60,9 @@ impl PodRequest {
                 _ => labels.push((k.clone(), v.clone())),
             }
         }
+        if zone.is_none() {
+            zone = spec.volumes.iter().filter(|v| v.kind == pb::VolumeKind::Disk as i32).find_map(|v| v.parameters.get("zoneId")).cloned();
+        }
         let spread_group = spec.spread_zones.then(|| {
             let mut l: Vec<_> = spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             l.sort();
@@ -72,6 +76,12 @@ impl PodRequest {
             vswitch: (!spec.vswitch_id.is_empty()).then(|| spec.vswitch_id.clone()),
             spread_group,
         }
+    }
+
+    /// Whether the pod must stay in the zone of the first node it is bound to: it has a disk
+    /// volume (a disk attaches only in its zone) and no zone of its own.
+    pub fn pins_zone(&self, spec: &pb::PodSpec) -> bool {
+        self.zone.is_none() && spec.volumes.iter().any(|v| v.kind == pb::VolumeKind::Disk as i32)
     }
 
     /// Whether a node of this identity may ever take the pod (selectors and vSwitch, no counts).

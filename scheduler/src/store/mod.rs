@@ -54,6 +54,9 @@ pub struct RequestedNode {
 pub enum Event {
     Submitted { pod: String, spec: StoredSpec },
     Bound { pod: String, node: String },
+    /// The pod was pinned to the zone of its first node because its disk lives there: its spec
+    /// from now on, with `pool_selector["zone"]` set.
+    ZonePinned { pod: String, spec: StoredSpec },
     Unbound { pod: String },
     Deleted { pod: String },
     NodeRequested(RequestedNode),
@@ -90,6 +93,11 @@ impl Snapshot {
             Event::Bound { pod, node } => {
                 if let Some(p) = self.pods.get_mut(pod) {
                     p.node = Some(node.clone());
+                }
+            }
+            Event::ZonePinned { pod, spec } => {
+                if let Some(p) = self.pods.get_mut(pod) {
+                    p.spec = spec.clone();
                 }
             }
             Event::Unbound { pod } => {
