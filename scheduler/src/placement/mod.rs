@@ -61,7 +61,7 @@ impl PodRequest {
             }
         }
         if zone.is_none() {
-            zone = spec.volumes.iter().filter(|v| v.kind == pb::VolumeKind::Disk as i32).find_map(|v| v.parameters.get("zoneId")).cloned();
+            zone = spec.volumes.iter().filter(|v| resources::is_disk(v)).find_map(|v| v.parameters.get("zoneId")).cloned();
         }
         let spread_group = spec.spread_zones.then(|| {
             let mut l: Vec<_> = spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -81,7 +81,7 @@ impl PodRequest {
     /// Whether the pod must stay in the zone of the first node it is bound to: it has a disk
     /// volume (a disk attaches only in its zone) and no zone of its own.
     pub fn pins_zone(&self, spec: &pb::PodSpec) -> bool {
-        self.zone.is_none() && spec.volumes.iter().any(|v| v.kind == pb::VolumeKind::Disk as i32)
+        self.zone.is_none() && spec.volumes.iter().any(resources::is_disk)
     }
 
     /// Whether a node of this identity may ever take the pod (selectors and vSwitch, no counts).

@@ -117,11 +117,17 @@ impl From<&Resources> for pb::Resources {
     }
 }
 
+/// Whether a pod's volume is a cloud disk (a disk slot, and a zone): of kind DISK, or of no kind
+/// naming an existing disk (`volumeId` `d-…`; NAS and OSS IDs start `nas:` and `oss:`).
+pub fn is_disk(v: &pb::VolumeSpec) -> bool {
+    v.kind == pb::VolumeKind::Disk as i32 || (v.kind == pb::VolumeKind::Unspecified as i32 && v.parameters.get("volumeId").is_some_and(|id| id.starts_with("d-")))
+}
+
 /// What a pod needs of a node: its CPU and memory, one pod slot, one address of its network mode
 /// (a shared IP, an ENI slot, or a member-ENI slot) and one disk slot per disk volume.
 pub fn demand_of(spec: &pb::PodSpec) -> Resources {
     let mode = pb::NetworkMode::try_from(spec.network_mode).unwrap_or(pb::NetworkMode::Shared);
-    let disks = spec.volumes.iter().filter(|v| v.kind == pb::VolumeKind::Disk as i32).count();
+    let disks = spec.volumes.iter().filter(|v| is_disk(v)).count();
     Resources {
         cpu_millicores: spec.cpu_millicores,
         memory_bytes: spec.memory_bytes,
@@ -148,6 +154,13 @@ mod tests {
         assert_eq!((trunk.shared_ips, trunk.member_eni_slots), (0, 1));
         let excl = demand_of(&pb::PodSpec { network_mode: pb::NetworkMode::Exclusive as i32, ..Default::default() });
         assert_eq!((excl.shared_ips, excl.eni_slots), (0, 1));
+    }
+
+    #[test]
+    fn an_existing_volume_of_no_kind_is_a_disk_by_its_id() {
+        let existing = |id: &str| pb::VolumeSpec { parameters: [("volumeId".to_string(), id.to_string())].into(), ..Default::default() };
+        let spec = pb::PodSpec { volumes: vec![existing("d-0a1b"), existing("nas:fs-1::/"), existing("oss:b:/"), pb::VolumeSpec::default()], ..Default::default() };
+        assert_eq!(demand_of(&spec).disk_slots, 1);
     }
 
     #[test]
