@@ -185,14 +185,14 @@ fn full_plan(pods: usize) {
     }
     let reqs: Vec<PodRequest> = (0..pods).map(|k| PodRequest::of(&pod_spec(k, &mut rng))).collect();
     let pools = pools(100_000);
-    let per_pool = PoolNodes::of_cluster(&cluster);
+    let pool_nodes = PoolNodes::of_cluster(&cluster);
     let t = Instant::now();
     let mut requested: Vec<RequestedNode> = Vec::new();
     let mut plans = 0;
     let mut last_covered = 0;
     loop {
         let refs: Vec<&PodRequest> = reqs.iter().collect();
-        let Some(plan) = plan_scale_up(&refs, &pools, &catalogue::instance_type, &per_pool, &requested, Expander::LeastWaste) else { break };
+        let Some(plan) = plan_scale_up(&refs, &pools, &catalogue::instance_type, &pool_nodes, &requested, Expander::LeastWaste) else { break };
         plans += 1;
         last_covered = plan.pods_on_requested + plan.pods;
         for k in 0..plan.count {

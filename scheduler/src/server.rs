@@ -312,12 +312,12 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
         let threshold = cfg.autoscaler.pending_threshold_secs * 1000;
         let waiting: Vec<_> = c.pending().filter(|p| now.saturating_sub(p.pending_since_ms) >= threshold).map(|p| p.req.clone()).collect();
         let refs: Vec<_> = waiting.iter().collect();
-        let per_pool = autoscaler::PoolNodes::of_cluster(c);
+        let pool_nodes = autoscaler::PoolNodes::of_cluster(c);
         let requested: Vec<RequestedNode> = c.requested.values().cloned().collect();
-        let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &per_pool, &requested);
+        let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &requested);
         if plans.is_empty()
             && !refs.is_empty()
-            && let Some(plan) = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &per_pool, &requested, cfg.autoscaler.expander)
+            && let Some(plan) = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &requested, cfg.autoscaler.expander)
         {
             plans.push(plan);
         }

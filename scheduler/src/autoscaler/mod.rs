@@ -118,11 +118,7 @@ impl PoolNodes {
 
     /// The nodes of the cluster's placement state that report a pool.
     pub fn of_cluster(cluster: &Cluster) -> Self {
-        let mut nodes = Self::default();
-        for (_, n) in cluster.placement.nodes() {
-            nodes.add(&n.identity.pool, &n.identity.zone_id);
-        }
-        nodes
+        cluster.placement.nodes().map(|(_, n)| (n.identity.pool.as_str(), n.identity.zone_id.as_str())).collect()
     }
 
     /// Reporting nodes of the pool plus those requested and not reporting yet.
@@ -288,19 +284,13 @@ pub fn plan_minimums(pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<Inst
         if missing == 0 || pool.vswitches.is_empty() {
             continue;
         }
-        let mut zone_nodes: Vec<u32> = pool.vswitches.iter().map(|v| nodes.in_zone(&pool.name, &v.zone, requested)).collect();
+        // Counted per zone, so two vSwitches of one zone do not both look empty.
+        let mut in_zone: HashMap<&str, u32> = pool.vswitches.iter().map(|v| (v.zone.as_str(), nodes.in_zone(&pool.name, &v.zone, requested))).collect();
         let mut counts = vec![0u32; pool.vswitches.len()];
         for _ in 0..missing {
-            let (k, _) = zone_nodes.iter().enumerate().min_by_key(|&(k, n)| (*n, k)).expect("vSwitches are not empty");
+            let k = (0..pool.vswitches.len()).min_by_key(|&k| (in_zone[pool.vswitches[k].zone.as_str()], k)).expect("vSwitches are not empty");
             counts[k] += 1;
-            // Every vSwitch of the zone sees the new node, so two vSwitches of one zone do not
-            // both look empty.
-            let zone = &pool.vswitches[k].zone;
-            for (j, v) in pool.vswitches.iter().enumerate() {
-                if &v.zone == zone {
-                    zone_nodes[j] += 1;
-                }
-            }
+            *in_zone.get_mut(pool.vswitches[k].zone.as_str()).expect("every vSwitch's zone is counted") += 1;
         }
         for (vsw, count) in pool.vswitches.iter().zip(counts).filter(|(_, c)| *c > 0) {
             plans.push(ScaleUpPlan {

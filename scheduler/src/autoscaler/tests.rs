@@ -19,6 +19,11 @@ fn pool(name: &str, types: &[&str], max: u32, priority: i32) -> NodePool {
     }
 }
 
+/// A g7.large node of the pool asked of the cloud in the zone (vSwitch `vsw-<zone>`).
+fn requested(id: &str, pool: &str, zone: &str) -> RequestedNode {
+    RequestedNode { instance_id: id.into(), pool: pool.into(), instance_type: "ecs.g7.large".into(), zone_id: zone.into(), vswitch_id: format!("vsw-{zone}"), requested_at_ms: 0 }
+}
+
 fn shared_pod() -> PodRequest {
     PodRequest::of(&pb::PodSpec { cpu_millicores: 100, memory_bytes: 64 << 20, ..Default::default() })
 }
@@ -40,8 +45,7 @@ fn ip_bound_pods_get_enough_nodes_and_requested_nodes_count() {
     let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).unwrap();
     assert_eq!((plan.count, plan.pods, plan.pool.as_str()), (3, 25, "small"));
     // Two nodes already on their way host 20: one more is enough.
-    let req = |id: &str| RequestedNode { instance_id: id.into(), pool: "small".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
-    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[req("i-1"), req("i-2")], Expander::LeastWaste).unwrap();
+    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[requested("i-1", "small", "z1"), requested("i-2", "small", "z1")], Expander::LeastWaste).unwrap();
     assert_eq!((plan.count, plan.pods_on_requested), (1, 20));
     // At its maximum the pool plans nothing.
     let full: PoolNodes = std::iter::repeat_n(("small", "z1"), 10).collect();
@@ -136,8 +140,7 @@ fn pools_below_their_minimum_get_nodes_counting_requested_ones() {
     let plans = plan_minimums(&pools, &catalogue::instance_type, &PoolNodes::from_iter([("base", "z1")]), &[]);
     assert_eq!(plans.len(), 1);
     assert_eq!((plans[0].pool.as_str(), plans[0].count), ("base", 2));
-    let req = RequestedNode { instance_id: "i-9".into(), pool: "base".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
-    let plans = plan_minimums(&pools, &catalogue::instance_type, &PoolNodes::from_iter([("base", "z1"), ("base", "z1")]), &[req]);
+    let plans = plan_minimums(&pools, &catalogue::instance_type, &PoolNodes::from_iter([("base", "z1"), ("base", "z1")]), &[requested("i-9", "base", "z1")]);
     assert!(plans.is_empty());
 }
 
@@ -160,9 +163,8 @@ fn minimum_nodes_spread_over_the_pools_zones() {
     assert_eq!(plans[1].vswitch_id, "vsw-z2");
     // Two reporting nodes in z1 and one requested in z1: the two missing go to z2.
     let pools = [two_zone_pool("base", 5)];
-    let req = RequestedNode { instance_id: "i-9".into(), pool: "base".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-z1".into(), requested_at_ms: 0 };
     let nodes = PoolNodes::from_iter([("base", "z1"), ("base", "z1"), ("other", "z2")]);
-    assert_eq!(counts_by_zone(&plan_minimums(&pools, &catalogue::instance_type, &nodes, &[req])), [("z2", 2)]);
+    assert_eq!(counts_by_zone(&plan_minimums(&pools, &catalogue::instance_type, &nodes, &[requested("i-9", "base", "z1")])), [("z2", 2)]);
 }
 
 #[test]
@@ -184,9 +186,8 @@ fn scale_up_goes_to_the_zone_with_fewest_nodes_of_the_pool_on_a_tie() {
     assert_eq!(plan(&PoolNodes::from_iter([("base", "z1")]), &[]).zone_id, "z2");
     // A node of another pool in z2 does not count; one requested for this pool in z2 does.
     assert_eq!(plan(&PoolNodes::from_iter([("base", "z1"), ("other", "z2"), ("other", "z2")]), &[]).zone_id, "z2");
-    let req = RequestedNode { instance_id: "i-9".into(), pool: "base".into(), instance_type: "ecs.g7.large".into(), zone_id: "z2".into(), vswitch_id: "vsw-z2".into(), requested_at_ms: 0 };
     let big: Vec<PodRequest> = (0..15).map(|_| shared_pod()).collect();
     let big_refs: Vec<&PodRequest> = big.iter().collect();
-    let p = plan_scale_up(&big_refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[req], Expander::LeastWaste).unwrap();
+    let p = plan_scale_up(&big_refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[requested("i-9", "base", "z2")], Expander::LeastWaste).unwrap();
     assert_eq!((p.zone_id.as_str(), p.pods_on_requested), ("z1", 10));
 }
