@@ -433,7 +433,7 @@ mod tests {
         }
         store.append(&c.schedule(0)).unwrap();
         let mut d = Cluster::new(Strategy::BinPack, 0, 15_000);
-        d.restore(store.snapshot(), 100).unwrap();
+        d.restore(&store.load().unwrap(), 100).unwrap();
         assert_eq!(d.pod("d/p0").unwrap().node.as_deref(), Some("i-1"));
         assert_eq!(d.pending().map(|p| p.spec.name.clone()).collect::<Vec<_>>(), vec!["p1", "p2"]);
         // The node reports without the pod (it never got it): it is reserved and sent again.
@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(c.pod("d/db").unwrap().node.as_deref(), Some("i-3"));
         // The pin is in the store: a restarted scheduler keeps it.
         let mut d = Cluster::new(Strategy::BinPack, 0, 15_000);
-        d.restore(store.snapshot(), 20_000).unwrap();
+        d.restore(&store.load().unwrap(), 20_000).unwrap();
         assert_eq!(d.pod("d/db").unwrap().req.zone.as_deref(), Some("z1"));
         assert_eq!(d.pod("d/web").unwrap().req.zone, None);
     }

@@ -70,9 +70,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl Shared {
     /// Loads the store's state into a fresh cluster.
-    pub fn new(cfg: SchedulerConfig, store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
+    pub fn new(cfg: SchedulerConfig, mut store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
-        cluster.restore(store.snapshot(), now_ms())?;
+        cluster.restore(&store.load().map_err(|e| e.to_string())?, now_ms())?;
         Ok(Arc::new(Shared { core: Mutex::new(Core { cluster, store }), streams: Mutex::new(HashMap::new()), next_stream: 0.into(), cfg, backoff: Mutex::new(HashMap::new()), counters: Default::default() }))
     }
 

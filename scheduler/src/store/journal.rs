@@ -78,9 +78,16 @@ impl JournalStore {
     }
 }
 
-impl Store for JournalStore {
-    fn snapshot(&self) -> &Snapshot {
+impl JournalStore {
+    /// The state as loaded at open, with every appended event applied.
+    pub fn snapshot(&self) -> &Snapshot {
         &self.state
+    }
+}
+
+impl Store for JournalStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        Ok(self.state.clone())
     }
 
     fn append(&mut self, events: &[Event]) -> Result<(), StoreError> {

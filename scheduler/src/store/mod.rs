@@ -128,10 +128,13 @@ pub enum StoreError {
 
 /// Where the scheduler keeps its state. `append` returns once the events are durable (for a
 /// replicated store: committed by a quorum); the scheduler answers a client only after that.
+/// Calls come from one thread at a time (the scheduler's committer), which batches the events of
+/// many concurrent calls into one `append`.
 pub trait Store: Send {
-    /// The state as loaded at open, with every appended event applied.
-    fn snapshot(&self) -> &Snapshot;
-    /// Makes the events durable as one batch (one sync), then applies them.
+    /// Everything the store holds now: at start, or when this replica becomes the leader.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Makes the events durable, in order, as one batch (one sync, or as few transactions as the
+    /// store allows); returns once they are.
     fn append(&mut self, events: &[Event]) -> Result<(), StoreError>;
 }
 
@@ -142,8 +145,8 @@ pub struct MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn snapshot(&self) -> &Snapshot {
-        &self.state
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        Ok(self.state.clone())
     }
 
     fn append(&mut self, events: &[Event]) -> Result<(), StoreError> {
