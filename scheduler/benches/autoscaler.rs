@@ -61,12 +61,12 @@ fn decision_latency(nodes: usize) {
     cfg.autoscaler.pending_threshold_secs = 0;
     cfg.pool = pools(100_000);
     let shared = Shared::new(cfg, Box::new(MemoryStore::default())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut rng = Rng(7);
     for i in 0..nodes {
-        shared.report(&full(node_report(i, &mut rng))).unwrap();
+        rt.block_on(shared.report(&full(node_report(i, &mut rng)))).unwrap();
     }
     let prov = Recording::default();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut lat = Vec::new();
     let mut k = 0;
     for round in 0..200 {
@@ -78,7 +78,7 @@ fn decision_latency(nodes: usize) {
             spec.network_mode = pb::NetworkMode::Shared as i32;
             k += 1;
             keys.push(format!("{}/{}", spec.namespace, spec.name));
-            shared.submit(spec).unwrap();
+            rt.block_on(shared.submit(spec)).unwrap();
         }
         let before = prov.created.lock().unwrap().len();
         let t = Instant::now();
@@ -98,11 +98,11 @@ fn decision_latency(nodes: usize) {
                     sequence: 1,
                     ..Default::default()
                 };
-                shared.report(&full(r)).unwrap();
+                rt.block_on(shared.report(&full(r))).unwrap();
             }
         }
         for key in keys {
-            let _ = shared.delete(&key);
+            let _ = rt.block_on(shared.delete(&key));
         }
     }
     lat.sort_by(f64::total_cmp);
@@ -119,12 +119,12 @@ fn end_to_end(nodes: usize) {
     cfg.autoscaler.pending_threshold_secs = 0;
     cfg.pool = pools(100_000);
     let shared = Shared::new(cfg, Box::new(MemoryStore::default())).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut rng = Rng(5);
     for i in 0..nodes {
-        shared.report(&full(node_report(i, &mut rng))).unwrap();
+        rt.block_on(shared.report(&full(node_report(i, &mut rng)))).unwrap();
     }
     let prov = Recording::default();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut lat = Vec::new();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -142,7 +142,7 @@ fn end_to_end(nodes: usize) {
             tokio::time::sleep(std::time::Duration::from_millis(rng.below(1000))).await;
             let before = prov.at.lock().unwrap().len();
             let t = Instant::now();
-            shared.submit(spec).unwrap();
+            shared.submit(spec).await.unwrap();
             loop {
                 if let Some(at) = prov.at.lock().unwrap().get(before) {
                     lat.push(at.duration_since(t).as_secs_f64() * 1e3);
@@ -150,7 +150,7 @@ fn end_to_end(nodes: usize) {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            shared.delete(&key).unwrap();
+            shared.delete(&key).await.unwrap();
             // The requested node boots full, so the next pod needs another.
             let (plan, ids) = prov.created.lock().unwrap().last().cloned().unwrap();
             for id in ids {
@@ -161,7 +161,7 @@ fn end_to_end(nodes: usize) {
                     sequence: 1,
                     ..Default::default()
                 };
-                shared.report(&r).unwrap();
+                shared.report(&r).await.unwrap();
             }
         }
         let _ = stop.send(());

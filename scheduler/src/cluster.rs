@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use berth_proto::cluster::v1 as pb;
 
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
-use crate::store::{Event, RequestedNode, Snapshot, StoredSpec};
+use crate::store::{Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
 
 #[derive(Debug, Clone)]
 pub struct PodRecord {
@@ -56,6 +56,8 @@ pub struct Cluster {
     awaiting_node: HashMap<String, Vec<String>>,
     /// Nodes asked of the cloud that have not reported yet.
     pub requested: BTreeMap<String, RequestedNode>,
+    /// Scale-ups whose RunInstances may have been sent, by ClientToken.
+    pub scale_ups: BTreeMap<String, ScaleUp>,
     /// Nodes being removed by the autoscaler: emptied, then deleted once they run nothing.
     pub deleting: HashSet<String>,
     /// Nodes deleted by the autoscaler: a late report of theirs must not bring them back.
@@ -75,6 +77,7 @@ impl Cluster {
             outbox: HashMap::new(),
             awaiting_node: HashMap::new(),
             requested: BTreeMap::new(),
+            scale_ups: BTreeMap::new(),
             deleting: HashSet::new(),
             deleted: HashSet::new(),
             lease_ms,
@@ -100,6 +103,7 @@ impl Cluster {
             }
         }
         self.requested = snap.requested.clone();
+        self.scale_ups = snap.scale_ups.clone();
         Ok(())
     }
 
@@ -339,6 +343,35 @@ impl Cluster {
         vec![Event::NodeRequested(r)]
     }
 
+    /// Records a scale-up before its RunInstances is sent.
+    pub fn start_scale_up(&mut self, u: ScaleUp) -> Vec<Event> {
+        self.scale_ups.insert(u.client_token.clone(), u.clone());
+        vec![Event::ScaleUpStarted(u)]
+    }
+
+    /// The scale-up's call answered: its instances become requested nodes (none if it failed).
+    pub fn finish_scale_up(&mut self, client_token: &str, instance_ids: &[String]) -> Vec<Event> {
+        let Some(u) = self.scale_ups.remove(client_token) else { return Vec::new() };
+        let mut events = Vec::new();
+        for id in instance_ids {
+            if !self.requested.contains_key(id) && self.placement.index_of(id).is_none() {
+                events.extend(self.request_node(RequestedNode { instance_id: id.clone(), pool: u.pool.clone(), instance_type: u.instance_type.clone(), zone_id: u.zone_id.clone(), vswitch_id: u.vswitch_id.clone(), requested_at_ms: u.started_at_ms }));
+            }
+        }
+        events.push(Event::ScaleUpFinished { client_token: client_token.to_string() });
+        events
+    }
+
+    /// Nodes on their way, as the planners count them: requested ones, and the instances of
+    /// scale-ups under way (named by their token, as the cloud has not answered yet).
+    pub fn on_the_way(&self) -> Vec<RequestedNode> {
+        let mut out: Vec<RequestedNode> = self.requested.values().cloned().collect();
+        for u in self.scale_ups.values() {
+            out.extend((0..u.count).map(|k| RequestedNode { instance_id: format!("{}#{k}", u.client_token), pool: u.pool.clone(), instance_type: u.instance_type.clone(), zone_id: u.zone_id.clone(), vswitch_id: u.vswitch_id.clone(), requested_at_ms: u.started_at_ms }));
+        }
+        out
+    }
+
     pub fn clear_request(&mut self, instance_id: &str) -> Vec<Event> {
         match self.requested.remove(instance_id) {
             Some(_) => vec![Event::NodeRequestCleared { instance_id: instance_id.to_string() }],
@@ -365,6 +398,19 @@ impl Cluster {
         };
         let acknowledged_sequence = self.placement.index_of(node).and_then(|i| self.placement.node(i)).map_or(0, |n| n.sequence);
         pb::NodeInstruction { run, remove: removes, acknowledged_sequence }
+    }
+
+    /// Every instruction waiting, for the committer to send once the changes behind them are
+    /// durable. A node that is not connected gets everything again when it reconnects.
+    pub fn take_instructions(&mut self) -> Vec<(String, pb::NodeInstruction)> {
+        let nodes = self.nodes_with_instructions();
+        nodes.into_iter().filter_map(|n| self.take_instruction(&n).map(|i| (n, i))).collect()
+    }
+
+    /// Puts everything bound to the node in its outbox, for an agent that (re)connects.
+    pub fn resend_all(&mut self, node: &str) {
+        let full = self.full_instruction(node);
+        self.outbox.insert(node.to_string(), Outbox { run: full.run, remove: full.remove });
     }
 
     /// Nodes with instructions waiting.
@@ -485,5 +531,25 @@ mod tests {
         c.report(&report("i-2", "a", "z2", caps(10, 16), 1, &[]), 100);
         let ev = c.schedule(100);
         assert_eq!(ev, vec![Event::Bound { pod: "d/db".into(), node: "i-2".into() }], "bound, and not pinned again: the disk names its zone");
+    }
+
+    #[test]
+    fn a_scale_up_begun_before_a_takeover_is_counted_and_finished_by_the_next_leader() {
+        let mut store = MemoryStore::default();
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        let u = ScaleUp { client_token: "t-1".into(), pool: "a".into(), instance_type: "ecs.g7.large".into(), zone_id: "z1".into(), vswitch_id: "vsw-1".into(), count: 2, started_at_ms: 7 };
+        store.append(&c.start_scale_up(u)).unwrap();
+        // The leader dies before RunInstances answers; the next one loads the store.
+        let mut d = Cluster::new(Strategy::BinPack, 0, 15_000);
+        d.restore(&store.load().unwrap(), 100).unwrap();
+        assert_eq!(d.scale_ups.keys().collect::<Vec<_>>(), vec!["t-1"]);
+        assert_eq!(d.on_the_way().len(), 2, "its two instances count as on their way, so no plan makes them again");
+        let ev = d.finish_scale_up("t-1", &["i-1".into(), "i-2".into()]);
+        store.append(&ev).unwrap();
+        let snap = store.load().unwrap();
+        assert!(snap.scale_ups.is_empty());
+        assert_eq!(snap.requested.keys().collect::<Vec<_>>(), vec!["i-1", "i-2"]);
+        assert_eq!(snap.requested["i-1"].requested_at_ms, 7, "the boot timeout runs from the first call");
+        assert!(d.finish_scale_up("t-1", &[]).is_empty(), "finished once");
     }
 }

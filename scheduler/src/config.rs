@@ -33,11 +33,13 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// `/metrics` (Prometheus text) on this address; empty: not served.
     pub metrics_listen: String,
+    /// The address other replicas send clients to while this one leads; empty: `listen`.
+    pub advertise: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:19470".into(), state_dir: "/var/lib/berth/scheduler".into(), metrics_listen: String::new() }
+        ServerConfig { listen: "127.0.0.1:19470".into(), state_dir: "/var/lib/berth/scheduler".into(), metrics_listen: String::new(), advertise: String::new() }
     }
 }
 

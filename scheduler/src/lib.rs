@@ -9,8 +9,10 @@
 pub mod autoscaler;
 pub mod client;
 pub mod cluster;
+pub mod committer;
 pub mod config;
 pub mod metrics;
 pub mod placement;
+pub mod replica;
 pub mod server;
 pub mod store;

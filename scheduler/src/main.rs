@@ -9,8 +9,8 @@ use berth_cloud::client::load_credentials;
 use berth_cloud::{ClientConfig, HttpCloud};
 use berth_scheduler::autoscaler::driver::CloudProvisioner;
 use berth_scheduler::config::{self, SchedulerConfig};
-use berth_scheduler::server::{self, Shared};
-use berth_scheduler::store::JournalStore;
+use berth_scheduler::replica::JournalTerms;
+use berth_scheduler::server;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -74,7 +74,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = SchedulerConfig::load(&path, explicit)?;
     args.apply(&mut cfg);
     cfg.validate()?;
-    let store = JournalStore::open(&cfg.server.state_dir)?;
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen).await.with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let provisioner = if cfg.autoscaler.enabled && !cfg.pool.is_empty() {
         let credentials = load_credentials(&cfg.cloud.credentials_file)?;
@@ -87,10 +86,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_listen = cfg.server.metrics_listen.clone();
     // With port 0 only this file tells tools the port.
     let metrics_address_file = cfg.server.state_dir.join("metrics.address");
-    let shared = Shared::new(cfg, Box::new(store)).map_err(anyhow::Error::msg)?;
+    let terms = JournalTerms::new(cfg.server.state_dir.clone());
+    let replica = server::replica_of(&cfg, &terms);
     if !metrics_listen.is_empty() {
-        let shared = shared.clone();
-        berth_daemon::metrics::serve("server.metrics_listen", &metrics_listen, Some(&metrics_address_file), berth_daemon::metrics::router(move || shared.metrics_text()), std::future::pending()).await?;
+        let replica = replica.clone();
+        berth_daemon::metrics::serve("server.metrics_listen", &metrics_listen, Some(&metrics_address_file), berth_daemon::metrics::router(move || server::metrics_text(&replica)), std::future::pending()).await?;
     }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -99,6 +99,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    server::serve(shared, provisioner, listener, shutdown).await?;
+    server::serve_replica(cfg, replica, terms, provisioner, listener, shutdown).await?;
     Ok(())
 }

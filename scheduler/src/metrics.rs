@@ -51,8 +51,16 @@ pub struct Snapshot {
     pub requested_nodes: u64,
 }
 
+/// What the committer wrote: appends (one sync or one round of etcd transactions each) and the
+/// events in them; their ratio is the group commit's batch size.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Commits {
+    pub appends: u64,
+    pub events: u64,
+}
+
 /// The Prometheus text of a snapshot and the counters.
-pub fn render(s: &Snapshot, c: &Counters) -> String {
+pub fn render(s: &Snapshot, c: &Counters, commits: &Commits) -> String {
     let family = |name: &str, kind: &str, help: &str| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
     let mut out = family("berth_scheduler_pods", "gauge", "Pods the scheduler knows, by phase.");
     for phase in ["Pending", "Bound", "Running", "Succeeded", "Failed", "Terminating"] {
@@ -89,6 +97,10 @@ pub fn render(s: &Snapshot, c: &Counters) -> String {
     }
     out.push_str(&family("berth_scheduler_nodes_deleted_total", "counter", "Instances deleted by the autoscaler (scaled down or never reported)."));
     let _ = writeln!(out, "berth_scheduler_nodes_deleted_total {}", c.nodes_deleted.load(Ordering::Relaxed));
+    out.push_str(&family("berth_scheduler_store_appends_total", "counter", "Batches made durable (one fsync of the journal, or one round of etcd transactions) in this term."));
+    let _ = writeln!(out, "berth_scheduler_store_appends_total {}", commits.appends);
+    out.push_str(&family("berth_scheduler_store_events_total", "counter", "Events made durable in this term; divided by the appends, the group commit's batch size."));
+    let _ = writeln!(out, "berth_scheduler_store_events_total {}", commits.events);
     out
 }
 
@@ -106,7 +118,7 @@ mod tests {
         c.scaled_up("small", 1);
         c.deleted(1);
         let s = Snapshot { pods_by_phase: [("Running", 3), ("Pending", 1)].into(), nodes_by_state: [("Ready", 2)].into(), requested_nodes: 1 };
-        let text = render(&s, &c);
+        let text = render(&s, &c, &Commits { appends: 2, events: 7 });
         for line in [
             "berth_scheduler_pods{phase=\"Running\"} 3",
             "berth_scheduler_pods{phase=\"Failed\"} 0",
@@ -119,6 +131,8 @@ mod tests {
             "berth_scheduler_scale_ups_total{pool=\"small\"} 2",
             "berth_scheduler_nodes_requested_total{pool=\"small\"} 3",
             "berth_scheduler_nodes_deleted_total 1",
+            "berth_scheduler_store_appends_total 2",
+            "berth_scheduler_store_events_total 7",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

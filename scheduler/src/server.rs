@@ -2,9 +2,10 @@
 //! expires leases and retries pending pods, and the autoscaler loop that executes plans through a
 //! [`NodeProvisioner`].
 //!
-//! Every change is appended to the store (one sync per batch) before any answer or instruction
-//! leaves, so what a client or agent was told survives a restart. The clock is Unix time in ms,
-//! the same one the store's request times use.
+//! Every change is made durable by the [`Committer`] (many calls' changes in one sync or one
+//! round of etcd transactions) before any answer or instruction leaves, so what a client or agent
+//! was told survives a restart or a failover. The clock is Unix time in ms, the same one the
+//! store's request times use.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,41 +23,31 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::autoscaler::driver::NodeProvisioner;
 use crate::autoscaler::{self, ScaleDownSettings};
 use crate::cluster::{Cluster, SubmitError};
+use crate::committer::{Committer, Pending, Streams};
 use crate::config::SchedulerConfig;
 use crate::placement::pod_key;
-use crate::store::{Event, RequestedNode, Store};
+use crate::replica::{Replica, Role, Terms};
+use crate::store::{Event, RequestedNode, ScaleUp, Store};
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-struct Core {
-    cluster: Cluster,
-    store: Box<dyn Store>,
-}
-
-impl Core {
-    fn commit(&mut self, events: &[Event]) -> Result<(), Status> {
-        self.store.append(events).map_err(|e| {
-            tracing::error!(error = %e, "cannot persist scheduler state");
-            Status::unavailable(format!("the scheduler cannot persist its state: {e}"))
-        })
-    }
-}
-
-type InstructionSender = mpsc::Sender<Result<pb::NodeInstruction, Status>>;
 /// The answer stream of ReportNode (the generated trait's boxed stream type).
 type InstructionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::NodeInstruction, Status>> + Send + 'static>>;
 
-/// State shared by the gRPC handlers and the loops.
+/// State shared by the gRPC handlers and the loops of one term (the time this replica leads).
 pub struct Shared {
-    core: Mutex<Core>,
-    /// Connected agents: node → (stream generation, sender).
-    streams: Mutex<HashMap<String, (u64, InstructionSender)>>,
+    cluster: Mutex<Cluster>,
+    committer: Committer,
+    /// Connected agents' instruction streams; the committer sends to them.
+    streams: Streams,
     next_stream: std::sync::atomic::AtomicU64,
     cfg: SchedulerConfig,
     /// Pools whose last RunInstances failed, and until when (ms) they are left out of plans.
     backoff: Mutex<HashMap<String, u64>>,
+    /// Set when the term ends: report streams close and calls are refused.
+    ended: tokio::sync::watch::Sender<Option<String>>,
     /// What `/metrics` counts.
     pub counters: crate::metrics::Counters,
 }
@@ -69,18 +60,28 @@ const SCALE_UP_BACKOFF_MS: u64 = 30_000;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl Shared {
-    /// Loads the store's state into a fresh cluster.
+    /// Loads the store's state into a fresh cluster; the store then belongs to the committer.
     pub fn new(cfg: SchedulerConfig, mut store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
         cluster.restore(&store.load().map_err(|e| e.to_string())?, now_ms())?;
-        Ok(Arc::new(Shared { core: Mutex::new(Core { cluster, store }), streams: Mutex::new(HashMap::new()), next_stream: 0.into(), cfg, backoff: Mutex::new(HashMap::new()), counters: Default::default() }))
+        let streams = Streams::default();
+        let committer = Committer::start(store, streams.clone());
+        Ok(Arc::new(Shared {
+            cluster: Mutex::new(cluster),
+            committer,
+            streams,
+            next_stream: 0.into(),
+            cfg,
+            backoff: Mutex::new(HashMap::new()),
+            ended: tokio::sync::watch::channel(None).0,
+            counters: Default::default(),
+        }))
     }
 
     /// `/metrics`: the cluster as it is now and what the scheduler counted.
     pub fn metrics_text(&self) -> String {
         let snapshot = {
-            let core = self.core();
-            let c = &core.cluster;
+            let c = self.cluster();
             let mut s = crate::metrics::Snapshot { requested_nodes: c.requested.len() as u64, ..Default::default() };
             for p in c.pods() {
                 let phase = match p.phase {
@@ -103,92 +104,102 @@ impl Shared {
             }
             s
         };
-        crate::metrics::render(&snapshot, &self.counters)
+        let stats = &self.committer.stats;
+        let commits = crate::metrics::Commits { appends: stats.appends.load(std::sync::atomic::Ordering::Relaxed), events: stats.events.load(std::sync::atomic::Ordering::Relaxed) };
+        crate::metrics::render(&snapshot, &self.counters, &commits)
     }
 
-    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
+        self.cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sends waiting instructions to connected agents.
-    fn flush(&self) {
-        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if streams.is_empty() {
-            return;
+    /// Changes the cluster under its lock and queues the events with the instructions that follow;
+    /// the returned [`Pending`] resolves once they are durable (and the instructions sent).
+    fn change<T>(&self, f: impl FnOnce(&mut Cluster, u64) -> Result<(Vec<Event>, T), Status>) -> Result<(Pending, T), Status> {
+        if let Some(why) = self.ended.borrow().clone() {
+            return Err(Status::unavailable(format!("this scheduler's term ended ({why}); retry")));
         }
-        let mut core = self.core();
-        for node in core.cluster.nodes_with_instructions() {
-            let Some((_, tx)) = streams.get(&node) else { continue };
-            if let Some(ins) = core.cluster.take_instruction(&node)
-                && tx.try_send(Ok(ins)).is_err()
-            {
-                tracing::warn!(node = %node, "instruction stream full or closed; the node gets everything again when it reconnects");
-            }
-        }
+        let mut c = self.cluster();
+        let (events, out) = f(&mut c, now_ms())?;
+        let instructions = c.take_instructions();
+        Ok((self.committer.queue(events, instructions), out))
     }
 
-    /// One tick: leases, then pending pods.
+    /// One tick: leases, then pending pods; queued without waiting for the sync.
     pub fn tick(&self) {
-        {
-            let started = std::time::Instant::now();
-            let mut core = self.core();
-            let now = now_ms();
-            let mut events = core.cluster.expire_leases(now);
-            events.extend(core.cluster.schedule(now));
-            self.counters.round(started.elapsed().as_secs_f64());
-            if let Err(e) = core.commit(&events) {
-                tracing::error!(error = %e.message(), "tick not persisted");
-            }
-        }
-        self.flush();
+        let started = std::time::Instant::now();
+        let _ = self.change(|c, now| {
+            let mut events = c.expire_leases(now);
+            events.extend(c.schedule(now));
+            Ok((events, ()))
+        });
+        self.counters.round(started.elapsed().as_secs_f64());
     }
 
     /// Takes a pod in and tries to place it at once; answers once that is durable.
-    pub fn submit(&self, spec: pb::PodSpec) -> Result<pb::PodStatus, Status> {
+    pub async fn submit(&self, spec: pb::PodSpec) -> Result<pb::PodStatus, Status> {
         let key = pod_key(&spec.namespace, &spec.name);
-        let status = {
-            let mut core = self.core();
-            let now = now_ms();
-            let mut events = core.cluster.submit(spec, now).map_err(submit_error)?;
-            events.extend(core.cluster.schedule_pod(&key, now));
-            core.commit(&events)?;
-            core.cluster.pod(&key).map(|r| r.status()).unwrap_or_default()
-        };
-        self.flush();
+        let (durable, status) = self.change(|c, now| {
+            let mut events = c.submit(spec, now).map_err(submit_error)?;
+            events.extend(c.schedule_pod(&key, now));
+            Ok((events, c.pod(&key).map(|r| r.status()).unwrap_or_default()))
+        })?;
+        durable.durable().await?;
         Ok(status)
     }
 
-    pub fn delete(&self, key: &str) -> Result<(), Status> {
-        {
-            let mut core = self.core();
-            let events = core.cluster.delete(key).ok_or_else(|| Status::not_found(format!("no pod {key}")))?;
-            core.commit(&events)?;
-        }
-        self.flush();
-        Ok(())
+    pub async fn delete(&self, key: &str) -> Result<(), Status> {
+        let (durable, ()) = self.change(|c, _| Ok((c.delete(key).ok_or_else(|| Status::not_found(format!("no pod {key}")))?, ())))?;
+        durable.durable().await
     }
 
     /// Takes a report in outside a stream (benchmarks; agents use ReportNode).
-    pub fn report(&self, report: &pb::NodeReport) -> Result<(), Status> {
-        let mut core = self.core();
-        let events = core.cluster.report(report, now_ms());
-        core.commit(&events)
+    pub async fn report(&self, report: &pb::NodeReport) -> Result<(), Status> {
+        let (durable, ()) = self.change(|c, now| Ok((c.report(report, now), ())))?;
+        durable.durable().await
     }
 
     /// The status of one pod.
     pub fn pod_status(&self, key: &str) -> Option<pb::PodStatus> {
-        self.core().cluster.pod(key).map(|r| r.status())
+        self.cluster().pod(key).map(|r| r.status())
+    }
+
+    /// Ends the term: calls are refused, report streams are told and closed.
+    pub fn end(&self, why: &str) {
+        self.ended.send_replace(Some(why.to_string()));
+        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for (_, (_, tx)) in streams {
+            let _ = tx.try_send(Err(Status::unavailable(format!("this scheduler no longer leads ({why}); report to the leader"))));
+        }
+    }
+
+    /// Resolves when the term ends (see [`Shared::end`]).
+    async fn ended(&self) -> String {
+        let mut rx = self.ended.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "stopped".into();
+            }
+        }
+    }
+
+    /// Resolves when the store refused a batch: the term is over.
+    pub async fn store_failed(&self) -> String {
+        self.committer.failed().await.0
     }
 }
 
-/// The gRPC service.
+/// The gRPC service: every call goes to the term this replica leads, or is told where the leader is.
 pub struct SchedulerService {
-    shared: Arc<Shared>,
+    replica: Arc<Replica>,
 }
 
 impl SchedulerService {
-    pub fn new(shared: Arc<Shared>) -> SchedulerService {
-        SchedulerService { shared }
+    pub fn new(replica: Arc<Replica>) -> SchedulerService {
+        SchedulerService { replica }
     }
 }
 
@@ -202,13 +213,18 @@ fn submit_error(e: SubmitError) -> Status {
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
     async fn report_node(&self, request: Request<Streaming<pb::NodeReport>>) -> Result<Response<InstructionStream>, Status> {
+        let shared = self.replica.leading()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
-        let shared = self.shared.clone();
         tokio::spawn(async move {
             let generation = shared.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut node: Option<String> = None;
-            while let Some(msg) = inbound.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    _ = shared.ended() => break,
+                };
+                let Some(msg) = msg else { break };
                 let report = match msg {
                     Ok(r) => r,
                     Err(e) => {
@@ -225,27 +241,24 @@ impl Scheduler for SchedulerService {
                     shared.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), (generation, tx.clone()));
                     node = Some(id.clone());
                 }
-                let full = {
-                    let mut core = shared.core();
-                    let now = now_ms();
-                    // Pending pods are retried by the tick, not per report: thousands of
-                    // agents report, and one pass over the queue serves them all.
-                    let events = core.cluster.report(&report, now);
-                    core.commit(&events).map(|()| first.then(|| core.cluster.full_instruction(&id)))
-                };
-                let full = match full {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        break;
+                // Pending pods are retried by the tick, not per report: thousands of agents
+                // report, and one pass over the queue serves them all. The first instruction
+                // of a stream (everything bound to the node) goes out with the report's batch.
+                let changed = shared.change(|c, now| {
+                    let events = c.report(&report, now);
+                    if first {
+                        c.resend_all(&id);
                     }
+                    Ok((events, ()))
+                });
+                let result = match changed {
+                    Ok((durable, ())) => durable.durable().await,
+                    Err(e) => Err(e),
                 };
-                if let Some(ins) = full
-                    && tx.send(Ok(ins)).await.is_err()
-                {
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e)).await;
                     break;
                 }
-                shared.flush();
             }
             if let Some(id) = node {
                 let mut streams = shared.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -258,26 +271,30 @@ impl Scheduler for SchedulerService {
     }
 
     async fn submit_pod(&self, request: Request<pb::SubmitPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
+        let shared = self.replica.leading()?;
         let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("SubmitPod needs a spec"))?;
-        self.shared.submit(spec).map(Response::new)
+        shared.submit(spec).await.map(Response::new)
     }
 
     async fn delete_pod(&self, request: Request<pb::DeletePodRequest>) -> Result<Response<pb::DeletePodResponse>, Status> {
+        let shared = self.replica.leading()?;
         let r = request.into_inner();
-        self.shared.delete(&pod_key(&r.namespace, &r.name))?;
+        shared.delete(&pod_key(&r.namespace, &r.name)).await?;
         Ok(Response::new(pb::DeletePodResponse {}))
     }
 
     async fn get_pod(&self, request: Request<pb::GetPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
+        let shared = self.replica.leading()?;
         let r = request.into_inner();
         let key = pod_key(&r.namespace, &r.name);
-        self.shared.pod_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no pod {key}")))
+        shared.pod_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no pod {key}")))
     }
 
     async fn list_pods(&self, request: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
+        let shared = self.replica.leading()?;
         let ns = request.into_inner().namespace;
-        let core = self.shared.core();
-        let mut pods: Vec<pb::PodStatus> = core.cluster.pods().filter(|p| ns.is_empty() || p.spec.namespace == ns).map(|p| p.status()).collect();
+        let c = shared.cluster();
+        let mut pods: Vec<pb::PodStatus> = c.pods().filter(|p| ns.is_empty() || p.spec.namespace == ns).map(|p| p.status()).collect();
         pods.sort_by(|a, b| {
             let k = |s: &pb::PodStatus| s.spec.as_ref().map(|s| (s.namespace.clone(), s.name.clone()));
             k(a).cmp(&k(b))
@@ -286,7 +303,8 @@ impl Scheduler for SchedulerService {
     }
 
     async fn list_nodes(&self, _request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let mut nodes = self.shared.core().cluster.node_states();
+        let shared = self.replica.leading()?;
+        let mut nodes = shared.cluster().node_states();
         nodes.sort_by(|a, b| {
             let k = |n: &pb::NodeState| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).map(|i| i.instance_id.clone());
             k(a).cmp(&k(b))
@@ -296,6 +314,8 @@ impl Scheduler for SchedulerService {
 }
 
 /// One round of the autoscaler: plan under the lock, call the cloud without it, record after.
+/// A scale-up is made durable with its ClientToken before RunInstances is sent, so a leader that
+/// takes over in between repeats the same call instead of creating other nodes.
 pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P) {
     let cfg = &shared.cfg;
     let now = now_ms();
@@ -305,23 +325,30 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
         backoff.retain(|_, until| *until > now);
         cfg.pool.iter().filter(|p| !backoff.contains_key(&p.name)).cloned().collect()
     };
-    let (plans, to_delete, timed_out) = {
-        let mut core = shared.core();
-        let c = &mut core.cluster;
+    let planned = shared.change(|c, now| {
         autoscaler::observe_utilisation(c, settings.utilisation_threshold, now);
         let threshold = cfg.autoscaler.pending_threshold_secs * 1000;
         let waiting: Vec<_> = c.pending().filter(|p| now.saturating_sub(p.pending_since_ms) >= threshold).map(|p| p.req.clone()).collect();
         let refs: Vec<_> = waiting.iter().collect();
         let pool_nodes = autoscaler::PoolNodes::of_cluster(c);
-        let requested: Vec<RequestedNode> = c.requested.values().cloned().collect();
-        let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &requested);
+        let on_the_way = c.on_the_way();
+        let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way);
         if plans.is_empty()
             && !refs.is_empty()
-            && let Some(plan) = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &requested, cfg.autoscaler.expander)
+            && let Some(plan) = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way, cfg.autoscaler.expander)
         {
             plans.push(plan);
         }
         let mut events = Vec::new();
+        // Scale-ups a former leader began (or this one, when its call failed to answer) are sent
+        // again with their own tokens before anything new.
+        let mut calls: Vec<(ScaleUp, Option<autoscaler::ScaleUpPlan>)> = c.scale_ups.values().map(|u| (u.clone(), None)).collect();
+        for plan in plans {
+            let u = ScaleUp { client_token: uuid::Uuid::new_v4().to_string(), pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), count: plan.count, started_at_ms: now };
+            tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, count = plan.count, pods = plan.pods, "scaling up");
+            events.extend(c.start_scale_up(u.clone()));
+            calls.push((u, Some(plan)));
+        }
         // No scale-down while pods wait: they may need the capacity.
         if c.pending_len() == 0 {
             for node in autoscaler::plan_scale_down(c, &cfg.pool, &settings, now) {
@@ -337,33 +364,37 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
             .filter(|id| c.placement.index_of(id).and_then(|i| c.placement.node(i)).is_none_or(|n| n.health == crate::placement::Health::Unknown || (n.pods.is_empty() && n.reported_pods == 0 && n.reservations.is_empty())))
             .cloned()
             .collect();
-        let timed_out: Vec<String> = requested.iter().filter(|r| now.saturating_sub(r.requested_at_ms) > cfg.autoscaler.node_boot_timeout_secs * 1000).map(|r| r.instance_id.clone()).collect();
-        events.extend(core.cluster.schedule(now));
-        if let Err(e) = core.commit(&events) {
-            tracing::error!(error = %e.message(), "autoscaler round not persisted");
-            return;
-        }
-        (plans, to_delete, timed_out)
+        let timed_out: Vec<String> = c.requested.values().filter(|r| now.saturating_sub(r.requested_at_ms) > cfg.autoscaler.node_boot_timeout_secs * 1000).map(|r| r.instance_id.clone()).collect();
+        events.extend(c.schedule(now));
+        Ok((events, (calls, to_delete, timed_out)))
+    });
+    let (calls, to_delete, timed_out) = match planned {
+        Ok((durable, out)) => match durable.durable().await {
+            Ok(()) => out,
+            Err(e) => {
+                tracing::error!(error = %e.message(), "autoscaler round not persisted");
+                return;
+            }
+        },
+        Err(_) => return,
     };
-    shared.flush();
-    for plan in plans {
-        let Some(pool) = cfg.pool.iter().find(|p| p.name == plan.pool) else { continue };
-        let token = uuid::Uuid::new_v4().to_string();
-        tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, count = plan.count, pods = plan.pods, "scaling up");
-        match provisioner.create(pool, &plan, &token).await {
+    for (u, plan) in calls {
+        let Some(pool) = cfg.pool.iter().find(|p| p.name == u.pool) else { continue };
+        // A call repeated for an earlier term knows only what was stored of its plan.
+        let plan = plan.unwrap_or_else(|| autoscaler::ScaleUpPlan { pool: u.pool.clone(), instance_type: u.instance_type.clone(), vswitch_id: u.vswitch_id.clone(), zone_id: u.zone_id.clone(), count: u.count, pods: 0, pods_on_requested: 0, waste: 0.0, price_per_hour: 0.0 });
+        let ids = match provisioner.create(pool, &plan, &u.client_token).await {
             Ok(ids) => {
-                shared.counters.scaled_up(&plan.pool, ids.len() as u32);
-                let mut core = shared.core();
-                let mut events = Vec::new();
-                for id in ids {
-                    events.extend(core.cluster.request_node(RequestedNode { instance_id: id, pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), requested_at_ms: now }));
-                }
-                let _ = core.commit(&events);
+                shared.counters.scaled_up(&u.pool, ids.len() as u32);
+                ids
             }
             Err(e) => {
-                tracing::warn!(pool = %plan.pool, error = %e, backoff_ms = SCALE_UP_BACKOFF_MS, "scale-up failed; the pool is left out of plans for a while");
-                shared.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(plan.pool.clone(), now_ms() + SCALE_UP_BACKOFF_MS);
+                tracing::warn!(pool = %u.pool, error = %e, backoff_ms = SCALE_UP_BACKOFF_MS, "scale-up failed; the pool is left out of plans for a while");
+                shared.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(u.pool.clone(), now_ms() + SCALE_UP_BACKOFF_MS);
+                Vec::new()
             }
+        };
+        if let Ok((durable, ())) = shared.change(|c, _| Ok((c.finish_scale_up(&u.client_token, &ids), ()))) {
+            let _ = durable.durable().await;
         }
     }
     let gone: Vec<String> = to_delete.iter().chain(&timed_out).cloned().collect();
@@ -371,14 +402,18 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
         match provisioner.delete(&gone).await {
             Ok(()) => {
                 shared.counters.deleted(gone.len());
-                let mut core = shared.core();
-                let mut events = Vec::new();
-                for id in &gone {
-                    tracing::info!(node = %id, "node deleted");
-                    core.cluster.forget_node(id);
-                    events.extend(core.cluster.clear_request(id));
+                let changed = shared.change(|c, _| {
+                    let mut events = Vec::new();
+                    for id in &gone {
+                        tracing::info!(node = %id, "node deleted");
+                        c.forget_node(id);
+                        events.extend(c.clear_request(id));
+                    }
+                    Ok((events, ()))
+                });
+                if let Ok((durable, ())) = changed {
+                    let _ = durable.durable().await;
                 }
-                let _ = core.commit(&events);
             }
             Err(e) => tracing::warn!(error = %e, "deleting nodes failed; retrying next round"),
         }
@@ -394,63 +429,138 @@ pub async fn adopt_pool_instances<P: NodeProvisioner>(shared: &Shared, provision
     for pool in &shared.cfg.pool {
         found.extend(provisioner.list(pool).await?.into_iter().map(|i| (pool.name.clone(), i)));
     }
-    let now = now_ms();
-    let mut core = shared.core();
-    let mut events = Vec::new();
-    for (pool, i) in found {
-        let known = core.cluster.placement.index_of(&i.instance_id).is_some() || core.cluster.requested.contains_key(&i.instance_id);
-        if !known {
-            events.extend(core.cluster.request_node(RequestedNode { instance_id: i.instance_id, pool, instance_type: i.instance_type, zone_id: i.zone_id, vswitch_id: i.vswitch_id, requested_at_ms: now }));
-        }
-    }
-    let adopted = events.len();
-    core.commit(&events).map_err(|e| e.message().to_string())?;
+    let (durable, adopted) = shared
+        .change(|c, now| {
+            let mut events = Vec::new();
+            for (pool, i) in found {
+                let known = c.placement.index_of(&i.instance_id).is_some() || c.requested.contains_key(&i.instance_id);
+                if !known {
+                    events.extend(c.request_node(RequestedNode { instance_id: i.instance_id, pool, instance_type: i.instance_type, zone_id: i.zone_id, vswitch_id: i.vswitch_id, requested_at_ms: now }));
+                }
+            }
+            let adopted = events.len();
+            Ok((events, adopted))
+        })
+        .map_err(|e| e.message().to_string())?;
+    durable.durable().await.map_err(|e| e.message().to_string())?;
     Ok(adopted)
 }
 
-/// Serves the API on `listener` and runs the loops until `shutdown` resolves.
-pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<P>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+/// Runs one term's loops (the tick, and the autoscaler when there is a provisioner) until dropped.
+async fn lead<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<Arc<P>>) {
     let tick = Duration::from_millis(shared.cfg.placement.tick_ms);
     let ticker = {
         let shared = shared.clone();
-        tokio::spawn(async move {
+        async move {
             let mut iv = tokio::time::interval(tick);
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 iv.tick().await;
                 shared.tick();
             }
+        }
+    };
+    let scaler = async move {
+        let Some(p) = provisioner.filter(|_| shared.cfg.autoscaler.enabled) else { return std::future::pending::<()>().await };
+        let every = Duration::from_millis(shared.cfg.autoscaler.interval_ms);
+        let mut iv = tokio::time::interval(every);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut adopted = false;
+        loop {
+            iv.tick().await;
+            // No plan before the pools' existing instances are counted.
+            if !adopted {
+                match adopt_pool_instances(&shared, &*p).await {
+                    Ok(n) => {
+                        tracing::info!(instances = n, "the pools' existing instances counted");
+                        adopted = true;
+                    }
+                    Err(e) => {
+                        berth_daemon::limited!(warn, "adopt-instances", error = %e, "cannot list the pools' instances; not scaling until it can");
+                        continue;
+                    }
+                }
+            }
+            autoscale_once(&shared, &*p).await;
+        }
+    };
+    tokio::join!(ticker, scaler);
+}
+
+/// Serves one term that never ends (tests and benchmarks, with a store of their choosing) until
+/// `shutdown` resolves.
+pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<P>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    let replica = Replica::new(String::new(), tokio::sync::watch::channel(None).1);
+    replica.set(Role::Leading(shared.clone()));
+    let loops = tokio::spawn(lead(shared.clone(), provisioner.map(Arc::new)));
+    let result = serve_api(replica, listener, shutdown).await;
+    loops.abort();
+    shared.end("stopping");
+    result
+}
+
+/// The replica `serve_replica` serves, made first so `/metrics` can read it.
+pub fn replica_of<T: Terms>(cfg: &SchedulerConfig, terms: &T) -> Arc<Replica> {
+    let advertise = if cfg.server.advertise.is_empty() { cfg.server.listen.clone() } else { cfg.server.advertise.clone() };
+    Replica::new(advertise, terms.leader())
+}
+
+/// `/metrics` of a replica: its term's figures when it leads, and whether it does.
+pub fn metrics_text(replica: &Replica) -> String {
+    let mut text = replica.leading().map(|s| s.metrics_text()).unwrap_or_default();
+    text.push_str("# HELP berth_scheduler_leader 1 while this replica leads (binds, scales, writes), else 0.\n# TYPE berth_scheduler_leader gauge\n");
+    text.push_str(&format!("berth_scheduler_leader {}\n", u8::from(replica.leads())));
+    text
+}
+
+/// Serves the API as a replica: it follows (redirecting callers to the leader) until `terms` gives
+/// it a term, leads until the term is lost or its store fails, then follows again.
+pub async fn serve_replica<T: Terms, P: NodeProvisioner>(cfg: SchedulerConfig, replica: Arc<Replica>, mut terms: T, provisioner: Option<P>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    let provisioner = provisioner.map(Arc::new);
+    let terms_loop = {
+        let replica = replica.clone();
+        tokio::spawn(async move {
+            loop {
+                replica.set(Role::Following);
+                let term = match terms.next().await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        berth_daemon::limited!(warn, "term", error = %e, "cannot take the lead; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let started = std::time::Instant::now();
+                let shared = match tokio::task::block_in_place(|| Shared::new(cfg.clone(), term.store)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the scheduler's state; not leading");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                tracing::info!(load_ms = started.elapsed().as_millis() as u64, "leading: state loaded, binding and scaling");
+                replica.set(Role::Leading(shared.clone()));
+                let why = tokio::select! {
+                    why = term.lost => why,
+                    why = shared.store_failed() => format!("the store refused a write: {why}"),
+                    () = lead(shared.clone(), provisioner.clone()) => "the loops stopped".to_string(),
+                };
+                tracing::warn!(reason = %why, "no longer leading");
+                replica.set(Role::Following);
+                shared.end(&why);
+            }
         })
     };
-    let scaler = match provisioner {
-        Some(p) if shared.cfg.autoscaler.enabled => {
-            let shared = shared.clone();
-            let every = Duration::from_millis(shared.cfg.autoscaler.interval_ms);
-            Some(tokio::spawn(async move {
-                let mut iv = tokio::time::interval(every);
-                iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut adopted = false;
-                loop {
-                    iv.tick().await;
-                    // No plan before the pools' existing instances are counted.
-                    if !adopted {
-                        match adopt_pool_instances(&shared, &p).await {
-                            Ok(n) => {
-                                tracing::info!(instances = n, "the pools' existing instances counted");
-                                adopted = true;
-                            }
-                            Err(e) => {
-                                berth_daemon::limited!(warn, "adopt-instances", error = %e, "cannot list the pools' instances; not scaling until it can");
-                                continue;
-                            }
-                        }
-                    }
-                    autoscale_once(&shared, &p).await;
-                }
-            }))
-        }
-        _ => None,
-    };
+    let result = serve_api(replica.clone(), listener, shutdown).await;
+    terms_loop.abort();
+    if let Ok(shared) = replica.leading() {
+        shared.end("stopping");
+    }
+    result
+}
+
+async fn serve_api(replica: Arc<Replica>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
     // Agents' report streams never end on their own: after the signal, in-flight calls get a
     // short grace, then the connections are dropped (agents reconnect to the next scheduler).
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -458,9 +568,7 @@ pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<
         shutdown.await;
         let _ = stopping.send(());
     };
-    let server = tonic::transport::Server::builder()
-        .add_service(SchedulerServer::new(SchedulerService::new(shared.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let server = tonic::transport::Server::builder().add_service(SchedulerServer::new(SchedulerService::new(replica))).serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     let grace = async {
         if stopped.await.is_ok() {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -468,15 +576,8 @@ pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<
             std::future::pending::<()>().await;
         }
     };
-    let result = tokio::select! {
+    tokio::select! {
         r = server => r,
         () = grace => Ok(()),
-    };
-    ticker.abort();
-    if let Some(s) = scaler {
-        s.abort();
     }
-    // Report streams end with the server; drop their senders so nothing keeps them alive.
-    shared.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
-    result
 }

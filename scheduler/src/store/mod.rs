@@ -62,6 +62,25 @@ pub enum Event {
     NodeRequested(RequestedNode),
     /// The node reported, or its request timed out, or it was deleted.
     NodeRequestCleared { instance_id: String },
+    /// A RunInstances about to be called with this ClientToken: a leader that takes over repeats
+    /// the call with the same token (the cloud answers with the same instances), so no node is
+    /// created twice and none is forgotten.
+    ScaleUpStarted(ScaleUp),
+    /// Its instances are recorded as requested nodes, or the call failed.
+    ScaleUpFinished { client_token: String },
+}
+
+/// A scale-up whose RunInstances may have been sent and whose instances are not recorded yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleUp {
+    pub client_token: String,
+    pub pool: String,
+    pub instance_type: String,
+    pub zone_id: String,
+    pub vswitch_id: String,
+    pub count: u32,
+    pub started_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +99,9 @@ pub struct Snapshot {
     pub pods: BTreeMap<String, StoredPod>,
     pub requested: BTreeMap<String, RequestedNode>,
     pub next_order: u64,
+    /// Scale-ups begun and not finished, by ClientToken.
+    #[serde(default)]
+    pub scale_ups: BTreeMap<String, ScaleUp>,
 }
 
 impl Snapshot {
@@ -113,6 +135,12 @@ impl Snapshot {
             }
             Event::NodeRequestCleared { instance_id } => {
                 self.requested.remove(instance_id);
+            }
+            Event::ScaleUpStarted(u) => {
+                self.scale_ups.insert(u.client_token.clone(), u.clone());
+            }
+            Event::ScaleUpFinished { client_token } => {
+                self.scale_ups.remove(client_token);
             }
         }
     }

@@ -1,0 +1,125 @@
+//! A scheduler replica's role. One replica leads: it holds the term (its store, fenced by its
+//! leadership), binds, scales and writes; the others follow and tell every caller where the leader
+//! is (gRPC UNAVAILABLE with the leader's address in the `berth-leader` metadata), so agents and
+//! `berthctl` move there by themselves. With the embedded journal there is one replica, leading
+//! from the start until its store fails.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use tonic::Status;
+
+use crate::server::Shared;
+use crate::store::{JournalStore, Store};
+
+/// The metadata key of a follower's answer that names the leader's address.
+pub const LEADER_METADATA: &str = "berth-leader";
+
+pub enum Role {
+    Starting,
+    Leading(Arc<Shared>),
+    Following,
+}
+
+/// What the gRPC service asks before every call.
+pub struct Replica {
+    role: RwLock<Role>,
+    /// The leader's advertised address, as the election sees it.
+    leader: tokio::sync::watch::Receiver<Option<String>>,
+    /// This replica's own advertised address.
+    pub advertise: String,
+}
+
+impl Replica {
+    pub fn new(advertise: String, leader: tokio::sync::watch::Receiver<Option<String>>) -> Arc<Replica> {
+        Arc::new(Replica { role: RwLock::new(Role::Starting), leader, advertise })
+    }
+
+    pub fn set(&self, role: Role) {
+        *self.role.write().unwrap_or_else(std::sync::PoisonError::into_inner) = role;
+    }
+
+    /// The term to serve a call in, or a status telling the caller where to go.
+    pub fn leading(&self) -> Result<Arc<Shared>, Status> {
+        match &*self.role.read().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            Role::Leading(s) => Ok(s.clone()),
+            Role::Starting => Err(Status::unavailable("this scheduler replica is starting (loading its state); retry in a moment")),
+            Role::Following => Err(not_leader(self.leader().as_deref())),
+        }
+    }
+
+    pub fn leads(&self) -> bool {
+        matches!(&*self.role.read().unwrap_or_else(std::sync::PoisonError::into_inner), Role::Leading(_))
+    }
+
+    /// The leader's address as this replica knows it (its own when it leads).
+    pub fn leader(&self) -> Option<String> {
+        if self.leads() {
+            return Some(self.advertise.clone());
+        }
+        self.leader.borrow().clone().filter(|l| !l.is_empty())
+    }
+}
+
+/// UNAVAILABLE naming the leader, with its address in [`LEADER_METADATA`] for clients.
+pub fn not_leader(leader: Option<&str>) -> Status {
+    match leader {
+        Some(addr) => {
+            let mut s = Status::unavailable(format!("this scheduler replica does not lead; the leader is at {addr}"));
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert(LEADER_METADATA, v);
+            }
+            s
+        }
+        None => Status::unavailable("no scheduler replica leads right now (an election is under way, or the store has no quorum); retry"),
+    }
+}
+
+/// A stretch of time this replica leads, with the store it writes through while it does.
+pub struct Term {
+    pub store: Box<dyn Store>,
+    /// Resolves (with why) when the term is lost: the lease could not be renewed in time, or
+    /// another replica took the leader key. The replica stops acting at once.
+    pub lost: Pin<Box<dyn Future<Output = String> + Send>>,
+}
+
+/// Where terms come from: an election on etcd, or the embedded journal (always this replica).
+pub trait Terms: Send + 'static {
+    /// Waits until this replica may lead.
+    fn next(&mut self) -> impl Future<Output = Result<Term, String>> + Send;
+    /// The leader's advertised address while this replica follows.
+    fn leader(&self) -> tokio::sync::watch::Receiver<Option<String>>;
+}
+
+/// The embedded journal: one replica, leading as soon as its state is read; a term ends only when
+/// the store fails, and the next one reopens it.
+pub struct JournalTerms {
+    pub dir: PathBuf,
+    leader: tokio::sync::watch::Sender<Option<String>>,
+    opened: bool,
+}
+
+impl JournalTerms {
+    pub fn new(dir: PathBuf) -> JournalTerms {
+        JournalTerms { dir, leader: tokio::sync::watch::channel(None).0, opened: false }
+    }
+}
+
+impl Terms for JournalTerms {
+    async fn next(&mut self) -> Result<Term, String> {
+        if self.opened {
+            // The store failed: give the disk a moment before reading it again.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        self.opened = true;
+        let dir = self.dir.clone();
+        let store = tokio::task::spawn_blocking(move || JournalStore::open(&dir)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        Ok(Term { store: Box::new(store), lost: Box::pin(std::future::pending()) })
+    }
+
+    fn leader(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.leader.subscribe()
+    }
+}
