@@ -232,15 +232,17 @@ pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client of the running scheduler, waiting up to `timeout` for it to listen.
+/// A client of the scheduler replica that leads (`--scheduler-listen` may list several,
+/// comma-separated), waiting up to `timeout` for one to lead.
 pub async fn scheduler(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<SchedulerClient<Channel>> {
     let started = Instant::now();
+    let endpoints = berth_scheduler::client::endpoints(&paths.scheduler_listen);
     loop {
-        match SchedulerClient::connect(paths.scheduler_url()).await {
-            Ok(c) => return Ok(c),
+        match berth_scheduler::client::connect_leader(&endpoints, Duration::from_millis(500)).await {
+            Ok((_, channel)) => return Ok(SchedulerClient::new(channel)),
             Err(e) if started.elapsed() >= timeout => {
                 let hint = if scheduler_pid(paths).is_some() { format!("see {}", paths.scheduler_log_file().display()) } else { "is the local cluster up? (berthctl up; --scheduler-listen or BERTH_SCHEDULER_LISTEN name another)".to_string() };
-                bail!("cannot reach the scheduler at {}: {e}; {hint}", paths.scheduler_url());
+                bail!("cannot reach the scheduler at {}: {e}; {hint}", endpoints.join(","));
             }
             Err(_) => {}
         }

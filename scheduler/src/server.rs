@@ -302,6 +302,10 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(pb::ListPodsResponse { pods }))
     }
 
+    async fn get_leader(&self, _request: Request<pb::GetLeaderRequest>) -> Result<Response<pb::LeaderStatus>, Status> {
+        Ok(Response::new(pb::LeaderStatus { leader: self.replica.leader().unwrap_or_default(), replica: self.replica.advertise.clone(), leads: self.replica.leads() }))
+    }
+
     async fn list_nodes(&self, _request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let shared = self.replica.leading()?;
         let mut nodes = shared.cluster().node_states();

@@ -404,3 +404,50 @@ async fn a_pool_whose_scale_up_fails_is_left_out_and_another_serves_the_pods() {
     assert_eq!(*prov.failed.lock().unwrap(), 1, "the failing pool was asked once, then left out");
     s.stop().await;
 }
+
+/// A replica that never leads: another one, at `leader`, does.
+struct Following {
+    leader: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl berth_scheduler::replica::Terms for Following {
+    async fn next(&mut self) -> Result<berth_scheduler::replica::Term, String> {
+        std::future::pending().await
+    }
+
+    fn leader(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.leader.subscribe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_names_the_leader_and_clients_find_it() {
+    let leader = Running::start(config(), Box::new(MemoryStore::default()), None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let follower_addr = listener.local_addr().unwrap();
+    let mut cfg = config();
+    cfg.server.listen = follower_addr.to_string();
+    let terms = Following { leader: tokio::sync::watch::channel(Some(leader.addr.to_string())).0 };
+    let replica = server::replica_of(&cfg, &terms);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve_replica(cfg, replica, terms, None::<RecordingProvisioner>, listener, async {
+        let _ = stopped.await;
+    }));
+    let mut c = SchedulerClient::connect(format!("http://{follower_addr}")).await.unwrap();
+    let status = c.get_leader(pb::GetLeaderRequest {}).await.unwrap().into_inner();
+    assert!(!status.leads);
+    assert_eq!(status.leader, leader.addr.to_string());
+    let refused = c.submit_pod(pod("p")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(refused.metadata().get(berth_scheduler::replica::LEADER_METADATA).unwrap().to_str().unwrap(), leader.addr.to_string());
+    assert!(refused.message().contains("does not lead"), "{}", refused.message());
+    // A client given only the follower ends up at the leader.
+    let endpoints = berth_scheduler::client::endpoints(&format!("{follower_addr}"));
+    let (at, channel) = berth_scheduler::client::connect_leader(&endpoints, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(at, leader.url());
+    SchedulerClient::new(channel).submit_pod(pod("p")).await.unwrap();
+    assert_eq!(pods(&mut leader.client().await).await.len(), 1);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    leader.stop().await;
+}
