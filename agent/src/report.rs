@@ -81,10 +81,9 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
     let (allocatable, mut free, conditions) = capacity(itype, &counts);
     let pods = runner.map(PodRunner::statuses).unwrap_or_default();
     // The pods this node runs hold their CPU and memory (their IPs and slots are counted above).
-    for p in pods.iter().filter(|p| matches!(pb::PodPhase::try_from(p.phase), Ok(pb::PodPhase::Running | pb::PodPhase::Pending))) {
-        let spec = p.spec.as_ref();
-        free.cpu_millicores = free.cpu_millicores.saturating_sub(spec.map_or(0, |s| s.cpu_millicores));
-        free.memory_bytes = free.memory_bytes.saturating_sub(spec.map_or(0, |s| s.memory_bytes));
+    for p in pods.iter().filter(|p| matches!(pb::PodPhase::try_from(p.report.phase), Ok(pb::PodPhase::Running | pb::PodPhase::Pending))) {
+        free.cpu_millicores = free.cpu_millicores.saturating_sub(p.cpu_millicores);
+        free.memory_bytes = free.memory_bytes.saturating_sub(p.memory_bytes);
     }
     let id = pool.identity();
     pb::NodeReport {
@@ -101,7 +100,7 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
         conditions,
         sequence: 0,
         sent_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default(),
-        pods,
+        pods: pods.into_iter().map(|p| p.report).collect(),
     }
 }
 

@@ -237,7 +237,8 @@ pub async fn scheduler(paths: &ClusterPaths, timeout: Duration) -> anyhow::Resul
     let started = Instant::now();
     loop {
         match SchedulerClient::connect(paths.scheduler_url()).await {
-            Ok(c) => return Ok(c),
+            // One pod's spec travels whole (GetPod, a page holding one large pod).
+            Ok(c) => return Ok(c.max_decoding_message_size(berth_scheduler::client::REPLY_LIMIT_BYTES)),
             Err(e) if started.elapsed() >= timeout => {
                 let hint = if scheduler_pid(paths).is_some() { format!("see {}", paths.scheduler_log_file().display()) } else { "is the local cluster up? (berthctl up; --scheduler-listen or BERTH_SCHEDULER_LISTEN name another)".to_string() };
                 bail!("cannot reach the scheduler at {}: {e}; {hint}", paths.scheduler_url());

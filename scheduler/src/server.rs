@@ -24,6 +24,7 @@ use crate::autoscaler::{self, ScaleDownSettings};
 use crate::cluster::{Cluster, SubmitError};
 use crate::config::SchedulerConfig;
 use crate::placement::pod_key;
+use crate::report_stream;
 use crate::store::{Event, RequestedNode, Store};
 
 pub fn now_ms() -> u64 {
@@ -119,10 +120,11 @@ impl Shared {
         let mut core = self.core();
         for node in core.cluster.nodes_with_instructions() {
             let Some((_, tx)) = streams.get(&node) else { continue };
-            if let Some(ins) = core.cluster.take_instruction(&node)
-                && tx.try_send(Ok(ins)).is_err()
-            {
-                tracing::warn!(node = %node, "instruction stream full or closed; the node gets everything again when it reconnects");
+            for ins in core.cluster.take_instructions(&node) {
+                if tx.try_send(Ok(ins)).is_err() {
+                    tracing::warn!(node = %node, "instruction stream full or closed; the node gets everything again when it reconnects");
+                    break;
+                }
             }
         }
     }
@@ -208,17 +210,27 @@ impl Scheduler for SchedulerService {
         tokio::spawn(async move {
             let generation = shared.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut node: Option<String> = None;
-            while let Some(msg) = inbound.next().await {
+            'reports: while let Some(msg) = inbound.next().await {
+                // Whatever ends the stream is answered with a status first, never a silent close.
                 let report = match msg {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::debug!(error = %e, "report stream ended with an error");
+                        let answer = report_stream::refusal(&e);
+                        if matches!(answer.code(), tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument) {
+                            berth_daemon::limited!(warn, "report-refused", node = node.as_deref().unwrap_or("?"), code = ?answer.code(), error = %e.message(), "a node report could not be taken; the stream ends");
+                        } else {
+                            tracing::debug!(error = %e, "report stream ended with an error");
+                        }
+                        let _ = tx.send(Err(answer)).await;
                         break;
                     }
                 };
-                let Some(id) = report.identity.as_ref().map(|i| i.instance_id.clone()).filter(|i| !i.is_empty()) else {
-                    let _ = tx.send(Err(Status::invalid_argument("a node report needs identity.instance_id"))).await;
-                    break;
+                let id = match report_stream::reporting_node(&report, node.as_deref()) {
+                    Ok(id) => id,
+                    Err(answer) => {
+                        let _ = tx.send(Err(answer)).await;
+                        break;
+                    }
                 };
                 let first = node.is_none();
                 if first {
@@ -228,10 +240,14 @@ impl Scheduler for SchedulerService {
                 let full = {
                     let mut core = shared.core();
                     let now = now_ms();
+                    if first {
+                        // The stream numbers its reports from 1 again.
+                        core.cluster.stream_opened(&id);
+                    }
                     // Pending pods are retried by the tick, not per report: thousands of
                     // agents report, and one pass over the queue serves them all.
                     let events = core.cluster.report(&report, now);
-                    core.commit(&events).map(|()| first.then(|| core.cluster.full_instruction(&id)))
+                    core.commit(&events).map(|()| if first { core.cluster.full_instructions(&id) } else { Vec::new() })
                 };
                 let full = match full {
                     Ok(f) => f,
@@ -240,10 +256,10 @@ impl Scheduler for SchedulerService {
                         break;
                     }
                 };
-                if let Some(ins) = full
-                    && tx.send(Ok(ins)).await.is_err()
-                {
-                    break;
+                for ins in full {
+                    if tx.send(Ok(ins)).await.is_err() {
+                        break 'reports;
+                    }
                 }
                 shared.flush();
             }
@@ -275,23 +291,13 @@ impl Scheduler for SchedulerService {
     }
 
     async fn list_pods(&self, request: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
-        let ns = request.into_inner().namespace;
-        let core = self.shared.core();
-        let mut pods: Vec<pb::PodStatus> = core.cluster.pods().filter(|p| ns.is_empty() || p.spec.namespace == ns).map(|p| p.status()).collect();
-        pods.sort_by(|a, b| {
-            let k = |s: &pb::PodStatus| s.spec.as_ref().map(|s| (s.namespace.clone(), s.name.clone()));
-            k(a).cmp(&k(b))
-        });
-        Ok(Response::new(pb::ListPodsResponse { pods }))
+        let page = self.shared.core().cluster.list_pods(request.get_ref());
+        page.map(Response::new).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
-    async fn list_nodes(&self, _request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let mut nodes = self.shared.core().cluster.node_states();
-        nodes.sort_by(|a, b| {
-            let k = |n: &pb::NodeState| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).map(|i| i.instance_id.clone());
-            k(a).cmp(&k(b))
-        });
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let page = self.shared.core().cluster.list_nodes(request.get_ref());
+        page.map(Response::new).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 
