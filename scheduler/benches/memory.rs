@@ -33,7 +33,7 @@ fn main() {
         // Agents receive their instructions as they come.
         if k % 1_000 == 999 {
             for id in (0..nodes).map(|i| format!("i-{i:06}")) {
-                let _ = cluster.take_instructions(&id);
+                let _ = cluster.take_instruction(&id);
             }
         }
     }

@@ -361,21 +361,27 @@ impl Cluster {
 
     /// What the node's agent has not been told yet, in instructions under the byte budget
     /// (removals first); none if nothing waits.
-    pub fn take_instructions(&mut self, node: &str) -> Vec<pb::NodeInstruction> {
+    pub fn take_instruction(&mut self, node: &str) -> Vec<pb::NodeInstruction> {
         let Some(ob) = self.outbox.remove(node) else { return Vec::new() };
         split(ob.remove, ob.run, self.acknowledged(node), INSTRUCTION_BUDGET_BYTES)
     }
 
     /// Everything bound to the node, for an agent that (re)connects; replaces its outbox. At
     /// least one instruction (an empty one for a node without pods), so the agent hears back.
-    pub fn full_instructions(&mut self, node: &str) -> Vec<pb::NodeInstruction> {
-        let removes = self.outbox.remove(node).map(|o| o.remove).unwrap_or_default();
+    pub fn full_instruction(&mut self, node: &str) -> Vec<pb::NodeInstruction> {
+        let ob = self.full_outbox(node);
+        let acknowledged_sequence = self.acknowledged(node);
+        let parts = split(ob.remove, ob.run, acknowledged_sequence, INSTRUCTION_BUDGET_BYTES);
+        if parts.is_empty() { vec![pb::NodeInstruction { acknowledged_sequence, ..Default::default() }] } else { parts }
+    }
+
+    /// The node's waiting removals and every pod bound to it (in key order), taken from its outbox.
+    fn full_outbox(&mut self, node: &str) -> Outbox {
+        let remove = self.outbox.remove(node).map(|o| o.remove).unwrap_or_default();
         let mut keys: Vec<&String> = self.placement.index_of(node).and_then(|i| self.placement.node(i)).map(|n| n.pods.iter().collect()).unwrap_or_default();
         keys.sort();
         let run = keys.into_iter().filter_map(|k| self.pods.get(k)).map(|r| r.spec.clone()).collect();
-        let acknowledged_sequence = self.acknowledged(node);
-        let parts = split(removes, run, acknowledged_sequence, INSTRUCTION_BUDGET_BYTES);
-        if parts.is_empty() { vec![pb::NodeInstruction { acknowledged_sequence, ..Default::default() }] } else { parts }
+        Outbox { run, remove }
     }
 
     fn acknowledged(&self, node: &str) -> u64 {
@@ -442,9 +448,9 @@ mod tests {
         let waiting: Vec<_> = c.pending().collect();
         assert_eq!(waiting.len(), 1);
         assert!(waiting[0].message.contains("no shared IP left"), "{}", waiting[0].message);
-        let ins = c.take_instructions("i-1");
+        let ins = c.take_instruction("i-1");
         assert_eq!((ins.len(), ins[0].run.len()), (1, 2));
-        assert!(c.take_instructions("i-1").is_empty());
+        assert!(c.take_instruction("i-1").is_empty());
         assert_eq!(c.submit(pod("p0"), 0), Err(SubmitError::Exists("d/p0".into())));
     }
 
@@ -463,7 +469,7 @@ mod tests {
         assert_eq!(c.pod("d/p").unwrap().node.as_deref(), Some("i-2"));
         // The first node comes back still running the pod: it is told to remove it.
         c.report(&report("i-1", "a", "z1", caps(9, 16), 2, &["d/p"]), 17_000);
-        assert_eq!(c.take_instructions("i-1")[0].remove, vec!["d/p".to_string()]);
+        assert_eq!(c.take_instruction("i-1")[0].remove, vec!["d/p".to_string()]);
     }
 
     #[test]
@@ -481,7 +487,7 @@ mod tests {
         assert_eq!(d.pending().map(|p| p.spec.name.clone()).collect::<Vec<_>>(), vec!["p1", "p2"]);
         // The node reports without the pod (it never got it): it is reserved and sent again.
         d.report(&report("i-1", "a", "z1", caps(1, 16), 5, &[]), 200);
-        assert_eq!(d.take_instructions("i-1")[0].run.len(), 1);
+        assert_eq!(d.take_instruction("i-1")[0].run.len(), 1);
         assert!(d.schedule(200).is_empty(), "the last IP is held for p0");
     }
 
@@ -564,15 +570,15 @@ mod tests {
             c.submit(spec, 0).unwrap();
         }
         c.schedule(0);
-        assert!(c.take_instructions("i-1").iter().all(|i| i.encoded_len() <= INSTRUCTION_BUDGET_BYTES));
+        assert!(c.take_instruction("i-1").iter().all(|i| i.encoded_len() <= INSTRUCTION_BUDGET_BYTES));
         c.stream_opened("i-1");
-        let parts = c.full_instructions("i-1");
+        let parts = c.full_instruction("i-1");
         assert!(parts.iter().all(|i| i.encoded_len() <= INSTRUCTION_BUDGET_BYTES));
         let names: Vec<String> = parts.iter().flat_map(|i| i.run.iter().map(|s| s.name.clone())).collect();
         assert_eq!(names, (0..40).map(|k| format!("p{k:02}")).collect::<Vec<_>>());
         // A node without pods still hears back.
         c.report(&report("i-2", "a", "z1", caps(64, 16), 1, &[]), 0);
-        assert_eq!(c.full_instructions("i-2").len(), 1);
+        assert_eq!(c.full_instruction("i-2").len(), 1);
     }
 
     /// Every pod key of `namespace` page after page, and the number of pages.

@@ -120,7 +120,7 @@ impl Shared {
         let mut core = self.core();
         for node in core.cluster.nodes_with_instructions() {
             let Some((_, tx)) = streams.get(&node) else { continue };
-            for ins in core.cluster.take_instructions(&node) {
+            for ins in core.cluster.take_instruction(&node) {
                 if tx.try_send(Ok(ins)).is_err() {
                     tracing::warn!(node = %node, "instruction stream full or closed; the node gets everything again when it reconnects");
                     break;
@@ -247,7 +247,7 @@ impl Scheduler for SchedulerService {
                     // Pending pods are retried by the tick, not per report: thousands of
                     // agents report, and one pass over the queue serves them all.
                     let events = core.cluster.report(&report, now);
-                    core.commit(&events).map(|()| if first { core.cluster.full_instructions(&id) } else { Vec::new() })
+                    core.commit(&events).map(|()| if first { core.cluster.full_instruction(&id) } else { Vec::new() })
                 };
                 let full = match full {
                     Ok(f) => f,
