@@ -81,10 +81,9 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
     let (allocatable, mut free, conditions) = capacity(itype, &counts);
     let pods = runner.map(PodRunner::statuses).unwrap_or_default();
     // The pods this node runs hold their CPU and memory (their IPs and slots are counted above).
-    for p in pods.iter().filter(|p| matches!(pb::PodPhase::try_from(p.phase), Ok(pb::PodPhase::Running | pb::PodPhase::Pending))) {
-        let spec = p.spec.as_ref();
-        free.cpu_millicores = free.cpu_millicores.saturating_sub(spec.map_or(0, |s| s.cpu_millicores));
-        free.memory_bytes = free.memory_bytes.saturating_sub(spec.map_or(0, |s| s.memory_bytes));
+    for p in pods.iter().filter(|p| matches!(pb::PodPhase::try_from(p.report.phase), Ok(pb::PodPhase::Running | pb::PodPhase::Pending))) {
+        free.cpu_millicores = free.cpu_millicores.saturating_sub(p.cpu_millicores);
+        free.memory_bytes = free.memory_bytes.saturating_sub(p.memory_bytes);
     }
     let id = pool.identity();
     pb::NodeReport {
@@ -101,11 +100,21 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
         conditions,
         sequence: 0,
         sent_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default(),
-        pods,
+        pods: pods.into_iter().map(|p| p.report).collect(),
     }
 }
 
-/// Streams reports until the process stops; a lost scheduler is retried with back-off (1 s up to
+/// What to tell the operator when the scheduler refused the node's report as too large.
+pub fn refusal_note(e: &berth_scheduler::client::ReporterError, (bytes, pods): (usize, usize)) -> Option<String> {
+    e.report_too_big().then(|| {
+        format!(
+            "the scheduler refused this node's report as too large: the last one was {bytes} bytes for {pods} pods (its limit is {} bytes); reports carry pod keys and status only, so some pods have very long names: delete them, or move pods to other nodes",
+            berth_scheduler::client::REPORT_LIMIT_BYTES
+        )
+    })
+}
+
+/// Streams reports until the process stops; a lost scheduler is retried with back-off (0.2 s up to
 /// 30 s). The scheduler's instructions go to the pod runner when it is on (removals first), one
 /// after the other on a worker of their own, so reports keep their period while a pod is set up
 /// (an attach may take a minute, longer than the scheduler's lease); a report follows each
@@ -132,38 +141,53 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
         });
         tx
     });
-    let mut backoff = Duration::from_secs(1);
+    // The first retry is quick: a scheduler replica that stopped leading ends the stream, and the
+    // next leader should hear from every node within a failover's time.
+    const FIRST_RETRY: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST_RETRY;
     loop {
         let first = report(&pool, &disks, &itype, &settings, runner.as_deref());
         match berth_scheduler::client::NodeReporter::connect(&settings.endpoint, first).await {
             Ok(mut reporter) => {
                 tracing::info!(endpoint = %settings.endpoint, "reporting the node's capacity to the scheduler");
-                backoff = Duration::from_secs(1);
                 let mut tick = tokio::time::interval(settings.every);
                 tick.tick().await;
                 loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await {
-                                tracing::warn!(error = %e, "the report stream broke; reconnecting");
-                                break;
-                            }
-                        }
-                        _ = done.notified() => {
-                            if let Err(e) = reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await {
-                                tracing::warn!(error = %e, "the report stream broke; reconnecting");
-                                break;
-                            }
-                        }
+                    let sent = tokio::select! {
+                        _ = tick.tick() => reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await,
+                        _ = done.notified() => reporter.report(report(&pool, &disks, &itype, &settings, runner.as_deref())).await,
                         instruction = reporter.instruction() => match instruction {
-                            Ok(Some(i)) if (!i.run.is_empty() || !i.remove.is_empty()) && work.is_some() => {
-                                let _ = work.as_ref().expect("checked").send(i);
+                            Ok(Some(i)) => {
+                                // The scheduler took the stream: a later loss starts the back-off again.
+                                backoff = FIRST_RETRY;
+                                // Several instructions may follow one another: the worker applies them in order.
+                                match &work {
+                                    _ if i.run.is_empty() && i.remove.is_empty() => {}
+                                    Some(work) => {
+                                        let _ = work.send(i);
+                                    }
+                                    None => tracing::info!(run = i.run.len(), remove = i.remove.len(), "the scheduler bound pods to this node; the pod runner is off (runner.enabled)"),
+                                }
+                                Ok(())
                             }
-                            Ok(Some(i)) if !i.run.is_empty() || !i.remove.is_empty() => tracing::info!(run = i.run.len(), remove = i.remove.len(), "the scheduler bound pods to this node; the pod runner is off (runner.enabled)"),
-                            Ok(Some(_)) => {}
-                            Ok(None) => { tracing::warn!("the scheduler closed the report stream; reconnecting"); break; }
-                            Err(e) => { tracing::warn!(error = %e, "the report stream failed; reconnecting"); break; }
+                            Ok(None) => Err(berth_scheduler::client::ReporterError::Closed),
+                            Err(e) => Err(e),
                         },
+                    };
+                    if let Err(e) = sent {
+                        // A report that could not be sent: the stream ended, and its status says why.
+                        let e = match e {
+                            berth_scheduler::client::ReporterError::Closed => match tokio::time::timeout(Duration::from_secs(1), reporter.instruction()).await {
+                                Ok(Err(status)) => status,
+                                _ => e,
+                            },
+                            e => e,
+                        };
+                        match refusal_note(&e, reporter.last_report()) {
+                            Some(note) => berth_daemon::limited!(error, "report-refused", error = %e, retry_in = ?backoff, "{note}"),
+                            None => berth_daemon::limited!(warn, "report-stream", error = %e, retry_in = ?backoff, "the report stream to the scheduler ended; reconnecting"),
+                        }
+                        break;
                     }
                 }
             }
@@ -180,6 +204,14 @@ mod tests {
 
     fn itype() -> InstanceType {
         berth_cloud::catalogue::instance_type("ecs.c7.xlarge").unwrap()
+    }
+
+    #[test]
+    fn a_refused_report_says_it_was_too_large_and_how_large() {
+        let too_big = berth_scheduler::client::ReporterError::Refused(tonic::Status::resource_exhausted("the node report is too large"));
+        let note = refusal_note(&too_big, (5 << 20, 3)).unwrap();
+        assert!(note.contains("5242880 bytes for 3 pods") && note.contains("delete them"), "{note}");
+        assert_eq!(refusal_note(&berth_scheduler::client::ReporterError::Closed, (10, 1)), None);
     }
 
     #[test]

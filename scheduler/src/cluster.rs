@@ -4,9 +4,13 @@
 //! answering anyone or sending instructions.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 
 use berth_proto::cluster::v1 as pb;
+use prost::Message as _;
 
+use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
+use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
 use crate::store::{Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
 
@@ -47,7 +51,8 @@ pub enum SubmitError {
 
 pub struct Cluster {
     pub placement: Placement,
-    pods: HashMap<String, PodRecord>,
+    /// In key order, so a page of ListPods starts at its cursor.
+    pods: BTreeMap<String, PodRecord>,
     /// Pending pods by submission order.
     pending: BTreeMap<u64, String>,
     next_order: u64,
@@ -56,6 +61,8 @@ pub struct Cluster {
     awaiting_node: HashMap<String, Vec<String>>,
     /// Nodes asked of the cloud that have not reported yet.
     pub requested: BTreeMap<String, RequestedNode>,
+    /// Nodes whose stream just opened: they get an instruction even if it is empty.
+    greet: Vec<String>,
     /// Scale-ups whose RunInstances may have been sent, by ClientToken.
     pub scale_ups: BTreeMap<String, ScaleUp>,
     /// Nodes being removed by the autoscaler: emptied, then deleted once they run nothing.
@@ -71,13 +78,14 @@ impl Cluster {
     pub fn new(strategy: Strategy, percent_of_nodes_to_score: u32, lease_ms: u64) -> Cluster {
         Cluster {
             placement: Placement::new(strategy, percent_of_nodes_to_score),
-            pods: HashMap::new(),
+            pods: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_order: 0,
             outbox: HashMap::new(),
             awaiting_node: HashMap::new(),
             requested: BTreeMap::new(),
             scale_ups: BTreeMap::new(),
+            greet: Vec::new(),
             deleting: HashSet::new(),
             deleted: HashSet::new(),
             lease_ms,
@@ -229,7 +237,7 @@ impl Cluster {
         if self.requested.remove(&id).is_some() {
             events.push(Event::NodeRequestCleared { instance_id: id.clone() });
         }
-        let listed: HashSet<String> = report.pods.iter().filter_map(|p| p.spec.as_ref()).map(|s| pod_key(&s.namespace, &s.name)).collect();
+        let listed: HashSet<String> = report.pods.iter().map(|p| pod_key(&p.namespace, &p.name)).collect();
         if let Some(waiting) = self.awaiting_node.remove(&id) {
             for key in waiting {
                 let Some(rec) = self.pods.get(&key) else { continue };
@@ -248,8 +256,7 @@ impl Cluster {
             }
         }
         for st in &report.pods {
-            let Some(spec) = &st.spec else { continue };
-            let key = pod_key(&spec.namespace, &spec.name);
+            let key = pod_key(&st.namespace, &st.name);
             match self.pods.get_mut(&key) {
                 Some(rec) if rec.node.as_deref() == Some(id.as_str()) => {
                     if let Ok(phase) = pb::PodPhase::try_from(st.phase)
@@ -259,7 +266,7 @@ impl Cluster {
                     }
                     rec.pod_ip.clone_from(&st.pod_ip);
                     if !st.message.is_empty() {
-                        rec.message.clone_from(&st.message);
+                        rec.message = crate::client::bounded_message(&st.message);
                     }
                 }
                 _ => {
@@ -379,38 +386,64 @@ impl Cluster {
         }
     }
 
-    /// What the node's agent has not been told yet, if anything.
-    pub fn take_instruction(&mut self, node: &str) -> Option<pb::NodeInstruction> {
-        let ob = self.outbox.remove(node)?;
-        if ob.run.is_empty() && ob.remove.is_empty() {
-            return None;
+    /// A node's agent opened a new report stream: its sequence starts again (the agent restarted
+    /// or reconnected), so what the scheduler holds for the node waits for a report of this
+    /// stream, not for one numbered above the old stream's last.
+    pub fn stream_opened(&mut self, node: &str) {
+        if let Some(idx) = self.placement.index_of(node) {
+            self.placement.restart_sequence(idx);
         }
-        let acknowledged_sequence = self.placement.index_of(node).and_then(|i| self.placement.node(i)).map_or(0, |n| n.sequence);
-        Some(pb::NodeInstruction { run: ob.run, remove: ob.remove, acknowledged_sequence })
     }
 
-    /// Everything bound to the node, for an agent that (re)connects; replaces its outbox.
-    pub fn full_instruction(&mut self, node: &str) -> pb::NodeInstruction {
-        let removes = self.outbox.remove(node).map(|o| o.remove).unwrap_or_default();
-        let run = match self.placement.index_of(node).and_then(|i| self.placement.node(i)) {
-            Some(n) => n.pods.iter().filter_map(|k| self.pods.get(k)).map(|r| r.spec.clone()).collect(),
-            None => Vec::new(),
-        };
-        let acknowledged_sequence = self.placement.index_of(node).and_then(|i| self.placement.node(i)).map_or(0, |n| n.sequence);
-        pb::NodeInstruction { run, remove: removes, acknowledged_sequence }
+    /// What the node's agent has not been told yet, in instructions under the byte budget
+    /// (removals first); none if nothing waits.
+    pub fn take_instruction(&mut self, node: &str) -> Vec<pb::NodeInstruction> {
+        let Some(ob) = self.outbox.remove(node) else { return Vec::new() };
+        split(ob.remove, ob.run, self.acknowledged(node), INSTRUCTION_BUDGET_BYTES)
+    }
+
+    /// Everything bound to the node, for an agent that (re)connects; replaces its outbox. At
+    /// least one instruction (an empty one for a node without pods), so the agent hears back.
+    pub fn full_instruction(&mut self, node: &str) -> Vec<pb::NodeInstruction> {
+        let ob = self.full_outbox(node);
+        let acknowledged_sequence = self.acknowledged(node);
+        let parts = split(ob.remove, ob.run, acknowledged_sequence, INSTRUCTION_BUDGET_BYTES);
+        if parts.is_empty() { vec![pb::NodeInstruction { acknowledged_sequence, ..Default::default() }] } else { parts }
+    }
+
+    /// The node's waiting removals and every pod bound to it (in key order), taken from its outbox.
+    fn full_outbox(&mut self, node: &str) -> Outbox {
+        let remove = self.outbox.remove(node).map(|o| o.remove).unwrap_or_default();
+        let mut keys: Vec<&String> = self.placement.index_of(node).and_then(|i| self.placement.node(i)).map(|n| n.pods.iter().collect()).unwrap_or_default();
+        keys.sort();
+        let run = keys.into_iter().filter_map(|k| self.pods.get(k)).map(|r| r.spec.clone()).collect();
+        Outbox { run, remove }
+    }
+
+    fn acknowledged(&self, node: &str) -> u64 {
+        self.placement.index_of(node).and_then(|i| self.placement.node(i)).map_or(0, |n| n.sequence)
     }
 
     /// Every instruction waiting, for the committer to send once the changes behind them are
     /// durable. A node that is not connected gets everything again when it reconnects.
     pub fn take_instructions(&mut self) -> Vec<(String, pb::NodeInstruction)> {
         let nodes = self.nodes_with_instructions();
-        nodes.into_iter().filter_map(|n| self.take_instruction(&n).map(|i| (n, i))).collect()
+        let mut out: Vec<(String, pb::NodeInstruction)> = nodes.into_iter().flat_map(|n| self.take_instruction(&n).into_iter().map(move |i| (n.clone(), i)).collect::<Vec<_>>()).collect();
+        // A stream that just opened hears back even when nothing is bound to its node.
+        for node in std::mem::take(&mut self.greet) {
+            if !out.iter().any(|(n, _)| *n == node) {
+                let acknowledged_sequence = self.acknowledged(&node);
+                out.push((node, pb::NodeInstruction { acknowledged_sequence, ..Default::default() }));
+            }
+        }
+        out
     }
 
     /// Puts everything bound to the node in its outbox, for an agent that (re)connects.
     pub fn resend_all(&mut self, node: &str) {
-        let full = self.full_instruction(node);
-        self.outbox.insert(node.to_string(), Outbox { run: full.run, remove: full.remove });
+        let full = self.full_outbox(node);
+        self.outbox.insert(node.to_string(), full);
+        self.greet.push(node.to_string());
     }
 
     /// Nodes with instructions waiting.
@@ -419,8 +452,36 @@ impl Cluster {
     }
 
     pub fn node_states(&self) -> Vec<pb::NodeState> {
-        self.placement.nodes().map(|(_, n)| pb::NodeState { last_report: Some(n.last_report.clone()), state: n.health.as_str().to_string() }).collect()
+        self.placement.nodes().map(|(_, n)| node_state(n)).collect()
     }
+
+    /// One page of ListPods: pods of `namespace` ("" for all) in key order after the token's.
+    pub fn list_pods(&self, r: &pb::ListPodsRequest) -> Result<pb::ListPodsResponse, PageError> {
+        let ns = r.namespace.as_str();
+        let after = page::after(Listing::Pods, ns, &r.page_token)?;
+        let prefix = if ns.is_empty() { String::new() } else { format!("{ns}/") };
+        let start = match &after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Included(prefix.clone()),
+        };
+        let items = self.pods.range((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, p)| (k.clone(), p.status()));
+        let (pods, last) = page::fill(items, page::page_size(r.page_size), PAGE_BUDGET_BYTES, pb::PodStatus::encoded_len);
+        Ok(pb::ListPodsResponse { pods, next_page_token: last.map(|k| page::token(Listing::Pods, ns, &k)).unwrap_or_default() })
+    }
+
+    /// One page of ListNodes, in instance-ID order after the token's.
+    pub fn list_nodes(&self, r: &pb::ListNodesRequest) -> Result<pb::ListNodesResponse, PageError> {
+        let after = page::after(Listing::Nodes, "", &r.page_token)?;
+        let mut ids: Vec<(&str, u32)> = self.placement.nodes().map(|(i, n)| (n.id.as_str(), i)).filter(|(id, _)| after.as_deref().is_none_or(|a| *id > a)).collect();
+        ids.sort_unstable();
+        let items = ids.into_iter().filter_map(|(id, i)| self.placement.node(i).map(|n| (id.to_string(), node_state(n))));
+        let (nodes, last) = page::fill(items, page::page_size(r.page_size), PAGE_BUDGET_BYTES, pb::NodeState::encoded_len);
+        Ok(pb::ListNodesResponse { nodes, next_page_token: last.map(|k| page::token(Listing::Nodes, "", &k)).unwrap_or_default() })
+    }
+}
+
+fn node_state(n: &crate::placement::Node) -> pb::NodeState {
+    pb::NodeState { last_report: Some(n.last_report.clone()), state: n.health.as_str().to_string() }
 }
 
 #[cfg(test)]
@@ -445,9 +506,9 @@ mod tests {
         let waiting: Vec<_> = c.pending().collect();
         assert_eq!(waiting.len(), 1);
         assert!(waiting[0].message.contains("no shared IP left"), "{}", waiting[0].message);
-        let ins = c.take_instruction("i-1").unwrap();
-        assert_eq!(ins.run.len(), 2);
-        assert!(c.take_instruction("i-1").is_none());
+        let ins = c.take_instruction("i-1");
+        assert_eq!((ins.len(), ins[0].run.len()), (1, 2));
+        assert!(c.take_instruction("i-1").is_empty());
         assert_eq!(c.submit(pod("p0"), 0), Err(SubmitError::Exists("d/p0".into())));
     }
 
@@ -466,7 +527,7 @@ mod tests {
         assert_eq!(c.pod("d/p").unwrap().node.as_deref(), Some("i-2"));
         // The first node comes back still running the pod: it is told to remove it.
         c.report(&report("i-1", "a", "z1", caps(9, 16), 2, &["d/p"]), 17_000);
-        assert_eq!(c.take_instruction("i-1").unwrap().remove, vec!["d/p".to_string()]);
+        assert_eq!(c.take_instruction("i-1")[0].remove, vec!["d/p".to_string()]);
     }
 
     #[test]
@@ -484,7 +545,7 @@ mod tests {
         assert_eq!(d.pending().map(|p| p.spec.name.clone()).collect::<Vec<_>>(), vec!["p1", "p2"]);
         // The node reports without the pod (it never got it): it is reserved and sent again.
         d.report(&report("i-1", "a", "z1", caps(1, 16), 5, &[]), 200);
-        assert_eq!(d.take_instruction("i-1").unwrap().run.len(), 1);
+        assert_eq!(d.take_instruction("i-1")[0].run.len(), 1);
         assert!(d.schedule(200).is_empty(), "the last IP is held for p0");
     }
 
@@ -551,5 +612,130 @@ mod tests {
         assert_eq!(snap.requested.keys().collect::<Vec<_>>(), vec!["i-1", "i-2"]);
         assert_eq!(snap.requested["i-1"].requested_at_ms, 7, "the boot timeout runs from the first call");
         assert!(d.finish_scale_up("t-1", &[]).is_empty(), "finished once");
+    }
+
+    #[test]
+    fn an_agent_that_reconnects_numbering_from_one_releases_what_was_held_for_it() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        c.report(&report("i-1", "a", "z1", caps(2, 16), 50, &[]), 0);
+        c.submit(pod("p0"), 0).unwrap();
+        c.schedule(0);
+        assert_eq!(c.pod("d/p0").unwrap().node.as_deref(), Some("i-1"));
+        // The agent restarts and runs the pod; its new stream starts again at 1 and its counts
+        // include the pod (one IP left). Without a new baseline the scheduler would hold the pod's
+        // IP until report 51, and take it twice.
+        c.stream_opened("i-1");
+        c.report(&report("i-1", "a", "z1", caps(1, 16), 1, &["d/p0"]), 1_000);
+        let n = c.placement.node(c.placement.index_of("i-1").unwrap()).unwrap();
+        assert!(n.reservations.is_empty(), "{:?}", n.reservations);
+        assert_eq!(n.free.shared_ips, 1);
+        c.submit(pod("p1"), 1_000).unwrap();
+        assert_eq!(c.schedule(1_000), vec![Event::Bound { pod: "d/p1".into(), node: "i-1".into() }]);
+        // A pod bound on the new stream is held until a later report of it lists the pod.
+        c.report(&report("i-1", "a", "z1", caps(1, 16), 2, &["d/p0"]), 2_000);
+        let n = c.placement.node(c.placement.index_of("i-1").unwrap()).unwrap();
+        assert_eq!((n.reservations.len(), n.free.shared_ips), (1, 0));
+    }
+
+    #[test]
+    fn the_first_instructions_of_a_stream_carry_every_pod_under_the_budget() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        let big = pb::NodeReport { allocatable: Some(caps(64, 16)), ..report("i-1", "a", "z1", caps(64, 16), 1, &[]) };
+        c.report(&big, 0);
+        for k in 0..40 {
+            let mut spec = pod(&format!("p{k:02}"));
+            spec.labels.insert("blob".into(), "x".repeat(200 << 10));
+            c.submit(spec, 0).unwrap();
+        }
+        c.schedule(0);
+        assert!(c.take_instruction("i-1").iter().all(|i| i.encoded_len() <= INSTRUCTION_BUDGET_BYTES));
+        c.stream_opened("i-1");
+        let parts = c.full_instruction("i-1");
+        assert!(parts.iter().all(|i| i.encoded_len() <= INSTRUCTION_BUDGET_BYTES));
+        let names: Vec<String> = parts.iter().flat_map(|i| i.run.iter().map(|s| s.name.clone())).collect();
+        assert_eq!(names, (0..40).map(|k| format!("p{k:02}")).collect::<Vec<_>>());
+        // A node without pods still hears back.
+        c.report(&report("i-2", "a", "z1", caps(64, 16), 1, &[]), 0);
+        assert_eq!(c.full_instruction("i-2").len(), 1);
+    }
+
+    /// Every pod key of `namespace` page after page, and the number of pages.
+    fn list_all(c: &Cluster, namespace: &str, page_size: u32) -> (Vec<String>, usize) {
+        let mut names = Vec::new();
+        let mut pages = 0;
+        let mut page_token = String::new();
+        loop {
+            let page = c.list_pods(&pb::ListPodsRequest { namespace: namespace.into(), page_size, page_token }).unwrap();
+            pages += 1;
+            assert!(page.encoded_len() <= PAGE_BUDGET_BYTES || page.pods.len() == 1, "page of {} bytes", page.encoded_len());
+            names.extend(page.pods.iter().map(|p| p.spec.as_ref().map(|s| format!("{}/{}", s.namespace, s.name)).unwrap_or_default()));
+            if page.next_page_token.is_empty() {
+                return (names, pages);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    #[test]
+    fn pods_are_listed_by_pages_each_once_even_while_pods_come_and_go() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        for k in 0..1_200 {
+            c.submit(pod(&format!("p{k:04}")), 0).unwrap();
+        }
+        c.submit(pb::PodSpec { namespace: "e".into(), ..pod("other") }, 0).unwrap();
+        let (all, pages) = list_all(&c, "", 0);
+        assert_eq!((all.len(), pages), (1_201, 3), "500 a page by default");
+        let (d, _) = list_all(&c, "d", 5_000);
+        assert_eq!(d.len(), 1_200);
+        assert!(d.windows(2).all(|w| w[0] < w[1]), "in key order, each once");
+        // Between pages, pods are added and deleted: every pod there throughout is listed once.
+        let mut page_token = String::new();
+        let mut seen = Vec::new();
+        let mut round = 0;
+        loop {
+            let page = c.list_pods(&pb::ListPodsRequest { namespace: "d".into(), page_size: 100, page_token }).unwrap();
+            seen.extend(page.pods.iter().map(|p| p.spec.as_ref().unwrap().name.clone()));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+            let last = seen.last().unwrap().clone();
+            // Delete the page's last pod (the cursor) and one ahead; add one behind and one ahead.
+            c.delete(&format!("d/{last}")).unwrap();
+            c.delete(&format!("d/p{:04}", 1_100 + round)).unwrap();
+            c.submit(pod(&format!("a{round}")), 0).unwrap();
+            c.submit(pod(&format!("q{round}")), 0).unwrap();
+            round += 1;
+        }
+        let mut sorted = seen.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "nothing twice");
+        for k in 0..1_100 {
+            assert!(seen.contains(&format!("p{k:04}")), "p{k:04} missing");
+        }
+        assert!(seen.iter().any(|n| n.starts_with('q')), "pods added ahead of the cursor are listed");
+        let bad = c.list_pods(&pb::ListPodsRequest { namespace: "e".into(), page_size: 0, page_token: page::token(Listing::Pods, "d", "d/p0001") });
+        assert!(bad.is_err(), "a token of another namespace");
+    }
+
+    #[test]
+    fn a_page_of_large_specs_is_cut_by_bytes() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        for k in 0..30 {
+            let mut spec = pod(&format!("p{k:02}"));
+            spec.labels.insert("blob".into(), "x".repeat(300 << 10));
+            c.submit(spec, 0).unwrap();
+        }
+        let (all, pages) = list_all(&c, "", 0);
+        assert_eq!(all.len(), 30);
+        assert!(pages >= 10, "{pages} pages of at most 1 MiB");
+        for k in 0..3 {
+            c.report(&report(&format!("i-{k}"), "a", "z1", caps(1, 16), 1, &[]), 0);
+        }
+        let first = c.list_nodes(&pb::ListNodesRequest { page_size: 2, page_token: String::new() }).unwrap();
+        let rest = c.list_nodes(&pb::ListNodesRequest { page_size: 2, page_token: first.next_page_token.clone() }).unwrap();
+        let ids = |r: &pb::ListNodesResponse| r.nodes.iter().map(|n| n.last_report.as_ref().unwrap().identity.as_ref().unwrap().instance_id.clone()).collect::<Vec<_>>();
+        assert_eq!((ids(&first), ids(&rest), rest.next_page_token.as_str()), (vec!["i-0".to_string(), "i-1".into()], vec!["i-2".to_string()], ""));
+        assert!(c.list_nodes(&pb::ListNodesRequest { page_size: 2, page_token: "nope".into() }).is_err());
     }
 }

@@ -3,7 +3,8 @@
 //! places pods with those counts, reserves what it binds until the agent counts it, and grows and
 //! shrinks node pools from the instance-type catalogue.
 //!
-//! Pure logic ([`placement`], [`cluster`], [`autoscaler`]'s planners) is apart from I/O
+//! Pure logic ([`placement`], [`cluster`], [`autoscaler`]'s planners, [`instruction`] and [`page`]
+//! that keep messages under the gRPC limit) is apart from I/O
 //! ([`store`], [`server`], [`autoscaler::driver`], [`client`]).
 
 pub mod autoscaler;
@@ -11,8 +12,11 @@ pub mod client;
 pub mod cluster;
 pub mod committer;
 pub mod config;
+pub mod instruction;
 pub mod metrics;
+pub mod page;
 pub mod placement;
 pub mod replica;
+pub mod report_stream;
 pub mod server;
 pub mod store;

@@ -27,6 +27,7 @@ use crate::committer::{Committer, Pending, Streams};
 use crate::config::SchedulerConfig;
 use crate::placement::pod_key;
 use crate::replica::{Replica, Role, Terms};
+use crate::report_stream;
 use crate::store::{Event, RequestedNode, ScaleUp, Store};
 
 pub fn now_ms() -> u64 {
@@ -228,13 +229,22 @@ impl Scheduler for SchedulerService {
                 let report = match msg {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::debug!(error = %e, "report stream ended with an error");
+                        let answer = report_stream::refusal(&e);
+                        if matches!(answer.code(), tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument) {
+                            berth_daemon::limited!(warn, "report-refused", node = node.as_deref().unwrap_or("?"), code = ?answer.code(), error = %e.message(), "a node report could not be taken; the stream ends");
+                        } else {
+                            tracing::debug!(error = %e, "report stream ended with an error");
+                        }
+                        let _ = tx.send(Err(answer)).await;
                         break;
                     }
                 };
-                let Some(id) = report.identity.as_ref().map(|i| i.instance_id.clone()).filter(|i| !i.is_empty()) else {
-                    let _ = tx.send(Err(Status::invalid_argument("a node report needs identity.instance_id"))).await;
-                    break;
+                let id = match report_stream::reporting_node(&report, node.as_deref()) {
+                    Ok(id) => id,
+                    Err(answer) => {
+                        let _ = tx.send(Err(answer)).await;
+                        break;
+                    }
                 };
                 let first = node.is_none();
                 if first {
@@ -242,9 +252,13 @@ impl Scheduler for SchedulerService {
                     node = Some(id.clone());
                 }
                 // Pending pods are retried by the tick, not per report: thousands of agents
-                // report, and one pass over the queue serves them all. The first instruction
-                // of a stream (everything bound to the node) goes out with the report's batch.
+                // report, and one pass over the queue serves them all. The first instructions
+                // of a stream (everything bound to the node) go out with the report's batch.
                 let changed = shared.change(|c, now| {
+                    if first {
+                        // The stream numbers its reports from 1 again.
+                        c.stream_opened(&id);
+                    }
                     let events = c.report(&report, now);
                     if first {
                         c.resend_all(&id);
@@ -292,28 +306,18 @@ impl Scheduler for SchedulerService {
 
     async fn list_pods(&self, request: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
         let shared = self.replica.leading()?;
-        let ns = request.into_inner().namespace;
-        let c = shared.cluster();
-        let mut pods: Vec<pb::PodStatus> = c.pods().filter(|p| ns.is_empty() || p.spec.namespace == ns).map(|p| p.status()).collect();
-        pods.sort_by(|a, b| {
-            let k = |s: &pb::PodStatus| s.spec.as_ref().map(|s| (s.namespace.clone(), s.name.clone()));
-            k(a).cmp(&k(b))
-        });
-        Ok(Response::new(pb::ListPodsResponse { pods }))
+        let page = shared.cluster().list_pods(request.get_ref());
+        page.map(Response::new).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     async fn get_leader(&self, _request: Request<pb::GetLeaderRequest>) -> Result<Response<pb::LeaderStatus>, Status> {
         Ok(Response::new(pb::LeaderStatus { leader: self.replica.leader().unwrap_or_default(), replica: self.replica.advertise.clone(), leads: self.replica.leads() }))
     }
 
-    async fn list_nodes(&self, _request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let shared = self.replica.leading()?;
-        let mut nodes = shared.cluster().node_states();
-        nodes.sort_by(|a, b| {
-            let k = |n: &pb::NodeState| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).map(|i| i.instance_id.clone());
-            k(a).cmp(&k(b))
-        });
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        let page = shared.cluster().list_nodes(request.get_ref());
+        page.map(Response::new).map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 

@@ -10,7 +10,7 @@ use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
 use berth_scheduler::autoscaler::driver::{NodeProvisioner, PoolInstance};
 use berth_scheduler::autoscaler::{NodePool, PoolVSwitch, ScaleUpPlan};
-use berth_scheduler::client::NodeReporter;
+use berth_scheduler::client::{self, NodeReporter};
 use berth_scheduler::config::SchedulerConfig;
 use berth_scheduler::placement::demand_of;
 use berth_scheduler::server::{self, Shared};
@@ -137,7 +137,7 @@ impl FakeNode {
                     free.shared_ips -= d.shared_ips;
                     free.disk_slots -= d.disk_slots;
                 }
-                let pods = runs.values().map(|s| pb::PodStatus { spec: Some(s.clone()), phase: pb::PodPhase::Running as i32, ..Default::default() }).collect();
+                let pods = runs.values().map(|s| pb::PodReport { namespace: s.namespace.clone(), name: s.name.clone(), phase: pb::PodPhase::Running as i32, ..Default::default() }).collect();
                 pb::NodeReport { identity: Some(identity.clone()), allocatable: Some(alloc), free: Some(free), pods, ..Default::default() }
             }
         };
@@ -184,7 +184,7 @@ fn pod(name: &str) -> pb::SubmitPodRequest {
 }
 
 async fn pods(c: &mut SchedulerClient<Channel>) -> Vec<pb::PodStatus> {
-    c.list_pods(pb::ListPodsRequest::default()).await.unwrap().into_inner().pods
+    client::list_pods(c, "").await.unwrap()
 }
 
 async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
@@ -204,7 +204,7 @@ async fn pods_beyond_ip_capacity_scale_the_pool_up_and_land_on_the_new_node() {
     let mut c = s.client().await;
     // Wait until both nodes are known.
     let t = Instant::now();
-    while c.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes.len() < 2 {
+    while client::list_nodes(&mut c).await.unwrap().len() < 2 {
         assert!(t.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -260,7 +260,7 @@ async fn a_node_that_stops_reporting_has_its_pods_rescheduled() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for("i-b to run the pod", Duration::from_secs(5), || b.running() == 1).await;
-    let nodes = c.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    let nodes = client::list_nodes(&mut c).await.unwrap();
     let state = |id: &str| nodes.iter().find(|n| n.last_report.as_ref().unwrap().identity.as_ref().unwrap().instance_id == id).unwrap().state.clone();
     assert_eq!((state("i-a").as_str(), state("i-b").as_str()), ("Unknown", "Ready"));
     b.kill();
@@ -450,4 +450,93 @@ async fn a_follower_names_the_leader_and_clients_find_it() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     leader.stop().await;
+}
+
+fn large_pod(name: &str, label_bytes: usize) -> pb::SubmitPodRequest {
+    let mut req = pod(name);
+    req.spec.as_mut().unwrap().labels.insert("blob".into(), "x".repeat(label_bytes));
+    req
+}
+
+fn state_of(nodes: &[pb::NodeState], id: &str) -> String {
+    nodes.iter().find(|n| n.last_report.as_ref().unwrap().identity.as_ref().unwrap().instance_id == id).map(|n| n.state.clone()).unwrap_or_default()
+}
+
+/// 40 pods of 200 KiB specs (8 MiB together, twice the gRPC limit) on one node: its reports
+/// carry keys only, and a fresh stream gets every pod in instructions under 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holding_forty_large_pods_keeps_reporting_and_gets_them_all_again_on_a_new_stream() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let a = FakeNode::start(&s.url(), "i-a", 64).await;
+    let mut c = s.client().await;
+    for k in 0..40 {
+        let st = c.submit_pod(large_pod(&format!("p{k:02}"), 200 << 10)).await.unwrap().into_inner();
+        assert_eq!(st.node, "i-a", "{}", st.message);
+    }
+    wait_for("i-a to run the 40 pods", Duration::from_secs(10), || a.running() == 40).await;
+    // The agent restarts: a new stream, numbered from 1, is sent everything bound to the node.
+    a.kill();
+    let again = FakeNode::start(&s.url(), "i-a", 64).await;
+    wait_for("the restarted i-a to be sent the 40 pods", Duration::from_secs(10), || again.running() == 40).await;
+    // Two leases later it is still Ready and its pods have stayed.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(state_of(&client::list_nodes(&mut c).await.unwrap(), "i-a"), "Ready");
+    let all = pods(&mut c).await;
+    assert_eq!(all.len(), 40);
+    assert!(all.iter().all(|p| p.node == "i-a" && p.phase == pb::PodPhase::Running as i32), "{:?}", all.iter().map(|p| (&p.node, p.phase)).collect::<Vec<_>>());
+    again.kill();
+    s.stop().await;
+}
+
+/// A report past the scheduler's decode limit is answered, not dropped: the agent hears
+/// RESOURCE_EXHAUSTED with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_too_large_to_take_is_answered_with_resource_exhausted() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let identity = pb::NodeIdentity { instance_id: "i-big".into(), pool: "small".into(), ..Default::default() };
+    let small = pb::NodeReport { identity: Some(identity.clone()), ..Default::default() };
+    let mut reporter = NodeReporter::connect(&s.url(), small).await.unwrap();
+    let huge = pb::PodReport { namespace: "d".into(), name: "n".repeat(client::REPORT_LIMIT_BYTES + 1), ..Default::default() };
+    reporter.report(pb::NodeReport { identity: Some(identity), pods: vec![huge], ..Default::default() }).await.unwrap();
+    assert!(reporter.last_report().0 > client::REPORT_LIMIT_BYTES);
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match reporter.instruction().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream closed without a status"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("an answer within 5 s");
+    assert!(refused.report_too_big(), "{refused}");
+    assert!(refused.to_string().contains("too large") && refused.to_string().contains("delete such pods"), "{refused}");
+    s.stop().await;
+}
+
+/// More pods than a page: the client's loop lists each exactly once; a bad token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_pods_than_a_page_are_each_listed_once_through_the_pages() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let mut c = s.client().await;
+    for k in 0..(berth_scheduler::page::DEFAULT_PAGE_SIZE + 120) {
+        c.submit_pod(pod(&format!("p{k:04}"))).await.unwrap();
+    }
+    let first = c.list_pods(pb::ListPodsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(first.pods.len(), berth_scheduler::page::DEFAULT_PAGE_SIZE as usize);
+    assert!(!first.next_page_token.is_empty());
+    let names: Vec<String> = pods(&mut c).await.into_iter().map(|p| p.spec.unwrap().name).collect();
+    let expected: Vec<String> = (0..(berth_scheduler::page::DEFAULT_PAGE_SIZE + 120)).map(|k| format!("p{k:04}")).collect();
+    assert_eq!(names, expected);
+    let bad = c.list_pods(pb::ListPodsRequest { page_token: "not-a-token".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+    assert!(bad.message().contains("next_page_token"), "{}", bad.message());
+    s.stop().await;
 }

@@ -69,7 +69,7 @@ impl Cluster {
 
 /// Nodes the scheduler has heard from (Ready), by instance ID.
 pub async fn ready_nodes(client: &mut SchedulerClient<Channel>) -> BTreeMap<String, pb::NodeReport> {
-    let nodes = client.list_nodes(pb::ListNodesRequest {}).await.expect("ListNodes").into_inner().nodes;
+    let nodes = crate::scheduler::list_nodes(client).await.expect("ListNodes");
     nodes
         .into_iter()
         .filter(|n| n.state == "Ready")
@@ -81,7 +81,7 @@ pub async fn ready_nodes(client: &mut SchedulerClient<Channel>) -> BTreeMap<Stri
 }
 
 pub async fn pods(client: &mut SchedulerClient<Channel>) -> Vec<pb::PodStatus> {
-    client.list_pods(pb::ListPodsRequest { namespace: String::new() }).await.expect("ListPods").into_inner().pods
+    crate::scheduler::list_pods(client, "").await.expect("ListPods")
 }
 
 pub fn name(p: &pb::PodStatus) -> String {

@@ -129,8 +129,34 @@ pub fn runner_netns(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(prefix)).collect()
 }
 
+/// Every node the scheduler knows, following ListNodes' pages.
+pub async fn list_nodes(client: &mut SchedulerClient<Channel>) -> Result<Vec<pb::NodeState>, tonic::Status> {
+    let (mut all, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = client.list_nodes(pb::ListNodesRequest { page_size: 0, page_token }).await?.into_inner();
+        all.extend(page.nodes);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every pod of `namespace` ("" for all), following ListPods' pages.
+pub async fn list_pods(client: &mut SchedulerClient<Channel>, namespace: &str) -> Result<Vec<pb::PodStatus>, tonic::Status> {
+    let (mut all, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = client.list_pods(pb::ListPodsRequest { namespace: namespace.to_string(), page_size: 0, page_token }).await?.into_inner();
+        all.extend(page.pods);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 pub async fn node_state(client: &mut SchedulerClient<Channel>, instance: &str) -> Option<pb::NodeState> {
-    let nodes = client.list_nodes(pb::ListNodesRequest {}).await.ok()?.into_inner().nodes;
+    let nodes = list_nodes(client).await.ok()?;
     nodes.into_iter().find(|n| n.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.instance_id == instance))
 }
 

@@ -151,7 +151,7 @@ async fn a_dead_nodes_pods_are_rescheduled_on_another_node() {
     agents[dead].kill9();
     let second = running_on(Some(first.node.clone())).await;
     assert_eq!(second.node, nodes[1 - dead], "rescheduled on the live node");
-    let states = client.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    let states = berth_tests::scheduler::list_nodes(&mut client).await.unwrap();
     let dead_state = states.iter().find(|s| s.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.instance_id == first.node)).map(|s| s.state.clone());
     assert_eq!(dead_state.as_deref(), Some("Unknown"), "the silent node is Unknown");
     // The live node removes it on delete; the dead node's namespace and command are left to the

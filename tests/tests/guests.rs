@@ -345,7 +345,7 @@ async fn a_node_image_reports_to_the_scheduler_and_its_pods_go_with_the_instance
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let nodes = client.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+        let nodes = berth_tests::scheduler::list_nodes(&mut client).await.unwrap();
         let identity = nodes.iter().filter_map(|n| n.last_report.as_ref()?.identity.clone()).find(|i| i.instance_id == id);
         if let Some(i) = identity {
             assert_eq!((i.pool.as_str(), i.instance_type.as_str()), ("guests", "ecs.g7.large"));

@@ -74,6 +74,15 @@ struct RunningPod {
     leftovers: String,
 }
 
+/// One pod as the capacity report takes it: its key and status for the scheduler (never its
+/// spec, so the report stays small) and the CPU and memory it holds on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedPod {
+    pub report: pb::PodReport,
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+}
+
 pub struct PodRunner {
     settings: RunnerSettings,
     store: RecordStore,
@@ -607,8 +616,8 @@ impl PodRunner {
         self.pods().insert(key.to_string(), pod);
     }
 
-    /// The pods and their status, for the capacity report.
-    pub fn statuses(&self) -> Vec<pb::PodStatus> {
+    /// The pods, their status and what they hold, for the capacity report.
+    pub fn statuses(&self) -> Vec<ReportedPod> {
         let mut pods = self.pods();
         pods.values_mut()
             .map(|p| {
@@ -640,7 +649,8 @@ impl PodRunner {
                     (RecordState::Ended { succeeded: true, message }, _) => (pb::PodPhase::Succeeded, message.clone()),
                     (RecordState::Ended { message, .. }, _) | (RecordState::Failed { message }, _) => (pb::PodPhase::Failed, message.clone()),
                 };
-                pb::PodStatus { spec: Some(p.spec.clone()), phase: phase as i32, node: self.settings.node_name.clone(), pod_ip: p.rec.ip.clone(), message }
+                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler::client::bounded_message(&message) };
+                ReportedPod { report, cpu_millicores: p.spec.cpu_millicores, memory_bytes: p.spec.memory_bytes }
             })
             .collect()
     }

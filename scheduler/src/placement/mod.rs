@@ -265,6 +265,13 @@ impl Placement {
         idx
     }
 
+    /// The node's agent opened a new report stream (see [`Node::restart_sequence`]).
+    pub fn restart_sequence(&mut self, idx: u32) {
+        if let Some(n) = self.node_mut(idx) {
+            n.restart_sequence();
+        }
+    }
+
     fn unindex_pool(&mut self, pool: &str, idx: u32) {
         if let Some(v) = self.by_pool.get_mut(pool) {
             v.retain(|&i| i != idx);

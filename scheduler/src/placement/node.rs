@@ -145,7 +145,7 @@ impl Node {
         self.reported_free = report.free.as_ref().map(Resources::from).unwrap_or_default().min(&self.allocatable);
         let sequence = report.sequence;
         if !self.reservations.is_empty() {
-            let listed: HashSet<String> = report.pods.iter().filter_map(|p| p.spec.as_ref()).map(|s| super::pod_key(&s.namespace, &s.name)).collect();
+            let listed: HashSet<String> = report.pods.iter().map(|p| super::pod_key(&p.namespace, &p.name)).collect();
             self.reservations.retain(|r| !(sequence > r.after_sequence && listed.contains(&r.pod)));
         }
         self.sequence = sequence;
@@ -155,6 +155,15 @@ impl Node {
         let mut kept = report.clone();
         kept.pods.clear();
         self.last_report = kept;
+    }
+
+    /// A new report stream numbers its reports from 1 again: every reservation waits for a report
+    /// of that stream that lists its pod.
+    pub(crate) fn restart_sequence(&mut self) {
+        self.sequence = 0;
+        for r in &mut self.reservations {
+            r.after_sequence = 0;
+        }
     }
 
     pub fn utilisation(&self) -> f64 {

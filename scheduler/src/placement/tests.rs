@@ -19,7 +19,7 @@ pub(crate) fn report(id: &str, pool: &str, zone: &str, free: pb::Resources, seq:
             .iter()
             .map(|k| {
                 let (ns, name) = k.split_once('/').unwrap();
-                pb::PodStatus { spec: Some(pb::PodSpec { namespace: ns.into(), name: name.into(), ..Default::default() }), ..Default::default() }
+                pb::PodReport { namespace: ns.into(), name: name.into(), ..Default::default() }
             })
             .collect(),
         ..Default::default()
