@@ -3,7 +3,7 @@
 //! places pods with those counts, reserves what it binds until the agent counts it, and grows and
 //! shrinks node pools from the instance-type catalogue.
 //!
-//! Pure logic ([`placement`], [`cluster`], [`autoscaler`]'s planners) is apart from I/O
+//! Pure logic ([`placement`], [`cluster`], [`validation`], [`autoscaler`]'s planners) is apart from I/O
 //! ([`store`], [`server`], [`autoscaler::driver`], [`client`]).
 
 pub mod autoscaler;
@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod placement;
 pub mod server;
 pub mod store;
+pub mod validation;

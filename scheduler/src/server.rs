@@ -25,6 +25,7 @@ use crate::cluster::{Cluster, SubmitError};
 use crate::config::SchedulerConfig;
 use crate::placement::pod_key;
 use crate::store::{Event, RequestedNode, Store};
+use crate::validation;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -184,18 +185,20 @@ impl Shared {
 /// The gRPC service.
 pub struct SchedulerService {
     shared: Arc<Shared>,
+    /// What a submitted pod may ask for, from the pools of the config.
+    limits: validation::Limits,
 }
 
 impl SchedulerService {
     pub fn new(shared: Arc<Shared>) -> SchedulerService {
-        SchedulerService { shared }
+        let limits = validation::Limits::of_pools(&shared.cfg.pool);
+        SchedulerService { shared, limits }
     }
 }
 
 fn submit_error(e: SubmitError) -> Status {
     match e {
-        SubmitError::Unnamed(_) => Status::invalid_argument(e.to_string()),
-        SubmitError::Exists(_) => Status::already_exists(e.to_string()),
+        SubmitError::Exists { .. } => Status::already_exists(e.to_string()),
     }
 }
 
@@ -259,6 +262,7 @@ impl Scheduler for SchedulerService {
 
     async fn submit_pod(&self, request: Request<pb::SubmitPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
         let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("SubmitPod needs a spec"))?;
+        validation::pod(&spec, &self.limits)?;
         self.shared.submit(spec).map(Response::new)
     }
 
