@@ -5,6 +5,7 @@
 pub mod api;
 pub mod catalogue;
 pub mod client;
+pub mod disk;
 pub mod error;
 pub mod guest;
 pub mod model;

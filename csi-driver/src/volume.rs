@@ -190,17 +190,8 @@ pub fn client_token(name: &str, generation: &str) -> String {
     format!("berth-{}", hex(&digest[..16]))
 }
 
-/// Disk size limits (GiB) per category and level, as the cloud publishes them.
-pub fn disk_size_limits(category: &str, level: Option<&str>) -> (i64, i64) {
-    match (category, level.unwrap_or("")) {
-        ("cloud_essd", "PL0") => (1, 65_536),
-        ("cloud_essd", "PL1") => (20, 65_536),
-        ("cloud_essd", "PL2") => (461, 65_536),
-        ("cloud_essd", "PL3") => (1_261, 65_536),
-        ("cloud_auto", _) => (1, 65_536),
-        _ => (20, 32_768),
-    }
-}
+/// Disk size limits (GiB) per category and level, shared with the scheduler's API edge.
+pub use berth_cloud::disk::size_limits_gib as disk_size_limits;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {

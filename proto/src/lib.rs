@@ -1,5 +1,7 @@
 //! `berth-proto`: Berth's wire contracts, generated from `proto/*.proto` at build time.
 
+pub mod codec;
+
 /// The CSI v1 services (Identity, Controller, Node), package `csi.v1`.
 pub mod csi {
     #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]

@@ -43,10 +43,8 @@ struct Outbox {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
-    #[error("pod spec needs a namespace and a name (got {0:?})")]
-    Unnamed(String),
-    #[error("pod {0} exists; delete it first or choose another name")]
-    Exists(String),
+    #[error("pod {key} exists with another spec (differing in {}); delete it first or choose another name", .differs.join(", "))]
+    Exists { key: String, differs: Vec<&'static str> },
 }
 
 pub struct Cluster {
@@ -131,13 +129,17 @@ impl Cluster {
         self.pending.len()
     }
 
+    /// Takes in a pod whose spec the API edge checked ([`crate::validation::pod`]). The same spec
+    /// again (a retry after a lost reply) changes nothing and gives no events: the caller answers
+    /// with the pod's current status.
     pub fn submit(&mut self, spec: pb::PodSpec, now_ms: u64) -> Result<Vec<Event>, SubmitError> {
-        if spec.namespace.is_empty() || spec.name.is_empty() || spec.name.contains('/') || spec.namespace.contains('/') {
-            return Err(SubmitError::Unnamed(pod_key(&spec.namespace, &spec.name)));
-        }
         let key = pod_key(&spec.namespace, &spec.name);
-        if self.pods.contains_key(&key) {
-            return Err(SubmitError::Exists(key));
+        if let Some(rec) = self.pods.get(&key) {
+            let differs = differences(&rec.spec, &spec);
+            if differs.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(SubmitError::Exists { key, differs });
         }
         let order = self.next_order;
         self.next_order += 1;
@@ -484,6 +486,36 @@ fn node_state(n: &crate::placement::Node) -> pb::NodeState {
     pb::NodeState { last_report: Some(n.last_report.clone()), state: n.health.as_str().to_string() }
 }
 
+/// The fields of a submitted spec that differ from the stored one's, by their names. A zone the
+/// cluster pinned (a disk pod's first bind) is not the submitter's and does not count.
+fn differences(stored: &pb::PodSpec, submitted: &pb::PodSpec) -> Vec<&'static str> {
+    let mut stored = stored.clone();
+    if !submitted.pool_selector.contains_key("zone") && PodRequest::of(submitted).pins_zone(submitted) {
+        stored.pool_selector.remove("zone");
+    }
+    // Every field named (no `..`): a field added to PodSpec must be added here.
+    let pb::PodSpec { namespace, name, cpu_millicores, memory_bytes, network_mode, security_group_ids, vswitch_id, ingress_bandwidth, egress_bandwidth, volumes, pool_selector, labels, spread_zones, command } = submitted;
+    [
+        ("namespace", *namespace != stored.namespace),
+        ("name", *name != stored.name),
+        ("cpu_millicores", *cpu_millicores != stored.cpu_millicores),
+        ("memory_bytes", *memory_bytes != stored.memory_bytes),
+        ("network_mode", *network_mode != stored.network_mode),
+        ("security_group_ids", *security_group_ids != stored.security_group_ids),
+        ("vswitch_id", *vswitch_id != stored.vswitch_id),
+        ("ingress_bandwidth", *ingress_bandwidth != stored.ingress_bandwidth),
+        ("egress_bandwidth", *egress_bandwidth != stored.egress_bandwidth),
+        ("volumes", *volumes != stored.volumes),
+        ("pool_selector", *pool_selector != stored.pool_selector),
+        ("labels", *labels != stored.labels),
+        ("spread_zones", *spread_zones != stored.spread_zones),
+        ("command", *command != stored.command),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,7 +541,9 @@ mod tests {
         let ins = c.take_instruction("i-1");
         assert_eq!((ins.len(), ins[0].run.len()), (1, 2));
         assert!(c.take_instruction("i-1").is_empty());
-        assert_eq!(c.submit(pod("p0"), 0), Err(SubmitError::Exists("d/p0".into())));
+        assert_eq!(c.submit(pod("p0"), 0), Ok(Vec::new()), "the same spec again is a retry");
+        let other = pb::PodSpec { cpu_millicores: 200, labels: [("app".to_string(), "x".to_string())].into(), ..pod("p0") };
+        assert_eq!(c.submit(other, 0), Err(SubmitError::Exists { key: "d/p0".into(), differs: vec!["cpu_millicores", "labels"] }));
     }
 
     #[test]
@@ -580,6 +614,27 @@ mod tests {
         d.restore(&store.load().unwrap(), 20_000).unwrap();
         assert_eq!(d.pod("d/db").unwrap().req.zone.as_deref(), Some("z1"));
         assert_eq!(d.pod("d/web").unwrap().req.zone, None);
+    }
+
+    #[test]
+    fn a_retried_submit_matches_a_pod_whose_zone_was_pinned() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        c.submit(disk_pod("db", &[]), 0).unwrap();
+        c.schedule(0);
+        assert_eq!(c.pod("d/db").unwrap().spec.pool_selector.get("zone").map(String::as_str), Some("z1"));
+        assert_eq!(c.submit(disk_pod("db", &[]), 10), Ok(Vec::new()), "the original spec is a retry");
+        assert_eq!(c.pod("d/db").unwrap().node.as_deref(), Some("i-1"));
+        let mut elsewhere = disk_pod("db", &[]);
+        elsewhere.pool_selector.insert("zone".into(), "z2".into());
+        assert_eq!(c.submit(elsewhere, 10), Err(SubmitError::Exists { key: "d/db".into(), differs: vec!["pool_selector"] }));
+        // A pod without a disk is never pinned: a zone in the store is its submitter's.
+        let mut web = pod("web");
+        web.pool_selector.insert("zone".into(), "z1".into());
+        c.submit(web, 0).unwrap();
+        assert_eq!(c.submit(pod("web"), 0), Err(SubmitError::Exists { key: "d/web".into(), differs: vec!["pool_selector"] }));
+        let err = c.submit(pod("web"), 0).unwrap_err().to_string();
+        assert!(err.contains("d/web exists with another spec (differing in pool_selector)"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::placement::pod_key;
 use crate::replica::{Replica, Role, Terms};
 use crate::report_stream;
 use crate::store::{Event, RequestedNode, ScaleUp, Store};
+use crate::validation;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -196,18 +197,19 @@ impl Shared {
 /// The gRPC service: every call goes to the term this replica leads, or is told where the leader is.
 pub struct SchedulerService {
     replica: Arc<Replica>,
+    /// What a submitted pod may ask for, from the pools of the config.
+    limits: validation::Limits,
 }
 
 impl SchedulerService {
-    pub fn new(replica: Arc<Replica>) -> SchedulerService {
-        SchedulerService { replica }
+    pub fn new(replica: Arc<Replica>, limits: validation::Limits) -> SchedulerService {
+        SchedulerService { replica, limits }
     }
 }
 
 fn submit_error(e: SubmitError) -> Status {
     match e {
-        SubmitError::Unnamed(_) => Status::invalid_argument(e.to_string()),
-        SubmitError::Exists(_) => Status::already_exists(e.to_string()),
+        SubmitError::Exists { .. } => Status::already_exists(e.to_string()),
     }
 }
 
@@ -287,6 +289,7 @@ impl Scheduler for SchedulerService {
     async fn submit_pod(&self, request: Request<pb::SubmitPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
         let shared = self.replica.leading()?;
         let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("SubmitPod needs a spec"))?;
+        validation::pod(&spec, &self.limits)?;
         shared.submit(spec).await.map(Response::new)
     }
 
@@ -501,7 +504,8 @@ pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<
     let replica = Replica::new(String::new(), tokio::sync::watch::channel(None).1);
     replica.set(Role::Leading(shared.clone()));
     let loops = tokio::spawn(lead(shared.clone(), provisioner.map(Arc::new)));
-    let result = serve_api(replica, listener, shutdown).await;
+    let limits = validation::Limits::of_pools(&shared.cfg.pool);
+    let result = serve_api(replica, limits, listener, shutdown).await;
     loops.abort();
     shared.end("stopping");
     result
@@ -525,6 +529,7 @@ pub fn metrics_text(replica: &Replica) -> String {
 /// it a term, leads until the term is lost or its store fails, then follows again.
 pub async fn serve_replica<T: Terms, P: NodeProvisioner>(cfg: SchedulerConfig, replica: Arc<Replica>, mut terms: T, provisioner: Option<P>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
     let provisioner = provisioner.map(Arc::new);
+    let limits = validation::Limits::of_pools(&cfg.pool);
     let terms_loop = {
         let replica = replica.clone();
         tokio::spawn(async move {
@@ -560,7 +565,7 @@ pub async fn serve_replica<T: Terms, P: NodeProvisioner>(cfg: SchedulerConfig, r
             }
         })
     };
-    let result = serve_api(replica.clone(), listener, shutdown).await;
+    let result = serve_api(replica.clone(), limits, listener, shutdown).await;
     terms_loop.abort();
     if let Ok(shared) = replica.leading() {
         shared.end("stopping");
@@ -568,7 +573,7 @@ pub async fn serve_replica<T: Terms, P: NodeProvisioner>(cfg: SchedulerConfig, r
     result
 }
 
-async fn serve_api(replica: Arc<Replica>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+async fn serve_api(replica: Arc<Replica>, limits: validation::Limits, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
     // Agents' report streams never end on their own: after the signal, in-flight calls get a
     // short grace, then the connections are dropped (agents reconnect to the next scheduler).
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -576,7 +581,7 @@ async fn serve_api(replica: Arc<Replica>, listener: TcpListener, shutdown: impl 
         shutdown.await;
         let _ = stopping.send(());
     };
-    let server = tonic::transport::Server::builder().add_service(SchedulerServer::new(SchedulerService::new(replica))).serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let server = tonic::transport::Server::builder().add_service(SchedulerServer::new(SchedulerService::new(replica, limits))).serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     let grace = async {
         if stopped.await.is_ok() {
             tokio::time::sleep(SHUTDOWN_GRACE).await;

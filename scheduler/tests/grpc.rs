@@ -452,9 +452,10 @@ async fn a_follower_names_the_leader_and_clients_find_it() {
     leader.stop().await;
 }
 
-fn large_pod(name: &str, label_bytes: usize) -> pb::SubmitPodRequest {
+fn large_pod(name: &str, command_bytes: usize) -> pb::SubmitPodRequest {
     let mut req = pod(name);
-    req.spec.as_mut().unwrap().labels.insert("blob".into(), "x".repeat(label_bytes));
+    // A long command line: the one field without a length rule below the spec's cap.
+    req.spec.as_mut().unwrap().command = vec!["sh".into(), "-c".into(), "x".repeat(command_bytes)];
     req
 }
 
@@ -538,5 +539,138 @@ async fn more_pods_than_a_page_are_each_listed_once_through_the_pages() {
     let bad = c.list_pods(pb::ListPodsRequest { page_token: "not-a-token".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
     assert!(bad.message().contains("next_page_token"), "{}", bad.message());
+}
+
+fn scheduler_alone() -> SchedulerConfig {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    cfg
+}
+
+/// Each bad input is refused at the edge (INVALID_ARGUMENT naming the field), and none is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_pod_refuses_a_bad_spec_naming_the_field_and_stores_nothing() {
+    let s = Running::start(scheduler_alone(), Box::new(MemoryStore::default()), None).await;
+    let mut c = s.client().await;
+    let disk = |mount_path: &str, size: &str| pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: mount_path.into(), parameters: [("size".to_string(), size.to_string())].into(), ..Default::default() };
+    type Change = fn(&mut pb::PodSpec);
+    let rows: Vec<(&str, Change, &str)> = vec![
+        ("a 3 MiB name", |s| s.name = "a".repeat(3 << 20), "spec = "),
+        ("a name with a space", |s| s.name = "my pod".into(), "spec.name"),
+        ("a name with a newline", |s| s.name = "web\n1".into(), "spec.name"),
+        ("a name with NUL", |s| s.name = "web\0".into(), "spec.name"),
+        ("an upper-case name", |s| s.name = "Web".into(), "spec.name"),
+        ("an upper-case namespace", |s| s.namespace = "Default".into(), "spec.namespace"),
+        ("no namespace", |s| s.namespace.clear(), "spec.namespace"),
+        ("network mode 99", |s| s.network_mode = 99, "spec.network_mode"),
+        ("volume kind 99", |s| s.volumes[0].kind = 99, "spec.volumes[0].kind"),
+        ("a climbing mount path", |s| s.volumes[0].mount_path = "../../etc".into(), "spec.volumes[0].mount_path"),
+        ("a relative mount path", |s| s.volumes[0].mount_path = "relative".into(), "spec.volumes[0].mount_path"),
+        ("disk size 0", |s| _ = s.volumes[0].parameters.insert("size".into(), "0".into()), "spec.volumes[0].parameters[\"size\"]"),
+        ("a disk beyond 64 TiB", |s| _ = s.volumes[0].parameters.insert("size".into(), "65Ti".into()), "spec.volumes[0].parameters[\"size\"]"),
+        ("CPU 2^64-1", |s| s.cpu_millicores = u64::MAX, "no pool can ever host it: the largest instance type of the configured pools is ecs.g7.large"),
+        ("a bad label key", |s| _ = s.labels.insert("my app".into(), "x".into()), "spec.labels"),
+        ("a bad selector value", |s| _ = s.pool_selector.insert("pool".into(), "a b".into()), "spec.pool_selector[\"pool\"]"),
+        ("a bad security group", |s| s.security_group_ids.push("group-1".into()), "spec.security_group_ids[0]"),
+        ("a bad vSwitch", |s| s.vswitch_id = "zone-a".into(), "spec.vswitch_id"),
+        ("a command entry with NUL", |s| s.command.push("a\0b".into()), "spec.command[0]"),
+    ];
+    for (what, change, named) in rows {
+        let mut req = pod("web");
+        let spec = req.spec.as_mut().unwrap();
+        spec.volumes.push(disk("/data", "20Gi"));
+        change(spec);
+        let err = c.submit_pod(req).await.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(named), "{what}: {:?} does not name {named:?}", err.message());
+        assert!(err.message().len() < 1000, "{what}: the message stays short");
+    }
+    let err = c.submit_pod(pb::SubmitPodRequest { spec: None }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(pods(&mut c).await.is_empty(), "nothing refused is stored");
+    s.stop().await;
+}
+
+/// A lost reply makes a client submit again: the same spec answers the pod's status, another
+/// spec under the name is refused naming what differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submit_answers_the_status_and_another_spec_is_refused() {
+    let s = Running::start(scheduler_alone(), Box::new(MemoryStore::default()), None).await;
+    let a = FakeNode::start(&s.url(), "i-a", 10).await;
+    let mut c = s.client().await;
+    let first = c.submit_pod(pod("web")).await.unwrap().into_inner();
+    assert_eq!((first.phase, first.node.as_str()), (pb::PodPhase::Bound as i32, "i-a"));
+    let again = c.submit_pod(pod("web")).await.unwrap().into_inner();
+    assert_eq!((again.phase, again.node.as_str()), (pb::PodPhase::Bound as i32, "i-a"));
+    // A disk pod is pinned to its node's zone at its bind; its original spec is still a retry.
+    let mut db = pod("db");
+    db.spec.as_mut().unwrap().volumes.push(pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/data".into(), ..Default::default() });
+    c.submit_pod(db.clone()).await.unwrap();
+    let again = c.submit_pod(db).await.unwrap().into_inner();
+    assert_eq!(again.spec.unwrap().pool_selector.get("zone").map(String::as_str), Some("zone-a"));
+    let mut other = pod("web");
+    other.spec.as_mut().unwrap().cpu_millicores = 500;
+    let err = c.submit_pod(other).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains("default/web") && err.message().contains("cpu_millicores"), "{}", err.message());
+    assert_eq!(pods(&mut c).await.len(), 2);
+    a.kill();
+    s.stop().await;
+}
+
+/// Bytes sent as they are, to call the service with what no client of cluster.proto would send.
+#[derive(Clone, Copy, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf as _;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_submit_is_invalid_argument() {
+    let s = Running::start(scheduler_alone(), Box::new(MemoryStore::default()), None).await;
+    let channel = Channel::from_shared(s.url()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    // A spec field (1) claiming 5 bytes and carrying 1; a varint that never ends.
+    for garbage in [vec![0x0a, 0x05, 0x01], vec![0xff; 12]] {
+        grpc.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/berth.cluster.v1.Scheduler/SubmitPod");
+        let err = grpc.unary(tonic::Request::new(garbage.clone()), path, RawBytes).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{garbage:?}: {err:?}");
+        assert!(err.message().contains("decode"), "{}", err.message());
+    }
+    let mut c = s.client().await;
+    assert!(pods(&mut c).await.is_empty());
     s.stop().await;
 }

@@ -73,26 +73,8 @@ pub fn csi_name(namespace: &str, pod: &str, volume: &str) -> String {
     format!("pod-{readable}-{h:016x}")
 }
 
-/// Bytes from `123`, `512Mi`, `20Gi`, `1Ti`, `10G`, `500M`, `1K`, `1Ki`.
-pub fn parse_size(text: &str) -> Option<i64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: i64 = num.parse().ok()?;
-    let mult: i64 = match unit {
-        "" => 1,
-        "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult).filter(|b| *b > 0)
-}
+/// Bytes from `123`, `512Mi`, `20Gi`, … (the scheduler reads a pod's sizes the same way).
+pub use berth_cloud::disk::parse_size;
 
 /// `mount_path` as a clean path relative to the pod's directory.
 fn relative_mount_path(volume: &str, mount_path: &str) -> Result<PathBuf, SpecError> {

@@ -297,9 +297,12 @@ mod tests {
         assert_eq!(s.pool_selector["pool"], "small");
         assert!(s.spread_zones);
         assert_eq!(s.command, vec!["sleep", "60"]);
+        let limits = berth_scheduler::validation::Limits::of_pools(&[]);
+        berth_scheduler::validation::pod(&s, &limits).unwrap();
         let cli = Cli::try_parse_from(["t", "add", "web"]).unwrap();
         let PodCommand::Add(a) = cli.c else { panic!() };
         assert_eq!(spec_of(&a).unwrap().command, vec!["sleep", "infinity"]);
+        berth_scheduler::validation::pod(&spec_of(&a).unwrap(), &limits).expect("the defaults make a spec the scheduler takes");
         let cli = Cli::try_parse_from(["t", "add", "web", "--disk", "data"]).unwrap();
         let PodCommand::Add(a) = cli.c else { panic!() };
         assert!(spec_of(&a).unwrap_err().to_string().contains("NAME:MOUNT_PATH:SIZE_GIB"));

@@ -421,5 +421,11 @@ mod tests {
         for kind in [pb::VolumeKind::Disk, pb::VolumeKind::Oss] {
             assert!(pods.iter().any(|p| p.volumes.iter().any(|v| v.kind == kind as i32)));
         }
+        // The scheduler takes each, under the sample pool.
+        let text = scheduler_config(&paths(), "http://127.0.0.1:9", &[("vsw-a".into(), "local-1a".into())], "sg-1");
+        let limits = berth_scheduler::validation::Limits::of_pools(&berth_scheduler::config::SchedulerConfig::parse(&text, Path::new("x")).unwrap().pool);
+        for p in &pods {
+            berth_scheduler::validation::pod(p, &limits).unwrap();
+        }
     }
 }

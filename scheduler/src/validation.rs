@@ -1,0 +1,433 @@
+//! The API edge's check of a pod spec, before anything is stored: the spec's encoded size, names,
+//! label syntax, enum values, volumes (names, mount paths, disk sizes), cloud IDs, command entries,
+//! and CPU and memory against the largest instance type that could ever host the pod. Pure: what
+//! depends on the config comes in as [`Limits`], computed once.
+
+use std::collections::BTreeSet;
+
+use berth_cloud::disk;
+use berth_cloud::model::InstanceType;
+use berth_proto::cluster::v1 as pb;
+use prost::Message as _;
+
+use crate::autoscaler::NodePool;
+
+/// The largest encoded spec SubmitPod takes (README.md, the scheduler): agents are sent specs in
+/// their instructions, and a spec this size is far beyond any real pod's.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+/// A spec refused: which field, its value (escaped, and cut when long), and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value}: {rule}")]
+pub struct InvalidSpec {
+    /// The field's path in the request, e.g. `spec.volumes[1].mount_path`.
+    pub field: String,
+    pub value: String,
+    pub rule: Rule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rule {
+    #[error("the encoded spec may take at most {max} bytes (256 KiB); keep labels, commands and parameters small")]
+    TooLarge { max: usize },
+    #[error("must be a DNS-1123 label: 1 to 63 characters of a-z, 0-9 and '-', beginning and ending with a letter or digit")]
+    Dns1123Label,
+    #[error("is not a label key: an optional DNS-1123 subdomain (at most 253 characters) and '/', then a name of 1 to 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', beginning and ending with a letter or digit")]
+    LabelKey,
+    #[error("is not a label value: empty, or at most 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', beginning and ending with a letter or digit")]
+    LabelValue,
+    #[error("is not one of {known}")]
+    UnknownEnum { known: &'static str },
+    #[error("is given twice: {what} must be unique")]
+    Duplicate { what: &'static str },
+    #[error("must be an absolute path naming a directory (e.g. /data), without \"..\" components or NUL")]
+    MountPath,
+    #[error("a volume of no kind must name an existing volume (parameter volumeId); else give its kind: VOLUME_KIND_DISK, VOLUME_KIND_NAS or VOLUME_KIND_OSS")]
+    KindWithoutVolume,
+    #[error("is not a size: bytes above 0, or a number above 0 with K, M, G, T, Ki, Mi, Gi or Ti (e.g. 20Gi)")]
+    Size,
+    #[error("is not a disk category: one of cloud_essd (the default), cloud_ssd, cloud_efficiency, cloud_auto")]
+    DiskCategory,
+    #[error("is not a performance level of cloud_essd: one of PL0 (the default), PL1, PL2, PL3")]
+    PerformanceLevel,
+    #[error("asks for {gib} GiB; a {kind} disk holds at most {max} GiB")]
+    DiskTooLarge { kind: String, gib: i64, max: i64 },
+    #[error("is not a {what} ID: {prefix} followed by 1 to 64 lower-case letters, digits and inner '-'")]
+    CloudId { what: &'static str, prefix: &'static str },
+    #[error("contains NUL")]
+    Nul,
+    #[error("{who} can ever host it: the largest instance type {whose} is {largest} ({cpu_millicores} millicores, {mib} MiB of memory)", who = if *.of_pools { "no pool" } else { "no node" }, whose = if *.of_pools { "of the configured pools" } else { "of the catalogue" }, mib = *.memory_bytes >> 20)]
+    NoHost { largest: String, cpu_millicores: u64, memory_bytes: u64, of_pools: bool },
+}
+
+impl From<InvalidSpec> for tonic::Status {
+    fn from(e: InvalidSpec) -> tonic::Status {
+        tonic::Status::invalid_argument(format!("pod spec refused: {e}"))
+    }
+}
+
+/// What a pod may ask for at most, from the config: the instance types of the configured pools,
+/// or with no pool (nodes come only from agents) every type of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    types: Vec<HostType>,
+    of_pools: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostType {
+    id: String,
+    cpu_millicores: u64,
+    memory_bytes: u64,
+}
+
+impl Limits {
+    pub fn of_pools(pools: &[NodePool]) -> Limits {
+        let types: Vec<InstanceType> = pools.iter().flat_map(|p| &p.instance_types).filter_map(|t| berth_cloud::catalogue::instance_type(t)).collect();
+        if types.is_empty() { Limits::of_types(berth_cloud::catalogue::instance_types(), false) } else { Limits::of_types(types, true) }
+    }
+
+    /// `of_pools`: the types are those of the configured pools (it says so when refusing).
+    pub fn of_types(types: impl IntoIterator<Item = InstanceType>, of_pools: bool) -> Limits {
+        let types = types.into_iter().map(|t| HostType { cpu_millicores: u64::from(t.vcpu) * 1000, memory_bytes: t.memory_mib << 20, id: t.id }).collect();
+        Limits { types, of_pools }
+    }
+}
+
+/// Checks a submitted spec; the first rule broken is the answer.
+pub fn pod(spec: &pb::PodSpec, limits: &Limits) -> Result<(), InvalidSpec> {
+    let size = spec.encoded_len();
+    if size > MAX_SPEC_BYTES {
+        return Err(InvalidSpec { field: "spec".into(), value: format!("{size} bytes"), rule: Rule::TooLarge { max: MAX_SPEC_BYTES } });
+    }
+    check(dns1123_label(&spec.namespace), "spec.namespace", &spec.namespace, Rule::Dns1123Label)?;
+    check(dns1123_label(&spec.name), "spec.name", &spec.name, Rule::Dns1123Label)?;
+    resources(spec, limits)?;
+    if pb::NetworkMode::try_from(spec.network_mode).is_err() {
+        return Err(InvalidSpec { field: "spec.network_mode".into(), value: spec.network_mode.to_string(), rule: Rule::UnknownEnum { known: "NETWORK_MODE_UNSPECIFIED (shared), NETWORK_MODE_SHARED, NETWORK_MODE_EXCLUSIVE, NETWORK_MODE_TRUNK" } });
+    }
+    for (i, sg) in spec.security_group_ids.iter().enumerate() {
+        check(cloud_id(sg, "sg-"), &format!("spec.security_group_ids[{i}]"), sg, Rule::CloudId { what: "security group", prefix: "sg-" })?;
+    }
+    if !spec.vswitch_id.is_empty() {
+        check(cloud_id(&spec.vswitch_id, "vsw-"), "spec.vswitch_id", &spec.vswitch_id, Rule::CloudId { what: "vSwitch", prefix: "vsw-" })?;
+    }
+    labels(&spec.labels, "spec.labels")?;
+    labels(&spec.pool_selector, "spec.pool_selector")?;
+    volumes(&spec.volumes)?;
+    for (i, arg) in spec.command.iter().enumerate() {
+        check(!arg.contains('\0'), &format!("spec.command[{i}]"), arg, Rule::Nul)?;
+    }
+    Ok(())
+}
+
+fn check(ok: bool, field: &str, value: &str, rule: Rule) -> Result<(), InvalidSpec> {
+    if ok { Ok(()) } else { Err(InvalidSpec { field: field.into(), value: shown(value), rule }) }
+}
+
+/// A value as an error shows it: quoted, escaped (newlines, NUL, anything unprintable), and cut
+/// after 64 characters with its length in bytes.
+pub fn shown(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
+    }
+}
+
+fn resources(spec: &pb::PodSpec, limits: &Limits) -> Result<(), InvalidSpec> {
+    let (cpu, memory) = (spec.cpu_millicores, spec.memory_bytes);
+    if limits.types.is_empty() || limits.types.iter().any(|t| t.cpu_millicores >= cpu && t.memory_bytes >= memory) {
+        return Ok(());
+    }
+    let most_cpu = limits.types.iter().max_by_key(|t| (t.cpu_millicores, t.memory_bytes)).expect("some type");
+    let most_memory = limits.types.iter().max_by_key(|t| (t.memory_bytes, t.cpu_millicores)).expect("some type");
+    let (field, value, largest) = if cpu > most_cpu.cpu_millicores {
+        ("spec.cpu_millicores", cpu.to_string(), most_cpu)
+    } else if memory > most_memory.memory_bytes {
+        ("spec.memory_bytes", memory.to_string(), most_memory)
+    } else {
+        // Each fits some type, but no type has both.
+        ("spec.cpu_millicores", format!("{cpu} with memory_bytes {memory}"), most_cpu)
+    };
+    Err(InvalidSpec { field: field.into(), value, rule: Rule::NoHost { largest: largest.id.clone(), cpu_millicores: largest.cpu_millicores, memory_bytes: largest.memory_bytes, of_pools: limits.of_pools } })
+}
+
+fn labels(map: &std::collections::HashMap<String, String>, field: &str) -> Result<(), InvalidSpec> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    for k in keys {
+        check(label_key(k), field, k, Rule::LabelKey)?;
+        let v = &map[k];
+        check(v.is_empty() || label_name(v), &format!("{field}[{}]", shown(k)), v, Rule::LabelValue)?;
+    }
+    Ok(())
+}
+
+fn volumes(volumes: &[pb::VolumeSpec]) -> Result<(), InvalidSpec> {
+    let mut names = BTreeSet::new();
+    let mut paths = BTreeSet::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let field = |f: &str| format!("spec.volumes[{i}].{f}");
+        check(dns1123_label(&v.name), &field("name"), &v.name, Rule::Dns1123Label)?;
+        check(names.insert(v.name.as_str()), &field("name"), &v.name, Rule::Duplicate { what: "volume names" })?;
+        let Ok(kind) = pb::VolumeKind::try_from(v.kind) else {
+            return Err(InvalidSpec { field: field("kind"), value: v.kind.to_string(), rule: Rule::UnknownEnum { known: "VOLUME_KIND_UNSPECIFIED (with parameter volumeId), VOLUME_KIND_DISK, VOLUME_KIND_NAS, VOLUME_KIND_OSS" } });
+        };
+        let existing = v.parameters.get("volumeId").is_some_and(|id| !id.is_empty());
+        check(kind != pb::VolumeKind::Unspecified || existing, &field("kind"), kind.as_str_name(), Rule::KindWithoutVolume)?;
+        let path = mount_path(&v.mount_path);
+        check(path.is_some(), &field("mount_path"), &v.mount_path, Rule::MountPath)?;
+        // The runner mounts by the path's components: /data, /data/ and /./data are one place.
+        check(paths.insert(path.unwrap_or_default()), &field("mount_path"), &v.mount_path, Rule::Duplicate { what: "mount paths" })?;
+        let param = |k: &str| format!("spec.volumes[{i}].parameters[\"{k}\"]");
+        let size = match v.parameters.get("size") {
+            Some(s) => Some(disk::parse_size(s).ok_or_else(|| InvalidSpec { field: param("size"), value: shown(s), rule: Rule::Size })?),
+            None => None,
+        };
+        if kind == pb::VolumeKind::Disk && !existing {
+            disk_volume(v, size, &param)?;
+        }
+    }
+    Ok(())
+}
+
+/// A disk made for the pod: a category the cloud has, and a size within its range. Below the
+/// minimum is no error: the CSI driver makes the category's smallest disk.
+fn disk_volume(v: &pb::VolumeSpec, size: Option<i64>, param: &dyn Fn(&str) -> String) -> Result<(), InvalidSpec> {
+    let given = |k: &str| v.parameters.get(k).map(String::as_str).filter(|s| !s.is_empty());
+    let category = given("category").unwrap_or(disk::DEFAULT_CATEGORY);
+    check(disk::CATEGORIES.contains(&category), &param("category"), category, Rule::DiskCategory)?;
+    let level = (category == "cloud_essd").then(|| given("performanceLevel").unwrap_or(disk::DEFAULT_ESSD_LEVEL));
+    if let Some(l) = level {
+        check(disk::ESSD_LEVELS.contains(&l), &param("performanceLevel"), l, Rule::PerformanceLevel)?;
+    }
+    let Some(bytes) = size else { return Ok(()) };
+    let (_, max) = disk::size_limits_gib(category, level);
+    const GIB: i64 = 1 << 30;
+    let gib = bytes / GIB + i64::from(bytes % GIB != 0);
+    let kind = level.map_or_else(|| category.to_string(), |l| format!("{category} {l}"));
+    check(gib <= max, &param("size"), &v.parameters["size"], Rule::DiskTooLarge { kind, gib, max })
+}
+
+/// The mount path's components joined, or `None` when it is not absolute, climbs (`..`), holds
+/// NUL or names no directory.
+fn mount_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.contains('\0') {
+        return None;
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+fn dns1123_label(s: &str) -> bool {
+    (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && alnum_ends(s)
+}
+
+fn dns1123_subdomain(s: &str) -> bool {
+    (1..=253).contains(&s.len()) && s.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && alnum_ends(part))
+}
+
+/// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain.
+fn label_key(k: &str) -> bool {
+    match k.split_once('/') {
+        Some((prefix, name)) => dns1123_subdomain(prefix) && label_name(name),
+        None => label_name(k),
+    }
+}
+
+/// A label key's name part, or a non-empty label value.
+fn label_name(s: &str) -> bool {
+    (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) && alnum_ends(s)
+}
+
+fn alnum_ends(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.first().is_some_and(u8::is_ascii_alphanumeric) && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// `sg-…`, `vsw-…`: the prefix, then lower-case letters and digits (the cloud's IDs), with inner
+/// hyphens as test fixtures and the local cloud's zone-named vSwitches use.
+fn cloud_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|tail| tail.len() <= 64 && dns1123_label(tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::of_types(["ecs.g7.large", "ecs.r7.large"].map(|t| berth_cloud::catalogue::instance_type(t).unwrap()), true)
+    }
+
+    fn volume(name: &str, kind: pb::VolumeKind, mount_path: &str, params: &[(&str, &str)]) -> pb::VolumeSpec {
+        pb::VolumeSpec { name: name.into(), kind: kind as i32, mount_path: mount_path.into(), read_only: false, parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    /// A spec using every field, each at a valid value.
+    fn valid() -> pb::PodSpec {
+        pb::PodSpec {
+            namespace: "team-a".into(),
+            name: "web-0".into(),
+            cpu_millicores: 2000,
+            memory_bytes: 16 << 30,
+            network_mode: pb::NetworkMode::Trunk as i32,
+            security_group_ids: vec!["sg-bp1abc2def".into()],
+            vswitch_id: "vsw-zone-a".into(),
+            volumes: vec![
+                volume("data", pb::VolumeKind::Disk, "/data", &[("size", "20Gi"), ("category", "cloud_essd"), ("performanceLevel", "PL1")]),
+                volume("small", pb::VolumeKind::Disk, "/data/small/", &[("size", "1Gi"), ("category", "cloud_ssd")]),
+                volume("shared", pb::VolumeKind::Nas, "/shared", &[("volumeId", "nas:fs-1::/")]),
+                volume("old", pb::VolumeKind::Unspecified, "/old", &[("volumeId", "d-abc")]),
+                volume("objects", pb::VolumeKind::Oss, "/objects", &[("bucket", "pods")]),
+            ],
+            pool_selector: [("pool".to_string(), "small".to_string()), ("zone".into(), "cn-hangzhou-a".into()), ("disk".into(), "".into())].into(),
+            labels: [("app".to_string(), "Web_1.x".to_string()), ("berth.io/tier".into(), "front".into())].into(),
+            command: vec!["sh".into(), "-c".into(), "echo hi\nsleep 1".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_spec_using_every_field_passes() {
+        assert_eq!(pod(&valid(), &limits()), Ok(()));
+        let mut at_most = valid();
+        at_most.volumes[0].parameters.insert("size".into(), "64Ti".into());
+        at_most.name = "a".repeat(63);
+        assert_eq!(pod(&at_most, &limits()), Ok(()));
+    }
+
+    type Row = (&'static str, fn(&mut pb::PodSpec), &'static str, Rule);
+
+    fn row(what: &'static str, change: fn(&mut pb::PodSpec), field: &'static str, rule: Rule) -> Row {
+        (what, change, field, rule)
+    }
+
+    /// One row per bad input: what is changed in a valid spec, the field named, the rule.
+    fn rows() -> Vec<Row> {
+        let label = Rule::Dns1123Label;
+        let sg = Rule::CloudId { what: "security group", prefix: "sg-" };
+        let vsw = Rule::CloudId { what: "vSwitch", prefix: "vsw-" };
+        let host = |largest: &str, cpu, mib: u64| Rule::NoHost { largest: largest.into(), cpu_millicores: cpu, memory_bytes: mib << 20, of_pools: true };
+        let network = Rule::UnknownEnum { known: "NETWORK_MODE_UNSPECIFIED (shared), NETWORK_MODE_SHARED, NETWORK_MODE_EXCLUSIVE, NETWORK_MODE_TRUNK" };
+        let kind = Rule::UnknownEnum { known: "VOLUME_KIND_UNSPECIFIED (with parameter volumeId), VOLUME_KIND_DISK, VOLUME_KIND_NAS, VOLUME_KIND_OSS" };
+        let essd = |level: &str, gib| Rule::DiskTooLarge { kind: format!("cloud_essd {level}"), gib, max: 65_536 };
+        vec![
+            row("a 3 MiB name", |s| s.name = "a".repeat(3 << 20), "spec", Rule::TooLarge { max: MAX_SPEC_BYTES }),
+            row("a 300 KiB command", |s| s.command.push("x".repeat(300 << 10)), "spec", Rule::TooLarge { max: MAX_SPEC_BYTES }),
+            row("no namespace", |s| s.namespace.clear(), "spec.namespace", label.clone()),
+            row("a namespace with a slash", |s| s.namespace = "a/b".into(), "spec.namespace", label.clone()),
+            row("no name", |s| s.name.clear(), "spec.name", label.clone()),
+            row("a name with a space", |s| s.name = "my pod".into(), "spec.name", label.clone()),
+            row("a name with a newline", |s| s.name = "web\n".into(), "spec.name", label.clone()),
+            row("a name with NUL", |s| s.name = "we\0b".into(), "spec.name", label.clone()),
+            row("an upper-case name", |s| s.name = "Web".into(), "spec.name", label.clone()),
+            row("a name with an underscore", |s| s.name = "web_1".into(), "spec.name", label.clone()),
+            row("a name starting with '-'", |s| s.name = "-web".into(), "spec.name", label.clone()),
+            row("a name ending with '-'", |s| s.name = "web-".into(), "spec.name", label.clone()),
+            row("a name of 64 characters", |s| s.name = "a".repeat(64), "spec.name", label.clone()),
+            row("a non-ASCII name", |s| s.name = "wéb".into(), "spec.name", label.clone()),
+            row("CPU beyond every type", |s| s.cpu_millicores = u64::MAX, "spec.cpu_millicores", host("ecs.r7.large", 2000, 16 << 10)),
+            row("memory beyond every type", |s| s.memory_bytes = 17 << 30, "spec.memory_bytes", host("ecs.r7.large", 2000, 16 << 10)),
+            row("network mode 99", |s| s.network_mode = 99, "spec.network_mode", network.clone()),
+            row("a negative network mode", |s| s.network_mode = -1, "spec.network_mode", network.clone()),
+            row("an empty security group", |s| s.security_group_ids.push(String::new()), "spec.security_group_ids[1]", sg.clone()),
+            row("a security group of another prefix", |s| s.security_group_ids[0] = "vsw-1".into(), "spec.security_group_ids[0]", sg.clone()),
+            row("an upper-case security group", |s| s.security_group_ids[0] = "sg-ABC".into(), "spec.security_group_ids[0]", sg.clone()),
+            row("a bare prefix as security group", |s| s.security_group_ids[0] = "sg-".into(), "spec.security_group_ids[0]", sg.clone()),
+            row("a vSwitch of another prefix", |s| s.vswitch_id = "sg-1".into(), "spec.vswitch_id", vsw.clone()),
+            row("a vSwitch with a space", |s| s.vswitch_id = "vsw-a b".into(), "spec.vswitch_id", vsw.clone()),
+            row("an empty label key", |s| _ = s.labels.insert(String::new(), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key with a space", |s| _ = s.labels.insert("my app".into(), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key of 64 characters", |s| _ = s.labels.insert("k".repeat(64), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key with an upper-case prefix", |s| _ = s.labels.insert("Berth.io/x".into(), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key with an empty prefix", |s| _ = s.labels.insert("/x".into(), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key with an empty name", |s| _ = s.labels.insert("berth.io/".into(), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key with two slashes", |s| _ = s.labels.insert("a/b/c".into(), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key with a prefix of 254 characters", |s| _ = s.labels.insert(format!("{}/x", "a".repeat(254)), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label key ending with '.'", |s| _ = s.labels.insert("app.".into(), "x".into()), "spec.labels", Rule::LabelKey),
+            row("a label value of 64 characters", |s| _ = s.labels.insert("app".into(), "v".repeat(64)), "spec.labels[\"app\"]", Rule::LabelValue),
+            row("a label value with a slash", |s| _ = s.labels.insert("app".into(), "a/b".into()), "spec.labels[\"app\"]", Rule::LabelValue),
+            row("a label value starting with '_'", |s| _ = s.labels.insert("app".into(), "_a".into()), "spec.labels[\"app\"]", Rule::LabelValue),
+            row("a selector key with a space", |s| _ = s.pool_selector.insert("the pool".into(), "x".into()), "spec.pool_selector", Rule::LabelKey),
+            row("a selector value with a newline", |s| _ = s.pool_selector.insert("pool".into(), "a\nb".into()), "spec.pool_selector[\"pool\"]", Rule::LabelValue),
+            row("a volume without a name", |s| s.volumes[0].name.clear(), "spec.volumes[0].name", label.clone()),
+            row("an upper-case volume name", |s| s.volumes[1].name = "Data".into(), "spec.volumes[1].name", label.clone()),
+            row("two volumes of one name", |s| s.volumes[2].name = "data".into(), "spec.volumes[2].name", Rule::Duplicate { what: "volume names" }),
+            row("volume kind 99", |s| s.volumes[1].kind = 99, "spec.volumes[1].kind", kind.clone()),
+            row("no kind and no volumeId", |s| s.volumes[4].kind = 0, "spec.volumes[4].kind", Rule::KindWithoutVolume),
+            row("a relative mount path", |s| s.volumes[1].mount_path = "relative".into(), "spec.volumes[1].mount_path", Rule::MountPath),
+            row("a climbing mount path", |s| s.volumes[1].mount_path = "../../etc".into(), "spec.volumes[1].mount_path", Rule::MountPath),
+            row("an absolute path climbing", |s| s.volumes[1].mount_path = "/data/../../etc".into(), "spec.volumes[1].mount_path", Rule::MountPath),
+            row("no mount path", |s| s.volumes[1].mount_path.clear(), "spec.volumes[1].mount_path", Rule::MountPath),
+            row("the root as mount path", |s| s.volumes[1].mount_path = "/./".into(), "spec.volumes[1].mount_path", Rule::MountPath),
+            row("a mount path with NUL", |s| s.volumes[1].mount_path = "/da\0ta".into(), "spec.volumes[1].mount_path", Rule::MountPath),
+            row("two volumes at one path", |s| s.volumes[3].mount_path = "//shared/.".into(), "spec.volumes[3].mount_path", Rule::Duplicate { what: "mount paths" }),
+            row("disk size 0", |s| _ = s.volumes[0].parameters.insert("size".into(), "0".into()), "spec.volumes[0].parameters[\"size\"]", Rule::Size),
+            row("disk size 0Gi", |s| _ = s.volumes[0].parameters.insert("size".into(), "0Gi".into()), "spec.volumes[0].parameters[\"size\"]", Rule::Size),
+            row("a size of an unknown unit", |s| _ = s.volumes[0].parameters.insert("size".into(), "1Pi".into()), "spec.volumes[0].parameters[\"size\"]", Rule::Size),
+            row("a NAS size that is no number", |s| _ = s.volumes[2].parameters.insert("size".into(), "big".into()), "spec.volumes[2].parameters[\"size\"]", Rule::Size),
+            row("a size beyond i64", |s| _ = s.volumes[0].parameters.insert("size".into(), "99999999999Ti".into()), "spec.volumes[0].parameters[\"size\"]", Rule::Size),
+            row("a PL1 disk beyond 64 TiB", |s| _ = s.volumes[0].parameters.insert("size".into(), "65537Gi".into()), "spec.volumes[0].parameters[\"size\"]", essd("PL1", 65_537)),
+            row("a default disk a byte beyond 64 TiB", |s| s.volumes[0].parameters = [("size".into(), ((65_536_i64 << 30) + 1).to_string())].into(), "spec.volumes[0].parameters[\"size\"]", essd("PL0", 65_537)),
+            row("a cloud_ssd disk beyond 32 TiB", |s| _ = s.volumes[1].parameters.insert("size".into(), "33Ti".into()), "spec.volumes[1].parameters[\"size\"]", Rule::DiskTooLarge { kind: "cloud_ssd".into(), gib: 33 << 10, max: 32_768 }),
+            row("a cloud_efficiency disk beyond 32 TiB", |s| s.volumes[1].parameters = [("size".into(), "32769Gi".into()), ("category".into(), "cloud_efficiency".into())].into(), "spec.volumes[1].parameters[\"size\"]", Rule::DiskTooLarge { kind: "cloud_efficiency".into(), gib: 32_769, max: 32_768 }),
+            row("a cloud_auto disk beyond 64 TiB", |s| s.volumes[1].parameters = [("size".into(), "65Ti".into()), ("category".into(), "cloud_auto".into())].into(), "spec.volumes[1].parameters[\"size\"]", Rule::DiskTooLarge { kind: "cloud_auto".into(), gib: 65 << 10, max: 65_536 }),
+            row("an unknown disk category", |s| _ = s.volumes[0].parameters.insert("category".into(), "cloud".into()), "spec.volumes[0].parameters[\"category\"]", Rule::DiskCategory),
+            row("an unknown performance level", |s| _ = s.volumes[0].parameters.insert("performanceLevel".into(), "PL9".into()), "spec.volumes[0].parameters[\"performanceLevel\"]", Rule::PerformanceLevel),
+            row("a command entry with NUL", |s| s.command[2] = "echo\0hi".into(), "spec.command[2]", Rule::Nul),
+        ]
+    }
+
+    #[test]
+    fn every_bad_input_is_refused_naming_its_field_and_rule() {
+        let mut seen = BTreeSet::new();
+        for (what, change, field, rule) in rows() {
+            assert!(seen.insert(what), "two rows named {what:?}");
+            let mut spec = valid();
+            change(&mut spec);
+            let err = pod(&spec, &limits()).expect_err(what);
+            assert_eq!((err.field.as_str(), &err.rule), (field, &rule), "{what}: {err}");
+            assert!(err.to_string().starts_with(&format!("{field} = ")), "{what}: {err}");
+            assert!(err.to_string().len() < 500, "{what}: the message stays short: {err}");
+        }
+    }
+
+    #[test]
+    fn values_are_escaped_and_cut() {
+        assert_eq!(shown("we\0b\n"), "\"we\\0b\\n\"");
+        let long = shown(&"é".repeat(1000));
+        assert!(long.ends_with("… (2000 bytes)") && long.chars().count() < 90, "{long}");
+        let mut spec = valid();
+        spec.name = "x\n".repeat(100);
+        let msg = pod(&spec, &limits()).unwrap_err().to_string();
+        assert!(msg.starts_with("spec.name = \"x\\nx\\n") && !msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn limits_come_from_the_pools_or_else_the_catalogue() {
+        let mut spec = valid();
+        spec.cpu_millicores = 4000;
+        spec.memory_bytes = 1 << 30;
+        let err = pod(&spec, &limits()).unwrap_err();
+        assert!(err.to_string().contains("no pool can ever host it: the largest instance type of the configured pools is ecs.r7.large"), "{err}");
+        // No single type has both: each resource fits some type.
+        let both = Limits::of_types(["ecs.c7.4xlarge", "ecs.r7.2xlarge"].map(|t| berth_cloud::catalogue::instance_type(t).unwrap()), true);
+        spec.cpu_millicores = 12_000;
+        spec.memory_bytes = 48 << 30;
+        assert_eq!(pod(&spec, &both).unwrap_err().field, "spec.cpu_millicores");
+        spec.memory_bytes = 32 << 30;
+        assert_eq!(pod(&spec, &both), Ok(()));
+        // Without pools, the catalogue's largest type bounds a pod.
+        let none = Limits::of_pools(&[]);
+        spec.cpu_millicores = 16_000;
+        spec.memory_bytes = 128 << 30;
+        assert_eq!(pod(&spec, &none), Ok(()));
+        spec.cpu_millicores = 16_001;
+        let err = pod(&spec, &none).unwrap_err();
+        assert!(err.to_string().contains("no node can ever host it: the largest instance type of the catalogue is ecs.r7.4xlarge"), "{err}");
+    }
+}
