@@ -4,12 +4,13 @@
 //! shrinks node pools from the instance-type catalogue.
 //!
 //! Pure logic ([`placement`], [`cluster`], [`autoscaler`]'s planners) is apart from I/O
-//! ([`store`], [`server`], [`autoscaler::driver`], [`client`]).
+//! ([`store`], [`leader`], [`server`], [`autoscaler::driver`], [`client`]).
 
 pub mod autoscaler;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod server;
