@@ -127,10 +127,9 @@ impl Term {
     /// another replica leads without waiting for the TTL.
     pub async fn resign(self) -> Result<(), StoreError> {
         lose(&self.lost_tx, TermLost::Resigned);
-        let mut lease = self.etcd.client().lease_client();
         let id = self.lease_id;
         drop(self._tasks);
-        self.etcd.call(lease.revoke(id)).await.map(drop)
+        self.etcd.call(|mut c| async move { c.lease_revoke(id).await }).await.map(drop)
     }
 }
 
@@ -174,17 +173,16 @@ impl Candidate {
     async fn try_campaign(&self) -> Result<Term, StoreError> {
         let key = self.etcd.keys().leader();
         let sent = Instant::now();
-        let mut lease = self.etcd.client().lease_client();
-        let grant = self.etcd.call(lease.grant(self.ttl.as_secs().max(1) as i64, None)).await?;
+        let ttl_secs = self.ttl.as_secs().max(1) as i64;
+        let grant = self.etcd.call(|mut c| async move { c.lease_grant(ttl_secs, None).await }).await?;
         let (lease_id, ttl) = (grant.id(), Duration::from_secs(grant.ttl().max(1) as u64));
         let (lost_tx, mut lost) = watch::channel(None);
         let lost_tx = Arc::new(lost_tx);
         // Renewed while it waits, so that it may act the moment it wins.
         let keeper = Task(tokio::spawn(keep_alive(self.etcd.clone(), lease_id, ttl, sent, lost_tx.clone())));
         let revoke = |etcd: Etcd| async move {
-            let _ = etcd.call(etcd.client().lease_client().revoke(lease_id)).await;
+            let _ = etcd.call(|mut c| async move { c.lease_revoke(lease_id).await }).await;
         };
-        let mut kv = self.etcd.client().kv_client();
         let revision = loop {
             if let Some(why) = lost.borrow().clone() {
                 return Err(StoreError::Unavailable { endpoints: self.etcd.endpoints().into(), reason: format!("the campaign's lease ended: {why}") });
@@ -193,7 +191,10 @@ impl Candidate {
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.as_str(), self.record.encode(), Some(PutOptions::new().with_lease(lease_id)))])
                 .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = match self.etcd.call(kv.txn(txn)).await {
+            let resp = match self.etcd.call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            }).await {
                 Ok(r) => r,
                 Err(e) => {
                     drop(keeper);
@@ -204,6 +205,14 @@ impl Candidate {
             let at = resp.header().map_or(0, |h| h.revision());
             if resp.succeeded() {
                 break at;
+            }
+            // A repeated attempt whose first one won (its answer lost) finds its own lease on the key.
+            let held = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().filter(|kv| kv.lease() == lease_id).map(|kv| kv.create_revision()),
+                _ => None,
+            });
+            if let Some(revision) = held {
+                break revision;
             }
             // Someone leads: wait for its key to go (watched from the revision read, so a delete in
             // between is seen), and try again at least every TTL in case the watch missed it.
@@ -220,7 +229,10 @@ impl Candidate {
     /// Returns once `key` is deleted after `revision`, or the watch fails.
     async fn wait_deleted(&self, key: &str, revision: i64) {
         let options = WatchOptions::new().with_start_revision(revision + 1);
-        let Ok(mut watch) = self.etcd.call(self.etcd.client().watch_client().watch(key, Some(options))).await else {
+        let Ok(mut watch) = self.etcd.call(|mut c| {
+            let (key, options) = (key.to_string(), options.clone());
+            async move { c.watch(key, Some(options)).await }
+        }).await else {
             tokio::time::sleep(self.ttl / 3).await;
             return;
         };
@@ -286,7 +298,10 @@ async fn watch_key(etcd: Etcd, key: String, revision: i64, lost: Arc<watch::Send
     let mut from = revision;
     loop {
         let options = WatchOptions::new().with_start_revision(from + 1);
-        if let Ok(mut watch) = etcd.call(etcd.client().watch_client().watch(key.as_str(), Some(options))).await {
+        if let Ok(mut watch) = etcd.call(|mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.watch(key, Some(options)).await }
+        }).await {
             while let Ok(Some(resp)) = watch.message().await {
                 if resp.canceled() {
                     break;
@@ -305,7 +320,10 @@ async fn watch_key(etcd: Etcd, key: String, revision: i64, lost: Arc<watch::Send
         }
         // The watch broke (a member gone, or compacted): check the key itself, then watch again.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(resp) = etcd.call(etcd.client().kv_client().get(key.as_str(), None)).await {
+        if let Ok(resp) = etcd.call(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        }).await {
             match resp.kvs().first() {
                 None => return lose(&lost, TermLost::KeyDeleted),
                 Some(kv) if kv.create_revision() != revision => return lose(&lost, TermLost::KeyTaken(LeaderRecord::decode(kv.value()).ok())),
@@ -317,7 +335,10 @@ async fn watch_key(etcd: Etcd, key: String, revision: i64, lost: Arc<watch::Send
 
 /// Who leads now, if anyone: where followers send clients.
 pub async fn leader(etcd: &Etcd) -> Result<Option<LeaderRecord>, StoreError> {
-    let resp = etcd.call(etcd.client().kv_client().get(etcd.keys().leader(), None)).await?;
+    let resp = etcd.call(|mut c| {
+        let key = etcd.keys().leader();
+        async move { c.get(key, None).await }
+    }).await?;
     Ok(resp.kvs().first().and_then(|kv| LeaderRecord::decode(kv.value()).ok()))
 }
 
@@ -330,7 +351,10 @@ pub fn watch_leader(etcd: &Etcd) -> watch::Receiver<Option<LeaderRecord>> {
         loop {
             let follow = async {
                 let txn = Txn::new().and_then([TxnOp::get(key.as_str(), None)]);
-                let resp = etcd.call(etcd.client().kv_client().txn(txn)).await?;
+                let resp = etcd.call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            }).await?;
                 let at = resp.header().map_or(0, |h| h.revision());
                 let now = resp.op_responses().into_iter().find_map(|r| match r {
                     TxnOpResponse::Get(g) => g.kvs().first().and_then(|kv| LeaderRecord::decode(kv.value()).ok()),
@@ -338,7 +362,10 @@ pub fn watch_leader(etcd: &Etcd) -> watch::Receiver<Option<LeaderRecord>> {
                 });
                 tx.send_if_modified(|v| std::mem::replace(v, now.clone()) != now);
                 let options = WatchOptions::new().with_start_revision(at + 1);
-                let mut watch = etcd.call(etcd.client().watch_client().watch(key.as_str(), Some(options))).await?;
+                let mut watch = etcd.call(|mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.watch(key, Some(options)).await }
+        }).await?;
                 while let Some(resp) = watch.message().await.map_err(|e| crate::store::etcd::classify(etcd.endpoints(), e))? {
                     if resp.canceled() {
                         break;

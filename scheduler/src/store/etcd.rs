@@ -20,10 +20,11 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{Event, RequestedNode, Snapshot, Store, StoreError, StoredPod, StoredSpec};
 use crate::config::EtcdConfig;
+use crate::leader::{Term, TermLost};
 
 /// etcd refuses a request over `--max-request-bytes` (1.5 MiB by default); a transaction stays
 /// under this, leaving room for the fence and the gRPC framing.
@@ -34,6 +35,8 @@ const OP_OVERHEAD: usize = 16;
 const PAGE_KEYS: i64 = 500;
 /// A page of large specs can pass tonic's default 4 MiB.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// Between attempts at a request that found the cluster unavailable.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Attempts at a load whose revision etcd compacted between its pages.
 const LOAD_ATTEMPTS: usize = 3;
 
@@ -187,13 +190,37 @@ impl Etcd {
         self.request_timeout
     }
 
-    /// Runs one request under the request deadline, its error classified.
-    pub async fn call<T>(&self, request: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.request_timeout, request).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(&self.endpoints, e)),
-            Err(_) => Err(StoreError::Unavailable { endpoints: self.endpoints.clone(), reason: format!("no answer within the request deadline of {} ms", self.request_timeout.as_millis()) }),
+    /// Runs a request (made anew by `request` for each attempt) under the request deadline. An
+    /// unavailable member or cluster (a connection refused, no etcd leader while it elects one) is
+    /// tried again until the deadline; the scheduler's requests may be: its writes put and delete
+    /// whole values under a fence, so a repeat changes nothing. Other errors return at once.
+    pub async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut last = None;
+        loop {
+            match tokio::time::timeout_at(deadline, request(self.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => match classify(&self.endpoints, e) {
+                    StoreError::Unavailable { reason, .. } => last = Some(reason),
+                    other => return Err(other),
+                },
+                Err(_) => break,
+            }
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                break;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
+        let ms = self.request_timeout.as_millis();
+        let reason = match last {
+            Some(last) => format!("{last}, still at the request deadline of {ms} ms"),
+            None => format!("no answer within the request deadline of {ms} ms"),
+        };
+        Err(StoreError::Unavailable { endpoints: self.endpoints.clone(), reason })
     }
 
     /// Everything under the prefix at one revision (a linearizable first page, the next pages at
@@ -210,14 +237,18 @@ impl Etcd {
     }
 
     async fn load_once(&self) -> Result<(Snapshot, i64), StoreError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
         let end = range_end(&self.keys.all());
         let mut start = self.keys.all().into_bytes();
         let mut revision = 0;
         let mut kvs = Vec::new();
         loop {
             let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE_KEYS).with_revision(revision);
-            let mut page = self.call(kv.get(start.clone(), Some(options))).await?;
+            let mut page = self
+                .call(|c| {
+                    let (key, options) = (start.clone(), options.clone());
+                    async move { c.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES).get(key, Some(options)).await }
+                })
+                .await?;
             if revision == 0 {
                 revision = page.header().map_or(0, |h| h.revision());
             }
@@ -251,7 +282,10 @@ impl Etcd {
 
     async fn follow_into(&self, revision: i64, tx: &mpsc::Sender<Result<Changes, StoreError>>) -> Result<(), StoreError> {
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        let mut watch = self.call(self.client.watch_client().watch(self.keys.all(), Some(options))).await?;
+        let mut watch = self.call(|mut c| {
+            let (key, options) = (self.keys.all(), options.clone());
+            async move { c.watch(key, Some(options)).await }
+        }).await?;
         loop {
             let resp = tokio::select! {
                 resp = watch.message() => resp.map_err(|e| classify(&self.endpoints, e))?,
@@ -505,7 +539,7 @@ pub struct EtcdStore {
     runtime: Handle,
     etcd: Etcd,
     max_txn_ops: usize,
-    fence: Option<Fence>,
+    fence: Option<(Fence, watch::Receiver<Option<TermLost>>)>,
     /// Known after a load; dropped after a failed append (the next append loads again).
     index: Option<Index>,
 }
@@ -523,9 +557,16 @@ impl EtcdStore {
         Ok(EtcdStore::new(runtime, etcd, cfg.max_txn_ops))
     }
 
-    /// Writes from now on only while this term lasts (`Term::fence` of `crate::leader`).
-    pub fn fence(&mut self, fence: Fence) {
-        self.fence = Some(fence);
+    /// Writes from now on only while this term lasts: every transaction compares the leader key's
+    /// create revision to the term's, and nothing is sent once the term is lost here (its lease
+    /// may outlive the renewals by up to TTL/3, but this replica has stopped acting).
+    pub fn fence(&mut self, term: &Term) {
+        self.fence = Some((term.fence(), term.lost_signal()));
+    }
+
+    /// Fences by the leader key's revision alone, with no loss signal: only etcd's compare guards.
+    pub fn fence_at(&mut self, fence: Fence) {
+        self.fence = Some((fence, watch::channel(None).1));
     }
 
     pub fn etcd(&self) -> &Etcd {
@@ -546,7 +587,6 @@ impl EtcdStore {
     }
 
     async fn write(&self, fence: &Fence, writes: &[KeyWrite]) -> Result<(), StoreError> {
-        let mut kv = self.etcd.client.kv_client();
         for range in split(writes, self.max_txn_ops, MAX_TXN_BYTES) {
             let ops: Vec<TxnOp> = writes[range]
                 .iter()
@@ -559,7 +599,10 @@ impl EtcdStore {
                 .when([Compare::create_revision(fence.key.as_str(), CompareOp::Equal, fence.revision)])
                 .and_then(ops)
                 .or_else([TxnOp::get(fence.key.as_str(), None)]);
-            let resp = self.etcd.call(kv.txn(txn)).await?;
+            let resp = self.etcd.call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            }).await?;
             if !resp.succeeded() {
                 let leader = resp.op_responses().into_iter().find_map(|r| match r {
                     TxnOpResponse::Get(g) => g.kvs().first().map(|kv| crate::leader::LeaderRecord::decode(kv.value()).map_or_else(|_| String::from_utf8_lossy(kv.value()).into_owned(), |r| r.address)),
@@ -578,7 +621,11 @@ impl Store for EtcdStore {
     }
 
     fn append(&mut self, events: &[Event]) -> Result<(), StoreError> {
-        let fence = self.fence.clone().ok_or(StoreError::NoTerm)?;
+        let (fence, lost) = self.fence.as_ref().ok_or(StoreError::NoTerm)?;
+        if let Some(why) = lost.borrow().clone() {
+            return Err(StoreError::TermLost { revision: fence.revision, reason: why.to_string() });
+        }
+        let fence = fence.clone();
         if self.index.is_none() {
             self.load_at()?;
         }

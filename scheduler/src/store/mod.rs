@@ -132,8 +132,10 @@ pub enum StoreError {
     #[error("etcd at {endpoints} no longer holds the revision asked for ({reason}): load the state again")]
     Compacted { endpoints: String, reason: String },
     /// A write of a replica whose term as leader is over: nothing of it was stored.
-    #[error("this scheduler no longer leads: {key} is not the one its term created at revision {revision} (now {}); nothing of the batch was written", .leader.as_deref().unwrap_or("no replica leads"))]
+    #[error("this scheduler no longer leads: the leader key {key} is not the one its term created at revision {revision} (leader now: {}); no transaction of the batch was written after it", .leader.as_deref().unwrap_or("none"))]
     Fenced { key: String, revision: i64, leader: Option<String> },
+    #[error("this scheduler's term as leader (revision {revision}) is over: {reason}; nothing of the batch was written (campaign again)")]
+    TermLost { revision: i64, reason: String },
     #[error("no term to write under: campaign for the lead and fence the etcd store with the term first")]
     NoTerm,
     #[error("etcd key {key} holds a value the scheduler cannot read: {reason} (was it written by something else? delete it or restore the key from a backup)")]
