@@ -302,12 +302,10 @@ impl Etcd {
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 let put = event.event_type() == EventType::Put;
-                if let Some(b) = &batch
-                    && b.revision != kv.mod_revision()
+                if let Some(b) = batch.take_if(|b| b.revision != kv.mod_revision())
+                    && tx.send(Ok(b)).await.is_err()
                 {
-                    if tx.send(Ok(batch.take().expect("a batch"))).await.is_err() {
-                        return Ok(());
-                    }
+                    return Ok(());
                 }
                 let b = batch.get_or_insert_with(|| Changes { revision: kv.mod_revision(), changes: Vec::new() });
                 if let Some(change) = change_of(&self.keys, kv, put)? {
