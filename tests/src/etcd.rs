@@ -97,6 +97,18 @@ impl EtcdCluster {
         }
     }
 
+    /// The index of the member that is the raft leader now (`etcdctl endpoint status`), if any
+    /// running member knows one.
+    pub fn raft_leader(&self) -> Option<usize> {
+        let running: Vec<String> = (0..self.members.len()).filter(|&i| self.members[i].child.is_some()).map(|i| self.endpoints()[i].clone()).collect();
+        let out = Command::new("etcdctl").args(["--endpoints", &running.join(","), "--command-timeout", "2s", "endpoint", "status", "-w", "json"]).output().ok()?;
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let statuses = doc.as_array()?;
+        let leader = statuses.iter().find_map(|s| s["Status"]["leader"].as_u64().filter(|&l| l != 0))?;
+        let endpoint = statuses.iter().find(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader))?["Endpoint"].as_str()?.to_string();
+        self.endpoints().iter().position(|e| *e == endpoint)
+    }
+
     /// SIGKILL: no chance to tidy up.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {

@@ -37,6 +37,8 @@ const PAGE_KEYS: i64 = 500;
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// Between attempts at a request that found the cluster unavailable.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The shortest an attempt at a request is given.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 /// Attempts at a load whose revision etcd compacted between its pages.
 const LOAD_ATTEMPTS: usize = 3;
 
@@ -193,7 +195,10 @@ impl Etcd {
     /// Runs a request (made anew by `request` for each attempt) under the request deadline. An
     /// unavailable member or cluster (a connection refused, no etcd leader while it elects one) is
     /// tried again until the deadline; the scheduler's requests may be: its writes put and delete
-    /// whole values under a fence, so a repeat changes nothing. Other errors return at once.
+    /// whole values under a fence, so a repeat changes nothing. Other errors return at once. An
+    /// attempt unanswered for a quarter of the deadline is dropped and sent again (perhaps to
+    /// another member): a member that passed it on to a leader just killed would hold it for
+    /// etcd's own 7 s, past any deadline.
     pub async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, StoreError>
     where
         F: FnMut(Client) -> Fut,
@@ -201,14 +206,16 @@ impl Etcd {
     {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let mut last = None;
+        let attempt_for = (self.request_timeout / 4).max(MIN_ATTEMPT);
         loop {
-            match tokio::time::timeout_at(deadline, request(self.client.clone())).await {
+            let attempt_deadline = deadline.min(tokio::time::Instant::now() + attempt_for);
+            match tokio::time::timeout_at(attempt_deadline, request(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => match classify(&self.endpoints, e) {
                     StoreError::Unavailable { reason, .. } => last = Some(reason),
                     other => return Err(other),
                 },
-                Err(_) => break,
+                Err(_) => last = Some(format!("no answer within {} ms", attempt_for.as_millis())),
             }
             if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
                 break;
