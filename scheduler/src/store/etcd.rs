@@ -205,28 +205,24 @@ impl Etcd {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let mut last = None;
+        let mut last: String;
         let attempt_for = (self.request_timeout / 4).max(MIN_ATTEMPT);
         loop {
             let attempt_deadline = deadline.min(tokio::time::Instant::now() + attempt_for);
             match tokio::time::timeout_at(attempt_deadline, request(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => match classify(&self.endpoints, e) {
-                    StoreError::Unavailable { reason, .. } => last = Some(reason),
+                    StoreError::Unavailable { reason, .. } => last = reason,
                     other => return Err(other),
                 },
-                Err(_) => last = Some(format!("no answer within {} ms", attempt_for.as_millis())),
+                Err(_) => last = format!("no answer within {} ms", attempt_for.as_millis()),
             }
             if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
                 break;
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
-        let ms = self.request_timeout.as_millis();
-        let reason = match last {
-            Some(last) => format!("{last}, still at the request deadline of {ms} ms"),
-            None => format!("no answer within the request deadline of {ms} ms"),
-        };
+        let reason = format!("{last}, still at the request deadline of {} ms", self.request_timeout.as_millis());
         Err(StoreError::Unavailable { endpoints: self.endpoints.clone(), reason })
     }
 
