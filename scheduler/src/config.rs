@@ -20,6 +20,7 @@ pub struct SchedulerConfig {
     pub placement: PlacementConfig,
     pub autoscaler: AutoscalerConfig,
     pub cloud: CloudConfig,
+    pub store: StoreConfig,
     /// Node pools the autoscaler manages (`[[pool]]`).
     pub pool: Vec<NodePool>,
 }
@@ -29,17 +30,18 @@ pub struct SchedulerConfig {
 pub struct ServerConfig {
     /// The gRPC address agents and berthctl reach.
     pub listen: String,
+    /// The address other replicas and clients are redirected to when this replica leads (host:port);
+    /// empty: `listen`.
+    pub advertise: String,
     /// Where the embedded store keeps its checkpoint and journal.
     pub state_dir: PathBuf,
     /// `/metrics` (Prometheus text) on this address; empty: not served.
     pub metrics_listen: String,
-    /// The address other replicas send clients to while this one leads; empty: `listen`.
-    pub advertise: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:19470".into(), state_dir: "/var/lib/berth/scheduler".into(), metrics_listen: String::new(), advertise: String::new() }
+        ServerConfig { listen: "127.0.0.1:19470".into(), advertise: String::new(), state_dir: "/var/lib/berth/scheduler".into(), metrics_listen: String::new() }
     }
 }
 
@@ -97,6 +99,125 @@ pub struct CloudConfig {
     pub credentials_file: PathBuf,
 }
 
+impl ServerConfig {
+    /// Where this replica is reached by others: `advertise`, or `listen` when that is empty.
+    pub fn advertised(&self) -> &str {
+        if self.advertise.is_empty() { &self.listen } else { &self.advertise }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded journal + checkpoint in `server.state_dir`: one scheduler.
+    #[default]
+    Journal,
+    /// etcd (`[store.etcd]`): replicas under a leader lease.
+    Etcd,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub etcd: EtcdConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members (http://host:port, or https:// with the TLS files).
+    pub endpoints: Vec<String>,
+    /// Every key of the scheduler lives under it: `<prefix>/pods/…`, `<prefix>/requested/…`,
+    /// `<prefix>/leader`.
+    pub prefix: String,
+    /// TLS: the CA that signed the members' certificates and this client's certificate and key
+    /// (PEM), all three or none.
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The leader lease; a killed leader is replaced about this long after its last renewal. etcd
+    /// raises a shorter TTL to its minimum (2 s with its default 1 s election timeout).
+    pub lease_ttl_secs: u64,
+    /// Connecting to a member.
+    pub dial_timeout_ms: u64,
+    /// Every request's deadline: past it, the cluster is taken as without quorum or unreachable.
+    pub request_timeout_ms: u64,
+    /// Operations per transaction at most: etcd's `--max-txn-ops` (128 by default) or less.
+    pub max_txn_ops: usize,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/berth/scheduler".into(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            lease_ttl_secs: 2,
+            dial_timeout_ms: 2000,
+            request_timeout_ms: 5000,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+impl EtcdConfig {
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+
+    pub fn dial_timeout(&self) -> Duration {
+        Duration::from_millis(self.dial_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Whether the TLS files are set (validation makes sure all three are).
+    pub fn tls(&self) -> bool {
+        !self.ca_file.as_os_str().is_empty()
+    }
+
+    /// Checks the section on its own (the store kind need not be etcd).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, hint| Err(ConfigError::Invalid { key: key.to_string(), value, hint });
+        if self.endpoints.is_empty() {
+            return invalid("store.etcd.endpoints", "[]".into(), "list the client URLs of the etcd members, e.g. [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\", \"http://10.0.0.3:2379\"]");
+        }
+        for e in &self.endpoints {
+            let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+            let port_ok = rest.and_then(|r| r.rsplit_once(':')).is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return invalid("store.etcd.endpoints", e.clone(), "a client URL such as http://127.0.0.1:2379 (https:// with ca_file, cert_file and key_file)");
+            }
+            if e.starts_with("https://") != self.tls() {
+                return invalid("store.etcd.endpoints", e.clone(), "https:// endpoints need ca_file, cert_file and key_file, and http:// ones none of them");
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//") {
+            return invalid("store.etcd.prefix", self.prefix.clone(), "a key path starting with / and not ending with one, e.g. /berth/scheduler");
+        }
+        let tls_set = [&self.ca_file, &self.cert_file, &self.key_file].iter().filter(|p| !p.as_os_str().is_empty()).count();
+        if tls_set != 0 && tls_set != 3 {
+            let value = format!("ca_file = {:?}, cert_file = {:?}, key_file = {:?}", self.ca_file, self.cert_file, self.key_file);
+            return invalid("store.etcd.ca_file", value, "set all three of ca_file, cert_file and key_file for TLS, or none");
+        }
+        if self.lease_ttl_secs < 2 {
+            return invalid("store.etcd.lease_ttl_secs", self.lease_ttl_secs.to_string(), "at least 2: etcd raises a shorter TTL to its minimum (2 s with its default election timeout)");
+        }
+        if self.dial_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return invalid("store.etcd.request_timeout_ms", format!("{} (dial_timeout_ms {})", self.request_timeout_ms, self.dial_timeout_ms), "request_timeout_ms and dial_timeout_ms must be at least 1");
+        }
+        if self.max_txn_ops == 0 {
+            return invalid("store.etcd.max_txn_ops", "0".into(), "at least 1 and at most etcd's --max-txn-ops (128 by default)");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {reason}; pass --config with a readable file, or none for the defaults")]
@@ -126,6 +247,12 @@ impl SchedulerConfig {
         let invalid = |key: &str, value: String, hint| Err(ConfigError::Invalid { key: key.to_string(), value, hint });
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return invalid("server.listen", self.server.listen.clone(), "an address:port such as 127.0.0.1:19470");
+        }
+        if !self.server.advertise.is_empty() && !self.server.advertise.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)) {
+            return invalid("server.advertise", self.server.advertise.clone(), "host:port other replicas and clients reach this one at, e.g. sched-1.example:19470; empty: server.listen");
+        }
+        if self.store.kind == StoreKind::Etcd {
+            self.store.etcd.validate()?;
         }
         if self.placement.lease_secs == 0 || self.placement.tick_ms == 0 || self.autoscaler.interval_ms == 0 {
             return invalid("placement.lease_secs", self.placement.lease_secs.to_string(), "lease_secs, tick_ms and autoscaler.interval_ms must be at least 1");
@@ -204,5 +331,40 @@ capacity = "spot"
         let mut bad = c.clone();
         bad.pool[0].instance_types = vec!["ecs.nope".into()];
         assert!(bad.validate().unwrap_err().to_string().contains("ecs.nope"));
+    }
+
+    #[test]
+    fn the_etcd_store_section_parses_and_is_checked() {
+        let c = SchedulerConfig::parse(
+            "[server]\nadvertise = \"sched-1.example:19470\"\n[store]\nkind = \"etcd\"\n[store.etcd]\nendpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\nmax_txn_ops = 64\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.store.kind, StoreKind::Etcd);
+        assert_eq!(c.store.etcd.prefix, "/berth/scheduler");
+        assert_eq!(c.server.advertised(), "sched-1.example:19470");
+        assert_eq!(SchedulerConfig::default().server.advertised(), "127.0.0.1:19470");
+
+        let refused = |edit: fn(&mut SchedulerConfig), key: &str, value: &str| {
+            let mut bad = c.clone();
+            edit(&mut bad);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(value), "{err}");
+        };
+        refused(|c| c.store.etcd.endpoints = vec![], "store.etcd.endpoints", "[]");
+        refused(|c| c.store.etcd.endpoints = vec!["10.0.0.1".into()], "store.etcd.endpoints", "10.0.0.1");
+        refused(|c| c.store.etcd.endpoints = vec!["https://10.0.0.1:2379".into()], "store.etcd.endpoints", "need ca_file");
+        refused(|c| c.store.etcd.prefix = "/berth/".into(), "store.etcd.prefix", "/berth/");
+        refused(|c| c.store.etcd.cert_file = "/etc/berth/etcd.crt".into(), "store.etcd.ca_file", "all three");
+        refused(|c| c.store.etcd.lease_ttl_secs = 1, "store.etcd.lease_ttl_secs", "1");
+        refused(|c| c.store.etcd.max_txn_ops = 0, "store.etcd.max_txn_ops", "0");
+        refused(|c| c.server.advertise = "nohost".into(), "server.advertise", "nohost");
+
+        // The section is checked only when it is used.
+        let mut journal = c.clone();
+        journal.store.kind = StoreKind::Journal;
+        journal.store.etcd.endpoints.clear();
+        journal.validate().unwrap();
     }
 }

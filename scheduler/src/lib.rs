@@ -5,7 +5,7 @@
 //!
 //! Pure logic ([`placement`], [`cluster`], [`validation`], [`autoscaler`]'s planners, [`instruction`]
 //! and [`page`] that keep messages under the gRPC limit) is apart from I/O
-//! ([`store`], [`server`], [`autoscaler::driver`], [`client`]).
+//! ([`store`], [`committer`], [`leader`], [`replica`], [`server`], [`autoscaler::driver`], [`client`]).
 
 pub mod autoscaler;
 pub mod client;
@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod committer;
 pub mod config;
 pub mod instruction;
+pub mod leader;
 pub mod metrics;
 pub mod page;
 pub mod placement;

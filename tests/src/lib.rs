@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cni;
 pub mod e2e;
 pub mod csi;
+pub mod etcd;
 pub mod guest;
 pub mod pods;
 pub mod privileges;

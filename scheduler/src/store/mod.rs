@@ -1,12 +1,12 @@
 //! The scheduler's durable state: pods (their specs and bindings) and nodes asked of the cloud
 //! that have not reported yet. Node capacity is not stored: agents report it again within a lease.
 //!
-//! [`Store`] is a trait so that a replicated store can take the embedded one's place for a highly
-//! available pair of schedulers: an etcd implementation would append each batch as one
-//! transaction of keys under `/berth/scheduler/` and load by a range read, with a lease-held
-//! leader key deciding which scheduler writes. Only the embedded [`JournalStore`] (and the
-//! in-memory [`MemoryStore`] for tests and benchmarks) exist today.
+//! [`Store`] is a trait so that a replicated store can take the embedded one's place for
+//! replicated schedulers: the embedded [`JournalStore`] (one scheduler), [`EtcdStore`] (keys under
+//! one etcd prefix, each batch as few fenced transactions as etcd's limits allow; one leader under
+//! a lease writes, see `crate::leader`), and the in-memory [`MemoryStore`] for tests and benchmarks.
 
+pub mod etcd;
 mod journal;
 
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ use berth_proto::cluster::v1 as pb;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
+pub use etcd::EtcdStore;
 pub use journal::JournalStore;
 
 /// A pod spec as stored: its protobuf encoding in base64. The wire format already evolves safely
@@ -152,6 +153,21 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid: {source} (move it away to start empty; the pods in it would be forgotten)")]
     Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("the etcd cluster at {endpoints} has no quorum or cannot be reached ({reason}); check that most of its members run and that this host reaches their client URLs")]
+    Unavailable { endpoints: String, reason: String },
+    #[error("etcd at {endpoints} refused the request: {reason}")]
+    Etcd { endpoints: String, reason: String },
+    #[error("etcd at {endpoints} no longer holds the revision asked for ({reason}): load the state again")]
+    Compacted { endpoints: String, reason: String },
+    /// A write of a replica whose term as leader is over: nothing of it was stored.
+    #[error("this scheduler no longer leads: the leader key {key} is not the one its term created at revision {revision} (leader now: {}); no transaction of the batch was written after it", .leader.as_deref().unwrap_or("none"))]
+    Fenced { key: String, revision: i64, leader: Option<String> },
+    #[error("this scheduler's term as leader (revision {revision}) is over: {reason}; nothing of the batch was written (campaign again)")]
+    TermLost { revision: i64, reason: String },
+    #[error("no term to write under: campaign for the lead and fence the etcd store with the term first")]
+    NoTerm,
+    #[error("etcd key {key} holds a value the scheduler cannot read: {reason} (was it written by something else? delete it or restore the key from a backup)")]
+    CorruptKey { key: String, reason: String },
 }
 
 /// Where the scheduler keeps its state. `append` returns once the events are durable (for a
