@@ -9,7 +9,8 @@ use berth_cloud::client::load_credentials;
 use berth_cloud::{ClientConfig, HttpCloud};
 use berth_scheduler::autoscaler::driver::CloudProvisioner;
 use berth_scheduler::config::{self, SchedulerConfig};
-use berth_scheduler::replica::JournalTerms;
+use berth_scheduler::config::StoreKind;
+use berth_scheduler::replica::{EtcdTerms, JournalTerms, Terms};
 use berth_scheduler::server;
 use clap::Parser;
 
@@ -86,9 +87,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_listen = cfg.server.metrics_listen.clone();
     // With port 0 only this file tells tools the port.
     let metrics_address_file = cfg.server.state_dir.join("metrics.address");
-    let terms = JournalTerms::new(cfg.server.state_dir.clone());
+    match cfg.store.kind {
+        StoreKind::Journal => {
+            let terms = JournalTerms::new(cfg.server.state_dir.clone());
+            serve(cfg, terms, provisioner, listener, metrics_listen, metrics_address_file).await
+        }
+        StoreKind::Etcd => {
+            let terms = EtcdTerms::connect(&cfg.store.etcd, cfg.server.advertised()).await.map_err(anyhow::Error::msg)?;
+            serve(cfg, terms, provisioner, listener, metrics_listen, metrics_address_file).await
+        }
+    }
+}
+
+async fn serve<T: Terms>(cfg: SchedulerConfig, terms: T, provisioner: Option<CloudProvisioner<HttpCloud>>, listener: tokio::net::TcpListener, metrics_listen: String, metrics_address_file: PathBuf) -> anyhow::Result<()> {
     let replica = server::replica_of(&cfg, &terms);
     if !metrics_listen.is_empty() {
+        // The address file lives in the state directory, which an etcd-backed replica does not make otherwise.
+        std::fs::create_dir_all(&cfg.server.state_dir).with_context(|| format!("cannot create server.state_dir {}", cfg.server.state_dir.display()))?;
         let replica = replica.clone();
         berth_daemon::metrics::serve("server.metrics_listen", &metrics_listen, Some(&metrics_address_file), berth_daemon::metrics::router(move || server::metrics_text(&replica)), std::future::pending()).await?;
     }

@@ -123,3 +123,49 @@ impl Terms for JournalTerms {
         self.leader.subscribe()
     }
 }
+
+/// Terms from an election on etcd: this replica campaigns for the leader key; each term's store
+/// writes fenced by it, and the term is lost when the lease cannot be renewed in time or another
+/// replica holds the key.
+pub struct EtcdTerms {
+    etcd: crate::store::etcd::Etcd,
+    candidate: crate::leader::Candidate,
+    max_txn_ops: usize,
+    leader: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl EtcdTerms {
+    /// Connects to the members and starts watching who leads (call inside the runtime).
+    pub async fn connect(cfg: &crate::config::EtcdConfig, advertise: &str) -> Result<EtcdTerms, String> {
+        let etcd = crate::store::etcd::Etcd::connect(cfg).await.map_err(|e| e.to_string())?;
+        let candidate = crate::leader::Candidate::new(etcd.clone(), crate::leader::LeaderRecord::new(advertise), cfg.lease_ttl());
+        let mut records = crate::leader::watch_leader(&etcd);
+        let (tx, leader) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            loop {
+                let address = records.borrow_and_update().as_ref().map(|r| r.address.clone());
+                tx.send_replace(address);
+                if records.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(EtcdTerms { etcd, candidate, max_txn_ops: cfg.max_txn_ops, leader })
+    }
+}
+
+impl Terms for EtcdTerms {
+    async fn next(&mut self) -> Result<Term, String> {
+        let term = self.candidate.campaign().await.map_err(|e| e.to_string())?;
+        tracing::info!(revision = term.revision, "this replica holds the leader key");
+        let mut store = crate::store::EtcdStore::new(tokio::runtime::Handle::current(), self.etcd.clone(), self.max_txn_ops);
+        store.fence(&term);
+        // The term lives in its `lost` future: dropping it stops the renewals, as a kill would.
+        let lost = Box::pin(async move { term.lost().await.to_string() });
+        Ok(Term { store: Box::new(store), lost })
+    }
+
+    fn leader(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.leader.clone()
+    }
+}

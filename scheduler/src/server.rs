@@ -513,8 +513,7 @@ pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<
 
 /// The replica `serve_replica` serves, made first so `/metrics` can read it.
 pub fn replica_of<T: Terms>(cfg: &SchedulerConfig, terms: &T) -> Arc<Replica> {
-    let advertise = if cfg.server.advertise.is_empty() { cfg.server.listen.clone() } else { cfg.server.advertise.clone() };
-    Replica::new(advertise, terms.leader())
+    Replica::new(cfg.server.advertised().to_string(), terms.leader())
 }
 
 /// `/metrics` of a replica: its term's figures when it leads, and whether it does.

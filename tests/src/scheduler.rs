@@ -72,6 +72,12 @@ impl Scheduler {
         self.child = Self::spawn(self.dir.path(), self.port, &self.extra);
     }
 
+    /// SIGKILL (kill -9) and wait for it; `restart` brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.expect("GET /metrics").text().await.expect("text")
