@@ -218,6 +218,7 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     let status = c.json(&["status"]);
     assert_eq!(status["instances"].as_array().unwrap().len(), 2, "{status:#}");
     assert_eq!(status["vpcs"].as_array().unwrap().len(), 1);
+    assert_eq!(status["schedulers"][0]["leads"], serde_json::json!(true), "the local cluster's one scheduler leads: {status:#}");
     assert_eq!(c.json(&["pod", "list"]).as_array().unwrap().len(), 8);
 
     let started = Instant::now();

@@ -1,4 +1,5 @@
-//! `berthctl status`: what the local cloud holds, as tables or JSON.
+//! `berthctl status`: what the local cloud holds and which scheduler replica leads, as tables or
+//! JSON.
 
 use berth_cloud::api::{EniFilter, InstanceFilter};
 use berth_cloud::model::EniKind;
@@ -28,12 +29,23 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
     let instances = cloud.describe_instances(&InstanceFilter::default()).await?;
     let enis = cloud.describe_network_interfaces(&EniFilter::default()).await?;
     let types = cloud.describe_instance_types(&[]).await?;
+    let replicas = schedulers(paths).await;
 
     if output == Output::Json {
-        let doc = serde_json::json!({ "vpcs": vpcs, "vswitches": vswitches, "instances": instances, "enis": enis });
+        let schedulers: Vec<_> = replicas.iter().map(|(e, s)| serde_json::json!({ "endpoint": e, "leads": s.as_ref().ok().map(|s| s.leads), "leader": s.as_ref().ok().map(|s| s.leader.clone()), "error": s.as_ref().err() })).collect();
+        let doc = serde_json::json!({ "vpcs": vpcs, "vswitches": vswitches, "instances": instances, "enis": enis, "schedulers": schedulers });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
+
+    let mut t = Table::new("SCHEDULERS", &["ENDPOINT", "ROLE", "LEADER"]);
+    for (e, s) in &replicas {
+        match s {
+            Ok(s) => t.row(vec![e.clone(), if s.leads { "leader".into() } else { "follower".into() }, s.leader.clone()]),
+            Err(why) => t.row(vec![e.clone(), "unreachable".into(), why.clone()]),
+        }
+    }
+    println!("{}", t.render());
 
     let mut t = Table::new("VPCS", &["ID", "NAME", "CIDR"]);
     for v in &vpcs {
@@ -80,4 +92,19 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
     }
     print!("{}", t.render());
     Ok(())
+}
+
+/// What each scheduler replica of `--scheduler-listen` says of the leader.
+async fn schedulers(paths: &ClusterPaths) -> Vec<(String, Result<berth_proto::cluster::v1::LeaderStatus, String>)> {
+    let mut out = Vec::new();
+    for e in berth_scheduler::client::endpoints(&paths.scheduler_listen) {
+        let status = async {
+            let channel = tonic::transport::Channel::from_shared(e.clone()).map_err(|err| err.to_string())?.connect_timeout(std::time::Duration::from_millis(500)).connect().await.map_err(|err| err.to_string())?;
+            let mut c = berth_proto::cluster::v1::scheduler_client::SchedulerClient::new(channel);
+            c.get_leader(berth_proto::cluster::v1::GetLeaderRequest {}).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+        }
+        .await;
+        out.push((e, status));
+    }
+    out
 }
