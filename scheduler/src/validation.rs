@@ -201,6 +201,9 @@ fn disk_volume(v: &pb::VolumeSpec, size: Option<i64>, param: &dyn Fn(&str) -> St
     let level = (category == "cloud_essd").then(|| given("performanceLevel").unwrap_or(disk::DEFAULT_ESSD_LEVEL));
     if let Some(l) = level {
         check(disk::ESSD_LEVELS.contains(&l), &param("performanceLevel"), l, Rule::PerformanceLevel)?;
+    } else if let Some(l) = given("performanceLevel") {
+        // Only ESSDs have levels: the CSI driver refuses one on another category.
+        return Err(InvalidSpec { field: param("performanceLevel"), value: shown(l), rule: Rule::PerformanceLevel });
     }
     let Some(bytes) = size else { return Ok(()) };
     let (_, max) = disk::size_limits_gib(category, level);
@@ -378,6 +381,10 @@ mod tests {
             row("a cloud_auto disk beyond 64 TiB", |s| s.volumes[1].parameters = [("size".into(), "65Ti".into()), ("category".into(), "cloud_auto".into())].into(), "spec.volumes[1].parameters[\"size\"]", Rule::DiskTooLarge { kind: "cloud_auto".into(), gib: 65 << 10, max: 65_536 }),
             row("an unknown disk category", |s| _ = s.volumes[0].parameters.insert("category".into(), "cloud".into()), "spec.volumes[0].parameters[\"category\"]", Rule::DiskCategory),
             row("an unknown performance level", |s| _ = s.volumes[0].parameters.insert("performanceLevel".into(), "PL9".into()), "spec.volumes[0].parameters[\"performanceLevel\"]", Rule::PerformanceLevel),
+            row("a performance level on a disk that is no ESSD", |s| {
+                s.volumes[0].parameters.insert("category".into(), "cloud_ssd".into());
+                s.volumes[0].parameters.insert("performanceLevel".into(), "PL1".into());
+            }, "spec.volumes[0].parameters[\"performanceLevel\"]", Rule::PerformanceLevel),
             row("a command entry with NUL", |s| s.command[2] = "echo\0hi".into(), "spec.command[2]", Rule::Nul),
         ]
     }
