@@ -144,7 +144,7 @@ impl SchedulerProcess {
                 bail!("berth-scheduler exited ({status}) before serving; its log:\n{}", self.log_tail());
             }
             if let Ok(mut c) = SchedulerClient::connect(self.url.clone()).await
-                && c.list_nodes(pb::ListNodesRequest {}).await.is_ok()
+                && c.list_nodes(pb::ListNodesRequest::default()).await.is_ok()
                 && let Ok(a) = std::fs::read_to_string(&address_file)
                 && !a.trim().is_empty()
             {
@@ -228,7 +228,7 @@ async fn agent(i: usize, first: pb::NodeReport, channel: Channel, counts: Arc<Ag
     };
     counts.connected.fetch_add(1, Ordering::Relaxed);
     let mut rng = Rng(0x5851_f42d_4c95_7f2d ^ (i as u64 + 1));
-    let mut running: HashMap<String, (pb::PodStatus, Resources)> = HashMap::new();
+    let mut running: HashMap<String, (pb::PodReport, Resources)> = HashMap::new();
     let mut used = Resources::default();
     let mut next_report = tokio::time::Instant::now() + Duration::from_millis(rng.below(REPORT_EVERY.as_millis() as u64));
     loop {
@@ -256,7 +256,7 @@ async fn agent(i: usize, first: pb::NodeReport, channel: Channel, counts: Arc<Ag
                     let demand = demand_of(&spec);
                     used = used.saturating_add(&demand);
                     let n = running.len();
-                    let status = pb::PodStatus { spec: Some(spec), phase: pb::PodPhase::Running as i32, node: node.clone(), pod_ip: format!("10.{}.{}.{}", i / 256 % 256, i % 256, n % 250 + 2), message: String::new() };
+                    let status = pb::PodReport { namespace: spec.namespace.clone(), name: spec.name.clone(), phase: pb::PodPhase::Running as i32, pod_ip: format!("10.{}.{}.{}", i / 256 % 256, i % 256, n % 250 + 2), message: String::new() };
                     running.insert(key, (status, demand));
                     counts.received.fetch_add(1, Ordering::Relaxed);
                 }
