@@ -50,6 +50,8 @@ pub enum Rule {
     DiskCategory,
     #[error("is not a performance level of cloud_essd: one of PL0 (the default), PL1, PL2, PL3")]
     PerformanceLevel,
+    #[error("is a performance level, which only cloud_essd disks have: remove it or set category = cloud_essd")]
+    LevelWithoutEssd,
     #[error("asks for {gib} GiB; a {kind} disk holds at most {max} GiB")]
     DiskTooLarge { kind: String, gib: i64, max: i64 },
     #[error("is not a {what} ID: {prefix} followed by 1 to 64 lower-case letters, digits and inner '-'")]
@@ -203,7 +205,7 @@ fn disk_volume(v: &pb::VolumeSpec, size: Option<i64>, param: &dyn Fn(&str) -> St
         check(disk::ESSD_LEVELS.contains(&l), &param("performanceLevel"), l, Rule::PerformanceLevel)?;
     } else if let Some(l) = given("performanceLevel") {
         // Only ESSDs have levels: the CSI driver refuses one on another category.
-        return Err(InvalidSpec { field: param("performanceLevel"), value: shown(l), rule: Rule::PerformanceLevel });
+        return Err(InvalidSpec { field: param("performanceLevel"), value: shown(l), rule: Rule::LevelWithoutEssd });
     }
     let Some(bytes) = size else { return Ok(()) };
     let (_, max) = disk::size_limits_gib(category, level);
@@ -384,7 +386,7 @@ mod tests {
             row("a performance level on a disk that is no ESSD", |s| {
                 s.volumes[0].parameters.insert("category".into(), "cloud_ssd".into());
                 s.volumes[0].parameters.insert("performanceLevel".into(), "PL1".into());
-            }, "spec.volumes[0].parameters[\"performanceLevel\"]", Rule::PerformanceLevel),
+            }, "spec.volumes[0].parameters[\"performanceLevel\"]", Rule::LevelWithoutEssd),
             row("a command entry with NUL", |s| s.command[2] = "echo\0hi".into(), "spec.command[2]", Rule::Nul),
         ]
     }
