@@ -429,11 +429,20 @@ impl Cluster {
     /// Every instruction waiting, for the committer to send once the changes behind them are
     /// durable. A node that is not connected gets everything again when it reconnects.
     pub fn take_instructions(&mut self) -> Vec<(String, pb::NodeInstruction)> {
-        let nodes = self.nodes_with_instructions();
-        let mut out: Vec<(String, pb::NodeInstruction)> = nodes.into_iter().flat_map(|n| self.take_instruction(&n).into_iter().map(move |i| (n.clone(), i)).collect::<Vec<_>>()).collect();
+        // The whole map is taken, not walked and emptied: walking a map costs its capacity, which
+        // stays at every node's once all were greeted.
+        let mut out = Vec::new();
+        for (node, ob) in std::mem::take(&mut self.outbox) {
+            if ob.run.is_empty() && ob.remove.is_empty() {
+                continue;
+            }
+            let acknowledged = self.acknowledged(&node);
+            out.extend(split(ob.remove, ob.run, acknowledged, INSTRUCTION_BUDGET_BYTES).into_iter().map(|i| (node.clone(), i)));
+        }
         // A stream that just opened hears back even when nothing is bound to its node.
+        let mut greeted: HashSet<String> = out.iter().map(|(n, _)| n.clone()).collect();
         for node in std::mem::take(&mut self.greet) {
-            if !out.iter().any(|(n, _)| *n == node) {
+            if greeted.insert(node.clone()) {
                 let acknowledged_sequence = self.acknowledged(&node);
                 out.push((node, pb::NodeInstruction { acknowledged_sequence, ..Default::default() }));
             }

@@ -153,6 +153,11 @@ pub struct Placement {
     pub percent_of_nodes_to_score: u32,
     cursor: usize,
     scratch: Vec<(u32, f64)>,
+    /// Nodes alike in everything a selector may look at share a class, so one decision matches a
+    /// pod's selectors once per class, not once per node.
+    classes: IdentityClasses,
+    /// Per class during one decision: 0 not looked at yet, 1 matches, 2 does not.
+    class_verdicts: Vec<u8>,
     /// Grows whenever capacity may have appeared (a node added or back, a free count grown, a
     /// reservation returned): a pod that found no node need not be tried again before it moves.
     pub capacity_epoch: u64,
@@ -211,17 +216,24 @@ impl Placement {
                     self.by_pool.entry(identity.pool.clone()).or_default().push(i);
                 }
                 let zone = self.zone_index(&identity.zone_id);
+                let changed = self.node(i).is_none_or(|n| n.identity != identity);
+                let class = if changed { self.classes.of(&identity) } else { self.node(i).map_or(0, |n| n.class) };
                 let n = self.node_mut(i).expect("indexed node exists");
                 n.zone = zone;
-                n.identity = identity;
+                n.class = class;
+                if changed {
+                    n.identity = identity;
+                }
                 i
             }
             None => {
                 let zone = self.zone_index(&identity.zone_id);
+                let class = self.classes.of(&identity);
                 let node = Node {
                     id: id.clone(),
                     identity: identity.clone(),
                     zone,
+                    class,
                     allocatable: Resources::default(),
                     reported_free: Resources::default(),
                     free: Resources::default(),
@@ -345,6 +357,9 @@ impl Placement {
         let mut refusals = Refusals::default();
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
+        let mut verdicts = std::mem::take(&mut self.class_verdicts);
+        verdicts.clear();
+        verdicts.resize(self.classes.len(), 0);
         let mut examined = 0;
         for k in 0..total {
             let idx = candidates[(start + k) % total];
@@ -374,7 +389,11 @@ impl Placement {
             } else if d.memory_bytes > f.memory_bytes {
                 &mut refusals.memory
             } else {
-                if !req.matches_identity(&n.identity) {
+                let verdict = &mut verdicts[n.class as usize];
+                if *verdict == 0 {
+                    *verdict = if req.matches_identity(self.classes.identity(n.class)) { 1 } else { 2 };
+                }
+                if *verdict == 2 {
                     refusals.selector += 1;
                     continue;
                 }
@@ -392,6 +411,7 @@ impl Placement {
             None => Decision::Unschedulable(refusals.message(total)),
         };
         self.scratch = scratch;
+        self.class_verdicts = verdicts;
         decision
     }
 
@@ -436,6 +456,54 @@ impl Placement {
         {
             *x = x.saturating_sub(1);
         }
+    }
+}
+
+/// The distinct node identities as selectors see them (no instance ID or type), each with a number.
+#[derive(Debug, Default)]
+struct IdentityClasses {
+    by_key: HashMap<String, u32>,
+    identities: Vec<pb::NodeIdentity>,
+}
+
+impl IdentityClasses {
+    /// What selectors see of an identity, and a key for it: each part prefixed by its length, so
+    /// no two different identities share a key whatever bytes they hold.
+    fn selector_view(identity: &pb::NodeIdentity) -> (String, pb::NodeIdentity) {
+        let mut vswitch_ids = identity.vswitch_ids.clone();
+        vswitch_ids.sort();
+        vswitch_ids.dedup();
+        let mut labels: Vec<_> = identity.labels.iter().collect();
+        labels.sort();
+        let mut key = format!("{}/", vswitch_ids.len());
+        let parts = [&identity.pool, &identity.zone_id].into_iter().chain(&vswitch_ids).chain(labels.into_iter().flat_map(|(k, v)| [k, v]));
+        for part in parts {
+            key.push_str(&part.len().to_string());
+            key.push(':');
+            key.push_str(part);
+        }
+        (key, pb::NodeIdentity { instance_id: String::new(), instance_type: String::new(), vswitch_ids, ..identity.clone() })
+    }
+
+    /// The class of an identity, numbered the first time it is seen. Classes are few (pools ×
+    /// zones × label sets) and kept for the process's life.
+    fn of(&mut self, identity: &pb::NodeIdentity) -> u32 {
+        let (key, view) = Self::selector_view(identity);
+        if let Some(&c) = self.by_key.get(&key) {
+            return c;
+        }
+        let c = self.identities.len() as u32;
+        self.identities.push(view);
+        self.by_key.insert(key, c);
+        c
+    }
+
+    fn identity(&self, class: u32) -> &pb::NodeIdentity {
+        &self.identities[class as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.identities.len()
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Node {
     pub id: String,
     pub identity: pb::NodeIdentity,
     pub zone: u16,
+    /// Its identity class (see `IdentityClasses`): nodes alike to selectors share one.
+    pub class: u32,
     pub allocatable: Resources,
     /// The free counts of the last report, capped by allocatable.
     pub reported_free: Resources,

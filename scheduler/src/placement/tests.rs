@@ -223,3 +223,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn selectors_are_matched_per_identity_class_and_a_changed_identity_moves_its_node() {
+    let mut p = Placement::new(Strategy::BinPack, 100);
+    let labelled = |id: &str, gpu: &str, seq: u64| {
+        let mut r = report(id, "a", "z1", caps(10, 16), seq, &[]);
+        r.identity.as_mut().unwrap().labels.insert("gpu".into(), gpu.into());
+        r
+    };
+    // Two nodes alike but for their instance IDs share a class; the third differs in a label.
+    let (a, b, c) = (p.apply_report(&labelled("i-1", "no", 1), 0), p.apply_report(&labelled("i-2", "no", 1), 0), p.apply_report(&labelled("i-3", "yes", 1), 0));
+    assert_eq!(p.node(a).unwrap().class, p.node(b).unwrap().class);
+    assert_ne!(p.node(a).unwrap().class, p.node(c).unwrap().class);
+    let wants_gpu = PodRequest::of(&pb::PodSpec { namespace: "d".into(), name: "g".into(), cpu_millicores: 100, memory_bytes: 1 << 20, pool_selector: [("gpu".to_string(), "yes".to_string())].into(), ..Default::default() });
+    assert_eq!(p.choose(&wants_gpu), Decision::Node(c));
+    // i-3 loses its label and i-1 gains it: the next decision follows the reports.
+    p.apply_report(&labelled("i-3", "no", 2), 1);
+    p.apply_report(&labelled("i-1", "yes", 2), 1);
+    assert_eq!(p.choose(&wants_gpu), Decision::Node(a));
+    p.apply_report(&labelled("i-1", "no", 3), 2);
+    assert!(matches!(p.choose(&wants_gpu), Decision::Unschedulable(m) if m.contains("3 not matching pool selector")), "no node has the label any more");
+}
