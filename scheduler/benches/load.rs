@@ -6,7 +6,10 @@
 //! by the agents), SubmitPod p50/p99/max, the group commit's mean events per append, the
 //! scheduler's RSS, the load average and the CPU the scheduler and this generator used.
 //!
-//! `cargo build --release -p berth-scheduler && cargo bench -p berth-scheduler --bench load [-- rss]`
+//! `cargo build --release -p berth-scheduler && cargo bench -p berth-scheduler --bench load [-- rss] [-- etcd]`
+//!
+//! `etcd` (or `BERTH_LOAD_STORE=etcd`) runs the scheduler on three real etcd members on loopback,
+//! their data beside the scheduler's, instead of its journal.
 //!
 //! `BERTH_LOAD_NODES` (5,000), `BERTH_LOAD_PODS` (50,000; 150,000 with `rss`), `BERTH_LOAD_CLIENTS`
 //! (32), `BERTH_LOAD_RSS=1` (as `rss`: RSS with every pod bound and reported), `BERTH_SCHEDULER_BIN`
@@ -14,6 +17,8 @@
 //! temporary state goes; default: cargo's target tmp directory, which must not be tmpfs).
 
 mod common;
+#[path = "common/etcd.rs"]
+mod etcd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +48,8 @@ struct Settings {
     pods: usize,
     clients: usize,
     rss: bool,
+    /// The scheduler's store on three real etcd members instead of its journal.
+    etcd: bool,
 }
 
 impl Settings {
@@ -53,9 +60,11 @@ impl Settings {
                 Err(_) => Ok(default),
             }
         }
-        // cargo passes --bench; `rss` is the one argument of ours.
-        let rss = std::env::args().skip(1).any(|a| a == "rss") || std::env::var("BERTH_LOAD_RSS").is_ok_and(|v| v == "1");
-        let s = Settings { nodes: number("BERTH_LOAD_NODES", 5_000)?, pods: number("BERTH_LOAD_PODS", if rss { 150_000 } else { 50_000 })?, clients: number("BERTH_LOAD_CLIENTS", 32)?, rss };
+        // cargo passes --bench; `rss` and `etcd` are the arguments of ours.
+        let arg = |a: &str| std::env::args().skip(1).any(|x| x == a);
+        let rss = arg("rss") || std::env::var("BERTH_LOAD_RSS").is_ok_and(|v| v == "1");
+        let etcd = arg("etcd") || std::env::var("BERTH_LOAD_STORE").is_ok_and(|v| v == "etcd");
+        let s = Settings { nodes: number("BERTH_LOAD_NODES", 5_000)?, pods: number("BERTH_LOAD_PODS", if rss { 150_000 } else { 50_000 })?, clients: number("BERTH_LOAD_CLIENTS", 32)?, rss, etcd };
         if s.nodes == 0 || s.pods == 0 || s.clients == 0 {
             bail!("BERTH_LOAD_NODES, BERTH_LOAD_PODS and BERTH_LOAD_CLIENTS must be at least 1");
         }
@@ -102,13 +111,18 @@ struct SchedulerProcess {
 }
 
 impl SchedulerProcess {
-    fn start(binary: &Path, parent: &Path) -> anyhow::Result<SchedulerProcess> {
-        let dir = tempfile::Builder::new().prefix("berth-load-").tempdir_in(parent).with_context(|| format!("cannot make a directory in {}", parent.display()))?;
+    /// Starts the scheduler with its state in a new directory of `parent`: on the journal there,
+    /// or on the etcd members at `etcd` (client URLs).
+    fn start(binary: &Path, dir: tempfile::TempDir, etcd: Option<&[String]>) -> anyhow::Result<SchedulerProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[autoscaler]\nenabled = false\n",
+        let mut config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadvertise = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[autoscaler]\nenabled = false\n",
             dir.path().join("state").display()
         );
+        if let Some(endpoints) = etcd {
+            let quoted: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+            config.push_str(&format!("\n[store]\nkind = \"etcd\"\n\n[store.etcd]\nendpoints = [{}]\nprefix = \"/berth-load\"\n", quoted.join(", ")));
+        }
         std::fs::write(dir.path().join("scheduler.toml"), config)?;
         // The scheduler writes metrics.address before its store makes the directory.
         std::fs::create_dir(dir.path().join("state"))?;
@@ -325,10 +339,18 @@ async fn connections(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
 async fn run(s: Settings) -> anyhow::Result<()> {
     let binary = scheduler_binary()?;
     let (parent, fs) = state_parent()?;
-    let mut scheduler = SchedulerProcess::start(&binary, &parent)?;
+    let dir = tempfile::Builder::new().prefix("berth-load-").tempdir_in(&parent).with_context(|| format!("cannot make a directory in {}", parent.display()))?;
+    // Dropped after the scheduler (declared first): the scheduler never outlives its store.
+    let etcd = if s.etcd { Some(etcd::EtcdTrio::start(dir.path())?) } else { None };
+    let endpoints = etcd.as_ref().map(etcd::EtcdTrio::endpoints);
+    let mut scheduler = SchedulerProcess::start(&binary, dir, endpoints.as_deref())?;
     let metrics = scheduler.serving().await?;
     let pid = scheduler.pid();
-    println!("load: {} (pid {pid}), state in {} on {fs}; {} nodes, {} pods, {} clients{}", binary.display(), scheduler.dir.path().display(), s.nodes, s.pods, s.clients, if s.rss { ", RSS mode" } else { "" });
+    let store = match &endpoints {
+        Some(e) => format!("store on 3 etcd members ({}), their data", e.join(",")),
+        None => "journal".to_string(),
+    };
+    println!("load: {} (pid {pid}), {store} in {} on {fs}; {} nodes, {} pods, {} clients{}", binary.display(), scheduler.dir.path().display(), s.nodes, s.pods, s.clients, if s.rss { ", RSS mode" } else { "" });
 
     // Agents connect and report; the run starts once the scheduler counts them all Ready.
     let t = Instant::now();
@@ -449,6 +471,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     }
     let m = scrape(&metrics).await?;
     match (m.get("berth_scheduler_store_events_total"), m.get("berth_scheduler_store_appends_total")) {
+        (Some(e), Some(a)) if s.etcd => println!("load: etcd: {e:.0} events in {a:.0} appends, {:.1} events per append (one or more transactions each)", e / a.max(1.0)),
         (Some(e), Some(a)) => println!("load: journal: {e:.0} events in {a:.0} appends, {:.1} events per append (fdatasync)", e / a.max(1.0)),
         _ => println!("load: journal: this binary does not export berth_scheduler_store_events_total / _appends_total"),
     }

@@ -320,19 +320,10 @@ impl Placement {
 
     fn score(&self, n: &Node, d: &Resources) -> f64 {
         let after = n.free.saturating_sub(d);
-        let fr = n.allocatable.used_fractions(&after);
         // CPU, memory and pod slots always count; the network and disk resources only when the
         // pod uses them, so a shared-mode pod is packed by its IPs, not by unrelated ENI slots.
-        let mut sum = 0.0;
-        let mut k = 0.0;
-        let uses = [true, true, true, d.shared_ips > 0, d.eni_slots > 0, d.member_eni_slots > 0, d.disk_slots > 0];
-        for (f, used) in fr.iter().zip(uses) {
-            if used && let Some(f) = f {
-                sum += f;
-                k += 1.0;
-            }
-        }
-        let packed = if k > 0.0 { sum / k } else { 0.0 };
+        let counted = [true, true, true, d.shared_ips > 0, d.eni_slots > 0, d.member_eni_slots > 0, d.disk_slots > 0];
+        let packed = n.allocatable.mean_used_fraction(&after, counted);
         match self.strategy {
             Strategy::BinPack => packed,
             Strategy::Spread => 1.0 - packed,
