@@ -7,6 +7,7 @@ pub mod cni;
 pub mod e2e;
 pub mod csi;
 pub mod etcd;
+pub mod failover;
 pub mod guest;
 pub mod pods;
 pub mod privileges;
