@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use berth_proto::cluster::v1 as pb;
 use prost::Message as _;
@@ -12,11 +13,12 @@ use prost::Message as _;
 use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
-use crate::store::{Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
+use crate::store::{Checkpoint, CheckpointPod, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
 
 #[derive(Debug, Clone)]
 pub struct PodRecord {
-    pub spec: pb::PodSpec,
+    /// Shared with checkpoints taken while it is current.
+    pub spec: Arc<pb::PodSpec>,
     pub req: PodRequest,
     pub phase: pb::PodPhase,
     pub node: Option<String>,
@@ -31,7 +33,7 @@ pub struct PodRecord {
 
 impl PodRecord {
     pub fn status(&self) -> pb::PodStatus {
-        pb::PodStatus { spec: Some(self.spec.clone()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message: self.message.clone() }
+        pb::PodStatus { spec: Some(pb::PodSpec::clone(&self.spec)), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message: self.message.clone() }
     }
 }
 
@@ -97,7 +99,7 @@ impl Cluster {
         self.started_ms = now_ms;
         self.next_order = snap.next_order;
         for (key, stored) in &snap.pods {
-            let spec = stored.spec.decode().map_err(|e| format!("pod {key} in the store does not decode: {e}"))?;
+            let spec = Arc::new(stored.spec.decode().map_err(|e| format!("pod {key} in the store does not decode: {e}"))?);
             let req = PodRequest::of(&spec);
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
             self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), message: String::new(), pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
@@ -111,6 +113,13 @@ impl Cluster {
         self.requested = snap.requested.clone();
         self.scale_ups = snap.scale_ups.clone();
         Ok(())
+    }
+
+    /// The durable part of the state, for a store's checkpoint: quick enough to take under the
+    /// lock (the specs are shared), encoded by the committer outside it.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let pods = self.pods.iter().map(|(k, r)| (k.clone(), CheckpointPod { spec: r.spec.clone(), order: r.order, node: r.node.clone() })).collect();
+        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone() }
     }
 
     pub fn pod(&self, key: &str) -> Option<&PodRecord> {
@@ -145,7 +154,7 @@ impl Cluster {
         self.next_order += 1;
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
-        self.pods.insert(key.clone(), PodRecord { spec, req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None });
+        self.pods.insert(key.clone(), PodRecord { spec: Arc::new(spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None });
         self.pending.insert(order, key);
         Ok(vec![event])
     }
@@ -202,7 +211,7 @@ impl Cluster {
                 let node = chosen.id.clone();
                 if rec.req.pins_zone(&rec.spec) && !chosen.identity.zone_id.is_empty() {
                     // Moved later (its node lost), the pod must find its disk: same zone.
-                    rec.spec.pool_selector.insert("zone".into(), chosen.identity.zone_id.clone());
+                    Arc::make_mut(&mut rec.spec).pool_selector.insert("zone".into(), chosen.identity.zone_id.clone());
                     rec.req = PodRequest::of(&rec.spec);
                     events.push(Event::ZonePinned { pod: key.to_string(), spec: StoredSpec::of(&rec.spec) });
                 }
@@ -211,7 +220,7 @@ impl Cluster {
                 rec.message.clear();
                 rec.tried_at_epoch = None;
                 self.pending.remove(&rec.order);
-                self.outbox.entry(node.clone()).or_default().run.push(rec.spec.clone());
+                self.outbox.entry(node.clone()).or_default().run.push(pb::PodSpec::clone(&rec.spec));
                 events.push(Event::Bound { pod: key.to_string(), node });
             }
             Decision::Unschedulable(m) => {
@@ -253,7 +262,7 @@ impl Cluster {
                     }
                 } else {
                     self.placement.bind(idx, &key, &rec.req);
-                    self.outbox.entry(id.clone()).or_default().run.push(rec.spec.clone());
+                    self.outbox.entry(id.clone()).or_default().run.push(pb::PodSpec::clone(&rec.spec));
                 }
             }
         }
@@ -418,7 +427,7 @@ impl Cluster {
         let remove = self.outbox.remove(node).map(|o| o.remove).unwrap_or_default();
         let mut keys: Vec<&String> = self.placement.index_of(node).and_then(|i| self.placement.node(i)).map(|n| n.pods.iter().collect()).unwrap_or_default();
         keys.sort();
-        let run = keys.into_iter().filter_map(|k| self.pods.get(k)).map(|r| r.spec.clone()).collect();
+        let run = keys.into_iter().filter_map(|k| self.pods.get(k)).map(|r| pb::PodSpec::clone(&r.spec)).collect();
         Outbox { run, remove }
     }
 

@@ -124,7 +124,8 @@ impl Shared {
         let mut c = self.cluster();
         let (events, out) = f(&mut c, now_ms())?;
         let instructions = c.take_instructions();
-        Ok((self.committer.queue(events, instructions), out))
+        let checkpoint = self.committer.take_checkpoint_request().then(|| c.checkpoint());
+        Ok((self.committer.queue_with(events, instructions, checkpoint), out))
     }
 
     /// One tick: leases, then pending pods; queued without waiting for the sync.
