@@ -217,7 +217,8 @@ impl Cluster {
                 }
                 rec.node = Some(node.clone());
                 rec.phase = pb::PodPhase::Bound;
-                rec.message.clear();
+                // Not `clear`: the room of "waiting for a node" would stay with every bound pod.
+                rec.message = String::new();
                 rec.tried_at_epoch = None;
                 self.pending.remove(&rec.order);
                 self.outbox.entry(node.clone()).or_default().run.push(pb::PodSpec::clone(&rec.spec));
