@@ -24,7 +24,9 @@ use crate::store::{Checkpoint, Event, Store};
 /// Most events one append takes, so one batch cannot grow without bound under a flood of calls.
 const MAX_BATCH_EVENTS: usize = 50_000;
 
-pub type InstructionSender = tokio::sync::mpsc::Sender<Result<pb::NodeInstruction, Status>>;
+/// The error boxed: a channel's slots are the size of its item, and a `Status` inline would make
+/// every connected agent's channel hold kilobytes of room for an error sent once at the end.
+pub type InstructionSender = tokio::sync::mpsc::Sender<Result<pb::NodeInstruction, Box<Status>>>;
 
 /// Connected agents: node → (stream generation, sender).
 pub type Streams = Arc<Mutex<HashMap<String, (u64, InstructionSender)>>>;

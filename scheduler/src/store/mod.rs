@@ -40,6 +40,26 @@ impl StoredSpec {
     }
 }
 
+/// A pod spec as the cluster holds it: its protobuf encoding, shared. Decoded, with its strings,
+/// maps and volumes, a spec takes several times the room, and only binds, instructions and lists
+/// need it whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedSpec(Arc<[u8]>);
+
+impl EncodedSpec {
+    pub fn of(spec: &pb::PodSpec) -> EncodedSpec {
+        EncodedSpec(spec.encode_to_vec().into())
+    }
+
+    pub fn decode(&self) -> pb::PodSpec {
+        pb::PodSpec::decode(&*self.0).expect("a spec the scheduler encoded decodes")
+    }
+
+    pub fn stored(&self) -> StoredSpec {
+        StoredSpec(base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
 /// A node asked of the cloud that has not reported yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,8 +177,8 @@ impl Replay<Event> for Snapshot {
 }
 
 /// The state as of one batch, for a store that folds its journal into a checkpoint
-/// ([`Store::checkpoint_due`]). Taken from the cluster under its lock — the specs are shared, not
-/// copied, so that is quick — and encoded and written by the committer without any lock. It
+/// ([`Store::checkpoint_due`]). Taken from the cluster under its lock — the encoded specs are
+/// shared, not copied, so that is quick — and written by the committer without any lock. It
 /// serializes as a [`Snapshot`], so the checkpoint loads as one.
 #[derive(Debug, Clone, Default)]
 pub struct Checkpoint {
@@ -171,7 +191,7 @@ pub struct Checkpoint {
 
 #[derive(Debug, Clone)]
 pub struct CheckpointPod {
-    pub spec: Arc<pb::PodSpec>,
+    pub spec: EncodedSpec,
     pub order: u64,
     pub node: Option<String>,
 }
@@ -193,11 +213,11 @@ impl Serialize for Checkpoint {
     }
 }
 
-/// As a [`StoredPod`], its spec encoded only now.
+/// As a [`StoredPod`], its spec in base64 only now.
 impl Serialize for CheckpointPod {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("StoredPod", 3)?;
-        s.serialize_field("spec", &StoredSpec::of(&self.spec))?;
+        s.serialize_field("spec", &self.spec.stored())?;
         s.serialize_field("order", &self.order)?;
         s.serialize_field("node", &self.node)?;
         s.end()
