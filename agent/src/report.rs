@@ -105,11 +105,11 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
 }
 
 /// What to tell the operator when the scheduler refused the node's report as too large.
-pub fn refusal_note(e: &berth_scheduler::client::ReporterError, (bytes, pods): (usize, usize)) -> Option<String> {
+pub fn refusal_note(e: &berth_scheduler_client::ReporterError, (bytes, pods): (usize, usize)) -> Option<String> {
     e.report_too_big().then(|| {
         format!(
             "the scheduler refused this node's report as too large: the last one was {bytes} bytes for {pods} pods (its limit is {} bytes); reports carry pod keys and status only, so some pods have very long names: delete them, or move pods to other nodes",
-            berth_scheduler::client::REPORT_LIMIT_BYTES
+            berth_scheduler_client::REPORT_LIMIT_BYTES
         )
     })
 }
@@ -147,7 +147,7 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
     let mut backoff = FIRST_RETRY;
     loop {
         let first = report(&pool, &disks, &itype, &settings, runner.as_deref());
-        match berth_scheduler::client::NodeReporter::connect(&settings.endpoint, first).await {
+        match berth_scheduler_client::NodeReporter::connect(&settings.endpoint, first).await {
             Ok(mut reporter) => {
                 tracing::info!(endpoint = %settings.endpoint, "reporting the node's capacity to the scheduler");
                 let mut tick = tokio::time::interval(settings.every);
@@ -170,14 +170,14 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
                                 }
                                 Ok(())
                             }
-                            Ok(None) => Err(berth_scheduler::client::ReporterError::Closed),
+                            Ok(None) => Err(berth_scheduler_client::ReporterError::Closed),
                             Err(e) => Err(e),
                         },
                     };
                     if let Err(e) = sent {
                         // A report that could not be sent: the stream ended, and its status says why.
                         let e = match e {
-                            berth_scheduler::client::ReporterError::Closed => match tokio::time::timeout(Duration::from_secs(1), reporter.instruction()).await {
+                            berth_scheduler_client::ReporterError::Closed => match tokio::time::timeout(Duration::from_secs(1), reporter.instruction()).await {
                                 Ok(Err(status)) => status,
                                 _ => e,
                             },
@@ -208,10 +208,10 @@ mod tests {
 
     #[test]
     fn a_refused_report_says_it_was_too_large_and_how_large() {
-        let too_big = berth_scheduler::client::ReporterError::Refused(tonic::Status::resource_exhausted("the node report is too large"));
+        let too_big = berth_scheduler_client::ReporterError::Refused(tonic::Status::resource_exhausted("the node report is too large"));
         let note = refusal_note(&too_big, (5 << 20, 3)).unwrap();
         assert!(note.contains("5242880 bytes for 3 pods") && note.contains("delete them"), "{note}");
-        assert_eq!(refusal_note(&berth_scheduler::client::ReporterError::Closed, (10, 1)), None);
+        assert_eq!(refusal_note(&berth_scheduler_client::ReporterError::Closed, (10, 1)), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Durable state: a checkpoint (`state.json`, replaced atomically) plus a journal of the events
-//! since (`journal.jsonl`, one line per event, fdatasync'd before the caller goes on). An
+//! since (`journal.jsonl`, one line per event, fdatasync'd before the caller goes on), kept by
+//! `berth-journal`; this module holds what the agent's events and state are. An
 //! allocation is journaled before the plugin hears of it; an intent before the cloud call it
 //! stands for. Replaying is idempotent, so a crash at any instant — even between writing a new
 //! checkpoint and emptying the journal — loads the same state.
@@ -8,18 +9,18 @@
 //! appended line costs one small write and one fdatasync (~0.2 ms here).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use berth_journal::{Journal, JournalError, Replay, Settings};
 use serde::{Deserialize, Serialize};
 
 use crate::attach::ledger::AttachmentRecord;
 use crate::pool::ledger::{AllocationKey, AllocationRecord};
 
-/// Compact the journal into a checkpoint after this many events.
-const COMPACT_AFTER: usize = 1024;
+/// Compact the journal into a checkpoint after 1024 events; the checkpoint indented, as an
+/// operator may read it (it is small: a node's allocations).
+const SETTINGS: Settings = Settings { checkpoint_after: 1024, pretty: true };
 
 /// A cloud call the agent is about to make, kept until it is known to be done, so that a restart
 /// finishes (or safely repeats) it.
@@ -73,7 +74,7 @@ fn key_string(key: &AllocationKey) -> String {
     format!("{}/{}", key.container_id, key.ifname)
 }
 
-impl Snapshot {
+impl Replay<Event> for Snapshot {
     fn apply(&mut self, event: &Event) {
         match event {
             Event::Allocated(r) => {
@@ -103,58 +104,30 @@ impl Snapshot {
 pub enum StoreError {
     #[error("state directory {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not valid: {source} (move it away to start from the cloud's view; the allocations in it would be forgotten)")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("{path}{} is not valid: {source} (move it away to start from the cloud's view; the allocations in it would be forgotten)", .line.map(|n| format!(" line {n}")).unwrap_or_default())]
+    Corrupt { path: PathBuf, line: Option<usize>, source: serde_json::Error },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> StoreError {
+        match e {
+            JournalError::Io { path, source } => StoreError::Io { path, source },
+            JournalError::Corrupt { path, line, source } => StoreError::Corrupt { path, line, source },
+            JournalError::Encode { path, source } => StoreError::Io { path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, source) },
+        }
+    }
 }
 
 pub struct Store {
-    dir: PathBuf,
-    journal: File,
-    journaled: usize,
+    journal: Journal<Event>,
     state: Snapshot,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` and loads what it holds.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let checkpoint = dir.join("state.json");
-        let mut state = match std::fs::read(&checkpoint) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: checkpoint.clone(), source })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
-            Err(e) => return Err(io(&checkpoint)(e)),
-        };
-        let journal_path = dir.join("journal.jsonl");
-        let mut journaled = 0;
-        let mut good_len = 0u64;
-        if let Ok(file) = File::open(&journal_path) {
-            let mut reader = BufReader::new(file);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(io(&journal_path))?;
-                if n == 0 || !line.ends_with('\n') {
-                    break; // a torn last line: the write it stood for never returned
-                }
-                // A whole line that does not parse is damage, not a torn write: refuse rather
-                // than forget every allocation after it.
-                let event = serde_json::from_str::<Event>(&line).map_err(|source| StoreError::Corrupt { path: journal_path.clone(), source })?;
-                state.apply(&event);
-                journaled += 1;
-                good_len += n as u64;
-            }
-        }
-        let journal = OpenOptions::new().create(true).append(true).open(&journal_path).map_err(io(&journal_path))?;
-        journal.set_len(good_len).map_err(io(&journal_path))?;
-        let mut store = Store { dir: dir.to_path_buf(), journal, journaled, state };
-        if store.journaled >= COMPACT_AFTER {
-            store.compact()?;
-        }
-        Ok(store)
+        let (journal, state) = Journal::open(dir, SETTINGS)?;
+        Ok(Store { journal, state })
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -163,14 +136,9 @@ impl Store {
 
     /// Makes the event durable, then applies it.
     pub fn append(&mut self, event: Event) -> Result<(), StoreError> {
-        let path = self.dir.join("journal.jsonl");
-        let mut line = serde_json::to_vec(&event).expect("events serialize");
-        line.push(b'\n');
-        self.journal.write_all(&line).map_err(io(&path))?;
-        self.journal.sync_data().map_err(io(&path))?;
+        self.journal.append(std::slice::from_ref(&event))?;
         self.state.apply(&event);
-        self.journaled += 1;
-        if self.journaled >= COMPACT_AFTER {
+        if self.journal.checkpoint_due() {
             self.compact()?;
         }
         Ok(())
@@ -187,24 +155,17 @@ impl Store {
         self.append(Event::IntentDone { id })
     }
 
-    /// Writes the checkpoint (temp file, fsync, rename, fsync of the directory), then empties the journal.
+    /// Writes the checkpoint (replaced atomically), then empties the journal.
     pub fn compact(&mut self) -> Result<(), StoreError> {
-        let path = self.dir.join("state.json");
-        let tmp = self.dir.join("state.json.tmp");
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&serde_json::to_vec_pretty(&self.state).expect("state serializes")).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
-        self.journal.set_len(0).map_err(io(&self.dir))?;
-        self.journal.sync_all().map_err(io(&self.dir))?;
-        self.journaled = 0;
-        Ok(())
+        Ok(self.journal.checkpoint(&self.state)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write as _;
+
     use super::*;
     use crate::pool::ledger::PodRef;
 

@@ -236,11 +236,11 @@ pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
 /// comma-separated), waiting up to `timeout` for one to lead.
 pub async fn scheduler(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<SchedulerClient<Channel>> {
     let started = Instant::now();
-    let endpoints = berth_scheduler::client::endpoints(&paths.scheduler_listen);
+    let endpoints = berth_scheduler_client::endpoints(&paths.scheduler_listen);
     loop {
-        match berth_scheduler::client::connect_leader(&endpoints, Duration::from_millis(500)).await {
+        match berth_scheduler_client::connect_leader(&endpoints, Duration::from_millis(500)).await {
             // One pod's spec travels whole (GetPod, a page holding one large pod).
-            Ok((_, channel)) => return Ok(SchedulerClient::new(channel).max_decoding_message_size(berth_scheduler::client::REPLY_LIMIT_BYTES)),
+            Ok((_, channel)) => return Ok(SchedulerClient::new(channel).max_decoding_message_size(berth_scheduler_client::REPLY_LIMIT_BYTES)),
             Err(e) if started.elapsed() >= timeout => {
                 let hint = if scheduler_pid(paths).is_some() { format!("see {}", paths.scheduler_log_file().display()) } else { "is the local cluster up? (berthctl up; --scheduler-listen or BERTH_SCHEDULER_LISTEN name another)".to_string() };
                 bail!("cannot reach the scheduler at {}: {e}; {hint}", endpoints.join(","));

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
-use berth_scheduler::client::NodeReporter;
 use berth_scheduler::placement::{Resources, demand_of};
+use berth_scheduler_client::NodeReporter;
 use common::{Rng, node_report, percentile, pod_spec};
 use tonic::transport::{Channel, Endpoint};
 

@@ -12,11 +12,12 @@ use prost::Message as _;
 use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
-use crate::store::{Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
+use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
 
 #[derive(Debug, Clone)]
 pub struct PodRecord {
-    pub spec: pb::PodSpec,
+    /// Encoded: placement reads `req` only, and a decoded spec takes several times the room.
+    pub spec: EncodedSpec,
     pub req: PodRequest,
     pub phase: pb::PodPhase,
     pub node: Option<String>,
@@ -31,7 +32,7 @@ pub struct PodRecord {
 
 impl PodRecord {
     pub fn status(&self) -> pb::PodStatus {
-        pb::PodStatus { spec: Some(self.spec.clone()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message: self.message.clone() }
+        pb::PodStatus { spec: Some(self.spec.decode()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message: self.message.clone() }
     }
 }
 
@@ -97,8 +98,8 @@ impl Cluster {
         self.started_ms = now_ms;
         self.next_order = snap.next_order;
         for (key, stored) in &snap.pods {
-            let spec = stored.spec.decode().map_err(|e| format!("pod {key} in the store does not decode: {e}"))?;
-            let req = PodRequest::of(&spec);
+            let decoded = stored.spec.decode().map_err(|e| format!("pod {key} in the store does not decode: {e}"))?;
+            let (req, spec) = (PodRequest::of(&decoded), EncodedSpec::of(&decoded));
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
             self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), message: String::new(), pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
             match &stored.node {
@@ -111,6 +112,13 @@ impl Cluster {
         self.requested = snap.requested.clone();
         self.scale_ups = snap.scale_ups.clone();
         Ok(())
+    }
+
+    /// The durable part of the state, for a store's checkpoint: quick enough to take under the
+    /// lock (the encoded specs are shared), written by the committer outside it.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let pods = self.pods.iter().map(|(k, r)| (k.clone(), CheckpointPod { spec: r.spec.clone(), order: r.order, node: r.node.clone() })).collect();
+        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone() }
     }
 
     pub fn pod(&self, key: &str) -> Option<&PodRecord> {
@@ -135,7 +143,7 @@ impl Cluster {
     pub fn submit(&mut self, spec: pb::PodSpec, now_ms: u64) -> Result<Vec<Event>, SubmitError> {
         let key = pod_key(&spec.namespace, &spec.name);
         if let Some(rec) = self.pods.get(&key) {
-            let differs = differences(&rec.spec, &spec);
+            let differs = differences(&rec.spec.decode(), &spec);
             if differs.is_empty() {
                 return Ok(Vec::new());
             }
@@ -145,7 +153,7 @@ impl Cluster {
         self.next_order += 1;
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
-        self.pods.insert(key.clone(), PodRecord { spec, req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None });
+        self.pods.insert(key.clone(), PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None });
         self.pending.insert(order, key);
         Ok(vec![event])
     }
@@ -200,18 +208,21 @@ impl Cluster {
                 self.placement.bind(idx, key, &rec.req);
                 let chosen = self.placement.node(idx).expect("chosen node exists");
                 let node = chosen.id.clone();
-                if rec.req.pins_zone(&rec.spec) && !chosen.identity.zone_id.is_empty() {
+                let mut spec = rec.spec.decode();
+                if rec.req.pins_zone(&spec) && !chosen.identity.zone_id.is_empty() {
                     // Moved later (its node lost), the pod must find its disk: same zone.
-                    rec.spec.pool_selector.insert("zone".into(), chosen.identity.zone_id.clone());
-                    rec.req = PodRequest::of(&rec.spec);
-                    events.push(Event::ZonePinned { pod: key.to_string(), spec: StoredSpec::of(&rec.spec) });
+                    spec.pool_selector.insert("zone".into(), chosen.identity.zone_id.clone());
+                    rec.req = PodRequest::of(&spec);
+                    rec.spec = EncodedSpec::of(&spec);
+                    events.push(Event::ZonePinned { pod: key.to_string(), spec: StoredSpec::of(&spec) });
                 }
                 rec.node = Some(node.clone());
                 rec.phase = pb::PodPhase::Bound;
-                rec.message.clear();
+                // Not `clear`: the room of "waiting for a node" would stay with every bound pod.
+                rec.message = String::new();
                 rec.tried_at_epoch = None;
                 self.pending.remove(&rec.order);
-                self.outbox.entry(node.clone()).or_default().run.push(rec.spec.clone());
+                self.outbox.entry(node.clone()).or_default().run.push(spec);
                 events.push(Event::Bound { pod: key.to_string(), node });
             }
             Decision::Unschedulable(m) => {
@@ -253,7 +264,7 @@ impl Cluster {
                     }
                 } else {
                     self.placement.bind(idx, &key, &rec.req);
-                    self.outbox.entry(id.clone()).or_default().run.push(rec.spec.clone());
+                    self.outbox.entry(id.clone()).or_default().run.push(rec.spec.decode());
                 }
             }
         }
@@ -418,7 +429,7 @@ impl Cluster {
         let remove = self.outbox.remove(node).map(|o| o.remove).unwrap_or_default();
         let mut keys: Vec<&String> = self.placement.index_of(node).and_then(|i| self.placement.node(i)).map(|n| n.pods.iter().collect()).unwrap_or_default();
         keys.sort();
-        let run = keys.into_iter().filter_map(|k| self.pods.get(k)).map(|r| r.spec.clone()).collect();
+        let run = keys.into_iter().filter_map(|k| self.pods.get(k)).map(|r| r.spec.decode()).collect();
         Outbox { run, remove }
     }
 
@@ -585,7 +596,7 @@ mod tests {
         let mut d = Cluster::new(Strategy::BinPack, 0, 15_000);
         d.restore(&store.load().unwrap(), 100).unwrap();
         assert_eq!(d.pod("d/p0").unwrap().node.as_deref(), Some("i-1"));
-        assert_eq!(d.pending().map(|p| p.spec.name.clone()).collect::<Vec<_>>(), vec!["p1", "p2"]);
+        assert_eq!(d.pending().map(|p| p.spec.decode().name).collect::<Vec<_>>(), vec!["p1", "p2"]);
         // The node reports without the pod (it never got it): it is reserved and sent again.
         d.report(&report("i-1", "a", "z1", caps(1, 16), 5, &[]), 200);
         assert_eq!(d.take_instruction("i-1")[0].run.len(), 1);
@@ -631,7 +642,7 @@ mod tests {
         c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
         c.submit(disk_pod("db", &[]), 0).unwrap();
         c.schedule(0);
-        assert_eq!(c.pod("d/db").unwrap().spec.pool_selector.get("zone").map(String::as_str), Some("z1"));
+        assert_eq!(c.pod("d/db").unwrap().spec.decode().pool_selector.get("zone").map(String::as_str), Some("z1"));
         assert_eq!(c.submit(disk_pod("db", &[]), 10), Ok(Vec::new()), "the original spec is a retry");
         assert_eq!(c.pod("d/db").unwrap().node.as_deref(), Some("i-1"));
         let mut elsewhere = disk_pod("db", &[]);

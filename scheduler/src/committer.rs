@@ -5,20 +5,28 @@
 //! So no lock is held across a sync, placement goes on while a batch is written, and what an agent
 //! or client hears is always durable. A failed append fails its batch and every one queued after
 //! it (they build on it); the term is then over and the replica reloads the store.
+//!
+//! A store whose journal grew long asks for a checkpoint ([`Store::checkpoint_due`]); the next
+//! call takes it from the cluster under the lock it already holds and queues it with its batch,
+//! so it holds exactly the events queued up to it. The committer appends up to that batch, then
+//! has the store write the checkpoint — encoded and synced on its thread, under no lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use berth_proto::cluster::v1 as pb;
 use tonic::Status;
 
-use crate::store::{Event, Store};
+use crate::store::{Checkpoint, Event, Store};
 
 /// Most events one append takes, so one batch cannot grow without bound under a flood of calls.
 const MAX_BATCH_EVENTS: usize = 50_000;
 
-pub type InstructionSender = tokio::sync::mpsc::Sender<Result<pb::NodeInstruction, Status>>;
+/// The error boxed: a channel's slots are the size of its item, and a `Status` inline would make
+/// every connected agent's channel hold kilobytes of room for an error sent once at the end.
+pub type InstructionSender = tokio::sync::mpsc::Sender<Result<pb::NodeInstruction, Box<Status>>>;
 
 /// Connected agents: node → (stream generation, sender).
 pub type Streams = Arc<Mutex<HashMap<String, (u64, InstructionSender)>>>;
@@ -28,6 +36,8 @@ pub struct Batch {
     pub events: Vec<Event>,
     pub instructions: Vec<(String, pb::NodeInstruction)>,
     pub done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    /// The state with this batch's events applied, when the store asked for a checkpoint.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Why the committer stopped taking batches.
@@ -37,6 +47,8 @@ pub struct Failed(pub String);
 pub struct Committer {
     queue: mpsc::Sender<Batch>,
     failed: tokio::sync::watch::Receiver<Option<Failed>>,
+    /// Set by the committer's thread when the store asks for a checkpoint, until a call takes it.
+    checkpoint_wanted: Arc<AtomicBool>,
     /// Counts of batches and events written, for `/metrics` and the load benchmark.
     pub stats: Arc<CommitStats>,
 }
@@ -54,27 +66,46 @@ impl Committer {
         let (failed_tx, failed) = tokio::sync::watch::channel(None);
         let stats = Arc::new(CommitStats::default());
         let counted = stats.clone();
+        let checkpoint_wanted = Arc::new(AtomicBool::new(false));
+        let wanted = checkpoint_wanted.clone();
         std::thread::Builder::new()
             .name("berth-commit".into())
             .spawn(move || {
                 let mut broken: Option<String> = None;
+                // A checkpoint was asked for and has not come yet: ask once, not after every append.
+                let mut asked = false;
                 while let Ok(first) = rx.recv() {
                     let mut batches = vec![first];
                     let mut events = batches[0].events.len();
+                    // A batch with a checkpoint ends the round: what follows it is not in it.
                     while events < MAX_BATCH_EVENTS
+                        && batches.last().is_some_and(|b| b.checkpoint.is_none())
                         && let Ok(b) = rx.try_recv()
                     {
                         events += b.events.len();
                         batches.push(b);
                     }
+                    let checkpoint = batches.last_mut().and_then(|b| b.checkpoint.take());
                     let result = match &broken {
                         Some(e) => Err(e.clone()),
-                        None if events == 0 => Ok(()),
                         None => {
                             let all: Vec<Event> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.events)).collect();
-                            let r = store.append(&all).map_err(|e| e.to_string());
-                            counted.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            counted.events.fetch_add(all.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            let mut r = Ok(());
+                            if !all.is_empty() {
+                                r = store.append(&all).map_err(|e| e.to_string());
+                                counted.appends.fetch_add(1, Ordering::Relaxed);
+                                counted.events.fetch_add(all.len() as u64, Ordering::Relaxed);
+                            }
+                            if r.is_ok()
+                                && let Some(state) = checkpoint
+                            {
+                                r = store.checkpoint(&state).map_err(|e| e.to_string());
+                                asked = false;
+                            }
+                            if r.is_ok() && !asked && store.checkpoint_due() {
+                                asked = true;
+                                wanted.store(true, Ordering::Relaxed);
+                            }
                             r
                         }
                     };
@@ -96,14 +127,25 @@ impl Committer {
                 }
             })
             .expect("the committer thread starts");
-        Committer { queue, failed, stats }
+        Committer { queue, failed, checkpoint_wanted, stats }
+    }
+
+    /// Whether the store asked for a checkpoint; true once per request, and the caller (holding
+    /// the cluster's lock) must then queue one with its batch ([`Committer::queue_with`]).
+    pub fn take_checkpoint_request(&self) -> bool {
+        self.checkpoint_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// Queues a batch; the caller must hold the lock under which its events were made, so batches
     /// are durable in the order of the changes.
     pub fn queue(&self, events: Vec<Event>, instructions: Vec<(String, pb::NodeInstruction)>) -> Pending {
+        self.queue_with(events, instructions, None)
+    }
+
+    /// [`Committer::queue`] with the state after these events, as a checkpoint for the store.
+    pub fn queue_with(&self, events: Vec<Event>, instructions: Vec<(String, pb::NodeInstruction)>, checkpoint: Option<Checkpoint>) -> Pending {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.queue.send(Batch { events, instructions, done: Some(tx) });
+        let _ = self.queue.send(Batch { events, instructions, done: Some(tx), checkpoint });
         Pending(rx)
     }
 
@@ -151,7 +193,7 @@ fn deliver(streams: &Streams, instructions: impl Iterator<Item = (String, pb::No
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Snapshot, StoreError};
+    use crate::store::{Checkpoint, Snapshot, StoreError};
 
     /// Records each append's size and can be told to fail.
     struct Counting {
@@ -195,6 +237,57 @@ mod tests {
             p.durable().await.unwrap();
         }
         assert_eq!(*appends.lock().unwrap(), vec![1, 20], "one append for the first call, one for the 20 that waited");
+    }
+
+    /// Asks for a checkpoint once `due_after` events were appended since the last one; records
+    /// appends and checkpoints in order.
+    struct Folding {
+        log: Arc<Mutex<Vec<String>>>,
+        since: usize,
+        due_after: usize,
+    }
+
+    impl Store for Folding {
+        fn load(&mut self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn append(&mut self, events: &[Event]) -> Result<(), StoreError> {
+            self.since += events.len();
+            self.log.lock().unwrap().push(format!("append {}", events.len()));
+            Ok(())
+        }
+        fn checkpoint_due(&self) -> bool {
+            self.since >= self.due_after
+        }
+        fn checkpoint(&mut self, state: &Checkpoint) -> Result<(), StoreError> {
+            self.since = 0;
+            self.log.lock().unwrap().push(format!("checkpoint at {}", state.next_order));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_asked_for_comes_with_the_next_batch_and_ends_its_round() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let c = Committer::start(Box::new(Folding { log: log.clone(), since: 0, due_after: 2 }), Streams::default());
+        assert!(!c.take_checkpoint_request());
+        c.queue(ev(0), vec![]).durable().await.unwrap();
+        assert!(!c.take_checkpoint_request());
+        c.queue(ev(1), vec![]).durable().await.unwrap();
+        assert!(c.take_checkpoint_request(), "two events appended: the store asks");
+        assert!(!c.take_checkpoint_request(), "one request is taken once");
+        // The caller holds its lock from taking the state to queueing it: nothing comes between.
+        let with = c.queue_with(ev(2), vec![], Some(Checkpoint { next_order: 3, ..Default::default() }));
+        let after = c.queue(ev(3), vec![]);
+        with.durable().await.unwrap();
+        after.durable().await.unwrap();
+        c.queue(ev(4), vec![]).durable().await.unwrap();
+        assert!(c.take_checkpoint_request(), "two events since the checkpoint: asked again");
+        let log = log.lock().unwrap().clone();
+        let at = log.iter().position(|l| l == "checkpoint at 3").expect("the checkpoint was written");
+        assert_eq!(log[at - 1], "append 1", "the batch with the checkpoint is appended first: {log:?}");
+        assert_eq!(log[..at].iter().filter(|l| l.starts_with("append")).count(), 3, "{log:?}");
+        assert!(log[at + 1..].iter().all(|l| l.starts_with("append")), "what was queued after it is appended after it: {log:?}");
     }
 
     #[tokio::test]

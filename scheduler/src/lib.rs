@@ -5,10 +5,12 @@
 //!
 //! Pure logic ([`placement`], [`cluster`], [`validation`], [`autoscaler`]'s planners, [`instruction`]
 //! and [`page`] that keep messages under the gRPC limit) is apart from I/O
-//! ([`store`], [`committer`], [`leader`], [`replica`], [`server`], [`autoscaler::driver`], [`client`]).
+//! ([`store`], [`committer`], [`leader`], [`replica`], [`server`], [`autoscaler::driver`]).
 
 pub mod autoscaler;
-pub mod client;
+/// The client side of cluster.proto (`berth-scheduler-client`): the scheduler keeps the same
+/// message limits its agents do.
+pub use berth_scheduler_client as client;
 pub mod cluster;
 pub mod committer;
 pub mod config;

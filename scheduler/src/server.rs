@@ -124,7 +124,8 @@ impl Shared {
         let mut c = self.cluster();
         let (events, out) = f(&mut c, now_ms())?;
         let instructions = c.take_instructions();
-        Ok((self.committer.queue(events, instructions), out))
+        let checkpoint = self.committer.take_checkpoint_request().then(|| c.checkpoint());
+        Ok((self.committer.queue_with(events, instructions, checkpoint), out))
     }
 
     /// One tick: leases, then pending pods; queued without waiting for the sync.
@@ -171,7 +172,7 @@ impl Shared {
         self.ended.send_replace(Some(why.to_string()));
         let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for (_, (_, tx)) in streams {
-            let _ = tx.try_send(Err(Status::unavailable(format!("this scheduler no longer leads ({why}); report to the leader"))));
+            let _ = tx.try_send(Err(Box::new(Status::unavailable(format!("this scheduler no longer leads ({why}); report to the leader")))));
         }
     }
 
@@ -237,14 +238,14 @@ impl Scheduler for SchedulerService {
                         } else {
                             tracing::debug!(error = %e, "report stream ended with an error");
                         }
-                        let _ = tx.send(Err(answer)).await;
+                        let _ = tx.send(Err(Box::new(answer))).await;
                         break;
                     }
                 };
                 let id = match report_stream::reporting_node(&report, node.as_deref()) {
                     Ok(id) => id,
                     Err(answer) => {
-                        let _ = tx.send(Err(answer)).await;
+                        let _ = tx.send(Err(Box::new(answer))).await;
                         break;
                     }
                 };
@@ -272,7 +273,7 @@ impl Scheduler for SchedulerService {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
-                    let _ = tx.send(Err(e)).await;
+                    let _ = tx.send(Err(Box::new(e))).await;
                     break;
                 }
             }
@@ -283,7 +284,7 @@ impl Scheduler for SchedulerService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(|e| *e)))))
     }
 
     async fn submit_pod(&self, request: Request<pb::SubmitPodRequest>) -> Result<Response<pb::PodStatus>, Status> {

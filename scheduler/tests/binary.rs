@@ -55,7 +55,7 @@ async fn the_binary_serves_keeps_state_and_stops_on_sigterm() {
     assert!(journal.contains("default/web"), "the submission is journaled before the answer");
     // An agent's report stream stays open: the scheduler still stops, after a short grace.
     let first = pb::NodeReport { identity: Some(pb::NodeIdentity { instance_id: "i-a".into(), ..Default::default() }), ..Default::default() };
-    let _reporter = berth_scheduler::client::NodeReporter::connect(&url, first).await.unwrap();
+    let _reporter = berth_scheduler_client::NodeReporter::connect(&url, first).await.unwrap();
     let mut child = child;
     nix_kill(child.0.id());
     let t = Instant::now();

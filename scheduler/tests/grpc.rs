@@ -10,7 +10,7 @@ use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
 use berth_scheduler::autoscaler::driver::{NodeProvisioner, PoolInstance};
 use berth_scheduler::autoscaler::{NodePool, PoolVSwitch, ScaleUpPlan};
-use berth_scheduler::client::{self, NodeReporter};
+use berth_scheduler_client::{self as client, NodeReporter};
 use berth_scheduler::config::SchedulerConfig;
 use berth_scheduler::placement::demand_of;
 use berth_scheduler::server::{self, Shared};
@@ -442,8 +442,8 @@ async fn a_follower_names_the_leader_and_clients_find_it() {
     assert_eq!(refused.metadata().get(berth_scheduler::replica::LEADER_METADATA).unwrap().to_str().unwrap(), leader.addr.to_string());
     assert!(refused.message().contains("does not lead"), "{}", refused.message());
     // A client given only the follower ends up at the leader.
-    let endpoints = berth_scheduler::client::endpoints(&format!("{follower_addr}"));
-    let (at, channel) = berth_scheduler::client::connect_leader(&endpoints, Duration::from_secs(2)).await.unwrap();
+    let endpoints = berth_scheduler_client::endpoints(&format!("{follower_addr}"));
+    let (at, channel) = berth_scheduler_client::connect_leader(&endpoints, Duration::from_secs(2)).await.unwrap();
     assert_eq!(at, leader.url());
     SchedulerClient::new(channel).submit_pod(pod("p")).await.unwrap();
     assert_eq!(pods(&mut leader.client().await).await.len(), 1);

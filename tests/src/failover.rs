@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
-use berth_scheduler::client::{NodeReporter, connect_leader, endpoints};
+use berth_scheduler_client::{NodeReporter, connect_leader, endpoints};
 use crate::etcd::EtcdCluster;
 use crate::scheduler::{Scheduler, free_port};
 

@@ -649,7 +649,7 @@ impl PodRunner {
                     (RecordState::Ended { succeeded: true, message }, _) => (pb::PodPhase::Succeeded, message.clone()),
                     (RecordState::Ended { message, .. }, _) | (RecordState::Failed { message }, _) => (pb::PodPhase::Failed, message.clone()),
                 };
-                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler::client::bounded_message(&message) };
+                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler_client::bounded_message(&message) };
                 ReportedPod { report, cpu_millicores: p.spec.cpu_millicores, memory_bytes: p.spec.memory_bytes }
             })
             .collect()

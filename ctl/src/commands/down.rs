@@ -31,7 +31,7 @@ impl Down {
         if cluster::scheduler_pid(paths).is_some() {
             match cluster::scheduler(paths, Duration::from_secs(5)).await {
                 Ok(mut sched) => {
-                    let pods = berth_scheduler::client::list_pods(&mut sched, "").await.unwrap_or_default();
+                    let pods = berth_scheduler_client::list_pods(&mut sched, "").await.unwrap_or_default();
                     if !pods.is_empty() {
                         progress(&format!("deleting {} pods through the scheduler", pods.len()));
                     }

@@ -171,7 +171,7 @@ impl Inspect {
             Err(s) if s.code() == tonic::Code::NotFound => anyhow::bail!("the scheduler has no pod {}/{name}; `berthctl pod list` shows the pods", self.namespace),
             Err(s) => anyhow::bail!("asking the scheduler for {}/{name}: {}", self.namespace, s.message()),
         };
-        let nodes = berth_scheduler::client::list_nodes(&mut scheduler).await.map_err(|s| anyhow::anyhow!("listing the nodes: {}", s.message()))?;
+        let nodes = berth_scheduler_client::list_nodes(&mut scheduler).await.map_err(|s| anyhow::anyhow!("listing the nodes: {}", s.message()))?;
         // What the pod's node's agent holds, when the node is one of the local cluster's.
         let mut pool = None;
         berth_cloud::client::install_tls_provider();

@@ -158,8 +158,8 @@ fn rpc(s: tonic::Status) -> anyhow::Error {
 
 /// The cluster's pods and nodes as shown, with the ENI of each pod's IP when the local cloud runs.
 pub async fn snapshot(paths: &ClusterPaths, c: &mut SchedulerClient<Channel>, namespace: &str) -> anyhow::Result<(Vec<PodView>, Vec<NodeView>)> {
-    let pods = berth_scheduler::client::list_pods(c, namespace).await.map_err(rpc)?;
-    let nodes = berth_scheduler::client::list_nodes(c).await.map_err(rpc)?;
+    let pods = berth_scheduler_client::list_pods(c, namespace).await.map_err(rpc)?;
+    let nodes = berth_scheduler_client::list_nodes(c).await.map_err(rpc)?;
     let enis = match cluster::connect(paths) {
         Ok(cloud) => cloud.describe_network_interfaces(&EniFilter::default()).await.map(|e| views::enis_by_ip(&e)).unwrap_or_default(),
         Err(_) => HashMap::new(),
@@ -176,7 +176,7 @@ pub async fn wait_running(c: &mut SchedulerClient<Channel>, namespace: &str, nam
     let started = Instant::now();
     let mut said = String::new();
     loop {
-        let pods = berth_scheduler::client::list_pods(c, namespace).await.map_err(rpc)?;
+        let pods = berth_scheduler_client::list_pods(c, namespace).await.map_err(rpc)?;
         let mine: Vec<&pb::PodStatus> = pods.iter().filter(|p| p.spec.as_ref().is_some_and(|s| names.contains(&s.name))).collect();
         if let Some(f) = mine.iter().find(|p| p.phase == pb::PodPhase::Failed as i32) {
             let name = f.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
@@ -227,7 +227,7 @@ pub async fn delete(c: &mut SchedulerClient<Channel>, namespace: &str, name: &st
 pub async fn wait_gone(c: &mut SchedulerClient<Channel>, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let pods = berth_scheduler::client::list_pods(c, "").await.map_err(rpc)?;
+        let pods = berth_scheduler_client::list_pods(c, "").await.map_err(rpc)?;
         if pods.is_empty() {
             return Ok(());
         }

@@ -238,7 +238,7 @@ impl Up {
 
         wait_for_nodes(paths, &mut sched).await?;
 
-        let existing: Vec<String> = berth_scheduler::client::list_pods(&mut sched, "default").await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_iter().filter_map(|p| p.spec.map(|s| s.name)).collect();
+        let existing: Vec<String> = berth_scheduler_client::list_pods(&mut sched, "default").await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_iter().filter_map(|p| p.spec.map(|s| s.name)).collect();
         let nas = sample_nas(&cloud, paths, &vpc, &vswitches[0].0).await?;
         std::fs::create_dir_all(paths.bucket_dir(BUCKET)).with_context(|| format!("creating the bucket {BUCKET}"))?;
         let specs = sample_pods(&nas);
@@ -330,7 +330,7 @@ async fn wait_for_nodes(paths: &ClusterPaths, sched: &mut berth_proto::cluster::
     let timeout = Duration::from_secs(180);
     let mut said = usize::MAX;
     loop {
-        let nodes = berth_scheduler::client::list_nodes(sched).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let nodes = berth_scheduler_client::list_nodes(sched).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         let ready = nodes.iter().filter(|n| n.state == "Ready" && n.last_report.as_ref().and_then(|r| r.identity.as_ref()).is_some_and(|i| i.pool == POOL)).count();
         if ready >= MIN_NODES as usize {
             return Ok(());

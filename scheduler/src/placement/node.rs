@@ -154,8 +154,10 @@ impl Node {
         self.last_seen_ms = now_ms;
         self.refresh_free();
         self.reported_pods = report.pods.len();
+        // Kept for ListNodes without its pods, and without the room they took: 5,000 nodes of
+        // 30 pods would hold 15 MiB of empty vectors.
         let mut kept = report.clone();
-        kept.pods.clear();
+        kept.pods = Vec::new();
         self.last_report = kept;
     }
 

@@ -1,131 +1,71 @@
-//! The embedded store, after the agent's: a checkpoint (`state.json`, replaced atomically) plus a
-//! journal of the events since (`journal.jsonl`, one line per event). A batch of events is one
-//! write and one fdatasync, so binding a round of pods costs one sync, not one per pod. Replaying
-//! is idempotent, so a crash between writing a checkpoint and emptying the journal loads the same
-//! state; a torn last line is a write that never returned and is dropped.
+//! The embedded store: a checkpoint (`state.json`, replaced atomically) plus a journal of the
+//! events since (`journal.jsonl`, one line per event), kept by `berth-journal` as the agent's is.
+//! A batch of events is one write and one fdatasync, so binding a round of pods costs one sync,
+//! not one per pod. The store keeps no copy of the state: when the journal has grown long it says
+//! so ([`Store::checkpoint_due`]) and the committer hands it the cluster's own state to write.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{Event, Snapshot, Store, StoreError};
+use berth_journal::{Journal, Settings};
 
-/// Compact the journal into a checkpoint after this many events.
-const COMPACT_AFTER: usize = 20_000;
+use super::{Checkpoint, Event, Snapshot, Store, StoreError};
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
-}
+/// Fold the journal into a checkpoint after this many events.
+const SETTINGS: Settings = Settings { checkpoint_after: 20_000, pretty: false };
 
 pub struct JournalStore {
-    dir: PathBuf,
-    journal: File,
-    journaled: usize,
-    state: Snapshot,
+    journal: Journal<Event>,
+    /// What open found, until the first load takes it; later loads read the directory again.
+    loaded: Option<Snapshot>,
 }
 
 impl JournalStore {
     /// Opens (or creates) the store in `dir` and loads what it holds.
     pub fn open(dir: &Path) -> Result<JournalStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let checkpoint = dir.join("state.json");
-        let mut state: Snapshot = match std::fs::read(&checkpoint) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: checkpoint.clone(), source })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
-            Err(e) => return Err(io(&checkpoint)(e)),
-        };
-        let journal_path = dir.join("journal.jsonl");
-        let mut journaled = 0;
-        let mut good_len = 0u64;
-        if let Ok(file) = File::open(&journal_path) {
-            let mut reader = BufReader::new(file);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(io(&journal_path))?;
-                if n == 0 || !line.ends_with('\n') {
-                    break;
-                }
-                // A whole line that does not parse is damage, not a torn write: refuse.
-                let event = serde_json::from_str::<Event>(&line).map_err(|source| StoreError::Corrupt { path: journal_path.clone(), source })?;
-                state.apply(&event);
-                journaled += 1;
-                good_len += n as u64;
-            }
-        }
-        let journal = OpenOptions::new().create(true).append(true).open(&journal_path).map_err(io(&journal_path))?;
-        journal.set_len(good_len).map_err(io(&journal_path))?;
-        let mut store = JournalStore { dir: dir.to_path_buf(), journal, journaled, state };
-        if store.journaled >= COMPACT_AFTER {
-            store.compact()?;
-        }
-        Ok(store)
-    }
-
-    /// Writes the checkpoint (temp file, fsync, rename, fsync of the directory), then empties the journal.
-    pub fn compact(&mut self) -> Result<(), StoreError> {
-        let path = self.dir.join("state.json");
-        let tmp = self.dir.join("state.json.tmp");
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&serde_json::to_vec(&self.state).expect("state serializes")).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
-        self.journal.set_len(0).map_err(io(&self.dir))?;
-        self.journal.sync_all().map_err(io(&self.dir))?;
-        self.journaled = 0;
-        Ok(())
-    }
-}
-
-impl JournalStore {
-    /// The state as loaded at open, with every appended event applied.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.state
+        let (journal, state) = Journal::open(dir, SETTINGS)?;
+        Ok(JournalStore { journal, loaded: Some(state) })
     }
 }
 
 impl Store for JournalStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        Ok(self.state.clone())
+        match self.loaded.take() {
+            Some(state) => Ok(state),
+            None => Ok(self.journal.load()?),
+        }
     }
 
     fn append(&mut self, events: &[Event]) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let path = self.dir.join("journal.jsonl");
-        let mut buf = Vec::with_capacity(events.len() * 96);
-        for e in events {
-            serde_json::to_writer(&mut buf, e).expect("events serialize");
-            buf.push(b'\n');
-        }
-        self.journal.write_all(&buf).map_err(io(&path))?;
-        self.journal.sync_data().map_err(io(&path))?;
-        for e in events {
-            self.state.apply(e);
-        }
-        self.journaled += events.len();
-        if self.journaled >= COMPACT_AFTER {
-            self.compact()?;
-        }
-        Ok(())
+        Ok(self.journal.append(events)?)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.journal.checkpoint_due()
+    }
+
+    fn checkpoint(&mut self, state: &Checkpoint) -> Result<(), StoreError> {
+        Ok(self.journal.checkpoint(state)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write as _;
+
     use berth_proto::cluster::v1 as pb;
 
-    use super::super::{RequestedNode, StoredSpec};
+    use super::super::{MemoryStore, RequestedNode, StoredSpec};
     use super::*;
+    use crate::cluster::Cluster;
+    use crate::placement::Strategy;
 
     fn spec(name: &str) -> pb::PodSpec {
         pb::PodSpec { namespace: "d".into(), name: name.into(), cpu_millicores: 250, ..Default::default() }
     }
 
     #[test]
-    fn survives_reopen_compaction_and_a_torn_line() {
+    fn survives_reopen_and_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = JournalStore::open(dir.path()).unwrap();
@@ -142,17 +82,52 @@ mod tests {
         j.write_all(br#"{"event":"deleted","po"#).unwrap();
         drop(j);
         let mut s = JournalStore::open(dir.path()).unwrap();
-        assert_eq!(s.snapshot().pods.keys().collect::<Vec<_>>(), vec!["d/a"]);
-        assert_eq!(s.snapshot().pods["d/a"].node.as_deref(), Some("i-1"));
-        assert_eq!(s.snapshot().pods["d/a"].spec.decode().unwrap(), spec("a"));
-        assert_eq!(s.snapshot().requested["i-9"].requested_at_ms, 5);
-        s.compact().unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.pods.keys().collect::<Vec<_>>(), vec!["d/a"]);
+        assert_eq!(snap.pods["d/a"].node.as_deref(), Some("i-1"));
+        assert_eq!(snap.pods["d/a"].spec.decode().unwrap(), spec("a"));
+        assert_eq!(snap.requested["i-9"].requested_at_ms, 5);
         s.append(&[Event::Unbound { pod: "d/a".into() }, Event::NodeRequestCleared { instance_id: "i-9".into() }]).unwrap();
+        let again = s.load().unwrap();
+        assert_eq!(again.pods["d/a"].node, None, "a later load reads what was appended since");
         drop(s);
-        let s = JournalStore::open(dir.path()).unwrap();
-        assert_eq!(s.snapshot().pods["d/a"].node, None);
-        assert!(s.snapshot().requested.is_empty());
-        assert_eq!(s.snapshot().next_order, 2);
+        let snap = JournalStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(snap, again);
+        assert!(snap.requested.is_empty());
+        assert_eq!(snap.next_order, 2);
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_cluster_loads_as_its_events_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        let mut replayed = MemoryStore::default();
+        let mut c = Cluster::new(Strategy::Spread, 0, 15_000);
+        let node = pb::NodeReport {
+            identity: Some(pb::NodeIdentity { instance_id: "i-1".into(), zone_id: "z1".into(), ..Default::default() }),
+            allocatable: Some(pb::Resources { cpu_millicores: 4000, memory_bytes: 8 << 30, pods: 10, shared_ips: 10, eni_slots: 2, member_eni_slots: 0, disk_slots: 4 }),
+            free: Some(pb::Resources { cpu_millicores: 4000, memory_bytes: 8 << 30, pods: 10, shared_ips: 10, eni_slots: 2, member_eni_slots: 0, disk_slots: 4 }),
+            sequence: 1,
+            ..Default::default()
+        };
+        let mut events = c.report(&node, 0);
+        for name in ["a", "b", "c"] {
+            events.extend(c.submit(spec(name), 0).unwrap());
+        }
+        let mut disk = spec("disk");
+        disk.volumes.push(pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/data".into(), ..Default::default() });
+        events.extend(c.submit(disk, 0).unwrap());
+        events.extend(c.schedule(0));
+        events.extend(c.delete("d/b").unwrap());
+        events.extend(c.request_node(RequestedNode { instance_id: "i-9".into(), pool: "p".into(), instance_type: "ecs.g7.large".into(), zone_id: "z".into(), vswitch_id: "vsw".into(), requested_at_ms: 5 }));
+        s.append(&events).unwrap();
+        replayed.append(&events).unwrap();
+        s.checkpoint(&c.checkpoint()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("journal.jsonl")).unwrap().len(), 0, "the checkpoint replaces the journal");
+        drop(s);
+        let loaded = JournalStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded, replayed.load().unwrap());
+        assert!(loaded.pods["d/disk"].spec.decode().unwrap().pool_selector.contains_key("zone"), "the zone the disk pod was pinned to is kept");
     }
 
     #[test]
@@ -162,6 +137,6 @@ mod tests {
         let mut j = OpenOptions::new().append(true).open(dir.path().join("journal.jsonl")).unwrap();
         j.write_all(b"{\"event\":\"nonsense\"}\n").unwrap();
         drop(j);
-        assert!(matches!(JournalStore::open(dir.path()), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(JournalStore::open(dir.path()), Err(StoreError::Corrupt { line: Some(2), .. })));
     }
 }

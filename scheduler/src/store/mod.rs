@@ -11,11 +11,14 @@ mod journal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use base64::Engine as _;
+use berth_journal::{JournalError, Replay};
 use berth_proto::cluster::v1 as pb;
 use prost::Message as _;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct as _;
+use serde::{Deserialize, Serialize, Serializer};
 
 pub use etcd::EtcdStore;
 pub use journal::JournalStore;
@@ -34,6 +37,26 @@ impl StoredSpec {
     pub fn decode(&self) -> Result<pb::PodSpec, String> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(&self.0).map_err(|e| e.to_string())?;
         pb::PodSpec::decode(bytes.as_slice()).map_err(|e| e.to_string())
+    }
+}
+
+/// A pod spec as the cluster holds it: its protobuf encoding, shared. Decoded, with its strings,
+/// maps and volumes, a spec takes several times the room, and only binds, instructions and lists
+/// need it whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedSpec(Arc<[u8]>);
+
+impl EncodedSpec {
+    pub fn of(spec: &pb::PodSpec) -> EncodedSpec {
+        EncodedSpec(spec.encode_to_vec().into())
+    }
+
+    pub fn decode(&self) -> pb::PodSpec {
+        pb::PodSpec::decode(&*self.0).expect("a spec the scheduler encoded decodes")
+    }
+
+    pub fn stored(&self) -> StoredSpec {
+        StoredSpec(base64::engine::general_purpose::STANDARD.encode(&self.0))
     }
 }
 
@@ -147,12 +170,66 @@ impl Snapshot {
     }
 }
 
+impl Replay<Event> for Snapshot {
+    fn apply(&mut self, event: &Event) {
+        Snapshot::apply(self, event);
+    }
+}
+
+/// The state as of one batch, for a store that folds its journal into a checkpoint
+/// ([`Store::checkpoint_due`]). Taken from the cluster under its lock — the encoded specs are
+/// shared, not copied, so that is quick — and written by the committer without any lock. It
+/// serializes as a [`Snapshot`], so the checkpoint loads as one.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    /// In key order.
+    pub pods: Vec<(String, CheckpointPod)>,
+    pub requested: BTreeMap<String, RequestedNode>,
+    pub next_order: u64,
+    pub scale_ups: BTreeMap<String, ScaleUp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointPod {
+    pub spec: EncodedSpec,
+    pub order: u64,
+    pub node: Option<String>,
+}
+
+impl Serialize for Checkpoint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Pods<'a>(&'a [(String, CheckpointPod)]);
+        impl Serialize for Pods<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(key, p)| (key, p)))
+            }
+        }
+        let mut s = serializer.serialize_struct("Snapshot", 4)?;
+        s.serialize_field("pods", &Pods(&self.pods))?;
+        s.serialize_field("requested", &self.requested)?;
+        s.serialize_field("next_order", &self.next_order)?;
+        s.serialize_field("scale_ups", &self.scale_ups)?;
+        s.end()
+    }
+}
+
+/// As a [`StoredPod`], its spec in base64 only now.
+impl Serialize for CheckpointPod {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("StoredPod", 3)?;
+        s.serialize_field("spec", &self.spec.stored())?;
+        s.serialize_field("order", &self.order)?;
+        s.serialize_field("node", &self.node)?;
+        s.end()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("scheduler state directory {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not valid: {source} (move it away to start empty; the pods in it would be forgotten)")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("{path}{} is not valid: {source} (move it away to start empty; the pods in it would be forgotten)", .line.map(|n| format!(" line {n}")).unwrap_or_default())]
+    Corrupt { path: PathBuf, line: Option<usize>, source: serde_json::Error },
     #[error("the etcd cluster at {endpoints} has no quorum or cannot be reached ({reason}); check that most of its members run and that this host reaches their client URLs")]
     Unavailable { endpoints: String, reason: String },
     #[error("etcd at {endpoints} refused the request: {reason}")]
@@ -170,6 +247,16 @@ pub enum StoreError {
     CorruptKey { key: String, reason: String },
 }
 
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> StoreError {
+        match e {
+            JournalError::Io { path, source } => StoreError::Io { path, source },
+            JournalError::Corrupt { path, line, source } => StoreError::Corrupt { path, line, source },
+            JournalError::Encode { path, source } => StoreError::Io { path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, source) },
+        }
+    }
+}
+
 /// Where the scheduler keeps its state. `append` returns once the events are durable (for a
 /// replicated store: committed by a quorum); the scheduler answers a client only after that.
 /// Calls come from one thread at a time (the scheduler's committer), which batches the events of
@@ -180,6 +267,16 @@ pub trait Store: Send {
     /// Makes the events durable, in order, as one batch (one sync, or as few transactions as the
     /// store allows); returns once they are.
     fn append(&mut self, events: &[Event]) -> Result<(), StoreError>;
+    /// Whether the store wants the whole state as a [`Checkpoint`] (its journal grew long). The
+    /// store keeps no copy of the state for that: the committer asks the cluster for one.
+    fn checkpoint_due(&self) -> bool {
+        false
+    }
+    /// Replaces what the store holds with `state`, which holds every event appended so far and
+    /// no other. Stores without a journal to fold (etcd, memory) have nothing to do.
+    fn checkpoint(&mut self, _state: &Checkpoint) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Keeps state in memory only: for tests and benchmarks.

@@ -1,4 +1,5 @@
-//! What an agent needs to talk to the scheduler: [`NodeReporter`] opens the ReportNode stream,
+//! `berth-scheduler-client`: what an agent (and `berthctl`) needs to talk to the scheduler, without
+//! linking the scheduler itself: [`NodeReporter`] opens the ReportNode stream,
 //! sends the node's reports and yields the scheduler's instructions (pods to run, pods to remove);
 //! [`connect_leader`] finds the replica that leads among those configured, for agents and
 //! `berthctl` alike; [`list_pods`] and [`list_nodes`] follow the pages of the lists.
