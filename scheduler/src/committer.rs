@@ -28,6 +28,9 @@ pub struct Batch {
     pub events: Vec<Event>,
     pub instructions: Vec<(String, pb::NodeInstruction)>,
     pub done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    /// Run once the batch is durable, in the order of the batches (WatchPods publishes its
+    /// changes so); not run when it failed.
+    pub then: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Why the committer stopped taking batches.
@@ -87,6 +90,9 @@ impl Committer {
                     }
                     if result.is_ok() {
                         deliver(&streams, batches.iter_mut().flat_map(|b| std::mem::take(&mut b.instructions)));
+                        for then in batches.iter_mut().filter_map(|b| b.then.take()) {
+                            then();
+                        }
                     }
                     for b in batches {
                         if let Some(done) = b.done {
@@ -102,8 +108,13 @@ impl Committer {
     /// Queues a batch; the caller must hold the lock under which its events were made, so batches
     /// are durable in the order of the changes.
     pub fn queue(&self, events: Vec<Event>, instructions: Vec<(String, pb::NodeInstruction)>) -> Pending {
+        self.queue_then(events, instructions, None)
+    }
+
+    /// [`Committer::queue`], and `then` runs once the batch is durable (before its callers hear).
+    pub fn queue_then(&self, events: Vec<Event>, instructions: Vec<(String, pb::NodeInstruction)>, then: Option<Box<dyn FnOnce() + Send>>) -> Pending {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.queue.send(Batch { events, instructions, done: Some(tx) });
+        let _ = self.queue.send(Batch { events, instructions, done: Some(tx), then });
         Pending(rx)
     }
 
