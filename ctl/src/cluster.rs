@@ -73,6 +73,16 @@ impl ClusterPaths {
     pub fn scheduler_url(&self) -> String {
         format!("http://{}", self.scheduler_listen)
     }
+    /// Where `up --ha` lists the scheduler replicas (host:port, comma-separated).
+    pub fn scheduler_endpoints_file(&self) -> PathBuf {
+        self.run_dir.join("schedulers")
+    }
+    /// The scheduler replicas' URLs: those `up --ha` listed, else `--scheduler-listen` (one
+    /// address, or several comma-separated).
+    pub fn scheduler_endpoints(&self) -> Vec<String> {
+        let listed = std::fs::read_to_string(self.scheduler_endpoints_file()).unwrap_or_default();
+        berth_scheduler::client::endpoints(if listed.trim().is_empty() { &self.scheduler_listen } else { listed.trim() })
+    }
     /// The guest directory of an instance (its agent's socket and state, its CSI driver's), as the
     /// local cloud resolves `{dir}`.
     pub fn guest_dir(&self, instance_id: &str) -> PathBuf {
@@ -236,7 +246,7 @@ pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
 /// comma-separated), waiting up to `timeout` for one to lead.
 pub async fn scheduler(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<SchedulerClient<Channel>> {
     let started = Instant::now();
-    let endpoints = berth_scheduler::client::endpoints(&paths.scheduler_listen);
+    let endpoints = paths.scheduler_endpoints();
     loop {
         match berth_scheduler::client::connect_leader(&endpoints, Duration::from_millis(500)).await {
             // One pod's spec travels whole (GetPod, a page holding one large pod).

@@ -41,7 +41,7 @@ impl Down {
                             eprintln!("warning: deleting pod {}/{}: {}; its node's removal cleans it up", s.namespace, s.name, e.message());
                         }
                     }
-                    if let Err(e) = pod::wait_gone(&mut sched, Duration::from_secs(90)).await {
+                    if let Err(e) = pod::wait_gone(paths, Duration::from_secs(90)).await {
                         eprintln!("warning: {e:#}; their nodes' removal cleans them up");
                     }
                 }

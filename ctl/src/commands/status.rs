@@ -97,7 +97,7 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
 /// What each scheduler replica of `--scheduler-listen` says of the leader.
 async fn schedulers(paths: &ClusterPaths) -> Vec<(String, Result<berth_proto::cluster::v1::LeaderStatus, String>)> {
     let mut out = Vec::new();
-    for e in berth_scheduler::client::endpoints(&paths.scheduler_listen) {
+    for e in paths.scheduler_endpoints() {
         let status = async {
             let channel = tonic::transport::Channel::from_shared(e.clone()).map_err(|err| err.to_string())?.connect_timeout(std::time::Duration::from_millis(500)).connect().await.map_err(|err| err.to_string())?;
             let mut c = berth_proto::cluster::v1::scheduler_client::SchedulerClient::new(channel);

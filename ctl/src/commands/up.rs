@@ -250,7 +250,8 @@ impl Up {
             }
         }
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        pod::wait_running(&mut sched, "default", &names, Duration::from_secs(180), |s| progress(&format!("waiting for the sample pods: {s}"))).await?;
+        let watch = berth_scheduler::client::watch::PodWatch::list_then_watch(&paths.scheduler_endpoints(), "default", "");
+        pod::wait_running(watch, "default", &names, Duration::from_secs(180), |s| progress(&format!("waiting for the sample pods: {s}"))).await?;
 
         let (pods, nodes) = pod::snapshot(paths, &mut sched, "").await?;
         let reach = reachability(paths, &pods);
