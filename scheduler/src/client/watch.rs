@@ -20,7 +20,7 @@ pub enum PodUpdate {
     /// whenever the watch had to list anew (what it knew before is to be replaced).
     Listed(Vec<pb::PodStatus>),
     /// One change, in revision order, never twice and with none left out.
-    Event(pb::PodEvent),
+    Event(Box<pb::PodEvent>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ impl PodWatch {
     fn take(&mut self, m: pb::WatchPodsResponse) {
         self.term = m.term;
         self.revision = m.revision;
-        self.updates.extend(m.events.into_iter().map(PodUpdate::Event));
+        self.updates.extend(m.events.into_iter().map(|e| PodUpdate::Event(Box::new(e))));
     }
 
     /// What a watch's error status means: list again, resume, or give up.
