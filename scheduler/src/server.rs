@@ -113,7 +113,9 @@ impl Shared {
         };
         let stats = &self.committer.stats;
         let commits = crate::metrics::Commits { appends: stats.appends.load(std::sync::atomic::Ordering::Relaxed), events: stats.events.load(std::sync::atomic::Ordering::Relaxed) };
-        crate::metrics::render(&snapshot, &self.counters, &commits)
+        let mut text = crate::metrics::render(&snapshot, &self.counters, &commits);
+        text.push_str(&self.watch.metrics_text());
+        text
     }
 
     fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {

@@ -126,6 +126,9 @@ pub struct WatchLog {
     assigned: Mutex<u64>,
     /// The newest revision published, for watchers to wait on.
     published: watch::Sender<u64>,
+    /// Open watches, and those closed for lagging, for `/metrics`.
+    watchers: std::sync::atomic::AtomicU64,
+    closed_lagging: std::sync::atomic::AtomicU64,
 }
 
 /// A part of the window read by a watcher.
@@ -142,7 +145,15 @@ impl WatchLog {
         // Random, so a revision of one term is never taken for one of another (a restart or a
         // new leader); 53 bits, so JSON tools keep it exact.
         let term = (uuid::Uuid::new_v4().as_u64_pair().0 >> 11).max(1);
-        Arc::new(WatchLog { term, limits, window: Mutex::new(Window { events: VecDeque::new(), bytes: 0, head: 0 }), assigned: Mutex::new(0), published: watch::channel(0).0 })
+        Arc::new(WatchLog {
+            term,
+            limits,
+            window: Mutex::new(Window { events: VecDeque::new(), bytes: 0, head: 0 }),
+            assigned: Mutex::new(0),
+            published: watch::channel(0).0,
+            watchers: 0.into(),
+            closed_lagging: 0.into(),
+        })
     }
 
     /// The newest revision given: a listing read now is at it.
@@ -245,6 +256,26 @@ impl WatchLog {
     fn head(&self) -> u64 {
         *self.published.borrow()
     }
+
+    /// The watch's part of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (kept, bytes) = {
+            let w = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (w.events.len(), w.bytes)
+        };
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            ("berth_scheduler_watchers", "gauge", "Open WatchPods streams.", self.watchers.load(Relaxed)),
+            ("berth_scheduler_watch_revision", "gauge", "The newest revision of pod changes in this term.", self.revision()),
+            ("berth_scheduler_watch_window_events", "gauge", "Pod changes kept for watches that resume.", kept as u64),
+            ("berth_scheduler_watch_window_bytes", "gauge", "Their encoded size.", bytes as u64),
+            ("berth_scheduler_watches_closed_lagging_total", "counter", "Watches closed (ABORTED) because their client fell more than watch.max_lag_events behind.", self.closed_lagging.load(Relaxed)),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        out
+    }
 }
 
 /// The answer stream of WatchPods.
@@ -255,8 +286,13 @@ pub type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchP
 pub fn watcher(log: Arc<WatchLog>, filter: Filter, cursor: u64, ended: impl Future<Output = String> + Send + 'static) -> WatchStream {
     let (tx, rx) = mpsc::channel::<pb::WatchPodsResponse>(BUFFER_MESSAGES);
     let (close_tx, close_rx) = oneshot::channel::<Status>();
+    log.watchers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         let why = run(&log, &filter, cursor, &tx, ended).await;
+        log.watchers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if why.as_ref().is_some_and(|s| s.code() == tonic::Code::Aborted) {
+            log.closed_lagging.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(status) = why {
             let _ = close_tx.send(status);
         }
@@ -421,5 +457,8 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
         assert!(status.message().contains(&format!("resume from revision {last}")), "{} (last received {last})", status.message());
         assert_eq!(log.start(last, log.term).unwrap(), last, "the window still holds what it needs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let text = log.metrics_text();
+        assert!(text.contains("berth_scheduler_watches_closed_lagging_total 1\n") && text.contains("berth_scheduler_watchers 0\n"), "{text}");
     }
 }

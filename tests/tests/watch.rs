@@ -18,7 +18,18 @@ use berth_tests::scheduler::{Scheduler, free_port};
 use tonic::transport::Channel;
 
 fn start(watch: &str) -> Scheduler {
-    Scheduler::start_on(free_port(), &format!("[placement]\ntick_ms = 50\n[autoscaler]\nenabled = false\n[watch]\n{watch}\n"), &[])
+    start_on(free_port(), watch)
+}
+
+fn start_on(port: u16, watch: &str) -> Scheduler {
+    Scheduler::start_on(port, &format!("[placement]\ntick_ms = 50\n[autoscaler]\nenabled = false\n[watch]\n{watch}\n"), &[])
+}
+
+/// A free port below the kernel's ephemeral range: while a scheduler on it restarts, no other
+/// process's bind to port 0 (a test's metrics server beside) can take it.
+fn port_kept_across_restarts() -> u16 {
+    let start = 20_000 + (std::process::id() % 8_000) as u16;
+    (start..32_000).chain(20_000..start).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port under 32000")
 }
 
 /// How a simulated node reports a pod it was told to run: Failed for names starting with "bad".
@@ -191,7 +202,7 @@ async fn events_come_in_order_and_a_resumed_watch_has_no_gap_and_no_duplicate() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_too_old_or_of_another_term_is_answered_out_of_range_and_a_client_lists_again() {
-    let mut s = start("window_events = 40\nmax_lag_events = 20\n");
+    let mut s = start_on(port_kept_across_restarts(), "window_events = 40\nmax_lag_events = 20\n");
     let mut c = s.client().await;
     let start_at = c.list_pods(pb::ListPodsRequest::default()).await.unwrap().into_inner();
     for k in 0..40 {
