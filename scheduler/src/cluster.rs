@@ -13,7 +13,7 @@ use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
 use crate::store::{Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
-use crate::watch::{Change, ChangeKind};
+use crate::watch::{Change, ChangeKind, ChangeLog};
 
 #[derive(Debug, Clone)]
 pub struct PodRecord {
@@ -71,8 +71,9 @@ pub struct Cluster {
     pub lease_ms: u64,
     /// When the state was loaded: pods awaiting a node are rescheduled a lease after this.
     started_ms: u64,
-    /// Pods' status changes since the last [`Cluster::take_changes`], in order, for WatchPods.
-    changes: Vec<Change>,
+    /// Pods' status changes since the last [`Cluster::take_changes`], in order, for WatchPods
+    /// (recorded once [`Cluster::record_changes`] turned it on).
+    changes: ChangeLog,
 }
 
 impl Cluster {
@@ -91,7 +92,7 @@ impl Cluster {
             deleted: HashSet::new(),
             lease_ms,
             started_ms: 0,
-            changes: Vec::new(),
+            changes: ChangeLog::default(),
         }
     }
 
@@ -150,7 +151,7 @@ impl Cluster {
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
         let rec = PodRecord { spec, req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None };
-        self.changes.push(Change::of(ChangeKind::Added, &rec));
+        self.changes.note(ChangeKind::Added, &rec);
         self.pods.insert(key.clone(), rec);
         self.pending.insert(order, key);
         Ok(vec![event])
@@ -159,7 +160,7 @@ impl Cluster {
     /// Deletes a pod; a bound one is removed from its node.
     pub fn delete(&mut self, key: &str) -> Option<Vec<Event>> {
         let rec = self.pods.remove(key)?;
-        self.changes.push(Change::of(ChangeKind::Deleted, &rec));
+        self.changes.note(ChangeKind::Deleted, &rec);
         self.pending.remove(&rec.order);
         if let Some(node) = &rec.node {
             if let Some(idx) = self.placement.index_of(node) {
@@ -200,7 +201,7 @@ impl Cluster {
         if let Some(m) = failed.get(&rec.req) {
             if rec.message != *m {
                 rec.message.clone_from(m);
-                self.changes.push(Change::of(ChangeKind::StatusChanged, rec));
+                self.changes.note(ChangeKind::StatusChanged, rec);
             }
             rec.tried_at_epoch = Some(epoch);
             return;
@@ -222,13 +223,13 @@ impl Cluster {
                 rec.tried_at_epoch = None;
                 self.pending.remove(&rec.order);
                 self.outbox.entry(node.clone()).or_default().run.push(rec.spec.clone());
-                self.changes.push(Change::of(ChangeKind::Bound, rec));
+                self.changes.note(ChangeKind::Bound, rec);
                 events.push(Event::Bound { pod: key.to_string(), node });
             }
             Decision::Unschedulable(m) => {
                 if rec.message != m {
                     rec.message.clone_from(&m);
-                    self.changes.push(Change::of(ChangeKind::StatusChanged, rec));
+                    self.changes.note(ChangeKind::StatusChanged, rec);
                 }
                 rec.tried_at_epoch = Some(epoch);
                 failed.insert(rec.req.clone(), m);
@@ -295,7 +296,7 @@ impl Cluster {
                         }
                     }
                     if changed {
-                        self.changes.push(Change::of(ChangeKind::StatusChanged, rec));
+                        self.changes.note(ChangeKind::StatusChanged, rec);
                     }
                 }
                 _ => {
@@ -346,7 +347,7 @@ impl Cluster {
         rec.pod_ip.clear();
         rec.message = why;
         rec.pending_since_ms = now_ms;
-        self.changes.push(Change::of(ChangeKind::StatusChanged, rec));
+        self.changes.note(ChangeKind::StatusChanged, rec);
         self.pending.insert(rec.order, key.to_string());
         self.outbox.entry(node).or_default().remove.push(key.to_string());
         vec![Event::Unbound { pod: key.to_string() }]
@@ -476,9 +477,15 @@ impl Cluster {
         self.greet.push(node.to_string());
     }
 
+    /// Records every change of a pod's status from now on, for [`Cluster::take_changes`] (the
+    /// server does; benchmarks and tests of placement alone need not).
+    pub fn record_changes(&mut self) {
+        self.changes.on = true;
+    }
+
     /// The pods' status changes made since the last call, in order (see [`crate::watch`]).
     pub fn take_changes(&mut self) -> Vec<Change> {
-        std::mem::take(&mut self.changes)
+        std::mem::take(&mut self.changes.list)
     }
 
     /// Nodes with instructions waiting.
@@ -585,6 +592,10 @@ mod tests {
         let kinds = |c: &mut Cluster| c.take_changes().into_iter().map(|ch| (ch.kind, ch.status.phase, ch.status.node)).collect::<Vec<_>>();
         let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
         c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        c.submit(pod("z"), 0).unwrap();
+        c.schedule(0);
+        assert!(c.take_changes().is_empty(), "nothing is recorded until asked");
+        c.record_changes();
         c.submit(pod("p"), 0).unwrap();
         c.schedule(0);
         let (pending, bound, running) = (pb::PodPhase::Pending as i32, pb::PodPhase::Bound as i32, pb::PodPhase::Running as i32);

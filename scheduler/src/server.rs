@@ -70,6 +70,7 @@ impl Shared {
         let cfg_watch = cfg.watch.limits();
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
         cluster.restore(&store.load().map_err(|e| e.to_string())?, now_ms())?;
+        cluster.record_changes();
         let streams = Streams::default();
         let committer = Committer::start(store, streams.clone());
         Ok(Arc::new(Shared {

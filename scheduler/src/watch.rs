@@ -58,6 +58,21 @@ impl Change {
     }
 }
 
+/// The changes a cluster records while [`ChangeLog::on`] (the server turns it on).
+#[derive(Debug, Default)]
+pub struct ChangeLog {
+    pub on: bool,
+    pub list: Vec<Change>,
+}
+
+impl ChangeLog {
+    pub fn note(&mut self, kind: ChangeKind, rec: &PodRecord) {
+        if self.on {
+            self.list.push(Change::of(kind, rec));
+        }
+    }
+}
+
 /// How much history the leader keeps and how far a watcher may fall behind (`[watch]` of
 /// scheduler.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
