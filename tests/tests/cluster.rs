@@ -33,6 +33,12 @@ impl Cluster {
         Cluster { env, root, _dir: dir }
     }
 
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("berthctl"));
+        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     fn berthctl(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(bin("berthctl")).args(args).envs(self.env.iter().map(|(k, v)| (k, v))).output().unwrap();
         (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -272,6 +278,21 @@ fn up_ha_runs_three_schedulers_on_a_three_member_etcd_and_another_leads_when_the
     let (ok, table) = c.berthctl(&["status"]);
     assert!(ok && table.contains("SCHEDULERS") && table.contains("leader") && table.matches("follower").count() == 2 && table.contains("ETCD"), "{table}");
 
+    // A watching berthctl, through the failover.
+    let mut watcher = c.command(&["pod", "list", "--watch", "--output", "json"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Value>();
+    let stdout = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = lines_tx.send(v);
+            }
+        }
+    });
+    let first = lines.recv_timeout(Duration::from_secs(20)).expect("the watch's listing");
+    assert_eq!(first["event"], "listed", "{first}");
+
     // kill -9 the leader: another replica leads, and the agents find it by themselves.
     let index = schedulers.iter().position(|s| s["endpoint"] == leader.as_str()).unwrap();
     let pid: i32 = std::fs::read_to_string(c.root.join(format!("run/scheduler-{index}.pid"))).unwrap().trim().parse().unwrap();
@@ -294,6 +315,23 @@ fn up_ha_runs_three_schedulers_on_a_three_member_etcd_and_another_leads_when_the
     assert_eq!(web[0]["phase"], "Running", "a pod through the new leader runs: {web:#}");
     let pods = c.json(&["pod", "list"]);
     assert_eq!(pods.as_array().unwrap().len(), 9, "{pods:#}");
+    // The watch went on at the new leader (listing again: a new term) and saw web start.
+    let t = Instant::now();
+    loop {
+        let l = lines.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("the watch printed nothing of web after the failover\n{}", c.logs()));
+        if l["pod"]["name"] == "web" && l["pod"]["phase"] == "Running" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60));
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    // up again starts the killed replica on its port; three answer, one leads.
+    let (ok, out) = c.berthctl(&["up"]);
+    assert!(ok, "up again: {out}\n{}", c.logs());
+    let status = c.json(&["status"]);
+    assert!(status["schedulers"].as_array().unwrap().iter().all(|s| s["error"].is_null()), "{status:#}");
+    assert_eq!(leader_of(&status).len(), 1, "{status:#}");
 
     let (ok, out) = c.berthctl(&["down"]);
     assert!(ok, "down: {out}");
