@@ -69,9 +69,13 @@ impl ClusterPaths {
     pub fn scheduler_state_dir(&self) -> PathBuf {
         self.state_dir.join("scheduler")
     }
-    /// The scheduler's gRPC URL.
-    pub fn scheduler_url(&self) -> String {
-        format!("http://{}", self.scheduler_listen)
+    /// The scheduler replicas' URLs: those of `up --ha`'s layout, else `--scheduler-listen` (one
+    /// address, or several comma-separated).
+    pub fn scheduler_endpoints(&self) -> Vec<String> {
+        match crate::ha::HaLayout::load(self) {
+            Some(l) => berth_scheduler::client::endpoints(&l.schedulers.join(",")),
+            None => berth_scheduler::client::endpoints(&self.scheduler_listen),
+        }
     }
     /// The guest directory of an instance (its agent's socket and state, its CSI driver's), as the
     /// local cloud resolves `{dir}`.
@@ -190,7 +194,7 @@ pub fn connect(paths: &ClusterPaths) -> anyhow::Result<HttpCloud> {
     client(paths, endpoint.trim())
 }
 
-fn pid_in(file: &Path) -> Option<i32> {
+pub fn pid_in(file: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
 }
@@ -203,6 +207,11 @@ pub fn stop_localcloud(paths: &ClusterPaths) {
 /// The pid of the running scheduler, if its pid file names a live process.
 pub fn scheduler_pid(paths: &ClusterPaths) -> Option<i32> {
     pid_in(&paths.scheduler_pid_file())
+}
+
+/// Whether the scheduler, or any replica of `up --ha`, runs.
+pub fn scheduler_runs(paths: &ClusterPaths) -> bool {
+    scheduler_pid(paths).is_some() || crate::ha::any_replica_runs(paths)
 }
 
 /// Starts `berth-scheduler` with the cluster's config in its own session, logging to the run
@@ -236,13 +245,13 @@ pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
 /// comma-separated), waiting up to `timeout` for one to lead.
 pub async fn scheduler(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<SchedulerClient<Channel>> {
     let started = Instant::now();
-    let endpoints = berth_scheduler_client::endpoints(&paths.scheduler_listen);
+    let endpoints = paths.scheduler_endpoints();
     loop {
         match berth_scheduler_client::connect_leader(&endpoints, Duration::from_millis(500)).await {
             // One pod's spec travels whole (GetPod, a page holding one large pod).
             Ok((_, channel)) => return Ok(SchedulerClient::new(channel).max_decoding_message_size(berth_scheduler_client::REPLY_LIMIT_BYTES)),
             Err(e) if started.elapsed() >= timeout => {
-                let hint = if scheduler_pid(paths).is_some() { format!("see {}", paths.scheduler_log_file().display()) } else { "is the local cluster up? (berthctl up; --scheduler-listen or BERTH_SCHEDULER_LISTEN name another)".to_string() };
+                let hint = if scheduler_runs(paths) { format!("see {}", paths.scheduler_log_file().display()) } else { "is the local cluster up? (berthctl up; --scheduler-listen or BERTH_SCHEDULER_LISTEN name another)".to_string() };
                 bail!("cannot reach the scheduler at {}: {e}; {hint}", endpoints.join(","));
             }
             Err(_) => {}
@@ -261,7 +270,7 @@ pub fn stop_scheduler(paths: &ClusterPaths) {
 }
 
 /// SIGTERM to the process a pid file names, SIGKILL after a grace period; removes the file.
-fn stop_pid_file(file: &Path) {
+pub fn stop_pid_file(file: &Path) {
     use nix::sys::signal::{Signal, kill};
     let Some(pid) = pid_in(file) else {
         let _ = std::fs::remove_file(file);

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod commands;
+mod ha;
 mod inspect;
 mod table;
 mod views;

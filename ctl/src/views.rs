@@ -151,6 +151,34 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
     t.render()
 }
 
+/// The header of `pod list --watch`'s rows, under the listing's table.
+pub fn watch_header() -> String {
+    watch_cells(&["EVENT", "REVISION", "NAME", "PHASE", "NODE", "IP", "ENI", "MESSAGE"])
+}
+
+/// One change as `pod list --watch` prints it: columns of fixed width, as rows come one by one.
+pub fn watch_row(event: &str, revision: u64, p: &PodView) -> String {
+    let name = if p.namespace == "default" { p.name.clone() } else { format!("{}/{}", p.namespace, p.name) };
+    watch_cells(&[event, &revision.to_string(), &name, p.phase, &p.node, &p.pod_ip, &p.eni, &p.message])
+}
+
+fn watch_cells(cells: &[&str]) -> String {
+    const WIDTHS: [usize; 7] = [15, 9, 24, 12, 22, 16, 22];
+    let mut line = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        match WIDTHS.get(i) {
+            Some(w) => line.push_str(&format!("{c:<w$} ")),
+            None => line.push_str(c),
+        }
+    }
+    line.trim_end().to_string()
+}
+
+/// One change as a JSON line: `{"event": …, "revision": …, "pod": {…}}`.
+pub fn watch_line_json(event: &str, revision: u64, p: &PodView) -> String {
+    serde_json::json!({ "event": event, "revision": revision, "pod": p }).to_string()
+}
+
 pub fn print_pods(pods: &[PodView], output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(pods)?),

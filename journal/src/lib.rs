@@ -108,6 +108,9 @@ pub struct Journal<E> {
     file: File,
     /// Events in the journal since the last checkpoint.
     journaled: usize,
+    /// Bytes in the journal, and in the checkpoint it follows.
+    journal_bytes: u64,
+    checkpoint_bytes: u64,
     settings: Settings,
     events: PhantomData<fn(&E)>,
 }
@@ -125,7 +128,8 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         let path = dir.join(JOURNAL_FILE);
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
         file.set_len(loaded.whole_len).map_err(io(&path))?;
-        let mut journal = Journal { dir: dir.to_path_buf(), file, journaled: loaded.events, settings, events: PhantomData };
+        let checkpoint_bytes = std::fs::metadata(dir.join(CHECKPOINT_FILE)).map_or(0, |m| m.len());
+        let mut journal = Journal { dir: dir.to_path_buf(), file, journaled: loaded.events, journal_bytes: loaded.whole_len, checkpoint_bytes, settings, events: PhantomData };
         if journal.checkpoint_due() {
             journal.checkpoint(&loaded.state)?;
         }
@@ -157,6 +161,7 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         self.file.write_all(&lines).map_err(io(&path))?;
         self.file.sync_data().map_err(io(&path))?;
         self.journaled += events.len();
+        self.journal_bytes += lines.len() as u64;
         Ok(())
     }
 
@@ -165,21 +170,26 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         self.journaled
     }
 
-    /// Whether the journal has grown long enough that its owner should write a checkpoint.
+    /// Whether the journal has grown long enough that its owner should write a checkpoint: at
+    /// least `checkpoint_after` events, and at least as many bytes as the checkpoint it follows.
+    /// The second keeps the cost of checkpoints proportional to what is journaled (a large state
+    /// is not rewritten every few thousand events) while a replay never reads more than about
+    /// twice the state.
     pub fn checkpoint_due(&self) -> bool {
-        self.journaled >= self.settings.checkpoint_after
+        self.journaled >= self.settings.checkpoint_after && self.journal_bytes >= self.checkpoint_bytes
     }
 
     /// Replaces the checkpoint with `state`, which must hold every event appended so far, then
     /// empties the journal.
     pub fn checkpoint<S: Serialize + ?Sized>(&mut self, state: &S) -> Result<(), JournalError> {
-        self.write_checkpoint(state)?;
+        self.checkpoint_bytes = self.write_checkpoint(state)?;
         self.empty_journal()
     }
 
     /// A temporary file written and fsynced, renamed over the checkpoint, the directory fsynced:
     /// a crash at any point leaves the old checkpoint or the new one, never a mix.
-    fn write_checkpoint<S: Serialize + ?Sized>(&self, state: &S) -> Result<(), JournalError> {
+    /// Returns the checkpoint's size.
+    fn write_checkpoint<S: Serialize + ?Sized>(&self, state: &S) -> Result<u64, JournalError> {
         let path = self.dir.join(CHECKPOINT_FILE);
         let tmp = self.dir.join(CHECKPOINT_TMP_FILE);
         let file = File::create(&tmp).map_err(io(&tmp))?;
@@ -188,8 +198,10 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         written.map_err(|source| if source.is_io() { JournalError::Io { path: tmp.clone(), source: source.into() } } else { JournalError::Encode { path: tmp.clone(), source } })?;
         let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
         file.sync_all().map_err(io(&tmp))?;
+        let bytes = file.metadata().map_err(io(&tmp))?.len();
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        Ok(bytes)
     }
 
     fn empty_journal(&mut self) -> Result<(), JournalError> {
@@ -197,6 +209,7 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         self.file.set_len(0).map_err(io(&path))?;
         self.file.sync_all().map_err(io(&path))?;
         self.journaled = 0;
+        self.journal_bytes = 0;
         Ok(())
     }
 }
@@ -326,6 +339,35 @@ mod tests {
         j.append(&[Change::Taken { name: "b".into() }]).unwrap();
         drop(j);
         assert_eq!(reopen(dir.path()).boxes, BTreeMap::from([("a".to_string(), 1), ("c".to_string(), 3)]));
+    }
+
+    #[test]
+    fn a_large_state_is_checkpointed_only_once_the_journal_is_as_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings { checkpoint_after: 3, pretty: false };
+        // A state far larger than a few events: its checkpoint is ~5 KB.
+        let big: Vec<Change> = (0..200).map(|i| stored(&format!("box-{i:04}"), i)).collect();
+        let (mut j, mut shelf) = append_all(dir.path(), settings, &big);
+        assert!(j.checkpoint_due());
+        j.checkpoint(&shelf).unwrap();
+        let checkpoint_len = std::fs::metadata(dir.path().join(CHECKPOINT_FILE)).unwrap().len();
+        // Enough events, not yet the checkpoint's bytes: not due.
+        let mut journaled = 0;
+        let mut k = 0;
+        while journaled < checkpoint_len {
+            assert!(k < 3 || !j.checkpoint_due(), "due after {k} events, {journaled} of {checkpoint_len} bytes");
+            let e = stored(&format!("box-{k:04}"), 1000 + k);
+            journaled += serde_json::to_vec(&e).unwrap().len() as u64 + 1;
+            shelf.apply(&e);
+            j.append(&[e]).unwrap();
+            k += 1;
+        }
+        assert!(j.checkpoint_due(), "as many bytes journaled as checkpointed: due");
+        drop(j);
+        // Reopened, the sizes are read back from the files: still due.
+        let (j, loaded) = Journal::<Change>::open::<Shelf>(dir.path(), Settings { checkpoint_after: usize::MAX, pretty: false }).unwrap();
+        assert_eq!(loaded, shelf);
+        assert!(!j.checkpoint_due() && j.journal_bytes == journaled && j.checkpoint_bytes == checkpoint_len);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! linking the scheduler itself: [`NodeReporter`] opens the ReportNode stream,
 //! sends the node's reports and yields the scheduler's instructions (pods to run, pods to remove);
 //! [`connect_leader`] finds the replica that leads among those configured, for agents and
-//! `berthctl` alike; [`list_pods`] and [`list_nodes`] follow the pages of the lists.
+//! `berthctl` alike; [`list_pods`] and [`list_nodes`] follow the pages of the lists; [`watch`]
+//! lists and watches pods, resuming by itself.
+
+pub mod watch;
 
 use std::time::Duration;
 

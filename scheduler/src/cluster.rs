@@ -13,6 +13,7 @@ use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
 use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
+use crate::watch::{Change, ChangeKind, ChangeLog};
 
 #[derive(Debug, Clone)]
 pub struct PodRecord {
@@ -71,6 +72,9 @@ pub struct Cluster {
     pub lease_ms: u64,
     /// When the state was loaded: pods awaiting a node are rescheduled a lease after this.
     started_ms: u64,
+    /// Pods' status changes since the last [`Cluster::take_changes`], in order, for WatchPods
+    /// (recorded once [`Cluster::record_changes`] turned it on).
+    changes: ChangeLog,
 }
 
 impl Cluster {
@@ -89,6 +93,7 @@ impl Cluster {
             deleted: HashSet::new(),
             lease_ms,
             started_ms: 0,
+            changes: ChangeLog::default(),
         }
     }
 
@@ -153,7 +158,9 @@ impl Cluster {
         self.next_order += 1;
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
-        self.pods.insert(key.clone(), PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None });
+        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None };
+        self.changes.note(ChangeKind::Added, &rec);
+        self.pods.insert(key.clone(), rec);
         self.pending.insert(order, key);
         Ok(vec![event])
     }
@@ -161,6 +168,7 @@ impl Cluster {
     /// Deletes a pod; a bound one is removed from its node.
     pub fn delete(&mut self, key: &str) -> Option<Vec<Event>> {
         let rec = self.pods.remove(key)?;
+        self.changes.note(ChangeKind::Deleted, &rec);
         self.pending.remove(&rec.order);
         if let Some(node) = &rec.node {
             if let Some(idx) = self.placement.index_of(node) {
@@ -199,7 +207,10 @@ impl Cluster {
             return;
         }
         if let Some(m) = failed.get(&rec.req) {
-            rec.message.clone_from(m);
+            if rec.message != *m {
+                rec.message.clone_from(m);
+                self.changes.note(ChangeKind::StatusChanged, rec);
+            }
             rec.tried_at_epoch = Some(epoch);
             return;
         }
@@ -223,10 +234,14 @@ impl Cluster {
                 rec.tried_at_epoch = None;
                 self.pending.remove(&rec.order);
                 self.outbox.entry(node.clone()).or_default().run.push(spec);
+                self.changes.note(ChangeKind::Bound, rec);
                 events.push(Event::Bound { pod: key.to_string(), node });
             }
             Decision::Unschedulable(m) => {
-                rec.message.clone_from(&m);
+                if rec.message != m {
+                    rec.message.clone_from(&m);
+                    self.changes.note(ChangeKind::StatusChanged, rec);
+                }
                 rec.tried_at_epoch = Some(epoch);
                 failed.insert(rec.req.clone(), m);
             }
@@ -272,14 +287,27 @@ impl Cluster {
             let key = pod_key(&st.namespace, &st.name);
             match self.pods.get_mut(&key) {
                 Some(rec) if rec.node.as_deref() == Some(id.as_str()) => {
+                    let mut changed = false;
                     if let Ok(phase) = pb::PodPhase::try_from(st.phase)
                         && phase != pb::PodPhase::Unspecified
+                        && phase != rec.phase
                     {
                         rec.phase = phase;
+                        changed = true;
                     }
-                    rec.pod_ip.clone_from(&st.pod_ip);
+                    if rec.pod_ip != st.pod_ip {
+                        rec.pod_ip.clone_from(&st.pod_ip);
+                        changed = true;
+                    }
                     if !st.message.is_empty() {
-                        rec.message = crate::client::bounded_message(&st.message);
+                        let message = crate::client::bounded_message(&st.message);
+                        if rec.message != message {
+                            rec.message = message;
+                            changed = true;
+                        }
+                    }
+                    if changed {
+                        self.changes.note(ChangeKind::StatusChanged, rec);
                     }
                 }
                 _ => {
@@ -330,6 +358,7 @@ impl Cluster {
         rec.pod_ip.clear();
         rec.message = why;
         rec.pending_since_ms = now_ms;
+        self.changes.note(ChangeKind::StatusChanged, rec);
         self.pending.insert(rec.order, key.to_string());
         self.outbox.entry(node).or_default().remove.push(key.to_string());
         vec![Event::Unbound { pod: key.to_string() }]
@@ -468,6 +497,17 @@ impl Cluster {
         self.greet.push(node.to_string());
     }
 
+    /// Records every change of a pod's status from now on, for [`Cluster::take_changes`] (the
+    /// server does; benchmarks and tests of placement alone need not).
+    pub fn record_changes(&mut self) {
+        self.changes.on = true;
+    }
+
+    /// The pods' status changes made since the last call, in order (see [`crate::watch`]).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes.list)
+    }
+
     /// Nodes with instructions waiting.
     pub fn nodes_with_instructions(&self) -> Vec<String> {
         self.outbox.iter().filter(|(_, o)| !o.run.is_empty() || !o.remove.is_empty()).map(|(k, _)| k.clone()).collect()
@@ -488,7 +528,7 @@ impl Cluster {
         };
         let items = self.pods.range((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, p)| (k.clone(), p.status()));
         let (pods, last) = page::fill(items, page::page_size(r.page_size), PAGE_BUDGET_BYTES, pb::PodStatus::encoded_len);
-        Ok(pb::ListPodsResponse { pods, next_page_token: last.map(|k| page::token(Listing::Pods, ns, &k)).unwrap_or_default() })
+        Ok(pb::ListPodsResponse { pods, next_page_token: last.map(|k| page::token(Listing::Pods, ns, &k)).unwrap_or_default(), ..Default::default() })
     }
 
     /// One page of ListNodes, in instance-ID order after the token's.
@@ -564,6 +604,45 @@ mod tests {
         assert_eq!(c.submit(pod("p0"), 0), Ok(Vec::new()), "the same spec again is a retry");
         let other = pb::PodSpec { cpu_millicores: 200, labels: [("app".to_string(), "x".to_string())].into(), ..pod("p0") };
         assert_eq!(c.submit(other, 0), Err(SubmitError::Exists { key: "d/p0".into(), differs: vec!["cpu_millicores", "labels"] }));
+    }
+
+    #[test]
+    fn every_status_change_is_recorded_once_for_watchers() {
+        use crate::watch::ChangeKind::*;
+        let kinds = |c: &mut Cluster| c.take_changes().into_iter().map(|ch| (ch.kind, ch.status.phase, ch.status.node)).collect::<Vec<_>>();
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        c.submit(pod("z"), 0).unwrap();
+        c.schedule(0);
+        assert!(c.take_changes().is_empty(), "nothing is recorded until asked");
+        c.record_changes();
+        c.submit(pod("p"), 0).unwrap();
+        c.schedule(0);
+        let (pending, bound, running) = (pb::PodPhase::Pending as i32, pb::PodPhase::Bound as i32, pb::PodPhase::Running as i32);
+        assert_eq!(kinds(&mut c), vec![(Added, pending, String::new()), (Bound, bound, "i-1".into())]);
+        c.submit(pod("p"), 0).unwrap();
+        assert!(kinds(&mut c).is_empty(), "a retried submit changes nothing");
+        let runs = |seq| {
+            let mut r = report("i-1", "a", "z1", caps(9, 16), seq, &["d/p"]);
+            r.pods[0].phase = running;
+            r
+        };
+        c.report(&runs(2), 100);
+        assert_eq!(kinds(&mut c), vec![(StatusChanged, running, "i-1".into())]);
+        c.report(&runs(3), 200);
+        assert!(kinds(&mut c).is_empty(), "a report that changes nothing of the pod is no change");
+        c.delete("d/p").unwrap();
+        assert_eq!(kinds(&mut c), vec![(Deleted, running, "i-1".into())]);
+        // A pod that finds no node changes once with the reason, not at every try.
+        let mut big = pod("big");
+        big.cpu_millicores = 1 << 40;
+        c.submit(big, 300).unwrap();
+        c.schedule(300);
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 4, &[]), 400);
+        c.schedule(400);
+        c.schedule(500);
+        let ch = c.take_changes();
+        assert_eq!(ch.iter().map(|c| c.kind).collect::<Vec<_>>(), vec![Added, StatusChanged], "{ch:?}");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Batch {
     pub done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     /// The state with this batch's events applied, when the store asked for a checkpoint.
     pub checkpoint: Option<Checkpoint>,
+    /// Run once the batch is durable, in the order of the batches (WatchPods publishes its
+    /// changes so); not run when it failed.
+    pub then: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Why the committer stopped taking batches.
@@ -118,6 +121,9 @@ impl Committer {
                     }
                     if result.is_ok() {
                         deliver(&streams, batches.iter_mut().flat_map(|b| std::mem::take(&mut b.instructions)));
+                        for then in batches.iter_mut().filter_map(|b| b.then.take()) {
+                            then();
+                        }
                     }
                     for b in batches {
                         if let Some(done) = b.done {
@@ -139,13 +145,14 @@ impl Committer {
     /// Queues a batch; the caller must hold the lock under which its events were made, so batches
     /// are durable in the order of the changes.
     pub fn queue(&self, events: Vec<Event>, instructions: Vec<(String, pb::NodeInstruction)>) -> Pending {
-        self.queue_with(events, instructions, None)
+        self.queue_with(events, instructions, None, None)
     }
 
-    /// [`Committer::queue`] with the state after these events, as a checkpoint for the store.
-    pub fn queue_with(&self, events: Vec<Event>, instructions: Vec<(String, pb::NodeInstruction)>, checkpoint: Option<Checkpoint>) -> Pending {
+    /// [`Committer::queue`] with the state after these events, as a checkpoint for the store, when
+    /// it asked for one, and `then` run once the batch is durable (before its callers hear).
+    pub fn queue_with(&self, events: Vec<Event>, instructions: Vec<(String, pb::NodeInstruction)>, checkpoint: Option<Checkpoint>, then: Option<Box<dyn FnOnce() + Send>>) -> Pending {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.queue.send(Batch { events, instructions, done: Some(tx), checkpoint });
+        let _ = self.queue.send(Batch { events, instructions, done: Some(tx), checkpoint, then });
         Pending(rx)
     }
 
@@ -277,7 +284,7 @@ mod tests {
         assert!(c.take_checkpoint_request(), "two events appended: the store asks");
         assert!(!c.take_checkpoint_request(), "one request is taken once");
         // The caller holds its lock from taking the state to queueing it: nothing comes between.
-        let with = c.queue_with(ev(2), vec![], Some(Checkpoint { next_order: 3, ..Default::default() }));
+        let with = c.queue_with(ev(2), vec![], Some(Checkpoint { next_order: 3, ..Default::default() }), None);
         let after = c.queue(ev(3), vec![]);
         with.durable().await.unwrap();
         after.durable().await.unwrap();

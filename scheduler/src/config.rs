@@ -21,6 +21,7 @@ pub struct SchedulerConfig {
     pub autoscaler: AutoscalerConfig,
     pub cloud: CloudConfig,
     pub store: StoreConfig,
+    pub watch: WatchConfig,
     /// Node pools the autoscaler manages (`[[pool]]`).
     pub pool: Vec<NodePool>,
 }
@@ -103,6 +104,33 @@ impl ServerConfig {
     /// Where this replica is reached by others: `advertise`, or `listen` when that is empty.
     pub fn advertised(&self) -> &str {
         if self.advertise.is_empty() { &self.listen } else { &self.advertise }
+    }
+}
+
+/// `[watch]`: what WatchPods keeps for watchers that resume, and how far one may fall behind.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Recent pod changes kept: a watch resumes after any of them; an older revision is answered
+    /// OUT_OF_RANGE (list again).
+    pub window_events: usize,
+    /// …and no more than this many MiB of them, encoded.
+    pub window_mib: usize,
+    /// A watcher this many revisions behind the newest (its client reads too slowly) is closed
+    /// with ABORTED and resumes; less than window_events.
+    pub max_lag_events: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        let d = crate::watch::WatchLimits::default();
+        WatchConfig { window_events: d.window_events, window_mib: d.window_bytes >> 20, max_lag_events: d.max_lag_events }
+    }
+}
+
+impl WatchConfig {
+    pub fn limits(&self) -> crate::watch::WatchLimits {
+        crate::watch::WatchLimits { window_events: self.window_events, window_bytes: self.window_mib << 20, max_lag_events: self.max_lag_events }
     }
 }
 
@@ -256,6 +284,9 @@ impl SchedulerConfig {
         }
         if self.placement.lease_secs == 0 || self.placement.tick_ms == 0 || self.autoscaler.interval_ms == 0 {
             return invalid("placement.lease_secs", self.placement.lease_secs.to_string(), "lease_secs, tick_ms and autoscaler.interval_ms must be at least 1");
+        }
+        if self.watch.window_events == 0 || self.watch.window_mib == 0 || self.watch.max_lag_events == 0 || self.watch.max_lag_events >= self.watch.window_events as u64 {
+            return invalid("watch.max_lag_events", format!("{} (window_events {}, window_mib {})", self.watch.max_lag_events, self.watch.window_events, self.watch.window_mib), "at least 1 and less than window_events (a watcher closed for lagging must find its revision still kept); window_events and window_mib at least 1");
         }
         if self.placement.percent_of_nodes_to_score > 100 {
             return invalid("placement.percent_of_nodes_to_score", self.placement.percent_of_nodes_to_score.to_string(), "0 (adaptive) to 100");

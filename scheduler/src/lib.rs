@@ -3,8 +3,8 @@
 //! places pods with those counts, reserves what it binds until the agent counts it, and grows and
 //! shrinks node pools from the instance-type catalogue.
 //!
-//! Pure logic ([`placement`], [`cluster`], [`validation`], [`autoscaler`]'s planners, [`instruction`]
-//! and [`page`] that keep messages under the gRPC limit) is apart from I/O
+//! Pure logic ([`placement`], [`cluster`], [`validation`], [`autoscaler`]'s planners, [`instruction`],
+//! [`page`] and [`watch`]'s window that keep messages under the gRPC limit) is apart from I/O
 //! ([`store`], [`committer`], [`leader`], [`replica`], [`server`], [`autoscaler::driver`]).
 
 pub mod autoscaler;
@@ -24,3 +24,4 @@ pub mod report_stream;
 pub mod server;
 pub mod store;
 pub mod validation;
+pub mod watch;

@@ -30,6 +30,7 @@ use crate::replica::{Replica, Role, Terms};
 use crate::report_stream;
 use crate::store::{Event, RequestedNode, ScaleUp, Store};
 use crate::validation;
+use crate::watch::{self, WatchLog};
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -52,6 +53,8 @@ pub struct Shared {
     ended: tokio::sync::watch::Sender<Option<String>>,
     /// What `/metrics` counts.
     pub counters: crate::metrics::Counters,
+    /// The term's pod changes, for WatchPods.
+    pub watch: Arc<WatchLog>,
 }
 
 /// How long a pool whose scale-up failed (quota, no stock, vSwitch full) is left out of plans,
@@ -64,8 +67,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 impl Shared {
     /// Loads the store's state into a fresh cluster; the store then belongs to the committer.
     pub fn new(cfg: SchedulerConfig, mut store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
+        let cfg_watch = cfg.watch.limits();
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
         cluster.restore(&store.load().map_err(|e| e.to_string())?, now_ms())?;
+        cluster.record_changes();
         let streams = Streams::default();
         let committer = Committer::start(store, streams.clone());
         Ok(Arc::new(Shared {
@@ -77,6 +82,7 @@ impl Shared {
             backoff: Mutex::new(HashMap::new()),
             ended: tokio::sync::watch::channel(None).0,
             counters: Default::default(),
+            watch: WatchLog::new(cfg_watch),
         }))
     }
 
@@ -108,7 +114,9 @@ impl Shared {
         };
         let stats = &self.committer.stats;
         let commits = crate::metrics::Commits { appends: stats.appends.load(std::sync::atomic::Ordering::Relaxed), events: stats.events.load(std::sync::atomic::Ordering::Relaxed) };
-        crate::metrics::render(&snapshot, &self.counters, &commits)
+        let mut text = crate::metrics::render(&snapshot, &self.counters, &commits);
+        text.push_str(&self.watch.metrics_text());
+        text
     }
 
     fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
@@ -122,10 +130,27 @@ impl Shared {
             return Err(Status::unavailable(format!("this scheduler's term ended ({why}); retry")));
         }
         let mut c = self.cluster();
-        let (events, out) = f(&mut c, now_ms())?;
+        let result = f(&mut c, now_ms());
+        // WatchPods hears of the pods' changes once the batch they came with is durable.
+        let changes = c.take_changes();
+        let then: Option<Box<dyn FnOnce() + Send>> = if changes.is_empty() {
+            None
+        } else {
+            let (stamped, log) = (self.watch.stamp(changes), self.watch.clone());
+            Some(Box::new(move || log.publish(stamped)))
+        };
+        let (events, out) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if then.is_some() {
+                    drop(self.committer.queue_with(Vec::new(), Vec::new(), None, then));
+                }
+                return Err(e);
+            }
+        };
         let instructions = c.take_instructions();
         let checkpoint = self.committer.take_checkpoint_request().then(|| c.checkpoint());
-        Ok((self.committer.queue_with(events, instructions, checkpoint), out))
+        Ok((self.committer.queue_with(events, instructions, checkpoint, then), out))
     }
 
     /// One tick: leases, then pending pods; queued without waiting for the sync.
@@ -310,8 +335,26 @@ impl Scheduler for SchedulerService {
 
     async fn list_pods(&self, request: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
         let shared = self.replica.leading()?;
-        let page = shared.cluster().list_pods(request.get_ref());
+        // The revision is read under the cluster's lock: changes are stamped under it too.
+        let page = {
+            let c = shared.cluster();
+            c.list_pods(request.get_ref()).map(|mut p| {
+                p.revision = shared.watch.revision();
+                p.term = shared.watch.term;
+                p
+            })
+        };
         page.map(Response::new).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    async fn watch_pods(&self, request: Request<pb::WatchPodsRequest>) -> Result<Response<watch::WatchStream>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        let filter = watch::Filter::of(&r)?;
+        let cursor = shared.watch.start(r.revision, r.term)?;
+        let log = shared.watch.clone();
+        let ended = async move { shared.ended().await };
+        Ok(Response::new(watch::watcher(log, filter, cursor, ended)))
     }
 
     async fn get_leader(&self, _request: Request<pb::GetLeaderRequest>) -> Result<Response<pb::LeaderStatus>, Status> {

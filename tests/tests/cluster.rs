@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use berth_tests::guest::GuestLeftovers;
 use berth_tests::scheduler::{RunnerLeftovers, free_port};
@@ -33,6 +33,12 @@ impl Cluster {
         Cluster { env, root, _dir: dir }
     }
 
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("berthctl"));
+        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     fn berthctl(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(bin("berthctl")).args(args).envs(self.env.iter().map(|(k, v)| (k, v))).output().unwrap();
         (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -52,6 +58,15 @@ impl Cluster {
     /// The scheduler's log and the nodes' logs, for failure messages.
     fn logs(&self) -> String {
         let mut text = format!("--- scheduler.log\n{}", std::fs::read_to_string(self.root.join("run/scheduler.log")).unwrap_or_default());
+        // `up --ha`: the replicas' and the etcd members' logs.
+        for i in 0..3 {
+            for log in [format!("run/scheduler-{i}.log"), format!("run/etcd-{i}.log")] {
+                if let Ok(t) = std::fs::read_to_string(self.root.join(&log)) {
+                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                    text += &format!("\n--- {log}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                }
+            }
+        }
         for guest in std::fs::read_dir(self.root.join("state/guests")).into_iter().flatten().flatten() {
             for log in ["agent.log", "csi.log"] {
                 let tail: String = std::fs::read_to_string(guest.path().join(log)).unwrap_or_default().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
@@ -230,6 +245,97 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     assert_eq!(mounts_under(&c.root), Vec::<String>::new(), "mounts left");
     assert_eq!(loops_of(&c.root), Vec::<String>::new(), "loop devices left");
     assert_eq!(processes_of(&c.root), Vec::<i32>::new(), "processes left");
+    assert!(!c.root.join("state").exists() && !c.root.join("run").exists(), "state left behind");
+}
+
+#[test]
+fn up_ha_runs_three_schedulers_on_a_three_member_etcd_and_another_leads_when_the_leader_is_killed() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let c = Cluster::new();
+    let started = Instant::now();
+    let (ok, out) = c.berthctl(&["up", "--ha"]);
+    assert!(ok, "berthctl up --ha: {out}\n{}", c.logs());
+    eprintln!("up --ha took {:?}", started.elapsed());
+    let pods = c.json(&["pod", "list"]);
+    assert!(pods.as_array().unwrap().iter().all(|p| p["phase"] == "Running"), "{pods:#}");
+
+    // status: three replicas, one leads and the two others name it; three healthy etcd members.
+    let leader_of = |status: &Value| -> Vec<String> { status["schedulers"].as_array().unwrap().iter().filter(|s| s["leads"] == serde_json::json!(true)).map(|s| s["endpoint"].as_str().unwrap().to_string()).collect() };
+    let status = c.json(&["status"]);
+    let schedulers = status["schedulers"].as_array().unwrap();
+    assert_eq!(schedulers.len(), 3, "{status:#}");
+    let leaders = leader_of(&status);
+    assert_eq!(leaders.len(), 1, "one replica leads: {status:#}");
+    let leader = leaders[0].clone();
+    for s in schedulers {
+        assert_eq!(format!("http://{}", s["leader"].as_str().unwrap()), leader, "every replica names the leader: {status:#}");
+    }
+    let etcd = status["etcd"].as_array().unwrap();
+    assert!(etcd.len() == 3 && etcd.iter().all(|m| m["healthy"] == serde_json::json!(true)), "{status:#}");
+    let (ok, table) = c.berthctl(&["status"]);
+    assert!(ok && table.contains("SCHEDULERS") && table.contains("leader") && table.matches("follower").count() == 2 && table.contains("ETCD"), "{table}");
+
+    // A watching berthctl, through the failover.
+    let mut watcher = c.command(&["pod", "list", "--watch", "--output", "json"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Value>();
+    let stdout = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = lines_tx.send(v);
+            }
+        }
+    });
+    let first = lines.recv_timeout(Duration::from_secs(20)).expect("the watch's listing");
+    assert_eq!(first["event"], "listed", "{first}");
+
+    // kill -9 the leader: another replica leads, and the agents find it by themselves.
+    let index = schedulers.iter().position(|s| s["endpoint"] == leader.as_str()).unwrap();
+    let pid: i32 = std::fs::read_to_string(c.root.join(format!("run/scheduler-{index}.pid"))).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let next = loop {
+        let status = c.json(&["status"]);
+        let leaders = leader_of(&status);
+        if leaders.len() == 1 && leaders[0] != leader {
+            break leaders[0].clone();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(20), "no other replica leads 20 s after the leader was killed: {status:#}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("leader {leader} killed with SIGKILL; {next} leads {:?} later", killed.elapsed());
+    let status = c.json(&["status"]);
+    let dead = &status["schedulers"][index];
+    assert!(dead["error"].is_string(), "the killed replica shows unreachable: {status:#}");
+    let web = c.json(&["pod", "add", "web", "--wait"]);
+    assert_eq!(web[0]["phase"], "Running", "a pod through the new leader runs: {web:#}");
+    let pods = c.json(&["pod", "list"]);
+    assert_eq!(pods.as_array().unwrap().len(), 9, "{pods:#}");
+    // The watch went on at the new leader (listing again: a new term) and saw web start.
+    let t = Instant::now();
+    loop {
+        let l = lines.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("the watch printed nothing of web after the failover\n{}", c.logs()));
+        if l["pod"]["name"] == "web" && l["pod"]["phase"] == "Running" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60));
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    // up again starts the killed replica on its port; three answer, one leads.
+    let (ok, out) = c.berthctl(&["up"]);
+    assert!(ok, "up again: {out}\n{}", c.logs());
+    let status = c.json(&["status"]);
+    assert!(status["schedulers"].as_array().unwrap().iter().all(|s| s["error"].is_null()), "{status:#}");
+    assert_eq!(leader_of(&status).len(), 1, "{status:#}");
+
+    let (ok, out) = c.berthctl(&["down"]);
+    assert!(ok, "down: {out}");
+    assert_eq!(processes_of(&c.root), Vec::<i32>::new(), "processes left (etcd members, replicas)");
     assert!(!c.root.join("state").exists() && !c.root.join("run").exists(), "state left behind");
 }
 

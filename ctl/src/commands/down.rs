@@ -28,7 +28,7 @@ impl Down {
         let paths = &self.paths;
         // Pods first, while their nodes run: the runner removes each in order (command, network,
         // volumes through the CSI driver).
-        if cluster::scheduler_pid(paths).is_some() {
+        if cluster::scheduler_runs(paths) {
             match cluster::scheduler(paths, Duration::from_secs(5)).await {
                 Ok(mut sched) => {
                     let pods = berth_scheduler_client::list_pods(&mut sched, "").await.unwrap_or_default();
@@ -41,7 +41,7 @@ impl Down {
                             eprintln!("warning: deleting pod {}/{}: {}; its node's removal cleans it up", s.namespace, s.name, e.message());
                         }
                     }
-                    if let Err(e) = pod::wait_gone(&mut sched, Duration::from_secs(90)).await {
+                    if let Err(e) = pod::wait_gone(paths, Duration::from_secs(90)).await {
                         eprintln!("warning: {e:#}; their nodes' removal cleans them up");
                     }
                 }
@@ -51,6 +51,7 @@ impl Down {
         // Then the scheduler, before the instances go: its autoscaler would make them again.
         progress("stopping the scheduler, the nodes and the local cloud");
         cluster::stop_scheduler(paths);
+        crate::ha::stop(paths);
         cluster::stop_localcloud(paths);
         if paths.state_dir.exists() {
             // Stops every instance's guest (agent, CSI driver, what is left of their pods, their
@@ -68,7 +69,7 @@ impl Down {
             }
         }
         cluster::remove_if_exists(&paths.state_dir)?;
-        for file in [paths.pid_file(), paths.log_file(), paths.scheduler_pid_file(), paths.scheduler_log_file(), paths.scheduler_config(), paths.image_dir()] {
+        for file in [paths.pid_file(), paths.log_file(), paths.scheduler_pid_file(), paths.scheduler_log_file(), paths.scheduler_config(), paths.image_dir()].into_iter().chain(crate::ha::run_files(paths)) {
             cluster::remove_if_exists(&file)?;
         }
         // The parent directories go too when nothing else is in them.

@@ -10,6 +10,7 @@ use berth_cloud::Cloud as _;
 use berth_cloud::api::EniFilter;
 use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
+use berth_scheduler::client::watch::{PodUpdate, PodWatch, key_of};
 use clap::{Args, Subcommand, ValueEnum};
 use tonic::transport::Channel;
 
@@ -66,9 +67,13 @@ pub struct AddArgs {
     /// Spread pods with the same labels across zones.
     #[arg(long)]
     pub spread_zones: bool,
-    /// Wait until the pod runs (and fail with its message if it fails).
+    /// Wait until the pod runs with an IP (watching it, not polling); fail with its message if it
+    /// fails, is deleted, or does not run within --timeout.
     #[arg(long)]
     pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
     /// The command the pod runs (default: sleep infinity).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -95,6 +100,10 @@ enum PodCommand {
     List {
         #[arg(long, short = 'n', default_value = "")]
         namespace: String,
+        /// Then print each change as it happens (a row, or a JSON line with --output json) until
+        /// interrupted.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
 }
 
@@ -171,18 +180,25 @@ pub async fn snapshot(paths: &ClusterPaths, c: &mut SchedulerClient<Channel>, na
     Ok((pods, nodes))
 }
 
-/// Waits until every named pod runs; fails naming the first that failed, with its message.
-pub async fn wait_running(c: &mut SchedulerClient<Channel>, namespace: &str, names: &[String], timeout: Duration, progress: impl Fn(&str)) -> anyhow::Result<()> {
-    let started = Instant::now();
+fn runs(p: &pb::PodStatus) -> bool {
+    p.phase == pb::PodPhase::Running as i32 && !p.pod_ip.is_empty()
+}
+
+/// Waits, following `watch`, until every named pod of `namespace` runs with an IP; fails naming
+/// the first that failed (with its message) or was deleted, or past `timeout` each that does not
+/// run, with its phase and message.
+pub async fn wait_running(mut watch: PodWatch, namespace: &str, names: &[String], timeout: Duration, progress: impl Fn(&str)) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    watch.patience = timeout;
+    let mut known: HashMap<String, pb::PodStatus> = HashMap::new();
+    let mine = |p: &pb::PodStatus| p.spec.as_ref().is_some_and(|s| s.namespace == namespace && names.contains(&s.name));
     let mut said = String::new();
     loop {
-        let pods = berth_scheduler_client::list_pods(c, namespace).await.map_err(rpc)?;
-        let mine: Vec<&pb::PodStatus> = pods.iter().filter(|p| p.spec.as_ref().is_some_and(|s| names.contains(&s.name))).collect();
-        if let Some(f) = mine.iter().find(|p| p.phase == pb::PodPhase::Failed as i32) {
+        if let Some(f) = names.iter().filter_map(|n| known.get(n)).find(|p| p.phase == pb::PodPhase::Failed as i32) {
             let name = f.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
             bail!("pod {name} failed on {}: {}; see `berthctl pod get {name}` and the node's agent.log under <state-dir>/guests/{}/", f.node, f.message, f.node);
         }
-        let running = mine.iter().filter(|p| p.phase == pb::PodPhase::Running as i32 && !p.pod_ip.is_empty()).count();
+        let running = names.iter().filter(|n| known.get(*n).is_some_and(runs)).count();
         if running == names.len() {
             return Ok(());
         }
@@ -191,51 +207,172 @@ pub async fn wait_running(c: &mut SchedulerClient<Channel>, namespace: &str, nam
             progress(&text);
             said = text;
         }
-        if started.elapsed() > timeout {
-            let waiting: Vec<String> = names
-                .iter()
-                .filter(|n| !mine.iter().any(|p| p.spec.as_ref().is_some_and(|s| &s.name == *n) && p.phase == pb::PodPhase::Running as i32))
-                .map(|n| {
-                    let st = mine.iter().find(|p| p.spec.as_ref().is_some_and(|s| &s.name == n));
-                    format!("{n} ({})", st.map(|p| format!("{} {}", views::phase(p.phase), p.message)).unwrap_or_else(|| "unknown to the scheduler".into()))
-                })
-                .collect();
-            bail!("pods not running within {timeout:?}: {}", waiting.join("; "));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Deletes a pod and waits until the scheduler forgot it (its node removed it).
-pub async fn delete(c: &mut SchedulerClient<Channel>, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<()> {
-    c.delete_pod(pb::DeletePodRequest { namespace: namespace.into(), name: name.into() }).await.map_err(rpc)?;
-    let started = Instant::now();
-    loop {
-        match c.get_pod(pb::GetPodRequest { namespace: namespace.into(), name: name.into() }).await {
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
-            Err(s) => return Err(rpc(s)),
-            Ok(st) if started.elapsed() > timeout => {
-                let st = st.into_inner();
-                bail!("pod {namespace}/{name} is still {} on {} after {timeout:?}: {}", views::phase(st.phase), st.node, st.message);
+        let update = match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), watch.next()).await {
+            Ok(u) => u?,
+            Err(_) => {
+                let waiting: Vec<String> = names
+                    .iter()
+                    .filter(|n| !known.get(*n).is_some_and(runs))
+                    .map(|n| format!("{n} ({})", known.get(n).map(|p| format!("{} {}", views::phase(p.phase), p.message)).unwrap_or_else(|| "unknown to the scheduler".into())))
+                    .collect();
+                bail!("pods not running within {timeout:?}: {}", waiting.join("; "));
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        };
+        match update {
+            PodUpdate::Listed(pods) => known = pods.into_iter().filter(|p| mine(p)).map(|p| (p.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(), p)).collect(),
+            PodUpdate::Event(e) => {
+                let Some(p) = e.pod.filter(|p| mine(p)) else { continue };
+                let name = p.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                if e.r#type == pb::PodEventType::Deleted as i32 {
+                    bail!("pod {namespace}/{name} was deleted while waiting for it to run (it was {}: {})", views::phase(p.phase), p.message);
+                }
+                known.insert(name, p);
+            }
         }
     }
 }
 
-/// Waits until the scheduler holds no pod (every node removed its pods).
-pub async fn wait_gone(c: &mut SchedulerClient<Channel>, timeout: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
+/// Deletes a pod and waits, watching, until the scheduler forgot it.
+pub async fn delete(paths: &ClusterPaths, c: &mut SchedulerClient<Channel>, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<()> {
+    c.delete_pod(pb::DeletePodRequest { namespace: namespace.into(), name: name.into() }).await.map_err(rpc)?;
+    wait_until_none(PodWatch::list_then_watch(&paths.scheduler_endpoints(), namespace, name), timeout, &format!("pod {namespace}/{name}")).await
+}
+
+/// Waits, watching, until the scheduler holds no pod (every node removed its pods).
+pub async fn wait_gone(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<()> {
+    wait_until_none(PodWatch::list_then_watch(&paths.scheduler_endpoints(), "", ""), timeout, "pods").await
+}
+
+async fn wait_until_none(mut watch: PodWatch, timeout: Duration, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    watch.patience = timeout;
+    let mut left: HashMap<String, pb::PodStatus> = HashMap::new();
+    let mut listed = false;
     loop {
-        let pods = berth_scheduler_client::list_pods(c, "").await.map_err(rpc)?;
-        if pods.is_empty() {
+        if listed && left.is_empty() {
             return Ok(());
         }
-        if started.elapsed() > timeout {
-            let left: Vec<String> = pods.iter().map(|p| format!("{} ({} on {}: {})", p.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default(), views::phase(p.phase), p.node, p.message)).collect();
-            bail!("pods still there after {timeout:?}: {}", left.join("; "));
+        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), watch.next()).await {
+            Ok(Ok(PodUpdate::Listed(pods))) => {
+                listed = true;
+                left = pods.into_iter().map(|p| (key_of(&p), p)).collect();
+            }
+            Ok(Ok(PodUpdate::Event(e))) => {
+                let Some(p) = e.pod else { continue };
+                if e.r#type == pb::PodEventType::Deleted as i32 {
+                    left.remove(&key_of(&p));
+                } else {
+                    left.insert(key_of(&p), p);
+                }
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                let mut names: Vec<String> = left.values().map(|p| format!("{} ({} on {}: {})", key_of(p), views::phase(p.phase), p.node, p.message)).collect();
+                names.sort();
+                bail!("{what} still there after {timeout:?}: {}", names.join("; "));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The ENI of a pod's IP, from the local cloud when it runs, asked again (at most every 2 s) for
+/// an IP it did not know.
+struct EniLookup {
+    cloud: Option<berth_cloud::HttpCloud>,
+    by_ip: HashMap<String, String>,
+    asked: Option<Instant>,
+}
+
+impl EniLookup {
+    fn new(paths: &ClusterPaths) -> EniLookup {
+        EniLookup { cloud: cluster::connect(paths).ok(), by_ip: HashMap::new(), asked: None }
+    }
+
+    async fn view(&mut self, p: &pb::PodStatus) -> PodView {
+        if !p.pod_ip.is_empty() && !self.by_ip.contains_key(&p.pod_ip) && self.asked.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+            if let Some(cloud) = &self.cloud
+                && let Ok(enis) = cloud.describe_network_interfaces(&EniFilter::default()).await
+            {
+                self.by_ip = views::enis_by_ip(&enis);
+            }
+            self.asked = Some(Instant::now());
+        }
+        views::pod_view(p, &self.by_ip)
+    }
+}
+
+/// `pod list --watch`: the listing, then every change as it happens, until interrupted.
+async fn watch_pods(paths: &ClusterPaths, namespace: &str, output: Output) -> anyhow::Result<()> {
+    let mut watch = PodWatch::list_then_watch(&paths.scheduler_endpoints(), namespace, "");
+    let mut enis = EniLookup::new(paths);
+    let mut known: HashMap<String, pb::PodStatus> = HashMap::new();
+    let mut first = true;
+    loop {
+        match watch.next().await? {
+            PodUpdate::Listed(pods) => {
+                let fresh: HashMap<String, pb::PodStatus> = pods.into_iter().map(|p| (key_of(&p), p)).collect();
+                if first {
+                    let mut rows = Vec::new();
+                    for p in fresh.values() {
+                        rows.push(enis.view(p).await);
+                    }
+                    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+                    match output {
+                        Output::Table => print!("{}", views::pods_table(&rows)),
+                        Output::Json => {
+                            for r in &rows {
+                                println!("{}", views::watch_line_json("listed", watch.position().0, r));
+                            }
+                        }
+                    }
+                    if output == Output::Table {
+                        println!("{}", views::watch_header());
+                    }
+                    first = false;
+                } else {
+                    // Listed again (the leader no longer kept our revision): what changed meanwhile.
+                    let mut gone: Vec<&String> = known.keys().filter(|k| !fresh.contains_key(*k)).collect();
+                    gone.sort();
+                    for k in gone {
+                        let row = enis.view(&known[k]).await;
+                        print_change(output, "deleted", watch.position().0, &row);
+                    }
+                    let mut changed: Vec<&pb::PodStatus> = fresh.iter().filter(|(k, p)| known.get(*k) != Some(*p)).map(|(_, p)| p).collect();
+                    changed.sort_by_key(|p| key_of(p));
+                    for p in changed {
+                        let row = enis.view(p).await;
+                        print_change(output, "listed", watch.position().0, &row);
+                    }
+                }
+                known = fresh;
+            }
+            PodUpdate::Event(e) => {
+                let Some(p) = e.pod else { continue };
+                let row = enis.view(&p).await;
+                let kind = match pb::PodEventType::try_from(e.r#type).unwrap_or(pb::PodEventType::Unspecified) {
+                    pb::PodEventType::Added => "added",
+                    pb::PodEventType::Bound => "bound",
+                    pb::PodEventType::StatusChanged => "status_changed",
+                    pb::PodEventType::Deleted => "deleted",
+                    pb::PodEventType::Unspecified => "changed",
+                };
+                print_change(output, kind, e.revision, &row);
+                if e.r#type == pb::PodEventType::Deleted as i32 {
+                    known.remove(&key_of(&p));
+                } else {
+                    known.insert(key_of(&p), p);
+                }
+            }
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn print_change(output: Output, kind: &str, revision: u64, row: &PodView) {
+    match output {
+        Output::Table => println!("{}", views::watch_row(kind, revision, row)),
+        Output::Json => println!("{}", views::watch_line_json(kind, revision, row)),
     }
 }
 
@@ -249,15 +386,18 @@ impl Pod {
                 if c.get_pod(pb::GetPodRequest { namespace: a.namespace.clone(), name: a.name.clone() }).await.is_ok() {
                     bail!("pod {}/{} exists; delete it first with `berthctl pod del {}`", a.namespace, a.name, a.name);
                 }
+                // The watch starts before the submit, so it sees the pod's whole life.
+                let watch = if a.wait { Some(PodWatch::from_now(&paths.scheduler_endpoints(), &a.namespace, &a.name).await?) } else { None };
                 c.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.map_err(rpc)?;
-                if a.wait {
-                    wait_running(&mut c, &a.namespace, std::slice::from_ref(&a.name), Duration::from_secs(120), |s| if output == Output::Table { eprintln!("==> {s}") }).await?;
+                if let Some(watch) = watch {
+                    wait_running(watch, &a.namespace, std::slice::from_ref(&a.name), Duration::from_secs(a.timeout), |s| if output == Output::Table { eprintln!("==> {s}") }).await?;
                 }
                 show(paths, &mut c, &a.namespace, &a.name, output).await
             }
-            PodCommand::Del { name, namespace } => delete(&mut c, &namespace, &name, Duration::from_secs(60)).await,
+            PodCommand::Del { name, namespace } => delete(paths, &mut c, &namespace, &name, Duration::from_secs(60)).await,
             PodCommand::Get { name, namespace } => show(paths, &mut c, &namespace, &name, output).await,
-            PodCommand::List { namespace } => {
+            PodCommand::List { namespace, watch: true } => watch_pods(paths, &namespace, output).await,
+            PodCommand::List { namespace, watch: false } => {
                 let (pods, _) = snapshot(paths, &mut c, &namespace).await?;
                 views::print_pods(&pods, output)
             }

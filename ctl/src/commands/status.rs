@@ -30,10 +30,13 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
     let enis = cloud.describe_network_interfaces(&EniFilter::default()).await?;
     let types = cloud.describe_instance_types(&[]).await?;
     let replicas = schedulers(paths).await;
+    // `up --ha`: the etcd members under the replicas, and whether each answers healthy.
+    let etcd: Vec<(String, String, bool)> = crate::ha::HaLayout::load(paths).map(|l| l.etcd.iter().map(|m| (m.name.clone(), m.client_url(), crate::ha::etcd_healthy(m))).collect()).unwrap_or_default();
 
     if output == Output::Json {
         let schedulers: Vec<_> = replicas.iter().map(|(e, s)| serde_json::json!({ "endpoint": e, "leads": s.as_ref().ok().map(|s| s.leads), "leader": s.as_ref().ok().map(|s| s.leader.clone()), "error": s.as_ref().err() })).collect();
-        let doc = serde_json::json!({ "vpcs": vpcs, "vswitches": vswitches, "instances": instances, "enis": enis, "schedulers": schedulers });
+        let etcd: Vec<_> = etcd.iter().map(|(name, endpoint, healthy)| serde_json::json!({ "name": name, "endpoint": endpoint, "healthy": healthy })).collect();
+        let doc = serde_json::json!({ "vpcs": vpcs, "vswitches": vswitches, "instances": instances, "enis": enis, "schedulers": schedulers, "etcd": etcd });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -46,6 +49,13 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
         }
     }
     println!("{}", t.render());
+    if !etcd.is_empty() {
+        let mut t = Table::new("ETCD", &["MEMBER", "ENDPOINT", "HEALTH"]);
+        for (name, endpoint, healthy) in &etcd {
+            t.row(vec![name.clone(), endpoint.clone(), if *healthy { "healthy".into() } else { "unhealthy".into() }]);
+        }
+        println!("{}", t.render());
+    }
 
     let mut t = Table::new("VPCS", &["ID", "NAME", "CIDR"]);
     for v in &vpcs {
@@ -97,7 +107,7 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
 /// What each scheduler replica of `--scheduler-listen` says of the leader.
 async fn schedulers(paths: &ClusterPaths) -> Vec<(String, Result<berth_proto::cluster::v1::LeaderStatus, String>)> {
     let mut out = Vec::new();
-    for e in berth_scheduler_client::endpoints(&paths.scheduler_listen) {
+    for e in paths.scheduler_endpoints() {
         let status = async {
             let channel = tonic::transport::Channel::from_shared(e.clone()).map_err(|err| err.to_string())?.connect_timeout(std::time::Duration::from_millis(500)).connect().await.map_err(|err| err.to_string())?;
             let mut c = berth_proto::cluster::v1::scheduler_client::SchedulerClient::new(channel);

@@ -18,12 +18,17 @@ use serde::Serialize;
 use crate::Output;
 use crate::cluster::{self, ClusterPaths};
 use crate::commands::pod::{self, volume};
+use crate::ha::{self, HaLayout};
 use crate::views::{self, PodView};
 
 #[derive(Args)]
 pub struct Up {
     #[command(flatten)]
     paths: ClusterPaths,
+    /// A replicated control plane: three etcd members on loopback and three scheduler replicas on
+    /// them (one leads; agents and berthctl know all three). A cluster brought up so stays so.
+    #[arg(long)]
+    ha: bool,
 }
 
 /// The sample cluster: every create carries a fixed ClientToken, so `up` run twice makes nothing twice.
@@ -43,7 +48,7 @@ pub fn node_image(paths: &ClusterPaths, bin: &Path) -> String {
     let image_dir = paths.image_dir();
     let b = |name: &str| bin.join(name).display().to_string();
     let cni_path = format!("{}:/opt/cni/bin:/usr/lib/cni", bin.display());
-    let scheduler = paths.scheduler_url();
+    let scheduler = paths.scheduler_endpoints().join(",");
     let pod_prefix = paths.pod_netns_prefix("{instance_id}");
     let agent: Vec<String> = [
         b("berth-agent").as_str(),
@@ -212,6 +217,12 @@ impl Up {
         if paths.netns_prefix.is_empty() || paths.netns_prefix.len() > 11 || !paths.netns_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             bail!("--netns-prefix {:?}: use 1 to 11 letters, digits, '-' or '_' (the pods' namespaces add the instance ID to it)", paths.netns_prefix);
         }
+        let ha = match (self.ha, HaLayout::load(paths)) {
+            (true, None) if cluster::scheduler_pid(paths).is_some() => bail!("this cluster runs one scheduler on the embedded journal; `berthctl down` first to bring it up again with --ha"),
+            (true, None) => Some(HaLayout::load_or_choose(paths)?),
+            (_, Some(l)) => Some(l),
+            (false, None) => None,
+        };
         progress("starting the local cloud; its instances boot the Berth node image (agent, CSI driver)");
         let bin = cluster::sibling_binary("berthctl")?.parent().context("berthctl's directory")?.to_path_buf();
         for name in ["berth-agent", "berth-csi", "berth", "berth-scheduler", "berth-localcloud"] {
@@ -230,10 +241,25 @@ impl Up {
         progress("creating the sample VPC, vSwitches and security group");
         let (vpc, vswitches, sg) = sample_network(&cloud).await?;
 
-        progress(&format!("starting the scheduler on {} with the node pool {POOL} ({MIN_NODES} to {MAX_NODES} nodes)", paths.scheduler_listen));
-        std::fs::create_dir_all(paths.scheduler_state_dir())?;
-        write_if_changed(&paths.scheduler_config(), &scheduler_config(paths, &endpoint, &vswitches, &sg))?;
-        cluster::start_scheduler(paths)?;
+        let config = scheduler_config(paths, &endpoint, &vswitches, &sg);
+        match &ha {
+            None => {
+                progress(&format!("starting the scheduler on {} with the node pool {POOL} ({MIN_NODES} to {MAX_NODES} nodes)", paths.scheduler_listen));
+                std::fs::create_dir_all(paths.scheduler_state_dir())?;
+                write_if_changed(&paths.scheduler_config(), &config)?;
+                cluster::start_scheduler(paths)?;
+            }
+            Some(layout) => {
+                progress(&format!("starting etcd: {} members on {}", ha::REPLICAS, layout.etcd_endpoints().join(",")));
+                ha::start_etcd(paths, layout)?;
+                ha::wait_etcd(paths, layout, Duration::from_secs(30))?;
+                progress(&format!("starting {} scheduler replicas on {} with the node pool {POOL} ({MIN_NODES} to {MAX_NODES} nodes)", ha::REPLICAS, layout.schedulers.join(",")));
+                for i in 0..ha::REPLICAS {
+                    write_if_changed(&ha::replica_config(paths, i), &ha::replica_config_text(&config, layout, i))?;
+                    ha::start_replica(paths, layout, i)?;
+                }
+            }
+        }
         let mut sched = cluster::scheduler(paths, Duration::from_secs(15)).await?;
 
         wait_for_nodes(paths, &mut sched).await?;
@@ -250,7 +276,8 @@ impl Up {
             }
         }
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        pod::wait_running(&mut sched, "default", &names, Duration::from_secs(180), |s| progress(&format!("waiting for the sample pods: {s}"))).await?;
+        let watch = berth_scheduler::client::watch::PodWatch::list_then_watch(&paths.scheduler_endpoints(), "default", "");
+        pod::wait_running(watch, "default", &names, Duration::from_secs(180), |s| progress(&format!("waiting for the sample pods: {s}"))).await?;
 
         let (pods, nodes) = pod::snapshot(paths, &mut sched, "").await?;
         let reach = reachability(paths, &pods);
@@ -342,7 +369,7 @@ async fn wait_for_nodes(paths: &ClusterPaths, sched: &mut berth_proto::cluster::
         if started.elapsed() > timeout {
             bail!("only {ready} of the pool's {MIN_NODES} nodes reported within {timeout:?}; see {} and the guests' agent.log under {}", paths.scheduler_log_file().display(), paths.state_dir.join("guests").display());
         }
-        if cluster::scheduler_pid(paths).is_none() {
+        if !cluster::scheduler_runs(paths) {
             bail!("berth-scheduler stopped; see {}", paths.scheduler_log_file().display());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
