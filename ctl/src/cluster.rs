@@ -221,14 +221,20 @@ pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
         return Ok(());
     }
     let log = std::fs::File::create(paths.scheduler_log_file()).with_context(|| format!("creating {}", paths.scheduler_log_file().display()))?;
+    spawn_scheduler(&paths.scheduler_config(), &paths.scheduler_listen, &paths.scheduler_state_dir(), log, &paths.scheduler_pid_file())
+}
+
+/// Starts one `berth-scheduler` in its own session, logging to `log`, its metrics on a free port
+/// (written to its state directory as metrics.address), its pid to `pid_file`. `up` and `up --ha`
+/// both start theirs so.
+pub fn spawn_scheduler(config: &std::path::Path, listen: &str, state_dir: &std::path::Path, log: std::fs::File, pid_file: &std::path::Path) -> anyhow::Result<()> {
     let child = Command::new(sibling_binary("berth-scheduler")?)
         .arg("--config")
-        .arg(paths.scheduler_config())
+        .arg(config)
         .arg("--listen")
-        .arg(&paths.scheduler_listen)
+        .arg(listen)
         .arg("--state-dir")
-        .arg(paths.scheduler_state_dir())
-        // A free port, written to its state directory as metrics.address.
+        .arg(state_dir)
         .arg("--metrics-listen")
         .arg("127.0.0.1:0")
         .stdin(Stdio::null())
@@ -237,7 +243,7 @@ pub fn start_scheduler(paths: &ClusterPaths) -> anyhow::Result<()> {
         .process_group(0)
         .spawn()
         .context("starting berth-scheduler")?;
-    std::fs::write(paths.scheduler_pid_file(), child.id().to_string())?;
+    std::fs::write(pid_file, child.id().to_string())?;
     Ok(())
 }
 

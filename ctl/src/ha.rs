@@ -211,23 +211,7 @@ pub fn start_replica(paths: &ClusterPaths, layout: &HaLayout, i: usize) -> anyho
     }
     std::fs::create_dir_all(replica_state_dir(paths, i))?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(replica_log_file(paths, i)).with_context(|| format!("creating {}", replica_log_file(paths, i).display()))?;
-    let child = Command::new(cluster::sibling_binary("berth-scheduler")?)
-        .arg("--config")
-        .arg(replica_config(paths, i))
-        .arg("--listen")
-        .arg(&layout.schedulers[i])
-        .arg("--state-dir")
-        .arg(replica_state_dir(paths, i))
-        .arg("--metrics-listen")
-        .arg("127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting berth-scheduler")?;
-    std::fs::write(replica_pid_file(paths, i), child.id().to_string())?;
-    Ok(())
+    cluster::spawn_scheduler(&replica_config(paths, i), &layout.schedulers[i], &replica_state_dir(paths, i), log, &replica_pid_file(paths, i))
 }
 
 /// Stops the replicas (before etcd: they would log its loss), then the members.
