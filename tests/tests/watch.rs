@@ -370,6 +370,15 @@ async fn pod_add_wait_returns_once_running_or_fails_with_the_pods_message_and_po
     assert_eq!((first["event"].as_str(), first["pod"]["name"].as_str(), first["pod"]["phase"].as_str()), (Some("listed"), Some("before"), Some("Pending")), "{first}");
 
     let _node = start_node(s.url.clone());
+    // Once `before` is bound the node has reported: web then sees a node from its first decision.
+    let t = Instant::now();
+    loop {
+        let l = lines.recv_timeout(Duration::from_secs(10)).expect("before's binding");
+        assert!(t.elapsed() < Duration::from_secs(20));
+        if l["pod"]["name"] == "before" && l["event"] == "bound" {
+            break;
+        }
+    }
     let (ok, out, took) = ctl.run(&["pod", "add", "web", "--wait", "--output", "json"]);
     assert!(ok, "pod add --wait: {out}\n{}", s.log());
     let shown: serde_json::Value = serde_json::from_str(&out[out.find('[').unwrap_or(0)..]).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -377,7 +386,7 @@ async fn pod_add_wait_returns_once_running_or_fails_with_the_pods_message_and_po
     assert!(!shown[0]["pod_ip"].as_str().unwrap().is_empty(), "{out}");
     println!("pod add --wait returned once the pod ran, after {took:?}");
 
-    // The watching berthctl printed web's life: added, bound, running (and `before` bound too).
+    // The watching berthctl printed web's life: added, bound, running.
     let mut web = Vec::new();
     let t = Instant::now();
     while !web.iter().any(|l: &serde_json::Value| l["pod"]["phase"] == "Running") {
