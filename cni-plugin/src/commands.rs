@@ -11,7 +11,7 @@ use berth_proto::agent::v1 as pb;
 
 use crate::agent_client::Agent;
 use crate::datapath::exclusive::{self, ExclusiveNet};
-use crate::datapath::bandwidth;
+use crate::datapath::{bandwidth, guard};
 use crate::datapath::trunk::TrunkLeg;
 use crate::protocol::bandwidth::Limits;
 use crate::datapath::{self, DatapathError, PodNet};
@@ -307,14 +307,23 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if let Some(mac) = exclusive_mac {
         exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, mac).map_err(datapath_error)?;
     }
-    for ip in ip.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)) {
-        datapath::remove_rules(&mut node, ip).map_err(datapath_error)?;
+    let ips: Vec<IpAddr> = ip.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)).collect();
+    for ip in &ips {
+        datapath::remove_rules(&mut node, *ip).map_err(datapath_error)?;
     }
+    let trunk = match agent.as_mut().map(|a| a.get(key(env))) {
+        Some(Ok(Some(a))) => trunk_leg(&a).ok().flatten(),
+        _ => None,
+    };
+    let reach = match (&exclusive_mac, &trunk) {
+        (Some(_), _) => guard::Reach::Leg,
+        (None, Some(leg)) => guard::Reach::FromVpcBy(leg.trunk_nic.clone()),
+        (None, None) => guard::Reach::Node,
+    };
+    guard::forget(&guard::Guarded { iface: datapath::host_veth_name(&env.container_id, &env.ifname), sources: ips, reach });
     // A trunk pod's VLAN sub-interface (kernels with 8021q) goes with it.
-    if let Some(Ok(Some(a))) = agent.as_mut().map(|a| a.get(key(env)))
-        && let Ok(Some(leg)) = trunk_leg(&a)
-    {
-        datapath::trunk::remove_sub_interface(&mut node, &leg).map_err(datapath_error)?;
+    if let Some(leg) = &trunk {
+        datapath::trunk::remove_sub_interface(&mut node, leg).map_err(datapath_error)?;
     }
     // With the agent up, it deletes the veth after the release, off the runtime's clock; the pod's
     // interface name is freed now.
