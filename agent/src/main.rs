@@ -180,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(instance = %identity.instance_id, r#type = %identity.instance_type, zone = %identity.zone_id, "node identified");
 
     let metrics = Metrics::new();
+    let _ = metrics.node_netns.set(cfg.node.netns.clone());
     let region = if cfg.cloud.region.is_empty() { identity.region_id.clone() } else { cfg.cloud.region.clone() };
     let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials);
     client.default_limit = Limit { rate_per_sec: cfg.cloud.rate_per_second, burst: cfg.cloud.burst };
@@ -272,8 +273,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let conflist = cniconf::render(&cfg.cni, &cfg.api.socket, &cfg.paths.release_queue_dir);
-    let written = cniconf::write(&cfg.paths.cni_conf_dir, &conflist).with_context(|| format!("writing the CNI config into {}", cfg.paths.cni_conf_dir.display()))?;
+    let written = cniconf::write_all(&cfg.paths.cni_conf_dir, &cfg.cni, &cfg.api.socket, &cfg.paths.release_queue_dir, cfg.pool.trunk).with_context(|| format!("writing the CNI config into {}", cfg.paths.cni_conf_dir.display()))?;
     let s = pool.status();
     let text = format!("ready: {} idle IPs, {} allocated", s.idle, s.allocated);
     systemd::ready(&text);

@@ -106,6 +106,7 @@ fn ipv4_of(a: &pb::Allocation) -> Result<Ipv4Addr, CniError> {
 
 fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     let mtu = conf.mtu()?;
+    conf.pod_network()?;
     // Bad limits fail before an IP is taken.
     let limits = pod_limits(env, conf)?;
     let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER)?;
@@ -115,18 +116,22 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
         uid: env.pod.uid.clone().unwrap_or_default(),
         infra_container_id: env.pod.infra_container_id.clone().unwrap_or_default(),
     };
-    let mode = match env.pod.network_mode.as_deref() {
+    // The pod's own CNI_ARGS first, then what its network says (the only way for runtimes that
+    // pass no CNI_ARGS of ours).
+    let network = conf.pod_network()?;
+    let mode = match env.pod.network_mode.as_deref().or(network.mode.as_deref()) {
         Some("exclusive") => pb::NetworkMode::Exclusive,
         Some("trunk") => pb::NetworkMode::Trunk,
         _ => pb::NetworkMode::Shared,
     };
+    let security_group_ids = if env.pod.security_group_ids.is_empty() { network.security_group_ids } else { env.pod.security_group_ids.clone() };
     let request = pb::AllocateIpRequest {
         key: Some(key(env)),
         netns: env.netns.clone(),
         pod: Some(pod),
         mode: mode as i32,
-        vswitch_id: env.pod.vswitch_id.clone().unwrap_or_default(),
-        security_group_ids: env.pod.security_group_ids.clone(),
+        vswitch_id: env.pod.vswitch_id.clone().or(network.vswitch_id).unwrap_or_default(),
+        security_group_ids,
         want_ipv4: true,
         ..Default::default()
     };
@@ -374,7 +379,19 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     let veths = datapath::host_veths(&mut node);
     let allocations = agent.list()?;
     let mut kept_veths = std::collections::BTreeSet::new();
-    for a in &allocations {
+    // A network of one mode (berth-exclusive, berth-trunk) collects only its mode's attachments:
+    // the runtime's list names only that network's. The default network collects them all.
+    let only = match conf.pod_network()?.mode.as_deref() {
+        Some("exclusive") => Some(pb::NetworkMode::Exclusive as i32),
+        Some("trunk") => Some(pb::NetworkMode::Trunk as i32),
+        Some(_) | None => None,
+    };
+    for a in allocations.iter().filter(|a| only.is_some_and(|m| a.mode != m)) {
+        if let Some(k) = &a.key {
+            kept_veths.insert(datapath::host_veth_name(&k.container_id, &k.ifname));
+        }
+    }
+    for a in allocations.iter().filter(|a| only.is_none_or(|m| a.mode == m)) {
         let Some(k) = a.key.clone() else { continue };
         if valid.contains(&(k.container_id.clone(), k.ifname.clone())) {
             kept_veths.insert(datapath::host_veth_name(&k.container_id, &k.ifname));

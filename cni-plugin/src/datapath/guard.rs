@@ -168,6 +168,29 @@ pub fn forget(g: &Guarded) {
     }
 }
 
+/// The packets each drop counter of [`TABLE`] counted, from `nft -j list counters`; every reason
+/// is there (0 when the table does not exist yet: no pod was added).
+pub fn drop_counts(listing: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut counts: std::collections::BTreeMap<String, u64> = DROP_COUNTERS.iter().map(|c| (c.to_string(), 0)).collect();
+    let doc: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
+    for c in doc["nftables"].as_array().into_iter().flatten().filter_map(|o| o.get("counter")) {
+        if c["family"] == "inet"
+            && c["table"] == TABLE
+            && let Some(n) = c["name"].as_str().and_then(|n| counts.get_mut(n))
+        {
+            *n += c["packets"].as_u64().unwrap_or(0);
+        }
+    }
+    counts
+}
+
+/// [`drop_counts`] of the current namespace.
+pub fn read_drop_counts() -> Result<std::collections::BTreeMap<String, u64>, String> {
+    let out = Command::new(nft_binary()).args(["-j", "list", "counters", "table", "inet", TABLE]).stdin(Stdio::null()).output().map_err(|e| format!("cannot run nft: {e}"))?;
+    // No table yet: nothing was dropped.
+    Ok(drop_counts(if out.status.success() { std::str::from_utf8(&out.stdout).unwrap_or("") } else { "" }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +206,15 @@ mod tests {
         let forget = forget_lines(&g);
         assert_eq!(forget.len(), 4);
         assert!(forget.iter().all(|l| l.starts_with("delete element inet berth_pods ")));
+    }
+
+    #[test]
+    fn drop_counts_are_ours_only() {
+        let listing = r#"{"nftables": [{"counter": {"family": "inet", "name": "spoofed_source", "table": "berth_pods", "packets": 3}},
+            {"counter": {"family": "inet", "name": "spoofed_source", "table": "other", "packets": 9}}]}"#;
+        let counts = drop_counts(listing);
+        assert_eq!((counts["spoofed_source"], counts["bypassed_security_group"]), (3, 0));
+        assert_eq!(drop_counts("")["spoofed_source"], 0);
     }
 
     #[test]
