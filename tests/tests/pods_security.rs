@@ -16,7 +16,7 @@ use berth_cloud::Cloud as _;
 use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroupRule};
 use berth_tests::agent::AgentProcess;
 use berth_tests::pods::{Pod, add_pod, del_pod};
-use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
+use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, in_netns, is_root};
 
 const UDP_PORT: u16 = 9500;
 const TCP_PORT: u16 = 9600;
@@ -76,8 +76,7 @@ fn udp_collector(netns: &Path, port: u16) -> Arc<Mutex<Vec<String>>> {
     got
 }
 
-/// A socket of `ty` in a namespace bound to `src`, even to an address the namespace does not have
-/// (IP_FREEBIND: how a pod forges a source).
+/// A socket of `ty` in a namespace bound to `src` (a forging pod holds the address it claims).
 fn socket_from(netns: &Path, src: IpAddr, ty: nix::sys::socket::SockType) -> std::os::fd::OwnedFd {
     use nix::sys::socket::{AddressFamily, SockFlag, SockaddrIn, SockaddrIn6, bind, setsockopt, socket, sockopt};
     berth_nodenet::Netns::open(netns)
@@ -85,7 +84,6 @@ fn socket_from(netns: &Path, src: IpAddr, ty: nix::sys::socket::SockType) -> std
         .run_in(move || {
             let family = if src.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
             let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, None).unwrap();
-            setsockopt(&fd, sockopt::IpFreebind, &true).unwrap();
             setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0)).unwrap();
             use std::os::fd::AsRawFd as _;
             match src {
@@ -159,6 +157,9 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
             Source::Forged => (sources[&Source::SharedPod].path(), FORGED),
         }
     };
+    // The forging pod holds the address it claims, so that its kernel sends with it.
+    let (ok, out) = in_netns(&sources[&Source::SharedPod].path(), &["ip", "addr", "add", &format!("{FORGED}/32"), "dev", "eth0"]);
+    assert!(ok, "{out}");
     let inboxes: BTreeMap<Target, Arc<Mutex<Vec<String>>>> = targets.iter().map(|(t, p)| (*t, udp_collector(&p.path(), UDP_PORT))).collect();
     for p in targets.values() {
         berth_tests::tcp_listen(&p.path(), TCP_PORT);
@@ -196,7 +197,7 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
                 let (ns, src) = origin(s);
                 let sock = udp_from(&ns, IpAddr::V4(src));
                 for _ in 0..3 {
-                    let _ = sock.send_to(format!("{round}:{s:?}").as_bytes(), (targets[&t].ip, UDP_PORT));
+                    sock.send_to(format!("{round}:{s:?}").as_bytes(), (targets[&t].ip, UDP_PORT)).unwrap_or_else(|e| panic!("{s:?} from {src}: {e}"));
                 }
             }
         }
@@ -230,7 +231,7 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
         let sg_drops = berth_tests::nft_counter(&vpc_ns, "sg_ingress_denied");
         assert!(sg_drops > sg_drops_before, "round {round}: the vRouter counted no security-group drop ({sg_drops_before} → {sg_drops})");
         let spoofed = metric(&agent_a.metrics().await, "berth_agent_pod_dropped_packets_total", "spoofed_source");
-        assert!(spoofed >= spoofed_before + 3, "round {round}: node A's agent counted {} forged datagrams", spoofed - spoofed_before);
+        assert!(spoofed >= spoofed_before + 3, "round {round}: node A's agent counted {} forged datagrams (the node's table: {}); cells: {failures:#?}\n{}", spoofed - spoofed_before, berth_tests::nft_counter(&agent_a.netns, "spoofed_source"), agent_a.metrics().await.lines().filter(|l| l.contains("dropped")).collect::<Vec<_>>().join("\n"));
     }
     assert!(failures.is_empty(), "{} of {cells} UDP cells (and their TCP twins) are wrong:\n{}\n{}", failures.len(), failures.join("\n"), agent_a.log());
     let text = lc_metrics().await;
@@ -244,6 +245,8 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
         seg[7] = seg[7].wrapping_add(0x77);
         Ipv6Addr::from(seg)
     };
+    let (ok, out) = in_netns(&from.path(), &["ip", "-6", "addr", "add", &format!("{forged6}/128"), "dev", "eth0", "nodad"]);
+    assert!(ok, "{out}");
     let inbox6 = udp_collector_v6(&to.path(), UDP_PORT + 1);
     for (src, tag) in [(ipv6_of(from), "own6"), (forged6, "forged6")] {
         let sock = udp_from(&from.path(), IpAddr::V6(src));

@@ -78,13 +78,15 @@ pub fn skeleton() -> String {
     let rules = [
         "sources meta nfproto ipv4 iifname \"bth*\" iifname . ip saddr != @sources_v4 counter name spoofed_source drop".to_string(),
         // Neighbour discovery and the like stay on the link; they are never routed.
-        "sources meta nfproto ipv6 iifname \"bth*\" ip6 saddr fe80::/10 ip6 daddr { fe80::/10, ff02::/16 } accept".to_string(),
+        "sources meta nfproto ipv6 iifname \"bth*\" ip6 saddr { ::, fe80::/10 } ip6 daddr { fe80::/10, ff02::/16 } accept".to_string(),
         "sources meta nfproto ipv6 iifname \"bth*\" iifname . ip6 saddr != @sources_v6 counter name spoofed_source drop".to_string(),
         format!("mark_legs iifname @legs ct state new ct mark set ct mark or {LEG_MARK:#x}"),
         "forward iifname @legs counter name bypassed_security_group drop".to_string(),
         "forward oifname @legs counter name bypassed_security_group drop".to_string(),
         "forward oifname @vpc_only iifname . oifname != @vpc_in counter name bypassed_security_group drop".to_string(),
         format!("leg_replies ct direction reply ct mark and {LEG_MARK:#x} != 0 meta mark set meta mark or {LEG_MARK:#x}"),
+        // The node's own neighbour discovery and multicast reports on the link.
+        "output meta nfproto ipv6 ip6 daddr ff02::/16 accept".to_string(),
         "output oifname @vpc_only counter name bypassed_security_group drop".to_string(),
         "output oifname @legs ct direction original counter name bypassed_security_group drop".to_string(),
     ];
@@ -187,8 +189,13 @@ pub fn drop_counts(listing: &str) -> std::collections::BTreeMap<String, u64> {
 /// [`drop_counts`] of the current namespace.
 pub fn read_drop_counts() -> Result<std::collections::BTreeMap<String, u64>, String> {
     let out = Command::new(nft_binary()).args(["-j", "list", "counters", "table", "inet", TABLE]).stdin(Stdio::null()).output().map_err(|e| format!("cannot run nft: {e}"))?;
-    // No table yet: nothing was dropped.
-    Ok(drop_counts(if out.status.success() { std::str::from_utf8(&out.stdout).unwrap_or("") } else { "" }))
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.success() {
+        true => Ok(drop_counts(std::str::from_utf8(&out.stdout).unwrap_or(""))),
+        // No table yet: nothing was dropped.
+        false if stderr.contains("No such file or directory") => Ok(drop_counts("")),
+        false => Err(format!("nft -j list counters: {}", stderr.trim())),
+    }
 }
 
 #[cfg(test)]
