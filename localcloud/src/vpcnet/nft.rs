@@ -370,10 +370,32 @@ mod tests {
         let s = security_groups(&state, &[WiredEni { port: "pabc".into(), vlan: 0, eni: &e }]);
         let lines: Vec<&str> = s.lines().filter(|l| l.contains("chain") || l.contains(" in_pabc ")).collect();
         let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{s}\n{lines:?}"));
-        assert!(at("tcp dport 22-22 accept") < at("tcp dport 80-80 drop"));
-        assert!(at("tcp dport 80-80 drop") < at("tcp dport 80-80 accept"));
+        assert!(at("tcp dport 22-22 accept") < at("tcp dport 80-80 counter name sg_ingress_denied drop"));
+        assert!(at("tcp dport 80-80 counter name sg_ingress_denied drop") < at("tcp dport 80-80 accept"));
         assert!(at("tcp dport 80-80 accept") < at("ip saddr @members_sg_1_v4 accept"));
         assert!(s.contains("add element inet berth_sg members_sg_1_v4 { 10.0.0.5, 10.0.0.9 }"));
         assert!(at("iifname \"pabc\" meta mark 0 jump out_pabc") < at("oifname \"pabc\" jump in_pabc"));
+    }
+
+    #[test]
+    fn the_security_group_table_is_flushed_not_deleted_so_its_drop_counters_keep_counting() {
+        let mut state = State::default();
+        let a = eni("eni-a", "10.0.0.5", &["sg-1"]);
+        let b = eni("eni-b", "10.0.0.6", &["sg-2"]);
+        state.enis.insert(a.id.clone(), a.clone());
+        state.enis.insert(b.id.clone(), b.clone());
+        let both = [WiredEni { port: "pa".into(), vlan: 0, eni: &a }, WiredEni { port: "pb".into(), vlan: 0, eni: &b }];
+        let (first, made) = security_groups_over(&state, &both, None);
+        assert!(first.contains("delete table inet berth_sg"), "a process's first script starts afresh: {first}");
+        assert!(first.contains("add counter inet berth_sg sg_ingress_denied") && first.contains("in_pa counter name sg_ingress_denied drop"), "{first}");
+        assert!(made.chains.contains("in_pb") && made.sets.contains("members_sg_2_v4"), "{made:?}");
+        state.enis.remove("eni-b");
+        let (next, again) = security_groups_over(&state, &both[..1], Some(&made));
+        assert!(!next.contains("delete table") && next.contains("flush table inet berth_sg"), "{next}");
+        for gone in ["delete chain inet berth_sg in_pb", "delete chain inet berth_sg out_pb", "delete set inet berth_sg members_sg_2_v4"] {
+            assert!(next.contains(gone), "{gone} missing:\n{next}");
+        }
+        assert!(next.contains("flush set inet berth_sg members_sg_1_v4"), "a kept set is refilled: {next}");
+        assert!(!again.chains.contains("in_pb"));
     }
 }
