@@ -53,7 +53,7 @@ fn allowed(round: usize, t: Target, s: Source) -> bool {
     match (t, s) {
         (_, Source::Forged) => true,
         (Target::Shared, Source::SharedPod | Source::Node) => true,
-        _ => (t as usize + s as usize + round) % 2 == 0,
+        _ => (t as usize + s as usize + round).is_multiple_of(2),
     }
 }
 
