@@ -137,7 +137,7 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
     let node_a = net.run(&cloud, "ecs.c7.2xlarge", &net.sg).await;
     let node_b = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
     let flags = ["--min-idle-ips", "2", "--max-idle-ips", "4", "--ip-stack", "dual"];
-    let agent_a = AgentProcess::start(&lc, &node_a, &[&flags[..], &["--trunk", "true"]].concat());
+    let mut agent_a = AgentProcess::start(&lc, &node_a, &[&flags[..], &["--trunk", "true"]].concat());
     let agent_b = AgentProcess::start(&lc, &node_b, &flags);
     let own = |mode: &str, sg: &str| format!("BERTH_NETWORK_MODE={mode};BERTH_SECURITY_GROUP_IDS={sg}");
     let (targets, sources, other) = tokio::task::block_in_place(|| {
@@ -258,6 +258,22 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
     let got6 = inbox6.lock().unwrap().clone();
     assert!(got6.iter().any(|m| m == "own6"), "the pod's own IPv6 source must pass: {got6:?}");
     assert!(!got6.iter().any(|m| m == "forged6"), "a forged IPv6 source must not pass: {got6:?}");
+
+    // An agent starting on a node whose pods the filter does not know (made before it) admits
+    // them all at once: their own sources pass again, forged ones still do not.
+    let (ok, out) = in_netns(&agent_a.netns, &["nft", "delete", "table", "inet", "berth_pods"]);
+    assert!(ok, "{out}");
+    agent_a.restart();
+    let inbox = udp_collector(&to.path(), UDP_PORT + 2);
+    for (src, tag) in [(from.ip, "own"), (FORGED, "forged")] {
+        let sock = udp_from(&from.path(), IpAddr::V4(src));
+        for _ in 0..3 {
+            sock.send_to(tag.as_bytes(), (to.ip, UDP_PORT + 2)).unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = inbox.lock().unwrap().clone();
+    assert!(got.iter().any(|m| m == "own") && !got.iter().any(|m| m == "forged"), "after the agent admitted the node's pods: {got:?}\n{}", agent_a.log());
 
     tokio::task::block_in_place(|| {
         for p in targets.values().chain(sources.values()) {

@@ -125,6 +125,17 @@ pub fn admit_script(g: &Guarded) -> String {
     s
 }
 
+/// The skeleton and the elements of many interfaces, in one transaction (the agent at start).
+pub fn admit_all_script(pods: &[Guarded]) -> String {
+    let mut s = skeleton();
+    for g in pods {
+        for (set, e) in elements(g) {
+            s += &format!("add element inet {TABLE} {set} {{ {e} }}\n");
+        }
+    }
+    s
+}
+
 /// DEL: this interface's elements out (each on its own, so that one already gone stops nothing).
 pub fn forget_lines(g: &Guarded) -> Vec<String> {
     elements(g).into_iter().map(|(set, e)| format!("delete element inet {TABLE} {set} {{ {e} }}\n")).collect()
