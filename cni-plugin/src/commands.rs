@@ -245,6 +245,8 @@ fn add_exclusive(env: &Env, conf: &NetConf, agent: &mut Agent, allocation: &pb::
                 // Give the ENI back to the node if it had moved, so that the release finds it.
                 let _ = exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, p.mac);
                 let _ = datapath::delete_veth(&mut node, &env.container_id, &env.ifname);
+                let sources = std::iter::once(IpAddr::V4(p.ip)).chain(p.ip6.map(|(ip6, _, _)| IpAddr::V6(ip6))).collect();
+                guard::forget(&guard::Guarded { iface: datapath::host_veth_name(&env.container_id, &env.ifname), sources, reach: guard::Reach::Leg });
                 Err(datapath_error(e))
             }
         }
