@@ -180,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(instance = %identity.instance_id, r#type = %identity.instance_type, zone = %identity.zone_id, "node identified");
 
     let metrics = Metrics::new();
+    let _ = metrics.node_netns.set(cfg.node.netns.clone());
     let region = if cfg.cloud.region.is_empty() { identity.region_id.clone() } else { cfg.cloud.region.clone() };
     let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials);
     client.default_limit = Limit { rate_per_sec: cfg.cloud.rate_per_second, burst: cfg.cloud.burst };
@@ -230,6 +231,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pool = Arc::new(EniPool::new(cloud, settings, identity, node, store, metrics.clone()));
     systemd::status("recovering the pool");
     pool.recover().await.context("recovering the pool from the store, the cloud and the node")?;
+    // The node's pod filter admits the pods the node already has (made before this agent, or before
+    // the filter existed), so that none is cut off by the first ADD that sets the filter up.
+    admit_existing_pods(&pool, &cfg.node.netns);
     disks.recover().await.context("recovering the disk ledger from the store, the cloud and the node")?;
 
     let listener = server::bind(&cfg.api.socket).with_context(|| format!("binding {}", cfg.api.socket.display()))?;
@@ -272,8 +276,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let conflist = cniconf::render(&cfg.cni, &cfg.api.socket, &cfg.paths.release_queue_dir);
-    let written = cniconf::write(&cfg.paths.cni_conf_dir, &conflist).with_context(|| format!("writing the CNI config into {}", cfg.paths.cni_conf_dir.display()))?;
+    let written = cniconf::write_all(&cfg.paths.cni_conf_dir, &cfg.cni, &cfg.api.socket, &cfg.paths.release_queue_dir, cfg.pool.trunk).with_context(|| format!("writing the CNI config into {}", cfg.paths.cni_conf_dir.display()))?;
     let s = pool.status();
     let text = format!("ready: {} idle IPs, {} allocated", s.idle, s.allocated);
     systemd::ready(&text);
@@ -325,4 +328,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     Ok(())
+}
+
+/// Adds the elements of every allocated pod interface to the node's pod filter (adding only: an ADD
+/// running meanwhile keeps its own). A failure is logged; the pods' own ADDs set the filter up too.
+fn admit_existing_pods<C: berth_cloud::Cloud + 'static>(pool: &berth_agent::eni_pool::EniPool<C>, netns: &str) {
+    use berth_agent::pool::ledger::PodMode;
+    use berth_cni::datapath::guard::{self, Guarded, Reach};
+    let pods: Vec<Guarded> = pool
+        .list()
+        .into_iter()
+        .map(|a| Guarded {
+            iface: berth_cni::datapath::host_veth_name(&a.record.key.container_id, &a.record.key.ifname),
+            sources: std::iter::once(std::net::IpAddr::V4(a.record.ip)).chain(a.record.ip6.map(std::net::IpAddr::V6)).collect(),
+            reach: match (a.record.mode, &a.eni.vlan) {
+                (PodMode::Exclusive, _) => Reach::Leg,
+                (PodMode::Trunk, Some(v)) => Reach::FromVpcBy(v.trunk_nic.clone()),
+                _ => Reach::Node,
+            },
+        })
+        .collect();
+    let script = guard::admit_all_script(&pods);
+    let applied = if netns.is_empty() {
+        guard::run(&script).map_err(|e| e.to_string())
+    } else {
+        let ns = if netns.contains('/') { berth_nodenet::Netns::open(netns) } else { berth_nodenet::Netns::open_named(netns) };
+        ns.map_err(|e| e.to_string()).and_then(|ns| ns.run_in(|| guard::run(&script).map_err(|e| e.to_string())).map_err(|e| e.to_string()).and_then(|r| r))
+    };
+    match applied {
+        Ok(()) => tracing::info!(pods = pods.len(), "the node's pod filter admits the node's pods"),
+        Err(e) => tracing::warn!(error = %e, "cannot set up the node's pod filter; each pod's ADD does"),
+    }
 }

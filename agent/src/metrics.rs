@@ -15,6 +15,9 @@ type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
     registry: Registry,
+    /// The node's namespace ("" for the agent's own), where the pod interface filter's drop
+    /// counters are read at each scrape.
+    pub node_netns: std::sync::OnceLock<String>,
     pub idle_ips: Gauge,
     pub allocated_ips: Gauge,
     pub enis: Gauge,
@@ -48,6 +51,7 @@ impl Metrics {
             disk_attachments: Gauge::default(),
             disk_attach_timeouts: Counter::default(),
             registry: Registry::default(),
+            node_netns: std::sync::OnceLock::new(),
         };
         registry.register("pool_idle_ips", "Idle IPs ready to serve pods", m.idle_ips.clone());
         registry.register("pool_allocated_ips", "IPs held by pods", m.allocated_ips.clone());
@@ -68,7 +72,29 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        if let Some(drops) = self.node_drops() {
+            let mut family = String::from("# HELP berth_agent_pod_dropped_packets Packets the node's filter of pod interfaces dropped, by reason (spoofed_source: a source the pod was not given; bypassed_security_group: a way to a pod with its own security groups that is not through the VPC).\n# TYPE berth_agent_pod_dropped_packets counter\n");
+            for (reason, n) in drops {
+                family += &format!("berth_agent_pod_dropped_packets_total{{reason=\"{reason}\"}} {n}\n");
+            }
+            match out.rfind("# EOF") {
+                Some(at) => out.insert_str(at, &family),
+                None => out.push_str(&family),
+            }
+        }
         out
+    }
+
+    /// The node filter's drop counters; `None` (and the family left out) when they cannot be read.
+    fn node_drops(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let netns = self.node_netns.get().map(String::as_str).unwrap_or("");
+        let read = if netns.is_empty() {
+            berth_cni::datapath::guard::read_drop_counts()
+        } else {
+            let ns = if netns.contains('/') { berth_nodenet::Netns::open(netns) } else { berth_nodenet::Netns::open_named(netns) };
+            ns.map_err(|e| e.to_string()).and_then(|ns| ns.run_in(berth_cni::datapath::guard::read_drop_counts).map_err(|e| e.to_string()).and_then(|r| r))
+        };
+        read.map_err(|e| tracing::debug!(error = %e, "cannot read the pod filter's drop counters")).ok()
     }
 }
 

@@ -110,6 +110,9 @@ impl Node {
     pub fn configure_trunk(&mut self, mac: &str) -> Result<Option<Nic>, NodeError> {
         let Some((name, index)) = self.find_nic(mac)? else { return Ok(None) };
         self.sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "0")?;
+        // The node reaches its trunk pods through the VPC: its own packets come back in by the
+        // trunk NIC, with the node's address as source, which the kernel takes only with this.
+        self.sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1")?;
         self.nl.set_link_up(index).map_err(fail(format!("{name} up")))?;
         let bpf = |reason: String| NodeError::Bpf { nic: name.clone(), reason };
         let insns = vlan::trunk_ingress().map_err(|e| bpf(e.to_string()))?;

@@ -11,7 +11,7 @@ use berth_proto::agent::v1 as pb;
 
 use crate::agent_client::Agent;
 use crate::datapath::exclusive::{self, ExclusiveNet};
-use crate::datapath::bandwidth;
+use crate::datapath::{bandwidth, guard};
 use crate::datapath::trunk::TrunkLeg;
 use crate::protocol::bandwidth::Limits;
 use crate::datapath::{self, DatapathError, PodNet};
@@ -106,6 +106,7 @@ fn ipv4_of(a: &pb::Allocation) -> Result<Ipv4Addr, CniError> {
 
 fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     let mtu = conf.mtu()?;
+    conf.pod_network()?;
     // Bad limits fail before an IP is taken.
     let limits = pod_limits(env, conf)?;
     let mut agent = Agent::connect(&conf.agent_socket, code::TRY_AGAIN_LATER)?;
@@ -115,18 +116,22 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
         uid: env.pod.uid.clone().unwrap_or_default(),
         infra_container_id: env.pod.infra_container_id.clone().unwrap_or_default(),
     };
-    let mode = match env.pod.network_mode.as_deref() {
+    // The pod's own CNI_ARGS first, then what its network says (the only way for runtimes that
+    // pass no CNI_ARGS of ours).
+    let network = conf.pod_network()?;
+    let mode = match env.pod.network_mode.as_deref().or(network.mode.as_deref()) {
         Some("exclusive") => pb::NetworkMode::Exclusive,
         Some("trunk") => pb::NetworkMode::Trunk,
         _ => pb::NetworkMode::Shared,
     };
+    let security_group_ids = if env.pod.security_group_ids.is_empty() { network.security_group_ids } else { env.pod.security_group_ids.clone() };
     let request = pb::AllocateIpRequest {
         key: Some(key(env)),
         netns: env.netns.clone(),
         pod: Some(pod),
         mode: mode as i32,
-        vswitch_id: env.pod.vswitch_id.clone().unwrap_or_default(),
-        security_group_ids: env.pod.security_group_ids.clone(),
+        vswitch_id: env.pod.vswitch_id.clone().or(network.vswitch_id).unwrap_or_default(),
+        security_group_ids,
         want_ipv4: true,
         ..Default::default()
     };
@@ -240,6 +245,8 @@ fn add_exclusive(env: &Env, conf: &NetConf, agent: &mut Agent, allocation: &pb::
                 // Give the ENI back to the node if it had moved, so that the release finds it.
                 let _ = exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, p.mac);
                 let _ = datapath::delete_veth(&mut node, &env.container_id, &env.ifname);
+                let sources = std::iter::once(IpAddr::V4(p.ip)).chain(p.ip6.map(|(ip6, _, _)| IpAddr::V6(ip6))).collect();
+                guard::forget(&guard::Guarded { iface: datapath::host_veth_name(&env.container_id, &env.ifname), sources, reach: guard::Reach::Leg });
                 Err(datapath_error(e))
             }
         }
@@ -307,14 +314,23 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if let Some(mac) = exclusive_mac {
         exclusive::return_to_node(&env.netns, &env.container_id, &env.ifname, mac).map_err(datapath_error)?;
     }
-    for ip in ip.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)) {
-        datapath::remove_rules(&mut node, ip).map_err(datapath_error)?;
+    let ips: Vec<IpAddr> = ip.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)).collect();
+    for ip in &ips {
+        datapath::remove_rules(&mut node, *ip).map_err(datapath_error)?;
     }
+    let trunk = match agent.as_mut().map(|a| a.get(key(env))) {
+        Some(Ok(Some(a))) => trunk_leg(&a).ok().flatten(),
+        _ => None,
+    };
+    let reach = match (&exclusive_mac, &trunk) {
+        (Some(_), _) => guard::Reach::Leg,
+        (None, Some(leg)) => guard::Reach::FromVpcBy(leg.trunk_nic.clone()),
+        (None, None) => guard::Reach::Node,
+    };
+    guard::forget(&guard::Guarded { iface: datapath::host_veth_name(&env.container_id, &env.ifname), sources: ips, reach });
     // A trunk pod's VLAN sub-interface (kernels with 8021q) goes with it.
-    if let Some(Ok(Some(a))) = agent.as_mut().map(|a| a.get(key(env)))
-        && let Ok(Some(leg)) = trunk_leg(&a)
-    {
-        datapath::trunk::remove_sub_interface(&mut node, &leg).map_err(datapath_error)?;
+    if let Some(leg) = &trunk {
+        datapath::trunk::remove_sub_interface(&mut node, leg).map_err(datapath_error)?;
     }
     // With the agent up, it deletes the veth after the release, off the runtime's clock; the pod's
     // interface name is freed now.
@@ -365,7 +381,19 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     let veths = datapath::host_veths(&mut node);
     let allocations = agent.list()?;
     let mut kept_veths = std::collections::BTreeSet::new();
-    for a in &allocations {
+    // A network of one mode (berth-exclusive, berth-trunk) collects only its mode's attachments:
+    // the runtime's list names only that network's. The default network collects them all.
+    let only = match conf.pod_network()?.mode.as_deref() {
+        Some("exclusive") => Some(pb::NetworkMode::Exclusive as i32),
+        Some("trunk") => Some(pb::NetworkMode::Trunk as i32),
+        Some(_) | None => None,
+    };
+    for a in allocations.iter().filter(|a| only.is_some_and(|m| a.mode != m)) {
+        if let Some(k) = &a.key {
+            kept_veths.insert(datapath::host_veth_name(&k.container_id, &k.ifname));
+        }
+    }
+    for a in allocations.iter().filter(|a| only.is_none_or(|m| a.mode == m)) {
         let Some(k) = a.key.clone() else { continue };
         if valid.contains(&(k.container_id.clone(), k.ifname.clone())) {
             kept_veths.insert(datapath::host_veth_name(&k.container_id, &k.ifname));

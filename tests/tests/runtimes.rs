@@ -118,11 +118,20 @@ async fn wait_for_allocations(agent: &AgentProcess, n: usize) {
 }
 
 async fn node_with_agent(lc: &LocalCloud, cidr: &str, vsw: &str) -> AgentProcess {
+    node_with_agent_flags(lc, cidr, vsw, &[]).await
+}
+
+async fn node_with_agent_flags(lc: &LocalCloud, cidr: &str, vsw: &str, extra: &[&str]) -> AgentProcess {
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, cidr, vsw).await;
     net.open_to(&cloud, "10.0.0.0/8").await;
     let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
-    AgentProcess::start(lc, &node, &["--min-idle-ips", "2"])
+    AgentProcess::start(lc, &node, &[&["--min-idle-ips", "2"][..], extra].concat())
+}
+
+/// The mode the agent gave each container it holds an allocation for.
+async fn modes(agent: &AgentProcess) -> std::collections::BTreeMap<String, String> {
+    allocations(agent).await.iter().map(|a| (a["ip"].as_str().unwrap().to_string(), a["mode"].as_str().unwrap_or_default().to_string())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,6 +165,58 @@ async fn podman_containers_get_vpc_ips_from_berth() {
     assert!(out.contains("0% packet loss") && !out.contains("100% packet loss"), "{out}");
 
     podman.ok(&["rm", "-f", "-t", "0", "c1", "c2"]);
+    wait_for_allocations(&agent, 0).await;
+}
+
+/// podman passes no CNI_ARGS of ours: the network it is told picks the mode. `berth-trunk` gives
+/// a trunk pod (a member ENI of the node's trunk), `berth-exclusive` a pod with its own ENI, and a
+/// network config with a bad mode fails with the CNI error naming the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_picks_the_mode_by_the_network_it_names() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    need("podman");
+    need("runc");
+    let _host = HostPaths::claim(&["/var/lib/cni", "/var/lib/containers", "/run/containers"]);
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let agent = node_with_agent_flags(&lc, "10.97.0.0/16", "10.97.1.0/24", &["--trunk", "true"]).await;
+    let net_d = agent.conflist_path().parent().unwrap().to_path_buf();
+    let mut bad: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(net_d.join("12-berth-trunk.conflist")).unwrap()).unwrap();
+    bad["name"] = "berth-bad".into();
+    bad["plugins"][0]["networkMode"] = "turbo".into();
+    std::fs::write(net_d.join("13-berth-bad.conflist"), bad.to_string()).unwrap();
+    let dir = tempfile::Builder::new().prefix("berth-podman-").tempdir().unwrap();
+    let tar = busybox_rootfs(dir.path());
+    let podman = Podman::new(dir.path(), &agent.netns, &net_d);
+    podman.ok(&["import", tar.to_str().unwrap(), "localhost/berth-busybox"]);
+    let networks = podman.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    for n in ["berth", "berth-exclusive", "berth-trunk"] {
+        assert!(networks.lines().any(|l| l.trim() == n), "podman sees the network {n}: {networks}");
+    }
+    for (name, network) in [("ct", "berth-trunk"), ("cx", "berth-exclusive"), ("cs", "berth")] {
+        podman.ok(&["run", "-d", "--name", name, "--network", network, "localhost/berth-busybox", "/bin/sleep", "600"]);
+    }
+    wait_for_allocations(&agent, 3).await;
+    let ip_of = |name: &str| {
+        let out = podman.ok(&["exec", name, "/bin/ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+        out.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).unwrap_or_else(|| panic!("no address in {out}")).to_string()
+    };
+    let held = modes(&agent).await;
+    for (name, mode) in [("ct", "trunk"), ("cx", "exclusive"), ("cs", "shared")] {
+        let ip = ip_of(name);
+        assert_eq!(held.get(&ip).map(String::as_str), Some(mode), "{name} ({ip}) is a {mode} pod: {held:?}");
+    }
+    let cloud = lc.client();
+    let member = berth_cloud::Cloud::describe_network_interfaces(&cloud, &berth_cloud::api::EniFilter { instance_id: Some(agent.instance_id.clone()), ..Default::default() }).await.unwrap().into_iter().find(|e| e.primary_ip.to_string() == ip_of("ct"));
+    assert_eq!(member.map(|e| e.kind), Some(berth_cloud::model::EniKind::Member), "the trunk container's address is a member ENI's");
+    let out = podman.ok(&["exec", "ct", "/bin/ping", "-c", "2", "-W", "2", &ip_of("cs")]);
+    assert!(out.contains(" 0% packet loss"), "trunk → shared: {out}");
+
+    let (ok, out) = podman.run(&["run", "--rm", "--name", "cb", "--network", "berth-bad", "localhost/berth-busybox", "/bin/true"]);
+    assert!(!ok && out.contains("turbo") && out.contains("networkMode"), "a bad networkMode is refused, naming it: {out}");
+    podman.ok(&["rm", "-f", "-t", "0", "ct", "cx", "cs"]);
     wait_for_allocations(&agent, 0).await;
 }
 
@@ -326,6 +387,47 @@ async fn containerd_ctr_containers_get_vpc_ips_from_berth() {
     // A detached ctr container never gets a DEL: GC with the list of live attachments reclaims it.
     containerd.ok(&["task", "kill", "-s", "KILL", "c1"]);
     let gc = serde_json::json!({ "cniVersion": "1.1.0", "name": "berth", "type": "berth", "agentSocket": agent.socket(), "cni.dev/valid-attachments": [] });
+    let out = berth_tests::cni::exec(Some(&agent.netns), &berth_tests::cni::cni_path(), "berth", &gc, &berth_tests::cni::Invocation { command: "GC", container_id: "", netns: "", ifname: "", args: "" });
+    assert!(out.ok, "GC: {out:?}");
+    wait_for_allocations(&agent, 0).await;
+}
+
+/// `ctr run --cni` takes the first conflist of /etc/cni/net.d: with the agent's `berth-trunk` one
+/// there, its container is a trunk pod, with no CNI_ARGS at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_ctr_gets_a_trunk_pod_from_the_trunk_network() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    need("containerd");
+    need("ctr");
+    need("runc");
+    let _host = HostPaths::claim(&["/var/lib/cni", "/run/containerd", "/opt/containerd", "/opt/cni"]);
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let agent = node_with_agent_flags(&lc, "10.96.0.0/16", "10.96.1.0/24", &["--trunk", "true"]).await;
+    let dir = tempfile::Builder::new().prefix("berth-ctr-").tempdir().unwrap();
+    let conflist = std::fs::read(agent.conflist_path().parent().unwrap().join("12-berth-trunk.conflist")).unwrap();
+    let _conf = Placed::write(Path::new("/etc/cni/net.d/00-berth-test.conflist"), &conflist, 0o644);
+    let _plugin = Placed::write(Path::new("/opt/cni/bin/berth"), &std::fs::read(berth_tests::bin("berth")).unwrap(), 0o755);
+    let tar = busybox_rootfs(dir.path());
+    let image = oci_image(dir.path(), &tar, "localhost/berth-busybox:1");
+    let containerd = Containerd::start(dir.path(), &agent.netns);
+    containerd.ok(&["images", "import", "--no-unpack", image.to_str().unwrap()]);
+    containerd.ok(&["run", "-d", "--cni", "--snapshotter", "native", "localhost/berth-busybox:1", "c1", "/bin/sleep", "600"]);
+    wait_for_allocations(&agent, 1).await;
+    let a = allocations(&agent).await[0].clone();
+    assert_eq!((a["key"]["container_id"].as_str(), a["mode"].as_str()), (Some("berth-c1"), Some("trunk")), "{a}");
+    let ip = a["ip"].as_str().unwrap().to_string();
+    let cloud = lc.client();
+    let enis = berth_cloud::Cloud::describe_network_interfaces(&cloud, &berth_cloud::api::EniFilter { instance_id: Some(agent.instance_id.clone()), ..Default::default() }).await.unwrap();
+    assert!(enis.iter().any(|e| e.kind == berth_cloud::model::EniKind::Member && e.primary_ip.to_string() == ip), "{ip} is a member ENI's: {enis:#?}");
+    // c2, in the foreground, reaches it and exits; ctr's DEL (CNI_NETNS empty) gives its member back.
+    let out = containerd.ok(&["run", "--cni", "--snapshotter", "native", "localhost/berth-busybox:1", "c2", "/bin/ping", "-c", "3", "-W", "2", &ip]);
+    assert!(out.contains(" 0% packet loss"), "c2 cannot reach c1 at {ip}: {out}");
+    wait_for_allocations(&agent, 1).await;
+    containerd.ok(&["task", "kill", "-s", "KILL", "c1"]);
+    let gc = serde_json::json!({ "cniVersion": "1.1.0", "name": "berth-trunk", "type": "berth", "networkMode": "trunk", "agentSocket": agent.socket(), "cni.dev/valid-attachments": [] });
     let out = berth_tests::cni::exec(Some(&agent.netns), &berth_tests::cni::cni_path(), "berth", &gc, &berth_tests::cni::Invocation { command: "GC", container_id: "", netns: "", ifname: "", args: "" });
     assert!(out.ok, "GC: {out:?}");
     wait_for_allocations(&agent, 0).await;

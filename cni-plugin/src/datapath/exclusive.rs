@@ -93,9 +93,15 @@ fn host_leg(node: &mut Netlink, pod_ns: &Netns, pod: &mut Netlink, p: &Exclusive
         pod.replace_route(&Route::new(dst).via(IpAddr::V4(super::POD_GATEWAY)).dev(leg.index).onlink()).map_err(nl_err(format_args!("route to the node's {addr}")))?;
     }
     node.set_link_up(host.index).map_err(nl_err(format_args!("{host_name} up")))?;
+    // The leg carries the node's replies to what the pod started on it, nothing else: the node's
+    // own connections to the pod go through the VPC and the pod's security groups (see `guard`).
     let pod_ip = IpNetwork::V4(Ipv4Network::new(p.ip, 32).expect("/32"));
-    node.replace_route(&Route::new(pod_ip).dev(host.index).scope(berth_nodenet::Scope::Link)).map_err(nl_err(format_args!("route to {} on the node", p.ip)))?;
-    node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V4(p.ip), leg_mac)).map_err(nl_err(format_args!("neighbour {} on the node", p.ip)))
+    let route = Route::new(pod_ip).dev(host.index).scope(berth_nodenet::Scope::Link).table(super::guard::POD_TABLE);
+    node.replace_route(&route).map_err(nl_err(format_args!("route to {} on the node", p.ip)))?;
+    node.add_rule(&super::rule_leg_replies(IpFamily::V4)).or_else(super::exists_ok).map_err(nl_err("the rule of replies on pods' legs"))?;
+    node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V4(p.ip), leg_mac)).map_err(nl_err(format_args!("neighbour {} on the node", p.ip)))?;
+    let sources = std::iter::once(IpAddr::V4(p.ip)).chain(p.ip6.map(|(ip6, _, _)| IpAddr::V6(ip6))).collect();
+    super::guard::admit(&super::guard::Guarded { iface: host_name, sources, reach: super::guard::Reach::Leg })
 }
 
 /// The name an ENI NIC gets when DEL hands it back to the node.

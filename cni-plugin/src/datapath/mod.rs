@@ -7,12 +7,15 @@
 //!   `to <ip> lookup main` (512) and `from <ip> lookup <ENI table>` (2048), so the pod's traffic
 //!   leaves by the ENI that owns its IP.
 //!
-//! A trunk pod ([`trunk`]) has the same veth and routes, no `from` rule, and a VLAN program.
+//! A trunk pod ([`trunk`]) has the same veth, no `from` rule, and a VLAN program; its routes are
+//! in [`guard::POD_TABLE`] and its `to` rule matches only what comes in on its trunk NIC, so that
+//! everyone else on the node reaches it through the VPC and its security groups ([`guard`]).
 //!
 //! Names and priorities are the contract with the agent, which removes leftovers by them.
 
 pub mod bandwidth;
 pub mod exclusive;
+pub mod guard;
 pub mod trunk;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -108,6 +111,17 @@ fn rule_to(ip: IpAddr) -> Rule {
     Rule::lookup(IpFamily::of(&ip), berth_nodenet::TABLE_MAIN).to(host_net(ip)).priority(RULE_PRIORITY_TO_POD)
 }
 
+/// A trunk pod's `to` rule: only frames the trunk NIC (or the member's VLAN sub-interface) took
+/// in from the VPC are delivered to it.
+fn rule_to_trunk_pod(ip: IpAddr, from_vpc_by: &str) -> Rule {
+    Rule::lookup(IpFamily::of(&ip), guard::POD_TABLE).to(host_net(ip)).iif(from_vpc_by).priority(RULE_PRIORITY_TO_POD)
+}
+
+/// `fwmark LEG_MARK lookup POD_TABLE`: the node's replies on exclusive pods' legs.
+pub(crate) fn rule_leg_replies(family: IpFamily) -> Rule {
+    Rule::lookup(family, guard::POD_TABLE).fwmark(guard::LEG_MARK, guard::LEG_MARK).priority(guard::RULE_PRIORITY_LEG_REPLY)
+}
+
 pub(crate) fn rule_from(ip: IpAddr, table: u32) -> Rule {
     Rule::lookup(IpFamily::of(&ip), table).from(host_net(ip)).priority(RULE_PRIORITY_FROM_POD)
 }
@@ -154,31 +168,46 @@ pub fn setup(node: &mut Netlink, p: &PodNet) -> Result<Built, DatapathError> {
     let default = Route::default_route(IpFamily::V4).via(IpAddr::V4(POD_GATEWAY)).dev(pod_link.index).onlink();
     pod.replace_route(&default).map_err(nl_err("default route in the pod"))?;
 
-    // Node side.
+    // Node side. A trunk pod's routes are out of the main table: see the module's doc.
+    let table = if p.trunk.is_some() { guard::POD_TABLE } else { berth_nodenet::TABLE_MAIN };
     node.set_link_up(host.index).map_err(nl_err(format_args!("{host_name} up")))?;
-    node.replace_route(&Route::new(host_net(p.ip)).dev(host.index).scope(Scope::Link)).map_err(nl_err(format_args!("route to {}", p.ip)))?;
+    node.replace_route(&Route::new(host_net(p.ip)).dev(host.index).scope(Scope::Link).table(table)).map_err(nl_err(format_args!("route to {}", p.ip)))?;
     node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V4(p.ip), pod_mac)).map_err(nl_err(format_args!("neighbour {}", p.ip)))?;
     // A rule of an earlier holder of this IP pointing to another ENI's table would win over ours.
     if let Some(ip6) = p.ip6 {
         pod_v6(&pod_ns, &mut pod, p, pod_link.index, host_mac, ip6)?;
-        node.replace_route(&Route::new(host_net(ip6)).dev(host.index)).map_err(nl_err(format_args!("route to {ip6}")))?;
+        node.replace_route(&Route::new(host_net(ip6)).dev(host.index).table(table)).map_err(nl_err(format_args!("route to {ip6}")))?;
         node.replace_neighbour(&Neighbour::permanent(host.index, IpAddr::V6(ip6), pod_mac)).map_err(nl_err(format_args!("neighbour {ip6}")))?;
     }
     let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(p.ip)).chain(p.ip6.map(IpAddr::V6)).collect();
-    for ip in ips {
+    // Where the VPC hands a trunk pod's frames to the node: its VLAN sub-interface, or the trunk NIC.
+    let from_vpc_by = match &p.trunk {
+        Some(leg) => Some(match trunk::tag(node, host.index, leg, p.ip, p.gateway)? {
+            trunk::Tagging::SubInterface(name) => name,
+            trunk::Tagging::Program => leg.trunk_nic.clone(),
+        }),
+        None => None,
+    };
+    for ip in ips.iter().copied() {
         // A rule of an earlier holder of this IP pointing to another ENI's table would win over ours.
-        let stale: Vec<Rule> = node.rules().map_err(nl_err("rules"))?.into_iter().filter(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(ip)) && r.table != p.route_table).collect();
+        let stale: Vec<Rule> = node.rules().map_err(nl_err("rules"))?.into_iter().filter(|r| r.priority == Some(RULE_PRIORITY_FROM_POD) && r.from == Some(host_net(ip)) && r.table != p.route_table && !(p.trunk.is_some() && r.table >= trunk::VLAN_TABLE_BASE)).collect();
         for rule in &stale {
             node.delete_rule(rule).or_else(gone_ok).map_err(nl_err(format_args!("stale rule {rule}")))?;
         }
-        node.add_rule(&rule_to(ip)).or_else(exists_ok).map_err(nl_err(format_args!("rule to {ip}")))?;
+        let to = match &from_vpc_by {
+            Some(iif) => rule_to_trunk_pod(ip, iif),
+            None => rule_to(ip),
+        };
+        node.add_rule(&to).or_else(exists_ok).map_err(nl_err(format_args!("rule to {ip}")))?;
         if p.route_table != 0 {
             node.add_rule(&rule_from(ip, p.route_table)).or_else(exists_ok).map_err(nl_err(format_args!("rule from {ip}")))?;
         }
     }
-    if let Some(leg) = &p.trunk {
-        trunk::tag(node, host.index, leg, p.ip, p.gateway)?;
-    }
+    let reach = match from_vpc_by {
+        Some(iif) => guard::Reach::FromVpcBy(iif),
+        None => guard::Reach::Node,
+    };
+    guard::admit(&guard::Guarded { iface: host_name.clone(), sources: ips, reach })?;
     let host = node.link_by_index(host.index).map_err(nl_err(&host_name))?;
     Ok(Built { host, pod: pod_link })
 }
@@ -195,7 +224,10 @@ fn pod_v6(pod_ns: &Netns, pod: &mut Netlink, p: &PodNet, index: u32, host_mac: M
 /// Removes the node-side policy rules of a pod IP, v4 or v6 ("already gone" is success).
 pub fn remove_rules(node: &mut Netlink, ip: impl Into<IpAddr>) -> Result<(), DatapathError> {
     let ip = ip.into();
-    node.delete_rule(&rule_to(ip)).or_else(gone_ok).map_err(nl_err(format_args!("rule to {ip}")))?;
+    // Table 0 and no iif: the shared pod's rule and the trunk pod's alike.
+    let mut to = rule_to(ip);
+    to.table = 0;
+    node.delete_rule(&to).or_else(gone_ok).map_err(nl_err(format_args!("rule to {ip}")))?;
     // Table 0 matches the rule whatever ENI table it names.
     node.delete_rule(&rule_from(ip, 0)).or_else(gone_ok).map_err(nl_err(format_args!("rule from {ip}")))?;
     Ok(())
@@ -233,6 +265,7 @@ pub fn retire_pod_side(node: &mut Netlink, netns: &str, container_id: &str, ifna
 
 /// Everything of one pod interface: rules (of the IPs that are known) and the veth.
 pub fn teardown(node: &mut Netlink, container_id: &str, ifname: &str, ips: &[IpAddr]) -> Result<(), DatapathError> {
+    guard::forget(&guard::Guarded { iface: host_veth_name(container_id, ifname), sources: ips.to_vec(), reach: guard::Reach::Node });
     let rules = ips.iter().try_for_each(|ip| remove_rules(node, *ip));
     delete_veth(node, container_id, ifname)?;
     rules
@@ -249,9 +282,10 @@ pub fn check(node: &mut Netlink, p: &PodNet) -> Result<(), DatapathError> {
     if !host.up {
         return miss(format!("{host_name} is down"));
     }
-    let main = node.routes(Some(berth_nodenet::TABLE_MAIN)).map_err(nl_err("routes"))?;
-    if !main.iter().any(|r| r.destination == host_net(p.ip) && r.oif == Some(host.index)) {
-        return miss(format!("the route {}/32 dev {host_name} is missing", p.ip));
+    let table = if p.trunk.is_some() { guard::POD_TABLE } else { berth_nodenet::TABLE_MAIN };
+    let routes = node.routes(Some(table)).map_err(nl_err("routes"))?;
+    if !routes.iter().any(|r| r.destination == host_net(p.ip) && r.oif == Some(host.index)) {
+        return miss(format!("the route {}/32 dev {host_name} in table {table} is missing", p.ip));
     }
     let rules = node.rules().map_err(nl_err("rules"))?;
     if !rules.iter().any(|r| r.priority == Some(RULE_PRIORITY_TO_POD) && r.to == Some(host_net(p.ip))) {

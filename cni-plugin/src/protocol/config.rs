@@ -44,6 +44,19 @@ pub struct NetConf {
     pub other: Map<String, Value>,
 }
 
+/// What a network config says about its pods' network (see [`NetConf::pod_network`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkChoice {
+    pub mode: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub vswitch_id: Option<String>,
+}
+
+/// `sg-…` / `vsw-…`: the prefix, then letters, digits and `-`.
+fn valid_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty() && rest.len() <= 64 && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+}
+
 fn default_socket() -> String {
     DEFAULT_AGENT_SOCKET.to_string()
 }
@@ -95,6 +108,40 @@ impl NetConf {
         self.other.get("dns").filter(|d| d.is_object())
     }
 
+    /// The network's own pod network: `networkMode` (`shared`, `exclusive`, `trunk`) and, for a pod
+    /// with an ENI of its own, `securityGroupIds` (a list of `sg-…`) and `vSwitchId` (`vsw-…`) — how
+    /// a runtime that passes no CNI_ARGS (podman, containerd) picks a mode: by the network it names.
+    pub fn pod_network(&self) -> Result<NetworkChoice, CniError> {
+        let bad = |key: &str, v: &Value, expected: &str| CniError::new(code::INVALID_NETWORK_CONFIG, format!("invalid \"{key}\" {v} in the network config {:?}", self.name), expected.to_string());
+        let mode = match self.other.get("networkMode") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) if ["shared", "exclusive", "trunk"].contains(&m.as_str()) => Some(m.clone()),
+            Some(v @ Value::String(_)) => return Err(CniError::new(code::UNSUPPORTED_FIELD, format!("unsupported \"networkMode\" {v} in the network config {:?}", self.name), "set \"networkMode\" to \"shared\", \"exclusive\" or \"trunk\"")),
+            Some(v) => return Err(bad("networkMode", v, "set \"networkMode\" to \"shared\", \"exclusive\" or \"trunk\"")),
+        };
+        let security_group_ids = match self.other.get("securityGroupIds") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v @ Value::Array(items)) => {
+                let ids: Option<Vec<String>> = items.iter().map(|i| i.as_str().filter(|s| valid_id(s, "sg-")).map(str::to_string)).collect();
+                ids.ok_or_else(|| bad("securityGroupIds", v, "list security group IDs, e.g. [\"sg-1234\"]"))?
+            }
+            Some(v) => return Err(bad("securityGroupIds", v, "list security group IDs, e.g. [\"sg-1234\"]")),
+        };
+        let vswitch_id = match self.other.get("vSwitchId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(v)) if valid_id(v, "vsw-") => Some(v.clone()),
+            Some(v) => return Err(bad("vSwitchId", v, "name a vSwitch ID, e.g. \"vsw-1234\"")),
+        };
+        if (!security_group_ids.is_empty() || vswitch_id.is_some()) && mode.as_deref().is_none_or(|m| m == "shared") {
+            return Err(CniError::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!("the network config {:?} names security groups or a vSwitch for shared mode, whose pods use the node's ENIs", self.name),
+                "set \"networkMode\" to \"exclusive\" or \"trunk\", or drop \"securityGroupIds\" and \"vSwitchId\"",
+            ));
+        }
+        Ok(NetworkChoice { mode, security_group_ids, vswitch_id })
+    }
+
     /// GC's list of attachments still in use (either spelling).
     pub fn attachments_in_use(&self) -> Vec<Attachment> {
         self.valid_attachments.clone().or_else(|| self.attachments.clone()).unwrap_or_default()
@@ -128,6 +175,26 @@ mod tests {
         assert_eq!(conf(r#","releaseQueueDir":3"#).release_queue_dir().unwrap_err().code, code::INVALID_NETWORK_CONFIG);
         assert!(conf("").dns().is_none());
         assert_eq!(conf(r#","dns":{"nameservers":["10.0.0.10"]}"#).dns().unwrap()["nameservers"][0], "10.0.0.10");
+    }
+
+    #[test]
+    fn the_network_picks_the_mode_and_names_a_bad_value() {
+        let conf = |extra: &str| NetConf::parse(format!(r#"{{"cniVersion":"1.0.0","name":"berth-trunk","type":"berth"{extra}}}"#).as_bytes()).unwrap();
+        assert_eq!(conf("").pod_network().unwrap(), NetworkChoice::default());
+        let c = conf(r#","networkMode":"trunk","securityGroupIds":["sg-1","sg-2"],"vSwitchId":"vsw-9""#).pod_network().unwrap();
+        assert_eq!((c.mode.as_deref(), c.security_group_ids.len(), c.vswitch_id.as_deref()), (Some("trunk"), 2, Some("vsw-9")));
+        for (extra, code_, names) in [
+            (r#","networkMode":"turbo""#, code::UNSUPPORTED_FIELD, "turbo"),
+            (r#","networkMode":3"#, code::INVALID_NETWORK_CONFIG, "networkMode"),
+            (r#","networkMode":"trunk","securityGroupIds":["web"]"#, code::INVALID_NETWORK_CONFIG, "web"),
+            (r#","networkMode":"trunk","securityGroupIds":"sg-1""#, code::INVALID_NETWORK_CONFIG, "securityGroupIds"),
+            (r#","networkMode":"exclusive","vSwitchId":"vsw-""#, code::INVALID_NETWORK_CONFIG, "vsw-"),
+            (r#","securityGroupIds":["sg-1"]"#, code::INVALID_NETWORK_CONFIG, "shared mode"),
+        ] {
+            let e = conf(extra).pod_network().unwrap_err();
+            assert_eq!(e.code, code_, "{extra}: {e}");
+            assert!(e.msg.contains(names), "{extra}: {e}");
+        }
     }
 
     #[test]

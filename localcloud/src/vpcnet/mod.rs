@@ -37,6 +37,9 @@ pub const VROUTER_LINK_LOCAL: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfe8
 
 pub struct VpcNet {
     prefix: String,
+    /// Per VPC, the security-group chains and sets this process last applied (see
+    /// [`nft::security_groups_over`]).
+    sg_objects: std::sync::Mutex<BTreeMap<String, nft::SgObjects>>,
 }
 
 fn fail(what: impl Into<String>, reason: impl ToString) -> PlaneError {
@@ -74,7 +77,7 @@ fn addresses_of(e: &NetworkInterface) -> impl Iterator<Item = IpAddr> + '_ {
 
 impl VpcNet {
     pub fn new(prefix: &str) -> VpcNet {
-        VpcNet { prefix: prefix.to_string() }
+        VpcNet { prefix: prefix.to_string(), sg_objects: std::sync::Mutex::default() }
     }
 
     pub fn netns_name(&self, id: &str) -> String {
@@ -209,8 +212,20 @@ impl VpcNet {
         let mut wired: Vec<nft::WiredEni<'_>> = wanted.iter().map(|(port, eni)| nft::WiredEni { port: port.clone(), vlan: 0, eni }).collect();
         wired.extend(members.iter().map(|(port, vlan, m)| nft::WiredEni { port: port.clone(), vlan: *vlan, eni: m }));
         wired.sort_by(|a, b| (&a.port, a.vlan).cmp(&(&b.port, b.vlan)));
-        let script = nft::antispoof(&wired) + &nft::security_groups(state, &wired);
-        run_nft(&ns, &script).map_err(|e| fail(format!("nftables in {name}"), e))?;
+        let mut applied = self.sg_objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (sg, made) = nft::security_groups_over(state, &wired, applied.get(vpc_id));
+        let script = nft::antispoof(&wired) + &sg;
+        match run_nft(&ns, &script) {
+            Ok(()) => {
+                applied.insert(vpc_id.to_string(), made);
+            }
+            Err(e) => {
+                // What is in the kernel is unknown now: the next converge starts the table afresh.
+                applied.remove(vpc_id);
+                return Err(fail(format!("nftables in {name}"), e));
+            }
+        }
+        drop(applied);
         if trunk_errors.is_empty() { Ok(()) } else { Err(fail("trunk ports", trunk_errors.join("; "))) }
     }
 
@@ -330,7 +345,7 @@ impl Plane for VpcNet {
     /// The drop counters summed over the VPCs' vRouters; left out (and logged) if one cannot be read.
     fn report(&self, into: &mut PlaneReport) {
         let deadline = Instant::now() + COUNTERS_READ_BUDGET;
-        let mut total: BTreeMap<String, u64> = nft::DROP_COUNTERS.iter().map(|c| (c.to_string(), 0)).collect();
+        let mut total: BTreeMap<String, u64> = nft::DROP_COUNTERS.iter().chain(nft::SG_DROP_COUNTERS.iter()).map(|c| (c.to_string(), 0)).collect();
         for id in self.existing_namespaces().into_iter().filter(|id| id.starts_with("vpc-")) {
             // Deleted since it was listed: its counters are gone with it.
             let Ok(ns) = Netns::open_named(&self.netns_name(&id)) else { continue };

@@ -39,6 +39,10 @@ impl WiredEni<'_> {
 /// for one reason.
 pub const ANTISPOOF_TABLE: &str = "berth_antispoof";
 pub const DROP_COUNTERS: [&str; 3] = ["spoofed_mac", "spoofed_ip", "wrong_vlan"];
+/// The security groups' table and its named counters: denied by the sender's egress rules, and by
+/// the receiver's ingress rules (an explicit drop, or no rule accepting).
+pub const SG_TABLE: &str = "berth_sg";
+pub const SG_DROP_COUNTERS: [&str; 2] = ["sg_egress_denied", "sg_ingress_denied"];
 
 /// The packets each drop counter of [`ANTISPOOF_TABLE`] counted, from the JSON of
 /// `nft -j list counters` (counters of other tables are not ours and are left out).
@@ -47,9 +51,9 @@ pub fn drop_counts(listing: &str) -> Result<BTreeMap<String, u64>, String> {
     let items = doc.get("nftables").and_then(serde_json::Value::as_array).ok_or("the output of nft -j has no \"nftables\" list")?;
     let mut counts = BTreeMap::new();
     for c in items.iter().filter_map(|o| o.get("counter")) {
+        let table = c["table"].as_str().unwrap_or_default();
         if c["family"] == "inet"
-            && c["table"] == ANTISPOOF_TABLE
-            && let Some(name) = c["name"].as_str().filter(|n| DROP_COUNTERS.contains(n))
+            && let Some(name) = c["name"].as_str().filter(|n| (table == ANTISPOOF_TABLE && DROP_COUNTERS.contains(n)) || (table == SG_TABLE && SG_DROP_COUNTERS.contains(n)))
         {
             *counts.entry(name.to_string()).or_default() += c["packets"].as_u64().unwrap_or(0);
         }
@@ -166,14 +170,37 @@ fn ordered<'a>(state: &'a State, eni: &NetworkInterface, direction: Direction) -
     rules
 }
 
-/// Security groups, enforced statefully between the vRouter's ports.
+/// The chains and sets a security-group script made, so that the next one removes those it no
+/// longer needs (the table itself stays, and with it its counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SgObjects {
+    pub chains: std::collections::BTreeSet<String>,
+    pub sets: std::collections::BTreeSet<String>,
+}
+
+/// Security groups, enforced statefully between the vRouter's ports, as a fresh table.
 pub fn security_groups(state: &State, enis: &[WiredEni<'_>]) -> String {
-    let t = "inet berth_sg";
+    security_groups_over(state, enis, None).0
+}
+
+/// Security groups over what an earlier script of this process made (`previous`): the table is
+/// flushed, not deleted, so its drop counters keep counting; chains and sets no longer wanted are
+/// deleted. Without `previous` (the first converge of a process) the table is made afresh.
+pub fn security_groups_over(state: &State, enis: &[WiredEni<'_>], previous: Option<&SgObjects>) -> (String, SgObjects) {
+    let t = format!("inet {SG_TABLE}");
     let mut s = String::new();
-    // Adding first makes the delete valid when the table does not exist yet.
+    let mut made = SgObjects::default();
     let _ = writeln!(s, "add table {t}");
-    let _ = writeln!(s, "delete table {t}");
-    let _ = writeln!(s, "add table {t}");
+    if previous.is_none() {
+        // Adding first makes the delete valid when the table does not exist yet.
+        let _ = writeln!(s, "delete table {t}");
+        let _ = writeln!(s, "add table {t}");
+    } else {
+        let _ = writeln!(s, "flush table {t}");
+    }
+    for counter in SG_DROP_COUNTERS {
+        let _ = writeln!(s, "add counter {t} {counter}");
+    }
     let mut members: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for e in state.enis.values() {
         for g in &e.security_group_ids {
@@ -185,27 +212,28 @@ pub fn security_groups(state: &State, enis: &[WiredEni<'_>]) -> String {
     }
     for (g, (v4, v6)) in &members {
         let name = set_name(g);
-        let _ = writeln!(s, "add set {t} {name}_v4 {{ type ipv4_addr; }}");
-        let _ = writeln!(s, "add set {t} {name}_v6 {{ type ipv6_addr; }}");
-        if !v4.is_empty() {
-            let _ = writeln!(s, "add element {t} {name}_v4 {{ {} }}", elements(v4));
-        }
-        if !v6.is_empty() {
-            let _ = writeln!(s, "add element {t} {name}_v6 {{ {} }}", elements(v6));
+        for (set, ty, items) in [(format!("{name}_v4"), "ipv4_addr", v4), (format!("{name}_v6"), "ipv6_addr", v6)] {
+            let _ = writeln!(s, "add set {t} {set} {{ type {ty}; }}");
+            let _ = writeln!(s, "flush set {t} {set}");
+            if !items.is_empty() {
+                let _ = writeln!(s, "add element {t} {set} {{ {} }}", elements(items));
+            }
+            made.sets.insert(set);
         }
     }
     let _ = writeln!(s, "add chain {t} forward {{ type filter hook forward priority 0; policy accept; }}");
+    made.chains.insert("forward".into());
     let _ = writeln!(s, "add rule {t} forward ct state established,related accept");
     for w in enis {
         let (out, inn) = (format!("out_{}", w.chains()), format!("in_{}", w.chains()));
         let _ = writeln!(s, "add chain {t} {out}");
         for r in ordered(state, w.eni, Direction::Egress) {
-            let verdict = if r.policy == Policy::Accept { "return" } else { "drop" };
+            let verdict = if r.policy == Policy::Accept { "return" } else { "counter name sg_egress_denied drop" };
             let _ = writeln!(s, "add rule {t} {out} {}{verdict}", match_rule(r));
         }
         let _ = writeln!(s, "add chain {t} {inn}");
         for r in ordered(state, w.eni, Direction::Ingress) {
-            let verdict = if r.policy == Policy::Accept { "accept" } else { "drop" };
+            let verdict = if r.policy == Policy::Accept { "accept" } else { "counter name sg_ingress_denied drop" };
             let _ = writeln!(s, "add rule {t} {inn} {}{verdict}", match_rule(r));
         }
         for g in &w.eni.security_group_ids {
@@ -215,9 +243,11 @@ pub fn security_groups(state: &State, enis: &[WiredEni<'_>]) -> String {
                 let _ = writeln!(s, "add rule {t} {inn} ip6 saddr @{name}_v6 accept");
             }
         }
-        let _ = writeln!(s, "add rule {t} {inn} drop");
+        let _ = writeln!(s, "add rule {t} {inn} counter name sg_ingress_denied drop");
+        made.chains.insert(out);
+        made.chains.insert(inn);
         // Egress of the sender first (it returns when allowed), then ingress of the receiver.
-        let _ = writeln!(s, "add rule {t} forward iifname \"{}\" meta mark {} jump {out}", w.port, w.vlan);
+        let _ = writeln!(s, "add rule {t} forward iifname \"{}\" meta mark {} jump out_{}", w.port, w.vlan, w.chains());
     }
     // Into a trunk's port: a member by its addresses first, the trunk ENI itself for the rest.
     for w in enis.iter().filter(|w| w.vlan != 0) {
@@ -230,7 +260,16 @@ pub fn security_groups(state: &State, enis: &[WiredEni<'_>]) -> String {
     for w in enis.iter().filter(|w| w.vlan == 0) {
         let _ = writeln!(s, "add rule {t} forward oifname \"{}\" jump in_{}", w.port, w.port);
     }
-    s
+    // What the earlier script made and this one does not: flushed above, so nothing refers to it.
+    if let Some(prev) = previous {
+        for c in prev.chains.difference(&made.chains) {
+            let _ = writeln!(s, "delete chain {t} {c}");
+        }
+        for set in prev.sets.difference(&made.sets) {
+            let _ = writeln!(s, "delete set {t} {set}");
+        }
+    }
+    (s, made)
 }
 
 #[cfg(test)]
@@ -331,10 +370,32 @@ mod tests {
         let s = security_groups(&state, &[WiredEni { port: "pabc".into(), vlan: 0, eni: &e }]);
         let lines: Vec<&str> = s.lines().filter(|l| l.contains("chain") || l.contains(" in_pabc ")).collect();
         let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{s}\n{lines:?}"));
-        assert!(at("tcp dport 22-22 accept") < at("tcp dport 80-80 drop"));
-        assert!(at("tcp dport 80-80 drop") < at("tcp dport 80-80 accept"));
+        assert!(at("tcp dport 22-22 accept") < at("tcp dport 80-80 counter name sg_ingress_denied drop"));
+        assert!(at("tcp dport 80-80 counter name sg_ingress_denied drop") < at("tcp dport 80-80 accept"));
         assert!(at("tcp dport 80-80 accept") < at("ip saddr @members_sg_1_v4 accept"));
         assert!(s.contains("add element inet berth_sg members_sg_1_v4 { 10.0.0.5, 10.0.0.9 }"));
         assert!(at("iifname \"pabc\" meta mark 0 jump out_pabc") < at("oifname \"pabc\" jump in_pabc"));
+    }
+
+    #[test]
+    fn the_security_group_table_is_flushed_not_deleted_so_its_drop_counters_keep_counting() {
+        let mut state = State::default();
+        let a = eni("eni-a", "10.0.0.5", &["sg-1"]);
+        let b = eni("eni-b", "10.0.0.6", &["sg-2"]);
+        state.enis.insert(a.id.clone(), a.clone());
+        state.enis.insert(b.id.clone(), b.clone());
+        let both = [WiredEni { port: "pa".into(), vlan: 0, eni: &a }, WiredEni { port: "pb".into(), vlan: 0, eni: &b }];
+        let (first, made) = security_groups_over(&state, &both, None);
+        assert!(first.contains("delete table inet berth_sg"), "a process's first script starts afresh: {first}");
+        assert!(first.contains("add counter inet berth_sg sg_ingress_denied") && first.contains("in_pa counter name sg_ingress_denied drop"), "{first}");
+        assert!(made.chains.contains("in_pb") && made.sets.contains("members_sg_2_v4"), "{made:?}");
+        state.enis.remove("eni-b");
+        let (next, again) = security_groups_over(&state, &both[..1], Some(&made));
+        assert!(!next.contains("delete table") && next.contains("flush table inet berth_sg"), "{next}");
+        for gone in ["delete chain inet berth_sg in_pb", "delete chain inet berth_sg out_pb", "delete set inet berth_sg members_sg_2_v4"] {
+            assert!(next.contains(gone), "{gone} missing:\n{next}");
+        }
+        assert!(next.contains("flush set inet berth_sg members_sg_1_v4"), "a kept set is refilled: {next}");
+        assert!(!again.chains.contains("in_pb"));
     }
 }
