@@ -1,21 +1,38 @@
 //! A scheduler replica's role. One replica leads: it holds the term (its store, fenced by its
-//! leadership), binds, scales and writes; the others follow and tell every caller where the leader
-//! is (gRPC UNAVAILABLE with the leader's address in the `berth-leader` metadata), so agents and
-//! `berthctl` move there by themselves. With the embedded journal there is one replica, leading
-//! from the start until its store fails.
+//! leadership), binds, scales and writes; the others follow. A follower answers reads (GetPod,
+//! ListPods, ListNodes, WatchPods) by asking the leader for them — the pods' live status comes
+//! from the agents' reports, which only the leader receives — and tells writers and reporting
+//! agents where the leader is (gRPC UNAVAILABLE with the leader's address in the `berth-leader`
+//! metadata), so agents and `berthctl` move there by themselves. With the embedded journal there
+//! is one replica, leading from the start until its store fails.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::server::Shared;
 use crate::store::{JournalStore, Store};
 
 /// The metadata key of a follower's answer that names the leader's address.
 pub const LEADER_METADATA: &str = "berth-leader";
+
+/// The metadata key a follower sets on a read it passes to the leader (its own address): a
+/// replica that does not lead answers such a read with where the leader is, never passes it on
+/// again, so a read is forwarded once at most.
+pub const FORWARDED_METADATA: &str = "berth-forwarded-by";
+
+/// Where a read is answered.
+pub enum Reader {
+    /// This replica leads: from its own state.
+    Local(Arc<Shared>),
+    /// This replica follows: by the leader, through this client.
+    Leader { address: String, client: SchedulerClient<Channel> },
+}
 
 pub enum Role {
     Starting,
@@ -30,11 +47,13 @@ pub struct Replica {
     leader: tokio::sync::watch::Receiver<Option<String>>,
     /// This replica's own advertised address.
     pub advertise: String,
+    /// The channel to the leader a follower forwards reads on, with the address it goes to.
+    to_leader: std::sync::Mutex<Option<(String, Channel)>>,
 }
 
 impl Replica {
     pub fn new(advertise: String, leader: tokio::sync::watch::Receiver<Option<String>>) -> Arc<Replica> {
-        Arc::new(Replica { role: RwLock::new(Role::Starting), leader, advertise })
+        Arc::new(Replica { role: RwLock::new(Role::Starting), leader, advertise, to_leader: std::sync::Mutex::new(None) })
     }
 
     pub fn set(&self, role: Role) {
@@ -48,6 +67,49 @@ impl Replica {
             Role::Starting => Err(Status::unavailable("this scheduler replica is starting (loading its state); retry in a moment")),
             Role::Following => Err(not_leader(self.leader().as_deref())),
         }
+    }
+
+    /// Where to answer a read that came with `metadata`: here when this replica leads, else by
+    /// the leader (once: a read a follower already forwarded is answered with where the leader is).
+    pub fn reader(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Reader, Status> {
+        let refusal = match self.leading() {
+            Ok(s) => return Ok(Reader::Local(s)),
+            Err(refusal) => refusal,
+        };
+        if metadata.contains_key(FORWARDED_METADATA) {
+            return Err(refusal);
+        }
+        let Some(address) = self.leader.borrow().clone().filter(|l| !l.is_empty() && *l != self.advertise) else {
+            return Err(refusal);
+        };
+        let mut cached = self.to_leader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let channel = match &*cached {
+            Some((a, ch)) if *a == address => ch.clone(),
+            _ => {
+                let endpoint = Channel::from_shared(format!("http://{address}")).map_err(|_| Status::unavailable(format!("the leader's advertised address {address:?} is not host:port; fix `server.advertise` in its scheduler.toml")))?;
+                let ch = endpoint.connect_timeout(std::time::Duration::from_secs(1)).connect_lazy();
+                *cached = Some((address.clone(), ch.clone()));
+                ch
+            }
+        };
+        let client = SchedulerClient::new(channel).max_decoding_message_size(berth_scheduler_client::REPLY_LIMIT_BYTES).max_encoding_message_size(berth_scheduler_client::REPLY_LIMIT_BYTES);
+        Ok(Reader::Leader { address, client })
+    }
+
+    /// A caller's read as the leader gets it from this follower: marked as forwarded, with the
+    /// caller's deadline.
+    pub fn forwarded<T>(&self, from: tonic::Request<T>) -> tonic::Request<T> {
+        let timeout = from.metadata().get("grpc-timeout").cloned();
+        let mut request = tonic::Request::new(from.into_inner());
+        if let Some(timeout) = timeout {
+            request.metadata_mut().insert("grpc-timeout", timeout);
+        }
+        if let Ok(me) = self.advertise.parse() {
+            request.metadata_mut().insert(FORWARDED_METADATA, me);
+        } else {
+            request.metadata_mut().insert(FORWARDED_METADATA, tonic::metadata::MetadataValue::from_static("follower"));
+        }
+        request
     }
 
     pub fn leads(&self) -> bool {
@@ -75,6 +137,19 @@ pub fn not_leader(leader: Option<&str>) -> Status {
         }
         None => Status::unavailable("no scheduler replica leads right now (an election is under way, or the store has no quorum); retry"),
     }
+}
+
+/// The leader's answer to a read a follower forwarded, as the follower gives it: the leader's
+/// own statuses pass unchanged; a leader that could not be reached is named, with the redirect.
+pub fn from_leader(address: &str, status: Status) -> Status {
+    if status.code() == tonic::Code::Unavailable && !status.metadata().contains_key(LEADER_METADATA) && !status.message().contains("does not lead") {
+        let mut s = Status::unavailable(format!("this scheduler replica follows and could not reach the leader at {address} for the read: {}; retry, or ask the leader", status.message()));
+        if let Ok(v) = address.parse() {
+            s.metadata_mut().insert(LEADER_METADATA, v);
+        }
+        return s;
+    }
+    status
 }
 
 /// A stretch of time this replica leads, with the store it writes through while it does.

@@ -26,7 +26,7 @@ use crate::cluster::{Cluster, SubmitError};
 use crate::committer::{Committer, Pending, Streams};
 use crate::config::SchedulerConfig;
 use crate::placement::pod_key;
-use crate::replica::{Replica, Role, Terms};
+use crate::replica::{Reader, Replica, Role, Terms, from_leader};
 use crate::report_stream;
 use crate::store::{Event, RequestedNode, ScaleUp, Store};
 use crate::validation;
@@ -327,14 +327,20 @@ impl Scheduler for SchedulerService {
     }
 
     async fn get_pod(&self, request: Request<pb::GetPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
-        let shared = self.replica.leading()?;
+        let shared = match self.replica.reader(request.metadata())? {
+            Reader::Local(s) => s,
+            Reader::Leader { address, mut client } => return client.get_pod(self.replica.forwarded(request)).await.map_err(|e| from_leader(&address, e)),
+        };
         let r = request.into_inner();
         let key = pod_key(&r.namespace, &r.name);
         shared.pod_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no pod {key}")))
     }
 
     async fn list_pods(&self, request: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
-        let shared = self.replica.leading()?;
+        let shared = match self.replica.reader(request.metadata())? {
+            Reader::Local(s) => s,
+            Reader::Leader { address, mut client } => return client.list_pods(self.replica.forwarded(request)).await.map_err(|e| from_leader(&address, e)),
+        };
         // The revision is read under the cluster's lock: changes are stamped under it too.
         let page = {
             let c = shared.cluster();
@@ -348,7 +354,15 @@ impl Scheduler for SchedulerService {
     }
 
     async fn watch_pods(&self, request: Request<pb::WatchPodsRequest>) -> Result<Response<watch::WatchStream>, Status> {
-        let shared = self.replica.leading()?;
+        let shared = match self.replica.reader(request.metadata())? {
+            Reader::Local(s) => s,
+            Reader::Leader { address, mut client } => {
+                // The leader's events pass as they come; its closing status (a new term, a lagging
+                // watcher) reaches the caller unchanged, a lost leader as a redirect.
+                let events = client.watch_pods(self.replica.forwarded(request)).await.map_err(|e| from_leader(&address, e))?.into_inner();
+                return Ok(Response::new(Box::pin(events.map(move |e| e.map_err(|e| from_leader(&address, e))))));
+            }
+        };
         let r = request.into_inner();
         let filter = watch::Filter::of(&r)?;
         let cursor = shared.watch.start(r.revision, r.term)?;
@@ -362,7 +376,10 @@ impl Scheduler for SchedulerService {
     }
 
     async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let shared = self.replica.leading()?;
+        let shared = match self.replica.reader(request.metadata())? {
+            Reader::Local(s) => s,
+            Reader::Leader { address, mut client } => return client.list_nodes(self.replica.forwarded(request)).await.map_err(|e| from_leader(&address, e)),
+        };
         let page = shared.cluster().list_nodes(request.get_ref());
         page.map(Response::new).map_err(|e| Status::invalid_argument(e.to_string()))
     }

@@ -114,7 +114,7 @@ pub struct Rig {
     submitter: Option<tokio::task::JoinHandle<()>>,
     pub attempts: Attempts,
     size: Size,
-    rt: tokio::runtime::Runtime,
+    pub rt: tokio::runtime::Runtime,
 }
 
 /// Every SubmitPod the client made: when it started and ended, and its error if it failed.

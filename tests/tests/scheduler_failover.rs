@@ -76,3 +76,83 @@ fn etcd_members_lost_under_load_one_changes_nothing_two_refuse_writes_until_they
     rig.wait("20 pods after the recovery", Duration::from_secs(20), &|r| r.acked().iter().filter(|a| a.started >= back).count() >= 20);
     rig.stop_and_verify();
 }
+
+/// A follower answers every read as the leader does (it asks the leader: the pods' live status
+/// comes from the agents' reports, which only the leader receives), watches included, and sends
+/// writers to the leader with its address in `berth-leader`.
+#[test]
+fn followers_answer_reads_through_the_leader_and_send_writes_to_it() {
+    use berth_proto::cluster::v1 as pb;
+    use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
+    let rig = Rig::start(berth_tests::failover::Size { nodes: 2, node_ips: 40, max_pods: 30 });
+    let leader = rig.leader().expect("a leader");
+    rig.wait("30 pods acknowledged", Duration::from_secs(20), &|r| r.acked().len() >= 30);
+    let url = |i: usize| rig.replicas[i].url.clone();
+    let view = |pods: Vec<pb::PodStatus>| -> Vec<(String, String, i32, String)> {
+        let mut v: Vec<_> = pods.into_iter().map(|p| (p.spec.unwrap().name, p.node, p.phase, p.pod_ip)).collect();
+        v.sort();
+        v
+    };
+    // Every pod bound and running as the leader sees it, so the views compared below are settled.
+    rig.wait("30 pods running", Duration::from_secs(20), &|r| {
+        r.rt.block_on(async {
+            let mut c = SchedulerClient::connect(url(leader)).await.unwrap();
+            berth_tests::scheduler::list_pods(&mut c, "load").await.unwrap().iter().filter(|p| p.phase == pb::PodPhase::Running as i32).count() == 30
+        })
+    });
+    rig.rt.block_on(async {
+        let mut at_leader = SchedulerClient::connect(url(leader)).await.unwrap();
+        let expected = view(berth_tests::scheduler::list_pods(&mut at_leader, "load").await.unwrap());
+        let nodes = at_leader.list_nodes(pb::ListNodesRequest::default()).await.unwrap().into_inner().nodes.len();
+        assert_eq!(nodes, 2);
+        for follower in (0..3).filter(|&i| i != leader) {
+            let mut c = SchedulerClient::connect(url(follower)).await.unwrap();
+            let status = c.get_leader(pb::GetLeaderRequest {}).await.unwrap().into_inner();
+            assert!(!status.leads, "replica {follower} leads too");
+            // ListPods, by pages of 7 (the tokens are the leader's and pass through the follower).
+            assert_eq!(view(berth_tests::scheduler::list_pods(&mut c, "load").await.unwrap()), expected, "ListPods at follower {follower}");
+            let mut paged = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = c.list_pods(pb::ListPodsRequest { namespace: "load".into(), page_size: 7, page_token: token }).await.unwrap().into_inner();
+                paged.extend(page.pods);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            assert_eq!(view(paged), expected, "ListPods by pages at follower {follower}");
+            let one = c.get_pod(pb::GetPodRequest { namespace: "load".into(), name: "p00003".into() }).await.unwrap().into_inner();
+            assert_eq!(view(vec![one]), expected.iter().filter(|p| p.0 == "p00003").cloned().collect::<Vec<_>>());
+            let missing = c.get_pod(pb::GetPodRequest { namespace: "load".into(), name: "nowhere".into() }).await.unwrap_err();
+            assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+            assert_eq!(c.list_nodes(pb::ListNodesRequest::default()).await.unwrap().into_inner().nodes.len(), 2);
+            // A bad page token is the leader's INVALID_ARGUMENT, passed on unchanged.
+            let bad = c.list_pods(pb::ListPodsRequest { page_token: "not a token".into(), ..Default::default() }).await.unwrap_err();
+            assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            // A write is sent to the leader.
+            let spec = pb::PodSpec { namespace: "load".into(), name: format!("at-follower-{follower}"), cpu_millicores: 100, memory_bytes: 64 << 20, ..Default::default() };
+            let refused = c.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+            let named = refused.metadata().get(berth_scheduler::replica::LEADER_METADATA).map(|v| format!("http://{}", v.to_str().unwrap()));
+            assert_eq!(named.as_deref(), Some(url(leader).as_str()), "{refused:?}");
+        }
+        // A watch at a follower sees a deletion made at the leader.
+        let follower = (0..3).find(|&i| i != leader).unwrap();
+        let mut c = SchedulerClient::connect(url(follower)).await.unwrap();
+        let listed = c.list_pods(pb::ListPodsRequest { namespace: "load".into(), page_size: 1, ..Default::default() }).await.unwrap().into_inner();
+        let mut events = c.watch_pods(pb::WatchPodsRequest { namespace: "load".into(), name: "p00004".into(), revision: listed.revision, term: listed.term }).await.unwrap().into_inner();
+        at_leader.delete_pod(pb::DeletePodRequest { namespace: "load".into(), name: "p00004".into() }).await.unwrap();
+        let deleted = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = events.message().await.unwrap() {
+                if m.events.iter().any(|e| e.r#type == pb::PodEventType::Deleted as i32) {
+                    return m;
+                }
+            }
+            panic!("the watch ended without the deletion");
+        })
+        .await
+        .expect("the deletion within 10 s");
+        assert!(deleted.term == listed.term && deleted.revision > listed.revision, "{deleted:?}");
+    });
+}
