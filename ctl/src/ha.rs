@@ -4,14 +4,13 @@
 //! know all three. The layout (ports) is chosen once and kept in `<state-dir>/ha.json`, so `up`
 //! run again, `status` and `down` find the same processes.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+pub use berth_scheduler::store::etcd_member::EtcdMember;
+use berth_scheduler::store::etcd_member::{etcd_binary, initial_cluster};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, ClusterPaths};
@@ -20,22 +19,6 @@ use crate::cluster::{self, ClusterPaths};
 pub const REPLICAS: usize = 3;
 /// Where the schedulers keep their keys in etcd.
 const PREFIX: &str = "/berth/local";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EtcdMember {
-    pub name: String,
-    pub client_port: u16,
-    pub peer_port: u16,
-}
-
-impl EtcdMember {
-    pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
-    }
-}
 
 /// Which ports the replicated control plane uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +64,7 @@ impl HaLayout {
         };
         let mut etcd = Vec::new();
         for i in 0..REPLICAS {
-            etcd.push(EtcdMember { name: format!("m{i}"), client_port: free_port()?, peer_port: free_port()? });
+            etcd.push(EtcdMember::new(i, free_port()?, free_port()?));
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let token = format!("berth-{}-{now}", std::process::id());
@@ -123,19 +106,10 @@ pub fn run_files(paths: &ClusterPaths) -> Vec<PathBuf> {
     (0..REPLICAS).flat_map(|i| [etcd_pid_file(paths, i), etcd_log_file(paths, i), replica_config(paths, i), replica_pid_file(paths, i), replica_log_file(paths, i)]).collect()
 }
 
-/// The etcd binary: Debian's etcd-server, or `BERTH_ETCD` when set.
-fn etcd_binary() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("BERTH_ETCD").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from);
-    if !path.exists() {
-        bail!("{} is missing: `up --ha` runs etcd (install Debian's etcd-server: apt-get install etcd-server), or set BERTH_ETCD to an etcd 3.4+ binary", path.display());
-    }
-    Ok(path)
-}
-
 /// Starts the members that do not run (each in its own session, logging to the run directory).
 pub fn start_etcd(paths: &ClusterPaths, layout: &HaLayout) -> anyhow::Result<()> {
-    let etcd = etcd_binary()?;
-    let initial: Vec<String> = layout.etcd.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect();
+    let etcd = etcd_binary().map_err(|e| anyhow!("`up --ha` runs etcd: {e}"))?;
+    let initial = initial_cluster(&layout.etcd);
     std::fs::create_dir_all(&paths.run_dir).with_context(|| format!("creating {}", paths.run_dir.display()))?;
     for (i, m) in layout.etcd.iter().enumerate() {
         if cluster::pid_in(&etcd_pid_file(paths, i)).is_some() {
@@ -144,43 +118,17 @@ pub fn start_etcd(paths: &ClusterPaths, layout: &HaLayout) -> anyhow::Result<()>
         let data = etcd_data_dir(paths, i);
         std::fs::create_dir_all(data.parent().expect("under the state dir")).with_context(|| format!("creating {}", data.display()))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(etcd_log_file(paths, i)).with_context(|| format!("creating {}", etcd_log_file(paths, i).display()))?;
-        // On a restart the data directory holds the membership and the initial-* flags are ignored.
-        let child = Command::new(&etcd)
-            .args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen-client-urls", &m.client_url(), "--advertise-client-urls", &m.client_url()])
-            .args(["--listen-peer-urls", &m.peer_url(), "--initial-advertise-peer-urls", &m.peer_url()])
-            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", &layout.token, "--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", etcd.display()))?;
+        let child = m.command(&etcd, &data, &initial, &layout.token).stdout(log.try_clone()?).stderr(log).process_group(0).spawn().with_context(|| format!("starting {}", etcd.display()))?;
         std::fs::write(etcd_pid_file(paths, i), child.id().to_string())?;
     }
     Ok(())
-}
-
-/// Whether a member answers `/health` with a leader elected.
-pub fn etcd_healthy(m: &EtcdMember) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], m.client_port).into(), Duration::from_millis(300)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.contains("\"health\":\"true\"")
 }
 
 /// Waits until a quorum of members is healthy.
 pub fn wait_etcd(paths: &ClusterPaths, layout: &HaLayout, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let healthy = layout.etcd.iter().filter(|m| etcd_healthy(m)).count();
+        let healthy = layout.etcd.iter().filter(|m| m.healthy()).count();
         if healthy > REPLICAS / 2 {
             return Ok(());
         }
@@ -236,7 +184,7 @@ mod tests {
     #[test]
     fn a_replica_config_is_valid_and_on_the_etcd_store() {
         let layout = HaLayout {
-            etcd: (0..3).map(|i| EtcdMember { name: format!("m{i}"), client_port: 3000 + i, peer_port: 4000 + i }).collect(),
+            etcd: (0..3).map(|i| EtcdMember::new(i, 3000 + i as u16, 4000 + i as u16)).collect(),
             schedulers: vec!["127.0.0.1:5000".into(), "127.0.0.1:5001".into(), "127.0.0.1:5002".into()],
             token: "t".into(),
         };

@@ -3,19 +3,17 @@
 //! side by side (never the host's default 127.0.0.1:2379). Killed and removed when dropped, also
 //! when the test fails.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use berth_scheduler::store::etcd_member::{EtcdMember, etcd_binary, initial_cluster};
 
 use crate::scheduler::free_port;
 use crate::unique;
 
 struct Member {
-    name: String,
-    client_port: u16,
-    peer_port: u16,
+    etcd: EtcdMember,
     child: Option<Child>,
 }
 
@@ -30,7 +28,7 @@ impl EtcdCluster {
     pub fn start(n: usize) -> EtcdCluster {
         let dir = tempfile::Builder::new().prefix("berth-etcd-").tempdir().expect("tempdir");
         let token = unique("berth-etcd-");
-        let members = (0..n).map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), child: None }).collect();
+        let members = (0..n).map(|i| Member { etcd: EtcdMember::new(i, free_port(), free_port()), child: None }).collect();
         let mut cluster = EtcdCluster { dir, token, members };
         for i in 0..n {
             cluster.spawn(i);
@@ -41,51 +39,30 @@ impl EtcdCluster {
 
     /// Client URLs of every member, as `store.etcd.endpoints`.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
+        self.members.iter().map(|m| m.etcd.client_url()).collect()
     }
 
     fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("{}.log", self.members[i].name))
+        self.dir.path().join(format!("{}.log", self.members[i].etcd.name))
     }
 
     /// The logs of every member, for a failing assertion.
     pub fn logs(&self) -> String {
-        (0..self.members.len()).map(|i| format!("== {}\n{}", self.members[i].name, std::fs::read_to_string(self.log_path(i)).unwrap_or_default())).collect()
+        (0..self.members.len()).map(|i| format!("== {}\n{}", self.members[i].etcd.name, std::fs::read_to_string(self.log_path(i)).unwrap_or_default())).collect()
     }
 
     fn spawn(&mut self, i: usize) {
-        let initial_cluster = self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect::<Vec<_>>().join(",");
+        let members: Vec<EtcdMember> = self.members.iter().map(|m| m.etcd.clone()).collect();
+        let etcd = etcd_binary().unwrap_or_else(|e| panic!("{e}"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
-        let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        // On a restart the data directory holds the membership; the initial-* flags are ignored.
-        let child = Command::new("etcd")
-            .args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(&m.name))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &initial_cluster, "--initial-cluster-token", &self.token, "--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd (Debian's etcd-server: ./run test installs it)");
+        let m = &members[i];
+        let child = m.command(&etcd, &self.dir.path().join(&m.name), &initial_cluster(&members), &self.token).stderr(log).spawn().expect("start etcd");
         self.members[i].child = Some(child);
     }
 
     /// Whether a member answers `/health` with a leader elected.
     pub fn healthy(&self, i: usize) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], self.members[i].client_port).into(), Duration::from_millis(300)) else { return false };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.contains("\"health\":\"true\"")
+        self.members[i].etcd.healthy()
     }
 
     /// Waits until every listed member is healthy.

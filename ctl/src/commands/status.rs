@@ -31,7 +31,7 @@ pub async fn print(cloud: &HttpCloud, paths: &ClusterPaths, output: Output) -> a
     let types = cloud.describe_instance_types(&[]).await?;
     let replicas = schedulers(paths).await;
     // `up --ha`: the etcd members under the replicas, and whether each answers healthy.
-    let etcd: Vec<(String, String, bool)> = crate::ha::HaLayout::load(paths).map(|l| l.etcd.iter().map(|m| (m.name.clone(), m.client_url(), crate::ha::etcd_healthy(m))).collect()).unwrap_or_default();
+    let etcd: Vec<(String, String, bool)> = crate::ha::HaLayout::load(paths).map(|l| l.etcd.iter().map(|m| (m.name.clone(), m.client_url(), m.healthy())).collect()).unwrap_or_default();
 
     if output == Output::Json {
         let schedulers: Vec<_> = replicas.iter().map(|(e, s)| serde_json::json!({ "endpoint": e, "leads": s.as_ref().ok().map(|s| s.leads), "leader": s.as_ref().ok().map(|s| s.leader.clone()), "error": s.as_ref().err() })).collect();

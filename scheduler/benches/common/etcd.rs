@@ -3,14 +3,15 @@
 //! runs the scheduler on in its `etcd` mode. Killed when dropped, panics included.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+use berth_scheduler::store::etcd_member::{EtcdMember, etcd_binary, initial_cluster};
 
 pub struct EtcdTrio {
     children: Vec<Child>,
-    client_ports: Vec<u16>,
+    members: Vec<EtcdMember>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -20,30 +21,18 @@ fn free_port() -> anyhow::Result<u16> {
 impl EtcdTrio {
     /// Starts the three members in `dir` and waits until they elected a leader.
     pub fn start(dir: &Path) -> anyhow::Result<EtcdTrio> {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
-        let initial_cluster = ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect::<Vec<_>>().join(",");
+        let members: Vec<EtcdMember> = (0..3).map(|i| Ok(EtcdMember::new(i, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let etcd = etcd_binary().map_err(|e| anyhow!(e))?;
+        let initial = initial_cluster(&members);
         let token = format!("berth-load-{}", std::process::id());
-        let mut trio = EtcdTrio { children: Vec::new(), client_ports: ports.iter().map(|p| p.0).collect() };
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let (client, peer) = (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
-            let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log")))?;
-            let child = Command::new("etcd")
-                .args(["--name", &format!("m{i}")])
-                .arg("--data-dir")
-                .arg(dir.join(format!("etcd-m{i}")))
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial_cluster, "--initial-cluster-token", &token, "--initial-cluster-state", "new"])
-                .args(["--logger", "zap", "--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .context("cannot start etcd (Debian's etcd-server; ./run installs it)")?;
+        let mut trio = EtcdTrio { children: Vec::new(), members };
+        for m in &trio.members {
+            let log = std::fs::File::create(dir.join(format!("etcd-{}.log", m.name)))?;
+            let child = m.command(&etcd, &dir.join(format!("etcd-{}", m.name)), &initial, &token).stderr(log).spawn().context("cannot start etcd")?;
             trio.children.push(child);
         }
         let started = Instant::now();
-        while !trio.healthy() {
+        while !trio.members.iter().all(EtcdMember::healthy) {
             if started.elapsed() > Duration::from_secs(20) {
                 bail!("etcd members on {} not healthy after 20 s; their logs are in {}", trio.endpoints().join(","), dir.display());
             }
@@ -53,16 +42,7 @@ impl EtcdTrio {
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        self.client_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect()
-    }
-
-    fn healthy(&self) -> bool {
-        Command::new("etcdctl")
-            .args(["--endpoints", &self.endpoints().join(","), "--command-timeout", "2s", "endpoint", "health"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        self.members.iter().map(EtcdMember::client_url).collect()
     }
 }
 

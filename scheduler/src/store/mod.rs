@@ -7,6 +7,7 @@
 //! a lease writes, see `crate::leader`), and the in-memory [`MemoryStore`] for tests and benchmarks.
 
 pub mod etcd;
+pub mod etcd_member;
 mod journal;
 
 use std::collections::BTreeMap;
