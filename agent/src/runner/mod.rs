@@ -88,6 +88,8 @@ pub struct PodRunner {
     store: RecordStore,
     handle: tokio::runtime::Handle,
     pods: Mutex<BTreeMap<String, RunningPod>>,
+    /// NetworkPolicy as the scheduler last sent it, enforced in each pod's namespace.
+    policy: Mutex<crate::netpol::PolicyHeld>,
 }
 
 /// `namespace/name`, the scheduler's key of a pod.
@@ -228,7 +230,7 @@ impl PodRunner {
             };
             pods.insert(rec.key.clone(), RunningPod { spec, rec, child: None, stale, leftovers: String::new() });
         }
-        Ok(PodRunner { settings, store, handle: tokio::runtime::Handle::current(), pods: Mutex::new(pods) })
+        Ok(PodRunner { settings, store, handle: tokio::runtime::Handle::current(), pods: Mutex::new(pods), policy: Mutex::default() })
     }
 
     fn pods(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningPod>> {
@@ -354,6 +356,8 @@ impl PodRunner {
         pod.rec.ip = result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
         pod.rec.cni_result = Some(result);
         self.save(&pod.rec);
+        // Its NetworkPolicy is in force before its command starts.
+        self.enforce(&pod.rec.key, &pod.rec.netns).map_err(|e| anyhow::anyhow!(e))?;
 
         if !pod.spec.command.is_empty() {
             let logs = self.settings.state_dir.join("logs");
@@ -595,6 +599,34 @@ impl PodRunner {
         if let Err(e) = self.store.delete(&rec.netns) {
             tracing::warn!(pod = %rec.key, error = %e, "cannot delete the pod's record");
         }
+    }
+
+    /// Takes a NetworkPolicy update in and rewrites the tables of the pods it changes (every pod
+    /// with a namespace for a full one). Blocking.
+    pub fn apply_policy(&self, update: &pb::PolicyUpdate) {
+        let affected = self.policy.lock().unwrap_or_else(|p| p.into_inner()).apply(update);
+        let pods: Vec<(String, String)> = self.pods().values().filter(|p| p.rec.network && p.rec.cni_result.is_some()).map(|p| (p.rec.key.clone(), p.rec.netns.clone())).collect();
+        for (key, netns) in pods {
+            let wanted = match &affected {
+                crate::netpol::Affected::All => true,
+                crate::netpol::Affected::Pods(set) => set.contains(&key),
+            };
+            if wanted && let Err(e) = self.enforce(&key, &netns) {
+                berth_daemon::limited!(error, "netpol-enforce", pod = %key, error = %e, "cannot enforce the pod's NetworkPolicy; its previous table stays");
+            }
+        }
+    }
+
+    fn enforce(&self, key: &str, netns: &str) -> Result<(), String> {
+        let script = crate::netpol::pod_script(&self.policy.lock().unwrap_or_else(|p| p.into_inner()), key);
+        crate::netpol::run_in_pod(netns, &script)
+    }
+
+    /// The NetworkPolicies selecting a pod of this node, per direction, as the agent enforces them.
+    pub fn policies_of(&self, key: &str) -> (Vec<String>, Vec<String>) {
+        let held = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        let (i, e) = held.selection(key);
+        (i.to_vec(), e.to_vec())
     }
 
     /// Removes a pod (`namespace/name`); unknown is success. What cannot be undone now is kept
