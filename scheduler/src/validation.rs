@@ -387,6 +387,51 @@ fn cloud_id(id: &str, prefix: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn np(f: impl FnOnce(&mut pb::NetworkPolicySpec)) -> pb::NetworkPolicy {
+        let mut spec = pb::NetworkPolicySpec {
+            pod_selector: Some(pb::LabelSelector { match_labels: [("app".to_string(), "db".to_string())].into(), match_expressions: vec![] }),
+            ingress: vec![pb::NetworkPolicyRule {
+                peers: vec![pb::NetworkPolicyPeer { ip_block: Some(pb::IpBlock { cidr: "10.0.0.0/16".into(), except: vec!["10.0.1.0/24".into()] }), ..Default::default() }],
+                ports: vec![pb::NetworkPolicyPort { protocol: "UDP".into(), port: 5000, end_port: 5010 }],
+            }],
+            ..Default::default()
+        };
+        f(&mut spec);
+        pb::NetworkPolicy { namespace: "prod".into(), name: "db".into(), spec: Some(spec), version: 0 }
+    }
+
+    fn refused(p: &pb::NetworkPolicy) -> (String, String) {
+        let e = network_policy(p).unwrap_err();
+        (e.field.clone(), e.to_string())
+    }
+
+    #[test]
+    fn a_network_policy_is_refused_naming_the_field_and_value() {
+        network_policy(&np(|_| {})).unwrap();
+        let (f, m) = refused(&np(|s| s.ingress[0].peers[0].ip_block.as_mut().unwrap().cidr = "10.0.0.1/16".into()));
+        assert_eq!(f, "spec.ingress[0].from[0].ipBlock.cidr", "{m}");
+        assert!(m.contains("10.0.0.1/16") && m.contains("host bits"), "{m}");
+        let (f, m) = refused(&np(|s| s.ingress[0].peers[0].ip_block.as_mut().unwrap().except = vec!["10.9.0.0/24".into()]));
+        assert_eq!(f, "spec.ingress[0].from[0].ipBlock.except[0]", "{m}");
+        let (f, _) = refused(&np(|s| s.ingress[0].ports[0].protocol = "ICMP".into()));
+        assert_eq!(f, "spec.ingress[0].ports[0].protocol");
+        let (f, m) = refused(&np(|s| s.ingress[0].ports[0].end_port = 4000));
+        assert_eq!(f, "spec.ingress[0].ports[0].endPort", "{m}");
+        let (f, _) = refused(&np(|s| s.ingress[0].ports[0].port = 70000));
+        assert_eq!(f, "spec.ingress[0].ports[0].port");
+        let (f, _) = refused(&np(|s| s.egress = vec![pb::NetworkPolicyRule { peers: vec![pb::NetworkPolicyPeer::default()], ports: vec![] }]));
+        assert_eq!(f, "spec.egress[0].to[0]");
+        let (f, _) = refused(&np(|s| s.policy_types = vec!["Sideways".into()]));
+        assert_eq!(f, "spec.policyTypes[0]");
+        let (f, _) = refused(&np(|s| s.pod_selector.as_mut().unwrap().match_expressions = vec![pb::LabelSelectorRequirement { key: "app".into(), operator: "In".into(), values: vec![] }]));
+        assert_eq!(f, "spec.podSelector.matchExpressions[0].values");
+        let mut bad_name = np(|_| {});
+        bad_name.name = "Not_A_Name".into();
+        assert_eq!(refused(&bad_name).0, "metadata.name");
+        assert_eq!(namespace_labels("prod", &[(crate::netpol::NAME_LABEL.to_string(), "x".to_string())].into()).unwrap_err().field, "labels");
+        assert_eq!(namespace_labels("Prod", &[("a".to_string(), "b".to_string())].into()).unwrap_err().field, "namespace");
+    }
+
     fn limits() -> Limits {
         Limits::of_types(["ecs.g7.large", "ecs.r7.large"].map(|t| berth_cloud::catalogue::instance_type(t).unwrap()), true)
     }

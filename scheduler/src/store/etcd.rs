@@ -747,6 +747,38 @@ mod tests {
     }
 
     #[test]
+    fn policies_and_namespace_labels_are_keys_of_their_own() {
+        let keys = Keys::new("/berth");
+        let policy = StoredPolicy::of(&berth_proto::cluster::v1::NetworkPolicy { namespace: "prod".into(), name: "db".into(), spec: None, version: 3 });
+        let events = [
+            Event::PolicyApplied { key: "prod/db".into(), policy: policy.clone() },
+            Event::NamespaceLabeled { namespace: "prod".into(), labels: [("team".to_string(), "a".to_string())].into() },
+            Event::PolicyApplied { key: "prod/gone".into(), policy: policy.clone() },
+            Event::PolicyDeleted { key: "prod/gone".into() },
+        ];
+        let writes = plan(&keys, &mut Index::default(), &events);
+        assert_eq!(keys.parse("/berth/policies/prod/db"), Some(KeyOf::Policy("prod/db")));
+        assert_eq!(keys.parse("/berth/namespaces/prod"), Some(KeyOf::Namespace("prod")));
+        let mut s = Snapshot::default();
+        for (k, v) in &writes {
+            let change = match (keys.parse(k).unwrap(), v) {
+                (KeyOf::Policy(key), Some(v)) => Change::Policy { key: key.into(), policy: StoredPolicy(String::from_utf8(v.clone()).unwrap()) },
+                (KeyOf::Policy(key), None) => Change::PolicyDeleted { key: key.into() },
+                (KeyOf::Namespace(ns), Some(v)) => Change::Namespace { namespace: ns.into(), labels: serde_json::from_slice(v).unwrap() },
+                other => panic!("unexpected write {other:?}"),
+            };
+            change.apply(&mut s);
+        }
+        let mut expected = Snapshot::default();
+        for e in &events {
+            expected.apply(e);
+        }
+        assert_eq!(s, expected);
+        assert_eq!(s.policies.keys().collect::<Vec<_>>(), ["prod/db"]);
+        assert_eq!(s.policies["prod/db"].decode().unwrap().version, 3);
+    }
+
+    #[test]
     fn keys_parse_back() {
         let k = Keys::new("/berth/scheduler");
         assert_eq!(k.parse(&k.spec("d/a")), Some(KeyOf::Spec("d/a")));
