@@ -163,7 +163,7 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
         eprintln!("skipped: needs root");
         return;
     }
-    let c = cluster("np", "ecs.c7.2xlarge", 2, 2, 600, ("10.86.0.0/16", "10.86.1.0/24"), &["--trunk", "true"]).await;
+    let mut c = cluster("np", "ecs.c7.2xlarge", 2, 2, 600, ("10.86.0.0/16", "10.86.1.0/24"), &["--trunk", "true"]).await;
     let _leftovers = GuestLeftovers::new(&c.lc, &c.tag);
     let mut client = c.scheduler.client().await;
     let nodes: Vec<String> = wait_for!(c, Duration::from_secs(90), "the pool's two nodes reporting", {
@@ -223,6 +223,12 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
     };
 
     expect("no policy: open", &both(&|_| true));
+
+    // The API refuses what does not validate, naming the field and the value.
+    let file = ctl.dir.path().join("bad.yaml");
+    std::fs::write(&file, policy("bad", "db", "  ingress:\n  - from:\n    - ipBlock:\n        cidr: 10.86.1.5/16\n")).unwrap();
+    let (ok, out) = ctl.run(&["policy", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!ok && out.contains("spec.ingress[0].from[0].ipBlock.cidr") && out.contains("10.86.1.5/16"), "{out}");
 
     ctl.apply(&policy("deny-db", "db", "  policyTypes: [Ingress]\n"));
     let mut cells = both(&|_| false);
@@ -335,6 +341,14 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
     assert_eq!(leaked.load(Ordering::Relaxed), 0, "denied exchanges got through around the agent's restart ({} tries)", tries.load(Ordering::Relaxed));
     assert!(tries.load(Ordering::Relaxed) > 12, "the probes ran through the restart");
     expect("after the agent's restart: the policy still holds", &both(&|p| p.name == "web-a" || p.name == "web-b"));
+
+    // The scheduler restarted on its journal: the policy, its version and the labels are kept and
+    // still enforced.
+    c.scheduler.restart();
+    let listed = ctl.ok(&["policy", "list", "-n", "prod"]);
+    assert!(listed.contains("from-web") && listed.contains("app=db"), "{listed}");
+    assert!(ctl.ok(&["namespace", "list"]).contains("team=b"));
+    expect("after the scheduler's restart: the policy still holds", &both(&|p| p.name == "web-a" || p.name == "web-b"));
     ctl.delete("from-web");
     expect("the policy deleted after the restart: open", &both(&|_| true));
     drop(streams);
