@@ -26,6 +26,8 @@ pub struct PodRecord {
     pub node: Option<String>,
     pub pod_ip: String,
     pub message: String,
+    /// Every address its node reported (IPv4 and IPv6), for NetworkPolicy peers.
+    pub pod_ips: Vec<std::net::IpAddr>,
     /// Its labels, for NetworkPolicy selectors (the spec is held encoded).
     pub labels: Arc<HashMap<String, String>>,
     /// Scheduler clock (ms) since when the pod waits for a node.
@@ -114,7 +116,7 @@ impl Cluster {
             let (req, spec) = (PodRequest::of(&decoded), EncodedSpec::of(&decoded));
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
             let labels = Arc::new(decoded.labels.clone());
-            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
+            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
             match &stored.node {
                 Some(n) => self.awaiting_node.entry(n.clone()).or_default().push(key.clone()),
                 None => {
@@ -168,7 +170,7 @@ impl Cluster {
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
         let labels = Arc::new(spec.labels.clone());
-        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None };
+        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None };
         self.changes.note(ChangeKind::Added, &rec);
         self.pods.insert(key.clone(), rec);
         self.pending.insert(order, key);
@@ -308,6 +310,11 @@ impl Cluster {
                     if rec.pod_ip != st.pod_ip {
                         rec.pod_ip.clone_from(&st.pod_ip);
                         changed = true;
+                    }
+                    let ips: Vec<std::net::IpAddr> = if st.pod_ips.is_empty() { st.pod_ip.parse().ok().into_iter().collect() } else { st.pod_ips.iter().filter_map(|a| a.parse().ok()).collect() };
+                    if rec.pod_ips != ips {
+                        rec.pod_ips = ips;
+                        self.changes.touched = true;
                     }
                     if !st.message.is_empty() {
                         let message = crate::client::bounded_message(&st.message);
@@ -589,7 +596,7 @@ impl Cluster {
 
 fn facts_of(pods: &BTreeMap<String, PodRecord>) -> Vec<PodFacts<'_>> {
     pods.iter()
-        .map(|(key, r)| PodFacts { key, namespace: key.split_once('/').map_or("", |(ns, _)| ns), labels: &r.labels, node: r.node.as_deref(), ips: r.pod_ip.split(',').filter_map(|a| a.trim().parse().ok()).collect() })
+        .map(|(key, r)| PodFacts { key, namespace: key.split_once('/').map_or("", |(ns, _)| ns), labels: &r.labels, node: r.node.as_deref(), ips: if r.node.is_some() { r.pod_ips.clone() } else { Vec::new() } })
         .collect()
 }
 

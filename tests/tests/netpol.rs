@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_proto::cluster::v1 as pb;
-use berth_tests::e2e::{Cluster, cluster, is, netns_of, pods, ready_nodes, sleeper};
+use berth_tests::e2e::{Cluster, cluster, cluster_of, is, netns_of, pods, ready_nodes, sleeper};
 use berth_tests::guest::{GuestLeftovers, recorded_pids};
 use berth_tests::{bin, is_root, wait_for};
 
@@ -43,8 +43,10 @@ fn in_ns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static
 /// TCP echo servers on [`TCP_PORTS`] and UDP echo servers on [`UDP_PORTS`] inside a pod's
 /// namespace, each on a thread of its own (they end with the test process).
 fn serve(p: &Pod) {
+    // `::` takes IPv4 too (dual-stack sockets), where the namespace has IPv6.
+    let any = if p.ip.is_ipv6() { "::" } else { "0.0.0.0" };
     for port in TCP_PORTS {
-        let l = in_ns(&p.netns, move || std::net::TcpListener::bind(("0.0.0.0", port))).unwrap();
+        let l = in_ns(&p.netns, move || std::net::TcpListener::bind((any, port))).unwrap();
         std::thread::spawn(move || {
             for mut conn in l.incoming().flatten() {
                 std::thread::spawn(move || {
@@ -59,7 +61,7 @@ fn serve(p: &Pod) {
         });
     }
     for port in UDP_PORTS {
-        let s = in_ns(&p.netns, move || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap();
+        let s = in_ns(&p.netns, move || std::net::UdpSocket::bind((any, port))).unwrap();
         std::thread::spawn(move || {
             let mut buf = [0u8; 64];
             while let Ok((n, from)) = s.recv_from(&mut buf) {
@@ -81,7 +83,7 @@ fn reaches(from: &Pod, to: IpAddr, proto: Proto, port: u16) -> bool {
             c.write_all(b"ping").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"ping"
         }
         Proto::Udp => {
-            let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            let s = std::net::UdpSocket::bind((if to.is_ipv6() { "::" } else { "0.0.0.0" }, 0)).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
             let mut buf = [0u8; 4];
             // Two tries: the first datagram may wait for the neighbour entry.
@@ -352,4 +354,80 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
     ctl.delete("from-web");
     expect("the policy deleted after the restart: open", &both(&|_| true));
     drop(streams);
+}
+
+/// The pod's global IPv6 address, from its namespace.
+fn ipv6_in(netns: &Path) -> IpAddr {
+    let out = std::process::Command::new("nsenter").arg(format!("--net={}", netns.display())).args(["ip", "-6", "-o", "addr", "show", "scope", "global"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let addr = text.split_whitespace().skip_while(|w| *w != "inet6").nth(1).unwrap_or_else(|| panic!("no global IPv6 address in {}: {text}", netns.display()));
+    addr.split('/').next().unwrap().parse().unwrap()
+}
+
+/// IPv6 on a dual-stack vSwitch: a podSelector peer resolves to the pods' IPv6 addresses too, and
+/// an IPv6 ipBlock with except holds, for the three modes, on the same node and across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policy_holds_over_ipv6_on_a_dual_stack_vswitch() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let c = cluster_of("np6", "ecs.c7.2xlarge", (2, 2), 600, ("10.87.0.0/16", "10.87.1.0/24"), true, &["--trunk", "true", "--ip-stack", "dual"]).await;
+    let _leftovers = GuestLeftovers::new(&c.lc, &c.tag);
+    let mut client = c.scheduler.client().await;
+    let nodes: Vec<String> = wait_for!(c, Duration::from_secs(90), "the pool's two nodes reporting", {
+        let ready = ready_nodes(&mut client).await;
+        (ready.len() == 2).then(|| ready.into_keys().collect())
+    });
+    let (a, b) = (nodes[0].clone(), nodes[1].clone());
+    let ctl = Ctl::new(&c);
+    let wanted: [(&str, &str, pb::NetworkMode, &str); 6] = [
+        ("db-shared", "db", pb::NetworkMode::Shared, &a),
+        ("db-trunk", "db", pb::NetworkMode::Trunk, &a),
+        ("db-excl", "db", pb::NetworkMode::Exclusive, &a),
+        ("web-a", "web", pb::NetworkMode::Shared, &a),
+        ("web-b", "web", pb::NetworkMode::Shared, &b),
+        ("other-b", "other", pb::NetworkMode::Shared, &b),
+    ];
+    for (name, app, mode, node) in wanted {
+        let mut s = sleeper(name);
+        s.namespace = "prod".into();
+        s.network_mode = mode as i32;
+        s.labels = [("app".to_string(), app.to_string())].into();
+        s.pool_selector = [("berth.io/node".to_string(), node.to_string())].into();
+        client.submit_pod(pb::SubmitPodRequest { spec: Some(s) }).await.expect("SubmitPod");
+    }
+    let running: Vec<pb::PodStatus> = wait_for!(c, Duration::from_secs(120), "every pod running with an IP", {
+        let all = pods(&mut client).await;
+        (all.len() == 6 && all.iter().all(|p| is(p, pb::PodPhase::Running) && !p.pod_ip.is_empty())).then_some(all)
+    });
+    let pod = |name: &str| -> Pod {
+        let st = running.iter().find(|p| p.spec.as_ref().unwrap().name == name).unwrap();
+        let netns = PathBuf::from(format!("/run/netns/{}", netns_of(&c, &st.node, &st.pod_ip)));
+        Pod { name: name.into(), ip: ipv6_in(&netns), netns }
+    };
+    let dbs = [pod("db-shared"), pod("db-trunk"), pod("db-excl")];
+    let clients = [pod("web-a"), pod("web-b"), pod("other-b")];
+    for p in dbs.iter().chain(&clients) {
+        serve(p);
+    }
+    let both = |want: &dyn Fn(&Pod) -> bool| -> Vec<Cell<'_>> {
+        let mut v = Vec::new();
+        for cl in &clients {
+            for db in &dbs {
+                v.push((cl, db, Proto::Tcp, 80, want(cl)));
+                v.push((cl, db, Proto::Udp, 53, want(cl)));
+            }
+        }
+        v
+    };
+    expect("IPv6, no policy: open", &both(&|_| true));
+    ctl.apply(&policy("from-web", "db", "  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: web}\n"));
+    expect("IPv6 from the label app=web", &both(&|p| p.name.starts_with("web-")));
+    ctl.delete("from-web");
+    let block = format!("  ingress:\n  - from:\n    - ipBlock:\n        cidr: ::/0\n        except: [{}/128]\n", clients[1].ip);
+    ctl.apply(&policy("block6", "db", &block));
+    expect("IPv6 from anywhere except web-b", &both(&|p| p.name != "web-b"));
+    ctl.delete("block6");
+    expect("IPv6, the policies deleted: open", &both(&|_| true));
 }

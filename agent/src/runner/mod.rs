@@ -681,7 +681,8 @@ impl PodRunner {
                     (RecordState::Ended { succeeded: true, message }, _) => (pb::PodPhase::Succeeded, message.clone()),
                     (RecordState::Ended { message, .. }, _) | (RecordState::Failed { message }, _) => (pb::PodPhase::Failed, message.clone()),
                 };
-                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler_client::bounded_message(&message) };
+                let pod_ips = p.rec.cni_result.as_ref().and_then(|r| r["ips"].as_array()).map(|ips| ips.iter().filter_map(|i| i["address"].as_str()).map(|a| a.split('/').next().unwrap_or_default().to_string()).collect()).unwrap_or_default();
+                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler_client::bounded_message(&message), pod_ips };
                 ReportedPod { report, cpu_millicores: p.spec.cpu_millicores, memory_bytes: p.spec.memory_bytes }
             })
             .collect()
