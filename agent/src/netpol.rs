@@ -228,7 +228,8 @@ fn ports(lo: u16, hi: u16) -> String {
 }
 
 /// The script that makes a pod's table what `held` says (replacing any table it had), in one
-/// transaction. A pod no policy selects gets the table with its reply rules only, so conntrack
+/// transaction. Packets of a connection the same rules already allowed (its conntrack mark is the
+/// rules' generation) pass after one comparison. A pod no policy selects gets the table with its reply rules only, so conntrack
 /// follows its connections from the start and a later policy sees them the right way round.
 pub fn pod_script(held: &PolicyHeld, pod: &str) -> String {
     let (ingress, egress) = held.selection(pod);
@@ -236,13 +237,15 @@ pub fn pod_script(held: &PolicyHeld, pod: &str) -> String {
         keys.iter().filter_map(|k| held.policies.get(k)).flat_map(|p| if ingress { &p.ingress_rules } else { &p.egress_rules }).collect()
     };
     let t = format!("inet {TABLE}");
-    let mut s = format!("add table {t}\ndelete table {t}\nadd table {t}\nadd counter {t} ingress_denied\nadd counter {t} egress_denied\n");
+    let mut s = String::new();
     for (dir, keys, hook, is_in) in [("ingress", ingress, "input", true), ("egress", egress, "output", false)] {
         s += &format!("add chain {t} {dir} {{ type filter hook {hook} priority -10; policy accept; }}\n");
         s += &format!("add rule {t} {dir} ct direction reply accept\nadd rule {t} {dir} ct state related accept\n");
         if keys.is_empty() {
             continue;
         }
+        // A connection allowed by these very rules is not looked up again.
+        s += &format!("add rule {t} {dir} ct mark {GEN} accept\n");
         s += &format!("add rule {t} {dir} meta {} lo accept\n", if is_in { "iif" } else { "oif" });
         // Neighbour discovery keeps IPv6 working on the link; it is never routed.
         s += &format!("add rule {t} {dir} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }} accept\n");
@@ -261,13 +264,22 @@ pub fn pod_script(held: &PolicyHeld, pod: &str) -> String {
                 let e: Vec<String> = a.ported.iter().map(|&(lo, hi, proto, plo, phi)| format!("{} . {proto} . {}", span(lo, hi, v6), ports(plo, phi))).collect();
                 s += &format!("add element {t} {short}{n}_ports {{ {} }}\n", e.join(", "));
             }
-            s += &format!("add rule {t} {dir} {fam} {field} @{short}{n}_any accept\n");
-            s += &format!("add rule {t} {dir} {fam} {field} . meta l4proto . th dport @{short}{n}_ports accept\n");
+            s += &format!("add rule {t} {dir} {fam} {field} @{short}{n}_any ct mark set {GEN} accept\n");
+            s += &format!("add rule {t} {dir} {fam} {field} . meta l4proto . th dport @{short}{n}_ports ct mark set {GEN} accept\n");
         }
         s += &format!("add rule {t} {dir} counter name {dir}_denied drop\n");
     }
-    s
+    // The rules' generation, marked on the connections they allowed: rules that change make a new
+    // one, so every connection is judged again by its next packet (a denied one stops there).
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&s, &mut h);
+    let generation = (std::hash::Hasher::finish(&h) as u32) | 1;
+    let head = format!("add table {t}\ndelete table {t}\nadd table {t}\nadd counter {t} ingress_denied\nadd counter {t} egress_denied\n");
+    head + &s.replace(GEN, &format!("{generation:#x}"))
 }
+
+/// Where a script's generation goes, until it is known.
+const GEN: &str = "@GENERATION@";
 
 /// Runs an nft script inside a pod's network namespace (`/run/netns/<name>`).
 pub fn run_in_pod(netns: &str, script: &str) -> Result<(), String> {
