@@ -10,8 +10,10 @@
 //!   (peer address alone, or peer address . protocol . port, IPv4 and IPv6), then drops and
 //!   counts (`ingress_denied`, `egress_denied`). The sets hold disjoint intervals made from every
 //!   rule of every policy selecting the pod, so a packet's cost does not grow with the number of
-//!   policies or peers; packets of an established connection are checked too, so a connection a
-//!   new policy denies stops.
+//!   policies or peers. A connection they allowed is marked (conntrack mark) with the rules'
+//!   generation and its later packets pass on that one comparison; new rules have a new
+//!   generation, so each connection is judged again by its next packet and one a new policy
+//!   denies stops.
 //!
 //! A pod's table is replaced whole in one nft transaction; the tables live in the pods'
 //! namespaces, so they stay in force while the agent restarts, until the scheduler's next full

@@ -115,15 +115,24 @@ fn protocol_number(name: &str) -> u32 {
 /// Pods by namespace, for resolving peers without a pass over every pod per peer.
 pub struct PodIndex<'a> {
     by_namespace: BTreeMap<&'a str, Vec<&'a PodFacts<'a>>>,
+    /// Pods with an address by label (key, value): a selector's matchLabels start from the
+    /// shortest of its lists instead of every pod.
+    by_label: HashMap<(&'a str, &'a str), Vec<&'a PodFacts<'a>>>,
 }
 
 impl<'a> PodIndex<'a> {
     pub fn new(pods: &'a [PodFacts<'a>]) -> PodIndex<'a> {
         let mut by_namespace: BTreeMap<&str, Vec<&PodFacts<'_>>> = BTreeMap::new();
+        let mut by_label: HashMap<(&str, &str), Vec<&PodFacts<'_>>> = HashMap::new();
         for p in pods {
             by_namespace.entry(p.namespace).or_default().push(p);
+            if !p.ips.is_empty() {
+                for (k, v) in p.labels {
+                    by_label.entry((k.as_str(), v.as_str())).or_default().push(p);
+                }
+            }
         }
-        PodIndex { by_namespace }
+        PodIndex { by_namespace, by_label }
     }
 
     fn in_namespace(&self, ns: &str) -> &[&'a PodFacts<'a>] {
@@ -154,16 +163,19 @@ pub fn compile(key: &str, policy: &pb::NetworkPolicy, pods: &PodIndex<'_>, names
                         }
                         continue;
                     }
-                    let in_ns: Vec<&str> = match &peer.namespace_selector {
-                        None => vec![policy.namespace.as_str()],
+                    let in_ns: BTreeSet<&str> = match &peer.namespace_selector {
+                        None => [policy.namespace.as_str()].into(),
                         Some(sel) => pods.by_namespace.keys().copied().filter(|ns| namespaces.matches(sel, ns)).collect(),
                     };
-                    for ns in in_ns {
-                        for p in pods.in_namespace(ns) {
-                            if peer.pod_selector.as_ref().is_none_or(|sel| matches_map(sel, p.labels)) {
-                                for ip in &p.ips {
-                                    cidrs.insert(host_cidr(*ip), Vec::new());
-                                }
+                    let shortest = peer.pod_selector.as_ref().and_then(|sel| sel.match_labels.iter().map(|(k, v)| pods.by_label.get(&(k.as_str(), v.as_str())).map_or(&[][..], Vec::as_slice)).min_by_key(|l| l.len()));
+                    let candidates: Vec<&PodFacts<'_>> = match shortest {
+                        Some(list) => list.iter().copied().filter(|p| in_ns.contains(p.namespace)).collect(),
+                        None => in_ns.iter().flat_map(|ns| pods.in_namespace(ns).iter().copied()).collect(),
+                    };
+                    for p in candidates {
+                        if peer.pod_selector.as_ref().is_none_or(|sel| matches_map(sel, p.labels)) {
+                            for ip in &p.ips {
+                                cidrs.insert(host_cidr(*ip), Vec::new());
                             }
                         }
                     }
