@@ -532,12 +532,12 @@ impl Cluster {
         let updates = self.policy.updates(&facts, &full);
         drop(facts);
         for (node, update) in updates {
-            match out.iter_mut().find(|(n, _)| *n == node) {
-                Some((_, i)) => i.policy = Some(update),
-                None => {
-                    let acknowledged_sequence = self.acknowledged(&node);
-                    out.push((node, pb::NodeInstruction { acknowledged_sequence, policy: Some(update), ..Default::default() }));
-                }
+            // Instructions of their own, before the node's others: its pods start with them.
+            let acknowledged_sequence = self.acknowledged(&node);
+            let at = out.iter().position(|(n, _)| *n == node).unwrap_or(out.len());
+            let parts = crate::netpol::split_update(update, INSTRUCTION_BUDGET_BYTES);
+            for (k, part) in parts.into_iter().enumerate() {
+                out.insert(at + k, (node.clone(), pb::NodeInstruction { acknowledged_sequence, policy: Some(part), ..Default::default() }));
             }
         }
     }

@@ -239,6 +239,27 @@ impl NodeView {
     }
 }
 
+/// Cuts an update into parts of at most `budget` bytes each (a policy larger than that alone):
+/// the first keeps `full`, the removals and the selections, the others carry the rest of the
+/// policies. Applied in order it is the same update; in between, a pod selected by a policy not
+/// yet received is only denied more, never allowed more.
+pub fn split_update(mut u: pb::PolicyUpdate, budget: usize) -> Vec<pb::PolicyUpdate> {
+    let upsert = std::mem::take(&mut u.upsert);
+    let mut parts = vec![u];
+    let mut size = parts[0].encoded_len();
+    for p in upsert {
+        let cost = crate::instruction::element_len(p.encoded_len());
+        let last = parts.last_mut().expect("one part");
+        if size + cost > budget && !(last.upsert.is_empty() && parts.len() > 1) {
+            parts.push(pb::PolicyUpdate::default());
+            size = 0;
+        }
+        size += cost;
+        parts.last_mut().expect("one part").upsert.push(p);
+    }
+    parts
+}
+
 fn selection(pod: &str, s: &Selection) -> pb::PodSelection {
     pb::PodSelection { pod: pod.to_string(), ingress: s.ingress.clone(), egress: s.egress.clone() }
 }
@@ -408,6 +429,21 @@ mod tests {
 
     fn peer(pods: Option<pb::LabelSelector>, namespaces: Option<pb::LabelSelector>) -> pb::NetworkPolicyPeer {
         pb::NetworkPolicyPeer { pod_selector: pods, namespace_selector: namespaces, ip_block: None }
+    }
+
+    #[test]
+    fn a_large_update_is_cut_under_the_budget_with_full_and_selections_first() {
+        let big = |k: usize| pb::CompiledPolicy { key: format!("a/p{k}"), ingress: true, ingress_rules: vec![pb::CompiledRule { cidrs: (0..2000).map(|i| pb::CompiledCidr { cidr: format!("10.{k}.{}.{}/32", i / 256, i % 256), except: vec![] }).collect(), ports: vec![] }], ..Default::default() };
+        let u = pb::PolicyUpdate { full: true, upsert: (0..80).map(big).collect(), remove: vec!["a/old".into()], selections: vec![pb::PodSelection { pod: "a/db".into(), ingress: vec!["a/p0".into()], egress: vec![] }] };
+        let parts = split_update(u.clone(), crate::instruction::INSTRUCTION_BUDGET_BYTES);
+        assert!(parts.len() > 1, "{} parts", parts.len());
+        for p in &parts {
+            assert!(p.encoded_len() <= crate::instruction::INSTRUCTION_BUDGET_BYTES, "{} bytes", p.encoded_len());
+        }
+        assert!(parts[0].full && parts[0].selections == u.selections && parts[0].remove == u.remove);
+        assert!(parts[1..].iter().all(|p| !p.full && p.selections.is_empty() && p.remove.is_empty()));
+        assert_eq!(parts.iter().flat_map(|p| p.upsert.clone()).collect::<Vec<_>>(), u.upsert);
+        assert_eq!(split_update(pb::PolicyUpdate { full: true, ..Default::default() }, 100).len(), 1);
     }
 
     #[test]
