@@ -622,13 +622,6 @@ impl PodRunner {
         crate::netpol::run_in_pod(netns, &script)
     }
 
-    /// The NetworkPolicies selecting a pod of this node, per direction, as the agent enforces them.
-    pub fn policies_of(&self, key: &str) -> (Vec<String>, Vec<String>) {
-        let held = self.policy.lock().unwrap_or_else(|p| p.into_inner());
-        let (i, e) = held.selection(key);
-        (i.to_vec(), e.to_vec())
-    }
-
     /// Removes a pod (`namespace/name`); unknown is success. What cannot be undone now is kept
     /// (reported Terminating) and retried when the scheduler asks again. Blocking.
     pub fn remove(&self, key: &str) {
