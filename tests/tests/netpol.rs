@@ -241,7 +241,17 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
     let inspected = ctl.ok(&["inspect", "db-excl", "-n", "prod"]);
     assert!(inspected.contains("ingress: only what prod/deny-db allows") && inspected.contains("egress: open"), "{inspected}");
 
+    // From `policy apply` to a connection it allows going through (the command included).
+    let applied = Instant::now();
     ctl.apply(&policy("from-web", "db", "  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: web}\n"));
+    let target = SocketAddr::new(db_excl.ip, 80);
+    let enforced = in_ns(&web_b.netns, move || {
+        while std::net::TcpStream::connect_timeout(&target, Duration::from_millis(100)).is_err() {
+            assert!(applied.elapsed() < Duration::from_secs(20), "the policy never let web-b in");
+        }
+        applied.elapsed()
+    });
+    eprintln!("berthctl policy apply to the connection it allows (from node B to an exclusive pod of node A) going through: {} ms", enforced.as_millis());
     expect("from the label app=web of the policy's namespace", &both(&|p| p.name == "web-a" || p.name == "web-b"));
     ctl.delete("from-web");
 
