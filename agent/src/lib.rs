@@ -11,6 +11,7 @@ pub mod eni_pool;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod netpol;
 pub mod node;
 pub mod pool;
 pub mod report;

@@ -228,6 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         by_id_dir: berth_cloud::guest::BY_ID_DIR.into(),
     };
     let disks = Arc::new(DiskAttacher::new(disk_cloud, attach_settings, disk_store, metrics.clone()));
+    let instance_id = identity.instance_id.clone();
     let pool = Arc::new(EniPool::new(cloud, settings, identity, node, store, metrics.clone()));
     systemd::status("recovering the pool");
     pool.recover().await.context("recovering the pool from the store, the cloud and the node")?;
@@ -289,7 +290,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             endpoint: cfg.scheduler.endpoint.clone(),
             every: Duration::from_secs(cfg.scheduler.report_secs),
             pool: cfg.scheduler.pool.clone(),
-            labels: Default::default(),
+            // As Kubernetes' `kubernetes.io/hostname`: a pod's selector may name its node.
+            labels: [("berth.io/node".to_string(), instance_id)].into(),
         };
         let runner = match cfg.runner.enabled {
             false => None,

@@ -128,6 +128,10 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
             while let Some(i) = rx.recv().await {
                 let r = r.clone();
                 let _ = tokio::task::spawn_blocking(move || {
+                    // Policies first, so a pod starts with its policies in force.
+                    if let Some(u) = &i.policy {
+                        r.apply_policy(u);
+                    }
                     for key in &i.remove {
                         r.remove(key);
                     }
@@ -162,7 +166,7 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
                                 backoff = FIRST_RETRY;
                                 // Several instructions may follow one another: the worker applies them in order.
                                 match &work {
-                                    _ if i.run.is_empty() && i.remove.is_empty() => {}
+                                    _ if i.run.is_empty() && i.remove.is_empty() && i.policy.is_none() => {}
                                     Some(work) => {
                                         let _ = work.send(i);
                                     }

@@ -162,6 +162,49 @@ pub fn explain_pod(status: &pb::PodStatus, nodes: &[pb::NodeState], pool: Option
     out
 }
 
+/// Which NetworkPolicies select a pod and what they allow, one line each.
+pub fn explain_policies(p: &pb::PodPolicies) -> Vec<String> {
+    let mut out = Vec::new();
+    let direction = |keys: &[String], dir: &str| if keys.is_empty() { format!("{dir}: open (no NetworkPolicy selects the pod for {dir})") } else { format!("{dir}: only what {} allow{}", keys.join(", "), if keys.len() == 1 { "s" } else { "" }) };
+    out.push(direction(&p.ingress_policies, "ingress"));
+    out.push(direction(&p.egress_policies, "egress"));
+    let rule_text = |r: &pb::CompiledRule| {
+        let peers: Vec<String> = r.cidrs.iter().map(|c| if c.except.is_empty() { c.cidr.clone() } else { format!("{} except {}", c.cidr, c.except.join(",")) }).collect();
+        let ports: Vec<String> = r
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = match p.protocol {
+                    17 => "udp",
+                    132 => "sctp",
+                    _ => "tcp",
+                };
+                match (p.port, p.end_port) {
+                    (0, _) => format!("{proto} any port"),
+                    (a, b) if b > a => format!("{proto} {a}-{b}"),
+                    (a, _) => format!("{proto} {a}"),
+                }
+            })
+            .collect();
+        format!("{} on {}", if peers.is_empty() { "no address yet".to_string() } else { peers.join(" ") }, if ports.is_empty() { "every port".to_string() } else { ports.join(", ") })
+    };
+    for c in &p.policies {
+        for r in &c.ingress_rules {
+            out.push(format!("  {} (version {}) allows from {}", c.key, c.version, rule_text(r)));
+        }
+        for r in &c.egress_rules {
+            out.push(format!("  {} (version {}) allows to {}", c.key, c.version, rule_text(r)));
+        }
+        if c.ingress && c.ingress_rules.is_empty() {
+            out.push(format!("  {} (version {}) allows no ingress", c.key, c.version));
+        }
+        if c.egress && c.egress_rules.is_empty() {
+            out.push(format!("  {} (version {}) allows no egress", c.key, c.version));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -225,3 +268,4 @@ mod tests {
         assert!(text.contains("ENI eni-2"), "{text}");
     }
 }
+

@@ -35,6 +35,10 @@ enum Command {
     Down(commands::down::Down),
     /// Pods, through the scheduler: add, del, get, list.
     Pod(commands::pod::Pod),
+    /// NetworkPolicies (Kubernetes YAML): apply -f FILE, list, get, delete.
+    Policy(commands::policy::Policy),
+    /// Namespaces' labels (what policies' namespaceSelectors match): label NS KEY=VALUE, list.
+    Namespace(commands::policy::Namespace),
     /// The nodes as the scheduler sees them: state, pool, zone, free/allocatable IPs and slots.
     Nodes(commands::nodes::Nodes),
     /// The scheduler's node pools with their node counts.
@@ -58,6 +62,8 @@ async fn main() {
         Command::Status(c) => c.exec(cli.output).await,
         Command::Inspect(c) => c.exec(cli.output).await,
         Command::Pod(c) => c.exec(cli.output).await,
+        Command::Policy(c) => c.exec(cli.output).await,
+        Command::Namespace(c) => c.exec(cli.output).await,
         Command::Install(c) => c.exec().await,
         Command::Uninstall(c) => c.exec().await,
         Command::Nodes(c) => c.exec(cli.output).await,

@@ -3,13 +3,15 @@
 //! mutation returns the [`Event`]s to make durable; the caller appends them to the store before
 //! answering anyone or sending instructions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::ops::Bound;
 
 use berth_proto::cluster::v1 as pb;
 use prost::Message as _;
 
 use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
+use crate::netpol::{PodFacts, PolicyBook};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
 use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
@@ -24,6 +26,10 @@ pub struct PodRecord {
     pub node: Option<String>,
     pub pod_ip: String,
     pub message: String,
+    /// Every address its node reported (IPv4 and IPv6), for NetworkPolicy peers.
+    pub pod_ips: Vec<std::net::IpAddr>,
+    /// Its labels, for NetworkPolicy selectors (the spec is held encoded).
+    pub labels: Arc<HashMap<String, String>>,
     /// Scheduler clock (ms) since when the pod waits for a node.
     pub pending_since_ms: u64,
     order: u64,
@@ -75,6 +81,8 @@ pub struct Cluster {
     /// Pods' status changes since the last [`Cluster::take_changes`], in order, for WatchPods
     /// (recorded once [`Cluster::record_changes`] turned it on).
     changes: ChangeLog,
+    /// NetworkPolicies, namespaces' labels and what each node was told of them.
+    pub policy: PolicyBook,
 }
 
 impl Cluster {
@@ -94,6 +102,7 @@ impl Cluster {
             lease_ms,
             started_ms: 0,
             changes: ChangeLog::default(),
+            policy: PolicyBook::default(),
         }
     }
 
@@ -106,7 +115,8 @@ impl Cluster {
             let decoded = stored.spec.decode().map_err(|e| format!("pod {key} in the store does not decode: {e}"))?;
             let (req, spec) = (PodRequest::of(&decoded), EncodedSpec::of(&decoded));
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
-            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), message: String::new(), pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
+            let labels = Arc::new(decoded.labels.clone());
+            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
             match &stored.node {
                 Some(n) => self.awaiting_node.entry(n.clone()).or_default().push(key.clone()),
                 None => {
@@ -116,14 +126,15 @@ impl Cluster {
         }
         self.requested = snap.requested.clone();
         self.scale_ups = snap.scale_ups.clone();
-        Ok(())
+        self.policy.restore(&snap.policies, &snap.namespaces)
     }
 
     /// The durable part of the state, for a store's checkpoint: quick enough to take under the
     /// lock (the encoded specs are shared), written by the committer outside it.
     pub fn checkpoint(&self) -> Checkpoint {
         let pods = self.pods.iter().map(|(k, r)| (k.clone(), CheckpointPod { spec: r.spec.clone(), order: r.order, node: r.node.clone() })).collect();
-        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone() }
+        let policies = self.policy.policies.iter().map(|(k, p)| (k.clone(), crate::store::StoredPolicy::of(p))).collect();
+        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone(), policies, namespaces: self.policy.namespaces.0.clone() }
     }
 
     pub fn pod(&self, key: &str) -> Option<&PodRecord> {
@@ -158,7 +169,8 @@ impl Cluster {
         self.next_order += 1;
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
-        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), message: "waiting for a node".into(), pending_since_ms: now_ms, order, tried_at_epoch: None };
+        let labels = Arc::new(spec.labels.clone());
+        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None };
         self.changes.note(ChangeKind::Added, &rec);
         self.pods.insert(key.clone(), rec);
         self.pending.insert(order, key);
@@ -298,6 +310,11 @@ impl Cluster {
                     if rec.pod_ip != st.pod_ip {
                         rec.pod_ip.clone_from(&st.pod_ip);
                         changed = true;
+                    }
+                    let ips: Vec<std::net::IpAddr> = if st.pod_ips.is_empty() { st.pod_ip.parse().ok().into_iter().collect() } else { st.pod_ips.iter().filter_map(|a| a.parse().ok()).collect() };
+                    if rec.pod_ips != ips {
+                        rec.pod_ips = ips;
+                        self.changes.touched = true;
                     }
                     if !st.message.is_empty() {
                         let message = crate::client::bounded_message(&st.message);
@@ -480,14 +497,49 @@ impl Cluster {
             out.extend(split(ob.remove, ob.run, acknowledged, INSTRUCTION_BUDGET_BYTES).into_iter().map(|i| (node.clone(), i)));
         }
         // A stream that just opened hears back even when nothing is bound to its node.
+        let greet = std::mem::take(&mut self.greet);
         let mut greeted: HashSet<String> = out.iter().map(|(n, _)| n.clone()).collect();
-        for node in std::mem::take(&mut self.greet) {
+        for node in greet.iter().cloned() {
             if greeted.insert(node.clone()) {
                 let acknowledged_sequence = self.acknowledged(&node);
                 out.push((node, pb::NodeInstruction { acknowledged_sequence, ..Default::default() }));
             }
         }
+        self.attach_policy_updates(&greet, &mut out);
         out
+    }
+
+    /// The namespaces pods are in.
+    pub fn pod_namespaces(&self) -> BTreeSet<&str> {
+        self.pods.keys().filter_map(|k| k.split_once('/').map(|(ns, _)| ns)).collect()
+    }
+
+    /// The pods as NetworkPolicy sees them: bound ones, with their addresses once reported.
+    pub fn pod_facts(&self) -> Vec<PodFacts<'_>> {
+        facts_of(&self.pods)
+    }
+
+    /// Puts each node's NetworkPolicy update in its first instruction (applied before its
+    /// removals and runs), or in one of its own. Nodes whose stream just opened get everything.
+    fn attach_policy_updates(&mut self, greeted: &[String], out: &mut Vec<(String, pb::NodeInstruction)>) {
+        let touched = std::mem::take(&mut self.changes.touched);
+        let anything = !self.policy.policies.is_empty() || !self.policy.sent.is_empty();
+        if greeted.is_empty() && !(anything && (touched || self.policy.dirty)) {
+            return;
+        }
+        let full: BTreeSet<String> = greeted.iter().cloned().collect();
+        let facts = facts_of(&self.pods);
+        let updates = self.policy.updates(&facts, &full);
+        drop(facts);
+        for (node, update) in updates {
+            // Instructions of their own, before the node's others: its pods start with them.
+            let acknowledged_sequence = self.acknowledged(&node);
+            let at = out.iter().position(|(n, _)| *n == node).unwrap_or(out.len());
+            let parts = crate::netpol::split_update(update, INSTRUCTION_BUDGET_BYTES);
+            for (k, part) in parts.into_iter().enumerate() {
+                out.insert(at + k, (node.clone(), pb::NodeInstruction { acknowledged_sequence, policy: Some(part), ..Default::default() }));
+            }
+        }
     }
 
     /// Puts everything bound to the node in its outbox, for an agent that (re)connects.
@@ -540,6 +592,12 @@ impl Cluster {
         let (nodes, last) = page::fill(items, page::page_size(r.page_size), PAGE_BUDGET_BYTES, pb::NodeState::encoded_len);
         Ok(pb::ListNodesResponse { nodes, next_page_token: last.map(|k| page::token(Listing::Nodes, "", &k)).unwrap_or_default() })
     }
+}
+
+fn facts_of(pods: &BTreeMap<String, PodRecord>) -> Vec<PodFacts<'_>> {
+    pods.iter()
+        .map(|(key, r)| PodFacts { key, namespace: key.split_once('/').map_or("", |(ns, _)| ns), labels: &r.labels, node: r.node.as_deref(), ips: if r.node.is_some() { r.pod_ips.clone() } else { Vec::new() } })
+        .collect()
 }
 
 fn node_state(n: &crate::placement::Node) -> pb::NodeState {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod instruction;
 pub mod leader;
 pub mod metrics;
+pub mod netpol;
 pub mod page;
 pub mod placement;
 pub mod replica;

@@ -25,6 +25,7 @@ use crate::autoscaler::{self, ScaleDownSettings};
 use crate::cluster::{Cluster, SubmitError};
 use crate::committer::{Committer, Pending, Streams};
 use crate::config::SchedulerConfig;
+use crate::netpol;
 use crate::placement::pod_key;
 use crate::replica::{Reader, Replica, Role, Terms, from_leader};
 use crate::report_stream;
@@ -373,6 +374,73 @@ impl Scheduler for SchedulerService {
 
     async fn get_leader(&self, _request: Request<pb::GetLeaderRequest>) -> Result<Response<pb::LeaderStatus>, Status> {
         Ok(Response::new(pb::LeaderStatus { leader: self.replica.leader().unwrap_or_default(), replica: self.replica.advertise.clone(), leads: self.replica.leads() }))
+    }
+
+    async fn apply_network_policy(&self, request: Request<pb::ApplyNetworkPolicyRequest>) -> Result<Response<pb::NetworkPolicy>, Status> {
+        let shared = self.replica.leading()?;
+        let policy = request.into_inner().policy.ok_or_else(|| Status::invalid_argument("ApplyNetworkPolicy needs a policy"))?;
+        validation::network_policy(&policy).map_err(|e| Status::invalid_argument(format!("NetworkPolicy {}/{} refused: {e}", policy.namespace, policy.name)))?;
+        let (durable, stored) = shared.change(|c, _| {
+            let (event, stored) = c.policy.apply(policy);
+            Ok((vec![event], stored))
+        })?;
+        durable.durable().await?;
+        Ok(Response::new(stored))
+    }
+
+    async fn get_network_policy(&self, request: Request<pb::GetNetworkPolicyRequest>) -> Result<Response<pb::NetworkPolicy>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        let key = netpol::policy_key(&r.namespace, &r.name);
+        shared.cluster().policy.policies.get(&key).cloned().map(Response::new).ok_or_else(|| Status::not_found(format!("no NetworkPolicy {key}")))
+    }
+
+    async fn list_network_policies(&self, request: Request<pb::ListNetworkPoliciesRequest>) -> Result<Response<pb::ListNetworkPoliciesResponse>, Status> {
+        let shared = self.replica.leading()?;
+        let ns = request.into_inner().namespace;
+        let policies = shared.cluster().policy.policies.values().filter(|p| ns.is_empty() || p.namespace == ns).cloned().collect();
+        Ok(Response::new(pb::ListNetworkPoliciesResponse { policies }))
+    }
+
+    async fn delete_network_policy(&self, request: Request<pb::GetNetworkPolicyRequest>) -> Result<Response<pb::DeleteNetworkPolicyResponse>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        let key = netpol::policy_key(&r.namespace, &r.name);
+        let (durable, ()) = shared.change(|c, _| Ok((vec![c.policy.delete(&key).ok_or_else(|| Status::not_found(format!("no NetworkPolicy {key}")))?], ())))?;
+        durable.durable().await?;
+        Ok(Response::new(pb::DeleteNetworkPolicyResponse {}))
+    }
+
+    async fn label_namespace(&self, request: Request<pb::LabelNamespaceRequest>) -> Result<Response<pb::Namespace>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        validation::namespace_labels(&r.namespace, &r.labels).map_err(|e| Status::invalid_argument(format!("namespace labels refused: {e}")))?;
+        let (durable, labels) = shared.change(|c, _| {
+            let (event, labels) = c.policy.label(&r.namespace, &r.labels);
+            Ok((vec![event], labels))
+        })?;
+        durable.durable().await?;
+        Ok(Response::new(pb::Namespace { name: r.namespace, labels: labels.into_iter().collect() }))
+    }
+
+    async fn list_namespaces(&self, _request: Request<pb::ListNamespacesRequest>) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let shared = self.replica.leading()?;
+        let c = shared.cluster();
+        let mut names: std::collections::BTreeSet<String> = c.policy.namespaces.0.keys().cloned().collect();
+        names.extend(c.policy.policies.values().map(|p| p.namespace.clone()));
+        names.extend(c.pod_namespaces().into_iter().map(str::to_string));
+        let namespaces = names.into_iter().map(|n| pb::Namespace { labels: c.policy.namespaces.0.get(&n).cloned().unwrap_or_default().into_iter().collect(), name: n }).collect();
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn get_pod_policies(&self, request: Request<pb::GetPodRequest>) -> Result<Response<pb::PodPolicies>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        let key = pod_key(&r.namespace, &r.name);
+        let c = shared.cluster();
+        let facts = c.pod_facts();
+        let pod = facts.iter().find(|f| f.key == key).ok_or_else(|| Status::not_found(format!("no pod {key}")))?;
+        Ok(Response::new(c.policy.pod_policies(pod, &facts)))
     }
 
     async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {

@@ -58,6 +58,32 @@ pub enum Rule {
     CloudId { what: &'static str, prefix: &'static str },
     #[error("contains NUL")]
     Nul,
+    #[error("is not a label selector operator: one of In, NotIn, Exists, DoesNotExist")]
+    SelectorOperator,
+    #[error("In and NotIn need at least one value; Exists and DoesNotExist take none")]
+    SelectorValues,
+    #[error("is not a CIDR: an IPv4 or IPv6 network with its prefix length and no host bits set (e.g. 10.0.0.0/16, fd00::/64)")]
+    Cidr,
+    #[error("must lie inside the ipBlock's cidr {cidr}, of the same family")]
+    ExceptOutside { cidr: String },
+    #[error("an ipBlock peer takes no podSelector or namespaceSelector; give them as another peer")]
+    IpBlockWithSelector,
+    #[error("a peer needs a podSelector, a namespaceSelector or an ipBlock")]
+    EmptyPeer,
+    #[error("is not a protocol: one of TCP (the default), UDP, SCTP")]
+    Protocol,
+    #[error("is not a port: 1 to 65535 (named ports are not supported: pods declare no port names)")]
+    Port,
+    #[error("must be a port at or above port, and needs port")]
+    EndPort,
+    #[error("is not a policy type: Ingress or Egress")]
+    PolicyType,
+    #[error("give at least one label, as key=value (key= removes it)")]
+    NoLabels,
+    #[error("is set by the scheduler to the namespace's name")]
+    NameLabel,
+    #[error("the encoded policy may take at most {max} bytes")]
+    PolicyTooLarge { max: usize },
     #[error("{who} can ever host it: the largest instance type {whose} is {largest} ({cpu_millicores} millicores, {mib} MiB of memory)", who = if *.of_pools { "no pool" } else { "no node" }, whose = if *.of_pools { "of the configured pools" } else { "of the catalogue" }, mib = *.memory_bytes >> 20)]
     NoHost { largest: String, cpu_millicores: u64, memory_bytes: u64, of_pools: bool },
 }
@@ -121,6 +147,103 @@ pub fn pod(spec: &pb::PodSpec, limits: &Limits) -> Result<(), InvalidSpec> {
         check(!arg.contains('\0'), &format!("spec.command[{i}]"), arg, Rule::Nul)?;
     }
     Ok(())
+}
+
+/// The largest encoded NetworkPolicy ApplyNetworkPolicy takes.
+pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+
+/// Checks a NetworkPolicy as applied; the first rule broken is the answer, naming its field
+/// (`spec.ingress[0].from[1].ipBlock.except[0]`, in the YAML's own names).
+pub fn network_policy(p: &pb::NetworkPolicy) -> Result<(), InvalidSpec> {
+    let size = p.encoded_len();
+    if size > MAX_POLICY_BYTES {
+        return Err(InvalidSpec { field: "spec".into(), value: format!("{size} bytes"), rule: Rule::PolicyTooLarge { max: MAX_POLICY_BYTES } });
+    }
+    check(dns1123_label(&p.namespace), "metadata.namespace", &p.namespace, Rule::Dns1123Label)?;
+    check(dns1123_subdomain(&p.name) && p.name.len() <= 63, "metadata.name", &p.name, Rule::Dns1123Label)?;
+    let spec = p.spec.clone().unwrap_or_default();
+    if let Some(sel) = &spec.pod_selector {
+        selector(sel, "spec.podSelector")?;
+    }
+    for (i, t) in spec.policy_types.iter().enumerate() {
+        check(t == "Ingress" || t == "Egress", &format!("spec.policyTypes[{i}]"), t, Rule::PolicyType)?;
+    }
+    for (dir, peers, rules) in [("ingress", "from", &spec.ingress), ("egress", "to", &spec.egress)] {
+        for (i, r) in rules.iter().enumerate() {
+            let base = format!("spec.{dir}[{i}]");
+            for (j, peer) in r.peers.iter().enumerate() {
+                let field = format!("{base}.{peers}[{j}]");
+                match (&peer.ip_block, &peer.pod_selector, &peer.namespace_selector) {
+                    (Some(_), Some(_), _) | (Some(_), _, Some(_)) => return Err(InvalidSpec { field, value: "ipBlock and a selector".into(), rule: Rule::IpBlockWithSelector }),
+                    (None, None, None) => return Err(InvalidSpec { field, value: "{}".into(), rule: Rule::EmptyPeer }),
+                    (Some(b), None, None) => ip_block(b, &format!("{field}.ipBlock"))?,
+                    (None, pods, namespaces) => {
+                        if let Some(s) = pods {
+                            selector(s, &format!("{field}.podSelector"))?;
+                        }
+                        if let Some(s) = namespaces {
+                            selector(s, &format!("{field}.namespaceSelector"))?;
+                        }
+                    }
+                }
+            }
+            for (j, port) in r.ports.iter().enumerate() {
+                let field = format!("{base}.ports[{j}]");
+                check(matches!(port.protocol.as_str(), "" | "TCP" | "UDP" | "SCTP"), &format!("{field}.protocol"), &port.protocol, Rule::Protocol)?;
+                check((0..=65535).contains(&port.port), &format!("{field}.port"), &port.port.to_string(), Rule::Port)?;
+                if port.end_port != 0 {
+                    check(port.port != 0 && (port.port..=65535).contains(&port.end_port), &format!("{field}.endPort"), &port.end_port.to_string(), Rule::EndPort)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a LabelNamespace call: the namespace's name and each label (a value "" removes it;
+/// the label naming the namespace is set by the scheduler).
+pub fn namespace_labels(namespace: &str, labels_given: &std::collections::HashMap<String, String>) -> Result<(), InvalidSpec> {
+    check(dns1123_label(namespace), "namespace", namespace, Rule::Dns1123Label)?;
+    check(!labels_given.is_empty(), "labels", "", Rule::NoLabels)?;
+    check(!labels_given.contains_key(crate::netpol::NAME_LABEL), "labels", crate::netpol::NAME_LABEL, Rule::NameLabel)?;
+    labels(labels_given, "labels")
+}
+
+fn selector(sel: &pb::LabelSelector, field: &str) -> Result<(), InvalidSpec> {
+    labels(&sel.match_labels, &format!("{field}.matchLabels"))?;
+    for (i, e) in sel.match_expressions.iter().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        check(label_key(&e.key), &format!("{f}.key"), &e.key, Rule::LabelKey)?;
+        let values_needed = match e.operator.as_str() {
+            "In" | "NotIn" => true,
+            "Exists" | "DoesNotExist" => false,
+            _ => return Err(InvalidSpec { field: format!("{f}.operator"), value: shown(&e.operator), rule: Rule::SelectorOperator }),
+        };
+        check(values_needed != e.values.is_empty(), &format!("{f}.values"), &e.values.join(","), Rule::SelectorValues)?;
+        for (j, v) in e.values.iter().enumerate() {
+            check(v.is_empty() || label_name(v), &format!("{f}.values[{j}]"), v, Rule::LabelValue)?;
+        }
+    }
+    Ok(())
+}
+
+fn ip_block(b: &pb::IpBlock, field: &str) -> Result<(), InvalidSpec> {
+    let cidr: Option<ipnetwork::IpNetwork> = strict_cidr(&b.cidr);
+    let Some(cidr) = cidr else { return Err(InvalidSpec { field: format!("{field}.cidr"), value: shown(&b.cidr), rule: Rule::Cidr }) };
+    for (i, e) in b.except.iter().enumerate() {
+        let f = format!("{field}.except[{i}]");
+        let Some(ex) = strict_cidr(e) else { return Err(InvalidSpec { field: f, value: shown(e), rule: Rule::Cidr }) };
+        check(ex.is_ipv4() == cidr.is_ipv4() && cidr.contains(ex.network()) && ex.prefix() >= cidr.prefix(), &f, e, Rule::ExceptOutside { cidr: b.cidr.clone() })?;
+    }
+    Ok(())
+}
+
+/// A CIDR with its prefix length and no host bits.
+fn strict_cidr(s: &str) -> Option<ipnetwork::IpNetwork> {
+    let (_, len) = s.split_once('/')?;
+    len.parse::<u8>().ok()?;
+    let n: ipnetwork::IpNetwork = s.parse().ok()?;
+    (n.network() == n.ip()).then_some(n)
 }
 
 fn check(ok: bool, field: &str, value: &str, rule: Rule) -> Result<(), InvalidSpec> {
@@ -263,6 +386,51 @@ fn cloud_id(id: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn np(f: impl FnOnce(&mut pb::NetworkPolicySpec)) -> pb::NetworkPolicy {
+        let mut spec = pb::NetworkPolicySpec {
+            pod_selector: Some(pb::LabelSelector { match_labels: [("app".to_string(), "db".to_string())].into(), match_expressions: vec![] }),
+            ingress: vec![pb::NetworkPolicyRule {
+                peers: vec![pb::NetworkPolicyPeer { ip_block: Some(pb::IpBlock { cidr: "10.0.0.0/16".into(), except: vec!["10.0.1.0/24".into()] }), ..Default::default() }],
+                ports: vec![pb::NetworkPolicyPort { protocol: "UDP".into(), port: 5000, end_port: 5010 }],
+            }],
+            ..Default::default()
+        };
+        f(&mut spec);
+        pb::NetworkPolicy { namespace: "prod".into(), name: "db".into(), spec: Some(spec), version: 0 }
+    }
+
+    fn refused(p: &pb::NetworkPolicy) -> (String, String) {
+        let e = network_policy(p).unwrap_err();
+        (e.field.clone(), e.to_string())
+    }
+
+    #[test]
+    fn a_network_policy_is_refused_naming_the_field_and_value() {
+        network_policy(&np(|_| {})).unwrap();
+        let (f, m) = refused(&np(|s| s.ingress[0].peers[0].ip_block.as_mut().unwrap().cidr = "10.0.0.1/16".into()));
+        assert_eq!(f, "spec.ingress[0].from[0].ipBlock.cidr", "{m}");
+        assert!(m.contains("10.0.0.1/16") && m.contains("host bits"), "{m}");
+        let (f, m) = refused(&np(|s| s.ingress[0].peers[0].ip_block.as_mut().unwrap().except = vec!["10.9.0.0/24".into()]));
+        assert_eq!(f, "spec.ingress[0].from[0].ipBlock.except[0]", "{m}");
+        let (f, _) = refused(&np(|s| s.ingress[0].ports[0].protocol = "ICMP".into()));
+        assert_eq!(f, "spec.ingress[0].ports[0].protocol");
+        let (f, m) = refused(&np(|s| s.ingress[0].ports[0].end_port = 4000));
+        assert_eq!(f, "spec.ingress[0].ports[0].endPort", "{m}");
+        let (f, _) = refused(&np(|s| s.ingress[0].ports[0].port = 70000));
+        assert_eq!(f, "spec.ingress[0].ports[0].port");
+        let (f, _) = refused(&np(|s| s.egress = vec![pb::NetworkPolicyRule { peers: vec![pb::NetworkPolicyPeer::default()], ports: vec![] }]));
+        assert_eq!(f, "spec.egress[0].to[0]");
+        let (f, _) = refused(&np(|s| s.policy_types = vec!["Sideways".into()]));
+        assert_eq!(f, "spec.policyTypes[0]");
+        let (f, _) = refused(&np(|s| s.pod_selector.as_mut().unwrap().match_expressions = vec![pb::LabelSelectorRequirement { key: "app".into(), operator: "In".into(), values: vec![] }]));
+        assert_eq!(f, "spec.podSelector.matchExpressions[0].values");
+        let mut bad_name = np(|_| {});
+        bad_name.name = "Not_A_Name".into();
+        assert_eq!(refused(&bad_name).0, "metadata.name");
+        assert_eq!(namespace_labels("prod", &[(crate::netpol::NAME_LABEL.to_string(), "x".to_string())].into()).unwrap_err().field, "labels");
+        assert_eq!(namespace_labels("Prod", &[("a".to_string(), "b".to_string())].into()).unwrap_err().field, "namespace");
+    }
 
     fn limits() -> Limits {
         Limits::of_types(["ecs.g7.large", "ecs.r7.large"].map(|t| berth_cloud::catalogue::instance_type(t).unwrap()), true)

@@ -63,10 +63,13 @@ impl Change {
 pub struct ChangeLog {
     pub on: bool,
     pub list: Vec<Change>,
+    /// Some pod changed since NetworkPolicy last looked (recorded or not).
+    pub touched: bool,
 }
 
 impl ChangeLog {
     pub fn note(&mut self, kind: ChangeKind, rec: &PodRecord) {
+        self.touched = true;
         if self.on {
             self.list.push(Change::of(kind, rec));
         }

@@ -27,6 +27,12 @@ pub struct Cluster {
 /// `pool` of `instance_type`, `min`..`max` nodes; pods pending 2 s ask for a node; a node idle
 /// `idle_secs` goes.
 pub async fn cluster(pool: &str, instance_type: &str, min: u32, max: u32, idle_secs: u64, cidr: (&str, &str), extra_agent_args: &[&str]) -> Cluster {
+    cluster_of(pool, instance_type, (min, max), idle_secs, cidr, false, extra_agent_args).await
+}
+
+/// As [`cluster`]; `dual`: a dual-stack VPC and vSwitch, open to every IPv6 source too (the
+/// agents need `--ip-stack dual` among `extra_agent_args` to give pods IPv6 addresses).
+pub async fn cluster_of(pool: &str, instance_type: &str, (min, max): (u32, u32), idle_secs: u64, cidr: (&str, &str), dual: bool, extra_agent_args: &[&str]) -> Cluster {
     let port = free_port();
     let tag = crate::unique("as");
     let runner_prefix = format!("{tag}{{instance_id}}-p");
@@ -36,8 +42,11 @@ pub async fn cluster(pool: &str, instance_type: &str, min: u32, max: u32, idle_s
     let image = NodeImage::write(&agent_args);
     let lc = LocalCloud::start(LocalCloudOptions { image: Some(image.path.clone()), ..Default::default() });
     let cloud = lc.client();
-    let net = SampleNet::create(&cloud, cidr.0, cidr.1).await;
+    let net = if dual { SampleNet::create_dual(&cloud, cidr.0, cidr.1).await } else { SampleNet::create(&cloud, cidr.0, cidr.1).await };
     net.open_to(&cloud, cidr.0).await;
+    if dual {
+        net.open_to(&cloud, "::/0").await;
+    }
     let config = format!(
         "[placement]\nlease_secs = 15\ntick_ms = 100\n\n\
          [autoscaler]\nenabled = true\npending_threshold_secs = 2\nscale_down_utilisation = 0.5\nscale_down_after_secs = {idle_secs}\nnode_boot_timeout_secs = 120\ninterval_ms = 250\n\n\

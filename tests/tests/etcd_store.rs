@@ -12,7 +12,7 @@ use berth_proto::cluster::v1 as pb;
 use berth_scheduler::config::EtcdConfig;
 use berth_scheduler::leader::{self, Candidate, LeaderRecord, Term, TermLost};
 use berth_scheduler::store::etcd::Etcd;
-use berth_scheduler::store::{EtcdStore, Event, MemoryStore, RequestedNode, Store, StoreError, StoredSpec};
+use berth_scheduler::store::{EtcdStore, Event, MemoryStore, RequestedNode, Store, StoreError, StoredPolicy, StoredSpec};
 use berth_tests::etcd::EtcdCluster;
 use tokio::runtime::Runtime;
 
@@ -87,6 +87,10 @@ fn every_event_kind_and_a_batch_over_max_txn_ops_round_trip() {
         Event::ScaleUpStarted(scale_up("t-1")),
         Event::ScaleUpStarted(scale_up("t-2")),
         Event::ScaleUpFinished { client_token: "t-1".into() },
+        Event::PolicyApplied { key: "d/deny".into(), policy: StoredPolicy::of(&pb::NetworkPolicy { namespace: "d".into(), name: "deny".into(), spec: Some(Default::default()), version: 1 }) },
+        Event::PolicyApplied { key: "d/gone".into(), policy: StoredPolicy::of(&pb::NetworkPolicy { namespace: "d".into(), name: "gone".into(), spec: None, version: 2 }) },
+        Event::PolicyDeleted { key: "d/gone".into() },
+        Event::NamespaceLabeled { namespace: "d".into(), labels: [("team".to_string(), "a".to_string())].into() },
     ];
     for batch in [&every_kind[..4], &every_kind[4..]] {
         store.append(batch).unwrap();

@@ -88,6 +88,8 @@ pub struct PodRunner {
     store: RecordStore,
     handle: tokio::runtime::Handle,
     pods: Mutex<BTreeMap<String, RunningPod>>,
+    /// NetworkPolicy as the scheduler last sent it, enforced in each pod's namespace.
+    policy: Mutex<crate::netpol::PolicyHeld>,
 }
 
 /// `namespace/name`, the scheduler's key of a pod.
@@ -228,7 +230,7 @@ impl PodRunner {
             };
             pods.insert(rec.key.clone(), RunningPod { spec, rec, child: None, stale, leftovers: String::new() });
         }
-        Ok(PodRunner { settings, store, handle: tokio::runtime::Handle::current(), pods: Mutex::new(pods) })
+        Ok(PodRunner { settings, store, handle: tokio::runtime::Handle::current(), pods: Mutex::new(pods), policy: Mutex::default() })
     }
 
     fn pods(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningPod>> {
@@ -354,6 +356,8 @@ impl PodRunner {
         pod.rec.ip = result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
         pod.rec.cni_result = Some(result);
         self.save(&pod.rec);
+        // Its NetworkPolicy is in force before its command starts.
+        self.enforce(&pod.rec.key, &pod.rec.netns).map_err(|e| anyhow::anyhow!(e))?;
 
         if !pod.spec.command.is_empty() {
             let logs = self.settings.state_dir.join("logs");
@@ -597,6 +601,27 @@ impl PodRunner {
         }
     }
 
+    /// Takes a NetworkPolicy update in and rewrites the tables of the pods it changes (every pod
+    /// with a namespace for a full one). Blocking.
+    pub fn apply_policy(&self, update: &pb::PolicyUpdate) {
+        let affected = self.policy.lock().unwrap_or_else(|p| p.into_inner()).apply(update);
+        let pods: Vec<(String, String)> = self.pods().values().filter(|p| p.rec.network && p.rec.cni_result.is_some()).map(|p| (p.rec.key.clone(), p.rec.netns.clone())).collect();
+        for (key, netns) in pods {
+            let wanted = match &affected {
+                crate::netpol::Affected::All => true,
+                crate::netpol::Affected::Pods(set) => set.contains(&key),
+            };
+            if wanted && let Err(e) = self.enforce(&key, &netns) {
+                berth_daemon::limited!(error, "netpol-enforce", pod = %key, error = %e, "cannot enforce the pod's NetworkPolicy; its previous table stays");
+            }
+        }
+    }
+
+    fn enforce(&self, key: &str, netns: &str) -> Result<(), String> {
+        let script = crate::netpol::pod_script(&self.policy.lock().unwrap_or_else(|p| p.into_inner()), key);
+        crate::netpol::run_in_pod(netns, &script)
+    }
+
     /// Removes a pod (`namespace/name`); unknown is success. What cannot be undone now is kept
     /// (reported Terminating) and retried when the scheduler asks again. Blocking.
     pub fn remove(&self, key: &str) {
@@ -649,7 +674,8 @@ impl PodRunner {
                     (RecordState::Ended { succeeded: true, message }, _) => (pb::PodPhase::Succeeded, message.clone()),
                     (RecordState::Ended { message, .. }, _) | (RecordState::Failed { message }, _) => (pb::PodPhase::Failed, message.clone()),
                 };
-                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler_client::bounded_message(&message) };
+                let pod_ips = p.rec.cni_result.as_ref().and_then(|r| r["ips"].as_array()).map(|ips| ips.iter().filter_map(|i| i["address"].as_str()).map(|a| a.split('/').next().unwrap_or_default().to_string()).collect()).unwrap_or_default();
+                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler_client::bounded_message(&message), pod_ips };
                 ReportedPod { report, cpu_millicores: p.spec.cpu_millicores, memory_bytes: p.spec.memory_bytes }
             })
             .collect()

@@ -183,9 +183,13 @@ impl Inspect {
                 Err(_) => None,
             };
         }
-        let lines = inspect::explain_pod(&status, &nodes, pool.as_ref());
+        let mut lines = inspect::explain_pod(&status, &nodes, pool.as_ref());
+        let policies = scheduler.get_pod_policies(pb::GetPodRequest { namespace: self.namespace.clone(), name: name.to_string() }).await.map(|r| r.into_inner()).ok();
+        if let Some(p) = &policies {
+            lines.extend(inspect::explain_policies(p));
+        }
         if output == Output::Json {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "namespace": self.namespace, "name": name, "phase": crate::views::phase(status.phase), "node": status.node, "ip": status.pod_ip, "explanation": lines }))?);
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "namespace": self.namespace, "name": name, "phase": crate::views::phase(status.phase), "node": status.node, "ip": status.pod_ip, "explanation": lines, "ingress_policies": policies.as_ref().map(|p| p.ingress_policies.clone()).unwrap_or_default(), "egress_policies": policies.as_ref().map(|p| p.egress_policies.clone()).unwrap_or_default() }))?);
         } else {
             println!("{}/{name}:", self.namespace);
             for l in &lines {

@@ -13,7 +13,7 @@
 //! std thread: it holds a tokio runtime [`Handle`] and blocks on it. Never call it from a runtime
 //! worker thread (tokio panics there); [`Etcd`] is the async side that `crate::leader` shares.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredSpec};
+use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredPolicy, StoredSpec};
 use crate::config::EtcdConfig;
 use crate::leader::{Term, TermLost};
 
@@ -55,6 +55,8 @@ pub enum KeyOf<'a> {
     Node(&'a str),
     Requested(&'a str),
     ScaleUp(&'a str),
+    Policy(&'a str),
+    Namespace(&'a str),
     NextOrder,
     Leader,
 }
@@ -88,6 +90,14 @@ impl Keys {
         format!("{}/scaleups/{client_token}", self.prefix)
     }
 
+    pub fn policy(&self, key: &str) -> String {
+        format!("{}/policies/{key}", self.prefix)
+    }
+
+    pub fn namespace(&self, ns: &str) -> String {
+        format!("{}/namespaces/{ns}", self.prefix)
+    }
+
     pub fn next_order(&self) -> String {
         format!("{}/next_order", self.prefix)
     }
@@ -110,6 +120,12 @@ impl Keys {
         }
         if let Some(token) = rest.strip_prefix("scaleups/") {
             return Some(KeyOf::ScaleUp(token));
+        }
+        if let Some(key) = rest.strip_prefix("policies/") {
+            return Some(KeyOf::Policy(key));
+        }
+        if let Some(ns) = rest.strip_prefix("namespaces/") {
+            return Some(KeyOf::Namespace(ns));
         }
         let pod = rest.strip_prefix("pods/")?;
         if let Some(pod) = pod.strip_suffix("/spec") {
@@ -374,6 +390,13 @@ fn decode(keys: &Keys, kvs: &[KeyValue]) -> Result<Snapshot, StoreError> {
                 let u: ScaleUp = serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?;
                 snapshot.scale_ups.insert(token.to_string(), u);
             }
+            Some(KeyOf::Policy(key)) => {
+                snapshot.policies.insert(key.to_string(), StoredPolicy(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()));
+            }
+            Some(KeyOf::Namespace(ns)) => {
+                let labels: BTreeMap<String, String> = serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?;
+                snapshot.namespaces.insert(ns.to_string(), labels);
+            }
             Some(KeyOf::NextOrder) => next_order = kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?,
             Some(KeyOf::Leader) | None => {}
         }
@@ -400,6 +423,9 @@ pub enum Change {
     RequestCleared { instance_id: String },
     ScaleUp(ScaleUp),
     ScaleUpFinished { client_token: String },
+    Policy { key: String, policy: StoredPolicy },
+    PolicyDeleted { key: String },
+    Namespace { namespace: String, labels: BTreeMap<String, String> },
     NextOrder(u64),
 }
 
@@ -444,6 +470,19 @@ impl Change {
             Change::ScaleUpFinished { client_token } => {
                 s.scale_ups.remove(client_token);
             }
+            Change::Policy { key, policy } => {
+                s.policies.insert(key.clone(), policy.clone());
+            }
+            Change::PolicyDeleted { key } => {
+                s.policies.remove(key);
+            }
+            Change::Namespace { namespace, labels } => {
+                if labels.is_empty() {
+                    s.namespaces.remove(namespace);
+                } else {
+                    s.namespaces.insert(namespace.clone(), labels.clone());
+                }
+            }
             Change::NextOrder(n) => s.next_order = s.next_order.max(*n),
         }
     }
@@ -463,6 +502,10 @@ fn change_of(keys: &Keys, kv: &KeyValue, put: bool) -> Result<Option<Change>, St
         (Some(KeyOf::Requested(id)), false) => Some(Change::RequestCleared { instance_id: id.to_string() }),
         (Some(KeyOf::ScaleUp(_)), true) => Some(Change::ScaleUp(serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?)),
         (Some(KeyOf::ScaleUp(token)), false) => Some(Change::ScaleUpFinished { client_token: token.to_string() }),
+        (Some(KeyOf::Policy(key)), true) => Some(Change::Policy { key: key.to_string(), policy: StoredPolicy(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()) }),
+        (Some(KeyOf::Policy(key)), false) => Some(Change::PolicyDeleted { key: key.to_string() }),
+        (Some(KeyOf::Namespace(ns)), true) => Some(Change::Namespace { namespace: ns.to_string(), labels: serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))? }),
+        (Some(KeyOf::Namespace(ns)), false) => Some(Change::Namespace { namespace: ns.to_string(), labels: BTreeMap::new() }),
         (Some(KeyOf::NextOrder), true) => Some(Change::NextOrder(kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?)),
         _ => None,
     })
@@ -534,6 +577,9 @@ pub fn plan(keys: &Keys, index: &mut Index, events: &[Event]) -> Vec<KeyWrite> {
             Event::NodeRequestCleared { instance_id } => write(keys.requested(instance_id), None),
             Event::ScaleUpStarted(u) => write(keys.scale_up(&u.client_token), Some(serde_json::to_vec(u).expect("a scale-up serializes"))),
             Event::ScaleUpFinished { client_token } => write(keys.scale_up(client_token), None),
+            Event::PolicyApplied { key, policy } => write(keys.policy(key), Some(policy.0.clone().into_bytes())),
+            Event::PolicyDeleted { key } => write(keys.policy(key), None),
+            Event::NamespaceLabeled { namespace, labels } => write(keys.namespace(namespace), (!labels.is_empty()).then(|| serde_json::to_vec(labels).expect("labels serialize"))),
         }
     }
     writes
@@ -694,10 +740,42 @@ mod tests {
                 KeyOf::Requested(_) => Change::Requested(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::ScaleUp(_) => Change::ScaleUp(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::NextOrder => Change::NextOrder(std::str::from_utf8(v).unwrap().parse().unwrap()).apply(&mut s),
-                KeyOf::Leader => {}
+                KeyOf::Policy(_) | KeyOf::Namespace(_) | KeyOf::Leader => {}
             }
         }
         s
+    }
+
+    #[test]
+    fn policies_and_namespace_labels_are_keys_of_their_own() {
+        let keys = Keys::new("/berth");
+        let policy = StoredPolicy::of(&berth_proto::cluster::v1::NetworkPolicy { namespace: "prod".into(), name: "db".into(), spec: None, version: 3 });
+        let events = [
+            Event::PolicyApplied { key: "prod/db".into(), policy: policy.clone() },
+            Event::NamespaceLabeled { namespace: "prod".into(), labels: [("team".to_string(), "a".to_string())].into() },
+            Event::PolicyApplied { key: "prod/gone".into(), policy: policy.clone() },
+            Event::PolicyDeleted { key: "prod/gone".into() },
+        ];
+        let writes = plan(&keys, &mut Index::default(), &events);
+        assert_eq!(keys.parse("/berth/policies/prod/db"), Some(KeyOf::Policy("prod/db")));
+        assert_eq!(keys.parse("/berth/namespaces/prod"), Some(KeyOf::Namespace("prod")));
+        let mut s = Snapshot::default();
+        for (k, v) in &writes {
+            let change = match (keys.parse(k).unwrap(), v) {
+                (KeyOf::Policy(key), Some(v)) => Change::Policy { key: key.into(), policy: StoredPolicy(String::from_utf8(v.clone()).unwrap()) },
+                (KeyOf::Policy(key), None) => Change::PolicyDeleted { key: key.into() },
+                (KeyOf::Namespace(ns), Some(v)) => Change::Namespace { namespace: ns.into(), labels: serde_json::from_slice(v).unwrap() },
+                other => panic!("unexpected write {other:?}"),
+            };
+            change.apply(&mut s);
+        }
+        let mut expected = Snapshot::default();
+        for e in &events {
+            expected.apply(e);
+        }
+        assert_eq!(s, expected);
+        assert_eq!(s.policies.keys().collect::<Vec<_>>(), ["prod/db"]);
+        assert_eq!(s.policies["prod/db"].decode().unwrap().version, 3);
     }
 
     #[test]

@@ -61,6 +61,22 @@ impl EncodedSpec {
     }
 }
 
+/// A NetworkPolicy as stored: its protobuf encoding (version included) in base64.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredPolicy(pub String);
+
+impl StoredPolicy {
+    pub fn of(p: &pb::NetworkPolicy) -> StoredPolicy {
+        StoredPolicy(base64::engine::general_purpose::STANDARD.encode(p.encode_to_vec()))
+    }
+
+    pub fn decode(&self) -> Result<pb::NetworkPolicy, String> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&self.0).map_err(|e| e.to_string())?;
+        pb::NetworkPolicy::decode(bytes.as_slice()).map_err(|e| e.to_string())
+    }
+}
+
 /// A node asked of the cloud that has not reported yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +109,11 @@ pub enum Event {
     ScaleUpStarted(ScaleUp),
     /// Its instances are recorded as requested nodes, or the call failed.
     ScaleUpFinished { client_token: String },
+    /// A NetworkPolicy created or replaced ("namespace/name").
+    PolicyApplied { key: String, policy: StoredPolicy },
+    PolicyDeleted { key: String },
+    /// A namespace's labels from now on (all of them).
+    NamespaceLabeled { namespace: String, labels: BTreeMap<String, String> },
 }
 
 /// A scale-up whose RunInstances may have been sent and whose instances are not recorded yet.
@@ -127,6 +148,12 @@ pub struct Snapshot {
     /// Scale-ups begun and not finished, by ClientToken.
     #[serde(default)]
     pub scale_ups: BTreeMap<String, ScaleUp>,
+    /// NetworkPolicies by "namespace/name".
+    #[serde(default)]
+    pub policies: BTreeMap<String, StoredPolicy>,
+    /// Namespaces' own labels.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Snapshot {
@@ -167,6 +194,19 @@ impl Snapshot {
             Event::ScaleUpFinished { client_token } => {
                 self.scale_ups.remove(client_token);
             }
+            Event::PolicyApplied { key, policy } => {
+                self.policies.insert(key.clone(), policy.clone());
+            }
+            Event::PolicyDeleted { key } => {
+                self.policies.remove(key);
+            }
+            Event::NamespaceLabeled { namespace, labels } => {
+                if labels.is_empty() {
+                    self.namespaces.remove(namespace);
+                } else {
+                    self.namespaces.insert(namespace.clone(), labels.clone());
+                }
+            }
         }
     }
 }
@@ -188,6 +228,8 @@ pub struct Checkpoint {
     pub requested: BTreeMap<String, RequestedNode>,
     pub next_order: u64,
     pub scale_ups: BTreeMap<String, ScaleUp>,
+    pub policies: BTreeMap<String, StoredPolicy>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,11 +247,13 @@ impl Serialize for Checkpoint {
                 serializer.collect_map(self.0.iter().map(|(key, p)| (key, p)))
             }
         }
-        let mut s = serializer.serialize_struct("Snapshot", 4)?;
+        let mut s = serializer.serialize_struct("Snapshot", 6)?;
         s.serialize_field("pods", &Pods(&self.pods))?;
         s.serialize_field("requested", &self.requested)?;
         s.serialize_field("next_order", &self.next_order)?;
         s.serialize_field("scale_ups", &self.scale_ups)?;
+        s.serialize_field("policies", &self.policies)?;
+        s.serialize_field("namespaces", &self.namespaces)?;
         s.end()
     }
 }
