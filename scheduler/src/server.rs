@@ -240,6 +240,17 @@ fn submit_error(e: SubmitError) -> Status {
     }
 }
 
+/// The replica's state when it leads; on a follower, the call passed to the leader once and its
+/// answer returned (reads only: writes and report streams are redirected).
+macro_rules! local_or_forward {
+    ($service:ident, $request:ident, $method:ident) => {
+        match $service.replica.reader($request.metadata())? {
+            Reader::Local(shared) => shared,
+            Reader::Leader { address, mut client } => return client.$method($service.replica.forwarded($request)).await.map_err(|e| from_leader(&address, e)),
+        }
+    };
+}
+
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
     async fn report_node(&self, request: Request<Streaming<pb::NodeReport>>) -> Result<Response<InstructionStream>, Status> {
@@ -328,20 +339,14 @@ impl Scheduler for SchedulerService {
     }
 
     async fn get_pod(&self, request: Request<pb::GetPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
-        let shared = match self.replica.reader(request.metadata())? {
-            Reader::Local(s) => s,
-            Reader::Leader { address, mut client } => return client.get_pod(self.replica.forwarded(request)).await.map_err(|e| from_leader(&address, e)),
-        };
+        let shared = local_or_forward!(self, request, get_pod);
         let r = request.into_inner();
         let key = pod_key(&r.namespace, &r.name);
         shared.pod_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no pod {key}")))
     }
 
     async fn list_pods(&self, request: Request<pb::ListPodsRequest>) -> Result<Response<pb::ListPodsResponse>, Status> {
-        let shared = match self.replica.reader(request.metadata())? {
-            Reader::Local(s) => s,
-            Reader::Leader { address, mut client } => return client.list_pods(self.replica.forwarded(request)).await.map_err(|e| from_leader(&address, e)),
-        };
+        let shared = local_or_forward!(self, request, list_pods);
         // The revision is read under the cluster's lock: changes are stamped under it too.
         let page = {
             let c = shared.cluster();
@@ -389,14 +394,14 @@ impl Scheduler for SchedulerService {
     }
 
     async fn get_network_policy(&self, request: Request<pb::GetNetworkPolicyRequest>) -> Result<Response<pb::NetworkPolicy>, Status> {
-        let shared = self.replica.leading()?;
+        let shared = local_or_forward!(self, request, get_network_policy);
         let r = request.into_inner();
         let key = netpol::policy_key(&r.namespace, &r.name);
         shared.cluster().policy.policies.get(&key).cloned().map(Response::new).ok_or_else(|| Status::not_found(format!("no NetworkPolicy {key}")))
     }
 
     async fn list_network_policies(&self, request: Request<pb::ListNetworkPoliciesRequest>) -> Result<Response<pb::ListNetworkPoliciesResponse>, Status> {
-        let shared = self.replica.leading()?;
+        let shared = local_or_forward!(self, request, list_network_policies);
         let ns = request.into_inner().namespace;
         let policies = shared.cluster().policy.policies.values().filter(|p| ns.is_empty() || p.namespace == ns).cloned().collect();
         Ok(Response::new(pb::ListNetworkPoliciesResponse { policies }))
@@ -423,8 +428,8 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(pb::Namespace { name: r.namespace, labels: labels.into_iter().collect() }))
     }
 
-    async fn list_namespaces(&self, _request: Request<pb::ListNamespacesRequest>) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        let shared = self.replica.leading()?;
+    async fn list_namespaces(&self, request: Request<pb::ListNamespacesRequest>) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let shared = local_or_forward!(self, request, list_namespaces);
         let c = shared.cluster();
         let mut names: std::collections::BTreeSet<String> = c.policy.namespaces.0.keys().cloned().collect();
         names.extend(c.policy.policies.values().map(|p| p.namespace.clone()));
@@ -434,7 +439,7 @@ impl Scheduler for SchedulerService {
     }
 
     async fn get_pod_policies(&self, request: Request<pb::GetPodRequest>) -> Result<Response<pb::PodPolicies>, Status> {
-        let shared = self.replica.leading()?;
+        let shared = local_or_forward!(self, request, get_pod_policies);
         let r = request.into_inner();
         let key = pod_key(&r.namespace, &r.name);
         let c = shared.cluster();
@@ -444,10 +449,7 @@ impl Scheduler for SchedulerService {
     }
 
     async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let shared = match self.replica.reader(request.metadata())? {
-            Reader::Local(s) => s,
-            Reader::Leader { address, mut client } => return client.list_nodes(self.replica.forwarded(request)).await.map_err(|e| from_leader(&address, e)),
-        };
+        let shared = local_or_forward!(self, request, list_nodes);
         let page = shared.cluster().list_nodes(request.get_ref());
         page.map(Response::new).map_err(|e| Status::invalid_argument(e.to_string()))
     }

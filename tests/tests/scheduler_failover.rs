@@ -105,6 +105,11 @@ fn followers_answer_reads_through_the_leader_and_send_writes_to_it() {
         let expected = view(berth_tests::scheduler::list_pods(&mut at_leader, "load").await.unwrap());
         let nodes = at_leader.list_nodes(pb::ListNodesRequest::default()).await.unwrap().into_inner().nodes.len();
         assert_eq!(nodes, 2);
+        // A deny-all-ingress policy for the namespace, applied at the leader.
+        let policy = pb::NetworkPolicy { namespace: "load".into(), name: "deny-in".into(), spec: Some(pb::NetworkPolicySpec { pod_selector: Some(Default::default()), policy_types: vec!["Ingress".into()], ..Default::default() }), version: 0 };
+        let stored = at_leader.apply_network_policy(pb::ApplyNetworkPolicyRequest { policy: Some(policy) }).await.unwrap().into_inner();
+        let selecting = at_leader.get_pod_policies(pb::GetPodRequest { namespace: "load".into(), name: "p00003".into() }).await.unwrap().into_inner();
+        assert_eq!(selecting.ingress_policies, vec!["load/deny-in".to_string()], "{selecting:?}");
         for follower in (0..3).filter(|&i| i != leader) {
             let mut c = SchedulerClient::connect(url(follower)).await.unwrap();
             let status = c.get_leader(pb::GetLeaderRequest {}).await.unwrap().into_inner();
@@ -127,6 +132,13 @@ fn followers_answer_reads_through_the_leader_and_send_writes_to_it() {
             let missing = c.get_pod(pb::GetPodRequest { namespace: "load".into(), name: "nowhere".into() }).await.unwrap_err();
             assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
             assert_eq!(c.list_nodes(pb::ListNodesRequest::default()).await.unwrap().into_inner().nodes.len(), 2);
+            // The NetworkPolicy reads, as the leader answers them.
+            let policies = c.list_network_policies(pb::ListNetworkPoliciesRequest { namespace: "load".into() }).await.unwrap().into_inner().policies;
+            assert_eq!(policies, vec![stored.clone()], "ListNetworkPolicies at follower {follower}");
+            assert_eq!(c.get_network_policy(pb::GetNetworkPolicyRequest { namespace: "load".into(), name: "deny-in".into() }).await.unwrap().into_inner(), stored);
+            assert_eq!(c.get_pod_policies(pb::GetPodRequest { namespace: "load".into(), name: "p00003".into() }).await.unwrap().into_inner(), selecting);
+            let namespaces = c.list_namespaces(pb::ListNamespacesRequest {}).await.unwrap().into_inner().namespaces;
+            assert!(namespaces.iter().any(|n| n.name == "load"), "{namespaces:?}");
             // A bad page token is the leader's INVALID_ARGUMENT, passed on unchanged.
             let bad = c.list_pods(pb::ListPodsRequest { page_token: "not a token".into(), ..Default::default() }).await.unwrap_err();
             assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
