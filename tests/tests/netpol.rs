@@ -15,9 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_proto::cluster::v1 as pb;
+use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
 use berth_tests::e2e::{Cluster, cluster, cluster_of, is, netns_of, pods, ready_nodes, sleeper};
 use berth_tests::guest::{GuestLeftovers, recorded_pids};
 use berth_tests::{bin, is_root, wait_for};
+use tonic::transport::Channel;
 
 const TCP_PORTS: [u16; 3] = [80, 8085, 9000];
 const UDP_PORTS: [u16; 2] = [53, 54];
@@ -159,6 +161,25 @@ fn kill_service(c: &Cluster, node: &str, service: &str) -> i32 {
     pid
 }
 
+/// A pod to run: name, namespace, its `app` label, its network mode and the node it is pinned to.
+type Wanted<'a> = (&'a str, &'a str, &'a str, pb::NetworkMode, &'a str);
+
+/// Submits every wanted pod and waits until all of them run with an IP.
+async fn run_pods(c: &Cluster, client: &mut SchedulerClient<Channel>, wanted: &[Wanted<'_>]) -> Vec<pb::PodStatus> {
+    for &(name, ns, app, mode, node) in wanted {
+        let mut s = sleeper(name);
+        s.namespace = ns.into();
+        s.network_mode = mode as i32;
+        s.labels = [("app".to_string(), app.to_string())].into();
+        s.pool_selector = [("berth.io/node".to_string(), node.to_string())].into();
+        client.submit_pod(pb::SubmitPodRequest { spec: Some(s) }).await.expect("SubmitPod");
+    }
+    wait_for!(c, Duration::from_secs(120), "every pod running with an IP", {
+        let all = pods(client).await;
+        (all.len() == wanted.len() && all.iter().all(|p| is(p, pb::PodPhase::Running) && !p.pod_ip.is_empty())).then_some(all)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes_and_through_an_agent_restart() {
     if !is_root() {
@@ -180,7 +201,7 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
     let (ok, out) = ctl.run(&["namespace", "label", "dev", "kubernetes.io/metadata.name=x"]);
     assert!(!ok && out.contains("kubernetes.io/metadata.name"), "{out}");
 
-    let wanted: [(&str, &str, &str, pb::NetworkMode, &str); 8] = [
+    let wanted: [Wanted<'_>; 8] = [
         ("db-shared", "prod", "db", pb::NetworkMode::Shared, &a),
         ("db-trunk", "prod", "db", pb::NetworkMode::Trunk, &a),
         ("db-excl", "prod", "db", pb::NetworkMode::Exclusive, &a),
@@ -190,18 +211,7 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
         ("other-b", "prod", "other", pb::NetworkMode::Shared, &b),
         ("dev-web-b", "dev", "web", pb::NetworkMode::Shared, &b),
     ];
-    for (name, ns, app, mode, node) in wanted {
-        let mut s = sleeper(name);
-        s.namespace = ns.into();
-        s.network_mode = mode as i32;
-        s.labels = [("app".to_string(), app.to_string())].into();
-        s.pool_selector = [("berth.io/node".to_string(), node.to_string())].into();
-        client.submit_pod(pb::SubmitPodRequest { spec: Some(s) }).await.expect("SubmitPod");
-    }
-    let running: Vec<pb::PodStatus> = wait_for!(c, Duration::from_secs(120), "every pod running with an IP", {
-        let all = pods(&mut client).await;
-        (all.len() == 8 && all.iter().all(|p| is(p, pb::PodPhase::Running) && !p.pod_ip.is_empty())).then_some(all)
-    });
+    let running = run_pods(&c, &mut client, &wanted).await;
     let pod = |name: &str| -> Pod {
         let st = running.iter().find(|p| p.spec.as_ref().unwrap().name == name).unwrap();
         assert_eq!(st.node, if wanted.iter().find(|w| w.0 == name).unwrap().4 == a { a.clone() } else { b.clone() }, "{name} on its node");
@@ -391,26 +401,15 @@ async fn network_policy_holds_over_ipv6_on_a_dual_stack_vswitch() {
     });
     let (a, b) = (nodes[0].clone(), nodes[1].clone());
     let ctl = Ctl::new(&c);
-    let wanted: [(&str, &str, pb::NetworkMode, &str); 6] = [
-        ("db-shared", "db", pb::NetworkMode::Shared, &a),
-        ("db-trunk", "db", pb::NetworkMode::Trunk, &a),
-        ("db-excl", "db", pb::NetworkMode::Exclusive, &a),
-        ("web-a", "web", pb::NetworkMode::Shared, &a),
-        ("web-b", "web", pb::NetworkMode::Shared, &b),
-        ("other-b", "other", pb::NetworkMode::Shared, &b),
+    let wanted: [Wanted<'_>; 6] = [
+        ("db-shared", "prod", "db", pb::NetworkMode::Shared, &a),
+        ("db-trunk", "prod", "db", pb::NetworkMode::Trunk, &a),
+        ("db-excl", "prod", "db", pb::NetworkMode::Exclusive, &a),
+        ("web-a", "prod", "web", pb::NetworkMode::Shared, &a),
+        ("web-b", "prod", "web", pb::NetworkMode::Shared, &b),
+        ("other-b", "prod", "other", pb::NetworkMode::Shared, &b),
     ];
-    for (name, app, mode, node) in wanted {
-        let mut s = sleeper(name);
-        s.namespace = "prod".into();
-        s.network_mode = mode as i32;
-        s.labels = [("app".to_string(), app.to_string())].into();
-        s.pool_selector = [("berth.io/node".to_string(), node.to_string())].into();
-        client.submit_pod(pb::SubmitPodRequest { spec: Some(s) }).await.expect("SubmitPod");
-    }
-    let running: Vec<pb::PodStatus> = wait_for!(c, Duration::from_secs(120), "every pod running with an IP", {
-        let all = pods(&mut client).await;
-        (all.len() == 6 && all.iter().all(|p| is(p, pb::PodPhase::Running) && !p.pod_ip.is_empty())).then_some(all)
-    });
+    let running = run_pods(&c, &mut client, &wanted).await;
     let pod = |name: &str| -> Pod {
         let st = running.iter().find(|p| p.spec.as_ref().unwrap().name == name).unwrap();
         let netns = PathBuf::from(format!("/run/netns/{}", netns_of(&c, &st.node, &st.pod_ip)));

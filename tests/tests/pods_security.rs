@@ -62,9 +62,11 @@ fn expected(round: usize, t: Target, s: Source) -> bool {
     s != Source::Forged && allowed(round, t, s)
 }
 
-/// Collects the UDP payloads a namespace receives on a port, on a thread of its own.
-fn udp_collector(netns: &Path, port: u16) -> Arc<Mutex<Vec<String>>> {
-    let sock = berth_nodenet::Netns::open(netns).unwrap().run_in(move || UdpSocket::bind(("0.0.0.0", port))).unwrap().unwrap();
+/// Collects the UDP payloads a namespace receives on a port (of IPv4, or IPv6 with `v6`), on a
+/// thread of its own.
+fn udp_collector(netns: &Path, port: u16, v6: bool) -> Arc<Mutex<Vec<String>>> {
+    let any = if v6 { "::" } else { "0.0.0.0" };
+    let sock = berth_nodenet::Netns::open(netns).unwrap().run_in(move || UdpSocket::bind((any, port))).unwrap().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let into = got.clone();
     std::thread::spawn(move || {
@@ -160,7 +162,7 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
     // The forging pod holds the address it claims, so that its kernel sends with it.
     let (ok, out) = in_netns(&sources[&Source::SharedPod].path(), &["ip", "addr", "add", &format!("{FORGED}/32"), "dev", "eth0"]);
     assert!(ok, "{out}");
-    let inboxes: BTreeMap<Target, Arc<Mutex<Vec<String>>>> = targets.iter().map(|(t, p)| (*t, udp_collector(&p.path(), UDP_PORT))).collect();
+    let inboxes: BTreeMap<Target, Arc<Mutex<Vec<String>>>> = targets.iter().map(|(t, p)| (*t, udp_collector(&p.path(), UDP_PORT, false))).collect();
     for p in targets.values() {
         berth_tests::tcp_listen(&p.path(), TCP_PORT);
     }
@@ -247,7 +249,7 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
     };
     let (ok, out) = in_netns(&from.path(), &["ip", "-6", "addr", "add", &format!("{forged6}/128"), "dev", "eth0", "nodad"]);
     assert!(ok, "{out}");
-    let inbox6 = udp_collector_v6(&to.path(), UDP_PORT + 1);
+    let inbox6 = udp_collector(&to.path(), UDP_PORT + 1, true);
     for (src, tag) in [(ipv6_of(from), "own6"), (forged6, "forged6")] {
         let sock = udp_from(&from.path(), IpAddr::V6(src));
         for _ in 0..3 {
@@ -264,7 +266,7 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
     let (ok, out) = in_netns(&agent_a.netns, &["nft", "delete", "table", "inet", "berth_pods"]);
     assert!(ok, "{out}");
     agent_a.restart();
-    let inbox = udp_collector(&to.path(), UDP_PORT + 2);
+    let inbox = udp_collector(&to.path(), UDP_PORT + 2, false);
     for (src, tag) in [(from.ip, "own"), (FORGED, "forged")] {
         let sock = udp_from(&from.path(), IpAddr::V4(src));
         for _ in 0..3 {
@@ -281,17 +283,4 @@ async fn every_mode_is_reached_from_every_source_exactly_when_its_security_group
         }
         del_pod(&agent_b, &other);
     });
-}
-
-fn udp_collector_v6(netns: &Path, port: u16) -> Arc<Mutex<Vec<String>>> {
-    let sock = berth_nodenet::Netns::open(netns).unwrap().run_in(move || UdpSocket::bind(("::", port))).unwrap().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let into = got.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 256];
-        while let Ok((n, _)) = sock.recv_from(&mut buf) {
-            into.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    });
-    got
 }
