@@ -5,6 +5,7 @@
 pub mod api;
 pub mod catalogue;
 pub mod client;
+pub mod codes;
 pub mod disk;
 pub mod error;
 pub mod guest;

@@ -84,7 +84,7 @@ async fn quotas_refuse_with_the_real_codes() {
 
     cloud.assign_private_ips(&eni, &Addresses::Count(5), None).await.unwrap();
     let err = cloud.assign_private_ips(&eni, &Addresses::Count(1), None).await.unwrap_err();
-    assert!(err.is_code(code::PRIVATE_IP_QUOTA), "{err}");
+    assert!(err.is_code(code::ENI_IPV4_FULL), "{err}");
 
     let err = cloud
         .run_instances(&RunInstancesRequest { instance_type: "ecs.nope.large".into(), vswitch_id: net.vsw.clone(), amount: 1, ..Default::default() })

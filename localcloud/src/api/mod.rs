@@ -28,8 +28,15 @@ pub struct ApiFailure {
 }
 
 impl ApiFailure {
+    /// A failure with `code`; a code of the table in [`berth_cloud::codes`] is answered with the
+    /// table's HTTP status whatever `status` says, so the two ends never disagree.
     pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
+        let status = berth_cloud::codes::fact(code).map_or(status, |f| f.status);
         ApiFailure { status, code: code.to_string(), message: message.into() }
+    }
+    /// A failure with `code`, answered with the status the service uses for it.
+    pub fn of(code: &str, message: impl Into<String>) -> Self {
+        Self::new(berth_cloud::codes::status_of(code), code, message)
     }
     pub fn bad(code: &str, message: impl Into<String>) -> Self {
         Self::new(400, code, message)
