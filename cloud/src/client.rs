@@ -295,7 +295,12 @@ fn rule_params(id: &str, rule: &SecurityGroupRule) -> Params {
         IpProtocol::All => "all",
     };
     let ports = rule.ports.map(|(a, b)| format!("{a}/{b}")).unwrap_or_else(|| "-1/-1".into());
-    let peer_key = if rule.direction == Direction::Ingress { "SourceCidrIp" } else { "DestCidrIp" };
+    let peer_key = match (rule.direction, rule.peer_cidr.is_ipv6()) {
+        (Direction::Ingress, false) => "SourceCidrIp",
+        (Direction::Egress, false) => "DestCidrIp",
+        (Direction::Ingress, true) => "Ipv6SourceCidrIp",
+        (Direction::Egress, true) => "Ipv6DestCidrIp",
+    };
     Params::new()
         .set("SecurityGroupId", id)
         .set("IpProtocol", protocol)
@@ -307,9 +312,17 @@ fn rule_params(id: &str, rule: &SecurityGroupRule) -> Params {
 
 impl Cloud for HttpCloud {
     async fn describe_instance_types(&self, ids: &[String]) -> Result<Vec<InstanceType>> {
-        let r: wire::DescribeInstanceTypesResponse =
-            self.call("DescribeInstanceTypes", Params::new().list("InstanceTypes", ids)).await?;
-        Ok(r.instance_types.items.iter().map(wire::InstanceTypeItem::to_model).collect())
+        let mut out = Vec::new();
+        let mut next = String::new();
+        loop {
+            let p = Params::new().list("InstanceTypes", ids).set("MaxResults", 100).opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeInstanceTypesResponse = self.call("DescribeInstanceTypes", p).await?;
+            out.extend(r.instance_types.items.iter().map(wire::InstanceTypeItem::to_model));
+            match next_page("DescribeInstanceTypes", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(out),
+            }
+        }
     }
 
     async fn run_instances(&self, req: &RunInstancesRequest) -> Result<Vec<String>> {
@@ -363,8 +376,19 @@ impl Cloud for HttpCloud {
     }
 
     async fn describe_vpcs(&self, id: Option<&str>) -> Result<Vec<Vpc>> {
-        let r: wire::DescribeVpcsResponse = self.call("DescribeVpcs", Params::new().opt("VpcId", id).set("PageSize", 50)).await?;
-        r.vpcs.items.iter().map(|v| v.to_model().ok_or_else(|| decode_failure("DescribeVpcs", &format!("{v:?}")))).collect()
+        let mut out = Vec::new();
+        for page in 1u32.. {
+            let p = Params::new().opt("VpcId", id).set("PageNumber", page).set("PageSize", 50);
+            let r: wire::DescribeVpcsResponse = self.call("DescribeVpcs", p).await?;
+            let got = r.vpcs.items.len();
+            for v in &r.vpcs.items {
+                out.push(v.to_model().ok_or_else(|| decode_failure("DescribeVpcs", &format!("{v:?}")))?);
+            }
+            if got < 50 || out.len() as u64 >= r.total_count {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn create_vswitch(&self, req: &CreateVSwitchRequest) -> Result<String> {
@@ -413,15 +437,23 @@ impl Cloud for HttpCloud {
     }
 
     async fn describe_security_group(&self, id: &str) -> Result<SecurityGroup> {
-        let p = Params::new().set("SecurityGroupId", id).set("Direction", "all");
-        let r: wire::DescribeSecurityGroupAttributeResponse = self.call("DescribeSecurityGroupAttribute", p).await?;
-        let rules = r
-            .permissions
-            .items
-            .iter()
-            .map(|p| p.to_rule().ok_or_else(|| decode_failure("DescribeSecurityGroupAttribute", &format!("{p:?}"))))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(SecurityGroup { id: r.security_group_id, vpc_id: r.vpc_id, name: r.security_group_name, rules })
+        let mut group = SecurityGroup { id: id.to_string(), ..Default::default() };
+        let mut next = String::new();
+        loop {
+            let p = Params::new().set("SecurityGroupId", id).set("Direction", "all").set("MaxResults", 1000).opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeSecurityGroupAttributeResponse = self.call("DescribeSecurityGroupAttribute", p).await?;
+            for p in &r.permissions.items {
+                match p.to_referenced() {
+                    Some(rule) => group.referenced_rules.push(rule),
+                    None => group.rules.push(p.to_rule().ok_or_else(|| decode_failure("DescribeSecurityGroupAttribute", &format!("{p:?}")))?),
+                }
+            }
+            (group.id, group.vpc_id, group.name) = (r.security_group_id, r.vpc_id, r.security_group_name);
+            match next_page("DescribeSecurityGroupAttribute", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(group),
+            }
+        }
     }
 
     async fn create_network_interface(&self, req: &CreateEniRequest) -> Result<NetworkInterface> {
@@ -587,9 +619,17 @@ impl Cloud for HttpCloud {
     }
 
     async fn describe_nas_file_systems(&self, id: Option<&str>) -> Result<Vec<NasFileSystem>> {
-        let r: wire::DescribeFileSystemsResponse =
-            self.call("DescribeFileSystems", Params::new().opt("FileSystemId", id).set("PageSize", 100)).await?;
-        Ok(r.file_systems.items.iter().map(wire::FileSystemItem::to_model).collect())
+        let mut out = Vec::new();
+        for page in 1u32.. {
+            let p = Params::new().opt("FileSystemId", id).set("PageNumber", page).set("PageSize", 100);
+            let r: wire::DescribeFileSystemsResponse = self.call("DescribeFileSystems", p).await?;
+            let got = r.file_systems.items.len();
+            out.extend(r.file_systems.items.iter().map(wire::FileSystemItem::to_model));
+            if got < 100 || out.len() as u64 >= r.total_count {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_nas_file_system(&self, id: &str) -> Result<()> {

@@ -222,3 +222,23 @@ async fn instance_metadata_is_served_on_loopback() {
     assert_eq!(get(format!("network/interfaces/macs/{mac}/gateway")).await, "10.7.0.253");
     assert_eq!(get(format!("network/interfaces/macs/{mac}/netmask")).await, "255.255.255.0");
 }
+
+#[tokio::test]
+async fn every_list_is_read_to_its_last_page_and_every_rule_peer_kind_decodes() {
+    use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroupRule};
+    let lc = api_only();
+    let cloud = lc.client();
+    // More VPCs than one page of DescribeVpcs holds (PageSize at most 50).
+    for i in 0..52 {
+        cloud.create_vpc(&format!("10.{i}.0.0/16"), &format!("v{i}"), false, None).await.unwrap();
+    }
+    assert_eq!(cloud.describe_vpcs(None).await.unwrap().len(), 52);
+    assert!(!cloud.describe_instance_types(&[]).await.unwrap().is_empty());
+    // An IPv6 peer goes out as Ipv6SourceCidrIp and comes back as a rule.
+    let vpc = cloud.create_vpc("172.16.0.0/16", "six", true, None).await.unwrap();
+    let sg = cloud.create_security_group(&vpc, "sg", None).await.unwrap();
+    let rule = SecurityGroupRule { direction: Direction::Ingress, protocol: IpProtocol::Tcp, ports: Some((443, 443)), peer_cidr: "2001:db8::/32".parse().unwrap(), policy: Policy::Accept, priority: 1 };
+    cloud.authorize_security_group(&sg, &rule).await.unwrap();
+    let got = cloud.describe_security_group(&sg).await.unwrap();
+    assert_eq!(got.rules, vec![rule]);
+}

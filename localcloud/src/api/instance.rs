@@ -30,7 +30,8 @@ pub fn describe_instance_types(ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> 
         .filter(|t| wanted.is_empty() || wanted.contains(&t.id))
         .map(wire::InstanceTypeItem::from_model)
         .collect();
-    reply(wire::DescribeInstanceTypesResponse { request_id: ctx.request_id.clone(), instance_types: items.into() })
+    let (items, next_token) = page(&items, p, 250, 1600)?;
+    reply(wire::DescribeInstanceTypesResponse { request_id: ctx.request_id.clone(), instance_types: items.into(), next_token })
 }
 
 pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {

@@ -225,6 +225,15 @@ fn remember_token(state: &mut State, action: &str, p: &Params<'_>, id: &str) {
 }
 
 /// Paging by NextToken (an offset) and MaxResults.
+/// One page of `items` by PageNumber and PageSize (clamped to 1..=`max`, as the VPC and NAS
+/// APIs do), with the total count.
+fn page_number<T>(items: Vec<T>, p: &Params<'_>, default: usize, max: usize) -> ApiResult<(u64, Vec<T>)> {
+    let size = p.parse::<usize>("PageSize")?.unwrap_or(default).clamp(1, max);
+    let number = p.parse::<usize>("PageNumber")?.unwrap_or(1).max(1);
+    let total = items.len() as u64;
+    Ok((total, items.into_iter().skip((number - 1) * size).take(size).collect()))
+}
+
 fn page<T: Clone>(items: &[T], p: &Params<'_>, default: usize, max: usize) -> ApiResult<(Vec<T>, String)> {
     let size = p.parse::<usize>("MaxResults")?.unwrap_or(default);
     if size == 0 || size > max {
