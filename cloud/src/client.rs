@@ -456,6 +456,10 @@ impl Cloud for HttpCloud {
         }
     }
 
+    async fn delete_security_group(&self, id: &str) -> Result<()> {
+        self.call::<wire::RequestIdOnly>("DeleteSecurityGroup", Params::new().set("SecurityGroupId", id)).await.map(drop)
+    }
+
     async fn create_network_interface(&self, req: &CreateEniRequest) -> Result<NetworkInterface> {
         let kind = if req.kind == EniKind::Trunk { "Trunk" } else { "Secondary" };
         let p = Params::new()

@@ -45,6 +45,15 @@ impl Product {
     }
 }
 
+/// Whether the API model of `action` has a `RegionId` parameter. These do not: they take the
+/// region from the endpoint, and the official SDKs send none (ECS and NAS API references).
+pub fn takes_region_id(action: &str) -> bool {
+    !matches!(
+        action,
+        "DescribeInstanceTypes" | "AttachDisk" | "DetachDisk" | "DeleteDisk" | "ResizeDisk" | "CreateFileSystem" | "DescribeFileSystems" | "DeleteFileSystem" | "CreateMountTarget"
+    )
+}
+
 /// The error body the service answers with, on any HTTP status >= 400.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -241,4 +241,11 @@ async fn every_list_is_read_to_its_last_page_and_every_rule_peer_kind_decodes() 
     cloud.authorize_security_group(&sg, &rule).await.unwrap();
     let got = cloud.describe_security_group(&sg).await.unwrap();
     assert_eq!(got.rules, vec![rule]);
+    // DeleteSecurityGroup: refused while an instance is in the group, done once nothing is.
+    let net = network(&cloud, "10.200.0.0/24").await;
+    run(&cloud, &net, "ecs.g7.large").await;
+    let err = cloud.delete_security_group(&net.sg).await.unwrap_err();
+    assert!(err.is_code(code::DEPENDENCY_VIOLATION), "{err}");
+    cloud.delete_security_group(&sg).await.unwrap();
+    assert!(cloud.describe_security_group(&sg).await.unwrap_err().is_code(code::INVALID_SECURITY_GROUP_ID));
 }

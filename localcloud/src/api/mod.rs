@@ -104,6 +104,7 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
         "CreateVSwitch" => vpc::create_vswitch(state, ctx, p),
         "DescribeVSwitches" => vpc::describe_vswitches(state, ctx, p),
         "CreateSecurityGroup" => vpc::create_security_group(state, ctx, p),
+        "DeleteSecurityGroup" => vpc::delete_security_group(state, ctx, p),
         "AuthorizeSecurityGroup" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Ingress, true),
         "AuthorizeSecurityGroupEgress" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Egress, true),
         "RevokeSecurityGroup" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Ingress, false),
@@ -143,8 +144,8 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
 
 /// Every action [`dispatch`] serves. The metrics label calls with these names only, so a caller
 /// cannot grow the label set with made-up actions.
-pub const ACTIONS: [&str; 35] = [
-    "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
+pub const ACTIONS: [&str; 36] = [
+    "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "DeleteSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
     "RevokeSecurityGroup", "RevokeSecurityGroupEgress", "DescribeSecurityGroupAttribute", "DescribeSecurityGroups", "DescribeInstanceTypes", "RunInstances",
     "DeleteInstances", "DeleteInstance", "DescribeInstances", "CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface",
     "DeleteNetworkInterface", "DescribeNetworkInterfaces", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses",

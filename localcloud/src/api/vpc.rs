@@ -215,6 +215,23 @@ pub fn create_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> Ap
     changed(wire::CreateSecurityGroupResponse { request_id: ctx.request_id.clone(), security_group_id: id }, vec![])
 }
 
+/// Deletes a group nothing uses; an instance or ENI in it is a dependency, as on ECS.
+pub fn delete_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let id = security_group(state, p.req("SecurityGroupId")?)?.id.clone();
+    let user = state
+        .instances
+        .values()
+        .filter(|i| i.security_group_ids.contains(&id))
+        .map(|i| i.id.clone())
+        .chain(state.enis.values().filter(|e| e.security_group_ids.contains(&id)).map(|e| e.id.clone()))
+        .next();
+    if let Some(user) = user {
+        return Err(ApiFailure::of(code::DEPENDENCY_VIOLATION, format!("The security group {id} is still used by {user}; remove it from every instance and ENI first.")));
+    }
+    state.security_groups.remove(&id);
+    changed(wire::RequestIdOnly { request_id: ctx.request_id.clone() }, vec![])
+}
+
 fn parse_rule(p: &Params<'_>, direction: Direction) -> ApiResult<SecurityGroupRule> {
     let proto_text = p.req("IpProtocol")?;
     let protocol = match proto_text.to_ascii_lowercase().as_str() {
