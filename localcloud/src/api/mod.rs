@@ -225,7 +225,6 @@ fn remember_token(state: &mut State, action: &str, p: &Params<'_>, id: &str) {
     }
 }
 
-/// Paging by NextToken (an offset) and MaxResults.
 /// One page of `items` by PageNumber and PageSize (clamped to 1..=`max`, as the VPC and NAS
 /// APIs do), with the total count.
 fn page_number<T>(items: Vec<T>, p: &Params<'_>, default: usize, max: usize) -> ApiResult<(u64, Vec<T>)> {
@@ -235,11 +234,14 @@ fn page_number<T>(items: Vec<T>, p: &Params<'_>, default: usize, max: usize) -> 
     Ok((total, items.into_iter().skip((number - 1) * size).take(size).collect()))
 }
 
+/// Paging by NextToken (an offset) and MaxResults; a MaxResults above the action's maximum is
+/// clamped to it, as the service does, and 0 is refused.
 fn page<T: Clone>(items: &[T], p: &Params<'_>, default: usize, max: usize) -> ApiResult<(Vec<T>, String)> {
     let size = p.parse::<usize>("MaxResults")?.unwrap_or(default);
-    if size == 0 || size > max {
+    if size == 0 {
         return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("MaxResults {size} is out of range; use 1 to {max}.")));
     }
+    let size = size.min(max);
     let start = match p.opt("NextToken") {
         None | Some("") => 0,
         Some(t) => t.parse::<usize>().map_err(|_| ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("NextToken \"{t}\" is not a token this service issued.")))?,
@@ -255,6 +257,16 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn max_results_above_the_maximum_is_clamped_and_zero_refused() {
+        let items: Vec<u32> = (0..30).collect();
+        let params = BTreeMap::from([("MaxResults".to_string(), "5000".to_string())]);
+        let (chunk, next) = page(&items, &Params(&params), 10, 20).unwrap();
+        assert_eq!((chunk.len(), next.as_str()), (20, "20"));
+        let params = BTreeMap::from([("MaxResults".to_string(), "0".to_string())]);
+        assert!(page(&items, &Params(&params), 10, 20).is_err());
+    }
 
     #[test]
     fn every_counted_action_is_served_and_others_are_unknown() {
