@@ -14,6 +14,7 @@ use crate::api::{
     Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
     RunInstancesRequest,
 };
+use crate::endpoints;
 use crate::error::{ApiError, CloudError, Result};
 use crate::model::{
     Credentials, Direction, Disk, EniKind, Instance, InstanceType, IpProtocol, NasFileSystem, NetworkInterface, Policy,
@@ -43,6 +44,21 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Every product at its public endpoint of `region_id` (see [`crate::endpoints`]).
+    pub fn for_region(region_id: &str, credentials: Credentials) -> Self {
+        let mut c = ClientConfig::new(endpoints::public(Product::Ecs, region_id), region_id, credentials);
+        c.vpc_endpoint = Some(endpoints::public(Product::Vpc, region_id));
+        c.nas_endpoint = Some(endpoints::public(Product::Nas, region_id));
+        c
+    }
+
+    /// Sets the VPC and NAS endpoints given (an empty one leaves that product on `endpoint`).
+    pub fn with_product_endpoints(mut self, vpc: &str, nas: &str) -> Self {
+        self.vpc_endpoint = Some(vpc.to_string()).filter(|s| !s.is_empty());
+        self.nas_endpoint = Some(nas.to_string()).filter(|s| !s.is_empty());
+        self
+    }
+
     pub fn new(endpoint: impl Into<String>, region_id: impl Into<String>, credentials: Credentials) -> Self {
         ClientConfig {
             endpoint: endpoint.into(),
@@ -170,7 +186,7 @@ impl HttpCloud {
                 Err(e) if retry_this && attempt > 1 => {
                     return Err(CloudError::RetriesExhausted { action: action.to_string(), attempts: attempt, last: Box::new(e) });
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(wrong_endpoint(action, product, &endpoint, e)),
             }
         }
     }
@@ -281,6 +297,21 @@ pub fn load_credentials(path: &Path) -> Result<Credentials> {
         return Err(fail("access_key_id and access_key_secret must both be set".into()));
     }
     Ok(creds)
+}
+
+/// An action its endpoint does not know was sent to another product's endpoint: say which product
+/// and which setting, rather than the bare `InvalidAction.NotFound`.
+fn wrong_endpoint(action: &str, product: Product, endpoint: &str, e: CloudError) -> CloudError {
+    match e.api() {
+        Some(a) if a.code == crate::error::code::INVALID_ACTION || a.code.starts_with("InvalidAction") => CloudError::WrongEndpoint {
+            action: action.to_string(),
+            product: endpoints::title(product),
+            endpoint: endpoint.to_string(),
+            setting: endpoints::setting(product),
+            code: a.code.clone(),
+        },
+        _ => e,
+    }
 }
 
 fn token(t: Option<&str>) -> String {
@@ -644,6 +675,16 @@ impl Cloud for HttpCloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_action_its_endpoint_does_not_serve_names_the_product_and_the_setting() {
+        let api = |code: &str| CloudError::Api(ApiError { action: "DescribeVSwitches".into(), code: code.into(), message: "m".into(), request_id: "r".into(), http_status: 404 });
+        let refused = api("InvalidAction.NotFound");
+        let e = wrong_endpoint("DescribeVSwitches", Product::Vpc, "https://ecs.cn-hangzhou.aliyuncs.com", refused);
+        let text = e.to_string();
+        assert!(text.contains("VPC") && text.contains("cloud.vpc_endpoint") && text.contains("DescribeVSwitches"), "{text}");
+        assert!(wrong_endpoint("DescribeVSwitches", Product::Vpc, "e", api("Throttling")).is_code("Throttling"));
+    }
 
     #[test]
     fn a_listing_ends_on_an_empty_token_and_refuses_a_repeated_one() {

@@ -64,6 +64,8 @@ pub enum CloudError {
     RetriesExhausted { action: String, attempts: u32, last: Box<CloudError> },
     #[error("timed out after {waited:?} waiting for {what}; the cloud may be slow or the resource stuck, check it with Describe*")]
     Timeout { what: String, waited: std::time::Duration },
+    #[error("{action} is a {product} action, but the endpoint it was sent to ({endpoint}) does not serve it ({code}); set {setting} to the {product} endpoint of the region")]
+    WrongEndpoint { action: String, product: &'static str, endpoint: String, setting: &'static str, code: String },
     #[error("invalid credentials file {path}: {reason}")]
     Credentials { path: String, reason: String },
 }
