@@ -111,6 +111,11 @@ pub struct NodeConfig {
 pub struct CloudConfig {
     /// The ECS/VPC API endpoint, e.g. http://127.0.0.1:17380 for the local cloud.
     pub endpoint: String,
+    /// The VPC (2016-04-28) API endpoint, e.g. `https://vpc.<region>.aliyuncs.com`; empty: `endpoint`
+    /// (the local cloud serves every product there).
+    pub vpc_endpoint: String,
+    /// The NAS (2017-06-26) API endpoint, e.g. `https://nas.<region>.aliyuncs.com`; empty: `endpoint`.
+    pub nas_endpoint: String,
     /// Empty: the region the instance metadata names.
     pub region: String,
     /// `access_key_id` and `access_key_secret` as TOML; refused unless mode 0600.
@@ -183,7 +188,7 @@ impl Default for NodeConfig {
 
 impl Default for CloudConfig {
     fn default() -> Self {
-        CloudConfig { endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), rate_per_second: 10.0, burst: 20 }
+        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), rate_per_second: 10.0, burst: 20 }
     }
 }
 

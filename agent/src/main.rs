@@ -182,7 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let _ = metrics.node_netns.set(cfg.node.netns.clone());
     let region = if cfg.cloud.region.is_empty() { identity.region_id.clone() } else { cfg.cloud.region.clone() };
-    let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials);
+    let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
     client.default_limit = Limit { rate_per_sec: cfg.cloud.rate_per_second, burst: cfg.cloud.burst };
     let disk_cloud = HttpCloud::new(client.clone())?.with_observer(Arc::new(CloudCalls(metrics.clone())));
     let cloud = HttpCloud::new(client)?.with_observer(Arc::new(CloudCalls(metrics.clone())));

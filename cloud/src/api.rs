@@ -123,6 +123,8 @@ pub trait Cloud: Send + Sync {
     fn authorize_security_group(&self, id: &str, rule: &SecurityGroupRule) -> impl Future<Output = Result<()>> + Send;
     fn revoke_security_group(&self, id: &str, rule: &SecurityGroupRule) -> impl Future<Output = Result<()>> + Send;
     fn describe_security_group(&self, id: &str) -> impl Future<Output = Result<SecurityGroup>> + Send;
+    /// Fails with `DependencyViolation` while an instance or ENI is in the group.
+    fn delete_security_group(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
 
     fn create_network_interface(&self, req: &CreateEniRequest) -> impl Future<Output = Result<NetworkInterface>> + Send;
     /// With `trunk_eni_id`, binds the ENI to that trunk ENI of the instance as a member ENI.

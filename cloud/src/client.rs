@@ -14,6 +14,7 @@ use crate::api::{
     Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
     RunInstancesRequest,
 };
+use crate::endpoints;
 use crate::error::{ApiError, CloudError, Result};
 use crate::model::{
     Credentials, Direction, Disk, EniKind, Instance, InstanceType, IpProtocol, NasFileSystem, NetworkInterface, Policy,
@@ -43,6 +44,21 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Every product at its public endpoint of `region_id` (see [`crate::endpoints`]).
+    pub fn for_region(region_id: &str, credentials: Credentials) -> Self {
+        let mut c = ClientConfig::new(endpoints::public(Product::Ecs, region_id), region_id, credentials);
+        c.vpc_endpoint = Some(endpoints::public(Product::Vpc, region_id));
+        c.nas_endpoint = Some(endpoints::public(Product::Nas, region_id));
+        c
+    }
+
+    /// Sets the VPC and NAS endpoints given (an empty one leaves that product on `endpoint`).
+    pub fn with_product_endpoints(mut self, vpc: &str, nas: &str) -> Self {
+        self.vpc_endpoint = Some(vpc.to_string()).filter(|s| !s.is_empty());
+        self.nas_endpoint = Some(nas.to_string()).filter(|s| !s.is_empty());
+        self
+    }
+
     pub fn new(endpoint: impl Into<String>, region_id: impl Into<String>, credentials: Credentials) -> Self {
         ClientConfig {
             endpoint: endpoint.into(),
@@ -170,7 +186,7 @@ impl HttpCloud {
                 Err(e) if retry_this && attempt > 1 => {
                     return Err(CloudError::RetriesExhausted { action: action.to_string(), attempts: attempt, last: Box::new(e) });
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(wrong_endpoint(action, product, &endpoint, e)),
             }
         }
     }
@@ -283,6 +299,21 @@ pub fn load_credentials(path: &Path) -> Result<Credentials> {
     Ok(creds)
 }
 
+/// An action its endpoint does not know was sent to another product's endpoint: say which product
+/// and which setting, rather than the bare `InvalidAction.NotFound`.
+fn wrong_endpoint(action: &str, product: Product, endpoint: &str, e: CloudError) -> CloudError {
+    match e.api() {
+        Some(a) if a.code == crate::error::code::INVALID_ACTION || a.code.starts_with("InvalidAction") => CloudError::WrongEndpoint {
+            action: action.to_string(),
+            product: endpoints::title(product),
+            endpoint: endpoint.to_string(),
+            setting: endpoints::setting(product),
+            code: a.code.clone(),
+        },
+        _ => e,
+    }
+}
+
 fn token(t: Option<&str>) -> String {
     t.map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -295,7 +326,12 @@ fn rule_params(id: &str, rule: &SecurityGroupRule) -> Params {
         IpProtocol::All => "all",
     };
     let ports = rule.ports.map(|(a, b)| format!("{a}/{b}")).unwrap_or_else(|| "-1/-1".into());
-    let peer_key = if rule.direction == Direction::Ingress { "SourceCidrIp" } else { "DestCidrIp" };
+    let peer_key = match (rule.direction, rule.peer_cidr.is_ipv6()) {
+        (Direction::Ingress, false) => "SourceCidrIp",
+        (Direction::Egress, false) => "DestCidrIp",
+        (Direction::Ingress, true) => "Ipv6SourceCidrIp",
+        (Direction::Egress, true) => "Ipv6DestCidrIp",
+    };
     Params::new()
         .set("SecurityGroupId", id)
         .set("IpProtocol", protocol)
@@ -307,9 +343,17 @@ fn rule_params(id: &str, rule: &SecurityGroupRule) -> Params {
 
 impl Cloud for HttpCloud {
     async fn describe_instance_types(&self, ids: &[String]) -> Result<Vec<InstanceType>> {
-        let r: wire::DescribeInstanceTypesResponse =
-            self.call("DescribeInstanceTypes", Params::new().list("InstanceTypes", ids)).await?;
-        Ok(r.instance_types.items.iter().map(wire::InstanceTypeItem::to_model).collect())
+        let mut out = Vec::new();
+        let mut next = String::new();
+        loop {
+            let p = Params::new().list("InstanceTypes", ids).set("MaxResults", 100).opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeInstanceTypesResponse = self.call("DescribeInstanceTypes", p).await?;
+            out.extend(r.instance_types.items.iter().map(wire::InstanceTypeItem::to_model));
+            match next_page("DescribeInstanceTypes", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(out),
+            }
+        }
     }
 
     async fn run_instances(&self, req: &RunInstancesRequest) -> Result<Vec<String>> {
@@ -363,8 +407,19 @@ impl Cloud for HttpCloud {
     }
 
     async fn describe_vpcs(&self, id: Option<&str>) -> Result<Vec<Vpc>> {
-        let r: wire::DescribeVpcsResponse = self.call("DescribeVpcs", Params::new().opt("VpcId", id).set("PageSize", 50)).await?;
-        r.vpcs.items.iter().map(|v| v.to_model().ok_or_else(|| decode_failure("DescribeVpcs", &format!("{v:?}")))).collect()
+        let mut out = Vec::new();
+        for page in 1u32.. {
+            let p = Params::new().opt("VpcId", id).set("PageNumber", page).set("PageSize", 50);
+            let r: wire::DescribeVpcsResponse = self.call("DescribeVpcs", p).await?;
+            let got = r.vpcs.items.len();
+            for v in &r.vpcs.items {
+                out.push(v.to_model().ok_or_else(|| decode_failure("DescribeVpcs", &format!("{v:?}")))?);
+            }
+            if got < 50 || out.len() as u64 >= r.total_count {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn create_vswitch(&self, req: &CreateVSwitchRequest) -> Result<String> {
@@ -413,15 +468,27 @@ impl Cloud for HttpCloud {
     }
 
     async fn describe_security_group(&self, id: &str) -> Result<SecurityGroup> {
-        let p = Params::new().set("SecurityGroupId", id).set("Direction", "all");
-        let r: wire::DescribeSecurityGroupAttributeResponse = self.call("DescribeSecurityGroupAttribute", p).await?;
-        let rules = r
-            .permissions
-            .items
-            .iter()
-            .map(|p| p.to_rule().ok_or_else(|| decode_failure("DescribeSecurityGroupAttribute", &format!("{p:?}"))))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(SecurityGroup { id: r.security_group_id, vpc_id: r.vpc_id, name: r.security_group_name, rules })
+        let mut group = SecurityGroup { id: id.to_string(), ..Default::default() };
+        let mut next = String::new();
+        loop {
+            let p = Params::new().set("SecurityGroupId", id).set("Direction", "all").set("MaxResults", 1000).opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeSecurityGroupAttributeResponse = self.call("DescribeSecurityGroupAttribute", p).await?;
+            for p in &r.permissions.items {
+                match p.to_referenced() {
+                    Some(rule) => group.referenced_rules.push(rule),
+                    None => group.rules.push(p.to_rule().ok_or_else(|| decode_failure("DescribeSecurityGroupAttribute", &format!("{p:?}")))?),
+                }
+            }
+            (group.id, group.vpc_id, group.name) = (r.security_group_id, r.vpc_id, r.security_group_name);
+            match next_page("DescribeSecurityGroupAttribute", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(group),
+            }
+        }
+    }
+
+    async fn delete_security_group(&self, id: &str) -> Result<()> {
+        self.call::<wire::RequestIdOnly>("DeleteSecurityGroup", Params::new().set("SecurityGroupId", id)).await.map(drop)
     }
 
     async fn create_network_interface(&self, req: &CreateEniRequest) -> Result<NetworkInterface> {
@@ -587,9 +654,17 @@ impl Cloud for HttpCloud {
     }
 
     async fn describe_nas_file_systems(&self, id: Option<&str>) -> Result<Vec<NasFileSystem>> {
-        let r: wire::DescribeFileSystemsResponse =
-            self.call("DescribeFileSystems", Params::new().opt("FileSystemId", id).set("PageSize", 100)).await?;
-        Ok(r.file_systems.items.iter().map(wire::FileSystemItem::to_model).collect())
+        let mut out = Vec::new();
+        for page in 1u32.. {
+            let p = Params::new().opt("FileSystemId", id).set("PageNumber", page).set("PageSize", 100);
+            let r: wire::DescribeFileSystemsResponse = self.call("DescribeFileSystems", p).await?;
+            let got = r.file_systems.items.len();
+            out.extend(r.file_systems.items.iter().map(wire::FileSystemItem::to_model));
+            if got < 100 || out.len() as u64 >= r.total_count {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_nas_file_system(&self, id: &str) -> Result<()> {
@@ -600,6 +675,16 @@ impl Cloud for HttpCloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_action_its_endpoint_does_not_serve_names_the_product_and_the_setting() {
+        let api = |code: &str| CloudError::Api(ApiError { action: "DescribeVSwitches".into(), code: code.into(), message: "m".into(), request_id: "r".into(), http_status: 404 });
+        let refused = api("InvalidAction.NotFound");
+        let e = wrong_endpoint("DescribeVSwitches", Product::Vpc, "https://ecs.cn-hangzhou.aliyuncs.com", refused);
+        let text = e.to_string();
+        assert!(text.contains("VPC") && text.contains("cloud.vpc_endpoint") && text.contains("DescribeVSwitches"), "{text}");
+        assert!(wrong_endpoint("DescribeVSwitches", Product::Vpc, "e", api("Throttling")).is_code("Throttling"));
+    }
 
     #[test]
     fn a_listing_ends_on_an_empty_token_and_refuses_a_repeated_one() {

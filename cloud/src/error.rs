@@ -3,57 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Error codes the ECS/VPC/NAS APIs answer with and that Berth acts on. The local cloud answers
-/// with exactly these, so code written against it behaves the same against the real service.
-pub mod code {
-    pub const THROTTLING: &str = "Throttling";
-    pub const THROTTLING_USER: &str = "Throttling.User";
-    pub const SERVICE_UNAVAILABLE: &str = "ServiceUnavailable";
-    pub const INTERNAL_ERROR: &str = "InternalError";
-    pub const OPERATION_CONFLICT: &str = "Operation.Conflict";
-    pub const INVALID_ACTION: &str = "InvalidAction.NotFound";
-    pub const MISSING_PARAMETER: &str = "MissingParameter";
-    pub const INVALID_PARAMETER: &str = "InvalidParameter";
-
-    pub const SIGNATURE_DOES_NOT_MATCH: &str = "SignatureDoesNotMatch";
-    pub const INCOMPLETE_SIGNATURE: &str = "IncompleteSignature";
-    pub const SIGNATURE_NONCE_USED: &str = "SignatureNonceUsed";
-    pub const INVALID_TIMESTAMP_EXPIRED: &str = "InvalidTimeStamp.Expired";
-    pub const INVALID_TIMESTAMP_FORMAT: &str = "InvalidTimeStamp.Format";
-    pub const INVALID_ACCESS_KEY_ID: &str = "InvalidAccessKeyId.NotFound";
-
-    pub const INVALID_INSTANCE_ID: &str = "InvalidInstanceId.NotFound";
-    pub const INVALID_INSTANCE_TYPE: &str = "InvalidInstanceType.NotSupported";
-    pub const INCORRECT_INSTANCE_STATUS: &str = "IncorrectInstanceStatus";
-    pub const INVALID_VPC_ID: &str = "InvalidVpcId.NotFound";
-    pub const INVALID_VSWITCH_ID: &str = "InvalidVSwitchId.NotFound";
-    pub const INVALID_SECURITY_GROUP_ID: &str = "InvalidSecurityGroupId.NotFound";
-    pub const INVALID_CIDR_BLOCK: &str = "InvalidCidrBlock.Malformed";
-    pub const CIDR_OVERLAP: &str = "InvalidCidrBlock.Overlapped";
-    pub const INVALID_ZONE_ID: &str = "InvalidZoneId.NotFound";
-    pub const INVALID_ENI_ID: &str = "InvalidEniId.NotFound";
-    pub const INVALID_ENI_STATE: &str = "InvalidOperation.InvalidEniState";
-    pub const INVALID_ENI_TYPE: &str = "InvalidOperation.InvalidEniType";
-    pub const ZONE_MISMATCH: &str = "InvalidOperation.AvailabilityZoneMismatch";
-    pub const VPC_MISMATCH: &str = "InvalidOperation.VpcMismatch";
-    pub const ENI_PER_INSTANCE_LIMIT: &str = "EniPerInstanceLimitExceeded";
-    pub const MEMBER_ENI_LIMIT: &str = "QuotaExceeded.MemberEni";
-    pub const PRIVATE_IP_QUOTA: &str = "QuotaExceeded.PrivateIpAddress";
-    pub const IPV6_QUOTA: &str = "QuotaExceeded.Ipv6Address";
-    pub const VSWITCH_IP_NOT_ENOUGH: &str = "InvalidVSwitchId.IpNotEnough";
-    pub const IP_ASSIGNED: &str = "InvalidIp.IpAssigned";
-    pub const IP_UNASSIGNED: &str = "InvalidIp.IpUnassigned";
-    pub const IP_INVALID: &str = "InvalidVSwitchId.IpInvalid";
-
-    pub const INVALID_DISK_ID: &str = "InvalidDiskId.NotFound";
-    pub const INCORRECT_DISK_STATUS: &str = "IncorrectDiskStatus";
-    pub const DISK_LIMIT: &str = "InstanceDiskNumber.LimitExceed";
-    pub const INVALID_DISK_CATEGORY: &str = "InvalidDiskCategory.ValueNotSupported";
-    pub const INVALID_DISK_SIZE: &str = "InvalidDiskSize.ValueNotSupported";
-    pub const DISK_SIZE_SHRINK: &str = "InvalidDiskSize.TooSmall";
-
-    pub const INVALID_FILE_SYSTEM_ID: &str = "InvalidFileSystem.NotFound";
-}
+/// The codes Berth acts on, by name; their statuses, meanings and sources are in [`crate::codes`].
+pub use crate::codes::code;
+use crate::codes::{Class, class_of};
 
 /// An error answered by the cloud service: the service's own JSON error body plus the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -67,34 +19,37 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What the code means, from the table of codes.
+    pub fn class(&self) -> Class {
+        class_of(&self.code)
+    }
+
     /// Whether the same request may succeed when sent again unchanged.
     pub fn is_retryable(&self) -> bool {
         is_retryable_code(&self.code) || self.http_status >= 500
     }
 
     pub fn is_throttling(&self) -> bool {
-        self.code == code::THROTTLING || self.code.starts_with("Throttling.")
+        self.class() == Class::Throttled
     }
 
-    /// The account, instance or ENI has no room for more of something: waiting will not help soon.
+    /// The account, instance, ENI or vSwitch has no room for more of something: waiting will not
+    /// help soon.
     pub fn is_quota(&self) -> bool {
-        self.code.starts_with("QuotaExceed")
-            || self.code == code::ENI_PER_INSTANCE_LIMIT
-            || self.code == code::DISK_LIMIT
+        matches!(
+            self.class(),
+            Class::VSwitchExhausted | Class::EniAddressesFull | Class::InstanceEniLimit | Class::MemberEniLimit | Class::InstanceDiskLimit
+        ) || self.code.starts_with("QuotaExceed")
     }
 
     pub fn is_not_found(&self) -> bool {
-        self.code.ends_with(".NotFound")
+        self.class() == Class::NotFound
     }
 }
 
 /// Codes that mean "try the same request again later".
 pub fn is_retryable_code(code: &str) -> bool {
-    code == code::THROTTLING
-        || code.starts_with("Throttling.")
-        || code == code::SERVICE_UNAVAILABLE
-        || code == code::INTERNAL_ERROR
-        || code == code::OPERATION_CONFLICT
+    matches!(class_of(code), Class::Throttled | Class::Transient)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +64,8 @@ pub enum CloudError {
     RetriesExhausted { action: String, attempts: u32, last: Box<CloudError> },
     #[error("timed out after {waited:?} waiting for {what}; the cloud may be slow or the resource stuck, check it with Describe*")]
     Timeout { what: String, waited: std::time::Duration },
+    #[error("{action} is a {product} action, but the endpoint it was sent to ({endpoint}) does not serve it ({code}); set {setting} to the {product} endpoint of the region")]
+    WrongEndpoint { action: String, product: &'static str, endpoint: String, setting: &'static str, code: String },
     #[error("invalid credentials file {path}: {reason}")]
     Credentials { path: String, reason: String },
 }
@@ -129,6 +86,11 @@ impl CloudError {
 
     pub fn is_code(&self, code: &str) -> bool {
         self.code() == Some(code)
+    }
+
+    /// What the service's code means, when the service answered with one.
+    pub fn class(&self) -> Option<Class> {
+        self.api().map(ApiError::class)
     }
 }
 

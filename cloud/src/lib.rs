@@ -5,7 +5,9 @@
 pub mod api;
 pub mod catalogue;
 pub mod client;
+pub mod codes;
 pub mod disk;
+pub mod endpoints;
 pub mod error;
 pub mod guest;
 pub mod model;

@@ -58,12 +58,33 @@ pub struct SecurityGroupRule {
     pub priority: u8,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityGroup {
     pub id: String,
     pub vpc_id: String,
     pub name: String,
     pub rules: Vec<SecurityGroupRule>,
+    /// Rules whose peer is a group or a prefix list (set outside Berth): kept, not enforced here.
+    #[serde(default)]
+    pub referenced_rules: Vec<ReferencedRule>,
+}
+
+/// A peer of a rule that is not an address block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RulePeer {
+    Group(String),
+    PrefixList(String),
+}
+
+/// A security-group rule whose peer is another group or a prefix list, as the service lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferencedRule {
+    pub direction: Direction,
+    pub peer: RulePeer,
+    pub protocol: String,
+    pub port_range: String,
+    pub policy: String,
+    pub priority: String,
 }
 
 /// What an instance type offers. The pod and disk capacity of a node follows from these numbers.
@@ -240,6 +261,11 @@ pub enum DiskStatus {
     Attaching,
     InUse,
     Detaching,
+    /// Being re-initialized to its image or blank state (ECS DescribeDisks documents it).
+    ReIniting,
+    /// A status this client does not know (the service may add some): kept apart, never a
+    /// failure of the whole listing; the caller treats the disk as busy.
+    Unknown,
 }
 
 impl DiskStatus {
@@ -251,7 +277,14 @@ impl DiskStatus {
             Self::Attaching => "Attaching",
             Self::InUse => "In_use",
             Self::Detaching => "Detaching",
+            Self::ReIniting => "ReIniting",
+            Self::Unknown => "Unknown",
         }
+    }
+
+    /// The status `s` names, [`DiskStatus::Unknown`] for one the client does not know.
+    pub fn parse_open(s: &str) -> Self {
+        Self::parse(s).unwrap_or(Self::Unknown)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -261,6 +294,7 @@ impl DiskStatus {
             "Attaching" => Self::Attaching,
             "In_use" => Self::InUse,
             "Detaching" => Self::Detaching,
+            "ReIniting" => Self::ReIniting,
             _ => return None,
         })
     }
@@ -282,6 +316,10 @@ pub struct Disk {
     pub serial: String,
     /// The device name the cloud reports once attached (e.g. `/dev/vdb`); informative only.
     pub device: Option<String>,
+    /// The instance's system disk (`Type=system`): it takes no data-disk slot and Berth never
+    /// attaches, detaches or deletes it.
+    #[serde(default)]
+    pub system: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

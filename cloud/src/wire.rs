@@ -45,6 +45,15 @@ impl Product {
     }
 }
 
+/// Whether the API model of `action` has a `RegionId` parameter. These do not: they take the
+/// region from the endpoint, and the official SDKs send none (ECS and NAS API references).
+pub fn takes_region_id(action: &str) -> bool {
+    !matches!(
+        action,
+        "DescribeInstanceTypes" | "AttachDisk" | "DetachDisk" | "DeleteDisk" | "ResizeDisk" | "CreateFileSystem" | "DescribeFileSystems" | "DeleteFileSystem" | "CreateMountTarget"
+    )
+}
+
 /// The error body the service answers with, on any HTTP status >= 400.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -395,6 +404,8 @@ impl InstanceTypeItem {
 pub struct DescribeInstanceTypesResponse {
     pub request_id: String,
     pub instance_types: InstanceTypeList,
+    #[serde(default)]
+    pub next_token: String,
 }
 
 // ---- VPC, vSwitch, security group ---------------------------------------------------------------
@@ -501,7 +512,7 @@ pub struct CreateSecurityGroupResponse {
 }
 
 /// One rule of a security group as DescribeSecurityGroupAttribute writes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Permission {
     /// `tcp`, `udp`, `icmp`, `all` (the service answers in upper case, and accepts either).
@@ -512,6 +523,20 @@ pub struct Permission {
     pub source_cidr_ip: String,
     #[serde(default)]
     pub dest_cidr_ip: String,
+    #[serde(default)]
+    pub ipv6_source_cidr_ip: String,
+    #[serde(default)]
+    pub ipv6_dest_cidr_ip: String,
+    /// A peer that is another security group.
+    #[serde(default)]
+    pub source_group_id: String,
+    #[serde(default)]
+    pub dest_group_id: String,
+    /// A peer that is a prefix list.
+    #[serde(default)]
+    pub source_prefix_list_id: String,
+    #[serde(default)]
+    pub dest_prefix_list_id: String,
     /// `Accept` or `Drop`.
     pub policy: String,
     pub priority: String,
@@ -520,6 +545,28 @@ pub struct Permission {
 }
 
 impl Permission {
+    /// A rule whose peer is a security group or a prefix list, which Berth does not manage but
+    /// keeps (the rule is still the group's), or `None` for a CIDR rule.
+    pub fn to_referenced(&self) -> Option<model::ReferencedRule> {
+        let ingress = self.direction.eq_ignore_ascii_case("ingress");
+        let (group, list) = if ingress { (&self.source_group_id, &self.source_prefix_list_id) } else { (&self.dest_group_id, &self.dest_prefix_list_id) };
+        let peer = if !group.is_empty() {
+            model::RulePeer::Group(group.clone())
+        } else if !list.is_empty() {
+            model::RulePeer::PrefixList(list.clone())
+        } else {
+            return None;
+        };
+        Some(model::ReferencedRule {
+            direction: if ingress { model::Direction::Ingress } else { model::Direction::Egress },
+            peer,
+            protocol: self.ip_protocol.to_ascii_lowercase(),
+            port_range: self.port_range.clone(),
+            policy: self.policy.clone(),
+            priority: self.priority.clone(),
+        })
+    }
+
     /// The rule, or `None` when a field is not one Berth knows.
     pub fn to_rule(&self) -> Option<model::SecurityGroupRule> {
         use model::{Direction, IpProtocol, Policy};
@@ -539,7 +586,8 @@ impl Permission {
             Some(("-1", "-1")) | None => None,
             Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
         };
-        let peer = if direction == Direction::Ingress { &self.source_cidr_ip } else { &self.dest_cidr_ip };
+        let (v4, v6) = if direction == Direction::Ingress { (&self.source_cidr_ip, &self.ipv6_source_cidr_ip) } else { (&self.dest_cidr_ip, &self.ipv6_dest_cidr_ip) };
+        let peer = if v4.is_empty() { v6 } else { v4 };
         Some(model::SecurityGroupRule {
             direction,
             protocol,
@@ -559,6 +607,8 @@ pub struct DescribeSecurityGroupAttributeResponse {
     pub security_group_name: String,
     pub vpc_id: String,
     pub permissions: PermissionList,
+    #[serde(default)]
+    pub next_token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -617,10 +667,17 @@ impl DiskItem {
             category: self.category.clone(),
             performance_level: self.performance_level.clone(),
             size_gib: self.size,
-            status: model::DiskStatus::parse(&self.status)?,
+            status: {
+                let status = model::DiskStatus::parse_open(&self.status);
+                if status == model::DiskStatus::Unknown {
+                    tracing::warn!(disk = %self.disk_id, status = %self.status, "a disk status this client does not know; the disk is treated as busy");
+                }
+                status
+            },
             instance_id: Some(self.instance_id.clone()).filter(|s| !s.is_empty()),
             serial: self.serial_number.clone(),
             device: Some(self.device.clone()).filter(|s| !s.is_empty()),
+            system: self.kind == "system",
         })
     }
 
@@ -636,7 +693,7 @@ impl DiskItem {
             instance_id: d.instance_id.clone().unwrap_or_default(),
             device: d.device.clone().unwrap_or_default(),
             serial_number: d.serial.clone(),
-            kind: "data".to_string(),
+            kind: if d.system { "system" } else { "data" }.to_string(),
         }
     }
 }
@@ -793,12 +850,55 @@ mod tests {
             policy: "Drop".into(),
             priority: priority.into(),
             direction: "ingress".into(),
+            ..Default::default()
         };
         let r = rule("80/443", "1").to_rule().unwrap();
         assert_eq!((r.ports, r.policy, r.priority), (Some((80, 443)), model::Policy::Drop, 1));
         assert_eq!(rule("-1/-1", "100").to_rule().unwrap().ports, None);
         assert!(rule("70000/1", "1").to_rule().is_none());
         assert!(rule("80/443", "300").to_rule().is_none());
+    }
+
+    #[test]
+    fn every_peer_kind_of_a_rule_is_decoded() {
+        // Rules as DescribeSecurityGroupAttribute lists them: IPv4, IPv6, group and prefix-list peers.
+        let body = r#"{"RequestId": "r", "SecurityGroupId": "sg-1", "SecurityGroupName": "n", "VpcId": "vpc-1", "NextToken": "",
+            "Permissions": {"Permission": [
+                {"IpProtocol": "TCP", "PortRange": "22/22", "SourceCidrIp": "10.0.0.0/8", "Policy": "Accept", "Priority": "1", "Direction": "ingress"},
+                {"IpProtocol": "ALL", "PortRange": "-1/-1", "Ipv6SourceCidrIp": "2001:db8::/32", "Policy": "Accept", "Priority": "1", "Direction": "ingress"},
+                {"IpProtocol": "TCP", "PortRange": "80/80", "SourceGroupId": "sg-2", "Policy": "Accept", "Priority": "1", "Direction": "ingress"},
+                {"IpProtocol": "UDP", "PortRange": "53/53", "DestPrefixListId": "pl-1", "Policy": "Drop", "Priority": "5", "Direction": "egress"}
+            ]}}"#;
+        let r: DescribeSecurityGroupAttributeResponse = serde_json::from_str(body).unwrap();
+        let p = &r.permissions.items;
+        assert!(p[0].to_referenced().is_none() && p[0].to_rule().is_some());
+        assert!(p[1].to_referenced().is_none() && p[1].to_rule().unwrap().peer_cidr.is_ipv6());
+        assert_eq!(p[2].to_referenced().unwrap().peer, model::RulePeer::Group("sg-2".into()));
+        let egress = p[3].to_referenced().unwrap();
+        assert_eq!((egress.peer, egress.direction), (model::RulePeer::PrefixList("pl-1".into()), model::Direction::Egress));
+    }
+
+    #[test]
+    fn an_unknown_disk_status_is_kept_apart_and_the_system_disk_is_told_apart() {
+        let item = |status: &str, kind: &str| DiskItem {
+            disk_id: "d-1".into(),
+            disk_name: String::new(),
+            zone_id: "z".into(),
+            category: "cloud_essd".into(),
+            performance_level: "PL1".into(),
+            size: 40,
+            status: status.into(),
+            instance_id: "i-1".into(),
+            device: String::new(),
+            serial_number: "1".into(),
+            kind: kind.into(),
+        };
+        assert_eq!(item("ReIniting", "data").to_model().unwrap().status, model::DiskStatus::ReIniting);
+        assert_eq!(item("Migrating", "data").to_model().unwrap().status, model::DiskStatus::Unknown);
+        let system = item("In_use", "system").to_model().unwrap();
+        assert!(system.system && system.status == model::DiskStatus::InUse);
+        assert!(!item("In_use", "data").to_model().unwrap().system);
+        assert_eq!(DiskItem::from_model(&system).kind, "system");
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct DriverConfig {
 pub struct CloudConfig {
     /// The ECS/NAS API endpoint (the controller's; the node needs it only for OSS credentials).
     pub endpoint: String,
+    /// The VPC (2016-04-28) API endpoint, e.g. `https://vpc.<region>.aliyuncs.com`; empty: `endpoint`
+    /// (the local cloud serves every product there).
+    pub vpc_endpoint: String,
+    /// The NAS (2017-06-26) API endpoint, e.g. `https://nas.<region>.aliyuncs.com`; empty: `endpoint`.
+    pub nas_endpoint: String,
     /// Empty: the node's zone without its last letter (local-1a → local-1).
     pub region: String,
     /// `access_key_id` and `access_key_secret`; refused unless mode 0600.
@@ -83,7 +88,7 @@ impl Default for DriverConfig {
 
 impl Default for CloudConfig {
     fn default() -> Self {
-        CloudConfig { endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into() }
+        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into() }
     }
 }
 

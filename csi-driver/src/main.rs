@@ -118,7 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         cfg.cloud.region.clone()
     };
-    let cloud = HttpCloud::new(ClientConfig::new(cfg.cloud.endpoint.clone(), region.clone(), credentials.clone()))?;
+    let cloud = HttpCloud::new(ClientConfig::new(cfg.cloud.endpoint.clone(), region.clone(), credentials.clone()).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint))?;
     let oss = OssMounter::new(cfg.oss.endpoint.clone(), region, &cfg.driver.state_dir);
     if cfg.serves_node() && !cfg.oss.endpoint.is_empty() {
         oss.write_credentials(&credentials).context("writing the OSS credentials file")?;

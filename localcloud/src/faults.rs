@@ -71,8 +71,7 @@ impl Faults {
             Some(n) => *n -= 1,
             None => {}
         }
-        let status = status_of(&f.code);
-        Some((FaultKind::FailAction, ApiFailure::new(status, &f.code, format!("{action} failed by fault injection with {}.", f.code))))
+        Some((FaultKind::FailAction, ApiFailure::of(&f.code, format!("{action} failed by fault injection with {}.", f.code))))
     }
 }
 
@@ -96,21 +95,6 @@ impl FaultKind {
             FaultKind::Throttling => "throttling",
             FaultKind::FailAction => "fail_action",
         }
-    }
-}
-
-/// The HTTP status the service uses for a code.
-pub fn status_of(code: &str) -> u16 {
-    if code.ends_with(".NotFound") {
-        404
-    } else if code == "InternalError" {
-        500
-    } else if code == "ServiceUnavailable" {
-        503
-    } else if code.starts_with("Throttling") || code.starts_with("Invalid") && !code.starts_with("InvalidOperation") || code.starts_with("Missing") {
-        400
-    } else {
-        403
     }
 }
 

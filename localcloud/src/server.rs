@@ -101,6 +101,17 @@ async fn serve_rpc(engine: &Arc<Engine>, method: Method, query: Option<String>, 
     (action, answer)
 }
 
+/// The region a request names must be the one served here; an action whose API model has no
+/// `RegionId` may leave it out (the endpoint names the region), as the official SDKs do.
+fn check_region(action: &str, region: Option<&str>, served: &str) -> Result<(), ApiFailure> {
+    match region {
+        None if !berth_cloud::wire::takes_region_id(action) => Ok(()),
+        None => Err(ApiFailure::bad(berth_cloud::error::code::MISSING_PARAMETER, format!("{action} needs RegionId; use {served}."))),
+        Some(r) if r == served => Ok(()),
+        Some(r) => Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("RegionId \"{r}\" is not served here; use {served}."))),
+    }
+}
+
 async fn answer_rpc(engine: &Arc<Engine>, method: Method, params: BTreeMap<String, String>, action: &str, trace_id: &str, request_id: &str) -> Result<serde_json::Value, ApiFailure> {
     let now = now_secs();
     auth::check(&params, method.as_str(), &engine.credentials, now, &mut engine.nonces.lock().unwrap_or_else(|e| e.into_inner()))?;
@@ -115,10 +126,7 @@ async fn answer_rpc(engine: &Arc<Engine>, method: Method, params: BTreeMap<Strin
     if params.get("Format").is_some_and(|f| !f.eq_ignore_ascii_case("JSON")) {
         return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, "Format must be JSON; this service does not write XML."));
     }
-    let region = params.get("RegionId").cloned().unwrap_or_default();
-    if region != engine.region_id {
-        return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("RegionId \"{region}\" is not served here; use {}.", engine.region_id)));
-    }
+    check_region(action, params.get("RegionId").map(String::as_str), &engine.region_id)?;
     let (latency, injected) = {
         let mut faults = engine.faults.write().unwrap_or_else(|e| e.into_inner());
         (faults.latency_ms, faults.decide(action, rand::random::<f64>()))
@@ -222,6 +230,15 @@ fn serve_meta(engine: &Engine, instance: &str, path: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_id_is_demanded_only_where_the_api_model_has_it() {
+        assert!(check_region("AttachDisk", None, "cn-local").is_ok());
+        assert!(check_region("DescribeFileSystems", None, "cn-local").is_ok());
+        assert_eq!(check_region("AssignPrivateIpAddresses", None, "cn-local").unwrap_err().code, "MissingParameter");
+        assert!(check_region("AssignPrivateIpAddresses", Some("cn-local"), "cn-local").is_ok());
+        assert!(check_region("AttachDisk", Some("cn-elsewhere"), "cn-local").is_err());
+    }
 
     #[test]
     fn form_decoding() {

@@ -249,6 +249,7 @@ mod tests {
             instance_id: (status != DiskStatus::Available).then(|| "i-1".into()),
             serial: id.trim_start_matches("d-").into(),
             device: None,
+            system: false,
         }
     }
 

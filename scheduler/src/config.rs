@@ -95,6 +95,11 @@ impl Default for AutoscalerConfig {
 pub struct CloudConfig {
     /// The ECS API endpoint, e.g. http://127.0.0.1:17380 for the local cloud; empty: no autoscaling.
     pub endpoint: String,
+    /// The VPC (2016-04-28) API endpoint, e.g. `https://vpc.<region>.aliyuncs.com`; empty: `endpoint`
+    /// (the local cloud serves every product there).
+    pub vpc_endpoint: String,
+    /// The NAS (2017-06-26) API endpoint, e.g. `https://nas.<region>.aliyuncs.com`; empty: `endpoint`.
+    pub nas_endpoint: String,
     pub region: String,
     /// `access_key_id` and `access_key_secret` as TOML; refused unless mode 0600.
     pub credentials_file: PathBuf,

@@ -78,7 +78,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen).await.with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let provisioner = if cfg.autoscaler.enabled && !cfg.pool.is_empty() {
         let credentials = load_credentials(&cfg.cloud.credentials_file)?;
-        let client = ClientConfig::new(cfg.cloud.endpoint.clone(), cfg.cloud.region.clone(), credentials);
+        let client = ClientConfig::new(cfg.cloud.endpoint.clone(), cfg.cloud.region.clone(), credentials).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
         Some(CloudProvisioner { cloud: HttpCloud::new(client)? })
     } else {
         None

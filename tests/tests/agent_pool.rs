@@ -334,6 +334,34 @@ async fn an_exhausted_vswitch_inhibits_growth_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eni_the_cloud_calls_full_makes_the_pool_grow_on_the_next_eni() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.88.0.0/16", "10.88.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--inhibit-secs", "60", "--allocate-timeout-secs", "10"]);
+    let mut client = agent.client().await;
+    client.allocate_ip(allocate_request("p0")).await.unwrap();
+    // From now on every ENI is full for the cloud as soon as it exists, whatever the catalogue says
+    // (the code the real AssignPrivateIpAddresses answers for an ENI at its type's limit).
+    lc.set_faults(serde_json::json!({ "fail_actions": { "AssignPrivateIpAddresses": { "code": "InvalidOperation.Ipv4CountExceeded" } } })).await;
+    for i in 1..4 {
+        // Not inhibited for 60 s: each pod is served from a new ENI, well within its timeout.
+        let t = Instant::now();
+        client.allocate_ip(allocate_request(&format!("p{i}"))).await.unwrap_or_else(|e| panic!("pod {i}: {e:?}"));
+        assert!(t.elapsed() < Duration::from_secs(8), "pod {i} waited {:?}", t.elapsed());
+    }
+    let enis = cloud_ips(&cloud, &node).await;
+    assert!(enis.len() >= 2, "a full ENI is followed by another: {enis:?}");
+    let st = client.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(st.reason.is_empty() || !st.reason.contains("IpNotEnough"), "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_uid_is_not_allowed_is_disconnected() {
     if !is_root() {
         eprintln!("skipped: needs root");

@@ -84,7 +84,7 @@ async fn quotas_refuse_with_the_real_codes() {
 
     cloud.assign_private_ips(&eni, &Addresses::Count(5), None).await.unwrap();
     let err = cloud.assign_private_ips(&eni, &Addresses::Count(1), None).await.unwrap_err();
-    assert!(err.is_code(code::PRIVATE_IP_QUOTA), "{err}");
+    assert!(err.is_code(code::ENI_IPV4_FULL), "{err}");
 
     let err = cloud
         .run_instances(&RunInstancesRequest { instance_type: "ecs.nope.large".into(), vswitch_id: net.vsw.clone(), amount: 1, ..Default::default() })
@@ -221,4 +221,31 @@ async fn instance_metadata_is_served_on_loopback() {
     assert_eq!(get("network/interfaces/macs/".into()).await.trim(), format!("{mac}/"));
     assert_eq!(get(format!("network/interfaces/macs/{mac}/gateway")).await, "10.7.0.253");
     assert_eq!(get(format!("network/interfaces/macs/{mac}/netmask")).await, "255.255.255.0");
+}
+
+#[tokio::test]
+async fn every_list_is_read_to_its_last_page_and_every_rule_peer_kind_decodes() {
+    use berth_cloud::model::{Direction, IpProtocol, Policy, SecurityGroupRule};
+    let lc = api_only();
+    let cloud = lc.client();
+    // More VPCs than one page of DescribeVpcs holds (PageSize at most 50).
+    for i in 0..52 {
+        cloud.create_vpc(&format!("10.{i}.0.0/16"), &format!("v{i}"), false, None).await.unwrap();
+    }
+    assert_eq!(cloud.describe_vpcs(None).await.unwrap().len(), 52);
+    assert!(!cloud.describe_instance_types(&[]).await.unwrap().is_empty());
+    // An IPv6 peer goes out as Ipv6SourceCidrIp and comes back as a rule.
+    let vpc = cloud.create_vpc("172.16.0.0/16", "six", true, None).await.unwrap();
+    let sg = cloud.create_security_group(&vpc, "sg", None).await.unwrap();
+    let rule = SecurityGroupRule { direction: Direction::Ingress, protocol: IpProtocol::Tcp, ports: Some((443, 443)), peer_cidr: "2001:db8::/32".parse().unwrap(), policy: Policy::Accept, priority: 1 };
+    cloud.authorize_security_group(&sg, &rule).await.unwrap();
+    let got = cloud.describe_security_group(&sg).await.unwrap();
+    assert_eq!(got.rules, vec![rule]);
+    // DeleteSecurityGroup: refused while an instance is in the group, done once nothing is.
+    let net = network(&cloud, "10.200.0.0/24").await;
+    run(&cloud, &net, "ecs.g7.large").await;
+    let err = cloud.delete_security_group(&net.sg).await.unwrap_err();
+    assert!(err.is_code(code::DEPENDENCY_VIOLATION), "{err}");
+    cloud.delete_security_group(&sg).await.unwrap();
+    assert!(cloud.describe_security_group(&sg).await.unwrap_err().is_code(code::INVALID_SECURITY_GROUP_ID));
 }

@@ -281,7 +281,8 @@ impl<C: Cloud + 'static> DiskAttacher<C> {
         let node = self.settings.instance_id.clone();
         let here = self.cloud.describe_disks(&DiskFilter { instance_id: Some(node.clone()), ..Default::default() }).await?;
         let known: Vec<AttachmentRecord> = self.list();
-        let unmanaged: Vec<String> = here.iter().filter(|d| !known.iter().any(|r| r.disk_id == d.id)).map(|d| d.id.clone()).collect();
+        // The system disk takes no data-disk slot of the instance type's quota.
+        let unmanaged: Vec<String> = here.iter().filter(|d| !d.system && !known.iter().any(|r| r.disk_id == d.id)).map(|d| d.id.clone()).collect();
         self.books().ledger.set_unmanaged(unmanaged.clone());
         for r in known {
             let cloud_view = here.iter().find(|d| d.id == r.disk_id);
@@ -336,7 +337,7 @@ impl<C: Cloud + 'static> DiskAttacher<C> {
         let here = self.cloud.describe_disks(&DiskFilter { instance_id: Some(self.settings.instance_id.clone()), ..Default::default() }).await?;
         let gone: Vec<String> = {
             let mut b = self.books();
-            let unmanaged: Vec<String> = here.iter().filter(|d| b.ledger.get(&d.id).is_none()).map(|d| d.id.clone()).collect();
+            let unmanaged: Vec<String> = here.iter().filter(|d| !d.system && b.ledger.get(&d.id).is_none()).map(|d| d.id.clone()).collect();
             b.ledger.set_unmanaged(unmanaged);
             b.ledger
                 .records()

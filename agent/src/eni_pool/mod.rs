@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use berth_cloud::api::{Addresses, CreateEniRequest, EniFilter};
+use berth_cloud::codes::Class;
 use berth_cloud::error::code;
 use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
 use berth_cloud::{Cloud, CloudError, wait};
@@ -29,7 +30,7 @@ use crate::identity::{self, NodeIdentity};
 use crate::metrics::Metrics;
 use crate::node::{Node, host_veth_name};
 use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Ledger, PodMode, PodRef, PoolEni};
-use crate::pool::{self, PoolAction, PoolLimits, PoolTargets};
+use crate::pool::{self, PoolAction, PoolLimits, PoolTargets, Reaction};
 use crate::store::{Event, Intent, Store, StoreError};
 
 /// What the pool needs to know beyond its ledger.
@@ -83,6 +84,10 @@ struct Books {
     store: Store,
     waiting: u32,
     inhibit_until: Option<Instant>,
+    /// No new ENI until then: the instance holds as many as the cloud lets it.
+    no_new_enis_until: Option<Instant>,
+    /// ENIs the cloud refused more addresses (the ENI-full codes), with the count they hold then.
+    full_enis: BTreeMap<String, usize>,
     /// Why the pool last failed to grow, for STATUS and the operator.
     grow_error: Option<String>,
     last_busy: Instant,
@@ -120,14 +125,10 @@ fn now_unix_ns() -> u64 {
 fn pod_eni_refusal(what: &str, e: &CloudError) -> AllocError {
     let message = format!("{what}: {e}");
     match e.api() {
-        Some(a) if a.code == code::VSWITCH_IP_NOT_ENOUGH => AllocError::Exhausted(message),
+        Some(a) if a.class() == Class::VSwitchExhausted => AllocError::Exhausted(message),
         Some(a) if (400..500).contains(&a.http_status) && !a.is_throttling() && !a.is_retryable() => AllocError::Invalid(message),
         _ => AllocError::Refused(message),
     }
-}
-
-fn is_growth_limit(e: &CloudError) -> bool {
-    [code::ENI_PER_INSTANCE_LIMIT, code::PRIVATE_IP_QUOTA, code::VSWITCH_IP_NOT_ENOUGH].iter().any(|c| e.is_code(c))
 }
 
 impl<C: Cloud> EniPool<C> {
@@ -138,7 +139,7 @@ impl<C: Cloud> EniPool<C> {
             cloud,
             settings,
             identity,
-            books: Mutex::new(Books { ledger, store, waiting: 0, inhibit_until: None, grow_error: None, last_busy: Instant::now(), in_flight: BTreeSet::new() }),
+            books: Mutex::new(Books { ledger, store, waiting: 0, inhibit_until: None, no_new_enis_until: None, full_enis: BTreeMap::new(), grow_error: None, last_busy: Instant::now(), in_flight: BTreeSet::new() }),
             unwire: node.spawn_link_deleter(),
             node: Mutex::new(node),
             grown: Notify::new(),
@@ -630,7 +631,12 @@ impl<C: Cloud> EniPool<C> {
             }
             let actions = {
                 let b = self.books();
-                let view = b.ledger.view(b.waiting, b.inhibit_until, b.last_busy);
+                let mut view = b.ledger.view(b.waiting, b.inhibit_until, b.last_busy);
+                view.no_new_enis_until = b.no_new_enis_until;
+                for e in &mut view.enis {
+                    // Full at what it held when refused; once it holds fewer the cloud may take more.
+                    e.full = b.full_enis.get(&e.id).is_some_and(|&held| e.assigned as usize >= held);
+                }
                 // ENIs given whole to pods, and the trunk, take slots the pool cannot use.
                 let mut limits = self.settings.limits;
                 limits.eni_quota = limits.eni_quota.saturating_sub(b.ledger.enis_outside_pool() as u32);
@@ -651,16 +657,26 @@ impl<C: Cloud> EniPool<C> {
                 continue;
             }
             let mut failed = false;
+            let mut backoff = Duration::from_millis(500);
             for action in actions {
                 if let Err(e) = self.execute(&action).await {
                     failed = true;
                     let mut b = self.books();
-                    let growth_limit = e.downcast_ref::<CloudError>().is_some_and(is_growth_limit);
-                    if growth_limit {
-                        b.inhibit_until = Some(Instant::now() + self.settings.inhibit);
+                    let class = e.downcast_ref::<CloudError>().and_then(CloudError::class);
+                    let reaction = pool::react(&action, class);
+                    let until = Instant::now() + self.settings.inhibit;
+                    match &reaction {
+                        Reaction::InhibitGrowth => b.inhibit_until = Some(until),
+                        Reaction::NoNewEnis => b.no_new_enis_until = Some(until),
+                        Reaction::EniFull { eni } => {
+                            let held = b.ledger.eni(eni).map_or(0, |e| e.ips.len());
+                            b.full_enis.insert(eni.clone(), held);
+                        }
+                        Reaction::BackOff => backoff = Duration::from_secs(5),
+                        Reaction::Retry => {}
                     }
                     b.grow_error = Some(format!("{e:#}"));
-                    berth_daemon::limited!(warn, "pool-action", ?action, error = %format!("{e:#}"), inhibited = growth_limit, "pool action failed");
+                    berth_daemon::limited!(warn, "pool-action", ?action, error = %format!("{e:#}"), ?reaction, "pool action failed");
                     break;
                 }
             }
@@ -669,7 +685,7 @@ impl<C: Cloud> EniPool<C> {
             } else {
                 // Let waiters see the error, and do not spin on a failing call.
                 self.grown.notify_waiters();
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(backoff).await;
             }
         }
     }

@@ -318,9 +318,9 @@ impl Ledger {
             .enis
             .values()
             .filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Exclusive | EniPhase::Trunk | EniPhase::Member | EniPhase::WarmExclusive | EniPhase::WarmMember))
-            .map(|e| EniView { id: e.id.clone(), assigned: e.ips.len() as u32, in_use: e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count() as u32 })
+            .map(|e| EniView { id: e.id.clone(), assigned: e.ips.len() as u32, in_use: e.ips.iter().filter(|ip| self.holders.contains_key(ip)).count() as u32, full: false })
             .collect();
-        PoolView { enis, waiting, inhibit_until, last_busy }
+        PoolView { enis, waiting, inhibit_until, no_new_enis_until: None, last_busy }
     }
 }
 

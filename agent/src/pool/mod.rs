@@ -4,8 +4,10 @@
 
 pub mod ledger;
 mod plan;
+mod react;
 
 pub use plan::{PoolAction, plan};
+pub use react::{Reaction, react};
 
 use std::time::Instant;
 
@@ -49,6 +51,8 @@ pub struct EniView {
     pub assigned: u32,
     /// Of those, the ones a pod holds.
     pub in_use: u32,
+    /// The cloud refused this ENI more addresses: it is full at what it holds.
+    pub full: bool,
 }
 
 impl EniView {
@@ -65,6 +69,8 @@ pub struct PoolView {
     pub waiting: u32,
     /// No growing until then (after a quota or vSwitch-exhaustion error).
     pub inhibit_until: Option<Instant>,
+    /// No new ENI until then (the instance holds as many as it may).
+    pub no_new_enis_until: Option<Instant>,
     /// The pool last grew or served at this instant; surplus is kept for the cool-down after it.
     pub last_busy: Instant,
 }

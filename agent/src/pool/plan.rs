@@ -28,7 +28,8 @@ pub fn plan(view: &PoolView, targets: PoolTargets, limits: PoolLimits, cooldown:
         if view.inhibit_until.is_some_and(|until| now < until) {
             return Vec::new();
         }
-        return grow(&view.enis, want - idle, limits);
+        let new_enis_allowed = view.no_new_enis_until.is_none_or(|until| now >= until);
+        return grow(&view.enis, want - idle, limits, new_enis_allowed);
     }
     let surplus = idle.saturating_sub(targets.max_idle.max(targets.min_idle));
     if view.waiting == 0 && surplus > 0 && now.saturating_duration_since(view.last_busy) >= cooldown {
@@ -37,10 +38,10 @@ pub fn plan(view: &PoolView, targets: PoolTargets, limits: PoolLimits, cooldown:
     Vec::new()
 }
 
-fn grow(enis: &[EniView], mut need: u32, limits: PoolLimits) -> Vec<PoolAction> {
+fn grow(enis: &[EniView], mut need: u32, limits: PoolLimits, new_enis_allowed: bool) -> Vec<PoolAction> {
     let per_eni = limits.pod_ips_per_eni();
     let mut actions = Vec::new();
-    for e in enis {
+    for e in enis.iter().filter(|e| !e.full) {
         let mut room = per_eni.saturating_sub(e.assigned);
         while need > 0 && room > 0 {
             let count = need.min(room).min(MAX_IPS_PER_CALL);
@@ -49,7 +50,7 @@ fn grow(enis: &[EniView], mut need: u32, limits: PoolLimits) -> Vec<PoolAction> 
             room -= count;
         }
     }
-    let mut new_enis = limits.max_secondary_enis().saturating_sub(enis.len() as u32);
+    let mut new_enis = if new_enis_allowed { limits.max_secondary_enis().saturating_sub(enis.len() as u32) } else { 0 };
     while need > 0 && new_enis > 0 && per_eni > 0 {
         let count = need.min(per_eni).min(MAX_IPS_PER_CALL);
         actions.push(PoolAction::CreateEni { secondary_ips: count });
@@ -98,9 +99,10 @@ mod tests {
 
     fn view(enis: &[(u32, u32)], waiting: u32, now: Instant) -> PoolView {
         PoolView {
-            enis: enis.iter().enumerate().map(|(i, (assigned, in_use))| EniView { id: format!("eni-{i}"), assigned: *assigned, in_use: *in_use }).collect(),
+            enis: enis.iter().enumerate().map(|(i, (assigned, in_use))| EniView { id: format!("eni-{i}"), assigned: *assigned, in_use: *in_use, full: false }).collect(),
             waiting,
             inhibit_until: None,
+            no_new_enis_until: None,
             last_busy: now,
         }
     }
@@ -129,6 +131,26 @@ mod tests {
         v.inhibit_until = Some(now + Duration::from_secs(30));
         assert!(plan(&v, TARGETS, LIMITS, COOLDOWN, now).is_empty());
         assert!(!plan(&v, TARGETS, LIMITS, COOLDOWN, now + Duration::from_secs(31)).is_empty());
+    }
+
+    #[test]
+    fn a_full_eni_grows_on_the_next_eni() {
+        let now = Instant::now();
+        // eni-0 was refused more addresses at 6 (the cloud's limit is below the catalogue's 14).
+        let mut v = view(&[(6, 6), (2, 2)], 3, now);
+        v.enis[0].full = true;
+        assert_eq!(plan(&v, TARGETS, LIMITS, COOLDOWN, now), vec![PoolAction::AssignIps { eni: "eni-1".into(), count: 5 }]);
+        v.enis[1].full = true;
+        assert_eq!(plan(&v, TARGETS, LIMITS, COOLDOWN, now), vec![PoolAction::CreateEni { secondary_ips: 5 }]);
+    }
+
+    #[test]
+    fn at_the_instance_eni_limit_only_attached_enis_grow() {
+        let now = Instant::now();
+        let mut v = view(&[(12, 12)], 5, now);
+        v.no_new_enis_until = Some(now + Duration::from_secs(30));
+        assert_eq!(plan(&v, TARGETS, LIMITS, COOLDOWN, now), vec![PoolAction::AssignIps { eni: "eni-0".into(), count: 2 }]);
+        assert_eq!(plan(&v, TARGETS, LIMITS, COOLDOWN, now + Duration::from_secs(31)).len(), 2);
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
                     instance_id: None,
                     serial,
                     device: None,
+                    system: false,
                 },
             );
             remember_token(state, "CreateDisk", p, &id);

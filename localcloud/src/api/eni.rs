@@ -56,7 +56,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
             let secondary_count = p.parse::<usize>("SecondaryPrivateIpAddressCount")?.unwrap_or(0);
             let max_per_eni = catalogue::instance_types().iter().map(|t| t.ipv4_per_eni).max().unwrap_or(1) as usize;
             if secondary_count + 1 > max_per_eni {
-                return Err(ApiFailure::forbidden(code::PRIVATE_IP_QUOTA, format!("{} addresses exceed the {max_per_eni} an ENI may hold.", secondary_count + 1)));
+                return Err(ApiFailure::forbidden(code::ENI_IPV4_FULL, format!("{} addresses exceed the {max_per_eni} an ENI may hold.", secondary_count + 1)));
             }
             let primary = match p.parse::<Ipv4Addr>("PrimaryIpAddress")? {
                 Some(ip) => {
@@ -184,7 +184,7 @@ pub fn attach(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
     }
     let addresses = 1 + e.secondary_ips.len() as u32;
     if addresses > t.ipv4_per_eni {
-        return Err(ApiFailure::forbidden(code::PRIVATE_IP_QUOTA, format!("The network interface {} holds {addresses} addresses, more than the {} of type {}.", e.id, t.ipv4_per_eni, t.id)));
+        return Err(ApiFailure::forbidden(code::ENI_IPV4_FULL, format!("The network interface {} holds {addresses} addresses, more than the {} of type {}.", e.id, t.ipv4_per_eni, t.id)));
     }
     let entry = state.enis.get_mut(&e.id).expect("checked above");
     entry.status = EniStatus::Attaching;
@@ -259,7 +259,7 @@ pub fn assign_private_ips(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiRe
             let holds = 1 + e.secondary_ips.len();
             if holds + count > t.ipv4_per_eni as usize {
                 return Err(ApiFailure::forbidden(
-                    code::PRIVATE_IP_QUOTA,
+                    code::ENI_IPV4_FULL,
                     format!("The network interface {} holds {holds} of the {} private IPv4 addresses of type {}; {count} more do not fit.", e.id, t.ipv4_per_eni, t.id),
                 ));
             }
@@ -327,7 +327,7 @@ pub fn assign_ipv6(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Ou
             let count = if explicit.is_empty() { p.req_parse::<usize>("Ipv6AddressCount")? } else { explicit.len() };
             let t = quota_type(state, &e);
             if e.ipv6_addresses.len() + count > t.ipv6_per_eni as usize {
-                return Err(ApiFailure::forbidden(code::IPV6_QUOTA, format!("The network interface {} holds {} of the {} IPv6 addresses of type {}.", e.id, e.ipv6_addresses.len(), t.ipv6_per_eni, t.id)));
+                return Err(ApiFailure::forbidden(code::ENI_IPV6_FULL, format!("The network interface {} holds {} of the {} IPv6 addresses of type {}.", e.id, e.ipv6_addresses.len(), t.ipv6_per_eni, t.id)));
             }
             let vsw = vpc::vswitch(state, &e.vswitch_id)?.clone();
             let ips = if explicit.is_empty() {

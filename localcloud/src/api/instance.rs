@@ -30,7 +30,8 @@ pub fn describe_instance_types(ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> 
         .filter(|t| wanted.is_empty() || wanted.contains(&t.id))
         .map(wire::InstanceTypeItem::from_model)
         .collect();
-    reply(wire::DescribeInstanceTypesResponse { request_id: ctx.request_id.clone(), instance_types: items.into() })
+    let (items, next_token) = page(&items, p, 250, 1600)?;
+    reply(wire::DescribeInstanceTypesResponse { request_id: ctx.request_id.clone(), instance_types: items.into(), next_token })
 }
 
 pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
@@ -51,7 +52,10 @@ pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
         "SpotAsPriceGo" | "SpotWithPriceLimit" => true,
         other => return Err(invalid("SpotStrategy", other)),
     };
-    let ips = vpc::take_ips(state, ctx, &vsw.id, amount as usize)?;
+    // RunInstances names a full vSwitch by its own code (the ENI actions say IpNotEnough).
+    let ips = vpc::take_ips(state, ctx, &vsw.id, amount as usize).map_err(|e| {
+        if e.code == code::VSWITCH_IP_NOT_ENOUGH { ApiFailure::of(code::VSWITCH_PRIVATE_IP_QUOTA, "Don't have enough private IPs in this switch.") } else { e }
+    })?;
     let name = p.opt("InstanceName").unwrap_or_default();
     let mut ids = Vec::new();
     let mut pending = Vec::new();

@@ -28,8 +28,15 @@ pub struct ApiFailure {
 }
 
 impl ApiFailure {
+    /// A failure with `code`; a code of the table in [`berth_cloud::codes`] is answered with the
+    /// table's HTTP status whatever `status` says, so the two ends never disagree.
     pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
+        let status = berth_cloud::codes::fact(code).map_or(status, |f| f.status);
         ApiFailure { status, code: code.to_string(), message: message.into() }
+    }
+    /// A failure with `code`, answered with the status the service uses for it.
+    pub fn of(code: &str, message: impl Into<String>) -> Self {
+        Self::new(berth_cloud::codes::status_of(code), code, message)
     }
     pub fn bad(code: &str, message: impl Into<String>) -> Self {
         Self::new(400, code, message)
@@ -97,6 +104,7 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
         "CreateVSwitch" => vpc::create_vswitch(state, ctx, p),
         "DescribeVSwitches" => vpc::describe_vswitches(state, ctx, p),
         "CreateSecurityGroup" => vpc::create_security_group(state, ctx, p),
+        "DeleteSecurityGroup" => vpc::delete_security_group(state, ctx, p),
         "AuthorizeSecurityGroup" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Ingress, true),
         "AuthorizeSecurityGroupEgress" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Egress, true),
         "RevokeSecurityGroup" => vpc::change_rule(state, ctx, p, berth_cloud::model::Direction::Ingress, false),
@@ -136,8 +144,8 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
 
 /// Every action [`dispatch`] serves. The metrics label calls with these names only, so a caller
 /// cannot grow the label set with made-up actions.
-pub const ACTIONS: [&str; 35] = [
-    "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
+pub const ACTIONS: [&str; 36] = [
+    "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "DeleteSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
     "RevokeSecurityGroup", "RevokeSecurityGroupEgress", "DescribeSecurityGroupAttribute", "DescribeSecurityGroups", "DescribeInstanceTypes", "RunInstances",
     "DeleteInstances", "DeleteInstance", "DescribeInstances", "CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface",
     "DeleteNetworkInterface", "DescribeNetworkInterfaces", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses",
@@ -217,12 +225,23 @@ fn remember_token(state: &mut State, action: &str, p: &Params<'_>, id: &str) {
     }
 }
 
-/// Paging by NextToken (an offset) and MaxResults.
+/// One page of `items` by PageNumber and PageSize (clamped to 1..=`max`, as the VPC and NAS
+/// APIs do), with the total count.
+fn page_number<T>(items: Vec<T>, p: &Params<'_>, default: usize, max: usize) -> ApiResult<(u64, Vec<T>)> {
+    let size = p.parse::<usize>("PageSize")?.unwrap_or(default).clamp(1, max);
+    let number = p.parse::<usize>("PageNumber")?.unwrap_or(1).max(1);
+    let total = items.len() as u64;
+    Ok((total, items.into_iter().skip((number - 1) * size).take(size).collect()))
+}
+
+/// Paging by NextToken (an offset) and MaxResults; a MaxResults above the action's maximum is
+/// clamped to it, as the service does, and 0 is refused.
 fn page<T: Clone>(items: &[T], p: &Params<'_>, default: usize, max: usize) -> ApiResult<(Vec<T>, String)> {
     let size = p.parse::<usize>("MaxResults")?.unwrap_or(default);
-    if size == 0 || size > max {
+    if size == 0 {
         return Err(ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("MaxResults {size} is out of range; use 1 to {max}.")));
     }
+    let size = size.min(max);
     let start = match p.opt("NextToken") {
         None | Some("") => 0,
         Some(t) => t.parse::<usize>().map_err(|_| ApiFailure::bad(berth_cloud::error::code::INVALID_PARAMETER, format!("NextToken \"{t}\" is not a token this service issued.")))?,
@@ -238,6 +257,16 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn max_results_above_the_maximum_is_clamped_and_zero_refused() {
+        let items: Vec<u32> = (0..30).collect();
+        let params = BTreeMap::from([("MaxResults".to_string(), "5000".to_string())]);
+        let (chunk, next) = page(&items, &Params(&params), 10, 20).unwrap();
+        assert_eq!((chunk.len(), next.as_str()), (20, "20"));
+        let params = BTreeMap::from([("MaxResults".to_string(), "0".to_string())]);
+        assert!(page(&items, &Params(&params), 10, 20).is_err());
+    }
 
     #[test]
     fn every_counted_action_is_served_and_others_are_unknown() {

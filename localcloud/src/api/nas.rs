@@ -71,7 +71,8 @@ pub fn describe_file_systems(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> Ap
             },
         })
         .collect();
-    reply(wire::DescribeFileSystemsResponse { request_id: ctx.request_id.clone(), total_count: items.len() as u64, file_systems: items.into() })
+    let (total, items) = super::page_number(items, p, 10, 100)?;
+    reply(wire::DescribeFileSystemsResponse { request_id: ctx.request_id.clone(), total_count: total, file_systems: items.into() })
 }
 
 pub fn delete_file_system(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {

@@ -110,7 +110,8 @@ pub fn describe_vpcs(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
             status: "Available".into(),
         })
         .collect();
-    reply(wire::DescribeVpcsResponse { request_id: ctx.request_id.clone(), total_count: items.len() as u64, vpcs: items.into() })
+    let (total, items) = super::page_number(items, p, 10, 50)?;
+    reply(wire::DescribeVpcsResponse { request_id: ctx.request_id.clone(), total_count: total, vpcs: items.into() })
 }
 
 pub fn create_vswitch(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
@@ -206,12 +207,29 @@ pub fn create_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> Ap
             let id = new_id(state, ctx, "sg");
             let name = p.opt("SecurityGroupName").unwrap_or_default().to_string();
             // Default rules (not listed): egress accepted, ingress accepted only from the group's members.
-            state.security_groups.insert(id.clone(), SecurityGroup { id: id.clone(), vpc_id: vpc_id.to_string(), name, rules: Vec::new() });
+            state.security_groups.insert(id.clone(), SecurityGroup { id: id.clone(), vpc_id: vpc_id.to_string(), name, rules: Vec::new(), referenced_rules: Vec::new() });
             remember_token(state, "CreateSecurityGroup", p, &id);
             id
         }
     };
     changed(wire::CreateSecurityGroupResponse { request_id: ctx.request_id.clone(), security_group_id: id }, vec![])
+}
+
+/// Deletes a group nothing uses; an instance or ENI in it is a dependency, as on ECS.
+pub fn delete_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let id = security_group(state, p.req("SecurityGroupId")?)?.id.clone();
+    let user = state
+        .instances
+        .values()
+        .filter(|i| i.security_group_ids.contains(&id))
+        .map(|i| i.id.clone())
+        .chain(state.enis.values().filter(|e| e.security_group_ids.contains(&id)).map(|e| e.id.clone()))
+        .next();
+    if let Some(user) = user {
+        return Err(ApiFailure::of(code::DEPENDENCY_VIOLATION, format!("The security group {id} is still used by {user}; remove it from every instance and ENI first.")));
+    }
+    state.security_groups.remove(&id);
+    changed(wire::RequestIdOnly { request_id: ctx.request_id.clone() }, vec![])
 }
 
 fn parse_rule(p: &Params<'_>, direction: Direction) -> ApiResult<SecurityGroupRule> {
@@ -238,9 +256,18 @@ fn parse_rule(p: &Params<'_>, direction: Direction) -> ApiResult<SecurityGroupRu
     if ports.is_none() != matches!(protocol, IpProtocol::Icmp | IpProtocol::All) {
         return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("PortRange \"{range}\" does not fit IpProtocol \"{proto_text}\": use -1/-1 for icmp and all, from/to for tcp and udp.")));
     }
-    let peer_key = if direction == Direction::Ingress { "SourceCidrIp" } else { "DestCidrIp" };
-    let peer_text = p.opt(peer_key).unwrap_or("0.0.0.0/0");
+    // IPv6 peers have their own parameters, as on the real API.
+    let (v4_key, v6_key) = if direction == Direction::Ingress { ("SourceCidrIp", "Ipv6SourceCidrIp") } else { ("DestCidrIp", "Ipv6DestCidrIp") };
+    let (peer_key, peer_text) = match (p.opt(v4_key), p.opt(v6_key)) {
+        (Some(v4), None) => (v4_key, v4),
+        (None, Some(v6)) => (v6_key, v6),
+        (None, None) => (v4_key, "0.0.0.0/0"),
+        (Some(_), Some(_)) => return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("{v4_key} and {v6_key} cannot both be set in one rule."))),
+    };
     let peer: IpNetwork = peer_text.parse().map_err(|_| invalid(peer_key, peer_text))?;
+    if (peer_key == v6_key) != peer.is_ipv6() {
+        return Err(invalid(peer_key, peer_text));
+    }
     let policy = match p.opt("Policy").unwrap_or("accept").to_ascii_lowercase().as_str() {
         "accept" => Policy::Accept,
         "drop" => Policy::Drop,
@@ -270,6 +297,8 @@ pub fn change_rule(state: &mut State, ctx: &Ctx, p: &Params<'_>, direction: Dire
 
 fn permission(rule: &SecurityGroupRule) -> wire::Permission {
     let cidr = rule.peer_cidr.to_string();
+    let (ingress, v6) = (rule.direction == Direction::Ingress, rule.peer_cidr.is_ipv6());
+    let peer = |want_ingress: bool, want_v6: bool| if ingress == want_ingress && v6 == want_v6 { cidr.clone() } else { String::new() };
     wire::Permission {
         ip_protocol: match rule.protocol {
             IpProtocol::Tcp => "TCP",
@@ -279,11 +308,14 @@ fn permission(rule: &SecurityGroupRule) -> wire::Permission {
         }
         .into(),
         port_range: rule.ports.map(|(a, b)| format!("{a}/{b}")).unwrap_or_else(|| "-1/-1".into()),
-        source_cidr_ip: if rule.direction == Direction::Ingress { cidr.clone() } else { String::new() },
-        dest_cidr_ip: if rule.direction == Direction::Egress { cidr } else { String::new() },
+        source_cidr_ip: peer(true, false),
+        dest_cidr_ip: peer(false, false),
+        ipv6_source_cidr_ip: peer(true, true),
+        ipv6_dest_cidr_ip: peer(false, true),
         policy: if rule.policy == Policy::Accept { "Accept" } else { "Drop" }.into(),
         priority: rule.priority.to_string(),
         direction: if rule.direction == Direction::Ingress { "ingress" } else { "egress" }.into(),
+        ..Default::default()
     }
 }
 
@@ -300,12 +332,15 @@ pub fn describe_security_group_attribute(state: &mut State, ctx: &Ctx, p: &Param
         })
         .map(permission)
         .collect::<Vec<_>>();
+    // The service pages rules with NextToken when MaxResults is given (10 to 1000).
+    let (rules, next_token) = if p.opt("MaxResults").is_some() || p.opt("NextToken").is_some() { super::page(&rules, p, 100, 1000)? } else { (rules, String::new()) };
     reply(wire::DescribeSecurityGroupAttributeResponse {
         request_id: ctx.request_id.clone(),
         security_group_id: sg.id.clone(),
         security_group_name: sg.name.clone(),
         vpc_id: sg.vpc_id.clone(),
         permissions: rules.into(),
+        next_token,
     })
 }
 

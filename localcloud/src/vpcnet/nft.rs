@@ -363,7 +363,7 @@ mod tests {
         };
         state.security_groups.insert(
             "sg-1".into(),
-            SecurityGroup { id: "sg-1".into(), vpc_id: "vpc-1".into(), name: String::new(), rules: vec![rule((80, 80), Policy::Accept, 5), rule((80, 80), Policy::Drop, 5), rule((22, 22), Policy::Accept, 1)] },
+            SecurityGroup { id: "sg-1".into(), vpc_id: "vpc-1".into(), name: String::new(), rules: vec![rule((80, 80), Policy::Accept, 5), rule((80, 80), Policy::Drop, 5), rule((22, 22), Policy::Accept, 1)], referenced_rules: Vec::new() },
         );
         let e = eni("eni-1", "10.0.0.5", &["sg-1"]);
         state.enis.insert(e.id.clone(), e.clone());
