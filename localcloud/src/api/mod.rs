@@ -268,6 +268,50 @@ mod tests {
         assert!(page(&items, &Params(&params), 10, 20).is_err());
     }
 
+    /// `Permissions.N.*`, as the SDKs send rules: every rule of the call is added (or revoked)
+    /// together; a bad one, a gap in N or a top-level rule beside them changes nothing and is named.
+    #[test]
+    fn security_group_rules_are_taken_as_permissions_n() {
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new() };
+        let mut state = State::default();
+        state.security_groups.insert("sg-1".into(), berth_cloud::model::SecurityGroup { id: "sg-1".into(), ..Default::default() });
+        let call = |state: &mut State, action: &str, pairs: &[(&str, &str)]| {
+            let params: BTreeMap<String, String> = [("SecurityGroupId", "sg-1")].iter().chain(pairs).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            dispatch(state, &ctx, action, &Params(&params)).map(|_| ()).map_err(|f| f.message)
+        };
+        let two = [
+            ("Permissions.1.IpProtocol", "tcp"),
+            ("Permissions.1.PortRange", "80/80"),
+            ("Permissions.1.SourceCidrIp", "10.0.0.0/8"),
+            ("Permissions.2.IpProtocol", "udp"),
+            ("Permissions.2.PortRange", "53/53"),
+            ("Permissions.2.Ipv6SourceCidrIp", "fd00::/8"),
+            ("Permissions.2.Policy", "drop"),
+            ("Permissions.2.Priority", "5"),
+        ];
+        call(&mut state, "AuthorizeSecurityGroup", &two).unwrap();
+        let rules = state.security_groups["sg-1"].rules.clone();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!((rules[0].ports, rules[0].peer_cidr.to_string()), (Some((80, 80)), "10.0.0.0/8".to_string()));
+        assert_eq!((rules[1].ports, rules[1].peer_cidr.to_string(), rules[1].policy, rules[1].priority), (Some((53, 53)), "fd00::/8".to_string(), berth_cloud::model::Policy::Drop, 5));
+
+        let bad_second = [("Permissions.1.IpProtocol", "tcp"), ("Permissions.1.PortRange", "22/22"), ("Permissions.2.IpProtocol", "tcp"), ("Permissions.2.PortRange", "9/1")];
+        let err = call(&mut state, "AuthorizeSecurityGroup", &bad_second).unwrap_err();
+        assert!(err.contains("Permissions.2.PortRange") && err.contains("9/1"), "{err}");
+        let gap = [("Permissions.1.IpProtocol", "tcp"), ("Permissions.1.PortRange", "22/22"), ("Permissions.3.IpProtocol", "tcp"), ("Permissions.3.PortRange", "23/23")];
+        assert!(call(&mut state, "AuthorizeSecurityGroup", &gap).unwrap_err().contains("without gaps"));
+        let both = [("IpProtocol", "tcp"), ("PortRange", "22/22"), ("Permissions.1.IpProtocol", "tcp"), ("Permissions.1.PortRange", "23/23")];
+        assert!(call(&mut state, "AuthorizeSecurityGroup", &both).unwrap_err().contains("beside Permissions.N"));
+        assert_eq!(state.security_groups["sg-1"].rules, rules, "a refused call changed the rules");
+
+        // The older top-level form still works, and Revoke takes Permissions.N too.
+        call(&mut state, "AuthorizeSecurityGroup", &[("IpProtocol", "icmp"), ("PortRange", "-1/-1")]).unwrap();
+        assert_eq!(state.security_groups["sg-1"].rules.len(), 3);
+        call(&mut state, "RevokeSecurityGroup", &two).unwrap();
+        let left = &state.security_groups["sg-1"].rules;
+        assert_eq!((left.len(), left[0].protocol), (1, berth_cloud::model::IpProtocol::Icmp), "{left:?}");
+    }
+
     #[test]
     fn every_counted_action_is_served_and_others_are_unknown() {
         let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new() };

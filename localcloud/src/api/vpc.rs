@@ -232,50 +232,76 @@ pub fn delete_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> Ap
     changed(wire::RequestIdOnly { request_id: ctx.request_id.clone() }, vec![])
 }
 
-fn parse_rule(p: &Params<'_>, direction: Direction) -> ApiResult<SecurityGroupRule> {
-    let proto_text = p.req("IpProtocol")?;
+/// The most rules one call takes as `Permissions.N` (N from 1).
+const MAX_PERMISSIONS: usize = 100;
+
+/// The rules of an Authorize/Revoke call: `Permissions.1.*` … `Permissions.N.*` (the form the SDKs
+/// send), or the one rule of the older top-level parameters; never both.
+fn parse_rules(p: &Params<'_>, direction: Direction) -> ApiResult<Vec<SecurityGroupRule>> {
+    let given = |n: usize| p.0.keys().any(|k| k.strip_prefix("Permissions.").and_then(|r| r.strip_prefix(&n.to_string())).is_some_and(|r| r.starts_with('.')));
+    if !p.0.keys().any(|k| k.starts_with("Permissions.")) {
+        return Ok(vec![parse_rule(p, direction, "")?]);
+    }
+    if let Some(top) = ["IpProtocol", "PortRange"].into_iter().find(|k| p.opt(k).is_some()) {
+        return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("\"{top}\" cannot be given beside Permissions.N: put every rule in Permissions.N.")));
+    }
+    let count = (1..).take_while(|&n| given(n)).count();
+    if count == 0 || count > MAX_PERMISSIONS || given(count + 1) || p.0.keys().any(|k| k.starts_with("Permissions.") && !(1..=count).any(|n| k.starts_with(&format!("Permissions.{n}.")))) {
+        return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("Permissions.N must be numbered 1, 2, … without gaps, at most {MAX_PERMISSIONS}.")));
+    }
+    (1..=count).map(|n| parse_rule(p, direction, &format!("Permissions.{n}."))).collect()
+}
+
+/// One rule from the parameters under `prefix` ("" or `Permissions.N.`).
+fn parse_rule(p: &Params<'_>, direction: Direction, prefix: &str) -> ApiResult<SecurityGroupRule> {
+    let key = |name: &str| format!("{prefix}{name}");
+    let proto_key = key("IpProtocol");
+    let proto_text = p.req(&proto_key)?;
     let protocol = match proto_text.to_ascii_lowercase().as_str() {
         "tcp" => IpProtocol::Tcp,
         "udp" => IpProtocol::Udp,
         "icmp" => IpProtocol::Icmp,
         "all" => IpProtocol::All,
-        _ => return Err(invalid("IpProtocol", proto_text)),
+        _ => return Err(invalid(&proto_key, proto_text)),
     };
-    let range = p.req("PortRange")?;
+    let range_key = key("PortRange");
+    let range = p.req(&range_key)?;
     let ports = match range.split_once('/') {
         Some(("-1", "-1")) => None,
         Some((a, b)) => {
-            let (a, b): (u16, u16) = (a.parse().map_err(|_| invalid("PortRange", range))?, b.parse().map_err(|_| invalid("PortRange", range))?);
+            let (a, b): (u16, u16) = (a.parse().map_err(|_| invalid(&range_key, range))?, b.parse().map_err(|_| invalid(&range_key, range))?);
             if a == 0 || a > b {
-                return Err(invalid("PortRange", range));
+                return Err(invalid(&range_key, range));
             }
             Some((a, b))
         }
-        None => return Err(invalid("PortRange", range)),
+        None => return Err(invalid(&range_key, range)),
     };
     if ports.is_none() != matches!(protocol, IpProtocol::Icmp | IpProtocol::All) {
-        return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("PortRange \"{range}\" does not fit IpProtocol \"{proto_text}\": use -1/-1 for icmp and all, from/to for tcp and udp.")));
+        return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("{range_key} \"{range}\" does not fit {proto_key} \"{proto_text}\": use -1/-1 for icmp and all, from/to for tcp and udp.")));
     }
     // IPv6 peers have their own parameters, as on the real API.
-    let (v4_key, v6_key) = if direction == Direction::Ingress { ("SourceCidrIp", "Ipv6SourceCidrIp") } else { ("DestCidrIp", "Ipv6DestCidrIp") };
-    let (peer_key, peer_text) = match (p.opt(v4_key), p.opt(v6_key)) {
-        (Some(v4), None) => (v4_key, v4),
-        (None, Some(v6)) => (v6_key, v6),
-        (None, None) => (v4_key, "0.0.0.0/0"),
+    let (v4_key, v6_key) = if direction == Direction::Ingress { (key("SourceCidrIp"), key("Ipv6SourceCidrIp")) } else { (key("DestCidrIp"), key("Ipv6DestCidrIp")) };
+    let (peer_key, peer_text) = match (p.opt(&v4_key), p.opt(&v6_key)) {
+        (Some(v4), None) => (&v4_key, v4),
+        (None, Some(v6)) => (&v6_key, v6),
+        (None, None) => (&v4_key, "0.0.0.0/0"),
         (Some(_), Some(_)) => return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("{v4_key} and {v6_key} cannot both be set in one rule."))),
     };
     let peer: IpNetwork = peer_text.parse().map_err(|_| invalid(peer_key, peer_text))?;
-    if (peer_key == v6_key) != peer.is_ipv6() {
+    if (*peer_key == v6_key) != peer.is_ipv6() {
         return Err(invalid(peer_key, peer_text));
     }
-    let policy = match p.opt("Policy").unwrap_or("accept").to_ascii_lowercase().as_str() {
+    let policy_key = key("Policy");
+    let policy = match p.opt(&policy_key).unwrap_or("accept").to_ascii_lowercase().as_str() {
         "accept" => Policy::Accept,
         "drop" => Policy::Drop,
-        other => return Err(invalid("Policy", other)),
+        other => return Err(invalid(&policy_key, other)),
     };
-    let priority = p.parse::<u8>("Priority")?.unwrap_or(1);
+    let priority_key = key("Priority");
+    let priority = p.parse::<u8>(&priority_key)?.unwrap_or(1);
     if !(1..=100).contains(&priority) {
-        return Err(invalid("Priority", &priority.to_string()));
+        return Err(invalid(&priority_key, &priority.to_string()));
     }
     Ok(SecurityGroupRule { direction, protocol, ports, peer_cidr: peer, policy, priority })
 }
@@ -283,14 +309,17 @@ fn parse_rule(p: &Params<'_>, direction: Direction) -> ApiResult<SecurityGroupRu
 pub fn change_rule(state: &mut State, ctx: &Ctx, p: &Params<'_>, direction: Direction, add: bool) -> ApiResult<Outcome> {
     let id = p.req("SecurityGroupId")?.to_string();
     security_group(state, &id)?;
-    let rule = parse_rule(p, direction)?;
+    // Every rule is read before any is applied: a bad one changes nothing.
+    let rules = parse_rules(p, direction)?;
     let sg = state.security_groups.get_mut(&id).expect("checked above");
-    if add {
-        if !sg.rules.contains(&rule) {
-            sg.rules.push(rule);
+    for rule in rules {
+        if add {
+            if !sg.rules.contains(&rule) {
+                sg.rules.push(rule);
+            }
+        } else {
+            sg.rules.retain(|r| r != &rule);
         }
-    } else {
-        sg.rules.retain(|r| r != &rule);
     }
     changed(super::request_id(ctx), vec![])
 }
