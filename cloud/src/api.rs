@@ -27,6 +27,28 @@ pub struct RunInstancesRequest {
     pub spot: bool,
     /// Makes the request idempotent: the same token never creates twice.
     pub client_token: Option<String>,
+    /// What the instances boot; RunInstances needs one.
+    pub image: Option<BootImage>,
+    pub system_disk: Option<SystemDisk>,
+    /// The script the instance runs at first boot (sent Base64-encoded, as the API takes it).
+    pub user_data: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// The image an instance boots: an image, the newest image of a family, or a launch template
+/// (at a version, or its default one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootImage {
+    Id(String),
+    Family(String),
+    LaunchTemplate { id: String, version: Option<String> },
+}
+
+/// The instance's system disk: its category (`cloud_essd`, …) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemDisk {
+    pub category: String,
+    pub size_gib: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
+    BootImage,     Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
     RunInstancesRequest,
 };
 use crate::endpoints;
@@ -365,6 +366,21 @@ impl Cloud for HttpCloud {
             .set("InstanceName", &req.name)
             .set("SpotStrategy", if req.spot { "SpotAsPriceGo" } else { "NoSpot" })
             .set("ClientToken", token(req.client_token.as_deref()));
+        let mut p = match &req.image {
+            Some(BootImage::Id(id)) => p.set("ImageId", id),
+            Some(BootImage::Family(family)) => p.set("ImageFamily", family),
+            Some(BootImage::LaunchTemplate { id, version }) => p.set("LaunchTemplateId", id).opt("LaunchTemplateVersion", version.as_deref()),
+            None => p,
+        };
+        if let Some(disk) = &req.system_disk {
+            p = p.set("SystemDisk.Category", &disk.category).opt("SystemDisk.Size", disk.size_gib);
+        }
+        if let Some(script) = &req.user_data {
+            p = p.set("UserData", base64::engine::general_purpose::STANDARD.encode(script));
+        }
+        for (i, (key, value)) in req.tags.iter().enumerate() {
+            p = p.set(&format!("Tag.{}.Key", i + 1), key).set(&format!("Tag.{}.Value", i + 1), value);
+        }
         let r: wire::RunInstancesResponse = self.call("RunInstances", p).await?;
         Ok(r.instance_id_sets.items)
     }

@@ -14,6 +14,9 @@ use clap::Args;
 use tonic::transport::Channel;
 
 pub const REGION: &str = "local-1";
+/// The ImageId the local pool's nodes are created with (RunInstances needs one; the local cloud's
+/// instances boot the node image `up` builds, whatever the ID).
+pub const NODE_IMAGE_ID: &str = "berth-node";
 
 /// Paths and names of one local cluster; flags so that tests can run one beside another.
 #[derive(Args, Debug, Clone)]

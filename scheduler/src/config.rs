@@ -312,6 +312,31 @@ impl SchedulerConfig {
             if p.max_nodes < p.min_nodes {
                 return invalid("pool.max_nodes", p.max_nodes.to_string(), "must be at least min_nodes");
             }
+            let images = [&p.image_id, &p.image_family, &p.launch_template_id].iter().filter(|i| i.is_some()).count();
+            if self.autoscaler.enabled && images != 1 {
+                return invalid("pool.image_id", p.name.clone(), "a pool the autoscaler creates nodes for names exactly one of image_id, image_family and launch_template_id (what RunInstances boots)");
+            }
+            if p.launch_template_version.is_some() && p.launch_template_id.is_none() {
+                return invalid("pool.launch_template_version", p.name.clone(), "is a version of launch_template_id, which the pool does not name");
+            }
+            if let Some(gib) = p.system_disk_gib
+                && !(20..=2048).contains(&gib)
+            {
+                return invalid("pool.system_disk_gib", gib.to_string(), "a system disk has 20 to 2048 GiB");
+            }
+            if p.system_disk_gib.is_some() && p.system_disk_category.is_none() {
+                return invalid("pool.system_disk_category", p.name.clone(), "set the category (e.g. cloud_essd) with system_disk_gib");
+            }
+            if let Some(path) = &p.user_data_file {
+                match std::fs::metadata(path) {
+                    Ok(m) if m.len() <= 32 * 1024 => {}
+                    Ok(m) => return invalid("pool.user_data_file", format!("{} ({} bytes)", path.display(), m.len()), "user data is at most 32 KiB"),
+                    Err(e) => return invalid("pool.user_data_file", format!("{} ({e})", path.display()), "a readable file: the script the pool's nodes run at first boot"),
+                }
+            }
+            if p.tags.len() > 19 || p.tags.keys().any(|k| k.is_empty() || k.len() > 128 || k.starts_with("aliyun") || k.starts_with("acs:") || k == "berth:pool") {
+                return invalid("pool.tags", format!("{:?}", p.tags), "at most 19 tags (berth:pool is the 20th), keys 1 to 128 characters, not starting with aliyun or acs:");
+            }
         }
         if self.autoscaler.enabled && !self.pool.is_empty() && self.cloud.endpoint.is_empty() {
             return invalid("cloud.endpoint", String::new(), "set the cloud API endpoint for the autoscaler, or autoscaler.enabled = false");
@@ -357,6 +382,7 @@ instance_types = ["ecs.g7.large"]
 vswitches = [{ id = "vsw-1", zone = "cn-local-a" }]
 max_nodes = 4
 capacity = "spot"
+image_family = "berth-node"
 "#,
             Path::new("x.toml"),
         )
@@ -367,6 +393,21 @@ capacity = "spot"
         let mut bad = c.clone();
         bad.pool[0].instance_types = vec!["ecs.nope".into()];
         assert!(bad.validate().unwrap_err().to_string().contains("ecs.nope"));
+        // What the nodes boot: exactly one image source, a disk in range, user data that is there.
+        for (edit, says) in [
+            (Box::new(|p: &mut NodePool| p.image_family = None) as Box<dyn Fn(&mut NodePool)>, "exactly one of image_id"),
+            (Box::new(|p: &mut NodePool| p.image_id = Some("m-1".into())), "exactly one of image_id"),
+            (Box::new(|p: &mut NodePool| p.launch_template_version = Some("3".into())), "launch_template_id"),
+            (Box::new(|p: &mut NodePool| (p.system_disk_category, p.system_disk_gib) = (Some("cloud_essd".into()), Some(10))), "20 to 2048"),
+            (Box::new(|p: &mut NodePool| p.system_disk_gib = Some(40)), "system_disk_category"),
+            (Box::new(|p: &mut NodePool| p.user_data_file = Some("/nonexistent/boot.sh".into())), "/nonexistent/boot.sh"),
+            (Box::new(|p: &mut NodePool| p.tags = [("acs:x".to_string(), "1".to_string())].into()), "acs:x"),
+        ] {
+            let mut bad = c.clone();
+            edit(&mut bad.pool[0]);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -104,6 +104,8 @@ fn config() -> SchedulerConfig {
         priority: 0,
         labels: BTreeMap::new(),
         disruption_budget: 1,
+        image_id: Some("m-test".into()),
+        ..Default::default()
     }];
     cfg
 }

@@ -62,7 +62,7 @@ async fn main() {
 
     // AssignPrivateIpAddresses on an attached ENI of a large instance.
     let instance = cloud
-        .run_instances(&RunInstancesRequest { instance_type: "ecs.g7.4xlarge".into(), vswitch_id: vsw.clone(), security_group_ids: vec![sg.clone()], amount: 1, name: "bench".into(), ..Default::default() })
+        .run_instances(&RunInstancesRequest { instance_type: "ecs.g7.4xlarge".into(), vswitch_id: vsw.clone(), security_group_ids: vec![sg.clone()], amount: 1, name: "bench".into(), image: Some(berth_cloud::api::BootImage::Id("berth-node".into())), ..Default::default() })
         .await
         .unwrap()
         .remove(0);

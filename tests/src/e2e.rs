@@ -51,7 +51,7 @@ pub async fn cluster_of(pool: &str, instance_type: &str, (min, max): (u32, u32),
         "[placement]\nlease_secs = 15\ntick_ms = 100\n\n\
          [autoscaler]\nenabled = true\npending_threshold_secs = 2\nscale_down_utilisation = 0.5\nscale_down_after_secs = {idle_secs}\nnode_boot_timeout_secs = 120\ninterval_ms = 250\n\n\
          [cloud]\nendpoint = \"{}\"\nregion = \"local-1\"\ncredentials_file = \"{}\"\n\n\
-         [[pool]]\nname = \"{pool}\"\ninstance_types = [\"{instance_type}\"]\nvswitches = [{{ id = \"{}\", zone = \"local-1a\" }}]\nsecurity_group_ids = [\"{}\"]\nmin_nodes = {min}\nmax_nodes = {max}\n",
+         [[pool]]\nname = \"{pool}\"\ninstance_types = [\"{instance_type}\"]\nvswitches = [{{ id = \"{}\", zone = \"local-1a\" }}]\nsecurity_group_ids = [\"{}\"]\nmin_nodes = {min}\nmax_nodes = {max}\nimage_id = \"berth-node\"\n",
         lc.endpoint,
         lc.dir.path().join("credentials.json").display(),
         net.vsw,

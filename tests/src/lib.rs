@@ -272,6 +272,7 @@ impl SampleNet {
                 security_group_ids: vec![security_group.into()],
                 amount: 1,
                 name: instance_type.into(),
+                image: Some(berth_cloud::api::BootImage::Id("berth-node".into())),
                 ..Default::default()
             })
             .await

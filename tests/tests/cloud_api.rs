@@ -93,6 +93,32 @@ async fn quotas_refuse_with_the_real_codes() {
     assert!(err.is_code(code::INVALID_INSTANCE_TYPE), "{err}");
 }
 
+/// RunInstances as the real API takes it: without an image it is refused naming ImageId; with an
+/// image family, a system disk, user data (which the client Base64-encodes) and tags it runs.
+#[tokio::test]
+async fn run_instances_boots_an_image_with_its_system_disk_user_data_and_tags() {
+    use berth_cloud::api::{BootImage, SystemDisk};
+    let lc = api_only();
+    let cloud = lc.client();
+    let net = network(&cloud, "10.6.0.0/24").await;
+    let base = RunInstancesRequest { instance_type: "ecs.g7.large".into(), vswitch_id: net.vsw.clone(), security_group_ids: vec![net.sg.clone()], amount: 1, name: "boot".into(), ..Default::default() };
+    let err = cloud.run_instances(&base).await.unwrap_err();
+    assert!(err.is_code(code::MISSING_PARAMETER) && err.to_string().contains("ImageId"), "{err}");
+    let full = RunInstancesRequest {
+        image: Some(BootImage::Family("berth-node".into())),
+        system_disk: Some(SystemDisk { category: "cloud_essd".into(), size_gib: Some(40) }),
+        user_data: Some("#!/bin/sh
+systemctl enable --now berth-agent
+".into()),
+        tags: vec![("berth:pool".into(), "boot".into()), ("team".into(), "infra".into())],
+        ..base.clone()
+    };
+    assert_eq!(cloud.run_instances(&full).await.unwrap().len(), 1);
+    let bad_disk = RunInstancesRequest { system_disk: Some(SystemDisk { category: "cloud_essd".into(), size_gib: Some(5) }), ..full };
+    let err = cloud.run_instances(&bad_disk).await.unwrap_err();
+    assert!(err.to_string().contains("SystemDisk.Size"), "{err}");
+}
+
 #[tokio::test]
 async fn a_small_vswitch_runs_out_of_addresses() {
     let lc = api_only();

@@ -150,11 +150,12 @@ pub fn scheduler_config(paths: &ClusterPaths, endpoint: &str, vswitches: &[(Stri
          [placement]\nstrategy = \"spread\"\n\n\
          [autoscaler]\nenabled = true\n\n\
          [cloud]\nendpoint = \"{endpoint}\"\nregion = \"{}\"\ncredentials_file = \"{}\"\n\n\
-         [[pool]]\nname = \"{POOL}\"\ninstance_types = [{}]\nvswitches = [{}]\nsecurity_group_ids = [\"{sg}\"]\nmin_nodes = {MIN_NODES}\nmax_nodes = {MAX_NODES}\n",
+         [[pool]]\nname = \"{POOL}\"\ninstance_types = [{}]\nvswitches = [{}]\nsecurity_group_ids = [\"{sg}\"]\nmin_nodes = {MIN_NODES}\nmax_nodes = {MAX_NODES}\nimage_id = \"{}\"\n",
         cluster::REGION,
         paths.credentials().display(),
         types.join(", "),
         vsw.join(", "),
+        cluster::NODE_IMAGE_ID,
     )
 }
 

@@ -34,6 +34,56 @@ pub fn describe_instance_types(ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> 
     reply(wire::DescribeInstanceTypesResponse { request_id: ctx.request_id.clone(), instance_types: items.into(), next_token })
 }
 
+/// System disk categories RunInstances takes.
+const SYSTEM_DISK_CATEGORIES: [&str; 6] = ["cloud", "cloud_efficiency", "cloud_ssd", "cloud_essd", "cloud_auto", "cloud_essd_entry"];
+/// The system disk's size range in GiB.
+const SYSTEM_DISK_GIB: std::ops::RangeInclusive<u32> = 20..=2048;
+/// User data: at most this many bytes before Base64.
+const USER_DATA_MAX: usize = 32 * 1024;
+/// Tags per instance.
+const MAX_TAGS: usize = 20;
+
+/// What RunInstances checks of how the instance boots: one of ImageId, ImageFamily or
+/// LaunchTemplateId; the system disk's category and size; user data Base64 and within its size;
+/// tags numbered from 1, keys given and not in the provider's reserved prefixes.
+fn boot_settings(p: &Params<'_>) -> ApiResult<()> {
+    if ["ImageId", "ImageFamily", "LaunchTemplateId"].iter().all(|k| p.opt(k).is_none()) {
+        return Err(ApiFailure::bad(code::MISSING_PARAMETER, "The input parameter \"ImageId\" that is mandatory for processing this request is not supplied: give ImageId, ImageFamily or LaunchTemplateId."));
+    }
+    if p.opt("LaunchTemplateVersion").is_some() && p.opt("LaunchTemplateId").is_none() {
+        return Err(ApiFailure::bad(code::MISSING_PARAMETER, "LaunchTemplateVersion names a version of LaunchTemplateId, which is not supplied."));
+    }
+    if let Some(category) = p.opt("SystemDisk.Category")
+        && !SYSTEM_DISK_CATEGORIES.contains(&category)
+    {
+        return Err(invalid("SystemDisk.Category", category));
+    }
+    if let Some(size) = p.parse::<u32>("SystemDisk.Size")?
+        && !SYSTEM_DISK_GIB.contains(&size)
+    {
+        return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("SystemDisk.Size {size} is out of range: a system disk has {} to {} GiB.", SYSTEM_DISK_GIB.start(), SYSTEM_DISK_GIB.end())));
+    }
+    if let Some(encoded) = p.opt("UserData") {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| ApiFailure::bad(code::INVALID_PARAMETER, "UserData is not Base64."))?;
+        if raw.len() > USER_DATA_MAX {
+            return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("UserData holds {} bytes; at most {USER_DATA_MAX} before Base64.", raw.len())));
+        }
+    }
+    for n in 1..=MAX_TAGS + 1 {
+        let (key, value) = (p.opt(&format!("Tag.{n}.Key")), p.opt(&format!("Tag.{n}.Value")));
+        match (key, value) {
+            (None, None) => break,
+            (None, Some(_)) => return Err(ApiFailure::bad(code::MISSING_PARAMETER, format!("Tag.{n}.Value is given without Tag.{n}.Key."))),
+            (Some(_), _) if n > MAX_TAGS => return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("At most {MAX_TAGS} tags per instance."))),
+            (Some(k), _) if k.len() > 128 || k.starts_with("aliyun") || k.starts_with("acs:") => return Err(invalid(&format!("Tag.{n}.Key"), k)),
+            (Some(_), Some(v)) if v.len() > 128 => return Err(invalid(&format!("Tag.{n}.Value"), v)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
     if let Some(ids) = by_token(state, "RunInstances", p) {
         let ids: Vec<String> = ids.split(',').map(str::to_string).collect();
@@ -52,6 +102,7 @@ pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
         "SpotAsPriceGo" | "SpotWithPriceLimit" => true,
         other => return Err(invalid("SpotStrategy", other)),
     };
+    boot_settings(p)?;
     // RunInstances names a full vSwitch by its own code (the ENI actions say IpNotEnough).
     let ips = vpc::take_ips(state, ctx, &vsw.id, amount as usize).map_err(|e| {
         if e.code == code::VSWITCH_IP_NOT_ENOUGH { ApiFailure::of(code::VSWITCH_PRIVATE_IP_QUOTA, "Don't have enough private IPs in this switch.") } else { e }
@@ -179,5 +230,45 @@ fn item(state: &State, i: &Instance) -> wire::InstanceItem {
         security_group_ids: i.security_group_ids.clone().into(),
         network_interfaces: nics.into(),
         spot_strategy: if i.spot { "SpotAsPriceGo" } else { "NoSpot" }.into(),
+    }
+}
+
+#[cfg(test)]
+mod boot_tests {
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+
+    use super::*;
+
+    fn check(pairs: &[(&str, String)]) -> Result<(), String> {
+        let params: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        boot_settings(&Params(&params)).map_err(|f| format!("{}: {}", f.code, f.message))
+    }
+
+    /// RunInstances needs what the instance boots, and checks its disk, user data and tags.
+    #[test]
+    fn run_instances_needs_an_image_and_checks_disk_user_data_and_tags() {
+        let image = ("ImageId", "m-1".to_string());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        check(&[image.clone(), ("SystemDisk.Category", "cloud_essd".into()), ("SystemDisk.Size", "40".into()), ("UserData", b64("#!/bin/sh\necho boot\n")), ("Tag.1.Key", "berth:pool".into()), ("Tag.1.Value", "p".into())]).unwrap();
+        check(&[("ImageFamily", "f".into())]).unwrap();
+        check(&[("LaunchTemplateId", "lt-1".into()), ("LaunchTemplateVersion", "2".into())]).unwrap();
+        let refused = |pairs: &[(&str, String)], says: &str| {
+            let err = check(pairs).unwrap_err();
+            assert!(err.contains(says), "{err} should name {says}");
+        };
+        refused(&[], "MissingParameter: The input parameter \"ImageId\"");
+        refused(&[("ImageId", "m-1".into()), ("LaunchTemplateVersion", "2".into())], "LaunchTemplateId");
+        refused(&[image.clone(), ("SystemDisk.Category", "floppy".into())], "floppy");
+        refused(&[image.clone(), ("SystemDisk.Size", "10".into())], "20 to 2048 GiB");
+        refused(&[image.clone(), ("UserData", "not base64!".into())], "not Base64");
+        refused(&[image.clone(), ("UserData", b64(&"x".repeat(32 * 1024 + 1)))], "32768");
+        refused(&[image.clone(), ("Tag.1.Value", "v".into())], "Tag.1.Key");
+        refused(&[image.clone(), ("Tag.1.Key", "acs:reserved".into())], "acs:reserved");
+        let mut many: BTreeMap<String, String> = (1..=21).map(|n| (format!("Tag.{n}.Key"), format!("k{n}"))).collect();
+        many.insert("ImageId".into(), "m-1".into());
+        let err = boot_settings(&Params(&many)).unwrap_err();
+        assert!(err.message.contains("At most 20 tags"), "{}", err.message);
     }
 }

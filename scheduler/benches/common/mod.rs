@@ -107,6 +107,8 @@ pub fn pools(max_nodes: u32) -> Vec<NodePool> {
             priority: i as i32,
             labels: BTreeMap::from([("disk".to_string(), "ssd".to_string())]),
             disruption_budget: 1,
+            image_id: Some("m-test".into()),
+            ..Default::default()
         })
         .collect()
 }

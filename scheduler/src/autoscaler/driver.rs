@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use berth_cloud::Cloud;
-use berth_cloud::api::{InstanceFilter, RunInstancesRequest};
+use berth_cloud::api::{InstanceFilter, RunInstancesRequest, SystemDisk};
 
 use super::{CapacityType, NodePool, ScaleUpPlan};
 
@@ -48,6 +48,13 @@ impl<C: Cloud + 'static> NodeProvisioner for CloudProvisioner<C> {
             name: instance_name(pool),
             spot: pool.capacity == CapacityType::Spot,
             client_token: Some(client_token.to_string()),
+            image: pool.boot_image(),
+            system_disk: pool.system_disk_category.clone().map(|category| SystemDisk { category, size_gib: pool.system_disk_gib }),
+            user_data: match &pool.user_data_file {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| format!("pool {}: user_data_file {}: {e}", pool.name, path.display()))?),
+                None => None,
+            },
+            tags: std::iter::once(("berth:pool".to_string(), pool.name.clone())).chain(pool.tags.iter().map(|(k, v)| (k.clone(), v.clone()))).collect(),
         };
         self.cloud.run_instances(&req).await.map_err(|e| e.to_string())
     }

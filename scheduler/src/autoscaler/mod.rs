@@ -47,7 +47,7 @@ pub struct PoolVSwitch {
 }
 
 /// A node pool of the scheduler's config (`[[pool]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodePool {
     pub name: String,
@@ -70,6 +70,44 @@ pub struct NodePool {
     /// Nodes of the pool removed at the same time at most.
     #[serde(default = "one")]
     pub disruption_budget: u32,
+    /// What its nodes boot, as RunInstances takes it (one of the three is needed to create nodes):
+    /// an image, the newest image of a family, or a launch template at `launch_template_version`
+    /// (else its default version).
+    #[serde(default)]
+    pub image_id: Option<String>,
+    #[serde(default)]
+    pub image_family: Option<String>,
+    #[serde(default)]
+    pub launch_template_id: Option<String>,
+    #[serde(default)]
+    pub launch_template_version: Option<String>,
+    /// The nodes' system disk: category (`cloud_essd`, …) and size in GiB; the image's default
+    /// when unset.
+    #[serde(default)]
+    pub system_disk_category: Option<String>,
+    #[serde(default)]
+    pub system_disk_gib: Option<u32>,
+    /// A script the nodes run at first boot (the one that installs and starts the Berth units and
+    /// points them at the scheduler), read when nodes are created; at most 32 KiB.
+    #[serde(default)]
+    pub user_data_file: Option<std::path::PathBuf>,
+    /// Tags of the pool's instances (at most 20 with Berth's own `berth:pool`).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl NodePool {
+    /// The image RunInstances is given, if the pool names one.
+    pub fn boot_image(&self) -> Option<berth_cloud::api::BootImage> {
+        use berth_cloud::api::BootImage;
+        if let Some(id) = &self.image_id {
+            return Some(BootImage::Id(id.clone()));
+        }
+        if let Some(family) = &self.image_family {
+            return Some(BootImage::Family(family.clone()));
+        }
+        self.launch_template_id.as_ref().map(|id| BootImage::LaunchTemplate { id: id.clone(), version: self.launch_template_version.clone() })
+    }
 }
 
 fn one() -> u32 {

@@ -16,6 +16,8 @@ fn pool(name: &str, types: &[&str], max: u32, priority: i32) -> NodePool {
         priority,
         labels: BTreeMap::new(),
         disruption_budget: 1,
+        image_id: Some("m-test".into()),
+        ..Default::default()
     }
 }
 
