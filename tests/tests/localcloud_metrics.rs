@@ -68,8 +68,10 @@ async fn api_calls_faults_and_resources_are_counted() {
     cloud.describe_instances(&InstanceFilter::default()).await.expect("DescribeInstances");
     let err = cloud.call::<serde_json::Value>("DescribeInstances", Params::new().set("MaxResults", 0)).await.expect_err("MaxResults 0 is refused");
     assert!(err.is_code(code::INVALID_PARAMETER), "{err}");
+    // An action the endpoint does not serve: the client names the product and the setting to fix.
     let err = cloud.call::<serde_json::Value>("DescribeEverything", Params::new()).await.expect_err("an unknown action is refused");
-    assert!(err.is_code(code::INVALID_ACTION), "{err}");
+    let said = err.to_string();
+    assert!(said.contains(code::INVALID_ACTION) && said.contains("cloud.endpoint"), "{said}");
 
     let text = scrape(&lc).await;
     assert_eq!(value(&text, "berth_localcloud_api_calls_total{action=\"DescribeInstances\",outcome=\"ok\"}"), 2.0);
