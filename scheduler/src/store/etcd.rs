@@ -355,7 +355,11 @@ pub fn classify(endpoints: &str, e: etcd_client::Error) -> StoreError {
     use tonic::Code;
     let endpoints = endpoints.to_string();
     match e {
-        E::GRpcStatus(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => StoreError::Unavailable { endpoints, reason: s.message().to_string() },
+        // A call in flight on a connection that breaks (a member killed) ends as UNKNOWN
+        // "transport error": another member may take the retry.
+        E::GRpcStatus(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) || (s.code() == Code::Unknown && s.message().contains("transport error")) => {
+            StoreError::Unavailable { endpoints, reason: s.message().to_string() }
+        }
         E::GRpcStatus(s) if s.code() == Code::OutOfRange => StoreError::Compacted { endpoints, reason: s.message().to_string() },
         E::TransportError(e) => StoreError::Unavailable { endpoints, reason: e.to_string() },
         E::IoError(e) => StoreError::Unavailable { endpoints, reason: e.to_string() },
@@ -717,6 +721,16 @@ mod tests {
     use berth_proto::cluster::v1 as pb;
 
     use super::*;
+
+    /// A broken connection is retried on another member; an answer etcd gave is not.
+    #[test]
+    fn a_broken_connection_is_unavailable_and_an_answer_is_not() {
+        let status = |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert!(matches!(classify("e", status(tonic::Code::Unknown, "transport error")), StoreError::Unavailable { .. }));
+        assert!(matches!(classify("e", status(tonic::Code::Unavailable, "no leader")), StoreError::Unavailable { .. }));
+        assert!(matches!(classify("e", status(tonic::Code::Unknown, "etcdserver: something else")), StoreError::Etcd { .. }));
+        assert!(matches!(classify("e", status(tonic::Code::InvalidArgument, "bad key")), StoreError::Etcd { .. }));
+    }
 
     fn spec(name: &str, zone: &str) -> StoredSpec {
         let mut s = pb::PodSpec { namespace: "d".into(), name: name.into(), ..Default::default() };
