@@ -305,6 +305,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 csi_socket: Some(cfg.runner.csi_socket.clone()).filter(|p| !p.as_os_str().is_empty()),
             })?)),
         };
+        if let Some(r) = &runner {
+            let r = Arc::downgrade(r);
+            let _ = metrics.pod_namespaces.set(Box::new(move || r.upgrade().map(|r| r.pod_namespaces()).unwrap_or_default()));
+        }
         tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings, runner));
     }
 

@@ -12,12 +12,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
+/// (pod key, namespace name) of every pod with a network.
+pub type PodNamespaces = Box<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 
 pub struct Metrics {
     registry: Registry,
     /// The node's namespace ("" for the agent's own), where the pod interface filter's drop
     /// counters are read at each scrape.
     pub node_netns: std::sync::OnceLock<String>,
+    /// The pods with a network and their namespaces (the pod runner's), where each pod's
+    /// NetworkPolicy drop counters are read at each scrape.
+    pub pod_namespaces: std::sync::OnceLock<PodNamespaces>,
     pub idle_ips: Gauge,
     pub allocated_ips: Gauge,
     pub enis: Gauge,
@@ -52,6 +57,7 @@ impl Metrics {
             disk_attach_timeouts: Counter::default(),
             registry: Registry::default(),
             node_netns: std::sync::OnceLock::new(),
+            pod_namespaces: std::sync::OnceLock::new(),
         };
         registry.register("pool_idle_ips", "Idle IPs ready to serve pods", m.idle_ips.clone());
         registry.register("pool_allocated_ips", "IPs held by pods", m.allocated_ips.clone());
@@ -77,10 +83,22 @@ impl Metrics {
             for (reason, n) in drops {
                 family += &format!("berth_agent_pod_dropped_packets_total{{reason=\"{reason}\"}} {n}\n");
             }
-            match out.rfind("# EOF") {
-                Some(at) => out.insert_str(at, &family),
-                None => out.push_str(&family),
+            insert_family(&mut out, &family);
+        }
+        if let Some(pods) = self.pod_namespaces.get() {
+            let mut family = String::from("# HELP berth_agent_policy_denied_packets Packets a pod's NetworkPolicy dropped, by pod and direction (pods no policy selects are left out).\n# TYPE berth_agent_policy_denied_packets counter\n");
+            for (pod, netns) in pods() {
+                match crate::netpol::denied_packets(&netns) {
+                    Ok(Some((ingress, egress))) => {
+                        for (direction, n) in [("ingress", ingress), ("egress", egress)] {
+                            family += &format!("berth_agent_policy_denied_packets_total{{pod=\"{}\",direction=\"{direction}\"}} {n}\n", label_value(&pod));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(pod = %pod, error = %e, "cannot read the pod's NetworkPolicy drop counters"),
+                }
             }
+            insert_family(&mut out, &family);
         }
         out
     }
@@ -96,6 +114,19 @@ impl Metrics {
         };
         read.map_err(|e| tracing::debug!(error = %e, "cannot read the pod filter's drop counters")).ok()
     }
+}
+
+/// Puts a family written by hand before the exposition's end marker.
+fn insert_family(out: &mut String, family: &str) {
+    match out.rfind("# EOF") {
+        Some(at) => out.insert_str(at, family),
+        None => out.push_str(family),
+    }
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Feeds every cloud call attempt into the metrics.

@@ -283,19 +283,33 @@ pub fn pod_script(held: &PolicyHeld, pod: &str) -> String {
 /// Where a script's generation goes, until it is known.
 const GEN: &str = "@GENERATION@";
 
-/// Runs an nft script inside a pod's network namespace (`/run/netns/<name>`).
+/// Runs an nft script inside a pod's network namespace (`/run/netns/<name>`): nft is started
+/// from a thread inside it, so it inherits that namespace.
 pub fn run_in_pod(netns: &str, script: &str) -> Result<(), String> {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .args(["--", nft_binary().as_str(), "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft in the pod's namespace {netns}: {e}"))?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| format!("nft: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    let ns = berth_nodenet::Netns::open_named(netns).map_err(|e| format!("the pod's namespace {netns}: {e}"))?;
+    let out = ns
+        .run_in(|| -> Result<std::process::Output, String> {
+            let mut child = Command::new(nft_binary())
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run nft in the pod's namespace {netns} (install nftables): {e}"))?;
+            child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+            child.wait_with_output().map_err(|e| format!("nft: {e}"))
+        })
+        .map_err(|e| format!("the pod's namespace {netns}: {e}"))??;
     if out.status.success() { Ok(()) } else { Err(format!("nft refused the NetworkPolicy table of namespace {netns}: {}", String::from_utf8_lossy(&out.stderr).trim())) }
+}
+
+/// The packets each direction's policy dropped in a pod's namespace: (ingress, egress); `None`
+/// when no policy selects the pod (it has no table).
+pub fn denied_packets(netns: &str) -> Result<Option<(u64, u64)>, String> {
+    let ns = berth_nodenet::Netns::open_named(netns).map_err(|e| e.to_string())?;
+    let counters = berth_nodenet::nftables::Nftables::open_in_netns(&ns).and_then(|mut nf| nf.counters(berth_nodenet::nftables::Family::Inet, TABLE)).map_err(|e| e.to_string())?;
+    let packets = |c: &str| counters.get(c).map_or(0, |n| n.packets);
+    Ok((!counters.is_empty()).then(|| (packets("ingress_denied"), packets("egress_denied"))))
 }
 
 fn nft_binary() -> String {

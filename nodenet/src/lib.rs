@@ -8,6 +8,8 @@
 //! - [`Netns`], [`NetnsGuard`], [`sysctl_in`]: named namespaces like `ip netns`,
 //!   code run inside a namespace on a short-lived thread, sysctls per namespace.
 //!
+//! - [`nftables`]: set elements and named counters of nftables tables over netlink, the hot
+//!   paths that would otherwise start nft(8).
 //! - [`bpf`], [`TcHook`]: eBPF programs assembled in Rust and run by tc (`clsact`), e.g.
 //!   the VLAN tagging of trunk mode on kernels without 8021q.
 //!
@@ -25,6 +27,7 @@ mod link;
 mod neigh;
 mod netlink;
 mod netns;
+pub mod nftables;
 mod route;
 mod rule;
 mod tc;

@@ -614,3 +614,56 @@ fn a_kernel_without_8021q_refuses_vlan_links_as_unsupported() {
         Err(e) => assert!(e.is_unsupported(), "{e}"),
     }
 }
+
+/// Set elements and named counters over netlink, read back through nft(8): the keys a
+/// concatenated set type expects, all-or-none batches, and counters by name.
+#[test]
+fn nftables_set_elements_and_counters_over_netlink() {
+    use berth_nodenet::nftables::{Counter, Element, Family, Nftables, SetKey};
+    require_root!();
+    let ns = NetnsGuard::unique("bnt").unwrap();
+    let script = "add table inet t\n\
+        add set inet t pairs { type ifname . ipv4_addr; }\n\
+        add set inet t pairs6 { type ifname . ipv6_addr; }\n\
+        add set inet t names { type ifname; }\n\
+        add counter inet t dropped { packets 5 bytes 300 }\n\
+        add counter inet t other\n";
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success());
+
+    let mut nf = Nftables::open_in_netns(ns.netns()).unwrap();
+    let el = |set: &str, key: SetKey| Element { set: set.into(), key };
+    let elements = [
+        el("pairs", SetKey::new().ifname("bth1").ip(ip("10.0.0.7"))),
+        el("pairs", SetKey::new().ifname("bth2").ip(ip("10.0.0.8"))),
+        el("pairs6", SetKey::new().ifname("bth1").ip(ip("fd00::7"))),
+        el("names", SetKey::new().ifname("bth1")),
+    ];
+    nf.add_elements(Family::Inet, "t", &elements).unwrap();
+    nf.add_elements(Family::Inet, "t", &elements[..1]).expect("an element already there is fine");
+    let list = |set: &str| String::from_utf8(run_in(&ns, &["nft", "list", "set", "inet", "t", set]).stdout).unwrap();
+    let pairs = list("pairs");
+    assert!(pairs.contains("\"bth1\" . 10.0.0.7") && pairs.contains("\"bth2\" . 10.0.0.8"), "{pairs}");
+    assert!(list("pairs6").contains("\"bth1\" . fd00::7"), "{}", list("pairs6"));
+    assert!(list("names").contains("\"bth1\""), "{}", list("names"));
+
+    // A batch with one element absent changes nothing and says not found.
+    let absent = [elements[1].clone(), el("pairs", SetKey::new().ifname("bth9").ip(ip("10.0.0.9")))];
+    let err = nf.delete_elements(Family::Inet, "t", &absent).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(list("pairs").contains("\"bth2\" . 10.0.0.8"), "nothing of a refused batch is applied");
+    nf.delete_elements(Family::Inet, "t", &elements).unwrap();
+    assert!(!list("pairs").contains("bth"), "{}", list("pairs"));
+    let missing_set = nf.add_elements(Family::Inet, "t", &[el("nope", SetKey::new().ifname("x"))]).unwrap_err();
+    assert!(missing_set.is_not_found(), "{missing_set}");
+
+    let counters = nf.counters(Family::Inet, "t").unwrap();
+    assert_eq!(counters.get("dropped"), Some(&Counter { packets: 5, bytes: 300 }), "{counters:?}");
+    assert_eq!(counters.get("other"), Some(&Counter::default()));
+    assert!(nf.counters(Family::Inet, "absent").unwrap().is_empty(), "no table, no counters");
+}

@@ -186,7 +186,8 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
         eprintln!("skipped: needs root");
         return;
     }
-    let mut c = cluster("np", "ecs.c7.2xlarge", 2, 2, 600, ("10.86.0.0/16", "10.86.1.0/24"), &["--trunk", "true"]).await;
+    // Each agent serves its metrics on a port of its own, written to its guest directory.
+    let mut c = cluster("np", "ecs.c7.2xlarge", 2, 2, 600, ("10.86.0.0/16", "10.86.1.0/24"), &["--trunk", "true", "--metrics-listen", "127.0.0.1:0"]).await;
     let _leftovers = GuestLeftovers::new(&c.lc, &c.tag);
     let mut client = c.scheduler.client().await;
     let nodes: Vec<String> = wait_for!(c, Duration::from_secs(90), "the pool's two nodes reporting", {
@@ -248,6 +249,16 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
     cells.push((&web_b, &web_a, Proto::Tcp, 80, true));
     cells.push((&dev_x_a, &other_b, Proto::Udp, 53, true));
     expect("deny-all ingress to the databases", &cells);
+    // The drops are counted per pod and direction in node A's agent metrics; pods no policy
+    // selects have no count.
+    let metrics_of_a = std::fs::read_to_string(c.lc.guest_dir(&a).join("agent.metrics")).expect("node A's metrics address");
+    let scraped = reqwest::get(format!("http://{metrics_of_a}/metrics")).await.unwrap().text().await.unwrap();
+    for db in dbs {
+        let line = format!("berth_agent_policy_denied_packets_total{{pod=\"prod/{}\",direction=\"ingress\"}} ", db.name);
+        let n: u64 = scraped.lines().find_map(|l| l.strip_prefix(&line)).unwrap_or_else(|| panic!("no {line} in {scraped}")).parse().unwrap();
+        assert!(n > 0, "{line}{n}");
+    }
+    assert!(!scraped.contains("pod=\"prod/web-a\""), "web-a is selected by no policy: {scraped}");
     let inspected = ctl.ok(&["inspect", "db-excl", "-n", "prod"]);
     assert!(inspected.contains("ingress: only what prod/deny-db allows") && inspected.contains("egress: open"), "{inspected}");
 

@@ -356,8 +356,11 @@ impl PodRunner {
         pod.rec.ip = result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
         pod.rec.cni_result = Some(result);
         self.save(&pod.rec);
-        // Its NetworkPolicy is in force before its command starts.
-        self.enforce(&pod.rec.key, &pod.rec.netns).map_err(|e| anyhow::anyhow!(e))?;
+        // Its NetworkPolicy is in force before its command starts. A new namespace has no
+        // table, which is what a pod no policy selects needs: nft is not started for it.
+        if self.is_selected(&pod.rec.key) {
+            self.enforce(&pod.rec.key, &pod.rec.netns).map_err(|e| anyhow::anyhow!(e))?;
+        }
 
         if !pod.spec.command.is_empty() {
             let logs = self.settings.state_dir.join("logs");
@@ -615,6 +618,16 @@ impl PodRunner {
                 berth_daemon::limited!(error, "netpol-enforce", pod = %key, error = %e, "cannot enforce the pod's NetworkPolicy; its previous table stays");
             }
         }
+    }
+
+    fn is_selected(&self, key: &str) -> bool {
+        self.policy.lock().unwrap_or_else(|p| p.into_inner()).selections.contains_key(key)
+    }
+
+    /// The pods with a network, and their namespace names: where the metrics read each pod's
+    /// NetworkPolicy drop counters.
+    pub fn pod_namespaces(&self) -> Vec<(String, String)> {
+        self.pods().values().filter(|p| p.rec.network).map(|p| (p.rec.key.clone(), p.rec.netns.clone())).collect()
     }
 
     fn enforce(&self, key: &str, netns: &str) -> Result<(), String> {

@@ -16,9 +16,12 @@
 //! parallel ADDs); each pod only adds and removes its set elements, so a later per-pod policy
 //! chain fits in as one jump per interface.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use berth_nodenet::nftables::{self, Family};
 
 use super::DatapathError;
 
@@ -96,49 +99,78 @@ pub fn skeleton() -> String {
     s
 }
 
-fn elements(g: &Guarded) -> Vec<(&'static str, String)> {
-    let mut out: Vec<(&'static str, String)> = g
+/// One field of a set element's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field<'a> {
+    Name(&'a str),
+    Ip(IpAddr),
+}
+
+/// The set elements of one interface: (set, key fields).
+fn elements(g: &Guarded) -> Vec<(&'static str, Vec<Field<'_>>)> {
+    let iface = Field::Name(&g.iface);
+    let mut out: Vec<(&'static str, Vec<Field>)> = g
         .sources
         .iter()
-        .map(|ip| match ip {
-            IpAddr::V4(a) => ("sources_v4", format!("\"{}\" . {a}", g.iface)),
-            IpAddr::V6(a) => ("sources_v6", format!("\"{}\" . {a}", g.iface)),
-        })
+        .map(|&ip| (if ip.is_ipv4() { "sources_v4" } else { "sources_v6" }, vec![iface, Field::Ip(ip)]))
         .collect();
     match &g.reach {
         Reach::Node => {}
-        Reach::Leg => out.push(("legs", format!("\"{}\"", g.iface))),
+        Reach::Leg => out.push(("legs", vec![iface])),
         Reach::FromVpcBy(nic) => {
-            out.push(("vpc_only", format!("\"{}\"", g.iface)));
-            out.push(("vpc_in", format!("\"{nic}\" . \"{}\"", g.iface)));
+            out.push(("vpc_only", vec![iface]));
+            out.push(("vpc_in", vec![Field::Name(nic), iface]));
         }
     }
     out
 }
 
-/// ADD: the skeleton and this interface's elements, in one transaction.
+/// An element as nft(8) writes it: `"bth1" . 10.0.0.7`.
+fn element_text(fields: &[Field]) -> String {
+    let text: Vec<String> = fields
+        .iter()
+        .map(|f| match f {
+            Field::Name(n) => format!("\"{n}\""),
+            Field::Ip(ip) => ip.to_string(),
+        })
+        .collect();
+    text.join(" . ")
+}
+
+/// The elements as netlink carries them.
+fn netlink_elements(g: &Guarded) -> Vec<nftables::Element> {
+    elements(g)
+        .into_iter()
+        .map(|(set, fields)| nftables::Element {
+            set: set.to_owned(),
+            key: fields.iter().fold(nftables::SetKey::new(), |k, f| match *f {
+                Field::Name(n) => k.ifname(n),
+                Field::Ip(ip) => k.ip(ip),
+            }),
+        })
+        .collect()
+}
+
+/// ADD without the agent's skeleton: the skeleton and this interface's elements, in one
+/// transaction.
 pub fn admit_script(g: &Guarded) -> String {
-    let mut s = skeleton();
-    for (set, e) in elements(g) {
-        s += &format!("add element inet {TABLE} {set} {{ {e} }}\n");
-    }
-    s
+    admit_all_script(std::slice::from_ref(g))
 }
 
 /// The skeleton and the elements of many interfaces, in one transaction (the agent at start).
 pub fn admit_all_script(pods: &[Guarded]) -> String {
     let mut s = skeleton();
     for g in pods {
-        for (set, e) in elements(g) {
-            s += &format!("add element inet {TABLE} {set} {{ {e} }}\n");
+        for (set, fields) in elements(g) {
+            s += &format!("add element inet {TABLE} {set} {{ {} }}\n", element_text(&fields));
         }
     }
     s
 }
 
-/// DEL: this interface's elements out (each on its own, so that one already gone stops nothing).
-pub fn forget_lines(g: &Guarded) -> Vec<String> {
-    elements(g).into_iter().map(|(set, e)| format!("delete element inet {TABLE} {set} {{ {e} }}\n")).collect()
+/// DEL through nft(8): this interface's elements out, each on its own line.
+fn forget_lines(g: &Guarded) -> Vec<String> {
+    elements(g).into_iter().map(|(set, fields)| format!("delete element inet {TABLE} {set} {{ {} }}\n", element_text(&fields))).collect()
 }
 
 /// Where `nft` is: runtimes do not always pass a PATH with the sbin directories.
@@ -166,47 +198,42 @@ pub fn run(script: &str) -> Result<(), DatapathError> {
     if out.status.success() { Ok(()) } else { Err(DatapathError::Netlink(format!("nft refused the pod interface filter: {}", String::from_utf8_lossy(&out.stderr).trim()))) }
 }
 
+/// ADD: this interface's elements, over netlink in one batch, into the skeleton the agent wrote
+/// at its start. Where the skeleton is missing (no agent started on this node yet) or netlink
+/// fails, nft writes the skeleton and the elements together.
 pub fn admit(g: &Guarded) -> Result<(), DatapathError> {
-    run(&admit_script(g))
+    match nftables::Nftables::open().and_then(|mut nf| nf.add_elements(Family::Inet, TABLE, &netlink_elements(g))) {
+        Ok(()) => Ok(()),
+        // nft's own error, if it fails too, is the one that says what to fix.
+        Err(_) => run(&admit_script(g)),
+    }
 }
 
-/// Best effort: an element (or the whole table) already gone is fine. One transaction when all
-/// are there, else one by one.
+/// Best effort: an element (or the whole table) already gone is fine. One batch when all are
+/// there, else one by one.
 pub fn forget(g: &Guarded) {
-    let lines = forget_lines(g);
-    if run(&lines.concat()).is_err() {
-        for line in lines {
-            let _ = run(&line);
+    let elements = netlink_elements(g);
+    match nftables::Nftables::open() {
+        Ok(mut nf) => {
+            if nf.delete_elements(Family::Inet, TABLE, &elements).is_err() {
+                for e in elements {
+                    let _ = nf.delete_elements(Family::Inet, TABLE, std::slice::from_ref(&e));
+                }
+            }
+        }
+        Err(_) => {
+            for line in forget_lines(g) {
+                let _ = run(&line);
+            }
         }
     }
 }
 
-/// The packets each drop counter of [`TABLE`] counted, from `nft -j list counters`; every reason
+/// The packets each drop counter of [`TABLE`] in the current namespace counted; every reason
 /// is there (0 when the table does not exist yet: no pod was added).
-pub fn drop_counts(listing: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut counts: std::collections::BTreeMap<String, u64> = DROP_COUNTERS.iter().map(|c| (c.to_string(), 0)).collect();
-    let doc: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
-    for c in doc["nftables"].as_array().into_iter().flatten().filter_map(|o| o.get("counter")) {
-        if c["family"] == "inet"
-            && c["table"] == TABLE
-            && let Some(n) = c["name"].as_str().and_then(|n| counts.get_mut(n))
-        {
-            *n += c["packets"].as_u64().unwrap_or(0);
-        }
-    }
-    counts
-}
-
-/// [`drop_counts`] of the current namespace.
-pub fn read_drop_counts() -> Result<std::collections::BTreeMap<String, u64>, String> {
-    let out = Command::new(nft_binary()).args(["-j", "list", "counters", "table", "inet", TABLE]).stdin(Stdio::null()).output().map_err(|e| format!("cannot run nft: {e}"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match out.status.success() {
-        true => Ok(drop_counts(std::str::from_utf8(&out.stdout).unwrap_or(""))),
-        // No table yet: nothing was dropped.
-        false if stderr.contains("No such file or directory") => Ok(drop_counts("")),
-        false => Err(format!("nft -j list counters: {}", stderr.trim())),
-    }
+pub fn read_drop_counts() -> Result<BTreeMap<String, u64>, String> {
+    let counters = nftables::Nftables::open().and_then(|mut nf| nf.counters(Family::Inet, TABLE)).map_err(|e| e.to_string())?;
+    Ok(DROP_COUNTERS.iter().map(|&c| (c.to_owned(), counters.get(c).map_or(0, |n| n.packets))).collect())
 }
 
 #[cfg(test)]
@@ -227,12 +254,13 @@ mod tests {
     }
 
     #[test]
-    fn drop_counts_are_ours_only() {
-        let listing = r#"{"nftables": [{"counter": {"family": "inet", "name": "spoofed_source", "table": "berth_pods", "packets": 3}},
-            {"counter": {"family": "inet", "name": "spoofed_source", "table": "other", "packets": 9}}]}"#;
-        let counts = drop_counts(listing);
-        assert_eq!((counts["spoofed_source"], counts["bypassed_security_group"]), (3, 0));
-        assert_eq!(drop_counts("")["spoofed_source"], 0);
+    fn netlink_keys_are_the_elements_nft_writes() {
+        let g = Guarded { iface: "bth1".into(), sources: vec!["10.0.0.7".parse().unwrap()], reach: Reach::FromVpcBy("eth2".into()) };
+        let keys = netlink_elements(&g);
+        let sets: Vec<&str> = keys.iter().map(|e| e.set.as_str()).collect();
+        assert_eq!(sets, ["sources_v4", "vpc_only", "vpc_in"]);
+        assert_eq!(keys[0].key, nftables::SetKey::new().ifname("bth1").ip("10.0.0.7".parse().unwrap()));
+        assert_eq!(keys[2].key, nftables::SetKey::new().ifname("eth2").ifname("bth1"), "the trunk NIC first, as the set's type says");
     }
 
     #[test]
