@@ -34,18 +34,48 @@ pub struct PolicyHeld {
     pub policies: HashMap<String, pb::CompiledPolicy>,
     /// pod → (ingress policies, egress policies).
     pub selections: HashMap<String, (Vec<String>, Vec<String>)>,
+    /// The pods the parts taken so far of an update in parts change (see [`PolicyHeld::apply`]).
+    pending: Option<Affected>,
 }
 
 /// Which pods an update changed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Affected {
     /// A full update: every pod of the node.
     All,
     Pods(BTreeSet<String>),
 }
 
+impl Affected {
+    fn merge(self, other: Affected) -> Affected {
+        match (self, other) {
+            (Affected::Pods(mut a), Affected::Pods(b)) => {
+                a.extend(b);
+                Affected::Pods(a)
+            }
+            _ => Affected::All,
+        }
+    }
+}
+
 impl PolicyHeld {
-    pub fn apply(&mut self, u: &pb::PolicyUpdate) -> Affected {
+    /// Takes an update (or one part of it) in. The pods whose tables must be rewritten come with
+    /// the last part: `None` while `more` parts follow, so no table is written from half an
+    /// update (a full update's first part clears what the pods' selections were).
+    pub fn apply(&mut self, u: &pb::PolicyUpdate) -> Option<Affected> {
+        let affected = self.apply_part(u);
+        let merged = match self.pending.take() {
+            Some(before) => before.merge(affected),
+            None => affected,
+        };
+        if u.more {
+            self.pending = Some(merged);
+            return None;
+        }
+        Some(merged)
+    }
+
+    fn apply_part(&mut self, u: &pb::PolicyUpdate) -> Affected {
         if u.full {
             self.policies.clear();
             self.selections.clear();
@@ -363,16 +393,31 @@ mod tests {
         let mut held = PolicyHeld::default();
         let p = pb::CompiledPolicy { key: "a/p".into(), ingress: true, ingress_rules: vec![rule(&[("10.0.0.1/32", &[])], &[])], ..Default::default() };
         let full = pb::PolicyUpdate { full: true, upsert: vec![p.clone()], selections: vec![pb::PodSelection { pod: "a/db".into(), ingress: vec!["a/p".into()], egress: vec![] }], ..Default::default() };
-        assert_eq!(held.apply(&full), Affected::All);
+        assert_eq!(held.apply(&full), Some(Affected::All));
         let script = pod_script(&held, "a/db");
         assert!(script.contains("add element inet berth_policy in4_any { 10.0.0.1 }"), "{script}");
         assert!(script.contains("counter name ingress_denied drop") && !script.contains("egress_denied drop"), "{script}");
         let open = pod_script(&held, "a/web");
         assert!(!open.contains("drop"), "an unselected pod is open: {open}");
         let peers = pb::PolicyUpdate { upsert: vec![p], ..Default::default() };
-        assert_eq!(held.apply(&peers), Affected::Pods(["a/db".to_string()].into()));
+        assert_eq!(held.apply(&peers), Some(Affected::Pods(["a/db".to_string()].into())));
         let gone = pb::PolicyUpdate { remove: vec!["a/p".into()], selections: vec![pb::PodSelection { pod: "a/db".into(), ..Default::default() }], ..Default::default() };
-        assert_eq!(held.apply(&gone), Affected::Pods(["a/db".to_string()].into()));
+        assert_eq!(held.apply(&gone), Some(Affected::Pods(["a/db".to_string()].into())));
         assert!(!pod_script(&held, "a/db").contains("drop"));
+    }
+
+    #[test]
+    fn an_update_in_parts_is_enforced_once_whole() {
+        let mut held = PolicyHeld::default();
+        let p = pb::CompiledPolicy { key: "a/p".into(), ingress: true, ingress_rules: vec![rule(&[("10.0.0.1/32", &[])], &[])], ..Default::default() };
+        let first = pb::PolicyUpdate { full: true, upsert: vec![p.clone()], more: true, ..Default::default() };
+        assert_eq!(held.apply(&first), None, "nothing is written from the first part");
+        let second = pb::PolicyUpdate { selections: vec![pb::PodSelection { pod: "a/db".into(), ingress: vec!["a/p".into()], egress: vec![] }], ..Default::default() };
+        assert_eq!(held.apply(&second), Some(Affected::All), "the last part brings the first's full rewrite");
+        assert!(pod_script(&held, "a/db").contains("in4_any { 10.0.0.1 }"));
+        let a = pb::PolicyUpdate { selections: vec![pb::PodSelection { pod: "a/x".into(), ingress: vec!["a/p".into()], egress: vec![] }], more: true, ..Default::default() };
+        let b = pb::PolicyUpdate { selections: vec![pb::PodSelection { pod: "a/y".into(), ingress: vec!["a/p".into()], egress: vec![] }], ..Default::default() };
+        assert_eq!(held.apply(&a), None);
+        assert_eq!(held.apply(&b), Some(Affected::Pods(["a/x".to_string(), "a/y".to_string()].into())));
     }
 }

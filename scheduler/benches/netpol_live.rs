@@ -69,6 +69,9 @@ fn policy(ns: usize, k: usize, peer: usize) -> pb::NetworkPolicy {
     pb::NetworkPolicy { namespace: format!("ns{ns}"), name: format!("p{k}"), spec: Some(pb::NetworkPolicySpec { pod_selector: Some(selector(&app(k))), ingress: vec![rule], ..Default::default() }), version: 0 }
 }
 
+/// Which nodes received something, and when.
+type Arrivals = Vec<(usize, Instant)>;
+
 /// What the simulated agents saw, shared by their tasks.
 #[derive(Default)]
 struct Seen {
@@ -77,9 +80,9 @@ struct Seen {
     /// (namespace, app) → the nodes running such a pod.
     hosts: Mutex<HashMap<(String, String), BTreeSet<usize>>>,
     /// (policy key, version) → when each node received it.
-    versions: Mutex<HashMap<(String, u64), Vec<(usize, Instant)>>>,
+    versions: Mutex<HashMap<(String, u64), Arrivals>>,
     /// A peer address being watched → when each node received a policy holding it.
-    addresses: Mutex<HashMap<String, Vec<(usize, Instant)>>>,
+    addresses: Mutex<HashMap<String, Arrivals>>,
     /// Pods to report at once (their node sends a report as soon as it runs one): key → its
     /// address and when the report holding it was sent.
     watched: Mutex<HashMap<String, Option<(String, Instant)>>>,
@@ -172,7 +175,7 @@ async fn submit(client: &mut SchedulerClient<Channel>, namespace: String, name: 
 }
 
 /// Waits until `arrivals()` has not grown for [`QUIET`] (or 30 s passed); the arrivals then.
-async fn settle(arrivals: impl Fn() -> Vec<(usize, Instant)>) -> Vec<(usize, Instant)> {
+async fn settle(arrivals: impl Fn() -> Arrivals) -> Arrivals {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = (0, Instant::now());
     loop {

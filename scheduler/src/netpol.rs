@@ -226,6 +226,7 @@ impl NodeView {
                 upsert: self.policies.keys().filter_map(|k| compiled.get(k).cloned()).collect(),
                 remove: Vec::new(),
                 selections: self.selections.iter().map(|(pod, s)| selection(pod, s)).collect(),
+                more: false,
             });
         };
         let upsert: Vec<pb::CompiledPolicy> = self.policies.iter().filter(|(k, d)| old.policies.get(*k) != Some(d)).filter_map(|(k, _)| compiled.get(k).cloned()).collect();
@@ -235,27 +236,39 @@ impl NodeView {
         if upsert.is_empty() && remove.is_empty() && selections.is_empty() {
             return None;
         }
-        Some(pb::PolicyUpdate { full: false, upsert, remove, selections })
+        Some(pb::PolicyUpdate { full: false, upsert, remove, selections, more: false })
     }
 }
 
-/// Cuts an update into parts of at most `budget` bytes each (a policy larger than that alone):
-/// the first keeps `full`, the removals and the selections, the others carry the rest of the
-/// policies. Applied in order it is the same update; in between, a pod selected by a policy not
-/// yet received is only denied more, never allowed more.
+/// Cuts an update into parts of at most `budget` bytes each (a policy or selection larger than
+/// that alone): the first keeps `full` and the removals, then come the policies, then the
+/// selections; every part but the last says `more`, so the agent applies them all before it
+/// rewrites a table. Applied in order they are the same update.
 pub fn split_update(mut u: pb::PolicyUpdate, budget: usize) -> Vec<pb::PolicyUpdate> {
     let upsert = std::mem::take(&mut u.upsert);
+    let selections = std::mem::take(&mut u.selections);
     let mut parts = vec![u];
     let mut size = parts[0].encoded_len();
-    for p in upsert {
-        let cost = crate::instruction::element_len(p.encoded_len());
-        let last = parts.last_mut().expect("one part");
-        if size + cost > budget && !(last.upsert.is_empty() && parts.len() > 1) {
+    let mut room = |parts: &mut Vec<pb::PolicyUpdate>, cost: usize| {
+        let last = parts.last().expect("one part");
+        let empty = last.upsert.is_empty() && last.selections.is_empty() && last.remove.is_empty() && !last.full;
+        if size + cost > budget && !empty {
             parts.push(pb::PolicyUpdate::default());
             size = 0;
         }
         size += cost;
+    };
+    for p in upsert {
+        room(&mut parts, crate::instruction::element_len(p.encoded_len()));
         parts.last_mut().expect("one part").upsert.push(p);
+    }
+    for s in selections {
+        room(&mut parts, crate::instruction::element_len(s.encoded_len()));
+        parts.last_mut().expect("one part").selections.push(s);
+    }
+    let last = parts.len() - 1;
+    for p in &mut parts[..last] {
+        p.more = true;
     }
     parts
 }
@@ -432,18 +445,27 @@ mod tests {
     }
 
     #[test]
-    fn a_large_update_is_cut_under_the_budget_with_full_and_selections_first() {
+    fn a_large_update_is_cut_under_the_budget_and_marked_until_its_last_part() {
         let big = |k: usize| pb::CompiledPolicy { key: format!("a/p{k}"), ingress: true, ingress_rules: vec![pb::CompiledRule { cidrs: (0..2000).map(|i| pb::CompiledCidr { cidr: format!("10.{k}.{}.{}/32", i / 256, i % 256), except: vec![] }).collect(), ports: vec![] }], ..Default::default() };
-        let u = pb::PolicyUpdate { full: true, upsert: (0..80).map(big).collect(), remove: vec!["a/old".into()], selections: vec![pb::PodSelection { pod: "a/db".into(), ingress: vec!["a/p0".into()], egress: vec![] }] };
-        let parts = split_update(u.clone(), crate::instruction::INSTRUCTION_BUDGET_BYTES);
-        assert!(parts.len() > 1, "{} parts", parts.len());
+        // As many selections as a node holds pods, each selected by many policies: more than
+        // one instruction's worth on their own.
+        let selections: Vec<pb::PodSelection> = (0..300).map(|i| pb::PodSelection { pod: format!("a/pod{i}"), ingress: (0..200).map(|k| format!("a/some-long-policy-name-{k}")).collect(), egress: vec![] }).collect();
+        let u = pb::PolicyUpdate { full: true, upsert: (0..80).map(big).collect(), remove: vec!["a/old".into()], selections, more: false };
+        let budget = crate::instruction::INSTRUCTION_BUDGET_BYTES;
+        let parts = split_update(u.clone(), budget);
+        assert!(parts.len() > 3, "{} parts", parts.len());
         for p in &parts {
-            assert!(p.encoded_len() <= crate::instruction::INSTRUCTION_BUDGET_BYTES, "{} bytes", p.encoded_len());
+            assert!(p.encoded_len() <= budget, "{} bytes", p.encoded_len());
         }
-        assert!(parts[0].full && parts[0].selections == u.selections && parts[0].remove == u.remove);
-        assert!(parts[1..].iter().all(|p| !p.full && p.selections.is_empty() && p.remove.is_empty()));
+        assert!(parts[0].full && parts[0].remove == u.remove);
+        assert!(parts[1..].iter().all(|p| !p.full && p.remove.is_empty()));
         assert_eq!(parts.iter().flat_map(|p| p.upsert.clone()).collect::<Vec<_>>(), u.upsert);
-        assert_eq!(split_update(pb::PolicyUpdate { full: true, ..Default::default() }, 100).len(), 1);
+        assert_eq!(parts.iter().flat_map(|p| p.selections.clone()).collect::<Vec<_>>(), u.selections, "every selection, in order");
+        assert!(parts.iter().filter(|p| !p.selections.is_empty()).count() > 1, "the selections are cut too");
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.more) && !parts.last().unwrap().more);
+        let alone = split_update(pb::PolicyUpdate { full: true, ..Default::default() }, 100);
+        assert_eq!(alone.len(), 1);
+        assert!(!alone[0].more);
     }
 
     #[test]

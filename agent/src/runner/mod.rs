@@ -607,7 +607,7 @@ impl PodRunner {
     /// Takes a NetworkPolicy update in and rewrites the tables of the pods it changes (every pod
     /// with a namespace for a full one). Blocking.
     pub fn apply_policy(&self, update: &pb::PolicyUpdate) {
-        let affected = self.policy.lock().unwrap_or_else(|p| p.into_inner()).apply(update);
+        let Some(affected) = self.policy.lock().unwrap_or_else(|p| p.into_inner()).apply(update) else { return };
         let pods: Vec<(String, String)> = self.pods().values().filter(|p| p.rec.network && p.rec.cni_result.is_some()).map(|p| (p.rec.key.clone(), p.rec.netns.clone())).collect();
         for (key, netns) in pods {
             let wanted = match &affected {
