@@ -319,7 +319,7 @@ pub fn run_in_pod(netns: &str, script: &str) -> Result<(), String> {
     let ns = berth_nodenet::Netns::open_named(netns).map_err(|e| format!("the pod's namespace {netns}: {e}"))?;
     let out = ns
         .run_in(|| -> Result<std::process::Output, String> {
-            let mut child = Command::new(nft_binary())
+            let mut child = Command::new(berth_cni::datapath::guard::nft_binary())
                 .args(["-f", "-"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
@@ -340,16 +340,6 @@ pub fn denied_packets(netns: &str) -> Result<Option<(u64, u64)>, String> {
     let counters = berth_nodenet::nftables::Nftables::open_in_netns(&ns).and_then(|mut nf| nf.counters(berth_nodenet::nftables::Family::Inet, TABLE)).map_err(|e| e.to_string())?;
     let packets = |c: &str| counters.get(c).map_or(0, |n| n.packets);
     Ok((!counters.is_empty()).then(|| (packets("ingress_denied"), packets("egress_denied"))))
-}
-
-fn nft_binary() -> String {
-    for dir in ["/usr/sbin", "/sbin", "/usr/local/sbin"] {
-        let p = std::path::Path::new(dir).join("nft");
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    "nft".into()
 }
 
 #[cfg(test)]

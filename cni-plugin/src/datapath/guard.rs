@@ -174,7 +174,7 @@ fn forget_lines(g: &Guarded) -> Vec<String> {
 }
 
 /// Where `nft` is: runtimes do not always pass a PATH with the sbin directories.
-fn nft_binary() -> String {
+pub fn nft_binary() -> String {
     for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin", "/usr/bin"]) {
         let p = std::path::Path::new(dir).join("nft");
         if p.is_file() {
