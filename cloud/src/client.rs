@@ -36,6 +36,8 @@ pub struct ClientConfig {
     pub nas_endpoint: Option<String>,
     pub region_id: String,
     pub credentials: Credentials,
+    /// The signature sent: v3 unless set otherwise (`cloud.signature` in the binaries' configs).
+    pub signature: signing::Version,
     /// Time allowed for one HTTP request.
     pub timeout: Duration,
     pub retry: RetryPolicy,
@@ -67,6 +69,7 @@ impl ClientConfig {
             nas_endpoint: None,
             region_id: region_id.into(),
             credentials,
+            signature: signing::Version::default(),
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             default_limit: Limit { rate_per_sec: 20.0, burst: 40 },
@@ -201,21 +204,54 @@ impl HttpCloud {
         params: &Params,
         idempotent: bool,
     ) -> (Result<T>, bool) {
-        let mut signed = params.0.clone();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let nonce = uuid::Uuid::new_v4().to_string();
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
         let timestamp = signing::format_timestamp(now);
-        let common = signing::CommonParams {
-            action,
-            version: product.version(),
-            access_key_id: &self.config.credentials.access_key_id,
-            region_id: &self.config.region_id,
-            nonce: &nonce,
-            timestamp: &timestamp,
+        let base = endpoint.trim_end_matches('/');
+        let creds = &self.config.credentials;
+        let mut request = match self.config.signature {
+            signing::Version::V1 => {
+                let mut signed = params.0.clone();
+                let common = signing::CommonParams {
+                    action,
+                    version: product.version(),
+                    access_key_id: &creds.access_key_id,
+                    region_id: &self.config.region_id,
+                    nonce: &nonce,
+                    timestamp: &timestamp,
+                };
+                signing::sign(&creds.access_key_secret, "POST", &common, &mut signed);
+                self.http.post(format!("{base}/")).form(&signed)
+            }
+            signing::Version::V3 => {
+                // RPC style: every parameter in the query, an empty body.
+                let mut query = params.0.clone();
+                if wire::takes_region_id(action) {
+                    query.entry("RegionId".to_string()).or_insert_with(|| self.config.region_id.clone());
+                }
+                let url = format!("{base}/?{}", signing::v3::canonical_query(&query));
+                let host = match host_header(&url) {
+                    Ok(h) => h,
+                    Err(reason) => return (Err(CloudError::Transport { action: action.into(), endpoint: endpoint.into(), reason }), false),
+                };
+                let req = signing::v3::Request {
+                    method: "POST",
+                    host: &host,
+                    action,
+                    version: product.version(),
+                    date: &timestamp,
+                    nonce: &nonce,
+                    access_key_id: &creds.access_key_id,
+                    security_token: None,
+                };
+                let mut r = self.http.post(url);
+                // reqwest sends the host header itself, with the value signed.
+                for (k, v) in signing::v3::sign(&creds.access_key_secret, &req, &query, b"").into_iter().filter(|(k, _)| k != "host") {
+                    r = r.header(k, v);
+                }
+                r
+            }
         };
-        signing::sign(&self.config.credentials.access_key_secret, "POST", &common, &mut signed);
-        let url = format!("{}/", endpoint.trim_end_matches('/'));
-        let mut request = self.http.post(&url).form(&signed);
         if let Some(trace_id) = crate::trace::current() {
             request = request.header(crate::trace::CLOUD_HEADER, trace_id);
         }
@@ -238,6 +274,17 @@ impl HttpCloud {
         };
         decode_response(action, status, &body)
     }
+}
+
+/// The `host` header an HTTP client sends for `url`: the host, and the port unless it is the
+/// scheme's default.
+fn host_header(url: &str) -> std::result::Result<String, String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("the endpoint is not a URL: {e}"))?;
+    let host = u.host_str().ok_or("the endpoint has no host")?;
+    Ok(match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
 }
 
 /// One answer of `action` decoded: a 2xx body as `T`, any other as the service's error body; with

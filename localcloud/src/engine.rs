@@ -11,7 +11,7 @@ use berth_cloud::model::Credentials;
 use serde_json::Value;
 
 use crate::api::{self, ApiFailure, Ctx, Params, Pending};
-use crate::auth::NonceCache;
+use crate::auth::{Keys, NonceCache};
 use crate::faults::Faults;
 use crate::metrics::{ApiCounters, PlaneReport};
 use crate::state::{Plane, State};
@@ -34,6 +34,8 @@ pub struct Engine {
     planes: Vec<Arc<dyn Plane>>,
     pub faults: RwLock<Faults>,
     pub nonces: Mutex<NonceCache>,
+    /// The account's key and the STS keys issued to instances' RAM roles.
+    pub keys: Mutex<Keys>,
     last_converge_error: Mutex<Option<String>>,
     entropy: String,
     /// What the API served, for `/metrics`.
@@ -88,6 +90,7 @@ impl Engine {
             state_file,
             region_id: config.region_id,
             zones: config.zones,
+            keys: Mutex::new(Keys::new(config.credentials.clone())),
             credentials: config.credentials,
             planes: config.planes,
             faults: RwLock::new(config.faults),
