@@ -739,6 +739,33 @@ impl Cloud for HttpCloud {
 mod tests {
     use super::*;
 
+    /// The action names this file sends: the literal of each `self.call("Name"` and
+    /// `self.call::<…>("Name"`, and both literals of a `let action = if … { "A" } else { "B" }`.
+    fn actions_in_source() -> std::collections::BTreeSet<String> {
+        let src = include_str!("client.rs");
+        let literals = |s: &str| s.split('"').skip(1).step_by(2).map(str::to_string).collect::<Vec<_>>();
+        let mut found = std::collections::BTreeSet::new();
+        for line in src.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+            if let Some((_, rest)) = line.split_once("self.call(").or_else(|| line.split_once(">(\"")) {
+                let rest = if line.contains(">(\"") && !line.contains("self.call(") { format!("\"{rest}") } else { rest.to_string() };
+                if rest.starts_with('"') {
+                    found.extend(literals(&rest).into_iter().take(1));
+                }
+            } else if line.starts_with("let action = if ") {
+                found.extend(literals(line));
+            }
+        }
+        found.retain(|a| a.chars().all(|c| c.is_ascii_alphanumeric()));
+        found
+    }
+
+    #[test]
+    fn the_action_list_is_every_action_the_client_calls() {
+        let listed: std::collections::BTreeSet<String> = crate::wire::ACTIONS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(listed.len(), crate::wire::ACTIONS.len(), "an action is listed twice");
+        assert_eq!(actions_in_source(), listed, "wire::ACTIONS is not the set of actions client.rs calls");
+    }
+
     #[test]
     fn an_action_its_endpoint_does_not_serve_names_the_product_and_the_setting() {
         let api = |code: &str| CloudError::Api(ApiError { action: "DescribeVSwitches".into(), code: code.into(), message: "m".into(), request_id: "r".into(), http_status: 404 });

@@ -45,6 +45,45 @@ impl Product {
     }
 }
 
+/// Every action the client calls, by product: what a RAM policy for Berth must allow (the README's
+/// "Running on Alibaba Cloud" lists the same; tests keep the three in step).
+pub const ACTIONS: &[&str] = &[
+    "AssignIpv6Addresses",
+    "AssignPrivateIpAddresses",
+    "AttachDisk",
+    "AttachNetworkInterface",
+    "AuthorizeSecurityGroup",
+    "AuthorizeSecurityGroupEgress",
+    "CreateDisk",
+    "CreateNetworkInterface",
+    "CreateSecurityGroup",
+    "DeleteDisk",
+    "DeleteInstances",
+    "DeleteNetworkInterface",
+    "DeleteSecurityGroup",
+    "DescribeDisks",
+    "DescribeInstanceTypes",
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "DescribeSecurityGroupAttribute",
+    "DetachDisk",
+    "DetachNetworkInterface",
+    "ResizeDisk",
+    "RevokeSecurityGroup",
+    "RevokeSecurityGroupEgress",
+    "RunInstances",
+    "UnassignIpv6Addresses",
+    "UnassignPrivateIpAddresses",
+    "CreateVSwitch",
+    "CreateVpc",
+    "DescribeVSwitches",
+    "DescribeVpcs",
+    "CreateFileSystem",
+    "CreateMountTarget",
+    "DeleteFileSystem",
+    "DescribeFileSystems",
+];
+
 /// Whether the API model of `action` has a `RegionId` parameter. These do not: they take the
 /// region from the endpoint, and the official SDKs send none (ECS and NAS API references).
 pub fn takes_region_id(action: &str) -> bool {
