@@ -120,6 +120,15 @@ pub struct CloudConfig {
     pub region: String,
     /// `access_key_id` and `access_key_secret` as TOML; refused unless mode 0600.
     pub credentials_file: PathBuf,
+    /// Where the credentials come from: `file` (`credentials_file`) or `ram_role` (the
+    /// instance's RAM role: STS credentials from the metadata service, refreshed before expiry).
+    pub credentials_source: berth_cloud::credentials::SourceKind,
+    /// The RAM role of the `ram_role` source; empty: the one role the instance has.
+    pub ram_role: String,
+    /// The instance metadata service the `ram_role` source asks.
+    pub metadata_url: String,
+    /// The request signature: `v3` (ACS3-HMAC-SHA256, the default) or `v1` (HMAC-SHA1).
+    pub signature: berth_cloud::signing::Version,
     /// Calls per second allowed for each API action (token bucket), and its burst.
     pub rate_per_second: f64,
     pub burst: u32,
@@ -188,7 +197,7 @@ impl Default for NodeConfig {
 
 impl Default for CloudConfig {
     fn default() -> Self {
-        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), rate_per_second: 10.0, burst: 20 }
+        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), credentials_source: Default::default(), ram_role: String::new(), metadata_url: berth_cloud::credentials::INSTANCE_METADATA_URL.into(), signature: Default::default(), rate_per_second: 10.0, burst: 20 }
     }
 }
 
@@ -339,6 +348,16 @@ mod tests {
         assert!(e.contains("runner.csi_socket") && e.contains("run/csi.sock"), "{e}");
         let c = AgentConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[runner]\ncsi_socket = \"\"\n", Path::new("a.toml")).unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_credential_source_and_signature_are_named_when_bad() {
+        let e = AgentConfig::parse("[cloud]\ncredentials_source = \"metadata\"\n", Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("credentials_source") && e.contains("ram_role"), "{e}");
+        let e = AgentConfig::parse("[cloud]\nsignature = \"v2\"\n", Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("signature") && e.contains("v3"), "{e}");
+        let c = AgentConfig::parse("[cloud]\ncredentials_source = \"ram_role\"\nsignature = \"v1\"\n", Path::new("a.toml")).unwrap();
+        assert_eq!((c.cloud.credentials_source, c.cloud.signature), (berth_cloud::credentials::SourceKind::RamRole, berth_cloud::signing::Version::V1));
     }
 }
 

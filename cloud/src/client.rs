@@ -15,6 +15,7 @@ use crate::api::{
     BootImage,     Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
     RunInstancesRequest,
 };
+use crate::credentials::{self, Provider};
 use crate::endpoints;
 use crate::error::{ApiError, CloudError, Result};
 use crate::model::{
@@ -35,7 +36,8 @@ pub struct ClientConfig {
     pub vpc_endpoint: Option<String>,
     pub nas_endpoint: Option<String>,
     pub region_id: String,
-    pub credentials: Credentials,
+    /// A key, or the instance's RAM role (see [`crate::credentials`]).
+    pub credentials: credentials::Source,
     /// The signature sent: v3 unless set otherwise (`cloud.signature` in the binaries' configs).
     pub signature: signing::Version,
     /// Time allowed for one HTTP request.
@@ -48,7 +50,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Every product at its public endpoint of `region_id` (see [`crate::endpoints`]).
-    pub fn for_region(region_id: &str, credentials: Credentials) -> Self {
+    pub fn for_region(region_id: &str, credentials: impl Into<credentials::Source>) -> Self {
         let mut c = ClientConfig::new(endpoints::public(Product::Ecs, region_id), region_id, credentials);
         c.vpc_endpoint = Some(endpoints::public(Product::Vpc, region_id));
         c.nas_endpoint = Some(endpoints::public(Product::Nas, region_id));
@@ -62,13 +64,13 @@ impl ClientConfig {
         self
     }
 
-    pub fn new(endpoint: impl Into<String>, region_id: impl Into<String>, credentials: Credentials) -> Self {
+    pub fn new(endpoint: impl Into<String>, region_id: impl Into<String>, credentials: impl Into<credentials::Source>) -> Self {
         ClientConfig {
             endpoint: endpoint.into(),
             vpc_endpoint: None,
             nas_endpoint: None,
             region_id: region_id.into(),
-            credentials,
+            credentials: credentials.into(),
             signature: signing::Version::default(),
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
@@ -97,6 +99,7 @@ pub struct HttpCloud {
     http: reqwest::Client,
     limiter: RateLimiter,
     observer: Option<Arc<dyn CallObserver>>,
+    credentials: Provider,
 }
 
 impl std::fmt::Debug for HttpCloud {
@@ -125,7 +128,8 @@ impl HttpCloud {
                 reason: e.to_string(),
             })?;
         let limiter = RateLimiter::new(config.default_limit, config.limits.clone());
-        Ok(HttpCloud { config, http, limiter, observer: None })
+        let credentials = Provider::new(config.credentials.clone());
+        Ok(HttpCloud { config, http, limiter, observer: None, credentials })
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
@@ -135,6 +139,11 @@ impl HttpCloud {
 
     pub fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// How many times RAM role credentials were fetched from the metadata service.
+    pub fn credential_fetches(&self) -> u64 {
+        self.credentials.fetches()
     }
 
     fn endpoint_for(&self, product: Product) -> &str {
@@ -208,7 +217,12 @@ impl HttpCloud {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let timestamp = signing::format_timestamp(now);
         let base = endpoint.trim_end_matches('/');
-        let creds = &self.config.credentials;
+        let creds = match self.credentials.current(&self.http).await {
+            Ok(c) => c,
+            // Never sent: another attempt may find the metadata service answering.
+            Err(e) => return (Err(e), true),
+        };
+        let token = creds.security_token.as_deref();
         let mut request = match self.config.signature {
             signing::Version::V1 => {
                 let mut signed = params.0.clone();
@@ -220,6 +234,9 @@ impl HttpCloud {
                     nonce: &nonce,
                     timestamp: &timestamp,
                 };
+                if let Some(t) = token {
+                    signed.insert("SecurityToken".to_string(), t.to_string());
+                }
                 signing::sign(&creds.access_key_secret, "POST", &common, &mut signed);
                 self.http.post(format!("{base}/")).form(&signed)
             }
@@ -242,7 +259,7 @@ impl HttpCloud {
                     date: &timestamp,
                     nonce: &nonce,
                     access_key_id: &creds.access_key_id,
-                    security_token: None,
+                    security_token: token,
                 };
                 let mut r = self.http.post(url);
                 // reqwest sends the host header itself, with the value signed.
@@ -272,7 +289,14 @@ impl HttpCloud {
                 return (Err(err), idempotent);
             }
         };
-        decode_response(action, status, &body)
+        let (result, retry) = decode_response(action, status, &body);
+        // A token the service calls expired is dropped and the call retried with a new one: the
+        // request was refused before anything happened.
+        if self.credentials.refreshes() && result.as_ref().err().and_then(CloudError::code) == Some(crate::error::code::INVALID_SECURITY_TOKEN) {
+            self.credentials.invalidate(&creds).await;
+            return (result, true);
+        }
+        (result, retry)
     }
 }
 

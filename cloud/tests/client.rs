@@ -24,6 +24,7 @@ struct Script {
     seen: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
     queries: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
     headers: Arc<Mutex<Vec<Headers>>>,
+    fetched: Arc<Mutex<Vec<String>>>,
 }
 
 async fn handle(State(s): State<Script>, Query(q): Query<BTreeMap<String, String>>, headers: HeaderMap, body: axum::body::Bytes) -> impl IntoResponse {
@@ -42,9 +43,27 @@ async fn handle(State(s): State<Script>, Query(q): Query<BTreeMap<String, String
     (StatusCode::from_u16(status).unwrap(), body)
 }
 
+/// Role credentials valid for an hour, a new key each time.
+async fn role_credentials(State(s): State<Script>, axum::extract::Path(role): axum::extract::Path<String>) -> String {
+    let n = {
+        let mut f = s.fetched.lock().unwrap();
+        f.push(role);
+        f.len()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    serde_json::json!({
+        "AccessKeyId": format!("STS.k{n}"), "AccessKeySecret": format!("s{n}"), "SecurityToken": format!("t{n}"),
+        "Expiration": signing::format_timestamp(now + 3600), "Code": "Success",
+    })
+    .to_string()
+}
+
 async fn serve(answers: Vec<(u16, &str)>) -> (String, Script) {
     let script = Script { answers: Arc::new(Mutex::new(answers.into_iter().map(|(s, b)| (s, b.to_string())).collect())), ..Default::default() };
-    let app = Router::new().route("/", post(handle)).with_state(script.clone());
+    let app = Router::new()
+        .route("/", post(handle))
+        .route("/latest/meta-data/ram/security-credentials/{role}", axum::routing::get(role_credentials))
+        .with_state(script.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -105,6 +124,23 @@ async fn signature_v3_is_the_default_and_each_retry_is_signed_afresh_in_the_head
         assert!(signing::v3::verify("sk", &signing::v3::string_to_sign(&canonical), &auth.signature), "the signature covers what the server got");
     }
     assert_ne!(headers[0][signing::v3::NONCE], headers[1][signing::v3::NONCE], "a nonce is never reused");
+}
+
+#[tokio::test]
+async fn a_token_the_service_calls_expired_is_fetched_again_and_the_call_retried() {
+    let expired = r#"{"RequestId":"r","HostId":"h","Code":"InvalidSecurityToken.Expired","Message":"Specified SecurityToken is expired."}"#;
+    let (url, script) = serve(vec![(400, expired), (200, ASSIGNED)]).await;
+    let mut cfg = ClientConfig::new(&url, "local-1", berth_cloud::credentials::Source::RamRole { metadata_url: format!("{url}/latest/meta-data"), role: "node".into() });
+    cfg.retry = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) };
+    let cloud = HttpCloud::new(cfg).unwrap();
+    cloud.assign_private_ips("eni-1", &Addresses::Count(2), None).await.unwrap();
+    assert_eq!(*script.fetched.lock().unwrap(), vec!["node", "node"]);
+    assert_eq!(cloud.credential_fetches(), 2);
+    let headers = script.headers.lock().unwrap();
+    let tokens: Vec<&str> = headers.iter().map(|h| h[signing::v3::SECURITY_TOKEN][0].as_str()).collect();
+    assert_eq!(tokens, vec!["t1", "t2"], "the retry carries the new token");
+    let keys: Vec<&str> = headers.iter().map(|h| h[signing::v3::ACCESS_KEY_ID][0].as_str()).collect();
+    assert_eq!(keys, vec!["STS.k1", "STS.k2"]);
 }
 
 #[tokio::test]

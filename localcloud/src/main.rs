@@ -5,7 +5,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use berth_localcloud::engine::{Engine, EngineConfig};
+use berth_localcloud::engine::{Engine, EngineConfig, RoleConfig};
 use berth_localcloud::faults::Faults;
 use berth_localcloud::guest::image::GuestImage;
 use berth_localcloud::guest::supervisor::GuestContext;
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (and converge the data plane) until stopped.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Remove everything the planes made on this machine (namespaces, veths, loop devices, links).
     Down(Down),
     /// Write a new credentials file (mode 0600) for clients and the server.
@@ -74,6 +74,14 @@ struct Serve {
     /// How long an attach, detach or instance start takes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     attach_delay_ms: u64,
+    /// The RAM role every instance has: its metadata service serves the role's STS credentials
+    /// at /latest/meta-data/ram/security-credentials/<role>.
+    #[arg(long, default_value = "berth-node")]
+    ram_role: String,
+    /// How long the role credentials the metadata service hands out stay valid, in seconds (new
+    /// ones from half of it on); short for tests of credential rotation.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(2..=43_200))]
+    role_credential_lifetime_secs: u64,
     /// Guest image (TOML): the services every Running instance runs, as a VM runs its image's
     /// software (e.g. a Berth node: agent and CSI driver). Without it instances run nothing.
     #[arg(long)]
@@ -89,7 +97,7 @@ struct Down {
 fn main() -> anyhow::Result<()> {
     logging::init(false);
     match Cli::parse().command {
-        Command::Serve(s) => serve(s),
+        Command::Serve(s) => serve(*s),
         Command::Down(d) => {
             let planes = planes::build(&d.place.state_dir, &d.place.netns_prefix, false, None);
             Engine::teardown(&planes).map_err(anyhow::Error::msg)
@@ -120,6 +128,9 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         if !addr.ip().is_loopback() {
             anyhow::bail!("{flag} {addr} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)");
         }
+    }
+    if s.ram_role.is_empty() || s.ram_role.contains('/') {
+        anyhow::bail!("--ram-role \"{}\" is not a RAM role name (non-empty, no '/')", s.ram_role);
     }
     let credentials = berth_cloud::client::load_credentials(&s.credentials)?;
     let faults = Faults { latency_ms: s.latency_ms, throttle_rate: s.throttle_rate, attach_delay_ms: s.attach_delay_ms, ..Faults::default() };
@@ -159,7 +170,7 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             None => None,
         };
         let planes = planes::build(&state_dir, &s.place.netns_prefix, s.no_dataplane, guests);
-        let engine = Engine::open(EngineConfig { state_dir: state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults })
+        let engine = Engine::open(EngineConfig { state_dir: state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults, role: RoleConfig { name: s.ram_role, lifetime_secs: s.role_credential_lifetime_secs } })
             .with_context(|| format!("opening the state in {}", state_dir.display()))?;
         write_atomically(&state_dir.join("oss-endpoint"), &oss_endpoint)?;
         tokio::spawn(berth_localcloud::oss::serve(oss, state_dir.join("oss"), engine_credentials.clone()));

@@ -249,7 +249,7 @@ async fn meta(State(engine): State<Arc<Engine>>, Path((instance, path)): Path<(S
 }
 
 fn serve_meta(engine: &Engine, instance: &str, path: &str) -> Response {
-    match metadata::lookup(&engine.snapshot(), instance, path) {
+    match metadata::answer(engine, instance, path) {
         Some(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response(),
         None => (StatusCode::NOT_FOUND, "404 - Not Found\n").into_response(),
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use berth_cloud::api::{Addresses, CreateEniRequest, DiskFilter, EniFilter, InstanceFilter, RunInstancesRequest};
 use berth_cloud::error::code;
-use berth_cloud::model::{EniKind, EniStatus};
+use berth_cloud::model::{Credentials, EniKind, EniStatus};
 use berth_cloud::{Cloud, HttpCloud, wait};
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet};
 
@@ -172,13 +172,25 @@ async fn injected_throttling_is_absorbed_by_retries() {
 #[tokio::test]
 async fn bad_signatures_are_refused() {
     let lc = api_only();
-    let wrong_secret = lc.client_with(|c| c.credentials.access_key_secret = "not-the-secret".into());
-    let err = wrong_secret.describe_vpcs(None).await.unwrap_err();
-    assert!(err.is_code(code::SIGNATURE_DOES_NOT_MATCH), "{err}");
-    assert_eq!(err.api().unwrap().http_status, 400);
-    let wrong_key = lc.client_with(|c| c.credentials.access_key_id = "LTAIunknown".into());
-    let err = wrong_key.describe_vpcs(None).await.unwrap_err();
-    assert!(err.is_code(code::INVALID_ACCESS_KEY_ID), "{err}");
+    // Both signature versions, each refused as the real service refuses it.
+    for version in [berth_cloud::signing::Version::V3, berth_cloud::signing::Version::V1] {
+        let key = |id: &str, secret: &str| Credentials { access_key_id: id.into(), access_key_secret: secret.into() };
+        let wrong_secret = lc.client_with(|c| {
+            c.credentials = key(&lc.credentials.access_key_id, "not-the-secret").into();
+            c.signature = version;
+        });
+        let err = wrong_secret.describe_vpcs(None).await.unwrap_err();
+        assert!(err.is_code(code::SIGNATURE_DOES_NOT_MATCH), "{version:?}: {err}");
+        assert_eq!(err.api().unwrap().http_status, 400);
+        let wrong_key = lc.client_with(|c| {
+            c.credentials = key("LTAIunknown", &lc.credentials.access_key_secret).into();
+            c.signature = version;
+        });
+        let err = wrong_key.describe_vpcs(None).await.unwrap_err();
+        assert!(err.is_code(code::INVALID_ACCESS_KEY_ID), "{version:?}: {err}");
+        let right = lc.client_with(|c| c.signature = version);
+        right.describe_vpcs(None).await.unwrap_or_else(|e| panic!("{version:?}: {e}"));
+    }
 }
 
 #[tokio::test]
