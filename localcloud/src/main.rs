@@ -13,6 +13,7 @@ use berth_localcloud::guest::{self, GuestPlane};
 use berth_localcloud::{planes, server};
 use berth_daemon::logging;
 use berth_daemon::privileges::{self, Capability, Reach};
+use berth_cloud::wire::Product;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -59,6 +60,13 @@ struct Serve {
     region: String,
     #[arg(long, value_delimiter = ',', default_value = "local-1a,local-1b")]
     zones: Vec<String>,
+    /// Serve the VPC API (2016-04-28) on its own loopback listener here, and not on --listen, as
+    /// the real VPC endpoint is apart from ECS's (its URL is written to <state-dir>/vpc-endpoint).
+    #[arg(long)]
+    vpc_listen: Option<SocketAddr>,
+    /// Likewise the NAS API (2017-06-26); its URL is written to <state-dir>/nas-endpoint.
+    #[arg(long)]
+    nas_listen: Option<SocketAddr>,
     /// Loopback address of the OSS (S3-compatible) endpoint; its URL is written to <state-dir>/oss-endpoint.
     #[arg(long, default_value = "127.0.0.1:0")]
     oss_listen: SocketAddr,
@@ -124,7 +132,8 @@ const KEPT_CAPABILITIES: [Capability; 6] =
 fn serve(s: Serve) -> anyhow::Result<()> {
     // Before the runtime's threads exist, so that they inherit the reduced sets.
     privileges::keep_only_or_explain("berth-localcloud", &KEPT_CAPABILITIES, Reach::ProcessOnly).map_err(anyhow::Error::msg)?;
-    for (flag, addr) in [("--listen", s.listen), ("--oss-listen", s.oss_listen)] {
+    let apart = [("--vpc-listen", s.vpc_listen), ("--nas-listen", s.nas_listen)];
+    for (flag, addr) in [("--listen", s.listen), ("--oss-listen", s.oss_listen)].into_iter().chain(apart.iter().filter_map(|(f, a)| a.map(|a| (*f, a)))) {
         if !addr.ip().is_loopback() {
             anyhow::bail!("{flag} {addr} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)");
         }
@@ -178,6 +187,18 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             let netns = berth_localcloud::vpcnet::VpcNet::new(&s.place.netns_prefix);
             tokio::spawn(berth_localcloud::metadata::serve_in_instances(engine.clone(), move |id| netns.instance_netns_path(id)));
         }
+        let mut serves = server::Serves::all();
+        for (product, addr, file) in [(Product::Vpc, s.vpc_listen, "vpc-endpoint"), (Product::Nas, s.nas_listen, "nas-endpoint")] {
+            let path = state_dir.join(file);
+            let Some(addr) = addr else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} for {}", product.name()))?;
+            write_atomically(&path, &format!("http://{}", l.local_addr()?))?;
+            serves.0.retain(|p| *p != product);
+            tokio::spawn(axum::serve(l, server::product_router(engine.clone(), product)).into_future());
+        }
         write_atomically(&state_dir.join("endpoint"), &endpoint)?;
         println!("{endpoint}");
         tracing::info!(%endpoint, "serving");
@@ -185,7 +206,7 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
         };
-        axum::serve(listener, server::router(engine)).with_graceful_shutdown(shutdown).await?;
+        axum::serve(listener, server::router(engine, serves)).with_graceful_shutdown(shutdown).await?;
         anyhow::Ok(())
     })
 }

@@ -20,7 +20,31 @@ use crate::faults::{FaultKind, Faults};
 use crate::metrics::Resources;
 use crate::{auth, metadata};
 
-pub fn router(engine: Arc<Engine>) -> Router {
+/// The products a listener serves the RPC API of; an action of another product is answered
+/// `InvalidAction.NotFound`, as the real endpoint of one product answers another's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serves(pub Vec<Product>);
+
+impl Serves {
+    pub fn all() -> Self {
+        Serves(vec![Product::Ecs, Product::Vpc, Product::Nas])
+    }
+
+    fn check(&self, action: &str) -> Result<(), ApiFailure> {
+        let product = Product::of(action);
+        if self.0.contains(&product) {
+            return Ok(());
+        }
+        let served: Vec<&str> = self.0.iter().map(|p| p.name()).collect();
+        Err(ApiFailure::not_found(
+            berth_cloud::error::code::INVALID_ACTION,
+            format!("Specified api is not found: {action} is a {} action and this endpoint serves {}.", product.name(), served.join(", ")),
+        ))
+    }
+}
+
+/// The main listener: the RPC API of the products in `serves`, the admin API, metadata, metrics.
+pub fn router(engine: Arc<Engine>, serves: Serves) -> Router {
     Router::new()
         .route("/", get(rpc).post(rpc))
         .route("/metrics", get(metrics))
@@ -28,7 +52,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/_localcloud/faults", get(get_faults).put(put_faults))
         .route("/_localcloud/metadata/{instance}/latest/meta-data/", get(meta_root))
         .route("/_localcloud/metadata/{instance}/latest/meta-data/{*path}", get(meta))
+        .layer(axum::Extension(serves))
         .with_state(engine)
+}
+
+/// A listener of one product's RPC API only, as that product's own endpoint.
+pub fn product_router(engine: Arc<Engine>, product: Product) -> Router {
+    Router::new().route("/", get(rpc).post(rpc)).layer(axum::Extension(Serves(vec![product]))).with_state(engine)
 }
 
 fn json(status: u16, body: &impl serde::Serialize) -> Response {
@@ -76,12 +106,12 @@ fn form_urlencoded(text: &str) -> Vec<(String, String)> {
     }).collect()
 }
 
-async fn rpc(State(engine): State<Arc<Engine>>, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn rpc(State(engine): State<Arc<Engine>>, axum::Extension(serves): axum::Extension<Serves>, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
     // A caller's trace (a pod's ADD) on the line of every call it made.
     let trace_id = headers.get(berth_cloud::trace::CLOUD_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
-    let (action, answer) = serve_rpc(&engine, method, &headers, query, body, &trace_id, &request_id).await;
+    let (action, answer) = serve_rpc(&engine, &serves, method, &headers, query, body, &trace_id, &request_id).await;
     let outcome = answer.as_ref().map_or_else(|f| f.code.as_str(), |_| "ok");
     engine.calls.call(crate::api::action_label(&action), outcome, started.elapsed());
     match answer {
@@ -102,7 +132,8 @@ fn header_lists(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
 /// One RPC call: the action it named (empty if none) and the body to answer, or the failure.
 /// Signature v1 names the action and version in the parameters, v3 in `x-acs-action` and
 /// `x-acs-version`; both take parameters from the query and a form body.
-async fn serve_rpc(engine: &Arc<Engine>, method: Method, headers: &HeaderMap, query: Option<String>, body: Bytes, trace_id: &str, request_id: &str) -> (String, Result<serde_json::Value, ApiFailure>) {
+#[allow(clippy::too_many_arguments)]
+async fn serve_rpc(engine: &Arc<Engine>, serves: &Serves, method: Method, headers: &HeaderMap, query: Option<String>, body: Bytes, trace_id: &str, request_id: &str) -> (String, Result<serde_json::Value, ApiFailure>) {
     let mut query_params = BTreeMap::new();
     parse_pairs(query.as_deref().unwrap_or_default(), &mut query_params);
     let mut form = BTreeMap::new();
@@ -124,7 +155,7 @@ async fn serve_rpc(engine: &Arc<Engine>, method: Method, headers: &HeaderMap, qu
         }
     }
     let action = params.get("Action").cloned().unwrap_or_default();
-    let answer = match checked {
+    let answer = match checked.and_then(|()| if action.is_empty() { Ok(()) } else { serves.check(&action) }) {
         Ok(()) => answer_rpc(engine, params, &action, trace_id, request_id).await,
         Err(f) => Err(f),
     };
@@ -266,6 +297,16 @@ mod tests {
         assert_eq!(check_region("AssignPrivateIpAddresses", None, "cn-local").unwrap_err().code, "MissingParameter");
         assert!(check_region("AssignPrivateIpAddresses", Some("cn-local"), "cn-local").is_ok());
         assert!(check_region("AttachDisk", Some("cn-elsewhere"), "cn-local").is_err());
+    }
+
+    #[test]
+    fn a_listener_of_one_product_refuses_another_products_actions() {
+        let vpc = Serves(vec![Product::Vpc]);
+        assert!(vpc.check("DescribeVSwitches").is_ok());
+        let err = vpc.check("DescribeInstances").unwrap_err();
+        assert_eq!((err.code.as_str(), err.status), ("InvalidAction.NotFound", 404));
+        assert!(err.message.contains("ecs action") && err.message.contains("serves vpc"), "{}", err.message);
+        assert!(Serves::all().check("CreateMountTarget").is_ok());
     }
 
     #[test]

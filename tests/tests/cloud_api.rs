@@ -287,3 +287,30 @@ async fn every_list_is_read_to_its_last_page_and_every_rule_peer_kind_decodes() 
     cloud.delete_security_group(&sg).await.unwrap();
     assert!(cloud.describe_security_group(&sg).await.unwrap_err().is_code(code::INVALID_SECURITY_GROUP_ID));
 }
+
+#[tokio::test]
+async fn each_product_is_served_apart_and_a_misconfigured_endpoint_names_the_setting() {
+    let lc = LocalCloud::start(LocalCloudOptions { no_dataplane: true, products_apart: true, ..Default::default() });
+    assert!(!lc.vpc_endpoint.is_empty() && !lc.nas_endpoint.is_empty() && lc.vpc_endpoint != lc.nas_endpoint);
+    // Every call reaches its product: each listener refuses the others' actions.
+    let cloud = lc.client();
+    let net = network(&cloud, "10.9.0.0/24").await;
+    let vm = run(&cloud, &net, "ecs.g7.large").await;
+    let fs = cloud.create_nas_file_system("local-1a", &net.vpc, &net.vsw, None).await.expect("NAS at the NAS endpoint");
+    assert_eq!(cloud.describe_nas_file_systems(Some(&fs.id)).await.unwrap().len(), 1);
+    assert_eq!(cloud.describe_instances(&InstanceFilter { ids: vec![vm], ..Default::default() }).await.unwrap().len(), 1);
+
+    // A product left on the ECS endpoint fails naming the product and the setting to fix.
+    let no_vpc = lc.client_with(|c| c.vpc_endpoint = None);
+    let err = no_vpc.describe_vpcs(None).await.unwrap_err();
+    assert!(matches!(err, berth_cloud::CloudError::WrongEndpoint { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("VPC") && text.contains("cloud.vpc_endpoint") && text.contains("DescribeVpcs"), "{text}");
+    let nas_at_vpc = lc.client_with(|c| c.nas_endpoint = Some(lc.vpc_endpoint.clone()));
+    let text = nas_at_vpc.describe_nas_file_systems(None).await.unwrap_err().to_string();
+    assert!(text.contains("NAS") && text.contains("cloud.nas_endpoint"), "{text}");
+    // ECS actions are not served at the VPC endpoint either.
+    let ecs_at_vpc = lc.client_with(|c| c.endpoint = lc.vpc_endpoint.clone());
+    let text = ecs_at_vpc.describe_instances(&InstanceFilter::default()).await.unwrap_err().to_string();
+    assert!(text.contains("ECS") && text.contains("cloud.endpoint"), "{text}");
+}

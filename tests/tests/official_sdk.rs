@@ -14,7 +14,7 @@ fn workspace() -> PathBuf {
 
 /// Runs the SDK script against the given product endpoints (`host:port`), with `token` as the STS
 /// token if given; returns its output, or panics with it.
-pub fn run_sdk(ecs: &str, vpc: &str, nas: &str, key_id: &str, secret: &str, token: Option<&str>) -> String {
+fn run_sdk(ecs: &str, vpc: &str, nas: &str, key_id: &str, secret: &str, token: Option<&str>) -> String {
     let sdk = workspace().join("target/python-sdk");
     assert!(
         sdk.join("alibabacloud_ecs20140526").exists(),
@@ -44,12 +44,28 @@ fn host(url: &str) -> &str {
 
 #[test]
 fn the_official_sdks_drive_every_action_berth_uses() {
-    let lc = LocalCloud::start(LocalCloudOptions { no_dataplane: true, ..Default::default() });
-    let out = run_sdk(host(&lc.endpoint), host(&lc.endpoint), host(&lc.endpoint), &lc.credentials.access_key_id, &lc.credentials.access_key_secret, None);
+    // Each product at its own endpoint, as on the real cloud.
+    let lc = LocalCloud::start(LocalCloudOptions { no_dataplane: true, products_apart: true, ..Default::default() });
+    let out = run_sdk(host(&lc.endpoint), host(&lc.vpc_endpoint), host(&lc.nas_endpoint), &lc.credentials.access_key_id, &lc.credentials.access_key_secret, None);
     for action in berth_cloud::wire::ACTIONS {
         let called = |l: &str| l.strip_prefix("ok ").and_then(|r| r.strip_prefix(action)).is_some_and(|r| r.is_empty() || r.starts_with(' '));
         assert!(out.lines().any(called), "the SDK run did not call {action}:\n{out}");
     }
     assert!(out.contains("ok a wrong secret refused with SignatureDoesNotMatch"), "{out}");
+    assert!(out.contains("ok a VPC call sent to the ECS endpoint refused with InvalidAction.NotFound"), "{out}");
     assert!(lc.log().contains("DescribeInstanceTypes"), "the calls reached this local cloud");
+}
+
+#[tokio::test]
+async fn the_official_sdks_sign_with_an_instances_role_credentials() {
+    let lc = LocalCloud::start(LocalCloudOptions { no_dataplane: true, ..Default::default() });
+    let admin = lc.client();
+    let net = berth_tests::SampleNet::create(&admin, "10.71.0.0/16", "10.71.1.0/24").await;
+    let instance = net.run(&admin, "ecs.g7.large", &net.sg).await;
+    let url = format!("{}/_localcloud/metadata/{instance}/latest/meta-data/ram/security-credentials/berth-node", lc.endpoint);
+    let doc = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let role = berth_cloud::credentials::parse_role_credentials("berth-node", &doc, 0).unwrap();
+    let ep = host(&lc.endpoint).to_string();
+    let out = tokio::task::spawn_blocking(move || run_sdk(&ep, &ep, &ep, &role.access_key_id, &role.access_key_secret, role.security_token.as_deref())).await.unwrap();
+    assert!(out.contains("sdk: every call answered"), "{out}");
 }
