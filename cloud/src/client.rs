@@ -724,7 +724,8 @@ impl Cloud for HttpCloud {
             .set("FileSystemId", &fs.file_system_id)
             .set("NetworkType", "Vpc")
             .set("VpcId", vpc_id)
-            .set("VSwitchId", vswitch_id);
+            .set("VSwitchId", vswitch_id)
+            .set("AccessGroupName", wire::DEFAULT_VPC_ACCESS_GROUP);
         let mt: wire::CreateMountTargetResponse = self.call("CreateMountTarget", p).await?;
         let mut all = self.describe_nas_file_systems(Some(&fs.file_system_id)).await?;
         match all.pop() {

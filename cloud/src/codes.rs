@@ -69,6 +69,7 @@ pub mod code {
     pub const SYSTEM_DISK_OPERATION: &str = "InvalidDiskType.NotSupported";
 
     pub const INVALID_FILE_SYSTEM_ID: &str = "InvalidFileSystem.NotFound";
+    /// A mount target's permission group (AccessGroupName) that does not exist.
     pub const INVALID_ACCESS_GROUP: &str = "InvalidAccessGroup.NotFound";
 }
 

@@ -84,6 +84,10 @@ pub const ACTIONS: &[&str] = &[
     "DescribeFileSystems",
 ];
 
+/// The permission group every VPC mount target of a general-purpose or extreme NAS file system
+/// needs (`AccessGroupName` of CreateMountTarget); each account has this default one for VPCs.
+pub const DEFAULT_VPC_ACCESS_GROUP: &str = "DEFAULT_VPC_GROUP_NAME";
+
 /// Whether the API model of `action` has a `RegionId` parameter. These do not: they take the
 /// region from the endpoint, and the official SDKs send none (ECS and NAS API references).
 pub fn takes_region_id(action: &str) -> bool {

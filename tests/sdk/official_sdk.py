@@ -189,6 +189,16 @@ def main():
         "CreateFileSystem",
         lambda: nas.create_file_system(nas_models.CreateFileSystemRequest(protocol_type="NFS", storage_type="Performance", zone_id=ZONE, file_system_type="standard")),
     ).body.file_system_id
+    refused(
+        "CreateMountTarget without AccessGroupName",
+        "MissingParameter",
+        lambda: nas.create_mount_target(nas_models.CreateMountTargetRequest(file_system_id=fs, network_type="Vpc", vpc_id=vpc_id, v_switch_id=vsw_id)),
+    )
+    refused(
+        "CreateMountTarget with an unknown access group",
+        "InvalidAccessGroup.NotFound",
+        lambda: nas.create_mount_target(nas_models.CreateMountTargetRequest(file_system_id=fs, network_type="Vpc", vpc_id=vpc_id, v_switch_id=vsw_id, access_group_name="nope")),
+    )
     step(
         "CreateMountTarget (AccessGroupName)",
         lambda: nas.create_mount_target(
