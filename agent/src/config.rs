@@ -365,6 +365,30 @@ mod tests {
 mod example {
     use super::*;
 
+    /// The shipped node bootstrap (user data for a pool) writes a config this agent takes.
+    #[test]
+    fn the_node_bootstrap_writes_a_valid_config() {
+        let root = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/node-bootstrap.sh");
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env("BERTH_ROOT", root.path())
+            .env("BERTH_REGION", "cn-hangzhou")
+            .env("BERTH_SCHEDULER", "http://10.0.0.5:19470")
+            .env("BERTH_POOL", "web")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = root.path().join("etc/berth/agent.toml");
+        let c = AgentConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cloud.vpc_endpoint, "https://vpc.cn-hangzhou.aliyuncs.com");
+        assert_eq!(c.cloud.credentials_source, berth_cloud::credentials::SourceKind::RamRole);
+        assert_eq!((c.scheduler.endpoint.as_str(), c.scheduler.pool.as_str()), ("http://10.0.0.5:19470", "web"));
+        let bad = std::process::Command::new("sh").arg(&script).env("BERTH_ROOT", root.path()).env("BERTH_REGION", "cn hangzhou").output().unwrap();
+        assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("cn hangzhou"));
+    }
+
     /// The example file shipped beside the binary is a valid config whose values are the defaults.
     #[test]
     fn the_example_file_is_the_defaults() {

@@ -817,6 +817,20 @@ pub struct DescribeFileSystemsResponse {
 mod tests {
     use super::*;
 
+    /// The RAM policy of the README's "Running on Alibaba Cloud" allows exactly the actions the
+    /// client calls, each under its product.
+    #[test]
+    fn the_readme_ram_policy_lists_exactly_the_actions_called() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("## Running on Alibaba Cloud").nth(1).expect("the README has the section");
+        let policy = section.split("```json").nth(1).and_then(|s| s.split("```").next()).expect("a json block");
+        let doc: serde_json::Value = serde_json::from_str(policy).expect("the policy is JSON");
+        let listed: std::collections::BTreeSet<String> =
+            doc["Statement"][0]["Action"].as_array().expect("Action list").iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let called: std::collections::BTreeSet<String> = ACTIONS.iter().map(|a| format!("{}:{a}", Product::of(a).name())).collect();
+        assert_eq!(listed, called);
+    }
+
     #[test]
     fn eni_decodes_the_service_shape() {
         let body = r#"{

@@ -182,6 +182,19 @@ impl CsiConfig {
 mod tests {
     use super::*;
 
+    /// The shipped node bootstrap (user data for a pool) writes a config this driver takes.
+    #[test]
+    fn the_node_bootstrap_writes_a_valid_config() {
+        let root = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/node-bootstrap.sh");
+        let out = std::process::Command::new("sh").arg(&script).env("BERTH_ROOT", root.path()).env("BERTH_REGION", "cn-hangzhou").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = root.path().join("etc/berth/csi.toml");
+        let c = CsiConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cloud.nas_endpoint, "https://nas.cn-hangzhou.aliyuncs.com");
+    }
+
     #[test]
     fn unknown_keys_are_named_and_validation_names_the_value() {
         let e = CsiConfig::parse("[driver]\nsock = \"/x\"\n", Path::new("/etc/berth/csi.toml")).unwrap_err().to_string();
