@@ -120,6 +120,15 @@ pub struct CloudConfig {
     pub region: String,
     /// `access_key_id` and `access_key_secret` as TOML; refused unless mode 0600.
     pub credentials_file: PathBuf,
+    /// Where the credentials come from: `file` (`credentials_file`) or `ram_role` (the
+    /// instance's RAM role: STS credentials from the metadata service, refreshed before expiry).
+    pub credentials_source: berth_cloud::credentials::SourceKind,
+    /// The RAM role of the `ram_role` source; empty: the one role the instance has.
+    pub ram_role: String,
+    /// The instance metadata service the `ram_role` source asks.
+    pub metadata_url: String,
+    /// The request signature: `v3` (ACS3-HMAC-SHA256, the default) or `v1` (HMAC-SHA1).
+    pub signature: berth_cloud::signing::Version,
     /// Calls per second allowed for each API action (token bucket), and its burst.
     pub rate_per_second: f64,
     pub burst: u32,
@@ -188,7 +197,7 @@ impl Default for NodeConfig {
 
 impl Default for CloudConfig {
     fn default() -> Self {
-        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), rate_per_second: 10.0, burst: 20 }
+        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), credentials_source: Default::default(), ram_role: String::new(), metadata_url: berth_cloud::credentials::INSTANCE_METADATA_URL.into(), signature: Default::default(), rate_per_second: 10.0, burst: 20 }
     }
 }
 
@@ -340,11 +349,45 @@ mod tests {
         let c = AgentConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[runner]\ncsi_socket = \"\"\n", Path::new("a.toml")).unwrap();
         c.validate().unwrap();
     }
+
+    #[test]
+    fn the_credential_source_and_signature_are_named_when_bad() {
+        let e = AgentConfig::parse("[cloud]\ncredentials_source = \"metadata\"\n", Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("credentials_source") && e.contains("ram_role"), "{e}");
+        let e = AgentConfig::parse("[cloud]\nsignature = \"v2\"\n", Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("signature") && e.contains("v3"), "{e}");
+        let c = AgentConfig::parse("[cloud]\ncredentials_source = \"ram_role\"\nsignature = \"v1\"\n", Path::new("a.toml")).unwrap();
+        assert_eq!((c.cloud.credentials_source, c.cloud.signature), (berth_cloud::credentials::SourceKind::RamRole, berth_cloud::signing::Version::V1));
+    }
 }
 
 #[cfg(test)]
 mod example {
     use super::*;
+
+    /// The shipped node bootstrap (user data for a pool) writes a config this agent takes.
+    #[test]
+    fn the_node_bootstrap_writes_a_valid_config() {
+        let root = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/node-bootstrap.sh");
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env("BERTH_ROOT", root.path())
+            .env("BERTH_REGION", "cn-hangzhou")
+            .env("BERTH_SCHEDULER", "http://10.0.0.5:19470")
+            .env("BERTH_POOL", "web")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = root.path().join("etc/berth/agent.toml");
+        let c = AgentConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cloud.vpc_endpoint, "https://vpc.cn-hangzhou.aliyuncs.com");
+        assert_eq!(c.cloud.credentials_source, berth_cloud::credentials::SourceKind::RamRole);
+        assert_eq!((c.scheduler.endpoint.as_str(), c.scheduler.pool.as_str()), ("http://10.0.0.5:19470", "web"));
+        let bad = std::process::Command::new("sh").arg(&script).env("BERTH_ROOT", root.path()).env("BERTH_REGION", "cn hangzhou").output().unwrap();
+        assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("cn hangzhou"));
+    }
 
     /// The example file shipped beside the binary is a valid config whose values are the defaults.
     #[test]

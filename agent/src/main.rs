@@ -17,7 +17,7 @@ use berth_agent::store::Store;
 use berth_agent::{cniconf, http, server, systemd};
 
 use berth_cloud::api::EniFilter;
-use berth_cloud::client::load_credentials;
+use berth_cloud::credentials::Source;
 use berth_cloud::model::EniKind;
 use berth_cloud::ratelimit::Limit;
 use berth_cloud::{Cloud, ClientConfig, HttpCloud};
@@ -160,7 +160,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.validate()?;
     let started = std::time::Instant::now();
 
-    let credentials = load_credentials(&cfg.cloud.credentials_file)?;
+    let credentials = Source::from_settings(cfg.cloud.credentials_source, &cfg.cloud.credentials_file, &cfg.cloud.metadata_url, &cfg.cloud.ram_role)?;
     let netns = Some(cfg.node.netns.as_str()).filter(|s| !s.is_empty());
     let node = Node::open(netns)?;
     // The metadata service may come up a moment after the node does.
@@ -184,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let region = if cfg.cloud.region.is_empty() { identity.region_id.clone() } else { cfg.cloud.region.clone() };
     let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
     client.default_limit = Limit { rate_per_sec: cfg.cloud.rate_per_second, burst: cfg.cloud.burst };
+    client.signature = cfg.cloud.signature;
     let disk_cloud = HttpCloud::new(client.clone())?.with_observer(Arc::new(CloudCalls(metrics.clone())));
     let cloud = HttpCloud::new(client)?.with_observer(Arc::new(CloudCalls(metrics.clone())));
 

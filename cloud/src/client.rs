@@ -15,6 +15,7 @@ use crate::api::{
     BootImage,     Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
     RunInstancesRequest,
 };
+use crate::credentials::{self, Provider};
 use crate::endpoints;
 use crate::error::{ApiError, CloudError, Result};
 use crate::model::{
@@ -35,7 +36,10 @@ pub struct ClientConfig {
     pub vpc_endpoint: Option<String>,
     pub nas_endpoint: Option<String>,
     pub region_id: String,
-    pub credentials: Credentials,
+    /// A key, or the instance's RAM role (see [`crate::credentials`]).
+    pub credentials: credentials::Source,
+    /// The signature sent: v3 unless set otherwise (`cloud.signature` in the binaries' configs).
+    pub signature: signing::Version,
     /// Time allowed for one HTTP request.
     pub timeout: Duration,
     pub retry: RetryPolicy,
@@ -46,7 +50,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Every product at its public endpoint of `region_id` (see [`crate::endpoints`]).
-    pub fn for_region(region_id: &str, credentials: Credentials) -> Self {
+    pub fn for_region(region_id: &str, credentials: impl Into<credentials::Source>) -> Self {
         let mut c = ClientConfig::new(endpoints::public(Product::Ecs, region_id), region_id, credentials);
         c.vpc_endpoint = Some(endpoints::public(Product::Vpc, region_id));
         c.nas_endpoint = Some(endpoints::public(Product::Nas, region_id));
@@ -60,13 +64,14 @@ impl ClientConfig {
         self
     }
 
-    pub fn new(endpoint: impl Into<String>, region_id: impl Into<String>, credentials: Credentials) -> Self {
+    pub fn new(endpoint: impl Into<String>, region_id: impl Into<String>, credentials: impl Into<credentials::Source>) -> Self {
         ClientConfig {
             endpoint: endpoint.into(),
             vpc_endpoint: None,
             nas_endpoint: None,
             region_id: region_id.into(),
-            credentials,
+            credentials: credentials.into(),
+            signature: signing::Version::default(),
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             default_limit: Limit { rate_per_sec: 20.0, burst: 40 },
@@ -94,6 +99,7 @@ pub struct HttpCloud {
     http: reqwest::Client,
     limiter: RateLimiter,
     observer: Option<Arc<dyn CallObserver>>,
+    credentials: Provider,
 }
 
 impl std::fmt::Debug for HttpCloud {
@@ -122,7 +128,8 @@ impl HttpCloud {
                 reason: e.to_string(),
             })?;
         let limiter = RateLimiter::new(config.default_limit, config.limits.clone());
-        Ok(HttpCloud { config, http, limiter, observer: None })
+        let credentials = Provider::new(config.credentials.clone());
+        Ok(HttpCloud { config, http, limiter, observer: None, credentials })
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
@@ -132,6 +139,11 @@ impl HttpCloud {
 
     pub fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// How many times RAM role credentials were fetched from the metadata service.
+    pub fn credential_fetches(&self) -> u64 {
+        self.credentials.fetches()
     }
 
     fn endpoint_for(&self, product: Product) -> &str {
@@ -201,21 +213,62 @@ impl HttpCloud {
         params: &Params,
         idempotent: bool,
     ) -> (Result<T>, bool) {
-        let mut signed = params.0.clone();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let nonce = uuid::Uuid::new_v4().to_string();
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
         let timestamp = signing::format_timestamp(now);
-        let common = signing::CommonParams {
-            action,
-            version: product.version(),
-            access_key_id: &self.config.credentials.access_key_id,
-            region_id: &self.config.region_id,
-            nonce: &nonce,
-            timestamp: &timestamp,
+        let base = endpoint.trim_end_matches('/');
+        let creds = match self.credentials.current(&self.http).await {
+            Ok(c) => c,
+            // Never sent: another attempt may find the metadata service answering.
+            Err(e) => return (Err(e), true),
         };
-        signing::sign(&self.config.credentials.access_key_secret, "POST", &common, &mut signed);
-        let url = format!("{}/", endpoint.trim_end_matches('/'));
-        let mut request = self.http.post(&url).form(&signed);
+        let token = creds.security_token.as_deref();
+        let mut request = match self.config.signature {
+            signing::Version::V1 => {
+                let mut signed = params.0.clone();
+                let common = signing::CommonParams {
+                    action,
+                    version: product.version(),
+                    access_key_id: &creds.access_key_id,
+                    region_id: &self.config.region_id,
+                    nonce: &nonce,
+                    timestamp: &timestamp,
+                };
+                if let Some(t) = token {
+                    signed.insert("SecurityToken".to_string(), t.to_string());
+                }
+                signing::sign(&creds.access_key_secret, "POST", &common, &mut signed);
+                self.http.post(format!("{base}/")).form(&signed)
+            }
+            signing::Version::V3 => {
+                // RPC style: every parameter in the query, an empty body.
+                let mut query = params.0.clone();
+                if wire::takes_region_id(action) {
+                    query.entry("RegionId".to_string()).or_insert_with(|| self.config.region_id.clone());
+                }
+                let url = format!("{base}/?{}", signing::v3::canonical_query(&query));
+                let host = match host_header(&url) {
+                    Ok(h) => h,
+                    Err(reason) => return (Err(CloudError::Transport { action: action.into(), endpoint: endpoint.into(), reason }), false),
+                };
+                let req = signing::v3::Request {
+                    method: "POST",
+                    host: &host,
+                    action,
+                    version: product.version(),
+                    date: &timestamp,
+                    nonce: &nonce,
+                    access_key_id: &creds.access_key_id,
+                    security_token: token,
+                };
+                let mut r = self.http.post(url);
+                // reqwest sends the host header itself, with the value signed.
+                for (k, v) in signing::v3::sign(&creds.access_key_secret, &req, &query, b"").into_iter().filter(|(k, _)| k != "host") {
+                    r = r.header(k, v);
+                }
+                r
+            }
+        };
         if let Some(trace_id) = crate::trace::current() {
             request = request.header(crate::trace::CLOUD_HEADER, trace_id);
         }
@@ -236,8 +289,26 @@ impl HttpCloud {
                 return (Err(err), idempotent);
             }
         };
-        decode_response(action, status, &body)
+        let (result, retry) = decode_response(action, status, &body);
+        // A token the service calls expired is dropped and the call retried with a new one: the
+        // request was refused before anything happened.
+        if self.credentials.refreshes() && result.as_ref().err().and_then(CloudError::code) == Some(crate::error::code::INVALID_SECURITY_TOKEN) {
+            self.credentials.invalidate(&creds).await;
+            return (result, true);
+        }
+        (result, retry)
     }
+}
+
+/// The `host` header an HTTP client sends for `url`: the host, and the port unless it is the
+/// scheme's default.
+fn host_header(url: &str) -> std::result::Result<String, String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("the endpoint is not a URL: {e}"))?;
+    let host = u.host_str().ok_or("the endpoint has no host")?;
+    Ok(match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
 }
 
 /// One answer of `action` decoded: a 2xx body as `T`, any other as the service's error body; with
@@ -653,7 +724,8 @@ impl Cloud for HttpCloud {
             .set("FileSystemId", &fs.file_system_id)
             .set("NetworkType", "Vpc")
             .set("VpcId", vpc_id)
-            .set("VSwitchId", vswitch_id);
+            .set("VSwitchId", vswitch_id)
+            .set("AccessGroupName", wire::DEFAULT_VPC_ACCESS_GROUP);
         let mt: wire::CreateMountTargetResponse = self.call("CreateMountTarget", p).await?;
         let mut all = self.describe_nas_file_systems(Some(&fs.file_system_id)).await?;
         match all.pop() {
@@ -691,6 +763,33 @@ impl Cloud for HttpCloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The action names this file sends: the literal of each `self.call("Name"` and
+    /// `self.call::<…>("Name"`, and both literals of a `let action = if … { "A" } else { "B" }`.
+    fn actions_in_source() -> std::collections::BTreeSet<String> {
+        let src = include_str!("client.rs");
+        let literals = |s: &str| s.split('"').skip(1).step_by(2).map(str::to_string).collect::<Vec<_>>();
+        let mut found = std::collections::BTreeSet::new();
+        for line in src.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+            if let Some((_, rest)) = line.split_once("self.call(").or_else(|| line.split_once(">(\"")) {
+                let rest = if line.contains(">(\"") && !line.contains("self.call(") { format!("\"{rest}") } else { rest.to_string() };
+                if rest.starts_with('"') {
+                    found.extend(literals(&rest).into_iter().take(1));
+                }
+            } else if line.starts_with("let action = if ") {
+                found.extend(literals(line));
+            }
+        }
+        found.retain(|a| a.chars().all(|c| c.is_ascii_alphanumeric()));
+        found
+    }
+
+    #[test]
+    fn the_action_list_is_every_action_the_client_calls() {
+        let listed: std::collections::BTreeSet<String> = crate::wire::ACTIONS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(listed.len(), crate::wire::ACTIONS.len(), "an action is listed twice");
+        assert_eq!(actions_in_source(), listed, "wire::ACTIONS is not the set of actions client.rs calls");
+    }
 
     #[test]
     fn an_action_its_endpoint_does_not_serve_names_the_product_and_the_setting() {

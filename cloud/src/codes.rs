@@ -24,6 +24,10 @@ pub mod code {
     pub const INVALID_TIMESTAMP_FORMAT: &str = "InvalidTimeStamp.Format";
     pub const INVALID_ACCESS_KEY_ID: &str = "InvalidAccessKeyId.NotFound";
     pub const INVALID_SECURITY_TOKEN: &str = "InvalidSecurityToken.Expired";
+    /// A security token that is not the one issued with the access key it came with.
+    pub const SECURITY_TOKEN_MISMATCH: &str = "InvalidSecurityToken.MismatchWithAccessKey";
+    /// A security token that was never issued.
+    pub const SECURITY_TOKEN_MALFORMED: &str = "InvalidSecurityToken.Malformed";
 
     pub const INVALID_INSTANCE_ID: &str = "InvalidInstanceId.NotFound";
     pub const INVALID_INSTANCE_TYPE: &str = "InvalidInstanceType.NotSupported";
@@ -65,6 +69,7 @@ pub mod code {
     pub const SYSTEM_DISK_OPERATION: &str = "InvalidDiskType.NotSupported";
 
     pub const INVALID_FILE_SYSTEM_ID: &str = "InvalidFileSystem.NotFound";
+    /// A mount target's permission group (AccessGroupName) that does not exist.
     pub const INVALID_ACCESS_GROUP: &str = "InvalidAccessGroup.NotFound";
 }
 
@@ -140,6 +145,8 @@ pub const TABLE: &[Fact] = &[
     Fact { code: code::INVALID_TIMESTAMP_FORMAT, status: 400, class: Class::Auth, source: COMMON },
     Fact { code: code::INVALID_ACCESS_KEY_ID, status: 404, class: Class::Auth, source: COMMON },
     Fact { code: code::INVALID_SECURITY_TOKEN, status: 400, class: Class::Auth, source: STS },
+    Fact { code: code::SECURITY_TOKEN_MISMATCH, status: 400, class: Class::Auth, source: STS },
+    Fact { code: code::SECURITY_TOKEN_MALFORMED, status: 400, class: Class::Auth, source: STS },
     Fact { code: code::INVALID_INSTANCE_ID, status: 404, class: Class::NotFound, source: ASSIGN_IPS },
     Fact { code: code::INVALID_INSTANCE_TYPE, status: 403, class: Class::Invalid, source: RUN_INSTANCES },
     Fact { code: code::INCORRECT_INSTANCE_STATUS, status: 403, class: Class::WrongState, source: ATTACH_DISK },

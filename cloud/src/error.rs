@@ -68,6 +68,8 @@ pub enum CloudError {
     WrongEndpoint { action: String, product: &'static str, endpoint: String, setting: &'static str, code: String },
     #[error("invalid credentials file {path}: {reason}")]
     Credentials { path: String, reason: String },
+    #[error("{setting}: {reason}")]
+    Setting { setting: String, reason: String },
 }
 
 impl CloudError {

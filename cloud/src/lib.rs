@@ -6,6 +6,7 @@ pub mod api;
 pub mod catalogue;
 pub mod client;
 pub mod codes;
+pub mod credentials;
 pub mod disk;
 pub mod endpoints;
 pub mod error;

@@ -45,6 +45,49 @@ impl Product {
     }
 }
 
+/// Every action the client calls, by product: what a RAM policy for Berth must allow (the README's
+/// "Running on Alibaba Cloud" lists the same; tests keep the three in step).
+pub const ACTIONS: &[&str] = &[
+    "AssignIpv6Addresses",
+    "AssignPrivateIpAddresses",
+    "AttachDisk",
+    "AttachNetworkInterface",
+    "AuthorizeSecurityGroup",
+    "AuthorizeSecurityGroupEgress",
+    "CreateDisk",
+    "CreateNetworkInterface",
+    "CreateSecurityGroup",
+    "DeleteDisk",
+    "DeleteInstances",
+    "DeleteNetworkInterface",
+    "DeleteSecurityGroup",
+    "DescribeDisks",
+    "DescribeInstanceTypes",
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "DescribeSecurityGroupAttribute",
+    "DetachDisk",
+    "DetachNetworkInterface",
+    "ResizeDisk",
+    "RevokeSecurityGroup",
+    "RevokeSecurityGroupEgress",
+    "RunInstances",
+    "UnassignIpv6Addresses",
+    "UnassignPrivateIpAddresses",
+    "CreateVSwitch",
+    "CreateVpc",
+    "DescribeVSwitches",
+    "DescribeVpcs",
+    "CreateFileSystem",
+    "CreateMountTarget",
+    "DeleteFileSystem",
+    "DescribeFileSystems",
+];
+
+/// The permission group every VPC mount target of a general-purpose or extreme NAS file system
+/// needs (`AccessGroupName` of CreateMountTarget); each account has this default one for VPCs.
+pub const DEFAULT_VPC_ACCESS_GROUP: &str = "DEFAULT_VPC_GROUP_NAME";
+
 /// Whether the API model of `action` has a `RegionId` parameter. These do not: they take the
 /// region from the endpoint, and the official SDKs send none (ECS and NAS API references).
 pub fn takes_region_id(action: &str) -> bool {
@@ -773,6 +816,20 @@ pub struct DescribeFileSystemsResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The RAM policy of the README's "Running on Alibaba Cloud" allows exactly the actions the
+    /// client calls, each under its product.
+    #[test]
+    fn the_readme_ram_policy_lists_exactly_the_actions_called() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("## Running on Alibaba Cloud").nth(1).expect("the README has the section");
+        let policy = section.split("```json").nth(1).and_then(|s| s.split("```").next()).expect("a json block");
+        let doc: serde_json::Value = serde_json::from_str(policy).expect("the policy is JSON");
+        let listed: std::collections::BTreeSet<String> =
+            doc["Statement"][0]["Action"].as_array().expect("Action list").iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let called: std::collections::BTreeSet<String> = ACTIONS.iter().map(|a| format!("{}:{a}", Product::of(a).name())).collect();
+        assert_eq!(listed, called);
+    }
 
     #[test]
     fn eni_decodes_the_service_shape() {

@@ -49,6 +49,15 @@ pub struct CloudConfig {
     pub region: String,
     /// `access_key_id` and `access_key_secret`; refused unless mode 0600.
     pub credentials_file: PathBuf,
+    /// Where the credentials come from: `file` (`credentials_file`) or `ram_role` (the
+    /// instance's RAM role: STS credentials from the metadata service, refreshed before expiry).
+    pub credentials_source: berth_cloud::credentials::SourceKind,
+    /// The RAM role of the `ram_role` source; empty: the one role the instance has.
+    pub ram_role: String,
+    /// The instance metadata service the `ram_role` source asks.
+    pub metadata_url: String,
+    /// The request signature: `v3` (ACS3-HMAC-SHA256, the default) or `v1` (HMAC-SHA1).
+    pub signature: berth_cloud::signing::Version,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -88,7 +97,7 @@ impl Default for DriverConfig {
 
 impl Default for CloudConfig {
     fn default() -> Self {
-        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into() }
+        CloudConfig { endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), region: String::new(), credentials_file: "/etc/berth/credentials".into(), credentials_source: Default::default(), ram_role: String::new(), metadata_url: berth_cloud::credentials::INSTANCE_METADATA_URL.into(), signature: Default::default() }
     }
 }
 
@@ -156,6 +165,9 @@ impl CsiConfig {
         if !(self.cloud.endpoint.starts_with("http://") || self.cloud.endpoint.starts_with("https://")) {
             return invalid("cloud.endpoint", self.cloud.endpoint.clone(), "an http:// or https:// URL");
         }
+        if self.cloud.credentials_source == berth_cloud::credentials::SourceKind::RamRole && !self.oss.endpoint.is_empty() {
+            return invalid("cloud.credentials_source", "ram_role".into(), "\"file\" while oss.endpoint is set: OSS volumes mount with a long-term key (s3fs does not refresh STS tokens)");
+        }
         if !self.driver.metrics_listen.is_empty() && self.driver.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("driver.metrics_listen", self.driver.metrics_listen.clone(), "an address:port such as 127.0.0.1:9481, or empty");
         }
@@ -169,6 +181,19 @@ impl CsiConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped node bootstrap (user data for a pool) writes a config this driver takes.
+    #[test]
+    fn the_node_bootstrap_writes_a_valid_config() {
+        let root = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/node-bootstrap.sh");
+        let out = std::process::Command::new("sh").arg(&script).env("BERTH_ROOT", root.path()).env("BERTH_REGION", "cn-hangzhou").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = root.path().join("etc/berth/csi.toml");
+        let c = CsiConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cloud.nas_endpoint, "https://nas.cn-hangzhou.aliyuncs.com");
+    }
 
     #[test]
     fn unknown_keys_are_named_and_validation_names_the_value() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use berth_cloud::client::load_credentials;
+use berth_cloud::credentials::Source;
 use berth_cloud::{ClientConfig, HttpCloud};
 use berth_csi::config::{self, CsiConfig};
 use berth_csi::controller::ControllerService;
@@ -100,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     args.apply(&mut cfg);
     cfg.validate()?;
 
-    let credentials = load_credentials(&cfg.cloud.credentials_file)?;
+    let credentials = Source::from_settings(cfg.cloud.credentials_source, &cfg.cloud.credentials_file, &cfg.cloud.metadata_url, &cfg.cloud.ram_role)?;
     let region = if cfg.cloud.region.is_empty() {
         // The node's zone names the region; the agent may come up a moment after us.
         let probe = Driver::new(cfg.clone(), None, OssMounter::new(String::new(), String::new(), &cfg.driver.state_dir));
@@ -118,10 +118,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         cfg.cloud.region.clone()
     };
-    let cloud = HttpCloud::new(ClientConfig::new(cfg.cloud.endpoint.clone(), region.clone(), credentials.clone()).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint))?;
+    let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region.clone(), credentials.clone()).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
+    client.signature = cfg.cloud.signature;
+    let cloud = HttpCloud::new(client)?;
     let oss = OssMounter::new(cfg.oss.endpoint.clone(), region, &cfg.driver.state_dir);
     if cfg.serves_node() && !cfg.oss.endpoint.is_empty() {
-        oss.write_credentials(&credentials).context("writing the OSS credentials file")?;
+        // validate() refuses OSS with role credentials: s3fs takes a long-term key only.
+        if let Source::Static(key) = &credentials {
+            oss.write_credentials(key).context("writing the OSS credentials file")?;
+        }
     }
     let driver = Driver::new(cfg.clone(), Some(cloud), oss);
     let metrics = Metrics::new();

@@ -11,7 +11,7 @@ use berth_cloud::model::Credentials;
 use serde_json::Value;
 
 use crate::api::{self, ApiFailure, Ctx, Params, Pending};
-use crate::auth::NonceCache;
+use crate::auth::{Issued, Keys, NonceCache};
 use crate::faults::Faults;
 use crate::metrics::{ApiCounters, PlaneReport};
 use crate::state::{Plane, State};
@@ -23,6 +23,23 @@ pub struct EngineConfig {
     pub credentials: Credentials,
     pub planes: Vec<Arc<dyn Plane>>,
     pub faults: Faults,
+    pub role: RoleConfig,
+}
+
+/// The RAM role every instance is given, as if each were launched with it, and how long the STS
+/// credentials its metadata service hands out stay valid.
+#[derive(Debug, Clone)]
+pub struct RoleConfig {
+    pub name: String,
+    pub lifetime_secs: u64,
+}
+
+/// The role credentials an instance's metadata service serves now.
+#[derive(Debug, Clone)]
+pub struct RoleSession {
+    pub access_key_id: String,
+    pub issued: Issued,
+    pub issued_at: u64,
 }
 
 pub struct Engine {
@@ -34,6 +51,10 @@ pub struct Engine {
     planes: Vec<Arc<dyn Plane>>,
     pub faults: RwLock<Faults>,
     pub nonces: Mutex<NonceCache>,
+    /// The account's key and the STS keys issued to instances' RAM roles.
+    pub keys: Mutex<Keys>,
+    pub role: RoleConfig,
+    role_sessions: Mutex<std::collections::HashMap<String, RoleSession>>,
     last_converge_error: Mutex<Option<String>>,
     entropy: String,
     /// What the API served, for `/metrics`.
@@ -88,6 +109,9 @@ impl Engine {
             state_file,
             region_id: config.region_id,
             zones: config.zones,
+            keys: Mutex::new(Keys::new(config.credentials.clone())),
+            role: config.role,
+            role_sessions: Mutex::new(std::collections::HashMap::new()),
             credentials: config.credentials,
             planes: config.planes,
             faults: RwLock::new(config.faults),
@@ -125,6 +149,33 @@ impl Engine {
             plane.report(&mut report);
         }
         report
+    }
+
+    /// The STS credentials of `instance_id`'s role at `now`: the same ones until half their
+    /// lifetime is gone, then new ones (the old stay valid until they expire), as the real
+    /// metadata service rotates them well before they expire.
+    pub fn role_credentials(&self, instance_id: &str, now: u64) -> RoleSession {
+        let mut sessions = lock(&self.role_sessions);
+        let lifetime = self.role.lifetime_secs;
+        if let Some(s) = sessions.get(instance_id)
+            && now < s.issued_at + lifetime / 2
+        {
+            return s.clone();
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let session = RoleSession {
+            access_key_id: format!("STS.{}", &id[..20]),
+            issued: Issued {
+                access_key_secret: uuid::Uuid::new_v4().simple().to_string(),
+                security_token: format!("CAIS{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+                expires_at: now + lifetime,
+            },
+            issued_at: now,
+        };
+        lock(&self.keys).issue(session.access_key_id.clone(), session.issued.clone(), now);
+        tracing::info!(instance = %instance_id, access_key_id = %session.access_key_id, role = %self.role.name, "issued role credentials");
+        sessions.insert(instance_id.to_string(), session.clone());
+        session
     }
 
     pub fn snapshot(&self) -> State {

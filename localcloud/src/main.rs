@@ -5,7 +5,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use berth_localcloud::engine::{Engine, EngineConfig};
+use berth_localcloud::engine::{Engine, EngineConfig, RoleConfig};
 use berth_localcloud::faults::Faults;
 use berth_localcloud::guest::image::GuestImage;
 use berth_localcloud::guest::supervisor::GuestContext;
@@ -13,6 +13,7 @@ use berth_localcloud::guest::{self, GuestPlane};
 use berth_localcloud::{planes, server};
 use berth_daemon::logging;
 use berth_daemon::privileges::{self, Capability, Reach};
+use berth_cloud::wire::Product;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (and converge the data plane) until stopped.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Remove everything the planes made on this machine (namespaces, veths, loop devices, links).
     Down(Down),
     /// Write a new credentials file (mode 0600) for clients and the server.
@@ -59,6 +60,13 @@ struct Serve {
     region: String,
     #[arg(long, value_delimiter = ',', default_value = "local-1a,local-1b")]
     zones: Vec<String>,
+    /// Serve the VPC API (2016-04-28) on its own loopback listener here, and not on --listen, as
+    /// the real VPC endpoint is apart from ECS's (its URL is written to <state-dir>/vpc-endpoint).
+    #[arg(long)]
+    vpc_listen: Option<SocketAddr>,
+    /// Likewise the NAS API (2017-06-26); its URL is written to <state-dir>/nas-endpoint.
+    #[arg(long)]
+    nas_listen: Option<SocketAddr>,
     /// Loopback address of the OSS (S3-compatible) endpoint; its URL is written to <state-dir>/oss-endpoint.
     #[arg(long, default_value = "127.0.0.1:0")]
     oss_listen: SocketAddr,
@@ -74,6 +82,14 @@ struct Serve {
     /// How long an attach, detach or instance start takes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     attach_delay_ms: u64,
+    /// The RAM role every instance has: its metadata service serves the role's STS credentials
+    /// at /latest/meta-data/ram/security-credentials/<role>.
+    #[arg(long, default_value = "berth-node")]
+    ram_role: String,
+    /// How long the role credentials the metadata service hands out stay valid, in seconds (new
+    /// ones from half of it on); short for tests of credential rotation.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(2..=43_200))]
+    role_credential_lifetime_secs: u64,
     /// Guest image (TOML): the services every Running instance runs, as a VM runs its image's
     /// software (e.g. a Berth node: agent and CSI driver). Without it instances run nothing.
     #[arg(long)]
@@ -89,7 +105,7 @@ struct Down {
 fn main() -> anyhow::Result<()> {
     logging::init(false);
     match Cli::parse().command {
-        Command::Serve(s) => serve(s),
+        Command::Serve(s) => serve(*s),
         Command::Down(d) => {
             let planes = planes::build(&d.place.state_dir, &d.place.netns_prefix, false, None);
             Engine::teardown(&planes).map_err(anyhow::Error::msg)
@@ -116,10 +132,14 @@ const KEPT_CAPABILITIES: [Capability; 6] =
 fn serve(s: Serve) -> anyhow::Result<()> {
     // Before the runtime's threads exist, so that they inherit the reduced sets.
     privileges::keep_only_or_explain("berth-localcloud", &KEPT_CAPABILITIES, Reach::ProcessOnly).map_err(anyhow::Error::msg)?;
-    for (flag, addr) in [("--listen", s.listen), ("--oss-listen", s.oss_listen)] {
+    let apart = [("--vpc-listen", s.vpc_listen), ("--nas-listen", s.nas_listen)];
+    for (flag, addr) in [("--listen", s.listen), ("--oss-listen", s.oss_listen)].into_iter().chain(apart.iter().filter_map(|(f, a)| a.map(|a| (*f, a)))) {
         if !addr.ip().is_loopback() {
             anyhow::bail!("{flag} {addr} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)");
         }
+    }
+    if s.ram_role.is_empty() || s.ram_role.contains('/') {
+        anyhow::bail!("--ram-role \"{}\" is not a RAM role name (non-empty, no '/')", s.ram_role);
     }
     let credentials = berth_cloud::client::load_credentials(&s.credentials)?;
     let faults = Faults { latency_ms: s.latency_ms, throttle_rate: s.throttle_rate, attach_delay_ms: s.attach_delay_ms, ..Faults::default() };
@@ -159,13 +179,25 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             None => None,
         };
         let planes = planes::build(&state_dir, &s.place.netns_prefix, s.no_dataplane, guests);
-        let engine = Engine::open(EngineConfig { state_dir: state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults })
+        let engine = Engine::open(EngineConfig { state_dir: state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults, role: RoleConfig { name: s.ram_role, lifetime_secs: s.role_credential_lifetime_secs } })
             .with_context(|| format!("opening the state in {}", state_dir.display()))?;
         write_atomically(&state_dir.join("oss-endpoint"), &oss_endpoint)?;
         tokio::spawn(berth_localcloud::oss::serve(oss, state_dir.join("oss"), engine_credentials.clone()));
         if !s.no_dataplane {
             let netns = berth_localcloud::vpcnet::VpcNet::new(&s.place.netns_prefix);
             tokio::spawn(berth_localcloud::metadata::serve_in_instances(engine.clone(), move |id| netns.instance_netns_path(id)));
+        }
+        let mut serves = server::Serves::all();
+        for (product, addr, file) in [(Product::Vpc, s.vpc_listen, "vpc-endpoint"), (Product::Nas, s.nas_listen, "nas-endpoint")] {
+            let path = state_dir.join(file);
+            let Some(addr) = addr else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} for {}", product.name()))?;
+            write_atomically(&path, &format!("http://{}", l.local_addr()?))?;
+            serves.0.retain(|p| *p != product);
+            tokio::spawn(axum::serve(l, server::product_router(engine.clone(), product)).into_future());
         }
         write_atomically(&state_dir.join("endpoint"), &endpoint)?;
         println!("{endpoint}");
@@ -174,7 +206,7 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
         };
-        axum::serve(listener, server::router(engine)).with_graceful_shutdown(shutdown).await?;
+        axum::serve(listener, server::router(engine, serves)).with_graceful_shutdown(shutdown).await?;
         anyhow::Ok(())
     })
 }

@@ -18,7 +18,8 @@ pub fn lookup(state: &State, instance_id: &str, path: &str) -> Option<String> {
     let primary = state.enis.get(&inst.primary_eni_id)?;
     let path = path.trim_start_matches('/');
     let value = match path {
-        "" => "instance-id\ninstance/\nregion-id\nzone-id\nvpc-id\nvpc-cidr-block\nvswitch-id\nvswitch-cidr-block\nprivate-ipv4\nmac\nnetwork/\n".to_string(),
+        "" => "instance-id\ninstance/\nregion-id\nzone-id\nvpc-id\nvpc-cidr-block\nvswitch-id\nvswitch-cidr-block\nprivate-ipv4\nmac\nnetwork/\nram/\n".to_string(),
+        "ram/" => "security-credentials/\n".to_string(),
         "instance-id" => inst.id.clone(),
         "instance/" => "instance-type\n".to_string(),
         "instance/instance-type" => inst.instance_type.clone(),
@@ -71,6 +72,39 @@ pub fn lookup(state: &State, instance_id: &str, path: &str) -> Option<String> {
         }
     };
     Some(value)
+}
+
+/// The body served for `path` of an instance: [`lookup`], and the RAM role's STS credentials
+/// under `ram/security-credentials/` (the role's name listed there, its credentials as JSON at
+/// `ram/security-credentials/<role>`).
+pub fn answer(engine: &crate::engine::Engine, instance_id: &str, path: &str) -> Option<String> {
+    let path = path.trim_start_matches('/');
+    let Some(rest) = path.strip_prefix("ram/security-credentials/") else {
+        return lookup(&engine.snapshot(), instance_id, path);
+    };
+    if !engine.snapshot().instances.contains_key(instance_id) {
+        return None;
+    }
+    if rest.is_empty() {
+        return Some(format!("{}\n", engine.role.name));
+    }
+    if rest.trim_end_matches('/') != engine.role.name {
+        return None;
+    }
+    let now = crate::engine::now_secs();
+    let s = engine.role_credentials(instance_id, now);
+    let ts = berth_cloud::signing::format_timestamp;
+    Some(
+        serde_json::json!({
+            "AccessKeyId": s.access_key_id,
+            "AccessKeySecret": s.issued.access_key_secret,
+            "SecurityToken": s.issued.security_token,
+            "Expiration": ts(s.issued.expires_at),
+            "LastUpdated": ts(s.issued_at),
+            "Code": "Success",
+        })
+        .to_string(),
+    )
 }
 
 /// Where a VM reads its metadata inside its own namespace (the real service's address is not used
@@ -129,7 +163,7 @@ fn instance_router(engine: std::sync::Arc<crate::engine::Engine>, instance_id: S
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let answer = move |path: String| {
-        let body = lookup(&engine.snapshot(), &instance_id, &path);
+        let body = answer(&engine, &instance_id, &path);
         match body {
             Some(b) => (StatusCode::OK, b).into_response(),
             None => (StatusCode::NOT_FOUND, "404 - Not Found\n").into_response(),

@@ -11,6 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use berth_cloud::signing;
 use berth_cloud::wire::{ErrorBody, Product};
 
 use crate::api::ApiFailure;
@@ -19,7 +20,31 @@ use crate::faults::{FaultKind, Faults};
 use crate::metrics::Resources;
 use crate::{auth, metadata};
 
-pub fn router(engine: Arc<Engine>) -> Router {
+/// The products a listener serves the RPC API of; an action of another product is answered
+/// `InvalidAction.NotFound`, as the real endpoint of one product answers another's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serves(pub Vec<Product>);
+
+impl Serves {
+    pub fn all() -> Self {
+        Serves(vec![Product::Ecs, Product::Vpc, Product::Nas])
+    }
+
+    fn check(&self, action: &str) -> Result<(), ApiFailure> {
+        let product = Product::of(action);
+        if self.0.contains(&product) {
+            return Ok(());
+        }
+        let served: Vec<&str> = self.0.iter().map(|p| p.name()).collect();
+        Err(ApiFailure::not_found(
+            berth_cloud::error::code::INVALID_ACTION,
+            format!("Specified api is not found: {action} is a {} action and this endpoint serves {}.", product.name(), served.join(", ")),
+        ))
+    }
+}
+
+/// The main listener: the RPC API of the products in `serves`, the admin API, metadata, metrics.
+pub fn router(engine: Arc<Engine>, serves: Serves) -> Router {
     Router::new()
         .route("/", get(rpc).post(rpc))
         .route("/metrics", get(metrics))
@@ -27,7 +52,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/_localcloud/faults", get(get_faults).put(put_faults))
         .route("/_localcloud/metadata/{instance}/latest/meta-data/", get(meta_root))
         .route("/_localcloud/metadata/{instance}/latest/meta-data/{*path}", get(meta))
+        .layer(axum::Extension(serves))
         .with_state(engine)
+}
+
+/// A listener of one product's RPC API only, as that product's own endpoint.
+pub fn product_router(engine: Arc<Engine>, product: Product) -> Router {
+    Router::new().route("/", get(rpc).post(rpc)).layer(axum::Extension(Serves(vec![product]))).with_state(engine)
 }
 
 fn json(status: u16, body: &impl serde::Serialize) -> Response {
@@ -75,12 +106,12 @@ fn form_urlencoded(text: &str) -> Vec<(String, String)> {
     }).collect()
 }
 
-async fn rpc(State(engine): State<Arc<Engine>>, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn rpc(State(engine): State<Arc<Engine>>, axum::Extension(serves): axum::Extension<Serves>, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: Bytes) -> Response {
     let started = Instant::now();
     // A caller's trace (a pod's ADD) on the line of every call it made.
     let trace_id = headers.get(berth_cloud::trace::CLOUD_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
-    let (action, answer) = serve_rpc(&engine, method, query, body, &trace_id, &request_id).await;
+    let (action, answer) = serve_rpc(&engine, &serves, method, &headers, query, body, &trace_id, &request_id).await;
     let outcome = answer.as_ref().map_or_else(|f| f.code.as_str(), |_| "ok");
     engine.calls.call(crate::api::action_label(&action), outcome, started.elapsed());
     match answer {
@@ -89,15 +120,45 @@ async fn rpc(State(engine): State<Arc<Engine>>, method: Method, headers: HeaderM
     }
 }
 
+/// Header names in lower case with every value each carries, as signature v3 signs them.
+fn header_lists(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        out.entry(name.as_str().to_string()).or_default().push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    out
+}
+
 /// One RPC call: the action it named (empty if none) and the body to answer, or the failure.
-async fn serve_rpc(engine: &Arc<Engine>, method: Method, query: Option<String>, body: Bytes, trace_id: &str, request_id: &str) -> (String, Result<serde_json::Value, ApiFailure>) {
-    let mut params = BTreeMap::new();
-    parse_pairs(query.as_deref().unwrap_or_default(), &mut params);
-    if method == Method::POST {
-        parse_pairs(&String::from_utf8_lossy(&body), &mut params);
+/// Signature v1 names the action and version in the parameters, v3 in `x-acs-action` and
+/// `x-acs-version`; both take parameters from the query and a form body.
+#[allow(clippy::too_many_arguments)]
+async fn serve_rpc(engine: &Arc<Engine>, serves: &Serves, method: Method, headers: &HeaderMap, query: Option<String>, body: Bytes, trace_id: &str, request_id: &str) -> (String, Result<serde_json::Value, ApiFailure>) {
+    let mut query_params = BTreeMap::new();
+    parse_pairs(query.as_deref().unwrap_or_default(), &mut query_params);
+    let mut form = BTreeMap::new();
+    let is_form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_none_or(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if method == Method::POST && is_form {
+        parse_pairs(&String::from_utf8_lossy(&body), &mut form);
+    }
+    let headers = header_lists(headers);
+    let checked = {
+        let presented = auth::Presented { method: method.as_str(), query: &query_params, form: &form, headers: &headers, body: &body };
+        let keys = engine.keys.lock().unwrap_or_else(|e| e.into_inner());
+        auth::check(&presented, &keys, now_secs(), &mut engine.nonces.lock().unwrap_or_else(|e| e.into_inner()))
+    };
+    let mut params = query_params;
+    params.extend(form);
+    for (h, p) in [(signing::v3::ACTION, "Action"), (signing::v3::VERSION, "Version")] {
+        if let Some(v) = headers.get(h).and_then(|v| v.first()) {
+            params.entry(p.to_string()).or_insert_with(|| v.clone());
+        }
     }
     let action = params.get("Action").cloned().unwrap_or_default();
-    let answer = answer_rpc(engine, method, params, &action, trace_id, request_id).await;
+    let answer = match checked.and_then(|()| if action.is_empty() { Ok(()) } else { serves.check(&action) }) {
+        Ok(()) => answer_rpc(engine, params, &action, trace_id, request_id).await,
+        Err(f) => Err(f),
+    };
     (action, answer)
 }
 
@@ -112,9 +173,7 @@ fn check_region(action: &str, region: Option<&str>, served: &str) -> Result<(), 
     }
 }
 
-async fn answer_rpc(engine: &Arc<Engine>, method: Method, params: BTreeMap<String, String>, action: &str, trace_id: &str, request_id: &str) -> Result<serde_json::Value, ApiFailure> {
-    let now = now_secs();
-    auth::check(&params, method.as_str(), &engine.credentials, now, &mut engine.nonces.lock().unwrap_or_else(|e| e.into_inner()))?;
+async fn answer_rpc(engine: &Arc<Engine>, params: BTreeMap<String, String>, action: &str, trace_id: &str, request_id: &str) -> Result<serde_json::Value, ApiFailure> {
     if action.is_empty() {
         return Err(ApiFailure::bad(berth_cloud::error::code::MISSING_PARAMETER, "The input parameter \"Action\" that is mandatory for processing this request is not supplied."));
     }
@@ -221,7 +280,7 @@ async fn meta(State(engine): State<Arc<Engine>>, Path((instance, path)): Path<(S
 }
 
 fn serve_meta(engine: &Engine, instance: &str, path: &str) -> Response {
-    match metadata::lookup(&engine.snapshot(), instance, path) {
+    match metadata::answer(engine, instance, path) {
         Some(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response(),
         None => (StatusCode::NOT_FOUND, "404 - Not Found\n").into_response(),
     }
@@ -238,6 +297,16 @@ mod tests {
         assert_eq!(check_region("AssignPrivateIpAddresses", None, "cn-local").unwrap_err().code, "MissingParameter");
         assert!(check_region("AssignPrivateIpAddresses", Some("cn-local"), "cn-local").is_ok());
         assert!(check_region("AttachDisk", Some("cn-elsewhere"), "cn-local").is_err());
+    }
+
+    #[test]
+    fn a_listener_of_one_product_refuses_another_products_actions() {
+        let vpc = Serves(vec![Product::Vpc]);
+        assert!(vpc.check("DescribeVSwitches").is_ok());
+        let err = vpc.check("DescribeInstances").unwrap_err();
+        assert_eq!((err.code.as_str(), err.status), ("InvalidAction.NotFound", 404));
+        assert!(err.message.contains("ecs action") && err.message.contains("serves vpc"), "{}", err.message);
+        assert!(Serves::all().check("CreateMountTarget").is_ok());
     }
 
     #[test]

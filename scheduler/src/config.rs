@@ -90,7 +90,7 @@ impl Default for AutoscalerConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudConfig {
     /// The ECS API endpoint, e.g. http://127.0.0.1:17380 for the local cloud; empty: no autoscaling.
@@ -103,6 +103,27 @@ pub struct CloudConfig {
     pub region: String,
     /// `access_key_id` and `access_key_secret` as TOML; refused unless mode 0600.
     pub credentials_file: PathBuf,
+    /// Where the credentials come from: `file` (`credentials_file`) or `ram_role` (the
+    /// instance's RAM role: STS credentials from the metadata service, refreshed before expiry).
+    pub credentials_source: berth_cloud::credentials::SourceKind,
+    /// The RAM role of the `ram_role` source; empty: the one role the instance has.
+    pub ram_role: String,
+    /// The instance metadata service the `ram_role` source asks.
+    pub metadata_url: String,
+    /// The request signature: `v3` (ACS3-HMAC-SHA256, the default) or `v1` (HMAC-SHA1).
+    pub signature: berth_cloud::signing::Version,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            endpoint: String::new(),
+            vpc_endpoint: String::new(),
+            nas_endpoint: String::new(),
+            region: String::new(),
+            credentials_file: PathBuf::new(), credentials_source: Default::default(), ram_role: String::new(), metadata_url: berth_cloud::credentials::INSTANCE_METADATA_URL.into(), signature: Default::default(),
+        }
+    }
 }
 
 impl ServerConfig {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use berth_cloud::client::load_credentials;
+use berth_cloud::credentials::Source;
 use berth_cloud::{ClientConfig, HttpCloud};
 use berth_scheduler::autoscaler::driver::CloudProvisioner;
 use berth_scheduler::config::{self, SchedulerConfig};
@@ -77,8 +77,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.validate()?;
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen).await.with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let provisioner = if cfg.autoscaler.enabled && !cfg.pool.is_empty() {
-        let credentials = load_credentials(&cfg.cloud.credentials_file)?;
-        let client = ClientConfig::new(cfg.cloud.endpoint.clone(), cfg.cloud.region.clone(), credentials).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
+        let credentials = Source::from_settings(cfg.cloud.credentials_source, &cfg.cloud.credentials_file, &cfg.cloud.metadata_url, &cfg.cloud.ram_role)?;
+        let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), cfg.cloud.region.clone(), credentials).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
+        client.signature = cfg.cloud.signature;
         Some(CloudProvisioner { cloud: HttpCloud::new(client)? })
     } else {
         None

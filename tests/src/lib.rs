@@ -52,6 +52,9 @@ pub struct LocalCloudOptions {
     /// [`guest::NodeImage`]. `None`: instances run nothing.
     pub image: Option<PathBuf>,
     pub extra_args: Vec<String>,
+    /// Serve VPC and NAS on listeners of their own (`--vpc-listen`, `--nas-listen`), as the
+    /// real products' endpoints are apart: the main endpoint then serves ECS only.
+    pub products_apart: bool,
 }
 
 /// A running `berth-localcloud serve`.
@@ -60,6 +63,9 @@ pub struct LocalCloud {
     pub prefix: String,
     pub credentials: Credentials,
     pub endpoint: String,
+    /// The VPC and NAS endpoints with `products_apart`, else empty (both served at `endpoint`).
+    pub vpc_endpoint: String,
+    pub nas_endpoint: String,
     options: LocalCloudOptions,
     child: Option<Child>,
 }
@@ -74,7 +80,7 @@ impl LocalCloud {
             "access_key_secret": credentials.access_key_secret,
         }).to_string()).unwrap();
         std::fs::set_permissions(&creds_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut lc = LocalCloud { dir, prefix: unique("lc"), credentials, endpoint: String::new(), options, child: None };
+        let mut lc = LocalCloud { dir, prefix: unique("lc"), credentials, endpoint: String::new(), vpc_endpoint: String::new(), nas_endpoint: String::new(), options, child: None };
         lc.spawn();
         lc
     }
@@ -87,7 +93,9 @@ impl LocalCloud {
         let endpoint_file = self.state_dir().join("endpoint");
         // A restart listens where the first start did: its clients (and its guests) keep their URLs.
         let listen = self.endpoint.strip_prefix("http://").unwrap_or("127.0.0.1:0").to_string();
-        let oss_listen = std::fs::read_to_string(self.state_dir().join("oss-endpoint")).ok().and_then(|u| u.trim().strip_prefix("http://").map(str::to_string)).unwrap_or_else(|| "127.0.0.1:0".into());
+        let listen_of = |file: &str| std::fs::read_to_string(self.state_dir().join(file)).ok().and_then(|u| u.trim().strip_prefix("http://").map(str::to_string)).unwrap_or_else(|| "127.0.0.1:0".into());
+        let oss_listen = listen_of("oss-endpoint");
+        let (vpc_listen, nas_listen) = (listen_of("vpc-endpoint"), listen_of("nas-endpoint"));
         let _ = std::fs::remove_file(&endpoint_file);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("localcloud.log")).unwrap();
         let mut cmd = Command::new(bin("berth-localcloud"));
@@ -104,6 +112,9 @@ impl LocalCloud {
         if self.options.no_dataplane {
             cmd.arg("--no-dataplane");
         }
+        if self.options.products_apart {
+            cmd.arg("--vpc-listen").arg(&vpc_listen).arg("--nas-listen").arg(&nas_listen);
+        }
         if let Some(image) = &self.options.image {
             cmd.arg("--image").arg(image);
         }
@@ -114,6 +125,8 @@ impl LocalCloud {
                 && !s.trim().is_empty()
             {
                 self.endpoint = s.trim().to_string();
+                let read = |file: &str| std::fs::read_to_string(self.state_dir().join(file)).map(|s| s.trim().to_string()).unwrap_or_default();
+                (self.vpc_endpoint, self.nas_endpoint) = (read("vpc-endpoint"), read("nas-endpoint"));
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -146,7 +159,7 @@ impl LocalCloud {
     }
 
     pub fn client_with(&self, tweak: impl FnOnce(&mut ClientConfig)) -> HttpCloud {
-        let mut cfg = ClientConfig::new(&self.endpoint, REGION, self.credentials.clone());
+        let mut cfg = ClientConfig::new(&self.endpoint, REGION, self.credentials.clone()).with_product_endpoints(&self.vpc_endpoint, &self.nas_endpoint);
         tweak(&mut cfg);
         HttpCloud::new(cfg).expect("client")
     }

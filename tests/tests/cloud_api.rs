@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use berth_cloud::api::{Addresses, CreateEniRequest, DiskFilter, EniFilter, InstanceFilter, RunInstancesRequest};
 use berth_cloud::error::code;
-use berth_cloud::model::{EniKind, EniStatus};
+use berth_cloud::model::{Credentials, EniKind, EniStatus};
 use berth_cloud::{Cloud, HttpCloud, wait};
 use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet};
 
@@ -172,13 +172,25 @@ async fn injected_throttling_is_absorbed_by_retries() {
 #[tokio::test]
 async fn bad_signatures_are_refused() {
     let lc = api_only();
-    let wrong_secret = lc.client_with(|c| c.credentials.access_key_secret = "not-the-secret".into());
-    let err = wrong_secret.describe_vpcs(None).await.unwrap_err();
-    assert!(err.is_code(code::SIGNATURE_DOES_NOT_MATCH), "{err}");
-    assert_eq!(err.api().unwrap().http_status, 400);
-    let wrong_key = lc.client_with(|c| c.credentials.access_key_id = "LTAIunknown".into());
-    let err = wrong_key.describe_vpcs(None).await.unwrap_err();
-    assert!(err.is_code(code::INVALID_ACCESS_KEY_ID), "{err}");
+    // Both signature versions, each refused as the real service refuses it.
+    for version in [berth_cloud::signing::Version::V3, berth_cloud::signing::Version::V1] {
+        let key = |id: &str, secret: &str| Credentials { access_key_id: id.into(), access_key_secret: secret.into() };
+        let wrong_secret = lc.client_with(|c| {
+            c.credentials = key(&lc.credentials.access_key_id, "not-the-secret").into();
+            c.signature = version;
+        });
+        let err = wrong_secret.describe_vpcs(None).await.unwrap_err();
+        assert!(err.is_code(code::SIGNATURE_DOES_NOT_MATCH), "{version:?}: {err}");
+        assert_eq!(err.api().unwrap().http_status, 400);
+        let wrong_key = lc.client_with(|c| {
+            c.credentials = key("LTAIunknown", &lc.credentials.access_key_secret).into();
+            c.signature = version;
+        });
+        let err = wrong_key.describe_vpcs(None).await.unwrap_err();
+        assert!(err.is_code(code::INVALID_ACCESS_KEY_ID), "{version:?}: {err}");
+        let right = lc.client_with(|c| c.signature = version);
+        right.describe_vpcs(None).await.unwrap_or_else(|e| panic!("{version:?}: {e}"));
+    }
 }
 
 #[tokio::test]
@@ -274,4 +286,31 @@ async fn every_list_is_read_to_its_last_page_and_every_rule_peer_kind_decodes() 
     assert!(err.is_code(code::DEPENDENCY_VIOLATION), "{err}");
     cloud.delete_security_group(&sg).await.unwrap();
     assert!(cloud.describe_security_group(&sg).await.unwrap_err().is_code(code::INVALID_SECURITY_GROUP_ID));
+}
+
+#[tokio::test]
+async fn each_product_is_served_apart_and_a_misconfigured_endpoint_names_the_setting() {
+    let lc = LocalCloud::start(LocalCloudOptions { no_dataplane: true, products_apart: true, ..Default::default() });
+    assert!(!lc.vpc_endpoint.is_empty() && !lc.nas_endpoint.is_empty() && lc.vpc_endpoint != lc.nas_endpoint);
+    // Every call reaches its product: each listener refuses the others' actions.
+    let cloud = lc.client();
+    let net = network(&cloud, "10.9.0.0/24").await;
+    let vm = run(&cloud, &net, "ecs.g7.large").await;
+    let fs = cloud.create_nas_file_system("local-1a", &net.vpc, &net.vsw, None).await.expect("NAS at the NAS endpoint");
+    assert_eq!(cloud.describe_nas_file_systems(Some(&fs.id)).await.unwrap().len(), 1);
+    assert_eq!(cloud.describe_instances(&InstanceFilter { ids: vec![vm], ..Default::default() }).await.unwrap().len(), 1);
+
+    // A product left on the ECS endpoint fails naming the product and the setting to fix.
+    let no_vpc = lc.client_with(|c| c.vpc_endpoint = None);
+    let err = no_vpc.describe_vpcs(None).await.unwrap_err();
+    assert!(matches!(err, berth_cloud::CloudError::WrongEndpoint { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("VPC") && text.contains("cloud.vpc_endpoint") && text.contains("DescribeVpcs"), "{text}");
+    let nas_at_vpc = lc.client_with(|c| c.nas_endpoint = Some(lc.vpc_endpoint.clone()));
+    let text = nas_at_vpc.describe_nas_file_systems(None).await.unwrap_err().to_string();
+    assert!(text.contains("NAS") && text.contains("cloud.nas_endpoint"), "{text}");
+    // ECS actions are not served at the VPC endpoint either.
+    let ecs_at_vpc = lc.client_with(|c| c.endpoint = lc.vpc_endpoint.clone());
+    let text = ecs_at_vpc.describe_instances(&InstanceFilter::default()).await.unwrap_err().to_string();
+    assert!(text.contains("ECS") && text.contains("cloud.endpoint"), "{text}");
 }

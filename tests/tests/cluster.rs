@@ -349,7 +349,7 @@ fn install_is_idempotent_and_uninstall_reverses_it() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = run(&["install"]);
-    for path in ["usr/local/bin/berth-agent", "usr/local/bin/berthctl", "opt/cni/bin/berth", "etc/systemd/system/berth-agent.service", "etc/berth/agent.toml", "usr/local/bin/berth-csi", "etc/systemd/system/berth-csi.service", "etc/berth/csi.toml", "usr/local/bin/berth-scheduler", "etc/systemd/system/berth-scheduler.service", "etc/berth/scheduler.toml"] {
+    for path in ["usr/local/bin/berth-agent", "usr/local/bin/berthctl", "opt/cni/bin/berth", "etc/systemd/system/berth-agent.service", "etc/berth/agent.toml", "usr/local/bin/berth-csi", "etc/systemd/system/berth-csi.service", "etc/berth/csi.toml", "usr/local/bin/berth-scheduler", "etc/systemd/system/berth-scheduler.service", "etc/berth/scheduler.toml", "usr/local/share/berth/node-bootstrap.sh"] {
         assert!(root.path().join(path).exists(), "{path} missing after install:\n{first}");
     }
     assert_eq!(std::fs::metadata(root.path().join("opt/cni/bin/berth")).unwrap().permissions().mode() & 0o777, 0o755);

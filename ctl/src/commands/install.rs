@@ -19,6 +19,7 @@ const SCHEDULER_TOML: &str = include_str!("../../../scheduler/scheduler.toml.exa
 const CSI_TOML: &str = include_str!("../../../csi-driver/csi.toml.example");
 const AGENT_TOML: &str = include_str!("../../../agent/agent.toml.example");
 const README: &str = include_str!("../../../README.md");
+const NODE_BOOTSTRAP: &str = include_str!("../../../systemd/node-bootstrap.sh");
 
 #[derive(Args)]
 pub struct Install {
@@ -62,6 +63,8 @@ fn placements() -> anyhow::Result<Vec<Placement>> {
         Placement { path: "etc/systemd/system/berth-csi.service", content: CSI_UNIT.into(), mode: 0o644, operator_owned: false },
         Placement { path: "etc/systemd/system/berth-scheduler.service", content: SCHEDULER_UNIT.into(), mode: 0o644, operator_owned: false },
         Placement { path: "usr/local/share/doc/berth/README.md", content: README.into(), mode: 0o644, operator_owned: false },
+        // The user data of a pool on Alibaba Cloud (its `user_data_file`), to copy and set.
+        Placement { path: "usr/local/share/berth/node-bootstrap.sh", content: NODE_BOOTSTRAP.into(), mode: 0o755, operator_owned: false },
         Placement { path: "etc/berth/agent.toml", content: AGENT_TOML.into(), mode: 0o600, operator_owned: true },
         Placement { path: "etc/berth/csi.toml", content: CSI_TOML.into(), mode: 0o600, operator_owned: true },
         Placement { path: "etc/berth/scheduler.toml", content: SCHEDULER_TOML.into(), mode: 0o644, operator_owned: true },

@@ -46,6 +46,15 @@ pub fn create_mount_target(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiR
     if vsw.vpc_id != vpc_id {
         return Err(ApiFailure::forbidden(code::VPC_MISMATCH, format!("vSwitch {} is not in VPC {vpc_id}.", vsw.id)));
     }
+    // Every file system here is general-purpose, whose mount targets need a permission group;
+    // the account's default VPC group is the only one (no CreateAccessGroup here).
+    let group = p.req("AccessGroupName")?;
+    if group != wire::DEFAULT_VPC_ACCESS_GROUP {
+        return Err(ApiFailure::not_found(
+            code::INVALID_ACCESS_GROUP,
+            format!("The specified access group \"{group}\" does not exist; use {}.", wire::DEFAULT_VPC_ACCESS_GROUP),
+        ));
+    }
     let domain = format!("{}-{}.{}.nas.localcloud", fs.id, vsw.id.trim_start_matches("vsw-"), fs.zone_id);
     let entry = state.file_systems.get_mut(&fs.id).expect("checked above");
     entry.vpc_id = vpc_id.to_string();

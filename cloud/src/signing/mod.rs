@@ -1,5 +1,6 @@
-//! Request signing of the ECS/VPC RPC API (signature version 1.0, HMAC-SHA1), shared by the client
-//! that signs and the local cloud that verifies. Pure code: no clock, no randomness, no I/O.
+//! Request signing of the ECS/VPC/NAS RPC API, shared by the client that signs and the local cloud
+//! that verifies: signature version 1.0 (HMAC-SHA1, parameters signed) here, version 3
+//! (ACS3-HMAC-SHA256, headers signed) in [`v3`]. Pure code: no clock, no randomness, no I/O.
 //!
 //! The string to sign is `METHOD&%2F&` followed by the percent-encoded canonical query (parameters
 //! sorted by name, each name and value percent-encoded, joined with `=` and `&`); the key is the
@@ -10,6 +11,17 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
+
+pub mod v3;
+
+/// Which signature a client sends: `v3` (ACS3-HMAC-SHA256, the SDKs' default) or `v1` (HMAC-SHA1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    V1,
+    #[default]
+    V3,
+}
 
 pub const SIGNATURE_METHOD: &str = "HMAC-SHA1";
 pub const SIGNATURE_VERSION: &str = "1.0";
