@@ -519,7 +519,13 @@ impl csi::controller_server::Controller for ControllerService {
                 let result = tokio::task::spawn_blocking(move || {
                     this.with_root(&task_id, |root| remove_tree(&root.join(&rel)))?;
                     let (record_root, record) = capacity_record(&task_id).expect("a directory volume");
-                    this.with_root(&record_root, |root| std::fs::remove_file(root.join(&record)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }))
+                    this.with_root(&record_root, |root| {
+                        let file = root.join(&record);
+                        std::fs::remove_file(&file).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+                        // The records' directory goes with its last record (a mount point stays).
+                        let _ = file.parent().map(std::fs::remove_dir);
+                        Ok(())
+                    })
                 })
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
