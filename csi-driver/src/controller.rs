@@ -628,12 +628,29 @@ impl csi::controller_server::Controller for ControllerService {
             cap(rpc::Type::CreateDeleteSnapshot),
             cap(rpc::Type::ListSnapshots),
             cap(rpc::Type::CloneVolume),
+            cap(rpc::Type::ListVolumes),
+            cap(rpc::Type::ListVolumesPublishedNodes),
+            cap(rpc::Type::GetVolume),
+            cap(rpc::Type::VolumeCondition),
+            cap(rpc::Type::ModifyVolume),
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
     }
 
-    async fn list_volumes(&self, _: Request<csi::ListVolumesRequest>) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        Err(Status::unimplemented("ListVolumes is not advertised"))
+    async fn list_volumes(&self, request: Request<csi::ListVolumesRequest>) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        // Disks only: NAS and OSS volumes are directories the cloud does not list.
+        let mut all: Vec<Disk> = self.0.cloud()?.describe_disks(&DiskFilter::default()).await.map_err(cloud_status)?.into_iter().filter(|d| !d.system).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let (page, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
+        let entries = page
+            .iter()
+            .map(|d| {
+                let (published_node_ids, volume_condition) = disk_status(d);
+                csi::list_volumes_response::Entry { volume: Some(disk_volume(d)), status: Some(csi::list_volumes_response::VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) }) }
+            })
+            .collect();
+        Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
     }
 
     async fn get_capacity(&self, _: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
@@ -720,13 +737,74 @@ impl csi::controller_server::Controller for ControllerService {
         Ok(Response::new(csi::ListSnapshotsResponse { entries, next_token }))
     }
 
-    async fn controller_get_volume(&self, _: Request<csi::ControllerGetVolumeRequest>) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        Err(Status::unimplemented("GET_VOLUME is not advertised"))
+    async fn controller_get_volume(&self, request: Request<csi::ControllerGetVolumeRequest>) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        let req = request.into_inner();
+        required(&req.volume_id, "volume_id")?;
+        let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+        let VolumeId::Disk { disk_id } = &id else {
+            return Err(Status::invalid_argument(format!("{id} is a {} volume; ControllerGetVolume serves disks (the node reports a directory volume's condition)", id.kind().as_str())));
+        };
+        let d = self.find_disk(disk_id).await?.ok_or_else(|| Status::not_found(format!("disk {disk_id} does not exist")))?;
+        let (published_node_ids, volume_condition) = disk_status(&d);
+        let status = csi::controller_get_volume_response::VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) };
+        Ok(Response::new(csi::ControllerGetVolumeResponse { volume: Some(disk_volume(&d)), status: Some(status) }))
     }
 
-    async fn controller_modify_volume(&self, _: Request<csi::ControllerModifyVolumeRequest>) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(Status::unimplemented("MODIFY_VOLUME is not advertised"))
+    async fn controller_modify_volume(&self, request: Request<csi::ControllerModifyVolumeRequest>) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        let req = request.into_inner();
+        required(&req.volume_id, "volume_id")?;
+        let level = check_mutable_parameters(&req.mutable_parameters)?;
+        let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+        let VolumeId::Disk { disk_id } = &id else {
+            return Err(Status::invalid_argument(format!("{id} is a {} volume; only a disk's performance level can be modified", id.kind().as_str())));
+        };
+        let _lock = self.0.lock("volume", &req.volume_id)?;
+        let d = self.find_disk(disk_id).await?.ok_or_else(|| Status::not_found(format!("disk {disk_id} does not exist")))?;
+        let Some(level) = level else { return Ok(Response::new(csi::ControllerModifyVolumeResponse {})) };
+        if d.performance_level == level {
+            return Ok(Response::new(csi::ControllerModifyVolumeResponse {}));
+        }
+        if d.category != "cloud_essd" {
+            return Err(Status::invalid_argument(format!("disk {disk_id} is {}; only cloud_essd disks have performance levels", d.category)));
+        }
+        let (min, _) = disk_size_limits(&d.category, Some(level.as_str()));
+        if (d.size_gib as i64) < min {
+            return Err(Status::out_of_range(format!("disk {disk_id} has {} GiB; {level} needs at least {min} GiB: expand it first", d.size_gib)));
+        }
+        self.0.cloud()?.modify_disk_performance_level(disk_id, &level).await.map_err(cloud_status)?;
+        tracing::info!(disk = %disk_id, from = %d.performance_level, to = %level, "disk performance level modified");
+        Ok(Response::new(csi::ControllerModifyVolumeResponse {}))
     }
+}
+
+/// ControllerModifyVolume's parameters: `performanceLevel` (PL0..PL3) only.
+pub fn check_mutable_parameters(params: &HashMap<String, String>) -> Result<Option<String>, Status> {
+    let mut level = None;
+    for (k, v) in params {
+        match (k.as_str(), v.as_str()) {
+            ("performanceLevel", l @ ("PL0" | "PL1" | "PL2" | "PL3")) => level = Some(l.to_string()),
+            ("performanceLevel", l) => return Err(Status::invalid_argument(format!("mutable parameter performanceLevel={l:?}: one of PL0, PL1, PL2, PL3"))),
+            (k, _) => return Err(Status::invalid_argument(format!("mutable parameter {k:?} is unknown; the one that can change is performanceLevel"))),
+        }
+    }
+    Ok(level)
+}
+
+fn disk_volume(d: &Disk) -> csi::Volume {
+    csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: None, accessible_topology: vec![topology(&d.zone_id)] }
+}
+
+/// Where a disk is published and whether the cloud reports it healthy.
+fn disk_status(d: &Disk) -> (Vec<String>, csi::VolumeCondition) {
+    let nodes = match d.status {
+        DiskStatus::InUse | DiskStatus::Attaching | DiskStatus::Detaching => d.instance_id.iter().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let condition = match d.status {
+        DiskStatus::Unknown | DiskStatus::ReIniting => csi::VolumeCondition { abnormal: true, message: format!("the cloud reports disk {} as {}", d.id, d.status.as_str()) },
+        s => csi::VolumeCondition { abnormal: false, message: format!("disk {} is {}", d.id, s.as_str()) },
+    };
+    (nodes, condition)
 }
 
 #[cfg(test)]
@@ -748,6 +826,26 @@ mod tests {
         assert_eq!(cloud_status(api(code::INVALID_PARAMETER, 400)).code(), tonic::Code::InvalidArgument);
         assert_eq!(cloud_status(api(code::THROTTLING, 400)).code(), tonic::Code::Unavailable, "retryable: the CO retries");
         assert_eq!(cloud_status(api(code::INTERNAL_ERROR, 500)).code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn pages_follow_their_tokens_and_refuse_strangers() {
+        let items: Vec<u32> = (0..5).collect();
+        assert_eq!(csi_page(&items, 0, "").unwrap(), (items.clone(), String::new()));
+        assert_eq!(csi_page(&items, 2, "").unwrap(), (vec![0, 1], "2".into()));
+        assert_eq!(csi_page(&items, 2, "4").unwrap(), (vec![4], String::new()));
+        assert_eq!(csi_page(&items, 2, "9").unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(csi_page(&items, 2, "x").unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(csi_page(&items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn only_the_performance_level_is_mutable() {
+        let p = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(check_mutable_parameters(&p("performanceLevel", "PL1")).unwrap().as_deref(), Some("PL1"));
+        assert_eq!(check_mutable_parameters(&HashMap::new()).unwrap(), None);
+        assert!(check_mutable_parameters(&p("performanceLevel", "PL7")).is_err());
+        assert!(check_mutable_parameters(&p("category", "cloud_ssd")).is_err());
     }
 
     #[test]

@@ -56,7 +56,7 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_eq!(caps.len(), 3, "controller service, accessibility constraints, online expansion: {caps:?}");
     assert_eq!(identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
     let ctl_caps = ctl.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
-    assert_eq!(ctl_caps.len(), 6, "create/delete, publish/unpublish, expand, snapshots, list snapshots, clone: {ctl_caps:?}");
+    assert_eq!(ctl_caps.len(), 11, "create/delete, publish/unpublish, expand, snapshots, list snapshots, clone, list volumes and their nodes, get volume, condition, modify: {ctl_caps:?}");
     let node_caps = ns.node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
     assert_eq!(node_caps.len(), 4, "stage, stats, expand, condition: {node_caps:?}");
     let ni = ns.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap().into_inner();
@@ -461,7 +461,40 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     mount_volume(&mut ctl, &mut ns, &me, &slow.volume_id, &rw, &at("st/slow"), &at("pod-d/slow")).await;
     assert_eq!(std::fs::read(at("pod-d/slow/before.txt")).unwrap(), b"written before the snapshot\n", "a restored disk outlives its snapshot");
     unmount_volume(&mut ctl, &mut ns, &me, &slow.volume_id, &at("st/slow"), &at("pod-d/slow")).await;
+
+    // ListVolumes (pages, published nodes) and ControllerGetVolume, while the source is published.
+    let lv = |max: i32, token: &str| csi::ListVolumesRequest { max_entries: max, starting_token: token.into() };
+    let first = ctl.list_volumes(lv(2, "")).await.unwrap().into_inner();
+    let rest = ctl.list_volumes(lv(0, &first.next_token)).await.unwrap().into_inner();
+    let listed: Vec<csi::list_volumes_response::Entry> = first.entries.into_iter().chain(rest.entries).collect();
+    let mut listed_ids: Vec<String> = listed.iter().map(|e| e.volume.clone().unwrap().volume_id).collect();
+    listed_ids.sort();
+    let mut made: Vec<String> = [&src, &other, &restored, &clone, &slow].iter().map(|v| v.volume_id.clone()).collect();
+    made.sort();
+    assert_eq!(listed_ids, made, "every disk, once");
+    let src_entry = listed.iter().find(|e| e.volume.as_ref().unwrap().volume_id == src.volume_id).unwrap();
+    assert_eq!(src_entry.status.as_ref().unwrap().published_node_ids, vec![me.clone()]);
+    assert!(listed.iter().find(|e| e.volume.as_ref().unwrap().volume_id == other.volume_id).unwrap().status.as_ref().unwrap().published_node_ids.is_empty());
+    assert_eq!(code(ctl.list_volumes(lv(1, "junk")).await), Code::Aborted);
+    let got = ctl.controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: src.volume_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(got.volume.unwrap().capacity_bytes, 2 * GIB);
+    let status = got.status.unwrap();
+    assert_eq!(status.published_node_ids, vec![me.clone()]);
+    assert!(!status.volume_condition.unwrap().abnormal);
+    assert_eq!(code(ctl.controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: "d-nosuchdisk".into() }).await), Code::NotFound);
     unmount_volume(&mut ctl, &mut ns, &me, &src.volume_id, &at("st/src"), &at("pod-a/src")).await;
+
+    // ControllerModifyVolume: the performance level of an ESSD, through the cloud.
+    let modify = |id: &str, k: &str, v: &str| csi::ControllerModifyVolumeRequest { volume_id: id.into(), mutable_parameters: HashMap::from([(k.to_string(), v.to_string())]), ..Default::default() };
+    assert_eq!(code(ctl.controller_modify_volume(modify(&src.volume_id, "performanceLevel", "PL9")).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_modify_volume(modify(&src.volume_id, "category", "cloud_ssd")).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_modify_volume(modify("d-nosuchdisk", "performanceLevel", "PL0")).await), Code::NotFound);
+    assert_eq!(code(ctl.controller_modify_volume(modify(&src.volume_id, "performanceLevel", "PL1")).await), Code::OutOfRange, "PL1 needs 20 GiB");
+    let big = ctl.create_volume(create("pvc-big", 20, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    ctl.controller_modify_volume(modify(&big.volume_id, "performanceLevel", "PL1")).await.unwrap();
+    ctl.controller_modify_volume(modify(&big.volume_id, "performanceLevel", "PL1")).await.unwrap();
+    let disks = berth_cloud::Cloud::describe_disks(&cluster.cloud, &berth_cloud::api::DiskFilter { ids: vec![big.volume_id.clone()], ..Default::default() }).await.unwrap();
+    assert_eq!(disks[0].performance_level, "PL1", "the cloud's disk changed level");
 
     // NAS: a name taken with another capacity is ALREADY_EXISTS; publishing to a node that does
     // not exist is NOT_FOUND, as for disks.
