@@ -125,7 +125,23 @@ pub async fn run<C: Cloud + 'static>(pool: Arc<EniPool<C>>, disks: Arc<DiskAttac
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<pb::NodeInstruction>();
         let done = done.clone();
         tokio::spawn(async move {
-            while let Some(i) = rx.recv().await {
+            // Pods waiting for their volumes are looked at on this tick, between instructions.
+            let mut retry = tokio::time::interval(Duration::from_millis(500));
+            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let i = tokio::select! {
+                    i = rx.recv() => match i {
+                        Some(i) => i,
+                        None => break,
+                    },
+                    _ = retry.tick() => {
+                        let r = r.clone();
+                        if tokio::task::spawn_blocking(move || r.retry_waiting()).await.unwrap_or(0) > 0 {
+                            done.notify_one();
+                        }
+                        continue;
+                    }
+                };
                 let r = r.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     // Policies first, so a pod starts with its policies in force.

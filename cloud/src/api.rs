@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::error::Result;
 use crate::model::{
     Disk, EniKind, EniStatus, Instance, InstanceType, NasFileSystem, NetworkInterface, SecurityGroup,
-    SecurityGroupRule, VSwitch, Vpc,
+    SecurityGroupRule, Snapshot, VSwitch, Vpc,
 };
 
 /// How many addresses to assign, or exactly which.
@@ -118,7 +118,25 @@ pub struct CreateDiskRequest {
     /// `PL0`..`PL3` for `cloud_essd`.
     pub performance_level: Option<String>,
     pub size_gib: u64,
+    /// Creates the disk with this snapshot's data (`SnapshotId`); the size is then at least the
+    /// snapshot's source disk size.
+    pub snapshot_id: Option<String>,
     pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateSnapshotRequest {
+    pub disk_id: String,
+    pub name: String,
+    pub description: String,
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    pub ids: Vec<String>,
+    pub disk_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -166,6 +184,15 @@ pub trait Cloud: Send + Sync {
     fn delete_disk(&self, disk_id: &str) -> impl Future<Output = Result<()>> + Send;
     fn resize_disk(&self, disk_id: &str, new_size_gib: u64, online: bool) -> impl Future<Output = Result<()>> + Send;
     fn describe_disks(&self, filter: &DiskFilter) -> impl Future<Output = Result<Vec<Disk>>> + Send;
+    /// Changes an ESSD's performance level (ModifyDiskSpec).
+    fn modify_disk_performance_level(&self, disk_id: &str, level: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Starts a snapshot of the disk; it is usable once DescribeSnapshots reports it accomplished.
+    fn create_snapshot(&self, req: &CreateSnapshotRequest) -> impl Future<Output = Result<String>> + Send;
+    /// Every matching snapshot, following the pages.
+    fn describe_snapshots(&self, filter: &SnapshotFilter) -> impl Future<Output = Result<Vec<Snapshot>>> + Send;
+    /// With `force`, deletes a snapshot even when disks were created from it.
+    fn delete_snapshot(&self, snapshot_id: &str, force: bool) -> impl Future<Output = Result<()>> + Send;
 
     /// Creates an NFS file system with a mount target in the vSwitch.
     fn create_nas_file_system(&self, zone_id: &str, vpc_id: &str, vswitch_id: &str, client_token: Option<&str>) -> impl Future<Output = Result<NasFileSystem>> + Send;

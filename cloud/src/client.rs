@@ -12,14 +12,14 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    BootImage,     Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter,
+    BootImage,     Addresses, Cloud, CreateDiskRequest, CreateEniRequest, CreateSnapshotRequest, CreateVSwitchRequest, DiskFilter, EniFilter, InstanceFilter, SnapshotFilter,
     RunInstancesRequest,
 };
 use crate::credentials::{self, Provider};
 use crate::endpoints;
 use crate::error::{ApiError, CloudError, Result};
 use crate::model::{
-    Credentials, Direction, Disk, EniKind, Instance, InstanceType, IpProtocol, NasFileSystem, NetworkInterface, Policy,
+    Credentials, Direction, Disk, EniKind, Instance, InstanceType, IpProtocol, NasFileSystem, NetworkInterface, Policy, Snapshot,
     SecurityGroup, SecurityGroupRule, VSwitch, Vpc,
 };
 use crate::params::Params;
@@ -668,9 +668,51 @@ impl Cloud for HttpCloud {
             .set("DiskCategory", &req.category)
             .opt("PerformanceLevel", req.performance_level.as_deref())
             .set("Size", req.size_gib)
+            .opt("SnapshotId", req.snapshot_id.as_deref())
             .set("ClientToken", token(req.client_token.as_deref()));
         let r: wire::CreateDiskResponse = self.call("CreateDisk", p).await?;
         Ok(r.disk_id)
+    }
+
+    async fn modify_disk_performance_level(&self, disk_id: &str, level: &str) -> Result<()> {
+        let p = Params::new().set("DiskId", disk_id).set("PerformanceLevel", level);
+        self.call::<wire::RequestIdOnly>("ModifyDiskSpec", p).await.map(drop)
+    }
+
+    async fn create_snapshot(&self, req: &CreateSnapshotRequest) -> Result<String> {
+        let p = Params::new()
+            .set("DiskId", &req.disk_id)
+            .opt("SnapshotName", Some(req.name.as_str()).filter(|n| !n.is_empty()))
+            .opt("Description", Some(req.description.as_str()).filter(|d| !d.is_empty()))
+            .set("ClientToken", token(req.client_token.as_deref()));
+        let r: wire::CreateSnapshotResponse = self.call("CreateSnapshot", p).await?;
+        Ok(r.snapshot_id)
+    }
+
+    async fn describe_snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        let mut next = String::new();
+        loop {
+            let p = Params::new()
+                .json_list("SnapshotIds", &filter.ids)
+                .opt("DiskId", filter.disk_id.as_deref())
+                .opt("SnapshotName", filter.name.as_deref())
+                .set("MaxResults", 100)
+                .opt("NextToken", Some(&next).filter(|s| !s.is_empty()));
+            let r: wire::DescribeSnapshotsResponse = self.call("DescribeSnapshots", p).await?;
+            for s in &r.snapshots.items {
+                out.push(s.to_model().ok_or_else(|| decode_failure("DescribeSnapshots", &s.snapshot_id))?);
+            }
+            match next_page("DescribeSnapshots", &next, r.next_token)? {
+                Some(token) => next = token,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str, force: bool) -> Result<()> {
+        let p = Params::new().set("SnapshotId", snapshot_id).set("Force", force);
+        self.call::<wire::RequestIdOnly>("DeleteSnapshot", p).await.map(drop)
     }
 
     async fn attach_disk(&self, disk_id: &str, instance_id: &str) -> Result<()> {

@@ -67,6 +67,15 @@ pub mod code {
     pub const INVALID_DISK_SIZE: &str = "InvalidDiskSize.ValueNotSupported";
     pub const DISK_SIZE_SHRINK: &str = "InvalidDiskSize.TooSmall";
     pub const SYSTEM_DISK_OPERATION: &str = "InvalidDiskType.NotSupported";
+    pub const INVALID_SNAPSHOT_ID: &str = "InvalidSnapshotId.NotFound";
+    /// The snapshot is still being made: no disk can be created from it yet.
+    pub const SNAPSHOT_NOT_READY: &str = "InvalidSnapshotId.NotReady";
+    /// The disk holds as many manual snapshots as it may.
+    pub const SNAPSHOT_QUOTA: &str = "QuotaExceed.Snapshot";
+    /// Disks were created from the snapshot: delete it with Force.
+    pub const SNAPSHOT_CREATED_DISK: &str = "SnapshotCreatedDisk";
+    /// The performance level is not one the disk's category and size allow.
+    pub const INVALID_PERFORMANCE_LEVEL: &str = "InvalidPerformanceLevel.Malformed";
 
     pub const INVALID_FILE_SYSTEM_ID: &str = "InvalidFileSystem.NotFound";
     /// A mount target's permission group (AccessGroupName) that does not exist.
@@ -178,6 +187,11 @@ pub const TABLE: &[Fact] = &[
     Fact { code: code::INVALID_DISK_SIZE, status: 400, class: Class::Invalid, source: "ECS API reference (2014-05-26), CreateDisk, error codes" },
     Fact { code: code::DISK_SIZE_SHRINK, status: 400, class: Class::Invalid, source: "ECS API reference (2014-05-26), ResizeDisk, error codes" },
     Fact { code: code::SYSTEM_DISK_OPERATION, status: 403, class: Class::Invalid, source: "ECS API reference (2014-05-26), DetachDisk, error codes" },
+    Fact { code: code::INVALID_SNAPSHOT_ID, status: 404, class: Class::NotFound, source: "ECS API reference (2014-05-26), CreateDisk / DeleteSnapshot, error codes" },
+    Fact { code: code::SNAPSHOT_NOT_READY, status: 403, class: Class::WrongState, source: "ECS API reference (2014-05-26), CreateDisk, error codes" },
+    Fact { code: code::SNAPSHOT_QUOTA, status: 403, class: Class::Invalid, source: "ECS API reference (2014-05-26), CreateSnapshot, error codes" },
+    Fact { code: code::SNAPSHOT_CREATED_DISK, status: 403, class: Class::DependencyViolation, source: "ECS API reference (2014-05-26), DeleteSnapshot, error codes" },
+    Fact { code: code::INVALID_PERFORMANCE_LEVEL, status: 400, class: Class::Invalid, source: "ECS API reference (2014-05-26), ModifyDiskSpec, error codes" },
     Fact { code: code::INVALID_FILE_SYSTEM_ID, status: 404, class: Class::NotFound, source: "NAS API reference (2017-06-26), DescribeFileSystems, error codes" },
     Fact { code: code::INVALID_ACCESS_GROUP, status: 404, class: Class::NotFound, source: "NAS API reference (2017-06-26), CreateMountTarget, error codes" },
 ];

@@ -320,6 +320,56 @@ pub struct Disk {
     /// attaches, detaches or deletes it.
     #[serde(default)]
     pub system: bool,
+    /// The snapshot the disk was created from, if any (`SourceSnapshotId`).
+    #[serde(default)]
+    pub source_snapshot_id: Option<String>,
+}
+
+/// A snapshot's status as DescribeSnapshots reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotStatus {
+    /// Being made: not yet usable to create a disk.
+    Progressing,
+    /// Made: a disk can be created from it.
+    Accomplished,
+    Failed,
+    /// A status this client does not know: treated as not ready.
+    Unknown,
+}
+
+impl SnapshotStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progressing => "progressing",
+            Self::Accomplished => "accomplished",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse_open(s: &str) -> Self {
+        match s {
+            "progressing" => Self::Progressing,
+            "accomplished" => Self::Accomplished,
+            "failed" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// A point-in-time copy of a disk's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub source_disk_id: String,
+    /// The source disk's size when the snapshot was taken; a disk made from it is at least this big.
+    pub source_disk_size_gib: u64,
+    pub status: SnapshotStatus,
+    /// 0..=100.
+    pub progress_percent: u8,
+    /// ISO 8601, UTC (`2026-12-07T12:00:00Z`).
+    pub creation_time: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

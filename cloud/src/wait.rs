@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::{Cloud, DiskFilter, EniFilter, InstanceFilter};
+use crate::api::{Cloud, DiskFilter, EniFilter, InstanceFilter, SnapshotFilter};
 use crate::error::{CloudError, Result};
-use crate::model::{Disk, DiskStatus, EniStatus, Instance, InstanceStatus, NetworkInterface};
+use crate::model::{Disk, DiskStatus, EniStatus, Instance, InstanceStatus, NetworkInterface, Snapshot, SnapshotStatus};
 
 const FIRST_POLL: Duration = Duration::from_millis(50);
 const MAX_POLL: Duration = Duration::from_secs(1);
@@ -53,6 +53,20 @@ pub async fn instance_status<C: Cloud>(cloud: &C, instance_id: &str, status: Ins
     poll(format!("instance {instance_id} to become {}", status.as_str()), timeout, || async {
         let found = cloud.describe_instances(&filter).await?;
         Ok(found.into_iter().find(|i| i.id == instance_id && i.status == status))
+    })
+    .await
+}
+
+/// Waits until the snapshot is no longer progressing and returns it as it is then (accomplished
+/// or failed), or `None` when it is gone.
+pub async fn snapshot_settled<C: Cloud>(cloud: &C, snapshot_id: &str, timeout: Duration) -> Result<Option<Snapshot>> {
+    let filter = SnapshotFilter { ids: vec![snapshot_id.to_string()], ..Default::default() };
+    poll(format!("snapshot {snapshot_id} to be accomplished"), timeout, || async {
+        let found = cloud.describe_snapshots(&filter).await?.into_iter().find(|s| s.id == snapshot_id);
+        Ok(match found {
+            Some(s) if matches!(s.status, SnapshotStatus::Progressing | SnapshotStatus::Unknown) => None,
+            other => Some(other),
+        })
     })
     .await
 }

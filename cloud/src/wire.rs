@@ -93,7 +93,7 @@ pub const DEFAULT_VPC_ACCESS_GROUP: &str = "DEFAULT_VPC_GROUP_NAME";
 pub fn takes_region_id(action: &str) -> bool {
     !matches!(
         action,
-        "DescribeInstanceTypes" | "AttachDisk" | "DetachDisk" | "DeleteDisk" | "ResizeDisk" | "CreateFileSystem" | "DescribeFileSystems" | "DeleteFileSystem" | "CreateMountTarget"
+        "DescribeInstanceTypes" | "AttachDisk" | "DetachDisk" | "DeleteDisk" | "ResizeDisk" | "ModifyDiskSpec" | "CreateSnapshot" | "DeleteSnapshot" | "CreateFileSystem" | "DescribeFileSystems" | "DeleteFileSystem" | "CreateMountTarget"
     )
 }
 
@@ -147,6 +147,7 @@ wrapped_list!(VSwitchList, "VSwitch", VSwitchItem);
 wrapped_list!(SecurityGroupList, "SecurityGroup", SecurityGroupItem);
 wrapped_list!(PermissionList, "Permission", Permission);
 wrapped_list!(DiskList, "Disk", DiskItem);
+wrapped_list!(SnapshotList, "Snapshot", SnapshotItem);
 wrapped_list!(FileSystemList, "FileSystem", FileSystemItem);
 wrapped_list!(MountTargetList, "MountTarget", MountTargetItem);
 
@@ -699,6 +700,8 @@ pub struct DiskItem {
     /// `system` or `data`.
     #[serde(rename = "Type")]
     pub kind: String,
+    #[serde(default)]
+    pub source_snapshot_id: String,
 }
 
 impl DiskItem {
@@ -721,6 +724,7 @@ impl DiskItem {
             serial: self.serial_number.clone(),
             device: Some(self.device.clone()).filter(|s| !s.is_empty()),
             system: self.kind == "system",
+            source_snapshot_id: Some(self.source_snapshot_id.clone()).filter(|s| !s.is_empty()),
         })
     }
 
@@ -737,6 +741,7 @@ impl DiskItem {
             device: d.device.clone().unwrap_or_default(),
             serial_number: d.serial.clone(),
             kind: if d.system { "system" } else { "data" }.to_string(),
+            source_snapshot_id: d.source_snapshot_id.clone().unwrap_or_default(),
         }
     }
 }
@@ -750,6 +755,86 @@ pub struct DescribeDisksResponse {
     #[serde(default)]
     pub next_token: String,
     pub disks: DiskList,
+}
+
+// ---- snapshots --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateSnapshotResponse {
+    pub request_id: String,
+    pub snapshot_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SnapshotItem {
+    pub snapshot_id: String,
+    #[serde(default)]
+    pub snapshot_name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A percentage as text: `"40%"`.
+    #[serde(default)]
+    pub progress: String,
+    pub source_disk_id: String,
+    /// GiB, as text (the service answers a string).
+    pub source_disk_size: String,
+    /// `system` or `data`.
+    #[serde(default)]
+    pub source_disk_type: String,
+    /// `progressing`, `accomplished`, `failed`.
+    pub status: String,
+    #[serde(default)]
+    pub creation_time: String,
+    /// Whether the snapshot can be used (to create a disk).
+    #[serde(default)]
+    pub available: bool,
+    /// `disk` once a disk was created from it, else `none`.
+    #[serde(default)]
+    pub usage: String,
+}
+
+impl SnapshotItem {
+    pub fn to_model(&self) -> Option<model::Snapshot> {
+        Some(model::Snapshot {
+            id: self.snapshot_id.clone(),
+            name: self.snapshot_name.clone(),
+            source_disk_id: self.source_disk_id.clone(),
+            source_disk_size_gib: self.source_disk_size.trim().parse().ok()?,
+            status: model::SnapshotStatus::parse_open(&self.status),
+            progress_percent: self.progress.trim().trim_end_matches('%').parse::<u8>().unwrap_or(0).min(100),
+            creation_time: self.creation_time.clone(),
+        })
+    }
+
+    /// The item for `s`; `used` says whether a disk was created from it.
+    pub fn from_model(s: &model::Snapshot, used: bool) -> Self {
+        SnapshotItem {
+            snapshot_id: s.id.clone(),
+            snapshot_name: s.name.clone(),
+            description: String::new(),
+            progress: format!("{}%", s.progress_percent),
+            source_disk_id: s.source_disk_id.clone(),
+            source_disk_size: s.source_disk_size_gib.to_string(),
+            source_disk_type: "data".into(),
+            status: s.status.as_str().to_string(),
+            creation_time: s.creation_time.clone(),
+            available: s.status == model::SnapshotStatus::Accomplished,
+            usage: if used { "disk" } else { "none" }.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeSnapshotsResponse {
+    pub request_id: String,
+    #[serde(default)]
+    pub total_count: u64,
+    #[serde(default)]
+    pub next_token: String,
+    pub snapshots: SnapshotList,
 }
 
 // ---- NAS --------------------------------------------------------------------------------------
@@ -936,6 +1021,17 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_reads_as_the_service_answers_it() {
+        let body = r#"{"SnapshotId":"s-1","SnapshotName":"n","Progress":"40%","SourceDiskId":"d-1","SourceDiskSize":"20","Status":"progressing","CreationTime":"2026-12-07T12:00:00Z","Available":false}"#;
+        let item: SnapshotItem = serde_json::from_str(body).unwrap();
+        let s = item.to_model().unwrap();
+        assert_eq!((s.progress_percent, s.source_disk_size_gib, s.status), (40, 20, model::SnapshotStatus::Progressing));
+        let back = SnapshotItem::from_model(&s, true);
+        assert_eq!((back.progress.as_str(), back.source_disk_size.as_str(), back.usage.as_str(), back.available), ("40%", "20", "disk", false));
+        assert_eq!(model::SnapshotStatus::parse_open("copying"), model::SnapshotStatus::Unknown);
+    }
+
+    #[test]
     fn an_unknown_disk_status_is_kept_apart_and_the_system_disk_is_told_apart() {
         let item = |status: &str, kind: &str| DiskItem {
             disk_id: "d-1".into(),
@@ -949,6 +1045,7 @@ mod tests {
             device: String::new(),
             serial_number: "1".into(),
             kind: kind.into(),
+            source_snapshot_id: String::new(),
         };
         assert_eq!(item("ReIniting", "data").to_model().unwrap().status, model::DiskStatus::ReIniting);
         assert_eq!(item("Migrating", "data").to_model().unwrap().status, model::DiskStatus::Unknown);

@@ -5,19 +5,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use berth_cloud::api::{CreateDiskRequest, DiskFilter};
+use berth_cloud::api::{CreateDiskRequest, CreateSnapshotRequest, DiskFilter, SnapshotFilter};
 use berth_cloud::error::code;
-use berth_cloud::model::{Disk, DiskStatus};
+use berth_cloud::model::{Disk, DiskStatus, Snapshot, SnapshotStatus};
 use berth_cloud::{Cloud as _, CloudError};
 use berth_proto::agent::v1 as agent;
 use berth_proto::csi::v1 as csi;
 use csi::controller_service_capability::{Rpc, Type as CapType, rpc};
 use csi::volume_capability::AccessType;
+use csi::volume_content_source::{SnapshotSource, Type as Source, VolumeSource};
 use tonic::{Request, Response, Status};
 
 use crate::driver::Driver;
 use crate::mounts;
-use crate::volume::{GIB, Kind, VolumeId, VolumeSpec, ZONE_KEY, client_token, dir_name, disk_size_gib, disk_size_limits, unsupported};
+use crate::volume::{GIB, Kind, VolumeId, VolumeSpec, ZONE_KEY, client_token, dir_name, disk_size_gib, disk_size_limits, is_snapshot_id, snapshot_name, unsupported};
 
 pub struct ControllerService(pub Arc<Driver>);
 
@@ -25,7 +26,9 @@ pub struct ControllerService(pub Arc<Driver>);
 pub fn cloud_status(e: CloudError) -> Status {
     let text = e.to_string();
     match e.code() {
-        Some(code::INVALID_DISK_ID | code::INVALID_FILE_SYSTEM_ID | code::INVALID_INSTANCE_ID) => Status::not_found(text),
+        Some(code::INVALID_DISK_ID | code::INVALID_FILE_SYSTEM_ID | code::INVALID_INSTANCE_ID | code::INVALID_SNAPSHOT_ID) => Status::not_found(text),
+        Some(code::SNAPSHOT_NOT_READY) => Status::unavailable(text),
+        Some(code::SNAPSHOT_QUOTA) => Status::resource_exhausted(text),
         Some(code::INVALID_DISK_SIZE | code::DISK_SIZE_SHRINK) => Status::out_of_range(text),
         Some(code::INCORRECT_DISK_STATUS | code::INCORRECT_INSTANCE_STATUS | code::ZONE_MISMATCH) => Status::failed_precondition(text),
         Some(code::DISK_LIMIT) => Status::resource_exhausted(text),
@@ -81,10 +84,69 @@ pub fn check_create_volume(req: &csi::CreateVolumeRequest) -> Result<VolumeSpec,
     required(&req.name, "name")?;
     let spec = VolumeSpec::parse(&req.parameters).map_err(|e| Status::invalid_argument(e.to_string()))?;
     check_caps(spec.kind(), &req.volume_capabilities)?;
-    if req.volume_content_source.is_some() {
-        return Err(Status::invalid_argument("volume_content_source: creating from a snapshot or a volume is not supported (CLONE_VOLUME and snapshots are not advertised)"));
+    if let Some(source) = &req.volume_content_source {
+        if spec.kind() != Kind::Disk {
+            return Err(Status::invalid_argument(format!("volume_content_source: {} volumes are made empty; only disks are restored from a snapshot or cloned", spec.kind().as_str())));
+        }
+        match &source.r#type {
+            Some(Source::Snapshot(s)) => required(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?,
+            Some(Source::Volume(v)) => required(&v.volume_id, "volume_content_source.volume.volume_id")?,
+            None => return Err(Status::invalid_argument("volume_content_source names neither a snapshot nor a volume")),
+        }
     }
     Ok(spec)
+}
+
+/// CreateSnapshot's checks: the name, the source volume (a disk of ours) and the parameters.
+pub fn check_create_snapshot(req: &csi::CreateSnapshotRequest) -> Result<String, Status> {
+    required(&req.name, "name")?;
+    required(&req.source_volume_id, "source_volume_id")?;
+    if let Some(k) = req.parameters.keys().find(|k| !k.starts_with("csi.storage.k8s.io/")) {
+        return Err(Status::invalid_argument(format!("snapshot parameter {k:?} is unknown; snapshots take no parameters")));
+    }
+    match VolumeId::parse(&req.source_volume_id) {
+        Ok(VolumeId::Disk { disk_id }) => Ok(disk_id),
+        Ok(other) => Err(Status::invalid_argument(format!("source_volume_id {other} is a {} volume; only cloud disks have snapshots", other.kind().as_str()))),
+        Err(e) => Err(Status::not_found(e.to_string())),
+    }
+}
+
+/// One page of `items` for a CSI list call: `starting_token` is the index to start at (a token
+/// this driver gave), `max_entries` 0 means all.
+pub fn csi_page<T: Clone>(items: &[T], max_entries: i32, starting_token: &str) -> Result<(Vec<T>, String), Status> {
+    if max_entries < 0 {
+        return Err(Status::invalid_argument(format!("max_entries {max_entries} is negative; give 0 (all) or more")));
+    }
+    let start = match starting_token {
+        "" => 0,
+        t => t.parse::<usize>().ok().filter(|i| *i <= items.len()).ok_or_else(|| Status::aborted(format!("starting_token {t:?} is not one this driver gave (or the list shrank); list again from the start")))?,
+    };
+    let end = if max_entries == 0 { items.len() } else { (start + max_entries as usize).min(items.len()) };
+    let next = if end < items.len() { end.to_string() } else { String::new() };
+    Ok((items[start..end].to_vec(), next))
+}
+
+fn snapshot_to_csi(s: &Snapshot) -> csi::Snapshot {
+    let seconds = berth_cloud::signing::parse_timestamp(&s.creation_time).unwrap_or(0) as i64;
+    csi::Snapshot {
+        size_bytes: s.source_disk_size_gib as i64 * GIB,
+        snapshot_id: s.id.clone(),
+        source_volume_id: s.source_disk_id.clone(),
+        creation_time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        ready_to_use: s.status == SnapshotStatus::Accomplished,
+        group_snapshot_id: String::new(),
+    }
+}
+
+/// Where a new disk's data comes from: a snapshot (the user's, or one taken of the volume to clone).
+struct DiskSource {
+    snapshot_id: String,
+    /// The source's size: the new disk is at least this big.
+    min_gib: i64,
+    /// A clone stays in its source's zone.
+    zone: Option<String>,
+    /// The snapshot was taken for a clone and goes once the disk exists.
+    temporary: bool,
 }
 
 /// ControllerPublishVolume's checks: the volume and node IDs, and a capability the volume's kind serves.
@@ -153,24 +215,112 @@ impl ControllerService {
         self.0.node().await.map(|n| n.zone_id).map_err(|e| Status::invalid_argument(format!("no zone for the disk: no {ZONE_KEY} topology, no zoneId parameter, and {}", e.message())))
     }
 
+    /// The snapshot of `source_id`, ready to create a disk from, and what it asks of that disk.
+    async fn snapshot_source(&self, snapshot_id: &str) -> Result<DiskSource, Status> {
+        let cloud = self.0.cloud()?;
+        let not_found = || Status::not_found(format!("snapshot {snapshot_id} does not exist"));
+        if !is_snapshot_id(snapshot_id) {
+            return Err(not_found());
+        }
+        let found = cloud.describe_snapshots(&SnapshotFilter { ids: vec![snapshot_id.into()], ..Default::default() }).await.map_err(cloud_status)?;
+        let snap = found.into_iter().find(|s| s.id == snapshot_id).ok_or_else(not_found)?;
+        if snap.status != SnapshotStatus::Accomplished {
+            return Err(Status::unavailable(format!("snapshot {snapshot_id} is {} ({}%); retry once it is ready to use", snap.status.as_str(), snap.progress_percent)));
+        }
+        Ok(DiskSource { snapshot_id: snap.id, min_gib: snap.source_disk_size_gib as i64, zone: None, temporary: false })
+    }
+
+    /// A snapshot of the volume to clone, taken for the clone (or found again on a retry) and ready.
+    async fn clone_source(&self, req: &csi::CreateVolumeRequest, volume_id: &str) -> Result<DiskSource, Status> {
+        let cloud = self.0.cloud()?;
+        let disk_id = match VolumeId::parse(volume_id) {
+            Ok(VolumeId::Disk { disk_id }) => disk_id,
+            Ok(other) => return Err(Status::invalid_argument(format!("volume_content_source.volume {other} is a {} volume; only disks are cloned", other.kind().as_str()))),
+            Err(e) => return Err(Status::not_found(e.to_string())),
+        };
+        let disk = self.find_disk(&disk_id).await?.ok_or_else(|| Status::not_found(format!("source volume {disk_id} does not exist")))?;
+        if let Some(t) = &req.accessibility_requirements {
+            let zones: Vec<&String> = t.requisite.iter().filter_map(|t| t.segments.get(ZONE_KEY)).collect();
+            if !t.requisite.is_empty() && !zones.contains(&&disk.zone_id) {
+                return Err(Status::invalid_argument(format!(
+                    "the source volume {disk_id} is in {} but the requisite topology allows only {zones:?}; a clone stays in its source's zone",
+                    disk.zone_id
+                )));
+            }
+        }
+        let name = snapshot_name(&format!("clone:{}", req.name));
+        let existing = cloud.describe_snapshots(&SnapshotFilter { name: Some(name.clone()), disk_id: Some(disk_id.clone()), ..Default::default() }).await.map_err(cloud_status)?;
+        let id = match existing.into_iter().next() {
+            Some(s) => s.id,
+            None => cloud
+                .create_snapshot(&CreateSnapshotRequest { disk_id: disk_id.clone(), name, description: format!("taken to clone {disk_id} as {:?}", req.name), client_token: None })
+                .await
+                .map_err(cloud_status)?,
+        };
+        match berth_cloud::wait::snapshot_settled(cloud, &id, std::time::Duration::from_secs(120)).await.map_err(cloud_status)? {
+            Some(s) if s.status == SnapshotStatus::Accomplished => {}
+            other => return Err(Status::unavailable(format!("the snapshot {id} taken to clone {disk_id} is {}; retry", other.map_or("gone", |s| s.status.as_str())))),
+        }
+        Ok(DiskSource { snapshot_id: id, min_gib: disk.size_gib as i64, zone: Some(disk.zone_id), temporary: true })
+    }
+
     async fn create_disk(&self, req: &csi::CreateVolumeRequest, category: &str, level: Option<&str>, zone_param: Option<&String>) -> Result<csi::Volume, Status> {
         let cloud = self.0.cloud()?;
+        let content = req.volume_content_source.clone();
         let (min, max) = disk_size_limits(category, level);
         let size = disk_size_gib(req.capacity_range.as_ref(), min, max).map_err(|e| Status::out_of_range(e.to_string()))?;
-        let zone = self.zone_for(req, zone_param).await?;
+        let wanted_snapshot = match content.as_ref().and_then(|c| c.r#type.as_ref()) {
+            Some(Source::Snapshot(SnapshotSource { snapshot_id })) => Some(snapshot_id.as_str()),
+            _ => None,
+        };
+        // The source is held for the while: a snapshot is not deleted under a restore (ABORTED).
+        let _source_lock = match content.as_ref().and_then(|c| c.r#type.as_ref()) {
+            Some(Source::Snapshot(SnapshotSource { snapshot_id })) => Some(self.0.lock("snapshot", snapshot_id)?),
+            Some(Source::Volume(VolumeSource { volume_id })) => Some(self.0.lock("volume", volume_id)?),
+            None => None,
+        };
         let same = |d: &Disk| -> Result<csi::Volume, Status> {
-            if d.size_gib as i64 != size || d.category != category {
+            // A disk from a source may have been raised to the source's size, within the limit.
+            let limit = req.capacity_range.as_ref().map_or(0, |r| r.limit_bytes);
+            let fits = if content.is_some() { d.size_gib as i64 >= size && (limit == 0 || d.size_gib as i64 * GIB <= limit) } else { d.size_gib as i64 == size };
+            if !fits || d.category != category {
                 return Err(Status::already_exists(format!(
                     "volume {:?} exists as {} ({} GiB {}), not {size} GiB {category}",
                     req.name, d.id, d.size_gib, d.category
                 )));
             }
-            Ok(csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: None, accessible_topology: vec![topology(&d.zone_id)] })
+            if let Some(sid) = wanted_snapshot
+                && d.source_snapshot_id.as_deref() != Some(sid)
+            {
+                return Err(Status::already_exists(format!("volume {:?} exists as {}, not made from snapshot {sid}", req.name, d.id)));
+            }
+            Ok(csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: content.clone(), accessible_topology: vec![topology(&d.zone_id)] })
         };
-        let all = cloud.describe_disks(&DiskFilter { zone_id: Some(zone.clone()), ..Default::default() }).await.map_err(cloud_status)?;
+        // A disk of this name made earlier (a retried call) is answered as it is.
+        let all = cloud.describe_disks(&DiskFilter::default()).await.map_err(cloud_status)?;
         if let Some(d) = all.iter().find(|d| d.name == req.name) {
             return same(d);
         }
+        let source = match content.as_ref().and_then(|c| c.r#type.as_ref()) {
+            Some(Source::Snapshot(SnapshotSource { snapshot_id })) => Some(self.snapshot_source(snapshot_id).await?),
+            Some(Source::Volume(VolumeSource { volume_id })) => Some(self.clone_source(req, volume_id).await?),
+            None => None,
+        };
+        let zone = match source.as_ref().and_then(|s| s.zone.clone()) {
+            Some(z) => z,
+            None => self.zone_for(req, zone_param).await?,
+        };
+        let size = match &source {
+            Some(s) if s.min_gib > size => {
+                // At least the source's size, within the limit the CO gave.
+                let range = csi::CapacityRange { required_bytes: s.min_gib * GIB, limit_bytes: req.capacity_range.as_ref().map_or(0, |r| r.limit_bytes) };
+                disk_size_gib(Some(&range), min, max).map_err(|e| Status::out_of_range(format!("the source holds {} GiB: {e}", s.min_gib)))?
+            }
+            _ => size,
+        };
+        let same = |d: &Disk| -> Result<csi::Volume, Status> {
+            Ok(csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: content.clone(), accessible_topology: vec![topology(&d.zone_id)] })
+        };
         // The token makes a retried create return the same disk; once that disk is deleted, the
         // next token follows from its ID so the name can be used again.
         let mut generation = String::new();
@@ -181,6 +331,7 @@ impl ControllerService {
                 category: category.into(),
                 performance_level: level.map(str::to_string),
                 size_gib: size as u64,
+                snapshot_id: source.as_ref().map(|s| s.snapshot_id.clone()),
                 client_token: Some(client_token(&req.name, &generation)),
             };
             let id = cloud.create_disk(&create).await.map_err(cloud_status)?;
@@ -189,13 +340,31 @@ impl ControllerService {
                     if d.status == DiskStatus::Creating {
                         berth_cloud::wait::disk_status(cloud, &id, DiskStatus::Available, std::time::Duration::from_secs(60)).await.map_err(cloud_status)?;
                     }
-                    tracing::info!(name = %req.name, disk = %id, size_gib = size, category, "disk created");
+                    if let Some(s) = source.as_ref().filter(|s| s.temporary) {
+                        // The clone's own data is in the disk now; the snapshot taken for it goes.
+                        if let Err(e) = cloud.delete_snapshot(&s.snapshot_id, true).await {
+                            tracing::warn!(snapshot = %s.snapshot_id, error = %e, "the snapshot taken for a clone could not be deleted");
+                        }
+                    }
+                    tracing::info!(name = %req.name, disk = %id, size_gib = size, category, snapshot = ?source.as_ref().map(|s| &s.snapshot_id), "disk created");
                     return same(&d);
                 }
                 _ => generation = id,
             }
         }
         Err(Status::internal(format!("could not create a disk for {:?}: every client token names a deleted disk", req.name)))
+    }
+
+    /// NOT_FOUND for a NAS volume whose directory is not in the local export (where that can be
+    /// seen without a mount).
+    fn dir_volume_exists(&self, id: &VolumeId) -> Result<(), Status> {
+        if let VolumeId::Nas { fs_id, path, .. } = id
+            && !self.0.cfg.nas.local_export_root.as_os_str().is_empty()
+            && !self.0.cfg.nas.local_export_root.join(fs_id).join(path.trim_start_matches('/')).is_dir()
+        {
+            return Err(Status::not_found(format!("NAS volume {id} does not exist")));
+        }
+        Ok(())
     }
 
     /// Runs `work` on the root of a NAS file system or on an OSS volume's prefix, mounted for the while.
@@ -249,26 +418,62 @@ impl ControllerService {
             VolumeId::Nas { path, .. } | VolumeId::Oss { path, .. } => PathBuf::from(path.trim_start_matches('/')),
             VolumeId::Disk { .. } => PathBuf::new(),
         };
+        let capacity = req.capacity_range.as_ref().map(|r| r.required_bytes.max(0)).unwrap_or(0);
+        let (record_root, record) = capacity_record(&id).expect("a directory volume");
         let task_id = id.clone();
         let this = ControllerService(self.0.clone());
         // An OSS prefix needs nothing made: it comes to exist with its first object.
         let needs_dir = matches!(id, VolumeId::Nas { .. });
-        tokio::task::spawn_blocking(move || {
-            if !needs_dir {
-                return Ok(());
+        let recorded = tokio::task::spawn_blocking(move || {
+            if needs_dir {
+                this.with_root(&task_id, |root| {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    let dir = root.join(&path);
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                })?;
             }
-            this.with_root(&task_id, |root| {
-                use std::os::unix::fs::PermissionsExt as _;
-                let dir = root.join(&path);
-                std::fs::create_dir_all(&dir)?;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-            })
+            this.with_root(&record_root, |root| read_or_write_capacity(&root.join(&record), capacity))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
-        let capacity = req.capacity_range.as_ref().map(|r| r.required_bytes.max(0)).unwrap_or(0);
+        if recorded != capacity {
+            return Err(Status::already_exists(format!("volume {:?} exists as {id} with {recorded} bytes, not {capacity}", req.name)));
+        }
         tracing::info!(name = %req.name, volume = %id, "directory volume created");
         Ok(csi::Volume { capacity_bytes: capacity, volume_id: id.to_string(), volume_context: context(spec.kind()), content_source: None, accessible_topology: Vec::new() })
+    }
+}
+
+/// Where a NAS or OSS volume's capacity is recorded (directories have no size of their own): a
+/// file named after the volume in a `.berth-volumes` directory beside it. The root to mount for it
+/// and the file's path under that root.
+fn capacity_record(id: &VolumeId) -> Option<(VolumeId, PathBuf)> {
+    let (parent, leaf) = match id {
+        VolumeId::Nas { path, .. } | VolumeId::Oss { path, .. } => path.rsplit_once('/')?,
+        VolumeId::Disk { .. } => return None,
+    };
+    Some(match id {
+        VolumeId::Nas { .. } => (id.clone(), PathBuf::from(parent.trim_start_matches('/')).join(RECORDS).join(leaf)),
+        VolumeId::Oss { bucket, .. } => (VolumeId::Oss { bucket: bucket.clone(), path: format!("{parent}/{RECORDS}") }, PathBuf::from(leaf)),
+        VolumeId::Disk { .. } => return None,
+    })
+}
+
+const RECORDS: &str = ".berth-volumes";
+
+/// The capacity recorded at `file`, recording `capacity` there when there is none yet.
+fn read_or_write_capacity(file: &Path, capacity: i64) -> std::io::Result<i64> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => text.trim().parse::<i64>().map_err(|e| std::io::Error::other(format!("{}: {e}", file.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(file, capacity.to_string())?;
+            Ok(capacity)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -311,7 +516,17 @@ impl csi::controller_server::Controller for ControllerService {
                 };
                 let this = ControllerService(self.0.clone());
                 let task_id = id.clone();
-                let result = tokio::task::spawn_blocking(move || this.with_root(&task_id, |root| remove_tree(&root.join(&rel))))
+                let result = tokio::task::spawn_blocking(move || {
+                    this.with_root(&task_id, |root| remove_tree(&root.join(&rel)))?;
+                    let (record_root, record) = capacity_record(&task_id).expect("a directory volume");
+                    this.with_root(&record_root, |root| {
+                        let file = root.join(&record);
+                        std::fs::remove_file(&file).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+                        // The records' directory goes with its last record (a mount point stays).
+                        let _ = file.parent().map(std::fs::remove_dir);
+                        Ok(())
+                    })
+                })
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
                 match result {
@@ -327,7 +542,9 @@ impl csi::controller_server::Controller for ControllerService {
         let req = request.into_inner();
         let id = check_publish_volume(&req)?;
         let VolumeId::Disk { disk_id } = &id else {
-            // NAS and OSS need no attach: the node mounts them.
+            // NAS and OSS need no attach (the node mounts them), but the node and the volume must exist.
+            self.0.agent_of(&req.node_id).await?;
+            self.dir_volume_exists(&id)?;
             return Ok(Response::new(csi::ControllerPublishVolumeResponse::default()));
         };
         if self.find_disk(disk_id).await?.is_none() {
@@ -369,12 +586,7 @@ impl csi::controller_server::Controller for ControllerService {
         {
             return Err(Status::not_found(format!("disk {disk_id} does not exist")));
         }
-        if let VolumeId::Nas { fs_id, path, .. } = &id
-            && !self.0.cfg.nas.local_export_root.as_os_str().is_empty()
-            && !self.0.cfg.nas.local_export_root.join(fs_id).join(path.trim_start_matches('/')).is_dir()
-        {
-            return Err(Status::not_found(format!("NAS volume {id} does not exist")));
-        }
+        self.dir_volume_exists(&id)?;
         if !refused.is_empty() {
             return Ok(Response::new(csi::ValidateVolumeCapabilitiesResponse { confirmed: None, message: refused.join("; ") }));
         }
@@ -409,37 +621,190 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn controller_get_capabilities(&self, _: Request<csi::ControllerGetCapabilitiesRequest>) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
         let cap = |t: rpc::Type| csi::ControllerServiceCapability { r#type: Some(CapType::Rpc(Rpc { r#type: t as i32 })) };
-        let capabilities = vec![cap(rpc::Type::CreateDeleteVolume), cap(rpc::Type::PublishUnpublishVolume), cap(rpc::Type::ExpandVolume)];
+        let capabilities = vec![
+            cap(rpc::Type::CreateDeleteVolume),
+            cap(rpc::Type::PublishUnpublishVolume),
+            cap(rpc::Type::ExpandVolume),
+            cap(rpc::Type::CreateDeleteSnapshot),
+            cap(rpc::Type::ListSnapshots),
+            cap(rpc::Type::CloneVolume),
+            cap(rpc::Type::ListVolumes),
+            cap(rpc::Type::ListVolumesPublishedNodes),
+            cap(rpc::Type::GetVolume),
+            cap(rpc::Type::VolumeCondition),
+            cap(rpc::Type::ModifyVolume),
+        ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
     }
 
-    async fn list_volumes(&self, _: Request<csi::ListVolumesRequest>) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        Err(Status::unimplemented("ListVolumes is not advertised"))
+    async fn list_volumes(&self, request: Request<csi::ListVolumesRequest>) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        // Disks only: NAS and OSS volumes are directories the cloud does not list.
+        let mut all: Vec<Disk> = self.0.cloud()?.describe_disks(&DiskFilter::default()).await.map_err(cloud_status)?.into_iter().filter(|d| !d.system).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let (page, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
+        let entries = page
+            .iter()
+            .map(|d| {
+                let (published_node_ids, volume_condition) = disk_status(d);
+                csi::list_volumes_response::Entry { volume: Some(disk_volume(d)), status: Some(csi::list_volumes_response::VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) }) }
+            })
+            .collect();
+        Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
     }
 
     async fn get_capacity(&self, _: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
         Err(Status::unimplemented("GetCapacity is not advertised"))
     }
 
-    async fn create_snapshot(&self, _: Request<csi::CreateSnapshotRequest>) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not advertised"))
+    async fn create_snapshot(&self, request: Request<csi::CreateSnapshotRequest>) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let disk_id = check_create_snapshot(&req)?;
+        let _lock = self.0.lock("snapshot-name", &req.name)?;
+        let cloud = self.0.cloud()?;
+        let name = snapshot_name(&req.name);
+        let answer = |s: &Snapshot| Response::new(csi::CreateSnapshotResponse { snapshot: Some(snapshot_to_csi(s)) });
+        let by_name = SnapshotFilter { name: Some(name.clone()), ..Default::default() };
+        if let Some(s) = cloud.describe_snapshots(&by_name).await.map_err(cloud_status)?.first() {
+            if s.source_disk_id != disk_id {
+                return Err(Status::already_exists(format!("snapshot {:?} exists as {} of volume {}, not of {disk_id}", req.name, s.id, s.source_disk_id)));
+            }
+            return Ok(answer(s));
+        }
+        if self.find_disk(&disk_id).await?.is_none() {
+            return Err(Status::not_found(format!("source volume {disk_id} does not exist")));
+        }
+        // As for disks: the token makes a retry return the same snapshot; once that snapshot is
+        // deleted, the next token follows from its ID so the name can be used again.
+        let mut generation = String::new();
+        for _ in 0..16 {
+            let create = CreateSnapshotRequest {
+                disk_id: disk_id.clone(),
+                name: name.clone(),
+                description: format!("CSI snapshot {:?}", req.name),
+                client_token: Some(client_token(&format!("snapshot\0{}", req.name), &generation)),
+            };
+            let id = cloud.create_snapshot(&create).await.map_err(cloud_status)?;
+            let found = cloud.describe_snapshots(&SnapshotFilter { ids: vec![id.clone()], ..Default::default() }).await.map_err(cloud_status)?;
+            match found.into_iter().find(|s| s.id == id) {
+                Some(s) => {
+                    tracing::info!(name = %req.name, snapshot = %id, disk = %disk_id, "snapshot created");
+                    return Ok(answer(&s));
+                }
+                None => generation = id,
+            }
+        }
+        Err(Status::internal(format!("could not create a snapshot for {:?}: every client token names a deleted snapshot", req.name)))
     }
 
-    async fn delete_snapshot(&self, _: Request<csi::DeleteSnapshotRequest>) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not advertised"))
+    async fn delete_snapshot(&self, request: Request<csi::DeleteSnapshotRequest>) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        required(&req.snapshot_id, "snapshot_id")?;
+        if !is_snapshot_id(&req.snapshot_id) {
+            return Ok(Response::new(csi::DeleteSnapshotResponse {}));
+        }
+        // A restore from this snapshot in flight holds it: this call is ABORTED and retried.
+        let _lock = self.0.lock("snapshot", &req.snapshot_id)?;
+        // Force: disks made from the snapshot hold their own data and keep it.
+        match self.0.cloud()?.delete_snapshot(&req.snapshot_id, true).await {
+            Ok(()) => tracing::info!(snapshot = %req.snapshot_id, "snapshot deleted"),
+            Err(e) if e.is_code(code::INVALID_SNAPSHOT_ID) => {}
+            Err(e) => return Err(cloud_status(e)),
+        }
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
     }
 
-    async fn list_snapshots(&self, _: Request<csi::ListSnapshotsRequest>) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not advertised"))
+    async fn list_snapshots(&self, request: Request<csi::ListSnapshotsRequest>) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        let req = request.into_inner();
+        let mut filter = SnapshotFilter::default();
+        let none = || Ok(Response::new(csi::ListSnapshotsResponse::default()));
+        if !req.snapshot_id.is_empty() {
+            if !is_snapshot_id(&req.snapshot_id) {
+                return none();
+            }
+            filter.ids = vec![req.snapshot_id.clone()];
+        }
+        if !req.source_volume_id.is_empty() {
+            match VolumeId::parse(&req.source_volume_id) {
+                Ok(VolumeId::Disk { disk_id }) => filter.disk_id = Some(disk_id),
+                _ => return none(),
+            }
+        }
+        let mut all = self.0.cloud()?.describe_snapshots(&filter).await.map_err(cloud_status)?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let (page, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
+        let entries = page.iter().map(|s| csi::list_snapshots_response::Entry { snapshot: Some(snapshot_to_csi(s)) }).collect();
+        Ok(Response::new(csi::ListSnapshotsResponse { entries, next_token }))
     }
 
-    async fn controller_get_volume(&self, _: Request<csi::ControllerGetVolumeRequest>) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        Err(Status::unimplemented("GET_VOLUME is not advertised"))
+    async fn controller_get_volume(&self, request: Request<csi::ControllerGetVolumeRequest>) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        let req = request.into_inner();
+        required(&req.volume_id, "volume_id")?;
+        let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+        let VolumeId::Disk { disk_id } = &id else {
+            return Err(Status::invalid_argument(format!("{id} is a {} volume; ControllerGetVolume serves disks (the node reports a directory volume's condition)", id.kind().as_str())));
+        };
+        let d = self.find_disk(disk_id).await?.ok_or_else(|| Status::not_found(format!("disk {disk_id} does not exist")))?;
+        let (published_node_ids, volume_condition) = disk_status(&d);
+        let status = csi::controller_get_volume_response::VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) };
+        Ok(Response::new(csi::ControllerGetVolumeResponse { volume: Some(disk_volume(&d)), status: Some(status) }))
     }
 
-    async fn controller_modify_volume(&self, _: Request<csi::ControllerModifyVolumeRequest>) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(Status::unimplemented("MODIFY_VOLUME is not advertised"))
+    async fn controller_modify_volume(&self, request: Request<csi::ControllerModifyVolumeRequest>) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        let req = request.into_inner();
+        required(&req.volume_id, "volume_id")?;
+        let level = check_mutable_parameters(&req.mutable_parameters)?;
+        let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
+        let VolumeId::Disk { disk_id } = &id else {
+            return Err(Status::invalid_argument(format!("{id} is a {} volume; only a disk's performance level can be modified", id.kind().as_str())));
+        };
+        let _lock = self.0.lock("volume", &req.volume_id)?;
+        let d = self.find_disk(disk_id).await?.ok_or_else(|| Status::not_found(format!("disk {disk_id} does not exist")))?;
+        let Some(level) = level else { return Ok(Response::new(csi::ControllerModifyVolumeResponse {})) };
+        if d.performance_level == level {
+            return Ok(Response::new(csi::ControllerModifyVolumeResponse {}));
+        }
+        if d.category != "cloud_essd" {
+            return Err(Status::invalid_argument(format!("disk {disk_id} is {}; only cloud_essd disks have performance levels", d.category)));
+        }
+        let (min, _) = disk_size_limits(&d.category, Some(level.as_str()));
+        if (d.size_gib as i64) < min {
+            return Err(Status::out_of_range(format!("disk {disk_id} has {} GiB; {level} needs at least {min} GiB: expand it first", d.size_gib)));
+        }
+        self.0.cloud()?.modify_disk_performance_level(disk_id, &level).await.map_err(cloud_status)?;
+        tracing::info!(disk = %disk_id, from = %d.performance_level, to = %level, "disk performance level modified");
+        Ok(Response::new(csi::ControllerModifyVolumeResponse {}))
     }
+}
+
+/// ControllerModifyVolume's parameters: `performanceLevel` (PL0..PL3) only.
+pub fn check_mutable_parameters(params: &HashMap<String, String>) -> Result<Option<String>, Status> {
+    let mut level = None;
+    for (k, v) in params {
+        match (k.as_str(), v.as_str()) {
+            ("performanceLevel", l @ ("PL0" | "PL1" | "PL2" | "PL3")) => level = Some(l.to_string()),
+            ("performanceLevel", l) => return Err(Status::invalid_argument(format!("mutable parameter performanceLevel={l:?}: one of PL0, PL1, PL2, PL3"))),
+            (k, _) => return Err(Status::invalid_argument(format!("mutable parameter {k:?} is unknown; the one that can change is performanceLevel"))),
+        }
+    }
+    Ok(level)
+}
+
+fn disk_volume(d: &Disk) -> csi::Volume {
+    csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: None, accessible_topology: vec![topology(&d.zone_id)] }
+}
+
+/// Where a disk is published and whether the cloud reports it healthy.
+fn disk_status(d: &Disk) -> (Vec<String>, csi::VolumeCondition) {
+    let nodes = match d.status {
+        DiskStatus::InUse | DiskStatus::Attaching | DiskStatus::Detaching => d.instance_id.iter().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let condition = match d.status {
+        DiskStatus::Unknown | DiskStatus::ReIniting => csi::VolumeCondition { abnormal: true, message: format!("the cloud reports disk {} as {}", d.id, d.status.as_str()) },
+        s => csi::VolumeCondition { abnormal: false, message: format!("disk {} is {}", d.id, s.as_str()) },
+    };
+    (nodes, condition)
 }
 
 #[cfg(test)]
@@ -461,6 +826,26 @@ mod tests {
         assert_eq!(cloud_status(api(code::INVALID_PARAMETER, 400)).code(), tonic::Code::InvalidArgument);
         assert_eq!(cloud_status(api(code::THROTTLING, 400)).code(), tonic::Code::Unavailable, "retryable: the CO retries");
         assert_eq!(cloud_status(api(code::INTERNAL_ERROR, 500)).code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn pages_follow_their_tokens_and_refuse_strangers() {
+        let items: Vec<u32> = (0..5).collect();
+        assert_eq!(csi_page(&items, 0, "").unwrap(), (items.clone(), String::new()));
+        assert_eq!(csi_page(&items, 2, "").unwrap(), (vec![0, 1], "2".into()));
+        assert_eq!(csi_page(&items, 2, "4").unwrap(), (vec![4], String::new()));
+        assert_eq!(csi_page(&items, 2, "9").unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(csi_page(&items, 2, "x").unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(csi_page(&items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn only_the_performance_level_is_mutable() {
+        let p = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(check_mutable_parameters(&p("performanceLevel", "PL1")).unwrap().as_deref(), Some("PL1"));
+        assert_eq!(check_mutable_parameters(&HashMap::new()).unwrap(), None);
+        assert!(check_mutable_parameters(&p("performanceLevel", "PL7")).is_err());
+        assert!(check_mutable_parameters(&p("category", "cloud_ssd")).is_err());
     }
 
     #[test]

@@ -190,6 +190,17 @@ pub fn client_token(name: &str, generation: &str) -> String {
     format!("berth-{}", hex(&digest[..16]))
 }
 
+/// The cloud's SnapshotName for a CSI snapshot name: a letter first and only the characters the
+/// cloud takes, with a hash so two names never share one.
+pub fn snapshot_name(name: &str) -> String {
+    format!("csi-{}", dir_name(name))
+}
+
+/// Whether `id` has the form of a cloud snapshot ID (`s-…`); anything else names no snapshot of ours.
+pub fn is_snapshot_id(id: &str) -> bool {
+    id.starts_with("s-") && id.len() > 2 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Disk size limits (GiB) per category and level, shared with the scheduler's API edge.
 pub use berth_cloud::disk::size_limits_gib as disk_size_limits;
 
@@ -311,6 +322,15 @@ mod tests {
         assert!(client_token("x", "").len() <= 64);
         assert_ne!(dir_name("a/b"), dir_name("a_b"));
         assert!(dir_name("pvc 1").starts_with("pvc_1-"));
+    }
+
+    #[test]
+    fn snapshot_names_are_ones_the_cloud_takes() {
+        let n = snapshot_name("snapshot-1/ü");
+        assert!(n.starts_with("csi-snapshot-1_"), "{n}");
+        assert!(n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+        assert_ne!(snapshot_name("a/b"), snapshot_name("a_b"));
+        assert!(is_snapshot_id("s-0123abc") && !is_snapshot_id("s-") && !is_snapshot_id("d-1") && !is_snapshot_id("s-a/b"));
     }
 
     #[test]

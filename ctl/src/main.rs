@@ -45,6 +45,8 @@ enum Command {
     Pools(commands::nodes::Pools),
     /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
     Inspect(commands::inspect::Inspect),
+    /// Cloud disk snapshots: create DISK [--name N], list [--disk DISK], delete SNAPSHOT.
+    Snapshot(commands::snapshot::SnapshotCmd),
     /// Show the local cloud's VPCs, vSwitches, instances and ENIs.
     Status(commands::status::Status),
     /// Put the binaries, the CNI plugin, the systemd units and example configs in place (idempotent).
@@ -67,6 +69,7 @@ async fn main() {
         Command::Install(c) => c.exec().await,
         Command::Uninstall(c) => c.exec().await,
         Command::Nodes(c) => c.exec(cli.output).await,
+        Command::Snapshot(c) => c.exec(cli.output).await,
         Command::Pools(c) => c.exec(cli.output).await,
     };
     if let Err(e) = result {

@@ -190,6 +190,8 @@ impl Engine {
             request_id: uuid::Uuid::new_v4().to_string().to_uppercase(),
             entropy: self.entropy.clone(),
             vswitch_ip_limit: faults.vswitch_ip_limit.clone().into_iter().collect(),
+            now_secs: now_secs(),
+            snapshot_quota: faults.snapshot_quota,
         }
     }
 

@@ -20,11 +20,13 @@ pub struct Faults {
     pub attach_delay_ms: u64,
     /// Caps the usable addresses of a vSwitch, to make it run out early.
     pub vswitch_ip_limit: HashMap<String, u64>,
+    /// Manual snapshots a disk may hold (the service allows 256).
+    pub snapshot_quota: u32,
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults { latency_ms: 0, throttle_rate: 0.0, fail_actions: HashMap::new(), attach_delay_ms: 200, vswitch_ip_limit: HashMap::new() }
+        Faults { latency_ms: 0, throttle_rate: 0.0, fail_actions: HashMap::new(), attach_delay_ms: 200, vswitch_ip_limit: HashMap::new(), snapshot_quota: 256 }
     }
 }
 

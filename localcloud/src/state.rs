@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_cloud::model::{Disk, Instance, NasFileSystem, NetworkInterface, SecurityGroup, VSwitch, Vpc};
+use berth_cloud::model::{Disk, Instance, NasFileSystem, NetworkInterface, SecurityGroup, Snapshot, VSwitch, Vpc};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::PlaneReport;
@@ -21,6 +21,9 @@ pub struct State {
     /// A disk is attached (and must have a block device) once its status is `InUse`.
     pub disks: BTreeMap<String, Disk>,
     pub file_systems: BTreeMap<String, NasFileSystem>,
+    /// Disk snapshots; one is a file of the volume plane once it exists here.
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, Snapshot>,
     /// Idempotency: `Action/ClientToken` to the ID of the resource that request created.
     pub client_tokens: BTreeMap<String, String>,
     /// Source of unique resource IDs and MAC addresses; only grows.

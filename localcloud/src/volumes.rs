@@ -1,6 +1,8 @@
 //! The volume plane: a disk is a sparse file `<state>/disks/<disk-id>.img`, attached as a loop
 //! device with the link a VM shows for a virtio disk, `/dev/disk/by-id/virtio-<serial>`; a NAS file
-//! system is an exported directory `<state>/nas/<fs-id>/`.
+//! system is an exported directory `<state>/nas/<fs-id>/`. A snapshot is a sparse copy of its
+//! disk's file, `<state>/snapshots/<snapshot-id>.img`, taken when the snapshot is created (so it
+//! holds the data of that moment); a disk created from a snapshot starts as a sparse copy of it.
 //!
 //! A node verifies a device is the disk it expects by the link's serial and by the loop device's
 //! backing file (`/sys/block/loopN/loop/backing_file` names `<disk-id>.img`).
@@ -19,13 +21,15 @@ const GIB: u64 = 1 << 30;
 pub struct VolumePlane {
     disks_dir: PathBuf,
     nas_dir: PathBuf,
+    snapshots_dir: PathBuf,
 }
 
 /// What the plane must do to make the machine match the state. Pure: computed from the state and
 /// what was observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeOp {
-    CreateFile { disk_id: String, size: u64 },
+    /// A new disk's file: blank, or a copy of a snapshot's.
+    CreateFile { disk_id: String, size: u64, from_snapshot: Option<String> },
     GrowFile { disk_id: String, size: u64 },
     Attach { disk_id: String, serial: String },
     RefreshCapacity { device: String },
@@ -33,6 +37,9 @@ pub enum VolumeOp {
     DeleteFile { disk_id: String },
     CreateExport { fs_id: String },
     DeleteExport { fs_id: String },
+    /// A new snapshot's file: a copy of its disk's file as it is now.
+    TakeSnapshot { snapshot_id: String, disk_id: String },
+    DeleteSnapshotFile { snapshot_id: String },
 }
 
 /// The machine as observed: disk files (ID → size), attached loop devices (disk ID → device),
@@ -42,14 +49,21 @@ pub struct Observed {
     pub files: BTreeMap<String, u64>,
     pub loops: BTreeMap<String, String>,
     pub exports: BTreeSet<String>,
+    pub snapshots: BTreeSet<String>,
 }
 
 pub fn plan(state: &State, seen: &Observed) -> Vec<VolumeOp> {
     let mut ops = Vec::new();
+    // Snapshots first: a snapshot holds its disk's data as it was before anything below runs.
+    for s in state.snapshots.values() {
+        if !seen.snapshots.contains(&s.id) && seen.files.contains_key(&s.source_disk_id) {
+            ops.push(VolumeOp::TakeSnapshot { snapshot_id: s.id.clone(), disk_id: s.source_disk_id.clone() });
+        }
+    }
     for d in state.disks.values() {
         let size = d.size_gib * GIB;
         match seen.files.get(&d.id) {
-            None => ops.push(VolumeOp::CreateFile { disk_id: d.id.clone(), size }),
+            None => ops.push(VolumeOp::CreateFile { disk_id: d.id.clone(), size, from_snapshot: d.source_snapshot_id.clone() }),
             Some(have) if *have < size => {
                 ops.push(VolumeOp::GrowFile { disk_id: d.id.clone(), size });
                 if let Some(dev) = seen.loops.get(&d.id) {
@@ -72,6 +86,11 @@ pub fn plan(state: &State, seen: &Observed) -> Vec<VolumeOp> {
     }
     for id in seen.files.keys().filter(|id| !state.disks.contains_key(*id)) {
         ops.push(VolumeOp::DeleteFile { disk_id: id.clone() });
+    }
+    // A snapshot's file stays while a disk made from it has no file yet.
+    let still_needed = |id: &String| state.disks.values().any(|d| d.source_snapshot_id.as_ref() == Some(id) && !seen.files.contains_key(&d.id));
+    for id in seen.snapshots.iter().filter(|id| !state.snapshots.contains_key(*id) && !still_needed(id)) {
+        ops.push(VolumeOp::DeleteSnapshotFile { snapshot_id: id.clone() });
     }
     for id in state.file_systems.keys().filter(|id| !seen.exports.contains(*id)) {
         ops.push(VolumeOp::CreateExport { fs_id: id.clone() });
@@ -97,7 +116,11 @@ fn run(cmd: &mut Command) -> Result<String, PlaneError> {
 
 impl VolumePlane {
     pub fn new(state_dir: &Path) -> VolumePlane {
-        VolumePlane { disks_dir: state_dir.join("disks"), nas_dir: state_dir.join("nas") }
+        VolumePlane { disks_dir: state_dir.join("disks"), nas_dir: state_dir.join("nas"), snapshots_dir: state_dir.join("snapshots") }
+    }
+
+    pub fn snapshot_file(&self, snapshot_id: &str) -> PathBuf {
+        self.snapshots_dir.join(format!("{snapshot_id}.img"))
     }
 
     pub fn disk_file(&self, disk_id: &str) -> PathBuf {
@@ -144,6 +167,11 @@ impl VolumePlane {
                 seen.exports.insert(entry.file_name().to_string_lossy().into_owned());
             }
         }
+        for entry in std::fs::read_dir(&self.snapshots_dir).map_err(|e| fail(self.snapshots_dir.display().to_string(), e))?.flatten() {
+            if let Some(id) = entry.file_name().to_string_lossy().strip_suffix(".img") {
+                seen.snapshots.insert(id.to_string());
+            }
+        }
         Ok(seen)
     }
 
@@ -153,7 +181,19 @@ impl VolumePlane {
 
     fn apply(&self, op: &VolumeOp) -> Result<(), PlaneError> {
         match op {
-            VolumeOp::CreateFile { disk_id, size } | VolumeOp::GrowFile { disk_id, size } => {
+            VolumeOp::CreateFile { disk_id, size, from_snapshot: Some(snapshot_id) } => {
+                let path = self.disk_file(disk_id);
+                copy_sparse(&self.snapshot_file(snapshot_id), &path, Some(*size)).map_err(|e| fail(format!("restoring {snapshot_id} to {}", path.display()), e))
+            }
+            VolumeOp::TakeSnapshot { snapshot_id, disk_id } => {
+                let path = self.snapshot_file(snapshot_id);
+                copy_sparse(&self.disk_file(disk_id), &path, None).map_err(|e| fail(format!("snapshot of {disk_id} to {}", path.display()), e))
+            }
+            VolumeOp::DeleteSnapshotFile { snapshot_id } => {
+                let path = self.snapshot_file(snapshot_id);
+                std::fs::remove_file(&path).or_else(ignore_missing).map_err(|e| fail(path.display().to_string(), e))
+            }
+            VolumeOp::CreateFile { disk_id, size, from_snapshot: None } | VolumeOp::GrowFile { disk_id, size } => {
                 let path = self.disk_file(disk_id);
                 let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| fail(path.display().to_string(), e))?;
                 // set_len leaves a hole: the file takes no space until written.
@@ -197,13 +237,46 @@ impl VolumePlane {
     }
 }
 
+/// Copies `from` to `to` (through a temporary file, so `to` is whole or absent) copying only the
+/// data extents: holes stay holes, so a 20 GiB file holding 1 GiB copies 1 GiB. With `len`, the copy
+/// is then extended to that length.
+pub fn copy_sparse(from: &Path, to: &Path, len: Option<u64>) -> std::io::Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+
+    use nix::unistd::{Whence, lseek};
+    let src = std::fs::File::open(from)?;
+    let src_len = src.metadata()?.len();
+    let tmp = to.with_extension("part");
+    let dst = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
+    dst.set_len(src_len)?;
+    let mut offset: i64 = 0;
+    while (offset as u64) < src_len {
+        let start = match lseek(&src, offset, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(&src, start, Whence::SeekHole)?;
+        // std copies File to File with copy_file_range: in the kernel, no user-space buffer.
+        (&src).seek(SeekFrom::Start(start as u64))?;
+        (&dst).seek(SeekFrom::Start(start as u64))?;
+        std::io::copy(&mut (&src).take((end - start) as u64), &mut &dst)?;
+        offset = end;
+    }
+    if let Some(len) = len.filter(|l| *l > src_len) {
+        dst.set_len(len)?;
+    }
+    dst.sync_all()?;
+    std::fs::rename(&tmp, to)
+}
+
 fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
     if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
 }
 
 impl Plane for VolumePlane {
     fn converge(&self, state: &State) -> Result<(), PlaneError> {
-        for dir in [&self.disks_dir, &self.nas_dir] {
+        for dir in [&self.disks_dir, &self.nas_dir, &self.snapshots_dir] {
             std::fs::create_dir_all(dir).map_err(|e| fail(dir.display().to_string(), e))?;
         }
         let seen = self.observe()?;
@@ -250,6 +323,7 @@ mod tests {
             serial: id.trim_start_matches("d-").into(),
             device: None,
             system: false,
+            source_snapshot_id: None,
         }
     }
 
@@ -271,7 +345,7 @@ mod tests {
         });
         let ops = plan(&state, &seen);
         assert_eq!(ops, vec![
-            VolumeOp::CreateFile { disk_id: "d-a".into(), size: GIB },
+            VolumeOp::CreateFile { disk_id: "d-a".into(), size: GIB, from_snapshot: None },
             VolumeOp::Attach { disk_id: "d-a".into(), serial: "a".into() },
             VolumeOp::Detach { device: "/dev/loop7".into(), serial: Some("b".into()) },
             VolumeOp::GrowFile { disk_id: "d-c".into(), size: 3 * GIB },
@@ -280,6 +354,55 @@ mod tests {
             VolumeOp::CreateExport { fs_id: "fs1".into() },
             VolumeOp::DeleteExport { fs_id: "old".into() },
         ]);
+    }
+
+    #[test]
+    fn snapshots_are_taken_before_anything_changes_and_kept_while_a_restore_needs_them() {
+        let snap = |id: &str, disk: &str| berth_cloud::model::Snapshot {
+            id: id.into(), name: String::new(), source_disk_id: disk.into(), source_disk_size_gib: 1,
+            status: berth_cloud::model::SnapshotStatus::Progressing, progress_percent: 0, creation_time: String::new(),
+        };
+        let mut state = State::default();
+        state.disks.insert("d-a".into(), disk("d-a", DiskStatus::Available, 1));
+        state.snapshots.insert("s-1".into(), snap("s-1", "d-a"));
+        let mut restored = disk("d-r", DiskStatus::Available, 4);
+        restored.source_snapshot_id = Some("s-gone".into());
+        state.disks.insert("d-r".into(), restored);
+        let mut seen = Observed::default();
+        seen.files.insert("d-a".into(), GIB);
+        seen.snapshots.insert("s-gone".into());
+        seen.snapshots.insert("s-old".into());
+        assert_eq!(plan(&state, &seen), vec![
+            VolumeOp::TakeSnapshot { snapshot_id: "s-1".into(), disk_id: "d-a".into() },
+            VolumeOp::CreateFile { disk_id: "d-r".into(), size: 4 * GIB, from_snapshot: Some("s-gone".into()) },
+            VolumeOp::DeleteSnapshotFile { snapshot_id: "s-old".into() },
+        ]);
+        seen.files.insert("d-r".into(), 4 * GIB);
+        seen.snapshots.insert("s-1".into());
+        assert_eq!(plan(&state, &seen), vec![VolumeOp::DeleteSnapshotFile { snapshot_id: "s-gone".into() }, VolumeOp::DeleteSnapshotFile { snapshot_id: "s-old".into() }]);
+    }
+
+    #[test]
+    fn a_sparse_copy_keeps_data_and_holes() {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        let mut f = std::fs::File::create(&a).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(32 << 20)).unwrap();
+        f.write_all(b"middle").unwrap();
+        f.seek(SeekFrom::Start((64 << 20) - 3)).unwrap();
+        f.write_all(b"end").unwrap();
+        drop(f);
+        copy_sparse(&a, &b, Some(128 << 20)).unwrap();
+        let bytes = std::fs::read(&b).unwrap();
+        assert_eq!(bytes.len(), 128 << 20);
+        assert_eq!(&bytes[32 << 20..(32 << 20) + 6], b"middle");
+        assert_eq!(&bytes[(64 << 20) - 3..64 << 20], b"end");
+        assert!(bytes[..32 << 20].iter().all(|b| *b == 0));
+        assert!(std::fs::metadata(&b).unwrap().blocks() * 512 < 1 << 20, "the holes were not written");
+        assert!(!b.with_extension("part").exists());
     }
 
     #[test]

@@ -313,6 +313,9 @@ fn volumes(volumes: &[pb::VolumeSpec]) -> Result<(), InvalidSpec> {
         if kind == pb::VolumeKind::Disk && !existing {
             disk_volume(v, size, &param)?;
         }
+        if let Some(id) = v.parameters.get("snapshotId") {
+            check(cloud_id(id, "s-"), &param("snapshotId"), id, Rule::CloudId { what: "snapshot", prefix: "s-" })?;
+        }
     }
     Ok(())
 }

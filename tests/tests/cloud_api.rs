@@ -202,7 +202,7 @@ async fn every_resource_survives_a_kill_and_restart() {
     let eni = attached_eni(&cloud, &net, &a).await;
     cloud.assign_private_ips(&eni, &Addresses::Count(2), None).await.unwrap();
     let disk = cloud
-        .create_disk(&berth_cloud::api::CreateDiskRequest { zone_id: "local-1a".into(), name: "data".into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 20, client_token: None })
+        .create_disk(&berth_cloud::api::CreateDiskRequest { zone_id: "local-1a".into(), name: "data".into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 20, snapshot_id: None, client_token: None })
         .await
         .unwrap();
 

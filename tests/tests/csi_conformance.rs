@@ -56,7 +56,7 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_eq!(caps.len(), 3, "controller service, accessibility constraints, online expansion: {caps:?}");
     assert_eq!(identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
     let ctl_caps = ctl.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
-    assert_eq!(ctl_caps.len(), 3, "create/delete, publish/unpublish, expand: {ctl_caps:?}");
+    assert_eq!(ctl_caps.len(), 11, "create/delete, publish/unpublish, expand, snapshots, list snapshots, clone, list volumes and their nodes, get volume, condition, modify: {ctl_caps:?}");
     let node_caps = ns.node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
     assert_eq!(node_caps.len(), 4, "stage, stats, expand, condition: {node_caps:?}");
     let ni = ns.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap().into_inner();
@@ -293,4 +293,221 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     // ... and the cloud.
     cluster.lc.kill();
     assert_eq!(code(identity.probe(csi::ProbeRequest {}).await), Code::FailedPrecondition, "not ready without the cloud");
+}
+
+/// Publishes, stages and mounts `volume` at `target` on the test's node; returns the publish context.
+async fn mount_volume(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, cap: &csi::VolumeCapability, staging: &Path, target: &Path) {
+    let ctx = ctl
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), volume_capability: Some(cap.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    let stage = csi::NodeStageVolumeRequest { volume_id: volume.into(), publish_context: ctx.clone(), staging_target_path: staging.display().to_string(), volume_capability: Some(cap.clone()), ..Default::default() };
+    ns.node_stage_volume(stage).await.unwrap();
+    let publish = csi::NodePublishVolumeRequest {
+        volume_id: volume.into(),
+        publish_context: ctx,
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    ns.node_publish_volume(publish).await.unwrap();
+}
+
+async fn unmount_volume(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, staging: &Path, target: &Path) {
+    ns.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: volume.into(), target_path: target.display().to_string() }).await.unwrap();
+    ns.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: volume.into(), staging_target_path: staging.display().to_string() }).await.unwrap();
+    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), ..Default::default() }).await.unwrap();
+}
+
+type Ctl = csi::controller_client::ControllerClient<tonic::transport::Channel>;
+type Ns = csi::node_client::NodeClient<tonic::transport::Channel>;
+
+fn write_synced(path: &Path, data: &[u8]) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+    std::fs::File::open(path.parent().unwrap()).unwrap().sync_all().unwrap();
+}
+
+async fn wait_ready(ctl: &mut Ctl, snapshot_id: &str) -> csi::Snapshot {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list = ctl.list_snapshots(csi::ListSnapshotsRequest { snapshot_id: snapshot_id.into(), ..Default::default() }).await.unwrap().into_inner();
+        let snap = list.entries[0].snapshot.clone().unwrap();
+        if snap.ready_to_use {
+            return snap;
+        }
+        assert!(std::time::Instant::now() < deadline, "snapshot {snapshot_id} never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loop devices, mounts, namespaces)");
+        return;
+    }
+    let cluster = CsiCluster::start(1, "10.75.0.0/16", "10.75.1.0/24").await;
+    let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().unwrap();
+    let _mounts = MountGuard(pods.path().to_path_buf());
+    let node = &cluster.nodes[0];
+    let me = node.instance_id.clone();
+    let (mut ctl, mut ns) = (node.driver.controller().await, node.driver.node().await);
+    let rw = mount_cap("ext4", Mode::SingleNodeWriter);
+    let at = |p: &str| pods.path().join(p);
+
+    // Write, snapshot, write more.
+    let src = ctl.create_volume(create("pvc-src", 2, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    mount_volume(&mut ctl, &mut ns, &me, &src.volume_id, &rw, &at("st/src"), &at("pod-a/src")).await;
+    write_synced(&at("pod-a/src/before.txt"), b"written before the snapshot\n");
+    let snap_req = |name: &str, source: &str| csi::CreateSnapshotRequest { name: name.into(), source_volume_id: source.into(), ..Default::default() };
+    assert_eq!(code(ctl.create_snapshot(snap_req("", &src.volume_id)).await), Code::InvalidArgument, "no name");
+    assert_eq!(code(ctl.create_snapshot(snap_req("snap-x", "")).await), Code::InvalidArgument, "no source");
+    assert_eq!(code(ctl.create_snapshot(snap_req("snap-x", "d-nosuchdisk")).await), Code::NotFound);
+    let snap = ctl.create_snapshot(snap_req("snap-1", &src.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    assert!(snap.snapshot_id.starts_with("s-") && snap.source_volume_id == src.volume_id && snap.size_bytes == 2 * GIB, "{snap:?}");
+    assert!(snap.creation_time.is_some_and(|t| t.seconds > 1_700_000_000));
+    write_synced(&at("pod-a/src/after.txt"), b"written after the snapshot\n");
+    write_synced(&at("pod-a/src/before.txt"), b"changed after the snapshot\n");
+    let again = ctl.create_snapshot(snap_req("snap-1", &src.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    assert_eq!(again.snapshot_id, snap.snapshot_id, "CreateSnapshot is idempotent by name");
+    let other = ctl.create_volume(create("pvc-other", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(code(ctl.create_snapshot(snap_req("snap-1", &other.volume_id)).await), Code::AlreadyExists, "the name is taken by a snapshot of another volume");
+    let ready = wait_ready(&mut ctl, &snap.snapshot_id).await;
+    assert_eq!(ready.snapshot_id, snap.snapshot_id);
+
+    // Listing: by ID, by source, pages, and IDs that name nothing.
+    let snap2 = ctl.create_snapshot(snap_req("snap-2", &src.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    let snap3 = ctl.create_snapshot(snap_req("snap-3", &other.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    let list = |max: i32, token: &str, source: &str, id: &str| csi::ListSnapshotsRequest { max_entries: max, starting_token: token.into(), source_volume_id: source.into(), snapshot_id: id.into(), ..Default::default() };
+    let by_src = ctl.list_snapshots(list(0, "", &src.volume_id, "")).await.unwrap().into_inner();
+    let mut ids: Vec<String> = by_src.entries.iter().map(|e| e.snapshot.clone().unwrap().snapshot_id).collect();
+    ids.sort();
+    let mut want = vec![snap.snapshot_id.clone(), snap2.snapshot_id.clone()];
+    want.sort();
+    assert_eq!(ids, want, "by source volume");
+    let p1 = ctl.list_snapshots(list(2, "", "", "")).await.unwrap().into_inner();
+    assert_eq!(p1.entries.len(), 2);
+    assert!(!p1.next_token.is_empty());
+    let p2 = ctl.list_snapshots(list(2, &p1.next_token, "", "")).await.unwrap().into_inner();
+    assert_eq!(p2.entries.len(), 1);
+    assert!(p2.next_token.is_empty());
+    let all: std::collections::BTreeSet<String> = p1.entries.iter().chain(&p2.entries).map(|e| e.snapshot.clone().unwrap().snapshot_id).collect();
+    assert!(all.contains(&snap3.snapshot_id) && all.len() == 3, "{all:?}");
+    assert_eq!(code(ctl.list_snapshots(list(2, "not-a-token", "", "")).await), Code::Aborted);
+    assert_eq!(code(ctl.list_snapshots(list(-1, "", "", "")).await), Code::InvalidArgument);
+    assert!(ctl.list_snapshots(list(0, "", "", "s-nosuchsnapshot")).await.unwrap().into_inner().entries.is_empty());
+    assert!(ctl.list_snapshots(list(0, "", "", "not-ours")).await.unwrap().into_inner().entries.is_empty());
+
+    // Restore into a new volume (smaller asked: raised to the source's size) seen by a new pod:
+    // exactly the data of the snapshot's moment.
+    let mut restore = create("pvc-restored", 1, &[], rw.clone());
+    restore.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource { snapshot_id: snap.snapshot_id.clone() })) });
+    let restored = ctl.create_volume(restore.clone()).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(restored.capacity_bytes, 2 * GIB, "at least the snapshot's size");
+    assert!(restored.content_source.is_some());
+    assert_eq!(ctl.create_volume(restore.clone()).await.unwrap().into_inner().volume.unwrap().volume_id, restored.volume_id, "idempotent");
+    let mut from_missing = restore.clone();
+    from_missing.name = "pvc-from-missing".into();
+    from_missing.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource { snapshot_id: "s-nosuchsnapshot".into() })) });
+    assert_eq!(code(ctl.create_volume(from_missing).await), Code::NotFound);
+    mount_volume(&mut ctl, &mut ns, &me, &restored.volume_id, &rw, &at("st/restored"), &at("pod-b/restored")).await;
+    assert_eq!(std::fs::read(at("pod-b/restored/before.txt")).unwrap(), b"written before the snapshot\n");
+    assert!(!at("pod-b/restored/after.txt").exists(), "what was written after the snapshot is not in it");
+    unmount_volume(&mut ctl, &mut ns, &me, &restored.volume_id, &at("st/restored"), &at("pod-b/restored")).await;
+
+    // Clone: the source's data now, in the source's zone; a requisite zone elsewhere is refused.
+    let clone_source = csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource { volume_id: src.volume_id.clone() })) };
+    let mut clone_req = create("pvc-clone", 2, &[], rw.clone());
+    clone_req.volume_content_source = Some(clone_source.clone());
+    let mut elsewhere = clone_req.clone();
+    elsewhere.name = "pvc-clone-elsewhere".into();
+    let zone_b = csi::Topology { segments: HashMap::from([("topology.berth.io/zone".to_string(), "local-1b".to_string())]) };
+    elsewhere.accessibility_requirements = Some(csi::TopologyRequirement { requisite: vec![zone_b.clone()], preferred: vec![zone_b] });
+    assert_eq!(code(ctl.create_volume(elsewhere).await), Code::InvalidArgument, "a clone stays in its source's zone");
+    let clone = ctl.create_volume(clone_req).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(clone.accessible_topology[0].segments["topology.berth.io/zone"], "local-1a");
+    mount_volume(&mut ctl, &mut ns, &me, &clone.volume_id, &rw, &at("st/clone"), &at("pod-c/clone")).await;
+    assert_eq!(std::fs::read(at("pod-c/clone/after.txt")).unwrap(), b"written after the snapshot\n");
+    assert_eq!(std::fs::read(at("pod-c/clone/before.txt")).unwrap(), b"changed after the snapshot\n");
+    unmount_volume(&mut ctl, &mut ns, &me, &clone.volume_id, &at("st/clone"), &at("pod-c/clone")).await;
+    let left: Vec<_> = ctl.list_snapshots(list(0, "", &src.volume_id, "")).await.unwrap().into_inner().entries;
+    assert_eq!(left.len(), 2, "the snapshot taken for the clone is gone: {left:?}");
+
+    // A snapshot being restored from is not deleted under the restore: DeleteSnapshot is ABORTED
+    // and succeeds once the restore is done; the restored volume keeps its data.
+    cluster.lc.set_faults(serde_json::json!({ "latency_ms": 400 })).await;
+    let mut slow = restore.clone();
+    slow.name = "pvc-restored-slow".into();
+    let (mut c1, mut c2) = (ctl.clone(), ctl.clone());
+    let (made, deleted) = tokio::join!(c1.create_volume(slow), async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        c2.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() }).await
+    });
+    cluster.lc.set_faults(serde_json::json!({ "latency_ms": 0 })).await;
+    let slow = made.unwrap().into_inner().volume.unwrap();
+    assert_eq!(code(deleted), Code::Aborted, "the restore in flight holds its snapshot");
+    for id in [&snap.snapshot_id, &snap.snapshot_id, &snap2.snapshot_id, &snap3.snapshot_id] {
+        ctl.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: id.clone(), ..Default::default() }).await.unwrap();
+    }
+    ctl.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: "s-nosuchsnapshot".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(code(ctl.delete_snapshot(csi::DeleteSnapshotRequest::default()).await), Code::InvalidArgument);
+    assert!(ctl.list_snapshots(list(0, "", "", "")).await.unwrap().into_inner().entries.is_empty());
+    mount_volume(&mut ctl, &mut ns, &me, &slow.volume_id, &rw, &at("st/slow"), &at("pod-d/slow")).await;
+    assert_eq!(std::fs::read(at("pod-d/slow/before.txt")).unwrap(), b"written before the snapshot\n", "a restored disk outlives its snapshot");
+    unmount_volume(&mut ctl, &mut ns, &me, &slow.volume_id, &at("st/slow"), &at("pod-d/slow")).await;
+
+    // ListVolumes (pages, published nodes) and ControllerGetVolume, while the source is published.
+    let lv = |max: i32, token: &str| csi::ListVolumesRequest { max_entries: max, starting_token: token.into() };
+    let first = ctl.list_volumes(lv(2, "")).await.unwrap().into_inner();
+    let rest = ctl.list_volumes(lv(0, &first.next_token)).await.unwrap().into_inner();
+    let listed: Vec<csi::list_volumes_response::Entry> = first.entries.into_iter().chain(rest.entries).collect();
+    let mut listed_ids: Vec<String> = listed.iter().map(|e| e.volume.clone().unwrap().volume_id).collect();
+    listed_ids.sort();
+    let mut made: Vec<String> = [&src, &other, &restored, &clone, &slow].iter().map(|v| v.volume_id.clone()).collect();
+    made.sort();
+    assert_eq!(listed_ids, made, "every disk, once");
+    let src_entry = listed.iter().find(|e| e.volume.as_ref().unwrap().volume_id == src.volume_id).unwrap();
+    assert_eq!(src_entry.status.as_ref().unwrap().published_node_ids, vec![me.clone()]);
+    assert!(listed.iter().find(|e| e.volume.as_ref().unwrap().volume_id == other.volume_id).unwrap().status.as_ref().unwrap().published_node_ids.is_empty());
+    assert_eq!(code(ctl.list_volumes(lv(1, "junk")).await), Code::Aborted);
+    let got = ctl.controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: src.volume_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(got.volume.unwrap().capacity_bytes, 2 * GIB);
+    let status = got.status.unwrap();
+    assert_eq!(status.published_node_ids, vec![me.clone()]);
+    assert!(!status.volume_condition.unwrap().abnormal);
+    assert_eq!(code(ctl.controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: "d-nosuchdisk".into() }).await), Code::NotFound);
+    unmount_volume(&mut ctl, &mut ns, &me, &src.volume_id, &at("st/src"), &at("pod-a/src")).await;
+
+    // ControllerModifyVolume: the performance level of an ESSD, through the cloud.
+    let modify = |id: &str, k: &str, v: &str| csi::ControllerModifyVolumeRequest { volume_id: id.into(), mutable_parameters: HashMap::from([(k.to_string(), v.to_string())]), ..Default::default() };
+    assert_eq!(code(ctl.controller_modify_volume(modify(&src.volume_id, "performanceLevel", "PL9")).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_modify_volume(modify(&src.volume_id, "category", "cloud_ssd")).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.controller_modify_volume(modify("d-nosuchdisk", "performanceLevel", "PL0")).await), Code::NotFound);
+    assert_eq!(code(ctl.controller_modify_volume(modify(&src.volume_id, "performanceLevel", "PL1")).await), Code::OutOfRange, "PL1 needs 20 GiB");
+    let big = ctl.create_volume(create("pvc-big", 20, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    ctl.controller_modify_volume(modify(&big.volume_id, "performanceLevel", "PL1")).await.unwrap();
+    ctl.controller_modify_volume(modify(&big.volume_id, "performanceLevel", "PL1")).await.unwrap();
+    let disks = berth_cloud::Cloud::describe_disks(&cluster.cloud, &berth_cloud::api::DiskFilter { ids: vec![big.volume_id.clone()], ..Default::default() }).await.unwrap();
+    assert_eq!(disks[0].performance_level, "PL1", "the cloud's disk changed level");
+
+    // NAS: a name taken with another capacity is ALREADY_EXISTS; publishing to a node that does
+    // not exist is NOT_FOUND, as for disks.
+    let fs = cluster.nas().await;
+    let shared = mount_cap("", Mode::MultiNodeMultiWriter);
+    let nas = |gib| create("pvc-nas", gib, &[("type", "nas"), ("fileSystemId", fs.as_str())], shared.clone());
+    let v = ctl.create_volume(nas(1)).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(ctl.create_volume(nas(1)).await.unwrap().into_inner().volume.unwrap().volume_id, v.volume_id);
+    assert_eq!(code(ctl.create_volume(nas(2)).await), Code::AlreadyExists);
+    let publish = |node: &str| csi::ControllerPublishVolumeRequest { volume_id: v.volume_id.clone(), node_id: node.into(), volume_capability: Some(shared.clone()), ..Default::default() };
+    assert_eq!(code(ctl.controller_publish_volume(publish("i-nosuchnode")).await), Code::NotFound);
+    ctl.controller_publish_volume(publish(&me)).await.unwrap();
+    ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(code(ctl.controller_publish_volume(publish(&me)).await), Code::NotFound, "a deleted NAS volume");
+    ctl.create_volume(nas(2)).await.expect("the name is free again once deleted");
 }

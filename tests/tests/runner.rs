@@ -263,7 +263,7 @@ async fn a_killed_agent_adopts_its_running_pod_on_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_whose_volume_cannot_be_made_fails_naming_it_and_leaves_nothing() {
+async fn a_pod_whose_volume_cannot_be_set_up_waits_with_its_reason_and_starts_once_the_cause_is_gone() {
     if !is_root() {
         eprintln!("skipped: needs root (namespaces, loop devices, mounts)");
         return;
@@ -272,29 +272,31 @@ async fn a_pod_whose_volume_cannot_be_made_fails_naming_it_and_leaves_nothing() 
     let mut client = n.client().await;
     let (fs_id, export) = n.nas().await;
     let allocations = n.allocations().await;
-    // The NAS volume is made first, then the second one is refused (its file system does not exist,
-    // which only the cloud knows; a spec the scheduler can tell is wrong never reaches a node): the
-    // NAS volume is undone too.
+    // The NAS volume is made first, then the second one cannot be published: its directory does
+    // not exist yet. The first is undone too, and the pod waits.
+    let later = format!("nas:{fs_id}::/later");
     let spec = pod(
-        "broken",
-        vec![volume("scratch", pb::VolumeKind::Nas, "/scratch", &[("fileSystemId", &fs_id), ("ephemeral", "true")]), volume("data", pb::VolumeKind::Nas, "/data", &[("fileSystemId", "nas-missing0000")])],
-        "exec sleep 300",
+        "waits",
+        vec![volume("scratch", pb::VolumeKind::Nas, "/scratch", &[("fileSystemId", &fs_id), ("ephemeral", "true")]), volume("data", pb::VolumeKind::Nas, "/data", &[("volumeId", &later)])],
+        "echo started > data/f.txt && exec sleep 300",
     );
     client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
-    let st = wait_pod(&mut client, "broken", Duration::from_secs(60), "Failed", |s| s.phase == pb::PodPhase::Failed as i32).await;
-    for word in ["\"data\"", "CreateVolume", "nas-missing0000"] {
+    let st = wait_pod(&mut client, "waits", Duration::from_secs(60), "Pending with a reason", |s| s.phase == pb::PodPhase::Pending as i32 && !s.message.is_empty()).await;
+    for word in ["\"data\"", "ControllerPublishVolume", "does not exist", "next try at 20"] {
         assert!(st.message.contains(word), "the message names {word}: {}", st.message);
     }
     assert!(runner_netns(&n.prefix).is_empty(), "no namespace");
     assert!(mounts_under(&n.runner_dir()).is_empty(), "no mount");
-    assert!(n.attachments().await.is_empty());
     assert_eq!(n.allocations().await, allocations, "no IP taken");
     assert_eq!(std::fs::read_dir(&export).unwrap().count(), 0, "the NAS volume made for it is deleted");
-    // Failed is final: later reports keep it so, nothing is retried.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let again = wait_pod(&mut client, "broken", Duration::from_secs(5), "Failed", |s| s.phase == pb::PodPhase::Failed as i32).await;
-    assert_eq!(again.message, st.message);
-    assert_eq!(n.agent.log().matches("pod failed to start").count(), 1, "not retried");
-    delete(&mut client, "broken").await;
-    n.wait_nothing_left("the failed pod's removal left something").await;
+    // Retried with back-off (1 s, 2 s, …), each try reported.
+    eventually("a second try", Duration::from_secs(10), || n.agent.log().matches("pod failed to start").count() >= 2);
+    let again = wait_pod(&mut client, "waits", Duration::from_secs(10), "Pending, tried again", |s| s.message.contains("failed 2 time(s)")).await;
+    assert_eq!(again.phase, pb::PodPhase::Pending as i32);
+    // The cause goes: the pod starts by itself.
+    std::fs::create_dir_all(export.join("later")).unwrap();
+    wait_pod(&mut client, "waits", Duration::from_secs(30), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    eventually("the command's write", Duration::from_secs(10), || export.join("later/f.txt").exists());
+    delete(&mut client, "waits").await;
+    n.wait_nothing_left("the pod's removal left something").await;
 }

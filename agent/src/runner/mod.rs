@@ -8,9 +8,11 @@
 //! and chain works), then the pod's command inside that namespace. Removal goes in reverse: the
 //! command (SIGTERM to its process group, SIGKILL after [`STOP_GRACE`]), CNI DEL and the
 //! namespace, NodeUnpublish, NodeUnstage, ControllerUnpublish, and DeleteVolume for pod-owned
-//! volumes the spec marks `ephemeral`. A failed step undoes what was done and leaves the pod
-//! Failed with a message naming the volume and the gRPC status; it is not retried on this node
-//! (what it held is free again in the next report).
+//! volumes the spec marks `ephemeral`. A failed step undoes what was done. A volume that cannot be
+//! set up (a NAS directory not there yet, a driver down) leaves the pod pending with the reason and
+//! the time of the next try, tried again with capped exponential back-off ([`retry_delay`]) until
+//! it starts, as a kubelet does; any other failure leaves the pod Failed with a message naming the
+//! step (what it held is free again in the next report).
 //!
 //! Volumes appear to the command in its working directory: each pod has a directory of its own
 //! under `<state_dir>/runner/pods/`, the command runs there (`BERTH_POD_DIR` names it too), and
@@ -90,6 +92,12 @@ pub struct PodRunner {
     pods: Mutex<BTreeMap<String, RunningPod>>,
     /// NetworkPolicy as the scheduler last sent it, enforced in each pod's namespace.
     policy: Mutex<crate::netpol::PolicyHeld>,
+}
+
+/// What a pod waiting for its volumes reports: the reason and when it is tried next.
+pub fn waiting_message(reason: &str, attempt: u32, retry_at_ms: u64) -> String {
+    let at = berth_cloud::signing::format_timestamp(retry_at_ms / 1000);
+    format!("waiting for its volumes: {reason}; failed {attempt} time(s), next try at {at}")
 }
 
 /// `namespace/name`, the scheduler's key of a pod.
@@ -179,6 +187,32 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
 /// attempt) between tries: 1 + 2 + 3 + 4 + 5 s at most.
 const TRANSIENT_ATTEMPTS: u32 = 6;
 const TRANSIENT_BACKOFF: Duration = Duration::from_secs(1);
+/// The wait before the first new try of a pod whose volume could not be set up; it doubles with
+/// each failure up to [`VOLUME_RETRY_CAP`].
+const VOLUME_RETRY_FIRST: Duration = Duration::from_secs(1);
+const VOLUME_RETRY_CAP: Duration = Duration::from_secs(120);
+
+/// How long to wait after the `attempt`-th failed set-up of a pod's volumes (1-based).
+pub fn retry_delay(attempt: u32) -> Duration {
+    VOLUME_RETRY_FIRST.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX)).min(VOLUME_RETRY_CAP)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A volume that could not be set up: tried again later, the cause may go (a directory made, a
+/// driver back).
+#[derive(Debug)]
+struct VolumeNotReady(String);
+
+impl std::fmt::Display for VolumeNotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for VolumeNotReady {}
 
 /// A set-up failure that another try may not meet.
 #[derive(Debug)]
@@ -283,12 +317,22 @@ impl PodRunner {
             ip: String::new(),
             command: None,
         };
-        let fresh = rec.clone();
         let mut pod = RunningPod { spec, rec, child: None, stale: None, leftovers: String::new() };
+        self.start_or_wait(&mut pod, 0);
+        self.save(&pod.rec);
+        self.pods().insert(key, pod);
+    }
+
+    /// Sets the pod up from its fresh record; `failures` is how many set-ups of its volumes failed
+    /// before. It ends Running, Waiting (a volume not ready: tried again by [`Self::retry_waiting`])
+    /// or Failed.
+    fn start_or_wait(&self, pod: &mut RunningPod, failures: u32) {
+        let key = pod.rec.key.clone();
+        let fresh = pod.rec.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.start(&mut pod) {
+            match self.start(pod) {
                 Ok(()) => {
                     pod.rec.state = RecordState::Running;
                     tracing::info!(pod = %key, ip = %pod.rec.ip, "pod running");
@@ -296,13 +340,20 @@ impl PodRunner {
                 Err(e) => {
                     let mut message = format!("{e:#}");
                     tracing::warn!(pod = %key, error = %message, attempt, "pod failed to start; undoing its set-up");
-                    let left = self.teardown(&mut pod, true);
+                    let left = self.teardown(pod, true);
                     // What says "try again later" (the agent's pool growing, the metadata service
                     // restarting) is tried again, as a kubelet retries a sandbox.
                     if left.is_empty() && e.is::<Transient>() && attempt < TRANSIENT_ATTEMPTS {
                         std::thread::sleep(TRANSIENT_BACKOFF * attempt);
                         pod.rec = fresh.clone();
                         continue;
+                    }
+                    if left.is_empty() && e.is::<VolumeNotReady>() {
+                        let failures = failures + 1;
+                        let retry_at_ms = now_ms() + retry_delay(failures).as_millis() as u64;
+                        pod.rec = fresh.clone();
+                        pod.rec.state = RecordState::Waiting { message, attempt: failures, retry_at_ms };
+                        break;
                     }
                     if !left.is_empty() {
                         message.push_str(&format!("; not undone yet: {}", left.join("; ")));
@@ -313,8 +364,29 @@ impl PodRunner {
             }
             break;
         }
-        self.save(&pod.rec);
-        self.pods().insert(key, pod);
+    }
+
+    /// Sets up again every pod whose volumes wait and whose time has come. Blocking: call from a
+    /// blocking thread. Returns how many were tried.
+    pub fn retry_waiting(&self) -> usize {
+        let now = now_ms();
+        let due: Vec<String> = self.pods().iter().filter(|(_, p)| matches!(p.rec.state, RecordState::Waiting { retry_at_ms, .. } if retry_at_ms <= now)).map(|(k, _)| k.clone()).collect();
+        let mut tried = 0;
+        for key in due {
+            let Some(mut pod) = self.pods().remove(&key) else { continue };
+            let RecordState::Waiting { attempt, .. } = pod.rec.state else {
+                self.pods().insert(key, pod);
+                continue;
+            };
+            tried += 1;
+            pod.rec.state = RecordState::Starting;
+            pod.rec.volumes.clear();
+            tracing::info!(pod = %key, attempt = attempt + 1, "setting up the pod's volumes again");
+            self.start_or_wait(&mut pod, attempt);
+            self.save(&pod.rec);
+            self.pods().insert(key, pod);
+        }
+        tried
     }
 
     fn start(&self, pod: &mut RunningPod) -> anyhow::Result<()> {
@@ -336,9 +408,10 @@ impl PodRunner {
         let plans = volumes::plan(&pod.spec)?;
         if !plans.is_empty() {
             let csi = self.csi().ok_or_else(|| anyhow::anyhow!("volume {:?}: the pod has volumes and runner.csi_socket is not set", plans[0].name))?;
-            let facts = csi.driver_facts().with_context(|| format!("the CSI driver at {}", self.settings.csi_socket.as_deref().unwrap_or(Path::new("")).display()))?;
+            let not_ready = |e: anyhow::Error| anyhow::Error::new(VolumeNotReady(format!("{e:#}")));
+            let facts = csi.driver_facts().with_context(|| format!("the CSI driver at {}", self.settings.csi_socket.as_deref().unwrap_or(Path::new("")).display())).map_err(not_ready)?;
             for plan in &plans {
-                self.setup_volume(&csi, &facts, pod, plan)?;
+                self.setup_volume(&csi, &facts, pod, plan).map_err(not_ready)?;
             }
         }
 
@@ -683,6 +756,7 @@ impl PodRunner {
                     (RecordState::Removing, _) => (pb::PodPhase::Terminating, format!("removing: {}", p.leftovers)),
                     (_, Some(why)) => (pb::PodPhase::Pending, format!("left from before the agent restarted and not adopted ({why}); made again while it is bound here")),
                     (RecordState::Starting, _) => (pb::PodPhase::Pending, String::new()),
+                    (RecordState::Waiting { message, attempt, retry_at_ms }, _) => (pb::PodPhase::Pending, waiting_message(message, *attempt, *retry_at_ms)),
                     (RecordState::Running, _) => (pb::PodPhase::Running, String::new()),
                     (RecordState::Ended { succeeded: true, message }, _) => (pb::PodPhase::Succeeded, message.clone()),
                     (RecordState::Ended { message, .. }, _) | (RecordState::Failed { message }, _) => (pb::PodPhase::Failed, message.clone()),
@@ -715,6 +789,17 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn volume_retries_back_off_exponentially_and_are_capped() {
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(2), Duration::from_secs(2));
+        assert_eq!(retry_delay(5), Duration::from_secs(16));
+        assert_eq!(retry_delay(8), Duration::from_secs(120));
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(120));
+        let m = waiting_message("volume \"data\": NodePublishVolume: NotFound", 3, 1_796_644_805_000);
+        assert!(m.contains("NotFound") && m.contains("3 time(s)") && m.contains("2026-12-07T"), "{m}");
+    }
 
     #[test]
     fn cni_args_carry_the_spec() {

@@ -29,6 +29,9 @@ pub enum RecordState {
     Ended { succeeded: bool, message: String },
     /// The set-up failed and was undone (what could not be undone is still listed).
     Failed { message: String },
+    /// A volume could not be set up; what was done is undone and the set-up is tried again at
+    /// `retry_at_ms` (Unix milliseconds), the `attempt`-th failure having been `message`.
+    Waiting { message: String, attempt: u32, retry_at_ms: u64 },
     /// Being removed.
     Removing,
 }
@@ -94,7 +97,7 @@ pub enum OnRestart {
 /// whether its command is the same live process (`None`: it has no command).
 pub fn decide(rec: &PodRecord, netns_exists: bool, command_alive: Option<bool>) -> OnRestart {
     match &rec.state {
-        RecordState::Ended { .. } | RecordState::Failed { .. } => OnRestart::Keep,
+        RecordState::Ended { .. } | RecordState::Failed { .. } | RecordState::Waiting { .. } => OnRestart::Keep,
         RecordState::Starting => OnRestart::Redo("its set-up had not finished when the agent stopped".into()),
         RecordState::Removing => OnRestart::Redo("its removal had not finished when the agent stopped".into()),
         RecordState::Running if !netns_exists => OnRestart::Redo(format!("its namespace {} is gone", rec.netns)),

@@ -11,6 +11,8 @@
 //!     (no other key but `fsType` may go with it);
 //!   - `size`: the capacity asked for, in bytes or with a unit (`512Mi`, `20Gi`, `1Ti`, `10G`);
 //!   - `fsType`: a disk's file system (`ext4`, the default, or `xfs`);
+//!   - `snapshotId`: a disk made for the pod holds this snapshot's data (CreateVolume's content
+//!     source; the size is at least the snapshot's);
 //!   - `ephemeral`: `true` deletes the pod-owned volume when the pod is removed; `false` (the
 //!     default) keeps it, and the same pod (namespace, name) and volume name get it back.
 //! - A pod-owned volume's CSI name is [`csi_name`] of (namespace, pod, volume name): CreateVolume is
@@ -30,7 +32,7 @@ use csi::volume_capability::{AccessMode, AccessType, MountVolume};
 use tonic::transport::{Channel, Endpoint};
 
 /// The `parameters` keys the runner reads; every other key goes to CreateVolume.
-pub const RUNNER_KEYS: [&str; 4] = ["volumeId", "ephemeral", "size", "fsType"];
+pub const RUNNER_KEYS: [&str; 5] = ["volumeId", "ephemeral", "size", "fsType", "snapshotId"];
 
 /// Where a pod's volume comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +154,12 @@ pub fn plan_volume(namespace: &str, pod: &str, v: &pb::VolumeSpec) -> Result<Vol
     };
     let mut parameters: HashMap<String, String> = p.iter().filter(|(k, _)| !RUNNER_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
     parameters.insert("type".into(), kind_name.into());
-    let request = csi::CreateVolumeRequest { name: csi_name(namespace, pod, &v.name), capacity_range, volume_capabilities: vec![capability.clone()], parameters, ..Default::default() };
+    let volume_content_source = match p.get("snapshotId") {
+        None => None,
+        Some(_) if kind != pb::VolumeKind::Disk => return Err(err("parameter snapshotId: only a disk is restored from a snapshot".into())),
+        Some(id) => Some(csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource { snapshot_id: id.clone() })) }),
+    };
+    let request = csi::CreateVolumeRequest { name: csi_name(namespace, pod, &v.name), capacity_range, volume_capabilities: vec![capability.clone()], parameters, volume_content_source, ..Default::default() };
     Ok(VolumePlan { name: v.name.clone(), source: Source::Create(Box::new(request)), ephemeral, capability, read_only: v.read_only, mount_path })
 }
 
@@ -375,6 +382,11 @@ mod tests {
         assert!(!p.ephemeral, "an existing volume is never deleted");
         let e = plan_volume("ns", "p", &vol("old", pb::VolumeKind::Disk, "/old", &[("volumeId", "d-123"), ("category", "cloud_ssd")])).unwrap_err();
         assert!(e.to_string().contains("category"), "{e}");
+        let p = plan_volume("ns", "p", &vol("restored", pb::VolumeKind::Disk, "/r", &[("snapshotId", "s-1"), ("size", "20Gi")])).unwrap();
+        let Source::Create(req) = p.source else { panic!("a disk made for the pod") };
+        assert!(matches!(req.volume_content_source.and_then(|c| c.r#type), Some(csi::volume_content_source::Type::Snapshot(s)) if s.snapshot_id == "s-1"));
+        assert!(!req.parameters.contains_key("snapshotId"), "the runner's key is not a driver parameter");
+        assert!(plan_volume("ns", "p", &vol("n", pb::VolumeKind::Nas, "/n", &[("fileSystemId", "f"), ("snapshotId", "s-1")])).is_err());
     }
 
     #[test]

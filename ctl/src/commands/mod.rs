@@ -4,5 +4,6 @@ pub mod install;
 pub mod nodes;
 pub mod pod;
 pub mod policy;
+pub mod snapshot;
 pub mod status;
 pub mod up;

@@ -51,8 +51,8 @@ pub struct AddArgs {
     pub vswitch: Option<String>,
     #[arg(long = "security-group")]
     pub security_groups: Vec<String>,
-    /// A cloud disk made for the pod: NAME:MOUNT_PATH:SIZE_GIB (repeatable; each takes a disk
-    /// slot; deleted with the pod).
+    /// A cloud disk made for the pod: NAME:MOUNT_PATH:SIZE_GIB, or NAME:MOUNT_PATH:SIZE_GIB:snapshot=s-…
+    /// restored from a snapshot (repeatable; each takes a disk slot; deleted with the pod).
     #[arg(long = "disk")]
     pub disks: Vec<String>,
     /// An existing volume: NAME:MOUNT_PATH:VOLUME_ID, e.g. a NAS directory
@@ -125,9 +125,21 @@ pub fn spec_of(a: &AddArgs) -> anyhow::Result<pb::PodSpec> {
     let mut volumes = Vec::new();
     for d in &a.disks {
         let parts: Vec<&str> = d.split(':').collect();
-        let [name, path, size] = parts.as_slice() else { bail!("--disk {d:?} is not NAME:MOUNT_PATH:SIZE_GIB") };
+        let (name, path, size, from) = match parts.as_slice() {
+            [name, path, size] => (name, path, size, None),
+            [name, path, size, from] => match from.strip_prefix("snapshot=") {
+                Some(id) if id.starts_with("s-") && id.len() > 2 => (name, path, size, Some(id)),
+                _ => bail!("--disk {d:?}: {from:?} is not snapshot=s-… (see `berthctl snapshot list`)"),
+            },
+            _ => bail!("--disk {d:?} is not NAME:MOUNT_PATH:SIZE_GIB[:snapshot=s-…]"),
+        };
         size.parse::<u64>().with_context(|| format!("--disk {d:?}: size {size:?} is not a number of GiB"))?;
-        volumes.push(volume(name, pb::VolumeKind::Disk, path, &[("size", &format!("{size}Gi")), ("ephemeral", "true")]));
+        let size = format!("{size}Gi");
+        let mut params = vec![("size", size.as_str()), ("ephemeral", "true")];
+        if let Some(id) = from {
+            params.push(("snapshotId", id));
+        }
+        volumes.push(volume(name, pb::VolumeKind::Disk, path, &params));
     }
     for v in &a.volumes {
         let mut parts = v.splitn(3, ':');
@@ -446,6 +458,14 @@ mod tests {
         let cli = Cli::try_parse_from(["t", "add", "web", "--disk", "data"]).unwrap();
         let PodCommand::Add(a) = cli.c else { panic!() };
         assert!(spec_of(&a).unwrap_err().to_string().contains("NAME:MOUNT_PATH:SIZE_GIB"));
+        let cli = Cli::try_parse_from(["t", "add", "web", "--disk", "data:/data:20:snapshot=s-abc1"]).unwrap();
+        let PodCommand::Add(a) = cli.c else { panic!() };
+        let s = spec_of(&a).unwrap();
+        assert_eq!(s.volumes[0].parameters["snapshotId"], "s-abc1");
+        berth_scheduler::validation::pod(&s, &limits).expect("a restored disk is a spec the scheduler takes");
+        let cli = Cli::try_parse_from(["t", "add", "web", "--disk", "data:/data:20:snap=s-1"]).unwrap();
+        let PodCommand::Add(a) = cli.c else { panic!() };
+        assert!(spec_of(&a).unwrap_err().to_string().contains("snapshot=s-"));
         let cli = Cli::try_parse_from(["t", "add", "web", "--volume", "x:/x:vol-1"]).unwrap();
         let PodCommand::Add(a) = cli.c else { panic!() };
         assert!(spec_of(&a).unwrap_err().to_string().contains("not a volume ID"));

@@ -1,7 +1,7 @@
 //! Cloud disks.
 
 use berth_cloud::error::code;
-use berth_cloud::model::{Disk, DiskStatus, InstanceStatus};
+use berth_cloud::model::{Disk, DiskStatus, InstanceStatus, Snapshot, SnapshotStatus};
 use berth_cloud::wire;
 
 use super::params::invalid;
@@ -51,7 +51,28 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
             if category == "cloud_essd" && !matches!(level, "PL0" | "PL1" | "PL2" | "PL3") {
                 return Err(invalid("PerformanceLevel", level));
             }
-            let size = p.req_parse::<u64>("Size")?;
+            // A disk from a snapshot takes the snapshot's data, so at least its source's size.
+            let source = match p.opt("SnapshotId") {
+                Some(sid) => {
+                    let snap = snapshot(state, sid)?;
+                    if snap.status != SnapshotStatus::Accomplished {
+                        return Err(ApiFailure::of(code::SNAPSHOT_NOT_READY, format!("The snapshot {sid} is {}; wait until it is accomplished.", snap.status.as_str())));
+                    }
+                    Some(snap.clone())
+                }
+                None => None,
+            };
+            let size = match (&source, p.parse::<u64>("Size")?) {
+                (Some(snap), Some(size)) if size < snap.source_disk_size_gib => {
+                    return Err(ApiFailure::bad(
+                        code::INVALID_DISK_SIZE,
+                        format!("Size {size} GiB is smaller than the {} GiB of snapshot {}; give at least that.", snap.source_disk_size_gib, snap.id),
+                    ));
+                }
+                (_, Some(size)) => size,
+                (Some(snap), None) => snap.source_disk_size_gib,
+                (None, None) => p.req_parse::<u64>("Size")?,
+            };
             check_size(category, level, size)?;
             let id = super::new_id(state, ctx, "d");
             let serial = id.trim_start_matches("d-").to_string();
@@ -69,6 +90,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
                     serial,
                     device: None,
                     system: false,
+                    source_snapshot_id: source.map(|s| s.id),
                 },
             );
             remember_token(state, "CreateDisk", p, &id);
@@ -157,4 +179,113 @@ pub fn describe(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outco
         .collect();
     let (items, next) = page(&all, p, 10, 500)?;
     reply(wire::DescribeDisksResponse { request_id: ctx.request_id.clone(), total_count: all.len() as u64, next_token: next, disks: items.into() })
+}
+
+pub fn modify_spec(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let d = disk(state, p.req("DiskId")?)?.clone();
+    let level = p.req("PerformanceLevel")?;
+    if d.category != "cloud_essd" {
+        return Err(ApiFailure::bad(code::INVALID_DISK_CATEGORY, format!("The disk {} is {}; only cloud_essd disks have performance levels.", d.id, d.category)));
+    }
+    if !matches!(level, "PL0" | "PL1" | "PL2" | "PL3") {
+        return Err(ApiFailure::bad(code::INVALID_PERFORMANCE_LEVEL, format!("PerformanceLevel \"{level}\" is not one of PL0, PL1, PL2, PL3.")));
+    }
+    let (min, _) = size_limits(&d.category, level).unwrap_or((1, 0));
+    if d.size_gib < min {
+        return Err(ApiFailure::bad(
+            code::INVALID_PERFORMANCE_LEVEL,
+            format!("The disk {} has {} GiB; {level} needs at least {min} GiB: resize it first.", d.id, d.size_gib),
+        ));
+    }
+    state.disks.get_mut(&d.id).expect("checked above").performance_level = level.to_string();
+    changed(super::request_id(ctx), vec![])
+}
+
+pub fn snapshot<'s>(state: &'s State, id: &str) -> ApiResult<&'s Snapshot> {
+    state.snapshots.get(id).ok_or_else(|| ApiFailure::not_found(code::INVALID_SNAPSHOT_ID, format!("The specified snapshot \"{id}\" does not exist.")))
+}
+
+/// A SnapshotName as the service takes it: 2 to 128 characters, starting with a letter, of letters,
+/// digits, `.`, `_`, `-` and `:`, and not starting with `auto` (the prefix of automatic snapshots)
+/// or `http://`/`https://`.
+fn check_snapshot_name(name: &str) -> ApiResult<()> {
+    let ok = (2..=128).contains(&name.chars().count())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+        && !name.starts_with("auto");
+    if !ok {
+        return Err(ApiFailure::bad(
+            code::INVALID_PARAMETER,
+            format!("SnapshotName \"{name}\" is malformed: 2 to 128 letters, digits, \".\", \"_\", \"-\" or \":\", starting with a letter and not with \"auto\"."),
+        ));
+    }
+    Ok(())
+}
+
+pub fn create_snapshot(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    if let Some(id) = by_token(state, "CreateSnapshot", p) {
+        return reply(wire::CreateSnapshotResponse { request_id: ctx.request_id.clone(), snapshot_id: id });
+    }
+    let d = disk(state, p.req("DiskId")?)?.clone();
+    if !matches!(d.status, DiskStatus::Available | DiskStatus::InUse) {
+        return Err(ApiFailure::forbidden(code::INCORRECT_DISK_STATUS, format!("The disk {} is {}; a snapshot needs it Available or In_use.", d.id, d.status.as_str())));
+    }
+    let name = p.opt("SnapshotName").unwrap_or_default();
+    if !name.is_empty() {
+        check_snapshot_name(name)?;
+    }
+    let held = state.snapshots.values().filter(|s| s.source_disk_id == d.id).count();
+    if held >= ctx.snapshot_quota as usize {
+        return Err(ApiFailure::of(code::SNAPSHOT_QUOTA, format!("The disk {} already has {held} snapshots, its quota; delete some first.", d.id)));
+    }
+    let id = super::new_id(state, ctx, "s");
+    state.snapshots.insert(
+        id.clone(),
+        Snapshot {
+            id: id.clone(),
+            name: name.to_string(),
+            source_disk_id: d.id.clone(),
+            source_disk_size_gib: d.size_gib,
+            status: SnapshotStatus::Progressing,
+            progress_percent: 0,
+            creation_time: berth_cloud::signing::format_timestamp(ctx.now_secs),
+        },
+    );
+    remember_token(state, "CreateSnapshot", p, &id);
+    changed(wire::CreateSnapshotResponse { request_id: ctx.request_id.clone(), snapshot_id: id.clone() }, vec![Pending::Snapshot(id)])
+}
+
+pub fn describe_snapshots(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let ids = p.json_list("SnapshotIds")?;
+    let (disk_id, name) = (p.opt("DiskId"), p.opt("SnapshotName"));
+    let status = match p.opt("Status").unwrap_or("all") {
+        "all" => None,
+        s @ ("progressing" | "accomplished" | "failed") => Some(SnapshotStatus::parse_open(s)),
+        other => return Err(invalid("Status", other)),
+    };
+    let all: Vec<wire::SnapshotItem> = state
+        .snapshots
+        .values()
+        .filter(|s| {
+            (ids.is_empty() || ids.contains(&s.id))
+                && disk_id.is_none_or(|v| v == s.source_disk_id)
+                && name.is_none_or(|v| v == s.name)
+                && status.is_none_or(|v| v == s.status)
+        })
+        .map(|s| wire::SnapshotItem::from_model(s, state.disks.values().any(|d| d.source_snapshot_id.as_deref() == Some(s.id.as_str()))))
+        .collect();
+    let (items, next) = page(&all, p, 10, 100)?;
+    reply(wire::DescribeSnapshotsResponse { request_id: ctx.request_id.clone(), total_count: all.len() as u64, next_token: next, snapshots: items.into() })
+}
+
+pub fn delete_snapshot(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let s = snapshot(state, p.req("SnapshotId")?)?.clone();
+    let force = p.bool("Force")?;
+    if let Some(d) = state.disks.values().find(|d| d.source_snapshot_id.as_deref() == Some(s.id.as_str()))
+        && !force
+    {
+        return Err(ApiFailure::of(code::SNAPSHOT_CREATED_DISK, format!("The snapshot {} was used to create the disk {}; delete it with Force=true.", s.id, d.id)));
+    }
+    state.snapshots.remove(&s.id);
+    changed(super::request_id(ctx), vec![])
 }

@@ -61,6 +61,10 @@ pub struct Ctx {
     pub entropy: String,
     /// Optional cap of usable IPs per vSwitch, to simulate exhaustion.
     pub vswitch_ip_limit: HashMap<String, u64>,
+    /// The time of the request, seconds since the Unix epoch (creation times).
+    pub now_secs: u64,
+    /// Manual snapshots a disk may hold.
+    pub snapshot_quota: u32,
 }
 
 /// A transition the control plane completes later (attach and detach take time on a real cloud).
@@ -69,6 +73,8 @@ pub enum Pending {
     Instance(String),
     Eni(String),
     Disk(String),
+    /// A snapshot whose data is copied: progressing → accomplished.
+    Snapshot(String),
 }
 
 /// The answer of one action.
@@ -131,6 +137,10 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
         "DeleteDisk" => disk::delete(state, ctx, p),
         "ResizeDisk" => disk::resize(state, ctx, p),
         "DescribeDisks" => disk::describe(state, ctx, p),
+        "ModifyDiskSpec" => disk::modify_spec(state, ctx, p),
+        "CreateSnapshot" => disk::create_snapshot(state, ctx, p),
+        "DescribeSnapshots" => disk::describe_snapshots(state, ctx, p),
+        "DeleteSnapshot" => disk::delete_snapshot(state, ctx, p),
         "CreateFileSystem" => nas::create_file_system(state, ctx, p),
         "CreateMountTarget" => nas::create_mount_target(state, ctx, p),
         "DescribeFileSystems" => nas::describe_file_systems(state, ctx, p),
@@ -144,13 +154,13 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
 
 /// Every action [`dispatch`] serves. The metrics label calls with these names only, so a caller
 /// cannot grow the label set with made-up actions.
-pub const ACTIONS: [&str; 36] = [
+pub const ACTIONS: [&str; 40] = [
     "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "DeleteSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
     "RevokeSecurityGroup", "RevokeSecurityGroupEgress", "DescribeSecurityGroupAttribute", "DescribeSecurityGroups", "DescribeInstanceTypes", "RunInstances",
     "DeleteInstances", "DeleteInstance", "DescribeInstances", "CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface",
     "DeleteNetworkInterface", "DescribeNetworkInterfaces", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses",
     "UnassignIpv6Addresses", "CreateDisk", "AttachDisk", "DetachDisk", "DeleteDisk", "ResizeDisk", "DescribeDisks", "CreateFileSystem",
-    "CreateMountTarget", "DescribeFileSystems", "DeleteFileSystem",
+    "CreateMountTarget", "DescribeFileSystems", "DeleteFileSystem", "ModifyDiskSpec", "CreateSnapshot", "DescribeSnapshots", "DeleteSnapshot",
 ];
 
 /// The name an action is counted under: itself if this service serves it, else `unknown`.
@@ -194,6 +204,14 @@ pub fn complete(state: &mut State, pending: &Pending) -> bool {
             }
             _ => false,
         },
+        Pending::Snapshot(id) => match state.snapshots.get_mut(id) {
+            Some(s) if s.status == berth_cloud::model::SnapshotStatus::Progressing => {
+                s.status = berth_cloud::model::SnapshotStatus::Accomplished;
+                s.progress_percent = 100;
+                true
+            }
+            _ => false,
+        },
     }
 }
 
@@ -204,6 +222,7 @@ pub fn unfinished(state: &State) -> Vec<Pending> {
     out.extend(state.instances.values().filter(|i| matches!(i.status, InstanceStatus::Pending | InstanceStatus::Starting)).map(|i| Pending::Instance(i.id.clone())));
     out.extend(state.enis.values().filter(|e| matches!(e.status, EniStatus::Attaching | EniStatus::Detaching)).map(|e| Pending::Eni(e.id.clone())));
     out.extend(state.disks.values().filter(|d| matches!(d.status, DiskStatus::Attaching | DiskStatus::Detaching)).map(|d| Pending::Disk(d.id.clone())));
+    out.extend(state.snapshots.values().filter(|s| s.status == berth_cloud::model::SnapshotStatus::Progressing).map(|s| Pending::Snapshot(s.id.clone())));
     out
 }
 
@@ -272,7 +291,7 @@ mod tests {
     /// together; a bad one, a gap in N or a top-level rule beside them changes nothing and is named.
     #[test]
     fn security_group_rules_are_taken_as_permissions_n() {
-        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new() };
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256 };
         let mut state = State::default();
         state.security_groups.insert("sg-1".into(), berth_cloud::model::SecurityGroup { id: "sg-1".into(), ..Default::default() });
         let call = |state: &mut State, action: &str, pairs: &[(&str, &str)]| {
@@ -314,7 +333,7 @@ mod tests {
 
     #[test]
     fn every_counted_action_is_served_and_others_are_unknown() {
-        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new() };
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256 };
         let params = BTreeMap::new();
         for action in ACTIONS {
             let answer = dispatch(&mut State::default(), &ctx, action, &Params(&params));
