@@ -286,9 +286,7 @@ impl Cluster {
                 }
                 if listed.contains(&key) {
                     // The agent runs it: its counts include it already.
-                    if let Some(n) = self.placement.node_mut(idx) {
-                        n.pods.insert(key.clone());
-                    }
+                    self.placement.adopt(idx, &key, &rec.req);
                 } else {
                     self.placement.bind(idx, &key, &rec.req);
                     self.outbox.entry(id.clone()).or_default().run.push(rec.spec.decode());
@@ -601,7 +599,7 @@ fn facts_of(pods: &BTreeMap<String, PodRecord>) -> Vec<PodFacts<'_>> {
 }
 
 fn node_state(n: &crate::placement::Node) -> pb::NodeState {
-    pb::NodeState { last_report: Some(n.last_report.clone()), state: n.health.as_str().to_string() }
+    pb::NodeState { last_report: Some(n.last_report.clone()), state: n.health.as_str().to_string(), taints: n.identity.taints.clone(), labels: crate::placement::labels::all_node_labels(&n.identity) }
 }
 
 /// The fields of a submitted spec that differ from the stored one's, by their names. A zone the
@@ -612,7 +610,7 @@ fn differences(stored: &pb::PodSpec, submitted: &pb::PodSpec) -> Vec<&'static st
         stored.pool_selector.remove("zone");
     }
     // Every field named (no `..`): a field added to PodSpec must be added here.
-    let pb::PodSpec { namespace, name, cpu_millicores, memory_bytes, network_mode, security_group_ids, vswitch_id, ingress_bandwidth, egress_bandwidth, volumes, pool_selector, labels, spread_zones, command } = submitted;
+    let pb::PodSpec { namespace, name, cpu_millicores, memory_bytes, network_mode, security_group_ids, vswitch_id, ingress_bandwidth, egress_bandwidth, volumes, pool_selector, labels, spread_zones, command, tolerations, node_affinity, pod_affinity, pod_anti_affinity, topology_spread_constraints } = submitted;
     [
         ("namespace", *namespace != stored.namespace),
         ("name", *name != stored.name),
@@ -628,6 +626,11 @@ fn differences(stored: &pb::PodSpec, submitted: &pb::PodSpec) -> Vec<&'static st
         ("labels", *labels != stored.labels),
         ("spread_zones", *spread_zones != stored.spread_zones),
         ("command", *command != stored.command),
+        ("tolerations", *tolerations != stored.tolerations),
+        ("node_affinity", *node_affinity != stored.node_affinity),
+        ("pod_affinity", *pod_affinity != stored.pod_affinity),
+        ("pod_anti_affinity", *pod_anti_affinity != stored.pod_anti_affinity),
+        ("topology_spread_constraints", *topology_spread_constraints != stored.topology_spread_constraints),
     ]
     .into_iter()
     .filter_map(|(field, differs)| differs.then_some(field))
@@ -762,7 +765,7 @@ mod tests {
         c.schedule(16_000);
         assert_eq!(c.pod("d/web").unwrap().node.as_deref(), Some("i-2"));
         assert_eq!(c.pod("d/db").unwrap().node, None);
-        assert!(c.pending().next().unwrap().message.contains("selector"), "{}", c.pending().next().unwrap().message);
+        assert!(c.pending().next().unwrap().message.contains("not in zone z1"), "{}", c.pending().next().unwrap().message);
         c.report(&report("i-3", "a", "z1", caps(10, 16), 1, &[]), 16_500);
         c.schedule(16_500);
         assert_eq!(c.pod("d/db").unwrap().node.as_deref(), Some("i-3"));

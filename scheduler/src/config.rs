@@ -334,6 +334,14 @@ impl SchedulerConfig {
                     Err(e) => return invalid("pool.user_data_file", format!("{} ({e})", path.display()), "a readable file: the script the pool's nodes run at first boot"),
                 }
             }
+            for t in &p.taints {
+                if !crate::validation::label_key(&t.key) || !(t.value.is_empty() || crate::validation::label_name(&t.value)) {
+                    return invalid("pool.taints", format!("{}={}", t.key, t.value), "a taint's key is a label key and its value a label value (or empty)");
+                }
+                if !crate::placement::plugins::taints::EFFECTS.contains(&t.effect.as_str()) {
+                    return invalid("pool.taints.effect", t.effect.clone(), "one of NoSchedule, PreferNoSchedule, NoExecute");
+                }
+            }
             if p.tags.len() > 19 || p.tags.keys().any(|k| k.is_empty() || k.len() > 128 || k.starts_with("aliyun") || k.starts_with("acs:") || k == "berth:pool") {
                 return invalid("pool.tags", format!("{:?}", p.tags), "at most 19 tags (berth:pool is the 20th), keys 1 to 128 characters, not starting with aliyun or acs:");
             }

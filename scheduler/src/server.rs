@@ -70,6 +70,7 @@ impl Shared {
     pub fn new(cfg: SchedulerConfig, mut store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
         let cfg_watch = cfg.watch.limits();
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
+        cluster.placement.set_pool_traits(cfg.pool.iter().map(|p| (p.name.clone(), p.traits())).collect());
         cluster.restore(&store.load().map_err(|e| e.to_string())?, now_ms())?;
         cluster.record_changes();
         let streams = Streams::default();

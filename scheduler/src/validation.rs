@@ -60,6 +60,34 @@ pub enum Rule {
     Nul,
     #[error("is not a label selector operator: one of In, NotIn, Exists, DoesNotExist")]
     SelectorOperator,
+    #[error("is not a node selector operator: one of In, NotIn, Exists, DoesNotExist, Gt, Lt")]
+    NodeSelectorOperator,
+    #[error("Gt and Lt take exactly one integer value")]
+    IntegerValue,
+    #[error("is not a toleration operator: Equal (the default when empty) or Exists")]
+    TolerationOperator,
+    #[error("Exists tolerates every value: give no value, or use Equal")]
+    ExistsWithValue,
+    #[error("an empty key tolerates every taint only with operator Exists")]
+    EmptyTolerationKey,
+    #[error("is not a taint effect: one of NoSchedule, PreferNoSchedule, NoExecute (or empty for all)")]
+    Effect,
+    #[error("toleration_seconds applies to NoExecute taints only, and is at least 0")]
+    TolerationSeconds,
+    #[error("a node selector term needs at least one match expression (an empty term matches no node)")]
+    EmptyTerm,
+    #[error("a weight is 1 to 100")]
+    Weight,
+    #[error("a preferred term needs its term")]
+    MissingTerm,
+    #[error("is not a topology key: kubernetes.io/hostname (a node) or topology.kubernetes.io/zone")]
+    TopologyKey,
+    #[error("max_skew is at least 1")]
+    MaxSkew,
+    #[error("is not a whenUnsatisfiable: DoNotSchedule (the default when empty) or ScheduleAnyway")]
+    WhenUnsatisfiable,
+    #[error("min_domains is at least 0, and above 0 only with DoNotSchedule")]
+    MinDomains,
     #[error("In and NotIn need at least one value; Exists and DoesNotExist take none")]
     SelectorValues,
     #[error("is not a CIDR: an IPv4 or IPv6 network with its prefix length and no host bits set (e.g. 10.0.0.0/16, fd00::/64)")]
@@ -143,6 +171,7 @@ pub fn pod(spec: &pb::PodSpec, limits: &Limits) -> Result<(), InvalidSpec> {
     labels(&spec.labels, "spec.labels")?;
     labels(&spec.pool_selector, "spec.pool_selector")?;
     volumes(&spec.volumes)?;
+    placement_rules(spec)?;
     for (i, arg) in spec.command.iter().enumerate() {
         check(!arg.contains('\0'), &format!("spec.command[{i}]"), arg, Rule::Nul)?;
     }
@@ -223,6 +252,87 @@ fn selector(sel: &pb::LabelSelector, field: &str) -> Result<(), InvalidSpec> {
         for (j, v) in e.values.iter().enumerate() {
             check(v.is_empty() || label_name(v), &format!("{f}.values[{j}]"), v, Rule::LabelValue)?;
         }
+    }
+    Ok(())
+}
+
+/// Tolerations, node affinity, pod (anti-)affinity and topology spread constraints.
+fn placement_rules(spec: &pb::PodSpec) -> Result<(), InvalidSpec> {
+    use crate::placement::labels::TOPOLOGY_KEYS;
+    use crate::placement::plugins::taints::{EFFECTS, NO_EXECUTE};
+    for (i, t) in spec.tolerations.iter().enumerate() {
+        let f = |x: &str| format!("spec.tolerations[{i}].{x}");
+        check(matches!(t.operator.as_str(), "" | "Equal" | "Exists"), &f("operator"), &t.operator, Rule::TolerationOperator)?;
+        check(t.operator != "Exists" || t.value.is_empty(), &f("value"), &t.value, Rule::ExistsWithValue)?;
+        check(!t.key.is_empty() || t.operator == "Exists", &f("key"), &t.key, Rule::EmptyTolerationKey)?;
+        check(t.key.is_empty() || label_key(&t.key), &f("key"), &t.key, Rule::LabelKey)?;
+        check(t.value.is_empty() || label_name(&t.value), &f("value"), &t.value, Rule::LabelValue)?;
+        check(t.effect.is_empty() || EFFECTS.contains(&t.effect.as_str()), &f("effect"), &t.effect, Rule::Effect)?;
+        if let Some(secs) = t.toleration_seconds {
+            check(secs >= 0 && (t.effect == NO_EXECUTE || t.effect.is_empty()), &f("toleration_seconds"), &secs.to_string(), Rule::TolerationSeconds)?;
+        }
+    }
+    if let Some(na) = &spec.node_affinity {
+        for (i, term) in na.required.iter().enumerate() {
+            node_term(term, &format!("spec.node_affinity.required[{i}]"))?;
+        }
+        for (i, p) in na.preferred.iter().enumerate() {
+            let f = format!("spec.node_affinity.preferred[{i}]");
+            check((1..=100).contains(&p.weight), &format!("{f}.weight"), &p.weight.to_string(), Rule::Weight)?;
+            let Some(term) = &p.preference else { return Err(InvalidSpec { field: format!("{f}.preference"), value: "none".into(), rule: Rule::MissingTerm }) };
+            node_term(term, &format!("{f}.preference"))?;
+        }
+    }
+    for (name, a) in [("pod_affinity", &spec.pod_affinity), ("pod_anti_affinity", &spec.pod_anti_affinity)] {
+        let Some(a) = a else { continue };
+        for (i, t) in a.required.iter().enumerate() {
+            pod_term(t, &format!("spec.{name}.required[{i}]"))?;
+        }
+        for (i, w) in a.preferred.iter().enumerate() {
+            let f = format!("spec.{name}.preferred[{i}]");
+            check((1..=100).contains(&w.weight), &format!("{f}.weight"), &w.weight.to_string(), Rule::Weight)?;
+            let Some(t) = &w.term else { return Err(InvalidSpec { field: format!("{f}.term"), value: "none".into(), rule: Rule::MissingTerm }) };
+            pod_term(t, &format!("{f}.term"))?;
+        }
+    }
+    for (i, c) in spec.topology_spread_constraints.iter().enumerate() {
+        let f = |x: &str| format!("spec.topology_spread_constraints[{i}].{x}");
+        check(c.max_skew >= 1, &f("max_skew"), &c.max_skew.to_string(), Rule::MaxSkew)?;
+        check(TOPOLOGY_KEYS.contains(&c.topology_key.as_str()), &f("topology_key"), &c.topology_key, Rule::TopologyKey)?;
+        check(matches!(c.when_unsatisfiable.as_str(), "" | "DoNotSchedule" | "ScheduleAnyway"), &f("when_unsatisfiable"), &c.when_unsatisfiable, Rule::WhenUnsatisfiable)?;
+        check(c.min_domains >= 0 && (c.min_domains == 0 || c.when_unsatisfiable != "ScheduleAnyway"), &f("min_domains"), &c.min_domains.to_string(), Rule::MinDomains)?;
+        if let Some(sel) = &c.label_selector {
+            selector(sel, &f("label_selector"))?;
+        }
+    }
+    Ok(())
+}
+
+fn node_term(term: &pb::NodeSelectorTerm, field: &str) -> Result<(), InvalidSpec> {
+    check(!term.match_expressions.is_empty(), &format!("{field}.match_expressions"), "[]", Rule::EmptyTerm)?;
+    for (j, r) in term.match_expressions.iter().enumerate() {
+        let f = format!("{field}.match_expressions[{j}]");
+        check(label_key(&r.key), &format!("{f}.key"), &r.key, Rule::LabelKey)?;
+        match r.operator.as_str() {
+            "In" | "NotIn" => check(!r.values.is_empty(), &format!("{f}.values"), "", Rule::SelectorValues)?,
+            "Exists" | "DoesNotExist" => check(r.values.is_empty(), &format!("{f}.values"), &r.values.join(","), Rule::SelectorValues)?,
+            "Gt" | "Lt" => check(r.values.len() == 1 && r.values[0].parse::<i64>().is_ok(), &format!("{f}.values"), &r.values.join(","), Rule::IntegerValue)?,
+            _ => return Err(InvalidSpec { field: format!("{f}.operator"), value: shown(&r.operator), rule: Rule::NodeSelectorOperator }),
+        }
+        for (k, v) in r.values.iter().enumerate() {
+            check(v.is_empty() || label_name(v), &format!("{f}.values[{k}]"), v, Rule::LabelValue)?;
+        }
+    }
+    Ok(())
+}
+
+fn pod_term(t: &pb::PodAffinityTerm, field: &str) -> Result<(), InvalidSpec> {
+    check(crate::placement::labels::TOPOLOGY_KEYS.contains(&t.topology_key.as_str()), &format!("{field}.topology_key"), &t.topology_key, Rule::TopologyKey)?;
+    for (k, ns) in t.namespaces.iter().enumerate() {
+        check(dns1123_label(ns), &format!("{field}.namespaces[{k}]"), ns, Rule::Dns1123Label)?;
+    }
+    if let Some(sel) = &t.label_selector {
+        selector(sel, &format!("{field}.label_selector"))?;
     }
     Ok(())
 }
@@ -360,7 +470,7 @@ fn dns1123_subdomain(s: &str) -> bool {
 }
 
 /// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain.
-fn label_key(k: &str) -> bool {
+pub fn label_key(k: &str) -> bool {
     match k.split_once('/') {
         Some((prefix, name)) => dns1123_subdomain(prefix) && label_name(name),
         None => label_name(k),
@@ -368,7 +478,7 @@ fn label_key(k: &str) -> bool {
 }
 
 /// A label key's name part, or a non-empty label value.
-fn label_name(s: &str) -> bool {
+pub fn label_name(s: &str) -> bool {
     (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) && alnum_ends(s)
 }
 

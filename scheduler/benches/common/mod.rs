@@ -45,7 +45,7 @@ pub fn node_report(i: usize, rng: &mut Rng) -> pb::NodeReport {
     let mut labels = std::collections::HashMap::new();
     labels.insert("disk".to_string(), if i.is_multiple_of(2) { "ssd".to_string() } else { "hdd".to_string() });
     pb::NodeReport {
-        identity: Some(pb::NodeIdentity { instance_id: format!("i-{i:06}"), instance_type: t.id.clone(), zone_id: zone.into(), pool: POOLS[p].into(), vswitch_ids: vec![format!("vsw-{zone}")], labels }),
+        identity: Some(pb::NodeIdentity { instance_id: format!("i-{i:06}"), instance_type: t.id.clone(), zone_id: zone.into(), pool: POOLS[p].into(), vswitch_ids: vec![format!("vsw-{zone}")], labels, taints: Vec::new() }),
         allocatable: Some(cap),
         free: Some(cap),
         conditions,

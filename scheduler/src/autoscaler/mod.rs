@@ -15,7 +15,7 @@ use berth_proto::cluster::v1 as pb;
 use serde::Deserialize;
 
 use crate::cluster::Cluster;
-use crate::placement::{Health, PodRequest, Resources};
+use crate::placement::{Health, PodRequest, PoolTraits, Resources};
 use crate::store::RequestedNode;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -64,9 +64,13 @@ pub struct NodePool {
     pub capacity: CapacityType,
     #[serde(default)]
     pub priority: i32,
-    /// Labels its nodes report, which pod pool selectors may name.
+    /// Labels its nodes carry (besides what their agents report), which pod selectors and node
+    /// affinity may name.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Taints its nodes carry: pods must tolerate them (`[[pool.taints]]`: key, value, effect).
+    #[serde(default)]
+    pub taints: Vec<PoolTaint>,
     /// Nodes of the pool removed at the same time at most.
     #[serde(default = "one")]
     pub disruption_budget: u32,
@@ -96,7 +100,28 @@ pub struct NodePool {
     pub tags: BTreeMap<String, String>,
 }
 
+/// A taint of a pool's nodes; effect NoSchedule, PreferNoSchedule or NoExecute.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTaint {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    pub effect: String,
+}
+
 impl NodePool {
+    /// What the pool gives each of its nodes: its labels (and its capacity type) and taints.
+    pub fn traits(&self) -> PoolTraits {
+        let mut labels: Vec<(String, String)> = self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let capacity = match self.capacity {
+            CapacityType::OnDemand => "on-demand",
+            CapacityType::Spot => "spot",
+        };
+        labels.push((crate::placement::labels::CAPACITY_TYPE.to_string(), capacity.to_string()));
+        PoolTraits { labels, taints: self.taints.iter().map(|t| pb::Taint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect() }
+    }
+
     /// The image RunInstances is given, if the pool names one.
     pub fn boot_image(&self) -> Option<berth_cloud::api::BootImage> {
         use berth_cloud::api::BootImage;
@@ -131,15 +156,11 @@ pub fn template_capacity(t: &InstanceType) -> Resources {
     }
 }
 
+/// The identity a new node of the pool would have: what node rules are simulated on.
 pub fn template_identity(pool: &NodePool, t: &InstanceType, vsw: &PoolVSwitch) -> pb::NodeIdentity {
-    pb::NodeIdentity {
-        instance_id: String::new(),
-        instance_type: t.id.clone(),
-        zone_id: vsw.zone.clone(),
-        pool: pool.name.clone(),
-        vswitch_ids: vec![vsw.id.clone()],
-        labels: pool.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }
+    let mut identity = pb::NodeIdentity { instance_type: t.id.clone(), zone_id: vsw.zone.clone(), pool: pool.name.clone(), vswitch_ids: vec![vsw.id.clone()], ..Default::default() };
+    pool.traits().inherit(&mut identity);
+    identity
 }
 
 /// Reporting nodes of each pool, by zone: a pool's room below its maximum, and where its next
