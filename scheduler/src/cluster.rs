@@ -83,6 +83,9 @@ pub struct Cluster {
     changes: ChangeLog,
     /// NetworkPolicies, namespaces' labels and what each node was told of them.
     pub policy: PolicyBook,
+    /// Since when each node has carried each NoExecute taint (`key=value:NoExecute`): a pod
+    /// tolerating it for some seconds is evicted once they have passed.
+    no_execute_since: HashMap<String, Vec<(String, u64)>>,
 }
 
 impl Cluster {
@@ -103,6 +106,7 @@ impl Cluster {
             started_ms: 0,
             changes: ChangeLog::default(),
             policy: PolicyBook::default(),
+            no_execute_since: HashMap::new(),
         }
     }
 
@@ -277,6 +281,7 @@ impl Cluster {
         if self.requested.remove(&id).is_some() {
             events.push(Event::NodeRequestCleared { instance_id: id.clone() });
         }
+        events.extend(self.evict_untolerated(idx, now_ms));
         let listed: HashSet<String> = report.pods.iter().map(|p| pod_key(&p.namespace, &p.name)).collect();
         if let Some(waiting) = self.awaiting_node.remove(&id) {
             for key in waiting {
@@ -332,6 +337,48 @@ impl Cluster {
                     }
                 }
             }
+        }
+        events
+    }
+
+    /// Sends back to pending the pods of a node that do not tolerate one of its NoExecute taints,
+    /// or tolerated it for fewer seconds than it has been there.
+    fn evict_untolerated(&mut self, idx: u32, now_ms: u64) -> Vec<Event> {
+        use crate::placement::plugins::taints::{NO_EXECUTE, shown, toleration_for};
+        let Some(n) = self.placement.node(idx) else { return Vec::new() };
+        let taints: Vec<pb::Taint> = n.identity.taints.iter().filter(|t| t.effect == NO_EXECUTE).cloned().collect();
+        if taints.is_empty() {
+            self.no_execute_since.remove(&n.id);
+            return Vec::new();
+        }
+        let id = n.id.clone();
+        let since = self.no_execute_since.entry(id.clone()).or_default();
+        since.retain(|(t, _)| taints.iter().any(|x| shown(x) == *t));
+        for t in &taints {
+            if !since.iter().any(|(s, _)| *s == shown(t)) {
+                since.push((shown(t), now_ms));
+            }
+        }
+        let since = since.clone();
+        let mut evict = Vec::new();
+        for key in &n.pods {
+            let Some(rec) = self.pods.get(key) else { continue };
+            let why = taints.iter().find_map(|t| {
+                let tainted_ms = since.iter().find(|(s, _)| *s == shown(t)).map_or(now_ms, |(_, ms)| *ms);
+                match toleration_for(&rec.req, t).map(|tol| tol.toleration_seconds) {
+                    None => Some(format!("evicted from node {id}: taint {} not tolerated", shown(t))),
+                    Some(Some(secs)) if now_ms.saturating_sub(tainted_ms) >= u64::try_from(secs).unwrap_or(0).saturating_mul(1000) => Some(format!("evicted from node {id}: taint {} tolerated for {secs} s only", shown(t))),
+                    Some(_) => None,
+                }
+            });
+            if let Some(why) = why {
+                evict.push((key.clone(), why));
+            }
+        }
+        let mut events = Vec::new();
+        for (key, why) in evict {
+            tracing::info!(node = %id, pod = %key, "{why}");
+            events.extend(self.unbind_to_pending(&key, now_ms, why));
         }
         events
     }
@@ -722,6 +769,31 @@ mod tests {
         // The first node comes back still running the pod: it is told to remove it.
         c.report(&report("i-1", "a", "z1", caps(9, 16), 2, &["d/p"]), 17_000);
         assert_eq!(c.take_instruction("i-1")[0].remove, vec!["d/p".to_string()]);
+    }
+
+    #[test]
+    fn a_no_execute_taint_evicts_what_does_not_tolerate_it_and_tolerated_seconds_run_out() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 60_000);
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        let tol = |secs: Option<i64>| pb::Toleration { key: "maintenance".into(), operator: "Exists".into(), effect: "NoExecute".into(), toleration_seconds: secs, ..Default::default() };
+        c.submit(pod("plain"), 0).unwrap();
+        c.submit(pb::PodSpec { tolerations: vec![tol(Some(30))], ..pod("brief") }, 0).unwrap();
+        c.submit(pb::PodSpec { tolerations: vec![tol(None)], ..pod("always") }, 0).unwrap();
+        c.schedule(0);
+        assert_eq!(c.pods().filter(|p| p.node.is_some()).count(), 3);
+        let tainted = |seq: u64| {
+            let mut r = report("i-1", "a", "z1", caps(10, 16), seq, &["d/plain", "d/brief", "d/always"]);
+            r.identity.as_mut().unwrap().taints.push(pb::Taint { key: "maintenance".into(), value: String::new(), effect: "NoExecute".into() });
+            r
+        };
+        let ev = c.report(&tainted(2), 1_000);
+        assert_eq!(ev, vec![Event::Unbound { pod: "d/plain".into() }]);
+        assert!(c.pod("d/plain").unwrap().message.contains("taint maintenance:NoExecute not tolerated"), "{}", c.pod("d/plain").unwrap().message);
+        assert!(c.report(&tainted(3), 20_000).is_empty(), "30 s not yet passed");
+        assert_eq!(c.report(&tainted(4), 31_000), vec![Event::Unbound { pod: "d/brief".into() }]);
+        assert_eq!(c.pod("d/always").unwrap().node.as_deref(), Some("i-1"));
+        c.schedule(31_000);
+        assert_eq!(c.pod("d/plain").unwrap().node, None, "the only node is tainted");
     }
 
     #[test]

@@ -570,8 +570,26 @@ mod tests {
             pool_selector: [("pool".to_string(), "small".to_string()), ("zone".into(), "cn-hangzhou-a".into()), ("disk".into(), "".into())].into(),
             labels: [("app".to_string(), "Web_1.x".to_string()), ("berth.io/tier".into(), "front".into())].into(),
             command: vec!["sh".into(), "-c".into(), "echo hi\nsleep 1".into()],
+            tolerations: vec![
+                pb::Toleration { key: "dedicated".into(), operator: "Equal".into(), value: "gpu".into(), effect: "NoSchedule".into(), toleration_seconds: None },
+                pb::Toleration { key: "spot".into(), operator: "Exists".into(), effect: "NoExecute".into(), toleration_seconds: Some(30), ..Default::default() },
+                pb::Toleration { operator: "Exists".into(), ..Default::default() },
+            ],
+            node_affinity: Some(pb::NodeAffinity {
+                required: vec![pb::NodeSelectorTerm { match_expressions: vec![requirement("kubernetes.io/arch", "In", &["amd64"]), requirement("gpus", "Gt", &["1"]), requirement("spot", "DoesNotExist", &[])] }],
+                preferred: vec![pb::PreferredSchedulingTerm { weight: 50, preference: Some(pb::NodeSelectorTerm { match_expressions: vec![requirement("topology.kubernetes.io/zone", "NotIn", &["z9"])] }) }],
+            }),
+            pod_anti_affinity: Some(pb::PodAffinity {
+                required: vec![pb::PodAffinityTerm { label_selector: Some(pb::LabelSelector { match_labels: [("app".to_string(), "web".to_string())].into(), match_expressions: vec![] }), namespaces: vec![], topology_key: "kubernetes.io/hostname".into() }],
+                preferred: vec![pb::WeightedPodAffinityTerm { weight: 10, term: Some(pb::PodAffinityTerm { label_selector: None, namespaces: vec!["team-b".into()], topology_key: "topology.kubernetes.io/zone".into() }) }],
+            }),
+            topology_spread_constraints: vec![pb::TopologySpreadConstraint { max_skew: 1, topology_key: "topology.kubernetes.io/zone".into(), when_unsatisfiable: "DoNotSchedule".into(), label_selector: None, min_domains: 3 }],
             ..Default::default()
         }
+    }
+
+    fn requirement(key: &str, op: &str, values: &[&str]) -> pb::NodeSelectorRequirement {
+        pb::NodeSelectorRequirement { key: key.into(), operator: op.into(), values: values.iter().map(|v| v.to_string()).collect() }
     }
 
     #[test]
@@ -666,6 +684,20 @@ mod tests {
                 s.volumes[0].parameters.insert("performanceLevel".into(), "PL1".into());
             }, "spec.volumes[0].parameters[\"performanceLevel\"]", Rule::LevelWithoutEssd),
             row("a command entry with NUL", |s| s.command[2] = "echo\0hi".into(), "spec.command[2]", Rule::Nul),
+            row("an unknown toleration operator", |s| s.tolerations[0].operator = "Is".into(), "spec.tolerations[0].operator", Rule::TolerationOperator),
+            row("Exists with a value", |s| s.tolerations[1].value = "x".into(), "spec.tolerations[1].value", Rule::ExistsWithValue),
+            row("an empty key with Equal", |s| s.tolerations[2].operator = "Equal".into(), "spec.tolerations[2].key", Rule::EmptyTolerationKey),
+            row("an unknown effect", |s| s.tolerations[0].effect = "NoRun".into(), "spec.tolerations[0].effect", Rule::Effect),
+            row("toleration seconds on NoSchedule", |s| s.tolerations[0].toleration_seconds = Some(5), "spec.tolerations[0].toleration_seconds", Rule::TolerationSeconds),
+            row("an unknown node operator", |s| s.node_affinity.as_mut().unwrap().required[0].match_expressions[0].operator = "Has".into(), "spec.node_affinity.required[0].match_expressions[0].operator", Rule::NodeSelectorOperator),
+            row("Gt without an integer", |s| s.node_affinity.as_mut().unwrap().required[0].match_expressions[1].values = vec!["many".into()], "spec.node_affinity.required[0].match_expressions[1].values", Rule::IntegerValue),
+            row("an empty node term", |s| s.node_affinity.as_mut().unwrap().required[0].match_expressions.clear(), "spec.node_affinity.required[0].match_expressions", Rule::EmptyTerm),
+            row("a weight of 0", |s| s.node_affinity.as_mut().unwrap().preferred[0].weight = 0, "spec.node_affinity.preferred[0].weight", Rule::Weight),
+            row("a topology key of no domain", |s| s.pod_anti_affinity.as_mut().unwrap().required[0].topology_key = "rack".into(), "spec.pod_anti_affinity.required[0].topology_key", Rule::TopologyKey),
+            row("a bad namespace in a term", |s| s.pod_anti_affinity.as_mut().unwrap().preferred[0].term.as_mut().unwrap().namespaces[0] = "B".into(), "spec.pod_anti_affinity.preferred[0].term.namespaces[0]", label.clone()),
+            row("a max skew of 0", |s| s.topology_spread_constraints[0].max_skew = 0, "spec.topology_spread_constraints[0].max_skew", Rule::MaxSkew),
+            row("an unknown whenUnsatisfiable", |s| s.topology_spread_constraints[0].when_unsatisfiable = "Never".into(), "spec.topology_spread_constraints[0].when_unsatisfiable", Rule::WhenUnsatisfiable),
+            row("min domains with ScheduleAnyway", |s| s.topology_spread_constraints[0].when_unsatisfiable = "ScheduleAnyway".into(), "spec.topology_spread_constraints[0].min_domains", Rule::MinDomains),
         ]
     }
 
