@@ -192,11 +192,16 @@ fn full_plan(pods: usize) {
     let mut last_covered = 0;
     loop {
         let refs: Vec<&PodRequest> = reqs.iter().collect();
-        let Some(plan) = plan_scale_up(&refs, &pools, &catalogue::instance_type, &pool_nodes, &requested, Expander::LeastWaste) else { break };
-        plans += 1;
-        last_covered = plan.pods_on_requested + plan.pods;
-        for k in 0..plan.count {
-            requested.push(RequestedNode { instance_id: format!("i-{plans}-{k}"), pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), requested_at_ms: 0 });
+        let round = plan_scale_up(&refs, &pools, &catalogue::instance_type, &pool_nodes, &requested, Expander::LeastWaste);
+        if round.is_empty() {
+            break;
+        }
+        last_covered = round[0].pods_on_requested + round.iter().map(|p| p.pods).sum::<usize>();
+        for plan in round {
+            plans += 1;
+            for k in 0..plan.count {
+                requested.push(RequestedNode { instance_id: format!("i-{plans}-{k}"), pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), requested_at_ms: 0 });
+            }
         }
         assert!(plans < 1_000, "planning does not converge");
     }

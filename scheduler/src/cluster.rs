@@ -35,11 +35,17 @@ pub struct PodRecord {
     order: u64,
     /// The placement's capacity epoch when the pod last found no node.
     tried_at_epoch: Option<u64>,
+    /// Why no pool can add a node for it, while it waits (the autoscaler says so each round).
+    pub unhelped: Option<String>,
 }
 
 impl PodRecord {
     pub fn status(&self) -> pb::PodStatus {
-        pb::PodStatus { spec: Some(self.spec.decode()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message: self.message.clone() }
+        let message = match (&self.unhelped, self.node.is_none()) {
+            (Some(why), true) => format!("{}; {why}", self.message),
+            _ => self.message.clone(),
+        };
+        pb::PodStatus { spec: Some(self.spec.decode()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message }
     }
 }
 
@@ -120,7 +126,7 @@ impl Cluster {
             let (req, spec) = (PodRequest::of(&decoded), EncodedSpec::of(&decoded));
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
             let labels = Arc::new(decoded.labels.clone());
-            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
+            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None, unhelped: None });
             match &stored.node {
                 Some(n) => self.awaiting_node.entry(n.clone()).or_default().push(key.clone()),
                 None => {
@@ -153,6 +159,20 @@ impl Cluster {
         self.pending.values().filter_map(|k| self.pods.get(k))
     }
 
+    /// Pending pods with their keys, by submission order.
+    pub fn pending_keyed(&self) -> impl Iterator<Item = (&str, &PodRecord)> {
+        self.pending.values().filter_map(|k| self.pods.get(k).map(|r| (k.as_str(), r)))
+    }
+
+    /// Records why no pool can help a pending pod (None: some pool can).
+    pub fn note_unhelped(&mut self, key: &str, why: Option<String>) {
+        let Some(rec) = self.pods.get_mut(key) else { return };
+        if rec.unhelped != why {
+            rec.unhelped = why;
+            self.changes.note(ChangeKind::StatusChanged, rec);
+        }
+    }
+
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -174,7 +194,7 @@ impl Cluster {
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
         let labels = Arc::new(spec.labels.clone());
-        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None };
+        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None, unhelped: None };
         self.changes.note(ChangeKind::Added, &rec);
         self.pods.insert(key.clone(), rec);
         self.pending.insert(order, key);

@@ -471,16 +471,19 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
     let planned = shared.change(|c, now| {
         autoscaler::observe_utilisation(c, settings.utilisation_threshold, now);
         let threshold = cfg.autoscaler.pending_threshold_secs * 1000;
-        let waiting: Vec<_> = c.pending().filter(|p| now.saturating_sub(p.pending_since_ms) >= threshold).map(|p| p.req.clone()).collect();
-        let refs: Vec<_> = waiting.iter().collect();
+        let waiting: Vec<(String, crate::placement::PodRequest)> = c.pending_keyed().filter(|(_, p)| now.saturating_sub(p.pending_since_ms) >= threshold).map(|(k, p)| (k.to_string(), p.req.clone())).collect();
+        let refs: Vec<_> = waiting.iter().map(|(_, r)| r).collect();
         let pool_nodes = autoscaler::PoolNodes::of_cluster(c);
         let on_the_way = c.on_the_way();
+        // Each waiting pod learns why no pool can help it, if none can (once per distinct request).
+        let mut unhelped: HashMap<&crate::placement::PodRequest, Option<String>> = HashMap::new();
+        for (key, req) in &waiting {
+            let why = unhelped.entry(req).or_insert_with(|| autoscaler::why_unhelped(req, &cfg.pool, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way)).clone();
+            c.note_unhelped(key, why);
+        }
         let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way);
-        if plans.is_empty()
-            && !refs.is_empty()
-            && let Some(plan) = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way, cfg.autoscaler.expander)
-        {
-            plans.push(plan);
+        if plans.is_empty() && !refs.is_empty() {
+            plans = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way, cfg.autoscaler.expander);
         }
         let mut events = Vec::new();
         // Scale-ups a former leader began (or this one, when its call failed to answer) are sent
