@@ -92,6 +92,8 @@ pub struct Cluster {
     /// Since when each node has carried each NoExecute taint (`key=value:NoExecute`): a pod
     /// tolerating it for some seconds is evicted once they have passed.
     no_execute_since: HashMap<String, Vec<(String, u64)>>,
+    /// Per-label disruption budgets preemption honours (from the config).
+    pub budgets: Vec<crate::placement::preemption::DisruptionBudget>,
 }
 
 impl Cluster {
@@ -113,6 +115,7 @@ impl Cluster {
             changes: ChangeLog::default(),
             policy: PolicyBook::default(),
             no_execute_since: HashMap::new(),
+            budgets: Vec::new(),
         }
     }
 
@@ -204,6 +207,7 @@ impl Cluster {
     /// Deletes a pod; a bound one is removed from its node.
     pub fn delete(&mut self, key: &str) -> Option<Vec<Event>> {
         let rec = self.pods.remove(key)?;
+        self.placement.release_hold(key);
         self.changes.note(ChangeKind::Deleted, &rec);
         self.pending.remove(&rec.order);
         if let Some(node) = &rec.node {
@@ -236,7 +240,7 @@ impl Cluster {
         events
     }
 
-    fn try_place(&mut self, key: &str, failed: &mut HashMap<PodRequest, String>, _now_ms: u64, events: &mut Vec<Event>) {
+    fn try_place(&mut self, key: &str, failed: &mut HashMap<PodRequest, String>, now_ms: u64, events: &mut Vec<Event>) {
         let epoch = self.placement.capacity_epoch;
         let Some(rec) = self.pods.get_mut(key) else { return };
         if rec.node.is_some() {
@@ -250,8 +254,9 @@ impl Cluster {
             rec.tried_at_epoch = Some(epoch);
             return;
         }
-        match self.placement.choose(&rec.req) {
+        match self.placement.choose_as(key, &rec.req) {
             Decision::Node(idx) => {
+                self.placement.release_hold(key);
                 self.placement.bind(idx, key, &rec.req);
                 let chosen = self.placement.node(idx).expect("chosen node exists");
                 let node = chosen.id.clone();
@@ -274,14 +279,69 @@ impl Cluster {
                 events.push(Event::Bound { pod: key.to_string(), node });
             }
             Decision::Unschedulable(m) => {
+                let req = rec.req.clone();
+                let held = self.placement.held_for(key);
+                let m = match held.and_then(|i| self.placement.node(i)) {
+                    Some(n) => format!("{m}; nominated node {}: waiting for the pods it preempted to leave", n.id),
+                    None => m,
+                };
+                let rec = self.pods.get_mut(key).expect("pod looked up above");
                 if rec.message != m {
                     rec.message.clone_from(&m);
                     self.changes.note(ChangeKind::StatusChanged, rec);
                 }
                 rec.tried_at_epoch = Some(epoch);
-                failed.insert(rec.req.clone(), m);
+                if held.is_none() && self.placement.lowest_bound_priority().is_some_and(|p| p < req.priority) {
+                    events.extend(self.preempt(key, &req, now_ms));
+                }
+                failed.insert(req, m);
             }
         }
+    }
+
+    /// Makes room for a pending pod that fits nowhere by evicting pods of lower priority from
+    /// one node: the node needing the fewest victims (then the lowest of their priorities) among
+    /// those whose node rules admit the pod, within every disruption budget. The room is held
+    /// for the pod until it binds.
+    fn preempt(&mut self, key: &str, req: &PodRequest, now_ms: u64) -> Vec<Event> {
+        use crate::placement::preemption::{Candidate, victims};
+        let budgets = &self.budgets;
+        let selected: Vec<(u32, u32)> = budgets
+            .iter()
+            .map(|b| {
+                let mine = self.pods.values().filter(|r| b.selects(&r.req.own));
+                mine.fold((0, 0), |(all, bound), r| (all + 1, bound + u32::from(r.node.is_some())))
+            })
+            .collect();
+        let allowance: Vec<u32> = budgets.iter().zip(&selected).map(|(b, (all, bound))| b.allowance(*all, *bound)).collect();
+        let mut best: Option<(u32, Vec<String>, (usize, i32))> = None;
+        for (idx, n) in self.placement.nodes() {
+            if n.health != Health::Ready || n.blocked.forbids(&req.demand) || crate::placement::plugins::admits(req, &n.identity).is_err() {
+                continue;
+            }
+            let pods: Vec<Candidate<'_>> = n.pods.iter().filter_map(|k| self.pods.get(k).map(|r| Candidate { key: k.as_str(), priority: r.req.priority, demand: r.req.demand, own: &r.req.own })).collect();
+            if !pods.iter().any(|p| p.priority < req.priority) {
+                continue;
+            }
+            let mut left = allowance.clone();
+            let Some(chosen) = victims(&n.free, &req.demand, req.priority, &pods, budgets, &mut left) else { continue };
+            if chosen.is_empty() {
+                continue;
+            }
+            let rank = (chosen.len(), chosen.iter().map(|&i| pods[i].priority).max().unwrap_or(i32::MIN));
+            if best.as_ref().is_none_or(|b| rank < b.2) {
+                best = Some((idx, chosen.iter().map(|&i| pods[i].key.to_string()).collect(), rank));
+            }
+        }
+        let Some((idx, keys, _)) = best else { return Vec::new() };
+        let node = self.placement.node(idx).map(|n| n.id.clone()).unwrap_or_default();
+        tracing::info!(pod = %key, node = %node, victims = keys.len(), "preempting pods of lower priority");
+        self.placement.hold(idx, key, req.demand);
+        let mut events = Vec::new();
+        for victim in keys {
+            events.extend(self.unbind_to_pending(&victim, now_ms, format!("preempted on node {node} by {key} (priority {})", req.priority)));
+        }
+        events
     }
 
     /// Takes a node's report in. Pods it runs that are no longer bound to it are told to go.
@@ -677,7 +737,7 @@ fn differences(stored: &pb::PodSpec, submitted: &pb::PodSpec) -> Vec<&'static st
         stored.pool_selector.remove("zone");
     }
     // Every field named (no `..`): a field added to PodSpec must be added here.
-    let pb::PodSpec { namespace, name, cpu_millicores, memory_bytes, network_mode, security_group_ids, vswitch_id, ingress_bandwidth, egress_bandwidth, volumes, pool_selector, labels, spread_zones, command, tolerations, node_affinity, pod_affinity, pod_anti_affinity, topology_spread_constraints } = submitted;
+    let pb::PodSpec { namespace, name, cpu_millicores, memory_bytes, network_mode, security_group_ids, vswitch_id, ingress_bandwidth, egress_bandwidth, volumes, pool_selector, labels, spread_zones, command, tolerations, node_affinity, pod_affinity, pod_anti_affinity, topology_spread_constraints, priority_class_name, priority } = submitted;
     [
         ("namespace", *namespace != stored.namespace),
         ("name", *name != stored.name),
@@ -698,6 +758,8 @@ fn differences(stored: &pb::PodSpec, submitted: &pb::PodSpec) -> Vec<&'static st
         ("pod_affinity", *pod_affinity != stored.pod_affinity),
         ("pod_anti_affinity", *pod_anti_affinity != stored.pod_anti_affinity),
         ("topology_spread_constraints", *topology_spread_constraints != stored.topology_spread_constraints),
+        ("priority_class_name", *priority_class_name != stored.priority_class_name),
+        ("priority", *priority != stored.priority),
     ]
     .into_iter()
     .filter_map(|(field, differs)| differs.then_some(field))
@@ -814,6 +876,33 @@ mod tests {
         assert_eq!(c.pod("d/always").unwrap().node.as_deref(), Some("i-1"));
         c.schedule(31_000);
         assert_eq!(c.pod("d/plain").unwrap().node, None, "the only node is tainted");
+    }
+
+    #[test]
+    fn a_pod_of_higher_priority_preempts_the_lowest_and_its_node_is_held_for_it() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 60_000);
+        c.report(&report("i-1", "a", "z1", caps(2, 16), 1, &[]), 0);
+        let low = |n: &str, p: i32| pb::PodSpec { priority: p, labels: [("app".to_string(), n.to_string())].into(), ..pod(n) };
+        c.submit(low("batch", -10), 0).unwrap();
+        c.submit(low("web", 0), 0).unwrap();
+        c.schedule(0);
+        c.budgets = vec![crate::placement::preemption::DisruptionBudget { namespace: "d".into(), match_labels: [("app".to_string(), "web".to_string())].into(), min_available: Some(1), max_unavailable: None }];
+        // Both IPs taken: a pod of priority 100 evicts the batch pod, not web (higher, and kept by
+        // its budget), and the room is held for it while the agent removes the victim.
+        c.submit(low("critical", 100), 0).unwrap();
+        let ev = c.schedule(0);
+        assert!(ev.contains(&Event::Unbound { pod: "d/batch".into() }), "{ev:?}");
+        assert_eq!(c.pod("d/web").unwrap().node.as_deref(), Some("i-1"));
+        assert!(c.pod("d/batch").unwrap().message.contains("preempted on node i-1 by d/critical (priority 100)"));
+        // The victim's unacknowledged reservation came back at once: the preemptor binds there, and
+        // the victim does not take its place back.
+        c.schedule(1);
+        assert_eq!(c.pod("d/critical").unwrap().node.as_deref(), Some("i-1"));
+        assert_eq!(c.pod("d/batch").unwrap().node, None);
+        // Equal priority preempts nothing; the web pod's budget forbids evicting it.
+        c.submit(low("other", 100), 2).unwrap();
+        let ev = c.schedule(2);
+        assert!(!ev.iter().any(|e| matches!(e, Event::Unbound { .. })), "{ev:?}");
     }
 
     #[test]

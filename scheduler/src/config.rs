@@ -24,6 +24,17 @@ pub struct SchedulerConfig {
     pub watch: WatchConfig,
     /// Node pools the autoscaler manages (`[[pool]]`).
     pub pool: Vec<NodePool>,
+    /// Priority classes pods name (`[[priority_class]]`: name, value).
+    pub priority_class: Vec<PriorityClass>,
+    /// Per-label disruption budgets preemption honours (`[[disruption_budget]]`).
+    pub disruption_budget: Vec<crate::placement::preemption::DisruptionBudget>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityClass {
+    pub name: String,
+    pub value: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,11 +93,13 @@ pub struct AutoscalerConfig {
     pub node_boot_timeout_secs: u64,
     /// How often the autoscaler plans.
     pub interval_ms: u64,
+    /// Pods of a lower priority never make the autoscaler add a node.
+    pub scale_up_min_priority: i32,
 }
 
 impl Default for AutoscalerConfig {
     fn default() -> Self {
-        AutoscalerConfig { enabled: true, expander: Expander::LeastWaste, pending_threshold_secs: 10, scale_down_utilisation: 0.5, scale_down_after_secs: 600, node_boot_timeout_secs: 600, interval_ms: 1000 }
+        AutoscalerConfig { enabled: true, expander: Expander::LeastWaste, pending_threshold_secs: 10, scale_down_utilisation: 0.5, scale_down_after_secs: 600, node_boot_timeout_secs: 600, interval_ms: 1000, scale_up_min_priority: i32::MIN }
     }
 }
 
@@ -298,6 +311,16 @@ impl SchedulerConfig {
         }
         if !(0.0..=1.0).contains(&self.autoscaler.scale_down_utilisation) {
             return invalid("autoscaler.scale_down_utilisation", self.autoscaler.scale_down_utilisation.to_string(), "between 0 and 1");
+        }
+        for (i, c) in self.priority_class.iter().enumerate() {
+            if !crate::validation::label_name(&c.name) || self.priority_class.iter().skip(i + 1).any(|d| d.name == c.name) {
+                return invalid("priority_class.name", c.name.clone(), "every priority class needs a unique name of label characters (e.g. high-priority)");
+            }
+        }
+        for b in &self.disruption_budget {
+            if b.min_available.is_some() == b.max_unavailable.is_some() || b.match_labels.is_empty() {
+                return invalid("disruption_budget", format!("{}/{:?}", b.namespace, b.match_labels), "a budget has match_labels and exactly one of min_available and max_unavailable");
+            }
         }
         for (i, p) in self.pool.iter().enumerate() {
             if p.name.is_empty() || self.pool.iter().skip(i + 1).any(|q| q.name == p.name) {

@@ -88,6 +88,10 @@ pub enum Rule {
     WhenUnsatisfiable,
     #[error("min_domains is at least 0, and above 0 only with DoNotSchedule")]
     MinDomains,
+    #[error("is not a priority class of the scheduler's config; known: {known}")]
+    PriorityClass { known: String },
+    #[error("is set by the scheduler from priority_class_name (here {expected}): leave it 0")]
+    Priority { expected: i32 },
     #[error("In and NotIn need at least one value; Exists and DoesNotExist take none")]
     SelectorValues,
     #[error("is not a CIDR: an IPv4 or IPv6 network with its prefix length and no host bits set (e.g. 10.0.0.0/16, fd00::/64)")]
@@ -128,6 +132,8 @@ impl From<InvalidSpec> for tonic::Status {
 pub struct Limits {
     types: Vec<HostType>,
     of_pools: bool,
+    /// The config's priority classes: name → value.
+    priority_classes: Vec<(String, i32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +152,21 @@ impl Limits {
     /// `of_pools`: the types are those of the configured pools (it says so when refusing).
     pub fn of_types(types: impl IntoIterator<Item = InstanceType>, of_pools: bool) -> Limits {
         let types = types.into_iter().map(|t| HostType { cpu_millicores: u64::from(t.vcpu) * 1000, memory_bytes: t.memory_mib << 20, id: t.id }).collect();
-        Limits { types, of_pools }
+        Limits { types, of_pools, priority_classes: Vec::new() }
+    }
+
+    /// With the config's priority classes.
+    pub fn with_priority_classes(mut self, classes: &[crate::config::PriorityClass]) -> Limits {
+        self.priority_classes = classes.iter().map(|c| (c.name.clone(), c.value)).collect();
+        self
+    }
+
+    /// The priority of a class the config has ("" is 0).
+    pub fn priority_of(&self, class: &str) -> Option<i32> {
+        if class.is_empty() {
+            return Some(0);
+        }
+        self.priority_classes.iter().find(|(n, _)| n == class).map(|(_, v)| *v)
     }
 }
 
@@ -172,6 +192,11 @@ pub fn pod(spec: &pb::PodSpec, limits: &Limits) -> Result<(), InvalidSpec> {
     labels(&spec.pool_selector, "spec.pool_selector")?;
     volumes(&spec.volumes)?;
     placement_rules(spec)?;
+    let Some(priority) = limits.priority_of(&spec.priority_class_name) else {
+        let known = if limits.priority_classes.is_empty() { "none".to_string() } else { limits.priority_classes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ") };
+        return Err(InvalidSpec { field: "spec.priority_class_name".into(), value: shown(&spec.priority_class_name), rule: Rule::PriorityClass { known } });
+    };
+    check(spec.priority == 0 || spec.priority == priority, "spec.priority", &spec.priority.to_string(), Rule::Priority { expected: priority })?;
     for (i, arg) in spec.command.iter().enumerate() {
         check(!arg.contains('\0'), &format!("spec.command[{i}]"), arg, Rule::Nul)?;
     }
@@ -697,6 +722,8 @@ mod tests {
             row("a bad namespace in a term", |s| s.pod_anti_affinity.as_mut().unwrap().preferred[0].term.as_mut().unwrap().namespaces[0] = "B".into(), "spec.pod_anti_affinity.preferred[0].term.namespaces[0]", label.clone()),
             row("a max skew of 0", |s| s.topology_spread_constraints[0].max_skew = 0, "spec.topology_spread_constraints[0].max_skew", Rule::MaxSkew),
             row("an unknown whenUnsatisfiable", |s| s.topology_spread_constraints[0].when_unsatisfiable = "Never".into(), "spec.topology_spread_constraints[0].when_unsatisfiable", Rule::WhenUnsatisfiable),
+            row("an unknown priority class", |s| s.priority_class_name = "urgent".into(), "spec.priority_class_name", Rule::PriorityClass { known: "none".into() }),
+            row("a priority of one's own", |s| s.priority = 7, "spec.priority", Rule::Priority { expected: 0 }),
             row("min domains with ScheduleAnyway", |s| s.topology_spread_constraints[0].when_unsatisfiable = "ScheduleAnyway".into(), "spec.topology_spread_constraints[0].min_domains", Rule::MinDomains),
         ]
     }

@@ -11,6 +11,7 @@ pub mod labels;
 pub mod node;
 pub mod plugins;
 pub mod pods;
+pub mod preemption;
 pub mod resources;
 pub mod rules;
 
@@ -57,6 +58,8 @@ pub struct PodRequest {
     pub own: Arc<PodLabels>,
     /// Tolerations, node affinity, pod affinity and spread, when it has any.
     pub rules: Option<Arc<Rules>>,
+    /// From its priority class (the scheduler set it at submission).
+    pub priority: i32,
 }
 
 impl PodRequest {
@@ -82,6 +85,7 @@ impl PodRequest {
             vswitch: (!spec.vswitch_id.is_empty()).then(|| spec.vswitch_id.clone()),
             own: Arc::new(PodLabels::of(spec)),
             rules: Rules::of(spec),
+            priority: spec.priority,
         }
     }
 
@@ -136,6 +140,9 @@ pub struct Placement {
     zones: Vec<String>,
     /// Where bound pods are, for affinity and spread rules.
     pods: PodIndex,
+    /// Room held on a node for the pod that preempted pods there (node → pod, demand): other
+    /// pods may not take it.
+    held: HashMap<u32, Vec<(String, Resources)>>,
     /// What each pool (by name) gives its nodes: labels and taints from the config.
     pool_traits: HashMap<String, PoolTraits>,
     pub strategy: Strategy,
@@ -312,6 +319,7 @@ impl Placement {
     pub fn remove_node(&mut self, idx: u32) -> Option<Node> {
         let node = self.nodes.get_mut(idx as usize)?.take()?;
         self.by_id.remove(&node.id);
+        self.held.remove(&idx);
         self.class_nodes[node.class as usize] -= 1;
         self.unindex_pool(&node.identity.pool, idx);
         self.all.retain(|&i| i != idx);
@@ -349,8 +357,36 @@ impl Placement {
         }
     }
 
+    /// Holds room on a node for a pod that preempted pods there, until it binds or goes.
+    pub fn hold(&mut self, idx: u32, pod: &str, demand: Resources) {
+        self.held.entry(idx).or_default().push((pod.to_string(), demand));
+    }
+
+    /// Releases what was held for the pod (it is bound, deleted, or gave up).
+    pub fn release_hold(&mut self, pod: &str) {
+        self.held.retain(|_, v| {
+            v.retain(|(p, _)| p != pod);
+            !v.is_empty()
+        });
+    }
+
+    /// The lowest priority of a bound pod: a pod of no higher priority can preempt nothing.
+    pub fn lowest_bound_priority(&self) -> Option<i32> {
+        self.pods.lowest_priority()
+    }
+
+    /// The node a pod holds room on, if any.
+    pub fn held_for(&self, pod: &str) -> Option<u32> {
+        self.held.iter().find(|(_, v)| v.iter().any(|(p, _)| p == pod)).map(|(i, _)| *i)
+    }
+
     /// Chooses a node for the pod, or says why none fits. Does not bind.
     pub fn choose(&mut self, req: &PodRequest) -> Decision {
+        self.choose_as("", req)
+    }
+
+    /// As [`Placement::choose`], for the pod `key`: room held for it counts as free.
+    pub fn choose_as(&mut self, key: &str, req: &PodRequest) -> Decision {
         let candidates: &[u32] = match &req.pool {
             Some(p) => self.by_pool.get(p).map_or(&[][..], Vec::as_slice),
             None => &self.all,
@@ -382,7 +418,11 @@ impl Placement {
             let idx = candidates[(start + k) % total];
             examined += 1;
             let Some(n) = self.nodes[idx as usize].as_ref() else { continue };
-            if let Some(why) = plugins::fit::refusal(n, &req.demand) {
+            let free = match self.held.get(&idx) {
+                Some(held) => held.iter().filter(|(p, _)| p != key).fold(n.free, |f, (_, d)| f.saturating_sub(d)),
+                None => n.free,
+            };
+            if let Some(why) = plugins::fit::refusal(n, &free, &req.demand) {
                 refusals.add(Why::State(why));
                 continue;
             }

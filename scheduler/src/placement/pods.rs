@@ -46,6 +46,7 @@ struct Placed {
     matched: Vec<usize>,
     /// Its required anti-affinity terms: (tracker, topology).
     anti: Vec<(usize, Topology)>,
+    priority: i32,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +56,8 @@ pub struct PodIndex {
     pods: HashMap<String, Placed>,
     /// Trackers with anti-affinity holders.
     holding: Vec<usize>,
+    /// Bound pods per priority.
+    priorities: std::collections::BTreeMap<i32, u32>,
 }
 
 fn bump(v: &mut Vec<u32>, i: usize, up: bool) {
@@ -76,6 +79,11 @@ fn bump_map(m: &mut HashMap<u32, u32>, k: u32, up: bool) {
 }
 
 impl PodIndex {
+    /// The lowest priority of a bound pod.
+    pub fn lowest_priority(&self) -> Option<i32> {
+        self.priorities.keys().next().copied()
+    }
+
     pub fn get(&self, t: usize) -> &Tracker {
         &self.trackers[t]
     }
@@ -130,11 +138,18 @@ impl PodIndex {
                 self.holding.push(t);
             }
         }
-        self.pods.insert(key.to_string(), Placed { node, zone, own: req.own.clone(), matched, anti });
+        *self.priorities.entry(req.priority).or_default() += 1;
+        self.pods.insert(key.to_string(), Placed { node, zone, own: req.own.clone(), matched, anti, priority: req.priority });
     }
 
     pub fn remove(&mut self, key: &str) {
         let Some(p) = self.pods.remove(key) else { return };
+        if let Some(n) = self.priorities.get_mut(&p.priority) {
+            *n -= 1;
+            if *n == 0 {
+                self.priorities.remove(&p.priority);
+            }
+        }
         for &t in &p.matched {
             let tracker = &mut self.trackers[t];
             bump_map(&mut tracker.per_node, p.node, false);

@@ -4,8 +4,9 @@
 use crate::placement::node::{Health, Node};
 use crate::placement::resources::Resources;
 
-/// Why the node cannot take `demand` now, in the user's words; None: it can.
-pub fn refusal(n: &Node, d: &Resources) -> Option<&'static str> {
+/// Why the node cannot take `demand` now (`free`: its free counts less what is held for other
+/// pods), in the user's words; None: it can.
+pub fn refusal(n: &Node, free: &Resources, d: &Resources) -> Option<&'static str> {
     match n.health {
         Health::Ready => {}
         Health::Unknown => return Some("not reporting"),
@@ -27,7 +28,7 @@ pub fn refusal(n: &Node, d: &Resources) -> Option<&'static str> {
     if b.disk_slots && d.disk_slots > 0 {
         return Some("its agent can attach no disk (DiskExhausted)");
     }
-    let f = &n.free;
+    let f = free;
     if d.shared_ips > f.shared_ips {
         Some("no shared IP left")
     } else if d.eni_slots > f.eni_slots {
