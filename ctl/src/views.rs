@@ -40,6 +40,10 @@ pub struct NodeView {
     pub disk_slots: [u32; 2],
     pub pods: usize,
     pub conditions: Vec<String>,
+    /// `key=value:Effect`, the pool's and the agent's.
+    pub taints: Vec<String>,
+    /// Its labels (the well-known ones derived from its identity left out), `key=value`.
+    pub labels: Vec<String>,
 }
 
 pub fn phase(p: i32) -> &'static str {
@@ -117,6 +121,13 @@ pub fn node_view(n: &pb::NodeState, pods: &[PodView]) -> NodeView {
         member_eni_slots: [free.member_eni_slots, all.member_eni_slots],
         disk_slots: [free.disk_slots, all.disk_slots],
         conditions: r.conditions.iter().filter(|c| c.status).map(|c| c.r#type.clone()).collect(),
+        taints: n.taints.iter().map(berth_scheduler::placement::plugins::taints::shown).collect(),
+        labels: {
+            let derived = berth_scheduler::placement::labels::WELL_KNOWN;
+            let mut l: Vec<String> = n.labels.iter().filter(|(k, _)| !derived.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
+            l.sort();
+            l
+        },
     }
 }
 
@@ -130,7 +141,7 @@ pub fn pods_table(pods: &[PodView]) -> String {
 }
 
 pub fn nodes_table(nodes: &[NodeView]) -> String {
-    let mut t = Table::new("NODES (free/allocatable)", &["ID", "STATE", "POOL", "ZONE", "TYPE", "PODS", "CPU", "IPS", "ENI SLOTS", "MEMBER SLOTS", "DISK SLOTS", "CONDITIONS"]);
+    let mut t = Table::new("NODES (free/allocatable)", &["ID", "STATE", "POOL", "ZONE", "TYPE", "PODS", "CPU", "IPS", "ENI SLOTS", "MEMBER SLOTS", "DISK SLOTS", "CONDITIONS", "TAINTS", "LABELS"]);
     let pair = |p: [u32; 2]| format!("{}/{}", p[0], p[1]);
     for n in nodes {
         t.row(vec![
@@ -146,6 +157,8 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
             pair(n.member_eni_slots),
             pair(n.disk_slots),
             n.conditions.join(","),
+            n.taints.join(","),
+            n.labels.join(","),
         ]);
     }
     t.render()

@@ -13,6 +13,9 @@ pub const POOL: &str = "berth.io/pool";
 pub const CAPACITY_TYPE: &str = "karpenter.sh/capacity-type";
 pub const ARCH: &str = "kubernetes.io/arch";
 
+/// Every label derived from a node's identity.
+pub const WELL_KNOWN: [&str; 6] = [ZONE, HOSTNAME, INSTANCE_TYPE, POOL, CAPACITY_TYPE, ARCH];
+
 /// The topology keys pod affinity and spread constraints take.
 pub const TOPOLOGY_KEYS: [&str; 2] = [HOSTNAME, ZONE];
 
@@ -40,7 +43,7 @@ pub fn node_label<'a>(id: &'a pb::NodeIdentity, key: &str) -> Option<Cow<'a, str
 /// Every label of a node, the well-known ones included (for ListNodes).
 pub fn all_node_labels(id: &pb::NodeIdentity) -> std::collections::HashMap<String, String> {
     let mut all = id.labels.clone();
-    for key in [ZONE, HOSTNAME, INSTANCE_TYPE, POOL, CAPACITY_TYPE, ARCH] {
+    for key in WELL_KNOWN {
         if let Some(v) = node_label(id, key) {
             all.insert(key.to_string(), v.into_owned());
         }
