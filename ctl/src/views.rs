@@ -111,7 +111,7 @@ pub fn node_view(n: &pb::NodeState, pods: &[PodView]) -> NodeView {
     NodeView {
         pods: pods.iter().filter(|p| p.node == id.instance_id).count(),
         instance_id: id.instance_id,
-        state: n.state.clone(),
+        state: if n.taints.iter().any(|t| t.key == berth_scheduler::placement::plugins::taints::UNSCHEDULABLE) { format!("{},Cordoned", n.state) } else { n.state.clone() },
         pool: id.pool,
         zone: id.zone_id,
         instance_type: id.instance_type,
@@ -211,6 +211,21 @@ pub fn print_nodes(nodes: &[NodeView], output: Output) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_row_shows_its_cordon_taints_and_own_labels() {
+        let identity = pb::NodeIdentity { instance_id: "i-1".into(), pool: "gpu".into(), ..Default::default() };
+        let n = pb::NodeState {
+            last_report: Some(pb::NodeReport { identity: Some(identity), ..Default::default() }),
+            state: "Ready".into(),
+            taints: vec![pb::Taint { key: "node.kubernetes.io/unschedulable".into(), value: String::new(), effect: "NoSchedule".into() }, pb::Taint { key: "dedicated".into(), value: "gpu".into(), effect: "NoSchedule".into() }],
+            labels: [("berth.io/pool".to_string(), "gpu".to_string()), ("gpus".to_string(), "4".to_string())].into(),
+        };
+        let v = node_view(&n, &[]);
+        assert_eq!(v.state, "Ready,Cordoned");
+        assert_eq!(v.taints, ["node.kubernetes.io/unschedulable:NoSchedule", "dedicated=gpu:NoSchedule"]);
+        assert_eq!(v.labels, ["gpus=4"], "the well-known labels are other columns");
+    }
 
     #[test]
     fn a_pod_row_names_its_eni_mode_and_volumes() {

@@ -14,7 +14,7 @@ use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
 use crate::netpol::{PodFacts, PolicyBook};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
-use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
+use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec, StoredTaint};
 use crate::watch::{Change, ChangeKind, ChangeLog};
 
 #[derive(Debug, Clone)]
@@ -139,6 +139,9 @@ impl Cluster {
         }
         self.requested = snap.requested.clone();
         self.scale_ups = snap.scale_ups.clone();
+        for (node, taints) in &snap.node_taints {
+            self.placement.set_node_taints(node, taints.iter().map(|t| pb::Taint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect());
+        }
         self.policy.restore(&snap.policies, &snap.namespaces)
     }
 
@@ -421,6 +424,27 @@ impl Cluster {
         events
     }
 
+    /// Cordons (or uncordons) a node: the taint `node.kubernetes.io/unschedulable:NoSchedule` keeps
+    /// new pods off it; `drain` also sends its pods back to the queue. None: no such node.
+    pub fn cordon(&mut self, node: &str, cordon: bool, drain: bool, now_ms: u64) -> Option<Vec<Event>> {
+        use crate::placement::plugins::taints::{NO_SCHEDULE, UNSCHEDULABLE};
+        let idx = self.placement.index_of(node)?;
+        let mut taints: Vec<pb::Taint> = self.placement.node_taints(node).to_vec();
+        taints.retain(|t| t.key != UNSCHEDULABLE);
+        if cordon || drain {
+            taints.push(pb::Taint { key: UNSCHEDULABLE.into(), value: String::new(), effect: NO_SCHEDULE.into() });
+        }
+        let mut events = vec![Event::NodeTainted { node: node.to_string(), taints: taints.iter().map(|t| StoredTaint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect() }];
+        self.placement.set_node_taints(node, taints);
+        if drain {
+            let pods: Vec<String> = self.placement.node(idx).map(|n| n.pods.iter().cloned().collect()).unwrap_or_default();
+            for key in pods {
+                events.extend(self.unbind_to_pending(&key, now_ms, format!("node {node} drained; moving")));
+            }
+        }
+        Some(events)
+    }
+
     /// Sends back to pending the pods of a node that do not tolerate one of its NoExecute taints,
     /// or tolerated it for fewer seconds than it has been there.
     fn evict_untolerated(&mut self, idx: u32, now_ms: u64) -> Vec<Event> {
@@ -690,6 +714,11 @@ impl Cluster {
         self.outbox.iter().filter(|(_, o)| !o.run.is_empty() || !o.remove.is_empty()).map(|(k, _)| k.clone()).collect()
     }
 
+    /// One node's state, as ListNodes gives it.
+    pub fn node_state_of(&self, id: &str) -> Option<pb::NodeState> {
+        self.placement.index_of(id).and_then(|i| self.placement.node(i)).map(node_state)
+    }
+
     pub fn node_states(&self) -> Vec<pb::NodeState> {
         self.placement.nodes().map(|(_, n)| node_state(n)).collect()
     }
@@ -903,6 +932,37 @@ mod tests {
         c.submit(low("other", 100), 2).unwrap();
         let ev = c.schedule(2);
         assert!(!ev.iter().any(|e| matches!(e, Event::Unbound { .. })), "{ev:?}");
+    }
+
+    #[test]
+    fn a_cordoned_node_takes_no_new_pod_a_drained_one_gives_its_pods_back_and_both_survive_a_restart() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 60_000);
+        let mut store = MemoryStore::default();
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        c.report(&report("i-2", "a", "z1", caps(10, 16), 1, &[]), 0);
+        store.append(&c.submit(pod("p"), 0).unwrap()).unwrap();
+        store.append(&c.schedule(0)).unwrap();
+        let on = c.pod("d/p").unwrap().node.clone().unwrap();
+        let other = if on == "i-1" { "i-2" } else { "i-1" };
+        store.append(&c.cordon(other, true, false, 1).unwrap()).unwrap();
+        assert!(c.node_state_of(other).unwrap().taints.iter().any(|t| t.key == "node.kubernetes.io/unschedulable"));
+        // Draining the pod's node leaves it nowhere to go: both are cordoned.
+        let ev = c.cordon(&on, false, true, 2).unwrap();
+        assert!(ev.contains(&Event::Unbound { pod: "d/p".into() }), "{ev:?}");
+        store.append(&ev).unwrap();
+        c.schedule(2);
+        assert_eq!(c.pending().next().unwrap().message, "0/2 nodes available: 2 nodes: cordoned");
+        // A new leader (or a restart) keeps the cordons; uncordoning one lets the pod back.
+        let mut d = Cluster::new(Strategy::BinPack, 0, 60_000);
+        d.restore(&store.load().unwrap(), 3).unwrap();
+        d.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 3);
+        d.report(&report("i-2", "a", "z1", caps(10, 16), 1, &[]), 3);
+        d.schedule(3);
+        assert_eq!(d.pod("d/p").unwrap().node, None);
+        d.cordon(other, false, false, 4).unwrap();
+        d.schedule(4);
+        assert_eq!(d.pod("d/p").unwrap().node.as_deref(), Some(other));
+        assert!(d.cordon("i-9", true, false, 5).is_none());
     }
 
     #[test]

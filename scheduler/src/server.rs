@@ -419,6 +419,18 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(pb::DeleteNetworkPolicyResponse {}))
     }
 
+    async fn cordon_node(&self, request: Request<pb::CordonNodeRequest>) -> Result<Response<pb::NodeState>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        let (durable, state) = shared.change(|c, now| {
+            let events = c.cordon(&r.instance_id, r.cordon, r.drain, now).ok_or_else(|| Status::not_found(format!("instance_id = {:?}: no such node reports to this scheduler; `berthctl nodes` lists them", r.instance_id)))?;
+            let state = c.node_state_of(&r.instance_id);
+            Ok((events, state))
+        })?;
+        durable.durable().await?;
+        state.map(Response::new).ok_or_else(|| Status::not_found(format!("node {} is gone", r.instance_id)))
+    }
+
     async fn label_namespace(&self, request: Request<pb::LabelNamespaceRequest>) -> Result<Response<pb::Namespace>, Status> {
         let shared = self.replica.leading()?;
         let r = request.into_inner();

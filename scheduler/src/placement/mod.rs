@@ -145,6 +145,8 @@ pub struct Placement {
     held: HashMap<u32, Vec<(String, Resources)>>,
     /// What each pool (by name) gives its nodes: labels and taints from the config.
     pool_traits: HashMap<String, PoolTraits>,
+    /// Taints given to nodes through the API (a cordon among them), by instance ID.
+    node_taints: HashMap<String, Vec<pb::Taint>>,
     pub strategy: Strategy,
     /// 0: adaptive (see the module doc); otherwise a percentage of candidates.
     pub percent_of_nodes_to_score: u32,
@@ -197,6 +199,34 @@ impl Placement {
         self.pool_traits = traits;
     }
 
+    /// The taints the API gave a node.
+    pub fn node_taints(&self, id: &str) -> &[pb::Taint] {
+        self.node_taints.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Sets the taints the API gives a node, taking effect at once on a node that reports.
+    pub fn set_node_taints(&mut self, id: &str, taints: Vec<pb::Taint>) {
+        let old = if taints.is_empty() { self.node_taints.remove(id) } else { self.node_taints.insert(id.to_string(), taints.clone()) };
+        let Some(idx) = self.index_of(id) else { return };
+        let Some(n) = self.node(idx) else { return };
+        let mut identity = n.identity.clone();
+        identity.taints.retain(|t| !old.as_ref().is_some_and(|o| o.contains(t)));
+        for t in taints {
+            if !identity.taints.contains(&t) {
+                identity.taints.push(t);
+            }
+        }
+        let old_class = n.class;
+        let class = self.class_of(&identity);
+        self.class_nodes[old_class as usize] -= 1;
+        self.class_nodes[class as usize] += 1;
+        let n = self.node_mut(idx).expect("indexed node exists");
+        n.class = class;
+        n.identity = identity;
+        // An uncordoned node may take pods again.
+        self.capacity_epoch += 1;
+    }
+
     fn class_of(&mut self, identity: &pb::NodeIdentity) -> u32 {
         let class = self.classes.of(identity);
         let c = class as usize;
@@ -225,6 +255,9 @@ impl Placement {
         let mut identity = report.identity.clone().unwrap_or_default();
         if let Some(t) = self.pool_traits.get(&identity.pool) {
             t.inherit(&mut identity);
+        }
+        if let Some(taints) = self.node_taints.get(&identity.instance_id) {
+            PoolTraits { labels: Vec::new(), taints: taints.clone() }.inherit(&mut identity);
         }
         let id = identity.instance_id.clone();
         let idx = match self.by_id.get(&id) {
