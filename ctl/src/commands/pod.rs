@@ -35,7 +35,14 @@ pub enum Mode {
 
 #[derive(Args)]
 pub struct AddArgs {
-    pub name: String,
+    /// The pod's name (not with -f).
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// A Kubernetes Pod document (metadata, nodeSelector, tolerations, affinity,
+    /// topologySpreadConstraints, priorityClassName, one container's command and requests)
+    /// instead of the flags.
+    #[arg(long, short = 'f', conflicts_with = "name")]
+    pub file: Option<std::path::PathBuf>,
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
     #[arg(long, default_value_t = 100)]
@@ -145,6 +152,10 @@ pub fn volume(name: &str, kind: pb::VolumeKind, mount_path: &str, params: &[(&st
 }
 
 pub fn spec_of(a: &AddArgs) -> anyhow::Result<pb::PodSpec> {
+    if let Some(path) = &a.file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return super::podfile::spec_of(&text, &a.namespace).with_context(|| format!("{}", path.display()));
+    }
     let mut volumes = Vec::new();
     for d in &a.disks {
         let parts: Vec<&str> = d.split(':').collect();
@@ -217,7 +228,7 @@ pub fn spec_of(a: &AddArgs) -> anyhow::Result<pb::PodSpec> {
         topology_spread_constraints: spread,
         priority_class_name: a.priority_class.clone().unwrap_or_default(),
         namespace: a.namespace.clone(),
-        name: a.name.clone(),
+        name: a.name.clone().unwrap_or_default(),
         cpu_millicores: a.cpu_millicores,
         memory_bytes: a.memory_mib << 20,
         network_mode: match a.mode {
@@ -458,16 +469,17 @@ impl Pod {
         match self.command {
             PodCommand::Add(a) => {
                 let spec = spec_of(&a)?;
-                if c.get_pod(pb::GetPodRequest { namespace: a.namespace.clone(), name: a.name.clone() }).await.is_ok() {
-                    bail!("pod {}/{} exists; delete it first with `berthctl pod del {}`", a.namespace, a.name, a.name);
+                let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
+                if c.get_pod(pb::GetPodRequest { namespace: namespace.clone(), name: name.clone() }).await.is_ok() {
+                    bail!("pod {namespace}/{name} exists; delete it first with `berthctl pod del {name}`");
                 }
                 // The watch starts before the submit, so it sees the pod's whole life.
-                let watch = if a.wait { Some(PodWatch::from_now(&paths.scheduler_endpoints(), &a.namespace, &a.name).await?) } else { None };
+                let watch = if a.wait { Some(PodWatch::from_now(&paths.scheduler_endpoints(), &namespace, &name).await?) } else { None };
                 c.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.map_err(rpc)?;
                 if let Some(watch) = watch {
-                    wait_running(watch, &a.namespace, std::slice::from_ref(&a.name), Duration::from_secs(a.timeout), |s| if output == Output::Table { eprintln!("==> {s}") }).await?;
+                    wait_running(watch, &namespace, std::slice::from_ref(&name), Duration::from_secs(a.timeout), |s| if output == Output::Table { eprintln!("==> {s}") }).await?;
                 }
-                show(paths, &mut c, &a.namespace, &a.name, output).await
+                show(paths, &mut c, &namespace, &name, output).await
             }
             PodCommand::Del { name, namespace } => delete(paths, &mut c, &namespace, &name, Duration::from_secs(60)).await,
             PodCommand::Get { name, namespace } => show(paths, &mut c, &namespace, &name, output).await,
