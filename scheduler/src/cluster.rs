@@ -302,6 +302,17 @@ impl Cluster {
         }
     }
 
+    /// How many more pods each disruption budget lets go, from the pods it selects now.
+    fn budget_allowance(&self) -> Vec<u32> {
+        self.budgets
+            .iter()
+            .map(|b| {
+                let (all, bound) = self.pods.values().filter(|r| b.selects(&r.req.own)).fold((0, 0), |(all, bound), r| (all + 1, bound + u32::from(r.node.is_some())));
+                b.allowance(all, bound)
+            })
+            .collect()
+    }
+
     /// Makes room for a pending pod that fits nowhere by evicting pods of lower priority from
     /// one node: the node needing the fewest victims (then the lowest of their priorities) among
     /// those whose node rules admit the pod, within every disruption budget. The room is held
@@ -309,14 +320,7 @@ impl Cluster {
     fn preempt(&mut self, key: &str, req: &PodRequest, now_ms: u64) -> Vec<Event> {
         use crate::placement::preemption::{Candidate, victims};
         let budgets = &self.budgets;
-        let selected: Vec<(u32, u32)> = budgets
-            .iter()
-            .map(|b| {
-                let mine = self.pods.values().filter(|r| b.selects(&r.req.own));
-                mine.fold((0, 0), |(all, bound), r| (all + 1, bound + u32::from(r.node.is_some())))
-            })
-            .collect();
-        let allowance: Vec<u32> = budgets.iter().zip(&selected).map(|(b, (all, bound))| b.allowance(*all, *bound)).collect();
+        let allowance = self.budget_allowance();
         let mut best: Option<(u32, Vec<String>, (usize, i32))> = None;
         for (idx, n) in self.placement.nodes() {
             if n.health != Health::Ready || n.blocked.forbids(&req.demand) || crate::placement::plugins::admits(req, &n.identity).is_err() {
@@ -425,7 +429,8 @@ impl Cluster {
     }
 
     /// Cordons (or uncordons) a node: the taint `node.kubernetes.io/unschedulable:NoSchedule` keeps
-    /// new pods off it; `drain` also sends its pods back to the queue. None: no such node.
+    /// new pods off it; `drain` also sends its pods back to the queue, as far as the disruption
+    /// budgets allow. None: no such node.
     pub fn cordon(&mut self, node: &str, cordon: bool, drain: bool, now_ms: u64) -> Option<Vec<Event>> {
         use crate::placement::plugins::taints::{NO_SCHEDULE, UNSCHEDULABLE};
         let idx = self.placement.index_of(node)?;
@@ -437,8 +442,21 @@ impl Cluster {
         let mut events = vec![Event::NodeTainted { node: node.to_string(), taints: taints.iter().map(|t| StoredTaint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect() }];
         self.placement.set_node_taints(node, taints);
         if drain {
-            let pods: Vec<String> = self.placement.node(idx).map(|n| n.pods.iter().cloned().collect()).unwrap_or_default();
+            // Within the disruption budgets: a pod whose budget has no room left stays (a later
+            // drain moves it once its peers run elsewhere).
+            let mut pods: Vec<String> = self.placement.node(idx).map(|n| n.pods.iter().cloned().collect()).unwrap_or_default();
+            pods.sort();
+            let mut allowance = self.budget_allowance();
             for key in pods {
+                let Some(own) = self.pods.get(&key).map(|r| r.req.own.clone()) else { continue };
+                let hit: Vec<usize> = self.budgets.iter().enumerate().filter(|(_, b)| b.selects(&own)).map(|(k, _)| k).collect();
+                if hit.iter().any(|&k| allowance[k] == 0) {
+                    tracing::info!(node = %node, pod = %key, "drain leaves the pod: its disruption budget allows no more");
+                    continue;
+                }
+                for k in hit {
+                    allowance[k] -= 1;
+                }
                 events.extend(self.unbind_to_pending(&key, now_ms, format!("node {node} drained; moving")));
             }
         }
@@ -963,6 +981,14 @@ mod tests {
         d.schedule(4);
         assert_eq!(d.pod("d/p").unwrap().node.as_deref(), Some(other));
         assert!(d.cordon("i-9", true, false, 5).is_none());
+        // A drain honours the budgets: of two web pods with min_available 1, one moves.
+        store.append(&d.submit(pb::PodSpec { labels: [("app".to_string(), "web".to_string())].into(), ..pod("w1") }, 6).unwrap()).unwrap();
+        store.append(&d.submit(pb::PodSpec { labels: [("app".to_string(), "web".to_string())].into(), ..pod("w2") }, 6).unwrap()).unwrap();
+        d.schedule(6);
+        assert_eq!(d.pod("d/w1").unwrap().node.as_deref(), Some(other));
+        d.budgets = vec![crate::placement::preemption::DisruptionBudget { namespace: "d".into(), match_labels: [("app".to_string(), "web".to_string())].into(), min_available: Some(1), max_unavailable: None }];
+        let ev = d.cordon(other, true, true, 7).unwrap();
+        assert_eq!(ev.iter().filter(|e| matches!(e, Event::Unbound { pod } if pod.starts_with("d/w"))).count(), 1, "{ev:?}");
     }
 
     #[test]
