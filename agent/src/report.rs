@@ -94,6 +94,7 @@ fn report<C: Cloud + 'static>(pool: &EniPool<C>, disks: &DiskAttacher<C>, itype:
             pool: settings.pool.clone(),
             vswitch_ids: vec![pool.settings().vswitch_id.clone()],
             labels: settings.labels.clone(),
+            taints: Vec::new(),
         }),
         allocatable: Some(allocatable),
         free: Some(free),

@@ -214,8 +214,9 @@ mod tests {
         let full = pb::NodeState {
             state: "Ready".into(),
             last_report: Some(pb::NodeReport { identity: Some(pb::NodeIdentity { instance_id: "i-1".into(), ..Default::default() }), conditions: vec![pb::Condition { r#type: "IpExhausted".into(), status: true, reason: "no idle IP and the pool may not grow".into(), ..Default::default() }], ..Default::default() }),
+            ..Default::default()
         };
-        let pending = pb::PodStatus { spec: Some(spec.clone()), phase: pb::PodPhase::Pending as i32, message: "0/1 nodes available: 1 no shared IP left".into(), ..Default::default() };
+        let pending = pb::PodStatus { spec: Some(spec.clone()), phase: pb::PodPhase::Pending as i32, message: "0/1 nodes available: 1 node: no shared IP left".into(), ..Default::default() };
         let lines = super::explain_pod(&pending, std::slice::from_ref(&full), None);
         assert!(lines[0].contains("no shared IP left"), "{lines:?}");
         assert!(lines.iter().any(|l| l.contains("node i-1: IpExhausted")), "{lines:?}");

@@ -41,6 +41,8 @@ enum Command {
     Namespace(commands::policy::Namespace),
     /// The nodes as the scheduler sees them: state, pool, zone, free/allocatable IPs and slots.
     Nodes(commands::nodes::Nodes),
+    /// Cordon, uncordon or drain a node.
+    Node(commands::nodes::NodeCmd),
     /// The scheduler's node pools with their node counts.
     Pools(commands::nodes::Pools),
     /// Compare one node's pods, its agent's pool and the cloud; exit non-zero on any mismatch.
@@ -70,6 +72,7 @@ async fn main() {
         Command::Uninstall(c) => c.exec().await,
         Command::Nodes(c) => c.exec(cli.output).await,
         Command::Snapshot(c) => c.exec(cli.output).await,
+        Command::Node(c) => c.exec(cli.output).await,
         Command::Pools(c) => c.exec(cli.output).await,
     };
     if let Err(e) = result {

@@ -40,6 +40,10 @@ pub struct NodeView {
     pub disk_slots: [u32; 2],
     pub pods: usize,
     pub conditions: Vec<String>,
+    /// `key=value:Effect`, the pool's and the agent's.
+    pub taints: Vec<String>,
+    /// Its labels (the well-known ones derived from its identity left out), `key=value`.
+    pub labels: Vec<String>,
 }
 
 pub fn phase(p: i32) -> &'static str {
@@ -107,7 +111,7 @@ pub fn node_view(n: &pb::NodeState, pods: &[PodView]) -> NodeView {
     NodeView {
         pods: pods.iter().filter(|p| p.node == id.instance_id).count(),
         instance_id: id.instance_id,
-        state: n.state.clone(),
+        state: if n.taints.iter().any(|t| t.key == berth_scheduler::placement::plugins::taints::UNSCHEDULABLE) { format!("{},Cordoned", n.state) } else { n.state.clone() },
         pool: id.pool,
         zone: id.zone_id,
         instance_type: id.instance_type,
@@ -117,6 +121,13 @@ pub fn node_view(n: &pb::NodeState, pods: &[PodView]) -> NodeView {
         member_eni_slots: [free.member_eni_slots, all.member_eni_slots],
         disk_slots: [free.disk_slots, all.disk_slots],
         conditions: r.conditions.iter().filter(|c| c.status).map(|c| c.r#type.clone()).collect(),
+        taints: n.taints.iter().map(berth_scheduler::placement::plugins::taints::shown).collect(),
+        labels: {
+            let derived = berth_scheduler::placement::labels::WELL_KNOWN;
+            let mut l: Vec<String> = n.labels.iter().filter(|(k, _)| !derived.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
+            l.sort();
+            l
+        },
     }
 }
 
@@ -130,7 +141,7 @@ pub fn pods_table(pods: &[PodView]) -> String {
 }
 
 pub fn nodes_table(nodes: &[NodeView]) -> String {
-    let mut t = Table::new("NODES (free/allocatable)", &["ID", "STATE", "POOL", "ZONE", "TYPE", "PODS", "CPU", "IPS", "ENI SLOTS", "MEMBER SLOTS", "DISK SLOTS", "CONDITIONS"]);
+    let mut t = Table::new("NODES (free/allocatable)", &["ID", "STATE", "POOL", "ZONE", "TYPE", "PODS", "CPU", "IPS", "ENI SLOTS", "MEMBER SLOTS", "DISK SLOTS", "CONDITIONS", "TAINTS", "LABELS"]);
     let pair = |p: [u32; 2]| format!("{}/{}", p[0], p[1]);
     for n in nodes {
         t.row(vec![
@@ -146,6 +157,8 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
             pair(n.member_eni_slots),
             pair(n.disk_slots),
             n.conditions.join(","),
+            n.taints.join(","),
+            n.labels.join(","),
         ]);
     }
     t.render()
@@ -198,6 +211,21 @@ pub fn print_nodes(nodes: &[NodeView], output: Output) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_row_shows_its_cordon_taints_and_own_labels() {
+        let identity = pb::NodeIdentity { instance_id: "i-1".into(), pool: "gpu".into(), ..Default::default() };
+        let n = pb::NodeState {
+            last_report: Some(pb::NodeReport { identity: Some(identity), ..Default::default() }),
+            state: "Ready".into(),
+            taints: vec![pb::Taint { key: "node.kubernetes.io/unschedulable".into(), value: String::new(), effect: "NoSchedule".into() }, pb::Taint { key: "dedicated".into(), value: "gpu".into(), effect: "NoSchedule".into() }],
+            labels: [("berth.io/pool".to_string(), "gpu".to_string()), ("gpus".to_string(), "4".to_string())].into(),
+        };
+        let v = node_view(&n, &[]);
+        assert_eq!(v.state, "Ready,Cordoned");
+        assert_eq!(v.taints, ["node.kubernetes.io/unschedulable:NoSchedule", "dedicated=gpu:NoSchedule"]);
+        assert_eq!(v.labels, ["gpus=4"], "the well-known labels are other columns");
+    }
 
     #[test]
     fn a_pod_row_names_its_eni_mode_and_volumes() {

@@ -1,6 +1,8 @@
 //! Placement throughput: 5,000 simulated nodes (reports generated in-process), 30,000 pods with
 //! every filter on (network mode → shared IP / ENI slot / member-ENI slot, disk slots, pool and
 //! label selectors, vSwitch, zone spread, nodes that cannot grow), one decision per pod through
+//! 30% of the pods with a rule counting their app's pods (zone spread, old flag or DoNotSchedule,
+//! or anti-affinity per node), one decision per pod through
 //! the scheduler's own path (submit, filter, score, reserve, instruction queued), with a node
 //! report taken in between decisions as agents keep reporting.
 //!
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use berth_scheduler::cluster::Cluster;
 use berth_scheduler::placement::Strategy;
-use common::{Rng, node_report, percentile, pod_spec};
+use common::{Rng, constrained, node_report, percentile, pod_spec};
 
 fn run(strategy: Strategy, percent_of_nodes_to_score: u32, nodes: usize, pods: usize) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -27,6 +29,7 @@ fn run(strategy: Strategy, percent_of_nodes_to_score: u32, nodes: usize, pods: u
     }
     let load = t.elapsed();
     let specs: Vec<_> = (0..pods).map(|k| pod_spec(k, &mut rng)).collect();
+    let with_rules = specs.iter().filter(|s| constrained(s)).count();
     let mut decisions = Vec::with_capacity(pods);
     let mut report_times = Vec::with_capacity(pods);
     let mut unschedulable = 0;
@@ -52,7 +55,7 @@ fn run(strategy: Strategy, percent_of_nodes_to_score: u32, nodes: usize, pods: u
     decisions.sort_by(f64::total_cmp);
     report_times.sort_by(f64::total_cmp);
     println!(
-        "placement {strategy:?}, percent_of_nodes_to_score {percent_of_nodes_to_score}: {nodes} nodes (loaded in {:.0} ms), {pods} pods in {:.2} s with reports in between: {:.0} pods/s by decision time ({:.0} pods/s wall), decision p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; report p50 {:.3} ms, p99 {:.3} ms; {unschedulable} unschedulable",
+        "placement {strategy:?}, percent_of_nodes_to_score {percent_of_nodes_to_score}: {nodes} nodes (loaded in {:.0} ms), {pods} pods in {:.2} s with reports in between: {:.0} pods/s by decision time ({:.0} pods/s wall), decision p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; report p50 {:.3} ms, p99 {:.3} ms; {unschedulable} unschedulable; {with_rules} pods with spread or anti-affinity rules",
         load.as_secs_f64() * 1e3,
         total.as_secs_f64(),
         pods as f64 / decide,

@@ -14,7 +14,7 @@ use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
 use crate::netpol::{PodFacts, PolicyBook};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
-use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec};
+use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec, StoredTaint};
 use crate::watch::{Change, ChangeKind, ChangeLog};
 
 #[derive(Debug, Clone)]
@@ -35,11 +35,17 @@ pub struct PodRecord {
     order: u64,
     /// The placement's capacity epoch when the pod last found no node.
     tried_at_epoch: Option<u64>,
+    /// Why no pool can add a node for it, while it waits (the autoscaler says so each round).
+    pub unhelped: Option<String>,
 }
 
 impl PodRecord {
     pub fn status(&self) -> pb::PodStatus {
-        pb::PodStatus { spec: Some(self.spec.decode()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message: self.message.clone() }
+        let message = match (&self.unhelped, self.node.is_none()) {
+            (Some(why), true) => format!("{}; {why}", self.message),
+            _ => self.message.clone(),
+        };
+        pb::PodStatus { spec: Some(self.spec.decode()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message }
     }
 }
 
@@ -83,6 +89,11 @@ pub struct Cluster {
     changes: ChangeLog,
     /// NetworkPolicies, namespaces' labels and what each node was told of them.
     pub policy: PolicyBook,
+    /// Since when each node has carried each NoExecute taint (`key=value:NoExecute`): a pod
+    /// tolerating it for some seconds is evicted once they have passed.
+    no_execute_since: HashMap<String, Vec<(String, u64)>>,
+    /// Per-label disruption budgets preemption honours (from the config).
+    pub budgets: Vec<crate::placement::preemption::DisruptionBudget>,
 }
 
 impl Cluster {
@@ -103,6 +114,8 @@ impl Cluster {
             started_ms: 0,
             changes: ChangeLog::default(),
             policy: PolicyBook::default(),
+            no_execute_since: HashMap::new(),
+            budgets: Vec::new(),
         }
     }
 
@@ -116,7 +129,7 @@ impl Cluster {
             let (req, spec) = (PodRequest::of(&decoded), EncodedSpec::of(&decoded));
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
             let labels = Arc::new(decoded.labels.clone());
-            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None });
+            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None, unhelped: None });
             match &stored.node {
                 Some(n) => self.awaiting_node.entry(n.clone()).or_default().push(key.clone()),
                 None => {
@@ -126,6 +139,9 @@ impl Cluster {
         }
         self.requested = snap.requested.clone();
         self.scale_ups = snap.scale_ups.clone();
+        for (node, taints) in &snap.node_taints {
+            self.placement.set_node_taints(node, taints.iter().map(|t| pb::Taint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect());
+        }
         self.policy.restore(&snap.policies, &snap.namespaces)
     }
 
@@ -149,6 +165,20 @@ impl Cluster {
         self.pending.values().filter_map(|k| self.pods.get(k))
     }
 
+    /// Pending pods with their keys, by submission order.
+    pub fn pending_keyed(&self) -> impl Iterator<Item = (&str, &PodRecord)> {
+        self.pending.values().filter_map(|k| self.pods.get(k).map(|r| (k.as_str(), r)))
+    }
+
+    /// Records why no pool can help a pending pod (None: some pool can).
+    pub fn note_unhelped(&mut self, key: &str, why: Option<String>) {
+        let Some(rec) = self.pods.get_mut(key) else { return };
+        if rec.unhelped != why {
+            rec.unhelped = why;
+            self.changes.note(ChangeKind::StatusChanged, rec);
+        }
+    }
+
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -170,7 +200,7 @@ impl Cluster {
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
         let labels = Arc::new(spec.labels.clone());
-        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None };
+        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None, unhelped: None };
         self.changes.note(ChangeKind::Added, &rec);
         self.pods.insert(key.clone(), rec);
         self.pending.insert(order, key);
@@ -180,6 +210,7 @@ impl Cluster {
     /// Deletes a pod; a bound one is removed from its node.
     pub fn delete(&mut self, key: &str) -> Option<Vec<Event>> {
         let rec = self.pods.remove(key)?;
+        self.placement.release_hold(key);
         self.changes.note(ChangeKind::Deleted, &rec);
         self.pending.remove(&rec.order);
         if let Some(node) = &rec.node {
@@ -212,7 +243,7 @@ impl Cluster {
         events
     }
 
-    fn try_place(&mut self, key: &str, failed: &mut HashMap<PodRequest, String>, _now_ms: u64, events: &mut Vec<Event>) {
+    fn try_place(&mut self, key: &str, failed: &mut HashMap<PodRequest, String>, now_ms: u64, events: &mut Vec<Event>) {
         let epoch = self.placement.capacity_epoch;
         let Some(rec) = self.pods.get_mut(key) else { return };
         if rec.node.is_some() {
@@ -226,8 +257,9 @@ impl Cluster {
             rec.tried_at_epoch = Some(epoch);
             return;
         }
-        match self.placement.choose(&rec.req) {
+        match self.placement.choose_as(key, &rec.req) {
             Decision::Node(idx) => {
+                self.placement.release_hold(key);
                 self.placement.bind(idx, key, &rec.req);
                 let chosen = self.placement.node(idx).expect("chosen node exists");
                 let node = chosen.id.clone();
@@ -250,14 +282,73 @@ impl Cluster {
                 events.push(Event::Bound { pod: key.to_string(), node });
             }
             Decision::Unschedulable(m) => {
+                let req = rec.req.clone();
+                let held = self.placement.held_for(key);
+                let m = match held.and_then(|i| self.placement.node(i)) {
+                    Some(n) => format!("{m}; nominated node {}: waiting for the pods it preempted to leave", n.id),
+                    None => m,
+                };
+                let rec = self.pods.get_mut(key).expect("pod looked up above");
                 if rec.message != m {
                     rec.message.clone_from(&m);
                     self.changes.note(ChangeKind::StatusChanged, rec);
                 }
                 rec.tried_at_epoch = Some(epoch);
-                failed.insert(rec.req.clone(), m);
+                if held.is_none() && self.placement.lowest_bound_priority().is_some_and(|p| p < req.priority) {
+                    events.extend(self.preempt(key, &req, now_ms));
+                }
+                failed.insert(req, m);
             }
         }
+    }
+
+    /// How many more pods each disruption budget lets go, from the pods it selects now.
+    fn budget_allowance(&self) -> Vec<u32> {
+        self.budgets
+            .iter()
+            .map(|b| {
+                let (all, bound) = self.pods.values().filter(|r| b.selects(&r.req.own)).fold((0, 0), |(all, bound), r| (all + 1, bound + u32::from(r.node.is_some())));
+                b.allowance(all, bound)
+            })
+            .collect()
+    }
+
+    /// Makes room for a pending pod that fits nowhere by evicting pods of lower priority from
+    /// one node: the node needing the fewest victims (then the lowest of their priorities) among
+    /// those whose node rules admit the pod, within every disruption budget. The room is held
+    /// for the pod until it binds.
+    fn preempt(&mut self, key: &str, req: &PodRequest, now_ms: u64) -> Vec<Event> {
+        use crate::placement::preemption::{Candidate, victims};
+        let budgets = &self.budgets;
+        let allowance = self.budget_allowance();
+        let mut best: Option<(u32, Vec<String>, (usize, i32))> = None;
+        for (idx, n) in self.placement.nodes() {
+            if n.health != Health::Ready || n.blocked.forbids(&req.demand) || crate::placement::plugins::admits(req, &n.identity).is_err() {
+                continue;
+            }
+            let pods: Vec<Candidate<'_>> = n.pods.iter().filter_map(|k| self.pods.get(k).map(|r| Candidate { key: k.as_str(), priority: r.req.priority, demand: r.req.demand, own: &r.req.own })).collect();
+            if !pods.iter().any(|p| p.priority < req.priority) {
+                continue;
+            }
+            let mut left = allowance.clone();
+            let Some(chosen) = victims(&n.free, &req.demand, req.priority, &pods, budgets, &mut left) else { continue };
+            if chosen.is_empty() {
+                continue;
+            }
+            let rank = (chosen.len(), chosen.iter().map(|&i| pods[i].priority).max().unwrap_or(i32::MIN));
+            if best.as_ref().is_none_or(|b| rank < b.2) {
+                best = Some((idx, chosen.iter().map(|&i| pods[i].key.to_string()).collect(), rank));
+            }
+        }
+        let Some((idx, keys, _)) = best else { return Vec::new() };
+        let node = self.placement.node(idx).map(|n| n.id.clone()).unwrap_or_default();
+        tracing::info!(pod = %key, node = %node, victims = keys.len(), "preempting pods of lower priority");
+        self.placement.hold(idx, key, req.demand);
+        let mut events = Vec::new();
+        for victim in keys {
+            events.extend(self.unbind_to_pending(&victim, now_ms, format!("preempted on node {node} by {key} (priority {})", req.priority)));
+        }
+        events
     }
 
     /// Takes a node's report in. Pods it runs that are no longer bound to it are told to go.
@@ -277,6 +368,7 @@ impl Cluster {
         if self.requested.remove(&id).is_some() {
             events.push(Event::NodeRequestCleared { instance_id: id.clone() });
         }
+        events.extend(self.evict_untolerated(idx, now_ms));
         let listed: HashSet<String> = report.pods.iter().map(|p| pod_key(&p.namespace, &p.name)).collect();
         if let Some(waiting) = self.awaiting_node.remove(&id) {
             for key in waiting {
@@ -286,9 +378,7 @@ impl Cluster {
                 }
                 if listed.contains(&key) {
                     // The agent runs it: its counts include it already.
-                    if let Some(n) = self.placement.node_mut(idx) {
-                        n.pods.insert(key.clone());
-                    }
+                    self.placement.adopt(idx, &key, &rec.req);
                 } else {
                     self.placement.bind(idx, &key, &rec.req);
                     self.outbox.entry(id.clone()).or_default().run.push(rec.spec.decode());
@@ -334,6 +424,83 @@ impl Cluster {
                     }
                 }
             }
+        }
+        events
+    }
+
+    /// Cordons (or uncordons) a node: the taint `node.kubernetes.io/unschedulable:NoSchedule` keeps
+    /// new pods off it; `drain` also sends its pods back to the queue, as far as the disruption
+    /// budgets allow. None: no such node.
+    pub fn cordon(&mut self, node: &str, cordon: bool, drain: bool, now_ms: u64) -> Option<Vec<Event>> {
+        use crate::placement::plugins::taints::{NO_SCHEDULE, UNSCHEDULABLE};
+        let idx = self.placement.index_of(node)?;
+        let mut taints: Vec<pb::Taint> = self.placement.node_taints(node).to_vec();
+        taints.retain(|t| t.key != UNSCHEDULABLE);
+        if cordon || drain {
+            taints.push(pb::Taint { key: UNSCHEDULABLE.into(), value: String::new(), effect: NO_SCHEDULE.into() });
+        }
+        let mut events = vec![Event::NodeTainted { node: node.to_string(), taints: taints.iter().map(|t| StoredTaint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect() }];
+        self.placement.set_node_taints(node, taints);
+        if drain {
+            // Within the disruption budgets: a pod whose budget has no room left stays (a later
+            // drain moves it once its peers run elsewhere).
+            let mut pods: Vec<String> = self.placement.node(idx).map(|n| n.pods.iter().cloned().collect()).unwrap_or_default();
+            pods.sort();
+            let mut allowance = self.budget_allowance();
+            for key in pods {
+                let Some(own) = self.pods.get(&key).map(|r| r.req.own.clone()) else { continue };
+                let hit: Vec<usize> = self.budgets.iter().enumerate().filter(|(_, b)| b.selects(&own)).map(|(k, _)| k).collect();
+                if hit.iter().any(|&k| allowance[k] == 0) {
+                    tracing::info!(node = %node, pod = %key, "drain leaves the pod: its disruption budget allows no more");
+                    continue;
+                }
+                for k in hit {
+                    allowance[k] -= 1;
+                }
+                events.extend(self.unbind_to_pending(&key, now_ms, format!("node {node} drained; moving")));
+            }
+        }
+        Some(events)
+    }
+
+    /// Sends back to pending the pods of a node that do not tolerate one of its NoExecute taints,
+    /// or tolerated it for fewer seconds than it has been there.
+    fn evict_untolerated(&mut self, idx: u32, now_ms: u64) -> Vec<Event> {
+        use crate::placement::plugins::taints::{NO_EXECUTE, shown, toleration_for};
+        let Some(n) = self.placement.node(idx) else { return Vec::new() };
+        let taints: Vec<pb::Taint> = n.identity.taints.iter().filter(|t| t.effect == NO_EXECUTE).cloned().collect();
+        if taints.is_empty() {
+            self.no_execute_since.remove(&n.id);
+            return Vec::new();
+        }
+        let id = n.id.clone();
+        let since = self.no_execute_since.entry(id.clone()).or_default();
+        since.retain(|(t, _)| taints.iter().any(|x| shown(x) == *t));
+        for t in &taints {
+            if !since.iter().any(|(s, _)| *s == shown(t)) {
+                since.push((shown(t), now_ms));
+            }
+        }
+        let since = since.clone();
+        let mut evict = Vec::new();
+        for key in &n.pods {
+            let Some(rec) = self.pods.get(key) else { continue };
+            let why = taints.iter().find_map(|t| {
+                let tainted_ms = since.iter().find(|(s, _)| *s == shown(t)).map_or(now_ms, |(_, ms)| *ms);
+                match toleration_for(&rec.req, t).map(|tol| tol.toleration_seconds) {
+                    None => Some(format!("evicted from node {id}: taint {} not tolerated", shown(t))),
+                    Some(Some(secs)) if now_ms.saturating_sub(tainted_ms) >= u64::try_from(secs).unwrap_or(0).saturating_mul(1000) => Some(format!("evicted from node {id}: taint {} tolerated for {secs} s only", shown(t))),
+                    Some(_) => None,
+                }
+            });
+            if let Some(why) = why {
+                evict.push((key.clone(), why));
+            }
+        }
+        let mut events = Vec::new();
+        for (key, why) in evict {
+            tracing::info!(node = %id, pod = %key, "{why}");
+            events.extend(self.unbind_to_pending(&key, now_ms, why));
         }
         events
     }
@@ -565,6 +732,11 @@ impl Cluster {
         self.outbox.iter().filter(|(_, o)| !o.run.is_empty() || !o.remove.is_empty()).map(|(k, _)| k.clone()).collect()
     }
 
+    /// One node's state, as ListNodes gives it.
+    pub fn node_state_of(&self, id: &str) -> Option<pb::NodeState> {
+        self.placement.index_of(id).and_then(|i| self.placement.node(i)).map(node_state)
+    }
+
     pub fn node_states(&self) -> Vec<pb::NodeState> {
         self.placement.nodes().map(|(_, n)| node_state(n)).collect()
     }
@@ -601,7 +773,7 @@ fn facts_of(pods: &BTreeMap<String, PodRecord>) -> Vec<PodFacts<'_>> {
 }
 
 fn node_state(n: &crate::placement::Node) -> pb::NodeState {
-    pb::NodeState { last_report: Some(n.last_report.clone()), state: n.health.as_str().to_string() }
+    pb::NodeState { last_report: Some(n.last_report.clone()), state: n.health.as_str().to_string(), taints: n.identity.taints.clone(), labels: crate::placement::labels::all_node_labels(&n.identity) }
 }
 
 /// The fields of a submitted spec that differ from the stored one's, by their names. A zone the
@@ -612,7 +784,7 @@ fn differences(stored: &pb::PodSpec, submitted: &pb::PodSpec) -> Vec<&'static st
         stored.pool_selector.remove("zone");
     }
     // Every field named (no `..`): a field added to PodSpec must be added here.
-    let pb::PodSpec { namespace, name, cpu_millicores, memory_bytes, network_mode, security_group_ids, vswitch_id, ingress_bandwidth, egress_bandwidth, volumes, pool_selector, labels, spread_zones, command } = submitted;
+    let pb::PodSpec { namespace, name, cpu_millicores, memory_bytes, network_mode, security_group_ids, vswitch_id, ingress_bandwidth, egress_bandwidth, volumes, pool_selector, labels, spread_zones, command, tolerations, node_affinity, pod_affinity, pod_anti_affinity, topology_spread_constraints, priority_class_name, priority } = submitted;
     [
         ("namespace", *namespace != stored.namespace),
         ("name", *name != stored.name),
@@ -628,6 +800,13 @@ fn differences(stored: &pb::PodSpec, submitted: &pb::PodSpec) -> Vec<&'static st
         ("labels", *labels != stored.labels),
         ("spread_zones", *spread_zones != stored.spread_zones),
         ("command", *command != stored.command),
+        ("tolerations", *tolerations != stored.tolerations),
+        ("node_affinity", *node_affinity != stored.node_affinity),
+        ("pod_affinity", *pod_affinity != stored.pod_affinity),
+        ("pod_anti_affinity", *pod_anti_affinity != stored.pod_anti_affinity),
+        ("topology_spread_constraints", *topology_spread_constraints != stored.topology_spread_constraints),
+        ("priority_class_name", *priority_class_name != stored.priority_class_name),
+        ("priority", *priority != stored.priority),
     ]
     .into_iter()
     .filter_map(|(field, differs)| differs.then_some(field))
@@ -722,6 +901,97 @@ mod tests {
     }
 
     #[test]
+    fn a_no_execute_taint_evicts_what_does_not_tolerate_it_and_tolerated_seconds_run_out() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 60_000);
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        let tol = |secs: Option<i64>| pb::Toleration { key: "maintenance".into(), operator: "Exists".into(), effect: "NoExecute".into(), toleration_seconds: secs, ..Default::default() };
+        c.submit(pod("plain"), 0).unwrap();
+        c.submit(pb::PodSpec { tolerations: vec![tol(Some(30))], ..pod("brief") }, 0).unwrap();
+        c.submit(pb::PodSpec { tolerations: vec![tol(None)], ..pod("always") }, 0).unwrap();
+        c.schedule(0);
+        assert_eq!(c.pods().filter(|p| p.node.is_some()).count(), 3);
+        let tainted = |seq: u64| {
+            let mut r = report("i-1", "a", "z1", caps(10, 16), seq, &["d/plain", "d/brief", "d/always"]);
+            r.identity.as_mut().unwrap().taints.push(pb::Taint { key: "maintenance".into(), value: String::new(), effect: "NoExecute".into() });
+            r
+        };
+        let ev = c.report(&tainted(2), 1_000);
+        assert_eq!(ev, vec![Event::Unbound { pod: "d/plain".into() }]);
+        assert!(c.pod("d/plain").unwrap().message.contains("taint maintenance:NoExecute not tolerated"), "{}", c.pod("d/plain").unwrap().message);
+        assert!(c.report(&tainted(3), 20_000).is_empty(), "30 s not yet passed");
+        assert_eq!(c.report(&tainted(4), 31_000), vec![Event::Unbound { pod: "d/brief".into() }]);
+        assert_eq!(c.pod("d/always").unwrap().node.as_deref(), Some("i-1"));
+        c.schedule(31_000);
+        assert_eq!(c.pod("d/plain").unwrap().node, None, "the only node is tainted");
+    }
+
+    #[test]
+    fn a_pod_of_higher_priority_preempts_the_lowest_and_its_node_is_held_for_it() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 60_000);
+        c.report(&report("i-1", "a", "z1", caps(2, 16), 1, &[]), 0);
+        let low = |n: &str, p: i32| pb::PodSpec { priority: p, labels: [("app".to_string(), n.to_string())].into(), ..pod(n) };
+        c.submit(low("batch", -10), 0).unwrap();
+        c.submit(low("web", 0), 0).unwrap();
+        c.schedule(0);
+        c.budgets = vec![crate::placement::preemption::DisruptionBudget { namespace: "d".into(), match_labels: [("app".to_string(), "web".to_string())].into(), min_available: Some(1), max_unavailable: None }];
+        // Both IPs taken: a pod of priority 100 evicts the batch pod, not web (higher, and kept by
+        // its budget), and the room is held for it while the agent removes the victim.
+        c.submit(low("critical", 100), 0).unwrap();
+        let ev = c.schedule(0);
+        assert!(ev.contains(&Event::Unbound { pod: "d/batch".into() }), "{ev:?}");
+        assert_eq!(c.pod("d/web").unwrap().node.as_deref(), Some("i-1"));
+        assert!(c.pod("d/batch").unwrap().message.contains("preempted on node i-1 by d/critical (priority 100)"));
+        // The victim's unacknowledged reservation came back at once: the preemptor binds there, and
+        // the victim does not take its place back.
+        c.schedule(1);
+        assert_eq!(c.pod("d/critical").unwrap().node.as_deref(), Some("i-1"));
+        assert_eq!(c.pod("d/batch").unwrap().node, None);
+        // Equal priority preempts nothing; the web pod's budget forbids evicting it.
+        c.submit(low("other", 100), 2).unwrap();
+        let ev = c.schedule(2);
+        assert!(!ev.iter().any(|e| matches!(e, Event::Unbound { .. })), "{ev:?}");
+    }
+
+    #[test]
+    fn a_cordoned_node_takes_no_new_pod_a_drained_one_gives_its_pods_back_and_both_survive_a_restart() {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 60_000);
+        let mut store = MemoryStore::default();
+        c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+        c.report(&report("i-2", "a", "z1", caps(10, 16), 1, &[]), 0);
+        store.append(&c.submit(pod("p"), 0).unwrap()).unwrap();
+        store.append(&c.schedule(0)).unwrap();
+        let on = c.pod("d/p").unwrap().node.clone().unwrap();
+        let other = if on == "i-1" { "i-2" } else { "i-1" };
+        store.append(&c.cordon(other, true, false, 1).unwrap()).unwrap();
+        assert!(c.node_state_of(other).unwrap().taints.iter().any(|t| t.key == "node.kubernetes.io/unschedulable"));
+        // Draining the pod's node leaves it nowhere to go: both are cordoned.
+        let ev = c.cordon(&on, false, true, 2).unwrap();
+        assert!(ev.contains(&Event::Unbound { pod: "d/p".into() }), "{ev:?}");
+        store.append(&ev).unwrap();
+        c.schedule(2);
+        assert_eq!(c.pending().next().unwrap().message, "0/2 nodes available: 2 nodes: cordoned");
+        // A new leader (or a restart) keeps the cordons; uncordoning one lets the pod back.
+        let mut d = Cluster::new(Strategy::BinPack, 0, 60_000);
+        d.restore(&store.load().unwrap(), 3).unwrap();
+        d.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 3);
+        d.report(&report("i-2", "a", "z1", caps(10, 16), 1, &[]), 3);
+        d.schedule(3);
+        assert_eq!(d.pod("d/p").unwrap().node, None);
+        d.cordon(other, false, false, 4).unwrap();
+        d.schedule(4);
+        assert_eq!(d.pod("d/p").unwrap().node.as_deref(), Some(other));
+        assert!(d.cordon("i-9", true, false, 5).is_none());
+        // A drain honours the budgets: of two web pods with min_available 1, one moves.
+        store.append(&d.submit(pb::PodSpec { labels: [("app".to_string(), "web".to_string())].into(), ..pod("w1") }, 6).unwrap()).unwrap();
+        store.append(&d.submit(pb::PodSpec { labels: [("app".to_string(), "web".to_string())].into(), ..pod("w2") }, 6).unwrap()).unwrap();
+        d.schedule(6);
+        assert_eq!(d.pod("d/w1").unwrap().node.as_deref(), Some(other));
+        d.budgets = vec![crate::placement::preemption::DisruptionBudget { namespace: "d".into(), match_labels: [("app".to_string(), "web".to_string())].into(), min_available: Some(1), max_unavailable: None }];
+        let ev = d.cordon(other, true, true, 7).unwrap();
+        assert_eq!(ev.iter().filter(|e| matches!(e, Event::Unbound { pod } if pod.starts_with("d/w"))).count(), 1, "{ev:?}");
+    }
+
+    #[test]
     fn a_restored_state_keeps_bindings_and_the_queue() {
         let mut store = MemoryStore::default();
         let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
@@ -762,7 +1032,7 @@ mod tests {
         c.schedule(16_000);
         assert_eq!(c.pod("d/web").unwrap().node.as_deref(), Some("i-2"));
         assert_eq!(c.pod("d/db").unwrap().node, None);
-        assert!(c.pending().next().unwrap().message.contains("selector"), "{}", c.pending().next().unwrap().message);
+        assert!(c.pending().next().unwrap().message.contains("not in zone z1"), "{}", c.pending().next().unwrap().message);
         c.report(&report("i-3", "a", "z1", caps(10, 16), 1, &[]), 16_500);
         c.schedule(16_500);
         assert_eq!(c.pod("d/db").unwrap().node.as_deref(), Some("i-3"));

@@ -24,6 +24,17 @@ pub struct SchedulerConfig {
     pub watch: WatchConfig,
     /// Node pools the autoscaler manages (`[[pool]]`).
     pub pool: Vec<NodePool>,
+    /// Priority classes pods name (`[[priority_class]]`: name, value).
+    pub priority_class: Vec<PriorityClass>,
+    /// Per-label disruption budgets preemption honours (`[[disruption_budget]]`).
+    pub disruption_budget: Vec<crate::placement::preemption::DisruptionBudget>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityClass {
+    pub name: String,
+    pub value: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,11 +93,13 @@ pub struct AutoscalerConfig {
     pub node_boot_timeout_secs: u64,
     /// How often the autoscaler plans.
     pub interval_ms: u64,
+    /// Pods of a lower priority never make the autoscaler add a node.
+    pub scale_up_min_priority: i32,
 }
 
 impl Default for AutoscalerConfig {
     fn default() -> Self {
-        AutoscalerConfig { enabled: true, expander: Expander::LeastWaste, pending_threshold_secs: 10, scale_down_utilisation: 0.5, scale_down_after_secs: 600, node_boot_timeout_secs: 600, interval_ms: 1000 }
+        AutoscalerConfig { enabled: true, expander: Expander::LeastWaste, pending_threshold_secs: 10, scale_down_utilisation: 0.5, scale_down_after_secs: 600, node_boot_timeout_secs: 600, interval_ms: 1000, scale_up_min_priority: i32::MIN }
     }
 }
 
@@ -320,6 +333,16 @@ impl SchedulerConfig {
         if !(0.0..=1.0).contains(&self.autoscaler.scale_down_utilisation) {
             return invalid("autoscaler.scale_down_utilisation", self.autoscaler.scale_down_utilisation.to_string(), "between 0 and 1");
         }
+        for (i, c) in self.priority_class.iter().enumerate() {
+            if !crate::validation::label_name(&c.name) || self.priority_class.iter().skip(i + 1).any(|d| d.name == c.name) {
+                return invalid("priority_class.name", c.name.clone(), "every priority class needs a unique name of label characters (e.g. high-priority)");
+            }
+        }
+        for b in &self.disruption_budget {
+            if b.min_available.is_some() == b.max_unavailable.is_some() || b.match_labels.is_empty() {
+                return invalid("disruption_budget", format!("{}/{:?}", b.namespace, b.match_labels), "a budget has match_labels and exactly one of min_available and max_unavailable");
+            }
+        }
         for (i, p) in self.pool.iter().enumerate() {
             if p.name.is_empty() || self.pool.iter().skip(i + 1).any(|q| q.name == p.name) {
                 return invalid("pool.name", p.name.clone(), "every pool needs a unique, non-empty name");
@@ -353,6 +376,14 @@ impl SchedulerConfig {
                     Ok(m) if m.len() <= 32 * 1024 => {}
                     Ok(m) => return invalid("pool.user_data_file", format!("{} ({} bytes)", path.display(), m.len()), "user data is at most 32 KiB"),
                     Err(e) => return invalid("pool.user_data_file", format!("{} ({e})", path.display()), "a readable file: the script the pool's nodes run at first boot"),
+                }
+            }
+            for t in &p.taints {
+                if !crate::validation::label_key(&t.key) || !(t.value.is_empty() || crate::validation::label_name(&t.value)) {
+                    return invalid("pool.taints", format!("{}={}", t.key, t.value), "a taint's key is a label key and its value a label value (or empty)");
+                }
+                if !crate::placement::plugins::taints::EFFECTS.contains(&t.effect.as_str()) {
+                    return invalid("pool.taints.effect", t.effect.clone(), "one of NoSchedule, PreferNoSchedule, NoExecute");
                 }
             }
             if p.tags.len() > 19 || p.tags.keys().any(|k| k.is_empty() || k.len() > 128 || k.starts_with("aliyun") || k.starts_with("acs:") || k == "berth:pool") {

@@ -33,13 +33,13 @@ pub const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Whether a Kubernetes label selector matches a label set: every `matchLabels` pair and every
 /// expression holds (the empty selector matches everything).
-pub fn matches(sel: &pb::LabelSelector, labels: &dyn Fn(&str) -> Option<String>) -> bool {
-    sel.match_labels.iter().all(|(k, v)| labels(k).as_deref() == Some(v.as_str()))
+pub fn matches<'a>(sel: &pb::LabelSelector, labels: &dyn Fn(&str) -> Option<&'a str>) -> bool {
+    sel.match_labels.iter().all(|(k, v)| labels(k) == Some(v.as_str()))
         && sel.match_expressions.iter().all(|e| {
             let have = labels(&e.key);
             match e.operator.as_str() {
-                "In" => have.is_some_and(|v| e.values.contains(&v)),
-                "NotIn" => have.is_none_or(|v| !e.values.contains(&v)),
+                "In" => have.is_some_and(|v| e.values.iter().any(|x| x == v)),
+                "NotIn" => have.is_none_or(|v| !e.values.iter().any(|x| x == v)),
                 "Exists" => have.is_some(),
                 "DoesNotExist" => have.is_none(),
                 // Refused at the API edge; selects nothing if it ever got here.
@@ -49,7 +49,7 @@ pub fn matches(sel: &pb::LabelSelector, labels: &dyn Fn(&str) -> Option<String>)
 }
 
 fn matches_map(sel: &pb::LabelSelector, labels: &HashMap<String, String>) -> bool {
-    matches(sel, &|k| labels.get(k).cloned())
+    matches(sel, &|k| labels.get(k).map(String::as_str))
 }
 
 /// Which directions a policy governs for the pods it selects.
@@ -77,11 +77,11 @@ pub struct PodFacts<'a> {
 pub struct Namespaces(pub BTreeMap<String, BTreeMap<String, String>>);
 
 impl Namespaces {
-    pub fn label(&self, ns: &str, key: &str) -> Option<String> {
+    pub fn label<'a>(&'a self, ns: &'a str, key: &str) -> Option<&'a str> {
         if key == NAME_LABEL {
-            return Some(ns.to_string());
+            return Some(ns);
         }
-        self.0.get(ns).and_then(|l| l.get(key)).cloned()
+        self.0.get(ns).and_then(|l| l.get(key)).map(String::as_str)
     }
 
     pub fn matches(&self, sel: &pb::LabelSelector, ns: &str) -> bool {

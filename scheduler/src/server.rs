@@ -70,6 +70,8 @@ impl Shared {
     pub fn new(cfg: SchedulerConfig, mut store: Box<dyn Store>) -> Result<Arc<Shared>, String> {
         let cfg_watch = cfg.watch.limits();
         let mut cluster = Cluster::new(cfg.placement.strategy, cfg.placement.percent_of_nodes_to_score, cfg.placement.lease_secs * 1000);
+        cluster.placement.set_pool_traits(cfg.pool.iter().map(|p| (p.name.clone(), p.traits())).collect());
+        cluster.budgets.clone_from(&cfg.disruption_budget);
         cluster.restore(&store.load().map_err(|e| e.to_string())?, now_ms())?;
         cluster.record_changes();
         let streams = Streams::default();
@@ -326,8 +328,9 @@ impl Scheduler for SchedulerService {
 
     async fn submit_pod(&self, request: Request<pb::SubmitPodRequest>) -> Result<Response<pb::PodStatus>, Status> {
         let shared = self.replica.leading()?;
-        let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("SubmitPod needs a spec"))?;
+        let mut spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("SubmitPod needs a spec"))?;
         validation::pod(&spec, &self.limits)?;
+        spec.priority = self.limits.priority_of(&spec.priority_class_name).unwrap_or(0);
         shared.submit(spec).await.map(Response::new)
     }
 
@@ -416,6 +419,18 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(pb::DeleteNetworkPolicyResponse {}))
     }
 
+    async fn cordon_node(&self, request: Request<pb::CordonNodeRequest>) -> Result<Response<pb::NodeState>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        let (durable, state) = shared.change(|c, now| {
+            let events = c.cordon(&r.instance_id, r.cordon, r.drain, now).ok_or_else(|| Status::not_found(format!("instance_id = {:?}: no such node reports to this scheduler; `berthctl nodes` lists them", r.instance_id)))?;
+            let state = c.node_state_of(&r.instance_id);
+            Ok((events, state))
+        })?;
+        durable.durable().await?;
+        state.map(Response::new).ok_or_else(|| Status::not_found(format!("node {} is gone", r.instance_id)))
+    }
+
     async fn label_namespace(&self, request: Request<pb::LabelNamespaceRequest>) -> Result<Response<pb::Namespace>, Status> {
         let shared = self.replica.leading()?;
         let r = request.into_inner();
@@ -470,16 +485,19 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
     let planned = shared.change(|c, now| {
         autoscaler::observe_utilisation(c, settings.utilisation_threshold, now);
         let threshold = cfg.autoscaler.pending_threshold_secs * 1000;
-        let waiting: Vec<_> = c.pending().filter(|p| now.saturating_sub(p.pending_since_ms) >= threshold).map(|p| p.req.clone()).collect();
-        let refs: Vec<_> = waiting.iter().collect();
+        let waiting: Vec<(String, crate::placement::PodRequest)> = c.pending_keyed().filter(|(_, p)| now.saturating_sub(p.pending_since_ms) >= threshold && p.req.priority >= cfg.autoscaler.scale_up_min_priority).map(|(k, p)| (k.to_string(), p.req.clone())).collect();
+        let refs: Vec<_> = waiting.iter().map(|(_, r)| r).collect();
         let pool_nodes = autoscaler::PoolNodes::of_cluster(c);
         let on_the_way = c.on_the_way();
+        // Each waiting pod learns why no pool can help it, if none can (once per distinct request).
+        let mut unhelped: HashMap<&crate::placement::PodRequest, Option<String>> = HashMap::new();
+        for (key, req) in &waiting {
+            let why = unhelped.entry(req).or_insert_with(|| autoscaler::why_unhelped(req, &cfg.pool, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way)).clone();
+            c.note_unhelped(key, why);
+        }
         let mut plans = autoscaler::plan_minimums(&pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way);
-        if plans.is_empty()
-            && !refs.is_empty()
-            && let Some(plan) = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way, cfg.autoscaler.expander)
-        {
-            plans.push(plan);
+        if plans.is_empty() && !refs.is_empty() {
+            plans = autoscaler::plan_scale_up(&refs, &pools, &berth_cloud::catalogue::instance_type, &pool_nodes, &on_the_way, cfg.autoscaler.expander);
         }
         let mut events = Vec::new();
         // Scale-ups a former leader began (or this one, when its call failed to answer) are sent
@@ -635,7 +653,7 @@ pub async fn serve<P: NodeProvisioner>(shared: Arc<Shared>, provisioner: Option<
     let replica = Replica::new(String::new(), tokio::sync::watch::channel(None).1);
     replica.set(Role::Leading(shared.clone()));
     let loops = tokio::spawn(lead(shared.clone(), provisioner.map(Arc::new)));
-    let limits = validation::Limits::of_pools(&shared.cfg.pool);
+    let limits = validation::Limits::of_pools(&shared.cfg.pool).with_priority_classes(&shared.cfg.priority_class);
     let result = serve_api(replica, limits, listener, shutdown).await;
     loops.abort();
     shared.end("stopping");
@@ -659,7 +677,7 @@ pub fn metrics_text(replica: &Replica) -> String {
 /// it a term, leads until the term is lost or its store fails, then follows again.
 pub async fn serve_replica<T: Terms, P: NodeProvisioner>(cfg: SchedulerConfig, replica: Arc<Replica>, mut terms: T, provisioner: Option<P>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
     let provisioner = provisioner.map(Arc::new);
-    let limits = validation::Limits::of_pools(&cfg.pool);
+    let limits = validation::Limits::of_pools(&cfg.pool).with_priority_classes(&cfg.priority_class);
     let terms_loop = {
         let replica = replica.clone();
         tokio::spawn(async move {

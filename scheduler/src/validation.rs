@@ -60,6 +60,38 @@ pub enum Rule {
     Nul,
     #[error("is not a label selector operator: one of In, NotIn, Exists, DoesNotExist")]
     SelectorOperator,
+    #[error("is not a node selector operator: one of In, NotIn, Exists, DoesNotExist, Gt, Lt")]
+    NodeSelectorOperator,
+    #[error("Gt and Lt take exactly one integer value")]
+    IntegerValue,
+    #[error("is not a toleration operator: Equal (the default when empty) or Exists")]
+    TolerationOperator,
+    #[error("Exists tolerates every value: give no value, or use Equal")]
+    ExistsWithValue,
+    #[error("an empty key tolerates every taint only with operator Exists")]
+    EmptyTolerationKey,
+    #[error("is not a taint effect: one of NoSchedule, PreferNoSchedule, NoExecute (or empty for all)")]
+    Effect,
+    #[error("toleration_seconds applies to NoExecute taints only, and is at least 0")]
+    TolerationSeconds,
+    #[error("a node selector term needs at least one match expression (an empty term matches no node)")]
+    EmptyTerm,
+    #[error("a weight is 1 to 100")]
+    Weight,
+    #[error("a preferred term needs its term")]
+    MissingTerm,
+    #[error("is not a topology key: kubernetes.io/hostname (a node) or topology.kubernetes.io/zone")]
+    TopologyKey,
+    #[error("max_skew is at least 1")]
+    MaxSkew,
+    #[error("is not a whenUnsatisfiable: DoNotSchedule (the default when empty) or ScheduleAnyway")]
+    WhenUnsatisfiable,
+    #[error("min_domains is at least 0, and above 0 only with DoNotSchedule")]
+    MinDomains,
+    #[error("is not a priority class of the scheduler's config; known: {known}")]
+    PriorityClass { known: String },
+    #[error("is set by the scheduler from priority_class_name (here {expected}): leave it 0")]
+    Priority { expected: i32 },
     #[error("In and NotIn need at least one value; Exists and DoesNotExist take none")]
     SelectorValues,
     #[error("is not a CIDR: an IPv4 or IPv6 network with its prefix length and no host bits set (e.g. 10.0.0.0/16, fd00::/64)")]
@@ -100,6 +132,8 @@ impl From<InvalidSpec> for tonic::Status {
 pub struct Limits {
     types: Vec<HostType>,
     of_pools: bool,
+    /// The config's priority classes: name → value.
+    priority_classes: Vec<(String, i32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +152,21 @@ impl Limits {
     /// `of_pools`: the types are those of the configured pools (it says so when refusing).
     pub fn of_types(types: impl IntoIterator<Item = InstanceType>, of_pools: bool) -> Limits {
         let types = types.into_iter().map(|t| HostType { cpu_millicores: u64::from(t.vcpu) * 1000, memory_bytes: t.memory_mib << 20, id: t.id }).collect();
-        Limits { types, of_pools }
+        Limits { types, of_pools, priority_classes: Vec::new() }
+    }
+
+    /// With the config's priority classes.
+    pub fn with_priority_classes(mut self, classes: &[crate::config::PriorityClass]) -> Limits {
+        self.priority_classes = classes.iter().map(|c| (c.name.clone(), c.value)).collect();
+        self
+    }
+
+    /// The priority of a class the config has ("" is 0).
+    pub fn priority_of(&self, class: &str) -> Option<i32> {
+        if class.is_empty() {
+            return Some(0);
+        }
+        self.priority_classes.iter().find(|(n, _)| n == class).map(|(_, v)| *v)
     }
 }
 
@@ -143,6 +191,12 @@ pub fn pod(spec: &pb::PodSpec, limits: &Limits) -> Result<(), InvalidSpec> {
     labels(&spec.labels, "spec.labels")?;
     labels(&spec.pool_selector, "spec.pool_selector")?;
     volumes(&spec.volumes)?;
+    placement_rules(spec)?;
+    let Some(priority) = limits.priority_of(&spec.priority_class_name) else {
+        let known = if limits.priority_classes.is_empty() { "none".to_string() } else { limits.priority_classes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ") };
+        return Err(InvalidSpec { field: "spec.priority_class_name".into(), value: shown(&spec.priority_class_name), rule: Rule::PriorityClass { known } });
+    };
+    check(spec.priority == 0 || spec.priority == priority, "spec.priority", &spec.priority.to_string(), Rule::Priority { expected: priority })?;
     for (i, arg) in spec.command.iter().enumerate() {
         check(!arg.contains('\0'), &format!("spec.command[{i}]"), arg, Rule::Nul)?;
     }
@@ -223,6 +277,87 @@ fn selector(sel: &pb::LabelSelector, field: &str) -> Result<(), InvalidSpec> {
         for (j, v) in e.values.iter().enumerate() {
             check(v.is_empty() || label_name(v), &format!("{f}.values[{j}]"), v, Rule::LabelValue)?;
         }
+    }
+    Ok(())
+}
+
+/// Tolerations, node affinity, pod (anti-)affinity and topology spread constraints.
+fn placement_rules(spec: &pb::PodSpec) -> Result<(), InvalidSpec> {
+    use crate::placement::labels::TOPOLOGY_KEYS;
+    use crate::placement::plugins::taints::{EFFECTS, NO_EXECUTE};
+    for (i, t) in spec.tolerations.iter().enumerate() {
+        let f = |x: &str| format!("spec.tolerations[{i}].{x}");
+        check(matches!(t.operator.as_str(), "" | "Equal" | "Exists"), &f("operator"), &t.operator, Rule::TolerationOperator)?;
+        check(t.operator != "Exists" || t.value.is_empty(), &f("value"), &t.value, Rule::ExistsWithValue)?;
+        check(!t.key.is_empty() || t.operator == "Exists", &f("key"), &t.key, Rule::EmptyTolerationKey)?;
+        check(t.key.is_empty() || label_key(&t.key), &f("key"), &t.key, Rule::LabelKey)?;
+        check(t.value.is_empty() || label_name(&t.value), &f("value"), &t.value, Rule::LabelValue)?;
+        check(t.effect.is_empty() || EFFECTS.contains(&t.effect.as_str()), &f("effect"), &t.effect, Rule::Effect)?;
+        if let Some(secs) = t.toleration_seconds {
+            check(secs >= 0 && (t.effect == NO_EXECUTE || t.effect.is_empty()), &f("toleration_seconds"), &secs.to_string(), Rule::TolerationSeconds)?;
+        }
+    }
+    if let Some(na) = &spec.node_affinity {
+        for (i, term) in na.required.iter().enumerate() {
+            node_term(term, &format!("spec.node_affinity.required[{i}]"))?;
+        }
+        for (i, p) in na.preferred.iter().enumerate() {
+            let f = format!("spec.node_affinity.preferred[{i}]");
+            check((1..=100).contains(&p.weight), &format!("{f}.weight"), &p.weight.to_string(), Rule::Weight)?;
+            let Some(term) = &p.preference else { return Err(InvalidSpec { field: format!("{f}.preference"), value: "none".into(), rule: Rule::MissingTerm }) };
+            node_term(term, &format!("{f}.preference"))?;
+        }
+    }
+    for (name, a) in [("pod_affinity", &spec.pod_affinity), ("pod_anti_affinity", &spec.pod_anti_affinity)] {
+        let Some(a) = a else { continue };
+        for (i, t) in a.required.iter().enumerate() {
+            pod_term(t, &format!("spec.{name}.required[{i}]"))?;
+        }
+        for (i, w) in a.preferred.iter().enumerate() {
+            let f = format!("spec.{name}.preferred[{i}]");
+            check((1..=100).contains(&w.weight), &format!("{f}.weight"), &w.weight.to_string(), Rule::Weight)?;
+            let Some(t) = &w.term else { return Err(InvalidSpec { field: format!("{f}.term"), value: "none".into(), rule: Rule::MissingTerm }) };
+            pod_term(t, &format!("{f}.term"))?;
+        }
+    }
+    for (i, c) in spec.topology_spread_constraints.iter().enumerate() {
+        let f = |x: &str| format!("spec.topology_spread_constraints[{i}].{x}");
+        check(c.max_skew >= 1, &f("max_skew"), &c.max_skew.to_string(), Rule::MaxSkew)?;
+        check(TOPOLOGY_KEYS.contains(&c.topology_key.as_str()), &f("topology_key"), &c.topology_key, Rule::TopologyKey)?;
+        check(matches!(c.when_unsatisfiable.as_str(), "" | "DoNotSchedule" | "ScheduleAnyway"), &f("when_unsatisfiable"), &c.when_unsatisfiable, Rule::WhenUnsatisfiable)?;
+        check(c.min_domains >= 0 && (c.min_domains == 0 || c.when_unsatisfiable != "ScheduleAnyway"), &f("min_domains"), &c.min_domains.to_string(), Rule::MinDomains)?;
+        if let Some(sel) = &c.label_selector {
+            selector(sel, &f("label_selector"))?;
+        }
+    }
+    Ok(())
+}
+
+fn node_term(term: &pb::NodeSelectorTerm, field: &str) -> Result<(), InvalidSpec> {
+    check(!term.match_expressions.is_empty(), &format!("{field}.match_expressions"), "[]", Rule::EmptyTerm)?;
+    for (j, r) in term.match_expressions.iter().enumerate() {
+        let f = format!("{field}.match_expressions[{j}]");
+        check(label_key(&r.key), &format!("{f}.key"), &r.key, Rule::LabelKey)?;
+        match r.operator.as_str() {
+            "In" | "NotIn" => check(!r.values.is_empty(), &format!("{f}.values"), "", Rule::SelectorValues)?,
+            "Exists" | "DoesNotExist" => check(r.values.is_empty(), &format!("{f}.values"), &r.values.join(","), Rule::SelectorValues)?,
+            "Gt" | "Lt" => check(r.values.len() == 1 && r.values[0].parse::<i64>().is_ok(), &format!("{f}.values"), &r.values.join(","), Rule::IntegerValue)?,
+            _ => return Err(InvalidSpec { field: format!("{f}.operator"), value: shown(&r.operator), rule: Rule::NodeSelectorOperator }),
+        }
+        for (k, v) in r.values.iter().enumerate() {
+            check(v.is_empty() || label_name(v), &format!("{f}.values[{k}]"), v, Rule::LabelValue)?;
+        }
+    }
+    Ok(())
+}
+
+fn pod_term(t: &pb::PodAffinityTerm, field: &str) -> Result<(), InvalidSpec> {
+    check(crate::placement::labels::TOPOLOGY_KEYS.contains(&t.topology_key.as_str()), &format!("{field}.topology_key"), &t.topology_key, Rule::TopologyKey)?;
+    for (k, ns) in t.namespaces.iter().enumerate() {
+        check(dns1123_label(ns), &format!("{field}.namespaces[{k}]"), ns, Rule::Dns1123Label)?;
+    }
+    if let Some(sel) = &t.label_selector {
+        selector(sel, &format!("{field}.label_selector"))?;
     }
     Ok(())
 }
@@ -363,7 +498,7 @@ fn dns1123_subdomain(s: &str) -> bool {
 }
 
 /// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain.
-fn label_key(k: &str) -> bool {
+pub fn label_key(k: &str) -> bool {
     match k.split_once('/') {
         Some((prefix, name)) => dns1123_subdomain(prefix) && label_name(name),
         None => label_name(k),
@@ -371,7 +506,7 @@ fn label_key(k: &str) -> bool {
 }
 
 /// A label key's name part, or a non-empty label value.
-fn label_name(s: &str) -> bool {
+pub fn label_name(s: &str) -> bool {
     (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) && alnum_ends(s)
 }
 
@@ -463,8 +598,26 @@ mod tests {
             pool_selector: [("pool".to_string(), "small".to_string()), ("zone".into(), "cn-hangzhou-a".into()), ("disk".into(), "".into())].into(),
             labels: [("app".to_string(), "Web_1.x".to_string()), ("berth.io/tier".into(), "front".into())].into(),
             command: vec!["sh".into(), "-c".into(), "echo hi\nsleep 1".into()],
+            tolerations: vec![
+                pb::Toleration { key: "dedicated".into(), operator: "Equal".into(), value: "gpu".into(), effect: "NoSchedule".into(), toleration_seconds: None },
+                pb::Toleration { key: "spot".into(), operator: "Exists".into(), effect: "NoExecute".into(), toleration_seconds: Some(30), ..Default::default() },
+                pb::Toleration { operator: "Exists".into(), ..Default::default() },
+            ],
+            node_affinity: Some(pb::NodeAffinity {
+                required: vec![pb::NodeSelectorTerm { match_expressions: vec![requirement("kubernetes.io/arch", "In", &["amd64"]), requirement("gpus", "Gt", &["1"]), requirement("spot", "DoesNotExist", &[])] }],
+                preferred: vec![pb::PreferredSchedulingTerm { weight: 50, preference: Some(pb::NodeSelectorTerm { match_expressions: vec![requirement("topology.kubernetes.io/zone", "NotIn", &["z9"])] }) }],
+            }),
+            pod_anti_affinity: Some(pb::PodAffinity {
+                required: vec![pb::PodAffinityTerm { label_selector: Some(pb::LabelSelector { match_labels: [("app".to_string(), "web".to_string())].into(), match_expressions: vec![] }), namespaces: vec![], topology_key: "kubernetes.io/hostname".into() }],
+                preferred: vec![pb::WeightedPodAffinityTerm { weight: 10, term: Some(pb::PodAffinityTerm { label_selector: None, namespaces: vec!["team-b".into()], topology_key: "topology.kubernetes.io/zone".into() }) }],
+            }),
+            topology_spread_constraints: vec![pb::TopologySpreadConstraint { max_skew: 1, topology_key: "topology.kubernetes.io/zone".into(), when_unsatisfiable: "DoNotSchedule".into(), label_selector: None, min_domains: 3 }],
             ..Default::default()
         }
+    }
+
+    fn requirement(key: &str, op: &str, values: &[&str]) -> pb::NodeSelectorRequirement {
+        pb::NodeSelectorRequirement { key: key.into(), operator: op.into(), values: values.iter().map(|v| v.to_string()).collect() }
     }
 
     #[test]
@@ -559,6 +712,22 @@ mod tests {
                 s.volumes[0].parameters.insert("performanceLevel".into(), "PL1".into());
             }, "spec.volumes[0].parameters[\"performanceLevel\"]", Rule::LevelWithoutEssd),
             row("a command entry with NUL", |s| s.command[2] = "echo\0hi".into(), "spec.command[2]", Rule::Nul),
+            row("an unknown toleration operator", |s| s.tolerations[0].operator = "Is".into(), "spec.tolerations[0].operator", Rule::TolerationOperator),
+            row("Exists with a value", |s| s.tolerations[1].value = "x".into(), "spec.tolerations[1].value", Rule::ExistsWithValue),
+            row("an empty key with Equal", |s| s.tolerations[2].operator = "Equal".into(), "spec.tolerations[2].key", Rule::EmptyTolerationKey),
+            row("an unknown effect", |s| s.tolerations[0].effect = "NoRun".into(), "spec.tolerations[0].effect", Rule::Effect),
+            row("toleration seconds on NoSchedule", |s| s.tolerations[0].toleration_seconds = Some(5), "spec.tolerations[0].toleration_seconds", Rule::TolerationSeconds),
+            row("an unknown node operator", |s| s.node_affinity.as_mut().unwrap().required[0].match_expressions[0].operator = "Has".into(), "spec.node_affinity.required[0].match_expressions[0].operator", Rule::NodeSelectorOperator),
+            row("Gt without an integer", |s| s.node_affinity.as_mut().unwrap().required[0].match_expressions[1].values = vec!["many".into()], "spec.node_affinity.required[0].match_expressions[1].values", Rule::IntegerValue),
+            row("an empty node term", |s| s.node_affinity.as_mut().unwrap().required[0].match_expressions.clear(), "spec.node_affinity.required[0].match_expressions", Rule::EmptyTerm),
+            row("a weight of 0", |s| s.node_affinity.as_mut().unwrap().preferred[0].weight = 0, "spec.node_affinity.preferred[0].weight", Rule::Weight),
+            row("a topology key of no domain", |s| s.pod_anti_affinity.as_mut().unwrap().required[0].topology_key = "rack".into(), "spec.pod_anti_affinity.required[0].topology_key", Rule::TopologyKey),
+            row("a bad namespace in a term", |s| s.pod_anti_affinity.as_mut().unwrap().preferred[0].term.as_mut().unwrap().namespaces[0] = "B".into(), "spec.pod_anti_affinity.preferred[0].term.namespaces[0]", label.clone()),
+            row("a max skew of 0", |s| s.topology_spread_constraints[0].max_skew = 0, "spec.topology_spread_constraints[0].max_skew", Rule::MaxSkew),
+            row("an unknown whenUnsatisfiable", |s| s.topology_spread_constraints[0].when_unsatisfiable = "Never".into(), "spec.topology_spread_constraints[0].when_unsatisfiable", Rule::WhenUnsatisfiable),
+            row("an unknown priority class", |s| s.priority_class_name = "urgent".into(), "spec.priority_class_name", Rule::PriorityClass { known: "none".into() }),
+            row("a priority of one's own", |s| s.priority = 7, "spec.priority", Rule::Priority { expected: 0 }),
+            row("min domains with ScheduleAnyway", |s| s.topology_spread_constraints[0].when_unsatisfiable = "ScheduleAnyway".into(), "spec.topology_spread_constraints[0].min_domains", Rule::MinDomains),
         ]
     }
 

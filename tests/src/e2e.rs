@@ -33,6 +33,17 @@ pub async fn cluster(pool: &str, instance_type: &str, min: u32, max: u32, idle_s
 /// As [`cluster`]; `dual`: a dual-stack VPC and vSwitch, open to every IPv6 source too (the
 /// agents need `--ip-stack dual` among `extra_agent_args` to give pods IPv6 addresses).
 pub async fn cluster_of(pool: &str, instance_type: &str, (min, max): (u32, u32), idle_secs: u64, cidr: (&str, &str), dual: bool, extra_agent_args: &[&str]) -> Cluster {
+    start(pool, instance_type, (min, max), idle_secs, cidr, dual, extra_agent_args, None).await
+}
+
+/// As [`cluster`], the pool spanning two zones: its vSwitch in local-1a and a second one
+/// (`second_cidr`) in local-1b.
+pub async fn cluster_two_zones(pool: &str, instance_type: &str, min: u32, max: u32, cidr: (&str, &str), second_cidr: &str) -> Cluster {
+    start(pool, instance_type, (min, max), 600, cidr, false, &[], Some(second_cidr)).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start(pool: &str, instance_type: &str, (min, max): (u32, u32), idle_secs: u64, cidr: (&str, &str), dual: bool, extra_agent_args: &[&str], second_cidr: Option<&str>) -> Cluster {
     let port = free_port();
     let tag = crate::unique("as");
     let runner_prefix = format!("{tag}{{instance_id}}-p");
@@ -44,6 +55,12 @@ pub async fn cluster_of(pool: &str, instance_type: &str, (min, max): (u32, u32),
     let cloud = lc.client();
     let net = if dual { SampleNet::create_dual(&cloud, cidr.0, cidr.1).await } else { SampleNet::create(&cloud, cidr.0, cidr.1).await };
     net.open_to(&cloud, cidr.0).await;
+    let mut vswitches = format!("{{ id = \"{}\", zone = \"local-1a\" }}", net.vsw);
+    if let Some(second) = second_cidr {
+        use berth_cloud::api::CreateVSwitchRequest;
+        let vsw = cloud.create_vswitch(&CreateVSwitchRequest { vpc_id: net.vpc.clone(), zone_id: "local-1b".into(), cidr_block: second.into(), name: "b".into(), ..Default::default() }).await.expect("CreateVSwitch");
+        vswitches.push_str(&format!(", {{ id = \"{vsw}\", zone = \"local-1b\" }}"));
+    }
     if dual {
         net.open_to(&cloud, "::/0").await;
     }
@@ -51,10 +68,9 @@ pub async fn cluster_of(pool: &str, instance_type: &str, (min, max): (u32, u32),
         "[placement]\nlease_secs = 15\ntick_ms = 100\n\n\
          [autoscaler]\nenabled = true\npending_threshold_secs = 2\nscale_down_utilisation = 0.5\nscale_down_after_secs = {idle_secs}\nnode_boot_timeout_secs = 120\ninterval_ms = 250\n\n\
          [cloud]\nendpoint = \"{}\"\nregion = \"local-1\"\ncredentials_file = \"{}\"\n\n\
-         [[pool]]\nname = \"{pool}\"\ninstance_types = [\"{instance_type}\"]\nvswitches = [{{ id = \"{}\", zone = \"local-1a\" }}]\nsecurity_group_ids = [\"{}\"]\nmin_nodes = {min}\nmax_nodes = {max}\nimage_id = \"berth-node\"\n",
+         [[pool]]\nname = \"{pool}\"\ninstance_types = [\"{instance_type}\"]\nvswitches = [{vswitches}]\nsecurity_group_ids = [\"{}\"]\nmin_nodes = {min}\nmax_nodes = {max}\nimage_id = \"berth-node\"\n",
         lc.endpoint,
         lc.dir.path().join("credentials.json").display(),
-        net.vsw,
         net.sg,
     );
     let scheduler = Scheduler::start_on(port, &config, &[]);

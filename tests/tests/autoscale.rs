@@ -11,7 +11,7 @@ use berth_cloud::Cloud as _;
 use berth_cloud::api::CreateDiskRequest;
 use berth_proto::cluster::v1 as pb;
 use berth_proto::cluster::v1::scheduler_client::SchedulerClient;
-use berth_tests::e2e::{Cluster, cluster, is, name, netns_of, pods, ready_nodes, sleeper};
+use berth_tests::e2e::{Cluster, cluster, cluster_two_zones, is, name, netns_of, pods, ready_nodes, sleeper};
 use berth_tests::guest::GuestLeftovers;
 use berth_tests::{is_root, wait_for};
 use tonic::transport::Channel;
@@ -147,4 +147,44 @@ async fn wait_report_disks(c: &Cluster, client: &mut SchedulerClient<Channel>, n
     wait_for!(c, Duration::from_secs(30), format!("{node} reporting {free} free disk slots"), {
         ready_nodes(client).await.get(node).and_then(|r| r.free).is_some_and(|f| f.disk_slots == free).then_some(())
     });
+}
+
+/// A pool over two zones: its minimum puts one node in each, and pods beyond their IPs bring two
+/// more, one in each zone (not both in the first), every pod running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_zone_pool_scales_up_across_both_zones() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // ecs.t6-c1m2.large: 5 pods by IPs each.
+    let c = cluster_two_zones("wide", "ecs.t6-c1m2.large", 2, 4, ("10.76.0.0/16", "10.76.1.0/24"), "10.76.2.0/24").await;
+    let _leftovers = GuestLeftovers::new(&c.lc, &c.tag);
+    let mut client = c.scheduler.client().await;
+    let zones_of = |ready: &BTreeMap<String, pb::NodeReport>| {
+        let mut z: BTreeMap<String, usize> = BTreeMap::new();
+        for r in ready.values() {
+            *z.entry(r.identity.clone().unwrap().zone_id).or_default() += 1;
+        }
+        z
+    };
+    let first = wait_for!(c, Duration::from_secs(120), "two nodes of the pool reporting", {
+        let ready = ready_nodes(&mut client).await;
+        (ready.len() == 2).then_some(ready)
+    });
+    assert_eq!(zones_of(&first), BTreeMap::from([("local-1a".to_string(), 1), ("local-1b".to_string(), 1)]), "the minimum is spread");
+    // 20 pods: 10 fit, 10 need two more nodes.
+    for i in 0..20 {
+        client.submit_pod(pb::SubmitPodRequest { spec: Some(sleeper(&format!("wide-{i:02}"))) }).await.expect("SubmitPod");
+    }
+    wait_for!(c, Duration::from_secs(180), "20 pods running", {
+        let all = pods(&mut client).await;
+        assert!(!all.iter().any(|p| is(p, pb::PodPhase::Failed)), "a pod failed");
+        (all.iter().filter(|p| is(p, pb::PodPhase::Running)).count() == 20).then_some(())
+    });
+    let ready = ready_nodes(&mut client).await;
+    assert_eq!(zones_of(&ready), BTreeMap::from([("local-1a".to_string(), 2), ("local-1b".to_string(), 2)]), "the two new nodes went one to each zone: {:?}", ready.keys().collect::<Vec<_>>());
+    for p in pods(&mut client).await {
+        client.delete_pod(pb::DeletePodRequest { namespace: "default".into(), name: name(&p) }).await.expect("DeletePod");
+    }
 }

@@ -3,6 +3,7 @@ pub mod inspect;
 pub mod install;
 pub mod nodes;
 pub mod pod;
+pub mod podfile;
 pub mod policy;
 pub mod snapshot;
 pub mod status;

@@ -29,6 +29,38 @@ impl Nodes {
 }
 
 #[derive(Args)]
+pub struct NodeCmd {
+    #[command(subcommand)]
+    action: NodeAction,
+    #[command(flatten)]
+    paths: ClusterPaths,
+}
+
+#[derive(clap::Subcommand)]
+enum NodeAction {
+    /// Keep new pods off the node (the taint node.kubernetes.io/unschedulable:NoSchedule).
+    Cordon { instance_id: String },
+    /// Let the node take pods again.
+    Uncordon { instance_id: String },
+    /// Cordon the node and send its pods back to the queue, to go elsewhere.
+    Drain { instance_id: String },
+}
+
+impl NodeCmd {
+    pub async fn exec(self, output: Output) -> anyhow::Result<()> {
+        let mut c = cluster::scheduler(&self.paths, Duration::from_secs(2)).await?;
+        let (instance_id, cordon, drain) = match self.action {
+            NodeAction::Cordon { instance_id } => (instance_id, true, false),
+            NodeAction::Uncordon { instance_id } => (instance_id, false, false),
+            NodeAction::Drain { instance_id } => (instance_id, true, true),
+        };
+        c.cordon_node(berth_proto::cluster::v1::CordonNodeRequest { instance_id, cordon, drain }).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let (_, nodes) = pod::snapshot(&self.paths, &mut c, "").await?;
+        views::print_nodes(&nodes, output)
+    }
+}
+
+#[derive(Args)]
 pub struct Pools {
     /// The scheduler's config; default: the local cluster's (`<run-dir>/scheduler.toml`).
     #[arg(long)]

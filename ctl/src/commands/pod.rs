@@ -35,7 +35,14 @@ pub enum Mode {
 
 #[derive(Args)]
 pub struct AddArgs {
-    pub name: String,
+    /// The pod's name (not with -f).
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// A Kubernetes Pod document (metadata, nodeSelector, tolerations, affinity,
+    /// topologySpreadConstraints, priorityClassName, one container's command and requests)
+    /// instead of the flags.
+    #[arg(long, short = 'f', conflicts_with = "name")]
+    pub file: Option<std::path::PathBuf>,
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
     #[arg(long, default_value_t = 100)]
@@ -64,9 +71,32 @@ pub struct AddArgs {
     pub selectors: Vec<String>,
     #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// Spread pods with the same labels across zones.
+    /// Spread pods with the same labels across zones (a preference; see --spread for a rule).
     #[arg(long)]
     pub spread_zones: bool,
+    /// Tolerate a taint: KEY=VALUE[:EFFECT] (Equal), KEY[:EFFECT] (Exists, any value) (repeatable).
+    #[arg(long = "toleration")]
+    pub tolerations: Vec<String>,
+    /// Required node affinity: "KEY OP [V1,V2]", OP one of In, NotIn, Exists, DoesNotExist, Gt,
+    /// Lt, on node labels or the well-known ones (topology.kubernetes.io/zone,
+    /// node.kubernetes.io/instance-type, berth.io/pool, karpenter.sh/capacity-type,
+    /// kubernetes.io/arch); every one must hold (repeatable).
+    #[arg(long = "node-affinity")]
+    pub node_affinity: Vec<String>,
+    /// Keep off the node or zone of pods with these labels: KEY=VALUE@node or KEY=VALUE@zone
+    /// (repeatable).
+    #[arg(long = "anti-affinity")]
+    pub anti_affinity: Vec<String>,
+    /// Go only to a node or zone holding pods with these labels: KEY=VALUE@node|zone (repeatable).
+    #[arg(long = "affinity")]
+    pub affinity: Vec<String>,
+    /// Spread pods with the same labels: node|zone[:MAX_SKEW] (DoNotSchedule; max skew 1 by
+    /// default) (repeatable).
+    #[arg(long = "spread")]
+    pub spread: Vec<String>,
+    /// A priority class of the scheduler's config.
+    #[arg(long)]
+    pub priority_class: Option<String>,
     /// Wait until the pod runs with an IP (watching it, not polling); fail with its message if it
     /// fails, is deleted, or does not run within --timeout.
     #[arg(long)]
@@ -83,7 +113,7 @@ pub struct AddArgs {
 enum PodCommand {
     /// Submit a pod; the scheduler binds it to a node at once when one fits, else it waits (and
     /// may make the autoscaler add a node).
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Delete a pod and wait until its node removed it (volumes unpublished, IP released).
     Del {
         name: String,
@@ -122,6 +152,10 @@ pub fn volume(name: &str, kind: pb::VolumeKind, mount_path: &str, params: &[(&st
 }
 
 pub fn spec_of(a: &AddArgs) -> anyhow::Result<pb::PodSpec> {
+    if let Some(path) = &a.file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return super::podfile::spec_of(&text, &a.namespace).with_context(|| format!("{}", path.display()));
+    }
     let mut volumes = Vec::new();
     for d in &a.disks {
         let parts: Vec<&str> = d.split(':').collect();
@@ -152,9 +186,61 @@ pub fn spec_of(a: &AddArgs) -> anyhow::Result<pb::PodSpec> {
         };
         volumes.push(volume(name, kind, path, &[("volumeId", id)]));
     }
+    let labels = pairs(&a.labels, "--label")?;
+    let topology = |t: &str, flag: &str, v: &str| match t {
+        "node" => Ok(berth_scheduler::placement::labels::HOSTNAME.to_string()),
+        "zone" => Ok(berth_scheduler::placement::labels::ZONE.to_string()),
+        _ => bail!("{flag} {v:?}: the topology is node or zone, not {t:?}"),
+    };
+    let term = |v: &String, flag: &str| -> anyhow::Result<pb::PodAffinityTerm> {
+        let Some((sel, t)) = v.rsplit_once('@') else { bail!("{flag} {v:?} is not KEY=VALUE@node or KEY=VALUE@zone") };
+        let match_labels = pairs(&sel.split(',').map(str::to_string).collect::<Vec<_>>(), flag)?;
+        Ok(pb::PodAffinityTerm { label_selector: Some(pb::LabelSelector { match_labels, match_expressions: vec![] }), namespaces: vec![], topology_key: topology(t, flag, v)? })
+    };
+    let terms = |vs: &[String], flag: &str| -> anyhow::Result<Option<pb::PodAffinity>> {
+        if vs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(pb::PodAffinity { required: vs.iter().map(|v| term(v, flag)).collect::<anyhow::Result<_>>()?, preferred: vec![] }))
+    };
+    let mut tolerations = Vec::new();
+    for t in &a.tolerations {
+        let (kv, effect) = match t.rsplit_once(':') {
+            Some((kv, e)) => (kv, e.to_string()),
+            None => (t.as_str(), String::new()),
+        };
+        let (key, operator, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, "Equal", v),
+            None => (kv, "Exists", ""),
+        };
+        tolerations.push(pb::Toleration { key: key.into(), operator: operator.into(), value: value.into(), effect, toleration_seconds: None });
+    }
+    let mut expressions = Vec::new();
+    for e in &a.node_affinity {
+        let parts: Vec<&str> = e.split_whitespace().collect();
+        let (key, op, values) = match parts.as_slice() {
+            [k, op] => (k, op, Vec::new()),
+            [k, op, vs] => (k, op, vs.split(',').map(str::to_string).collect()),
+            _ => bail!("--node-affinity {e:?} is not \"KEY OP [V1,V2]\""),
+        };
+        expressions.push(pb::NodeSelectorRequirement { key: key.to_string(), operator: op.to_string(), values });
+    }
+    let mut spread = Vec::new();
+    for v in &a.spread {
+        let (t, skew) = v.split_once(':').unwrap_or((v.as_str(), "1"));
+        let max_skew = skew.parse::<i32>().with_context(|| format!("--spread {v:?}: max skew {skew:?} is not a number"))?;
+        let match_labels = labels.clone();
+        spread.push(pb::TopologySpreadConstraint { max_skew, topology_key: topology(t, "--spread", v)?, when_unsatisfiable: "DoNotSchedule".into(), label_selector: Some(pb::LabelSelector { match_labels, match_expressions: vec![] }), min_domains: 0 });
+    }
     Ok(pb::PodSpec {
+        tolerations,
+        node_affinity: (!expressions.is_empty()).then(|| pb::NodeAffinity { required: vec![pb::NodeSelectorTerm { match_expressions: expressions }], preferred: vec![] }),
+        pod_affinity: terms(&a.affinity, "--affinity")?,
+        pod_anti_affinity: terms(&a.anti_affinity, "--anti-affinity")?,
+        topology_spread_constraints: spread,
+        priority_class_name: a.priority_class.clone().unwrap_or_default(),
         namespace: a.namespace.clone(),
-        name: a.name.clone(),
+        name: a.name.clone().unwrap_or_default(),
         cpu_millicores: a.cpu_millicores,
         memory_bytes: a.memory_mib << 20,
         network_mode: match a.mode {
@@ -166,7 +252,7 @@ pub fn spec_of(a: &AddArgs) -> anyhow::Result<pb::PodSpec> {
         vswitch_id: a.vswitch.clone().unwrap_or_default(),
         volumes,
         pool_selector: pairs(&a.selectors, "--selector")?,
-        labels: pairs(&a.labels, "--label")?,
+        labels,
         spread_zones: a.spread_zones,
         command: if a.command.is_empty() { vec!["sleep".into(), "infinity".into()] } else { a.command.clone() },
         ..Default::default()
@@ -395,16 +481,17 @@ impl Pod {
         match self.command {
             PodCommand::Add(a) => {
                 let spec = spec_of(&a)?;
-                if c.get_pod(pb::GetPodRequest { namespace: a.namespace.clone(), name: a.name.clone() }).await.is_ok() {
-                    bail!("pod {}/{} exists; delete it first with `berthctl pod del {}`", a.namespace, a.name, a.name);
+                let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
+                if c.get_pod(pb::GetPodRequest { namespace: namespace.clone(), name: name.clone() }).await.is_ok() {
+                    bail!("pod {namespace}/{name} exists; delete it first with `berthctl pod del {name}`");
                 }
                 // The watch starts before the submit, so it sees the pod's whole life.
-                let watch = if a.wait { Some(PodWatch::from_now(&paths.scheduler_endpoints(), &a.namespace, &a.name).await?) } else { None };
+                let watch = if a.wait { Some(PodWatch::from_now(&paths.scheduler_endpoints(), &namespace, &name).await?) } else { None };
                 c.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.map_err(rpc)?;
                 if let Some(watch) = watch {
-                    wait_running(watch, &a.namespace, std::slice::from_ref(&a.name), Duration::from_secs(a.timeout), |s| if output == Output::Table { eprintln!("==> {s}") }).await?;
+                    wait_running(watch, &namespace, std::slice::from_ref(&name), Duration::from_secs(a.timeout), |s| if output == Output::Table { eprintln!("==> {s}") }).await?;
                 }
-                show(paths, &mut c, &a.namespace, &a.name, output).await
+                show(paths, &mut c, &namespace, &name, output).await
             }
             PodCommand::Del { name, namespace } => delete(paths, &mut c, &namespace, &name, Duration::from_secs(60)).await,
             PodCommand::Get { name, namespace } => show(paths, &mut c, &namespace, &name, output).await,
@@ -455,6 +542,24 @@ mod tests {
         let PodCommand::Add(a) = cli.c else { panic!() };
         assert_eq!(spec_of(&a).unwrap().command, vec!["sleep", "infinity"]);
         berth_scheduler::validation::pod(&spec_of(&a).unwrap(), &limits).expect("the defaults make a spec the scheduler takes");
+        let cli = Cli::try_parse_from([
+            "t", "add", "web", "--label", "app=web", "--toleration", "dedicated=gpu:NoSchedule", "--toleration", "spot", "--node-affinity", "kubernetes.io/arch In amd64",
+            "--node-affinity", "gpu Exists", "--anti-affinity", "app=web@node", "--affinity", "app=db@zone", "--spread", "zone:2",
+        ])
+        .unwrap();
+        let PodCommand::Add(a) = cli.c else { panic!() };
+        let s = spec_of(&a).unwrap();
+        assert_eq!(s.tolerations[0], pb::Toleration { key: "dedicated".into(), operator: "Equal".into(), value: "gpu".into(), effect: "NoSchedule".into(), toleration_seconds: None });
+        assert_eq!((s.tolerations[1].key.as_str(), s.tolerations[1].operator.as_str()), ("spot", "Exists"));
+        let na = s.node_affinity.as_ref().unwrap();
+        assert_eq!(na.required[0].match_expressions.len(), 2);
+        assert_eq!(s.pod_anti_affinity.as_ref().unwrap().required[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(s.pod_affinity.as_ref().unwrap().required[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!((s.topology_spread_constraints[0].max_skew, s.topology_spread_constraints[0].label_selector.as_ref().unwrap().match_labels["app"].as_str()), (2, "web"));
+        berth_scheduler::validation::pod(&s, &limits).expect("the flags make a spec the scheduler takes");
+        let cli = Cli::try_parse_from(["t", "add", "web", "--anti-affinity", "app=web@rack"]).unwrap();
+        let PodCommand::Add(a) = cli.c else { panic!() };
+        assert!(spec_of(&a).unwrap_err().to_string().contains("node or zone"));
         let cli = Cli::try_parse_from(["t", "add", "web", "--disk", "data"]).unwrap();
         let PodCommand::Add(a) = cli.c else { panic!() };
         assert!(spec_of(&a).unwrap_err().to_string().contains("NAME:MOUNT_PATH:SIZE_GIB"));

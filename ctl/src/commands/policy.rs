@@ -169,7 +169,7 @@ pub struct Port {
     pub end_port: Option<i32>,
 }
 
-fn selector_pb(s: &Selector) -> pb::LabelSelector {
+pub fn selector_pb(s: &Selector) -> pb::LabelSelector {
     pb::LabelSelector {
         match_labels: s.match_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         match_expressions: s.match_expressions.iter().map(|r| pb::LabelSelectorRequirement { key: r.key.clone(), operator: r.operator.clone(), values: r.values.clone() }).collect(),

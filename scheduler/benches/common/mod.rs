@@ -45,7 +45,7 @@ pub fn node_report(i: usize, rng: &mut Rng) -> pb::NodeReport {
     let mut labels = std::collections::HashMap::new();
     labels.insert("disk".to_string(), if i.is_multiple_of(2) { "ssd".to_string() } else { "hdd".to_string() });
     pb::NodeReport {
-        identity: Some(pb::NodeIdentity { instance_id: format!("i-{i:06}"), instance_type: t.id.clone(), zone_id: zone.into(), pool: POOLS[p].into(), vswitch_ids: vec![format!("vsw-{zone}")], labels }),
+        identity: Some(pb::NodeIdentity { instance_id: format!("i-{i:06}"), instance_type: t.id.clone(), zone_id: zone.into(), pool: POOLS[p].into(), vswitch_ids: vec![format!("vsw-{zone}")], labels, taints: Vec::new() }),
         allocatable: Some(cap),
         free: Some(cap),
         conditions,
@@ -84,26 +84,40 @@ pub fn pod_spec(k: usize, rng: &mut Rng) -> pb::PodSpec {
     if rng.below(10) == 0 {
         spec.vswitch_id = format!("vsw-{}", ZONES[rng.below(3) as usize]);
     }
-    if rng.below(10) == 0 {
-        spec.spread_zones = true;
-        spec.labels.insert("app".into(), format!("app{}", rng.below(50)));
+    // Every pod belongs to one of 300 apps; 30% carry a rule counting their app's pods: the old
+    // zone spread flag, a DoNotSchedule zone spread (maxSkew 1), or anti-affinity per node.
+    let app = format!("app{}", rng.below(300));
+    spec.labels.insert("app".into(), app.clone());
+    let selector = || Some(pb::LabelSelector { match_labels: [("app".to_string(), app.clone())].into(), match_expressions: vec![] });
+    match rng.below(10) {
+        0 => spec.spread_zones = true,
+        1 => spec.topology_spread_constraints.push(pb::TopologySpreadConstraint { max_skew: 1, topology_key: "topology.kubernetes.io/zone".into(), when_unsatisfiable: "DoNotSchedule".into(), label_selector: selector(), min_domains: 0 }),
+        2 => spec.pod_anti_affinity = Some(pb::PodAffinity { required: vec![pb::PodAffinityTerm { label_selector: selector(), namespaces: vec![], topology_key: "kubernetes.io/hostname".into() }], preferred: vec![] }),
+        _ => {}
     }
     spec
 }
 
+/// Whether the spec carries a rule that counts other pods (the benchmarks' constrained share).
+pub fn constrained(spec: &pb::PodSpec) -> bool {
+    spec.spread_zones || !spec.topology_spread_constraints.is_empty() || spec.pod_anti_affinity.is_some()
+}
+
+/// Ten pools (each of `POOLS` on demand, and a spot one beside it), each of the five types of
+/// `TYPES`, over the three zones: 150 options for the planner.
 pub fn pools(max_nodes: u32) -> Vec<NodePool> {
     POOLS
         .iter()
-        .zip(TYPES)
+        .flat_map(|name| [(name.to_string(), Default::default()), (format!("{name}-spot"), berth_scheduler::autoscaler::CapacityType::Spot)])
         .enumerate()
-        .map(|(i, (name, t))| NodePool {
-            name: name.to_string(),
-            instance_types: vec![t.to_string(), "ecs.g7.large".to_string()],
+        .map(|(i, (name, capacity))| NodePool {
+            name,
+            capacity,
+            instance_types: TYPES.iter().map(|t| t.to_string()).collect(),
             vswitches: ZONES.iter().map(|z| PoolVSwitch { id: format!("vsw-{z}"), zone: z.to_string() }).collect(),
             security_group_ids: vec![],
             min_nodes: 0,
             max_nodes,
-            capacity: Default::default(),
             priority: i as i32,
             labels: BTreeMap::from([("disk".to_string(), "ssd".to_string())]),
             disruption_budget: 1,

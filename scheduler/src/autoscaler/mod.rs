@@ -15,7 +15,7 @@ use berth_proto::cluster::v1 as pb;
 use serde::Deserialize;
 
 use crate::cluster::Cluster;
-use crate::placement::{Health, PodRequest, Resources};
+use crate::placement::{Health, PodRequest, PoolTraits, Resources};
 use crate::store::RequestedNode;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -64,9 +64,13 @@ pub struct NodePool {
     pub capacity: CapacityType,
     #[serde(default)]
     pub priority: i32,
-    /// Labels its nodes report, which pod pool selectors may name.
+    /// Labels its nodes carry (besides what their agents report), which pod selectors and node
+    /// affinity may name.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Taints its nodes carry: pods must tolerate them (`[[pool.taints]]`: key, value, effect).
+    #[serde(default)]
+    pub taints: Vec<PoolTaint>,
     /// Nodes of the pool removed at the same time at most.
     #[serde(default = "one")]
     pub disruption_budget: u32,
@@ -96,7 +100,28 @@ pub struct NodePool {
     pub tags: BTreeMap<String, String>,
 }
 
+/// A taint of a pool's nodes; effect NoSchedule, PreferNoSchedule or NoExecute.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTaint {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    pub effect: String,
+}
+
 impl NodePool {
+    /// What the pool gives each of its nodes: its labels (and its capacity type) and taints.
+    pub fn traits(&self) -> PoolTraits {
+        let mut labels: Vec<(String, String)> = self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let capacity = match self.capacity {
+            CapacityType::OnDemand => "on-demand",
+            CapacityType::Spot => "spot",
+        };
+        labels.push((crate::placement::labels::CAPACITY_TYPE.to_string(), capacity.to_string()));
+        PoolTraits { labels, taints: self.taints.iter().map(|t| pb::Taint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect() }
+    }
+
     /// The image RunInstances is given, if the pool names one.
     pub fn boot_image(&self) -> Option<berth_cloud::api::BootImage> {
         use berth_cloud::api::BootImage;
@@ -131,15 +156,11 @@ pub fn template_capacity(t: &InstanceType) -> Resources {
     }
 }
 
+/// The identity a new node of the pool would have: what node rules are simulated on.
 pub fn template_identity(pool: &NodePool, t: &InstanceType, vsw: &PoolVSwitch) -> pb::NodeIdentity {
-    pb::NodeIdentity {
-        instance_id: String::new(),
-        instance_type: t.id.clone(),
-        zone_id: vsw.zone.clone(),
-        pool: pool.name.clone(),
-        vswitch_ids: vec![vsw.id.clone()],
-        labels: pool.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }
+    let mut identity = pb::NodeIdentity { instance_type: t.id.clone(), zone_id: vsw.zone.clone(), pool: pool.name.clone(), vswitch_ids: vec![vsw.id.clone()], ..Default::default() };
+    pool.traits().inherit(&mut identity);
+    identity
 }
 
 /// Reporting nodes of each pool, by zone: a pool's room below its maximum, and where its next
@@ -202,31 +223,45 @@ pub struct ScaleUpPlan {
 /// plan for 30,000 pods stays linear (first-fit over a window, not over every node).
 const OPEN_WINDOW: usize = 8;
 
-struct Sim {
+struct Sim<'p> {
     identity: pb::NodeIdentity,
     capacity: Resources,
-    bins: Vec<Resources>,
+    bins: Vec<Bin<'p>>,
     limit: usize,
     pods: usize,
 }
 
-impl Sim {
+/// A simulated node: what is left of it and the pods it took.
+struct Bin<'p> {
+    free: Resources,
+    pods: Vec<&'p PodRequest>,
+}
+
+/// Whether two pods may share a node under their required anti-affinity per node (either way).
+fn may_share_node(a: &PodRequest, b: &PodRequest) -> bool {
+    use crate::placement::rules::Topology;
+    let repels = |x: &PodRequest, y: &PodRequest| x.rules.as_ref().is_some_and(|r| r.anti_affinity.iter().any(|t| t.topology == Topology::Node && y.own.selected_by(&t.namespaces, &t.selector)));
+    !repels(a, b) && !repels(b, a)
+}
+
+impl<'p> Sim<'p> {
     /// Places the pod on a simulated node; false when it cannot go on this template at all or
     /// the pool has no room for another node.
-    fn place(&mut self, req: &PodRequest) -> bool {
+    fn place(&mut self, req: &'p PodRequest) -> bool {
         if !req.matches_identity(&self.identity) || !self.capacity.fits(&req.demand) {
             return false;
         }
         let from = self.bins.len().saturating_sub(OPEN_WINDOW);
-        if let Some(b) = self.bins[from..].iter_mut().find(|b| b.fits(&req.demand)) {
-            *b = b.saturating_sub(&req.demand);
+        if let Some(b) = self.bins[from..].iter_mut().find(|b| b.free.fits(&req.demand) && b.pods.iter().all(|q| may_share_node(q, req))) {
+            b.free = b.free.saturating_sub(&req.demand);
+            b.pods.push(req);
             self.pods += 1;
             return true;
         }
         if self.bins.len() >= self.limit {
             return false;
         }
-        self.bins.push(self.capacity.saturating_sub(&req.demand));
+        self.bins.push(Bin { free: self.capacity.saturating_sub(&req.demand), pods: vec![req] });
         self.pods += 1;
         true
     }
@@ -239,7 +274,8 @@ impl Sim {
         let per: f64 = self
             .bins
             .iter()
-            .map(|free| {
+            .map(|b| {
+                let free = &b.free;
                 let f = |all: u64, free: u64| if all == 0 { 0.0 } else { free as f64 / all as f64 };
                 (f(c.cpu_millicores, free.cpu_millicores) + f(c.memory_bytes, free.memory_bytes) + f(c.shared_ips.into(), free.shared_ips.into())) / 3.0
             })
@@ -248,10 +284,12 @@ impl Sim {
     }
 }
 
-/// Plans one scale-up for the pods pending beyond the threshold (`pending`), or None when
+/// Plans one scale-up for the pods pending beyond the threshold (`pending`), or nothing when
 /// requested nodes will host them all or no pool can. Among options the expander finds equal
-/// (the same pool and type in different zones), the zone with fewest nodes of the pool wins.
-pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes: &PoolNodes, requested: &[RequestedNode], expander: Expander) -> Option<ScaleUpPlan> {
+/// (the same pool and type in different zones), the zone with fewest nodes of the pool wins; and
+/// when the chosen option's pods could go to the pool's other zones as well, its nodes are shared
+/// out over those zones, fewest nodes first (one plan per zone that gets nodes).
+pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes: &PoolNodes, requested: &[RequestedNode], expander: Expander) -> Vec<ScaleUpPlan> {
     // Nodes on their way take what they can first, grouped by template; each group is filled
     // like a simulation (a window of open nodes), so re-planning stays linear in the pods.
     let mut on_the_way: Vec<Sim> = Vec::new();
@@ -266,16 +304,18 @@ pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dy
         }
     }
     let mut left: Vec<&PodRequest> = Vec::with_capacity(pending.len());
-    for req in pending {
+    for &req in pending {
         if !on_the_way.iter_mut().any(|g| g.place(req)) {
             left.push(req);
         }
     }
     let on_requested = on_the_way.iter().map(|g| g.pods).sum();
     if left.is_empty() {
-        return None;
+        return Vec::new();
     }
     let mut best: Option<Candidate> = None;
+    // Pods each (pool, type, vSwitch) option would host, for sharing the chosen one out.
+    let mut hosted: HashMap<(&str, String, &str), usize> = HashMap::new();
     for pool in pools {
         let room = pool.max_nodes.saturating_sub(nodes.in_pool(&pool.name, requested));
         if room == 0 {
@@ -284,9 +324,10 @@ pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dy
         for t in pool.instance_types.iter().filter_map(|id| catalogue(id)) {
             for vsw in &pool.vswitches {
                 let mut sim = Sim { identity: template_identity(pool, &t, vsw), capacity: template_capacity(&t), bins: Vec::new(), limit: room as usize, pods: 0 };
-                for req in &left {
+                for &req in &left {
                     sim.place(req);
                 }
+                hosted.insert((pool.name.as_str(), t.id.clone(), vsw.id.as_str()), sim.pods);
                 if sim.pods == 0 {
                     continue;
                 }
@@ -308,7 +349,73 @@ pub fn plan_scale_up(pending: &[&PodRequest], pools: &[NodePool], catalogue: &dy
             }
         }
     }
-    best.map(|c| c.plan)
+    let Some(best) = best else { return Vec::new() };
+    let plan = best.plan;
+    let Some(pool) = pools.iter().find(|p| p.name == plan.pool) else { return vec![plan] };
+    // The pool's zones (their first vSwitch) whose option hosts the same pods as the chosen one.
+    let mut zones: Vec<&PoolVSwitch> = Vec::new();
+    for vsw in &pool.vswitches {
+        if !zones.iter().any(|z| z.zone == vsw.zone) && hosted.get(&(pool.name.as_str(), plan.instance_type.clone(), vsw.id.as_str())).is_some_and(|&n| n >= plan.pods) {
+            zones.push(if vsw.zone == plan.zone_id { pool.vswitches.iter().find(|v| v.id == plan.vswitch_id).unwrap_or(vsw) } else { vsw });
+        }
+    }
+    if zones.len() < 2 || plan.count < 2 {
+        return vec![plan];
+    }
+    let mut in_zone: Vec<u32> = zones.iter().map(|z| nodes.in_zone(&pool.name, &z.zone, requested)).collect();
+    let mut counts = vec![0u32; zones.len()];
+    for _ in 0..plan.count {
+        let k = (0..zones.len()).min_by_key(|&k| (in_zone[k], zones[k].zone != plan.zone_id, k)).expect("zones are not empty");
+        counts[k] += 1;
+        in_zone[k] += 1;
+    }
+    let per_node = plan.pods as f64 / f64::from(plan.count);
+    zones
+        .iter()
+        .zip(counts)
+        .filter(|(_, c)| *c > 0)
+        .map(|(z, c)| ScaleUpPlan {
+            vswitch_id: z.id.clone(),
+            zone_id: z.zone.clone(),
+            count: c,
+            pods: (per_node * f64::from(c)).round() as usize,
+            price_per_hour: plan.price_per_hour / f64::from(plan.count) * f64::from(c),
+            ..plan.clone()
+        })
+        .collect()
+}
+
+/// Why no pool can ever help a pending pod, or None when some pool's template node would take
+/// it: each pool's reason (at its maximum, its nodes refuse the pod, no type large enough).
+pub fn why_unhelped(req: &PodRequest, pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, nodes: &PoolNodes, requested: &[RequestedNode]) -> Option<String> {
+    if pools.is_empty() {
+        return None;
+    }
+    let mut reasons = Vec::new();
+    for pool in pools {
+        let mut refusal = None;
+        let mut too_small = false;
+        let mut fits = false;
+        for t in pool.instance_types.iter().filter_map(|id| catalogue(id)) {
+            for vsw in &pool.vswitches {
+                match crate::placement::plugins::admits(req, &template_identity(pool, &t, vsw)) {
+                    Err(why) => refusal = refusal.or(Some(why)),
+                    Ok(()) if !template_capacity(&t).fits(&req.demand) => too_small = true,
+                    Ok(()) => fits = true,
+                }
+            }
+        }
+        let room = pool.max_nodes.saturating_sub(nodes.in_pool(&pool.name, requested));
+        let why = match (fits, room, refusal, too_small) {
+            (true, 0, _, _) => format!("pool {} at its maximum of {} nodes", pool.name, pool.max_nodes),
+            (true, _, _, _) => return None,
+            (false, _, _, true) => format!("pool {}: no instance type large enough ({} millicores, {} MiB asked)", pool.name, req.demand.cpu_millicores, req.demand.memory_bytes >> 20),
+            (false, _, Some(why), false) => format!("pool {}: its nodes would be {why}", pool.name),
+            (false, _, None, false) => format!("pool {}: no instance type of the catalogue", pool.name),
+        };
+        reasons.push(why);
+    }
+    Some(format!("no pool can add a node for it: {}", reasons.join("; ")))
 }
 
 /// Nodes to create so that every pool has its `min_nodes` (reporting or requested), on the

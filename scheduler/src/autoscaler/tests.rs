@@ -44,14 +44,14 @@ fn ip_bound_pods_get_enough_nodes_and_requested_nodes_count() {
     let refs: Vec<&PodRequest> = pods.iter().collect();
     let pools = [pool("small", &["ecs.g7.large"], 10, 0)];
     // g7.large: 10 shared IPs, CPU would allow 20 such pods: IPs decide, 3 nodes.
-    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).unwrap();
+    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).into_iter().next().unwrap();
     assert_eq!((plan.count, plan.pods, plan.pool.as_str()), (3, 25, "small"));
     // Two nodes already on their way host 20: one more is enough.
-    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[requested("i-1", "small", "z1"), requested("i-2", "small", "z1")], Expander::LeastWaste).unwrap();
+    let plan = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[requested("i-1", "small", "z1"), requested("i-2", "small", "z1")], Expander::LeastWaste).into_iter().next().unwrap();
     assert_eq!((plan.count, plan.pods_on_requested), (1, 20));
     // At its maximum the pool plans nothing.
     let full: PoolNodes = std::iter::repeat_n(("small", "z1"), 10).collect();
-    assert!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &full, &[], Expander::LeastWaste).is_none());
+    assert!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &full, &[], Expander::LeastWaste).is_empty());
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn disk_slots_decide_when_disks_are_the_scarce_resource() {
     let disk = pb::VolumeSpec { kind: pb::VolumeKind::Disk as i32, ..Default::default() };
     let pods: Vec<PodRequest> = (0..4).map(|_| PodRequest::of(&pb::PodSpec { volumes: vec![disk.clone(); 8], ..Default::default() })).collect();
     let refs: Vec<&PodRequest> = pods.iter().collect();
-    let plan = plan_scale_up(&refs, &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).unwrap();
+    let plan = plan_scale_up(&refs, &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).into_iter().next().unwrap();
     assert_eq!(plan.count, 2, "16 disk slots per node, 8 disks per pod");
 }
 
@@ -68,13 +68,13 @@ fn expanders_choose_by_waste_priority_and_price() {
     let pods: Vec<PodRequest> = (0..10).map(|_| shared_pod()).collect();
     let refs: Vec<&PodRequest> = pods.iter().collect();
     let pools = [pool("big", &["ecs.g7.4xlarge"], 10, 0), pool("small", &["ecs.g7.large"], 10, 5)];
-    let lw = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).unwrap();
+    let lw = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).into_iter().next().unwrap();
     assert_eq!(lw.pool, "small", "10 pods fill a g7.large's 10 IPs exactly");
     let pools = [pool("big", &["ecs.g7.4xlarge"], 10, 9), pool("small", &["ecs.g7.large"], 10, 5)];
-    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::Priority).unwrap().pool, "big");
+    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::Priority).into_iter().next().unwrap().pool, "big");
     let pools = [pool("t6", &["ecs.t6-c1m2.large"], 10, 0), pool("c7", &["ecs.c7.large"], 10, 0)];
     // t6: 5 IPs for 0.08/h → 0.016 per pod; c7: 10 IPs for 0.21/h → 0.021 per pod.
-    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::Price).unwrap().pool, "t6");
+    assert_eq!(plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::Price).into_iter().next().unwrap().pool, "t6");
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn pods_no_pool_can_host_plan_nothing() {
     let mut spec = pb::PodSpec::default();
     spec.pool_selector.insert("pool".into(), "gpu".into());
     let req = PodRequest::of(&spec);
-    assert!(plan_scale_up(&[&req], &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).is_none());
+    assert!(plan_scale_up(&[&req], &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).is_empty());
 }
 
 #[test]
@@ -183,13 +183,56 @@ fn scale_up_goes_to_the_zone_with_fewest_nodes_of_the_pool_on_a_tie() {
     let pods: Vec<PodRequest> = (0..5).map(|_| shared_pod()).collect();
     let refs: Vec<&PodRequest> = pods.iter().collect();
     let pools = [two_zone_pool("base", 0)];
-    let plan = |nodes: &PoolNodes, requested: &[RequestedNode]| plan_scale_up(&refs, &pools, &catalogue::instance_type, nodes, requested, Expander::LeastWaste).unwrap();
+    let plan = |nodes: &PoolNodes, requested: &[RequestedNode]| plan_scale_up(&refs, &pools, &catalogue::instance_type, nodes, requested, Expander::LeastWaste).into_iter().next().unwrap();
     assert_eq!(plan(&PoolNodes::default(), &[]).zone_id, "z1");
     assert_eq!(plan(&PoolNodes::from_iter([("base", "z1")]), &[]).zone_id, "z2");
     // A node of another pool in z2 does not count; one requested for this pool in z2 does.
     assert_eq!(plan(&PoolNodes::from_iter([("base", "z1"), ("other", "z2"), ("other", "z2")]), &[]).zone_id, "z2");
     let big: Vec<PodRequest> = (0..15).map(|_| shared_pod()).collect();
     let big_refs: Vec<&PodRequest> = big.iter().collect();
-    let p = plan_scale_up(&big_refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[requested("i-9", "base", "z2")], Expander::LeastWaste).unwrap();
+    let p = plan_scale_up(&big_refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[requested("i-9", "base", "z2")], Expander::LeastWaste).into_iter().next().unwrap();
     assert_eq!((p.zone_id.as_str(), p.pods_on_requested), ("z1", 10));
+}
+
+#[test]
+fn a_two_zone_pool_scales_up_over_both_zones() {
+    // 25 shared pods need three g7.large nodes (10 IPs each); the pool has none yet.
+    let pods: Vec<PodRequest> = (0..25).map(|_| shared_pod()).collect();
+    let refs: Vec<&PodRequest> = pods.iter().collect();
+    let pools = [two_zone_pool("base", 0)];
+    let plans = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::from_iter([("base", "z1"), ("base", "z2")]), &[], Expander::LeastWaste);
+    assert_eq!(counts_by_zone(&plans), [("z1", 2), ("z2", 1)]);
+    // With z1 ahead by one, the new nodes even it out.
+    let plans = plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::from_iter([("base", "z1")]), &[], Expander::LeastWaste);
+    assert_eq!(counts_by_zone(&plans), [("z1", 1), ("z2", 2)]);
+    // Pods bound to z1 (a selector) keep every node there.
+    let pinned: Vec<PodRequest> = (0..25).map(|_| PodRequest::of(&pb::PodSpec { cpu_millicores: 100, memory_bytes: 64 << 20, pool_selector: [("zone".to_string(), "z1".to_string())].into(), ..Default::default() })).collect();
+    let refs: Vec<&PodRequest> = pinned.iter().collect();
+    assert_eq!(counts_by_zone(&plan_scale_up(&refs, &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste)), [("z1", 3)]);
+}
+
+#[test]
+fn template_nodes_carry_the_pools_taints_and_the_reason_no_pool_helps_is_given() {
+    let mut gpu = pool("gpu", &["ecs.g7.large"], 4, 0);
+    gpu.taints = vec![PoolTaint { key: "dedicated".into(), value: "gpu".into(), effect: "NoSchedule".into() }];
+    let small = pool("small", &["ecs.g7.large"], 0, 0);
+    let pools = [gpu, small];
+    let plain = shared_pod();
+    assert!(plan_scale_up(&[&plain], &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste).is_empty(), "no pool the pod could land on");
+    let why = why_unhelped(&plain, &pools, &catalogue::instance_type, &PoolNodes::default(), &[]).unwrap();
+    assert_eq!(why, "no pool can add a node for it: pool gpu: its nodes would be taint dedicated=gpu:NoSchedule not tolerated; pool small at its maximum of 0 nodes");
+    let tolerant = PodRequest::of(&pb::PodSpec { cpu_millicores: 100, memory_bytes: 64 << 20, tolerations: vec![pb::Toleration { key: "dedicated".into(), operator: "Exists".into(), ..Default::default() }], ..Default::default() });
+    assert_eq!(plan_scale_up(&[&tolerant], &pools, &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste)[0].pool, "gpu");
+    assert_eq!(why_unhelped(&tolerant, &pools, &catalogue::instance_type, &PoolNodes::default(), &[]), None);
+    let huge = PodRequest::of(&pb::PodSpec { cpu_millicores: 64_000, tolerations: vec![pb::Toleration { operator: "Exists".into(), ..Default::default() }], ..Default::default() });
+    assert!(why_unhelped(&huge, &pools, &catalogue::instance_type, &PoolNodes::default(), &[]).unwrap().contains("pool gpu: no instance type large enough (64000 millicores, 0 MiB asked)"));
+}
+
+#[test]
+fn anti_affinity_per_node_is_simulated_one_pod_per_new_node() {
+    let anti = pb::PodAffinity { required: vec![pb::PodAffinityTerm { label_selector: Some(pb::LabelSelector { match_labels: [("app".to_string(), "db".to_string())].into(), match_expressions: vec![] }), namespaces: vec![], topology_key: "kubernetes.io/hostname".into() }], preferred: vec![] };
+    let pods: Vec<PodRequest> = (0..3).map(|_| PodRequest::of(&pb::PodSpec { namespace: "d".into(), cpu_millicores: 100, memory_bytes: 64 << 20, labels: [("app".to_string(), "db".to_string())].into(), pod_anti_affinity: Some(anti.clone()), ..Default::default() })).collect();
+    let refs: Vec<&PodRequest> = pods.iter().collect();
+    let plans = plan_scale_up(&refs, &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste);
+    assert_eq!(counts_by_zone(&plans), [("z1", 3)]);
 }

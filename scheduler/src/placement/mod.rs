@@ -7,15 +7,24 @@
 //! `nodes_to_score` feasible nodes (as kube-scheduler's percentageOfNodesToScore: adaptive
 //! `max(5, 50 − n/125)` percent of n, at least 100). Only the best-scored of those is bound.
 
+pub mod labels;
 pub mod node;
+pub mod plugins;
+pub mod pods;
+pub mod preemption;
 pub mod resources;
+pub mod rules;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use berth_proto::cluster::v1 as pb;
 
 pub use node::{Health, Node};
 pub use resources::{Resources, demand_of};
+use plugins::{Context, Refusals, Why};
+use pods::PodIndex;
+use rules::{PodLabels, Rules};
 
 /// How to choose among feasible nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -45,8 +54,12 @@ pub struct PodRequest {
     /// Other selector entries, matched against the node's labels.
     pub labels: Vec<(String, String)>,
     pub vswitch: Option<String>,
-    /// The group whose pods are spread across zones (its sorted labels), if the pod asks for it.
-    pub spread_group: Option<String>,
+    /// Its namespace and labels, which other pods' affinity and spread rules select.
+    pub own: Arc<PodLabels>,
+    /// Tolerations, node affinity, pod affinity and spread, when it has any.
+    pub rules: Option<Arc<Rules>>,
+    /// From its priority class (the scheduler set it at submission).
+    pub priority: i32,
 }
 
 impl PodRequest {
@@ -60,21 +73,19 @@ impl PodRequest {
                 _ => labels.push((k.clone(), v.clone())),
             }
         }
+        labels.sort();
         if zone.is_none() {
             zone = spec.volumes.iter().filter(|v| resources::is_disk(v)).find_map(|v| v.parameters.get("zoneId")).cloned();
         }
-        let spread_group = spec.spread_zones.then(|| {
-            let mut l: Vec<_> = spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            l.sort();
-            format!("{}|{}", spec.namespace, l.join(","))
-        });
         PodRequest {
             demand: demand_of(spec),
             pool,
             zone,
             labels,
             vswitch: (!spec.vswitch_id.is_empty()).then(|| spec.vswitch_id.clone()),
-            spread_group,
+            own: Arc::new(PodLabels::of(spec)),
+            rules: Rules::of(spec),
+            priority: spec.priority,
         }
     }
 
@@ -84,49 +95,30 @@ impl PodRequest {
         self.zone.is_none() && spec.volumes.iter().any(resources::is_disk)
     }
 
-    /// Whether a node of this identity may ever take the pod (selectors and vSwitch, no counts).
+    /// Whether a node of this identity may ever take the pod (every node rule: selectors,
+    /// vSwitch, taints, node affinity; no counts).
     pub fn matches_identity(&self, identity: &pb::NodeIdentity) -> bool {
-        self.pool.as_ref().is_none_or(|p| *p == identity.pool)
-            && self.zone.as_ref().is_none_or(|z| *z == identity.zone_id)
-            && self.vswitch.as_ref().is_none_or(|v| identity.vswitch_ids.contains(v))
-            && self.labels.iter().all(|(k, v)| identity.labels.get(k) == Some(v))
+        plugins::admits(self, identity).is_ok()
     }
 }
 
-/// Why nodes were refused, counted over one decision, for the pending pod's message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Refusals {
-    pub not_ready: u32,
-    pub selector: u32,
-    pub cannot_grow: u32,
-    pub cpu: u32,
-    pub memory: u32,
-    pub pods: u32,
-    pub shared_ips: u32,
-    pub eni_slots: u32,
-    pub member_eni_slots: u32,
-    pub disk_slots: u32,
+/// What a pool gives each of its nodes beyond what the agent reports: labels and taints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolTraits {
+    pub labels: Vec<(String, String)>,
+    pub taints: Vec<pb::Taint>,
 }
 
-impl Refusals {
-    pub fn message(&self, examined: usize) -> String {
-        let parts = [
-            (self.not_ready, "not ready"),
-            (self.selector, "not matching pool selector or vSwitch"),
-            (self.cannot_grow, "agent cannot grow the resource"),
-            (self.cpu, "too little CPU"),
-            (self.memory, "too little memory"),
-            (self.pods, "no pod slot"),
-            (self.shared_ips, "no shared IP left"),
-            (self.eni_slots, "no ENI slot left"),
-            (self.member_eni_slots, "no member-ENI slot left"),
-            (self.disk_slots, "no disk slot left"),
-        ];
-        let why: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, s)| format!("{n} {s}")).collect();
-        if why.is_empty() {
-            format!("0/{examined} nodes available: no node reports")
-        } else {
-            format!("0/{examined} nodes available: {}", why.join(", "))
+impl PoolTraits {
+    /// Adds the pool's labels (the node's own win) and taints (once each) to an identity.
+    pub fn inherit(&self, identity: &mut pb::NodeIdentity) {
+        for (k, v) in &self.labels {
+            identity.labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        for t in &self.taints {
+            if !identity.taints.contains(t) {
+                identity.taints.push(t.clone());
+            }
         }
     }
 }
@@ -146,8 +138,15 @@ pub struct Placement {
     by_pool: HashMap<String, Vec<u32>>,
     all: Vec<u32>,
     zones: Vec<String>,
-    /// Spread group → pods per zone index.
-    spread: HashMap<String, Vec<u32>>,
+    /// Where bound pods are, for affinity and spread rules.
+    pods: PodIndex,
+    /// Room held on a node for the pod that preempted pods there (node → pod, demand): other
+    /// pods may not take it.
+    held: HashMap<u32, Vec<(String, Resources)>>,
+    /// What each pool (by name) gives its nodes: labels and taints from the config.
+    pool_traits: HashMap<String, PoolTraits>,
+    /// Taints given to nodes through the API (a cordon among them), by instance ID.
+    node_taints: HashMap<String, Vec<pb::Taint>>,
     pub strategy: Strategy,
     /// 0: adaptive (see the module doc); otherwise a percentage of candidates.
     pub percent_of_nodes_to_score: u32,
@@ -156,8 +155,11 @@ pub struct Placement {
     /// Nodes alike in everything a selector may look at share a class, so one decision matches a
     /// pod's selectors once per class, not once per node.
     classes: IdentityClasses,
-    /// Per class during one decision: 0 not looked at yet, 1 matches, 2 does not.
-    class_verdicts: Vec<u8>,
+    /// Per class during one decision: the node rules' verdict, once looked at.
+    class_verdicts: Vec<Option<Result<f64, String>>>,
+    /// Nodes per class, and each class's zone index.
+    class_nodes: Vec<u32>,
+    class_zone: Vec<u16>,
     /// Grows whenever capacity may have appeared (a node added or back, a free count grown, a
     /// reservation returned): a pod that found no node need not be tried again before it moves.
     pub capacity_epoch: u64,
@@ -192,6 +194,50 @@ impl Placement {
         self.all.is_empty()
     }
 
+    /// Sets what each pool gives its nodes; taken in from each node's next report.
+    pub fn set_pool_traits(&mut self, traits: HashMap<String, PoolTraits>) {
+        self.pool_traits = traits;
+    }
+
+    /// The taints the API gave a node.
+    pub fn node_taints(&self, id: &str) -> &[pb::Taint] {
+        self.node_taints.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Sets the taints the API gives a node, taking effect at once on a node that reports.
+    pub fn set_node_taints(&mut self, id: &str, taints: Vec<pb::Taint>) {
+        let old = if taints.is_empty() { self.node_taints.remove(id) } else { self.node_taints.insert(id.to_string(), taints.clone()) };
+        let Some(idx) = self.index_of(id) else { return };
+        let Some(n) = self.node(idx) else { return };
+        let mut identity = n.identity.clone();
+        identity.taints.retain(|t| !old.as_ref().is_some_and(|o| o.contains(t)));
+        for t in taints {
+            if !identity.taints.contains(&t) {
+                identity.taints.push(t);
+            }
+        }
+        let old_class = n.class;
+        let class = self.class_of(&identity);
+        self.class_nodes[old_class as usize] -= 1;
+        self.class_nodes[class as usize] += 1;
+        let n = self.node_mut(idx).expect("indexed node exists");
+        n.class = class;
+        n.identity = identity;
+        // An uncordoned node may take pods again.
+        self.capacity_epoch += 1;
+    }
+
+    fn class_of(&mut self, identity: &pb::NodeIdentity) -> u32 {
+        let class = self.classes.of(identity);
+        let c = class as usize;
+        if self.class_nodes.len() <= c {
+            self.class_nodes.resize(c + 1, 0);
+            self.class_zone.resize(c + 1, 0);
+        }
+        self.class_zone[c] = self.zone_index(&identity.zone_id);
+        class
+    }
+
     pub fn zone_name(&self, zone: u16) -> &str {
         self.zones.get(zone as usize).map_or("", String::as_str)
     }
@@ -206,7 +252,13 @@ impl Placement {
 
     /// Takes a node's report in; a node seen for the first time is added (Ready). Returns its index.
     pub fn apply_report(&mut self, report: &pb::NodeReport, now_ms: u64) -> u32 {
-        let identity = report.identity.clone().unwrap_or_default();
+        let mut identity = report.identity.clone().unwrap_or_default();
+        if let Some(t) = self.pool_traits.get(&identity.pool) {
+            t.inherit(&mut identity);
+        }
+        if let Some(taints) = self.node_taints.get(&identity.instance_id) {
+            PoolTraits { labels: Vec::new(), taints: taints.clone() }.inherit(&mut identity);
+        }
         let id = identity.instance_id.clone();
         let idx = match self.by_id.get(&id) {
             Some(&i) => {
@@ -217,7 +269,12 @@ impl Placement {
                 }
                 let zone = self.zone_index(&identity.zone_id);
                 let changed = self.node(i).is_none_or(|n| n.identity != identity);
-                let class = if changed { self.classes.of(&identity) } else { self.node(i).map_or(0, |n| n.class) };
+                let old_class = self.node(i).map_or(0, |n| n.class);
+                let class = if changed { self.class_of(&identity) } else { old_class };
+                if class != old_class {
+                    self.class_nodes[old_class as usize] -= 1;
+                    self.class_nodes[class as usize] += 1;
+                }
                 let n = self.node_mut(i).expect("indexed node exists");
                 n.zone = zone;
                 n.class = class;
@@ -228,7 +285,8 @@ impl Placement {
             }
             None => {
                 let zone = self.zone_index(&identity.zone_id);
-                let class = self.classes.of(&identity);
+                let class = self.class_of(&identity);
+                self.class_nodes[class as usize] += 1;
                 let node = Node {
                     id: id.clone(),
                     identity: identity.clone(),
@@ -294,6 +352,8 @@ impl Placement {
     pub fn remove_node(&mut self, idx: u32) -> Option<Node> {
         let node = self.nodes.get_mut(idx as usize)?.take()?;
         self.by_id.remove(&node.id);
+        self.held.remove(&idx);
+        self.class_nodes[node.class as usize] -= 1;
         self.unindex_pool(&node.identity.pool, idx);
         self.all.retain(|&i| i != idx);
         self.free_slots.push(idx);
@@ -330,8 +390,36 @@ impl Placement {
         }
     }
 
+    /// Holds room on a node for a pod that preempted pods there, until it binds or goes.
+    pub fn hold(&mut self, idx: u32, pod: &str, demand: Resources) {
+        self.held.entry(idx).or_default().push((pod.to_string(), demand));
+    }
+
+    /// Releases what was held for the pod (it is bound, deleted, or gave up).
+    pub fn release_hold(&mut self, pod: &str) {
+        self.held.retain(|_, v| {
+            v.retain(|(p, _)| p != pod);
+            !v.is_empty()
+        });
+    }
+
+    /// The lowest priority of a bound pod: a pod of no higher priority can preempt nothing.
+    pub fn lowest_bound_priority(&self) -> Option<i32> {
+        self.pods.lowest_priority()
+    }
+
+    /// The node a pod holds room on, if any.
+    pub fn held_for(&self, pod: &str) -> Option<u32> {
+        self.held.iter().find(|(_, v)| v.iter().any(|(p, _)| p == pod)).map(|(i, _)| *i)
+    }
+
     /// Chooses a node for the pod, or says why none fits. Does not bind.
     pub fn choose(&mut self, req: &PodRequest) -> Decision {
+        self.choose_as("", req)
+    }
+
+    /// As [`Placement::choose`], for the pod `key`: room held for it counts as free.
+    pub fn choose_as(&mut self, key: &str, req: &PodRequest) -> Decision {
         let candidates: &[u32] = match &req.pool {
             Some(p) => self.by_pool.get(p).map_or(&[][..], Vec::as_slice),
             None => &self.all,
@@ -350,111 +438,112 @@ impl Placement {
         scratch.clear();
         let mut verdicts = std::mem::take(&mut self.class_verdicts);
         verdicts.clear();
-        verdicts.resize(self.classes.len(), 0);
+        verdicts.resize(self.classes.len(), None);
+        let mut texts: Vec<String> = Vec::new();
+        // The pod rules' state for this decision (only those with something to say).
+        let prepared: Vec<Box<dyn plugins::Prepared>> = {
+            let mut cx = Context { index: &mut self.pods, nodes: &self.nodes, classes: &self.classes.identities, class_nodes: &self.class_nodes, class_zone: &self.class_zone };
+            plugins::POD_RULES.iter().filter_map(|r| r.prepare(req, &mut cx)).collect()
+        };
+        let per_node = req.rules.as_ref().is_some_and(|r| r.names_hostname);
         let mut examined = 0;
         for k in 0..total {
             let idx = candidates[(start + k) % total];
             examined += 1;
             let Some(n) = self.nodes[idx as usize].as_ref() else { continue };
-            if n.health != Health::Ready {
-                refusals.not_ready += 1;
+            let free = match self.held.get(&idx) {
+                Some(held) => held.iter().filter(|(p, _)| p != key).fold(n.free, |f, (_, d)| f.saturating_sub(d)),
+                None => n.free,
+            };
+            if let Some(why) = plugins::fit::refusal(n, &free, &req.demand) {
+                refusals.add(Why::State(why));
                 continue;
             }
-            if n.blocked.forbids(&req.demand) {
-                refusals.cannot_grow += 1;
-                continue;
-            }
-            let (f, d) = (&n.free, &req.demand);
-            let short = if d.shared_ips > f.shared_ips {
-                &mut refusals.shared_ips
-            } else if d.eni_slots > f.eni_slots {
-                &mut refusals.eni_slots
-            } else if d.member_eni_slots > f.member_eni_slots {
-                &mut refusals.member_eni_slots
-            } else if d.disk_slots > f.disk_slots {
-                &mut refusals.disk_slots
-            } else if d.pods > f.pods {
-                &mut refusals.pods
-            } else if d.cpu_millicores > f.cpu_millicores {
-                &mut refusals.cpu
-            } else if d.memory_bytes > f.memory_bytes {
-                &mut refusals.memory
+            let node_score = if per_node {
+                match plugins::judge(req, &n.identity) {
+                    Ok(s) => s,
+                    Err(t) => {
+                        texts.push(t);
+                        refusals.add(Why::Text(texts.len() as u32 - 1));
+                        continue;
+                    }
+                }
             } else {
-                let verdict = &mut verdicts[n.class as usize];
-                if *verdict == 0 {
-                    *verdict = if req.matches_identity(self.classes.identity(n.class)) { 1 } else { 2 };
+                let v = verdicts[n.class as usize].get_or_insert_with(|| plugins::judge(req, self.classes.identity(n.class)));
+                match v {
+                    Ok(s) => *s,
+                    Err(_) => {
+                        refusals.add(Why::Class(n.class));
+                        continue;
+                    }
                 }
-                if *verdict == 2 {
-                    refusals.selector += 1;
-                    continue;
-                }
-                scratch.push((idx, self.score(n, d)));
-                if scratch.len() >= want {
+            };
+            let mut refused = None;
+            let mut rule_score = 0.0;
+            for (r, p) in prepared.iter().enumerate() {
+                if let Some(why) = p.filter(&self.pods, idx, n.zone) {
+                    refused = Some(Why::Pod(r as u16, why));
                     break;
                 }
+                rule_score += p.score(&self.pods, idx, n.zone);
+            }
+            if let Some(why) = refused {
+                refusals.add(why);
                 continue;
-            };
-            *short += 1;
+            }
+            scratch.push((idx, self.score(n, &req.demand) + node_score + rule_score));
+            if scratch.len() >= want {
+                break;
+            }
         }
         self.cursor = self.cursor.wrapping_add(examined);
-        let decision = match self.pick(&scratch, req) {
-            Some(idx) => Decision::Node(idx),
-            None => Decision::Unschedulable(refusals.message(total)),
+        let decision = match scratch.iter().max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0))) {
+            Some(&(idx, _)) => Decision::Node(idx),
+            None => {
+                let zone_name = |z: u16| self.zone_name(z).to_string();
+                Decision::Unschedulable(refusals.message(total, &|why| match why {
+                    Why::State(s) => s.to_string(),
+                    Why::Class(c) => verdicts.get(c as usize).and_then(|v| v.clone()).and_then(Result::err).unwrap_or_default(),
+                    Why::Text(t) => texts[t as usize].clone(),
+                    Why::Pod(r, w) => prepared[r as usize].reason(w, &zone_name),
+                }))
+            }
         };
         self.scratch = scratch;
         self.class_verdicts = verdicts;
         decision
     }
 
-    fn pick(&self, feasible: &[(u32, f64)], req: &PodRequest) -> Option<u32> {
-        let zone_of = |i: u32| self.nodes[i as usize].as_ref().map_or(0, |n| n.zone);
-        // Zone spread: only nodes in the feasible zones holding the fewest pods of the group.
-        let counts = req.spread_group.as_ref().and_then(|g| self.spread.get(g));
-        let min_zone_count = counts.map(|c| feasible.iter().map(|&(i, _)| c.get(zone_of(i) as usize).copied().unwrap_or(0)).min().unwrap_or(0));
-        feasible
-            .iter()
-            .filter(|&&(i, _)| match (counts, min_zone_count) {
-                (Some(c), Some(m)) => c.get(zone_of(i) as usize).copied().unwrap_or(0) == m,
-                _ => true,
-            })
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
-            .map(|&(i, _)| i)
-    }
-
     /// Binds: takes the pod's demand from the node until the agent's report counts it.
     pub fn bind(&mut self, idx: u32, pod: &str, req: &PodRequest) {
         let Some(n) = self.node_mut(idx) else { return };
         n.reserve(pod, req.demand);
-        let zone = n.zone as usize;
-        if let Some(g) = &req.spread_group {
-            let c = self.spread.entry(g.clone()).or_default();
-            if c.len() <= zone {
-                c.resize(zone + 1, 0);
-            }
-            c[zone] += 1;
-        }
+        let zone = n.zone;
+        self.pods.add(pod, idx, zone, req);
+    }
+
+    /// Records a pod its node's report already counts (bound before a restart).
+    pub fn adopt(&mut self, idx: u32, pod: &str, req: &PodRequest) {
+        let Some(n) = self.node_mut(idx) else { return };
+        n.pods.insert(pod.to_string());
+        let zone = n.zone;
+        self.pods.add(pod, idx, zone, req);
     }
 
     /// Undoes a bind (pod deleted or moved).
-    pub fn unbind(&mut self, idx: u32, pod: &str, req: &PodRequest) {
+    pub fn unbind(&mut self, idx: u32, pod: &str, _req: &PodRequest) {
         let Some(n) = self.node_mut(idx) else { return };
         n.release(pod);
-        let zone = n.zone as usize;
         self.capacity_epoch += 1;
-        if let Some(g) = &req.spread_group
-            && let Some(c) = self.spread.get_mut(g)
-            && let Some(x) = c.get_mut(zone)
-        {
-            *x = x.saturating_sub(1);
-        }
+        self.pods.remove(pod);
     }
 }
 
-/// The distinct node identities as selectors see them (no instance ID or type), each with a number.
+/// The distinct node identities as node rules see them (no instance ID), each with a number.
 #[derive(Debug, Default)]
 struct IdentityClasses {
     by_key: HashMap<String, u32>,
-    identities: Vec<pb::NodeIdentity>,
+    pub(crate) identities: Vec<pb::NodeIdentity>,
 }
 
 impl IdentityClasses {
@@ -466,14 +555,24 @@ impl IdentityClasses {
         vswitch_ids.dedup();
         let mut labels: Vec<_> = identity.labels.iter().collect();
         labels.sort();
-        let mut key = format!("{}/", vswitch_ids.len());
-        let parts = [&identity.pool, &identity.zone_id].into_iter().chain(&vswitch_ids).chain(labels.into_iter().flat_map(|(k, v)| [k, v]));
+        let mut key = format!("{}/{}/", vswitch_ids.len(), identity.taints.len());
+        let parts = [&identity.pool, &identity.zone_id, &identity.instance_type].into_iter().chain(&vswitch_ids).chain(labels.into_iter().flat_map(|(k, v)| [k, v]));
         for part in parts {
             key.push_str(&part.len().to_string());
             key.push(':');
             key.push_str(part);
         }
-        (key, pb::NodeIdentity { instance_id: String::new(), instance_type: String::new(), vswitch_ids, ..identity.clone() })
+        let mut taints = identity.taints.clone();
+        taints.sort_by(|a, b| (&a.key, &a.value, &a.effect).cmp(&(&b.key, &b.value, &b.effect)));
+        taints.dedup();
+        for t in &taints {
+            for part in [&t.key, &t.value, &t.effect] {
+                key.push_str(&part.len().to_string());
+                key.push(':');
+                key.push_str(part);
+            }
+        }
+        (key, pb::NodeIdentity { instance_id: String::new(), vswitch_ids, taints, ..identity.clone() })
     }
 
     /// The class of an identity, numbered the first time it is seen. Classes are few (pools ×

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredPolicy, StoredSpec};
+use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredPolicy, StoredSpec, StoredTaint};
 use crate::config::EtcdConfig;
 use crate::leader::{Term, TermLost};
 
@@ -57,6 +57,7 @@ pub enum KeyOf<'a> {
     ScaleUp(&'a str),
     Policy(&'a str),
     Namespace(&'a str),
+    NodeTaints(&'a str),
     NextOrder,
     Leader,
 }
@@ -98,6 +99,10 @@ impl Keys {
         format!("{}/namespaces/{ns}", self.prefix)
     }
 
+    pub fn node_taints(&self, node: &str) -> String {
+        format!("{}/node_taints/{node}", self.prefix)
+    }
+
     pub fn next_order(&self) -> String {
         format!("{}/next_order", self.prefix)
     }
@@ -126,6 +131,9 @@ impl Keys {
         }
         if let Some(ns) = rest.strip_prefix("namespaces/") {
             return Some(KeyOf::Namespace(ns));
+        }
+        if let Some(node) = rest.strip_prefix("node_taints/") {
+            return Some(KeyOf::NodeTaints(node));
         }
         let pod = rest.strip_prefix("pods/")?;
         if let Some(pod) = pod.strip_suffix("/spec") {
@@ -401,6 +409,10 @@ fn decode(keys: &Keys, kvs: &[KeyValue]) -> Result<Snapshot, StoreError> {
                 let labels: BTreeMap<String, String> = serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?;
                 snapshot.namespaces.insert(ns.to_string(), labels);
             }
+            Some(KeyOf::NodeTaints(node)) => {
+                let taints: Vec<StoredTaint> = serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?;
+                snapshot.node_taints.insert(node.to_string(), taints);
+            }
             Some(KeyOf::NextOrder) => next_order = kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?,
             Some(KeyOf::Leader) | None => {}
         }
@@ -430,6 +442,7 @@ pub enum Change {
     Policy { key: String, policy: StoredPolicy },
     PolicyDeleted { key: String },
     Namespace { namespace: String, labels: BTreeMap<String, String> },
+    NodeTaints { node: String, taints: Vec<StoredTaint> },
     NextOrder(u64),
 }
 
@@ -480,6 +493,13 @@ impl Change {
             Change::PolicyDeleted { key } => {
                 s.policies.remove(key);
             }
+            Change::NodeTaints { node, taints } => {
+                if taints.is_empty() {
+                    s.node_taints.remove(node);
+                } else {
+                    s.node_taints.insert(node.clone(), taints.clone());
+                }
+            }
             Change::Namespace { namespace, labels } => {
                 if labels.is_empty() {
                     s.namespaces.remove(namespace);
@@ -510,6 +530,8 @@ fn change_of(keys: &Keys, kv: &KeyValue, put: bool) -> Result<Option<Change>, St
         (Some(KeyOf::Policy(key)), false) => Some(Change::PolicyDeleted { key: key.to_string() }),
         (Some(KeyOf::Namespace(ns)), true) => Some(Change::Namespace { namespace: ns.to_string(), labels: serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))? }),
         (Some(KeyOf::Namespace(ns)), false) => Some(Change::Namespace { namespace: ns.to_string(), labels: BTreeMap::new() }),
+        (Some(KeyOf::NodeTaints(node)), true) => Some(Change::NodeTaints { node: node.to_string(), taints: serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))? }),
+        (Some(KeyOf::NodeTaints(node)), false) => Some(Change::NodeTaints { node: node.to_string(), taints: Vec::new() }),
         (Some(KeyOf::NextOrder), true) => Some(Change::NextOrder(kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?)),
         _ => None,
     })
@@ -584,6 +606,7 @@ pub fn plan(keys: &Keys, index: &mut Index, events: &[Event]) -> Vec<KeyWrite> {
             Event::PolicyApplied { key, policy } => write(keys.policy(key), Some(policy.0.clone().into_bytes())),
             Event::PolicyDeleted { key } => write(keys.policy(key), None),
             Event::NamespaceLabeled { namespace, labels } => write(keys.namespace(namespace), (!labels.is_empty()).then(|| serde_json::to_vec(labels).expect("labels serialize"))),
+            Event::NodeTainted { node, taints } => write(keys.node_taints(node), (!taints.is_empty()).then(|| serde_json::to_vec(taints).expect("taints serialize"))),
         }
     }
     writes
@@ -754,7 +777,7 @@ mod tests {
                 KeyOf::Requested(_) => Change::Requested(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::ScaleUp(_) => Change::ScaleUp(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::NextOrder => Change::NextOrder(std::str::from_utf8(v).unwrap().parse().unwrap()).apply(&mut s),
-                KeyOf::Policy(_) | KeyOf::Namespace(_) | KeyOf::Leader => {}
+                KeyOf::Policy(_) | KeyOf::Namespace(_) | KeyOf::NodeTaints(_) | KeyOf::Leader => {}
             }
         }
         s
@@ -769,6 +792,9 @@ mod tests {
             Event::NamespaceLabeled { namespace: "prod".into(), labels: [("team".to_string(), "a".to_string())].into() },
             Event::PolicyApplied { key: "prod/gone".into(), policy: policy.clone() },
             Event::PolicyDeleted { key: "prod/gone".into() },
+            Event::NodeTainted { node: "i-1".into(), taints: vec![StoredTaint { key: "node.kubernetes.io/unschedulable".into(), value: String::new(), effect: "NoSchedule".into() }] },
+            Event::NodeTainted { node: "i-2".into(), taints: vec![StoredTaint { key: "k".into(), value: "v".into(), effect: "NoExecute".into() }] },
+            Event::NodeTainted { node: "i-2".into(), taints: vec![] },
         ];
         let writes = plan(&keys, &mut Index::default(), &events);
         assert_eq!(keys.parse("/berth/policies/prod/db"), Some(KeyOf::Policy("prod/db")));
@@ -779,6 +805,8 @@ mod tests {
                 (KeyOf::Policy(key), Some(v)) => Change::Policy { key: key.into(), policy: StoredPolicy(String::from_utf8(v.clone()).unwrap()) },
                 (KeyOf::Policy(key), None) => Change::PolicyDeleted { key: key.into() },
                 (KeyOf::Namespace(ns), Some(v)) => Change::Namespace { namespace: ns.into(), labels: serde_json::from_slice(v).unwrap() },
+                (KeyOf::NodeTaints(node), Some(v)) => Change::NodeTaints { node: node.into(), taints: serde_json::from_slice(v).unwrap() },
+                (KeyOf::NodeTaints(node), None) => Change::NodeTaints { node: node.into(), taints: vec![] },
                 other => panic!("unexpected write {other:?}"),
             };
             change.apply(&mut s);
@@ -789,6 +817,7 @@ mod tests {
         }
         assert_eq!(s, expected);
         assert_eq!(s.policies.keys().collect::<Vec<_>>(), ["prod/db"]);
+        assert_eq!(s.node_taints.keys().collect::<Vec<_>>(), ["i-1"]);
         assert_eq!(s.policies["prod/db"].decode().unwrap().version, 3);
     }
 

@@ -114,6 +114,17 @@ pub enum Event {
     PolicyDeleted { key: String },
     /// A namespace's labels from now on (all of them).
     NamespaceLabeled { namespace: String, labels: BTreeMap<String, String> },
+    /// The taints the scheduler's API gave a node (a cordon among them), all of them from now on.
+    NodeTainted { node: String, taints: Vec<StoredTaint> },
+}
+
+/// A taint set through the API, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTaint {
+    pub key: String,
+    pub value: String,
+    pub effect: String,
 }
 
 /// A scale-up whose RunInstances may have been sent and whose instances are not recorded yet.
@@ -154,6 +165,9 @@ pub struct Snapshot {
     /// Namespaces' own labels.
     #[serde(default)]
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Taints given to nodes through the API, by instance ID.
+    #[serde(default)]
+    pub node_taints: BTreeMap<String, Vec<StoredTaint>>,
 }
 
 impl Snapshot {
@@ -205,6 +219,13 @@ impl Snapshot {
                     self.namespaces.remove(namespace);
                 } else {
                     self.namespaces.insert(namespace.clone(), labels.clone());
+                }
+            }
+            Event::NodeTainted { node, taints } => {
+                if taints.is_empty() {
+                    self.node_taints.remove(node);
+                } else {
+                    self.node_taints.insert(node.clone(), taints.clone());
                 }
             }
         }
