@@ -517,3 +517,51 @@ async fn churn_at_the_quota_of_trunk_and_exclusive_mode_fails_no_add_and_leaks_n
         assert!(ok, "{mode}: inspect after the churn: {text}");
     }
 }
+
+/// `kill -9` while the agent deletes the ENIs DELs gave back (no warm pool to keep them): DEL has
+/// returned before the cloud is done, the restarted agent finishes the journaled deletions, and the
+/// ENIs of the pods still alive are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_background_deletion_leaves_no_surplus_eni_and_keeps_every_pods() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.92.0.0/16", "10.92.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.2xlarge", &net.sg).await;
+    let mut agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "true"]);
+    let modes = ["BERTH_NETWORK_MODE=trunk", "BERTH_NETWORK_MODE=exclusive"];
+    let pods: Vec<Pod> = tokio::task::block_in_place(|| (0..6).map(|i| add_pod(&agent, &format!("k{i}"), modes[i % 2])).collect());
+    let pool = agent.pool().await;
+    let eni_of = |id: &str| pool["allocations"].as_array().unwrap().iter().find(|a| a["key"]["container_id"] == id).map(|a| a["eni_id"].as_str().unwrap().to_string()).unwrap();
+    let (kept, gone): (Vec<&Pod>, Vec<&Pod>) = pods.iter().partition(|p| p.container_id == "k0" || p.container_id == "k1");
+    let kept_enis: Vec<String> = kept.iter().map(|p| eni_of(&p.container_id)).collect();
+    let gone_enis: Vec<String> = gone.iter().map(|p| eni_of(&p.container_id)).collect();
+    tokio::task::block_in_place(|| gone.iter().for_each(|p| del_pod(&agent, p)));
+    // The DELs are back; the cloud still has what they released (each detach takes 200 ms here).
+    let present = |enis: Vec<berth_cloud::model::NetworkInterface>, ids: &[String]| ids.iter().filter(|id| enis.iter().any(|e| &e.id == *id)).cloned().collect::<Vec<_>>();
+    let all = cloud.describe_network_interfaces(&EniFilter { vpc_id: Some(net.vpc.clone()), ..Default::default() }).await.unwrap();
+    let interrupted = present(all, &gone_enis);
+    agent.kill9();
+    assert!(!interrupted.is_empty(), "the DELs waited for the cloud: all of {gone_enis:?} were gone when they returned");
+    agent.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = cloud.describe_network_interfaces(&EniFilter { vpc_id: Some(net.vpc.clone()), ..Default::default() }).await.unwrap();
+        let left = present(all.clone(), &gone_enis);
+        let intact: Vec<&String> = kept_enis.iter().filter(|id| all.iter().any(|e| &e.id == *id && e.status == berth_cloud::model::EniStatus::InUse && e.instance_id.as_deref() == Some(&agent.instance_id))).collect();
+        let pool = agent.pool().await;
+        let held: Vec<String> = pool["allocations"].as_array().unwrap().iter().map(|a| a["eni_id"].as_str().unwrap().to_string()).collect();
+        if left.is_empty() && intact.len() == kept_enis.len() && kept_enis.iter().all(|e| held.contains(e)) && held.len() == kept_enis.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "released ENIs still in the cloud {left:?} (interrupted {interrupted:?}), kept pods' ENIs intact {intact:?} of {kept_enis:?}, held {held:?}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ping(&kept[0].path(), kept[1].ip), "the kept trunk pod reaches the kept exclusive pod after the restart");
+    let (ok, text) = inspect(&lc, &agent);
+    assert!(ok, "inspect after the restart: {text}");
+    tokio::task::block_in_place(|| kept.iter().for_each(|p| del_pod(&agent, p)));
+}
