@@ -565,3 +565,47 @@ async fn kill_9_during_the_background_deletion_leaves_no_surplus_eni_and_keeps_e
     assert!(ok, "inspect after the restart: {text}");
     tokio::task::block_in_place(|| kept.iter().for_each(|p| del_pod(&agent, p)));
 }
+
+/// A released exclusive ENI serves the next exclusive pod without a cloud call (DEL none either),
+/// its NIC back from the first pod's namespace and working in the second's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_exclusive_eni_serves_the_next_pod_without_a_cloud_call() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.91.0.0/16", "10.91.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    // ecs.c7.xlarge: 3 secondary ENIs, 1 the shared pool's; the warm top-up leaves the last to pods.
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "false", "--warm-exclusive-enis", "2", "--reconcile-secs", "3600"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while eni_phases(&agent.pool().await).values().filter(|p| *p == "WarmExclusive").count() < 1 {
+        assert!(Instant::now() < deadline, "no warm ENI:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shared = tokio::task::block_in_place(|| add_pod(&agent, "rs", ""));
+    let eni_of = |pool: &serde_json::Value, id: &str| pool["allocations"].as_array().unwrap().iter().find(|a| a["key"]["container_id"] == id).map(|a| a["eni_id"].as_str().unwrap().to_string());
+    let first = tokio::task::block_in_place(|| add_pod(&agent, "rx1", "BERTH_NETWORK_MODE=exclusive"));
+    let eni = eni_of(&agent.pool().await, "rx1").unwrap();
+    // The shared pool done growing after the shared pod took an IP: its calls are not counted.
+    while agent.pool().await["status"]["idle"].as_u64().unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline + Duration::from_secs(20), "the shared pool did not grow back:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = agent.cloud_calls().await;
+    tokio::task::block_in_place(|| del_pod(&agent, &first));
+    assert_eq!(eni_phases(&agent.pool().await)[&eni], "WarmExclusive", "the released ENI waits for the next pod");
+    let second = tokio::task::block_in_place(|| add_pod(&agent, "rx2", "BERTH_NETWORK_MODE=exclusive"));
+    assert_eq!(eni_of(&agent.pool().await, "rx2").as_deref(), Some(eni.as_str()), "the next exclusive pod got the released ENI");
+    assert_eq!(agent.cloud_calls().await - calls, 0, "neither the DEL nor the ADD called the cloud");
+    assert!(ping(&second.path(), shared.ip), "the reused ENI carries the second pod's traffic");
+    let (ok, text) = inspect(&lc, &agent);
+    assert!(ok, "inspect with a reused ENI: {text}");
+    tokio::task::block_in_place(|| {
+        del_pod(&agent, &second);
+        del_pod(&agent, &shared);
+    });
+}
