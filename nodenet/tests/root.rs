@@ -621,7 +621,7 @@ fn links_deleted_together_take_their_peers_and_spare_the_others() {
     let mut t = TestNs::new();
     let mut doomed = Vec::new();
     for i in 0..5 {
-        let l = t.nl.create_veth(&Veth::new(&format!("vd{i}"), &format!("pd{i}"))).unwrap();
+        let l = t.nl.create_veth(&Veth::new(format!("vd{i}"), format!("pd{i}"))).unwrap();
         doomed.push(l.index);
     }
     let kept = t.nl.create_veth(&Veth::new("vk0", "pk0")).unwrap();

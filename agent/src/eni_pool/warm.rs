@@ -62,7 +62,7 @@ impl PodEniKind {
 /// What an ADD of a pod's own ENI does next.
 enum Step {
     /// A warm ENI that fits was given to the pod.
-    Took(Allocated),
+    Took(Box<Allocated>),
     /// A slot is reserved: create the pod's ENI in it.
     Create,
     /// This warm ENI of the pod's vSwitch is the pod's once its security groups are the pod's
@@ -132,7 +132,7 @@ impl<C: Cloud> EniPool<C> {
             match self.next_step(key, netns, pod, kind, &vswitch, &groups)? {
                 Step::Took(a) => {
                     self.wake.notify_one();
-                    return Ok(Some(a));
+                    return Ok(Some(*a));
                 }
                 Step::Create => return Ok(None),
                 Step::Regroup(eni_id) => return self.regroup(key, netns, pod, kind, &eni_id, &groups).await.map(Some),
@@ -168,7 +168,7 @@ impl<C: Cloud> EniPool<C> {
             let eni = b.ledger.take_warm(&eni.id, kind.held()).expect("the warm ENI looked up above");
             b.ledger.record(record.clone()).map_err(|e| AllocError::Refused(e.to_string()))?;
             self.update_gauges(&b);
-            return Ok(Step::Took(Allocated { record, eni }));
+            return Ok(Step::Took(Box::new(Allocated { record, eni })));
         }
         // One call that changes a warm ENI's groups costs less than the five to make one.
         let regroup = b.ledger.enis().find(|e| e.phase == kind.warm() && e.vswitch_id == vswitch).map(|e| e.id.clone());
