@@ -280,8 +280,12 @@ async fn per_mode(lc: &LocalCloud, cloud: &berth_cloud::HttpCloud, net: &SampleN
     }
     let r = stats(samples[modes.len()].clone());
     println!("  reference ptp    ADD p50 {:>8} p99 {:>8}", ms(r.p50), ms(r.p99));
-    // No warm ENI matches a pod's own vSwitch: the ADD waits for the cloud.
-    let vsw = net.vsw.clone();
+    // No warm ENI matches a pod's own vSwitch (another one of the zone): the ADD waits for the cloud.
+    let vsw = {
+        use berth_cloud::Cloud as _;
+        let req = berth_cloud::api::CreateVSwitchRequest { vpc_id: net.vpc.clone(), zone_id: "local-1a".into(), cidr_block: "10.94.16.0/20".into(), name: "cold".into(), ..Default::default() };
+        cloud.create_vswitch(&req).await.expect("CreateVSwitch")
+    };
     tokio::task::block_in_place(|| {
         for (name, mode) in [("exclusive", "exclusive"), ("trunk", "trunk")] {
             let ns = NetnsGuard::unique("bm").expect("pod netns");
