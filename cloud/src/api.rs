@@ -171,6 +171,8 @@ pub trait Cloud: Send + Sync {
     fn attach_network_interface(&self, eni_id: &str, instance_id: &str, trunk_eni_id: Option<&str>) -> impl Future<Output = Result<()>> + Send;
     fn detach_network_interface(&self, eni_id: &str, instance_id: &str, trunk_eni_id: Option<&str>) -> impl Future<Output = Result<()>> + Send;
     fn delete_network_interface(&self, eni_id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// ModifyNetworkInterfaceAttribute of the ENI's security groups: replaced in place, attached or not.
+    fn set_eni_security_groups(&self, eni_id: &str, security_group_ids: &[String]) -> impl Future<Output = Result<()>> + Send;
     /// Every matching ENI, following the pages.
     fn describe_network_interfaces(&self, filter: &EniFilter) -> impl Future<Output = Result<Vec<NetworkInterface>>> + Send;
     fn assign_private_ips(&self, eni_id: &str, ips: &Addresses<Ipv4Addr>, client_token: Option<&str>) -> impl Future<Output = Result<Vec<Ipv4Addr>>> + Send;

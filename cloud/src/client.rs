@@ -603,6 +603,11 @@ impl Cloud for HttpCloud {
         self.call::<wire::RequestIdOnly>("DetachNetworkInterface", p).await.map(drop)
     }
 
+    async fn set_eni_security_groups(&self, eni_id: &str, security_group_ids: &[String]) -> Result<()> {
+        let p = Params::new().set("NetworkInterfaceId", eni_id).list("SecurityGroupId", security_group_ids);
+        self.call::<wire::RequestIdOnly>("ModifyNetworkInterfaceAttribute", p).await.map(drop)
+    }
+
     async fn delete_network_interface(&self, eni_id: &str) -> Result<()> {
         self.call::<wire::RequestIdOnly>("DeleteNetworkInterface", Params::new().set("NetworkInterfaceId", eni_id)).await.map(drop)
     }

@@ -1,5 +1,7 @@
 //! Waiting for the cloud's asynchronous transitions (an ENI or disk attaching, an instance
-//! starting) by polling its Describe call with a growing interval, as the real service requires.
+//! starting) by polling its Describe call: at a short steady interval while the transition is
+//! likely to finish (an ENI attaches in a few hundred milliseconds), so that the wait ends at most
+//! one interval after it, then with a growing one, as the real service asks of long waits.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +10,14 @@ use crate::error::{CloudError, Result};
 use crate::model::{Disk, DiskStatus, EniStatus, Instance, InstanceStatus, NetworkInterface, Snapshot, SnapshotStatus};
 
 const FIRST_POLL: Duration = Duration::from_millis(50);
+/// Polls stay at [`FIRST_POLL`] for this long, then back off.
+const STEADY_FOR: Duration = Duration::from_secs(1);
 const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// The pause before the next poll, `elapsed` into the wait, after a pause of `last`.
+fn next_interval(elapsed: Duration, last: Duration) -> Duration {
+    if elapsed < STEADY_FOR { FIRST_POLL } else { (last * 2).min(MAX_POLL) }
+}
 
 async fn poll<T, F, Fut>(what: String, timeout: Duration, mut check: F) -> Result<T>
 where
@@ -25,7 +34,7 @@ where
             return Err(CloudError::Timeout { what, waited: started.elapsed() });
         }
         tokio::time::sleep(interval.min(timeout.saturating_sub(started.elapsed()))).await;
-        interval = (interval * 2).min(MAX_POLL);
+        interval = next_interval(started.elapsed(), interval);
     }
 }
 
@@ -35,6 +44,20 @@ pub async fn eni_status<C: Cloud>(cloud: &C, eni_id: &str, status: EniStatus, ti
     poll(format!("ENI {eni_id} to become {}", status.as_str()), timeout, || async {
         let found = cloud.describe_network_interfaces(&filter).await?;
         Ok(found.into_iter().find(|e| e.id == eni_id && e.status == status))
+    })
+    .await
+}
+
+/// Waits until each of the ENIs has `status` or is gone, with one DescribeNetworkInterfaces for
+/// all of them per poll; returns those found with `status` (the gone ones are left out).
+pub async fn enis_status<C: Cloud>(cloud: &C, eni_ids: &[String], status: EniStatus, timeout: Duration) -> Result<Vec<NetworkInterface>> {
+    if eni_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let filter = EniFilter { ids: eni_ids.to_vec(), ..Default::default() };
+    poll(format!("ENIs {} to become {}", eni_ids.join(", "), status.as_str()), timeout, || async {
+        let found: Vec<NetworkInterface> = cloud.describe_network_interfaces(&filter).await?.into_iter().filter(|e| eni_ids.contains(&e.id)).collect();
+        Ok(found.iter().all(|e| e.status == status).then_some(found))
     })
     .await
 }
@@ -69,4 +92,24 @@ pub async fn snapshot_settled<C: Cloud>(cloud: &C, snapshot_id: &str, timeout: D
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_do_not_overshoot_a_short_transition_then_back_off() {
+        let ms = Duration::from_millis;
+        // A 200 ms attach is seen at most one short interval late.
+        let mut t = Duration::ZERO;
+        let mut last = FIRST_POLL;
+        while t < ms(200) {
+            t += last;
+            last = next_interval(t, last);
+        }
+        assert!(t - ms(200) <= FIRST_POLL, "seen {t:?} after a 200 ms transition");
+        assert_eq!(next_interval(ms(1500), ms(50)), ms(100));
+        assert_eq!(next_interval(ms(5000), ms(800)), MAX_POLL);
+    }
 }

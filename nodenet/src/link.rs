@@ -247,6 +247,15 @@ pub(crate) fn delete_request(index: u32) -> RouteNetlinkMessage {
     RouteNetlinkMessage::DelLink(msg)
 }
 
+pub(crate) fn set_group_request(index: u32, group: u32) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::NewLink(change(index, vec![LinkAttribute::Group(group)]))
+}
+
+/// RTM_DELLINK without an index, naming a group: every link of the group goes in one request.
+pub(crate) fn delete_group_request(group: u32) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::DelLink(change(0, vec![LinkAttribute::Group(group)]))
+}
+
 fn change(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;

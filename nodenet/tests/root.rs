@@ -667,3 +667,23 @@ fn nftables_set_elements_and_counters_over_netlink() {
     assert_eq!(counters.get("other"), Some(&Counter::default()));
     assert!(nf.counters(Family::Inet, "absent").unwrap().is_empty(), "no table, no counters");
 }
+
+#[test]
+fn links_deleted_together_take_their_peers_and_spare_the_others() {
+    require_root!();
+    let mut t = TestNs::new();
+    let mut doomed = Vec::new();
+    for i in 0..5 {
+        let l = t.nl.create_veth(&Veth::new(format!("vd{i}"), format!("pd{i}"))).unwrap();
+        doomed.push(l.index);
+    }
+    let kept = t.nl.create_veth(&Veth::new("vk0", "pk0")).unwrap();
+    // One of them already gone: skipped, not an error.
+    t.nl.delete_link(doomed[4]).unwrap();
+    t.nl.delete_links_together(&doomed, 0x6265).unwrap();
+    let left: Vec<String> = t.nl.links().unwrap().into_iter().map(|l| l.name).filter(|n| n != "lo").collect();
+    assert_eq!(left.len(), 2, "only the kept pair is left: {left:?}");
+    assert!(t.nl.link_by_index(kept.index).is_ok());
+    // Nothing left to delete is fine too.
+    t.nl.delete_links_together(&doomed, 0x6265).unwrap();
+}

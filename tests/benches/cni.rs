@@ -8,7 +8,9 @@
 //! Then ADD latency per network mode with warm pools (shared IPs, exclusive ENIs kept attached,
 //! member ENIs kept bound to the trunk) on a second node, rounds of pods of every mode beside the
 //! reference in the same rounds; and, for scale, the ADD of an exclusive and a trunk pod whose own
-//! vSwitch no warm ENI matches (the cloud calls included, with the local cloud's 50 ms attach).
+//! vSwitch no warm ENI matches (the cloud calls included, with the local cloud's default 200 ms
+//! attach). Last, trunk and exclusive pods through the same sequential and 8-parallel phases as
+//! the shared ones, beside the reference, with the cloud calls per pod.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,7 +62,8 @@ fn run_with(net: &Net, command: &str, id: &str, netns: &str, prev: Option<&serde
 }
 
 /// Sequential ADD then DEL of `pods`, then the same in 8 threads; prints one line per phase.
-fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
+/// `extra`: CNI_ARGS of every pod (a network mode), empty for none.
+fn measure(net: &Net, pods: usize, tag: &str, extra: &str) -> [Duration; 3] {
     let namespaces: Vec<NetnsGuard> = (0..pods).map(|_| NetnsGuard::unique("bb").expect("pod netns")).collect();
     let paths: Vec<String> = namespaces.iter().map(|n| format!("/run/netns/{}", n.name())).collect();
     let ids: Vec<String> = (0..pods).map(|i| format!("{tag}{i}")).collect();
@@ -68,13 +71,13 @@ fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
     let mut add = Vec::new();
     let mut results = Vec::new();
     for i in 0..pods {
-        let (d, r) = run_one(net, "ADD", &ids[i], &paths[i], None);
+        let (d, r) = run_with(net, "ADD", &ids[i], &paths[i], None, extra);
         add.push(d);
         results.push(r.unwrap());
     }
     let mut del = Vec::new();
     for i in 0..pods {
-        del.push(run_one(net, "DEL", &ids[i], &paths[i], Some(&results[i])).0);
+        del.push(run_with(net, "DEL", &ids[i], &paths[i], Some(&results[i]), extra).0);
     }
     let (a, d) = (stats(add), stats(del));
     let drained_seq = drain(net);
@@ -83,7 +86,7 @@ fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
     let started = Instant::now();
     let chunks: Vec<Vec<usize>> = (0..8).map(|t| (t..pods).step_by(8).collect()).collect();
     let par_results: Vec<Vec<(usize, serde_json::Value)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks.iter().map(|c| s.spawn(|| c.iter().map(|&i| (i, run_one(net, "ADD", &format!("{}p", ids[i]), &paths[i], None).1.unwrap())).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> = chunks.iter().map(|c| s.spawn(|| c.iter().map(|&i| (i, run_with(net, "ADD", &format!("{}p", ids[i]), &paths[i], None, extra).1.unwrap())).collect::<Vec<_>>())).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let add_rate = pods as f64 / started.elapsed().as_secs_f64();
@@ -93,7 +96,7 @@ fn measure(net: &Net, pods: usize, tag: &str) -> [Duration; 3] {
         for chunk in &par_results {
             s.spawn(move || {
                 for (i, r) in chunk {
-                    run_one(net, "DEL", &format!("{}p", ids[*i]), &paths[*i], Some(r));
+                    run_with(net, "DEL", &format!("{}p", ids[*i]), &paths[*i], Some(r), extra);
                 }
             });
         }
@@ -148,7 +151,7 @@ async fn main() {
     let counts: Vec<usize> = std::env::var("BERTH_BENCH_PODS").unwrap_or_else(|_| "100,200".into()).split(',').map(|s| s.trim().parse().expect("pod counts")).collect();
     let max = *counts.iter().max().unwrap();
 
-    let lc = LocalCloud::start(LocalCloudOptions { extra_args: vec!["--attach-delay-ms".into(), "50".into()], ..Default::default() });
+    let lc = LocalCloud::start(LocalCloudOptions::default());
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, "10.94.0.0/16", "10.94.0.0/20").await;
     let node = net.run(&cloud, "ecs.c7.4xlarge", &net.sg).await;
@@ -173,20 +176,55 @@ async fn main() {
 
     tokio::task::block_in_place(|| {
         for &n in &counts {
-            let b = measure(&berth, n, &format!("b{n}x"));
-            let r = measure(&reference, n, &format!("r{n}x"));
-            println!(
-                "  ratio berth/reference at {n} pods: ADD p50 {:.2}, DEL p50 {:.2}, 8-parallel ADD throughput {:.2}x",
-                b[0].as_secs_f64() / r[0].as_secs_f64(),
-                b[1].as_secs_f64() / r[1].as_secs_f64(),
-                r[2].as_secs_f64() / b[2].as_secs_f64()
-            );
+            let b = measure(&berth, n, &format!("b{n}x"), "");
+            let r = measure(&reference, n, &format!("r{n}x"), "");
+            print_ratios(n, &b, &r);
         }
     });
     let calls = agent.cloud_calls().await - calls_before;
     let pods: usize = counts.iter().map(|n| 2 * n).sum();
     println!("cloud API calls during {pods} pod ADD/DEL cycles with a warm pool: {calls} ({:.3} per pod)", calls as f64 / pods as f64);
     per_mode(&lc, &cloud, &net, &reference).await;
+    own_eni_modes(&lc, &cloud, &net, &reference).await;
+}
+
+fn print_ratios(n: usize, b: &[Duration; 3], r: &[Duration; 3]) {
+    println!(
+        "  ratio berth/reference at {n} pods: ADD p50 {:.2}, DEL p50 {:.2}, 8-parallel ADD throughput {:.2}x",
+        b[0].as_secs_f64() / r[0].as_secs_f64(),
+        b[1].as_secs_f64() / r[1].as_secs_f64(),
+        r[2].as_secs_f64() / b[2].as_secs_f64()
+    );
+}
+
+/// Trunk and exclusive pods measured like shared ones (sequential ADD and DEL, then 8 in
+/// parallel) beside the reference, each on a node of its own whose warm pool is full first, with
+/// the cloud calls the agent made during the run.
+async fn own_eni_modes(lc: &LocalCloud, cloud: &berth_cloud::HttpCloud, net: &SampleNet, reference: &Net) {
+    // ecs.c7.4xlarge: 50 member ENIs; 7 secondary ENIs, 1 of them the shared pool's.
+    for (mode, pods, warm_flag, phase, trunk) in [("trunk", 48, "--warm-member-enis", "WarmMember", "true"), ("exclusive", 6, "--warm-exclusive-enis", "WarmExclusive", "false")] {
+        let node = net.run(cloud, "ecs.c7.4xlarge", &net.sg).await;
+        let warm = pods.to_string();
+        let agent = AgentProcess::start(lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", trunk, warm_flag, &warm]);
+        // The top-up leaves the last slot to pods.
+        let want = if mode == "exclusive" { pods - 1 } else { pods };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pool = agent.pool().await;
+            if pool["enis"].as_array().map_or(0, |a| a.iter().filter(|e| e["phase"] == phase).count()) >= want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the warm {mode} pool did not fill to {want}:\n{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let berth = Net { name: if mode == "trunk" { "berth (trunk)" } else { "berth (exclusive)" }, node: agent.netns.clone(), conflist: serde_json::from_str(&std::fs::read_to_string(agent.conflist_path()).unwrap()).unwrap(), cni_path: cni::cni_path() };
+        let calls_before = agent.cloud_calls().await;
+        let args = format!("BERTH_NETWORK_MODE={mode}");
+        let (b, r) = tokio::task::block_in_place(|| (measure(&berth, pods, &format!("{mode}x"), &args), measure(reference, pods, &format!("r{mode}x"), "")));
+        print_ratios(pods, &b, &r);
+        let calls = agent.cloud_calls().await - calls_before;
+        println!("  cloud API calls during {} {mode} pod ADD/DEL cycles with a warm pool: {calls} ({:.3} per pod)", 2 * pods, calls as f64 / (2 * pods) as f64);
+    }
 }
 
 /// ADD latency of each mode with warm pools, in rounds: the warm pools are full, then a pod of
@@ -242,8 +280,12 @@ async fn per_mode(lc: &LocalCloud, cloud: &berth_cloud::HttpCloud, net: &SampleN
     }
     let r = stats(samples[modes.len()].clone());
     println!("  reference ptp    ADD p50 {:>8} p99 {:>8}", ms(r.p50), ms(r.p99));
-    // No warm ENI matches a pod's own vSwitch: the ADD waits for the cloud.
-    let vsw = net.vsw.clone();
+    // No warm ENI matches a pod's own vSwitch (another one of the zone): the ADD waits for the cloud.
+    let vsw = {
+        use berth_cloud::Cloud as _;
+        let req = berth_cloud::api::CreateVSwitchRequest { vpc_id: net.vpc.clone(), zone_id: "local-1a".into(), cidr_block: "10.94.16.0/20".into(), name: "cold".into(), ..Default::default() };
+        cloud.create_vswitch(&req).await.expect("CreateVSwitch")
+    };
     tokio::task::block_in_place(|| {
         for (name, mode) in [("exclusive", "exclusive"), ("trunk", "trunk")] {
             let ns = NetnsGuard::unique("bm").expect("pod netns");

@@ -164,6 +164,13 @@ def main():
         "UnassignIpv6Addresses",
         lambda: ecs.unassign_ipv_6addresses(ecs_models.UnassignIpv6AddressesRequest(region_id=REGION, network_interface_id=eni, ipv_6address=v6)),
     )
+    step(
+        "ModifyNetworkInterfaceAttribute",
+        lambda: ecs.modify_network_interface_attribute(ecs_models.ModifyNetworkInterfaceAttributeRequest(region_id=REGION, network_interface_id=eni, security_group_id=[sg])),
+    )
+    r = ecs.describe_network_interfaces(ecs_models.DescribeNetworkInterfacesRequest(region_id=REGION, network_interface_id=[eni]))
+    groups = r.body.network_interface_sets.network_interface_set[0].security_group_ids.security_group_id
+    assert groups == [sg], groups
     step("DetachNetworkInterface", lambda: ecs.detach_network_interface(ecs_models.DetachNetworkInterfaceRequest(region_id=REGION, network_interface_id=eni, instance_id=instance)))
     until("the ENI", eni_status, "Available")
     step("DeleteNetworkInterface", lambda: ecs.delete_network_interface(ecs_models.DeleteNetworkInterfaceRequest(region_id=REGION, network_interface_id=eni)))
@@ -182,6 +189,19 @@ def main():
     until("the disk", disk_status, "In_use")
     step("DetachDisk (no RegionId)", lambda: ecs.detach_disk(ecs_models.DetachDiskRequest(disk_id=disk, instance_id=instance)))
     until("the disk", disk_status, "Available")
+    step("ModifyDiskSpec (no RegionId)", lambda: ecs.modify_disk_spec(ecs_models.ModifyDiskSpecRequest(disk_id=disk, performance_level="PL0")))
+    snap = step(
+        "CreateSnapshot (no RegionId)",
+        lambda: ecs.create_snapshot(ecs_models.CreateSnapshotRequest(disk_id=disk, snapshot_name="sdk-snap")),
+    ).body.snapshot_id
+
+    def snapshot_status():
+        r = ecs.describe_snapshots(ecs_models.DescribeSnapshotsRequest(region_id=REGION, snapshot_ids=f'["{snap}"]'))
+        return r.body.snapshots.snapshot[0].status
+
+    step("DescribeSnapshots", snapshot_status)
+    until("the snapshot", snapshot_status, "accomplished")
+    step("DeleteSnapshot (no RegionId)", lambda: ecs.delete_snapshot(ecs_models.DeleteSnapshotRequest(snapshot_id=snap, force=True)))
     step("ResizeDisk (no RegionId)", lambda: ecs.resize_disk(ecs_models.ResizeDiskRequest(disk_id=disk, new_size=30)))
     step("DeleteDisk (no RegionId)", lambda: ecs.delete_disk(ecs_models.DeleteDiskRequest(disk_id=disk)))
 

@@ -172,3 +172,83 @@ pub fn churn(agent: AgentProcess, worker_args: &[&str], rounds: usize) -> (Agent
     let agent = Arc::try_unwrap(agent).ok().expect("the killer is done").into_inner().unwrap();
     (agent, outcome)
 }
+
+/// What [`churn_at_quota`] did: the ADDs made, the most pods alive at once, and every ADD that
+/// failed (with its CNI answer).
+pub struct QuotaChurn {
+    pub added: usize,
+    pub peak: usize,
+    pub failed: Vec<String>,
+}
+
+/// `total` pods ADDed and DELed in random order by `parallel` runtime threads, at most `quota` of
+/// them alive at once (a pod's slot is counted from before its ADD until its DEL returned, so every
+/// ADD has a free slot); each pod's CNI_ARGS drawn from `args`. Every pod is DELed by the end. A
+/// failed ADD is recorded (and DELed, as a runtime does), never retried.
+pub fn churn_at_quota(agent: &AgentProcess, args: &[String], total: usize, quota: usize, parallel: usize) -> QuotaChurn {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let list = conflist(agent);
+    let (started, live, peak) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let failed = Mutex::new(Vec::new());
+    let path = cni::cni_path();
+    std::thread::scope(|s| {
+        for w in 0..parallel {
+            let (list, path, started, live, peak, failed) = (&list, &path, &started, &live, &peak, &failed);
+            s.spawn(move || {
+                let mut seed = 0x2545_f491_4f6c_dd1du64 ^ ((w as u64 + 1) * 0x9e37_79b9);
+                let mut next = || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                let mut mine: Vec<(NetnsGuard, String, String, serde_json::Value)> = Vec::new();
+                let del = |(ns, id, args, result): (NetnsGuard, String, String, serde_json::Value)| {
+                    let ns_path = format!("/run/netns/{}", ns.name());
+                    let inv = Invocation { command: "DEL", container_id: &id, netns: &ns_path, ifname: "eth0", args: &args };
+                    cni::del_list(Some(&agent.netns), path, list, &inv, Some(&result)).unwrap_or_else(|e| panic!("DEL {id}: {e:?}"));
+                    live.fetch_sub(1, Ordering::SeqCst);
+                };
+                loop {
+                    let more = started.load(Ordering::SeqCst) < total;
+                    if !more && mine.is_empty() {
+                        break;
+                    }
+                    let add = more && (mine.is_empty() || next() % 2 == 0);
+                    let slot = add && live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| (l < quota).then_some(l + 1)).is_ok();
+                    if !slot {
+                        if mine.is_empty() {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        } else {
+                            let i = (next() % mine.len() as u64) as usize;
+                            del(mine.swap_remove(i));
+                        }
+                        continue;
+                    }
+                    let n = started.fetch_add(1, Ordering::SeqCst);
+                    if n >= total {
+                        live.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    peak.fetch_max(live.load(Ordering::SeqCst), Ordering::SeqCst);
+                    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=churn;K8S_POD_NAME=q{n};{}", args[(next() % args.len() as u64) as usize]);
+                    let ns = NetnsGuard::unique("bq").expect("pod namespace");
+                    let id = format!("q{w}-{n}");
+                    let ns_path = format!("/run/netns/{}", ns.name());
+                    let inv = Invocation { command: "ADD", container_id: &id, netns: &ns_path, ifname: "eth0", args: &args };
+                    match cni::add_list(Some(&agent.netns), path, list, &inv) {
+                        Ok(result) => mine.push((ns, id, args, result)),
+                        Err(out) => {
+                            failed.lock().unwrap().push(format!("ADD {id} ({args}) with {} alive: {out:?}", live.load(Ordering::SeqCst)));
+                            let inv = Invocation { command: "DEL", ..inv.clone() };
+                            cni::del_list(Some(&agent.netns), path, list, &inv, None).unwrap_or_else(|e| panic!("DEL after failed ADD {id}: {e:?}"));
+                            live.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    QuotaChurn { added: started.load(Ordering::SeqCst).min(total), peak: peak.load(Ordering::SeqCst), failed: failed.into_inner().unwrap() }
+}

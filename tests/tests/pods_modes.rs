@@ -438,3 +438,174 @@ async fn dual_stack_pods_of_every_mode_reach_each_other_over_ipv6() {
         del_pod(&agent_b, &pods[3]);
     });
 }
+
+/// Pods' own ENIs on this node, by phase, as the agent's books have them.
+fn eni_phases(pool: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    pool["enis"].as_array().unwrap().iter().map(|e| (e["id"].as_str().unwrap().to_string(), e["phase"].as_str().unwrap().to_string())).collect()
+}
+
+/// Waits until the node has no pod left and its pods' own ENIs in the cloud are exactly the warm
+/// ones the agent keeps (the surplus deleted, none left unattached in the VPC); returns them.
+async fn settled(lc: &LocalCloud, agent: &AgentProcess, vpc: &str, warm_phase: &str, warm_target: usize) -> Vec<String> {
+    let cloud = lc.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pool = agent.pool().await;
+        let phases = eni_phases(&pool);
+        let warm: Vec<String> = phases.iter().filter(|(_, p)| *p == warm_phase).map(|(id, _)| id.clone()).collect();
+        let enis = cloud.describe_network_interfaces(&EniFilter { vpc_id: Some(vpc.to_string()), ..Default::default() }).await.unwrap();
+        let loose: Vec<&str> = enis.iter().filter(|e| e.instance_id.is_none()).map(|e| e.id.as_str()).collect();
+        let own: Vec<String> = enis.iter().filter(|e| e.instance_id.as_deref() == Some(&agent.instance_id) && (e.description.starts_with("berth warm") || e.description.starts_with("berth member") || e.description.starts_with("berth exclusive"))).map(|e| e.id.clone()).collect();
+        let allocations = pool["allocations"].as_array().unwrap().len();
+        let mut sorted_warm = warm.clone();
+        sorted_warm.sort();
+        let mut sorted_own = own.clone();
+        sorted_own.sort();
+        if allocations == 0 && loose.is_empty() && sorted_own == sorted_warm && warm.len() <= warm_target {
+            return warm;
+        }
+        assert!(Instant::now() < deadline, "{allocations} allocations left, unattached ENIs {loose:?}, pods' ENIs in the cloud {own:?}, warm in the agent {warm:?} (target {warm_target})\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Churn at each mode's quota (200 trunk pods, 100 exclusive, 8 in parallel, mixed security
+/// groups, ADD and DEL in random order, never more pods alive than the node has slots): no ADD
+/// fails, no ENI leaks, and the cloud calls per pod are counted and kept far below one ENI's
+/// create, attach, poll, detach and delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_at_the_quota_of_trunk_and_exclusive_mode_fails_no_add_and_leaks_no_eni() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.93.0.0/16", "10.93.0.0/20").await;
+    let other_sg = cloud.create_security_group(&net.vpc, "other", None).await.unwrap();
+    let mixed = |mode: &str| vec![format!("BERTH_NETWORK_MODE={mode}"), format!("BERTH_NETWORK_MODE={mode};BERTH_SECURITY_GROUP_IDS={other_sg}")];
+    // ecs.c7.xlarge: 12 member ENIs; ecs.c7.2xlarge: 5 secondary ENIs, 1 taken by the shared pool.
+    for (mode, instance_type, quota, pods, flags, warm_phase) in [
+        ("trunk", "ecs.c7.xlarge", 12, 200, ["--trunk", "true", "--warm-member-enis", "4"], "WarmMember"),
+        ("exclusive", "ecs.c7.2xlarge", 4, 100, ["--trunk", "false", "--warm-exclusive-enis", "2"], "WarmExclusive"),
+    ] {
+        let node = net.run(&cloud, instance_type, &net.sg).await;
+        let mut args = vec!["--min-idle-ips", "1", "--max-idle-ips", "2", "--reconcile-secs", "2"];
+        args.extend(flags);
+        let agent = AgentProcess::start(&lc, &node, &args);
+        let target: usize = flags[3].parse().unwrap();
+        // The warm pool full before counting: the churn's own calls are what is measured.
+        settled(&lc, &agent, &net.vpc, warm_phase, target).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while eni_phases(&agent.pool().await).values().filter(|p| *p == warm_phase).count() < target {
+            assert!(Instant::now() < deadline, "the warm pool did not fill:\n{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let calls_before = agent.cloud_calls().await;
+        let started = Instant::now();
+        let outcome = tokio::task::block_in_place(|| berth_tests::pods::churn_at_quota(&agent, &mixed(mode), pods, quota, 8));
+        let took = started.elapsed();
+        assert!(outcome.failed.is_empty(), "{mode}: {} ADDs failed with a slot free:\n{}\n{}", outcome.failed.len(), outcome.failed.join("\n"), agent.log());
+        assert_eq!((outcome.added, outcome.peak), (pods, quota), "{mode}: every pod added, the node at its quota at times");
+        settled(&lc, &agent, &net.vpc, warm_phase, target).await;
+        let calls = agent.cloud_calls().await - calls_before;
+        let per_pod = calls as f64 / pods as f64;
+        eprintln!("{mode}: {pods} pods churned at a quota of {quota} in {took:?}: {calls} cloud calls ({per_pod:.2} per pod)");
+        // Without reuse each pod costs a create, an attach, its polls, a detach and a delete (8–11).
+        assert!(per_pod <= 2.0, "{mode}: {calls} cloud calls for {pods} pods ({per_pod:.2} per pod)\n{}", agent.log());
+        let (ok, text) = inspect(&lc, &agent);
+        assert!(ok, "{mode}: inspect after the churn: {text}");
+    }
+}
+
+/// `kill -9` while the agent deletes the ENIs DELs gave back (no warm pool to keep them): DEL has
+/// returned before the cloud is done, the restarted agent finishes the journaled deletions, and the
+/// ENIs of the pods still alive are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_background_deletion_leaves_no_surplus_eni_and_keeps_every_pods() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.92.0.0/16", "10.92.1.0/24").await;
+    let node = net.run(&cloud, "ecs.c7.2xlarge", &net.sg).await;
+    let mut agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "true"]);
+    let modes = ["BERTH_NETWORK_MODE=trunk", "BERTH_NETWORK_MODE=exclusive"];
+    let pods: Vec<Pod> = tokio::task::block_in_place(|| (0..6).map(|i| add_pod(&agent, &format!("k{i}"), modes[i % 2])).collect());
+    let pool = agent.pool().await;
+    let eni_of = |id: &str| pool["allocations"].as_array().unwrap().iter().find(|a| a["key"]["container_id"] == id).map(|a| a["eni_id"].as_str().unwrap().to_string()).unwrap();
+    let (kept, gone): (Vec<&Pod>, Vec<&Pod>) = pods.iter().partition(|p| p.container_id == "k0" || p.container_id == "k1");
+    let kept_enis: Vec<String> = kept.iter().map(|p| eni_of(&p.container_id)).collect();
+    let gone_enis: Vec<String> = gone.iter().map(|p| eni_of(&p.container_id)).collect();
+    tokio::task::block_in_place(|| gone.iter().for_each(|p| del_pod(&agent, p)));
+    // The DELs are back; the cloud still has what they released (each detach takes 200 ms here).
+    let present = |enis: Vec<berth_cloud::model::NetworkInterface>, ids: &[String]| ids.iter().filter(|id| enis.iter().any(|e| &e.id == *id)).cloned().collect::<Vec<_>>();
+    let all = cloud.describe_network_interfaces(&EniFilter { vpc_id: Some(net.vpc.clone()), ..Default::default() }).await.unwrap();
+    let interrupted = present(all, &gone_enis);
+    agent.kill9();
+    assert!(!interrupted.is_empty(), "the DELs waited for the cloud: all of {gone_enis:?} were gone when they returned");
+    agent.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = cloud.describe_network_interfaces(&EniFilter { vpc_id: Some(net.vpc.clone()), ..Default::default() }).await.unwrap();
+        let left = present(all.clone(), &gone_enis);
+        let intact: Vec<&String> = kept_enis.iter().filter(|id| all.iter().any(|e| &e.id == *id && e.status == berth_cloud::model::EniStatus::InUse && e.instance_id.as_deref() == Some(&agent.instance_id))).collect();
+        let pool = agent.pool().await;
+        let held: Vec<String> = pool["allocations"].as_array().unwrap().iter().map(|a| a["eni_id"].as_str().unwrap().to_string()).collect();
+        if left.is_empty() && intact.len() == kept_enis.len() && kept_enis.iter().all(|e| held.contains(e)) && held.len() == kept_enis.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "released ENIs still in the cloud {left:?} (interrupted {interrupted:?}), kept pods' ENIs intact {intact:?} of {kept_enis:?}, held {held:?}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ping(&kept[0].path(), kept[1].ip), "the kept trunk pod reaches the kept exclusive pod after the restart");
+    let (ok, text) = inspect(&lc, &agent);
+    assert!(ok, "inspect after the restart: {text}");
+    tokio::task::block_in_place(|| kept.iter().for_each(|p| del_pod(&agent, p)));
+}
+
+/// A released exclusive ENI serves the next exclusive pod without a cloud call (DEL none either),
+/// its NIC back from the first pod's namespace and working in the second's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_exclusive_eni_serves_the_next_pod_without_a_cloud_call() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lc = LocalCloud::start(LocalCloudOptions::default());
+    let cloud = lc.client();
+    let net = SampleNet::create(&cloud, "10.91.0.0/16", "10.91.1.0/24").await;
+    net.open_to(&cloud, "10.0.0.0/8").await;
+    // ecs.c7.xlarge: 3 secondary ENIs, 1 the shared pool's; the warm top-up leaves the last to pods.
+    let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
+    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "false", "--warm-exclusive-enis", "2", "--reconcile-secs", "3600"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while eni_phases(&agent.pool().await).values().filter(|p| *p == "WarmExclusive").count() < 1 {
+        assert!(Instant::now() < deadline, "no warm ENI:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shared = tokio::task::block_in_place(|| add_pod(&agent, "rs", ""));
+    let eni_of = |pool: &serde_json::Value, id: &str| pool["allocations"].as_array().unwrap().iter().find(|a| a["key"]["container_id"] == id).map(|a| a["eni_id"].as_str().unwrap().to_string());
+    let first = tokio::task::block_in_place(|| add_pod(&agent, "rx1", "BERTH_NETWORK_MODE=exclusive"));
+    let eni = eni_of(&agent.pool().await, "rx1").unwrap();
+    // The shared pool done growing after the shared pod took an IP: its calls are not counted.
+    while agent.pool().await["status"]["idle"].as_u64().unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline + Duration::from_secs(20), "the shared pool did not grow back:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = agent.cloud_calls().await;
+    tokio::task::block_in_place(|| del_pod(&agent, &first));
+    assert_eq!(eni_phases(&agent.pool().await)[&eni], "WarmExclusive", "the released ENI waits for the next pod");
+    let second = tokio::task::block_in_place(|| add_pod(&agent, "rx2", "BERTH_NETWORK_MODE=exclusive"));
+    assert_eq!(eni_of(&agent.pool().await, "rx2").as_deref(), Some(eni.as_str()), "the next exclusive pod got the released ENI");
+    assert_eq!(agent.cloud_calls().await - calls, 0, "neither the DEL nor the ADD called the cloud");
+    assert!(ping(&second.path(), shared.ip), "the reused ENI carries the second pod's traffic");
+    let (ok, text) = inspect(&lc, &agent);
+    assert!(ok, "inspect with a reused ENI: {text}");
+    tokio::task::block_in_place(|| {
+        del_pod(&agent, &second);
+        del_pod(&agent, &shared);
+    });
+}

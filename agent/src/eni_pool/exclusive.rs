@@ -1,7 +1,8 @@
 //! Exclusive mode: a whole ENI for one pod, created with the pod's vSwitch and security groups (or
 //! the node's), attached, and handed to the plugin by its NIC on the node, which moves it into the
 //! pod. It takes one of the instance's ENI slots away from the shared pool while it lives; on
-//! release it is detached and deleted. Every step is journaled so that no ENI is lost to a crash.
+//! release it waits warm for the next pod that fits it ([`super::warm`]) or is detached and deleted
+//! in the background. Every step is journaled so that no ENI is lost to a crash.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use berth_cloud::api::CreateEniRequest;
 use berth_cloud::model::{EniStatus, NetworkInterface};
 use berth_cloud::{Cloud, wait};
 
+use super::warm::{PodEniKind, sorted_groups};
 use super::{AllocError, Allocated, EniPool, now_unix_ns};
 use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Nic, PodMode, PodRef, PoolEni};
 use crate::store::{Event, Intent, StoreError};
@@ -35,6 +37,7 @@ pub(super) fn pod_eni(eni: &NetworkInterface, gateway: std::net::Ipv4Addr, prefi
         nic,
         ips: Default::default(),
         vlan: None,
+        security_groups: sorted_groups(&eni.security_group_ids),
         ips6: eni.ipv6_addresses.iter().copied().collect(),
         gateway6: None,
     }
@@ -65,22 +68,19 @@ impl<C: Cloud> EniPool<C> {
                 }
             }
         }
-        if let Some(warm) = self.take_warm(&key, &netns, &pod, &request, EniPhase::WarmExclusive)? {
+        let deadline = started + self.settings.allocate_timeout;
+        if let Some(warm) = self.obtain_pod_eni(&key, &netns, &pod, &request, PodEniKind::Exclusive, deadline).await? {
             self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
             return Ok(warm);
         }
-        {
-            let b = self.books();
-            let used = b.ledger.eni_slots_used() as u32;
-            let slots = self.settings.limits.max_secondary_enis();
-            if used >= slots {
-                let trunk = if b.ledger.trunk().is_some() { ", 1 by the trunk" } else { "" };
-                return Err(AllocError::Exhausted(format!("all {slots} secondary ENI slots of this {} are taken ({} by pods' own ENIs{trunk})", self.identity.instance_type, b.ledger.exclusive_enis())));
-            }
+        let placed = async {
+            let (eni, intent) = self.create_pod_eni("berth-x", request, format!("{DESCRIPTION_PREFIX}{key}"), "the pod's ENI").await?;
+            let placed = self.place_exclusive(&key, netns, pod, &eni).await;
+            self.settle_pod_eni(&eni.id, intent, placed, started).await
         }
-        let (eni, intent) = self.create_pod_eni("berth-x", request, format!("{DESCRIPTION_PREFIX}{key}"), "the pod's ENI").await?;
-        let placed = self.place_exclusive(&key, netns, pod, &eni).await;
-        self.settle_pod_eni(&eni.id, intent, placed, started).await
+        .await;
+        self.unreserve(PodEniKind::Exclusive);
+        placed
     }
 
     /// CreateNetworkInterface of a pod's own ENI (exclusive or member) with the pod's vSwitch and
@@ -104,7 +104,7 @@ impl<C: Cloud> EniPool<C> {
             Err(e) => {
                 // The intent stays for the upkeep: the cloud may have made the ENI all the same.
                 self.books().in_flight.remove(&intent);
-                Err(super::pod_eni_refusal(&format!("cannot create {what} (check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS)"), &e))
+                Err(super::pod_eni_refusal(&format!("cannot create {what}"), "check BERTH_VSWITCH_ID and BERTH_SECURITY_GROUP_IDS", &e))
             }
         }
     }
@@ -133,7 +133,7 @@ impl<C: Cloud> EniPool<C> {
     /// Attaches the pod's new ENI, finds its NIC, and records the allocation.
     async fn place_exclusive(&self, key: &AllocationKey, netns: String, pod: PodRef, eni: &NetworkInterface) -> Result<Allocated, AllocError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| AllocError::Refused(format!("{what} for {}: {e}", eni.id));
-        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await.map_err(|e| super::pod_eni_refusal(&format!("cannot attach the pod's ENI {} (is its vSwitch in the node's zone and VPC?)", eni.id), &e))?;
+        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await.map_err(|e| super::pod_eni_refusal(&format!("cannot attach the pod's ENI {}", eni.id), "is its vSwitch in the node's zone and VPC?", &e))?;
         wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the pod's ENI did not attach", &e))?;
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac).map_err(|e| fail("no addressing", &e))?;
         let mut nic = None;
@@ -170,30 +170,47 @@ impl<C: Cloud> EniPool<C> {
         Ok(())
     }
 
-    /// Releases an allocation with its own ENI (exclusive or member): journaled, then the ENI
-    /// detached and deleted (an exclusive pod's NIC was moved back to the node by the plugin).
+    /// Releases an allocation with its own ENI (exclusive or member), journaled; the ENI waits warm
+    /// for the next pod that fits it (an exclusive one once the plugin moved its NIC back to the
+    /// node), or goes back to the cloud in the background under a journaled intent. No cloud call.
     pub(super) async fn release_pod_eni(&self, key: &AllocationKey) -> Result<Option<AllocationRecord>, StoreError> {
-        let (record, intent) = {
+        let Some((eni_id, mac, kind)) = ({
+            let b = self.books();
+            b.ledger.allocation(key).and_then(|r| b.ledger.eni(&r.eni_id)).map(|e| (e.id.clone(), e.mac.clone(), if e.vlan.is_some() { PodEniKind::Member } else { PodEniKind::Exclusive }))
+        }) else {
+            // An allocation whose ENI the ledger does not know (yet): released, nothing to keep.
             let mut b = self.books();
             let Some(record) = b.ledger.allocation(key).cloned() else { return Ok(None) };
             b.store.append(Event::Released { key: key.clone() })?;
             b.ledger.release(key);
-            let intent = b.store.intend(Intent::DeleteEni { eni_id: record.eni_id.clone() })?;
-            b.in_flight.insert(intent);
-            if let Some(e) = b.ledger.eni_mut(&record.eni_id) {
-                e.phase = EniPhase::Draining;
-            }
-            self.update_gauges(&b);
-            (record, intent)
+            return Ok(Some(record));
         };
-        let deleted = self.delete_eni_calls(&record.eni_id).await;
+        // An exclusive ENI can serve again only from the node's namespace.
+        let nic = match kind {
+            PodEniKind::Exclusive => self.node().find_nic(&mac).ok().flatten().map(|(name, index)| Nic { name, index, route_table: 0 }),
+            PodEniKind::Member => None,
+        };
         let mut b = self.books();
-        b.in_flight.remove(&intent);
-        match deleted {
-            Ok(()) => b.store.done(intent)?,
-            // The intent stays: the upkeep finishes the deletion.
-            Err(e) => tracing::error!(eni = %record.eni_id, error = %format!("{e:#}"), "cannot delete a released pod's ENI yet; the upkeep retries"),
+        let Some(record) = b.ledger.allocation(key).cloned().filter(|r| r.eni_id == eni_id) else { return Ok(None) };
+        b.store.append(Event::Released { key: key.clone() })?;
+        b.ledger.release(key);
+        let warm = self.keeps_warm(&b, kind) && (kind == PodEniKind::Member || nic.is_some());
+        if warm {
+            let e = b.ledger.eni_mut(&eni_id).expect("looked up above");
+            e.phase = kind.warm();
+            if nic.is_some() {
+                e.nic = nic;
+            }
+        } else {
+            // Not in flight: the upkeep task deletes it with the others DELs left it.
+            b.store.intend(Intent::DeleteEni { eni_id: eni_id.clone() })?;
+            b.ledger.eni_mut(&eni_id).expect("looked up above").phase = EniPhase::Draining;
         }
+        self.update_gauges(&b);
+        drop(b);
+        // A waiting ADD may take it now, or the upkeep deletes it.
+        self.grown.notify_waiters();
+        self.wake.notify_one();
         Ok(Some(record))
     }
 

@@ -4,8 +4,10 @@
 //!
 //! Only the upkeep task changes which IPs and ENIs the pool owns, so a reconciliation never races
 //! a cloud call of the pool; allocations only change who holds an IP. Pods' own ENIs
-//! (exclusive, [`exclusive`], and trunk members, [`trunk`]) are made and removed by the allocation
-//! path itself and never enter the pool; neither does the node's trunk ENI.
+//! (exclusive, [`exclusive`], and trunk members, [`trunk`]) are made by the allocation path
+//! itself, kept warm for the next pod when released ([`warm`]), and deleted in batches by the
+//! upkeep task when surplus, so that no DEL waits for the cloud; they never enter the pool, and
+//! neither does the node's trunk ENI.
 
 mod exclusive;
 mod trunk;
@@ -94,6 +96,9 @@ struct Books {
     /// Intents whose ADD or DEL is still running (the upkeep task's own run within it). Any other
     /// intent in the store was left by a call that failed, and the upkeep finishes it.
     in_flight: BTreeSet<u64>,
+    /// Pods' own ENIs being created (by an ADD or the warm top-up), by [`warm::PodEniKind`]: their
+    /// slots are taken before the cloud is asked, so that two creations never race for the last.
+    creating: [u32; 2],
 }
 
 pub struct EniPool<C> {
@@ -120,14 +125,26 @@ fn now_unix_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default()
 }
 
-/// How a failed cloud call for a pod's own ENI answers the pod: its request was impossible (the
-/// cloud refused the parameters), the vSwitch is out of addresses, or something to retry.
-fn pod_eni_refusal(what: &str, e: &CloudError) -> AllocError {
-    let message = format!("{what}: {e}");
-    match e.api() {
-        Some(a) if a.class() == Class::VSwitchExhausted => AllocError::Exhausted(message),
-        Some(a) if (400..500).contains(&a.http_status) && !a.is_throttling() && !a.is_retryable() => AllocError::Invalid(message),
-        _ => AllocError::Refused(message),
+/// How a failed cloud call for a pod's own ENI answers the pod, by cause: a limit of the instance,
+/// the trunk or the vSwitch (named, as the runtime retries or the scheduler moves the pod), a
+/// passing condition of the cloud (retry), or a request the cloud refuses as wrong (`hint` says
+/// what to check; retrying will not help).
+fn pod_eni_refusal(what: &str, hint: &str, e: &CloudError) -> AllocError {
+    let Some(a) = e.api() else {
+        // Unreachable, timed out, undecodable: the cloud's trouble, not the pod's request.
+        return AllocError::Refused(format!("{what}: {e}"));
+    };
+    let limit = match a.class() {
+        Class::VSwitchExhausted => Some("the vSwitch has no free private IP left"),
+        Class::InstanceEniLimit => Some("the instance holds as many ENIs as its type allows"),
+        Class::MemberEniLimit => Some("the trunk carries as many member ENIs as its type allows"),
+        _ if a.is_quota() => Some("an account or instance quota is reached"),
+        _ => None,
+    };
+    match limit {
+        Some(limit) => AllocError::Exhausted(format!("{what}: {limit} ({e})")),
+        None if a.is_throttling() || a.is_retryable() || a.http_status >= 500 || matches!(a.class(), Class::WrongState | Class::Transient) => AllocError::Refused(format!("{what}: {e}")),
+        None => AllocError::Invalid(format!("{what} ({hint}): {e}")),
     }
 }
 
@@ -139,7 +156,7 @@ impl<C: Cloud> EniPool<C> {
             cloud,
             settings,
             identity,
-            books: Mutex::new(Books { ledger, store, waiting: 0, inhibit_until: None, no_new_enis_until: None, full_enis: BTreeMap::new(), grow_error: None, last_busy: Instant::now(), in_flight: BTreeSet::new() }),
+            books: Mutex::new(Books { ledger, store, waiting: 0, inhibit_until: None, no_new_enis_until: None, full_enis: BTreeMap::new(), grow_error: None, last_busy: Instant::now(), in_flight: BTreeSet::new(), creating: [0; 2] }),
             unwire: node.spawn_link_deleter(),
             node: Mutex::new(node),
             grown: Notify::new(),
@@ -479,6 +496,7 @@ impl<C: Cloud> EniPool<C> {
                             nic: None,
                             ips: cloud_ips,
                             vlan: None,
+                            security_groups: Vec::new(),
                             ips6: ce.ipv6_addresses.iter().copied().collect(),
                             gateway6: None,
                         });
@@ -618,6 +636,8 @@ impl<C: Cloud> EniPool<C> {
     pub async fn upkeep(self: Arc<Self>) {
         let mut next_reconcile = Instant::now() + self.settings.reconcile_every;
         loop {
+            // Pods' ENIs that DELs gave back, deleted together off the DELs' clock.
+            self.retire_released().await;
             if Instant::now() >= next_reconcile {
                 // Intents a failed ADD, DEL or pool action left (a cloud call that failed, e.g.
                 // while the cloud was unreachable) are finished now, not only at the next start.
@@ -787,6 +807,7 @@ impl<C: Cloud> EniPool<C> {
             nic: None,
             ips: eni.secondary_ips.iter().copied().collect(),
             vlan: None,
+            security_groups: Vec::new(),
             ips6: eni.ipv6_addresses.iter().copied().collect(),
             gateway6: None,
         });
@@ -881,32 +902,125 @@ impl<C: Cloud> EniPool<C> {
     }
 
     async fn delete_eni_calls(&self, eni_id: &str) -> anyhow::Result<()> {
-        let nic = self.books().ledger.eni(eni_id).and_then(|e| e.nic.clone());
-        if let Some(nic) = nic {
-            self.node().release_eni(&nic)?;
+        match self.delete_enis(&[eni_id.to_string()]).await.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
         }
-        let found = self.cloud.describe_network_interfaces(&EniFilter { ids: vec![eni_id.to_string()], ..Default::default() }).await?;
-        if let Some(mut e) = found.into_iter().find(|e| e.id == eni_id) {
-            // An attach in flight (a crash interrupted it) must finish before the ENI can be detached.
-            if e.status == EniStatus::Attaching {
-                e = wait::eni_status(&self.cloud, eni_id, EniStatus::InUse, self.settings.attach_timeout).await?;
+    }
+
+    /// Detaches and deletes these ENIs together: one DescribeNetworkInterfaces per poll for all of
+    /// them, each detach and delete sent without waiting for the others. Returns the ENIs that could
+    /// not be deleted, with why; the others are gone from the cloud and the ledger.
+    async fn delete_enis(&self, ids: &[String]) -> Vec<(String, anyhow::Error)> {
+        let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
+        for id in ids {
+            let nic = self.books().ledger.eni(id).and_then(|e| e.nic.clone());
+            if let Some(nic) = nic
+                && let Err(e) = self.node().release_eni(&nic)
+            {
+                failed.push((id.clone(), e.into()));
             }
-            if e.status == EniStatus::InUse {
-                self.cloud.detach_network_interface(eni_id, &self.identity.instance_id, e.trunk_eni_id.as_deref()).await?;
+        }
+        let mut left: Vec<String> = ids.iter().filter(|id| !failed.iter().any(|(f, _)| f == *id)).cloned().collect();
+        let batch_failed = |left: &mut Vec<String>, failed: &mut Vec<(String, anyhow::Error)>, e: CloudError| {
+            let why = format!("{e:#}");
+            failed.extend(left.drain(..).map(|id| (id, anyhow::anyhow!("{why}"))));
+        };
+        let found = match self.cloud.describe_network_interfaces(&EniFilter { ids: left.clone(), ..Default::default() }).await {
+            Ok(found) => found,
+            Err(e) => {
+                batch_failed(&mut left, &mut failed, e);
+                return failed;
             }
-            if e.status != EniStatus::Available {
-                wait::eni_status(&self.cloud, eni_id, EniStatus::Available, self.settings.attach_timeout).await?;
+        };
+        let timeout = self.settings.attach_timeout;
+        // An attach in flight (a crash interrupted it) must finish before the ENI can be detached.
+        let attaching: Vec<String> = found.iter().filter(|e| e.status == EniStatus::Attaching).map(|e| e.id.clone()).collect();
+        let mut in_use: Vec<NetworkInterface> = found.iter().filter(|e| e.status == EniStatus::InUse).cloned().collect();
+        match wait::enis_status(&self.cloud, &attaching, EniStatus::InUse, timeout).await {
+            Ok(attached) => in_use.extend(attached),
+            Err(e) => {
+                batch_failed(&mut left, &mut failed, e);
+                return failed;
             }
-            match self.cloud.delete_network_interface(eni_id).await {
+        }
+        for e in &in_use {
+            if let Err(err) = self.cloud.detach_network_interface(&e.id, &self.identity.instance_id, e.trunk_eni_id.as_deref()).await
+                && !err.is_code(code::INVALID_ENI_ID)
+            {
+                left.retain(|id| id != &e.id);
+                failed.push((e.id.clone(), err.into()));
+            }
+        }
+        let present: Vec<String> = found.iter().map(|e| e.id.clone()).filter(|id| left.contains(id)).collect();
+        let unattached = match wait::enis_status(&self.cloud, &present, EniStatus::Available, timeout).await {
+            Ok(unattached) => unattached,
+            Err(e) => {
+                batch_failed(&mut left, &mut failed, e);
+                return failed;
+            }
+        };
+        for e in &unattached {
+            match self.cloud.delete_network_interface(&e.id).await {
                 Ok(()) => {}
-                Err(e) if e.is_code(code::INVALID_ENI_ID) => {}
-                Err(e) => return Err(e.into()),
+                Err(err) if err.is_code(code::INVALID_ENI_ID) => {}
+                Err(err) => {
+                    left.retain(|id| id != &e.id);
+                    failed.push((e.id.clone(), err.into()));
+                }
             }
         }
         let mut b = self.books();
-        b.ledger.remove_eni(eni_id);
+        for id in &left {
+            b.ledger.remove_eni(id);
+        }
         self.update_gauges(&b);
-        Ok(())
+        drop(b);
+        // An ADD may wait for the slot these held.
+        self.grown.notify_waiters();
+        failed
+    }
+
+    /// Finishes in one batch the deletions of ENIs that DELs handed over (journaled intents no call
+    /// is carrying out), so that no DEL waits for the cloud.
+    async fn retire_released(&self) {
+        let pending: Vec<(u64, String)> = {
+            let mut b = self.books();
+            let pending: Vec<(u64, String)> = b
+                .store
+                .snapshot()
+                .intents
+                .iter()
+                .filter(|(id, _)| !b.in_flight.contains(id))
+                .filter_map(|(id, i)| match i {
+                    Intent::DeleteEni { eni_id } => Some((*id, eni_id.clone())),
+                    _ => None,
+                })
+                // The most IDs one DescribeNetworkInterfaces takes.
+                .take(100)
+                .collect();
+            b.in_flight.extend(pending.iter().map(|(id, _)| *id));
+            pending
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = pending.iter().map(|(_, eni)| eni.clone()).collect();
+        let failed = self.delete_enis(&ids).await;
+        let mut b = self.books();
+        for (intent, eni) in &pending {
+            b.in_flight.remove(intent);
+            if failed.iter().any(|(f, _)| f == eni) {
+                continue;
+            }
+            if let Err(e) = b.store.done(*intent) {
+                tracing::error!(%eni, error = %e, "cannot record a deleted ENI as done; the next start repeats it");
+            }
+        }
+        drop(b);
+        for (eni, e) in failed {
+            berth_daemon::limited!(warn, "retire", %eni, error = %format!("{e:#}"), "cannot delete a released ENI yet; will retry");
+        }
     }
 
     /// The node's network capacity, for the scheduler.
@@ -919,7 +1033,8 @@ impl<C: Cloud> EniPool<C> {
             allocated_ips: b.ledger.allocations().filter(|r| r.mode == PodMode::Shared).count() as u32,
             idle_ips: b.ledger.ready_idle() as u32,
             eni_slots: limits.max_secondary_enis(),
-            eni_slots_used: b.ledger.eni_slots_used() as u32,
+            // A warm exclusive ENI is a slot an ADD can have: it is given or deleted to make room.
+            eni_slots_used: (b.ledger.eni_slots_used() - b.ledger.warm(EniPhase::WarmExclusive)) as u32,
             member_slots: self.settings.member_eni_quota,
             members_used: b.ledger.allocations().filter(|r| r.mode == PodMode::Trunk).count() as u32,
             cannot_grow: b.inhibit_until.is_some_and(|t| Instant::now() < t),
@@ -946,7 +1061,7 @@ pub struct SlotCounts {
     pub max_ips: u32,
     pub allocated_ips: u32,
     pub idle_ips: u32,
-    /// Secondary ENI slots, and those taken (pool ENIs, pods' own, the trunk).
+    /// Secondary ENI slots, and those taken (pool ENIs, pods' own, the trunk; warm ones count as free).
     pub eni_slots: u32,
     pub eni_slots_used: u32,
     /// Member ENIs the trunk may carry (0 without trunk mode), and those pods hold.
@@ -964,4 +1079,36 @@ pub struct PoolStatus {
     pub idle: u32,
     pub allocated: u32,
     pub max: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_cloud::error::ApiError;
+    use berth_cloud::error::code;
+
+    use super::*;
+
+    fn api(code: &str, http_status: u16) -> CloudError {
+        CloudError::Api(ApiError { action: "CreateNetworkInterface".into(), code: code.into(), message: "refused".into(), request_id: "r-1".into(), http_status })
+    }
+
+    #[test]
+    fn a_pods_eni_refusal_answers_by_cause() {
+        let refusal = |e: &CloudError| pod_eni_refusal("cannot create the pod's ENI", "check BERTH_VSWITCH_ID", e);
+        // Limits: try again later, naming the limit (CNI 11).
+        match refusal(&api(code::MEMBER_ENI_LIMIT, 403)) {
+            AllocError::Exhausted(m) => assert!(m.contains("member ENIs") && m.contains(code::MEMBER_ENI_LIMIT), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match refusal(&api(code::ENI_PER_INSTANCE_LIMIT, 403)) {
+            AllocError::Exhausted(m) => assert!(m.contains("as many ENIs as its type allows"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Passing conditions of the cloud: try again (CNI 11), no configuration hint.
+        assert!(matches!(refusal(&api("Throttling.User", 400)), AllocError::Refused(m) if !m.contains("BERTH_VSWITCH_ID")));
+        assert!(matches!(refusal(&api("InternalError", 500)), AllocError::Refused(_)));
+        assert!(matches!(refusal(&CloudError::Timeout { what: "ENI eni-1 to become InUse".into(), waited: Duration::from_secs(5) }), AllocError::Refused(_)));
+        // A request the cloud calls wrong: the configuration (CNI 7), with what to check.
+        assert!(matches!(refusal(&api(code::INVALID_VSWITCH_ID, 404)), AllocError::Invalid(m) if m.contains("check BERTH_VSWITCH_ID")));
+    }
 }

@@ -13,6 +13,7 @@ use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
 use berth_cloud::{Cloud, wait};
 
 use super::exclusive::{PodEniRequest, pod_eni};
+use super::warm::PodEniKind;
 use super::{AllocError, Allocated, EniPool, now_unix_ns};
 use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Nic, PodMode, PodRef, PoolEni, VlanRef};
 use crate::store::{Event, Intent};
@@ -67,6 +68,7 @@ impl<C: Cloud> EniPool<C> {
             nic: Some(nic),
             ips: Default::default(),
             vlan: None,
+            security_groups: Vec::new(),
             ips6: Default::default(),
             gateway6: None,
         });
@@ -118,31 +120,28 @@ impl<C: Cloud> EniPool<C> {
                 )));
             }
         }
-        if let Some(warm) = self.take_warm(&key, &netns, &pod, &request, EniPhase::WarmMember)? {
+        let Some(trunk) = self.books().ledger.trunk().cloned() else {
+            return Err(AllocError::Refused("the node's trunk ENI is not ready yet (see the agent's log); try again".into()));
+        };
+        let deadline = started + self.settings.allocate_timeout;
+        if let Some(warm) = self.obtain_pod_eni(&key, &netns, &pod, &request, PodEniKind::Member, deadline).await? {
             self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
             return Ok(warm);
         }
-        let trunk = {
-            let b = self.books();
-            let quota = self.settings.member_eni_quota;
-            let Some(trunk) = b.ledger.trunk().cloned() else {
-                return Err(AllocError::Refused("the node's trunk ENI is not ready yet (see the agent's log); try again".into()));
-            };
-            let used = b.ledger.member_enis() as u32;
-            if used >= quota {
-                return Err(AllocError::Exhausted(format!("all {quota} member ENI slots of this {}'s trunk are taken", self.identity.instance_type)));
-            }
-            trunk
-        };
-        let (eni, intent) = self.create_pod_eni("berth-m", request, format!("{MEMBER_PREFIX}{key}"), "the pod's member ENI").await?;
-        let placed = self.place_member(&key, netns, pod, &eni, &trunk).await;
-        self.settle_pod_eni(&eni.id, intent, placed, started).await
+        let placed = async {
+            let (eni, intent) = self.create_pod_eni("berth-m", request, format!("{MEMBER_PREFIX}{key}"), "the pod's member ENI").await?;
+            let placed = self.place_member(&key, netns, pod, &eni, &trunk).await;
+            self.settle_pod_eni(&eni.id, intent, placed, started).await
+        }
+        .await;
+        self.unreserve(PodEniKind::Member);
+        placed
     }
 
     /// Binds the pod's new member ENI to the trunk and records the allocation.
     async fn place_member(&self, key: &AllocationKey, netns: String, pod: PodRef, eni: &NetworkInterface, trunk: &PoolEni) -> Result<Allocated, AllocError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| AllocError::Refused(format!("{what} for {}: {e}", eni.id));
-        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, Some(&trunk.id)).await.map_err(|e| super::pod_eni_refusal(&format!("cannot bind member ENI {} to the trunk (is its vSwitch in the node's zone and VPC?)", eni.id), &e))?;
+        self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, Some(&trunk.id)).await.map_err(|e| super::pod_eni_refusal(&format!("cannot bind member ENI {} to the trunk", eni.id), "is its vSwitch in the node's zone and VPC?", &e))?;
         let bound = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the member ENI did not bind", &e))?;
         let member = self.member_eni(&bound, trunk).map_err(|e| fail("no addressing", &e))?;
         let created_ns = now_unix_ns();
@@ -179,6 +178,7 @@ impl<C: Cloud> EniPool<C> {
             nic: None::<Nic>,
             ips: Default::default(),
             vlan: None,
+            security_groups: Vec::new(),
             ips6: Default::default(),
             gateway6: None,
         });

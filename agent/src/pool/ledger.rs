@@ -121,6 +121,9 @@ pub struct PoolEni {
     pub ips: BTreeSet<Ipv4Addr>,
     /// For a member ENI: its trunk and VLAN ID.
     pub vlan: Option<VlanRef>,
+    /// A pod's own ENI: its security groups, sorted (with the vSwitch, what decides which pod may
+    /// take it when it is warm). Empty for the pool's ENIs and the trunk.
+    pub security_groups: Vec<String>,
     /// IPv6 addresses the cloud has assigned to the ENI (dual-stack), and the vSwitch's IPv6
     /// gateway (link-local) with its prefix length.
     pub ips6: BTreeSet<Ipv6Addr>,
@@ -222,12 +225,15 @@ impl Ledger {
 
     /// ENI slots the shared pool cannot use: pods' exclusive ENIs and the trunk.
     pub fn enis_outside_pool(&self) -> usize {
-        self.enis.values().filter(|e| e.phase.outside_pool()).count()
+        // A pod's exclusive ENI on its way back to the cloud holds its slot until detached.
+        let draining_own = |e: &PoolEni| e.phase == EniPhase::Draining && !e.security_groups.is_empty() && e.vlan.is_none();
+        self.enis.values().filter(|e| e.phase.outside_pool() || draining_own(e)).count()
     }
 
-    /// Secondary ENI slots taken (members do not take one; draining ENIs are on their way out).
+    /// Secondary ENI slots taken: members take none; a draining ENI holds its slot until the cloud
+    /// has detached it, as the cloud counts it.
     pub fn eni_slots_used(&self) -> usize {
-        self.enis.values().filter(|e| !matches!(e.phase, EniPhase::Draining | EniPhase::Member | EniPhase::WarmMember)).count()
+        self.enis.values().filter(|e| e.vlan.is_none() && !matches!(e.phase, EniPhase::Member | EniPhase::WarmMember)).count()
     }
 
     /// Member ENIs bound to the trunk (draining ones included: the cloud counts them until deleted).
@@ -235,14 +241,26 @@ impl Ledger {
         self.enis.values().filter(|e| e.vlan.is_some()).count()
     }
 
+    /// Pods' own ENIs (those with security groups of their own) on their way back to the cloud, of
+    /// the kind of `warm` (exclusive or member).
+    pub fn draining_pod_enis(&self, warm: EniPhase) -> usize {
+        let member = warm == EniPhase::WarmMember;
+        self.enis.values().filter(|e| e.phase == EniPhase::Draining && e.vlan.is_some() == member && !e.security_groups.is_empty()).count()
+    }
+
     /// How many ENIs wait in a warm phase.
     pub fn warm(&self, phase: EniPhase) -> usize {
         self.enis.values().filter(|e| e.phase == phase).count()
     }
 
-    /// Takes a warm ENI for a pod: it leaves the warm phase for `to`.
-    pub fn take_warm(&mut self, warm: EniPhase, to: EniPhase) -> Option<PoolEni> {
-        let e = self.enis.values_mut().find(|e| e.phase == warm)?;
+    /// A warm ENI of phase `warm` made with this vSwitch and these security groups (sorted).
+    pub fn fitting_warm(&self, warm: EniPhase, vswitch_id: &str, groups: &[String]) -> Option<&PoolEni> {
+        self.enis.values().find(|e| e.phase == warm && e.vswitch_id == vswitch_id && e.security_groups == groups)
+    }
+
+    /// Gives the warm ENI `id` to a pod: it leaves its warm phase for `to`.
+    pub fn take_warm(&mut self, id: &str, to: EniPhase) -> Option<PoolEni> {
+        let e = self.enis.get_mut(id).filter(|e| matches!(e.phase, EniPhase::WarmExclusive | EniPhase::WarmMember))?;
         e.phase = to;
         Some(e.clone())
     }
@@ -340,6 +358,7 @@ mod tests {
             nic: Some(Nic { name: "eth1".into(), index: 3, route_table: 1003 }),
             ips: ips.iter().map(|o| Ipv4Addr::from(*o)).collect(),
             vlan: None,
+            security_groups: Vec::new(),
             ips6: Default::default(),
             gateway6: None,
         }
@@ -411,5 +430,24 @@ mod tests {
         assert_eq!((l.eni_slots_used(), l.enis_outside_pool(), l.member_enis()), (2, 1, 1));
         assert_eq!(l.trunk().map(|e| e.id.as_str()), Some("eni-t"));
         assert_eq!(l.choose().map(|(e, _, _)| e.id.as_str()), Some("eni-a"));
+    }
+
+    #[test]
+    fn a_warm_eni_serves_only_a_pod_of_its_vswitch_and_groups_and_a_draining_one_holds_its_slot() {
+        let mut l = Ledger::default();
+        let mut warm = eni("eni-w", &[], EniPhase::WarmExclusive);
+        warm.security_groups = vec!["sg-a".into(), "sg-b".into()];
+        l.insert_eni(warm);
+        let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(l.fitting_warm(EniPhase::WarmExclusive, "vsw-1", &groups(&["sg-a"])).is_none(), "other groups");
+        assert!(l.fitting_warm(EniPhase::WarmExclusive, "vsw-2", &groups(&["sg-a", "sg-b"])).is_none(), "another vSwitch");
+        assert!(l.fitting_warm(EniPhase::WarmMember, "vsw-1", &groups(&["sg-a", "sg-b"])).is_none(), "another kind");
+        let id = l.fitting_warm(EniPhase::WarmExclusive, "vsw-1", &groups(&["sg-a", "sg-b"])).map(|e| e.id.clone()).unwrap();
+        assert_eq!(l.take_warm(&id, EniPhase::Exclusive).map(|e| e.phase), Some(EniPhase::Exclusive));
+        assert!(l.take_warm(&id, EniPhase::Exclusive).is_none(), "taken once");
+        assert_eq!((l.eni_slots_used(), l.enis_outside_pool()), (1, 1));
+        // Released and on its way back to the cloud: still attached, its slot still taken.
+        l.eni_mut(&id).unwrap().phase = EniPhase::Draining;
+        assert_eq!((l.eni_slots_used(), l.enis_outside_pool(), l.draining_pod_enis(EniPhase::WarmExclusive), l.draining_pod_enis(EniPhase::WarmMember)), (1, 1, 1, 0));
     }
 }

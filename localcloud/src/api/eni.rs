@@ -221,6 +221,26 @@ pub fn delete(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
     changed(super::request_id(ctx), vec![])
 }
 
+/// ModifyNetworkInterfaceAttribute: the ENI's security groups (`SecurityGroupId.N`, all of its
+/// VPC) replaced in place, attached or not, and its description set; what is not sent stays.
+pub fn modify_attribute(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    let e = eni(state, p.req("NetworkInterfaceId")?)?.clone();
+    let groups = p.list("SecurityGroupId");
+    for g in &groups {
+        if vpc::security_group(state, g)?.vpc_id != e.vpc_id {
+            return Err(ApiFailure::forbidden(code::VPC_MISMATCH, format!("Security group {g} is not in the VPC {} of network interface {}.", e.vpc_id, e.id)));
+        }
+    }
+    let e = state.enis.get_mut(&e.id).expect("looked up above");
+    if !groups.is_empty() {
+        e.security_group_ids = groups;
+    }
+    if let Some(d) = p.opt("Description") {
+        e.description = d.to_string();
+    }
+    changed(super::request_id(ctx), vec![])
+}
+
 pub fn describe(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
     let ids = p.list("NetworkInterfaceId");
     let (inst, vsw, vpc_id, kind, status) = (p.opt("InstanceId"), p.opt("VSwitchId"), p.opt("VpcId"), p.opt("Type"), p.opt("Status"));

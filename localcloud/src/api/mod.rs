@@ -126,6 +126,7 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
         "AttachNetworkInterface" => eni::attach(state, ctx, p),
         "DetachNetworkInterface" => eni::detach(state, ctx, p),
         "DeleteNetworkInterface" => eni::delete(state, ctx, p),
+        "ModifyNetworkInterfaceAttribute" => eni::modify_attribute(state, ctx, p),
         "DescribeNetworkInterfaces" => eni::describe(state, ctx, p),
         "AssignPrivateIpAddresses" => eni::assign_private_ips(state, ctx, p),
         "UnassignPrivateIpAddresses" => eni::unassign_private_ips(state, ctx, p),
@@ -154,13 +155,13 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
 
 /// Every action [`dispatch`] serves. The metrics label calls with these names only, so a caller
 /// cannot grow the label set with made-up actions.
-pub const ACTIONS: [&str; 40] = [
+pub const ACTIONS: [&str; 41] = [
     "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "DeleteSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
     "RevokeSecurityGroup", "RevokeSecurityGroupEgress", "DescribeSecurityGroupAttribute", "DescribeSecurityGroups", "DescribeInstanceTypes", "RunInstances",
     "DeleteInstances", "DeleteInstance", "DescribeInstances", "CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface",
     "DeleteNetworkInterface", "DescribeNetworkInterfaces", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses",
     "UnassignIpv6Addresses", "CreateDisk", "AttachDisk", "DetachDisk", "DeleteDisk", "ResizeDisk", "DescribeDisks", "CreateFileSystem",
-    "CreateMountTarget", "DescribeFileSystems", "DeleteFileSystem", "ModifyDiskSpec", "CreateSnapshot", "DescribeSnapshots", "DeleteSnapshot",
+    "CreateMountTarget", "DescribeFileSystems", "DeleteFileSystem", "ModifyDiskSpec", "CreateSnapshot", "DescribeSnapshots", "DeleteSnapshot", "ModifyNetworkInterfaceAttribute",
 ];
 
 /// The name an action is counted under: itself if this service serves it, else `unknown`.
