@@ -37,11 +37,14 @@ pub struct RunnerConfig {
     pub netns_prefix: String,
     /// The node's CSI driver socket the runner asks for pods' volumes; empty: pods with volumes fail.
     pub csi_socket: PathBuf,
+    /// The cgroup v2 directory under which each pod gets a cgroup of its own (its CPU measured
+    /// there, what it leaves killed with it); empty: `berth-pods` of the cgroup v2 mount.
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        RunnerConfig { enabled: false, cni_path: "/opt/cni/bin:/usr/lib/cni".into(), netns_prefix: "berth-pod".into(), csi_socket: "/run/berth/csi.sock".into() }
+        RunnerConfig { enabled: false, cni_path: "/opt/cni/bin:/usr/lib/cni".into(), netns_prefix: "berth-pod".into(), csi_socket: "/run/berth/csi.sock".into(), cgroup_root: PathBuf::new() }
     }
 }
 
@@ -304,6 +307,10 @@ impl AgentConfig {
         let csi = &self.runner.csi_socket;
         if !(csi.as_os_str().is_empty() || csi.is_absolute()) {
             return invalid("runner.csi_socket", csi.display().to_string(), "an absolute path such as /run/berth/csi.sock (the CSI driver's socket), or empty for no volumes");
+        }
+        let cg = &self.runner.cgroup_root;
+        if !cg.as_os_str().is_empty() && !cg.is_absolute() {
+            return invalid("runner.cgroup_root", cg.display().to_string(), "an absolute path inside the cgroup v2 mount such as /sys/fs/cgroup/berth-pods, or empty for that default");
         }
         let prefix = &self.runner.netns_prefix;
         if prefix.is_empty() || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {

@@ -89,6 +89,9 @@ struct Args {
     /// The CSI driver's socket for pods' volumes; "" for none.
     #[arg(long, env = "BERTH_RUNNER_CSI_SOCKET")]
     runner_csi_socket: Option<PathBuf>,
+    /// The cgroup v2 directory each pod's cgroup goes under; "" for `berth-pods` of the mount.
+    #[arg(long, env = "BERTH_RUNNER_CGROUP_ROOT")]
+    runner_cgroup_root: Option<PathBuf>,
     #[arg(long, env = "BERTH_DISK_ATTACH_TIMEOUT_SECS")]
     disk_attach_timeout_secs: Option<u64>,
     /// Where the `berth` plugin appends a JSON line per command ("" for none).
@@ -135,6 +138,7 @@ impl Args {
         set!(c.runner.cni_path, self.runner_cni_path);
         set!(c.runner.netns_prefix, self.runner_netns_prefix);
         set!(c.runner.csi_socket, self.runner_csi_socket);
+        set!(c.runner.cgroup_root, self.runner_cgroup_root);
         set!(c.disks.attach_timeout_secs, self.disk_attach_timeout_secs);
     }
 }
@@ -146,11 +150,22 @@ const KEPT_CAPABILITIES: [Capability; 3] = [Capability::CAP_NET_ADMIN, Capabilit
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let log_json = args.log_json;
+    let cfg = match load_config(args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("berth-agent: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // Made before the capabilities go: the top of a cgroup v2 mount is writable only with
+    // CAP_DAC_OVERRIDE, which the agent does not keep; the pods' cgroups are made under it later.
+    let pod_cgroups = cfg.runner.enabled.then(|| pod_cgroup_root(&cfg));
     // Two workers: the agent's work is small and mostly waiting on the cloud.
-    berth_daemon::start("berth-agent", args.log_json, &KEPT_CAPABILITIES, 2, || run(args))
+    berth_daemon::start("berth-agent", log_json, &KEPT_CAPABILITIES, 2, || run(cfg, pod_cgroups))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+fn load_config(args: Args) -> anyhow::Result<AgentConfig> {
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(config::DEFAULT_PATH), false),
@@ -158,6 +173,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::load(&path, explicit)?;
     args.apply(&mut cfg);
     cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The directory each pod's cgroup goes under (`runner.cgroup_root`, or `berth-pods` of the
+/// cgroup v2 mount), made now; why not, when it cannot be.
+fn pod_cgroup_root(cfg: &AgentConfig) -> Result<PathBuf, String> {
+    let root = match cfg.runner.cgroup_root.as_os_str().is_empty() {
+        false => cfg.runner.cgroup_root.clone(),
+        true => berth_nodenet::cgroup::cgroup2_mount().ok_or("no cgroup v2 mount on this node")?.join("berth-pods"),
+    };
+    std::fs::create_dir_all(&root).map_err(|e| format!("cannot make {}: {e}", root.display()))?;
+    Ok(root)
+}
+
+async fn run(cfg: AgentConfig, pod_cgroups: Option<Result<PathBuf, String>>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
 
     let credentials = Source::from_settings(cfg.cloud.credentials_source, &cfg.cloud.credentials_file, &cfg.cloud.metadata_url, &cfg.cloud.ram_role)?;
@@ -304,11 +334,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 node_name: pool.identity().instance_id.clone(),
                 state_dir: cfg.paths.state_dir.join("runner"),
                 csi_socket: Some(cfg.runner.csi_socket.clone()).filter(|p| !p.as_os_str().is_empty()),
+                cgroup_root: match pod_cgroups {
+                    Some(Ok(root)) => Some(root),
+                    Some(Err(why)) => {
+                        tracing::warn!(reason = %why, "pods run without cgroups of their own: no CPU measured, what a pod leaves behind is not killed with it");
+                        None
+                    }
+                    None => None,
+                },
             })?)),
         };
         if let Some(r) = &runner {
             let r = Arc::downgrade(r);
-            let _ = metrics.pod_namespaces.set(Box::new(move || r.upgrade().map(|r| r.pod_namespaces()).unwrap_or_default()));
+            let _ = metrics.pod_namespaces.set(Box::new(move || r.upgrade().map(|r| r.pod_rows()).unwrap_or_default()));
         }
         tokio::spawn(berth_agent::report::run(pool.clone(), disks.clone(), itype.clone(), settings, runner));
     }

@@ -12,16 +12,23 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
-/// (pod key, namespace name) of every pod with a network.
-pub type PodNamespaces = Box<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
+/// Every pod with a network, as the pod runner holds it.
+pub type PodNamespaces = Box<dyn Fn() -> Vec<PodRow> + Send + Sync>;
+
+/// One pod of the runner: its key, namespace name and last usage sample.
+pub struct PodRow {
+    pub key: String,
+    pub netns: String,
+    pub sample: Option<crate::runner::usage::Sample>,
+}
 
 pub struct Metrics {
     registry: Registry,
     /// The node's namespace ("" for the agent's own), where the pod interface filter's drop
     /// counters are read at each scrape.
     pub node_netns: std::sync::OnceLock<String>,
-    /// The pods with a network and their namespaces (the pod runner's), where each pod's
-    /// NetworkPolicy drop counters are read at each scrape.
+    /// The pods with a network (the pod runner's): each one's NetworkPolicy drop counters are
+    /// read in its namespace at each scrape, its usage totals come from its last sample.
     pub pod_namespaces: std::sync::OnceLock<PodNamespaces>,
     pub idle_ips: Gauge,
     pub allocated_ips: Gauge,
@@ -86,19 +93,21 @@ impl Metrics {
             insert_family(&mut out, &family);
         }
         if let Some(pods) = self.pod_namespaces.get() {
+            let pods = pods();
             let mut family = String::from("# HELP berth_agent_policy_denied_packets Packets a pod's NetworkPolicy dropped, by pod and direction (pods no policy selects are left out).\n# TYPE berth_agent_policy_denied_packets counter\n");
-            for (pod, netns) in pods() {
-                match crate::netpol::denied_packets(&netns) {
+            for p in &pods {
+                match crate::netpol::denied_packets(&p.netns) {
                     Ok(Some((ingress, egress))) => {
                         for (direction, n) in [("ingress", ingress), ("egress", egress)] {
-                            family += &format!("berth_agent_policy_denied_packets_total{{pod=\"{}\",direction=\"{direction}\"}} {n}\n", label_value(&pod));
+                            family += &format!("berth_agent_policy_denied_packets_total{{pod=\"{}\",direction=\"{direction}\"}} {n}\n", label_value(&p.key));
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::debug!(pod = %pod, error = %e, "cannot read the pod's NetworkPolicy drop counters"),
+                    Err(e) => tracing::debug!(pod = %p.key, error = %e, "cannot read the pod's NetworkPolicy drop counters"),
                 }
             }
             insert_family(&mut out, &family);
+            insert_family(&mut out, &usage_families(&pods));
         }
         out
     }
@@ -114,6 +123,27 @@ impl Metrics {
         };
         read.map_err(|e| tracing::debug!(error = %e, "cannot read the pod filter's drop counters")).ok()
     }
+}
+
+/// Each pod's CPU and traffic totals at its last sample (taken at each report to the scheduler).
+fn usage_families(pods: &[PodRow]) -> String {
+    let mut cpu = String::from("# HELP berth_agent_pod_cpu_seconds CPU time the pod's processes used (its cgroup), at the last sample.\n# TYPE berth_agent_pod_cpu_seconds counter\n");
+    let mut bytes = String::from("# HELP berth_agent_pod_network_bytes Bytes through the pod's interface by direction (receive: into the pod), at the last sample.\n# TYPE berth_agent_pod_network_bytes counter\n");
+    let mut packets = String::from("# HELP berth_agent_pod_network_packets Packets through the pod's interface by direction (receive: into the pod), at the last sample.\n# TYPE berth_agent_pod_network_packets counter\n");
+    for p in pods {
+        let Some(s) = &p.sample else { continue };
+        let pod = label_value(&p.key);
+        if let Some(used) = s.cpu {
+            cpu += &format!("berth_agent_pod_cpu_seconds_total{{pod=\"{pod}\"}} {}\n", used.as_secs_f64());
+        }
+        if let Some(t) = s.traffic {
+            for (direction, b, n) in [("receive", t.rx_bytes, t.rx_packets), ("transmit", t.tx_bytes, t.tx_packets)] {
+                bytes += &format!("berth_agent_pod_network_bytes_total{{pod=\"{pod}\",direction=\"{direction}\"}} {b}\n");
+                packets += &format!("berth_agent_pod_network_packets_total{{pod=\"{pod}\",direction=\"{direction}\"}} {n}\n");
+            }
+        }
+    }
+    cpu + &bytes + &packets
 }
 
 /// Puts a family written by hand before the exposition's end marker.

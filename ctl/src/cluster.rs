@@ -94,6 +94,11 @@ impl ClusterPaths {
     pub fn pod_netns_prefix(&self, instance_id: &str) -> String {
         format!("{}-pod-{instance_id}", self.netns_prefix)
     }
+    /// The cgroup v2 directory the cluster's pods' cgroups go under, one directory per instance;
+    /// `None` without cgroup v2.
+    pub fn pod_cgroups(&self) -> Option<PathBuf> {
+        berth_nodenet::cgroup::cgroup2_mount().map(|m| m.join(format!("{}-pods", self.netns_prefix)))
+    }
     /// The local cloud's OSS directory of a bucket.
     pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.state_dir.join("oss").join(bucket)

@@ -21,6 +21,7 @@ use std::os::fd::BorrowedFd;
 
 mod addr;
 pub mod bpf;
+pub mod cgroup;
 mod error;
 mod fake;
 mod link;

@@ -20,6 +20,9 @@ pub struct AgentProcess {
     child: Option<Child>,
     /// How long the last start took until the CNI config appeared.
     pub last_ready: Duration,
+    /// The cgroup the runner's pod cgroups go under (its own, removed with it); `None` without
+    /// cgroup v2.
+    pub pod_cgroups: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -59,10 +62,14 @@ impl AgentProcess {
             "--metrics-listen".into(),
             metrics_addr.clone(),
         ];
+        let pod_cgroups = test_cgroup_root(dir.path());
+        if let Some(root) = &pod_cgroups {
+            args.extend(["--runner-cgroup-root".to_string(), root.display().to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         std::fs::write(dir.path().join("agent.toml"), "").unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut a = AgentProcess { dir, instance_id: instance_id.into(), netns, metrics_addr, args, env, child: None, last_ready: Duration::ZERO };
+        let mut a = AgentProcess { dir, instance_id: instance_id.into(), netns, metrics_addr, args, env, child: None, last_ready: Duration::ZERO, pod_cgroups };
         a.spawn();
         a
     }
@@ -139,7 +146,19 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(root) = &self.pod_cgroups
+            && let Err(e) = berth_nodenet::cgroup::Cgroup::at(root).remove()
+        {
+            eprintln!("{e}");
+        }
     }
+}
+
+/// A cgroup directory of a test's own for an agent's (or a guest image's) pod cgroups, named
+/// after `dir` (a unique temporary directory): `<cgroup2 mount>/berth-test-<dir name>`.
+pub fn test_cgroup_root(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    berth_nodenet::cgroup::cgroup2_mount().map(|m| m.join(format!("berth-test-{name}")))
 }
 
 /// A gRPC channel over a unix socket.

@@ -46,6 +46,10 @@ fn agent_defaults(image_dir: &Path) -> Vec<(&'static str, String)> {
         // The pod runner's volumes go through the node's own CSI driver.
         ("--runner-csi-socket", "{dir}/csi.sock".into()),
     ]
+    .into_iter()
+    // The pods' cgroups under the image's own, removed with it.
+    .chain(crate::agent::test_cgroup_root(image_dir).map(|root| ("--runner-cgroup-root", root.join("{instance_id}").display().to_string())))
+    .collect()
 }
 
 fn csi_defaults(image_dir: &Path) -> Vec<(&'static str, String)> {
@@ -78,6 +82,16 @@ fn argv(program: &Path, defaults: Vec<(&'static str, String)>, extra: &[&str]) -
 
 fn toml_list(items: &[String]) -> String {
     format!("[{}]", items.iter().map(|s| serde_json::to_string(s).expect("a string")).collect::<Vec<_>>().join(", "))
+}
+
+impl Drop for NodeImage {
+    fn drop(&mut self) {
+        if let Some(root) = crate::agent::test_cgroup_root(self.dir.path())
+            && let Err(e) = berth_nodenet::cgroup::Cgroup::at(root).remove()
+        {
+            eprintln!("{e}");
+        }
+    }
 }
 
 impl NodeImage {

@@ -300,3 +300,55 @@ async fn a_pod_whose_volume_cannot_be_set_up_waits_with_its_reason_and_starts_on
     delete(&mut client, "waits").await;
     n.wait_nothing_left("the pod's removal left something").await;
 }
+
+/// What a pod uses is measured on its node: its CPU from a cgroup of its own (what it forks
+/// included), its traffic on its interface; both in the agent's metrics. Removing the pod kills
+/// what it left running outside its process group and removes its cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_cpu_and_traffic_are_measured_and_its_cgroup_goes_with_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces, cgroups)");
+        return;
+    }
+    let n = RunnerNode::start("10.89.0.0/16", "10.89.1.0/24").await;
+    let mut client = n.client().await;
+    // A session of its own escapes the pod's process group, not its cgroup.
+    let spec = pod("busy", vec![], "setsid sleep 300 & echo $! > escaped; while :; do :; done");
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    let running = wait_pod(&mut client, "busy", Duration::from_secs(60), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    let netns = runner_netns(&n.prefix);
+    assert_eq!(netns.len(), 1, "{netns:?}");
+    let dir = n.runner_dir().join("pods").join(&netns[0]);
+    eventually("the escaped process's pid", Duration::from_secs(20), || std::fs::read_to_string(dir.join("escaped")).is_ok_and(|s| s.ends_with('\n')));
+    let escaped: i32 = std::fs::read_to_string(dir.join("escaped")).unwrap().trim().parse().unwrap();
+    // Its cgroup v2 path, as the kernel says, is the pod's under the agent's root.
+    let member = std::fs::read_to_string(format!("/proc/{escaped}/cgroup")).unwrap();
+    let relative = member.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line").to_string();
+    let mount = berth_nodenet::cgroup::cgroup2_mount().expect("a cgroup2 mount");
+    let cgroup = mount.join(relative.trim_start_matches('/'));
+    assert_eq!(cgroup, n.agent.pod_cgroups.clone().expect("the agent's pod cgroups").join(&netns[0]), "the escaped process is in the pod's cgroup");
+    assert!(cgroup.is_dir(), "{}", cgroup.display());
+
+    // Traffic into the pod from its node.
+    let ping = std::process::Command::new("ip").args(["netns", "exec"]).arg(n.agent.netns.file_name().unwrap()).args(["ping", "-c", "5", "-i", "0.2", "-s", "1000", &running.pod_ip]).output().unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    let value = |metrics: &str, series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok());
+    let started = Instant::now();
+    loop {
+        let m = n.agent.metrics().await;
+        let cpu = value(&m, "berth_agent_pod_cpu_seconds_total{pod=\"default/busy\"}").unwrap_or(0.0);
+        let rx = value(&m, "berth_agent_pod_network_bytes_total{pod=\"default/busy\",direction=\"receive\"}").unwrap_or(0.0);
+        let tx = value(&m, "berth_agent_pod_network_packets_total{pod=\"default/busy\",direction=\"transmit\"}").unwrap_or(0.0);
+        // A core's busy loop for a few seconds; five 1 KB pings in, five replies out.
+        if cpu >= 1.0 && rx >= 5000.0 && tx >= 5.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "cpu {cpu} s, {rx} bytes in, {tx} packets out after 30 s:\n{}", m.lines().filter(|l| l.contains("pod_")).collect::<Vec<_>>().join("\n"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    delete(&mut client, "busy").await;
+    n.wait_nothing_left("the busy pod's removal left something").await;
+    eventually("the escaped process's end", Duration::from_secs(10), || !Path::new(&format!("/proc/{escaped}/stat")).exists() || std::fs::read_to_string(format!("/proc/{escaped}/stat")).is_ok_and(|s| s.contains(") Z ")));
+    assert!(!cgroup.exists(), "{} is removed with the pod", cgroup.display());
+}

@@ -27,9 +27,10 @@
 //! a Kubernetes node kubelet does this.
 
 pub mod record;
+pub mod usage;
 pub mod volumes;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +64,8 @@ pub struct RunnerSettings {
     pub state_dir: PathBuf,
     /// The node's CSI driver (None: pods with volumes fail).
     pub csi_socket: Option<PathBuf>,
+    /// Where each pod's cgroup goes (None: no cgroups, no CPU measured).
+    pub cgroup_root: Option<PathBuf>,
 }
 
 struct RunningPod {
@@ -92,6 +95,8 @@ pub struct PodRunner {
     pods: Mutex<BTreeMap<String, RunningPod>>,
     /// NetworkPolicy as the scheduler last sent it, enforced in each pod's namespace.
     policy: Mutex<crate::netpol::PolicyHeld>,
+    /// Each running pod's last usage sample.
+    usage: Mutex<HashMap<String, usage::Sample>>,
 }
 
 /// What a pod waiting for its volumes reports: the reason and when it is tried next.
@@ -264,7 +269,7 @@ impl PodRunner {
             };
             pods.insert(rec.key.clone(), RunningPod { spec, rec, child: None, stale, leftovers: String::new() });
         }
-        Ok(PodRunner { settings, store, handle: tokio::runtime::Handle::current(), pods: Mutex::new(pods), policy: Mutex::default() })
+        Ok(PodRunner { settings, store, handle: tokio::runtime::Handle::current(), pods: Mutex::new(pods), policy: Mutex::default(), usage: Mutex::default() })
     }
 
     fn pods(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningPod>> {
@@ -439,7 +444,24 @@ impl PodRunner {
             let logs = self.settings.state_dir.join("logs");
             std::fs::create_dir_all(&logs)?;
             let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(format!("{}.log", pod.rec.netns)))?;
-            let child = Command::new("nsenter")
+            // Its cgroup, entered before nsenter runs: all the pod forks is in it.
+            let cgroup = self.cgroup(&pod.rec.netns).map(|cg| cg.create().map_err(|e| (cg, e)));
+            let procs = match cgroup {
+                Some(Ok(fd)) => Some(fd),
+                Some(Err((cg, e))) => {
+                    berth_daemon::limited!(warn, "pod-cgroup", pod = %pod.rec.key, cgroup = %cg.path.display(), error = %e, "cannot make the pod's cgroup; it runs without (no CPU measured)");
+                    None
+                }
+                None => None,
+            };
+            let mut command = Command::new("nsenter");
+            if let Some(fd) = procs {
+                // SAFETY: the closure only writes to an open descriptor (async-signal-safe).
+                unsafe {
+                    command.pre_exec(move || berth_nodenet::cgroup::Cgroup::enter(&fd));
+                }
+            }
+            let child = command
                 .arg(format!("--net={netns}"))
                 .arg("--")
                 .args(&pod.spec.command)
@@ -634,6 +656,13 @@ impl PodRunner {
     fn teardown(&self, pod: &mut RunningPod, delete_ephemeral: bool) -> Vec<String> {
         let mut left = Vec::new();
         self.stop_command(pod);
+        // What the command left behind (a daemon it started in another group) goes with it.
+        if let Some(cg) = self.cgroup(&pod.rec.netns)
+            && let Err(e) = cg.remove()
+        {
+            left.push(e);
+        }
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).remove(&pod.rec.key);
         if pod.rec.network || berth_nodenet::Netns::open_named(&pod.rec.netns).is_ok() {
             self.undo_network(&mut pod.rec);
         }
@@ -693,14 +722,28 @@ impl PodRunner {
         }
     }
 
+    fn cgroup(&self, netns: &str) -> Option<berth_nodenet::cgroup::Cgroup> {
+        self.settings.cgroup_root.as_deref().map(|root| berth_nodenet::cgroup::Cgroup::at(root.join(netns)))
+    }
+
+    /// Samples a running pod and returns its rates since the previous sample.
+    fn measure(&self, key: &str, netns: &str) -> Option<pb::PodUsage> {
+        let now = usage::Sample { at: Instant::now(), cpu: self.cgroup(netns).and_then(|cg| cg.cpu_used()), traffic: usage::pod_traffic(netns) };
+        let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let rates = all.get(key).and_then(|before| usage::usage(before, &now));
+        all.insert(key.to_string(), now);
+        rates
+    }
+
     fn is_selected(&self, key: &str) -> bool {
         self.policy.lock().unwrap_or_else(|p| p.into_inner()).selections.contains_key(key)
     }
 
-    /// The pods with a network, and their namespace names: where the metrics read each pod's
-    /// NetworkPolicy drop counters.
-    pub fn pod_namespaces(&self) -> Vec<(String, String)> {
-        self.pods().values().filter(|p| p.rec.network).map(|p| (p.rec.key.clone(), p.rec.netns.clone())).collect()
+    /// The pods with a network, their namespace names and last usage samples, for the metrics.
+    pub fn pod_rows(&self) -> Vec<crate::metrics::PodRow> {
+        let rows: Vec<(String, String)> = self.pods().values().filter(|p| p.rec.network).map(|p| (p.rec.key.clone(), p.rec.netns.clone())).collect();
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        rows.into_iter().map(|(key, netns)| crate::metrics::PodRow { sample: usage.get(&key).copied(), key, netns }).collect()
     }
 
     fn enforce(&self, key: &str, netns: &str) -> Result<(), String> {
@@ -762,7 +805,8 @@ impl PodRunner {
                     (RecordState::Ended { message, .. }, _) | (RecordState::Failed { message }, _) => (pb::PodPhase::Failed, message.clone()),
                 };
                 let pod_ips = p.rec.cni_result.as_ref().and_then(|r| r["ips"].as_array()).map(|ips| ips.iter().filter_map(|i| i["address"].as_str()).map(|a| a.split('/').next().unwrap_or_default().to_string()).collect()).unwrap_or_default();
-                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler_client::bounded_message(&message), pod_ips };
+                let usage = (phase == pb::PodPhase::Running && p.rec.network).then(|| self.measure(&p.rec.key, &p.rec.netns)).flatten();
+                let report = pb::PodReport { namespace: p.spec.namespace.clone(), name: p.spec.name.clone(), phase: phase as i32, pod_ip: p.rec.ip.clone(), message: berth_scheduler_client::bounded_message(&message), pod_ips, usage };
                 ReportedPod { report, cpu_millicores: p.spec.cpu_millicores, memory_bytes: p.spec.memory_bytes }
             })
             .collect()

@@ -68,6 +68,10 @@ impl Down {
                 bail!("berth-localcloud down failed ({status}); the state in {} is kept so that you can retry", paths.state_dir.display());
             }
         }
+        // The pods' cgroups, empty once their guests stopped.
+        if let Some(root) = paths.pod_cgroups() {
+            berth_nodenet::cgroup::Cgroup::at(root).remove().map_err(|e| anyhow::anyhow!(e))?;
+        }
         cluster::remove_if_exists(&paths.state_dir)?;
         for file in [paths.pid_file(), paths.log_file(), paths.scheduler_pid_file(), paths.scheduler_log_file(), paths.scheduler_config(), paths.image_dir()].into_iter().chain(crate::ha::run_files(paths)) {
             cluster::remove_if_exists(&file)?;

@@ -98,6 +98,7 @@ pub fn node_image(paths: &ClusterPaths, bin: &Path) -> String {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(paths.pod_cgroups().into_iter().flat_map(|root| ["--runner-cgroup-root".to_string(), root.join("{instance_id}").display().to_string()]))
     .collect();
     let csi: Vec<String> = [
         b("berth-csi").as_str(),
