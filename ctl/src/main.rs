@@ -49,6 +49,8 @@ enum Command {
     Inspect(commands::inspect::Inspect),
     /// Cloud disk snapshots: create DISK [--name N], list [--disk DISK], delete SNAPSHOT.
     Snapshot(commands::snapshot::SnapshotCmd),
+    /// What running pods use, measured on their nodes (CPU, traffic): top pods | top nodes.
+    Top(commands::top::Top),
     /// Show the local cloud's VPCs, vSwitches, instances and ENIs.
     Status(commands::status::Status),
     /// Put the binaries, the CNI plugin, the systemd units and example configs in place (idempotent).
@@ -72,6 +74,7 @@ async fn main() {
         Command::Uninstall(c) => c.exec().await,
         Command::Nodes(c) => c.exec(cli.output).await,
         Command::Snapshot(c) => c.exec(cli.output).await,
+        Command::Top(c) => c.exec(cli.output).await,
         Command::Node(c) => c.exec(cli.output).await,
         Command::Pools(c) => c.exec(cli.output).await,
     };

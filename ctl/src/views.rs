@@ -236,7 +236,7 @@ mod tests {
             volumes: vec![pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/data".into(), read_only: true, parameters: HashMap::new() }],
             ..Default::default()
         };
-        let st = pb::PodStatus { spec: Some(spec), phase: pb::PodPhase::Running as i32, node: "i-1".into(), pod_ip: "10.0.0.7".into(), message: String::new() };
+        let st = pb::PodStatus { spec: Some(spec), phase: pb::PodPhase::Running as i32, node: "i-1".into(), pod_ip: "10.0.0.7".into(), message: String::new(), usage: None };
         let enis = HashMap::from([("10.0.0.7".to_string(), "eni-9".to_string())]);
         let v = pod_view(&st, &enis);
         assert_eq!((v.phase, v.mode, v.eni.as_str(), v.volumes[0].as_str()), ("Running", "trunk", "eni-9", "data=disk:/data(ro)"));

@@ -150,7 +150,7 @@ async fn agent(i: usize, first: pb::NodeReport, channel: Channel, counts: Arc<Ag
                     let demand = demand_of(&spec);
                     used = used.saturating_add(&demand);
                     let n = running.len();
-                    let status = pb::PodReport { namespace: spec.namespace.clone(), name: spec.name.clone(), phase: pb::PodPhase::Running as i32, pod_ip: format!("10.{}.{}.{}", i / 256 % 256, i % 256, n % 250 + 2), message: String::new(), pod_ips: Vec::new() };
+                    let status = pb::PodReport { namespace: spec.namespace.clone(), name: spec.name.clone(), phase: pb::PodPhase::Running as i32, pod_ip: format!("10.{}.{}.{}", i / 256 % 256, i % 256, n % 250 + 2), message: String::new(), pod_ips: Vec::new(), usage: None };
                     running.insert(key, (status, demand));
                     counts.received.fetch_add(1, Ordering::Relaxed);
                 }

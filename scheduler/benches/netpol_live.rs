@@ -136,7 +136,7 @@ async fn agent(i: usize, first: pb::NodeReport, channel: Channel, seen: Arc<Seen
                         report_now = true;
                     }
                     seen.hosts.lock().unwrap().entry((spec.namespace.clone(), spec.labels.get("app").cloned().unwrap_or_default())).or_default().insert(i);
-                    running.push(pb::PodReport { namespace: spec.namespace, name: spec.name, phase: pb::PodPhase::Running as i32, pod_ip: ip.clone(), message: String::new(), pod_ips: vec![ip] });
+                    running.push(pb::PodReport { namespace: spec.namespace, name: spec.name, phase: pb::PodPhase::Running as i32, pod_ip: ip.clone(), message: String::new(), pod_ips: vec![ip], usage: None });
                     seen.running.fetch_add(1, Ordering::Relaxed);
                 }
                 if report_now {

@@ -37,6 +37,9 @@ pub struct PodRecord {
     tried_at_epoch: Option<u64>,
     /// Why no pool can add a node for it, while it waits (the autoscaler says so each round).
     pub unhelped: Option<String>,
+    /// What it used over its node's last measuring window (kept in memory only: the next report
+    /// brings a fresh one).
+    pub usage: Option<pb::PodUsage>,
 }
 
 impl PodRecord {
@@ -45,7 +48,7 @@ impl PodRecord {
             (Some(why), true) => format!("{}; {why}", self.message),
             _ => self.message.clone(),
         };
-        pb::PodStatus { spec: Some(self.spec.decode()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message }
+        pb::PodStatus { spec: Some(self.spec.decode()), phase: self.phase as i32, node: self.node.clone().unwrap_or_default(), pod_ip: self.pod_ip.clone(), message, usage: self.usage }
     }
 }
 
@@ -129,7 +132,7 @@ impl Cluster {
             let (req, spec) = (PodRequest::of(&decoded), EncodedSpec::of(&decoded));
             let phase = if stored.node.is_some() { pb::PodPhase::Bound } else { pb::PodPhase::Pending };
             let labels = Arc::new(decoded.labels.clone());
-            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None, unhelped: None });
+            self.pods.insert(key.clone(), PodRecord { spec, req, phase, node: stored.node.clone(), pod_ip: String::new(), pod_ips: Vec::new(), message: String::new(), labels, pending_since_ms: now_ms, order: stored.order, tried_at_epoch: None, unhelped: None, usage: None });
             match &stored.node {
                 Some(n) => self.awaiting_node.entry(n.clone()).or_default().push(key.clone()),
                 None => {
@@ -200,7 +203,7 @@ impl Cluster {
         let event = Event::Submitted { pod: key.clone(), spec: StoredSpec::of(&spec) };
         let req = PodRequest::of(&spec);
         let labels = Arc::new(spec.labels.clone());
-        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None, unhelped: None };
+        let rec = PodRecord { spec: EncodedSpec::of(&spec), req, phase: pb::PodPhase::Pending, node: None, pod_ip: String::new(), pod_ips: Vec::new(), message: "waiting for a node".into(), labels, pending_since_ms: now_ms, order, tried_at_epoch: None, unhelped: None, usage: None };
         self.changes.note(ChangeKind::Added, &rec);
         self.pods.insert(key.clone(), rec);
         self.pending.insert(order, key);
@@ -406,6 +409,8 @@ impl Cluster {
                         rec.pod_ips = ips;
                         self.changes.touched = true;
                     }
+                    // Not a change of status: watchers are not told, nothing is stored.
+                    rec.usage = if rec.phase == pb::PodPhase::Running { st.usage.or(rec.usage) } else { None };
                     if !st.message.is_empty() {
                         let message = crate::client::bounded_message(&st.message);
                         if rec.message != message {

@@ -347,6 +347,10 @@ async fn a_pods_cpu_and_traffic_are_measured_and_its_cgroup_goes_with_it() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // The node's report carries the rates to the scheduler, which serves them with the pod.
+    let measured = wait_pod(&mut client, "busy", Duration::from_secs(30), "its CPU at the scheduler", |s| s.usage.is_some_and(|u| u.cpu_millicores >= 300)).await;
+    assert!(measured.usage.unwrap().window_ms >= 500, "{:?}", measured.usage);
+
     delete(&mut client, "busy").await;
     n.wait_nothing_left("the busy pod's removal left something").await;
     eventually("the escaped process's end", Duration::from_secs(10), || !Path::new(&format!("/proc/{escaped}/stat")).exists() || std::fs::read_to_string(format!("/proc/{escaped}/stat")).is_ok_and(|s| s.contains(") Z ")));

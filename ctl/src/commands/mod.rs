@@ -7,4 +7,5 @@ pub mod podfile;
 pub mod policy;
 pub mod snapshot;
 pub mod status;
+pub mod top;
 pub mod up;
