@@ -37,6 +37,13 @@ pub fn cloud_status(e: CloudError) -> Status {
     }
 }
 
+/// The key of the publish context that tells the node a volume was published read-only.
+pub const READONLY_KEY: &str = "readonly";
+
+fn readonly_context(readonly: bool) -> HashMap<String, String> {
+    if readonly { HashMap::from([(READONLY_KEY.to_string(), "true".to_string())]) } else { HashMap::new() }
+}
+
 fn required(value: &str, what: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{what} is missing")));
@@ -538,6 +545,9 @@ impl csi::controller_server::Controller for ControllerService {
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
 
+    // ControllerPublish with `readonly` (PUBLISH_READONLY): a cloud disk is attached the same way
+    // (the service has no read-only attach), so the publish context tells the node, which then
+    // mounts every target of the volume read-only.
     async fn controller_publish_volume(&self, request: Request<csi::ControllerPublishVolumeRequest>) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let id = check_publish_volume(&req)?;
@@ -545,7 +555,7 @@ impl csi::controller_server::Controller for ControllerService {
             // NAS and OSS need no attach (the node mounts them), but the node and the volume must exist.
             self.0.agent_of(&req.node_id).await?;
             self.dir_volume_exists(&id)?;
-            return Ok(Response::new(csi::ControllerPublishVolumeResponse::default()));
+            return Ok(Response::new(csi::ControllerPublishVolumeResponse { publish_context: readonly_context(req.readonly) }));
         };
         if self.find_disk(disk_id).await?.is_none() {
             return Err(Status::not_found(format!("disk {disk_id} does not exist")));
@@ -553,7 +563,8 @@ impl csi::controller_server::Controller for ControllerService {
         let mut agent = self.0.agent_of(&req.node_id).await?;
         let _lock = self.0.lock("volume", &req.volume_id)?;
         let a = agent.attach_disk(agent::AttachDiskRequest { disk_id: disk_id.clone() }).await?.into_inner();
-        let publish_context = HashMap::from([("serial".to_string(), a.serial), ("device".to_string(), a.device_path)]);
+        let mut publish_context = HashMap::from([("serial".to_string(), a.serial), ("device".to_string(), a.device_path)]);
+        publish_context.extend(readonly_context(req.readonly));
         Ok(Response::new(csi::ControllerPublishVolumeResponse { publish_context }))
     }
 
@@ -633,6 +644,7 @@ impl csi::controller_server::Controller for ControllerService {
             cap(rpc::Type::GetVolume),
             cap(rpc::Type::VolumeCondition),
             cap(rpc::Type::ModifyVolume),
+            cap(rpc::Type::PublishReadonly),
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
     }
