@@ -44,6 +44,11 @@ fn readonly_context(readonly: bool) -> HashMap<String, String> {
     if readonly { HashMap::from([(READONLY_KEY.to_string(), "true".to_string())]) } else { HashMap::new() }
 }
 
+/// The Description of a disk cloned from `volume_id`: a repeated clone request is checked against it.
+fn clone_description(volume_id: &str) -> String {
+    format!("CSI clone of volume {volume_id}")
+}
+
 fn required(value: &str, what: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{what} is missing")));
@@ -280,6 +285,10 @@ impl ControllerService {
             Some(Source::Snapshot(SnapshotSource { snapshot_id })) => Some(snapshot_id.as_str()),
             _ => None,
         };
+        let wanted_clone = match content.as_ref().and_then(|c| c.r#type.as_ref()) {
+            Some(Source::Volume(VolumeSource { volume_id })) => Some(volume_id.as_str()),
+            _ => None,
+        };
         // The source is held for the while: a snapshot is not deleted under a restore (ABORTED).
         let _source_lock = match content.as_ref().and_then(|c| c.r#type.as_ref()) {
             Some(Source::Snapshot(SnapshotSource { snapshot_id })) => Some(self.0.lock("snapshot", snapshot_id)?),
@@ -300,6 +309,11 @@ impl ControllerService {
                 && d.source_snapshot_id.as_deref() != Some(sid)
             {
                 return Err(Status::already_exists(format!("volume {:?} exists as {}, not made from snapshot {sid}", req.name, d.id)));
+            }
+            if let Some(vid) = wanted_clone
+                && d.description != clone_description(vid)
+            {
+                return Err(Status::already_exists(format!("volume {:?} exists as {}, not a clone of volume {vid}", req.name, d.id)));
             }
             Ok(csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: content.clone(), accessible_topology: vec![topology(&d.zone_id)] })
         };
@@ -339,6 +353,8 @@ impl ControllerService {
                 performance_level: level.map(str::to_string),
                 size_gib: size as u64,
                 snapshot_id: source.as_ref().map(|s| s.snapshot_id.clone()),
+                // A clone says what it is a clone of: its snapshot is deleted once it is made.
+                description: wanted_clone.map(clone_description).unwrap_or_default(),
                 client_token: Some(client_token(&req.name, &generation)),
             };
             let id = cloud.create_disk(&create).await.map_err(cloud_status)?;

@@ -383,6 +383,7 @@ mod tests {
             device: None,
             system: false,
             source_snapshot_id: None,
+            description: String::new(),
         }
     }
 

@@ -430,8 +430,12 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     let zone_b = csi::Topology { segments: HashMap::from([("topology.berth.io/zone".to_string(), "local-1b".to_string())]) };
     elsewhere.accessibility_requirements = Some(csi::TopologyRequirement { requisite: vec![zone_b.clone()], preferred: vec![zone_b] });
     assert_eq!(code(ctl.create_volume(elsewhere).await), Code::InvalidArgument, "a clone stays in its source's zone");
-    let clone = ctl.create_volume(clone_req).await.unwrap().into_inner().volume.unwrap();
+    let clone = ctl.create_volume(clone_req.clone()).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(clone.accessible_topology[0].segments["topology.berth.io/zone"], "local-1a");
+    assert_eq!(ctl.create_volume(clone_req.clone()).await.unwrap().into_inner().volume.unwrap().volume_id, clone.volume_id, "a repeated clone is idempotent");
+    let mut other_source = clone_req.clone();
+    other_source.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource { volume_id: other.volume_id.clone() })) });
+    assert_eq!(code(ctl.create_volume(other_source).await), Code::AlreadyExists, "the name is a clone of another volume");
     mount_volume(&mut ctl, &mut ns, &me, &clone.volume_id, &rw, &at("st/clone"), &at("pod-c/clone")).await;
     assert_eq!(std::fs::read(at("pod-c/clone/after.txt")).unwrap(), b"written after the snapshot\n");
     assert_eq!(std::fs::read(at("pod-c/clone/before.txt")).unwrap(), b"changed after the snapshot\n");
