@@ -121,6 +121,8 @@ pub struct CreateDiskRequest {
     /// Creates the disk with this snapshot's data (`SnapshotId`); the size is then at least the
     /// snapshot's source disk size.
     pub snapshot_id: Option<String>,
+    /// `Description` (at most 256 characters).
+    pub description: String,
     pub client_token: Option<String>,
 }
 

@@ -674,6 +674,7 @@ impl Cloud for HttpCloud {
             .opt("PerformanceLevel", req.performance_level.as_deref())
             .set("Size", req.size_gib)
             .opt("SnapshotId", req.snapshot_id.as_deref())
+            .opt("Description", Some(req.description.as_str()).filter(|d| !d.is_empty()))
             .set("ClientToken", token(req.client_token.as_deref()));
         let r: wire::CreateDiskResponse = self.call("CreateDisk", p).await?;
         Ok(r.disk_id)

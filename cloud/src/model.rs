@@ -323,6 +323,9 @@ pub struct Disk {
     /// The snapshot the disk was created from, if any (`SourceSnapshotId`).
     #[serde(default)]
     pub source_snapshot_id: Option<String>,
+    /// `Description`, as given to CreateDisk.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// A snapshot's status as DescribeSnapshots reports it.

@@ -707,6 +707,8 @@ pub struct DiskItem {
     pub kind: String,
     #[serde(default)]
     pub source_snapshot_id: String,
+    #[serde(default)]
+    pub description: String,
 }
 
 impl DiskItem {
@@ -730,6 +732,7 @@ impl DiskItem {
             device: Some(self.device.clone()).filter(|s| !s.is_empty()),
             system: self.kind == "system",
             source_snapshot_id: Some(self.source_snapshot_id.clone()).filter(|s| !s.is_empty()),
+            description: self.description.clone(),
         })
     }
 
@@ -747,6 +750,7 @@ impl DiskItem {
             serial_number: d.serial.clone(),
             kind: if d.system { "system" } else { "data" }.to_string(),
             source_snapshot_id: d.source_snapshot_id.clone().unwrap_or_default(),
+            description: d.description.clone(),
         }
     }
 }
@@ -1051,6 +1055,7 @@ mod tests {
             serial_number: "1".into(),
             kind: kind.into(),
             source_snapshot_id: String::new(),
+            description: String::new(),
         };
         assert_eq!(item("ReIniting", "data").to_model().unwrap().status, model::DiskStatus::ReIniting);
         assert_eq!(item("Migrating", "data").to_model().unwrap().status, model::DiskStatus::Unknown);

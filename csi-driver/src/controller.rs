@@ -37,6 +37,18 @@ pub fn cloud_status(e: CloudError) -> Status {
     }
 }
 
+/// The key of the publish context that tells the node a volume was published read-only.
+pub const READONLY_KEY: &str = "readonly";
+
+fn readonly_context(readonly: bool) -> HashMap<String, String> {
+    if readonly { HashMap::from([(READONLY_KEY.to_string(), "true".to_string())]) } else { HashMap::new() }
+}
+
+/// The Description of a disk cloned from `volume_id`: a repeated clone request is checked against it.
+fn clone_description(volume_id: &str) -> String {
+    format!("CSI clone of volume {volume_id}")
+}
+
 fn required(value: &str, what: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{what} is missing")));
@@ -273,6 +285,10 @@ impl ControllerService {
             Some(Source::Snapshot(SnapshotSource { snapshot_id })) => Some(snapshot_id.as_str()),
             _ => None,
         };
+        let wanted_clone = match content.as_ref().and_then(|c| c.r#type.as_ref()) {
+            Some(Source::Volume(VolumeSource { volume_id })) => Some(volume_id.as_str()),
+            _ => None,
+        };
         // The source is held for the while: a snapshot is not deleted under a restore (ABORTED).
         let _source_lock = match content.as_ref().and_then(|c| c.r#type.as_ref()) {
             Some(Source::Snapshot(SnapshotSource { snapshot_id })) => Some(self.0.lock("snapshot", snapshot_id)?),
@@ -293,6 +309,11 @@ impl ControllerService {
                 && d.source_snapshot_id.as_deref() != Some(sid)
             {
                 return Err(Status::already_exists(format!("volume {:?} exists as {}, not made from snapshot {sid}", req.name, d.id)));
+            }
+            if let Some(vid) = wanted_clone
+                && d.description != clone_description(vid)
+            {
+                return Err(Status::already_exists(format!("volume {:?} exists as {}, not a clone of volume {vid}", req.name, d.id)));
             }
             Ok(csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: content.clone(), accessible_topology: vec![topology(&d.zone_id)] })
         };
@@ -332,6 +353,8 @@ impl ControllerService {
                 performance_level: level.map(str::to_string),
                 size_gib: size as u64,
                 snapshot_id: source.as_ref().map(|s| s.snapshot_id.clone()),
+                // A clone says what it is a clone of: its snapshot is deleted once it is made.
+                description: wanted_clone.map(clone_description).unwrap_or_default(),
                 client_token: Some(client_token(&req.name, &generation)),
             };
             let id = cloud.create_disk(&create).await.map_err(cloud_status)?;
@@ -538,6 +561,9 @@ impl csi::controller_server::Controller for ControllerService {
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
 
+    // ControllerPublish with `readonly` (PUBLISH_READONLY): a cloud disk is attached the same way
+    // (the service has no read-only attach), so the publish context tells the node, which then
+    // mounts every target of the volume read-only.
     async fn controller_publish_volume(&self, request: Request<csi::ControllerPublishVolumeRequest>) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let id = check_publish_volume(&req)?;
@@ -545,7 +571,7 @@ impl csi::controller_server::Controller for ControllerService {
             // NAS and OSS need no attach (the node mounts them), but the node and the volume must exist.
             self.0.agent_of(&req.node_id).await?;
             self.dir_volume_exists(&id)?;
-            return Ok(Response::new(csi::ControllerPublishVolumeResponse::default()));
+            return Ok(Response::new(csi::ControllerPublishVolumeResponse { publish_context: readonly_context(req.readonly) }));
         };
         if self.find_disk(disk_id).await?.is_none() {
             return Err(Status::not_found(format!("disk {disk_id} does not exist")));
@@ -553,7 +579,8 @@ impl csi::controller_server::Controller for ControllerService {
         let mut agent = self.0.agent_of(&req.node_id).await?;
         let _lock = self.0.lock("volume", &req.volume_id)?;
         let a = agent.attach_disk(agent::AttachDiskRequest { disk_id: disk_id.clone() }).await?.into_inner();
-        let publish_context = HashMap::from([("serial".to_string(), a.serial), ("device".to_string(), a.device_path)]);
+        let mut publish_context = HashMap::from([("serial".to_string(), a.serial), ("device".to_string(), a.device_path)]);
+        publish_context.extend(readonly_context(req.readonly));
         Ok(Response::new(csi::ControllerPublishVolumeResponse { publish_context }))
     }
 
@@ -633,6 +660,7 @@ impl csi::controller_server::Controller for ControllerService {
             cap(rpc::Type::GetVolume),
             cap(rpc::Type::VolumeCondition),
             cap(rpc::Type::ModifyVolume),
+            cap(rpc::Type::PublishReadonly),
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
     }

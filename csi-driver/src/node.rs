@@ -147,7 +147,9 @@ impl NodeService {
         if mounts::mounted_at(target).is_some() {
             return Ok(());
         }
-        let ro = req.readonly || reader_only(cap);
+        // Read-only when NodePublish says so, when the access mode allows no writer, or when the
+        // volume was published read-only by ControllerPublish (its context says so).
+        let ro = req.readonly || reader_only(cap) || req.publish_context.get(crate::controller::READONLY_KEY).is_some_and(|v| v == "true");
         match id {
             VolumeId::Disk { disk_id } if is_block(cap) => {
                 let device = disk_device(disk_id, &req.publish_context)?;

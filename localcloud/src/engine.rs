@@ -1,5 +1,11 @@
 //! The control plane: one lock around the state, every change persisted before it is answered,
-//! the planes converged after every change, and asynchronous transitions completed later.
+//! the planes converged after every change (before the change is answered), and asynchronous
+//! transitions completed later.
+//!
+//! The planes converge under a lock of their own, not the state's: a converge can take a while (a
+//! snapshot's or a restored disk's data copied where the file system cannot clone it), and calls
+//! that only read the state, or change it, do not wait for it. Converges run one at a time, each to
+//! the newest state, so the machine only moves forward.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -44,6 +50,8 @@ pub struct RoleSession {
 
 pub struct Engine {
     state: Mutex<State>,
+    /// Held while the planes converge; taken before the state's lock, never while holding it.
+    converging: Mutex<()>,
     state_file: PathBuf,
     pub region_id: String,
     pub zones: Vec<String>,
@@ -106,6 +114,7 @@ impl Engine {
         save(&state_file, &state)?;
         let engine = Arc::new(Engine {
             state: Mutex::new(state),
+            converging: Mutex::new(()),
             state_file,
             region_id: config.region_id,
             zones: config.zones,
@@ -120,21 +129,41 @@ impl Engine {
             entropy: uuid::Uuid::new_v4().simple().to_string(),
             calls: ApiCounters::default(),
         });
-        let state = lock(&engine.state);
-        engine.converge(&state);
-        drop(state);
+        engine.converge();
         Ok(engine)
     }
 
-    fn converge(&self, state: &State) {
+    /// Converges every plane to the newest state, outside the state's lock; then marks failed the
+    /// snapshots a plane could not copy.
+    fn converge(&self) {
+        let _converging = lock(&self.converging);
+        let state = lock(&self.state).clone();
         let mut errors = Vec::new();
+        let mut failed = Vec::new();
         for plane in &self.planes {
-            if let Err(e) = plane.converge(state) {
+            if let Err(e) = plane.converge(&state) {
                 tracing::error!(error = %e, "converging a plane failed");
                 errors.push(e.to_string());
             }
+            failed.extend(plane.failed_snapshots());
         }
         *lock(&self.last_converge_error) = if errors.is_empty() { None } else { Some(errors.join("; ")) };
+        if !failed.is_empty() {
+            let mut state = lock(&self.state);
+            let mut marked = false;
+            for id in &failed {
+                if let Some(s) = state.snapshots.get_mut(id)
+                    && s.status == berth_cloud::model::SnapshotStatus::Progressing
+                {
+                    tracing::error!(snapshot = %id, "the snapshot's data could not be copied: it is failed");
+                    s.status = berth_cloud::model::SnapshotStatus::Failed;
+                    marked = true;
+                }
+            }
+            if marked && let Err(e) = save(&self.state_file, &state) {
+                tracing::error!(error = %e, "persisting the state failed");
+            }
+        }
     }
 
     pub fn last_converge_error(&self) -> Option<String> {
@@ -204,9 +233,11 @@ impl Engine {
             if let Err(e) = save(&self.state_file, &state) {
                 return Err(ApiFailure::new(500, berth_cloud::error::code::INTERNAL_ERROR, format!("persisting the state failed: {e}")));
             }
-            self.converge(&state);
+            drop(state);
+            self.converge();
+        } else {
+            drop(state);
         }
-        drop(state);
         for p in outcome.pending {
             self.schedule(p);
         }
@@ -226,7 +257,8 @@ impl Engine {
                     if let Err(e) = save(&engine.state_file, &state) {
                         tracing::error!(error = %e, "persisting the state failed");
                     }
-                    engine.converge(&state);
+                    drop(state);
+                    engine.converge();
                 }
             })
             .await;
@@ -243,4 +275,63 @@ impl Engine {
 fn vpc_refresh(state: &mut State, engine: &Engine) {
     let ctx = engine.ctx();
     api::refresh_available(state, &ctx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volumes::VolumePlane;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_whose_copy_fails_becomes_failed_and_stays_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults { attach_delay_ms: 20, ..Faults::default() };
+        let config = EngineConfig {
+            state_dir: dir.path().to_path_buf(),
+            region_id: "cn-local".into(),
+            zones: vec!["local-1a".into()],
+            credentials: Credentials { access_key_id: "LTAItest".into(), access_key_secret: "s".into() },
+            planes: vec![Arc::new(VolumePlane::new(dir.path()))],
+            faults,
+            role: RoleConfig { name: "r".into(), lifetime_secs: 3600 },
+        };
+        let engine = Engine::open(config).unwrap();
+        let call = |action: &'static str, p: BTreeMap<String, String>| {
+            let engine = engine.clone();
+            async move { tokio::task::spawn_blocking(move || engine.call(action, &p)).await.unwrap() }
+        };
+        let (body, _) = call("CreateDisk", params(&[("ZoneId", "local-1a"), ("DiskCategory", "cloud_essd"), ("PerformanceLevel", "PL0"), ("Size", "1")])).await.unwrap();
+        let disk_id = body["DiskId"].as_str().unwrap().to_string();
+        // The disk's file made unreadable as a file: the snapshot's copy fails.
+        let file = dir.path().join("disks").join(format!("{disk_id}.img"));
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        let (body, _) = call("CreateSnapshot", params(&[("DiskId", &disk_id)])).await.unwrap();
+        let snapshot_id = body["SnapshotId"].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let snap = engine.snapshot().snapshots[&snapshot_id].clone();
+        assert_eq!(snap.status, berth_cloud::model::SnapshotStatus::Failed, "{snap:?}");
+        let (body, _) = call("DescribeSnapshots", params(&[("DiskId", &disk_id)])).await.unwrap();
+        assert_eq!(body["Snapshots"]["Snapshot"][0]["Status"], "failed", "{body}");
+        // A failed snapshot restores nothing.
+        let err = call("CreateDisk", params(&[("ZoneId", "local-1a"), ("DiskCategory", "cloud_essd"), ("PerformanceLevel", "PL0"), ("SnapshotId", &snapshot_id)])).await.unwrap_err();
+        assert!(format!("{err:?}").contains("NotReady"), "{err:?}");
+        // It stays failed after a restart too.
+        drop(engine);
+        let engine = Engine::open(EngineConfig {
+            state_dir: dir.path().to_path_buf(),
+            region_id: "cn-local".into(),
+            zones: vec!["local-1a".into()],
+            credentials: Credentials { access_key_id: "LTAItest".into(), access_key_secret: "s".into() },
+            planes: vec![Arc::new(VolumePlane::new(dir.path()))],
+            faults: Faults::default(),
+            role: RoleConfig { name: "r".into(), lifetime_secs: 3600 },
+        })
+        .unwrap();
+        assert_eq!(engine.snapshot().snapshots[&snapshot_id].status, berth_cloud::model::SnapshotStatus::Failed);
+    }
 }

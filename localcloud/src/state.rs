@@ -39,6 +39,11 @@ pub trait Plane: Send + Sync {
     fn teardown(&self) -> Result<(), PlaneError>;
     /// Adds what the plane tells `/metrics`, read at each scrape (blocking; kept cheap and bounded).
     fn report(&self, _into: &mut PlaneReport) {}
+    /// Snapshots whose data this plane failed to copy since it was last asked: the control plane
+    /// marks them `failed` (they never become `accomplished`).
+    fn failed_snapshots(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! The volume plane: a disk is a sparse file `<state>/disks/<disk-id>.img`, attached as a loop
 //! device with the link a VM shows for a virtio disk, `/dev/disk/by-id/virtio-<serial>`; a NAS file
-//! system is an exported directory `<state>/nas/<fs-id>/`. A snapshot is a sparse copy of its
-//! disk's file, `<state>/snapshots/<snapshot-id>.img`, taken when the snapshot is created (so it
-//! holds the data of that moment); a disk created from a snapshot starts as a sparse copy of it.
+//! system is an exported directory `<state>/nas/<fs-id>/`. A snapshot is a copy of its disk's
+//! file, `<state>/snapshots/<snapshot-id>.img`, taken when the snapshot is created (so it holds the
+//! data of that moment); a disk created from a snapshot starts as a copy of it. Both copies are
+//! clones (reflinks: shared extents, copied on write, no data moved) where the state directory's
+//! file system has them (XFS, btrfs), as a cloud's snapshot service shares blocks; elsewhere (ext4)
+//! only the data extents of the sparse file are copied.
 //!
 //! A node verifies a device is the disk it expects by the link's serial and by the loop device's
 //! backing file (`/sys/block/loopN/loop/backing_file` names `<disk-id>.img`).
@@ -11,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth_cloud::model::DiskStatus;
+use berth_cloud::model::{DiskStatus, SnapshotStatus};
 
 use crate::state::{Plane, PlaneError, State};
 
@@ -22,6 +25,8 @@ pub struct VolumePlane {
     disks_dir: PathBuf,
     nas_dir: PathBuf,
     snapshots_dir: PathBuf,
+    /// Snapshots whose copy failed, not yet told to the control plane (which marks them failed).
+    failed_snapshots: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// What the plane must do to make the machine match the state. Pure: computed from the state and
@@ -54,9 +59,10 @@ pub struct Observed {
 
 pub fn plan(state: &State, seen: &Observed) -> Vec<VolumeOp> {
     let mut ops = Vec::new();
-    // Snapshots first: a snapshot holds its disk's data as it was before anything below runs.
+    // Snapshots first: a snapshot holds its disk's data as it was before anything below runs. A
+    // failed snapshot is not tried again (the service does not either: it is deleted).
     for s in state.snapshots.values() {
-        if !seen.snapshots.contains(&s.id) && seen.files.contains_key(&s.source_disk_id) {
+        if s.status != SnapshotStatus::Failed && !seen.snapshots.contains(&s.id) && seen.files.contains_key(&s.source_disk_id) {
             ops.push(VolumeOp::TakeSnapshot { snapshot_id: s.id.clone(), disk_id: s.source_disk_id.clone() });
         }
     }
@@ -116,7 +122,12 @@ fn run(cmd: &mut Command) -> Result<String, PlaneError> {
 
 impl VolumePlane {
     pub fn new(state_dir: &Path) -> VolumePlane {
-        VolumePlane { disks_dir: state_dir.join("disks"), nas_dir: state_dir.join("nas"), snapshots_dir: state_dir.join("snapshots") }
+        VolumePlane {
+            disks_dir: state_dir.join("disks"),
+            nas_dir: state_dir.join("nas"),
+            snapshots_dir: state_dir.join("snapshots"),
+            failed_snapshots: std::sync::Mutex::new(BTreeSet::new()),
+        }
     }
 
     pub fn snapshot_file(&self, snapshot_id: &str) -> PathBuf {
@@ -183,11 +194,15 @@ impl VolumePlane {
         match op {
             VolumeOp::CreateFile { disk_id, size, from_snapshot: Some(snapshot_id) } => {
                 let path = self.disk_file(disk_id);
-                copy_sparse(&self.snapshot_file(snapshot_id), &path, Some(*size)).map_err(|e| fail(format!("restoring {snapshot_id} to {}", path.display()), e))
+                clone_or_copy(&self.snapshot_file(snapshot_id), &path, Some(*size)).map_err(|e| fail(format!("restoring {snapshot_id} to {}", path.display()), e))
             }
             VolumeOp::TakeSnapshot { snapshot_id, disk_id } => {
                 let path = self.snapshot_file(snapshot_id);
-                copy_sparse(&self.disk_file(disk_id), &path, None).map_err(|e| fail(format!("snapshot of {disk_id} to {}", path.display()), e))
+                let taken = clone_or_copy(&self.disk_file(disk_id), &path, None).map_err(|e| fail(format!("snapshot of {disk_id} to {}", path.display()), e));
+                if taken.is_err() {
+                    self.failed_snapshots.lock().unwrap_or_else(|e| e.into_inner()).insert(snapshot_id.clone());
+                }
+                taken
             }
             VolumeOp::DeleteSnapshotFile { snapshot_id } => {
                 let path = self.snapshot_file(snapshot_id);
@@ -235,6 +250,46 @@ impl VolumePlane {
             }
         }
     }
+}
+
+/// Makes `to` a copy of `from` (extended to `len`): a clone sharing `from`'s extents where the file
+/// system can (FICLONE: no data is moved, blocks are copied when either file writes them), else
+/// [`copy_sparse`]. Through a temporary file either way, so `to` is whole or absent.
+pub fn clone_or_copy(from: &Path, to: &Path, len: Option<u64>) -> std::io::Result<()> {
+    let done = match try_clone(from, to, len) {
+        Ok(true) => Ok(()),
+        Ok(false) => copy_sparse(from, to, len),
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        let _ = std::fs::remove_file(to.with_extension("part"));
+    }
+    done
+}
+
+/// The clone of [`clone_or_copy`]; `Ok(false)` where the file system has no clones (or not between
+/// these two files), having left nothing behind.
+fn try_clone(from: &Path, to: &Path, len: Option<u64>) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let src = std::fs::File::open(from)?;
+    let tmp = to.with_extension("part");
+    let dst = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
+    // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are open.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        drop(dst);
+        let _ = std::fs::remove_file(&tmp);
+        return match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::EINVAL | libc::ENOSYS) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    if let Some(len) = len.filter(|l| *l > src.metadata().map(|m| m.len()).unwrap_or(0)) {
+        dst.set_len(len)?;
+    }
+    dst.sync_all()?;
+    std::fs::rename(&tmp, to)?;
+    Ok(true)
 }
 
 /// Copies `from` to `to` (through a temporary file, so `to` is whole or absent) copying only the
@@ -289,6 +344,10 @@ impl Plane for VolumePlane {
         if errors.is_empty() { Ok(()) } else { Err(fail("converge", errors.join("; "))) }
     }
 
+    fn failed_snapshots(&self) -> Vec<String> {
+        std::mem::take(&mut *self.failed_snapshots.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect()
+    }
+
     fn teardown(&self) -> Result<(), PlaneError> {
         if !self.disks_dir.exists() {
             return Ok(());
@@ -324,6 +383,7 @@ mod tests {
             device: None,
             system: false,
             source_snapshot_id: None,
+            description: String::new(),
         }
     }
 
@@ -402,6 +462,47 @@ mod tests {
         assert_eq!(&bytes[(64 << 20) - 3..64 << 20], b"end");
         assert!(bytes[..32 << 20].iter().all(|b| *b == 0));
         assert!(std::fs::metadata(&b).unwrap().blocks() * 512 < 1 << 20, "the holes were not written");
+        assert!(!b.with_extension("part").exists());
+    }
+
+    #[test]
+    fn a_snapshot_whose_copy_fails_is_told_once_and_not_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let plane = VolumePlane::new(dir.path());
+        let mut state = State::default();
+        state.disks.insert("d-a".into(), disk("d-a", DiskStatus::Available, 1));
+        let mut snap = berth_cloud::model::Snapshot {
+            id: "s-1".into(), name: String::new(), source_disk_id: "d-a".into(), source_disk_size_gib: 1,
+            status: SnapshotStatus::Progressing, progress_percent: 0, creation_time: String::new(),
+        };
+        state.snapshots.insert("s-1".into(), snap.clone());
+        // A disk "file" that cannot be read as one.
+        std::fs::create_dir_all(dir.path().join("disks").join("d-a.img")).unwrap();
+        assert!(plane.converge(&state).is_err());
+        assert_eq!(plane.failed_snapshots(), vec!["s-1".to_string()]);
+        assert!(plane.failed_snapshots().is_empty(), "told once");
+        assert!(!plane.snapshot_file("s-1").exists() && !plane.snapshot_file("s-1").with_extension("part").exists(), "nothing half-made is left");
+        snap.status = SnapshotStatus::Failed;
+        state.snapshots.insert("s-1".into(), snap);
+        let mut seen = Observed::default();
+        seen.files.insert("d-a".into(), GIB);
+        assert!(plan(&state, &seen).is_empty(), "a failed snapshot is not taken again");
+    }
+
+    #[test]
+    fn a_clone_or_copy_holds_the_data_whichever_the_file_system_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        let mut data = vec![0u8; 3 << 20];
+        data[1 << 20..(1 << 20) + 5].copy_from_slice(b"hello");
+        std::fs::write(&a, &data).unwrap();
+        clone_or_copy(&a, &b, Some(8 << 20)).unwrap();
+        let got = std::fs::read(&b).unwrap();
+        assert_eq!(got.len(), 8 << 20);
+        assert_eq!(&got[..3 << 20], &data[..]);
+        // Writing the copy leaves the original as it was (a clone is copied on write).
+        std::fs::write(&b, b"changed").unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), data);
         assert!(!b.with_extension("part").exists());
     }
 

@@ -4,6 +4,11 @@
 //! then a disk restored from the snapshot is mounted and read (CreateVolume from the snapshot to
 //! the first byte read in the pod's mount), beside a fresh disk of the same size made and written.
 //!
+//! It runs twice: with the local cloud's state directory on the system's temporary directory (on
+//! ext4 the plane copies the data extents of the sparse files), then on an XFS file system (made
+//! in a loop-mounted file, with reflinks: the plane clones the files, as a cloud's snapshot
+//! service shares blocks), unless `mkfs.xfs` is missing. `BERTH_BENCH_FS=tmp` or `xfs` runs one.
+//!
 //! `cargo build --release --workspace --bins && cargo bench -p berth-tests --bench snapshots`
 
 use std::collections::HashMap;
@@ -67,9 +72,54 @@ async fn unmount_and_delete(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &
     ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: volume.into(), ..Default::default() }).await.unwrap();
 }
 
+/// An XFS file system with reflinks in a loop-mounted sparse file, unmounted when dropped.
+struct Xfs {
+    _dir: tempfile::TempDir,
+    mount: std::path::PathBuf,
+}
+
+impl Xfs {
+    fn make() -> Option<Xfs> {
+        let dir = tempfile::Builder::new().prefix("berth-bench-xfs-").tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image).unwrap().set_len(64 * GIB as u64).unwrap();
+        let ok = |c: &mut std::process::Command| c.status().is_ok_and(|s| s.success());
+        if !ok(std::process::Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&image)) {
+            return None;
+        }
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        assert!(ok(std::process::Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount)), "mounting the XFS image");
+        Some(Xfs { _dir: dir, mount })
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mount).status();
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let cluster = CsiCluster::start(1, "10.99.0.0/16", "10.99.1.0/24").await;
+    let only = std::env::var("BERTH_BENCH_FS").unwrap_or_default();
+    if only.is_empty() || only == "tmp" {
+        println!("== the state directory on {} ==", std::env::temp_dir().display());
+        run(berth_tests::LocalCloudOptions::default()).await;
+    }
+    if only.is_empty() || only == "xfs" {
+        match Xfs::make() {
+            Some(xfs) => {
+                println!("== the state directory on XFS with reflinks ==");
+                run(berth_tests::LocalCloudOptions { parent_dir: Some(xfs.mount.clone()), ..Default::default() }).await;
+            }
+            None => println!("== no XFS run: mkfs.xfs failed or is missing =="),
+        }
+    }
+}
+
+async fn run(options: berth_tests::LocalCloudOptions) {
+    let cluster = CsiCluster::start_with(options, 1, "10.99.0.0/16", "10.99.1.0/24").await;
     let pods = tempfile::Builder::new().prefix("berth-bench-pods-").tempdir().unwrap();
     let _mounts = MountGuard(pods.path().to_path_buf());
     let node = &cluster.nodes[0];

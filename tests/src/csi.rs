@@ -214,7 +214,11 @@ pub struct CsiCluster {
 
 impl CsiCluster {
     pub async fn start(n: usize, vpc_cidr: &str, vswitch_cidr: &str) -> CsiCluster {
-        let lc = LocalCloud::start(crate::LocalCloudOptions::default());
+        Self::start_with(crate::LocalCloudOptions::default(), n, vpc_cidr, vswitch_cidr).await
+    }
+
+    pub async fn start_with(options: crate::LocalCloudOptions, n: usize, vpc_cidr: &str, vswitch_cidr: &str) -> CsiCluster {
+        let lc = LocalCloud::start(options);
         let cloud = lc.client();
         let net = crate::SampleNet::create(&cloud, vpc_cidr, vswitch_cidr).await;
         let agents_dir = tempfile::Builder::new().prefix("berth-agents-").tempdir().expect("tempdir");

@@ -55,6 +55,9 @@ pub struct LocalCloudOptions {
     /// Serve VPC and NAS on listeners of their own (`--vpc-listen`, `--nas-listen`), as the
     /// real products' endpoints are apart: the main endpoint then serves ECS only.
     pub products_apart: bool,
+    /// Where the local cloud's directory (its state, so its disk files) is made: the system's
+    /// temporary directory if `None`.
+    pub parent_dir: Option<PathBuf>,
 }
 
 /// A running `berth-localcloud serve`.
@@ -72,7 +75,12 @@ pub struct LocalCloud {
 
 impl LocalCloud {
     pub fn start(options: LocalCloudOptions) -> LocalCloud {
-        let dir = tempfile::Builder::new().prefix("berth-lc-").tempdir().expect("tempdir");
+        let builder = tempfile::Builder::new().prefix("berth-lc-").clone();
+        let dir = match &options.parent_dir {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .expect("tempdir");
         let credentials = Credentials { access_key_id: "LTAItest".into(), access_key_secret: unique("secret") };
         let creds_path = dir.path().join("credentials.json");
         std::fs::write(&creds_path, serde_json::json!({

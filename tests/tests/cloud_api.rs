@@ -202,9 +202,12 @@ async fn every_resource_survives_a_kill_and_restart() {
     let eni = attached_eni(&cloud, &net, &a).await;
     cloud.assign_private_ips(&eni, &Addresses::Count(2), None).await.unwrap();
     let disk = cloud
-        .create_disk(&berth_cloud::api::CreateDiskRequest { zone_id: "local-1a".into(), name: "data".into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 20, snapshot_id: None, client_token: None })
+        .create_disk(&berth_cloud::api::CreateDiskRequest { zone_id: "local-1a".into(), name: "data".into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 20, snapshot_id: None, description: "kept across restarts".into(), client_token: None })
         .await
         .unwrap();
+    let bad = berth_cloud::api::CreateDiskRequest { zone_id: "local-1a".into(), name: "bad".into(), category: "cloud_essd".into(), size_gib: 20, description: "https://x".into(), ..Default::default() };
+    assert!(cloud.create_disk(&bad).await.unwrap_err().is_code("InvalidParameter"), "a Description may not start with https://");
+    assert_eq!(cloud.describe_disks(&DiskFilter { ids: vec![disk.clone()], ..Default::default() }).await.unwrap()[0].description, "kept across restarts");
 
     let before = (
         cloud.describe_vpcs(None).await.unwrap(),

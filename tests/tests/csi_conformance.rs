@@ -56,7 +56,7 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_eq!(caps.len(), 3, "controller service, accessibility constraints, online expansion: {caps:?}");
     assert_eq!(identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
     let ctl_caps = ctl.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
-    assert_eq!(ctl_caps.len(), 11, "create/delete, publish/unpublish, expand, snapshots, list snapshots, clone, list volumes and their nodes, get volume, condition, modify: {ctl_caps:?}");
+    assert_eq!(ctl_caps.len(), 12, "create/delete, publish/unpublish, expand, snapshots, list snapshots, clone, list volumes and their nodes, get volume, condition, modify, publish read-only: {ctl_caps:?}");
     let node_caps = ns.node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
     assert_eq!(node_caps.len(), 4, "stage, stats, expand, condition: {node_caps:?}");
     let ni = ns.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap().into_inner();
@@ -430,8 +430,12 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     let zone_b = csi::Topology { segments: HashMap::from([("topology.berth.io/zone".to_string(), "local-1b".to_string())]) };
     elsewhere.accessibility_requirements = Some(csi::TopologyRequirement { requisite: vec![zone_b.clone()], preferred: vec![zone_b] });
     assert_eq!(code(ctl.create_volume(elsewhere).await), Code::InvalidArgument, "a clone stays in its source's zone");
-    let clone = ctl.create_volume(clone_req).await.unwrap().into_inner().volume.unwrap();
+    let clone = ctl.create_volume(clone_req.clone()).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(clone.accessible_topology[0].segments["topology.berth.io/zone"], "local-1a");
+    assert_eq!(ctl.create_volume(clone_req.clone()).await.unwrap().into_inner().volume.unwrap().volume_id, clone.volume_id, "a repeated clone is idempotent");
+    let mut other_source = clone_req.clone();
+    other_source.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource { volume_id: other.volume_id.clone() })) });
+    assert_eq!(code(ctl.create_volume(other_source).await), Code::AlreadyExists, "the name is a clone of another volume");
     mount_volume(&mut ctl, &mut ns, &me, &clone.volume_id, &rw, &at("st/clone"), &at("pod-c/clone")).await;
     assert_eq!(std::fs::read(at("pod-c/clone/after.txt")).unwrap(), b"written after the snapshot\n");
     assert_eq!(std::fs::read(at("pod-c/clone/before.txt")).unwrap(), b"changed after the snapshot\n");
@@ -510,4 +514,98 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.unwrap();
     assert_eq!(code(ctl.controller_publish_volume(publish(&me)).await), Code::NotFound, "a deleted NAS volume");
     ctl.create_volume(nas(2)).await.expect("the name is free again once deleted");
+}
+
+/// Writing `path` fails with EROFS (the mount is read-only), and nothing is left behind.
+fn assert_read_only(path: &Path) {
+    let e = std::fs::write(path, b"x").expect_err("a write in a read-only mount must fail");
+    assert_eq!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem, "{}: {e}", path.display());
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn read_only_publishes_are_enforced_for_disks_and_nas() {
+    if !is_root() {
+        eprintln!("skipped: needs root (loop devices, mounts, namespaces)");
+        return;
+    }
+    let cluster = CsiCluster::start(1, "10.76.0.0/16", "10.76.1.0/24").await;
+    let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().unwrap();
+    let _mounts = MountGuard(pods.path().to_path_buf());
+    let node = &cluster.nodes[0];
+    let me = node.instance_id.clone();
+    let (mut ctl, mut ns) = (node.driver.controller().await, node.driver.node().await);
+    let rw = mount_cap("ext4", Mode::SingleNodeWriter);
+    let at = |p: &str| pods.path().join(p);
+    let ctl_caps = ctl.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
+    let publish_readonly = csi::controller_service_capability::rpc::Type::PublishReadonly as i32;
+    assert!(
+        ctl_caps.iter().any(|c| matches!(&c.r#type, Some(csi::controller_service_capability::Type::Rpc(r)) if r.r#type == publish_readonly)),
+        "PUBLISH_READONLY is advertised: {ctl_caps:?}"
+    );
+    let publish_req = |volume: &str, cap: &csi::VolumeCapability, readonly: bool| csi::ControllerPublishVolumeRequest {
+        volume_id: volume.into(),
+        node_id: me.clone(),
+        volume_capability: Some(cap.clone()),
+        readonly,
+        ..Default::default()
+    };
+    let node_publish = |volume: &str, ctx: &HashMap<String, String>, cap: &csi::VolumeCapability, staging: &Path, target: &Path, readonly: bool| csi::NodePublishVolumeRequest {
+        volume_id: volume.into(),
+        publish_context: ctx.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap.clone()),
+        readonly,
+        ..Default::default()
+    };
+
+    // A disk with data on it.
+    let v = ctl.create_volume(create("pvc-ro", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    mount_volume(&mut ctl, &mut ns, &me, &v.volume_id, &rw, &at("st/w"), &at("w")).await;
+    write_synced(&at("w/data.txt"), b"data\n");
+    unmount_volume(&mut ctl, &mut ns, &me, &v.volume_id, &at("st/w"), &at("w")).await;
+
+    // ControllerPublish readonly: every target on the node is read-only, whatever NodePublish says.
+    let ctx = ctl.controller_publish_volume(publish_req(&v.volume_id, &rw, true)).await.unwrap().into_inner().publish_context;
+    assert_eq!(ctx.get("readonly").map(String::as_str), Some("true"), "{ctx:?}");
+    let stage = csi::NodeStageVolumeRequest { volume_id: v.volume_id.clone(), publish_context: ctx.clone(), staging_target_path: at("st/r").display().to_string(), volume_capability: Some(rw.clone()), ..Default::default() };
+    ns.node_stage_volume(stage).await.unwrap();
+    ns.node_publish_volume(node_publish(&v.volume_id, &ctx, &rw, &at("st/r"), &at("r1"), false)).await.unwrap();
+    assert_eq!(std::fs::read(at("r1/data.txt")).unwrap(), b"data\n", "readable");
+    assert_read_only(&at("r1/new.txt"));
+    ns.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: v.volume_id.clone(), target_path: at("r1").display().to_string() }).await.unwrap();
+    ns.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: v.volume_id.clone(), staging_target_path: at("st/r").display().to_string() }).await.unwrap();
+    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: v.volume_id.clone(), node_id: me.clone(), ..Default::default() }).await.unwrap();
+
+    // Published writable: NodePublish readonly makes that target read-only, and only that one.
+    let ctx = ctl.controller_publish_volume(publish_req(&v.volume_id, &rw, false)).await.unwrap().into_inner().publish_context;
+    assert!(!ctx.contains_key("readonly"), "{ctx:?}");
+    let stage = csi::NodeStageVolumeRequest { volume_id: v.volume_id.clone(), publish_context: ctx.clone(), staging_target_path: at("st/m").display().to_string(), volume_capability: Some(rw.clone()), ..Default::default() };
+    ns.node_stage_volume(stage).await.unwrap();
+    ns.node_publish_volume(node_publish(&v.volume_id, &ctx, &rw, &at("st/m"), &at("m-ro"), true)).await.unwrap();
+    ns.node_publish_volume(node_publish(&v.volume_id, &ctx, &rw, &at("st/m"), &at("m-rw"), false)).await.unwrap();
+    assert_read_only(&at("m-ro/new.txt"));
+    write_synced(&at("m-rw/new.txt"), b"written\n");
+    assert_eq!(std::fs::read(at("m-ro/new.txt")).unwrap(), b"written\n", "the read-only target sees the same file system");
+    for t in ["m-ro", "m-rw"] {
+        ns.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: v.volume_id.clone(), target_path: at(t).display().to_string() }).await.unwrap();
+    }
+    ns.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: v.volume_id.clone(), staging_target_path: at("st/m").display().to_string() }).await.unwrap();
+    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: v.volume_id.clone(), node_id: me.clone(), ..Default::default() }).await.unwrap();
+    ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.unwrap();
+
+    // NAS published read-only.
+    let fs = cluster.nas().await;
+    let shared = mount_cap("", Mode::MultiNodeMultiWriter);
+    let nas = ctl.create_volume(create("pvc-nas-ro", 1, &[("type", "nas"), ("fileSystemId", fs.as_str())], shared.clone())).await.unwrap().into_inner().volume.unwrap();
+    let ctx = ctl.controller_publish_volume(publish_req(&nas.volume_id, &shared, true)).await.unwrap().into_inner().publish_context;
+    assert_eq!(ctx.get("readonly").map(String::as_str), Some("true"), "{ctx:?}");
+    let stage = csi::NodeStageVolumeRequest { volume_id: nas.volume_id.clone(), publish_context: ctx.clone(), staging_target_path: at("st/nas").display().to_string(), volume_capability: Some(shared.clone()), ..Default::default() };
+    ns.node_stage_volume(stage).await.unwrap();
+    ns.node_publish_volume(node_publish(&nas.volume_id, &ctx, &shared, &at("st/nas"), &at("nas-ro"), false)).await.unwrap();
+    assert_read_only(&at("nas-ro/new.txt"));
+    ns.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: nas.volume_id.clone(), target_path: at("nas-ro").display().to_string() }).await.unwrap();
+    ns.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: nas.volume_id.clone(), staging_target_path: at("st/nas").display().to_string() }).await.unwrap();
+    ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: nas.volume_id.clone(), ..Default::default() }).await.unwrap();
 }

@@ -16,7 +16,7 @@ use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, is_root};
 use tonic::Code;
 
 async fn disk(cloud: &HttpCloud, name: &str) -> String {
-    let req = CreateDiskRequest { zone_id: "local-1a".into(), name: name.into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 1, snapshot_id: None, client_token: None };
+    let req = CreateDiskRequest { zone_id: "local-1a".into(), name: name.into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 1, snapshot_id: None, description: String::new(), client_token: None };
     cloud.create_disk(&req).await.unwrap()
 }
 

@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 async fn disk(cloud: &HttpCloud, name: &str) -> String {
     cloud
-        .create_disk(&CreateDiskRequest { zone_id: "local-1a".into(), name: name.into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 1, snapshot_id: None, client_token: None })
+        .create_disk(&CreateDiskRequest { zone_id: "local-1a".into(), name: name.into(), category: "cloud_essd".into(), performance_level: Some("PL0".into()), size_gib: 1, snapshot_id: None, description: String::new(), client_token: None })
         .await
         .unwrap()
 }

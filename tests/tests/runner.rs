@@ -356,3 +356,41 @@ async fn a_pods_cpu_and_traffic_are_measured_and_its_cgroup_goes_with_it() {
     eventually("the escaped process's end", Duration::from_secs(10), || !Path::new(&format!("/proc/{escaped}/stat")).exists() || std::fs::read_to_string(format!("/proc/{escaped}/stat")).is_ok_and(|s| s.contains(") Z ")));
     assert!(!cgroup.exists(), "{} is removed with the pod", cgroup.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_disk_restored_from_a_snapshot_holds_the_data_of_the_snapshot() {
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces, loop devices, mounts)");
+        return;
+    }
+    let n = RunnerNode::start("10.89.0.0/16", "10.89.1.0/24").await;
+    let mut client = n.client().await;
+    // A pod writes, syncs and waits; its disk is snapshotted; it then writes more.
+    let spec = pod(
+        "writer",
+        vec![volume("data", pb::VolumeKind::Disk, "/data", &[("size", "1Gi"), ("ephemeral", "true")])],
+        "echo before > data/f.txt && sync && touch written && while [ ! -e go-on ]; do sleep 0.1; done && echo after > data/f.txt && sync && touch rewritten && exec sleep 300",
+    );
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    wait_pod(&mut client, "writer", Duration::from_secs(60), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    let netns = runner_netns(&n.prefix);
+    let writer_dir = n.runner_dir().join("pods").join(&netns[0]);
+    eventually("the first write", Duration::from_secs(20), || writer_dir.join("written").exists());
+    let disk_id = n.attachments().await[0].disk_id.clone();
+    let snap = n.cloud.create_snapshot(&berth_cloud::api::CreateSnapshotRequest { disk_id, name: "runner-snap".into(), ..Default::default() }).await.unwrap();
+    std::fs::write(writer_dir.join("go-on"), b"").unwrap();
+    eventually("the second write", Duration::from_secs(20), || writer_dir.join("rewritten").exists());
+    let ready = berth_cloud::wait::snapshot_settled(&n.cloud, &snap, Duration::from_secs(20)).await.unwrap().unwrap();
+    assert_eq!(ready.status, berth_cloud::model::SnapshotStatus::Accomplished);
+
+    // A new pod's disk made from the snapshot sees the first write only.
+    let spec = pod("reader", vec![volume("data", pb::VolumeKind::Disk, "/data", &[("size", "1Gi"), ("snapshotId", &snap), ("ephemeral", "true")])], "cp data/f.txt seen.txt && exec sleep 300");
+    client.submit_pod(pb::SubmitPodRequest { spec: Some(spec) }).await.unwrap();
+    wait_pod(&mut client, "reader", Duration::from_secs(60), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    eventually("the reader's copy", Duration::from_secs(20), || find_files(&n.runner_dir().join("pods"), "seen.txt").len() == 1);
+    assert_eq!(std::fs::read_to_string(&find_files(&n.runner_dir().join("pods"), "seen.txt")[0]).unwrap(), "before\n");
+    delete(&mut client, "reader").await;
+    delete(&mut client, "writer").await;
+    n.wait_nothing_left("the pods' removal left something").await;
+    n.cloud.delete_snapshot(&snap, true).await.unwrap();
+}

@@ -74,6 +74,10 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
                 (None, None) => p.req_parse::<u64>("Size")?,
             };
             check_size(category, level, size)?;
+            let description = p.opt("Description").unwrap_or_default();
+            if description.chars().count() > 256 || description.starts_with("http://") || description.starts_with("https://") {
+                return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("Description \"{description}\" is malformed: at most 256 characters, not starting with \"http://\" or \"https://\".")));
+            }
             let id = super::new_id(state, ctx, "d");
             let serial = id.trim_start_matches("d-").to_string();
             state.disks.insert(
@@ -91,6 +95,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
                     device: None,
                     system: false,
                     source_snapshot_id: source.map(|s| s.id),
+                    description: description.to_string(),
                 },
             );
             remember_token(state, "CreateDisk", p, &id);
