@@ -8,3 +8,4 @@ pub mod policy;
 pub mod snapshot;
 pub mod status;
 pub mod up;
+pub mod workload;
