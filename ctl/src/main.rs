@@ -35,6 +35,9 @@ enum Command {
     Down(commands::down::Down),
     /// Pods, through the scheduler: add, del, get, list.
     Pod(commands::pod::Pod),
+    /// Replicated workloads (Kubernetes Deployment YAML): apply -f FILE, get, list, scale,
+    /// delete, rollout status|undo.
+    Workload(commands::workload::Workload),
     /// NetworkPolicies (Kubernetes YAML): apply -f FILE, list, get, delete.
     Policy(commands::policy::Policy),
     /// Namespaces' labels (what policies' namespaceSelectors match): label NS KEY=VALUE, list.
@@ -69,6 +72,7 @@ async fn main() {
         Command::Inspect(c) => c.exec(cli.output).await,
         Command::Pod(c) => c.exec(cli.output).await,
         Command::Policy(c) => c.exec(cli.output).await,
+        Command::Workload(c) => c.exec(cli.output).await,
         Command::Namespace(c) => c.exec(cli.output).await,
         Command::Install(c) => c.exec().await,
         Command::Uninstall(c) => c.exec().await,

@@ -14,7 +14,8 @@ use crate::instruction::{INSTRUCTION_BUDGET_BYTES, split};
 use crate::netpol::{PodFacts, PolicyBook};
 use crate::page::{self, Listing, PAGE_BUDGET_BYTES, PageError};
 use crate::placement::{Decision, Health, Placement, PodRequest, Strategy, pod_key};
-use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec, StoredTaint};
+use crate::store::{Checkpoint, CheckpointPod, EncodedSpec, Event, RequestedNode, ScaleUp, Snapshot, StoredSpec, StoredTaint, StoredWorkload};
+use crate::workload;
 use crate::watch::{Change, ChangeKind, ChangeLog};
 
 #[derive(Debug, Clone)]
@@ -97,6 +98,8 @@ pub struct Cluster {
     no_execute_since: HashMap<String, Vec<(String, u64)>>,
     /// Per-label disruption budgets preemption honours (from the config).
     pub budgets: Vec<crate::placement::preemption::DisruptionBudget>,
+    /// Workloads by "namespace/name" ([`crate::workload`]).
+    pub workloads: BTreeMap<String, pb::Workload>,
 }
 
 impl Cluster {
@@ -119,6 +122,7 @@ impl Cluster {
             policy: PolicyBook::default(),
             no_execute_since: HashMap::new(),
             budgets: Vec::new(),
+            workloads: BTreeMap::new(),
         }
     }
 
@@ -145,6 +149,9 @@ impl Cluster {
         for (node, taints) in &snap.node_taints {
             self.placement.set_node_taints(node, taints.iter().map(|t| pb::Taint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone() }).collect());
         }
+        for (key, stored) in &snap.workloads {
+            self.workloads.insert(key.clone(), stored.decode().map_err(|e| format!("workload {key} in the store does not decode: {e}"))?);
+        }
         self.policy.restore(&snap.policies, &snap.namespaces)
     }
 
@@ -153,7 +160,75 @@ impl Cluster {
     pub fn checkpoint(&self) -> Checkpoint {
         let pods = self.pods.iter().map(|(k, r)| (k.clone(), CheckpointPod { spec: r.spec.clone(), order: r.order, node: r.node.clone() })).collect();
         let policies = self.policy.policies.iter().map(|(k, p)| (k.clone(), crate::store::StoredPolicy::of(p))).collect();
-        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone(), policies, namespaces: self.policy.namespaces.0.clone() }
+        let workloads = self.workloads.iter().map(|(k, w)| (k.clone(), StoredWorkload::of(w))).collect();
+        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone(), policies, namespaces: self.policy.namespaces.0.clone(), workloads }
+    }
+
+    /// Creates or replaces a workload the API edge checked ([`crate::validation::workload`]);
+    /// its pods follow in the next [`Cluster::reconcile_workloads`].
+    pub fn apply_workload(&mut self, w: pb::Workload) -> (Event, pb::Workload) {
+        let key = workload::workload_key(&w.namespace, &w.name);
+        let w = workload::applied(w, self.workloads.get(&key));
+        self.workloads.insert(key.clone(), w.clone());
+        (Event::WorkloadApplied { key, workload: StoredWorkload::of(&w) }, w)
+    }
+
+    /// Sets a stored workload anew (scaled or undone).
+    pub fn replace_workload(&mut self, w: pb::Workload) -> Event {
+        let key = workload::workload_key(&w.namespace, &w.name);
+        self.workloads.insert(key.clone(), w.clone());
+        Event::WorkloadApplied { key, workload: StoredWorkload::of(&w) }
+    }
+
+    /// Deletes a workload and its pods.
+    pub fn delete_workload(&mut self, key: &str) -> Option<Vec<Event>> {
+        let w = self.workloads.remove(key)?;
+        let mut events = vec![Event::WorkloadDeleted { key: key.to_string() }];
+        for p in self.workload_pods(&w) {
+            events.extend(self.delete(&pod_key(&w.namespace, &p.name)).unwrap_or_default());
+        }
+        Some(events)
+    }
+
+    /// The pods of a workload: those of its namespace whose name starts with its own and whose
+    /// label names it.
+    pub fn workload_pods(&self, w: &pb::Workload) -> Vec<workload::PodOf> {
+        let start = format!("{}-", pod_key(&w.namespace, &w.name));
+        self.pods
+            .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter(|(_, r)| r.labels.get(workload::WORKLOAD_LABEL) == Some(&w.name))
+            .map(|(k, r)| workload::PodOf {
+                name: k[w.namespace.len() + 1..].to_string(),
+                revision: r.labels.get(workload::REVISION_LABEL).and_then(|v| v.parse().ok()).unwrap_or(0),
+                running: r.phase == pb::PodPhase::Running,
+                done: matches!(r.phase, pb::PodPhase::Failed | pb::PodPhase::Succeeded),
+            })
+            .collect()
+    }
+
+    pub fn workload_status(&self, key: &str) -> Option<pb::WorkloadStatus> {
+        let w = self.workloads.get(key)?;
+        Some(workload::status(w, &self.workload_pods(w)))
+    }
+
+    /// One step of every workload ([`workload::plan`]): pods created (pending) and deleted.
+    pub fn reconcile_workloads(&mut self, now_ms: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let workloads: Vec<pb::Workload> = self.workloads.values().cloned().collect();
+        for w in workloads {
+            let plan = workload::plan(&w, &self.workload_pods(&w));
+            for name in plan.delete {
+                events.extend(self.delete(&pod_key(&w.namespace, &name)).unwrap_or_default());
+            }
+            for name in plan.create {
+                match self.submit(workload::pod_spec(&w, name), now_ms) {
+                    Ok(e) => events.extend(e),
+                    Err(e) => tracing::warn!("workload {}/{}: {e}", w.namespace, w.name),
+                }
+            }
+        }
+        events
     }
 
     pub fn pod(&self, key: &str) -> Option<&PodRecord> {

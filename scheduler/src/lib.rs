@@ -26,3 +26,4 @@ pub mod server;
 pub mod store;
 pub mod validation;
 pub mod watch;
+pub mod workload;

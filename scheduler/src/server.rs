@@ -32,6 +32,7 @@ use crate::report_stream;
 use crate::store::{Event, RequestedNode, ScaleUp, Store};
 use crate::validation;
 use crate::watch::{self, WatchLog};
+use crate::workload;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -161,6 +162,7 @@ impl Shared {
         let started = std::time::Instant::now();
         let _ = self.change(|c, now| {
             let mut events = c.expire_leases(now);
+            events.extend(c.reconcile_workloads(now));
             events.extend(c.schedule(now));
             Ok((events, ()))
         });
@@ -188,6 +190,41 @@ impl Shared {
     pub async fn report(&self, report: &pb::NodeReport) -> Result<(), Status> {
         let (durable, ()) = self.change(|c, now| Ok((c.report(report, now), ())))?;
         durable.durable().await
+    }
+
+    /// Creates or replaces a workload checked by the API edge; answers once that is durable.
+    pub async fn apply_workload(&self, w: pb::Workload) -> Result<pb::WorkloadStatus, Status> {
+        let key = workload::workload_key(&w.namespace, &w.name);
+        let (durable, status) = self.change(|c, _| {
+            let (event, _) = c.apply_workload(w);
+            Ok((vec![event], c.workload_status(&key).unwrap_or_default()))
+        })?;
+        durable.durable().await?;
+        Ok(status)
+    }
+
+    /// Sets a workload's replicas (Some) or rolls it back to its previous template (None).
+    pub async fn scale_or_undo_workload(&self, key: &str, replicas: Option<u32>) -> Result<pb::WorkloadStatus, Status> {
+        let (durable, status) = self.change(|c, _| {
+            let w = c.workloads.get(key).ok_or_else(|| Status::not_found(format!("no workload {key}")))?;
+            let changed = match replicas {
+                Some(n) => pb::Workload { replicas: n, ..w.clone() },
+                None => workload::undone(w).ok_or_else(|| Status::failed_precondition(format!("workload {key} has no previous template to roll back to (it was never changed)")))?,
+            };
+            let event = c.replace_workload(changed);
+            Ok((vec![event], c.workload_status(key).unwrap_or_default()))
+        })?;
+        durable.durable().await?;
+        Ok(status)
+    }
+
+    pub async fn delete_workload(&self, key: &str) -> Result<(), Status> {
+        let (durable, ()) = self.change(|c, _| Ok((c.delete_workload(key).ok_or_else(|| Status::not_found(format!("no workload {key}")))?, ())))?;
+        durable.durable().await
+    }
+
+    pub fn workload_status(&self, key: &str) -> Option<pb::WorkloadStatus> {
+        self.cluster().workload_status(key)
     }
 
     /// The status of one pod.
@@ -461,6 +498,56 @@ impl Scheduler for SchedulerService {
         let facts = c.pod_facts();
         let pod = facts.iter().find(|f| f.key == key).ok_or_else(|| Status::not_found(format!("no pod {key}")))?;
         Ok(Response::new(c.policy.pod_policies(pod, &facts)))
+    }
+
+    async fn apply_workload(&self, request: Request<pb::ApplyWorkloadRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let shared = self.replica.leading()?;
+        let mut w = request.into_inner().workload.ok_or_else(|| Status::invalid_argument("ApplyWorkload needs a workload"))?;
+        w.revision = 0;
+        w.previous_template = None;
+        validation::workload(&w, &self.limits).map_err(|e| Status::invalid_argument(format!("workload {}/{} refused: {e}", w.namespace, w.name)))?;
+        if let Some(t) = w.template.as_mut() {
+            t.priority = self.limits.priority_of(&t.priority_class_name).unwrap_or(0);
+        }
+        shared.apply_workload(w).await.map(Response::new)
+    }
+
+    async fn get_workload(&self, request: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let shared = local_or_forward!(self, request, get_workload);
+        let r = request.into_inner();
+        let key = workload::workload_key(&r.namespace, &r.name);
+        shared.workload_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no workload {key}")))
+    }
+
+    async fn list_workloads(&self, request: Request<pb::ListWorkloadsRequest>) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
+        let shared = local_or_forward!(self, request, list_workloads);
+        let ns = request.into_inner().namespace;
+        let c = shared.cluster();
+        let workloads = c.workloads.iter().filter(|(_, w)| ns.is_empty() || w.namespace == ns).filter_map(|(k, _)| c.workload_status(k)).collect();
+        Ok(Response::new(pb::ListWorkloadsResponse { workloads }))
+    }
+
+    async fn scale_workload(&self, request: Request<pb::ScaleWorkloadRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        if r.replicas > workload::MAX_REPLICAS {
+            let e = validation::InvalidSpec { field: "replicas".into(), value: r.replicas.to_string(), rule: validation::Rule::TooMany { max: workload::MAX_REPLICAS } };
+            return Err(Status::invalid_argument(format!("ScaleWorkload {}/{} refused: {e}", r.namespace, r.name)));
+        }
+        shared.scale_or_undo_workload(&workload::workload_key(&r.namespace, &r.name), Some(r.replicas)).await.map(Response::new)
+    }
+
+    async fn undo_workload(&self, request: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        shared.scale_or_undo_workload(&workload::workload_key(&r.namespace, &r.name), None).await.map(Response::new)
+    }
+
+    async fn delete_workload(&self, request: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::DeleteWorkloadResponse>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        shared.delete_workload(&workload::workload_key(&r.namespace, &r.name)).await?;
+        Ok(Response::new(pb::DeleteWorkloadResponse {}))
     }
 
     async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {

@@ -114,6 +114,26 @@ pub enum Rule {
     NoLabels,
     #[error("is set by the scheduler to the namespace's name")]
     NameLabel,
+    #[error("must be a DNS-1123 label of at most {max} characters (its pods are named <name>-<revision>-<index>)")]
+    WorkloadName { max: usize },
+    #[error("may be at most {max}")]
+    TooMany { max: u32 },
+    #[error("is required")]
+    Required,
+    #[error("is not supported: select a workload's pods with matchLabels")]
+    Unsupported,
+    #[error("must also be among the template's labels (spec.template.metadata.labels), or the workload would not select its own pods")]
+    SelectorNotInTemplate,
+    #[error("is set by the scheduler on a workload's pods")]
+    WorkloadLabel,
+    #[error("a percent may be at most 100")]
+    Percent,
+    #[error("maxSurge and maxUnavailable may not both be 0: the rollout could not progress")]
+    NoProgress,
+    #[error("must be empty: the scheduler names each pod <workload>-<revision>-<index>")]
+    SetByScheduler,
+    #[error("must be empty or the workload's namespace")]
+    OtherNamespace,
     #[error("the encoded policy may take at most {max} bytes")]
     PolicyTooLarge { max: usize },
     #[error("{who} can ever host it: the largest instance type {whose} is {largest} ({cpu_millicores} millicores, {mib} MiB of memory)", who = if *.of_pools { "no pool" } else { "no node" }, whose = if *.of_pools { "of the configured pools" } else { "of the catalogue" }, mib = *.memory_bytes >> 20)]
@@ -252,6 +272,53 @@ pub fn network_policy(p: &pb::NetworkPolicy) -> Result<(), InvalidSpec> {
         }
     }
     Ok(())
+}
+
+/// Checks an applied workload; the first rule broken is the answer, naming its field in the
+/// Deployment's own names (`spec.template.spec.cpu_millicores` for its pods' fields).
+pub fn workload(w: &pb::Workload, limits: &Limits) -> Result<(), InvalidSpec> {
+    use crate::workload::{MAX_NAME_LEN, MAX_REPLICAS, REVISION_LABEL, WORKLOAD_LABEL};
+    check(dns1123_label(&w.namespace), "metadata.namespace", &w.namespace, Rule::Dns1123Label)?;
+    check(dns1123_label(&w.name) && w.name.len() <= MAX_NAME_LEN, "metadata.name", &w.name, Rule::WorkloadName { max: MAX_NAME_LEN })?;
+    labels(&w.labels, "metadata.labels")?;
+    check(w.replicas <= MAX_REPLICAS, "spec.replicas", &w.replicas.to_string(), Rule::TooMany { max: MAX_REPLICAS })?;
+    let Some(template) = &w.template else {
+        return Err(InvalidSpec { field: "spec.template".into(), value: "none".into(), rule: Rule::Required });
+    };
+    let sel = w.selector.clone().unwrap_or_default();
+    if let Some(e) = sel.match_expressions.first() {
+        return Err(InvalidSpec { field: "spec.selector.matchExpressions[0]".into(), value: shown(&e.key), rule: Rule::Unsupported });
+    }
+    check(!sel.match_labels.is_empty(), "spec.selector.matchLabels", "{}", Rule::Required)?;
+    labels(&sel.match_labels, "spec.selector.matchLabels")?;
+    let mut keys: Vec<&String> = sel.match_labels.keys().collect();
+    keys.sort();
+    for k in keys {
+        check(template.labels.get(k) == Some(&sel.match_labels[k]), &format!("spec.selector.matchLabels[{}]", shown(k)), &sel.match_labels[k], Rule::SelectorNotInTemplate)?;
+    }
+    for k in [WORKLOAD_LABEL, REVISION_LABEL] {
+        check(!template.labels.contains_key(k), "spec.template.metadata.labels", k, Rule::WorkloadLabel)?;
+    }
+    let ru = w.rolling_update.unwrap_or_default();
+    for (field, v) in [("spec.strategy.rollingUpdate.maxUnavailable", &ru.max_unavailable), ("spec.strategy.rollingUpdate.maxSurge", &ru.max_surge)] {
+        if let Some(v) = v {
+            check(!v.percent || v.value <= 100 || field.ends_with("maxSurge"), field, &format!("{}%", v.value), Rule::Percent)?;
+            check(v.percent || v.value <= MAX_REPLICAS, field, &v.value.to_string(), Rule::TooMany { max: MAX_REPLICAS })?;
+        }
+    }
+    if let (Some(s), Some(u)) = (&ru.max_surge, &ru.max_unavailable) {
+        check(s.value != 0 || u.value != 0, "spec.strategy.rollingUpdate", "maxSurge 0, maxUnavailable 0", Rule::NoProgress)?;
+    }
+    check(template.name.is_empty(), "spec.template.metadata.name", &template.name, Rule::SetByScheduler)?;
+    check(template.namespace.is_empty() || template.namespace == w.namespace, "spec.template.metadata.namespace", &template.namespace, Rule::OtherNamespace)?;
+    let sample = crate::workload::pod_spec(w, crate::workload::pod_name(&w.name, u64::from(u32::MAX), MAX_REPLICAS));
+    pod(&sample, limits).map_err(|mut e| {
+        e.field = match e.field.strip_prefix("spec") {
+            Some(rest) => format!("spec.template.spec{rest}"),
+            None => e.field,
+        };
+        e
+    })
 }
 
 /// Checks a LabelNamespace call: the namespace's name and each label (a value "" removes it;

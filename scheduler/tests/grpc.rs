@@ -676,3 +676,161 @@ async fn an_undecodable_submit_is_invalid_argument() {
     assert!(pods(&mut c).await.is_empty());
     s.stop().await;
 }
+
+fn workload(replicas: u32, command: &str, surge: u32, unavailable: u32) -> pb::Workload {
+    let labels: std::collections::HashMap<String, String> = [("app".to_string(), "web".to_string())].into();
+    pb::Workload {
+        namespace: "default".into(),
+        name: "web".into(),
+        replicas,
+        selector: Some(pb::LabelSelector { match_labels: labels.clone(), ..Default::default() }),
+        rolling_update: Some(pb::RollingUpdate { max_surge: Some(pb::IntOrPercent { value: surge, percent: false }), max_unavailable: Some(pb::IntOrPercent { value: unavailable, percent: false }) }),
+        template: Some(pb::PodSpec { cpu_millicores: 50, memory_bytes: 32 << 20, labels, command: vec![command.into()], ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+async fn workload_status(c: &mut SchedulerClient<Channel>) -> pb::WorkloadStatus {
+    c.get_workload(pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() }).await.unwrap().into_inner()
+}
+
+async fn wait_rolled_out(c: &mut SchedulerClient<Channel>, what: &str) -> pb::WorkloadStatus {
+    let t = Instant::now();
+    loop {
+        let st = workload_status(c).await;
+        if st.rolled_out {
+            return st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_keeps_ten_replicas_through_a_node_kill() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let nodes = [FakeNode::start(&s.url(), "i-a", 10).await, FakeNode::start(&s.url(), "i-b", 10).await, FakeNode::start(&s.url(), "i-c", 10).await];
+    let mut c = s.client().await;
+    while client::list_nodes(&mut c).await.unwrap().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(workload(10, "v1", 1, 0)) }).await.unwrap();
+    let st = wait_rolled_out(&mut c, "10 Running").await;
+    assert_eq!((st.running, st.pods), (10, 10));
+    let (victim, held) = nodes.iter().enumerate().map(|(i, n)| (i, n.running())).max_by_key(|(_, n)| *n).unwrap();
+    assert!(held > 0 && nodes.iter().map(FakeNode::running).sum::<usize>() == 10);
+    nodes[victim].kill();
+    let victim_id = ["i-a", "i-b", "i-c"][victim];
+    let t = Instant::now();
+    loop {
+        let all = pods(&mut c).await;
+        assert!(all.len() <= 10, "a node kill never makes more than 10 pods: {}", all.len());
+        let running_elsewhere = all.iter().filter(|p| p.phase == pb::PodPhase::Running as i32 && p.node != victim_id).count();
+        if running_elsewhere == 10 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "only {running_elsewhere} Running off {victim_id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let survivors: usize = nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, n)| n.running()).sum();
+    assert_eq!(survivors, 10, "the surviving nodes run all 10");
+    // Deleting the workload deletes its pods.
+    c.delete_workload(pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() }).await.unwrap();
+    assert!(pods(&mut c).await.is_empty());
+    assert_eq!(c.get_workload(pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() }).await.unwrap_err().code(), tonic::Code::NotFound);
+    for n in &nodes {
+        n.kill();
+    }
+    s.stop().await;
+}
+
+/// Follows every change of the workload's pods (WatchPods, in revision order) during a rollout
+/// and an undo, and asserts that at no revision fewer than replicas - maxUnavailable are Running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_never_has_fewer_than_replicas_minus_max_unavailable_running() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let nodes = [FakeNode::start(&s.url(), "i-a", 20).await, FakeNode::start(&s.url(), "i-b", 20).await];
+    let mut c = s.client().await;
+    while client::list_nodes(&mut c).await.unwrap().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (replicas, surge, unavailable) = (10, 2, 3);
+    c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(workload(replicas, "v1", surge, unavailable)) }).await.unwrap();
+    wait_rolled_out(&mut c, "the first revision").await;
+    let mut watch = c.watch_pods(pb::WatchPodsRequest { namespace: "default".into(), ..Default::default() }).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    let mut phases: BTreeMap<String, (i32, String)> = pods(&mut c).await.into_iter().map(|p| (p.spec.clone().unwrap().name, (p.phase, p.spec.unwrap().labels["berth.io/revision"].clone()))).collect();
+    assert_eq!(phases.values().filter(|(ph, _)| *ph == pb::PodPhase::Running as i32).count(), replicas as usize);
+    let mut last = first.revision;
+    let mut lowest = usize::MAX;
+    let mut most = 0;
+    for (step, command) in [(2, "v2"), (3, "undo")] {
+        let st = if command == "undo" {
+            c.undo_workload(pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() }).await.unwrap().into_inner()
+        } else {
+            c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(workload(replicas, command, surge, unavailable)) }).await.unwrap().into_inner()
+        };
+        let w = st.workload.unwrap();
+        assert_eq!(w.revision, step);
+        if command == "undo" {
+            assert_eq!(w.template.unwrap().command, ["v1"], "undo goes back to the first template");
+        }
+        let t = Instant::now();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("watch events").unwrap().unwrap();
+            for e in msg.events {
+                assert!(e.revision > last);
+                last = e.revision;
+                let p = e.pod.unwrap();
+                let spec = p.spec.unwrap();
+                if e.r#type == pb::PodEventType::Deleted as i32 {
+                    phases.remove(&spec.name);
+                } else {
+                    phases.insert(spec.name.clone(), (p.phase, spec.labels["berth.io/revision"].clone()));
+                }
+                let running = phases.values().filter(|(ph, _)| *ph == pb::PodPhase::Running as i32).count();
+                lowest = lowest.min(running);
+                most = most.max(phases.len());
+                assert!(running >= (replicas - unavailable) as usize, "at revision {last} only {running} Running: {phases:?}");
+                assert!(phases.len() <= (replicas + surge) as usize, "at revision {last} {} pods: {phases:?}", phases.len());
+            }
+            let done = phases.len() == replicas as usize && phases.values().all(|(ph, rev)| *ph == pb::PodPhase::Running as i32 && *rev == step.to_string());
+            if done {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "rollout to revision {step} not done: {phases:?}");
+        }
+        assert!(wait_rolled_out(&mut c, "the rollout").await.rolled_out);
+    }
+    assert!(lowest < replicas as usize || most > replicas as usize, "the rollout replaced pods (lowest {lowest}, most {most})");
+    for n in &nodes {
+        n.kill();
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_that_does_not_validate_is_refused_naming_the_field() {
+    let s = Running::start(config(), Box::new(MemoryStore::default()), None).await;
+    let mut c = s.client().await;
+    let mut w = workload(3, "v1", 1, 0);
+    w.selector.as_mut().unwrap().match_labels.insert("tier".into(), "front".into());
+    let e = c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(w) }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("spec.selector.matchLabels[\"tier\"]"), "{}", e.message());
+    let mut w = workload(3, "v1", 0, 0);
+    w.template.as_mut().unwrap().cpu_millicores = 1 << 40;
+    let e = c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(w) }).await.unwrap_err();
+    assert!(e.message().contains("maxSurge 0, maxUnavailable 0"), "{}", e.message());
+    let mut w = workload(3, "v1", 1, 0);
+    w.template.as_mut().unwrap().network_mode = 9;
+    let e = c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(w) }).await.unwrap_err();
+    assert!(e.message().contains("spec.template.spec.network_mode = 9"), "{}", e.message());
+    let e = c.scale_workload(pb::ScaleWorkloadRequest { namespace: "default".into(), name: "web".into(), replicas: 2 }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    s.stop().await;
+}

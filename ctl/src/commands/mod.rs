@@ -9,3 +9,4 @@ pub mod snapshot;
 pub mod status;
 pub mod top;
 pub mod up;
+pub mod workload;

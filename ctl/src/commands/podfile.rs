@@ -200,31 +200,37 @@ pub fn spec_of(text: &str, namespace: &str) -> anyhow::Result<pb::PodSpec> {
     if d.kind != "Pod" || d.api_version != "v1" {
         bail!("kind {:?} apiVersion {:?}: give a Pod of apiVersion v1", d.kind, d.api_version);
     }
-    let [c] = d.spec.containers.as_slice() else { bail!("spec.containers: a Berth pod runs one command; give exactly one container") };
+    let mut spec = template_spec(d.metadata.labels, d.spec, "spec")?;
+    spec.namespace = d.metadata.namespace.unwrap_or_else(|| namespace.to_string());
+    spec.name = d.metadata.name;
+    Ok(spec)
+}
+
+/// The pod spec of a Pod's labels and spec (no name or namespace yet): a Pod document's, or a
+/// Deployment's template (`at` is where its spec is, for errors: `spec.template.spec`).
+pub fn template_spec(labels: BTreeMap<String, String>, s: Spec, at: &str) -> anyhow::Result<pb::PodSpec> {
+    let [c] = s.containers.as_slice() else { bail!("{at}.containers: a Berth pod runs one command; give exactly one container") };
     let request = |k: &str| c.resources.requests.get(k);
     let cpu_millicores = match request("cpu") {
-        Some(q) => millicores(q).with_context(|| format!("spec.containers[0].resources.requests.cpu {q:?} is not a CPU quantity (250m, 2)"))?,
+        Some(q) => millicores(q).with_context(|| format!("{at}.containers[0].resources.requests.cpu {q:?} is not a CPU quantity (250m, 2)"))?,
         None => 100,
     };
     let memory_bytes = match request("memory") {
-        Some(q) => bytes(q).with_context(|| format!("spec.containers[0].resources.requests.memory {q:?} is not a memory quantity (128Mi, 1Gi)"))?,
+        Some(q) => bytes(q).with_context(|| format!("{at}.containers[0].resources.requests.memory {q:?} is not a memory quantity (128Mi, 1Gi)"))?,
         None => 128 << 20,
     };
     if let Some(k) = c.resources.requests.keys().find(|k| *k != "cpu" && *k != "memory") {
-        bail!("spec.containers[0].resources.requests.{k}: Berth places by cpu and memory only");
+        bail!("{at}.containers[0].resources.requests.{k}: Berth places by cpu and memory only");
     }
     let mut command: Vec<String> = c.command.iter().chain(&c.args).cloned().collect();
     if command.is_empty() {
         command = vec!["sleep".into(), "infinity".into()];
     }
-    let s = d.spec;
     let na = s.affinity.node_affinity.as_ref();
     Ok(pb::PodSpec {
-        namespace: d.metadata.namespace.unwrap_or_else(|| namespace.to_string()),
-        name: d.metadata.name,
         cpu_millicores,
         memory_bytes,
-        labels: d.metadata.labels.into_iter().collect(),
+        labels: labels.into_iter().collect(),
         pool_selector: s.node_selector.into_iter().collect(),
         priority_class_name: s.priority_class_name.unwrap_or_default(),
         tolerations: s.tolerations.into_iter().map(|t| pb::Toleration { key: t.key, operator: t.operator, value: t.value, effect: t.effect, toleration_seconds: t.toleration_seconds }).collect(),

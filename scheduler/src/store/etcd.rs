@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredPolicy, StoredSpec, StoredTaint};
+use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredPolicy, StoredSpec, StoredTaint, StoredWorkload};
 use crate::config::EtcdConfig;
 use crate::leader::{Term, TermLost};
 
@@ -58,6 +58,7 @@ pub enum KeyOf<'a> {
     Policy(&'a str),
     Namespace(&'a str),
     NodeTaints(&'a str),
+    Workload(&'a str),
     NextOrder,
     Leader,
 }
@@ -103,6 +104,10 @@ impl Keys {
         format!("{}/node_taints/{node}", self.prefix)
     }
 
+    pub fn workload(&self, key: &str) -> String {
+        format!("{}/workloads/{key}", self.prefix)
+    }
+
     pub fn next_order(&self) -> String {
         format!("{}/next_order", self.prefix)
     }
@@ -134,6 +139,9 @@ impl Keys {
         }
         if let Some(node) = rest.strip_prefix("node_taints/") {
             return Some(KeyOf::NodeTaints(node));
+        }
+        if let Some(key) = rest.strip_prefix("workloads/") {
+            return Some(KeyOf::Workload(key));
         }
         let pod = rest.strip_prefix("pods/")?;
         if let Some(pod) = pod.strip_suffix("/spec") {
@@ -413,6 +421,9 @@ fn decode(keys: &Keys, kvs: &[KeyValue]) -> Result<Snapshot, StoreError> {
                 let taints: Vec<StoredTaint> = serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?;
                 snapshot.node_taints.insert(node.to_string(), taints);
             }
+            Some(KeyOf::Workload(key)) => {
+                snapshot.workloads.insert(key.to_string(), StoredWorkload(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()));
+            }
             Some(KeyOf::NextOrder) => next_order = kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?,
             Some(KeyOf::Leader) | None => {}
         }
@@ -443,6 +454,8 @@ pub enum Change {
     PolicyDeleted { key: String },
     Namespace { namespace: String, labels: BTreeMap<String, String> },
     NodeTaints { node: String, taints: Vec<StoredTaint> },
+    Workload { key: String, workload: StoredWorkload },
+    WorkloadDeleted { key: String },
     NextOrder(u64),
 }
 
@@ -507,6 +520,12 @@ impl Change {
                     s.namespaces.insert(namespace.clone(), labels.clone());
                 }
             }
+            Change::Workload { key, workload } => {
+                s.workloads.insert(key.clone(), workload.clone());
+            }
+            Change::WorkloadDeleted { key } => {
+                s.workloads.remove(key);
+            }
             Change::NextOrder(n) => s.next_order = s.next_order.max(*n),
         }
     }
@@ -532,6 +551,8 @@ fn change_of(keys: &Keys, kv: &KeyValue, put: bool) -> Result<Option<Change>, St
         (Some(KeyOf::Namespace(ns)), false) => Some(Change::Namespace { namespace: ns.to_string(), labels: BTreeMap::new() }),
         (Some(KeyOf::NodeTaints(node)), true) => Some(Change::NodeTaints { node: node.to_string(), taints: serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))? }),
         (Some(KeyOf::NodeTaints(node)), false) => Some(Change::NodeTaints { node: node.to_string(), taints: Vec::new() }),
+        (Some(KeyOf::Workload(key)), true) => Some(Change::Workload { key: key.to_string(), workload: StoredWorkload(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()) }),
+        (Some(KeyOf::Workload(key)), false) => Some(Change::WorkloadDeleted { key: key.to_string() }),
         (Some(KeyOf::NextOrder), true) => Some(Change::NextOrder(kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?)),
         _ => None,
     })
@@ -607,6 +628,8 @@ pub fn plan(keys: &Keys, index: &mut Index, events: &[Event]) -> Vec<KeyWrite> {
             Event::PolicyDeleted { key } => write(keys.policy(key), None),
             Event::NamespaceLabeled { namespace, labels } => write(keys.namespace(namespace), (!labels.is_empty()).then(|| serde_json::to_vec(labels).expect("labels serialize"))),
             Event::NodeTainted { node, taints } => write(keys.node_taints(node), (!taints.is_empty()).then(|| serde_json::to_vec(taints).expect("taints serialize"))),
+            Event::WorkloadApplied { key, workload } => write(keys.workload(key), Some(workload.0.clone().into_bytes())),
+            Event::WorkloadDeleted { key } => write(keys.workload(key), None),
         }
     }
     writes
@@ -777,7 +800,7 @@ mod tests {
                 KeyOf::Requested(_) => Change::Requested(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::ScaleUp(_) => Change::ScaleUp(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::NextOrder => Change::NextOrder(std::str::from_utf8(v).unwrap().parse().unwrap()).apply(&mut s),
-                KeyOf::Policy(_) | KeyOf::Namespace(_) | KeyOf::NodeTaints(_) | KeyOf::Leader => {}
+                KeyOf::Policy(_) | KeyOf::Namespace(_) | KeyOf::NodeTaints(_) | KeyOf::Workload(_) | KeyOf::Leader => {}
             }
         }
         s
@@ -819,6 +842,34 @@ mod tests {
         assert_eq!(s.policies.keys().collect::<Vec<_>>(), ["prod/db"]);
         assert_eq!(s.node_taints.keys().collect::<Vec<_>>(), ["i-1"]);
         assert_eq!(s.policies["prod/db"].decode().unwrap().version, 3);
+    }
+
+    #[test]
+    fn workloads_are_keys_of_their_own_and_round_trip() {
+        let keys = Keys::new("/berth");
+        let w = berth_proto::cluster::v1::Workload { namespace: "prod".into(), name: "web".into(), replicas: 10, revision: 2, ..Default::default() };
+        let events = [
+            Event::WorkloadApplied { key: "prod/web".into(), workload: StoredWorkload::of(&w) },
+            Event::WorkloadApplied { key: "prod/gone".into(), workload: StoredWorkload::of(&w) },
+            Event::WorkloadDeleted { key: "prod/gone".into() },
+        ];
+        let writes = plan(&keys, &mut Index::default(), &events);
+        assert_eq!(keys.parse(&keys.workload("prod/web")), Some(KeyOf::Workload("prod/web")));
+        let mut s = Snapshot::default();
+        for (k, v) in &writes {
+            let change = match (keys.parse(k).unwrap(), v) {
+                (KeyOf::Workload(key), Some(v)) => Change::Workload { key: key.into(), workload: StoredWorkload(String::from_utf8(v.clone()).unwrap()) },
+                (KeyOf::Workload(key), None) => Change::WorkloadDeleted { key: key.into() },
+                other => panic!("unexpected write {other:?}"),
+            };
+            change.apply(&mut s);
+        }
+        let mut expected = Snapshot::default();
+        for e in &events {
+            expected.apply(e);
+        }
+        assert_eq!(s, expected);
+        assert_eq!(s.workloads["prod/web"].decode().unwrap(), w);
     }
 
     #[test]

@@ -117,6 +117,9 @@ mod tests {
         let mut disk = spec("disk");
         disk.volumes.push(pb::VolumeSpec { name: "data".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/data".into(), ..Default::default() });
         events.extend(c.submit(disk, 0).unwrap());
+        let web = pb::Workload { namespace: "d".into(), name: "web".into(), replicas: 2, template: Some(spec("")), ..Default::default() };
+        events.push(c.apply_workload(web).0);
+        events.extend(c.reconcile_workloads(0));
         events.extend(c.schedule(0));
         events.extend(c.delete("d/b").unwrap());
         events.extend(c.request_node(RequestedNode { instance_id: "i-9".into(), pool: "p".into(), instance_type: "ecs.g7.large".into(), zone_id: "z".into(), vswitch_id: "vsw".into(), requested_at_ms: 5 }));
@@ -127,6 +130,7 @@ mod tests {
         drop(s);
         let loaded = JournalStore::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(loaded, replayed.load().unwrap());
+        assert_eq!((loaded.workloads["d/web"].decode().unwrap().revision, loaded.pods.contains_key("d/web-1-1")), (1, true), "the workload and its pods are kept");
         assert!(loaded.pods["d/disk"].spec.decode().unwrap().pool_selector.contains_key("zone"), "the zone the disk pod was pinned to is kept");
     }
 

@@ -77,6 +77,22 @@ impl StoredPolicy {
     }
 }
 
+/// A workload as stored: its protobuf encoding (revision and previous template included) in base64.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredWorkload(pub String);
+
+impl StoredWorkload {
+    pub fn of(w: &pb::Workload) -> StoredWorkload {
+        StoredWorkload(base64::engine::general_purpose::STANDARD.encode(w.encode_to_vec()))
+    }
+
+    pub fn decode(&self) -> Result<pb::Workload, String> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&self.0).map_err(|e| e.to_string())?;
+        pb::Workload::decode(bytes.as_slice()).map_err(|e| e.to_string())
+    }
+}
+
 /// A node asked of the cloud that has not reported yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +132,9 @@ pub enum Event {
     NamespaceLabeled { namespace: String, labels: BTreeMap<String, String> },
     /// The taints the scheduler's API gave a node (a cordon among them), all of them from now on.
     NodeTainted { node: String, taints: Vec<StoredTaint> },
+    /// A workload created or replaced ("namespace/name"), all of it from now on.
+    WorkloadApplied { key: String, workload: StoredWorkload },
+    WorkloadDeleted { key: String },
 }
 
 /// A taint set through the API, as stored.
@@ -168,6 +187,9 @@ pub struct Snapshot {
     /// Taints given to nodes through the API, by instance ID.
     #[serde(default)]
     pub node_taints: BTreeMap<String, Vec<StoredTaint>>,
+    /// Workloads by "namespace/name".
+    #[serde(default)]
+    pub workloads: BTreeMap<String, StoredWorkload>,
 }
 
 impl Snapshot {
@@ -228,6 +250,12 @@ impl Snapshot {
                     self.node_taints.insert(node.clone(), taints.clone());
                 }
             }
+            Event::WorkloadApplied { key, workload } => {
+                self.workloads.insert(key.clone(), workload.clone());
+            }
+            Event::WorkloadDeleted { key } => {
+                self.workloads.remove(key);
+            }
         }
     }
 }
@@ -251,6 +279,7 @@ pub struct Checkpoint {
     pub scale_ups: BTreeMap<String, ScaleUp>,
     pub policies: BTreeMap<String, StoredPolicy>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub workloads: BTreeMap<String, StoredWorkload>,
 }
 
 #[derive(Debug, Clone)]
@@ -268,13 +297,14 @@ impl Serialize for Checkpoint {
                 serializer.collect_map(self.0.iter().map(|(key, p)| (key, p)))
             }
         }
-        let mut s = serializer.serialize_struct("Snapshot", 6)?;
+        let mut s = serializer.serialize_struct("Snapshot", 7)?;
         s.serialize_field("pods", &Pods(&self.pods))?;
         s.serialize_field("requested", &self.requested)?;
         s.serialize_field("next_order", &self.next_order)?;
         s.serialize_field("scale_ups", &self.scale_ups)?;
         s.serialize_field("policies", &self.policies)?;
         s.serialize_field("namespaces", &self.namespaces)?;
+        s.serialize_field("workloads", &self.workloads)?;
         s.end()
     }
 }
