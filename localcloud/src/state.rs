@@ -26,6 +26,10 @@ pub struct State {
     pub snapshots: BTreeMap<String, Snapshot>,
     /// Idempotency: `Action/ClientToken` to the ID of the resource that request created.
     pub client_tokens: BTreeMap<String, String>,
+    /// When each `client_tokens` key was first used, seconds since the Unix epoch: a token is
+    /// honoured for `api::CLIENT_TOKEN_VALIDITY_SECS` from then.
+    #[serde(default)]
+    pub client_token_used_secs: BTreeMap<String, u64>,
     /// Source of unique resource IDs and MAC addresses; only grows.
     pub next_serial: u64,
 }

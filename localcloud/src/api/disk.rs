@@ -35,7 +35,7 @@ fn check_size(category: &str, level: &str, size: u64) -> ApiResult<()> {
 }
 
 pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    let id = match by_token(state, "CreateDisk", p) {
+    let id = match by_token(state, ctx, "CreateDisk", p) {
         Some(id) => id,
         None => {
             let zone = p.req("ZoneId")?;
@@ -98,7 +98,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
                     description: description.to_string(),
                 },
             );
-            remember_token(state, "CreateDisk", p, &id);
+            remember_token(state, ctx, "CreateDisk", p, &id);
             id
         }
     };
@@ -228,7 +228,7 @@ fn check_snapshot_name(name: &str) -> ApiResult<()> {
 }
 
 pub fn create_snapshot(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    if let Some(id) = by_token(state, "CreateSnapshot", p) {
+    if let Some(id) = by_token(state, ctx, "CreateSnapshot", p) {
         return reply(wire::CreateSnapshotResponse { request_id: ctx.request_id.clone(), snapshot_id: id });
     }
     let d = disk(state, p.req("DiskId")?)?.clone();
@@ -256,7 +256,7 @@ pub fn create_snapshot(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResul
             creation_time: berth_cloud::signing::format_timestamp(ctx.now_secs),
         },
     );
-    remember_token(state, "CreateSnapshot", p, &id);
+    remember_token(state, ctx, "CreateSnapshot", p, &id);
     changed(wire::CreateSnapshotResponse { request_id: ctx.request_id.clone(), snapshot_id: id.clone() }, vec![Pending::Snapshot(id)])
 }
 

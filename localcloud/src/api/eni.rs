@@ -43,7 +43,7 @@ fn invalid_state(e: &NetworkInterface, want: &str) -> ApiFailure {
 }
 
 pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    let id = match by_token(state, "CreateNetworkInterface", p) {
+    let id = match by_token(state, ctx, "CreateNetworkInterface", p) {
         Some(id) => id,
         None => {
             let vsw = vpc::vswitch(state, p.req("VSwitchId")?)?.clone();
@@ -93,7 +93,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
                     description: p.opt("Description").unwrap_or_default().to_string(),
                 },
             );
-            remember_token(state, "CreateNetworkInterface", p, &id);
+            remember_token(state, ctx, "CreateNetworkInterface", p, &id);
             vpc::refresh_available(state, ctx);
             id
         }
@@ -267,7 +267,7 @@ pub fn describe(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outco
 pub fn assign_private_ips(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
     let e = eni(state, p.req("NetworkInterfaceId")?)?.clone();
     let token_key = p.opt("ClientToken").map(|t| format!("AssignPrivateIpAddresses/{t}"));
-    let assigned: Vec<Ipv4Addr> = match token_key.as_ref().and_then(|k| state.client_tokens.get(k)) {
+    let assigned: Vec<Ipv4Addr> = match token_key.as_ref().and_then(|k| super::token_result(state, ctx, k)) {
         Some(list) => list.split(',').filter_map(|s| s.parse().ok()).collect(),
         None => {
             let explicit = p.list("PrivateIpAddress");
@@ -300,7 +300,7 @@ pub fn assign_private_ips(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiRe
             };
             state.enis.get_mut(&e.id).expect("checked above").secondary_ips.extend(ips.iter().copied());
             if let Some(k) = token_key {
-                state.client_tokens.insert(k, ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+                super::remember_token_key(state, ctx, k, ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
             }
             vpc::refresh_available(state, ctx);
             ips
@@ -340,7 +340,7 @@ pub fn unassign_private_ips(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> Api
 pub fn assign_ipv6(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
     let e = eni(state, p.req("NetworkInterfaceId")?)?.clone();
     let token_key = p.opt("ClientToken").map(|t| format!("AssignIpv6Addresses/{t}"));
-    let assigned: Vec<Ipv6Addr> = match token_key.as_ref().and_then(|k| state.client_tokens.get(k)) {
+    let assigned: Vec<Ipv6Addr> = match token_key.as_ref().and_then(|k| super::token_result(state, ctx, k)) {
         Some(list) => list.split(',').filter_map(|s| s.parse().ok()).collect(),
         None => {
             let explicit = p.list("Ipv6Address");
@@ -369,7 +369,7 @@ pub fn assign_ipv6(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Ou
             };
             state.enis.get_mut(&e.id).expect("checked above").ipv6_addresses.extend(ips.iter().copied());
             if let Some(k) = token_key {
-                state.client_tokens.insert(k, ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+                super::remember_token_key(state, ctx, k, ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
             }
             ips
         }

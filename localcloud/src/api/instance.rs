@@ -85,7 +85,7 @@ fn boot_settings(p: &Params<'_>) -> ApiResult<()> {
 }
 
 pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    if let Some(ids) = by_token(state, "RunInstances", p) {
+    if let Some(ids) = by_token(state, ctx, "RunInstances", p) {
         let ids: Vec<String> = ids.split(',').map(str::to_string).collect();
         return changed(wire::RunInstancesResponse { request_id: ctx.request_id.clone(), instance_id_sets: ids.into() }, vec![]);
     }
@@ -153,7 +153,7 @@ pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
         pending.push(Pending::Instance(id.clone()));
         ids.push(id);
     }
-    remember_token(state, "RunInstances", p, &ids.join(","));
+    remember_token(state, ctx, "RunInstances", p, &ids.join(","));
     vpc::refresh_available(state, ctx);
     changed(wire::RunInstancesResponse { request_id: ctx.request_id.clone(), instance_id_sets: ids.into() }, pending)
 }

@@ -233,15 +233,47 @@ fn new_id(state: &mut State, ctx: &Ctx, prefix: &str) -> String {
     format!("{prefix}-{}{:06x}", &ctx.entropy[..ctx.entropy.len().min(8)], state.next_serial)
 }
 
-/// Idempotency by ClientToken: the resource a request with the same Action and token created.
-fn by_token(state: &State, action: &str, p: &Params<'_>) -> Option<String> {
-    let token = p.opt("ClientToken")?;
-    state.client_tokens.get(&format!("{action}/{token}")).cloned()
+/// How long the local cloud honours a ClientToken after the request that used it first. The
+/// public ECS reference ("How to ensure idempotence", help/doc-detail/25693, and the ClientToken
+/// parameter of each action) documents no validity window, only that a token is unique per
+/// request and that a reuse with other parameters is refused; so this is our own choice, long
+/// enough for any retry Berth makes and short enough that a token is not held for ever.
+pub const CLIENT_TOKEN_VALIDITY_SECS: u64 = 24 * 3600;
+
+/// What a request with this `Action/ClientToken` key did, while the token is still valid.
+pub(crate) fn token_result<'s>(state: &'s State, ctx: &Ctx, key: &str) -> Option<&'s String> {
+    // A token remembered before tokens had a time (an older state file) counts as fresh.
+    let used = state.client_token_used_secs.get(key).copied().unwrap_or(ctx.now_secs);
+    (ctx.now_secs < used.saturating_add(CLIENT_TOKEN_VALIDITY_SECS)).then(|| state.client_tokens.get(key)).flatten()
 }
 
-fn remember_token(state: &mut State, action: &str, p: &Params<'_>, id: &str) {
+/// Remembers what the request with this key did, and forgets every token past its validity.
+pub(crate) fn remember_token_key(state: &mut State, ctx: &Ctx, key: String, result: String) {
+    let now = ctx.now_secs;
+    let expired: Vec<String> = state
+        .client_token_used_secs
+        .iter()
+        .filter(|(_, used)| now >= used.saturating_add(CLIENT_TOKEN_VALIDITY_SECS))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in expired {
+        state.client_tokens.remove(&k);
+        state.client_token_used_secs.remove(&k);
+    }
+    state.client_token_used_secs.insert(key.clone(), now);
+    state.client_tokens.insert(key, result);
+}
+
+/// Idempotency by ClientToken: the resource a request with the same Action and a still-valid
+/// token created.
+fn by_token(state: &State, ctx: &Ctx, action: &str, p: &Params<'_>) -> Option<String> {
+    let token = p.opt("ClientToken")?;
+    token_result(state, ctx, &format!("{action}/{token}")).cloned()
+}
+
+fn remember_token(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>, id: &str) {
     if let Some(token) = p.opt("ClientToken") {
-        state.client_tokens.insert(format!("{action}/{token}"), id.to_string());
+        remember_token_key(state, ctx, format!("{action}/{token}"), id.to_string());
     }
 }
 
@@ -286,6 +318,31 @@ mod tests {
         assert_eq!((chunk.len(), next.as_str()), (20, "20"));
         let params = BTreeMap::from([("MaxResults".to_string(), "0".to_string())]);
         assert!(page(&items, &Params(&params), 10, 20).is_err());
+    }
+
+    /// A ClientToken is honoured for its validity and no longer: within it a repeat returns what
+    /// the first request made, after it the same token makes a new resource.
+    #[test]
+    fn a_client_token_expires_after_its_validity() {
+        let mut ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 1_000, snapshot_quota: 256 };
+        let mut state = State::default();
+        state.vpcs.insert("vpc-1".into(), berth_cloud::model::Vpc { id: "vpc-1".into(), name: "v".into(), cidr_block: "10.0.0.0/16".parse().unwrap(), ipv6_cidr_block: None });
+        let params: BTreeMap<String, String> = [("VpcId", "vpc-1"), ("ClientToken", "tok-1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let create = |state: &mut State, ctx: &Ctx| {
+            let out = dispatch(state, ctx, "CreateSecurityGroup", &Params(&params)).map_err(|f| f.message).unwrap();
+            out.body["SecurityGroupId"].as_str().unwrap().to_string()
+        };
+        let first = create(&mut state, &ctx);
+        ctx.now_secs += CLIENT_TOKEN_VALIDITY_SECS - 1;
+        assert_eq!(create(&mut state, &ctx), first, "a repeat within the validity is the same request");
+        assert_eq!(state.security_groups.len(), 1);
+        ctx.now_secs += 1;
+        let second = create(&mut state, &ctx);
+        assert_ne!(second, first, "an expired token is a new request");
+        assert_eq!(state.security_groups.len(), 2);
+        assert_eq!(state.client_token_used_secs.len(), 1, "the expired token is forgotten");
+        ctx.now_secs += 10;
+        assert_eq!(create(&mut state, &ctx), second, "the token is honoured again from its new use");
     }
 
     /// `Permissions.N.*`, as the SDKs send rules: every rule of the call is added (or revoked)

@@ -16,7 +16,7 @@ fn file_system<'s>(state: &'s State, id: &str) -> ApiResult<&'s NasFileSystem> {
 }
 
 pub fn create_file_system(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    let id = match by_token(state, "CreateFileSystem", p) {
+    let id = match by_token(state, ctx, "CreateFileSystem", p) {
         Some(id) => id,
         None => {
             let protocol = p.req("ProtocolType")?;
@@ -31,7 +31,7 @@ pub fn create_file_system(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiRe
                 id.clone(),
                 NasFileSystem { id: id.clone(), zone_id: zone.to_string(), vpc_id: String::new(), protocol: "NFS".into(), mount_target: String::new(), capacity_gib: 10_240 },
             );
-            remember_token(state, "CreateFileSystem", p, &id);
+            remember_token(state, ctx, "CreateFileSystem", p, &id);
             id
         }
     };

@@ -71,7 +71,7 @@ pub fn zone(ctx: &Ctx, zone: &str) -> ApiResult<()> {
 }
 
 pub fn create_vpc(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    let id = match by_token(state, "CreateVpc", p) {
+    let id = match by_token(state, ctx, "CreateVpc", p) {
         Some(id) => id,
         None => {
             let cidr_text = p.opt("CidrBlock").unwrap_or("172.16.0.0/12");
@@ -86,7 +86,7 @@ pub fn create_vpc(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Out
             };
             let name = p.opt("VpcName").unwrap_or_default().to_string();
             state.vpcs.insert(id.clone(), Vpc { id: id.clone(), name, cidr_block: cidr, ipv6_cidr_block: ipv6 });
-            remember_token(state, "CreateVpc", p, &id);
+            remember_token(state, ctx, "CreateVpc", p, &id);
             id
         }
     };
@@ -115,7 +115,7 @@ pub fn describe_vpcs(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
 }
 
 pub fn create_vswitch(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    let id = match by_token(state, "CreateVSwitch", p) {
+    let id = match by_token(state, ctx, "CreateVSwitch", p) {
         Some(id) => id,
         None => {
             let vpc_id = p.req("VpcId")?;
@@ -146,7 +146,7 @@ pub fn create_vswitch(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult
                 id.clone(),
                 VSwitch { id: id.clone(), vpc_id: vpc_id.to_string(), zone_id: zone_id.to_string(), name, cidr_block: cidr, ipv6_cidr_block: ipv6, available_ip_address_count: 0 },
             );
-            remember_token(state, "CreateVSwitch", p, &id);
+            remember_token(state, ctx, "CreateVSwitch", p, &id);
             refresh_available(state, ctx);
             id
         }
@@ -199,7 +199,7 @@ pub fn security_groups_of(state: &State, p: &Params<'_>, vsw: &VSwitch) -> ApiRe
 }
 
 pub fn create_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
-    let id = match by_token(state, "CreateSecurityGroup", p) {
+    let id = match by_token(state, ctx, "CreateSecurityGroup", p) {
         Some(id) => id,
         None => {
             let vpc_id = p.req("VpcId")?;
@@ -208,7 +208,7 @@ pub fn create_security_group(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> Ap
             let name = p.opt("SecurityGroupName").unwrap_or_default().to_string();
             // Default rules (not listed): egress accepted, ingress accepted only from the group's members.
             state.security_groups.insert(id.clone(), SecurityGroup { id: id.clone(), vpc_id: vpc_id.to_string(), name, rules: Vec::new(), referenced_rules: Vec::new() });
-            remember_token(state, "CreateSecurityGroup", p, &id);
+            remember_token(state, ctx, "CreateSecurityGroup", p, &id);
             id
         }
     };
