@@ -258,7 +258,9 @@ async fn network_policy_holds_for_real_traffic_in_every_mode_on_and_across_nodes
         let n: u64 = scraped.lines().find_map(|l| l.strip_prefix(&line)).unwrap_or_else(|| panic!("no {line} in {scraped}")).parse().unwrap();
         assert!(n > 0, "{line}{n}");
     }
-    assert!(!scraped.contains("pod=\"prod/web-a\""), "web-a is selected by no policy: {scraped}");
+    assert!(!scraped.contains("berth_agent_policy_denied_packets_total{pod=\"prod/web-a\""), "web-a is selected by no policy: {scraped}");
+    // Every running pod's traffic is measured, selected or not.
+    assert!(scraped.contains("berth_agent_pod_network_packets_total{pod=\"prod/web-a\",direction=\"receive\"}"), "web-a's traffic: {scraped}");
     let inspected = ctl.ok(&["inspect", "db-excl", "-n", "prod"]);
     assert!(inspected.contains("ingress: only what prod/deny-db allows") && inspected.contains("egress: open"), "{inspected}");
 
