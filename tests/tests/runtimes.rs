@@ -348,6 +348,15 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = Command::new("sh").arg("-c").arg(format!("grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l", self.dir.display())).status();
+        // runc leaves the namespace's parent cgroup (`/berth`) in every hierarchy, empty once the
+        // tasks are deleted (these tests run one at a time).
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")).then(|| left.split(' ').nth(4)).flatten()
+        }) {
+            let _ = std::fs::remove_dir(Path::new(point).join("berth"));
+        }
     }
 }
 
