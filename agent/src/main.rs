@@ -181,9 +181,9 @@ fn load_config(args: Args) -> anyhow::Result<AgentConfig> {
 fn pod_cgroup_root(cfg: &AgentConfig) -> Result<PathBuf, String> {
     let root = match cfg.runner.cgroup_root.as_os_str().is_empty() {
         false => cfg.runner.cgroup_root.clone(),
-        true => berth_nodenet::cgroup::cgroup2_mount().ok_or("no cgroup v2 mount on this node")?.join("berth-pods"),
+        true => berth_nodenet::cgroup::cgroup2_mount().ok_or("no cgroup v2 mount on this node (mount one, or set runner.cgroup_root to a directory inside one)")?.join("berth-pods"),
     };
-    std::fs::create_dir_all(&root).map_err(|e| format!("cannot make {}: {e}", root.display()))?;
+    std::fs::create_dir_all(&root).map_err(|e| format!("cannot make {}: {e} (runner.cgroup_root must be inside a cgroup v2 mount, and the agent start as root)", root.display()))?;
     Ok(root)
 }
 

@@ -111,8 +111,9 @@ mod tests {
     fn the_unified_mount_is_preferred_to_a_hybrid_ones() {
         let hybrid = "35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n36 25 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(cgroup2_mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n31 25 0:27 / /mnt/other rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount_in(&format!("{}{}", &unified[unified.find('\n').unwrap() + 1..], &unified[..=unified.find('\n').unwrap()])), Some(PathBuf::from("/sys/fs/cgroup")));
+        // /sys/fs/cgroup wins even when another cgroup2 mount is listed before it.
+        let unified = "31 25 0:27 / /mnt/other rw - cgroup2 cgroup2 rw\n30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount_in("36 25 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"), None);
     }
 
