@@ -354,7 +354,7 @@ async fn warm_exclusive_and_member_enis_serve_adds_and_are_topped_up() {
     let net = SampleNet::create(&cloud, "10.94.0.0/16", "10.94.1.0/24").await;
     net.open_to(&cloud, "10.0.0.0/8").await;
     let node = net.run(&cloud, "ecs.c7.2xlarge", &net.sg).await;
-    let agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "true", "--warm-exclusive-enis", "1", "--warm-member-enis", "2"]);
+    let mut agent = AgentProcess::start(&lc, &node, &["--min-idle-ips", "1", "--max-idle-ips", "2", "--trunk", "true", "--warm-exclusive-enis", "1", "--warm-member-enis", "2"]);
     let warm = |pool: &serde_json::Value, phase: &str| -> Vec<String> { pool["enis"].as_array().unwrap().iter().filter(|e| e["phase"] == phase).map(|e| e["id"].as_str().unwrap().to_string()).collect() };
     let wait_warm = |want: (usize, usize)| {
         let agent = &agent;
@@ -387,6 +387,37 @@ async fn warm_exclusive_and_member_enis_serve_adds_and_are_topped_up() {
         del_pod(&agent, &excl);
         del_pod(&agent, &trunk);
     });
+    // The released ENIs are warm again and the surplus goes back to the cloud. A restarted agent
+    // keeps the warm ones as they are, without a cloud call for them.
+    let before = settled_warm(&agent).await;
+    agent.restart();
+    let after = settled_warm(&agent).await;
+    assert_eq!(after, before, "the restarted agent kept other warm ENIs\n{}", agent.log());
+    let metrics = agent.metrics().await;
+    let eni_calls: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("berth_agent_cloud_call_seconds_count") && ["CreateNetworkInterface", "DeleteNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface"].iter().any(|a| l.contains(&format!("\"{a}\""))))
+        .collect();
+    assert!(eni_calls.is_empty(), "the restarted agent made ENI calls for warm ENIs it had: {eni_calls:?}");
+    let (ok, text) = inspect(&lc, &agent);
+    assert!(ok, "inspect after the restart: {text}");
+}
+
+/// The agent's warm exclusive and member ENIs once it has one and two of them and nothing is
+/// being deleted.
+async fn settled_warm(agent: &AgentProcess) -> (Vec<String>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pool = agent.pool().await;
+        let enis = pool["enis"].as_array().unwrap();
+        let of = |phase: &str| -> Vec<String> { enis.iter().filter(|e| e["phase"] == phase).map(|e| e["id"].as_str().unwrap().to_string()).collect() };
+        let (x, m) = (of("WarmExclusive"), of("WarmMember"));
+        if (x.len(), m.len()) == (1, 2) && of("Draining").is_empty() {
+            return (x, m);
+        }
+        assert!(Instant::now() < deadline, "warm ENIs {x:?} {m:?}, draining {:?}\n{}", of("Draining"), agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn ipv6_of(pod: &Pod) -> std::net::Ipv6Addr {

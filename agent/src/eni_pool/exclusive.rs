@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use berth_cloud::api::CreateEniRequest;
 use berth_cloud::model::{EniStatus, NetworkInterface};
-use berth_cloud::{Cloud, wait};
+use berth_cloud::Cloud;
 
 use super::warm::{PodEniKind, sorted_groups};
 use super::{AllocError, Allocated, EniPool, now_unix_ns};
@@ -134,7 +134,7 @@ impl<C: Cloud> EniPool<C> {
     async fn place_exclusive(&self, key: &AllocationKey, netns: String, pod: PodRef, eni: &NetworkInterface) -> Result<Allocated, AllocError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| AllocError::Refused(format!("{what} for {}: {e}", eni.id));
         self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await.map_err(|e| super::pod_eni_refusal(&format!("cannot attach the pod's ENI {}", eni.id), "is its vSwitch in the node's zone and VPC?", &e))?;
-        wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the pod's ENI did not attach", &e))?;
+        self.waits.eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the pod's ENI did not attach", &e))?;
         let (gateway, prefix_len) = self.eni_addressing(&eni.mac).map_err(|e| fail("no addressing", &e))?;
         let mut nic = None;
         for _ in 0..50 {

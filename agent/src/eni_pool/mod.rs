@@ -114,6 +114,8 @@ pub struct EniPool<C> {
     grown: Notify,
     /// Wakes the upkeep task.
     wake: Notify,
+    /// Every ENI the node waits on (pods' ENIs attaching, members binding) asked about together.
+    waits: wait::EniWaits,
     metrics: Arc<Metrics>,
 }
 
@@ -161,6 +163,7 @@ impl<C: Cloud> EniPool<C> {
             node: Mutex::new(node),
             grown: Notify::new(),
             wake: Notify::new(),
+            waits: wait::EniWaits::default(),
             metrics,
         }
     }
@@ -448,7 +451,7 @@ impl<C: Cloud> EniPool<C> {
                     if held && b.ledger.eni(&ce.id).is_none() {
                         exclusive_to_adopt.push(ce.clone());
                     } else if !held && at_start {
-                        exclusive_orphans.push(ce.id.clone());
+                        exclusive_orphans.push(ce.clone());
                     }
                     continue;
                 }
@@ -547,13 +550,18 @@ impl<C: Cloud> EniPool<C> {
                 self.adopt_exclusive(&eni)?;
             }
         }
-        for id in exclusive_orphans {
-            tracing::warn!(eni = %id, "a pod ENI no allocation holds; deleting it");
+        for eni in exclusive_orphans {
+            if self.adopt_warm(&eni)? {
+                tracing::info!(eni = %eni.id, "keeping a pod ENI no allocation holds as a warm one");
+                continue;
+            }
+            let id = eni.id;
+            tracing::warn!(eni = %id, "a pod ENI no allocation holds and no warm pool needs; deleting it");
             self.metrics.reconcile_fixes.get_or_create(&vec![("kind", "exclusive_orphan".to_string())]).inc();
             self.delete_eni_calls(&id).await?;
         }
         for id in to_configure {
-            let eni = wait::eni_status(&self.cloud, &id, EniStatus::InUse, self.settings.attach_timeout).await?;
+            let eni = self.waits.eni_status(&self.cloud, &id, EniStatus::InUse, self.settings.attach_timeout).await?;
             self.make_ready(&eni).await?;
         }
         self.drain_release_queue().await;
@@ -813,7 +821,7 @@ impl<C: Cloud> EniPool<C> {
         });
         let result = async {
             self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await?;
-            let attached = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await?;
+            let attached = self.waits.eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await?;
             self.make_ready(&attached).await
         }
         .await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_cloud::api::{CreateEniRequest, EniFilter};
 use berth_cloud::model::{EniKind, EniStatus, NetworkInterface};
-use berth_cloud::{Cloud, wait};
+use berth_cloud::Cloud;
 
 use super::exclusive::{PodEniRequest, pod_eni};
 use super::warm::PodEniKind;
@@ -35,12 +35,12 @@ impl<C: Cloud> EniPool<C> {
         }
         let known = self.books().ledger.trunk().cloned();
         let eni = match known {
-            Some(t) => wait::eni_status(&self.cloud, &t.id, EniStatus::InUse, self.settings.attach_timeout).await?,
+            Some(t) => self.waits.eni_status(&self.cloud, &t.id, EniStatus::InUse, self.settings.attach_timeout).await?,
             None => {
                 let filter = EniFilter { instance_id: Some(self.identity.instance_id.clone()), kind: Some(EniKind::Trunk), ..Default::default() };
                 match self.cloud.describe_network_interfaces(&filter).await?.into_iter().next() {
                     Some(t) if t.status == EniStatus::InUse => t,
-                    Some(t) => wait::eni_status(&self.cloud, &t.id, EniStatus::InUse, self.settings.attach_timeout).await?,
+                    Some(t) => self.waits.eni_status(&self.cloud, &t.id, EniStatus::InUse, self.settings.attach_timeout).await?,
                     None => self.create_trunk().await?,
                 }
             }
@@ -83,7 +83,7 @@ impl<C: Cloud> EniPool<C> {
         if eni.instance_id.is_none() {
             self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, None).await?;
         }
-        let eni = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await?;
+        let eni = self.waits.eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await?;
         self.books().store.done(intent)?;
         Ok(eni)
     }
@@ -142,7 +142,7 @@ impl<C: Cloud> EniPool<C> {
     async fn place_member(&self, key: &AllocationKey, netns: String, pod: PodRef, eni: &NetworkInterface, trunk: &PoolEni) -> Result<Allocated, AllocError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| AllocError::Refused(format!("{what} for {}: {e}", eni.id));
         self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, Some(&trunk.id)).await.map_err(|e| super::pod_eni_refusal(&format!("cannot bind member ENI {} to the trunk", eni.id), "is its vSwitch in the node's zone and VPC?", &e))?;
-        let bound = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the member ENI did not bind", &e))?;
+        let bound = self.waits.eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await.map_err(|e| fail("the member ENI did not bind", &e))?;
         let member = self.member_eni(&bound, trunk).map_err(|e| fail("no addressing", &e))?;
         let created_ns = now_unix_ns();
         let record = AllocationRecord { key: key.clone(), ip: bound.primary_ip, eni_id: bound.id.clone(), netns, pod, created_at: (created_ns / 1_000_000_000) as i64, created_ns, mode: PodMode::Trunk, ip6: bound.ipv6_addresses.first().copied() };

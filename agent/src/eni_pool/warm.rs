@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use berth_cloud::api::CreateEniRequest;
 use berth_cloud::model::{EniStatus, NetworkInterface};
-use berth_cloud::{Cloud, wait};
+use berth_cloud::Cloud;
 
 use super::exclusive::{PodEniRequest, pod_eni};
 use super::{AllocError, Allocated, Books, EniPool, now_unix_ns};
-use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Nic, PodMode, PodRef};
+use crate::pool::ledger::{AllocationKey, AllocationRecord, EniPhase, Nic, PodMode, PodRef, PoolEni};
 use crate::store::{Event, Intent};
 
 pub(super) const WARM_DESCRIPTION: &str = "berth warm ";
@@ -283,15 +283,10 @@ impl<C: Cloud> EniPool<C> {
         let trunk = self.books().ledger.trunk().cloned();
         let trunk_id = if kind == PodEniKind::Member { Some(trunk.as_ref().ok_or_else(|| anyhow::anyhow!("no trunk"))?.id.clone()) } else { None };
         self.cloud.attach_network_interface(&eni.id, &self.identity.instance_id, trunk_id.as_deref()).await?;
-        let bound = wait::eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await?;
-        let ready = match (kind, trunk) {
-            (PodEniKind::Member, Some(trunk)) => {
-                let mut m = self.member_eni(&bound, &trunk)?;
-                m.phase = EniPhase::WarmMember;
-                m
-            }
-            _ => {
-                let (gateway, prefix_len) = self.eni_addressing(&bound.mac)?;
+        let bound = self.waits.eni_status(&self.cloud, &eni.id, EniStatus::InUse, self.settings.attach_timeout).await?;
+        let nic = match kind {
+            PodEniKind::Member => None,
+            PodEniKind::Exclusive => {
                 let mut nic = None;
                 for _ in 0..50 {
                     nic = self.node().find_nic(&bound.mac)?;
@@ -300,17 +295,69 @@ impl<C: Cloud> EniPool<C> {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                let (name, index) = nic.ok_or_else(|| anyhow::anyhow!("warm ENI {} is attached but no link with MAC {} appeared", bound.id, bound.mac))?;
-                let mut warm = pod_eni(&bound, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }), EniPhase::WarmExclusive);
-                warm.gateway6 = self.eni_addressing6(&bound.mac)?;
-                warm
+                Some(nic.ok_or_else(|| anyhow::anyhow!("warm ENI {} is attached but no link with MAC {} appeared", bound.id, bound.mac))?)
             }
         };
+        let ready = self.warm_eni(&bound, kind, trunk.as_ref(), nic)?;
         let mut b = self.books();
         b.ledger.insert_eni(ready);
         self.update_gauges(&b);
         drop(b);
         self.grown.notify_waiters();
         Ok(())
+    }
+
+    /// A bound ENI of `kind` as the ledger keeps it warm; `nic` is an exclusive one's link on the
+    /// node (name, index).
+    fn warm_eni(&self, eni: &NetworkInterface, kind: PodEniKind, trunk: Option<&PoolEni>, nic: Option<(String, u32)>) -> anyhow::Result<PoolEni> {
+        Ok(match (kind, trunk, nic) {
+            (PodEniKind::Member, Some(trunk), _) => PoolEni { phase: EniPhase::WarmMember, ..self.member_eni(eni, trunk)? },
+            (PodEniKind::Exclusive, _, Some((name, index))) => {
+                let (gateway, prefix_len) = self.eni_addressing(&eni.mac)?;
+                let mut warm = pod_eni(eni, gateway, prefix_len, Some(Nic { name, index, route_table: 0 }), EniPhase::WarmExclusive);
+                warm.gateway6 = self.eni_addressing6(&eni.mac)?;
+                warm
+            }
+            (PodEniKind::Member, None, _) => anyhow::bail!("member ENI {} cannot be kept warm: the node has no trunk", eni.id),
+            (PodEniKind::Exclusive, _, None) => anyhow::bail!("exclusive ENI {} cannot be kept warm: its NIC is not in the node's namespace", eni.id),
+        })
+    }
+
+    /// At start, a pod's ENI no allocation holds (a warm one, or a pod's released while the agent
+    /// was down) is kept warm, with no cloud call, when it can serve the next pod as it is —
+    /// attached here and in use, an exclusive one's NIC in the node's namespace, a member bound to
+    /// this node's trunk — and its warm pool is short by the rule the top-up follows (never the
+    /// last free slot). Returns whether it was kept; the caller deletes it otherwise.
+    pub(super) fn adopt_warm(&self, eni: &NetworkInterface) -> anyhow::Result<bool> {
+        let kind = if super::trunk::is_member(eni) { PodEniKind::Member } else { PodEniKind::Exclusive };
+        let trunk = self.books().ledger.trunk().cloned();
+        let bound_here = match kind {
+            PodEniKind::Member => trunk.as_ref().is_some_and(|t| eni.trunk_eni_id.as_deref() == Some(t.id.as_str())),
+            PodEniKind::Exclusive => eni.instance_id.as_deref() == Some(self.identity.instance_id.as_str()),
+        };
+        if eni.status != EniStatus::InUse || !bound_here {
+            return Ok(false);
+        }
+        let nic = match kind {
+            PodEniKind::Member => None,
+            PodEniKind::Exclusive => match self.node().find_nic(&eni.mac)? {
+                Some(nic) => Some(nic),
+                None => return Ok(false),
+            },
+        };
+        let short = {
+            let b = self.books();
+            let (used, quota) = self.pod_eni_slots(&b, kind);
+            // This ENI holds a slot the ledger does not count yet.
+            (b.ledger.warm(kind.warm()) as u32) < self.warm_target(kind) && used + 2 <= quota
+        };
+        if !short {
+            return Ok(false);
+        }
+        let warm = self.warm_eni(eni, kind, trunk.as_ref(), nic)?;
+        let mut b = self.books();
+        b.ledger.insert_eni(warm);
+        self.update_gauges(&b);
+        Ok(true)
     }
 }
