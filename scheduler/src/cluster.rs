@@ -381,7 +381,7 @@ impl Cluster {
     }
 
     /// How many more pods each disruption budget lets go, from the pods it selects now.
-    fn budget_allowance(&self) -> Vec<u32> {
+    pub(crate) fn budget_allowance(&self) -> Vec<u32> {
         self.budgets
             .iter()
             .map(|b| {

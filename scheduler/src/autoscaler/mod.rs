@@ -508,9 +508,15 @@ pub fn observe_utilisation(cluster: &mut Cluster, threshold: f64, now_ms: u64) {
     }
 }
 
+/// The pod label that keeps a pod's node from being removed by the autoscaler (value `true`), as
+/// Karpenter's do-not-disrupt annotation does: a batch job or a singleton that must not move.
+pub const DO_NOT_DISRUPT: &str = "berth.io/do-not-disrupt";
+
 /// Nodes to remove now: managed by a pool, underused for the period, above the pool's minimum,
-/// within its disruption budget (nodes being removed count), and whose every pod fits on
-/// another Ready node that stays.
+/// within its node disruption budget (nodes being removed count), with no pod labelled
+/// [`DO_NOT_DISRUPT`], whose pods may all move within the per-label pod disruption budgets, and
+/// whose every pod fits on another Ready node that stays and whose node rules (taints, affinity,
+/// per-node anti-affinity with the pods there and those moved there) admit it.
 pub fn plan_scale_down(cluster: &Cluster, pools: &[NodePool], s: &ScaleDownSettings, now_ms: u64) -> Vec<String> {
     let p = &cluster.placement;
     let mut per_pool: HashMap<&str, (u32, u32)> = HashMap::new(); // (nodes, being removed)
@@ -521,8 +527,10 @@ pub fn plan_scale_down(cluster: &Cluster, pools: &[NodePool], s: &ScaleDownSetti
             e.1 += 1;
         }
     }
-    // Free counts other nodes would have after taking moved pods.
+    // Free counts other nodes would have after taking moved pods, and the pods moved there.
     let mut sim_free: HashMap<u32, Resources> = HashMap::new();
+    let mut sim_pods: HashMap<u32, Vec<&PodRequest>> = HashMap::new();
+    let mut allowance = cluster.budget_allowance();
     let mut chosen: Vec<String> = Vec::new();
     let mut chosen_idx: Vec<u32> = Vec::new();
     for (idx, n) in p.nodes() {
@@ -538,18 +546,42 @@ pub fn plan_scale_down(cluster: &Cluster, pools: &[NodePool], s: &ScaleDownSetti
         if count.saturating_sub(removing) <= pool.min_nodes || removing >= pool.disruption_budget {
             continue;
         }
-        // Every pod must fit on a node that stays.
+        let pods: Vec<&PodRequest> = n.pods.iter().filter_map(|k| cluster.pod(k)).map(|r| &r.req).collect();
+        if pods.iter().any(|r| r.own.get(DO_NOT_DISRUPT) == Some("true")) {
+            continue;
+        }
+        // Every pod may go within its budgets, and fits on a node that stays.
+        let mut left = allowance.clone();
         let mut trial = sim_free.clone();
+        let mut trial_pods = sim_pods.clone();
         let mut movable = true;
-        for key in &n.pods {
-            let Some(rec) = cluster.pod(key) else { continue };
-            let target = p.nodes().find(|(j, m)| {
-                *j != idx && !chosen_idx.contains(j) && m.health == Health::Ready && !cluster.deleting.contains(&m.id) && !m.blocked.forbids(&rec.req.demand) && rec.req.matches_identity(&m.identity) && trial.get(j).unwrap_or(&m.free).fits(&rec.req.demand)
-            });
+        for req in &pods {
+            for (k, b) in cluster.budgets.iter().enumerate() {
+                if b.selects(&req.own) {
+                    movable &= left[k] > 0;
+                    left[k] = left[k].saturating_sub(1);
+                }
+            }
+            let target = movable
+                .then(|| {
+                    p.nodes().find(|(j, m)| {
+                        *j != idx
+                            && !chosen_idx.contains(j)
+                            && m.health == Health::Ready
+                            && !cluster.deleting.contains(&m.id)
+                            && !m.blocked.forbids(&req.demand)
+                            && req.matches_identity(&m.identity)
+                            && crate::placement::plugins::admits(req, &m.identity).is_ok()
+                            && trial.get(j).unwrap_or(&m.free).fits(&req.demand)
+                            && m.pods.iter().filter_map(|k| cluster.pod(k)).map(|r| &r.req).chain(trial_pods.get(j).into_iter().flatten().copied()).all(|other| may_share_node(req, other))
+                    })
+                })
+                .flatten();
             match target {
                 Some((j, m)) => {
                     let f = trial.get(&j).copied().unwrap_or(m.free);
-                    trial.insert(j, f.saturating_sub(&rec.req.demand));
+                    trial.insert(j, f.saturating_sub(&req.demand));
+                    trial_pods.entry(j).or_default().push(req);
                 }
                 None => {
                     movable = false;
@@ -561,6 +593,8 @@ pub fn plan_scale_down(cluster: &Cluster, pools: &[NodePool], s: &ScaleDownSetti
             continue;
         }
         sim_free = trial;
+        sim_pods = trial_pods;
+        allowance = left;
         chosen.push(n.id.clone());
         chosen_idx.push(idx);
         if let Some(e) = per_pool.get_mut(pool.name.as_str()) {

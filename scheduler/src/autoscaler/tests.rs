@@ -236,3 +236,47 @@ fn anti_affinity_per_node_is_simulated_one_pod_per_new_node() {
     let plans = plan_scale_up(&refs, &[pool("p", &["ecs.g7.large"], 10, 0)], &catalogue::instance_type, &PoolNodes::default(), &[], Expander::LeastWaste);
     assert_eq!(counts_by_zone(&plans), [("z1", 3)]);
 }
+
+/// Two nodes of pool `a`, each running one `app=web` pod built by `spec`, both underused.
+fn two_web_nodes(spec: &dyn Fn(&str) -> pb::PodSpec) -> Cluster {
+    // Spread: the second pod goes to the emptier node.
+    let mut c = Cluster::new(Strategy::Spread, 0, 15_000);
+    c.report(&report("i-1", "a", "z1", caps(10, 16), 1, &[]), 0);
+    c.report(&report("i-2", "a", "z1", caps(10, 16), 1, &[]), 0);
+    c.submit(spec("w1"), 0).unwrap();
+    c.schedule(0);
+    c.submit(spec("w2"), 0).unwrap();
+    c.schedule(0);
+    let on = |id: &str| c.placement.node(c.placement.index_of(id).unwrap()).unwrap().pods.len();
+    assert_eq!((on("i-1"), on("i-2")), (1, 1), "one pod per node");
+    observe_utilisation(&mut c, 0.5, 0);
+    c
+}
+
+fn web_pod(name: &str) -> pb::PodSpec {
+    pb::PodSpec { namespace: "d".into(), name: name.into(), cpu_millicores: 100, memory_bytes: 1 << 20, labels: [("app".to_string(), "web".to_string())].into(), ..Default::default() }
+}
+
+#[test]
+fn scale_down_moves_no_pod_that_may_not_be_disrupted_nor_more_than_a_budget_allows_nor_against_anti_affinity() {
+    let s = ScaleDownSettings { utilisation_threshold: 0.5, underused_for_ms: 0 };
+    let pools = [pool("a", &["ecs.g7.large"], 10, 0)];
+    // The base case: one of the two underused nodes goes, its pod fits on the other.
+    let c = two_web_nodes(&web_pod);
+    assert_eq!(plan_scale_down(&c, &pools, &s, 1).len(), 1);
+    // A pod labelled do-not-disrupt keeps its node.
+    let c = two_web_nodes(&|n| {
+        let mut spec = web_pod(n);
+        spec.labels.insert(DO_NOT_DISRUPT.into(), "true".into());
+        spec
+    });
+    assert!(plan_scale_down(&c, &pools, &s, 1).is_empty(), "a do-not-disrupt pod's node was removed");
+    // A budget keeping both web pods available lets neither move.
+    let mut c = two_web_nodes(&web_pod);
+    c.budgets = vec![crate::placement::preemption::DisruptionBudget { namespace: "d".into(), match_labels: [("app".to_string(), "web".to_string())].into(), min_available: Some(2), max_unavailable: None }];
+    assert!(plan_scale_down(&c, &pools, &s, 1).is_empty(), "a node was removed against the budget");
+    // Pods that repel each other per node cannot be moved together.
+    let anti = pb::PodAffinity { required: vec![pb::PodAffinityTerm { label_selector: Some(pb::LabelSelector { match_labels: [("app".to_string(), "web".to_string())].into(), match_expressions: Vec::new() }), namespaces: vec![], topology_key: crate::placement::labels::HOSTNAME.into() }], preferred: vec![] };
+    let c = two_web_nodes(&|n| pb::PodSpec { pod_anti_affinity: Some(anti.clone()), ..web_pod(n) });
+    assert!(plan_scale_down(&c, &pools, &s, 1).is_empty(), "a pod was moved beside one it repels");
+}
