@@ -95,11 +95,14 @@ pub struct AutoscalerConfig {
     pub interval_ms: u64,
     /// Pods of a lower priority never make the autoscaler add a node.
     pub scale_up_min_priority: i32,
+    /// An underused node whose pods would fit on one node of a cheaper type of its pool is
+    /// replaced by one (created first, then the dearer node drained and removed).
+    pub replace_with_cheaper: bool,
 }
 
 impl Default for AutoscalerConfig {
     fn default() -> Self {
-        AutoscalerConfig { enabled: true, expander: Expander::LeastWaste, pending_threshold_secs: 10, scale_down_utilisation: 0.5, scale_down_after_secs: 600, node_boot_timeout_secs: 600, interval_ms: 1000, scale_up_min_priority: i32::MIN }
+        AutoscalerConfig { enabled: true, expander: Expander::LeastWaste, pending_threshold_secs: 10, scale_down_utilisation: 0.5, scale_down_after_secs: 600, node_boot_timeout_secs: 600, interval_ms: 1000, scale_up_min_priority: i32::MIN, replace_with_cheaper: true }
     }
 }
 

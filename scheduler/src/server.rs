@@ -602,6 +602,16 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
                 tracing::info!(node = %node, "node underused; moving its pods and removing it");
                 events.extend(c.drain(&node, now));
             }
+            let idle_round = calls.is_empty() && c.deleting.is_empty();
+            if idle_round
+                && cfg.autoscaler.replace_with_cheaper
+                && let Some(plan) = autoscaler::plan_replacements(c, &pools, &berth_cloud::catalogue::instance_type, &on_the_way, &settings, now)
+            {
+                let u = ScaleUp { client_token: uuid::Uuid::new_v4().to_string(), pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), count: 1, started_at_ms: now };
+                tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, pods = plan.pods, "an underused node's pods fit on a cheaper one; adding it to replace the node");
+                events.extend(c.start_scale_up(u.clone()));
+                calls.push((u, Some(plan)));
+            }
         }
         // A drained node is deleted once its agent reports that it runs nothing any more, or once
         // it stopped reporting (its pods were moved when its lease ran out).

@@ -604,5 +604,64 @@ pub fn plan_scale_down(cluster: &Cluster, pools: &[NodePool], s: &ScaleDownSetti
     chosen
 }
 
+/// Consolidation by replacement, as Karpenter replaces a node by a cheaper one: an underused node
+/// (for the period, no [`DO_NOT_DISRUPT`] pod, its pods free to move within the disruption
+/// budgets) whose pods would all fit on one node of a cheaper instance type of its pool, in its
+/// zone, gets that node — the cheapest such type. Once the new node reports, [`plan_scale_down`]
+/// finds the pods a home there and removes the dearer node; until then nothing more is planned
+/// for the pool (a node of it on its way, or one that came up for less than the period and runs
+/// nothing, is a replacement not used yet). At most one replacement per round; none for a pool
+/// at its maximum or with its disruption budget in use.
+pub fn plan_replacements(cluster: &Cluster, pools: &[NodePool], catalogue: &dyn Fn(&str) -> Option<InstanceType>, requested: &[RequestedNode], s: &ScaleDownSettings, now_ms: u64) -> Option<ScaleUpPlan> {
+    let p = &cluster.placement;
+    let nodes = PoolNodes::of_cluster(cluster);
+    let young_and_empty = |pool: &str| p.nodes().any(|(_, n)| n.identity.pool == pool && n.pods.is_empty() && n.underused_since_ms.is_none_or(|t| now_ms.saturating_sub(t) < s.underused_for_ms));
+    let allowance = cluster.budget_allowance();
+    for (_, n) in p.nodes() {
+        let Some(pool) = pools.iter().find(|x| x.name == n.identity.pool) else { continue };
+        if n.health != Health::Ready || cluster.deleting.contains(&n.id) || n.pods.is_empty() {
+            continue;
+        }
+        if n.underused_since_ms.is_none_or(|since| now_ms.saturating_sub(since) < s.underused_for_ms) {
+            continue;
+        }
+        let removing = p.nodes().filter(|(_, m)| m.identity.pool == pool.name && cluster.deleting.contains(&m.id)).count() as u32;
+        if nodes.in_pool(&pool.name, requested) >= pool.max_nodes || removing >= pool.disruption_budget || requested.iter().any(|r| r.pool == pool.name) || young_and_empty(&pool.name) {
+            continue;
+        }
+        let pods: Vec<&PodRequest> = n.pods.iter().filter_map(|k| cluster.pod(k)).map(|r| &r.req).collect();
+        if pods.iter().any(|r| r.own.get(DO_NOT_DISRUPT) == Some("true")) {
+            continue;
+        }
+        let mut left = allowance.clone();
+        let within_budgets = pods.iter().all(|req| {
+            cluster.budgets.iter().enumerate().filter(|(_, b)| b.selects(&req.own)).all(|(k, _)| {
+                let ok = left[k] > 0;
+                left[k] = left[k].saturating_sub(1);
+                ok
+            })
+        });
+        let Some(price_now) = catalogue(&n.identity.instance_type).map(|t| t.price_per_hour) else { continue };
+        let Some(vsw) = pool.vswitches.iter().find(|v| v.zone == n.identity.zone_id) else { continue };
+        if !within_budgets {
+            continue;
+        }
+        let holds_all = |t: &InstanceType| {
+            let identity = template_identity(pool, t, vsw);
+            let mut free = template_capacity(t);
+            pods.iter().enumerate().all(|(i, req)| {
+                let fits = free.fits(&req.demand) && req.matches_identity(&identity) && crate::placement::plugins::admits(req, &identity).is_ok() && pods[..i].iter().all(|other| may_share_node(req, other));
+                free = free.saturating_sub(&req.demand);
+                fits
+            })
+        };
+        let cheapest = pool.instance_types.iter().filter_map(|id| catalogue(id)).filter(|t| t.price_per_hour < price_now && holds_all(t)).min_by(|a, b| a.price_per_hour.total_cmp(&b.price_per_hour));
+        if let Some(t) = cheapest {
+            return Some(ScaleUpPlan { pool: pool.name.clone(), instance_type: t.id.clone(), vswitch_id: vsw.id.clone(), zone_id: vsw.zone.clone(), count: 1, pods: pods.len(), pods_on_requested: 0, waste: 0.0, price_per_hour: t.price_per_hour });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests;

@@ -280,3 +280,37 @@ fn scale_down_moves_no_pod_that_may_not_be_disrupted_nor_more_than_a_budget_allo
     let c = two_web_nodes(&|n| pb::PodSpec { pod_anti_affinity: Some(anti.clone()), ..web_pod(n) });
     assert!(plan_scale_down(&c, &pools, &s, 1).is_empty(), "a pod was moved beside one it repels");
 }
+
+#[test]
+fn an_underused_node_whose_pods_fit_on_a_cheaper_type_is_replaced_by_one_then_removed() {
+    let s = ScaleDownSettings { utilisation_threshold: 0.9, underused_for_ms: 600_000 };
+    let pools = [pool("a", &["ecs.g7.xlarge", "ecs.g7.large", "ecs.c7.large"], 10, 0)];
+    let big_pod = |labels: &[(&str, &str)]| pb::PodSpec { namespace: "d".into(), name: "p".into(), cpu_millicores: 1000, memory_bytes: 5 << 30, labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() };
+    let one_node = |spec: pb::PodSpec| {
+        let mut c = Cluster::new(Strategy::BinPack, 0, 15_000);
+        c.report(&report("i-big", "a", "z1", caps(10, 16), 1, &[]), 0); // an ecs.g7.xlarge
+        c.submit(spec, 0).unwrap();
+        c.schedule(0);
+        observe_utilisation(&mut c, s.utilisation_threshold, 0);
+        c
+    };
+    let mut c = one_node(big_pod(&[]));
+    assert!(plan_replacements(&c, &pools, &catalogue::instance_type, &[], &s, 599_000).is_none(), "not yet underused for the period");
+    assert!(plan_scale_down(&c, &pools, &s, 600_000).is_empty(), "its pod fits on no other node");
+    // The cheapest type that holds the pod: 5 GiB rule out the c7.large's 4 GiB.
+    let plan = plan_replacements(&c, &pools, &catalogue::instance_type, &[], &s, 600_000).expect("a replacement");
+    assert_eq!((plan.instance_type.as_str(), plan.zone_id.as_str(), plan.count), ("ecs.g7.large", "z1", 1));
+    // Nothing more while it is on its way, nor once it is up and runs nothing yet.
+    assert!(plan_replacements(&c, &pools, &catalogue::instance_type, &[requested("i-new", "a", "z1")], &s, 600_000).is_none());
+    c.report(&report("i-new", "a", "z1", caps(10, 16), 1, &[]), 600_000);
+    observe_utilisation(&mut c, s.utilisation_threshold, 600_000);
+    assert!(plan_replacements(&c, &pools, &catalogue::instance_type, &[], &s, 600_001).is_none(), "a second replacement");
+    // Then the dearer node goes: its pod has a home on the new one.
+    assert_eq!(plan_scale_down(&c, &pools, &s, 600_001), vec!["i-big".to_string()]);
+    // A pod that may not be disrupted, or a pool at its maximum, keeps the node as it is.
+    let c = one_node(big_pod(&[(DO_NOT_DISRUPT, "true")]));
+    assert!(plan_replacements(&c, &pools, &catalogue::instance_type, &[], &s, 600_000).is_none());
+    let c = one_node(big_pod(&[]));
+    let full = [pool("a", &["ecs.g7.xlarge", "ecs.g7.large"], 1, 0)];
+    assert!(plan_replacements(&c, &full, &catalogue::instance_type, &[], &s, 600_000).is_none());
+}
