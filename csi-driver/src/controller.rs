@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use berth_cloud::api::{CreateDiskRequest, CreateSnapshotRequest, DiskFilter, SnapshotFilter};
 use berth_cloud::error::code;
-use berth_cloud::model::{Disk, DiskStatus, Snapshot, SnapshotStatus};
+use berth_cloud::model::{DataDiskStock, Disk, DiskStatus, Snapshot, SnapshotStatus};
 use berth_cloud::{Cloud as _, CloudError};
 use berth_proto::agent::v1 as agent;
 use berth_proto::csi::v1 as csi;
@@ -32,6 +32,8 @@ pub fn cloud_status(e: CloudError) -> Status {
         Some(code::INVALID_DISK_SIZE | code::DISK_SIZE_SHRINK) => Status::out_of_range(text),
         Some(code::INCORRECT_DISK_STATUS | code::INCORRECT_INSTANCE_STATUS | code::ZONE_MISMATCH) => Status::failed_precondition(text),
         Some(code::DISK_LIMIT) => Status::resource_exhausted(text),
+        // Out of stock in the zone: the CO may choose another zone or wait.
+        Some(code::NO_STOCK) => Status::resource_exhausted(text),
         Some(_) if e.api().is_some_and(|a| (400..500).contains(&a.http_status) && !a.is_retryable()) => Status::invalid_argument(text),
         _ => Status::unavailable(text),
     }
@@ -661,6 +663,7 @@ impl csi::controller_server::Controller for ControllerService {
             cap(rpc::Type::VolumeCondition),
             cap(rpc::Type::ModifyVolume),
             cap(rpc::Type::PublishReadonly),
+            cap(rpc::Type::GetCapacity),
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
     }
@@ -681,8 +684,36 @@ impl csi::controller_server::Controller for ControllerService {
         Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
     }
 
-    async fn get_capacity(&self, _: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        Err(Status::unimplemented("GetCapacity is not advertised"))
+    async fn get_capacity(&self, request: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let req = request.into_inner();
+        let spec = VolumeSpec::parse(&req.parameters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let VolumeSpec::Disk { category, performance_level, zone } = spec else {
+            return Err(Status::invalid_argument(format!(
+                "GetCapacity reports the cloud's stock of disks; a {} volume (parameter type={}) draws on no per-zone stock: ask with type=disk or without type",
+                spec.kind().as_str(),
+                spec.kind().as_str()
+            )));
+        };
+        if !req.volume_capabilities.is_empty() {
+            check_caps(Kind::Disk, &req.volume_capabilities)?;
+        }
+        let zone = match &req.accessible_topology {
+            Some(t) if !t.segments.is_empty() => Some(
+                t.segments.get(ZONE_KEY).cloned().ok_or_else(|| Status::invalid_argument(format!("accessible_topology {:?} has no {ZONE_KEY} segment, the only one this driver reports", t.segments)))?,
+            ),
+            _ => zone,
+        };
+        let stock = self.0.cloud()?.describe_data_disk_stock(zone.as_deref(), Some(&category)).await.map_err(|e| match e.code() {
+            Some(code::INVALID_ZONE_ID) => Status::invalid_argument(format!("zone {:?} is not a zone of this cloud: {e}", zone.as_deref().unwrap_or_default())),
+            _ => cloud_status(e),
+        })?;
+        let (min, max) = disk_size_limits(&category, performance_level.as_deref());
+        let largest = largest_disks_gib(&stock, &category, min, max);
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: largest.iter().sum::<i64>() * GIB,
+            maximum_volume_size: Some(largest.iter().copied().max().unwrap_or(0) * GIB),
+            minimum_volume_size: Some(min * GIB),
+        }))
     }
 
     async fn create_snapshot(&self, request: Request<csi::CreateSnapshotRequest>) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
@@ -818,6 +849,19 @@ pub fn check_mutable_parameters(params: &HashMap<String, String>) -> Result<Opti
     Ok(level)
 }
 
+/// The largest disk of `category` each zone of `stock` can create now, in GiB, within the
+/// category's (and level's) `min..=max`: 0 where it is sold out or what is left is below `min`.
+/// The cloud tells whether a zone has stock and the largest disk it sells, not how much it holds,
+/// so the sum of these is the capacity known to be there, never more.
+pub fn largest_disks_gib(stock: &[DataDiskStock], category: &str, min: i64, max: i64) -> Vec<i64> {
+    stock
+        .iter()
+        .filter(|s| s.category == category)
+        .map(|s| if s.available { (s.max_gib as i64).min(max) } else { 0 })
+        .map(|gib| if gib < min { 0 } else { gib })
+        .collect()
+}
+
 fn disk_volume(d: &Disk) -> csi::Volume {
     csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: None, accessible_topology: vec![topology(&d.zone_id)] }
 }
@@ -847,6 +891,7 @@ mod tests {
 
     #[test]
     fn cloud_errors_become_the_codes_a_co_acts_on() {
+        assert_eq!(cloud_status(api(code::NO_STOCK, 403)).code(), tonic::Code::ResourceExhausted);
         assert_eq!(cloud_status(api(code::INVALID_DISK_ID, 404)).code(), tonic::Code::NotFound);
         assert_eq!(cloud_status(api(code::INVALID_DISK_SIZE, 400)).code(), tonic::Code::OutOfRange);
         assert_eq!(cloud_status(api(code::INCORRECT_DISK_STATUS, 403)).code(), tonic::Code::FailedPrecondition);
@@ -865,6 +910,17 @@ mod tests {
         assert_eq!(csi_page(&items, 2, "9").unwrap_err().code(), tonic::Code::Aborted);
         assert_eq!(csi_page(&items, 2, "x").unwrap_err().code(), tonic::Code::Aborted);
         assert_eq!(csi_page(&items, -1, "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn capacity_is_the_largest_disk_each_zone_can_make_now() {
+        let stock = |zone: &str, category: &str, available: bool, max_gib: u64| DataDiskStock { zone_id: zone.into(), category: category.into(), available, min_gib: 1, max_gib };
+        let stock = [stock("a", "cloud_essd", true, 65_536), stock("b", "cloud_essd", true, 300), stock("c", "cloud_essd", false, 0), stock("a", "cloud_ssd", true, 9)];
+        // PL1: 20..=65536 GiB; zone b holds 300 GiB of it, zone c none, the ssd entry is not asked.
+        assert_eq!(largest_disks_gib(&stock, "cloud_essd", 20, 65_536), vec![65_536, 300, 0]);
+        // PL2 needs 461 GiB: what zone b has left holds no such disk.
+        assert_eq!(largest_disks_gib(&stock, "cloud_essd", 461, 65_536), vec![65_536, 0, 0]);
+        assert_eq!(largest_disks_gib(&stock, "cloud_ssd", 20, 32_768), vec![0]);
     }
 
     #[test]
