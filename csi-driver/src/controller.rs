@@ -427,6 +427,57 @@ impl ControllerService {
         }
     }
 
+    /// A NAS or OSS volume's capacity (its record) and condition (a NAS volume whose directory is
+    /// gone is abnormal; an OSS prefix exists through its objects, so only the record tells);
+    /// NOT_FOUND without a record.
+    async fn dir_volume_status(&self, id: &VolumeId) -> Result<(i64, csi::VolumeCondition), Status> {
+        let (record_root, record) = capacity_record(id).ok_or_else(|| Status::not_found(format!("{id} names no directory volume")))?;
+        let this = ControllerService(self.0.clone());
+        let task_id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let recorded = this.with_root(&record_root, |root| match read_capacity(&root.join(&record)) {
+                Ok(c) => Ok(Some(c)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })?;
+            let capacity = recorded.ok_or_else(|| Status::not_found(format!("volume {task_id} does not exist: it has no record")))?;
+            let condition = match &task_id {
+                VolumeId::Nas { path, .. } => {
+                    let rel = PathBuf::from(path.trim_start_matches('/'));
+                    if this.with_root(&task_id, |root| Ok(root.join(&rel).is_dir()))? {
+                        csi::VolumeCondition { abnormal: false, message: format!("the directory {path} of NAS volume {task_id} is there") }
+                    } else {
+                        csi::VolumeCondition { abnormal: true, message: format!("the directory {path} of NAS volume {task_id} is gone; its record says {capacity} bytes") }
+                    }
+                }
+                _ => csi::VolumeCondition { abnormal: false, message: format!("OSS volume {task_id} is recorded") },
+            };
+            Ok((capacity, condition))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    /// Every NAS volume of every file system the cloud lists: their records (see [`nas_volumes_under`]).
+    async fn nas_volumes(&self) -> Result<Vec<(VolumeId, i64)>, Status> {
+        let local = !self.0.cfg.nas.local_export_root.as_os_str().is_empty();
+        let mut out = Vec::new();
+        for fs in self.0.cloud()?.describe_nas_file_systems(None).await.map_err(cloud_status)? {
+            let root_id = VolumeId::Nas { fs_id: fs.id.clone(), server: if local { String::new() } else { fs.mount_target.clone() }, path: "/".into() };
+            let this = ControllerService(self.0.clone());
+            let task_id = root_id.clone();
+            let found = match tokio::task::spawn_blocking(move || this.with_root(&task_id, nas_volumes_under)).await.map_err(|e| Status::internal(e.to_string()))? {
+                Ok(found) => found,
+                // A file system whose export is not there (yet) holds no volume of ours.
+                Err(e) if e.code() == tonic::Code::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let VolumeId::Nas { fs_id, server, .. } = root_id else { unreachable!("made above") };
+            out.extend(found.into_iter().map(|(path, capacity)| (VolumeId::Nas { fs_id: fs_id.clone(), server: server.clone(), path }, capacity)));
+        }
+        Ok(out)
+    }
+
     async fn create_dir_volume(&self, req: &csi::CreateVolumeRequest, spec: &VolumeSpec) -> Result<csi::Volume, Status> {
         let id = match spec {
             VolumeSpec::Nas { fs_id, parent } => {
@@ -466,7 +517,7 @@ impl ControllerService {
             return Err(Status::already_exists(format!("volume {:?} exists as {id} with {recorded} bytes, not {capacity}", req.name)));
         }
         tracing::info!(name = %req.name, volume = %id, "directory volume created");
-        Ok(csi::Volume { capacity_bytes: capacity, volume_id: id.to_string(), volume_context: context(spec.kind()), content_source: None, accessible_topology: Vec::new() })
+        Ok(dir_volume(&id, capacity))
     }
 }
 
@@ -487,10 +538,15 @@ fn capacity_record(id: &VolumeId) -> Option<(VolumeId, PathBuf)> {
 
 const RECORDS: &str = ".berth-volumes";
 
+/// The capacity recorded at `file`.
+fn read_capacity(file: &Path) -> std::io::Result<i64> {
+    let text = std::fs::read_to_string(file)?;
+    text.trim().parse::<i64>().map_err(|e| std::io::Error::other(format!("{}: {e}", file.display())))
+}
+
 /// The capacity recorded at `file`, recording `capacity` there when there is none yet.
 fn read_or_write_capacity(file: &Path, capacity: i64) -> std::io::Result<i64> {
-    match std::fs::read_to_string(file) {
-        Ok(text) => text.trim().parse::<i64>().map_err(|e| std::io::Error::other(format!("{}: {e}", file.display()))),
+    match read_capacity(file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -498,8 +554,41 @@ fn read_or_write_capacity(file: &Path, capacity: i64) -> std::io::Result<i64> {
             std::fs::write(file, capacity.to_string())?;
             Ok(capacity)
         }
-        Err(e) => Err(e),
+        other => other,
     }
+}
+
+/// The NAS volumes recorded under `root` (a file system's root): each record of a `.berth-volumes`
+/// directory, as the volume's path in the file system and its capacity. The volumes' own
+/// directories (what the records name) are not entered, only the tree of their parents.
+pub fn nas_volumes_under(root: &Path) -> std::io::Result<Vec<(String, i64)>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let dir = root.join(&rel);
+        let mut volumes = std::collections::HashSet::new();
+        match std::fs::read_dir(dir.join(RECORDS)) {
+            Ok(records) => {
+                for r in records {
+                    let r = r?;
+                    let leaf = r.file_name().to_string_lossy().into_owned();
+                    found.push((format!("/{}", rel.join(&leaf).display()), read_capacity(&r.path())?));
+                    volumes.insert(leaf);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != RECORDS && !volumes.contains(&name) && e.file_type()?.is_dir() {
+                dirs.push(rel.join(name));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 #[tonic::async_trait]
@@ -670,17 +759,24 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn list_volumes(&self, request: Request<csi::ListVolumesRequest>) -> Result<Response<csi::ListVolumesResponse>, Status> {
         let req = request.into_inner();
-        // Disks only: NAS and OSS volumes are directories the cloud does not list.
-        let mut all: Vec<Disk> = self.0.cloud()?.describe_disks(&DiskFilter::default()).await.map_err(cloud_status)?.into_iter().filter(|d| !d.system).collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        let (page, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
-        let entries = page
+        use csi::list_volumes_response::{Entry, VolumeStatus};
+        // Cloud disks, and the NAS volumes recorded on the cloud's file systems (OSS volumes are
+        // not listed: the cloud client lists no buckets). One order, by volume ID, for every page.
+        let disks: Vec<Disk> = self.0.cloud()?.describe_disks(&DiskFilter::default()).await.map_err(cloud_status)?.into_iter().filter(|d| !d.system).collect();
+        let mut all: Vec<Entry> = disks
             .iter()
             .map(|d| {
                 let (published_node_ids, volume_condition) = disk_status(d);
-                csi::list_volumes_response::Entry { volume: Some(disk_volume(d)), status: Some(csi::list_volumes_response::VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) }) }
+                Entry { volume: Some(disk_volume(d)), status: Some(VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) }) }
             })
             .collect();
+        for (id, capacity) in self.nas_volumes().await? {
+            // Listed from its record inside its parent's tree, so its directory is not looked at here.
+            let condition = csi::VolumeCondition { abnormal: false, message: format!("NAS volume {id} is recorded") };
+            all.push(Entry { volume: Some(dir_volume(&id, capacity)), status: Some(VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(condition) }) });
+        }
+        all.sort_by(|a, b| a.volume.as_ref().map(|v| &v.volume_id).cmp(&b.volume.as_ref().map(|v| &v.volume_id)));
+        let (entries, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
         Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
     }
 
@@ -801,7 +897,9 @@ impl csi::controller_server::Controller for ControllerService {
         required(&req.volume_id, "volume_id")?;
         let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
         let VolumeId::Disk { disk_id } = &id else {
-            return Err(Status::invalid_argument(format!("{id} is a {} volume; ControllerGetVolume serves disks (the node reports a directory volume's condition)", id.kind().as_str())));
+            let (capacity, condition) = self.dir_volume_status(&id).await?;
+            let status = csi::controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(condition) };
+            return Ok(Response::new(csi::ControllerGetVolumeResponse { volume: Some(dir_volume(&id, capacity)), status: Some(status) }));
         };
         let d = self.find_disk(disk_id).await?.ok_or_else(|| Status::not_found(format!("disk {disk_id} does not exist")))?;
         let (published_node_ids, volume_condition) = disk_status(&d);
@@ -864,6 +962,11 @@ pub fn largest_disks_gib(stock: &[DataDiskStock], category: &str, min: i64, max:
 
 fn disk_volume(d: &Disk) -> csi::Volume {
     csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: None, accessible_topology: vec![topology(&d.zone_id)] }
+}
+
+/// A NAS or OSS volume as CreateVolume answered it: its recorded capacity, no topology.
+fn dir_volume(id: &VolumeId, capacity: i64) -> csi::Volume {
+    csi::Volume { capacity_bytes: capacity, volume_id: id.to_string(), volume_context: context(id.kind()), content_source: None, accessible_topology: Vec::new() }
 }
 
 /// Where a disk is published and whether the cloud reports it healthy.
@@ -930,6 +1033,25 @@ mod tests {
         assert_eq!(check_mutable_parameters(&HashMap::new()).unwrap(), None);
         assert!(check_mutable_parameters(&p("performanceLevel", "PL7")).is_err());
         assert!(check_mutable_parameters(&p("category", "cloud_ssd")).is_err());
+    }
+
+    #[test]
+    fn nas_volumes_are_found_by_their_records_and_their_directories_are_not_entered() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(".berth-volumes/pvc-a-1", "1073741824");
+        write("pvc-a-1/data/.berth-volumes/not-a-volume", "1");
+        write("team/x/.berth-volumes/pvc-b-2", "2147483648");
+        std::fs::create_dir_all(root.path().join("team/x/pvc-b-2")).unwrap();
+        std::fs::create_dir_all(root.path().join("other/empty")).unwrap();
+        let found = nas_volumes_under(root.path()).unwrap();
+        assert_eq!(found, vec![("/pvc-a-1".to_string(), 1 << 30), ("/team/x/pvc-b-2".to_string(), 2 << 30)], "inside a volume's directory is its user's data");
+        write("bad/.berth-volumes/pvc-c", "lots");
+        assert!(nas_volumes_under(root.path()).is_err(), "a record that is not a number is an error, not a volume of size 0");
     }
 
     #[test]

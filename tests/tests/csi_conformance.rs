@@ -512,7 +512,46 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     ctl.controller_publish_volume(publish(&me)).await.unwrap();
     ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.unwrap();
     assert_eq!(code(ctl.controller_publish_volume(publish(&me)).await), Code::NotFound, "a deleted NAS volume");
-    ctl.create_volume(nas(2)).await.expect("the name is free again once deleted");
+    let v = ctl.create_volume(nas(2)).await.expect("the name is free again once deleted").into_inner().volume.unwrap();
+
+    // NAS and OSS volumes in ListVolumes (NAS: found by their records on the cloud's file
+    // systems) and ControllerGetVolume, with their recorded capacity and condition.
+    let deeper = ctl.create_volume(create("pvc-nas-team", 3, &[("type", "nas"), ("fileSystemId", fs.as_str()), ("path", "team/x")], shared.clone())).await.unwrap().into_inner().volume.unwrap();
+    let all = ctl.list_volumes(lv(0, "")).await.unwrap().into_inner();
+    assert!(all.next_token.is_empty());
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ctl.list_volumes(lv(1, &token)).await.unwrap().into_inner();
+        assert!(page.entries.len() <= 1);
+        paged.extend(page.entries);
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    assert_eq!(paged, all.entries, "pages of one give the whole list, in its order");
+    let of = |id: &str| all.entries.iter().find(|e| e.volume.as_ref().unwrap().volume_id == id).map(|e| e.volume.clone().unwrap());
+    assert_eq!(of(&v.volume_id).map(|x| (x.capacity_bytes, x.volume_context["type"].clone())), Some((2 * GIB, "nas".to_string())));
+    assert_eq!(of(&deeper.volume_id).map(|x| x.capacity_bytes), Some(3 * GIB), "a volume under a path parameter");
+    assert!(of(&big.volume_id).is_some(), "disks are still listed");
+    assert_eq!(all.entries.iter().filter(|e| e.volume.as_ref().unwrap().volume_id.starts_with("nas:")).count(), 2, "no directory inside a volume is taken for one");
+    let get = |id: &str| csi::ControllerGetVolumeRequest { volume_id: id.into() };
+    let got = ctl.controller_get_volume(get(&deeper.volume_id)).await.unwrap().into_inner();
+    assert_eq!(got.volume.unwrap().capacity_bytes, 3 * GIB);
+    assert!(!got.status.unwrap().volume_condition.unwrap().abnormal);
+    // nas:<fs>:<server>:<path>; the server is empty on the local cloud.
+    let dir = deeper.volume_id.splitn(4, ':').nth(3).unwrap().to_string();
+    assert!(dir.starts_with("/team/x/"), "{}", deeper.volume_id);
+    std::fs::remove_dir_all(cluster.lc.state_dir().join("nas").join(&fs).join(dir.trim_start_matches('/'))).unwrap();
+    let condition = ctl.controller_get_volume(get(&deeper.volume_id)).await.unwrap().into_inner().status.unwrap().volume_condition.unwrap();
+    assert!(condition.abnormal && condition.message.contains("gone"), "{condition:?}");
+    assert_eq!(code(ctl.controller_get_volume(get(&format!("nas:{fs}::/never-made"))).await), Code::NotFound);
+    cluster.bucket("objects");
+    let oss = ctl.create_volume(create("pvc-oss", 1, &[("type", "oss"), ("bucket", "objects")], shared.clone())).await.unwrap().into_inner().volume.unwrap();
+    let got = ctl.controller_get_volume(get(&oss.volume_id)).await.unwrap().into_inner();
+    assert_eq!((got.volume.unwrap().capacity_bytes, got.status.unwrap().volume_condition.unwrap().abnormal), (GIB, false));
+    assert_eq!(code(ctl.controller_get_volume(get("oss:objects:/never-made")).await), Code::NotFound);
 }
 
 /// Writing `path` fails with EROFS (the mount is read-only), and nothing is left behind.
