@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::error::Result;
 use crate::model::{
-    Disk, EniKind, EniStatus, Instance, InstanceType, NasFileSystem, NetworkInterface, SecurityGroup,
+    DataDiskStock, Disk, EniKind, EniStatus, Instance, InstanceType, NasFileSystem, NetworkInterface, SecurityGroup,
     SecurityGroupRule, Snapshot, VSwitch, Vpc,
 };
 
@@ -190,6 +190,11 @@ pub trait Cloud: Send + Sync {
     fn describe_disks(&self, filter: &DiskFilter) -> impl Future<Output = Result<Vec<Disk>>> + Send;
     /// Changes an ESSD's performance level (ModifyDiskSpec).
     fn modify_disk_performance_level(&self, disk_id: &str, level: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// DescribeAvailableResource of data disks bought alone (`DestinationResource=DataDisk`,
+    /// `ResourceType=disk`): one entry per zone and category, in `zone_id` or every zone of the
+    /// region, of `category` or every category.
+    fn describe_data_disk_stock(&self, zone_id: Option<&str>, category: Option<&str>) -> impl Future<Output = Result<Vec<DataDiskStock>>> + Send;
 
     /// Starts a snapshot of the disk; it is usable once DescribeSnapshots reports it accomplished.
     fn create_snapshot(&self, req: &CreateSnapshotRequest) -> impl Future<Output = Result<String>> + Send;

@@ -19,7 +19,7 @@ use crate::credentials::{self, Provider};
 use crate::endpoints;
 use crate::error::{ApiError, CloudError, Result};
 use crate::model::{
-    Credentials, Direction, Disk, EniKind, Instance, InstanceType, IpProtocol, NasFileSystem, NetworkInterface, Policy, Snapshot,
+    Credentials, DataDiskStock, Direction, Disk, EniKind, Instance, InstanceType, IpProtocol, NasFileSystem, NetworkInterface, Policy, Snapshot,
     SecurityGroup, SecurityGroupRule, VSwitch, Vpc,
 };
 use crate::params::Params;
@@ -683,6 +683,20 @@ impl Cloud for HttpCloud {
     async fn modify_disk_performance_level(&self, disk_id: &str, level: &str) -> Result<()> {
         let p = Params::new().set("DiskId", disk_id).set("PerformanceLevel", level);
         self.call::<wire::RequestIdOnly>("ModifyDiskSpec", p).await.map(drop)
+    }
+
+    async fn describe_data_disk_stock(&self, zone_id: Option<&str>, category: Option<&str>) -> Result<Vec<DataDiskStock>> {
+        let p = Params::new()
+            .set("DestinationResource", "DataDisk")
+            .set("ResourceType", "disk")
+            .opt("ZoneId", zone_id)
+            .opt("DataDiskCategory", category);
+        let r: wire::DescribeAvailableResourceResponse = self.call("DescribeAvailableResource", p).await?;
+        let mut out = Vec::new();
+        for z in &r.available_zones.items {
+            out.extend(z.data_disks().ok_or_else(|| decode_failure("DescribeAvailableResource", &z.zone_id))?);
+        }
+        Ok(out)
     }
 
     async fn create_snapshot(&self, req: &CreateSnapshotRequest) -> Result<String> {

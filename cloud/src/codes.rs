@@ -74,6 +74,8 @@ pub mod code {
     pub const SNAPSHOT_QUOTA: &str = "QuotaExceed.Snapshot";
     /// Disks were created from the snapshot: delete it with Force.
     pub const SNAPSHOT_CREATED_DISK: &str = "SnapshotCreatedDisk";
+    /// The zone has no stock left of what was asked (a disk category, an instance type).
+    pub const NO_STOCK: &str = "OperationDenied.NoStock";
     /// The performance level is not one the disk's category and size allow.
     pub const INVALID_PERFORMANCE_LEVEL: &str = "InvalidPerformanceLevel.Malformed";
 
@@ -99,6 +101,8 @@ pub enum Class {
     MemberEniLimit,
     /// The instance holds as many data disks as its type allows.
     InstanceDiskLimit,
+    /// The zone has no stock of the resource: try another zone or category, or later.
+    SoldOut,
     /// The resource named does not exist.
     NotFound,
     /// The resource is not in a state the action needs (attaching, in use, running…).
@@ -191,6 +195,7 @@ pub const TABLE: &[Fact] = &[
     Fact { code: code::SNAPSHOT_NOT_READY, status: 403, class: Class::WrongState, source: "ECS API reference (2014-05-26), CreateDisk, error codes" },
     Fact { code: code::SNAPSHOT_QUOTA, status: 403, class: Class::Invalid, source: "ECS API reference (2014-05-26), CreateSnapshot, error codes" },
     Fact { code: code::SNAPSHOT_CREATED_DISK, status: 403, class: Class::DependencyViolation, source: "ECS API reference (2014-05-26), DeleteSnapshot, error codes" },
+    Fact { code: code::NO_STOCK, status: 403, class: Class::SoldOut, source: "ECS API reference (2014-05-26), CreateDisk / RunInstances, error codes" },
     Fact { code: code::INVALID_PERFORMANCE_LEVEL, status: 400, class: Class::Invalid, source: "ECS API reference (2014-05-26), ModifyDiskSpec, error codes" },
     Fact { code: code::INVALID_FILE_SYSTEM_ID, status: 404, class: Class::NotFound, source: "NAS API reference (2017-06-26), DescribeFileSystems, error codes" },
     Fact { code: code::INVALID_ACCESS_GROUP, status: 404, class: Class::NotFound, source: "NAS API reference (2017-06-26), CreateMountTarget, error codes" },

@@ -386,6 +386,20 @@ pub struct NasFileSystem {
     pub capacity_gib: u64,
 }
 
+/// Whether data disks of a category can be bought in a zone now, and in what sizes: one
+/// SupportedResource of DescribeAvailableResource (`DestinationResource=DataDisk`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDiskStock {
+    pub zone_id: String,
+    /// The disk category (`Value`): `cloud_essd`, …
+    pub category: String,
+    /// `Status` is `Available` (false when `SoldOut`).
+    pub available: bool,
+    /// The smallest and largest disk of the category that can be created now, in GiB (`Min`, `Max`).
+    pub min_gib: u64,
+    pub max_gib: u64,
+}
+
 /// Credentials for signing requests.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {

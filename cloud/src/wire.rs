@@ -61,6 +61,7 @@ pub const ACTIONS: &[&str] = &[
     "DeleteInstances",
     "DeleteNetworkInterface",
     "DeleteSecurityGroup",
+    "DescribeAvailableResource",
     "DescribeDisks",
     "DescribeInstanceTypes",
     "DescribeInstances",
@@ -152,6 +153,9 @@ wrapped_list!(VSwitchList, "VSwitch", VSwitchItem);
 wrapped_list!(SecurityGroupList, "SecurityGroup", SecurityGroupItem);
 wrapped_list!(PermissionList, "Permission", Permission);
 wrapped_list!(DiskList, "Disk", DiskItem);
+wrapped_list!(AvailableZoneList, "AvailableZone", AvailableZoneItem);
+wrapped_list!(AvailableResourceList, "AvailableResource", AvailableResourceItem);
+wrapped_list!(SupportedResourceList, "SupportedResource", SupportedResourceItem);
 wrapped_list!(SnapshotList, "Snapshot", SnapshotItem);
 wrapped_list!(FileSystemList, "FileSystem", FileSystemItem);
 wrapped_list!(MountTargetList, "MountTarget", MountTargetItem);
@@ -764,6 +768,103 @@ pub struct DescribeDisksResponse {
     #[serde(default)]
     pub next_token: String,
     pub disks: DiskList,
+}
+
+// ---- stock (DescribeAvailableResource) --------------------------------------------------------
+
+/// `Status` of a zone or a resource that can be bought now.
+pub const STOCK_AVAILABLE: &str = "Available";
+/// `Status` of one that cannot.
+pub const STOCK_SOLD_OUT: &str = "SoldOut";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SupportedResourceItem {
+    /// The disk category.
+    pub value: String,
+    /// `Available` or `SoldOut`.
+    pub status: String,
+    /// `WithStock`, `ClosedWithStock` or `WithoutStock`.
+    #[serde(default)]
+    pub status_category: String,
+    #[serde(default)]
+    pub min: u64,
+    #[serde(default)]
+    pub max: u64,
+    /// `GiB` for disks.
+    #[serde(default)]
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AvailableResourceItem {
+    /// What the entries are: `DataDisk` here.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(default)]
+    pub supported_resources: SupportedResourceList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AvailableZoneItem {
+    #[serde(default)]
+    pub region_id: String,
+    pub zone_id: String,
+    pub status: String,
+    #[serde(default)]
+    pub status_category: String,
+    #[serde(default)]
+    pub available_resources: AvailableResourceList,
+}
+
+impl AvailableZoneItem {
+    /// The data disk entries of the zone; a unit other than GiB is refused, not misread.
+    pub fn data_disks(&self) -> Option<Vec<model::DataDiskStock>> {
+        let mut out = Vec::new();
+        for r in self.available_resources.items.iter().filter(|r| r.kind == "DataDisk") {
+            for s in &r.supported_resources.items {
+                if !s.unit.is_empty() && s.unit != "GiB" {
+                    return None;
+                }
+                out.push(model::DataDiskStock {
+                    zone_id: self.zone_id.clone(),
+                    category: s.value.clone(),
+                    available: s.status == STOCK_AVAILABLE,
+                    min_gib: s.min,
+                    max_gib: s.max,
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The zone entry that reports `stocks` (all of `zone_id`); the zone is available while any is.
+    pub fn from_data_disks(region_id: &str, zone_id: &str, stocks: &[model::DataDiskStock]) -> Self {
+        let status = |available: bool| if available { STOCK_AVAILABLE } else { STOCK_SOLD_OUT }.to_string();
+        let category = |available: bool| if available { "WithStock" } else { "WithoutStock" }.to_string();
+        let any = stocks.iter().any(|s| s.available);
+        let supported: Vec<SupportedResourceItem> = stocks
+            .iter()
+            .map(|s| SupportedResourceItem { value: s.category.clone(), status: status(s.available), status_category: category(s.available), min: s.min_gib, max: s.max_gib, unit: "GiB".into() })
+            .collect();
+        AvailableZoneItem {
+            region_id: region_id.into(),
+            zone_id: zone_id.into(),
+            status: status(any),
+            status_category: category(any),
+            available_resources: vec![AvailableResourceItem { kind: "DataDisk".into(), supported_resources: supported.into() }].into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeAvailableResourceResponse {
+    pub request_id: String,
+    #[serde(default)]
+    pub available_zones: AvailableZoneList,
 }
 
 // ---- snapshots --------------------------------------------------------------------------------

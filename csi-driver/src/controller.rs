@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use berth_cloud::api::{CreateDiskRequest, CreateSnapshotRequest, DiskFilter, SnapshotFilter};
 use berth_cloud::error::code;
-use berth_cloud::model::{Disk, DiskStatus, Snapshot, SnapshotStatus};
+use berth_cloud::model::{DataDiskStock, Disk, DiskStatus, Snapshot, SnapshotStatus};
 use berth_cloud::{Cloud as _, CloudError};
 use berth_proto::agent::v1 as agent;
 use berth_proto::csi::v1 as csi;
@@ -32,6 +32,8 @@ pub fn cloud_status(e: CloudError) -> Status {
         Some(code::INVALID_DISK_SIZE | code::DISK_SIZE_SHRINK) => Status::out_of_range(text),
         Some(code::INCORRECT_DISK_STATUS | code::INCORRECT_INSTANCE_STATUS | code::ZONE_MISMATCH) => Status::failed_precondition(text),
         Some(code::DISK_LIMIT) => Status::resource_exhausted(text),
+        // Out of stock in the zone: the CO may choose another zone or wait.
+        Some(code::NO_STOCK) => Status::resource_exhausted(text),
         Some(_) if e.api().is_some_and(|a| (400..500).contains(&a.http_status) && !a.is_retryable()) => Status::invalid_argument(text),
         _ => Status::unavailable(text),
     }
@@ -425,6 +427,57 @@ impl ControllerService {
         }
     }
 
+    /// A NAS or OSS volume's capacity (its record) and condition (a NAS volume whose directory is
+    /// gone is abnormal; an OSS prefix exists through its objects, so only the record tells);
+    /// NOT_FOUND without a record.
+    async fn dir_volume_status(&self, id: &VolumeId) -> Result<(i64, csi::VolumeCondition), Status> {
+        let (record_root, record) = capacity_record(id).ok_or_else(|| Status::not_found(format!("{id} names no directory volume")))?;
+        let this = ControllerService(self.0.clone());
+        let task_id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let recorded = this.with_root(&record_root, |root| match read_capacity(&root.join(&record)) {
+                Ok(c) => Ok(Some(c)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })?;
+            let capacity = recorded.ok_or_else(|| Status::not_found(format!("volume {task_id} does not exist: it has no record")))?;
+            let condition = match &task_id {
+                VolumeId::Nas { path, .. } => {
+                    let rel = PathBuf::from(path.trim_start_matches('/'));
+                    if this.with_root(&task_id, |root| Ok(root.join(&rel).is_dir()))? {
+                        csi::VolumeCondition { abnormal: false, message: format!("the directory {path} of NAS volume {task_id} is there") }
+                    } else {
+                        csi::VolumeCondition { abnormal: true, message: format!("the directory {path} of NAS volume {task_id} is gone; its record says {capacity} bytes") }
+                    }
+                }
+                _ => csi::VolumeCondition { abnormal: false, message: format!("OSS volume {task_id} is recorded") },
+            };
+            Ok((capacity, condition))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    /// Every NAS volume of every file system the cloud lists: their records (see [`nas_volumes_under`]).
+    async fn nas_volumes(&self) -> Result<Vec<(VolumeId, i64)>, Status> {
+        let local = !self.0.cfg.nas.local_export_root.as_os_str().is_empty();
+        let mut out = Vec::new();
+        for fs in self.0.cloud()?.describe_nas_file_systems(None).await.map_err(cloud_status)? {
+            let root_id = VolumeId::Nas { fs_id: fs.id.clone(), server: if local { String::new() } else { fs.mount_target.clone() }, path: "/".into() };
+            let this = ControllerService(self.0.clone());
+            let task_id = root_id.clone();
+            let found = match tokio::task::spawn_blocking(move || this.with_root(&task_id, nas_volumes_under)).await.map_err(|e| Status::internal(e.to_string()))? {
+                Ok(found) => found,
+                // A file system whose export is not there (yet) holds no volume of ours.
+                Err(e) if e.code() == tonic::Code::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let VolumeId::Nas { fs_id, server, .. } = root_id else { unreachable!("made above") };
+            out.extend(found.into_iter().map(|(path, capacity)| (VolumeId::Nas { fs_id: fs_id.clone(), server: server.clone(), path }, capacity)));
+        }
+        Ok(out)
+    }
+
     async fn create_dir_volume(&self, req: &csi::CreateVolumeRequest, spec: &VolumeSpec) -> Result<csi::Volume, Status> {
         let id = match spec {
             VolumeSpec::Nas { fs_id, parent } => {
@@ -464,7 +517,7 @@ impl ControllerService {
             return Err(Status::already_exists(format!("volume {:?} exists as {id} with {recorded} bytes, not {capacity}", req.name)));
         }
         tracing::info!(name = %req.name, volume = %id, "directory volume created");
-        Ok(csi::Volume { capacity_bytes: capacity, volume_id: id.to_string(), volume_context: context(spec.kind()), content_source: None, accessible_topology: Vec::new() })
+        Ok(dir_volume(&id, capacity))
     }
 }
 
@@ -485,10 +538,15 @@ fn capacity_record(id: &VolumeId) -> Option<(VolumeId, PathBuf)> {
 
 const RECORDS: &str = ".berth-volumes";
 
+/// The capacity recorded at `file`.
+fn read_capacity(file: &Path) -> std::io::Result<i64> {
+    let text = std::fs::read_to_string(file)?;
+    text.trim().parse::<i64>().map_err(|e| std::io::Error::other(format!("{}: {e}", file.display())))
+}
+
 /// The capacity recorded at `file`, recording `capacity` there when there is none yet.
 fn read_or_write_capacity(file: &Path, capacity: i64) -> std::io::Result<i64> {
-    match std::fs::read_to_string(file) {
-        Ok(text) => text.trim().parse::<i64>().map_err(|e| std::io::Error::other(format!("{}: {e}", file.display()))),
+    match read_capacity(file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -496,8 +554,41 @@ fn read_or_write_capacity(file: &Path, capacity: i64) -> std::io::Result<i64> {
             std::fs::write(file, capacity.to_string())?;
             Ok(capacity)
         }
-        Err(e) => Err(e),
+        other => other,
     }
+}
+
+/// The NAS volumes recorded under `root` (a file system's root): each record of a `.berth-volumes`
+/// directory, as the volume's path in the file system and its capacity. The volumes' own
+/// directories (what the records name) are not entered, only the tree of their parents.
+pub fn nas_volumes_under(root: &Path) -> std::io::Result<Vec<(String, i64)>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let dir = root.join(&rel);
+        let mut volumes = std::collections::HashSet::new();
+        match std::fs::read_dir(dir.join(RECORDS)) {
+            Ok(records) => {
+                for r in records {
+                    let r = r?;
+                    let leaf = r.file_name().to_string_lossy().into_owned();
+                    found.push((format!("/{}", rel.join(&leaf).display()), read_capacity(&r.path())?));
+                    volumes.insert(leaf);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != RECORDS && !volumes.contains(&name) && e.file_type()?.is_dir() {
+                dirs.push(rel.join(name));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 #[tonic::async_trait]
@@ -661,28 +752,64 @@ impl csi::controller_server::Controller for ControllerService {
             cap(rpc::Type::VolumeCondition),
             cap(rpc::Type::ModifyVolume),
             cap(rpc::Type::PublishReadonly),
+            cap(rpc::Type::GetCapacity),
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
     }
 
     async fn list_volumes(&self, request: Request<csi::ListVolumesRequest>) -> Result<Response<csi::ListVolumesResponse>, Status> {
         let req = request.into_inner();
-        // Disks only: NAS and OSS volumes are directories the cloud does not list.
-        let mut all: Vec<Disk> = self.0.cloud()?.describe_disks(&DiskFilter::default()).await.map_err(cloud_status)?.into_iter().filter(|d| !d.system).collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        let (page, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
-        let entries = page
+        use csi::list_volumes_response::{Entry, VolumeStatus};
+        // Cloud disks, and the NAS volumes recorded on the cloud's file systems (OSS volumes are
+        // not listed: the cloud client lists no buckets). One order, by volume ID, for every page.
+        let disks: Vec<Disk> = self.0.cloud()?.describe_disks(&DiskFilter::default()).await.map_err(cloud_status)?.into_iter().filter(|d| !d.system).collect();
+        let mut all: Vec<Entry> = disks
             .iter()
             .map(|d| {
                 let (published_node_ids, volume_condition) = disk_status(d);
-                csi::list_volumes_response::Entry { volume: Some(disk_volume(d)), status: Some(csi::list_volumes_response::VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) }) }
+                Entry { volume: Some(disk_volume(d)), status: Some(VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) }) }
             })
             .collect();
+        for (id, capacity) in self.nas_volumes().await? {
+            // Listed from its record inside its parent's tree, so its directory is not looked at here.
+            let condition = csi::VolumeCondition { abnormal: false, message: format!("NAS volume {id} is recorded") };
+            all.push(Entry { volume: Some(dir_volume(&id, capacity)), status: Some(VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(condition) }) });
+        }
+        all.sort_by(|a, b| a.volume.as_ref().map(|v| &v.volume_id).cmp(&b.volume.as_ref().map(|v| &v.volume_id)));
+        let (entries, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
         Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
     }
 
-    async fn get_capacity(&self, _: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        Err(Status::unimplemented("GetCapacity is not advertised"))
+    async fn get_capacity(&self, request: Request<csi::GetCapacityRequest>) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let req = request.into_inner();
+        let spec = VolumeSpec::parse(&req.parameters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let VolumeSpec::Disk { category, performance_level, zone } = spec else {
+            return Err(Status::invalid_argument(format!(
+                "GetCapacity reports the cloud's stock of disks; a {} volume (parameter type={}) draws on no per-zone stock: ask with type=disk or without type",
+                spec.kind().as_str(),
+                spec.kind().as_str()
+            )));
+        };
+        if !req.volume_capabilities.is_empty() {
+            check_caps(Kind::Disk, &req.volume_capabilities)?;
+        }
+        let zone = match &req.accessible_topology {
+            Some(t) if !t.segments.is_empty() => Some(
+                t.segments.get(ZONE_KEY).cloned().ok_or_else(|| Status::invalid_argument(format!("accessible_topology {:?} has no {ZONE_KEY} segment, the only one this driver reports", t.segments)))?,
+            ),
+            _ => zone,
+        };
+        let stock = self.0.cloud()?.describe_data_disk_stock(zone.as_deref(), Some(&category)).await.map_err(|e| match e.code() {
+            Some(code::INVALID_ZONE_ID) => Status::invalid_argument(format!("zone {:?} is not a zone of this cloud: {e}", zone.as_deref().unwrap_or_default())),
+            _ => cloud_status(e),
+        })?;
+        let (min, max) = disk_size_limits(&category, performance_level.as_deref());
+        let largest = largest_disks_gib(&stock, &category, min, max);
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: largest.iter().sum::<i64>() * GIB,
+            maximum_volume_size: Some(largest.iter().copied().max().unwrap_or(0) * GIB),
+            minimum_volume_size: Some(min * GIB),
+        }))
     }
 
     async fn create_snapshot(&self, request: Request<csi::CreateSnapshotRequest>) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
@@ -770,7 +897,9 @@ impl csi::controller_server::Controller for ControllerService {
         required(&req.volume_id, "volume_id")?;
         let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
         let VolumeId::Disk { disk_id } = &id else {
-            return Err(Status::invalid_argument(format!("{id} is a {} volume; ControllerGetVolume serves disks (the node reports a directory volume's condition)", id.kind().as_str())));
+            let (capacity, condition) = self.dir_volume_status(&id).await?;
+            let status = csi::controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(condition) };
+            return Ok(Response::new(csi::ControllerGetVolumeResponse { volume: Some(dir_volume(&id, capacity)), status: Some(status) }));
         };
         let d = self.find_disk(disk_id).await?.ok_or_else(|| Status::not_found(format!("disk {disk_id} does not exist")))?;
         let (published_node_ids, volume_condition) = disk_status(&d);
@@ -818,8 +947,26 @@ pub fn check_mutable_parameters(params: &HashMap<String, String>) -> Result<Opti
     Ok(level)
 }
 
+/// The largest disk of `category` each zone of `stock` can create now, in GiB, within the
+/// category's (and level's) `min..=max`: 0 where it is sold out or what is left is below `min`.
+/// The cloud tells whether a zone has stock and the largest disk it sells, not how much it holds,
+/// so the sum of these is the capacity known to be there, never more.
+pub fn largest_disks_gib(stock: &[DataDiskStock], category: &str, min: i64, max: i64) -> Vec<i64> {
+    stock
+        .iter()
+        .filter(|s| s.category == category)
+        .map(|s| if s.available { (s.max_gib as i64).min(max) } else { 0 })
+        .map(|gib| if gib < min { 0 } else { gib })
+        .collect()
+}
+
 fn disk_volume(d: &Disk) -> csi::Volume {
     csi::Volume { capacity_bytes: d.size_gib as i64 * GIB, volume_id: d.id.clone(), volume_context: context(Kind::Disk), content_source: None, accessible_topology: vec![topology(&d.zone_id)] }
+}
+
+/// A NAS or OSS volume as CreateVolume answered it: its recorded capacity, no topology.
+fn dir_volume(id: &VolumeId, capacity: i64) -> csi::Volume {
+    csi::Volume { capacity_bytes: capacity, volume_id: id.to_string(), volume_context: context(id.kind()), content_source: None, accessible_topology: Vec::new() }
 }
 
 /// Where a disk is published and whether the cloud reports it healthy.
@@ -847,6 +994,7 @@ mod tests {
 
     #[test]
     fn cloud_errors_become_the_codes_a_co_acts_on() {
+        assert_eq!(cloud_status(api(code::NO_STOCK, 403)).code(), tonic::Code::ResourceExhausted);
         assert_eq!(cloud_status(api(code::INVALID_DISK_ID, 404)).code(), tonic::Code::NotFound);
         assert_eq!(cloud_status(api(code::INVALID_DISK_SIZE, 400)).code(), tonic::Code::OutOfRange);
         assert_eq!(cloud_status(api(code::INCORRECT_DISK_STATUS, 403)).code(), tonic::Code::FailedPrecondition);
@@ -868,12 +1016,42 @@ mod tests {
     }
 
     #[test]
+    fn capacity_is_the_largest_disk_each_zone_can_make_now() {
+        let stock = |zone: &str, category: &str, available: bool, max_gib: u64| DataDiskStock { zone_id: zone.into(), category: category.into(), available, min_gib: 1, max_gib };
+        let stock = [stock("a", "cloud_essd", true, 65_536), stock("b", "cloud_essd", true, 300), stock("c", "cloud_essd", false, 0), stock("a", "cloud_ssd", true, 9)];
+        // PL1: 20..=65536 GiB; zone b holds 300 GiB of it, zone c none, the ssd entry is not asked.
+        assert_eq!(largest_disks_gib(&stock, "cloud_essd", 20, 65_536), vec![65_536, 300, 0]);
+        // PL2 needs 461 GiB: what zone b has left holds no such disk.
+        assert_eq!(largest_disks_gib(&stock, "cloud_essd", 461, 65_536), vec![65_536, 0, 0]);
+        assert_eq!(largest_disks_gib(&stock, "cloud_ssd", 20, 32_768), vec![0]);
+    }
+
+    #[test]
     fn only_the_performance_level_is_mutable() {
         let p = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
         assert_eq!(check_mutable_parameters(&p("performanceLevel", "PL1")).unwrap().as_deref(), Some("PL1"));
         assert_eq!(check_mutable_parameters(&HashMap::new()).unwrap(), None);
         assert!(check_mutable_parameters(&p("performanceLevel", "PL7")).is_err());
         assert!(check_mutable_parameters(&p("category", "cloud_ssd")).is_err());
+    }
+
+    #[test]
+    fn nas_volumes_are_found_by_their_records_and_their_directories_are_not_entered() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(".berth-volumes/pvc-a-1", "1073741824");
+        write("pvc-a-1/data/.berth-volumes/not-a-volume", "1");
+        write("team/x/.berth-volumes/pvc-b-2", "2147483648");
+        std::fs::create_dir_all(root.path().join("team/x/pvc-b-2")).unwrap();
+        std::fs::create_dir_all(root.path().join("other/empty")).unwrap();
+        let found = nas_volumes_under(root.path()).unwrap();
+        assert_eq!(found, vec![("/pvc-a-1".to_string(), 1 << 30), ("/team/x/pvc-b-2".to_string(), 2 << 30)], "inside a volume's directory is its user's data");
+        write("bad/.berth-volumes/pvc-c", "lots");
+        assert!(nas_volumes_under(root.path()).is_err(), "a record that is not a number is an error, not a volume of size 0");
     }
 
     #[test]

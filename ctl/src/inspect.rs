@@ -230,6 +230,11 @@ mod tests {
         assert!(super::explain_pod(&running, &[], Some(&pool)).iter().any(|l| l.starts_with("NO IP held")));
         let pool = serde_json::json!({ "allocations": [{ "ip": "10.0.0.5", "eni_id": "eni-1", "mode": "shared", "pod": { "namespace": "default", "name": "web" } }] });
         assert!(super::explain_pod(&running, &[], Some(&pool)).iter().any(|l| l == "its agent holds 10.0.0.5 for it on eni-1 (shared)"));
+
+        // A disk restored from a snapshot names it.
+        let restored = pb::VolumeSpec { name: "db".into(), kind: pb::VolumeKind::Disk as i32, mount_path: "/db".into(), parameters: [("snapshotId".to_string(), "s-7".to_string())].into(), ..Default::default() };
+        let st = pb::PodStatus { spec: Some(pb::PodSpec { name: "db".into(), volumes: vec![restored], ..Default::default() }), phase: pb::PodPhase::Running as i32, node: "i-1".into(), ..Default::default() };
+        assert!(super::explain_pod(&st, &[], None).iter().any(|l| l == "volume db=disk:/db(snapshot=s-7)"), "{:?}", super::explain_pod(&st, &[], None));
     }
 
     use super::*;

@@ -74,7 +74,9 @@ pub fn volume(v: &pb::VolumeSpec) -> String {
         pb::VolumeKind::Oss => "oss",
         pb::VolumeKind::Unspecified => "volume",
     };
-    format!("{}={kind}:{}{}", v.name, v.mount_path, if v.read_only { "(ro)" } else { "" })
+    // A disk restored from a snapshot says which, in the form `--disk` takes it.
+    let source = v.parameters.get("snapshotId").map(|s| format!("(snapshot={s})")).unwrap_or_default();
+    format!("{}={kind}:{}{source}{}", v.name, v.mount_path, if v.read_only { "(ro)" } else { "" })
 }
 
 /// The ENI holding each IP: a shared pod's secondary IP, an exclusive or member ENI's primary.
@@ -243,5 +245,21 @@ mod tests {
         let table = pods_table(&[v]);
         let row: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
         assert_eq!(row, ["web", "Running", "i-1", "10.0.0.7", "eni-9", "trunk", "data=disk:/data(ro)"], "{table}");
+    }
+
+    #[test]
+    fn a_restored_disk_names_its_snapshot() {
+        let restored = pb::VolumeSpec {
+            name: "data".into(),
+            kind: pb::VolumeKind::Disk as i32,
+            mount_path: "/data".into(),
+            read_only: false,
+            parameters: HashMap::from([("snapshotId".to_string(), "s-abc1".to_string()), ("size".to_string(), "20Gi".to_string())]),
+        };
+        assert_eq!(volume(&restored), "data=disk:/data(snapshot=s-abc1)");
+        let spec = pb::PodSpec { namespace: "default".into(), name: "db".into(), volumes: vec![restored], ..Default::default() };
+        let st = pb::PodStatus { spec: Some(spec), phase: pb::PodPhase::Running as i32, node: "i-1".into(), ..Default::default() };
+        let table = pods_table(&[pod_view(&st, &HashMap::new())]);
+        assert!(table.lines().nth(2).unwrap().split_whitespace().any(|c| c == "data=disk:/data(snapshot=s-abc1)"), "{table}");
     }
 }

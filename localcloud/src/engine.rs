@@ -221,6 +221,7 @@ impl Engine {
             vswitch_ip_limit: faults.vswitch_ip_limit.clone().into_iter().collect(),
             now_secs: now_secs(),
             snapshot_quota: faults.snapshot_quota,
+            disk_stock: faults.disk_stock.clone(),
         }
     }
 

@@ -22,11 +22,39 @@ pub struct Faults {
     pub vswitch_ip_limit: HashMap<String, u64>,
     /// Manual snapshots a disk may hold (the service allows 256).
     pub snapshot_quota: u32,
+    /// How much data disk space each zone has to sell, by category.
+    pub disk_stock: DiskStock,
+}
+
+/// The stock of data disk space, in GiB, of each zone and category: what the data disks of that
+/// zone and category may add up to. CreateDisk and ResizeDisk take from it, DeleteDisk gives back;
+/// a disk beyond what is left is refused `OperationDenied.NoStock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskStock {
+    /// The stock of a zone and category not listed in `of`.
+    pub default_gib: u64,
+    /// The stock of a zone and category, keyed `<zone>/<category>` (`local-1a/cloud_essd`).
+    pub of: HashMap<String, u64>,
+}
+
+impl Default for DiskStock {
+    /// 1 PiB of each category in each zone: more than a test machine's disks, so only a test that
+    /// sets a stock sees one run out.
+    fn default() -> Self {
+        DiskStock { default_gib: 1 << 20, of: HashMap::new() }
+    }
+}
+
+impl DiskStock {
+    pub fn gib(&self, zone: &str, category: &str) -> u64 {
+        self.of.get(&format!("{zone}/{category}")).copied().unwrap_or(self.default_gib)
+    }
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults { latency_ms: 0, throttle_rate: 0.0, fail_actions: HashMap::new(), attach_delay_ms: 200, vswitch_ip_limit: HashMap::new(), snapshot_quota: 256 }
+        Faults { latency_ms: 0, throttle_rate: 0.0, fail_actions: HashMap::new(), attach_delay_ms: 200, vswitch_ip_limit: HashMap::new(), snapshot_quota: 256, disk_stock: DiskStock::default() }
     }
 }
 
@@ -46,6 +74,11 @@ impl Faults {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.throttle_rate) {
             return Err(format!("throttle_rate {} must be between 0.0 and 1.0", self.throttle_rate));
+        }
+        for key in self.disk_stock.of.keys() {
+            if key.split_once('/').is_none_or(|(zone, category)| zone.is_empty() || category.is_empty()) {
+                return Err(format!("disk_stock.of key {key:?} is not <zone>/<category>, e.g. local-1a/cloud_essd"));
+            }
         }
         for (action, f) in &self.fail_actions {
             if f.rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {

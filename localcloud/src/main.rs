@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use berth_localcloud::engine::{Engine, EngineConfig, RoleConfig};
-use berth_localcloud::faults::Faults;
+use berth_localcloud::faults::{DiskStock, Faults};
 use berth_localcloud::guest::image::GuestImage;
 use berth_localcloud::guest::supervisor::GuestContext;
 use berth_localcloud::guest::{self, GuestPlane};
@@ -82,6 +82,13 @@ struct Serve {
     /// How long an attach, detach or instance start takes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     attach_delay_ms: u64,
+    /// The data disk space, in GiB, each zone has to sell of each category (CreateDisk beyond it is
+    /// refused OperationDenied.NoStock; DescribeAvailableResource reports it).
+    #[arg(long, default_value_t = 1 << 20)]
+    disk_stock_gib: u64,
+    /// The stock of one zone and category instead, as ZONE/CATEGORY=GIB (repeatable).
+    #[arg(long, value_parser = parse_disk_stock)]
+    disk_stock: Vec<(String, u64)>,
     /// The RAM role every instance has: its metadata service serves the role's STS credentials
     /// at /latest/meta-data/ram/security-credentials/<role>.
     #[arg(long, default_value = "berth-node")]
@@ -142,7 +149,8 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         anyhow::bail!("--ram-role \"{}\" is not a RAM role name (non-empty, no '/')", s.ram_role);
     }
     let credentials = berth_cloud::client::load_credentials(&s.credentials)?;
-    let faults = Faults { latency_ms: s.latency_ms, throttle_rate: s.throttle_rate, attach_delay_ms: s.attach_delay_ms, ..Faults::default() };
+    let disk_stock = DiskStock { default_gib: s.disk_stock_gib, of: s.disk_stock.iter().cloned().collect() };
+    let faults = Faults { latency_ms: s.latency_ms, throttle_rate: s.throttle_rate, attach_delay_ms: s.attach_delay_ms, disk_stock, ..Faults::default() };
     faults.validate().map_err(anyhow::Error::msg)?;
     // A bad image stops the start here, naming what is wrong.
     let image = match &s.image {
@@ -209,6 +217,17 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         axum::serve(listener, server::router(engine, serves)).with_graceful_shutdown(shutdown).await?;
         anyhow::Ok(())
     })
+}
+
+/// `--disk-stock ZONE/CATEGORY=GIB`.
+fn parse_disk_stock(text: &str) -> Result<(String, u64), String> {
+    let bad = || format!("--disk-stock {text:?} is not ZONE/CATEGORY=GIB, e.g. local-1a/cloud_essd=500");
+    let (key, gib) = text.split_once('=').ok_or_else(bad)?;
+    let (zone, category) = key.split_once('/').ok_or_else(bad)?;
+    if zone.is_empty() || category.is_empty() {
+        return Err(bad());
+    }
+    Ok((key.to_string(), gib.trim().parse().map_err(|_| bad())?))
 }
 
 fn write_atomically(path: &std::path::Path, body: &str) -> std::io::Result<()> {

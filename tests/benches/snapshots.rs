@@ -11,20 +11,16 @@
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p berth-tests --bench snapshots`
 
-use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_proto::csi::v1 as csi;
-use berth_tests::csi::{CsiCluster, MountGuard, mount_cap};
+use berth_tests::csi::{Ctl, Ns, OneNodeCsi, mount, mount_cap, unmount};
 use csi::volume_capability::access_mode::Mode;
 
 const GIB: i64 = 1 << 30;
 const ROUNDS: usize = 5;
-
-type Ctl = csi::controller_client::ControllerClient<tonic::transport::Channel>;
-type Ns = csi::node_client::NodeClient<tonic::transport::Channel>;
 
 fn summary(mut v: Vec<Duration>) -> String {
     v.sort();
@@ -42,33 +38,9 @@ fn create(name: &str, cap: &csi::VolumeCapability, from: Option<&str>) -> csi::C
     }
 }
 
-/// ControllerPublish, NodeStage and NodePublish of `volume` at `target`.
-async fn mount(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, cap: &csi::VolumeCapability, staging: &Path, target: &Path) {
-    let ctx: HashMap<String, String> = ctl
-        .controller_publish_volume(csi::ControllerPublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), volume_capability: Some(cap.clone()), ..Default::default() })
-        .await
-        .expect("ControllerPublishVolume")
-        .into_inner()
-        .publish_context;
-    ns.node_stage_volume(csi::NodeStageVolumeRequest { volume_id: volume.into(), publish_context: ctx.clone(), staging_target_path: staging.display().to_string(), volume_capability: Some(cap.clone()), ..Default::default() })
-        .await
-        .expect("NodeStageVolume");
-    ns.node_publish_volume(csi::NodePublishVolumeRequest {
-        volume_id: volume.into(),
-        publish_context: ctx,
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(cap.clone()),
-        ..Default::default()
-    })
-    .await
-    .expect("NodePublishVolume");
-}
-
+/// Unmounts and deletes `volume`.
 async fn unmount_and_delete(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, staging: &Path, target: &Path) {
-    ns.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: volume.into(), target_path: target.display().to_string() }).await.unwrap();
-    ns.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: volume.into(), staging_target_path: staging.display().to_string() }).await.unwrap();
-    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), ..Default::default() }).await.unwrap();
+    unmount(ctl, ns, node_id, volume, staging, target).await;
     ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: volume.into(), ..Default::default() }).await.unwrap();
 }
 
@@ -119,18 +91,16 @@ async fn main() {
 }
 
 async fn run(options: berth_tests::LocalCloudOptions) {
-    let cluster = CsiCluster::start_with(options, 1, "10.99.0.0/16", "10.99.1.0/24").await;
-    let pods = tempfile::Builder::new().prefix("berth-bench-pods-").tempdir().unwrap();
-    let _mounts = MountGuard(pods.path().to_path_buf());
-    let node = &cluster.nodes[0];
-    let me = node.instance_id.clone();
-    let (mut ctl, mut ns) = (node.driver.controller().await, node.driver.node().await);
+    let mut t = OneNodeCsi::start_with(options, "10.99.0.0/16", "10.99.1.0/24").await;
+    let me = t.node_id.clone();
+    let (ctl, ns) = (&mut t.ctl, &mut t.ns);
     let cap = mount_cap("ext4", Mode::SingleNodeWriter);
-    let at = |p: &str| pods.path().join(p);
+    let pods = t.pods.path().to_path_buf();
+    let at = |p: &str| pods.join(p);
 
     // The source: 20 GiB holding 1 GiB of data that does not compress (the plane copies extents).
     let src = ctl.create_volume(create("bench-src", &cap, None)).await.unwrap().into_inner().volume.unwrap();
-    mount(&mut ctl, &mut ns, &me, &src.volume_id, &cap, &at("st/src"), &at("src")).await;
+    mount(ctl, ns, &me, &src.volume_id, &cap, &at("st/src"), &at("src")).await;
     {
         let mut f = std::fs::File::create(at("src/data.bin")).unwrap();
         let mut block = vec![0u8; 1 << 20];
@@ -146,7 +116,7 @@ async fn run(options: berth_tests::LocalCloudOptions) {
         }
         f.sync_all().unwrap();
     }
-    let disk_file = cluster.lc.state_dir().join("disks").join(format!("{}.img", src.volume_id));
+    let disk_file = t.cluster.lc.state_dir().join("disks").join(format!("{}.img", src.volume_id));
     let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&disk_file).unwrap()) * 512;
     println!("source disk: 20 GiB, {:.2} GiB of it allocated in its file", used as f64 / GIB as f64);
 
@@ -174,19 +144,19 @@ async fn run(options: berth_tests::LocalCloudOptions) {
         let (staging, target) = (at(&format!("st/r{i}")), at(&format!("r{i}")));
         let t0 = Instant::now();
         let vol = ctl.create_volume(create(&format!("bench-restore-{i}"), &cap, Some(snapshot))).await.unwrap().into_inner().volume.unwrap();
-        mount(&mut ctl, &mut ns, &me, &vol.volume_id, &cap, &staging, &target).await;
+        mount(ctl, ns, &me, &vol.volume_id, &cap, &staging, &target).await;
         let mut first = [0u8; 4096];
         std::fs::File::open(target.join("data.bin")).unwrap().read_exact(&mut first).unwrap();
         restores.push(t0.elapsed());
-        unmount_and_delete(&mut ctl, &mut ns, &me, &vol.volume_id, &staging, &target).await;
+        unmount_and_delete(ctl, ns, &me, &vol.volume_id, &staging, &target).await;
 
         let (staging, target) = (at(&format!("st/f{i}")), at(&format!("f{i}")));
         let t0 = Instant::now();
         let vol = ctl.create_volume(create(&format!("bench-fresh-{i}"), &cap, None)).await.unwrap().into_inner().volume.unwrap();
-        mount(&mut ctl, &mut ns, &me, &vol.volume_id, &cap, &staging, &target).await;
+        mount(ctl, ns, &me, &vol.volume_id, &cap, &staging, &target).await;
         std::fs::write(target.join("first"), b"x").unwrap();
         fresh.push(t0.elapsed());
-        unmount_and_delete(&mut ctl, &mut ns, &me, &vol.volume_id, &staging, &target).await;
+        unmount_and_delete(ctl, ns, &me, &vol.volume_id, &staging, &target).await;
     }
     println!("restore: CreateVolume from the snapshot to the first block read in the pod's mount: {}", summary(restores));
     println!("fresh: CreateVolume of an empty 20 GiB disk to the first write in the pod's mount (mkfs included): {}", summary(fresh));
@@ -194,5 +164,5 @@ async fn run(options: berth_tests::LocalCloudOptions) {
     for s in &snapshots {
         ctl.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: s.clone(), ..Default::default() }).await.unwrap();
     }
-    unmount_and_delete(&mut ctl, &mut ns, &me, &src.volume_id, &at("st/src"), &at("src")).await;
+    unmount_and_delete(ctl, ns, &me, &src.volume_id, &at("st/src"), &at("src")).await;
 }

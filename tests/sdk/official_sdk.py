@@ -175,6 +175,20 @@ def main():
     until("the ENI", eni_status, "Available")
     step("DeleteNetworkInterface", lambda: ecs.delete_network_interface(ecs_models.DeleteNetworkInterfaceRequest(region_id=REGION, network_interface_id=eni)))
 
+    def essd_stock():
+        r = ecs.describe_available_resource(
+            ecs_models.DescribeAvailableResourceRequest(region_id=REGION, zone_id=ZONE, destination_resource="DataDisk", resource_type="disk", data_disk_category="cloud_essd")
+        )
+        zones = r.body.available_zones.available_zone
+        assert [z.zone_id for z in zones] == [ZONE], zones
+        kinds = zones[0].available_resources.available_resource
+        assert [k.type for k in kinds] == ["DataDisk"], kinds
+        found = kinds[0].supported_resources.supported_resource
+        assert [(s.value, s.status, s.unit) for s in found] == [("cloud_essd", "Available", "GiB")], found
+        assert 1 <= found[0].min <= 20 <= found[0].max, (found[0].min, found[0].max)
+        return r
+
+    step("DescribeAvailableResource (DataDisk)", essd_stock)
     disk = step(
         "CreateDisk",
         lambda: ecs.create_disk(ecs_models.CreateDiskRequest(region_id=REGION, zone_id=ZONE, size=20, disk_category="cloud_essd")),

@@ -1,7 +1,9 @@
 //! A `berth-csi` process serving one node (its agent beside it), with its own socket and state;
 //! killed when dropped, its mounts (OSS FUSE mounts included) removed. [`MountGuard`] removes the
-//! mounts a test made under a directory, even when it fails.
+//! mounts a test made under a directory, even when it fails. [`OneNodeCsi`] is the set-up of a
+//! one-node test: the cluster, a pods directory, its mount guard and the node's clients.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -254,4 +256,70 @@ impl CsiCluster {
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
+}
+
+pub type Ctl = csi::controller_client::ControllerClient<Channel>;
+pub type Ns = csi::node_client::NodeClient<Channel>;
+
+/// A one-node CSI test: the cluster, a pods directory for staging and target paths (every mount
+/// under it removed when dropped, before the cluster goes), and the node's Controller and Node
+/// clients. Fields drop in order: the guard, the directory, then the cluster.
+pub struct OneNodeCsi {
+    pub mounts: MountGuard,
+    pub pods: tempfile::TempDir,
+    pub ctl: Ctl,
+    pub ns: Ns,
+    /// The node's ID: its instance.
+    pub node_id: String,
+    pub cluster: CsiCluster,
+}
+
+impl OneNodeCsi {
+    pub async fn start(vpc_cidr: &str, vswitch_cidr: &str) -> OneNodeCsi {
+        Self::start_with(crate::LocalCloudOptions::default(), vpc_cidr, vswitch_cidr).await
+    }
+
+    pub async fn start_with(options: crate::LocalCloudOptions, vpc_cidr: &str, vswitch_cidr: &str) -> OneNodeCsi {
+        let cluster = CsiCluster::start_with(options, 1, vpc_cidr, vswitch_cidr).await;
+        let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().expect("tempdir");
+        let mounts = MountGuard(pods.path().to_path_buf());
+        let node = &cluster.nodes[0];
+        let (ctl, ns, node_id) = (node.driver.controller().await, node.driver.node().await, node.instance_id.clone());
+        OneNodeCsi { mounts, pods, ctl, ns, node_id, cluster }
+    }
+
+    /// `rel` under the pods directory.
+    pub fn at(&self, rel: &str) -> PathBuf {
+        self.pods.path().join(rel)
+    }
+}
+
+/// ControllerPublish, NodeStage and NodePublish of `volume` on `node_id` at `target`; returns the
+/// publish context.
+pub async fn mount(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, cap: &csi::VolumeCapability, staging: &Path, target: &Path) -> HashMap<String, String> {
+    let ctx = ctl
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), volume_capability: Some(cap.clone()), ..Default::default() })
+        .await
+        .expect("ControllerPublishVolume")
+        .into_inner()
+        .publish_context;
+    let stage = csi::NodeStageVolumeRequest { volume_id: volume.into(), publish_context: ctx.clone(), staging_target_path: staging.display().to_string(), volume_capability: Some(cap.clone()), ..Default::default() };
+    ns.node_stage_volume(stage).await.expect("NodeStageVolume");
+    let publish = csi::NodePublishVolumeRequest {
+        volume_id: volume.into(),
+        publish_context: ctx.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    ns.node_publish_volume(publish).await.expect("NodePublishVolume");
+    ctx
+}
+
+/// NodeUnpublish, NodeUnstage and ControllerUnpublish of `volume`: the reverse of [`mount`].
+pub async fn unmount(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, staging: &Path, target: &Path) {
+    ns.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: volume.into(), target_path: target.display().to_string() }).await.expect("NodeUnpublishVolume");
+    ns.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: volume.into(), staging_target_path: staging.display().to_string() }).await.expect("NodeUnstageVolume");
+    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), ..Default::default() }).await.expect("ControllerUnpublishVolume");
 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use berth_proto::csi::v1 as csi;
-use berth_tests::csi::{CsiCluster, MountGuard, block_cap, mount_cap, mount_count};
-use berth_tests::is_root;
+use berth_tests::csi::{Ctl, OneNodeCsi, block_cap, mount, mount_cap, mount_count, unmount};
+use berth_tests::{LocalCloudOptions, is_root};
 use csi::volume_capability::access_mode::Mode;
 use tonic::Code;
 
@@ -37,13 +37,12 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
         eprintln!("skipped: needs root (loop devices, mounts, namespaces)");
         return;
     }
-    let mut cluster = CsiCluster::start(1, "10.72.0.0/16", "10.72.1.0/24").await;
-    let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().unwrap();
-    let _mounts = MountGuard(pods.path().to_path_buf());
+    // Zone local-1a has 100 GiB of cloud_ssd to sell; every other zone and category the default.
+    let options = LocalCloudOptions { extra_args: vec!["--disk-stock".into(), "local-1a/cloud_ssd=100".into()], ..Default::default() };
+    let mut t = OneNodeCsi::start_with(options, "10.72.0.0/16", "10.72.1.0/24").await;
+    let (ctl, ns, cluster, pods) = (&mut t.ctl, &mut t.ns, &mut t.cluster, t.pods.path());
     let node = &cluster.nodes[0];
     let mut identity = node.driver.identity().await;
-    let mut ctl = node.driver.controller().await;
-    let mut ns = node.driver.node().await;
     // XFS: it grows online with CAP_SYS_ADMIN alone; ext4 needs CAP_SYS_RESOURCE, which this
     // machine's root lacks (the cross-node test covers ext4).
     let rw = mount_cap("xfs", Mode::SingleNodeWriter);
@@ -56,7 +55,7 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_eq!(caps.len(), 3, "controller service, accessibility constraints, online expansion: {caps:?}");
     assert_eq!(identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
     let ctl_caps = ctl.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
-    assert_eq!(ctl_caps.len(), 12, "create/delete, publish/unpublish, expand, snapshots, list snapshots, clone, list volumes and their nodes, get volume, condition, modify, publish read-only: {ctl_caps:?}");
+    assert_eq!(ctl_caps.len(), 13, "create/delete, publish/unpublish, expand, snapshots, list snapshots, clone, list volumes and their nodes, get volume, condition, modify, publish read-only, capacity: {ctl_caps:?}");
     let node_caps = ns.node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
     assert_eq!(node_caps.len(), 4, "stage, stats, expand, condition: {node_caps:?}");
     let ni = ns.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap().into_inner();
@@ -88,6 +87,40 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
         assert!(metrics.lines().any(|l| l == line), "{line} not in the driver's metrics:\n{metrics}");
     }
     assert_eq!(code(ctl.create_volume(create("v-pl1small", 1, &[("performanceLevel", "PL3"), ("zoneId", "local-1a")], rw.clone())).await.map(|_| ())), Code::Ok, "the size rounds up to the category's minimum");
+
+    // GetCapacity: what csi-sanity asks (no fields at all) and by zone and category. The cloud
+    // tells the largest disk each zone can make now; the capacity is their sum over the zones asked.
+    let capacity = |params: &[(&str, &str)], zone: Option<&str>| csi::GetCapacityRequest {
+        parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        accessible_topology: zone.map(|z| csi::Topology { segments: HashMap::from([("topology.berth.io/zone".to_string(), z.to_string())]) }),
+        ..Default::default()
+    };
+    let sizes = |r: csi::GetCapacityResponse| (r.available_capacity / GIB, r.maximum_volume_size.map(|b| b / GIB), r.minimum_volume_size.map(|b| b / GIB));
+    let any = ctl.get_capacity(csi::GetCapacityRequest::default()).await.unwrap().into_inner();
+    assert_eq!(sizes(any), (2 * 65_536, Some(65_536), Some(1)), "cloud_essd PL0 by default, in both zones");
+    let ssd = [("category", "cloud_ssd")];
+    assert_eq!(sizes(ctl.get_capacity(capacity(&ssd, Some("local-1a"))).await.unwrap().into_inner()), (100, Some(100), Some(20)));
+    assert_eq!(sizes(ctl.get_capacity(capacity(&ssd, None)).await.unwrap().into_inner()), (100 + 32_768, Some(32_768), Some(20)), "local-1a's 100 GiB and local-1b's largest disk");
+    let pl2 = [("performanceLevel", "PL2")];
+    assert_eq!(sizes(ctl.get_capacity(capacity(&pl2, Some("local-1b"))).await.unwrap().into_inner()), (65_536, Some(65_536), Some(461)));
+    let with_caps = csi::GetCapacityRequest { volume_capabilities: vec![rw.clone(), block_cap(Mode::SingleNodeWriter)], ..capacity(&ssd, Some("local-1a")) };
+    assert_eq!(sizes(ctl.get_capacity(with_caps).await.unwrap().into_inner()).0, 100);
+    let ssd_a = [("category", "cloud_ssd"), ("zoneId", "local-1a")];
+    let used = ctl.create_volume(create("pvc-ssd", 60, &ssd_a, rw.clone())).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(sizes(ctl.get_capacity(capacity(&ssd_a, None)).await.unwrap().into_inner()), (40, Some(40), Some(20)), "the zoneId parameter, and 60 GiB taken");
+    let sold_out = ctl.create_volume(create("pvc-ssd-2", 41, &ssd_a, rw.clone())).await.unwrap_err();
+    assert_eq!(sold_out.code(), Code::ResourceExhausted, "{sold_out:?}");
+    assert!(sold_out.message().contains("OperationDenied.NoStock"), "{}", sold_out.message());
+    ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: used.volume_id.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(sizes(ctl.get_capacity(capacity(&ssd_a, None)).await.unwrap().into_inner()).0, 100, "a deleted disk gives its space back");
+    // A zone the cloud does not have, a topology without the zone, NAS and OSS, bad parameters.
+    assert_eq!(code(ctl.get_capacity(capacity(&[], Some("local-9z"))).await), Code::InvalidArgument);
+    let other_key = csi::GetCapacityRequest { accessible_topology: Some(csi::Topology { segments: HashMap::from([("rack".to_string(), "r1".to_string())]) }), ..Default::default() };
+    assert_eq!(code(ctl.get_capacity(other_key).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.get_capacity(capacity(&[("type", "nas"), ("fileSystemId", "x")], None)).await), Code::InvalidArgument);
+    assert_eq!(code(ctl.get_capacity(capacity(&[("categroy", "cloud_ssd")], None)).await), Code::InvalidArgument);
+    let multi = csi::GetCapacityRequest { volume_capabilities: vec![mount_cap("ext4", Mode::MultiNodeMultiWriter)], ..Default::default() };
+    assert_eq!(code(ctl.get_capacity(multi).await), Code::InvalidArgument, "a disk is single-attach");
 
     // NAS and OSS: file systems only, and what they are carved from must be named and exist.
     let shared = mount_cap("", Mode::MultiNodeMultiWriter);
@@ -131,8 +164,8 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_eq!(ctx, ctx2, "publishing again answers the same");
 
     // NodeStage / NodePublish in mount mode.
-    let staging = pods.path().join("staging/pvc-one");
-    let target = pods.path().join("pod-a/volumes/pvc-one");
+    let staging = pods.join("staging/pvc-one");
+    let target = pods.join("pod-a/volumes/pvc-one");
     let stage = |vol: &str, path: &Path, cap: Option<csi::VolumeCapability>, ctx: &HashMap<String, String>| csi::NodeStageVolumeRequest {
         volume_id: vol.into(),
         staging_target_path: path.display().to_string(),
@@ -163,7 +196,7 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     ns.node_publish_volume(publish_req(&v1.volume_id, &target, Some(rw.clone()), false)).await.unwrap();
     assert_eq!(mount_count(&target), 1, "publishing twice mounts once");
     std::fs::write(target.join("data.txt"), b"hello from pod a\n").expect("the published mount is writable");
-    let ro_target = pods.path().join("pod-b/volumes/pvc-one");
+    let ro_target = pods.join("pod-b/volumes/pvc-one");
     ns.node_publish_volume(publish_req(&v1.volume_id, &ro_target, Some(rw.clone()), true)).await.unwrap();
     assert_eq!(std::fs::read(ro_target.join("data.txt")).unwrap(), b"hello from pod a\n");
     assert!(std::fs::write(ro_target.join("nope.txt"), b"x").is_err(), "a read-only publish refuses writes");
@@ -172,7 +205,7 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     let stats = |vol: &str, path: &Path| csi::NodeGetVolumeStatsRequest { volume_id: vol.into(), volume_path: path.display().to_string(), ..Default::default() };
     assert_eq!(code(ns.node_get_volume_stats(stats("", &target)).await), Code::InvalidArgument);
     assert_eq!(code(ns.node_get_volume_stats(stats(&v1.volume_id, Path::new(""))).await), Code::InvalidArgument);
-    assert_eq!(code(ns.node_get_volume_stats(stats(&v1.volume_id, &pods.path().join("nowhere"))).await), Code::NotFound);
+    assert_eq!(code(ns.node_get_volume_stats(stats(&v1.volume_id, &pods.join("nowhere"))).await), Code::NotFound);
     let usage = ns.node_get_volume_stats(stats(&v1.volume_id, &target)).await.unwrap().into_inner();
     let bytes = usage.usage.iter().find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32).unwrap();
     assert!(bytes.total > GIB / 2 && bytes.total <= GIB && bytes.used > 0, "{bytes:?}");
@@ -208,22 +241,22 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
         ns.node_unpublish_volume(unpublish(&v1.volume_id, t)).await.unwrap();
     }
     assert!(!target.exists(), "the target leaf is removed");
-    ns.node_unpublish_volume(unpublish("d-nosuchdisk", &pods.path().join("never"))).await.unwrap();
+    ns.node_unpublish_volume(unpublish("d-nosuchdisk", &pods.join("never"))).await.unwrap();
     let unstage = |vol: &str, path: &Path| csi::NodeUnstageVolumeRequest { volume_id: vol.into(), staging_target_path: path.display().to_string() };
     assert_eq!(code(ns.node_unstage_volume(unstage("", &staging)).await), Code::InvalidArgument);
     assert_eq!(code(ns.node_unstage_volume(unstage(&v1.volume_id, Path::new(""))).await), Code::InvalidArgument);
     ns.node_unstage_volume(unstage(&v1.volume_id, &staging)).await.unwrap();
     ns.node_unstage_volume(unstage(&v1.volume_id, &staging)).await.unwrap();
-    ns.node_unstage_volume(unstage("d-nosuchdisk", &pods.path().join("never"))).await.unwrap();
+    ns.node_unstage_volume(unstage("d-nosuchdisk", &pods.join("never"))).await.unwrap();
     assert_eq!(mount_count(&staging), 0);
 
     // Block mode: the device bound onto a file.
     let block = block_cap(Mode::SingleNodeWriter);
     let v2 = ctl.create_volume(create("pvc-block", 1, &[], block.clone())).await.unwrap().into_inner().volume.unwrap();
     let ctx_b = ctl.controller_publish_volume(publish(&v2.volume_id, me, Some(block.clone()))).await.unwrap().into_inner().publish_context;
-    let staging_b = pods.path().join("staging/pvc-block");
+    let staging_b = pods.join("staging/pvc-block");
     ns.node_stage_volume(stage(&v2.volume_id, &staging_b, Some(block.clone()), &ctx_b)).await.unwrap();
-    let target_b = pods.path().join("pod-c/devices/pvc-block");
+    let target_b = pods.join("pod-c/devices/pvc-block");
     let req_b = csi::NodePublishVolumeRequest {
         volume_id: v2.volume_id.clone(),
         staging_target_path: staging_b.display().to_string(),
@@ -295,36 +328,6 @@ async fn identity_controller_and_node_services_behave_as_a_co_expects() {
     assert_eq!(code(identity.probe(csi::ProbeRequest {}).await), Code::FailedPrecondition, "not ready without the cloud");
 }
 
-/// Publishes, stages and mounts `volume` at `target` on the test's node; returns the publish context.
-async fn mount_volume(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, cap: &csi::VolumeCapability, staging: &Path, target: &Path) {
-    let ctx = ctl
-        .controller_publish_volume(csi::ControllerPublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), volume_capability: Some(cap.clone()), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .publish_context;
-    let stage = csi::NodeStageVolumeRequest { volume_id: volume.into(), publish_context: ctx.clone(), staging_target_path: staging.display().to_string(), volume_capability: Some(cap.clone()), ..Default::default() };
-    ns.node_stage_volume(stage).await.unwrap();
-    let publish = csi::NodePublishVolumeRequest {
-        volume_id: volume.into(),
-        publish_context: ctx,
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(cap.clone()),
-        ..Default::default()
-    };
-    ns.node_publish_volume(publish).await.unwrap();
-}
-
-async fn unmount_volume(ctl: &mut Ctl, ns: &mut Ns, node_id: &str, volume: &str, staging: &Path, target: &Path) {
-    ns.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: volume.into(), target_path: target.display().to_string() }).await.unwrap();
-    ns.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: volume.into(), staging_target_path: staging.display().to_string() }).await.unwrap();
-    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest { volume_id: volume.into(), node_id: node_id.into(), ..Default::default() }).await.unwrap();
-}
-
-type Ctl = csi::controller_client::ControllerClient<tonic::transport::Channel>;
-type Ns = csi::node_client::NodeClient<tonic::transport::Channel>;
-
 fn write_synced(path: &Path, data: &[u8]) {
     use std::io::Write as _;
     let mut f = std::fs::File::create(path).unwrap();
@@ -352,18 +355,14 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
         eprintln!("skipped: needs root (loop devices, mounts, namespaces)");
         return;
     }
-    let cluster = CsiCluster::start(1, "10.75.0.0/16", "10.75.1.0/24").await;
-    let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().unwrap();
-    let _mounts = MountGuard(pods.path().to_path_buf());
-    let node = &cluster.nodes[0];
-    let me = node.instance_id.clone();
-    let (mut ctl, mut ns) = (node.driver.controller().await, node.driver.node().await);
+    let mut t = OneNodeCsi::start("10.75.0.0/16", "10.75.1.0/24").await;
+    let (ctl, ns, cluster, pods, me) = (&mut t.ctl, &mut t.ns, &t.cluster, t.pods.path(), t.node_id.clone());
     let rw = mount_cap("ext4", Mode::SingleNodeWriter);
-    let at = |p: &str| pods.path().join(p);
+    let at = |p: &str| pods.join(p);
 
     // Write, snapshot, write more.
     let src = ctl.create_volume(create("pvc-src", 2, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
-    mount_volume(&mut ctl, &mut ns, &me, &src.volume_id, &rw, &at("st/src"), &at("pod-a/src")).await;
+    mount(ctl, ns, &me, &src.volume_id, &rw, &at("st/src"), &at("pod-a/src")).await;
     write_synced(&at("pod-a/src/before.txt"), b"written before the snapshot\n");
     let snap_req = |name: &str, source: &str| csi::CreateSnapshotRequest { name: name.into(), source_volume_id: source.into(), ..Default::default() };
     assert_eq!(code(ctl.create_snapshot(snap_req("", &src.volume_id)).await), Code::InvalidArgument, "no name");
@@ -378,7 +377,7 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     assert_eq!(again.snapshot_id, snap.snapshot_id, "CreateSnapshot is idempotent by name");
     let other = ctl.create_volume(create("pvc-other", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(code(ctl.create_snapshot(snap_req("snap-1", &other.volume_id)).await), Code::AlreadyExists, "the name is taken by a snapshot of another volume");
-    let ready = wait_ready(&mut ctl, &snap.snapshot_id).await;
+    let ready = wait_ready(ctl, &snap.snapshot_id).await;
     assert_eq!(ready.snapshot_id, snap.snapshot_id);
 
     // Listing: by ID, by source, pages, and IDs that name nothing.
@@ -416,10 +415,10 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     from_missing.name = "pvc-from-missing".into();
     from_missing.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource { snapshot_id: "s-nosuchsnapshot".into() })) });
     assert_eq!(code(ctl.create_volume(from_missing).await), Code::NotFound);
-    mount_volume(&mut ctl, &mut ns, &me, &restored.volume_id, &rw, &at("st/restored"), &at("pod-b/restored")).await;
+    mount(ctl, ns, &me, &restored.volume_id, &rw, &at("st/restored"), &at("pod-b/restored")).await;
     assert_eq!(std::fs::read(at("pod-b/restored/before.txt")).unwrap(), b"written before the snapshot\n");
     assert!(!at("pod-b/restored/after.txt").exists(), "what was written after the snapshot is not in it");
-    unmount_volume(&mut ctl, &mut ns, &me, &restored.volume_id, &at("st/restored"), &at("pod-b/restored")).await;
+    unmount(ctl, ns, &me, &restored.volume_id, &at("st/restored"), &at("pod-b/restored")).await;
 
     // Clone: the source's data now, in the source's zone; a requisite zone elsewhere is refused.
     let clone_source = csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource { volume_id: src.volume_id.clone() })) };
@@ -436,10 +435,10 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     let mut other_source = clone_req.clone();
     other_source.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource { volume_id: other.volume_id.clone() })) });
     assert_eq!(code(ctl.create_volume(other_source).await), Code::AlreadyExists, "the name is a clone of another volume");
-    mount_volume(&mut ctl, &mut ns, &me, &clone.volume_id, &rw, &at("st/clone"), &at("pod-c/clone")).await;
+    mount(ctl, ns, &me, &clone.volume_id, &rw, &at("st/clone"), &at("pod-c/clone")).await;
     assert_eq!(std::fs::read(at("pod-c/clone/after.txt")).unwrap(), b"written after the snapshot\n");
     assert_eq!(std::fs::read(at("pod-c/clone/before.txt")).unwrap(), b"changed after the snapshot\n");
-    unmount_volume(&mut ctl, &mut ns, &me, &clone.volume_id, &at("st/clone"), &at("pod-c/clone")).await;
+    unmount(ctl, ns, &me, &clone.volume_id, &at("st/clone"), &at("pod-c/clone")).await;
     let left: Vec<_> = ctl.list_snapshots(list(0, "", &src.volume_id, "")).await.unwrap().into_inner().entries;
     assert_eq!(left.len(), 2, "the snapshot taken for the clone is gone: {left:?}");
 
@@ -462,9 +461,9 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     ctl.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: "s-nosuchsnapshot".into(), ..Default::default() }).await.unwrap();
     assert_eq!(code(ctl.delete_snapshot(csi::DeleteSnapshotRequest::default()).await), Code::InvalidArgument);
     assert!(ctl.list_snapshots(list(0, "", "", "")).await.unwrap().into_inner().entries.is_empty());
-    mount_volume(&mut ctl, &mut ns, &me, &slow.volume_id, &rw, &at("st/slow"), &at("pod-d/slow")).await;
+    mount(ctl, ns, &me, &slow.volume_id, &rw, &at("st/slow"), &at("pod-d/slow")).await;
     assert_eq!(std::fs::read(at("pod-d/slow/before.txt")).unwrap(), b"written before the snapshot\n", "a restored disk outlives its snapshot");
-    unmount_volume(&mut ctl, &mut ns, &me, &slow.volume_id, &at("st/slow"), &at("pod-d/slow")).await;
+    unmount(ctl, ns, &me, &slow.volume_id, &at("st/slow"), &at("pod-d/slow")).await;
 
     // ListVolumes (pages, published nodes) and ControllerGetVolume, while the source is published.
     let lv = |max: i32, token: &str| csi::ListVolumesRequest { max_entries: max, starting_token: token.into() };
@@ -486,7 +485,7 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     assert_eq!(status.published_node_ids, vec![me.clone()]);
     assert!(!status.volume_condition.unwrap().abnormal);
     assert_eq!(code(ctl.controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: "d-nosuchdisk".into() }).await), Code::NotFound);
-    unmount_volume(&mut ctl, &mut ns, &me, &src.volume_id, &at("st/src"), &at("pod-a/src")).await;
+    unmount(ctl, ns, &me, &src.volume_id, &at("st/src"), &at("pod-a/src")).await;
 
     // ControllerModifyVolume: the performance level of an ESSD, through the cloud.
     let modify = |id: &str, k: &str, v: &str| csi::ControllerModifyVolumeRequest { volume_id: id.into(), mutable_parameters: HashMap::from([(k.to_string(), v.to_string())]), ..Default::default() };
@@ -513,7 +512,46 @@ async fn snapshots_restores_and_clones_hold_the_data_of_their_moment() {
     ctl.controller_publish_volume(publish(&me)).await.unwrap();
     ctl.delete_volume(csi::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() }).await.unwrap();
     assert_eq!(code(ctl.controller_publish_volume(publish(&me)).await), Code::NotFound, "a deleted NAS volume");
-    ctl.create_volume(nas(2)).await.expect("the name is free again once deleted");
+    let v = ctl.create_volume(nas(2)).await.expect("the name is free again once deleted").into_inner().volume.unwrap();
+
+    // NAS and OSS volumes in ListVolumes (NAS: found by their records on the cloud's file
+    // systems) and ControllerGetVolume, with their recorded capacity and condition.
+    let deeper = ctl.create_volume(create("pvc-nas-team", 3, &[("type", "nas"), ("fileSystemId", fs.as_str()), ("path", "team/x")], shared.clone())).await.unwrap().into_inner().volume.unwrap();
+    let all = ctl.list_volumes(lv(0, "")).await.unwrap().into_inner();
+    assert!(all.next_token.is_empty());
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ctl.list_volumes(lv(1, &token)).await.unwrap().into_inner();
+        assert!(page.entries.len() <= 1);
+        paged.extend(page.entries);
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    assert_eq!(paged, all.entries, "pages of one give the whole list, in its order");
+    let of = |id: &str| all.entries.iter().find(|e| e.volume.as_ref().unwrap().volume_id == id).map(|e| e.volume.clone().unwrap());
+    assert_eq!(of(&v.volume_id).map(|x| (x.capacity_bytes, x.volume_context["type"].clone())), Some((2 * GIB, "nas".to_string())));
+    assert_eq!(of(&deeper.volume_id).map(|x| x.capacity_bytes), Some(3 * GIB), "a volume under a path parameter");
+    assert!(of(&big.volume_id).is_some(), "disks are still listed");
+    assert_eq!(all.entries.iter().filter(|e| e.volume.as_ref().unwrap().volume_id.starts_with("nas:")).count(), 2, "no directory inside a volume is taken for one");
+    let get = |id: &str| csi::ControllerGetVolumeRequest { volume_id: id.into() };
+    let got = ctl.controller_get_volume(get(&deeper.volume_id)).await.unwrap().into_inner();
+    assert_eq!(got.volume.unwrap().capacity_bytes, 3 * GIB);
+    assert!(!got.status.unwrap().volume_condition.unwrap().abnormal);
+    // nas:<fs>:<server>:<path>; the server is empty on the local cloud.
+    let dir = deeper.volume_id.splitn(4, ':').nth(3).unwrap().to_string();
+    assert!(dir.starts_with("/team/x/"), "{}", deeper.volume_id);
+    std::fs::remove_dir_all(cluster.lc.state_dir().join("nas").join(&fs).join(dir.trim_start_matches('/'))).unwrap();
+    let condition = ctl.controller_get_volume(get(&deeper.volume_id)).await.unwrap().into_inner().status.unwrap().volume_condition.unwrap();
+    assert!(condition.abnormal && condition.message.contains("gone"), "{condition:?}");
+    assert_eq!(code(ctl.controller_get_volume(get(&format!("nas:{fs}::/never-made"))).await), Code::NotFound);
+    cluster.bucket("objects");
+    let oss = ctl.create_volume(create("pvc-oss", 1, &[("type", "oss"), ("bucket", "objects")], shared.clone())).await.unwrap().into_inner().volume.unwrap();
+    let got = ctl.controller_get_volume(get(&oss.volume_id)).await.unwrap().into_inner();
+    assert_eq!((got.volume.unwrap().capacity_bytes, got.status.unwrap().volume_condition.unwrap().abnormal), (GIB, false));
+    assert_eq!(code(ctl.controller_get_volume(get("oss:objects:/never-made")).await), Code::NotFound);
 }
 
 /// Writing `path` fails with EROFS (the mount is read-only), and nothing is left behind.
@@ -529,14 +567,10 @@ async fn read_only_publishes_are_enforced_for_disks_and_nas() {
         eprintln!("skipped: needs root (loop devices, mounts, namespaces)");
         return;
     }
-    let cluster = CsiCluster::start(1, "10.76.0.0/16", "10.76.1.0/24").await;
-    let pods = tempfile::Builder::new().prefix("berth-pods-").tempdir().unwrap();
-    let _mounts = MountGuard(pods.path().to_path_buf());
-    let node = &cluster.nodes[0];
-    let me = node.instance_id.clone();
-    let (mut ctl, mut ns) = (node.driver.controller().await, node.driver.node().await);
+    let mut t = OneNodeCsi::start("10.76.0.0/16", "10.76.1.0/24").await;
+    let (ctl, ns, cluster, pods, me) = (&mut t.ctl, &mut t.ns, &t.cluster, t.pods.path(), t.node_id.clone());
     let rw = mount_cap("ext4", Mode::SingleNodeWriter);
-    let at = |p: &str| pods.path().join(p);
+    let at = |p: &str| pods.join(p);
     let ctl_caps = ctl.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner().capabilities;
     let publish_readonly = csi::controller_service_capability::rpc::Type::PublishReadonly as i32;
     assert!(
@@ -562,9 +596,9 @@ async fn read_only_publishes_are_enforced_for_disks_and_nas() {
 
     // A disk with data on it.
     let v = ctl.create_volume(create("pvc-ro", 1, &[], rw.clone())).await.unwrap().into_inner().volume.unwrap();
-    mount_volume(&mut ctl, &mut ns, &me, &v.volume_id, &rw, &at("st/w"), &at("w")).await;
+    mount(ctl, ns, &me, &v.volume_id, &rw, &at("st/w"), &at("w")).await;
     write_synced(&at("w/data.txt"), b"data\n");
-    unmount_volume(&mut ctl, &mut ns, &me, &v.volume_id, &at("st/w"), &at("w")).await;
+    unmount(ctl, ns, &me, &v.volume_id, &at("st/w"), &at("w")).await;
 
     // ControllerPublish readonly: every target on the node is read-only, whatever NodePublish says.
     let ctx = ctl.controller_publish_volume(publish_req(&v.volume_id, &rw, true)).await.unwrap().into_inner().publish_context;

@@ -1,7 +1,8 @@
 //! Cloud disks.
 
+use berth_cloud::disk::CATEGORIES;
 use berth_cloud::error::code;
-use berth_cloud::model::{Disk, DiskStatus, InstanceStatus, Snapshot, SnapshotStatus};
+use berth_cloud::model::{DataDiskStock, Disk, DiskStatus, InstanceStatus, Snapshot, SnapshotStatus};
 use berth_cloud::wire;
 
 use super::params::invalid;
@@ -25,6 +26,29 @@ pub fn size_limits(category: &str, level: &str) -> Option<(u64, u64)> {
     }
 }
 
+/// The size limits of a category whatever its level (an ESSD's smallest is PL0's).
+fn category_limits(category: &str) -> (u64, u64) {
+    size_limits(category, if category == "cloud_essd" { "PL0" } else { "" }).unwrap_or((1, 0))
+}
+
+/// The GiB of `category` the zone has left to sell: its stock less its data disks of that category.
+pub fn stock_left_gib(state: &State, ctx: &Ctx, zone: &str, category: &str) -> u64 {
+    let used: u64 = state.disks.values().filter(|d| !d.system && d.zone_id == zone && d.category == category).map(|d| d.size_gib).sum();
+    ctx.disk_stock.gib(zone, category).saturating_sub(used)
+}
+
+/// Refuses `more_gib` of `category` in the zone beyond what it has left, as the service does.
+fn take_stock(state: &State, ctx: &Ctx, zone: &str, category: &str, more_gib: u64) -> ApiResult<()> {
+    let left = stock_left_gib(state, ctx, zone, category);
+    if more_gib > left {
+        return Err(ApiFailure::of(
+            code::NO_STOCK,
+            format!("The zone {zone} has {left} GiB of {category} left and {more_gib} GiB more were asked: sold out; try another category or zone, or a smaller disk."),
+        ));
+    }
+    Ok(())
+}
+
 fn check_size(category: &str, level: &str, size: u64) -> ApiResult<()> {
     let (min, max) = size_limits(category, level).unwrap_or((1, 0));
     if size < min || size > max {
@@ -41,7 +65,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
             let zone = p.req("ZoneId")?;
             vpc::zone(ctx, zone)?;
             let category = p.opt("DiskCategory").unwrap_or("cloud_efficiency");
-            if !matches!(category, "cloud_essd" | "cloud_ssd" | "cloud_efficiency" | "cloud_auto") {
+            if !CATEGORIES.contains(&category) {
                 return Err(ApiFailure::bad(
                     code::INVALID_DISK_CATEGORY,
                     format!("DiskCategory \"{category}\" is not supported; use cloud_essd, cloud_ssd, cloud_efficiency or cloud_auto."),
@@ -74,6 +98,7 @@ pub fn create(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
                 (None, None) => p.req_parse::<u64>("Size")?,
             };
             check_size(category, level, size)?;
+            take_stock(state, ctx, zone, category, size)?;
             let description = p.opt("Description").unwrap_or_default();
             if description.chars().count() > 256 || description.starts_with("http://") || description.starts_with("https://") {
                 return Err(ApiFailure::bad(code::INVALID_PARAMETER, format!("Description \"{description}\" is malformed: at most 256 characters, not starting with \"http://\" or \"https://\".")));
@@ -164,6 +189,7 @@ pub fn resize(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome
         "online" | "offline" => {}
         other => return Err(invalid("Type", other)),
     }
+    take_stock(state, ctx, &d.zone_id, &d.category, size - d.size_gib)?;
     state.disks.get_mut(&d.id).expect("checked above").size_gib = size;
     changed(super::request_id(ctx), vec![])
 }
@@ -184,6 +210,57 @@ pub fn describe(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outco
         .collect();
     let (items, next) = page(&all, p, 10, 500)?;
     reply(wire::DescribeDisksResponse { request_id: ctx.request_id.clone(), total_count: all.len() as u64, next_token: next, disks: items.into() })
+}
+
+/// DescribeAvailableResource of data disks bought alone (`DestinationResource=DataDisk`,
+/// `ResourceType=disk`): per zone and category, `Available` while the stock left holds the
+/// category's smallest disk, with `Max` the largest disk that fits now.
+pub fn describe_available_resource(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {
+    match p.req("DestinationResource")? {
+        "DataDisk" => {}
+        other => {
+            return Err(ApiFailure::bad(
+                code::INVALID_PARAMETER,
+                format!("DestinationResource \"{other}\" is not served by the local cloud; it reports data disks only (DestinationResource=DataDisk, ResourceType=disk)."),
+            ));
+        }
+    }
+    match p.opt("ResourceType") {
+        Some("disk") => {}
+        other => {
+            return Err(ApiFailure::bad(
+                code::INVALID_PARAMETER,
+                format!("ResourceType \"{}\" needs an instance type the local cloud does not model; give ResourceType=disk for data disks bought alone.", other.unwrap_or("instance")),
+            ));
+        }
+    }
+    let zones: Vec<&String> = match p.opt("ZoneId") {
+        Some(z) => {
+            vpc::zone(ctx, z)?;
+            ctx.zones.iter().filter(|x| *x == z).collect()
+        }
+        None => ctx.zones.iter().collect(),
+    };
+    let categories: Vec<&str> = match p.opt("DataDiskCategory") {
+        Some(c) if CATEGORIES.contains(&c) => vec![c],
+        Some(c) => return Err(ApiFailure::bad(code::INVALID_DISK_CATEGORY, format!("DataDiskCategory \"{c}\" is not supported; use one of {}.", CATEGORIES.join(", ")))),
+        None => CATEGORIES.to_vec(),
+    };
+    let available_zones: Vec<wire::AvailableZoneItem> = zones
+        .into_iter()
+        .map(|zone| {
+            let stocks: Vec<DataDiskStock> = categories
+                .iter()
+                .map(|category| {
+                    let (min, max) = category_limits(category);
+                    let left = stock_left_gib(state, ctx, zone, category);
+                    DataDiskStock { zone_id: zone.clone(), category: category.to_string(), available: left >= min, min_gib: min, max_gib: max.min(left) }
+                })
+                .collect();
+            wire::AvailableZoneItem::from_data_disks(&ctx.region_id, zone, &stocks)
+        })
+        .collect();
+    reply(wire::DescribeAvailableResourceResponse { request_id: ctx.request_id.clone(), available_zones: available_zones.into() })
 }
 
 pub fn modify_spec(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<Outcome> {

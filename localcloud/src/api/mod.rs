@@ -65,6 +65,8 @@ pub struct Ctx {
     pub now_secs: u64,
     /// Manual snapshots a disk may hold.
     pub snapshot_quota: u32,
+    /// The data disk space each zone and category has to sell.
+    pub disk_stock: crate::faults::DiskStock,
 }
 
 /// A transition the control plane completes later (attach and detach take time on a real cloud).
@@ -138,6 +140,7 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
         "DeleteDisk" => disk::delete(state, ctx, p),
         "ResizeDisk" => disk::resize(state, ctx, p),
         "DescribeDisks" => disk::describe(state, ctx, p),
+        "DescribeAvailableResource" => disk::describe_available_resource(state, ctx, p),
         "ModifyDiskSpec" => disk::modify_spec(state, ctx, p),
         "CreateSnapshot" => disk::create_snapshot(state, ctx, p),
         "DescribeSnapshots" => disk::describe_snapshots(state, ctx, p),
@@ -155,13 +158,14 @@ pub fn dispatch(state: &mut State, ctx: &Ctx, action: &str, p: &Params<'_>) -> A
 
 /// Every action [`dispatch`] serves. The metrics label calls with these names only, so a caller
 /// cannot grow the label set with made-up actions.
-pub const ACTIONS: [&str; 41] = [
+pub const ACTIONS: [&str; 42] = [
     "CreateVpc", "DescribeVpcs", "CreateVSwitch", "DescribeVSwitches", "CreateSecurityGroup", "DeleteSecurityGroup", "AuthorizeSecurityGroup", "AuthorizeSecurityGroupEgress",
     "RevokeSecurityGroup", "RevokeSecurityGroupEgress", "DescribeSecurityGroupAttribute", "DescribeSecurityGroups", "DescribeInstanceTypes", "RunInstances",
     "DeleteInstances", "DeleteInstance", "DescribeInstances", "CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface",
     "DeleteNetworkInterface", "DescribeNetworkInterfaces", "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses",
     "UnassignIpv6Addresses", "CreateDisk", "AttachDisk", "DetachDisk", "DeleteDisk", "ResizeDisk", "DescribeDisks", "CreateFileSystem",
     "CreateMountTarget", "DescribeFileSystems", "DeleteFileSystem", "ModifyDiskSpec", "CreateSnapshot", "DescribeSnapshots", "DeleteSnapshot", "ModifyNetworkInterfaceAttribute",
+    "DescribeAvailableResource",
 ];
 
 /// The name an action is counted under: itself if this service serves it, else `unknown`.
@@ -324,7 +328,7 @@ mod tests {
     /// the first request made, after it the same token makes a new resource.
     #[test]
     fn a_client_token_expires_after_its_validity() {
-        let mut ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 1_000, snapshot_quota: 256 };
+        let mut ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 1_000, snapshot_quota: 256, disk_stock: Default::default() };
         let mut state = State::default();
         state.vpcs.insert("vpc-1".into(), berth_cloud::model::Vpc { id: "vpc-1".into(), name: "v".into(), cidr_block: "10.0.0.0/16".parse().unwrap(), ipv6_cidr_block: None });
         let params: BTreeMap<String, String> = [("VpcId", "vpc-1"), ("ClientToken", "tok-1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -349,7 +353,7 @@ mod tests {
     /// together; a bad one, a gap in N or a top-level rule beside them changes nothing and is named.
     #[test]
     fn security_group_rules_are_taken_as_permissions_n() {
-        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256 };
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: Default::default() };
         let mut state = State::default();
         state.security_groups.insert("sg-1".into(), berth_cloud::model::SecurityGroup { id: "sg-1".into(), ..Default::default() });
         let call = |state: &mut State, action: &str, pairs: &[(&str, &str)]| {
@@ -389,9 +393,55 @@ mod tests {
         assert_eq!((left.len(), left[0].protocol), (1, berth_cloud::model::IpProtocol::Icmp), "{left:?}");
     }
 
+    /// CreateDisk and ResizeDisk take from a zone's stock of their category, DeleteDisk gives it
+    /// back; what is left is what DescribeAvailableResource reports, SoldOut below the smallest disk.
+    #[test]
+    fn data_disks_draw_on_the_stock_of_their_zone_and_category() {
+        let mut stock = crate::faults::DiskStock::default();
+        stock.of.insert("a/cloud_ssd".into(), 100);
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["a".into(), "b".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: stock };
+        let mut state = State::default();
+        let call = |state: &mut State, action: &str, pairs: &[(&str, &str)]| {
+            let params: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            dispatch(state, &ctx, action, &Params(&params))
+        };
+        let ssd_in_a = |state: &mut State| {
+            let out = call(state, "DescribeAvailableResource", &[("DestinationResource", "DataDisk"), ("ResourceType", "disk"), ("ZoneId", "a"), ("DataDiskCategory", "cloud_ssd")]).unwrap();
+            let zones: berth_cloud::wire::AvailableZoneList = serde_json::from_value(out.body["AvailableZones"].clone()).unwrap();
+            let all = zones.items.iter().flat_map(|z| z.data_disks().unwrap()).collect::<Vec<_>>();
+            assert_eq!(all.len(), 1, "{all:?}");
+            (all[0].available, all[0].min_gib, all[0].max_gib)
+        };
+        assert_eq!(ssd_in_a(&mut state), (true, 20, 100));
+        let first = call(&mut state, "CreateDisk", &[("ZoneId", "a"), ("DiskCategory", "cloud_ssd"), ("Size", "60")]).unwrap().body["DiskId"].as_str().unwrap().to_string();
+        assert_eq!(ssd_in_a(&mut state), (true, 20, 40));
+        let refused = call(&mut state, "CreateDisk", &[("ZoneId", "a"), ("DiskCategory", "cloud_ssd"), ("Size", "41")]).unwrap_err();
+        assert_eq!((refused.code.as_str(), refused.status), (berth_cloud::error::code::NO_STOCK, 403));
+        assert!(refused.message.contains("40 GiB of cloud_ssd left"), "{}", refused.message);
+        // Another category or zone has its own stock.
+        call(&mut state, "CreateDisk", &[("ZoneId", "b"), ("DiskCategory", "cloud_ssd"), ("Size", "41")]).unwrap();
+        call(&mut state, "CreateDisk", &[("ZoneId", "a"), ("DiskCategory", "cloud_efficiency"), ("Size", "41")]).unwrap();
+        let resize = call(&mut state, "ResizeDisk", &[("DiskId", &first), ("NewSize", "101")]).unwrap_err();
+        assert_eq!(resize.code, berth_cloud::error::code::NO_STOCK);
+        call(&mut state, "ResizeDisk", &[("DiskId", &first), ("NewSize", "90")]).unwrap();
+        assert_eq!(ssd_in_a(&mut state), (false, 20, 10), "10 GiB left hold no cloud_ssd disk");
+        call(&mut state, "DeleteDisk", &[("DiskId", &first)]).unwrap();
+        assert_eq!(ssd_in_a(&mut state), (true, 20, 100), "a deleted disk gives its space back");
+        // Every zone and category without a filter; bad filters named.
+        let out = call(&mut state, "DescribeAvailableResource", &[("DestinationResource", "DataDisk"), ("ResourceType", "disk")]).unwrap();
+        let zones: berth_cloud::wire::AvailableZoneList = serde_json::from_value(out.body["AvailableZones"].clone()).unwrap();
+        assert_eq!(zones.items.iter().map(|z| z.data_disks().unwrap().len()).collect::<Vec<_>>(), vec![4, 4]);
+        let unknown = call(&mut state, "DescribeAvailableResource", &[("DestinationResource", "DataDisk"), ("ResourceType", "disk"), ("ZoneId", "c")]).unwrap_err();
+        assert_eq!(unknown.code, berth_cloud::error::code::INVALID_ZONE_ID);
+        let other = call(&mut state, "DescribeAvailableResource", &[("DestinationResource", "InstanceType"), ("ResourceType", "disk")]).unwrap_err();
+        assert!(other.message.contains("\"InstanceType\""), "{}", other.message);
+        let category = call(&mut state, "DescribeAvailableResource", &[("DestinationResource", "DataDisk"), ("ResourceType", "disk"), ("DataDiskCategory", "tape")]).unwrap_err();
+        assert!(category.message.contains("\"tape\""), "{}", category.message);
+    }
+
     #[test]
     fn every_counted_action_is_served_and_others_are_unknown() {
-        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256 };
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: Default::default() };
         let params = BTreeMap::new();
         for action in ACTIONS {
             let answer = dispatch(&mut State::default(), &ctx, action, &Params(&params));
