@@ -1,5 +1,5 @@
 //! `/etc/berth/agent.toml`: strict (an unknown key is an error naming it), every key with a
-//! default except the cloud endpoint; flags and environment variables override the file
+//! default; flags and environment variables override the file
 //! (see `main.rs`). README.md documents every key.
 
 use std::net::SocketAddr;
@@ -112,12 +112,13 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudConfig {
-    /// The ECS/VPC API endpoint, e.g. http://127.0.0.1:17380 for the local cloud.
+    /// The ECS API endpoint, e.g. http://127.0.0.1:17380 for the local cloud; empty:
+    /// `https://ecs.<region>.aliyuncs.com`.
     pub endpoint: String,
-    /// The VPC (2016-04-28) API endpoint, e.g. `https://vpc.<region>.aliyuncs.com`; empty: `endpoint`
-    /// (the local cloud serves every product there).
+    /// The VPC (2016-04-28) API endpoint; empty: `endpoint` if set (the local cloud serving every
+    /// product there), else `https://vpc.<region>.aliyuncs.com`.
     pub vpc_endpoint: String,
-    /// The NAS (2017-06-26) API endpoint, e.g. `https://nas.<region>.aliyuncs.com`; empty: `endpoint`.
+    /// The NAS (2017-06-26) API endpoint; empty: `endpoint` if set, else `https://nas.<region>.aliyuncs.com`.
     pub nas_endpoint: String,
     /// Empty: the region the instance metadata names.
     pub region: String,
@@ -267,11 +268,8 @@ impl AgentConfig {
     /// Checks what serde cannot: values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, value: String, hint| Err(ConfigError::Invalid { key, value, hint });
-        if self.cloud.endpoint.is_empty() {
-            return invalid("cloud.endpoint", String::new(), "set the cloud API endpoint (flag --cloud-endpoint or BERTH_CLOUD_ENDPOINT)");
-        }
-        if !(self.cloud.endpoint.starts_with("http://") || self.cloud.endpoint.starts_with("https://")) {
-            return invalid("cloud.endpoint", self.cloud.endpoint.clone(), "an http:// or https:// URL");
+        if let Err((key, value)) = berth_cloud::endpoints::check_settings(&self.cloud.endpoint, &self.cloud.vpc_endpoint, &self.cloud.nas_endpoint) {
+            return invalid(key, value.to_string(), berth_cloud::endpoints::SETTING_HINT);
         }
         if !self.node.metadata_url.starts_with("http://") {
             return invalid("node.metadata_url", self.node.metadata_url.clone(), "an http:// URL ending in /latest/meta-data");
@@ -348,8 +346,11 @@ mod tests {
         assert_eq!(c.api.socket, PathBuf::from("/run/berth/agent.sock"));
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("pool.max_idle_ips") && e.contains("\"2\""), "{e}");
-        let e = AgentConfig::default().validate().unwrap_err().to_string();
-        assert!(e.contains("cloud.endpoint"), "{e}");
+        // No endpoint: the region's public ones.
+        AgentConfig::default().validate().unwrap();
+        let c = AgentConfig::parse("[cloud]\nvpc_endpoint = \"vpc.cn-hangzhou.aliyuncs.com\"\n", Path::new("a.toml")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cloud.vpc_endpoint") && e.contains("vpc.cn-hangzhou.aliyuncs.com"), "{e}");
         let c = AgentConfig::parse("[cloud]\nendpoint = \"http://127.0.0.1:1\"\n[runner]\ncsi_socket = \"run/csi.sock\"\n", Path::new("a.toml")).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("runner.csi_socket") && e.contains("run/csi.sock"), "{e}");

@@ -35,8 +35,15 @@ struct Args {
     node_netns: Option<String>,
     #[arg(long, env = "BERTH_METADATA_URL")]
     metadata_url: Option<String>,
+    /// The ECS API's URL; empty: the region's public endpoint.
     #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
     cloud_endpoint: Option<String>,
+    /// The VPC API's URL (cloud.vpc_endpoint).
+    #[arg(long, env = "BERTH_VPC_ENDPOINT")]
+    vpc_endpoint: Option<String>,
+    /// The NAS API's URL (cloud.nas_endpoint).
+    #[arg(long, env = "BERTH_NAS_ENDPOINT")]
+    nas_endpoint: Option<String>,
     #[arg(long, env = "BERTH_CREDENTIALS")]
     credentials: Option<PathBuf>,
     #[arg(long, env = "BERTH_AGENT_SOCKET")]
@@ -114,6 +121,8 @@ impl Args {
         set!(c.node.netns, self.node_netns);
         set!(c.node.metadata_url, self.metadata_url);
         set!(c.cloud.endpoint, self.cloud_endpoint);
+        set!(c.cloud.vpc_endpoint, self.vpc_endpoint);
+        set!(c.cloud.nas_endpoint, self.nas_endpoint);
         set!(c.cloud.credentials_file, self.credentials);
         set!(c.api.socket, self.socket);
         set!(c.paths.state_dir, self.state_dir);
@@ -212,7 +221,7 @@ async fn run(cfg: AgentConfig, pod_cgroups: Option<Result<PathBuf, String>>) -> 
     let metrics = Metrics::new();
     let _ = metrics.node_netns.set(cfg.node.netns.clone());
     let region = if cfg.cloud.region.is_empty() { identity.region_id.clone() } else { cfg.cloud.region.clone() };
-    let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region, credentials).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
+    let mut client = ClientConfig::from_settings(&cfg.cloud.endpoint, &cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint, &region, credentials);
     client.default_limit = Limit { rate_per_sec: cfg.cloud.rate_per_second, burst: cfg.cloud.burst };
     client.signature = cfg.cloud.signature;
     let disk_cloud = HttpCloud::new(client.clone())?.with_observer(Arc::new(CloudCalls(metrics.clone())));

@@ -33,6 +33,9 @@ pub struct RunInstancesRequest {
     /// The script the instance runs at first boot (sent Base64-encoded, as the API takes it).
     pub user_data: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// The instance RAM role the instances get (`RamRoleName`; the caller needs `ram:PassRole` on
+    /// it): their metadata then serves its STS credentials.
+    pub ram_role_name: Option<String>,
 }
 
 /// The image an instance boots: an image, the newest image of a family, or a launch template

@@ -57,6 +57,20 @@ impl ClientConfig {
         c
     }
 
+    /// The client of a binary's `[cloud]` settings (`cloud.endpoint`, `cloud.vpc_endpoint`,
+    /// `cloud.nas_endpoint`): with no `endpoint`, every product at the region's public endpoint
+    /// unless given its own; with one, each product not given its own is sent there (the local
+    /// cloud serving every product on one listener).
+    pub fn from_settings(endpoint: &str, vpc: &str, nas: &str, region_id: &str, credentials: impl Into<credentials::Source>) -> Self {
+        let mut c = if endpoint.is_empty() { ClientConfig::for_region(region_id, credentials) } else { ClientConfig::new(endpoint, region_id, credentials) };
+        for (own, given) in [(&mut c.vpc_endpoint, vpc), (&mut c.nas_endpoint, nas)] {
+            if !given.is_empty() {
+                *own = Some(given.to_string());
+            }
+        }
+        c
+    }
+
     /// Sets the VPC and NAS endpoints given (an empty one leaves that product on `endpoint`).
     pub fn with_product_endpoints(mut self, vpc: &str, nas: &str) -> Self {
         self.vpc_endpoint = Some(vpc.to_string()).filter(|s| !s.is_empty());
@@ -436,7 +450,8 @@ impl Cloud for HttpCloud {
             .set("Amount", req.amount.max(1))
             .set("InstanceName", &req.name)
             .set("SpotStrategy", if req.spot { "SpotAsPriceGo" } else { "NoSpot" })
-            .set("ClientToken", token(req.client_token.as_deref()));
+            .set("ClientToken", token(req.client_token.as_deref()))
+            .opt("RamRoleName", req.ram_role_name.as_deref());
         let mut p = match &req.image {
             Some(BootImage::Id(id)) => p.set("ImageId", id),
             Some(BootImage::Family(family)) => p.set("ImageFamily", family),
@@ -844,6 +859,21 @@ mod tests {
         }
         found.retain(|a| a.chars().all(|c| c.is_ascii_alphanumeric()));
         found
+    }
+
+    #[test]
+    fn settings_without_an_endpoint_name_the_regions_public_ones_and_each_product_may_be_overridden() {
+        let key = credentials::Source::Static(crate::model::Credentials { access_key_id: "k".into(), access_key_secret: "s".into() });
+        let c = ClientConfig::from_settings("", "", "", "cn-hangzhou", key.clone());
+        assert_eq!(c.endpoint, "https://ecs.cn-hangzhou.aliyuncs.com");
+        assert_eq!(c.vpc_endpoint.as_deref(), Some("https://vpc.cn-hangzhou.aliyuncs.com"));
+        assert_eq!(c.nas_endpoint.as_deref(), Some("https://nas.cn-hangzhou.aliyuncs.com"));
+        let c = ClientConfig::from_settings("", "https://vpc-vpc.cn-hangzhou.aliyuncs.com", "", "cn-hangzhou", key.clone());
+        assert_eq!(c.vpc_endpoint.as_deref(), Some("https://vpc-vpc.cn-hangzhou.aliyuncs.com"));
+        assert_eq!(c.nas_endpoint.as_deref(), Some("https://nas.cn-hangzhou.aliyuncs.com"));
+        // One endpoint given: every product not given its own is sent there.
+        let c = ClientConfig::from_settings("http://127.0.0.1:1", "", "http://127.0.0.1:3", "local-1", key);
+        assert_eq!((c.endpoint.as_str(), c.vpc_endpoint.as_deref(), c.nas_endpoint.as_deref()), ("http://127.0.0.1:1", None, Some("http://127.0.0.1:3")));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub mod code {
     pub const INVALID_INSTANCE_TYPE: &str = "InvalidInstanceType.NotSupported";
     pub const INCORRECT_INSTANCE_STATUS: &str = "IncorrectInstanceStatus";
     pub const INVALID_IMAGE_ID: &str = "InvalidImageId.NotFound";
+    /// RunInstances' `RamRoleName` names no role of the account.
+    pub const INVALID_RAM_ROLE: &str = "InvalidRamRole.NotFound";
     pub const INVALID_VPC_ID: &str = "InvalidVpcId.NotFound";
     pub const INVALID_VSWITCH_ID: &str = "InvalidVSwitchId.NotFound";
     pub const INVALID_SECURITY_GROUP_ID: &str = "InvalidSecurityGroupId.NotFound";
@@ -164,6 +166,7 @@ pub const TABLE: &[Fact] = &[
     Fact { code: code::INVALID_INSTANCE_TYPE, status: 403, class: Class::Invalid, source: RUN_INSTANCES },
     Fact { code: code::INCORRECT_INSTANCE_STATUS, status: 403, class: Class::WrongState, source: ATTACH_DISK },
     Fact { code: code::INVALID_IMAGE_ID, status: 404, class: Class::NotFound, source: RUN_INSTANCES },
+    Fact { code: code::INVALID_RAM_ROLE, status: 404, class: Class::NotFound, source: RUN_INSTANCES },
     Fact { code: code::INVALID_VPC_ID, status: 404, class: Class::NotFound, source: RUN_INSTANCES },
     Fact { code: code::INVALID_VSWITCH_ID, status: 404, class: Class::NotFound, source: ASSIGN_IPS },
     Fact { code: code::INVALID_SECURITY_GROUP_ID, status: 404, class: Class::NotFound, source: ASSIGN_IPS },

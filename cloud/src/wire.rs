@@ -1024,6 +1024,8 @@ mod tests {
             doc["Statement"][0]["Action"].as_array().expect("Action list").iter().map(|a| a.as_str().unwrap().to_string()).collect();
         let called: std::collections::BTreeSet<String> = ACTIONS.iter().map(|a| format!("{}:{a}", Product::of(a).name())).collect();
         assert_eq!(listed, called);
+        // RunInstances with RamRoleName: passing the pool's role to its instances.
+        assert_eq!(doc["Statement"][1]["Action"], serde_json::json!(["ram:PassRole"]));
     }
 
     #[test]

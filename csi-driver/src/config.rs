@@ -38,12 +38,12 @@ pub struct DriverConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudConfig {
-    /// The ECS/NAS API endpoint (the controller's; the node needs it only for OSS credentials).
+    /// The ECS API endpoint; empty: `https://ecs.<region>.aliyuncs.com`.
     pub endpoint: String,
-    /// The VPC (2016-04-28) API endpoint, e.g. `https://vpc.<region>.aliyuncs.com`; empty: `endpoint`
-    /// (the local cloud serves every product there).
+    /// The VPC (2016-04-28) API endpoint; empty: `endpoint` if set (the local cloud serving every
+    /// product there), else `https://vpc.<region>.aliyuncs.com`.
     pub vpc_endpoint: String,
-    /// The NAS (2017-06-26) API endpoint, e.g. `https://nas.<region>.aliyuncs.com`; empty: `endpoint`.
+    /// The NAS (2017-06-26) API endpoint; empty: `endpoint` if set, else `https://nas.<region>.aliyuncs.com`.
     pub nas_endpoint: String,
     /// Empty: the node's zone without its last letter (local-1a → local-1).
     pub region: String,
@@ -159,11 +159,8 @@ impl CsiConfig {
         if self.driver.name.is_empty() || self.driver.name.len() > 63 {
             return invalid("driver.name", self.driver.name.clone(), "a DNS-style name of at most 63 characters");
         }
-        if self.cloud.endpoint.is_empty() {
-            return invalid("cloud.endpoint", String::new(), "set the cloud API endpoint (flag --cloud-endpoint or BERTH_CLOUD_ENDPOINT)");
-        }
-        if !(self.cloud.endpoint.starts_with("http://") || self.cloud.endpoint.starts_with("https://")) {
-            return invalid("cloud.endpoint", self.cloud.endpoint.clone(), "an http:// or https:// URL");
+        if let Err((key, value)) = berth_cloud::endpoints::check_settings(&self.cloud.endpoint, &self.cloud.vpc_endpoint, &self.cloud.nas_endpoint) {
+            return invalid(key, value.to_string(), berth_cloud::endpoints::SETTING_HINT);
         }
         if self.cloud.credentials_source == berth_cloud::credentials::SourceKind::RamRole && !self.oss.endpoint.is_empty() {
             return invalid("cloud.credentials_source", "ram_role".into(), "\"file\" while oss.endpoint is set: OSS volumes mount with a long-term key (s3fs does not refresh STS tokens)");

@@ -40,7 +40,7 @@ impl csi::identity_server::Identity for IdentityService {
             cloud
                 .describe_disks(&DiskFilter { ids: vec!["d-berth-probe".into()], ..Default::default() })
                 .await
-                .map_err(|e| Status::failed_precondition(format!("not ready: the cloud at {} does not answer: {e}", d.cfg.cloud.endpoint)))?;
+                .map_err(|e| Status::failed_precondition(format!("not ready: the cloud at {} does not answer: {e}", cloud.config().endpoint)))?;
         }
         Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
     }

@@ -33,8 +33,15 @@ struct Args {
     mode: Option<String>,
     #[arg(long, env = "BERTH_CSI_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// The ECS API's URL; empty: the region's public endpoint.
     #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
     cloud_endpoint: Option<String>,
+    /// The VPC API's URL (cloud.vpc_endpoint).
+    #[arg(long, env = "BERTH_VPC_ENDPOINT")]
+    vpc_endpoint: Option<String>,
+    /// The NAS API's URL (cloud.nas_endpoint).
+    #[arg(long, env = "BERTH_NAS_ENDPOINT")]
+    nas_endpoint: Option<String>,
     #[arg(long, env = "BERTH_CLOUD_REGION")]
     region: Option<String>,
     #[arg(long, env = "BERTH_CREDENTIALS")]
@@ -71,6 +78,8 @@ impl Args {
         set!(c.driver.state_dir, self.state_dir);
         set!(c.driver.metrics_listen, self.metrics_listen);
         set!(c.cloud.endpoint, self.cloud_endpoint);
+        set!(c.cloud.vpc_endpoint, self.vpc_endpoint);
+        set!(c.cloud.nas_endpoint, self.nas_endpoint);
         set!(c.cloud.region, self.region);
         set!(c.cloud.credentials_file, self.credentials);
         set!(c.agent.socket, self.agent_socket);
@@ -118,7 +127,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         cfg.cloud.region.clone()
     };
-    let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), region.clone(), credentials.clone()).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
+    let mut client = ClientConfig::from_settings(&cfg.cloud.endpoint, &cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint, &region, credentials.clone());
     client.signature = cfg.cloud.signature;
     let cloud = HttpCloud::new(client)?;
     let oss = OssMounter::new(cfg.oss.endpoint.clone(), region, &cfg.driver.state_dir);

@@ -35,6 +35,12 @@ pub struct ClusterPaths {
     /// Loopback address the local cloud's API listens on.
     #[arg(long, global = true, env = "BERTH_LOCALCLOUD_LISTEN", default_value = "127.0.0.1:17380")]
     pub listen: String,
+    /// Loopback address of the local cloud's VPC API, apart from ECS's as on the real cloud.
+    #[arg(long, global = true, env = "BERTH_VPC_LISTEN", default_value = "127.0.0.1:17381")]
+    pub vpc_listen: String,
+    /// Loopback address of the local cloud's NAS API.
+    #[arg(long, global = true, env = "BERTH_NAS_LISTEN", default_value = "127.0.0.1:17382")]
+    pub nas_listen: String,
     /// Loopback address the scheduler listens on (agents and berthctl reach it there).
     #[arg(long, global = true, env = "BERTH_SCHEDULER_LISTEN", default_value = "127.0.0.1:19470")]
     pub scheduler_listen: String,
@@ -151,6 +157,10 @@ pub fn start_localcloud(paths: &ClusterPaths) -> anyhow::Result<()> {
     cmd.arg("serve")
         .arg("--listen")
         .arg(&paths.listen)
+        .arg("--vpc-listen")
+        .arg(&paths.vpc_listen)
+        .arg("--nas-listen")
+        .arg(&paths.nas_listen)
         .arg("--state-dir")
         .arg(&paths.state_dir)
         .arg("--credentials")
@@ -168,14 +178,31 @@ pub fn start_localcloud(paths: &ClusterPaths) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the local cloud has written its endpoint, and returns a client for it.
-pub fn wait_for_endpoint(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<String> {
+/// Where the running local cloud serves each product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub ecs: String,
+    pub vpc: String,
+    pub nas: String,
+}
+
+impl Endpoints {
+    /// The URLs the local cloud wrote in its state directory; a product it serves with ECS (no
+    /// file of its own, as a local cloud started before products listened apart) is at ECS's.
+    fn read(paths: &ClusterPaths) -> Option<Endpoints> {
+        let read = |file: &str| std::fs::read_to_string(paths.state_dir.join(file)).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let ecs = read("endpoint")?;
+        let (vpc, nas) = (read("vpc-endpoint").unwrap_or_else(|| ecs.clone()), read("nas-endpoint").unwrap_or_else(|| ecs.clone()));
+        Some(Endpoints { ecs, vpc, nas })
+    }
+}
+
+/// Waits until the local cloud has written its endpoints, and returns them.
+pub fn wait_for_endpoint(paths: &ClusterPaths, timeout: Duration) -> anyhow::Result<Endpoints> {
     let started = Instant::now();
     loop {
-        if let Ok(s) = std::fs::read_to_string(paths.endpoint_file())
-            && !s.trim().is_empty()
-        {
-            return Ok(s.trim().to_string());
+        if let Some(endpoints) = Endpoints::read(paths) {
+            return Ok(endpoints);
         }
         if running_pid(paths).is_none() {
             let log = std::fs::read_to_string(paths.log_file()).unwrap_or_default();
@@ -188,9 +215,9 @@ pub fn wait_for_endpoint(paths: &ClusterPaths, timeout: Duration) -> anyhow::Res
     }
 }
 
-pub fn client(paths: &ClusterPaths, endpoint: &str) -> anyhow::Result<HttpCloud> {
+pub fn client(paths: &ClusterPaths, endpoints: &Endpoints) -> anyhow::Result<HttpCloud> {
     let creds = berth_cloud::client::load_credentials(&paths.credentials())?;
-    Ok(HttpCloud::new(ClientConfig::new(endpoint, REGION, creds))?)
+    Ok(HttpCloud::new(ClientConfig::from_settings(&endpoints.ecs, &endpoints.vpc, &endpoints.nas, REGION, creds))?)
 }
 
 /// A client for the running local cloud, or a clear error saying how to start it.
@@ -198,8 +225,8 @@ pub fn connect(paths: &ClusterPaths) -> anyhow::Result<HttpCloud> {
     if running_pid(paths).is_none() {
         bail!("the local cloud is not running; start it with `berthctl up`");
     }
-    let endpoint = std::fs::read_to_string(paths.endpoint_file()).context("reading the local cloud's endpoint file")?;
-    client(paths, endpoint.trim())
+    let endpoints = Endpoints::read(paths).with_context(|| format!("the local cloud runs but has written no {}; see {}", paths.endpoint_file().display(), paths.log_file().display()))?;
+    client(paths, &endpoints)
 }
 
 pub fn pid_in(file: &Path) -> Option<i32> {

@@ -32,12 +32,21 @@ pub struct EngineConfig {
     pub role: RoleConfig,
 }
 
-/// The RAM role every instance is given, as if each were launched with it, and how long the STS
-/// credentials its metadata service hands out stay valid.
+/// The account's RAM roles: `name`, the one an instance run without `RamRoleName` is given (as if
+/// launched with it), and `others` that RunInstances may name; and how long the STS credentials
+/// an instance's metadata service hands out stay valid.
 #[derive(Debug, Clone)]
 pub struct RoleConfig {
     pub name: String,
+    pub others: Vec<String>,
     pub lifetime_secs: u64,
+}
+
+impl RoleConfig {
+    /// Every role of the account.
+    pub fn roles(&self) -> Vec<String> {
+        std::iter::once(self.name.clone()).chain(self.others.iter().cloned()).collect()
+    }
 }
 
 /// The role credentials an instance's metadata service serves now.
@@ -202,9 +211,14 @@ impl Engine {
             issued_at: now,
         };
         lock(&self.keys).issue(session.access_key_id.clone(), session.issued.clone(), now);
-        tracing::info!(instance = %instance_id, access_key_id = %session.access_key_id, role = %self.role.name, "issued role credentials");
+        tracing::info!(instance = %instance_id, access_key_id = %session.access_key_id, role = %self.role_of(instance_id), "issued role credentials");
         sessions.insert(instance_id.to_string(), session.clone());
         session
+    }
+
+    /// The RAM role of `instance_id`: the one it was run with, else the default one.
+    pub fn role_of(&self, instance_id: &str) -> String {
+        lock(&self.state).instance_roles.get(instance_id).cloned().unwrap_or_else(|| self.role.name.clone())
     }
 
     pub fn snapshot(&self) -> State {
@@ -222,6 +236,7 @@ impl Engine {
             now_secs: now_secs(),
             snapshot_quota: faults.snapshot_quota,
             disk_stock: faults.disk_stock.clone(),
+            ram_roles: self.role.roles(),
         }
     }
 
@@ -298,7 +313,7 @@ mod tests {
             credentials: Credentials { access_key_id: "LTAItest".into(), access_key_secret: "s".into() },
             planes: vec![Arc::new(VolumePlane::new(dir.path()))],
             faults,
-            role: RoleConfig { name: "r".into(), lifetime_secs: 3600 },
+            role: RoleConfig { name: "r".into(), others: vec![], lifetime_secs: 3600 },
         };
         let engine = Engine::open(config).unwrap();
         let call = |action: &'static str, p: BTreeMap<String, String>| {
@@ -330,7 +345,7 @@ mod tests {
             credentials: Credentials { access_key_id: "LTAItest".into(), access_key_secret: "s".into() },
             planes: vec![Arc::new(VolumePlane::new(dir.path()))],
             faults: Faults::default(),
-            role: RoleConfig { name: "r".into(), lifetime_secs: 3600 },
+            role: RoleConfig { name: "r".into(), others: vec![], lifetime_secs: 3600 },
         })
         .unwrap();
         assert_eq!(engine.snapshot().snapshots[&snapshot_id].status, berth_cloud::model::SnapshotStatus::Failed);

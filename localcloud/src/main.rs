@@ -89,10 +89,14 @@ struct Serve {
     /// The stock of one zone and category instead, as ZONE/CATEGORY=GIB (repeatable).
     #[arg(long, value_parser = parse_disk_stock)]
     disk_stock: Vec<(String, u64)>,
-    /// The RAM role every instance has: its metadata service serves the role's STS credentials
-    /// at /latest/meta-data/ram/security-credentials/<role>.
+    /// The RAM role of an instance run without RamRoleName: its metadata service serves the
+    /// role's STS credentials at /latest/meta-data/ram/security-credentials/<role>.
     #[arg(long, default_value = "berth-node")]
     ram_role: String,
+    /// Another RAM role of the account, which RunInstances' RamRoleName may name (repeatable);
+    /// any other name is refused with InvalidRamRole.NotFound.
+    #[arg(long = "account-ram-role")]
+    account_ram_roles: Vec<String>,
     /// How long the role credentials the metadata service hands out stay valid, in seconds (new
     /// ones from half of it on); short for tests of credential rotation.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(2..=43_200))]
@@ -131,10 +135,18 @@ fn main() -> anyhow::Result<()> {
 /// Namespaces, links, nftables, tc and BPF programs, loop devices (CAP_NET_ADMIN, CAP_SYS_ADMIN,
 /// CAP_NET_RAW), the state directory whatever its owner (CAP_DAC_OVERRIDE), and telling which
 /// processes live in an instance's namespaces (CAP_SYS_PTRACE), stopping a guest's processes
-/// whatever user they run as (CAP_KILL). Only this process's sets shrink: the programs it runs
+/// whatever user they run as (CAP_KILL), the metadata service on port 80 of 100.100.100.200 in each
+/// VPC's namespace (CAP_NET_BIND_SERVICE). Only this process's sets shrink: the programs it runs
 /// (nft, an instance's software) start with what they need, as a VM's would.
-const KEPT_CAPABILITIES: [Capability; 6] =
-    [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN, Capability::CAP_NET_RAW, Capability::CAP_DAC_OVERRIDE, Capability::CAP_SYS_PTRACE, Capability::CAP_KILL];
+const KEPT_CAPABILITIES: [Capability; 7] = [
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_KILL,
+    Capability::CAP_NET_BIND_SERVICE,
+];
 
 fn serve(s: Serve) -> anyhow::Result<()> {
     // Before the runtime's threads exist, so that they inherit the reduced sets.
@@ -145,8 +157,10 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             anyhow::bail!("{flag} {addr} is not a loopback address; the local cloud only serves on loopback (e.g. 127.0.0.1:17380)");
         }
     }
-    if s.ram_role.is_empty() || s.ram_role.contains('/') {
-        anyhow::bail!("--ram-role \"{}\" is not a RAM role name (non-empty, no '/')", s.ram_role);
+    for (flag, role) in std::iter::once(("--ram-role", &s.ram_role)).chain(s.account_ram_roles.iter().map(|r| ("--account-ram-role", r))) {
+        if !((1..=64).contains(&role.len()) && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')) {
+            anyhow::bail!("{flag} \"{role}\" is not a RAM role name (1 to 64 letters, digits, '.' or '-')");
+        }
     }
     let credentials = berth_cloud::client::load_credentials(&s.credentials)?;
     let disk_stock = DiskStock { default_gib: s.disk_stock_gib, of: s.disk_stock.iter().cloned().collect() };
@@ -165,11 +179,24 @@ fn serve(s: Serve) -> anyhow::Result<()> {
     let engine_credentials = credentials.clone();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        // Bound before the engine opens: its first converge may start guests, which need both URLs.
+        // Bound before the engine opens: its first converge may start guests, which need every URL.
         let oss = tokio::net::TcpListener::bind(s.oss_listen).await.with_context(|| format!("listening on {}", s.oss_listen))?;
         let oss_endpoint = format!("http://{}", oss.local_addr()?);
         let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("listening on {}", s.listen))?;
         let endpoint = format!("http://{}", listener.local_addr()?);
+        // Each product given its own listener; the others stay on `endpoint`.
+        let mut apart = Vec::new();
+        for (product, addr, file) in [(Product::Vpc, s.vpc_listen, "vpc-endpoint"), (Product::Nas, s.nas_listen, "nas-endpoint")] {
+            let path = state_dir.join(file);
+            let Some(addr) = addr else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} for {}", product.name()))?;
+            let url = format!("http://{}", l.local_addr()?);
+            apart.push((product, l, path, url));
+        }
+        let endpoint_of = |product: Product| apart.iter().find(|a| a.0 == product).map_or(endpoint.clone(), |a| a.3.clone());
         let guests = match image {
             Some(image) => {
                 let ctx = GuestContext {
@@ -177,6 +204,8 @@ fn serve(s: Serve) -> anyhow::Result<()> {
                     netns_prefix: s.place.netns_prefix.clone(),
                     region_id: s.region.clone(),
                     cloud_endpoint: endpoint.clone(),
+                    vpc_endpoint: endpoint_of(Product::Vpc),
+                    nas_endpoint: endpoint_of(Product::Nas),
                     oss_endpoint: oss_endpoint.clone(),
                     credentials: credentials_path,
                     nas_export_root: state_dir.join("nas"),
@@ -187,23 +216,17 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             None => None,
         };
         let planes = planes::build(&state_dir, &s.place.netns_prefix, s.no_dataplane, guests);
-        let engine = Engine::open(EngineConfig { state_dir: state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults, role: RoleConfig { name: s.ram_role, lifetime_secs: s.role_credential_lifetime_secs } })
+        let engine = Engine::open(EngineConfig { state_dir: state_dir.clone(), region_id: s.region, zones: s.zones, credentials, planes, faults, role: RoleConfig { name: s.ram_role, others: s.account_ram_roles, lifetime_secs: s.role_credential_lifetime_secs } })
             .with_context(|| format!("opening the state in {}", state_dir.display()))?;
         write_atomically(&state_dir.join("oss-endpoint"), &oss_endpoint)?;
         tokio::spawn(berth_localcloud::oss::serve(oss, state_dir.join("oss"), engine_credentials.clone()));
         if !s.no_dataplane {
             let netns = berth_localcloud::vpcnet::VpcNet::new(&s.place.netns_prefix);
-            tokio::spawn(berth_localcloud::metadata::serve_in_instances(engine.clone(), move |id| netns.instance_netns_path(id)));
+            tokio::spawn(berth_localcloud::metadata::serve(engine.clone(), move |id| netns.netns_path(id)));
         }
         let mut serves = server::Serves::all();
-        for (product, addr, file) in [(Product::Vpc, s.vpc_listen, "vpc-endpoint"), (Product::Nas, s.nas_listen, "nas-endpoint")] {
-            let path = state_dir.join(file);
-            let Some(addr) = addr else {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            };
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} for {}", product.name()))?;
-            write_atomically(&path, &format!("http://{}", l.local_addr()?))?;
+        for (product, l, path, url) in apart {
+            write_atomically(&path, &url)?;
             serves.0.retain(|p| *p != product);
             tokio::spawn(axum::serve(l, server::product_router(engine.clone(), product)).into_future());
         }

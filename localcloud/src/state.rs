@@ -30,6 +30,10 @@ pub struct State {
     /// honoured for `api::CLIENT_TOKEN_VALIDITY_SECS` from then.
     #[serde(default)]
     pub client_token_used_secs: BTreeMap<String, u64>,
+    /// The RAM role each instance was run with (RunInstances `RamRoleName`); an instance not
+    /// here has the local cloud's default role (`--ram-role`).
+    #[serde(default)]
+    pub instance_roles: BTreeMap<String, String>,
     /// Source of unique resource IDs and MAC addresses; only grows.
     pub next_serial: u64,
 }

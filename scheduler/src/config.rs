@@ -79,7 +79,7 @@ impl Default for PlacementConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoscalerConfig {
-    /// Whether to create and delete nodes (needs `cloud.endpoint` and at least one pool).
+    /// Whether to create and delete nodes (needs `cloud.region` and at least one pool).
     pub enabled: bool,
     /// "least-waste", "priority" or "price".
     pub expander: Expander,
@@ -109,12 +109,13 @@ impl Default for AutoscalerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudConfig {
-    /// The ECS API endpoint, e.g. http://127.0.0.1:17380 for the local cloud; empty: no autoscaling.
+    /// The ECS API endpoint, e.g. http://127.0.0.1:17380 for the local cloud; empty:
+    /// `https://ecs.<region>.aliyuncs.com`.
     pub endpoint: String,
-    /// The VPC (2016-04-28) API endpoint, e.g. `https://vpc.<region>.aliyuncs.com`; empty: `endpoint`
-    /// (the local cloud serves every product there).
+    /// The VPC (2016-04-28) API endpoint; empty: `endpoint` if set (the local cloud serving every
+    /// product there), else `https://vpc.<region>.aliyuncs.com`.
     pub vpc_endpoint: String,
-    /// The NAS (2017-06-26) API endpoint, e.g. `https://nas.<region>.aliyuncs.com`; empty: `endpoint`.
+    /// The NAS (2017-06-26) API endpoint; empty: `endpoint` if set, else `https://nas.<region>.aliyuncs.com`.
     pub nas_endpoint: String,
     pub region: String,
     /// `access_key_id` and `access_key_secret` as TOML; refused unless mode 0600.
@@ -381,6 +382,11 @@ impl SchedulerConfig {
                     Err(e) => return invalid("pool.user_data_file", format!("{} ({e})", path.display()), "a readable file: the script the pool's nodes run at first boot"),
                 }
             }
+            if let Some(role) = &p.ram_role_name
+                && !((1..=64).contains(&role.len()) && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            {
+                return invalid("pool.ram_role_name", role.clone(), "a RAM role name: 1 to 64 letters, digits, '.' or '-'");
+            }
             for t in &p.taints {
                 if !crate::validation::label_key(&t.key) || !(t.value.is_empty() || crate::validation::label_name(&t.value)) {
                     return invalid("pool.taints", format!("{}={}", t.key, t.value), "a taint's key is a label key and its value a label value (or empty)");
@@ -393,8 +399,8 @@ impl SchedulerConfig {
                 return invalid("pool.tags", format!("{:?}", p.tags), "at most 19 tags (berth:pool is the 20th), keys 1 to 128 characters, not starting with aliyun or acs:");
             }
         }
-        if self.autoscaler.enabled && !self.pool.is_empty() && self.cloud.endpoint.is_empty() {
-            return invalid("cloud.endpoint", String::new(), "set the cloud API endpoint for the autoscaler, or autoscaler.enabled = false");
+        if let Err((key, value)) = berth_cloud::endpoints::check_settings(&self.cloud.endpoint, &self.cloud.vpc_endpoint, &self.cloud.nas_endpoint) {
+            return invalid(key, value.to_string(), berth_cloud::endpoints::SETTING_HINT);
         }
         if self.autoscaler.enabled && !self.pool.is_empty() && self.cloud.region.is_empty() {
             return invalid("cloud.region", String::new(), "set the region the pools' vSwitches are in (local-1 on the local cloud)");
@@ -457,6 +463,7 @@ image_family = "berth-node"
             (Box::new(|p: &mut NodePool| p.system_disk_gib = Some(40)), "system_disk_category"),
             (Box::new(|p: &mut NodePool| p.user_data_file = Some("/nonexistent/boot.sh".into())), "/nonexistent/boot.sh"),
             (Box::new(|p: &mut NodePool| p.tags = [("acs:x".to_string(), "1".to_string())].into()), "acs:x"),
+            (Box::new(|p: &mut NodePool| p.ram_role_name = Some("roles/node".into())), "roles/node"),
         ] {
             let mut bad = c.clone();
             edit(&mut bad.pool[0]);

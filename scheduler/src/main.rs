@@ -27,8 +27,15 @@ struct Args {
     /// Where /metrics is served ("" for nowhere).
     #[arg(long, env = "BERTH_SCHEDULER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// The ECS API's URL; empty: the region's public endpoint.
     #[arg(long, env = "BERTH_CLOUD_ENDPOINT")]
     cloud_endpoint: Option<String>,
+    /// The VPC API's URL (cloud.vpc_endpoint).
+    #[arg(long, env = "BERTH_VPC_ENDPOINT")]
+    vpc_endpoint: Option<String>,
+    /// The NAS API's URL (cloud.nas_endpoint).
+    #[arg(long, env = "BERTH_NAS_ENDPOINT")]
+    nas_endpoint: Option<String>,
     #[arg(long, env = "BERTH_CREDENTIALS")]
     credentials: Option<PathBuf>,
     #[arg(long, env = "BERTH_SCHEDULER_LEASE_SECS")]
@@ -55,6 +62,8 @@ impl Args {
         set!(c.server.state_dir, self.state_dir);
         set!(c.server.metrics_listen, self.metrics_listen);
         set!(c.cloud.endpoint, self.cloud_endpoint);
+        set!(c.cloud.vpc_endpoint, self.vpc_endpoint);
+        set!(c.cloud.nas_endpoint, self.nas_endpoint);
         set!(c.cloud.credentials_file, self.credentials);
         set!(c.placement.lease_secs, self.lease_secs);
         set!(c.autoscaler.pending_threshold_secs, self.pending_threshold_secs);
@@ -78,7 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen).await.with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let provisioner = if cfg.autoscaler.enabled && !cfg.pool.is_empty() {
         let credentials = Source::from_settings(cfg.cloud.credentials_source, &cfg.cloud.credentials_file, &cfg.cloud.metadata_url, &cfg.cloud.ram_role)?;
-        let mut client = ClientConfig::new(cfg.cloud.endpoint.clone(), cfg.cloud.region.clone(), credentials).with_product_endpoints(&cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint);
+        let mut client = ClientConfig::from_settings(&cfg.cloud.endpoint, &cfg.cloud.vpc_endpoint, &cfg.cloud.nas_endpoint, &cfg.cloud.region, credentials);
         client.signature = cfg.cloud.signature;
         Some(CloudProvisioner { cloud: HttpCloud::new(client)? })
     } else {

@@ -119,8 +119,9 @@ def main():
         system_disk=ecs_models.RunInstancesRequestSystemDisk(category="cloud_essd", size="40"),
         tag=[ecs_models.RunInstancesRequestTag(key="berth:pool", value="sdk")],
         client_token=f"sdk-run-{os.getpid()}-{time.time_ns()}",
+        ram_role_name="berth-node",
     )
-    instance = step("RunInstances (image, system disk, tags)", lambda: ecs.run_instances(run)).body.instance_id_sets.instance_id_set[0]
+    instance = step("RunInstances (image, system disk, tags, RAM role)", lambda: ecs.run_instances(run)).body.instance_id_sets.instance_id_set[0]
     found = step("DescribeInstances", lambda: ecs.describe_instances(ecs_models.DescribeInstancesRequest(region_id=REGION, instance_ids=f'["{instance}"]'))).body
     assert [i.instance_id for i in found.instances.instance] == [instance], found
 

@@ -37,6 +37,28 @@ impl AgentProcess {
 
     /// Like [`AgentProcess::start`], with extra environment variables.
     pub fn start_with_env(lc: &LocalCloud, instance_id: &str, extra: &[&str], env: &[(&str, &str)]) -> AgentProcess {
+        let mut a = Self::prepare(lc, instance_id, extra, env);
+        a.spawn();
+        a
+    }
+
+    /// Starts an agent that is to stop by itself (e.g. refusing a setting) and waits for it, at
+    /// most 60 s: its exit status and its log.
+    pub fn exit_of(lc: &LocalCloud, instance_id: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut a = Self::prepare(lc, instance_id, extra, &[]);
+        a.launch();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = a.child.as_mut().unwrap().try_wait().unwrap() {
+                a.child = None;
+                return (status, a.log());
+            }
+            assert!(Instant::now() < deadline, "berth-agent still runs after 60 s:\n{}", a.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn prepare(lc: &LocalCloud, instance_id: &str, extra: &[&str], env: &[(&str, &str)]) -> AgentProcess {
         let dir = tempfile::Builder::new().prefix("berth-agent-").tempdir().expect("tempdir");
         let netns = lc.instance_netns(instance_id);
         let metrics_addr = format!("127.0.0.1:{}", free_port());
@@ -49,6 +71,10 @@ impl AgentProcess {
             "http://127.0.0.1:8100/latest/meta-data".into(),
             "--cloud-endpoint".into(),
             lc.endpoint.clone(),
+            "--vpc-endpoint".into(),
+            lc.vpc_endpoint.clone(),
+            "--nas-endpoint".into(),
+            lc.nas_endpoint.clone(),
             "--credentials".into(),
             lc.dir.path().join("credentials.json").display().to_string(),
             "--socket".into(),
@@ -69,9 +95,7 @@ impl AgentProcess {
         args.extend(extra.iter().map(|s| s.to_string()));
         std::fs::write(dir.path().join("agent.toml"), "").unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut a = AgentProcess { dir, instance_id: instance_id.into(), netns, metrics_addr, args, env, child: None, last_ready: Duration::ZERO, pod_cgroups };
-        a.spawn();
-        a
+        AgentProcess { dir, instance_id: instance_id.into(), netns, metrics_addr, args, env, child: None, last_ready: Duration::ZERO, pod_cgroups }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -90,12 +114,16 @@ impl AgentProcess {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    fn spawn(&mut self) {
+    fn launch(&mut self) {
         let _ = std::fs::remove_file(self.conflist_path());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
-        let started = Instant::now();
         let child = Command::new(bin("berth-agent")).args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).env("BERTH_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start berth-agent");
         self.child = Some(child);
+    }
+
+    fn spawn(&mut self) {
+        let started = Instant::now();
+        self.launch();
         let deadline = started + Duration::from_secs(60);
         while !self.conflist_path().exists() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {

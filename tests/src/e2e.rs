@@ -1,6 +1,8 @@
 //! A whole cluster for end-to-end tests: the local cloud booting the Berth node image (agent with
 //! its pod runner, CSI driver), a sample VPC, a real `berth-scheduler` with one node pool whose
-//! autoscaler makes the pool's instances; and the views of it tests wait on.
+//! autoscaler makes the pool's instances; and the views of it tests wait on. The local cloud
+//! serves ECS, VPC and NAS on listeners of their own, as the real products are, and every binary
+//! is given each product's endpoint.
 
 use std::collections::BTreeMap;
 
@@ -51,7 +53,7 @@ async fn start(pool: &str, instance_type: &str, (min, max): (u32, u32), idle_sec
     let mut agent_args = vec!["--min-idle-ips", "1", "--max-idle-ips", "6", "--scheduler-endpoint", &url, "--report-secs", "1", "--pod-runner", "true", "--node-pool", pool, "--runner-netns-prefix", &runner_prefix, "--reconcile-secs", "2"];
     agent_args.extend_from_slice(extra_agent_args);
     let image = NodeImage::write(&agent_args);
-    let lc = LocalCloud::start(LocalCloudOptions { image: Some(image.path.clone()), ..Default::default() });
+    let lc = LocalCloud::start(LocalCloudOptions { image: Some(image.path.clone()), products_apart: true, ..Default::default() });
     let cloud = lc.client();
     let net = if dual { SampleNet::create_dual(&cloud, cidr.0, cidr.1).await } else { SampleNet::create(&cloud, cidr.0, cidr.1).await };
     net.open_to(&cloud, cidr.0).await;
@@ -67,9 +69,11 @@ async fn start(pool: &str, instance_type: &str, (min, max): (u32, u32), idle_sec
     let config = format!(
         "[placement]\nlease_secs = 15\ntick_ms = 100\n\n\
          [autoscaler]\nenabled = true\npending_threshold_secs = 2\nscale_down_utilisation = 0.5\nscale_down_after_secs = {idle_secs}\nnode_boot_timeout_secs = 120\ninterval_ms = 250\n\n\
-         [cloud]\nendpoint = \"{}\"\nregion = \"local-1\"\ncredentials_file = \"{}\"\n\n\
+         [cloud]\nendpoint = \"{}\"\nvpc_endpoint = \"{}\"\nnas_endpoint = \"{}\"\nregion = \"local-1\"\ncredentials_file = \"{}\"\n\n\
          [[pool]]\nname = \"{pool}\"\ninstance_types = [\"{instance_type}\"]\nvswitches = [{vswitches}]\nsecurity_group_ids = [\"{}\"]\nmin_nodes = {min}\nmax_nodes = {max}\nimage_id = \"berth-node\"\n",
         lc.endpoint,
+        lc.vpc_endpoint,
+        lc.nas_endpoint,
         lc.dir.path().join("credentials.json").display(),
         net.sg,
     );

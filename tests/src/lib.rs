@@ -66,7 +66,7 @@ pub struct LocalCloud {
     pub prefix: String,
     pub credentials: Credentials,
     pub endpoint: String,
-    /// The VPC and NAS endpoints with `products_apart`, else empty (both served at `endpoint`).
+    /// The VPC and NAS endpoints: their own listeners with `products_apart`, else `endpoint`.
     pub vpc_endpoint: String,
     pub nas_endpoint: String,
     options: LocalCloudOptions,
@@ -133,7 +133,7 @@ impl LocalCloud {
                 && !s.trim().is_empty()
             {
                 self.endpoint = s.trim().to_string();
-                let read = |file: &str| std::fs::read_to_string(self.state_dir().join(file)).map(|s| s.trim().to_string()).unwrap_or_default();
+                let read = |file: &str| std::fs::read_to_string(self.state_dir().join(file)).map_or_else(|_| self.endpoint.clone(), |s| s.trim().to_string());
                 (self.vpc_endpoint, self.nas_endpoint) = (read("vpc-endpoint"), read("nas-endpoint"));
                 return;
             }

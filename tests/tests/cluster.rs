@@ -29,6 +29,8 @@ impl Cluster {
             ("BERTH_NETNS_PREFIX".to_string(), unique("bc")),
             ("BERTH_LOCALCLOUD_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())),
             ("BERTH_SCHEDULER_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())),
+            ("BERTH_VPC_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())),
+            ("BERTH_NAS_LISTEN".to_string(), format!("127.0.0.1:{}", free_port())),
         ];
         Cluster { env, root, _dir: dir }
     }
@@ -191,6 +193,12 @@ fn up_runs_pods_on_two_nodes_and_down_leaves_nothing() {
     assert!(scheduler.lines().any(|l| l == "berth_scheduler_pods{phase=\"Running\"} 8"), "{scheduler}");
     let cloud = scrape(read(state.join("endpoint")).trim_start_matches("http://").trim_end_matches('/'));
     assert!(cloud.lines().any(|l| l.starts_with("berth_localcloud_api_calls_total{action=\"RunInstances\",outcome=\"ok\"}")), "{cloud}");
+    // VPC and NAS listen apart from ECS, where `--vpc-listen` / `--nas-listen` say, and no binary
+    // of the cluster sent a call to another product's listener.
+    let (vpc, nas) = (read(state.join("vpc-endpoint")), read(state.join("nas-endpoint")));
+    assert_eq!((vpc.as_str(), nas.as_str()), (format!("http://{}", c.env[5].1).as_str(), format!("http://{}", c.env[6].1).as_str()));
+    assert!(cloud.lines().any(|l| l.starts_with("berth_localcloud_api_calls_total{action=\"DescribeFileSystems\",outcome=\"ok\"}")), "{cloud}");
+    assert!(!cloud.contains("InvalidAction.NotFound"), "a call reached another product's listener:\n{cloud}");
     let mut published = 0;
     for n in nodes {
         let guest = state.join("guests").join(n["instance_id"].as_str().unwrap());

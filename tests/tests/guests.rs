@@ -70,7 +70,7 @@ stop_grace_secs = 3
 name = "probe"
 command = ["sh", "-c", "printf '%s\n' \"$@\" > args; env > env.txt; touch probe.ready; exec sleep 1000", "probe",
   "{{instance_id}}", "{{instance_type}}", "{{zone_id}}", "{{region_id}}", "{{vpc_id}}", "{{vswitch_id}}", "{{netns}}", "{{dir}}",
-  "{{cloud_endpoint}}", "{{oss_endpoint}}", "{{credentials}}", "{{nas_export_root}}", "{{metadata_url}}", "{{{{literal}}}}"]
+  "{{cloud_endpoint}}", "{{vpc_endpoint}}", "{{nas_endpoint}}", "{{oss_endpoint}}", "{{credentials}}", "{{nas_export_root}}", "{{metadata_url}}", "{{{{literal}}}}"]
 env = {{ PROBE_INSTANCE = "{{instance_id}}" }}
 ready_file = "{{dir}}/probe.ready"
 
@@ -83,7 +83,8 @@ ready_file = "{{dir}}/mounter.ready"
 netns_prefixes = ["{{instance_id}}-{tag}"]
 "#
     ));
-    let lc = LocalCloud::start(LocalCloudOptions { image: Some(image), ..Default::default() });
+    // Each product on its own listener: the guest is given each one's URL.
+    let lc = LocalCloud::start(LocalCloudOptions { image: Some(image), products_apart: true, ..Default::default() });
     let _leftovers = GuestLeftovers::new(&lc, &tag);
     let cloud = lc.client();
     let net = SampleNet::create(&cloud, "10.93.0.0/16", "10.93.1.0/24").await;
@@ -107,6 +108,8 @@ netns_prefixes = ["{{instance_id}}-{tag}"]
         &lc.instance_netns(&id).display().to_string(),
         &state.join("guests").join(&id).display().to_string(),
         &lc.endpoint,
+        &lc.vpc_endpoint,
+        &lc.nas_endpoint,
         oss.trim(),
         &credentials.display().to_string(),
         &state.join("nas").display().to_string(),

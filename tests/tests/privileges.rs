@@ -13,6 +13,7 @@ use berth_tests::{LocalCloud, LocalCloudOptions, SampleNet, bin, is_root};
 const DAC_OVERRIDE: u32 = 1;
 const FOWNER: u32 = 3;
 const KILL: u32 = 5;
+const NET_BIND_SERVICE: u32 = 10;
 const NET_ADMIN: u32 = 12;
 const NET_RAW: u32 = 13;
 const SYS_PTRACE: u32 = 19;
@@ -89,6 +90,6 @@ async fn the_csi_driver_and_the_local_cloud_keep_only_what_they_use() {
 
     // The local cloud: its own sets shrink, its bounding set stays (what it runs starts whole).
     let lc_pid = pid_with_args(&["berth-localcloud", "serve", &lc.dir.path().display().to_string()]).expect("the local cloud's process");
-    let wanted = mask(&[NET_ADMIN, SYS_ADMIN, NET_RAW, DAC_OVERRIDE, SYS_PTRACE, KILL]) & own;
+    let wanted = mask(&[NET_ADMIN, SYS_ADMIN, NET_RAW, DAC_OVERRIDE, SYS_PTRACE, KILL, NET_BIND_SERVICE]) & own;
     assert_every_thread("berth-localcloud", lc_pid, (wanted, own));
 }

@@ -60,6 +60,10 @@ pub fn node_image(paths: &ClusterPaths, bin: &Path) -> String {
         "{metadata_url}",
         "--cloud-endpoint",
         "{cloud_endpoint}",
+        "--vpc-endpoint",
+        "{vpc_endpoint}",
+        "--nas-endpoint",
+        "{nas_endpoint}",
         "--credentials",
         "{credentials}",
         "--socket",
@@ -112,6 +116,10 @@ pub fn node_image(paths: &ClusterPaths, bin: &Path) -> String {
         "{dir}/csi-state",
         "--cloud-endpoint",
         "{cloud_endpoint}",
+        "--vpc-endpoint",
+        "{vpc_endpoint}",
+        "--nas-endpoint",
+        "{nas_endpoint}",
         "--credentials",
         "{credentials}",
         "--agent-socket",
@@ -143,15 +151,18 @@ pub fn node_image(paths: &ClusterPaths, bin: &Path) -> String {
 
 /// The scheduler's config: the pool `sample` over both vSwitches, its minimum made by the
 /// autoscaler; pods spread over the nodes (a demo shows both nodes at work).
-pub fn scheduler_config(paths: &ClusterPaths, endpoint: &str, vswitches: &[(String, String)], sg: &str) -> String {
+pub fn scheduler_config(paths: &ClusterPaths, endpoints: &cluster::Endpoints, vswitches: &[(String, String)], sg: &str) -> String {
     let vsw: Vec<String> = vswitches.iter().map(|(id, zone)| format!("{{ id = \"{id}\", zone = \"{zone}\" }}")).collect();
     let types: Vec<String> = INSTANCE_TYPES.iter().map(|t| format!("\"{t}\"")).collect();
     format!(
         "# The local cluster's scheduler, written by `berthctl up` (every key: scheduler/scheduler.toml.example).\n\
          [placement]\nstrategy = \"spread\"\n\n\
          [autoscaler]\nenabled = true\n\n\
-         [cloud]\nendpoint = \"{endpoint}\"\nregion = \"{}\"\ncredentials_file = \"{}\"\n\n\
+         [cloud]\nendpoint = \"{}\"\nvpc_endpoint = \"{}\"\nnas_endpoint = \"{}\"\nregion = \"{}\"\ncredentials_file = \"{}\"\n\n\
          [[pool]]\nname = \"{POOL}\"\ninstance_types = [{}]\nvswitches = [{}]\nsecurity_group_ids = [\"{sg}\"]\nmin_nodes = {MIN_NODES}\nmax_nodes = {MAX_NODES}\nimage_id = \"{}\"\n",
+        endpoints.ecs,
+        endpoints.vpc,
+        endpoints.nas,
         cluster::REGION,
         paths.credentials().display(),
         types.join(", "),
@@ -237,13 +248,13 @@ impl Up {
         write_if_changed(&paths.image_file(), &node_image(paths, &bin))?;
         cluster::ensure_credentials(paths)?;
         cluster::start_localcloud(paths)?;
-        let endpoint = cluster::wait_for_endpoint(paths, Duration::from_secs(30))?;
-        let cloud = cluster::client(paths, &endpoint)?;
+        let endpoints = cluster::wait_for_endpoint(paths, Duration::from_secs(30))?;
+        let cloud = cluster::client(paths, &endpoints)?;
 
         progress("creating the sample VPC, vSwitches and security group");
         let (vpc, vswitches, sg) = sample_network(&cloud).await?;
 
-        let config = scheduler_config(paths, &endpoint, &vswitches, &sg);
+        let config = scheduler_config(paths, &endpoints, &vswitches, &sg);
         match &ha {
             None => {
                 progress(&format!("starting the scheduler on {} with the node pool {POOL} ({MIN_NODES} to {MAX_NODES} nodes)", paths.scheduler_listen));
@@ -422,20 +433,25 @@ mod tests {
         Cli::parse_from(["t", "--state-dir", "/s", "--run-dir", "/r", "--netns-prefix", "bx", "--scheduler-listen", "127.0.0.1:1234"]).paths
     }
 
+    fn endpoints() -> cluster::Endpoints {
+        cluster::Endpoints { ecs: "http://127.0.0.1:9".into(), vpc: "http://127.0.0.1:10".into(), nas: "http://127.0.0.1:11".into() }
+    }
+
     #[test]
     fn the_scheduler_config_is_valid_and_names_the_pool_over_both_vswitches() {
-        let text = scheduler_config(&paths(), "http://127.0.0.1:9", &[("vsw-a".into(), "local-1a".into()), ("vsw-b".into(), "local-1b".into())], "sg-1");
+        let text = scheduler_config(&paths(), &endpoints(), &[("vsw-a".into(), "local-1a".into()), ("vsw-b".into(), "local-1b".into())], "sg-1");
         let c = berth_scheduler::config::SchedulerConfig::parse(&text, Path::new("x")).unwrap();
         c.validate().unwrap();
         let p = &c.pool[0];
         assert_eq!((p.name.as_str(), p.min_nodes, p.max_nodes, p.vswitches.len()), ("sample", 2, 4, 2));
         assert_eq!(c.cloud.credentials_file, Path::new("/s/credentials.json"));
+        assert_eq!((c.cloud.endpoint.as_str(), c.cloud.vpc_endpoint.as_str(), c.cloud.nas_endpoint.as_str()), ("http://127.0.0.1:9", "http://127.0.0.1:10", "http://127.0.0.1:11"));
     }
 
     #[test]
     fn the_node_image_reports_to_the_scheduler_and_names_pods_after_the_cluster() {
         let text = node_image(&paths(), Path::new("/bin-dir"));
-        for part in ["\"/bin-dir/berth-agent\"", "\"--scheduler-endpoint\", \"http://127.0.0.1:1234\"", "\"--runner-netns-prefix\", \"bx-pod-{instance_id}\"", "\"--trunk\", \"true\"", "netns_prefixes = [\"bx-pod-{instance_id}\"]", "\"--mode\", \"all\""] {
+        for part in ["\"/bin-dir/berth-agent\"", "\"--scheduler-endpoint\", \"http://127.0.0.1:1234\"", "\"--runner-netns-prefix\", \"bx-pod-{instance_id}\"", "\"--trunk\", \"true\"", "netns_prefixes = [\"bx-pod-{instance_id}\"]", "\"--mode\", \"all\"", "\"--vpc-endpoint\", \"{vpc_endpoint}\"", "\"--nas-endpoint\", \"{nas_endpoint}\""] {
             assert!(text.contains(part), "{part} missing:\n{text}");
         }
     }
@@ -451,7 +467,7 @@ mod tests {
             assert!(pods.iter().any(|p| p.volumes.iter().any(|v| v.kind == kind as i32)));
         }
         // The scheduler takes each, under the sample pool.
-        let text = scheduler_config(&paths(), "http://127.0.0.1:9", &[("vsw-a".into(), "local-1a".into())], "sg-1");
+        let text = scheduler_config(&paths(), &endpoints(), &[("vsw-a".into(), "local-1a".into())], "sg-1");
         let limits = berth_scheduler::validation::Limits::of_pools(&berth_scheduler::config::SchedulerConfig::parse(&text, Path::new("x")).unwrap().pool);
         for p in &pods {
             berth_scheduler::validation::pod(p, &limits).unwrap();

@@ -103,6 +103,12 @@ pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
         other => return Err(invalid("SpotStrategy", other)),
     };
     boot_settings(p)?;
+    let role = p.opt("RamRoleName").filter(|r| !r.is_empty());
+    if let Some(role) = role
+        && !ctx.ram_roles.iter().any(|r| r == role)
+    {
+        return Err(ApiFailure::of(code::INVALID_RAM_ROLE, format!("The specified parameter \"RAMRoleName\" does not exist: {role} is not a RAM role of this account (the local cloud's: {}).", ctx.ram_roles.join(", "))));
+    }
     // RunInstances names a full vSwitch by its own code (the ENI actions say IpNotEnough).
     let ips = vpc::take_ips(state, ctx, &vsw.id, amount as usize).map_err(|e| {
         if e.code == code::VSWITCH_IP_NOT_ENOUGH { ApiFailure::of(code::VSWITCH_PRIVATE_IP_QUOTA, "Don't have enough private IPs in this switch.") } else { e }
@@ -150,6 +156,9 @@ pub fn run_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>) -> ApiResult<
                 spot,
             },
         );
+        if let Some(role) = role {
+            state.instance_roles.insert(id.clone(), role.to_string());
+        }
         pending.push(Pending::Instance(id.clone()));
         ids.push(id);
     }
@@ -172,6 +181,7 @@ pub fn delete_instances(state: &mut State, ctx: &Ctx, p: &Params<'_>, first_key:
     }
     for id in &ids {
         state.instances.remove(id);
+        state.instance_roles.remove(id);
         state.enis.retain(|_, e| !(e.kind == EniKind::Primary && e.instance_id.as_deref() == Some(id.as_str())));
         for e in state.enis.values_mut().filter(|e| e.instance_id.as_deref() == Some(id.as_str())) {
             eni::finish_detach(e);

@@ -67,6 +67,8 @@ pub struct Ctx {
     pub snapshot_quota: u32,
     /// The data disk space each zone and category has to sell.
     pub disk_stock: crate::faults::DiskStock,
+    /// The account's RAM roles: those RunInstances' `RamRoleName` may name.
+    pub ram_roles: Vec<String>,
 }
 
 /// A transition the control plane completes later (attach and detach take time on a real cloud).
@@ -328,7 +330,7 @@ mod tests {
     /// the first request made, after it the same token makes a new resource.
     #[test]
     fn a_client_token_expires_after_its_validity() {
-        let mut ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 1_000, snapshot_quota: 256, disk_stock: Default::default() };
+        let mut ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 1_000, snapshot_quota: 256, disk_stock: Default::default(), ram_roles: vec![] };
         let mut state = State::default();
         state.vpcs.insert("vpc-1".into(), berth_cloud::model::Vpc { id: "vpc-1".into(), name: "v".into(), cidr_block: "10.0.0.0/16".parse().unwrap(), ipv6_cidr_block: None });
         let params: BTreeMap<String, String> = [("VpcId", "vpc-1"), ("ClientToken", "tok-1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -353,7 +355,7 @@ mod tests {
     /// together; a bad one, a gap in N or a top-level rule beside them changes nothing and is named.
     #[test]
     fn security_group_rules_are_taken_as_permissions_n() {
-        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: Default::default() };
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: Default::default(), ram_roles: vec![] };
         let mut state = State::default();
         state.security_groups.insert("sg-1".into(), berth_cloud::model::SecurityGroup { id: "sg-1".into(), ..Default::default() });
         let call = |state: &mut State, action: &str, pairs: &[(&str, &str)]| {
@@ -441,7 +443,7 @@ mod tests {
 
     #[test]
     fn every_counted_action_is_served_and_others_are_unknown() {
-        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: Default::default() };
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["z".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: Default::default(), ram_roles: vec![] };
         let params = BTreeMap::new();
         for action in ACTIONS {
             let answer = dispatch(&mut State::default(), &ctx, action, &Params(&params));

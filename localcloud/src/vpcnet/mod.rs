@@ -86,7 +86,12 @@ impl VpcNet {
 
     /// Where an instance's namespace is: its agent and its metadata reader run against it.
     pub fn instance_netns_path(&self, instance_id: &str) -> PathBuf {
-        PathBuf::from(NETNS_RUN_DIR).join(self.netns_name(instance_id))
+        self.netns_path(instance_id)
+    }
+
+    /// Where the namespace of an instance or of a VPC (its vRouter) is.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        PathBuf::from(NETNS_RUN_DIR).join(self.netns_name(id))
     }
 
     fn ensure_netns(&self, id: &str) -> Result<Netns, PlaneError> {
@@ -128,12 +133,14 @@ impl VpcNet {
         let mut nl = Netlink::open_in_netns(&ns).map_err(|e| fail(format!("netlink in {name}"), e))?;
         let lo = nl.link_by_name("lo").map_err(|e| fail(format!("lo in {name}"), e))?;
 
-        // Gateways of the VPC's vSwitches live on the vRouter's lo.
+        // Gateways of the VPC's vSwitches live on the vRouter's lo, and so does the metadata
+        // service's address (served there by `metadata::serve`).
         let have: BTreeSet<IpNetwork> = nl.addresses(Some(lo.index)).map_err(|e| fail(format!("addresses in {name}"), e))?.into_iter().map(|a| a.network).collect();
-        for vsw in state.vswitches.values().filter(|v| v.vpc_id == vpc_id) {
-            let gw = IpNetwork::V4(Ipv4Network::new(addressing::gateway(vsw.cidr_block), 32).expect("/32 is valid"));
-            if !have.contains(&gw) {
-                nl.add_address(&Address::new(lo.index, gw)).or_else(exists_ok).map_err(|e| fail(format!("gateway {gw} in {name}"), e))?;
+        let gateways = state.vswitches.values().filter(|v| v.vpc_id == vpc_id).map(|vsw| addressing::gateway(vsw.cidr_block));
+        for ip in gateways.chain(std::iter::once(crate::metadata::VPC_ADDR)) {
+            let local = IpNetwork::V4(Ipv4Network::new(ip, 32).expect("/32 is valid"));
+            if !have.contains(&local) {
+                nl.add_address(&Address::new(lo.index, local)).or_else(exists_ok).map_err(|e| fail(format!("address {local} in {name}"), e))?;
             }
         }
 

@@ -55,6 +55,7 @@ impl<C: Cloud + 'static> NodeProvisioner for CloudProvisioner<C> {
                 None => None,
             },
             tags: std::iter::once(("berth:pool".to_string(), pool.name.clone())).chain(pool.tags.iter().map(|(k, v)| (k.clone(), v.clone()))).collect(),
+            ram_role_name: pool.ram_role_name.clone(),
         };
         self.cloud.run_instances(&req).await.map_err(|e| e.to_string())
     }

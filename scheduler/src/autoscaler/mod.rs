@@ -98,6 +98,11 @@ pub struct NodePool {
     /// Tags of the pool's instances (at most 20 with Berth's own `berth:pool`).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The instance RAM role the nodes boot with (RunInstances `RamRoleName`): their agents and
+    /// CSI drivers then sign with its STS credentials (`cloud.credentials_source = "ram_role"`).
+    /// The scheduler's own credentials need `ram:PassRole` on it.
+    #[serde(default)]
+    pub ram_role_name: Option<String>,
 }
 
 /// A taint of a pool's nodes; effect NoSchedule, PreferNoSchedule or NoExecute.
