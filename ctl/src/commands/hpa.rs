@@ -3,7 +3,6 @@
 //! (autoscaling.alibabacloud.com/v1beta1) document, the fields Berth takes (any other is refused
 //! by name); the scheduler checks the rest and scales the workload.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
