@@ -448,6 +448,12 @@ mod tests {
         ) {
             let max = min + span;
             let current = current.clamp(min, max);
+            // Pods near the target: within the tolerance the count never changes.
+            let near: Vec<PodSample> = (0..usage.len()).map(|i| running((500.0 * f64::from(percent) / 100.0 * (0.91 + 0.18 * (i % 7) as f64 / 6.0)).round() as u64, 500)).collect();
+            let near_mean = near.iter().map(|p| p.value_milli.unwrap()).sum::<u64>() as f64 * 100.0 / (500.0 * near.len() as f64);
+            if ((near_mean / f64::from(percent)) - 1.0).abs() <= TOLERANCE {
+                prop_assert_eq!(pod_metric_replicas(current, &near, Target::Utilization(percent)).unwrap().replicas, current);
+            }
             let pods: Vec<PodSample> = usage.iter().map(|&u| running(u, 500)).collect();
             let r = pod_metric_replicas(current, &pods, Target::Utilization(percent)).unwrap();
             let mean = usage.iter().sum::<u64>() as f64 * 100.0 / (500.0 * usage.len() as f64);
