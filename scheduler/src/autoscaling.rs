@@ -176,6 +176,8 @@ impl Autoscalers {
             let external = |name: &str| self.external.get(&key(&h.namespace, name)).copied();
             let state = self.hpa_state.get_mut(&k).expect("made above");
             if let Some(replicas) = evaluate(&h, &w, state, now_ms, external) {
+                let metrics: Vec<String> = state.status.current_metrics.iter().map(|m| format!("{}={}m→{}", m.source().as_str_name(), m.current_milli, m.desired_replicas)).collect();
+                tracing::info!(hpa = %k, from = w.replicas, to = replicas, metrics = %metrics.join(" "), recent = ?state.history.recommendations, "HPA scaling its workload");
                 round.scale.push((target, replicas));
             }
         }
