@@ -38,6 +38,13 @@ enum Command {
     /// Replicated workloads (Kubernetes Deployment YAML): apply -f FILE, get, list, scale,
     /// delete, rollout status|undo.
     Workload(commands::workload::Workload),
+    /// Horizontal pod autoscalers (Kubernetes autoscaling/v2 YAML) on workloads: apply -f FILE,
+    /// get, list, delete.
+    Hpa(commands::hpa::Hpa),
+    /// Cron autoscalers (ACK CronHorizontalPodAutoscaler YAML): apply -f FILE, get, list, delete.
+    Cronhpa(commands::hpa::CronHpa),
+    /// External metrics HPAs read: set NAME VALUE.
+    Metric(commands::hpa::Metric),
     /// NetworkPolicies (Kubernetes YAML): apply -f FILE, list, get, delete.
     Policy(commands::policy::Policy),
     /// Namespaces' labels (what policies' namespaceSelectors match): label NS KEY=VALUE, list.
@@ -73,6 +80,9 @@ async fn main() {
         Command::Pod(c) => c.exec(cli.output).await,
         Command::Policy(c) => c.exec(cli.output).await,
         Command::Workload(c) => c.exec(cli.output).await,
+        Command::Hpa(c) => c.exec(cli.output).await,
+        Command::Cronhpa(c) => c.exec(cli.output).await,
+        Command::Metric(c) => c.exec(cli.output).await,
         Command::Namespace(c) => c.exec(cli.output).await,
         Command::Install(c) => c.exec().await,
         Command::Uninstall(c) => c.exec().await,

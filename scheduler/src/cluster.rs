@@ -100,6 +100,8 @@ pub struct Cluster {
     pub budgets: Vec<crate::placement::preemption::DisruptionBudget>,
     /// Workloads by "namespace/name" ([`crate::workload`]).
     pub workloads: BTreeMap<String, pb::Workload>,
+    /// HorizontalPodAutoscalers, cron autoscalers and external metrics ([`crate::autoscaling`]).
+    pub autoscalers: crate::autoscaling::Autoscalers,
 }
 
 impl Cluster {
@@ -123,6 +125,7 @@ impl Cluster {
             no_execute_since: HashMap::new(),
             budgets: Vec::new(),
             workloads: BTreeMap::new(),
+            autoscalers: Default::default(),
         }
     }
 
@@ -152,6 +155,7 @@ impl Cluster {
         for (key, stored) in &snap.workloads {
             self.workloads.insert(key.clone(), stored.decode().map_err(|e| format!("workload {key} in the store does not decode: {e}"))?);
         }
+        self.autoscalers.restore(&snap.autoscalers)?;
         self.policy.restore(&snap.policies, &snap.namespaces)
     }
 
@@ -161,7 +165,7 @@ impl Cluster {
         let pods = self.pods.iter().map(|(k, r)| (k.clone(), CheckpointPod { spec: r.spec.clone(), order: r.order, node: r.node.clone() })).collect();
         let policies = self.policy.policies.iter().map(|(k, p)| (k.clone(), crate::store::StoredPolicy::of(p))).collect();
         let workloads = self.workloads.iter().map(|(k, w)| (k.clone(), StoredWorkload::of(w))).collect();
-        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone(), policies, namespaces: self.policy.namespaces.0.clone(), workloads }
+        Checkpoint { pods, requested: self.requested.clone(), next_order: self.next_order, scale_ups: self.scale_ups.clone(), policies, namespaces: self.policy.namespaces.0.clone(), workloads, autoscalers: self.autoscalers.checkpoint() }
     }
 
     /// Creates or replaces a workload the API edge checked ([`crate::validation::workload`]);
@@ -193,11 +197,7 @@ impl Cluster {
     /// The pods of a workload: those of its namespace whose name starts with its own and whose
     /// label names it.
     pub fn workload_pods(&self, w: &pb::Workload) -> Vec<workload::PodOf> {
-        let start = format!("{}-", pod_key(&w.namespace, &w.name));
-        self.pods
-            .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(&start))
-            .filter(|(_, r)| r.labels.get(workload::WORKLOAD_LABEL) == Some(&w.name))
+        self.workload_records(w)
             .map(|(k, r)| workload::PodOf {
                 name: k[w.namespace.len() + 1..].to_string(),
                 revision: r.labels.get(workload::REVISION_LABEL).and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -207,9 +207,48 @@ impl Cluster {
             .collect()
     }
 
+    fn workload_records<'a>(&'a self, w: &'a pb::Workload) -> impl Iterator<Item = (&'a String, &'a PodRecord)> + 'a {
+        let start = format!("{}-", pod_key(&w.namespace, &w.name));
+        self.pods
+            .range::<String, _>((Bound::Included(start.clone()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(&start))
+            .filter(|(_, r)| r.labels.get(workload::WORKLOAD_LABEL) == Some(&w.name))
+    }
+
     pub fn workload_status(&self, key: &str) -> Option<pb::WorkloadStatus> {
         let w = self.workloads.get(key)?;
         Some(workload::status(w, &self.workload_pods(w)))
+    }
+
+    /// One round of the pod autoscalers ([`crate::autoscaling`]): cron jobs due and HPAs due set
+    /// their workloads' replicas (through [`Cluster::replace_workload`], as ScaleWorkload does).
+    pub fn reconcile_autoscalers(&mut self, now_ms: u64, hpa_interval_ms: u64) -> Vec<Event> {
+        if self.autoscalers.hpas.is_empty() && self.autoscalers.crons.is_empty() {
+            return Vec::new();
+        }
+        let mut autoscalers = std::mem::take(&mut self.autoscalers);
+        let round = {
+            let view = |k: &str| {
+                let w = self.workloads.get(k)?;
+                let pods = self
+                    .workload_records(w)
+                    .filter(|(_, r)| !matches!(r.phase, pb::PodPhase::Failed | pb::PodPhase::Succeeded | pb::PodPhase::Terminating))
+                    .map(|(_, r)| crate::autoscaling::PodView { running: r.phase == pb::PodPhase::Running, usage: r.usage, cpu_request: r.req.demand.cpu_millicores })
+                    .collect();
+                Some(crate::autoscaling::TargetView { replicas: w.replicas, pods })
+            };
+            autoscalers.round(now_ms, hpa_interval_ms, view)
+        };
+        self.autoscalers = autoscalers;
+        let mut events = round.events;
+        for (key, replicas) in round.scale {
+            let Some(w) = self.workloads.get(&key) else { continue };
+            if w.replicas != replicas {
+                let scaled = pb::Workload { replicas: replicas.min(workload::MAX_REPLICAS), ..w.clone() };
+                events.push(self.replace_workload(scaled));
+            }
+        }
+        events
     }
 
     /// One step of every workload ([`workload::plan`]): pods created (pending) and deleted.

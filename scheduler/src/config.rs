@@ -19,6 +19,7 @@ pub struct SchedulerConfig {
     pub server: ServerConfig,
     pub placement: PlacementConfig,
     pub autoscaler: AutoscalerConfig,
+    pub hpa: HpaConfig,
     pub cloud: CloudConfig,
     pub store: StoreConfig,
     pub watch: WatchConfig,
@@ -103,6 +104,20 @@ pub struct AutoscalerConfig {
 impl Default for AutoscalerConfig {
     fn default() -> Self {
         AutoscalerConfig { enabled: true, expander: Expander::LeastWaste, pending_threshold_secs: 10, scale_down_utilisation: 0.5, scale_down_after_secs: 600, node_boot_timeout_secs: 600, interval_ms: 1000, scale_up_min_priority: i32::MIN, replace_with_cheaper: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HpaConfig {
+    /// How often each horizontal pod autoscaler reads its metrics and scales (Kubernetes'
+    /// `--horizontal-pod-autoscaler-sync-period`); cron autoscalers are checked every tick.
+    pub interval_ms: u64,
+}
+
+impl Default for HpaConfig {
+    fn default() -> Self {
+        HpaConfig { interval_ms: 15_000 }
     }
 }
 
@@ -327,6 +342,9 @@ impl SchedulerConfig {
         }
         if self.placement.lease_secs == 0 || self.placement.tick_ms == 0 || self.autoscaler.interval_ms == 0 {
             return invalid("placement.lease_secs", self.placement.lease_secs.to_string(), "lease_secs, tick_ms and autoscaler.interval_ms must be at least 1");
+        }
+        if self.hpa.interval_ms == 0 {
+            return invalid("hpa.interval_ms", "0".into(), "at least 1 (the default is 15000)");
         }
         if self.watch.window_events == 0 || self.watch.window_mib == 0 || self.watch.max_lag_events == 0 || self.watch.max_lag_events >= self.watch.window_events as u64 {
             return invalid("watch.max_lag_events", format!("{} (window_events {}, window_mib {})", self.watch.max_lag_events, self.watch.window_events, self.watch.window_mib), "at least 1 and less than window_events (a watcher closed for lagging must find its revision still kept); window_events and window_mib at least 1");

@@ -8,12 +8,15 @@
 //! ([`store`], [`committer`], [`leader`], [`replica`], [`server`], [`autoscaler::driver`]).
 
 pub mod autoscaler;
+pub mod autoscaling;
 /// The client side of cluster.proto (`berth-scheduler-client`): the scheduler keeps the same
 /// message limits its agents do.
 pub use berth_scheduler_client as client;
 pub mod cluster;
 pub mod committer;
 pub mod config;
+pub mod hpa;
+pub mod cron;
 pub mod instruction;
 pub mod leader;
 pub mod metrics;

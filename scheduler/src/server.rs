@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::autoscaler::driver::NodeProvisioner;
 use crate::autoscaler::{self, ScaleDownSettings};
+use crate::autoscaling;
 use crate::cluster::{Cluster, SubmitError};
 use crate::committer::{Committer, Pending, Streams};
 use crate::config::SchedulerConfig;
@@ -162,6 +163,7 @@ impl Shared {
         let started = std::time::Instant::now();
         let _ = self.change(|c, now| {
             let mut events = c.expire_leases(now);
+            events.extend(c.reconcile_autoscalers(now, self.cfg.hpa.interval_ms));
             events.extend(c.reconcile_workloads(now));
             events.extend(c.schedule(now));
             Ok((events, ()))
@@ -220,6 +222,31 @@ impl Shared {
 
     pub async fn delete_workload(&self, key: &str) -> Result<(), Status> {
         let (durable, ()) = self.change(|c, _| Ok((c.delete_workload(key).ok_or_else(|| Status::not_found(format!("no workload {key}")))?, ())))?;
+        durable.durable().await
+    }
+
+    /// Creates or replaces an HPA or a cron autoscaler checked by the API edge; one HPA per
+    /// workload (another one scaling it is FAILED_PRECONDITION).
+    pub async fn apply_autoscaler(&self, kind: pb::stored_autoscaler::Kind) -> Result<pb::stored_autoscaler::Kind, Status> {
+        let (durable, ()) = self.change(|c, _| {
+            if let pb::stored_autoscaler::Kind::Hpa(h) = &kind
+                && let Some(other) = c.autoscalers.hpa_of(&h.namespace, &h.target, &h.name)
+            {
+                return Err(Status::failed_precondition(format!("HPA {}/{} refused: spec.scaleTargetRef.name = {:?}: workload {} is scaled by HPA {} already; delete that one or edit it", h.namespace, h.name, h.target, h.target, other.name)));
+            }
+            Ok((vec![c.autoscalers.apply(kind.clone())], ()))
+        })?;
+        durable.durable().await?;
+        Ok(kind)
+    }
+
+    /// Deletes an HPA (`hpa` true) or a cron autoscaler by "namespace/name".
+    pub async fn delete_autoscaler(&self, key: &str, hpa: bool) -> Result<(), Status> {
+        let (durable, ()) = self.change(|c, _| {
+            let event = if hpa { c.autoscalers.delete_hpa(key) } else { c.autoscalers.delete_cron(key) };
+            let what = if hpa { "HPA" } else { "cron autoscaler" };
+            Ok((vec![event.ok_or_else(|| Status::not_found(format!("no {what} {key}")))?], ()))
+        })?;
         durable.durable().await
     }
 
@@ -548,6 +575,76 @@ impl Scheduler for SchedulerService {
         let r = request.into_inner();
         shared.delete_workload(&workload::workload_key(&r.namespace, &r.name)).await?;
         Ok(Response::new(pb::DeleteWorkloadResponse {}))
+    }
+
+    async fn apply_horizontal_pod_autoscaler(&self, request: Request<pb::ApplyHorizontalPodAutoscalerRequest>) -> Result<Response<pb::HorizontalPodAutoscalerStatus>, Status> {
+        let shared = self.replica.leading()?;
+        let h = request.into_inner().hpa.ok_or_else(|| Status::invalid_argument("ApplyHorizontalPodAutoscaler needs an hpa"))?;
+        validation::hpa(&h).map_err(|e| Status::invalid_argument(format!("HPA {}/{} refused: {e}", h.namespace, h.name)))?;
+        let key = autoscaling::key(&h.namespace, &h.name);
+        shared.apply_autoscaler(pb::stored_autoscaler::Kind::Hpa(h)).await?;
+        Ok(Response::new(shared.cluster().autoscalers.hpa_status(&key).unwrap_or_default()))
+    }
+
+    async fn get_horizontal_pod_autoscaler(&self, request: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::HorizontalPodAutoscalerStatus>, Status> {
+        let shared = local_or_forward!(self, request, get_horizontal_pod_autoscaler);
+        let r = request.into_inner();
+        let key = autoscaling::key(&r.namespace, &r.name);
+        shared.cluster().autoscalers.hpa_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no HPA {key}")))
+    }
+
+    async fn list_horizontal_pod_autoscalers(&self, request: Request<pb::ListWorkloadsRequest>) -> Result<Response<pb::ListHorizontalPodAutoscalersResponse>, Status> {
+        let shared = local_or_forward!(self, request, list_horizontal_pod_autoscalers);
+        let ns = request.into_inner().namespace;
+        let c = shared.cluster();
+        let hpas = c.autoscalers.hpas.iter().filter(|(_, h)| ns.is_empty() || h.namespace == ns).filter_map(|(k, _)| c.autoscalers.hpa_status(k)).collect();
+        Ok(Response::new(pb::ListHorizontalPodAutoscalersResponse { hpas }))
+    }
+
+    async fn delete_horizontal_pod_autoscaler(&self, request: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::DeleteWorkloadResponse>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        shared.delete_autoscaler(&autoscaling::key(&r.namespace, &r.name), true).await?;
+        Ok(Response::new(pb::DeleteWorkloadResponse {}))
+    }
+
+    async fn apply_cron_horizontal_pod_autoscaler(&self, request: Request<pb::ApplyCronHorizontalPodAutoscalerRequest>) -> Result<Response<pb::CronHorizontalPodAutoscalerStatus>, Status> {
+        let shared = self.replica.leading()?;
+        let c = request.into_inner().cron.ok_or_else(|| Status::invalid_argument("ApplyCronHorizontalPodAutoscaler needs a cron"))?;
+        validation::cron_hpa(&c).map_err(|e| Status::invalid_argument(format!("cron autoscaler {}/{} refused: {e}", c.namespace, c.name)))?;
+        let key = autoscaling::key(&c.namespace, &c.name);
+        shared.apply_autoscaler(pb::stored_autoscaler::Kind::Cron(c)).await?;
+        Ok(Response::new(shared.cluster().autoscalers.cron_status(&key).unwrap_or_default()))
+    }
+
+    async fn get_cron_horizontal_pod_autoscaler(&self, request: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::CronHorizontalPodAutoscalerStatus>, Status> {
+        let shared = local_or_forward!(self, request, get_cron_horizontal_pod_autoscaler);
+        let r = request.into_inner();
+        let key = autoscaling::key(&r.namespace, &r.name);
+        shared.cluster().autoscalers.cron_status(&key).map(Response::new).ok_or_else(|| Status::not_found(format!("no cron autoscaler {key}")))
+    }
+
+    async fn list_cron_horizontal_pod_autoscalers(&self, request: Request<pb::ListWorkloadsRequest>) -> Result<Response<pb::ListCronHorizontalPodAutoscalersResponse>, Status> {
+        let shared = local_or_forward!(self, request, list_cron_horizontal_pod_autoscalers);
+        let ns = request.into_inner().namespace;
+        let c = shared.cluster();
+        let crons = c.autoscalers.crons.iter().filter(|(_, x)| ns.is_empty() || x.namespace == ns).filter_map(|(k, _)| c.autoscalers.cron_status(k)).collect();
+        Ok(Response::new(pb::ListCronHorizontalPodAutoscalersResponse { crons }))
+    }
+
+    async fn delete_cron_horizontal_pod_autoscaler(&self, request: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::DeleteWorkloadResponse>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        shared.delete_autoscaler(&autoscaling::key(&r.namespace, &r.name), false).await?;
+        Ok(Response::new(pb::DeleteWorkloadResponse {}))
+    }
+
+    async fn set_external_metric(&self, request: Request<pb::SetExternalMetricRequest>) -> Result<Response<pb::SetExternalMetricResponse>, Status> {
+        let shared = self.replica.leading()?;
+        let r = request.into_inner();
+        validation::external_metric(&r.namespace, &r.name).map_err(|e| Status::invalid_argument(format!("SetExternalMetric refused: {e}")))?;
+        shared.cluster().autoscalers.external.insert(autoscaling::key(&r.namespace, &r.name), r.value_milli);
+        Ok(Response::new(pb::SetExternalMetricResponse {}))
     }
 
     async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {

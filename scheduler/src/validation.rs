@@ -134,6 +134,20 @@ pub enum Rule {
     SetByScheduler,
     #[error("must be empty or the workload's namespace")]
     OtherNamespace,
+    #[error("must be between {min} and {max}")]
+    Range { min: u64, max: u64 },
+    #[error("may not be above maxReplicas ({max})")]
+    MinAboveMax { max: u32 },
+    #[error("is not a metric this scheduler has: Resource cpu (target.averageUtilization), Pods network_receive_bytes_per_second or network_transmit_bytes_per_second (target.averageValue), or External (a name set with berthctl metric set; target.value or target.averageValue)")]
+    UnknownMetric,
+    #[error("needs {what} above 0")]
+    TargetRequired { what: &'static str },
+    #[error("is not a scaling policy type: Pods or Percent")]
+    ScalingPolicyType,
+    #[error("{0}")]
+    Cron(String),
+    #[error("is a metric name: 1 to 253 characters of a-z, 0-9, '.', '_' and '-'")]
+    MetricName,
     #[error("the encoded policy may take at most {max} bytes")]
     PolicyTooLarge { max: usize },
     #[error("{who} can ever host it: the largest instance type {whose} is {largest} ({cpu_millicores} millicores, {mib} MiB of memory)", who = if *.of_pools { "no pool" } else { "no node" }, whose = if *.of_pools { "of the configured pools" } else { "of the catalogue" }, mib = *.memory_bytes >> 20)]
@@ -319,6 +333,77 @@ pub fn workload(w: &pb::Workload, limits: &Limits) -> Result<(), InvalidSpec> {
         };
         e
     })
+}
+
+/// Checks an applied HorizontalPodAutoscaler, naming its fields as autoscaling/v2 does.
+pub fn hpa(h: &pb::HorizontalPodAutoscaler) -> Result<(), InvalidSpec> {
+    use crate::workload::MAX_REPLICAS;
+    check(dns1123_label(&h.namespace), "metadata.namespace", &h.namespace, Rule::Dns1123Label)?;
+    check(dns1123_label(&h.name), "metadata.name", &h.name, Rule::Dns1123Label)?;
+    check(dns1123_label(&h.target), "spec.scaleTargetRef.name", &h.target, Rule::Dns1123Label)?;
+    check((1..=MAX_REPLICAS).contains(&h.max_replicas), "spec.maxReplicas", &h.max_replicas.to_string(), Rule::Range { min: 1, max: MAX_REPLICAS.into() })?;
+    check(h.min_replicas <= h.max_replicas, "spec.minReplicas", &h.min_replicas.to_string(), Rule::MinAboveMax { max: h.max_replicas })?;
+    check(!h.metrics.is_empty(), "spec.metrics", "[]", Rule::Required)?;
+    check(h.metrics.len() <= 10, "spec.metrics", &h.metrics.len().to_string(), Rule::TooMany { max: 10 })?;
+    for (i, m) in h.metrics.iter().enumerate() {
+        let t = m.target.unwrap_or_default();
+        match pb::MetricSource::try_from(m.source) {
+            Ok(pb::MetricSource::CpuUtilization) => check(t.average_utilization > 0, &format!("spec.metrics[{i}].resource.target.averageUtilization"), "0", Rule::TargetRequired { what: "a percent" })?,
+            Ok(pb::MetricSource::PodReceiveBytes | pb::MetricSource::PodTransmitBytes) => check(t.average_value_milli > 0, &format!("spec.metrics[{i}].pods.target.averageValue"), "0", Rule::TargetRequired { what: "bytes per second" })?,
+            Ok(pb::MetricSource::External) => {
+                check(metric_name(&m.external_name), &format!("spec.metrics[{i}].external.metric.name"), &m.external_name, Rule::MetricName)?;
+                check((t.value_milli > 0) != (t.average_value_milli > 0), &format!("spec.metrics[{i}].external.target"), "", Rule::TargetRequired { what: "one of value and averageValue" })?;
+            }
+            _ => return Err(InvalidSpec { field: format!("spec.metrics[{i}].type"), value: m.source.to_string(), rule: Rule::UnknownMetric }),
+        }
+    }
+    for (name, rules) in [("scaleUp", &h.scale_up), ("scaleDown", &h.scale_down)] {
+        let Some(r) = rules else { continue };
+        if let Some(w) = r.stabilization_window_secs {
+            check(w <= 3600, &format!("spec.behavior.{name}.stabilizationWindowSeconds"), &w.to_string(), Rule::Range { min: 0, max: 3600 })?;
+        }
+        check(pb::SelectPolicy::try_from(r.select_policy).is_ok(), &format!("spec.behavior.{name}.selectPolicy"), &r.select_policy.to_string(), Rule::UnknownEnum { known: "Max, Min, Disabled" })?;
+        for (j, p) in r.policies.iter().enumerate() {
+            let field = format!("spec.behavior.{name}.policies[{j}]");
+            check(matches!(pb::ScalingPolicyKind::try_from(p.kind), Ok(pb::ScalingPolicyKind::Pods | pb::ScalingPolicyKind::Percent)), &format!("{field}.type"), &p.kind.to_string(), Rule::ScalingPolicyType)?;
+            check(p.value > 0, &format!("{field}.value"), &p.value.to_string(), Rule::Range { min: 1, max: u32::MAX.into() })?;
+            check((1..=1800).contains(&p.period_secs), &format!("{field}.periodSeconds"), &p.period_secs.to_string(), Rule::Range { min: 1, max: 1800 })?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks an applied CronHorizontalPodAutoscaler: names, time zone, excluded days and each job's
+/// schedule (six fields, seconds first) and size.
+pub fn cron_hpa(c: &pb::CronHorizontalPodAutoscaler) -> Result<(), InvalidSpec> {
+    use crate::cron::{Schedule, time_zone};
+    check(dns1123_label(&c.namespace), "metadata.namespace", &c.namespace, Rule::Dns1123Label)?;
+    check(dns1123_label(&c.name), "metadata.name", &c.name, Rule::Dns1123Label)?;
+    check(dns1123_label(&c.target), "spec.scaleTargetRef.name", &c.target, Rule::Dns1123Label)?;
+    time_zone(&c.time_zone).map_err(|e| InvalidSpec { field: "spec.timeZone".into(), value: shown(&c.time_zone), rule: Rule::Cron(e.to_string()) })?;
+    for (i, d) in c.exclude_dates.iter().enumerate() {
+        Schedule::parse(d).map_err(|e| InvalidSpec { field: format!("spec.excludeDates[{i}]"), value: shown(d), rule: Rule::Cron(e.to_string()) })?;
+    }
+    check(!c.jobs.is_empty(), "spec.jobs", "[]", Rule::Required)?;
+    let mut names = BTreeSet::new();
+    for (i, j) in c.jobs.iter().enumerate() {
+        check(dns1123_label(&j.name), &format!("spec.jobs[{i}].name"), &j.name, Rule::Dns1123Label)?;
+        check(names.insert(j.name.as_str()), &format!("spec.jobs[{i}].name"), &j.name, Rule::Duplicate { what: "job names" })?;
+        Schedule::parse(&j.schedule).map_err(|e| InvalidSpec { field: format!("spec.jobs[{i}].schedule"), value: shown(&j.schedule), rule: Rule::Cron(e.to_string()) })?;
+        check(j.target_size <= crate::workload::MAX_REPLICAS, &format!("spec.jobs[{i}].targetSize"), &j.target_size.to_string(), Rule::TooMany { max: crate::workload::MAX_REPLICAS })?;
+    }
+    Ok(())
+}
+
+/// An external metric's name (Kubernetes allows more; these are the characters we store).
+pub fn metric_name(s: &str) -> bool {
+    (1..=253).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks a SetExternalMetric call.
+pub fn external_metric(namespace: &str, name: &str) -> Result<(), InvalidSpec> {
+    check(dns1123_label(namespace), "namespace", namespace, Rule::Dns1123Label)?;
+    check(metric_name(name), "name", name, Rule::MetricName)
 }
 
 /// Checks a LabelNamespace call: the namespace's name and each label (a value "" removes it;

@@ -115,6 +115,9 @@ fn config() -> SchedulerConfig {
 struct FakeNode {
     task: tokio::task::JoinHandle<()>,
     runs: Arc<Mutex<BTreeMap<String, pb::PodSpec>>>,
+    /// The CPU (millicores) a steady load takes of the node's pods, shared evenly among them as
+    /// a service's requests would be (none: not measured yet).
+    load: Arc<Mutex<Option<u64>>>,
 }
 
 impl FakeNode {
@@ -126,10 +129,12 @@ impl FakeNode {
         let alloc = pb::Resources { cpu_millicores: 2000, memory_bytes: 8 << 30, pods: 64, shared_ips: ips, eni_slots: 2, member_eni_slots: 6, disk_slots: disks };
         let identity = pb::NodeIdentity { instance_id: id.into(), instance_type: "ecs.g7.large".into(), zone_id: "zone-a".into(), pool: "small".into(), vswitch_ids: vec!["vsw-a".into()], ..Default::default() };
         let runs: Arc<Mutex<BTreeMap<String, pb::PodSpec>>> = Arc::default();
+        let load: Arc<Mutex<Option<u64>>> = Arc::default();
         let report = {
-            let runs = runs.clone();
+            let (runs, load) = (runs.clone(), load.clone());
             move || {
                 let runs = runs.lock().unwrap();
+                let usage = load.lock().unwrap().map(|total| pb::PodUsage { cpu_millicores: total / runs.len().max(1) as u64, window_ms: 100, ..Default::default() });
                 let mut free = alloc;
                 for spec in runs.values() {
                     let d = demand_of(spec);
@@ -139,7 +144,7 @@ impl FakeNode {
                     free.shared_ips -= d.shared_ips;
                     free.disk_slots -= d.disk_slots;
                 }
-                let pods = runs.values().map(|s| pb::PodReport { namespace: s.namespace.clone(), name: s.name.clone(), phase: pb::PodPhase::Running as i32, ..Default::default() }).collect();
+                let pods = runs.values().map(|s| pb::PodReport { namespace: s.namespace.clone(), name: s.name.clone(), phase: pb::PodPhase::Running as i32, usage, ..Default::default() }).collect();
                 pb::NodeReport { identity: Some(identity.clone()), allocatable: Some(alloc), free: Some(free), pods, ..Default::default() }
             }
         };
@@ -169,7 +174,7 @@ impl FakeNode {
                 }
             })
         };
-        FakeNode { task, runs }
+        FakeNode { task, runs, load }
     }
 
     fn running(&self) -> usize {
@@ -178,6 +183,10 @@ impl FakeNode {
 
     fn kill(&self) {
         self.task.abort();
+    }
+
+    fn set_load(&self, total_cpu_millicores: u64) {
+        *self.load.lock().unwrap() = Some(total_cpu_millicores);
     }
 }
 
@@ -832,5 +841,167 @@ async fn a_workload_that_does_not_validate_is_refused_naming_the_field() {
     assert!(e.message().contains("spec.template.spec.network_mode = 9"), "{}", e.message());
     let e = c.scale_workload(pb::ScaleWorkloadRequest { namespace: "default".into(), name: "web".into(), replicas: 2 }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+    s.stop().await;
+}
+
+fn cpu_hpa(min: u32, max: u32, window_secs: u32) -> pb::HorizontalPodAutoscaler {
+    pb::HorizontalPodAutoscaler {
+        namespace: "default".into(),
+        name: "web".into(),
+        target: "web".into(),
+        min_replicas: min,
+        max_replicas: max,
+        metrics: vec![pb::HpaMetric { source: pb::MetricSource::CpuUtilization as i32, external_name: String::new(), target: Some(pb::MetricTarget { average_utilization: 50, ..Default::default() }) }],
+        // Up to 10 pods a second (Kubernetes' default allows 4 or 100 % per 15 s).
+        scale_up: Some(pb::ScalingRules { stabilization_window_secs: Some(0), select_policy: pb::SelectPolicy::Max as i32, policies: vec![pb::ScalingPolicy { kind: pb::ScalingPolicyKind::Pods as i32, value: 10, period_secs: 1 }] }),
+        scale_down: Some(pb::ScalingRules { stabilization_window_secs: Some(window_secs), ..Default::default() }),
+    }
+}
+
+async fn replicas(c: &mut SchedulerClient<Channel>) -> u32 {
+    workload_status(c).await.workload.unwrap().replicas
+}
+
+/// Waits until the workload asks for `want` replicas; answers how long that took.
+async fn wait_replicas(c: &mut SchedulerClient<Channel>, want: u32, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let n = replicas(c).await;
+        if n == want {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "replicas {n}, not {want}, after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HPA on CPU (50 % of the pods' 50m request): a load step from 40m to 200m (shared by the
+/// pods) takes the workload from 2 to 8 replicas within one interval; when the load stops it falls
+/// to the minimum once the 2 s stabilisation window has passed, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpa_scales_a_workload_up_on_cpu_and_down_after_the_window() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    cfg.hpa.interval_ms = 300;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let node = FakeNode::start(&s.url(), "i-a", 20).await;
+    let mut c = s.client().await;
+    while client::list_nodes(&mut c).await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(workload(2, "v1", 1, 0)) }).await.unwrap();
+    wait_rolled_out(&mut c, "2 Running").await;
+    let get = pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() };
+    // 20m each: 40 % → ceil(2 × 0.8) = 2, no change.
+    node.set_load(40);
+    c.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(cpu_hpa(1, 10, 2)) }).await.unwrap();
+    let t = Instant::now();
+    while c.get_horizontal_pod_autoscaler(get.clone()).await.unwrap().into_inner().current_metrics.first().is_none_or(|m| m.current_milli != 40_000) {
+        assert!(t.elapsed() < Duration::from_secs(2), "the HPA did not read 40 %");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(replicas(&mut c).await, 2);
+    // 100m each: 200 % → ceil(2 × 4) = 8.
+    node.set_load(200);
+    let took = wait_replicas(&mut c, 8, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_millis(700), "the scale-up took {took:?}, more than the interval and a report");
+    let st = c.get_horizontal_pod_autoscaler(get.clone()).await.unwrap().into_inner();
+    assert_eq!((st.desired_replicas, st.current_metrics[0].current_milli), (8, 200_000), "{st:?}");
+    assert!(st.last_scale_ms > 0 && st.conditions.iter().any(|c| c.kind == "ScalingLimited" && !c.status), "{st:?}");
+    wait_rolled_out(&mut c, "8 Running").await;
+    // 25m each: 50 %, on target: 8 stays.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(replicas(&mut c).await, 8);
+    // Idle: the 2 s window holds 8 for its length, then the minimum.
+    node.set_load(0);
+    let took = wait_replicas(&mut c, 1, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(1500), "scaled down after {took:?}, within the 2 s window");
+    let st = c.get_horizontal_pod_autoscaler(get).await.unwrap().into_inner();
+    assert!(st.conditions.iter().any(|c| c.kind == "ScalingLimited" && c.status && c.reason == "TooFewReplicas"), "{:?}", st.conditions);
+    node.kill();
+    s.stop().await;
+}
+
+/// A cron job a few seconds ahead sets the size on time; with an HPA on the workload it sets the
+/// HPA's minimum instead, and the larger of the two wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_autoscaler_raises_replicas_on_time_and_the_larger_of_it_and_the_hpa_wins() {
+    let mut cfg = config();
+    cfg.autoscaler.enabled = false;
+    cfg.hpa.interval_ms = 60_000;
+    let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
+    let node = FakeNode::start(&s.url(), "i-a", 20).await;
+    let mut c = s.client().await;
+    while client::list_nodes(&mut c).await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.apply_workload(pb::ApplyWorkloadRequest { workload: Some(workload(2, "v1", 1, 0)) }).await.unwrap();
+    wait_rolled_out(&mut c, "2 Running").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    // Two seconds ahead, in a zone 8 hours from UTC (the schedule names its local second).
+    let at = now.as_secs() + 2;
+    let local = (at + 8 * 3600) % 86_400;
+    let schedule = format!("{} {} {} * * *", local % 60, local / 60 % 60, local / 3600);
+    let cron = pb::CronHorizontalPodAutoscaler { namespace: "default".into(), name: "evening".into(), target: "web".into(), time_zone: "Asia/Shanghai".into(), exclude_dates: vec![], jobs: vec![pb::CronJob { name: "up".into(), schedule, target_size: 6, run_once: true }] };
+    c.apply_cron_horizontal_pod_autoscaler(pb::ApplyCronHorizontalPodAutoscalerRequest { cron: Some(cron.clone()) }).await.unwrap();
+    wait_replicas(&mut c, 6, Duration::from_secs(5)).await;
+    let fired = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert!(fired.as_millis() >= u128::from(at) * 1000, "fired at {fired:?}, before {at} s");
+    assert!(fired.as_millis() < u128::from(at) * 1000 + 500, "fired at {fired:?}, late for {at} s");
+    let st = c.get_cron_horizontal_pod_autoscaler(pb::GetWorkloadRequest { namespace: "default".into(), name: "evening".into() }).await.unwrap().into_inner();
+    assert_eq!((st.jobs[0].next_run_ms, st.jobs[0].message.as_str()), (0, "set workload web's replicas to 6"));
+
+    // With an HPA (its pods at their target, 25m each of 150m: it keeps 6): a job for 8 raises
+    // its minimum to 8, applied at once; a later job for 3 lowers the minimum, and the HPA's own
+    // count (150m over 8 pods is 37 %: 6) wins over 3.
+    wait_rolled_out(&mut c, "6 Running").await;
+    node.set_load(150);
+    c.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(cpu_hpa(1, 10, 0)) }).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (up, down) = ((now + 2 + 8 * 3600) % 86_400, (now + 5 + 8 * 3600) % 86_400);
+    let at_sec = |l: u64| format!("{} {} {} * * *", l % 60, l / 60 % 60, l / 3600);
+    let jobs = vec![pb::CronJob { name: "up".into(), schedule: at_sec(up), target_size: 8, run_once: true }, pb::CronJob { name: "down".into(), schedule: at_sec(down), target_size: 3, run_once: true }];
+    c.apply_cron_horizontal_pod_autoscaler(pb::ApplyCronHorizontalPodAutoscalerRequest { cron: Some(pb::CronHorizontalPodAutoscaler { jobs, ..cron }) }).await.unwrap();
+    wait_replicas(&mut c, 8, Duration::from_secs(5)).await;
+    let hpa = |c: &mut SchedulerClient<Channel>| {
+        let mut c = c.clone();
+        async move { c.get_horizontal_pod_autoscaler(pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() }).await.unwrap().into_inner().hpa.unwrap() }
+    };
+    assert_eq!(hpa(&mut c).await.min_replicas, 8);
+    wait_rolled_out(&mut c, "8 Running").await;
+    wait_replicas(&mut c, 6, Duration::from_secs(5)).await;
+    assert_eq!(hpa(&mut c).await.min_replicas, 3, "the second job set the minimum");
+    node.kill();
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn autoscalers_that_do_not_validate_are_refused_naming_the_field() {
+    let s = Running::start(scheduler_alone(), Box::new(MemoryStore::default()), None).await;
+    let mut c = s.client().await;
+    let refused = |st: tonic::Status| (st.code(), st.message().to_string());
+    let mut bad = cpu_hpa(5, 3, 0);
+    let (code, msg) = refused(c.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(bad.clone()) }).await.unwrap_err());
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.contains("spec.minReplicas = \"5\": may not be above maxReplicas (3)"), "{msg}");
+    bad.min_replicas = 1;
+    bad.metrics[0].target = None;
+    let (_, msg) = refused(c.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(bad) }).await.unwrap_err());
+    assert!(msg.contains("spec.metrics[0].resource.target.averageUtilization"), "{msg}");
+    c.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(cpu_hpa(1, 3, 0)) }).await.unwrap();
+    let second = pb::HorizontalPodAutoscaler { name: "other".into(), ..cpu_hpa(1, 3, 0) };
+    let (code, msg) = refused(c.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(second) }).await.unwrap_err());
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(msg.contains("scaled by HPA web already"), "{msg}");
+    let cron = pb::CronHorizontalPodAutoscaler { namespace: "default".into(), name: "c".into(), target: "web".into(), time_zone: "Mars/Base".into(), exclude_dates: vec![], jobs: vec![pb::CronJob { name: "up".into(), schedule: "0 0 8 * * *".into(), target_size: 2, run_once: false }] };
+    let (_, msg) = refused(c.apply_cron_horizontal_pod_autoscaler(pb::ApplyCronHorizontalPodAutoscalerRequest { cron: Some(cron.clone()) }).await.unwrap_err());
+    assert!(msg.contains("spec.timeZone = \"Mars/Base\""), "{msg}");
+    let mut cron = pb::CronHorizontalPodAutoscaler { time_zone: String::new(), ..cron };
+    cron.jobs[0].schedule = "0 61 8 * * *".into();
+    let (_, msg) = refused(c.apply_cron_horizontal_pod_autoscaler(pb::ApplyCronHorizontalPodAutoscalerRequest { cron: Some(cron) }).await.unwrap_err());
+    assert!(msg.contains("spec.jobs[0].schedule = \"0 61 8 * * *\": field 2 (minutes)"), "{msg}");
+    let (_, msg) = refused(c.set_external_metric(pb::SetExternalMetricRequest { namespace: "default".into(), name: "Queue Depth".into(), value_milli: 1 }).await.unwrap_err());
+    assert!(msg.contains("name = \"Queue Depth\""), "{msg}");
+    assert_eq!(c.get_horizontal_pod_autoscaler(pb::GetWorkloadRequest { namespace: "default".into(), name: "nope".into() }).await.unwrap_err().code(), tonic::Code::NotFound);
     s.stop().await;
 }

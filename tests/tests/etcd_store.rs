@@ -12,7 +12,7 @@ use berth_proto::cluster::v1 as pb;
 use berth_scheduler::config::EtcdConfig;
 use berth_scheduler::leader::{self, Candidate, LeaderRecord, Term, TermLost};
 use berth_scheduler::store::etcd::Etcd;
-use berth_scheduler::store::{EtcdStore, Event, MemoryStore, RequestedNode, Store, StoreError, StoredPolicy, StoredSpec, StoredWorkload};
+use berth_scheduler::store::{EtcdStore, Event, MemoryStore, RequestedNode, Store, StoreError, StoredAutoscaler, StoredPolicy, StoredSpec, StoredWorkload};
 use berth_tests::etcd::EtcdCluster;
 use tokio::runtime::Runtime;
 
@@ -94,6 +94,9 @@ fn every_event_kind_and_a_batch_over_max_txn_ops_round_trip() {
         Event::WorkloadApplied { key: "d/web".into(), workload: StoredWorkload::of(&pb::Workload { namespace: "d".into(), name: "web".into(), replicas: 10, revision: 2, ..Default::default() }) },
         Event::WorkloadApplied { key: "d/gone".into(), workload: StoredWorkload::of(&pb::Workload { namespace: "d".into(), name: "gone".into(), ..Default::default() }) },
         Event::WorkloadDeleted { key: "d/gone".into() },
+        Event::AutoscalerApplied { key: "hpa/d/web".into(), autoscaler: StoredAutoscaler::of(pb::stored_autoscaler::Kind::Hpa(pb::HorizontalPodAutoscaler { namespace: "d".into(), name: "web".into(), target: "web".into(), max_replicas: 5, ..Default::default() })) },
+        Event::AutoscalerApplied { key: "cron/d/gone".into(), autoscaler: StoredAutoscaler::of(pb::stored_autoscaler::Kind::Cron(pb::CronHorizontalPodAutoscaler { namespace: "d".into(), name: "gone".into(), ..Default::default() })) },
+        Event::AutoscalerDeleted { key: "cron/d/gone".into() },
     ];
     for batch in [&every_kind[..4], &every_kind[4..]] {
         store.append(batch).unwrap();

@@ -38,11 +38,15 @@ struct RunnerNode {
 
 impl RunnerNode {
     async fn start(vpc_cidr: &str, vswitch_cidr: &str) -> RunnerNode {
+        Self::start_with(vpc_cidr, vswitch_cidr, Scheduler::start(&[])).await
+    }
+
+    /// With a scheduler of the test's own configuration.
+    async fn start_with(vpc_cidr: &str, vswitch_cidr: &str, scheduler: Scheduler) -> RunnerNode {
         let lc = LocalCloud::start(LocalCloudOptions::default());
         let cloud = lc.client();
         let net = SampleNet::create(&cloud, vpc_cidr, vswitch_cidr).await;
         let node = net.run(&cloud, "ecs.c7.xlarge", &net.sg).await;
-        let scheduler = Scheduler::start(&[]);
         let prefix = berth_tests::unique("brv");
         let leftovers = RunnerLeftovers(vec![prefix.clone()]);
         // The agent is told the driver's socket before the driver (which asks the agent who the
@@ -355,6 +359,113 @@ async fn a_pods_cpu_and_traffic_are_measured_and_its_cgroup_goes_with_it() {
     n.wait_nothing_left("the busy pod's removal left something").await;
     eventually("the escaped process's end", Duration::from_secs(10), || !Path::new(&format!("/proc/{escaped}/stat")).exists() || std::fs::read_to_string(format!("/proc/{escaped}/stat")).is_ok_and(|s| s.contains(") Z ")));
     assert!(!cgroup.exists(), "{} is removed with the pod", cgroup.display());
+}
+
+/// A child process killed when dropped (a test's load generator).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn workload_replicas(client: &mut SchedulerClient<Channel>) -> (u32, u32) {
+    let st = client.get_workload(pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() }).await.unwrap().into_inner();
+    (st.workload.unwrap().replicas, st.running)
+}
+
+/// Real traffic into a workload's pod (1.4 KB pings, 100 a second, from its node) is measured by
+/// the node's agent and raises the replicas through the HPA (receive bytes per pod against 20 KB/s)
+/// within its interval and two reports; the new pods run. When the traffic stops, the replicas fall
+/// back once the 4 s stabilisation window has passed. Then a cron job two seconds ahead raises the
+/// HPA's minimum, and with it the replicas, on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_into_a_workloads_pods_scales_it_out_and_back_and_a_cron_job_raises_it_on_time() {
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces, cgroups)");
+        return;
+    }
+    let scheduler = Scheduler::start_on(berth_tests::scheduler::free_port(), "[autoscaler]\nenabled = false\n[placement]\ntick_ms = 100\n[hpa]\ninterval_ms = 1000\n", &[]);
+    let n = RunnerNode::start_with("10.89.0.0/16", "10.89.1.0/24", scheduler).await;
+    let mut client = n.client().await;
+    let labels: std::collections::HashMap<String, String> = [("app".to_string(), "web".to_string())].into();
+    let template = pb::PodSpec { namespace: String::new(), name: String::new(), labels: labels.clone(), ..pod("", vec![], "exec sleep 600") };
+    let w = pb::Workload { namespace: "default".into(), name: "web".into(), replicas: 1, selector: Some(pb::LabelSelector { match_labels: labels, ..Default::default() }), template: Some(template), ..Default::default() };
+    client.apply_workload(pb::ApplyWorkloadRequest { workload: Some(w) }).await.unwrap();
+    let t = Instant::now();
+    while workload_replicas(&mut client).await.1 < 1 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the workload's pod never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = wait_pod(&mut client, "web-1-0", Duration::from_secs(60), "Running", |s| s.phase == pb::PodPhase::Running as i32).await;
+    let hpa = pb::HorizontalPodAutoscaler {
+        namespace: "default".into(),
+        name: "web".into(),
+        target: "web".into(),
+        min_replicas: 1,
+        max_replicas: 3,
+        metrics: vec![pb::HpaMetric { source: pb::MetricSource::PodReceiveBytes as i32, external_name: String::new(), target: Some(pb::MetricTarget { average_value_milli: 20_000_000, ..Default::default() }) }],
+        scale_up: None,
+        scale_down: Some(pb::ScalingRules { stabilization_window_secs: Some(4), ..Default::default() }),
+    };
+    client.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(hpa) }).await.unwrap();
+    // The idle pod is measured (0 B/s, within the target): 1 stays.
+    let get = pb::GetWorkloadRequest { namespace: "default".into(), name: "web".into() };
+    let t = Instant::now();
+    while client.get_horizontal_pod_autoscaler(get.clone()).await.unwrap().into_inner().current_metrics.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the HPA never read the pod's traffic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(workload_replicas(&mut client).await.0, 1);
+
+    let ping = std::process::Command::new("ip").args(["netns", "exec"]).arg(n.agent.netns.file_name().unwrap()).args(["ping", "-q", "-i", "0.01", "-s", "1400", &first.pod_ip]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let ping = KillOnDrop(ping);
+    let step = Instant::now();
+    loop {
+        let (replicas, _) = workload_replicas(&mut client).await;
+        if replicas == 3 {
+            break;
+        }
+        // The HPA's interval, and two of the agent's 1 s reports for a rate to show.
+        assert!(step.elapsed() < Duration::from_secs(5), "replicas {replicas} {:?} after the traffic step", step.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let st = client.get_horizontal_pod_autoscaler(get.clone()).await.unwrap().into_inner();
+    assert!(st.current_metrics[0].current_milli > 20_000_000, "{st:?}");
+    let t = Instant::now();
+    while workload_replicas(&mut client).await.1 < 3 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the new replicas never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(ping);
+    let quiet = Instant::now();
+    loop {
+        let (replicas, _) = workload_replicas(&mut client).await;
+        if replicas == 1 {
+            break;
+        }
+        assert!(quiet.elapsed() < Duration::from_secs(15), "replicas {replicas} {:?} after the traffic stopped", quiet.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(quiet.elapsed() >= Duration::from_secs(3), "scaled in after {:?}, within the 4 s window\n{}", quiet.elapsed(), n.scheduler.log());
+
+    // A cron job two seconds ahead (UTC) sets the HPA's minimum to 2; the HPA applies it at once.
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
+    let day = at % 86_400;
+    let cron = pb::CronHorizontalPodAutoscaler { namespace: "default".into(), name: "web".into(), target: "web".into(), jobs: vec![pb::CronJob { name: "up".into(), schedule: format!("{} {} {} * * *", day % 60, day / 60 % 60, day / 3600), target_size: 2, run_once: true }], ..Default::default() };
+    client.apply_cron_horizontal_pod_autoscaler(pb::ApplyCronHorizontalPodAutoscalerRequest { cron: Some(cron) }).await.unwrap();
+    while workload_replicas(&mut client).await.0 != 2 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert!(now < Duration::from_secs(at) + Duration::from_millis(800), "replicas not 2 at {now:?} (the job was for {at} s)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert!(now >= Duration::from_secs(at), "raised at {now:?}, before {at} s");
+
+    client.delete_workload(get).await.unwrap();
+    n.wait_nothing_left("the workload's removal left something").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,8 +95,8 @@ pub struct PodRunner {
     pods: Mutex<BTreeMap<String, RunningPod>>,
     /// NetworkPolicy as the scheduler last sent it, enforced in each pod's namespace.
     policy: Mutex<crate::netpol::PolicyHeld>,
-    /// Each running pod's last usage sample.
-    usage: Mutex<HashMap<String, usage::Sample>>,
+    /// Each running pod's last usage sample and the rates it gave.
+    usage: Mutex<HashMap<String, usage::Measured>>,
 }
 
 /// What a pod waiting for its volumes reports: the reason and when it is tried next.
@@ -727,11 +727,19 @@ impl PodRunner {
     }
 
     /// Samples a running pod and returns its rates since the previous sample.
+    /// Within [`usage::MIN_WINDOW`] of the last sample, the last rates again.
     fn measure(&self, key: &str, netns: &str) -> Option<pb::PodUsage> {
+        {
+            let all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let last = all.get(key);
+            if !usage::due(last, Instant::now()) {
+                return last.and_then(|m| m.rates);
+            }
+        }
         let now = usage::Sample { at: Instant::now(), cpu: self.cgroup(netns).and_then(|cg| cg.cpu_used()), traffic: usage::pod_traffic(netns) };
         let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let rates = all.get(key).and_then(|before| usage::usage(before, &now));
-        all.insert(key.to_string(), now);
+        let rates = all.get(key).and_then(|before| usage::usage(&before.sample, &now));
+        all.insert(key.to_string(), usage::Measured { sample: now, rates });
         rates
     }
 
@@ -743,7 +751,7 @@ impl PodRunner {
     pub fn pod_rows(&self) -> Vec<crate::metrics::PodRow> {
         let rows: Vec<(String, String)> = self.pods().values().filter(|p| p.rec.network).map(|p| (p.rec.key.clone(), p.rec.netns.clone())).collect();
         let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        rows.into_iter().map(|(key, netns)| crate::metrics::PodRow { sample: usage.get(&key).copied(), key, netns }).collect()
+        rows.into_iter().map(|(key, netns)| crate::metrics::PodRow { sample: usage.get(&key).map(|m| m.sample), key, netns }).collect()
     }
 
     fn enforce(&self, key: &str, netns: &str) -> Result<(), String> {

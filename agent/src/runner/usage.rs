@@ -12,6 +12,24 @@ use std::time::{Duration, Instant};
 
 use berth_proto::cluster::v1 as pb;
 
+/// The shortest window a rate is taken over. A report sent early (a pod changed phase) within
+/// this of the last sample carries the last rates again instead of a rate over a few
+/// milliseconds, which is mostly noise (no packet, or one packet as a burst) and would swing an
+/// HPA reading it.
+pub const MIN_WINDOW: Duration = Duration::from_millis(500);
+
+/// A pod's last sample and the rates it gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    pub sample: Sample,
+    pub rates: Option<pb::PodUsage>,
+}
+
+/// Whether a new sample is due at `now`: none yet, or the last one at least [`MIN_WINDOW`] old.
+pub fn due(last: Option<&Measured>, now: Instant) -> bool {
+    last.is_none_or(|m| now.checked_duration_since(m.sample.at).is_some_and(|d| d >= MIN_WINDOW))
+}
+
 /// The counters of one pod at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
@@ -68,6 +86,15 @@ pub fn usage(before: &Sample, now: &Sample) -> Option<pb::PodUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_is_due_only_after_the_shortest_window() {
+        let at = Instant::now();
+        let last = Measured { sample: Sample { at, cpu: None, traffic: None }, rates: None };
+        assert!(due(None, at));
+        assert!(!due(Some(&last), at + Duration::from_millis(20)));
+        assert!(due(Some(&last), at + MIN_WINDOW));
+    }
 
     const NET_DEV: &str = "Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed

@@ -1,4 +1,5 @@
 pub mod down;
+pub mod hpa;
 pub mod inspect;
 pub mod install;
 pub mod nodes;

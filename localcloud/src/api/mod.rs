@@ -401,7 +401,7 @@ mod tests {
     fn data_disks_draw_on_the_stock_of_their_zone_and_category() {
         let mut stock = crate::faults::DiskStock::default();
         stock.of.insert("a/cloud_ssd".into(), 100);
-        let ctx = Ctx { region_id: "r".into(), zones: vec!["a".into(), "b".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: stock };
+        let ctx = Ctx { region_id: "r".into(), zones: vec!["a".into(), "b".into()], request_id: "R".into(), entropy: "0123456789".into(), vswitch_ip_limit: HashMap::new(), now_secs: 0, snapshot_quota: 256, disk_stock: stock, ram_roles: vec![] };
         let mut state = State::default();
         let call = |state: &mut State, action: &str, pairs: &[(&str, &str)]| {
             let params: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

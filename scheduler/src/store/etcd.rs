@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredPolicy, StoredSpec, StoredTaint, StoredWorkload};
+use super::{Event, RequestedNode, ScaleUp, Snapshot, Store, StoreError, StoredPod, StoredPolicy, StoredSpec, StoredAutoscaler, StoredTaint, StoredWorkload};
 use crate::config::EtcdConfig;
 use crate::leader::{Term, TermLost};
 
@@ -59,6 +59,7 @@ pub enum KeyOf<'a> {
     Namespace(&'a str),
     NodeTaints(&'a str),
     Workload(&'a str),
+    Autoscaler(&'a str),
     NextOrder,
     Leader,
 }
@@ -108,6 +109,10 @@ impl Keys {
         format!("{}/workloads/{key}", self.prefix)
     }
 
+    pub fn autoscaler(&self, key: &str) -> String {
+        format!("{}/autoscalers/{key}", self.prefix)
+    }
+
     pub fn next_order(&self) -> String {
         format!("{}/next_order", self.prefix)
     }
@@ -142,6 +147,9 @@ impl Keys {
         }
         if let Some(key) = rest.strip_prefix("workloads/") {
             return Some(KeyOf::Workload(key));
+        }
+        if let Some(key) = rest.strip_prefix("autoscalers/") {
+            return Some(KeyOf::Autoscaler(key));
         }
         let pod = rest.strip_prefix("pods/")?;
         if let Some(pod) = pod.strip_suffix("/spec") {
@@ -424,6 +432,9 @@ fn decode(keys: &Keys, kvs: &[KeyValue]) -> Result<Snapshot, StoreError> {
             Some(KeyOf::Workload(key)) => {
                 snapshot.workloads.insert(key.to_string(), StoredWorkload(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()));
             }
+            Some(KeyOf::Autoscaler(key)) => {
+                snapshot.autoscalers.insert(key.to_string(), StoredAutoscaler(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()));
+            }
             Some(KeyOf::NextOrder) => next_order = kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?,
             Some(KeyOf::Leader) | None => {}
         }
@@ -456,6 +467,8 @@ pub enum Change {
     NodeTaints { node: String, taints: Vec<StoredTaint> },
     Workload { key: String, workload: StoredWorkload },
     WorkloadDeleted { key: String },
+    Autoscaler { key: String, autoscaler: StoredAutoscaler },
+    AutoscalerDeleted { key: String },
     NextOrder(u64),
 }
 
@@ -526,6 +539,12 @@ impl Change {
             Change::WorkloadDeleted { key } => {
                 s.workloads.remove(key);
             }
+            Change::Autoscaler { key, autoscaler } => {
+                s.autoscalers.insert(key.clone(), autoscaler.clone());
+            }
+            Change::AutoscalerDeleted { key } => {
+                s.autoscalers.remove(key);
+            }
             Change::NextOrder(n) => s.next_order = s.next_order.max(*n),
         }
     }
@@ -553,6 +572,8 @@ fn change_of(keys: &Keys, kv: &KeyValue, put: bool) -> Result<Option<Change>, St
         (Some(KeyOf::NodeTaints(node)), false) => Some(Change::NodeTaints { node: node.to_string(), taints: Vec::new() }),
         (Some(KeyOf::Workload(key)), true) => Some(Change::Workload { key: key.to_string(), workload: StoredWorkload(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()) }),
         (Some(KeyOf::Workload(key)), false) => Some(Change::WorkloadDeleted { key: key.to_string() }),
+        (Some(KeyOf::Autoscaler(key)), true) => Some(Change::Autoscaler { key: key.to_string(), autoscaler: StoredAutoscaler(kv.value_str().map_err(|e| corrupt(kv.key(), e))?.to_string()) }),
+        (Some(KeyOf::Autoscaler(key)), false) => Some(Change::AutoscalerDeleted { key: key.to_string() }),
         (Some(KeyOf::NextOrder), true) => Some(Change::NextOrder(kv.value_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(kv.key(), "not a number"))?)),
         _ => None,
     })
@@ -630,6 +651,8 @@ pub fn plan(keys: &Keys, index: &mut Index, events: &[Event]) -> Vec<KeyWrite> {
             Event::NodeTainted { node, taints } => write(keys.node_taints(node), (!taints.is_empty()).then(|| serde_json::to_vec(taints).expect("taints serialize"))),
             Event::WorkloadApplied { key, workload } => write(keys.workload(key), Some(workload.0.clone().into_bytes())),
             Event::WorkloadDeleted { key } => write(keys.workload(key), None),
+            Event::AutoscalerApplied { key, autoscaler } => write(keys.autoscaler(key), Some(autoscaler.0.clone().into_bytes())),
+            Event::AutoscalerDeleted { key } => write(keys.autoscaler(key), None),
         }
     }
     writes
@@ -800,7 +823,7 @@ mod tests {
                 KeyOf::Requested(_) => Change::Requested(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::ScaleUp(_) => Change::ScaleUp(serde_json::from_slice(v).unwrap()).apply(&mut s),
                 KeyOf::NextOrder => Change::NextOrder(std::str::from_utf8(v).unwrap().parse().unwrap()).apply(&mut s),
-                KeyOf::Policy(_) | KeyOf::Namespace(_) | KeyOf::NodeTaints(_) | KeyOf::Workload(_) | KeyOf::Leader => {}
+                KeyOf::Policy(_) | KeyOf::Namespace(_) | KeyOf::NodeTaints(_) | KeyOf::Workload(_) | KeyOf::Autoscaler(_) | KeyOf::Leader => {}
             }
         }
         s
@@ -870,6 +893,35 @@ mod tests {
         }
         assert_eq!(s, expected);
         assert_eq!(s.workloads["prod/web"].decode().unwrap(), w);
+    }
+
+    #[test]
+    fn autoscalers_are_keys_of_their_own_and_round_trip() {
+        use berth_proto::cluster::v1 as pb;
+        let keys = Keys::new("/berth");
+        let hpa = pb::stored_autoscaler::Kind::Hpa(pb::HorizontalPodAutoscaler { namespace: "prod".into(), name: "web".into(), target: "web".into(), max_replicas: 9, ..Default::default() });
+        let cron = pb::stored_autoscaler::Kind::Cron(pb::CronHorizontalPodAutoscaler { namespace: "prod".into(), name: "web".into(), time_zone: "Asia/Shanghai".into(), ..Default::default() });
+        let events = [
+            Event::AutoscalerApplied { key: "hpa/prod/web".into(), autoscaler: StoredAutoscaler::of(hpa.clone()) },
+            Event::AutoscalerApplied { key: "cron/prod/web".into(), autoscaler: StoredAutoscaler::of(cron.clone()) },
+            Event::AutoscalerApplied { key: "hpa/prod/gone".into(), autoscaler: StoredAutoscaler::of(hpa.clone()) },
+            Event::AutoscalerDeleted { key: "hpa/prod/gone".into() },
+        ];
+        let mut s = Snapshot::default();
+        for (k, v) in &plan(&keys, &mut Index::default(), &events) {
+            let change = match (keys.parse(k).unwrap(), v) {
+                (KeyOf::Autoscaler(key), Some(v)) => Change::Autoscaler { key: key.into(), autoscaler: StoredAutoscaler(String::from_utf8(v.clone()).unwrap()) },
+                (KeyOf::Autoscaler(key), None) => Change::AutoscalerDeleted { key: key.into() },
+                other => panic!("unexpected write {other:?}"),
+            };
+            change.apply(&mut s);
+        }
+        let mut expected = Snapshot::default();
+        for e in &events {
+            expected.apply(e);
+        }
+        assert_eq!(s, expected);
+        assert_eq!((s.autoscalers["hpa/prod/web"].decode().unwrap(), s.autoscalers["cron/prod/web"].decode().unwrap()), (hpa, cron));
     }
 
     #[test]

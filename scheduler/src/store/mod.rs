@@ -93,6 +93,23 @@ impl StoredWorkload {
     }
 }
 
+/// An HPA or a cron autoscaler as stored: a `StoredAutoscaler` message's encoding in base64.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredAutoscaler(pub String);
+
+impl StoredAutoscaler {
+    pub fn of(kind: pb::stored_autoscaler::Kind) -> StoredAutoscaler {
+        let m = pb::StoredAutoscaler { kind: Some(kind) };
+        StoredAutoscaler(base64::engine::general_purpose::STANDARD.encode(m.encode_to_vec()))
+    }
+
+    pub fn decode(&self) -> Result<pb::stored_autoscaler::Kind, String> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&self.0).map_err(|e| e.to_string())?;
+        pb::StoredAutoscaler::decode(bytes.as_slice()).map_err(|e| e.to_string())?.kind.ok_or_else(|| "an autoscaler of no kind".to_string())
+    }
+}
+
 /// A node asked of the cloud that has not reported yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +152,9 @@ pub enum Event {
     /// A workload created or replaced ("namespace/name"), all of it from now on.
     WorkloadApplied { key: String, workload: StoredWorkload },
     WorkloadDeleted { key: String },
+    /// An autoscaler created or replaced: key "hpa/namespace/name" or "cron/namespace/name".
+    AutoscalerApplied { key: String, autoscaler: StoredAutoscaler },
+    AutoscalerDeleted { key: String },
 }
 
 /// A taint set through the API, as stored.
@@ -190,6 +210,9 @@ pub struct Snapshot {
     /// Workloads by "namespace/name".
     #[serde(default)]
     pub workloads: BTreeMap<String, StoredWorkload>,
+    /// HPAs and cron autoscalers by "hpa/namespace/name" or "cron/namespace/name".
+    #[serde(default)]
+    pub autoscalers: BTreeMap<String, StoredAutoscaler>,
 }
 
 impl Snapshot {
@@ -256,6 +279,12 @@ impl Snapshot {
             Event::WorkloadDeleted { key } => {
                 self.workloads.remove(key);
             }
+            Event::AutoscalerApplied { key, autoscaler } => {
+                self.autoscalers.insert(key.clone(), autoscaler.clone());
+            }
+            Event::AutoscalerDeleted { key } => {
+                self.autoscalers.remove(key);
+            }
         }
     }
 }
@@ -280,6 +309,7 @@ pub struct Checkpoint {
     pub policies: BTreeMap<String, StoredPolicy>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub workloads: BTreeMap<String, StoredWorkload>,
+    pub autoscalers: BTreeMap<String, StoredAutoscaler>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,7 +327,7 @@ impl Serialize for Checkpoint {
                 serializer.collect_map(self.0.iter().map(|(key, p)| (key, p)))
             }
         }
-        let mut s = serializer.serialize_struct("Snapshot", 7)?;
+        let mut s = serializer.serialize_struct("Snapshot", 8)?;
         s.serialize_field("pods", &Pods(&self.pods))?;
         s.serialize_field("requested", &self.requested)?;
         s.serialize_field("next_order", &self.next_order)?;
@@ -305,6 +335,7 @@ impl Serialize for Checkpoint {
         s.serialize_field("policies", &self.policies)?;
         s.serialize_field("namespaces", &self.namespaces)?;
         s.serialize_field("workloads", &self.workloads)?;
+        s.serialize_field("autoscalers", &self.autoscalers)?;
         s.end()
     }
 }

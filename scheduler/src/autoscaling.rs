@@ -1,0 +1,389 @@
+//! The pod autoscalers' controller: HorizontalPodAutoscalers read their workload's pods every
+//! `hpa.interval_ms` and set its replicas ([`crate::hpa`]); cron autoscalers fire their jobs at
+//! their schedules' times ([`crate::cron`]). As ACK's CronHPA does, a job whose workload has an
+//! HPA sets that HPA's minReplicas (and maxReplicas when below) instead of the replicas, and the
+//! HPA is evaluated at once: the larger of the two sizes wins. Without an HPA the job sets the
+//! replicas. What the controller remembers (recommendations, scale events, jobs' next runs,
+//! external metrics) is in memory, as in Kubernetes' controller: a new leader starts afresh.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_proto::cluster::v1 as pb;
+use pb::stored_autoscaler::Kind;
+
+use crate::cron::{self, Schedule};
+use crate::hpa::{self, History, PodSample, Rules, Target};
+use crate::store::{Event, StoredAutoscaler};
+
+/// A workload as the controller sees it: its replicas and its live pods.
+#[derive(Debug, Clone, Default)]
+pub struct TargetView {
+    pub replicas: u32,
+    pub pods: Vec<PodView>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PodView {
+    pub running: bool,
+    pub usage: Option<pb::PodUsage>,
+    pub cpu_request: u64,
+}
+
+/// What one round asks of the cluster: workloads ("namespace/name") to set to a size, and the
+/// events to store (autoscalers a cron job changed).
+#[derive(Debug, Default)]
+pub struct Round {
+    pub scale: Vec<(String, u32)>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Default)]
+struct HpaState {
+    history: History,
+    next_ms: u64,
+    status: pb::HorizontalPodAutoscalerStatus,
+}
+
+#[derive(Debug, Clone, Default)]
+struct JobState {
+    /// None once a run-once job ran, or when the schedule names no time within 5 years.
+    next_run_ms: Option<u64>,
+    last_run_ms: u64,
+    message: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Autoscalers {
+    /// By "namespace/name".
+    pub hpas: BTreeMap<String, pb::HorizontalPodAutoscaler>,
+    pub crons: BTreeMap<String, pb::CronHorizontalPodAutoscaler>,
+    hpa_state: HashMap<String, HpaState>,
+    /// Per cron autoscaler, its jobs' state in job order (absent until its first round).
+    cron_state: HashMap<String, Vec<JobState>>,
+    /// External metrics' values by "namespace/name" (SetExternalMetric), in thousandths.
+    pub external: HashMap<String, u64>,
+}
+
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The store's key of an autoscaler: "hpa/namespace/name" or "cron/namespace/name".
+pub fn store_key(kind: &Kind) -> String {
+    match kind {
+        Kind::Hpa(h) => format!("hpa/{}", key(&h.namespace, &h.name)),
+        Kind::Cron(c) => format!("cron/{}", key(&c.namespace, &c.name)),
+    }
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: String) -> pb::HpaCondition {
+    pb::HpaCondition { kind: kind.into(), status, reason: reason.into(), message }
+}
+
+impl Autoscalers {
+    /// Takes the autoscalers a store holds.
+    pub fn restore(&mut self, stored: &BTreeMap<String, StoredAutoscaler>) -> Result<(), String> {
+        for (k, s) in stored {
+            match s.decode().map_err(|e| format!("autoscaler {k} in the store does not decode: {e}"))? {
+                Kind::Hpa(h) => self.hpas.insert(key(&h.namespace, &h.name), h).map(|_| ()),
+                Kind::Cron(c) => self.crons.insert(key(&c.namespace, &c.name), c).map(|_| ()),
+            };
+        }
+        Ok(())
+    }
+
+    pub fn checkpoint(&self) -> BTreeMap<String, StoredAutoscaler> {
+        let hpas = self.hpas.values().map(|h| Kind::Hpa(h.clone()));
+        let crons = self.crons.values().map(|c| Kind::Cron(c.clone()));
+        hpas.chain(crons).map(|k| (store_key(&k), StoredAutoscaler::of(k))).collect()
+    }
+
+    /// The HPA other than `name` that scales `namespace/target`, if any.
+    pub fn hpa_of(&self, namespace: &str, target: &str, except: &str) -> Option<&pb::HorizontalPodAutoscaler> {
+        self.hpas.values().find(|h| h.namespace == namespace && h.target == target && h.name != except)
+    }
+
+    /// Creates or replaces an autoscaler checked by the API edge; it acts from the next round.
+    pub fn apply(&mut self, kind: Kind) -> Event {
+        let event = Event::AutoscalerApplied { key: store_key(&kind), autoscaler: StoredAutoscaler::of(kind.clone()) };
+        match kind {
+            Kind::Hpa(h) => {
+                let k = key(&h.namespace, &h.name);
+                self.hpa_state.entry(k.clone()).or_default().next_ms = 0;
+                self.hpas.insert(k, h);
+            }
+            Kind::Cron(c) => {
+                let k = key(&c.namespace, &c.name);
+                self.cron_state.remove(&k);
+                self.crons.insert(k, c);
+            }
+        }
+        event
+    }
+
+    pub fn delete_hpa(&mut self, k: &str) -> Option<Event> {
+        let h = self.hpas.remove(k)?;
+        self.hpa_state.remove(k);
+        Some(Event::AutoscalerDeleted { key: store_key(&Kind::Hpa(h)) })
+    }
+
+    pub fn delete_cron(&mut self, k: &str) -> Option<Event> {
+        let c = self.crons.remove(k)?;
+        self.cron_state.remove(k);
+        Some(Event::AutoscalerDeleted { key: store_key(&Kind::Cron(c)) })
+    }
+
+    pub fn hpa_status(&self, k: &str) -> Option<pb::HorizontalPodAutoscalerStatus> {
+        let h = self.hpas.get(k)?;
+        let status = self.hpa_state.get(k).map(|s| s.status.clone()).unwrap_or_default();
+        Some(pb::HorizontalPodAutoscalerStatus { hpa: Some(h.clone()), ..status })
+    }
+
+    pub fn cron_status(&self, k: &str) -> Option<pb::CronHorizontalPodAutoscalerStatus> {
+        let c = self.crons.get(k)?;
+        let state = self.cron_state.get(k);
+        let jobs = c
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let s = state.and_then(|s| s.get(i)).cloned().unwrap_or_default();
+                pb::CronJobStatus { name: j.name.clone(), last_run_ms: s.last_run_ms, next_run_ms: s.next_run_ms.unwrap_or(0), message: s.message }
+            })
+            .collect();
+        Some(pb::CronHorizontalPodAutoscalerStatus { cron: Some(c.clone()), jobs })
+    }
+
+    /// One round at `now_ms`: cron jobs that are due fire, then every HPA that is due (or whose
+    /// minimum a job just set) reads its metrics. `view` gives a workload ("namespace/name").
+    pub fn round(&mut self, now_ms: u64, interval_ms: u64, view: impl Fn(&str) -> Option<TargetView>) -> Round {
+        let mut round = Round::default();
+        let mut forced = Vec::new();
+        self.fire_crons(now_ms, &mut round, &mut forced);
+        let keys: Vec<String> = self.hpas.keys().cloned().collect();
+        for k in keys {
+            let state = self.hpa_state.entry(k.clone()).or_default();
+            if now_ms < state.next_ms && !forced.contains(&k) {
+                continue;
+            }
+            state.next_ms = now_ms + interval_ms;
+            let h = self.hpas[&k].clone();
+            let target = key(&h.namespace, &h.target);
+            let Some(w) = view(&target) else {
+                state.status.conditions = vec![condition("AbleToScale", false, "FailedGetScale", format!("there is no workload {target}"))];
+                continue;
+            };
+            let external = |name: &str| self.external.get(&key(&h.namespace, name)).copied();
+            let state = self.hpa_state.get_mut(&k).expect("made above");
+            if let Some(replicas) = evaluate(&h, &w, state, now_ms, external) {
+                let metrics: Vec<String> = state.status.current_metrics.iter().map(|m| format!("{}={}m→{}", m.source().as_str_name(), m.current_milli, m.desired_replicas)).collect();
+                tracing::info!(hpa = %k, from = w.replicas, to = replicas, metrics = %metrics.join(" "), recent = ?state.history.recommendations, "HPA scaling its workload");
+                round.scale.push((target, replicas));
+            }
+        }
+        round
+    }
+
+    fn fire_crons(&mut self, now_ms: u64, round: &mut Round, forced: &mut Vec<String>) {
+        let keys: Vec<String> = self.crons.keys().cloned().collect();
+        for k in keys {
+            let c = self.crons[&k].clone();
+            let (Ok(tz), Ok(excluded)) = (cron::time_zone(&c.time_zone), c.exclude_dates.iter().map(|d| Schedule::parse(d)).collect::<Result<Vec<Schedule>, _>>()) else { continue };
+            let schedules: Vec<Option<Schedule>> = c.jobs.iter().map(|j| Schedule::parse(&j.schedule).ok()).collect();
+            let states = self.cron_state.entry(k.clone()).or_insert_with(|| schedules.iter().map(|s| JobState { next_run_ms: s.as_ref().and_then(|s| cron::next_run(s, &excluded, &tz, now_ms)), ..Default::default() }).collect());
+            let mut due = Vec::new();
+            for (i, (job, state)) in c.jobs.iter().zip(states.iter_mut()).enumerate() {
+                if state.next_run_ms.is_some_and(|at| at <= now_ms) {
+                    state.last_run_ms = now_ms;
+                    state.next_run_ms = if job.run_once { None } else { schedules[i].as_ref().and_then(|s| cron::next_run(s, &excluded, &tz, now_ms)) };
+                    due.push(i);
+                }
+            }
+            // Jobs due at once: the last in the list wins (each is applied in turn).
+            for i in due {
+                let job = &c.jobs[i];
+                let message = match self.hpa_of(&c.namespace, &c.target, "").cloned() {
+                    Some(mut h) => {
+                        h.min_replicas = job.target_size.max(1);
+                        h.max_replicas = h.max_replicas.max(job.target_size);
+                        let hk = key(&h.namespace, &h.name);
+                        let text = format!("set HPA {}'s minReplicas to {} (maxReplicas {})", h.name, h.min_replicas, h.max_replicas);
+                        self.hpas.insert(hk.clone(), h.clone());
+                        round.events.push(Event::AutoscalerApplied { key: store_key(&Kind::Hpa(h.clone())), autoscaler: StoredAutoscaler::of(Kind::Hpa(h)) });
+                        forced.push(hk);
+                        text
+                    }
+                    None => {
+                        round.scale.push((key(&c.namespace, &c.target), job.target_size));
+                        format!("set workload {}'s replicas to {}", c.target, job.target_size)
+                    }
+                };
+                tracing::info!(cron = %k, job = %job.name, "{message}");
+                if let Some(s) = self.cron_state.get_mut(&k).and_then(|s| s.get_mut(i)) {
+                    s.message = message;
+                }
+            }
+        }
+    }
+}
+
+fn target_of(m: &pb::HpaMetric) -> Target {
+    let t = m.target.unwrap_or_default();
+    match pb::MetricSource::try_from(m.source) {
+        Ok(pb::MetricSource::CpuUtilization) => Target::Utilization(t.average_utilization),
+        _ if t.average_value_milli > 0 => Target::AverageValue(t.average_value_milli),
+        _ => Target::Value(t.value_milli),
+    }
+}
+
+/// One HPA's round (Kubernetes' reconcileAutoscaler): the replicas to set, if they change.
+fn evaluate(h: &pb::HorizontalPodAutoscaler, w: &TargetView, state: &mut HpaState, now_ms: u64, external: impl Fn(&str) -> Option<u64>) -> Option<u32> {
+    let current = w.replicas;
+    let (min, max) = (h.min_replicas.max(1), h.max_replicas);
+    let (up, down) = (Rules::of(h.scale_up.as_ref(), true), Rules::of(h.scale_down.as_ref(), false));
+    let mut conditions = vec![condition("AbleToScale", true, "SucceededGetScale", "the HPA reads and sets its workload's replicas".into())];
+    state.status.current_replicas = current;
+    let desired = if current == 0 {
+        conditions.push(condition("ScalingActive", false, "ScalingDisabled", "the workload has 0 replicas: scaling is off until it has some".into()));
+        state.status.conditions = conditions;
+        state.status.desired_replicas = 0;
+        return None;
+    } else if current > max {
+        conditions.push(condition("ScalingLimited", true, "TooManyReplicas", format!("{current} replicas is above maxReplicas {max}")));
+        max
+    } else if current < min {
+        conditions.push(condition("ScalingLimited", true, "TooFewReplicas", format!("{current} replicas is below minReplicas {min}")));
+        min
+    } else {
+        let running = w.pods.iter().filter(|p| p.running).count() as u32;
+        let mut best: Option<u32> = None;
+        let mut failed = Vec::new();
+        let mut values = Vec::new();
+        for m in &h.metrics {
+            let target = target_of(m);
+            let source = pb::MetricSource::try_from(m.source).unwrap_or_default();
+            let result = match source {
+                pb::MetricSource::External => external(&m.external_name).map(|v| hpa::external_replicas(current, running, v, target)).ok_or(hpa::MetricError::NoExternalValue),
+                _ => {
+                    let samples: Vec<PodSample> = w
+                        .pods
+                        .iter()
+                        .map(|p| PodSample {
+                            running: p.running,
+                            value_milli: p.usage.map(|u| match source {
+                                pb::MetricSource::PodReceiveBytes => u.rx_bytes_per_sec.saturating_mul(1000),
+                                pb::MetricSource::PodTransmitBytes => u.tx_bytes_per_sec.saturating_mul(1000),
+                                _ => u.cpu_millicores,
+                            }),
+                            request_milli: p.cpu_request,
+                        })
+                        .collect();
+                    hpa::pod_metric_replicas(current, &samples, target)
+                }
+            };
+            match result {
+                Ok(r) => {
+                    values.push(pb::HpaMetricValue { source: m.source, external_name: m.external_name.clone(), current_milli: r.current_milli, desired_replicas: r.replicas });
+                    best = Some(best.map_or(r.replicas, |b| b.max(r.replicas)));
+                }
+                Err(e) => failed.push(format!("{}: {e}", source.as_str_name())),
+            }
+        }
+        state.status.current_metrics = values;
+        // Kubernetes: with a metric unread, scale up on the others but never down.
+        let proposal = match best {
+            Some(b) if failed.is_empty() || b > current => b,
+            _ => {
+                conditions.push(condition("ScalingActive", false, "FailedGetMetrics", failed.join("; ")));
+                state.status.conditions = conditions;
+                state.status.desired_replicas = current;
+                return None;
+            }
+        };
+        conditions.push(condition("ScalingActive", true, "ValidMetricFound", "the HPA computes replicas from its metrics".into()));
+        let (desired, limit) = hpa::normalize(current, proposal, min, max, &up, &down, &mut state.history, now_ms);
+        let limited = limit != hpa::Limit::Within;
+        let why = if limited { format!("the metrics ask for {proposal} replicas; {} holds it to {desired}", limit.reason()) } else { "the desired count is within the acceptable range".into() };
+        conditions.push(condition("ScalingLimited", limited, limit.reason(), why));
+        desired
+    };
+    state.status.conditions = conditions;
+    state.status.desired_replicas = desired;
+    if desired == current {
+        return None;
+    }
+    state.history.record_scale(current, desired, now_ms, &up, &down);
+    state.status.last_scale_ms = now_ms;
+    Some(desired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hpa(min: u32, max: u32) -> pb::HorizontalPodAutoscaler {
+        pb::HorizontalPodAutoscaler {
+            namespace: "d".into(),
+            name: "web".into(),
+            target: "web".into(),
+            min_replicas: min,
+            max_replicas: max,
+            metrics: vec![pb::HpaMetric { source: pb::MetricSource::CpuUtilization as i32, external_name: String::new(), target: Some(pb::MetricTarget { average_utilization: 50, ..Default::default() }) }],
+            scale_up: None,
+            scale_down: Some(pb::ScalingRules { stabilization_window_secs: Some(10), ..Default::default() }),
+        }
+    }
+
+    fn view(replicas: u32, cpu: Option<u64>) -> TargetView {
+        TargetView { replicas, pods: (0..replicas).map(|_| PodView { running: true, usage: cpu.map(|c| pb::PodUsage { cpu_millicores: c, ..Default::default() }), cpu_request: 100 }).collect() }
+    }
+
+    #[test]
+    fn an_hpa_scales_on_its_interval_and_down_after_the_window() {
+        let mut a = Autoscalers::default();
+        a.apply(Kind::Hpa(hpa(1, 10)));
+        // 2 pods at 100 % of their request against 50 %: 4.
+        assert_eq!(a.round(0, 1000, |_| Some(view(2, Some(100)))).scale, vec![("d/web".to_string(), 4)]);
+        // Not due again before the interval.
+        assert!(a.round(500, 1000, |_| Some(view(4, Some(0)))).scale.is_empty());
+        // Idle, but a higher recommendation is within the 10 s window.
+        assert!(a.round(1000, 1000, |_| Some(view(4, Some(0)))).scale.is_empty());
+        assert_eq!(a.round(10_500, 1000, |_| Some(view(4, Some(0)))).scale, vec![("d/web".to_string(), 1)]);
+        let st = a.hpa_status("d/web").unwrap();
+        assert_eq!((st.current_replicas, st.desired_replicas, st.last_scale_ms), (4, 1, 10_500));
+    }
+
+    #[test]
+    fn a_cron_job_without_an_hpa_sets_the_size_and_with_one_sets_its_minimum() {
+        let mut a = Autoscalers::default();
+        let cron = pb::CronHorizontalPodAutoscaler { namespace: "d".into(), name: "evening".into(), target: "web".into(), jobs: vec![pb::CronJob { name: "up".into(), schedule: "5 * * * * *".into(), target_size: 6, run_once: false }], ..Default::default() };
+        a.apply(Kind::Cron(cron));
+        // First round at :00 learns the next run (:05); nothing fires.
+        assert!(a.round(0, 1000, |_| Some(view(2, Some(50)))).scale.is_empty());
+        assert_eq!(a.round(5_000, 1000, |_| Some(view(2, Some(50)))).scale, vec![("d/web".to_string(), 6)]);
+        assert_eq!(a.cron_status("d/evening").unwrap().jobs[0].next_run_ms, 65_000);
+        // With an HPA: its minReplicas becomes 6 and it scales at once, whatever its interval.
+        a.apply(Kind::Hpa(hpa(1, 4)));
+        a.round(6_000, 60_000, |_| Some(view(2, Some(50))));
+        let r = a.round(65_000, 60_000, |_| Some(view(2, Some(50))));
+        assert_eq!(r.scale, vec![("d/web".to_string(), 6)]);
+        let h = &a.hpas["d/web"];
+        assert_eq!((h.min_replicas, h.max_replicas), (6, 6));
+        assert!(matches!(&r.events[..], [Event::AutoscalerApplied { key, .. }] if key == "hpa/d/web"));
+    }
+
+    #[test]
+    fn a_metric_that_cannot_be_read_never_scales_down() {
+        let mut a = Autoscalers::default();
+        let mut h = hpa(1, 10);
+        h.metrics.push(pb::HpaMetric { source: pb::MetricSource::External as i32, external_name: "queue".into(), target: Some(pb::MetricTarget { value_milli: 10_000, ..Default::default() }) });
+        a.apply(Kind::Hpa(h));
+        assert!(a.round(0, 1000, |_| Some(view(4, Some(0)))).scale.is_empty());
+        let st = a.hpa_status("d/web").unwrap();
+        assert!(st.conditions.iter().any(|c| c.kind == "ScalingActive" && !c.status && c.message.contains("berthctl metric set")), "{st:?}");
+        // Once it is set (30 against 10 for 4 running pods): 12, of which the default up policies
+        // (4 pods or 100 % per 15 s) allow 8.
+        a.external.insert("d/queue".into(), 30_000);
+        assert_eq!(a.round(1000, 1000, |_| Some(view(4, Some(0)))).scale, vec![("d/web".to_string(), 8)]);
+    }
+}
