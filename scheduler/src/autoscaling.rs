@@ -301,7 +301,7 @@ fn evaluate(h: &pb::HorizontalPodAutoscaler, w: &TargetView, state: &mut HpaStat
             }
         };
         conditions.push(condition("ScalingActive", true, "ValidMetricFound", "the HPA computes replicas from its metrics".into()));
-        let (desired, limit) = hpa::normalize(current, proposal, min, max, &up, &down, &mut state.history, now_ms);
+        let (desired, limit) = hpa::normalize(current, proposal, (min, max), &up, &down, &mut state.history, now_ms);
         let limited = limit != hpa::Limit::Within;
         let why = if limited { format!("the metrics ask for {proposal} replicas; {} holds it to {desired}", limit.reason()) } else { "the desired count is within the acceptable range".into() };
         conditions.push(condition("ScalingLimited", limited, limit.reason(), why));

@@ -296,7 +296,7 @@ impl Limit {
 /// The replicas to set from the metrics' (largest) recommendation: stabilised (the lowest
 /// recommendation of the up window, the highest of the down window, both counting this one),
 /// then held to the rate policies and to [min, max]. The recommendation joins the history.
-pub fn normalize(current: u32, recommended: u32, min: u32, max: u32, up: &Rules, down: &Rules, h: &mut History, now_ms: u64) -> (u32, Limit) {
+pub fn normalize(current: u32, recommended: u32, (min, max): (u32, u32), up: &Rules, down: &Rules, h: &mut History, now_ms: u64) -> (u32, Limit) {
     let (up_ms, down_ms) = (u64::from(up.window_secs) * 1000, u64::from(down.window_secs) * 1000);
     let (mut up_rec, mut down_rec) = (recommended, recommended);
     for &(at, r) in &h.recommendations {
@@ -402,11 +402,11 @@ mod tests {
     fn scale_down_waits_for_the_window_to_forget_higher_recommendations() {
         let (up, down) = (Rules::default_up(), Rules { window_secs: 60, ..Rules::default_down() });
         let mut h = History::default();
-        assert_eq!(normalize(2, 6, 1, 10, &up, &down, &mut h, 0), (6, Limit::Within));
+        assert_eq!(normalize(2, 6, (1, 10), &up, &down, &mut h, 0), (6, Limit::Within));
         // The load went: 1 is recommended, but 6 was within the last 60 s.
-        assert_eq!(normalize(6, 1, 1, 10, &up, &down, &mut h, 30_000).0, 6);
-        assert_eq!(normalize(6, 1, 1, 10, &up, &down, &mut h, 59_000).0, 6);
-        assert_eq!(normalize(6, 1, 1, 10, &up, &down, &mut h, 61_000).0, 1);
+        assert_eq!(normalize(6, 1, (1, 10), &up, &down, &mut h, 30_000).0, 6);
+        assert_eq!(normalize(6, 1, (1, 10), &up, &down, &mut h, 59_000).0, 6);
+        assert_eq!(normalize(6, 1, (1, 10), &up, &down, &mut h, 61_000).0, 1);
     }
 
     #[test]
@@ -414,29 +414,29 @@ mod tests {
         let up = Rules { window_secs: 0, select: Select::Max, policies: vec![Policy::Pods { value: 2, period_secs: 60 }] };
         let down = Rules::default_down();
         let mut h = History::default();
-        assert_eq!(normalize(2, 10, 1, 20, &up, &down, &mut h, 0), (4, Limit::ScaleUpLimit));
+        assert_eq!(normalize(2, 10, (1, 20), &up, &down, &mut h, 0), (4, Limit::ScaleUpLimit));
         h.record_scale(2, 4, 0, &up, &down);
         // Within the same minute, 2 were already added: no more.
-        assert_eq!(normalize(4, 10, 1, 20, &up, &down, &mut h, 30_000), (4, Limit::ScaleUpLimit));
-        assert_eq!(normalize(4, 10, 1, 20, &up, &down, &mut h, 61_000), (6, Limit::ScaleUpLimit));
+        assert_eq!(normalize(4, 10, (1, 20), &up, &down, &mut h, 30_000), (4, Limit::ScaleUpLimit));
+        assert_eq!(normalize(4, 10, (1, 20), &up, &down, &mut h, 61_000), (6, Limit::ScaleUpLimit));
         // A disabled direction never moves.
         let off = Rules { select: Select::Disabled, ..up };
-        assert_eq!(normalize(4, 10, 1, 20, &off, &down, &mut History::default(), 0).0, 4);
+        assert_eq!(normalize(4, 10, (1, 20), &off, &down, &mut History::default(), 0).0, 4);
     }
 
     #[test]
     fn select_min_takes_the_policy_of_the_smallest_change() {
         let up = Rules { window_secs: 0, select: Select::Min, policies: vec![Policy::Pods { value: 4, period_secs: 15 }, Policy::Percent { value: 50, period_secs: 15 }] };
-        assert_eq!(normalize(10, 40, 1, 100, &up, &Rules::default_down(), &mut History::default(), 0).0, 14);
+        assert_eq!(normalize(10, 40, (1, 100), &up, &Rules::default_down(), &mut History::default(), 0).0, 14);
         let up = Rules { select: Select::Max, ..up };
-        assert_eq!(normalize(10, 40, 1, 100, &up, &Rules::default_down(), &mut History::default(), 0).0, 15);
+        assert_eq!(normalize(10, 40, (1, 100), &up, &Rules::default_down(), &mut History::default(), 0).0, 15);
     }
 
     #[test]
     fn min_and_max_bound_the_result() {
         let (up, down) = (Rules::default_up(), Rules { window_secs: 0, ..Rules::default_down() });
-        assert_eq!(normalize(3, 8, 1, 5, &up, &down, &mut History::default(), 0), (5, Limit::TooManyReplicas));
-        assert_eq!(normalize(3, 0, 2, 5, &up, &down, &mut History::default(), 0), (2, Limit::TooFewReplicas));
+        assert_eq!(normalize(3, 8, (1, 5), &up, &down, &mut History::default(), 0), (5, Limit::TooManyReplicas));
+        assert_eq!(normalize(3, 0, (2, 5), &up, &down, &mut History::default(), 0), (2, Limit::TooFewReplicas));
     }
 
     proptest! {
@@ -467,7 +467,7 @@ mod tests {
             for (recommended, dt) in steps {
                 now += dt;
                 let before = h.recommendations.clone();
-                let (next, _) = normalize(replicas, recommended, min, max, &up, &down, &mut h, now);
+                let (next, _) = normalize(replicas, recommended, (min, max), &up, &down, &mut h, now);
                 prop_assert!(next >= min && next <= max, "{} outside [{}, {}]", next, min, max);
                 if next < replicas {
                     // Never below a recommendation of the last 30 s.

@@ -368,7 +368,7 @@ fn source_name(m: i32, external: &str) -> String {
 }
 
 fn milli_text(v: u64) -> String {
-    if v % 1000 == 0 { (v / 1000).to_string() } else { format!("{}m", v) }
+    if v.is_multiple_of(1000) { (v / 1000).to_string() } else { format!("{}m", v) }
 }
 
 /// "current/target" per metric, as kubectl shows TARGETS.
