@@ -609,6 +609,12 @@ async fn a_retried_submit_answers_the_status_and_another_spec_is_refused() {
     let s = Running::start(scheduler_alone(), Box::new(MemoryStore::default()), None).await;
     let a = FakeNode::start(&s.url(), "i-a", 10).await;
     let mut c = s.client().await;
+    // The node's first report is applied after its stream opens: wait until it is known.
+    let t = Instant::now();
+    while state_of(&client::list_nodes(&mut c).await.unwrap(), "i-a") != "Ready" {
+        assert!(t.elapsed() < Duration::from_secs(5), "node i-a never became Ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let first = c.submit_pod(pod("web")).await.unwrap().into_inner();
     assert_eq!((first.phase, first.node.as_str()), (pb::PodPhase::Bound as i32, "i-a"));
     let again = c.submit_pod(pod("web")).await.unwrap().into_inner();
