@@ -654,6 +654,11 @@ impl Scheduler for SchedulerService {
     }
 }
 
+/// A planned scale-up as it is stored before RunInstances is sent, with a ClientToken of its own.
+fn scale_up_of(plan: &autoscaler::ScaleUpPlan, now_ms: u64) -> ScaleUp {
+    ScaleUp { client_token: uuid::Uuid::new_v4().to_string(), pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), count: plan.count, started_at_ms: now_ms }
+}
+
 /// One round of the autoscaler: plan under the lock, call the cloud without it, record after.
 /// A scale-up is made durable with its ClientToken before RunInstances is sent, so a leader that
 /// takes over in between repeats the same call instead of creating other nodes.
@@ -688,7 +693,7 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
         // again with their own tokens before anything new.
         let mut calls: Vec<(ScaleUp, Option<autoscaler::ScaleUpPlan>)> = c.scale_ups.values().map(|u| (u.clone(), None)).collect();
         for plan in plans {
-            let u = ScaleUp { client_token: uuid::Uuid::new_v4().to_string(), pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), count: plan.count, started_at_ms: now };
+            let u = scale_up_of(&plan, now);
             tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, count = plan.count, pods = plan.pods, "scaling up");
             events.extend(c.start_scale_up(u.clone()));
             calls.push((u, Some(plan)));
@@ -704,7 +709,7 @@ pub async fn autoscale_once<P: NodeProvisioner>(shared: &Shared, provisioner: &P
                 && cfg.autoscaler.replace_with_cheaper
                 && let Some(plan) = autoscaler::plan_replacements(c, &pools, &berth_cloud::catalogue::instance_type, &on_the_way, &settings, now)
             {
-                let u = ScaleUp { client_token: uuid::Uuid::new_v4().to_string(), pool: plan.pool.clone(), instance_type: plan.instance_type.clone(), zone_id: plan.zone_id.clone(), vswitch_id: plan.vswitch_id.clone(), count: 1, started_at_ms: now };
+                let u = scale_up_of(&plan, now);
                 tracing::info!(pool = %plan.pool, instance_type = %plan.instance_type, pods = plan.pods, "an underused node's pods fit on a cheaper one; adding it to replace the node");
                 events.extend(c.start_scale_up(u.clone()));
                 calls.push((u, Some(plan)));

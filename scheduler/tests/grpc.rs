@@ -470,6 +470,16 @@ fn large_pod(name: &str, command_bytes: usize) -> pb::SubmitPodRequest {
     req
 }
 
+/// Waits until the scheduler has the node as Ready: a node's first report is applied after its
+/// stream opens, so a pod submitted at once may find no node yet.
+async fn wait_ready(c: &mut SchedulerClient<Channel>, id: &str) {
+    let t = Instant::now();
+    while state_of(&client::list_nodes(c).await.unwrap(), id) != "Ready" {
+        assert!(t.elapsed() < Duration::from_secs(5), "node {id} never became Ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn state_of(nodes: &[pb::NodeState], id: &str) -> String {
     nodes.iter().find(|n| n.last_report.as_ref().unwrap().identity.as_ref().unwrap().instance_id == id).map(|n| n.state.clone()).unwrap_or_default()
 }
@@ -483,6 +493,7 @@ async fn a_node_holding_forty_large_pods_keeps_reporting_and_gets_them_all_again
     let s = Running::start(cfg, Box::new(MemoryStore::default()), None).await;
     let a = FakeNode::start(&s.url(), "i-a", 64).await;
     let mut c = s.client().await;
+    wait_ready(&mut c, "i-a").await;
     for k in 0..40 {
         let st = c.submit_pod(large_pod(&format!("p{k:02}"), 200 << 10)).await.unwrap().into_inner();
         assert_eq!(st.node, "i-a", "{}", st.message);
@@ -609,12 +620,7 @@ async fn a_retried_submit_answers_the_status_and_another_spec_is_refused() {
     let s = Running::start(scheduler_alone(), Box::new(MemoryStore::default()), None).await;
     let a = FakeNode::start(&s.url(), "i-a", 10).await;
     let mut c = s.client().await;
-    // The node's first report is applied after its stream opens: wait until it is known.
-    let t = Instant::now();
-    while state_of(&client::list_nodes(&mut c).await.unwrap(), "i-a") != "Ready" {
-        assert!(t.elapsed() < Duration::from_secs(5), "node i-a never became Ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&mut c, "i-a").await;
     let first = c.submit_pod(pod("web")).await.unwrap().into_inner();
     assert_eq!((first.phase, first.node.as_str()), (pb::PodPhase::Bound as i32, "i-a"));
     let again = c.submit_pod(pod("web")).await.unwrap().into_inner();
