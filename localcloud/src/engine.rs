@@ -67,6 +67,8 @@ pub struct Engine {
     pub credentials: Credentials,
     planes: Vec<Arc<dyn Plane>>,
     pub faults: RwLock<Faults>,
+    /// The faults the local cloud started with (its flags): what a PUT leaves out keeps.
+    pub start_faults: Faults,
     pub nonces: Mutex<NonceCache>,
     /// The account's key and the STS keys issued to instances' RAM roles.
     pub keys: Mutex<Keys>,
@@ -132,6 +134,7 @@ impl Engine {
             role_sessions: Mutex::new(std::collections::HashMap::new()),
             credentials: config.credentials,
             planes: config.planes,
+            start_faults: config.faults.clone(),
             faults: RwLock::new(config.faults),
             nonces: Mutex::new(NonceCache::default()),
             last_converge_error: Mutex::new(None),

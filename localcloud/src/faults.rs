@@ -71,6 +71,22 @@ pub struct FailAction {
 }
 
 impl Faults {
+    /// The faults a `PUT /_localcloud/faults` body sets: each top-level field it names replaces
+    /// that field, and a field it leaves out takes its value at the local cloud's start (its
+    /// flags), not the built-in default, so that resetting latency keeps a `--disk-stock`.
+    pub fn put_over(start: &Faults, body: &[u8]) -> Result<Faults, String> {
+        let body: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("faults JSON rejected: {e}"))?;
+        let serde_json::Value::Object(given) = body else { return Err("faults JSON rejected: a JSON object of fields was expected".into()) };
+        let mut merged = match serde_json::to_value(start) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => unreachable!("Faults serialises to an object"),
+        };
+        merged.extend(given);
+        let faults: Faults = serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| format!("faults JSON rejected: {e}"))?;
+        faults.validate()?;
+        Ok(faults)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.throttle_rate) {
             return Err(format!("throttle_rate {} must be between 0.0 and 1.0", self.throttle_rate));
@@ -150,5 +166,18 @@ mod tests {
         assert!(f.decide("X", 0.31).is_none());
         f.throttle_rate = 1.5;
         assert!(f.validate().is_err());
+    }
+
+    #[test]
+    fn a_put_keeps_the_start_value_of_each_field_it_leaves_out() {
+        let mut start = Faults { attach_delay_ms: 20, ..Faults::default() };
+        start.disk_stock.of.insert("z1/cloud_essd".into(), 40);
+        let put = Faults::put_over(&start, br#"{"latency_ms": 5}"#).unwrap();
+        assert_eq!((put.latency_ms, put.attach_delay_ms, put.disk_stock.gib("z1", "cloud_essd")), (5, 20, 40));
+        let put = Faults::put_over(&start, br#"{"disk_stock": {"default_gib": 7}}"#).unwrap();
+        assert_eq!((put.disk_stock.gib("z1", "cloud_essd"), put.disk_stock.gib("z2", "cloud_essd")), (7, 7), "a field named is replaced whole");
+        assert!(Faults::put_over(&start, br#"{"latncy_ms": 5}"#).unwrap_err().contains("latncy_ms"));
+        assert!(Faults::put_over(&start, br#"{"throttle_rate": 2.0}"#).is_err());
+        assert!(Faults::put_over(&start, b"[1]").is_err());
     }
 }

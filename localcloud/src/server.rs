@@ -260,13 +260,10 @@ async fn put_faults(State(engine): State<Arc<Engine>>, headers: HeaderMap, body:
     if let Err(r) = admin(&engine, &headers) {
         return *r;
     }
-    let faults: Faults = match serde_json::from_slice(&body) {
+    let faults = match Faults::put_over(&engine.start_faults, &body) {
         Ok(f) => f,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("faults JSON rejected: {e}\n")).into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    if let Err(e) = faults.validate() {
-        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
-    }
     *engine.faults.write().unwrap_or_else(|e| e.into_inner()) = faults.clone();
     json(200, &faults)
 }
