@@ -12,17 +12,27 @@ pub const ESSD_LEVELS: [&str; 4] = ["PL0", "PL1", "PL2", "PL3"];
 /// The level of a `cloud_essd` disk that names none.
 pub const DEFAULT_ESSD_LEVEL: &str = "PL0";
 
-/// Data disk size limits (GiB, inclusive) per category and performance level, as the cloud
-/// publishes them.
-pub fn size_limits_gib(category: &str, level: Option<&str>) -> (i64, i64) {
-    match (category, level.unwrap_or("")) {
-        ("cloud_essd", "PL0") => (1, 65_536),
-        ("cloud_essd", "PL1") => (20, 65_536),
-        ("cloud_essd", "PL2") => (461, 65_536),
-        ("cloud_essd", "PL3") => (1_261, 65_536),
-        ("cloud_auto", _) => (1, 65_536),
-        _ => (20, 32_768),
+/// Data disk size limits (GiB, inclusive) of a category and performance level ("" for a category
+/// without levels), as the cloud publishes them; `None` for a pair the cloud does not sell. The
+/// local cloud refuses disks by this table.
+pub fn published_size_limits_gib(category: &str, level: &str) -> Option<(i64, i64)> {
+    match (category, level) {
+        ("cloud_essd", "PL0") => Some((1, 65_536)),
+        ("cloud_essd", "PL1") => Some((20, 65_536)),
+        ("cloud_essd", "PL2") => Some((461, 65_536)),
+        ("cloud_essd", "PL3") => Some((1_261, 65_536)),
+        ("cloud_ssd" | "cloud_efficiency", "") => Some((20, 32_768)),
+        ("cloud_auto", "") => Some((1, 65_536)),
+        _ => None,
     }
+}
+
+/// The size limits a volume of `category` and `level` is sized by: the published ones, a level
+/// ignored where the category has none, and those of the older categories for anything else
+/// (which CreateDisk then refuses by name).
+pub fn size_limits_gib(category: &str, level: Option<&str>) -> (i64, i64) {
+    let level = if category == "cloud_essd" { level.unwrap_or("") } else { "" };
+    published_size_limits_gib(category, level).unwrap_or((20, 32_768))
 }
 
 /// Bytes from `123`, `512Mi`, `20Gi`, `1Ti`, `10G`, `500M`, `1K`, `1Ki`; `None` for anything

@@ -15,15 +15,7 @@ pub fn disk<'s>(state: &'s State, id: &str) -> ApiResult<&'s Disk> {
 
 /// Size limits in GiB of a category and performance level, as the service publishes them.
 pub fn size_limits(category: &str, level: &str) -> Option<(u64, u64)> {
-    match (category, level) {
-        ("cloud_essd", "PL0") => Some((1, 65_536)),
-        ("cloud_essd", "PL1") => Some((20, 65_536)),
-        ("cloud_essd", "PL2") => Some((461, 65_536)),
-        ("cloud_essd", "PL3") => Some((1_261, 65_536)),
-        ("cloud_ssd" | "cloud_efficiency", "") => Some((20, 32_768)),
-        ("cloud_auto", "") => Some((1, 65_536)),
-        _ => None,
-    }
+    berth_cloud::disk::published_size_limits_gib(category, level).map(|(min, max)| (min as u64, max as u64))
 }
 
 /// The size limits of a category whatever its level (an ESSD's smallest is PL0's).
