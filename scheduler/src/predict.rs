@@ -54,6 +54,9 @@ impl Spec {
     }
 }
 
+/// The store keeps a history in chunks of this many steps, one key each.
+pub const CHUNK_STEPS: u64 = 60;
+
 /// One sample: the workload's replicas and what its HPA wanted, in the step starting at `slot × step`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
@@ -76,15 +79,6 @@ pub struct History {
 }
 
 impl History {
-    pub fn from_samples(spec: &Spec, now_ms: u64, samples: impl IntoIterator<Item = Sample>) -> Self {
-        let mut h = History::default();
-        for s in samples {
-            h.put(s);
-        }
-        h.compact(spec, now_ms);
-        h
-    }
-
     pub fn samples(&self) -> impl Iterator<Item = &Sample> {
         self.samples.iter()
     }
@@ -99,26 +93,40 @@ impl History {
 
     /// Records what the workload ran and its HPA wanted at `now_ms`. Within one step the largest
     /// of each is kept (a short spike is demand too); samples older than the kept periods go.
-    /// Returns the step's sample as it now stands (what the store writes).
-    pub fn record(&mut self, spec: &Spec, now_ms: u64, replicas: u32, desired: u32) -> Sample {
-        let sample = self.put(Sample { slot: now_ms / spec.step_ms, replicas, desired });
+    /// Returns the step's sample when it is new or changed (what the store writes).
+    pub fn record(&mut self, spec: &Spec, now_ms: u64, replicas: u32, desired: u32) -> Option<Sample> {
+        let changed = self.put(Sample { slot: now_ms / spec.step_ms, replicas, desired });
         self.compact(spec, now_ms);
-        sample
+        changed
     }
 
-    fn put(&mut self, s: Sample) -> Sample {
+    /// Merges a sample in (the largest of each count within its step); Some when that changed it.
+    pub fn put(&mut self, s: Sample) -> Option<Sample> {
         match self.samples.binary_search_by_key(&s.slot, |x| x.slot) {
             Ok(i) => {
                 let x = &mut self.samples[i];
-                x.replicas = x.replicas.max(s.replicas);
-                x.desired = x.desired.max(s.desired);
-                *x
+                let merged = Sample { slot: s.slot, replicas: x.replicas.max(s.replicas), desired: x.desired.max(s.desired) };
+                (merged != *x).then(|| {
+                    *x = merged;
+                    merged
+                })
             }
             Err(i) => {
                 self.samples.insert(i, s);
-                s
+                Some(s)
             }
         }
+    }
+
+    /// The samples of one chunk of [`CHUNK_STEPS`] steps (as the store keeps them).
+    pub fn chunk(&self, chunk: u64) -> impl Iterator<Item = &Sample> {
+        let start = self.samples.partition_point(|s| s.slot < chunk * CHUNK_STEPS);
+        self.samples.iter().skip(start).take_while(move |s| s.slot / CHUNK_STEPS == chunk)
+    }
+
+    /// The chunk of the oldest sample kept: every chunk below it is gone (None: no sample).
+    pub fn oldest_chunk(&self) -> Option<u64> {
+        self.samples.front().map(|s| s.slot / CHUNK_STEPS)
     }
 
     /// Drops the samples older than the kept periods.
@@ -228,15 +236,19 @@ mod tests {
     #[test]
     fn one_sample_per_step_keeps_the_largest_and_old_periods_are_dropped() {
         let mut h = History::default();
-        h.record(&SPEC, 10_100, 3, 5);
-        let s = h.record(&SPEC, 10_900, 4, 1);
-        assert_eq!(s, Sample { slot: 10, replicas: 4, desired: 5 });
+        assert_eq!(h.record(&SPEC, 10_100, 3, 5), Some(Sample { slot: 10, replicas: 3, desired: 5 }));
+        assert_eq!(h.record(&SPEC, 10_900, 4, 1), Some(Sample { slot: 10, replicas: 4, desired: 5 }));
+        // Nothing larger: nothing to store.
+        assert_eq!(h.record(&SPEC, 10_950, 2, 5), None);
         assert_eq!(h.len(), 1);
         // Kept: three earlier periods plus the current one (240 s).
         h.record(&SPEC, 250_000, 1, 1);
         assert_eq!(h.samples().map(|s| s.slot).collect::<Vec<_>>(), vec![10, 250]);
         h.record(&SPEC, 251_000, 1, 1);
         assert_eq!(h.samples().map(|s| s.slot).collect::<Vec<_>>(), vec![250, 251]);
+        assert_eq!(h.oldest_chunk(), Some(4));
+        assert_eq!(h.chunk(4).map(|s| s.slot).collect::<Vec<_>>(), vec![250, 251]);
+        assert_eq!(h.chunk(3).count(), 0);
     }
 
     #[test]
@@ -244,7 +256,11 @@ mod tests {
         let h = daily(2, |_| 9);
         let mut stored: Vec<Sample> = h.samples().copied().collect();
         stored.reverse();
-        assert_eq!(History::from_samples(&SPEC, 119_000, stored), h);
+        let mut back = History::default();
+        for s in stored {
+            back.put(s);
+        }
+        assert_eq!(back, h);
     }
 
     #[test]
