@@ -13,6 +13,7 @@ use pb::stored_autoscaler::Kind;
 
 use crate::cron::{self, Schedule};
 use crate::hpa::{self, History, PodSample, Rules, Target};
+use crate::predict;
 use crate::store::{Event, StoredAutoscaler};
 
 /// A workload as the controller sees it: its replicas and its live pods.
@@ -42,6 +43,9 @@ struct HpaState {
     history: History,
     next_ms: u64,
     status: pb::HorizontalPodAutoscalerStatus,
+    /// With a prediction: the workload's demand sampled every step, and the chunks of it stored.
+    demand: predict::History,
+    stored_chunks: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -73,7 +77,20 @@ pub fn store_key(kind: &Kind) -> String {
     match kind {
         Kind::Hpa(h) => format!("hpa/{}", key(&h.namespace, &h.name)),
         Kind::Cron(c) => format!("cron/{}", key(&c.namespace, &c.name)),
+        Kind::History(r) => history_key(&key(&r.namespace, &r.name), r.chunk),
     }
+}
+
+fn history_key(hpa: &str, chunk: u64) -> String {
+    format!("history/{hpa}/{chunk}")
+}
+
+/// The store's event for one chunk of an HPA's ("namespace/name") demand history.
+fn history_event(hpa: &str, chunk: u64, demand: &predict::History) -> Event {
+    let (namespace, name) = hpa.split_once('/').unwrap_or(("", hpa));
+    let samples = demand.chunk(chunk).map(|s| pb::ReplicaSample { slot: s.slot, replicas: s.replicas, desired: s.desired }).collect();
+    let kind = Kind::History(pb::ReplicaHistory { namespace: namespace.into(), name: name.into(), chunk, samples });
+    Event::AutoscalerApplied { key: history_key(hpa, chunk), autoscaler: StoredAutoscaler::of(kind) }
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: String) -> pb::HpaCondition {
@@ -87,15 +104,37 @@ impl Autoscalers {
             match s.decode().map_err(|e| format!("autoscaler {k} in the store does not decode: {e}"))? {
                 Kind::Hpa(h) => self.hpas.insert(key(&h.namespace, &h.name), h).map(|_| ()),
                 Kind::Cron(c) => self.crons.insert(key(&c.namespace, &c.name), c).map(|_| ()),
+                Kind::History(r) => {
+                    self.restore_history(r);
+                    None
+                }
             };
         }
         Ok(())
     }
 
+    /// A stored chunk of demand history, merged into its HPA's (a new leader reads the periods
+    /// before it led from these).
+    fn restore_history(&mut self, r: pb::ReplicaHistory) {
+        let state = self.hpa_state.entry(key(&r.namespace, &r.name)).or_default();
+        for s in r.samples {
+            state.demand.put(predict::Sample { slot: s.slot, replicas: s.replicas, desired: s.desired });
+        }
+        state.stored_chunks.insert(r.chunk);
+    }
+
     pub fn checkpoint(&self) -> BTreeMap<String, StoredAutoscaler> {
         let hpas = self.hpas.values().map(|h| Kind::Hpa(h.clone()));
         let crons = self.crons.values().map(|c| Kind::Cron(c.clone()));
-        hpas.chain(crons).map(|k| (store_key(&k), StoredAutoscaler::of(k))).collect()
+        let mut out: BTreeMap<String, StoredAutoscaler> = hpas.chain(crons).map(|k| (store_key(&k), StoredAutoscaler::of(k))).collect();
+        for (k, state) in self.hpa_state.iter().filter(|(k, _)| self.hpas.contains_key(*k)) {
+            for &chunk in &state.stored_chunks {
+                if let Event::AutoscalerApplied { key, autoscaler } = history_event(k, chunk, &state.demand) {
+                    out.insert(key, autoscaler);
+                }
+            }
+        }
+        out
     }
 
     /// The HPA other than `name` that scales `namespace/target`, if any.
@@ -117,14 +156,17 @@ impl Autoscalers {
                 self.cron_state.remove(&k);
                 self.crons.insert(k, c);
             }
+            Kind::History(r) => self.restore_history(r),
         }
         event
     }
 
-    pub fn delete_hpa(&mut self, k: &str) -> Option<Event> {
+    /// Deletes an HPA and its stored demand history.
+    pub fn delete_hpa(&mut self, k: &str) -> Option<Vec<Event>> {
         let h = self.hpas.remove(k)?;
-        self.hpa_state.remove(k);
-        Some(Event::AutoscalerDeleted { key: store_key(&Kind::Hpa(h)) })
+        let chunks = self.hpa_state.remove(k).map(|s| s.stored_chunks).unwrap_or_default();
+        let history = chunks.into_iter().map(|c| Event::AutoscalerDeleted { key: history_key(k, c) });
+        Some(std::iter::once(Event::AutoscalerDeleted { key: store_key(&Kind::Hpa(h)) }).chain(history).collect())
     }
 
     pub fn delete_cron(&mut self, k: &str) -> Option<Event> {
@@ -162,20 +204,30 @@ impl Autoscalers {
         self.fire_crons(now_ms, &mut round, &mut forced);
         let keys: Vec<String> = self.hpas.keys().cloned().collect();
         for k in keys {
+            let h = self.hpas[&k].clone();
+            let target = key(&h.namespace, &h.target);
             let state = self.hpa_state.entry(k.clone()).or_default();
-            if now_ms < state.next_ms && !forced.contains(&k) {
+            // A prediction samples every round and acts as soon as its floor is above the replicas.
+            let mut seen = None;
+            let mut floor = 0;
+            if let Some(p) = &h.prediction {
+                seen = Some(view(&target));
+                if let Some(Some(w)) = &seen {
+                    floor = predict_floor(&predict::Spec::of(p), state, w, now_ms, &k, &mut round.events);
+                }
+            }
+            let raised = seen.as_ref().and_then(|w| w.as_ref()).is_some_and(|w| floor > w.replicas);
+            if now_ms < state.next_ms && !forced.contains(&k) && !raised {
                 continue;
             }
             state.next_ms = now_ms + interval_ms;
-            let h = self.hpas[&k].clone();
-            let target = key(&h.namespace, &h.target);
-            let Some(w) = view(&target) else {
+            let Some(w) = seen.unwrap_or_else(|| view(&target)) else {
                 state.status.conditions = vec![condition("AbleToScale", false, "FailedGetScale", format!("there is no workload {target}"))];
                 continue;
             };
             let external = |name: &str| self.external.get(&key(&h.namespace, name)).copied();
             let state = self.hpa_state.get_mut(&k).expect("made above");
-            if let Some(replicas) = evaluate(&h, &w, state, now_ms, external) {
+            if let Some(replicas) = evaluate(&h, &w, state, now_ms, floor, external) {
                 let metrics: Vec<String> = state.status.current_metrics.iter().map(|m| format!("{}={}m→{}", m.source().as_str_name(), m.current_milli, m.desired_replicas)).collect();
                 tracing::info!(hpa = %k, from = w.replicas, to = replicas, metrics = %metrics.join(" "), recent = ?state.history.recommendations, "HPA scaling its workload");
                 round.scale.push((target, replicas));
@@ -227,6 +279,39 @@ impl Autoscalers {
     }
 }
 
+/// Samples the workload's demand for its HPA's prediction and returns the floor the prediction
+/// sets now (0: none). The demand sampled is what the metrics and the HPA's own minReplicas ask
+/// for, and the replicas unless the prediction's floor is what holds them: pods the prediction
+/// added are not demand, or each period would raise the next one earlier.
+///
+/// A changed sample rewrites its chunk in the store; chunks older than the periods kept are deleted.
+fn predict_floor(spec: &predict::Spec, state: &mut HpaState, w: &TargetView, now_ms: u64, hpa: &str, events: &mut Vec<Event>) -> u32 {
+    let held = state.status.predicted_replicas > 0 && w.replicas <= state.status.predicted_replicas;
+    let metrics = state.status.current_metrics.iter().map(|m| m.desired_replicas).max().unwrap_or(0);
+    if let Some(s) = state.demand.record(spec, now_ms, if held { 0 } else { w.replicas }, metrics) {
+        let chunk = s.slot / predict::CHUNK_STEPS;
+        state.stored_chunks.insert(chunk);
+        events.push(history_event(hpa, chunk, &state.demand));
+    }
+    let oldest = state.demand.oldest_chunk().unwrap_or(u64::MAX);
+    while let Some(&c) = state.stored_chunks.first().filter(|&&c| c < oldest) {
+        state.stored_chunks.remove(&c);
+        events.push(Event::AutoscalerDeleted { key: history_key(hpa, c) });
+    }
+    match predict::plan(spec, &state.demand, now_ms, 0) {
+        Some(p) => {
+            state.status.predicted_replicas = p.floor;
+            state.status.predicted_for_ms = p.deadline_ms - spec.step_ms - spec.margin_ms;
+            p.floor
+        }
+        None => {
+            state.status.predicted_replicas = 0;
+            state.status.predicted_for_ms = 0;
+            0
+        }
+    }
+}
+
 fn target_of(m: &pb::HpaMetric) -> Target {
     let t = m.target.unwrap_or_default();
     match pb::MetricSource::try_from(m.source) {
@@ -237,9 +322,10 @@ fn target_of(m: &pb::HpaMetric) -> Target {
 }
 
 /// One HPA's round (Kubernetes' reconcileAutoscaler): the replicas to set, if they change.
-fn evaluate(h: &pb::HorizontalPodAutoscaler, w: &TargetView, state: &mut HpaState, now_ms: u64, external: impl Fn(&str) -> Option<u64>) -> Option<u32> {
+/// `floor` is the prediction's (0: none): it raises minReplicas, up to maxReplicas.
+fn evaluate(h: &pb::HorizontalPodAutoscaler, w: &TargetView, state: &mut HpaState, now_ms: u64, floor: u32, external: impl Fn(&str) -> Option<u64>) -> Option<u32> {
     let current = w.replicas;
-    let (min, max) = (h.min_replicas.max(1), h.max_replicas);
+    let (min, max) = (h.min_replicas.max(1).max(floor.min(h.max_replicas)), h.max_replicas);
     let (up, down) = (Rules::of(h.scale_up.as_ref(), true), Rules::of(h.scale_down.as_ref(), false));
     let mut conditions = vec![condition("AbleToScale", true, "SucceededGetScale", "the HPA reads and sets its workload's replicas".into())];
     state.status.current_replicas = current;
@@ -252,7 +338,8 @@ fn evaluate(h: &pb::HorizontalPodAutoscaler, w: &TargetView, state: &mut HpaStat
         conditions.push(condition("ScalingLimited", true, "TooManyReplicas", format!("{current} replicas is above maxReplicas {max}")));
         max
     } else if current < min {
-        conditions.push(condition("ScalingLimited", true, "TooFewReplicas", format!("{current} replicas is below minReplicas {min}")));
+        let why = if min > h.min_replicas.max(1) { format!("{current} replicas is below the predicted {min}") } else { format!("{current} replicas is below minReplicas {min}") };
+        conditions.push(condition("ScalingLimited", true, "TooFewReplicas", why));
         min
     } else {
         let running = w.pods.iter().filter(|p| p.running).count() as u32;
@@ -331,6 +418,7 @@ mod tests {
             metrics: vec![pb::HpaMetric { source: pb::MetricSource::CpuUtilization as i32, external_name: String::new(), target: Some(pb::MetricTarget { average_utilization: 50, ..Default::default() }) }],
             scale_up: None,
             scale_down: Some(pb::ScalingRules { stabilization_window_secs: Some(10), ..Default::default() }),
+            prediction: None,
         }
     }
 
@@ -385,5 +473,85 @@ mod tests {
         // (4 pods or 100 % per 15 s) allow 8.
         a.external.insert("d/queue".into(), 30_000);
         assert_eq!(a.round(1000, 1000, |_| Some(view(4, Some(0)))).scale, vec![("d/web".to_string(), 8)]);
+    }
+
+    #[test]
+    fn a_replayed_daily_spike_is_met_ahead_by_the_lead_time_from_the_second_day_across_a_leader_change() {
+        // A "day" of 4 s in steps of 100 ms; a spike (400 millicores of load, 8 pods at 50 % of
+        // 100m) from 2.4 s to 3 s, 2 pods' worth (100m) otherwise. Boot 300 ms + margin 100 ms.
+        const DAY: u64 = 4000;
+        const SPIKE: std::ops::Range<u64> = 2400..3000;
+        let mut h = hpa(1, 20);
+        let fast = |p| pb::ScalingRules { stabilization_window_secs: Some(0), select_policy: pb::SelectPolicy::Max as i32, policies: vec![pb::ScalingPolicy { kind: pb::ScalingPolicyKind::Pods as i32, value: p, period_secs: 1 }] };
+        (h.scale_up, h.scale_down) = (Some(fast(20)), Some(fast(20)));
+        h.prediction = Some(pb::Prediction { step_ms: 100, period_ms: DAY, periods: 2, boot_ms: 300, margin_ms: 100 });
+        let mut a = Autoscalers::default();
+        // What the store holds (journal or etcd alike): the events applied in turn.
+        let mut store: BTreeMap<String, StoredAutoscaler> = BTreeMap::new();
+        let keep = |events: Vec<Event>, store: &mut BTreeMap<String, StoredAutoscaler>| {
+            for e in events {
+                match e {
+                    Event::AutoscalerApplied { key, autoscaler } => store.insert(key, autoscaler).map(|_| ()),
+                    Event::AutoscalerDeleted { key } => store.remove(&key).map(|_| ()),
+                    other => panic!("{other:?}"),
+                };
+            }
+        };
+        keep(vec![a.apply(Kind::Hpa(h))], &mut store);
+        let mut replicas = 2u32;
+        let mut most_chunks = 0;
+        // Per day: the first time 8 pods ran, relative to the spike's start.
+        let mut first_eight: Vec<Option<i64>> = vec![None; 5];
+        for now in (0..5 * DAY).step_by(50) {
+            if now == 2 * DAY {
+                // A leader change: the new leader has only what the store holds.
+                a = Autoscalers::default();
+                a.restore(&store).unwrap();
+            }
+            let load = if SPIKE.contains(&(now % DAY)) { 400 } else { 100 };
+            let w = TargetView { replicas, pods: (0..replicas).map(|_| PodView { running: true, usage: Some(pb::PodUsage { cpu_millicores: load / u64::from(replicas), ..Default::default() }), cpu_request: 100 }).collect() };
+            let round = a.round(now, 100, |_| Some(w.clone()));
+            keep(round.events, &mut store);
+            most_chunks = most_chunks.max(store.keys().filter(|k| k.starts_with("history/d/web/")).count());
+            if let Some((_, n)) = round.scale.into_iter().next_back() {
+                replicas = n;
+            }
+            let day = (now / DAY) as usize;
+            if replicas >= 8 && first_eight[day].is_none() {
+                first_eight[day] = Some(now as i64 - (day as u64 * DAY + SPIKE.start) as i64);
+            }
+        }
+        // Day 0 has no history: the HPA meets the spike once it arrives.
+        assert!(first_eight[0].is_some_and(|t| t >= 0), "{first_eight:?}");
+        // Later days: 8 run before the spike, at least the boot time ahead, but not a step more
+        // than the lead time and the one-step tolerance.
+        for t in &first_eight[1..] {
+            assert!(t.is_some_and(|t| (-600..=-300).contains(&t)), "{first_eight:?}");
+        }
+        // Between the spikes the prediction's pods are not taken as demand: 2 again by the day's end.
+        assert_eq!(replicas, 2);
+        let st = a.hpa_status("d/web").unwrap();
+        assert_eq!(st.predicted_replicas, 2, "{st:?}");
+        // Three periods kept (12 s, 120 steps): at most 3 chunks of 60 steps; after 20 s the
+        // first (slots 0 to 59) is gone.
+        assert!((2..=3).contains(&most_chunks), "{most_chunks}");
+        assert!(!store.contains_key("history/d/web/0"), "{:?}", store.keys());
+        // The checkpoint holds the keys the events wrote, and the same history once compacted (a
+        // chunk partly out of the periods kept is left as it was last written).
+        let checkpoint = a.checkpoint();
+        assert!(checkpoint.keys().eq(store.keys()), "{:?}", checkpoint.keys());
+        let spec = predict::Spec::of(a.hpas["d/web"].prediction.as_ref().unwrap());
+        let [mut from_store, mut from_checkpoint] = [&store, &checkpoint].map(|s| {
+            let mut b = Autoscalers::default();
+            b.restore(s).unwrap();
+            b.hpa_state.remove("d/web").unwrap().demand
+        });
+        from_store.compact(&spec, 5 * DAY - 50);
+        from_checkpoint.compact(&spec, 5 * DAY - 50);
+        assert_eq!(from_store, from_checkpoint);
+        assert_eq!(from_store, a.hpa_state["d/web"].demand);
+        // Deleting the HPA deletes its history.
+        keep(a.delete_hpa("d/web").unwrap(), &mut store);
+        assert!(store.is_empty(), "{:?}", store.keys());
     }
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod netpol;
 pub mod page;
 pub mod placement;
+pub mod predict;
 pub mod replica;
 pub mod report_stream;
 pub mod server;

@@ -243,9 +243,9 @@ impl Shared {
     /// Deletes an HPA (`hpa` true) or a cron autoscaler by "namespace/name".
     pub async fn delete_autoscaler(&self, key: &str, hpa: bool) -> Result<(), Status> {
         let (durable, ()) = self.change(|c, _| {
-            let event = if hpa { c.autoscalers.delete_hpa(key) } else { c.autoscalers.delete_cron(key) };
+            let events = if hpa { c.autoscalers.delete_hpa(key) } else { c.autoscalers.delete_cron(key).map(|e| vec![e]) };
             let what = if hpa { "HPA" } else { "cron autoscaler" };
-            Ok((vec![event.ok_or_else(|| Status::not_found(format!("no {what} {key}")))?], ()))
+            Ok((events.ok_or_else(|| Status::not_found(format!("no {what} {key}")))?, ()))
         })?;
         durable.durable().await
     }

@@ -28,6 +28,8 @@ pub struct InvalidSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rule {
+    #[error("must be a whole number, at least 2, of stepMs ({step} ms)")]
+    PeriodOfSteps { step: u64 },
     #[error("the encoded spec may take at most {max} bytes (256 KiB); keep labels, commands and parameters small")]
     TooLarge { max: usize },
     #[error("must be a DNS-1123 label: 1 to 63 characters of a-z, 0-9 and '-', beginning and ending with a letter or digit")]
@@ -370,6 +372,23 @@ pub fn hpa(h: &pb::HorizontalPodAutoscaler) -> Result<(), InvalidSpec> {
             check((1..=1800).contains(&p.period_secs), &format!("{field}.periodSeconds"), &p.period_secs.to_string(), Rule::Range { min: 1, max: 1800 })?;
         }
     }
+    if let Some(p) = &h.prediction {
+        prediction(p)?;
+    }
+    Ok(())
+}
+
+/// Checks an HPA's `spec.prediction` (zero fields take their defaults): a step of at most an
+/// hour, a period of whole steps, 1 to 56 periods, and a lead (boot + margin) within a period.
+fn prediction(p: &pb::Prediction) -> Result<(), InvalidSpec> {
+    use crate::predict::{MAX_PERIODS, Spec};
+    let s = Spec::of(p);
+    check(s.step_ms <= 3_600_000, "spec.prediction.stepMs", &p.step_ms.to_string(), Rule::Range { min: 1, max: 3_600_000 })?;
+    check(s.period_ms >= 2 * s.step_ms && s.period_ms.is_multiple_of(s.step_ms), "spec.prediction.periodMs", &p.period_ms.to_string(), Rule::PeriodOfSteps { step: s.step_ms })?;
+    check(s.periods <= MAX_PERIODS, "spec.prediction.periods", &p.periods.to_string(), Rule::Range { min: 1, max: MAX_PERIODS.into() })?;
+    check(p.margin_ms <= s.period_ms, "spec.prediction.marginMs", &p.margin_ms.to_string(), Rule::Range { min: 0, max: s.period_ms })?;
+    let boot_max = s.period_ms - p.margin_ms;
+    check(p.boot_ms <= boot_max, "spec.prediction.bootMs", &p.boot_ms.to_string(), Rule::Range { min: 0, max: boot_max })?;
     Ok(())
 }
 
@@ -676,6 +695,29 @@ fn cloud_id(id: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prediction_that_cannot_work_is_refused_naming_its_field_and_value() {
+        let with = |p: pb::Prediction| pb::HorizontalPodAutoscaler {
+            namespace: "d".into(),
+            name: "web".into(),
+            target: "web".into(),
+            max_replicas: 9,
+            metrics: vec![pb::HpaMetric { source: pb::MetricSource::CpuUtilization as i32, external_name: String::new(), target: Some(pb::MetricTarget { average_utilization: 50, ..Default::default() }) }],
+            prediction: Some(p),
+            ..Default::default()
+        };
+        let refused = |p: pb::Prediction| hpa(&with(p)).map_err(|e| (e.field, e.value));
+        assert_eq!(refused(pb::Prediction::default()), Ok(()));
+        assert_eq!(refused(pb::Prediction { step_ms: 1000, period_ms: 20_000, periods: 3, boot_ms: 5_000, margin_ms: 1_000 }), Ok(()));
+        assert_eq!(refused(pb::Prediction { step_ms: 7_200_000, ..Default::default() }), Err(("spec.prediction.stepMs".into(), "\"7200000\"".into())));
+        assert_eq!(refused(pb::Prediction { step_ms: 1000, period_ms: 1500, ..Default::default() }), Err(("spec.prediction.periodMs".into(), "\"1500\"".into())));
+        assert_eq!(refused(pb::Prediction { step_ms: 1000, period_ms: 1000, ..Default::default() }), Err(("spec.prediction.periodMs".into(), "\"1000\"".into())));
+        assert_eq!(refused(pb::Prediction { periods: 57, ..Default::default() }), Err(("spec.prediction.periods".into(), "\"57\"".into())));
+        assert_eq!(refused(pb::Prediction { step_ms: 1000, period_ms: 20_000, boot_ms: 19_000, margin_ms: 2_000, ..Default::default() }), Err(("spec.prediction.bootMs".into(), "\"19000\"".into())));
+        let e = hpa(&with(pb::Prediction { step_ms: 1000, period_ms: 1500, ..Default::default() })).unwrap_err();
+        assert!(e.to_string().contains("whole number, at least 2, of stepMs (1000 ms)"), "{e}");
+    }
 
     fn np(f: impl FnOnce(&mut pb::NetworkPolicySpec)) -> pb::NetworkPolicy {
         let mut spec = pb::NetworkPolicySpec {

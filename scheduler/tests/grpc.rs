@@ -867,6 +867,7 @@ fn cpu_hpa(min: u32, max: u32, window_secs: u32) -> pb::HorizontalPodAutoscaler 
         // Up to 10 pods a second (Kubernetes' default allows 4 or 100 % per 15 s).
         scale_up: Some(pb::ScalingRules { stabilization_window_secs: Some(0), select_policy: pb::SelectPolicy::Max as i32, policies: vec![pb::ScalingPolicy { kind: pb::ScalingPolicyKind::Pods as i32, value: 10, period_secs: 1 }] }),
         scale_down: Some(pb::ScalingRules { stabilization_window_secs: Some(window_secs), ..Default::default() }),
+        prediction: None,
     }
 }
 

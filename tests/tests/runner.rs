@@ -409,6 +409,7 @@ async fn traffic_into_a_workloads_pods_scales_it_out_and_back_and_a_cron_job_rai
         metrics: vec![pb::HpaMetric { source: pb::MetricSource::PodReceiveBytes as i32, external_name: String::new(), target: Some(pb::MetricTarget { average_value_milli: 20_000_000, ..Default::default() }) }],
         scale_up: None,
         scale_down: Some(pb::ScalingRules { stabilization_window_secs: Some(4), ..Default::default() }),
+        prediction: None,
     };
     client.apply_horizontal_pod_autoscaler(pb::ApplyHorizontalPodAutoscalerRequest { hpa: Some(hpa) }).await.unwrap();
     // The idle pod is measured (0 B/s, within the target): 1 stays.

@@ -108,6 +108,25 @@ struct HpaSpec {
     metrics: Vec<MetricSpec>,
     #[serde(default)]
     behavior: Option<Behavior>,
+    /// Berth's predictive pre-scaling (not in autoscaling/v2).
+    #[serde(default)]
+    prediction: Option<PredictionSpec>,
+}
+
+/// `spec.prediction`: every field optional (0 or absent takes the scheduler's default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PredictionSpec {
+    #[serde(default)]
+    step_ms: u64,
+    #[serde(default)]
+    period_ms: u64,
+    #[serde(default)]
+    periods: u32,
+    #[serde(default)]
+    boot_ms: u64,
+    #[serde(default)]
+    margin_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +349,7 @@ fn hpa_of(text: &str, namespace: &str) -> anyhow::Result<pb::HorizontalPodAutosc
         metrics: d.spec.metrics.iter().enumerate().map(|(i, m)| metric_of(m, i)).collect::<anyhow::Result<_>>()?,
         scale_up: behavior.and_then(|b| b.scale_up.as_ref()).map(|r| rules_of(r, "spec.behavior.scaleUp")).transpose()?,
         scale_down: behavior.and_then(|b| b.scale_down.as_ref()).map(|r| rules_of(r, "spec.behavior.scaleDown")).transpose()?,
+        prediction: d.spec.prediction.map(|p| pb::Prediction { step_ms: p.step_ms, period_ms: p.period_ms, periods: p.periods, boot_ms: p.boot_ms, margin_ms: p.margin_ms }),
     })
 }
 
@@ -405,6 +425,8 @@ fn hpa_json(st: &pb::HorizontalPodAutoscalerStatus) -> serde_json::Value {
         "currentReplicas": st.current_replicas, "desiredReplicas": st.desired_replicas, "lastScaleTimeMs": st.last_scale_ms,
         "currentMetrics": st.current_metrics.iter().map(|m| serde_json::json!({"metric": source_name(m.source, &m.external_name), "currentMilli": m.current_milli, "desiredReplicas": m.desired_replicas})).collect::<Vec<_>>(),
         "conditions": st.conditions.iter().map(|c| serde_json::json!({"type": c.kind, "status": c.status, "reason": c.reason, "message": c.message})).collect::<Vec<_>>(),
+        "prediction": h.prediction.map(|p| serde_json::json!({"stepMs": p.step_ms, "periodMs": p.period_ms, "periods": p.periods, "bootMs": p.boot_ms, "marginMs": p.margin_ms})),
+        "predictedReplicas": st.predicted_replicas, "predictedForMs": st.predicted_for_ms,
     })
 }
 
@@ -562,6 +584,7 @@ spec:
     scaleUp:
       selectPolicy: Min
       policies: [{ type: Pods, value: 2, periodSeconds: 15 }]
+  prediction: { stepMs: 1000, periodMs: 60000, bootMs: 5000 }
 "#;
 
     #[test]
@@ -574,7 +597,10 @@ spec:
         let down = h.scale_down.clone().unwrap();
         assert_eq!((down.stabilization_window_secs, down.policies[0].kind, down.policies[0].value), (Some(60), pb::ScalingPolicyKind::Percent as i32, 50));
         assert_eq!(h.scale_up.clone().unwrap().select_policy, pb::SelectPolicy::Min as i32);
+        assert_eq!(h.prediction, Some(pb::Prediction { step_ms: 1000, period_ms: 60_000, periods: 0, boot_ms: 5000, margin_ms: 0 }));
         berth_scheduler::validation::hpa(&h).expect("the scheduler takes it");
+        let bad = HPA.replace("bootMs: 5000", "bootSeconds: 5");
+        assert!(format!("{:#}", hpa_of(&bad, "default").unwrap_err()).contains("bootSeconds"));
     }
 
     #[test]
