@@ -430,26 +430,17 @@ impl ControllerService {
     /// A NAS or OSS volume's capacity (its record) and condition (a NAS volume whose directory is
     /// gone is abnormal; an OSS prefix exists through its objects, so only the record tells);
     /// NOT_FOUND without a record.
-    /// Records (or forgets) `node` as publishing the directory volume `id`, beside its record.
-    async fn set_published(&self, id: &VolumeId, node: &str, published: bool) -> Result<(), Status> {
-        let (record_root, record) = capacity_record(id).ok_or_else(|| Status::not_found(format!("{id} names no directory volume")))?;
-        let (this, node) = (ControllerService(self.0.clone()), node.to_string());
-        tokio::task::spawn_blocking(move || this.with_root(&record_root, |root| mark_published(&root.join(&record), &node, published)))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-    }
-
-    async fn dir_volume_status(&self, id: &VolumeId) -> Result<(i64, csi::VolumeCondition, Vec<String>), Status> {
+    async fn dir_volume_status(&self, id: &VolumeId) -> Result<(i64, csi::VolumeCondition), Status> {
         let (record_root, record) = capacity_record(id).ok_or_else(|| Status::not_found(format!("{id} names no directory volume")))?;
         let this = ControllerService(self.0.clone());
         let task_id = id.clone();
         tokio::task::spawn_blocking(move || {
             let recorded = this.with_root(&record_root, |root| match read_capacity(&root.join(&record)) {
-                Ok(c) => Ok(Some((c, read_published(&root.join(&record))?))),
+                Ok(c) => Ok(Some(c)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             })?;
-            let (capacity, nodes) = recorded.ok_or_else(|| Status::not_found(format!("volume {task_id} does not exist: it has no record")))?;
+            let capacity = recorded.ok_or_else(|| Status::not_found(format!("volume {task_id} does not exist: it has no record")))?;
             let condition = match &task_id {
                 VolumeId::Nas { path, .. } => {
                     let rel = PathBuf::from(path.trim_start_matches('/'));
@@ -461,14 +452,14 @@ impl ControllerService {
                 }
                 _ => csi::VolumeCondition { abnormal: false, message: format!("OSS volume {task_id} is recorded") },
             };
-            Ok((capacity, condition, nodes))
+            Ok((capacity, condition))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
     }
 
     /// Every NAS volume of every file system the cloud lists: their records (see [`nas_volumes_under`]).
-    async fn nas_volumes(&self) -> Result<Vec<(VolumeId, i64, Vec<String>)>, Status> {
+    async fn nas_volumes(&self) -> Result<Vec<(VolumeId, i64)>, Status> {
         let local = !self.0.cfg.nas.local_export_root.as_os_str().is_empty();
         let mut out = Vec::new();
         for fs in self.0.cloud()?.describe_nas_file_systems(None).await.map_err(cloud_status)? {
@@ -482,7 +473,7 @@ impl ControllerService {
                 Err(e) => return Err(e),
             };
             let VolumeId::Nas { fs_id, server, .. } = root_id else { unreachable!("made above") };
-            out.extend(found.into_iter().map(|(path, capacity, nodes)| (VolumeId::Nas { fs_id: fs_id.clone(), server: server.clone(), path }, capacity, nodes)));
+            out.extend(found.into_iter().map(|(path, capacity)| (VolumeId::Nas { fs_id: fs_id.clone(), server: server.clone(), path }, capacity)));
         }
         Ok(out)
     }
@@ -547,54 +538,6 @@ fn capacity_record(id: &VolumeId) -> Option<(VolumeId, PathBuf)> {
 
 const RECORDS: &str = ".berth-volumes";
 
-/// Beside a directory volume's record, the directory of its published nodes: an empty file per
-/// node that ControllerPublish recorded and ControllerUnpublish has not removed. A record's own
-/// name never ends so (`dir_name` ends in hex).
-const NODES_SUFFIX: &str = ".nodes";
-
-fn published_marks(record: &Path) -> PathBuf {
-    let name = record.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    record.with_file_name(format!("{name}{NODES_SUFFIX}"))
-}
-
-/// The nodes recorded as publishing the volume whose record is `record`, sorted.
-fn read_published(record: &Path) -> std::io::Result<Vec<String>> {
-    let mut nodes = Vec::new();
-    match std::fs::read_dir(published_marks(record)) {
-        Ok(marks) => {
-            for m in marks {
-                nodes.push(m?.file_name().to_string_lossy().into_owned());
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    nodes.sort();
-    Ok(nodes)
-}
-
-/// Records (`published`) or forgets that `node` publishes the volume whose record is `record`;
-/// an empty `node` forgets every node (ControllerUnpublish's "wherever it is").
-fn mark_published(record: &Path, node: &str, published: bool) -> std::io::Result<()> {
-    let marks = published_marks(record);
-    let gone_ok = |r: std::io::Result<()>| r.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) });
-    if node.is_empty() {
-        return if published { Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no node to record")) } else { gone_ok(std::fs::remove_dir_all(&marks)) };
-    }
-    if node == "." || node == ".." || node.contains('/') || node.contains('\0') {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("node ID {node:?} cannot name a record")));
-    }
-    if published {
-        std::fs::create_dir_all(&marks)?;
-        std::fs::write(marks.join(node), b"")
-    } else {
-        gone_ok(std::fs::remove_file(marks.join(node)))?;
-        // The marks' directory goes with its last mark.
-        let _ = std::fs::remove_dir(&marks);
-        Ok(())
-    }
-}
-
 /// The capacity recorded at `file`.
 fn read_capacity(file: &Path) -> std::io::Result<i64> {
     let text = std::fs::read_to_string(file)?;
@@ -616,9 +559,9 @@ fn read_or_write_capacity(file: &Path, capacity: i64) -> std::io::Result<i64> {
 }
 
 /// The NAS volumes recorded under `root` (a file system's root): each record of a `.berth-volumes`
-/// directory, as the volume's path in the file system, its capacity and its published nodes. The volumes' own
+/// directory, as the volume's path in the file system and its capacity. The volumes' own
 /// directories (what the records name) are not entered, only the tree of their parents.
-pub fn nas_volumes_under(root: &Path) -> std::io::Result<Vec<(String, i64, Vec<String>)>> {
+pub fn nas_volumes_under(root: &Path) -> std::io::Result<Vec<(String, i64)>> {
     let mut found = Vec::new();
     let mut dirs = vec![PathBuf::new()];
     while let Some(rel) = dirs.pop() {
@@ -629,10 +572,7 @@ pub fn nas_volumes_under(root: &Path) -> std::io::Result<Vec<(String, i64, Vec<S
                 for r in records {
                     let r = r?;
                     let leaf = r.file_name().to_string_lossy().into_owned();
-                    if leaf.ends_with(NODES_SUFFIX) {
-                        continue;
-                    }
-                    found.push((format!("/{}", rel.join(&leaf).display()), read_capacity(&r.path())?, read_published(&r.path())?));
+                    found.push((format!("/{}", rel.join(&leaf).display()), read_capacity(&r.path())?));
                     volumes.insert(leaf);
                 }
             }
@@ -696,7 +636,6 @@ impl csi::controller_server::Controller for ControllerService {
                     this.with_root(&record_root, |root| {
                         let file = root.join(&record);
                         std::fs::remove_file(&file).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
-                        mark_published(&file, "", false)?;
                         // The records' directory goes with its last record (a mount point stays).
                         let _ = file.parent().map(std::fs::remove_dir);
                         Ok(())
@@ -723,7 +662,6 @@ impl csi::controller_server::Controller for ControllerService {
             // NAS and OSS need no attach (the node mounts them), but the node and the volume must exist.
             self.0.agent_of(&req.node_id).await?;
             self.dir_volume_exists(&id)?;
-            self.set_published(&id, &req.node_id, true).await?;
             return Ok(Response::new(csi::ControllerPublishVolumeResponse { publish_context: readonly_context(req.readonly) }));
         };
         if self.find_disk(disk_id).await?.is_none() {
@@ -741,17 +679,7 @@ impl csi::controller_server::Controller for ControllerService {
         let req = request.into_inner();
         required(&req.volume_id, "volume_id")?;
         let done = Ok(Response::new(csi::ControllerUnpublishVolumeResponse {}));
-        let disk_id = match VolumeId::parse(&req.volume_id) {
-            Ok(VolumeId::Disk { disk_id }) => disk_id,
-            Ok(dir) => {
-                return match self.set_published(&dir, &req.node_id, false).await {
-                    // A volume or file system that is gone publishes nowhere.
-                    Err(e) if e.code() == tonic::Code::NotFound => done,
-                    other => other.and(done),
-                };
-            }
-            Err(_) => return done,
-        };
+        let Ok(VolumeId::Disk { disk_id }) = VolumeId::parse(&req.volume_id) else { return done };
         let Some(disk) = self.find_disk(&disk_id).await? else { return done };
         // An empty node ID means "wherever it is".
         let node = if req.node_id.is_empty() { disk.instance_id.clone().unwrap_or_default() } else { req.node_id.clone() };
@@ -842,10 +770,10 @@ impl csi::controller_server::Controller for ControllerService {
                 Entry { volume: Some(disk_volume(d)), status: Some(VolumeStatus { published_node_ids, volume_condition: Some(volume_condition) }) }
             })
             .collect();
-        for (id, capacity, published_node_ids) in self.nas_volumes().await? {
+        for (id, capacity) in self.nas_volumes().await? {
             // Listed from its record inside its parent's tree, so its directory is not looked at here.
             let condition = csi::VolumeCondition { abnormal: false, message: format!("NAS volume {id} is recorded") };
-            all.push(Entry { volume: Some(dir_volume(&id, capacity)), status: Some(VolumeStatus { published_node_ids, volume_condition: Some(condition) }) });
+            all.push(Entry { volume: Some(dir_volume(&id, capacity)), status: Some(VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(condition) }) });
         }
         all.sort_by(|a, b| a.volume.as_ref().map(|v| &v.volume_id).cmp(&b.volume.as_ref().map(|v| &v.volume_id)));
         let (entries, next_token) = csi_page(&all, req.max_entries, &req.starting_token)?;
@@ -969,8 +897,8 @@ impl csi::controller_server::Controller for ControllerService {
         required(&req.volume_id, "volume_id")?;
         let id = VolumeId::parse(&req.volume_id).map_err(|e| Status::not_found(e.to_string()))?;
         let VolumeId::Disk { disk_id } = &id else {
-            let (capacity, condition, published_node_ids) = self.dir_volume_status(&id).await?;
-            let status = csi::controller_get_volume_response::VolumeStatus { published_node_ids, volume_condition: Some(condition) };
+            let (capacity, condition) = self.dir_volume_status(&id).await?;
+            let status = csi::controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(condition) };
             return Ok(Response::new(csi::ControllerGetVolumeResponse { volume: Some(dir_volume(&id, capacity)), status: Some(status) }));
         };
         let d = self.find_disk(disk_id).await?.ok_or_else(|| Status::not_found(format!("disk {disk_id} does not exist")))?;
@@ -1120,17 +1048,8 @@ mod tests {
         write("team/x/.berth-volumes/pvc-b-2", "2147483648");
         std::fs::create_dir_all(root.path().join("team/x/pvc-b-2")).unwrap();
         std::fs::create_dir_all(root.path().join("other/empty")).unwrap();
-        mark_published(&root.path().join("team/x/.berth-volumes/pvc-b-2"), "i-2", true).unwrap();
-        mark_published(&root.path().join("team/x/.berth-volumes/pvc-b-2"), "i-1", true).unwrap();
         let found = nas_volumes_under(root.path()).unwrap();
-        let both = vec!["i-1".to_string(), "i-2".to_string()];
-        assert_eq!(found, vec![("/pvc-a-1".to_string(), 1 << 30, vec![]), ("/team/x/pvc-b-2".to_string(), 2 << 30, both)], "inside a volume's directory is its user's data; the marks are no volume");
-        mark_published(&root.path().join("team/x/.berth-volumes/pvc-b-2"), "i-2", false).unwrap();
-        mark_published(&root.path().join("team/x/.berth-volumes/pvc-b-2"), "i-2", false).unwrap();
-        assert_eq!(read_published(&root.path().join("team/x/.berth-volumes/pvc-b-2")).unwrap(), vec!["i-1".to_string()]);
-        assert!(mark_published(&root.path().join("team/x/.berth-volumes/pvc-b-2"), "../x", true).is_err(), "a node ID is never a path");
-        mark_published(&root.path().join("team/x/.berth-volumes/pvc-b-2"), "", false).unwrap();
-        assert!(!root.path().join("team/x/.berth-volumes/pvc-b-2.nodes").exists(), "unpublished everywhere, the marks are gone");
+        assert_eq!(found, vec![("/pvc-a-1".to_string(), 1 << 30), ("/team/x/pvc-b-2".to_string(), 2 << 30)], "inside a volume's directory is its user's data");
         write("bad/.berth-volumes/pvc-c", "lots");
         assert!(nas_volumes_under(root.path()).is_err(), "a record that is not a number is an error, not a volume of size 0");
     }
